@@ -1,0 +1,99 @@
+"""create_app(): the FastAPI application with its store, metrics, auth and error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from coherence_network import __version__
+from coherence_network.api import routes_agent, routes_ops
+from coherence_network.api.metrics import ApiMetrics
+from coherence_network.api.signals import WorkSignal
+from coherence_network.settings import Settings, get_settings
+from coherence_network.store import Conflict, NotFound, open_task_store
+from coherence_network.store.db import migrate
+from coherence_network.versioning import running_version
+
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+log = logging.getLogger("coherence.api")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    settings.ensure_dirs()
+    store = open_task_store(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        running_version()  # pin the version of the code this process started with
+        if settings.coherence_auto_migrate:
+            try:
+                before, after = migrate(store.engine)
+                if before != after:
+                    log.info("store migrated from %s to %s", before, after)
+            except Exception:  # keep serving /api/health; /api/ready explains the problem
+                log.exception("store migration failed")
+        app.state.work = WorkSignal()
+        reaper = asyncio.create_task(routes_agent.reaper_loop(app, settings.coherence_reap_interval))
+        log.info("API started (version %s, store %s)", __version__, store.engine.dialect.name)
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            store.engine.dispose()
+
+    app = FastAPI(title="Coherence Network API", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.store = store
+    app.state.metrics = ApiMetrics(store)
+    app.state.started = time.monotonic()
+    app.state.log = log
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        token = settings.coherence_api_token
+        if token and request.method in MUTATING_METHODS and not request.url.path.endswith("/telegram/webhook"):
+            given = request.headers.get("authorization", "")
+            expected = f"Bearer {token}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return JSONResponse(
+                    {"detail": "missing or wrong bearer token (Authorization: Bearer $COHERENCE_API_TOKEN)"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await call_next(request)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "current_status": exc.current_status}, status_code=409)
+
+    @app.exception_handler(sa.exc.OperationalError)
+    async def _store_down(request: Request, exc: sa.exc.OperationalError) -> JSONResponse:
+        log.error("store error on %s %s: %s", request.method, request.url.path, exc.orig)
+        return JSONResponse({"detail": f"store unavailable: {exc.orig}"}, status_code=503)
+
+    app.include_router(routes_ops.router)
+    app.include_router(routes_agent.router)
+    return app

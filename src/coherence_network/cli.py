@@ -1,0 +1,111 @@
+"""The ``coherence`` command line: every operator command lives here (scripts/ only hand over to it).
+
+Exit codes: 0 healthy / done, 1 needs attention or failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+from coherence_network import __version__
+from coherence_network.settings import get_settings
+
+app = typer.Typer(
+    help="Coherence Network: the autonomous pipeline's API, runner, manager, monitor, supervisor and indexers.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Options:
+    """Switches given before the command (``coherence --log-json api``)."""
+
+    log_json: bool | None = None
+
+
+@app.callback()
+def main(
+    log_json: bool = typer.Option(False, "--log-json", help="Write component logs as JSON lines"),
+) -> None:
+    Options.log_json = True if log_json else None
+
+
+@app.command()
+def version() -> None:
+    """Print the package version and the git SHA of the source."""
+    from coherence_network.versioning import running_version
+
+    typer.echo(json.dumps(running_version()))
+
+
+@app.command()
+def config(as_json: bool = typer.Option(False, "--json", help="Print as JSON")) -> None:
+    """Print every environment variable the project reads: value, default and what it does."""
+    rows = get_settings().described()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        marker = "*" if r["set"] else " "
+        typer.echo(f"{r['name']:<{width}} {marker} {r['value']!s:<28} {r['description']}")
+    typer.echo("\n* = set in the environment; the others are defaults")
+
+
+@app.command()
+def migrate() -> None:
+    """Upgrade the store's schema to the newest revision (existing data is kept)."""
+    from coherence_network.store import open_task_store
+    from coherence_network.store.db import migrate as run_migrations
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    store = open_task_store(settings)
+    before, after = run_migrations(store.engine)
+    typer.echo(f"store {store.engine.dialect.name}: schema {before or 'empty'} -> {after}")
+
+
+@app.command()
+def api(
+    host: str = typer.Option(None, "--host", help="Bind address (default COHERENCE_API_HOST, 127.0.0.1)"),
+    port: int = typer.Option(None, "--port", help="Port (default COHERENCE_API_PORT, 8000)"),
+    workers: int = typer.Option(1, "--workers", min=1, help="uvicorn worker processes"),
+) -> None:
+    """Serve the API with uvicorn. A non-loopback bind is refused unless COHERENCE_API_TOKEN is set."""
+    import uvicorn
+
+    from coherence_network.api.app import is_loopback
+    from coherence_network.logfiles import setup_logging
+
+    settings = get_settings()
+    host = host or settings.coherence_api_host
+    port = port or settings.coherence_api_port
+    if not is_loopback(host) and not settings.coherence_api_token:
+        typer.echo(
+            f"refusing to bind {host}: a non-loopback address needs COHERENCE_API_TOKEN (see docs/RUNBOOK.md#api-restart)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    setup_logging("api", settings, json_lines=Options.log_json)
+    uvicorn.run(
+        "coherence_network.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+    )
+
+
+def run() -> None:
+    """Entry point used by scripts/: same as the console script."""
+    app(prog_name="coherence")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

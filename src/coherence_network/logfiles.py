@@ -1,0 +1,139 @@
+"""Registry of every file under ``var/logs`` and the one logging setup all components share.
+
+A file that any component writes is declared here once, with its purpose; the runbook's Log Locations table is
+checked against this registry by a test, so adding a file here is how it gets documented.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from coherence_network.settings import Settings
+
+ROTATE_BYTES = 5 * 1024 * 1024
+ROTATE_BACKUPS = 3
+
+
+@dataclass(frozen=True)
+class LogFile:
+    """One file under the log folder: its name (a pattern for per-task logs), kind, purpose and rotation."""
+
+    name: str
+    kind: str  # "log" (component log), "task" (per-task output) or "state" (JSON state/report)
+    purpose: str
+    rotation: str
+
+    def path(self, settings: Settings, **fields: Any) -> Path:
+        return settings.logs_dir / self.name.format(**fields)
+
+
+_ROTATED = f"{ROTATE_BYTES // (1024 * 1024)} MiB, {ROTATE_BACKUPS} backups"
+
+REGISTRY: dict[str, LogFile] = {
+    f.name: f
+    for f in (
+        LogFile("api.log", "log", "API server: startup, failed requests, store errors", _ROTATED),
+        LogFile("agent_runner.log", "log", "Agent runner: claims, task starts and results, API outages", _ROTATED),
+        LogFile("project_manager.log", "log", "Project manager: backlog parsing, phase tasks created", _ROTATED),
+        LogFile("monitor.log", "log", "Monitor: one STATUS line per check, issues opened and resolved", _ROTATED),
+        LogFile("supervisor.log", "log", "Supervisor: child starts, exits, restarts, fatal issues", _ROTATED),
+        LogFile("telegram.log", "log", "Telegram bot: commands received, refused senders, messages sent", _ROTATED),
+        LogFile("commit_progress.log", "log", "Auto-commit and auto-push of the workspace", _ROTATED),
+        LogFile("indexer.log", "log", "npm and PyPI indexers: progress lines, failures, summaries", _ROTATED),
+        LogFile("task_{id}.log", "task", "Full output of one task, with header and footer", "none; cleaned by age"),
+        LogFile("project_manager_state.json", "state", "Project manager state: backlog position, items", "none"),
+        LogFile("monitor_issues.json", "state", "Open monitor issues with first-seen time", "none"),
+        LogFile("monitor_resolutions.jsonl", "state", "Monitor issues that cleared, one JSON line each", "none"),
+        LogFile("pipeline_status_report.json", "state", "Layered status report written by the monitor", "none"),
+        LogFile("pipeline_status_report.txt", "state", "The same report for humans", "none"),
+        LogFile("pipeline_version.json", "state", "Code version (git SHA) the running pipeline started with", "none"),
+        LogFile("restart_requested.json", "state", "Restart request for the supervisor {reason, component, at}", "none"),
+        LogFile("fatal_issues.json", "state", "Fatal issues: components that could not be kept running", "none"),
+    )
+}
+
+
+def component_log(component: str) -> LogFile:
+    """The registered component log ``{component}.log``; unknown names are a programming error."""
+    return REGISTRY[f"{component}.log"]
+
+
+def task_log_path(settings: Settings, task_id: int) -> Path:
+    return REGISTRY["task_{id}.log"].path(settings, id=task_id)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temp file and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class UTCFormatter(logging.Formatter):
+    """``2026-11-25T06:00:00.123Z LEVEL component: message`` — one line format everywhere."""
+
+    converter = time.gmtime
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line with a UTC ISO timestamp."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(
+    component: str, settings: Settings, *, json_lines: bool | None = None, verbose: bool = False, console: bool = True
+) -> Path:
+    """Send the root logger to the component's rotated log file (and stderr); returns the log path."""
+    settings.ensure_dirs()
+    path = component_log(component).path(settings)
+    use_json = settings.coherence_log_json if json_lines is None else json_lines
+    formatter: logging.Formatter = JSONFormatter() if use_json else UTCFormatter()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    file_handler = logging.handlers.RotatingFileHandler(
+        path, maxBytes=ROTATE_BYTES, backupCount=ROTATE_BACKUPS, encoding="utf-8"
+    )
+    file_handler.setFormatter(formatter)
+    root.addHandler(file_handler)
+    if console:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(formatter)
+        root.addHandler(stream)
+    root.setLevel(logging.DEBUG if verbose else settings.coherence_log_level)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return path

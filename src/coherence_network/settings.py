@@ -1,0 +1,115 @@
+"""The one Settings class: every environment variable the project reads is declared here and nowhere else.
+
+A field's name is its environment variable in lower case (``coherence_home`` is ``COHERENCE_HOME``), so the
+runbook, ``coherence config`` and the code all use one spelling.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SECRET_FIELDS = frozenset({"coherence_api_token", "telegram_bot_token", "telegram_webhook_secret"})
+
+
+class Settings(BaseSettings):
+    """Configuration read from the environment (and an optional ``.env`` file in the working directory)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # --- runtime folder and store -------------------------------------------------------------------------
+    coherence_home: Path = Field(Path("var"), description="Runtime folder holding logs/, run/ and the SQLite db")
+    database_url: str = Field(
+        "", description="SQLAlchemy URL of the store; empty means SQLite at $COHERENCE_HOME/coherence.db"
+    )
+
+    # --- API ------------------------------------------------------------------------------------------------
+    coherence_api_host: str = Field("127.0.0.1", description="Address the API binds to")
+    coherence_api_port: int = Field(8000, ge=1, le=65535, description="Port the API listens on")
+    coherence_api_token: str = Field(
+        "", description="Bearer token required on every mutating request; required for a non-loopback bind"
+    )
+    agent_api_base: str = Field("http://127.0.0.1:8000", description="Base URL clients use to reach the API")
+    coherence_http_timeout: float = Field(10.0, gt=0, description="Seconds a client waits for one API response")
+    coherence_http_retries: int = Field(
+        5, ge=0, description="Retries a client makes on connection errors and 5xx before giving up"
+    )
+
+    # --- logging --------------------------------------------------------------------------------------------
+    coherence_log_level: str = Field("INFO", description="Log level of component logs (DEBUG, INFO, WARNING...)")
+    coherence_log_json: bool = Field(False, description="Write component logs as JSON lines instead of text")
+
+    # --- tasks ----------------------------------------------------------------------------------------------
+    coherence_lease_seconds: float = Field(
+        60.0, gt=0, description="Lease a claim carries; heartbeats extend it, expiry returns the task to pending"
+    )
+    coherence_reap_interval: float = Field(
+        5.0, gt=0, description="Seconds between the API's passes over expired leases"
+    )
+    coherence_auto_migrate: bool = Field(True, description="The API upgrades the schema at start-up")
+    coherence_max_attempts: int = Field(3, ge=1, description="Claims a task may use before lease expiry fails it")
+    coherence_output_tail_bytes: int = Field(
+        8000, ge=256, description="Bytes of a task's output kept on the task (the full output is in its log)"
+    )
+
+    @field_validator("coherence_log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return level
+
+    # --- derived paths --------------------------------------------------------------------------------------
+    @property
+    def home(self) -> Path:
+        return self.coherence_home.expanduser().resolve()
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def store_url(self) -> str:
+        """The database URL actually used: ``DATABASE_URL`` or the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'coherence.db'}"
+
+    def ensure_dirs(self) -> None:
+        for folder in (self.home, self.logs_dir, self.run_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def described(self) -> list[dict[str, Any]]:
+        """Every setting as {name, value, default, description}; secrets are masked."""
+        rows = []
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            default = field.default
+            if name in SECRET_FIELDS:
+                value = "***" if value else ""
+            rows.append(
+                {
+                    "name": name.upper(),
+                    "value": str(value) if isinstance(value, Path) else value,
+                    "default": str(default) if isinstance(default, Path) else default,
+                    "description": field.description or "",
+                    "set": name.upper() in os.environ,
+                }
+            )
+        return rows
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings of this process, read once."""
+    return Settings()

@@ -1,0 +1,20 @@
+"""The store: tables, migrations and the task store on SQLite or PostgreSQL."""
+
+from coherence_network.settings import Settings
+from coherence_network.store.db import create_store_engine
+from coherence_network.store.errors import Conflict, NotFound
+from coherence_network.store.tasks import TaskStore
+
+
+def open_task_store(settings: Settings) -> TaskStore:
+    """A TaskStore on the configured database (the schema is not touched; see db.migrate)."""
+    engine = create_store_engine(settings.store_url)
+    return TaskStore(
+        engine,
+        lease_seconds=settings.coherence_lease_seconds,
+        max_attempts=settings.coherence_max_attempts,
+        tail_bytes=settings.coherence_output_tail_bytes,
+    )
+
+
+__all__ = ["Conflict", "NotFound", "TaskStore", "open_task_store"]

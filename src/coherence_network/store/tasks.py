@@ -1,0 +1,298 @@
+"""TaskStore: every task operation as one short transaction, identical on SQLite and PostgreSQL.
+
+State changes are single conditional UPDATEs (``WHERE status = ...``), so two writers can never both win; when the
+UPDATE matches nothing the row is read to say why (404 or a conflict naming the current status).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from coherence_network.store.errors import Conflict, NotFound
+from coherence_network.store.schema import TASK_STATUSES, runners, tasks
+
+FINISH_STATUSES = ("completed", "failed", "needs_decision", "pending")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _row(row: sa.Row[Any] | None) -> dict[str, Any] | None:
+    return None if row is None else dict(row._mapping)
+
+
+@dataclass
+class ReapResult:
+    """Expired leases handled by one reaper pass."""
+
+    reclaimed: int = 0
+    failed: int = 0
+
+
+class TaskStore:
+    """Tasks and the runner registry on one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine, *, lease_seconds: float = 60.0, max_attempts: int = 3, tail_bytes: int = 8000):
+        self.engine = engine
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.tail_bytes = tail_bytes
+        self._pg = engine.dialect.name == "postgresql"
+
+    # --- reads ----------------------------------------------------------------------------------------------
+    def get(self, task_id: int) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = _row(conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first())
+        if row is None:
+            raise NotFound(f"task {task_id} not found")
+        return row
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        task_type: str | None = None,
+        order: Literal["newest", "oldest"] = "newest",
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """A page of tasks and the total that match the filter."""
+        where = []
+        if status:
+            where.append(tasks.c.status == status)
+        if task_type:
+            where.append(tasks.c.task_type == task_type)
+        ordering = tasks.c.id.desc() if order == "newest" else tasks.c.id.asc()
+        query = sa.select(tasks).where(*where).order_by(ordering).limit(limit).offset(offset)
+        with self.engine.connect() as conn:
+            items = [dict(r._mapping) for r in conn.execute(query)]
+            total = conn.execute(sa.select(sa.func.count()).select_from(tasks).where(*where)).scalar_one()
+        return items, int(total)
+
+    def count(self) -> dict[str, Any]:
+        """{"total": n, "by_status": {status: n}} with every status present."""
+        query = sa.select(tasks.c.status, sa.func.count()).group_by(tasks.c.status)
+        with self.engine.connect() as conn:
+            found = {status: int(n) for status, n in conn.execute(query)}
+        by_status = {status: found.get(status, 0) for status in TASK_STATUSES}
+        return {"total": sum(found.values()), "by_status": by_status}
+
+    # --- writes ---------------------------------------------------------------------------------------------
+    def create(
+        self,
+        *,
+        direction: str,
+        task_type: str,
+        command: str | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        timeout_seconds: float | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        now = utcnow()
+        values = {
+            "direction": direction,
+            "task_type": task_type,
+            "status": "pending",
+            "command": command,
+            "priority": priority,
+            "max_attempts": max_attempts or self.max_attempts,
+            "timeout_seconds": timeout_seconds,
+            "context": context,
+            "created_at": now,
+            "updated_at": now,
+        }
+        with self.engine.begin() as conn:
+            row = conn.execute(tasks.insert().values(**values).returning(*tasks.c)).first()
+        return dict(row._mapping)  # type: ignore[union-attr]
+
+    def claim(
+        self, runner_id: str, *, types: Iterable[str] | None = None, lease_seconds: float | None = None
+    ) -> dict[str, Any] | None:
+        """Atomically move the most urgent pending task to running for ``runner_id``; None when there is none."""
+        now = utcnow()
+        pick = sa.select(tasks.c.id).where(tasks.c.status == "pending")
+        type_list = list(types or [])
+        if type_list:
+            pick = pick.where(tasks.c.task_type.in_(type_list))
+        pick = pick.order_by(tasks.c.priority.desc(), tasks.c.id.asc()).limit(1)
+        if self._pg:
+            pick = pick.with_for_update(skip_locked=True)
+        query = (
+            tasks.update()
+            .where(tasks.c.id == pick.scalar_subquery(), tasks.c.status == "pending")
+            .values(
+                status="running",
+                claimed_by=runner_id,
+                attempts=tasks.c.attempts + 1,
+                claim_token=tasks.c.claim_token + 1,
+                lease_expires_at=now + timedelta(seconds=lease_seconds or self.lease_seconds),
+                started_at=now,
+                finished_at=None,
+                exit_code=None,
+                progress_pct=None,
+                current_step=None,
+                updated_at=now,
+            )
+            .returning(*tasks.c)
+        )
+        with self.engine.begin() as conn:
+            return _row(conn.execute(query).first())
+
+    def heartbeat(
+        self,
+        task_id: int,
+        claim_token: int,
+        *,
+        progress_pct: float | None = None,
+        current_step: str | None = None,
+        lease_seconds: float | None = None,
+    ) -> dict[str, Any]:
+        """Extend the lease of a running task (and record progress); only the current claim may do so."""
+        now = utcnow()
+        values: dict[str, Any] = {
+            "lease_expires_at": now + timedelta(seconds=lease_seconds or self.lease_seconds),
+            "updated_at": now,
+        }
+        if progress_pct is not None:
+            values["progress_pct"] = progress_pct
+        if current_step is not None:
+            values["current_step"] = current_step
+        return self._running_update(task_id, claim_token, values, "heartbeat")
+
+    def finish(
+        self,
+        task_id: int,
+        claim_token: int,
+        *,
+        status: str,
+        output: str | None = None,
+        exit_code: int | None = None,
+        decision_prompt: str | None = None,
+    ) -> dict[str, Any]:
+        """End the current claim: completed, failed, needs_decision (with a question) or pending (released)."""
+        if status not in FINISH_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(FINISH_STATUSES)}")
+        if status == "needs_decision" and not decision_prompt:
+            raise ValueError("needs_decision requires decision_prompt")
+        now = utcnow()
+        values: dict[str, Any] = {"status": status, "lease_expires_at": None, "updated_at": now}
+        if output is not None:
+            values["output"] = self._tail(output)
+        if exit_code is not None:
+            values["exit_code"] = exit_code
+        if status in ("completed", "failed"):
+            values["finished_at"] = now
+        if status == "needs_decision":
+            values.update(decision_prompt=decision_prompt, decision=None, decided_by=None, decided_at=None)
+        if status == "pending":
+            values["claimed_by"] = None
+        return self._running_update(task_id, claim_token, values, "finish")
+
+    def decide(self, task_id: int, decision: str, decided_by: str) -> dict[str, Any]:
+        """Store a decision on a needs_decision task and return it to pending, so the next run sees it."""
+        now = utcnow()
+        values = {
+            "status": "pending",
+            "decision": decision,
+            "decided_by": decided_by,
+            "decided_at": now,
+            "claimed_by": None,
+            "updated_at": now,
+        }
+        return self._conditional_update(task_id, tasks.c.status == "needs_decision", values, "decide", "needs_decision")
+
+    def retry(self, task_id: int) -> dict[str, Any]:
+        """Operator retry of a failed task: back to pending with a fresh set of attempts."""
+        now = utcnow()
+        values = {
+            "status": "pending",
+            "attempts": 0,
+            "claimed_by": None,
+            "finished_at": None,
+            "exit_code": None,
+            "updated_at": now,
+        }
+        return self._conditional_update(task_id, tasks.c.status == "failed", values, "retry", "failed")
+
+    def reap(self, now: datetime | None = None) -> ReapResult:
+        """Return running tasks whose lease expired to pending, or fail them when their attempts are spent."""
+        now = now or utcnow()
+        expired = sa.and_(tasks.c.status == "running", tasks.c.lease_expires_at < now)
+        spent = tasks.c.attempts >= tasks.c.max_attempts
+        common = {"lease_expires_at": None, "claimed_by": None, "updated_at": now}
+        with self.engine.begin() as conn:
+            failed = conn.execute(
+                tasks.update()
+                .where(expired, spent)
+                .values(status="failed", finished_at=now, current_step="lease expired; attempts spent", **common)
+            ).rowcount
+            reclaimed = conn.execute(tasks.update().where(expired, ~spent).values(status="pending", **common)).rowcount
+        return ReapResult(reclaimed=reclaimed, failed=failed)
+
+    # --- runner registry ------------------------------------------------------------------------------------
+    def runner_heartbeat(
+        self, runner_id: str, *, host: str, pid: int, version: str, info: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        now = utcnow()
+        values = {"host": host, "pid": pid, "version": version, "info": info, "last_seen": now}
+        with self.engine.begin() as conn:
+            updated = conn.execute(runners.update().where(runners.c.id == runner_id).values(**values)).rowcount
+            if not updated:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(runners.insert().values(id=runner_id, first_seen=now, **values))
+                except sa.exc.IntegrityError:  # another replica registered it first
+                    conn.execute(runners.update().where(runners.c.id == runner_id).values(**values))
+            row = conn.execute(sa.select(runners).where(runners.c.id == runner_id)).first()
+        return dict(row._mapping)  # type: ignore[union-attr]
+
+    def runners(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.select(runners).order_by(runners.c.last_seen.desc()))]
+
+    # --- helpers --------------------------------------------------------------------------------------------
+    def _tail(self, output: str) -> str:
+        encoded = output.encode("utf-8", errors="replace")
+        if len(encoded) <= self.tail_bytes:
+            return output
+        return encoded[-self.tail_bytes :].decode("utf-8", errors="ignore")
+
+    def _running_update(self, task_id: int, claim_token: int, values: dict[str, Any], action: str) -> dict[str, Any]:
+        condition = sa.and_(tasks.c.status == "running", tasks.c.claim_token == claim_token)
+        return self._conditional_update(task_id, condition, values, action, "running", claim_token)
+
+    def _conditional_update(
+        self,
+        task_id: int,
+        condition: sa.ColumnElement[bool],
+        values: dict[str, Any],
+        action: str,
+        needed: str,
+        claim_token: int | None = None,
+    ) -> dict[str, Any]:
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                tasks.update().where(tasks.c.id == task_id, condition).values(**values).returning(*tasks.c)
+            ).first()
+            if row is not None:
+                return dict(row._mapping)
+            current = conn.execute(
+                sa.select(tasks.c.status, tasks.c.claim_token).where(tasks.c.id == task_id)
+            ).first()
+        if current is None:
+            raise NotFound(f"task {task_id} not found")
+        status, token = current
+        if claim_token is not None and status == "running" and token != claim_token:
+            raise Conflict(
+                f"cannot {action} task {task_id}: claim token {claim_token} is stale (current claim {token}); "
+                "the lease expired and the task was claimed again",
+                status,
+            )
+        raise Conflict(f"cannot {action} task {task_id}: its status is {status}, {action} needs {needed}", status)
