@@ -1,0 +1,1 @@
+"""Test support: throwaway PostgreSQL servers, API processes on ephemeral loopback ports."""
