@@ -1,0 +1,203 @@
+"""The task store on both backends: every operation, every legal and illegal status move, claims under a race."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from coherence_network.store import Conflict, NotFound, TaskStore
+from coherence_network.store.db import create_store_engine, current_revision, head_revision, migrate, readiness
+from coherence_network.store.tasks import utcnow
+
+
+@pytest.fixture
+def store(store_url: str) -> TaskStore:
+    engine = create_store_engine(store_url)
+    migrate(engine)
+    yield TaskStore(engine, lease_seconds=30, max_attempts=2, tail_bytes=300)
+    engine.dispose()
+
+
+def make(store: TaskStore, n: int = 1, task_type: str = "run") -> list[dict]:
+    return [store.create(direction=f"task {i}", task_type=task_type) for i in range(n)]
+
+
+def test_migrations_reach_head_and_readiness_passes(store: TaskStore) -> None:
+    assert current_revision(store.engine) == head_revision(store.engine)
+    assert all(check["ok"] for check in readiness(store.engine))
+
+
+def test_unmigrated_store_is_not_ready(store_url: str) -> None:
+    engine = create_store_engine(store_url)
+    checks = {c["name"]: c for c in readiness(engine)}
+    assert checks["store_reachable"]["ok"] is True
+    assert checks["migrations_current"]["ok"] is False
+    assert "coherence migrate" in checks["migrations_current"]["detail"]
+
+
+def test_create_get_and_defaults(store: TaskStore) -> None:
+    task = store.create(direction="write the spec", task_type="spec", context={"item": "a"}, priority=3)
+    assert task["status"] == "pending" and task["attempts"] == 0 and task["max_attempts"] == 2
+    assert task["created_at"].tzinfo is not None
+    again = store.get(task["id"])
+    assert again["context"] == {"item": "a"} and again["priority"] == 3 and again["direction"] == "write the spec"
+    with pytest.raises(NotFound):
+        store.get(999_999)
+
+
+def test_list_filters_orders_and_counts_a_real_total(store: TaskStore) -> None:
+    make(store, 5, task_type="spec")
+    make(store, 3, task_type="impl")
+    store.claim("r1", types=["impl"])
+    items, total = store.list(task_type="spec", limit=2, offset=0)
+    assert total == 5 and len(items) == 2 and items[0]["id"] > items[1]["id"]
+    items, total = store.list(task_type="spec", order="oldest", limit=10, offset=3)
+    assert total == 5 and [t["direction"] for t in items] == ["task 3", "task 4"]
+    running, total = store.list(status="running")
+    assert total == 1 and running[0]["task_type"] == "impl"
+    counts = store.count()
+    assert counts["total"] == 8
+    assert counts["by_status"] == {"pending": 7, "running": 1, "completed": 0, "failed": 0, "needs_decision": 0}
+
+
+def test_claim_prefers_priority_then_age_and_respects_types(store: TaskStore) -> None:
+    low, high = store.create(direction="low", task_type="run"), store.create(direction="hi", task_type="run", priority=5)
+    review = store.create(direction="r", task_type="review", priority=9)
+    assert store.claim("r", types=["run"])["id"] == high["id"]
+    assert store.claim("r", types=["run"])["id"] == low["id"]
+    assert store.claim("r", types=["run"]) is None
+    claimed = store.claim("r")
+    assert claimed["id"] == review["id"] and claimed["status"] == "running" and claimed["claimed_by"] == "r"
+    assert claimed["attempts"] == 1 and claimed["claim_token"] == 1 and claimed["lease_expires_at"] > utcnow()
+
+
+def test_finish_paths_and_the_decision_round_trip(store: TaskStore) -> None:
+    (task,) = make(store)
+    claim = store.claim("r")
+    asked = store.finish(task["id"], claim["claim_token"], status="needs_decision", decision_prompt="ship it?")
+    assert asked["status"] == "needs_decision" and asked["decision_prompt"] == "ship it?"
+    decided = store.decide(task["id"], "yes", "api:alice")
+    assert decided["status"] == "pending" and decided["decision"] == "yes" and decided["decided_by"] == "api:alice"
+    assert decided["decided_at"] is not None
+    claim = store.claim("r")
+    assert claim["decision"] == "yes" and claim["claim_token"] == 2
+    done = store.finish(task["id"], claim["claim_token"], status="completed", output="x" * 1000, exit_code=0)
+    assert done["status"] == "completed" and done["finished_at"] is not None and done["exit_code"] == 0
+    assert len(done["output"]) == 300  # bounded tail
+
+
+def test_illegal_moves_conflict_and_name_the_current_status(store: TaskStore) -> None:
+    (task,) = make(store)
+    with pytest.raises(Conflict, match="its status is pending"):
+        store.decide(task["id"], "yes", "api")
+    with pytest.raises(Conflict, match="its status is pending"):
+        store.retry(task["id"])
+    with pytest.raises(Conflict, match="its status is pending"):
+        store.finish(task["id"], 1, status="completed")
+    claim = store.claim("r")
+    store.finish(task["id"], claim["claim_token"], status="completed")
+    for action in (lambda: store.retry(task["id"]), lambda: store.decide(task["id"], "no", "api"),
+                   lambda: store.heartbeat(task["id"], claim["claim_token"])):
+        with pytest.raises(Conflict, match="its status is completed") as caught:
+            action()
+        assert caught.value.current_status == "completed"
+    assert store.get(task["id"])["status"] == "completed"
+    with pytest.raises(NotFound):
+        store.decide(123456, "yes", "api")
+    with pytest.raises(ValueError):
+        store.finish(task["id"], 1, status="running")
+
+
+def test_failed_task_can_be_retried_by_an_operator(store: TaskStore) -> None:
+    (task,) = make(store)
+    claim = store.claim("r")
+    store.finish(task["id"], claim["claim_token"], status="failed", exit_code=3)
+    retried = store.retry(task["id"])
+    assert retried["status"] == "pending" and retried["attempts"] == 0 and retried["exit_code"] is None
+    assert store.claim("r")["claim_token"] == 2  # fencing tokens keep growing across retries
+
+
+def test_release_returns_the_task_to_pending(store: TaskStore) -> None:
+    (task,) = make(store)
+    claim = store.claim("r")
+    released = store.finish(task["id"], claim["claim_token"], status="pending")
+    assert released["status"] == "pending" and released["claimed_by"] is None
+    assert store.claim("r2")["claimed_by"] == "r2"
+
+
+def test_heartbeat_extends_the_lease_and_records_progress(store: TaskStore) -> None:
+    (task,) = make(store)
+    claim = store.claim("r", lease_seconds=5)
+    beat = store.heartbeat(task["id"], claim["claim_token"], progress_pct=40, current_step="compiling", lease_seconds=600)
+    assert beat["progress_pct"] == 40 and beat["current_step"] == "compiling"
+    assert beat["lease_expires_at"] > claim["lease_expires_at"] + timedelta(seconds=500)
+
+
+def test_expired_lease_is_reclaimed_and_the_zombie_is_fenced_off(store: TaskStore) -> None:
+    (task,) = make(store)
+    first = store.claim("dead-runner", lease_seconds=1)
+    assert store.reap(now=utcnow()).reclaimed == 0
+    result = store.reap(now=utcnow() + timedelta(seconds=2))
+    assert (result.reclaimed, result.failed) == (1, 0)
+    second = store.claim("live-runner")
+    assert second["id"] == task["id"] and second["attempts"] == 2 and second["claim_token"] == 2
+    with pytest.raises(Conflict, match="stale"):
+        store.finish(task["id"], first["claim_token"], status="completed")
+    with pytest.raises(Conflict, match="stale"):
+        store.heartbeat(task["id"], first["claim_token"])
+    assert store.finish(task["id"], second["claim_token"], status="completed")["claimed_by"] == "live-runner"
+
+
+def test_lease_expiry_fails_the_task_once_attempts_are_spent(store: TaskStore) -> None:
+    (task,) = make(store)
+    for _ in range(2):  # max_attempts is 2
+        assert store.claim("r", lease_seconds=1)["id"] == task["id"]
+        store.reap(now=utcnow() + timedelta(seconds=2))
+    failed = store.get(task["id"])
+    assert failed["status"] == "failed" and failed["attempts"] == 2 and failed["finished_at"] is not None
+
+
+def test_runner_registry_upserts(store: TaskStore) -> None:
+    first = store.runner_heartbeat("host:1", host="host", pid=1, version="0.1", info={"workers": 2})
+    second = store.runner_heartbeat("host:1", host="host", pid=1, version="0.2", info=None)
+    assert second["first_seen"] == first["first_seen"] and second["last_seen"] >= first["last_seen"]
+    assert [r["version"] for r in store.runners()] == ["0.2"]
+
+
+def test_eight_racing_claimers_claim_each_of_500_tasks_exactly_once(store: TaskStore) -> None:
+    with store.engine.begin() as conn:  # bulk insert: the race, not the inserts, is under test
+        from coherence_network.store.schema import tasks
+
+        now = utcnow()
+        conn.execute(tasks.insert(), [
+            {"direction": f"t{i}", "task_type": "run", "status": "pending", "max_attempts": 3,
+             "created_at": now, "updated_at": now}
+            for i in range(500)
+        ])
+    claimed: list[int] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def claimer(name: str) -> None:
+        try:
+            start.wait()
+            while (task := store.claim(name)) is not None:
+                with lock:
+                    claimed.append(task["id"])
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer, args=(f"r{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    assert len(claimed) == 500 and len(set(claimed)) == 500
+    assert store.count()["by_status"]["running"] == 500
+    per_runner = Counter(t["claimed_by"] for t in store.list(status="running", limit=500)[0])
+    assert sum(per_runner.values()) == 500
