@@ -89,8 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "current_status": exc.current_status}, status_code=409)
 
-    @app.exception_handler(sa.exc.OperationalError)
-    async def _store_down(request: Request, exc: sa.exc.OperationalError) -> JSONResponse:
+    @app.exception_handler(sa.exc.DatabaseError)
+    async def _store_down(request: Request, exc: sa.exc.DatabaseError) -> JSONResponse:
+        """Unreachable, locked or corrupt store: 503 so clients retry, never a bare 500."""
         log.error("store error on %s %s: %s", request.method, request.url.path, exc.orig)
         return JSONResponse({"detail": f"store unavailable: {exc.orig}"}, status_code=503)
 
