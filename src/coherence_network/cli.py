@@ -102,6 +102,37 @@ def api(
     )
 
 
+@app.command()
+def cleanup(
+    days: float = typer.Option(7.0, "--days", min=0, help="Remove task logs not written for this many days"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed, remove nothing"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
+) -> None:
+    """Remove old task logs (var/logs/task_{id}.log) of finished tasks; never the log of a running task."""
+    from dataclasses import asdict
+
+    from coherence_network.cleanup import clean_task_logs
+    from coherence_network.client import ApiClient, ApiError
+
+    settings = get_settings()
+    try:
+        with ApiClient(settings=settings, retries=1) as client:
+            report = clean_task_logs(settings.logs_dir, days, client, dry_run=dry_run)
+    except ApiError as exc:
+        typer.echo(f"cannot ask the API which tasks are finished, nothing removed: {exc}", err=True)
+        typer.echo("start the API first (docs/RUNBOOK.md#api-restart)", err=True)
+        raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(json.dumps({**asdict(report), "dry_run": dry_run}))
+        return
+    verb = "would remove" if dry_run else "removed"
+    for name in report.removed:
+        typer.echo(f"{verb} {name}")
+    for name in report.kept_unfinished:
+        typer.echo(f"kept {name} (task not finished)")
+    typer.echo(f"{verb} {len(report.removed)} task logs, {report.bytes_freed} bytes")
+
+
 def run() -> None:
     """Entry point used by scripts/: same as the console script."""
     app(prog_name="coherence")
