@@ -7,11 +7,11 @@ import hmac
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import sqlalchemy as sa
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from coherence_network import __version__
@@ -67,19 +67,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.started = time.monotonic()
     app.state.log = log
 
-    @app.middleware("http")
-    async def require_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    def require_token(request: Request) -> None:
+        """With COHERENCE_API_TOKEN set, every mutating request needs ``Authorization: Bearer <token>``."""
         token = settings.coherence_api_token
-        if token and request.method in MUTATING_METHODS and not request.url.path.endswith("/telegram/webhook"):
-            given = request.headers.get("authorization", "")
-            expected = f"Bearer {token}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return JSONResponse(
-                    {"detail": "missing or wrong bearer token (Authorization: Bearer $COHERENCE_API_TOKEN)"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-        return await call_next(request)
+        if not token or request.method not in MUTATING_METHODS or request.url.path.endswith("/telegram/webhook"):
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise HTTPException(
+                401,
+                "missing or wrong bearer token (Authorization: Bearer $COHERENCE_API_TOKEN)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    app.router.dependencies.append(Depends(require_token))
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
