@@ -7,6 +7,7 @@ UPDATE matches nothing the row is read to say why (404 or a conflict naming the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Literal
 
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from coherence_network.store.errors import Conflict, NotFound
-from coherence_network.store.schema import TASK_STATUSES, runners, tasks
+from coherence_network.store.schema import TASK_STATUSES, UTCDateTime, runners, tasks
 
 FINISH_STATUSES = ("completed", "failed", "needs_decision", "pending")
 
@@ -25,6 +26,48 @@ def utcnow() -> datetime:
 
 def _row(row: sa.Row[Any] | None) -> dict[str, Any] | None:
     return None if row is None else dict(row._mapping)
+
+
+_INSERT_TASK = tasks.insert().returning(*tasks.c)
+
+
+@lru_cache(maxsize=None)
+def _claim_statement(typed: bool, postgres: bool) -> sa.Update:
+    """Built once: statement construction costs more than SQLite's execution of it."""
+    pick = sa.select(tasks.c.id).where(tasks.c.status == "pending")
+    if typed:
+        pick = pick.where(tasks.c.task_type.in_(sa.bindparam("b_types", expanding=True)))
+    pick = pick.order_by(tasks.c.priority.desc(), tasks.c.id.asc()).limit(1)
+    if postgres:
+        pick = pick.with_for_update(skip_locked=True)
+    return (
+        tasks.update()
+        .where(tasks.c.id == pick.scalar_subquery(), tasks.c.status == "pending")
+        .values(
+            status="running",
+            claimed_by=sa.bindparam("b_runner"),
+            attempts=tasks.c.attempts + 1,
+            claim_token=tasks.c.claim_token + 1,
+            lease_expires_at=sa.bindparam("b_lease", type_=UTCDateTime),
+            started_at=sa.bindparam("b_now", type_=UTCDateTime),
+            finished_at=None,
+            exit_code=None,
+            progress_pct=None,
+            current_step=None,
+            updated_at=sa.bindparam("b_now", type_=UTCDateTime),
+        )
+        .returning(*tasks.c)
+    )
+
+
+@lru_cache(maxsize=None)
+def _update_statement(needed: str, fenced: bool, keys: tuple[str, ...]) -> sa.Update:
+    """``UPDATE tasks SET <keys> WHERE id = ? AND status = <needed> [AND claim_token = ?]``, built once per shape."""
+    condition = [tasks.c.id == sa.bindparam("b_id"), tasks.c.status == needed]
+    if fenced:
+        condition.append(tasks.c.claim_token == sa.bindparam("b_token"))
+    values = {key: sa.bindparam(f"v_{key}", type_=tasks.c[key].type) for key in keys}
+    return tasks.update().where(*condition).values(values).returning(*tasks.c)
 
 
 @dataclass
@@ -109,7 +152,7 @@ class TaskStore:
             "updated_at": now,
         }
         with self.engine.begin() as conn:
-            row = conn.execute(tasks.insert().values(**values).returning(*tasks.c)).first()
+            row = conn.execute(_INSERT_TASK, values).first()
         return dict(row._mapping)  # type: ignore[union-attr]
 
     def claim(
@@ -117,33 +160,16 @@ class TaskStore:
     ) -> dict[str, Any] | None:
         """Atomically move the most urgent pending task to running for ``runner_id``; None when there is none."""
         now = utcnow()
-        pick = sa.select(tasks.c.id).where(tasks.c.status == "pending")
         type_list = list(types or [])
+        params: dict[str, Any] = {
+            "b_runner": runner_id,
+            "b_now": now,
+            "b_lease": now + timedelta(seconds=lease_seconds or self.lease_seconds),
+        }
         if type_list:
-            pick = pick.where(tasks.c.task_type.in_(type_list))
-        pick = pick.order_by(tasks.c.priority.desc(), tasks.c.id.asc()).limit(1)
-        if self._pg:
-            pick = pick.with_for_update(skip_locked=True)
-        query = (
-            tasks.update()
-            .where(tasks.c.id == pick.scalar_subquery(), tasks.c.status == "pending")
-            .values(
-                status="running",
-                claimed_by=runner_id,
-                attempts=tasks.c.attempts + 1,
-                claim_token=tasks.c.claim_token + 1,
-                lease_expires_at=now + timedelta(seconds=lease_seconds or self.lease_seconds),
-                started_at=now,
-                finished_at=None,
-                exit_code=None,
-                progress_pct=None,
-                current_step=None,
-                updated_at=now,
-            )
-            .returning(*tasks.c)
-        )
+            params["b_types"] = type_list
         with self.engine.begin() as conn:
-            return _row(conn.execute(query).first())
+            return _row(conn.execute(_claim_statement(bool(type_list), self._pg), params).first())
 
     def heartbeat(
         self,
@@ -206,7 +232,7 @@ class TaskStore:
             "claimed_by": None,
             "updated_at": now,
         }
-        return self._conditional_update(task_id, tasks.c.status == "needs_decision", values, "decide", "needs_decision")
+        return self._conditional_update(task_id, "needs_decision", values, "decide")
 
     def retry(self, task_id: int) -> dict[str, Any]:
         """Operator retry of a failed task: back to pending with a fresh set of attempts."""
@@ -219,7 +245,7 @@ class TaskStore:
             "exit_code": None,
             "updated_at": now,
         }
-        return self._conditional_update(task_id, tasks.c.status == "failed", values, "retry", "failed")
+        return self._conditional_update(task_id, "failed", values, "retry")
 
     def reap(self, now: datetime | None = None) -> ReapResult:
         """Return running tasks whose lease expired to pending, or fail them when their attempts are spent."""
@@ -265,22 +291,16 @@ class TaskStore:
         return encoded[-self.tail_bytes :].decode("utf-8", errors="ignore")
 
     def _running_update(self, task_id: int, claim_token: int, values: dict[str, Any], action: str) -> dict[str, Any]:
-        condition = sa.and_(tasks.c.status == "running", tasks.c.claim_token == claim_token)
-        return self._conditional_update(task_id, condition, values, action, "running", claim_token)
+        return self._conditional_update(task_id, "running", values, action, claim_token)
 
     def _conditional_update(
-        self,
-        task_id: int,
-        condition: sa.ColumnElement[bool],
-        values: dict[str, Any],
-        action: str,
-        needed: str,
-        claim_token: int | None = None,
+        self, task_id: int, needed: str, values: dict[str, Any], action: str, claim_token: int | None = None
     ) -> dict[str, Any]:
+        keys = tuple(sorted(values))
+        statement = _update_statement(needed, claim_token is not None, keys)
+        params = {"b_id": task_id, "b_token": claim_token, **{f"v_{k}": values[k] for k in keys}}
         with self.engine.begin() as conn:
-            row = conn.execute(
-                tasks.update().where(tasks.c.id == task_id, condition).values(**values).returning(*tasks.c)
-            ).first()
+            row = conn.execute(statement, params).first()
             if row is not None:
                 return dict(row._mapping)
             current = conn.execute(
