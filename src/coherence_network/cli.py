@@ -80,6 +80,7 @@ def api(
 
     from coherence_network.api.app import is_loopback
     from coherence_network.logfiles import setup_logging
+    from coherence_network.pidfiles import remove_pid, write_pid
 
     settings = get_settings()
     host = host or settings.coherence_api_host
@@ -91,15 +92,19 @@ def api(
         )
         raise typer.Exit(2)
     setup_logging("api", settings, json_lines=Options.log_json)
-    uvicorn.run(
-        "coherence_network.api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        access_log=False,
-    )
+    write_pid(settings, "api")
+    try:
+        uvicorn.run(
+            "coherence_network.api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,
+            access_log=False,
+        )
+    finally:
+        remove_pid(settings, "api")
 
 
 @app.command()
