@@ -6,6 +6,7 @@ Exit codes: 0 healthy / done, 1 needs attention or failed, 2 usage error.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 import typer
@@ -93,6 +94,9 @@ def api(
         raise typer.Exit(2)
     setup_logging("api", settings, json_lines=Options.log_json)
     write_pid(settings, "api")
+    # uvicorn shuts down gracefully, then re-raises the signal to the handler it found: make that one exit cleanly
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_after_shutdown)
     try:
         uvicorn.run(
             "coherence_network.api.app:create_app",
@@ -105,6 +109,10 @@ def api(
         )
     finally:
         remove_pid(settings, "api")
+
+
+def _exit_after_shutdown(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 @app.command()
