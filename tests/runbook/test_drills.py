@@ -1,0 +1,78 @@
+"""Drills: the runbook's procedures carried out command by command from the file itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from coherence_network.client import ApiClient
+from tests.runbook.drill import Drill
+from tests.runbook.runbook_doc import Runbook
+from tests.support.api import ApiProcess
+from tests.support.net import free_port, wait_until
+
+
+@pytest.fixture(scope="module")
+def runbook() -> Runbook:
+    return Runbook()
+
+
+@pytest.fixture
+def drill(tmp_path: Path) -> Iterator[Drill]:
+    one = Drill(tmp_path / "home", free_port())
+    yield one
+    one.close()
+
+
+def test_drill_api_restart_keeps_the_data(runbook: Runbook, drill: Drill) -> None:
+    api = ApiProcess(drill.home, port=drill.port).start()
+    try:
+        created = [httpx.post(f"{api.url}/api/agent/tasks", json={"direction": f"keep {i}", "task_type": "run"}).json()
+                   for i in range(5)]
+        old_pid = api.proc.pid  # type: ignore[union-attr]
+        results = drill.run_block(runbook.drill("api-restart"))
+        assert json.loads(results[-1].stdout)["ready"] is True
+        assert api.proc.wait(30) == 0  # the old API was stopped gracefully by its PID file
+        new_pid = int((drill.home / "run" / "api.pid").read_text())
+        assert new_pid != old_pid
+        with ApiClient(api.url, token="") as client:
+            for task in created:
+                assert client.get_task(task["id"])["direction"] == task["direction"]
+    finally:
+        api.stop()
+
+
+def test_drill_cleanup_removes_only_old_logs_of_finished_tasks(runbook: Runbook, drill: Drill) -> None:
+    api = ApiProcess(drill.home, port=drill.port).start()
+    try:
+        with ApiClient(api.url, token="") as client:
+            finished = client.create_task("finished", "run")
+            running = client.create_task("running", "run")
+            fresh = client.create_task("fresh", "run")
+            claim = client.claim("drill")
+            client.finish(claim["id"], claim["claim_token"], "completed", exit_code=0)
+            client.claim("drill")  # `running` stays running
+            claim = client.claim("drill")
+            client.finish(claim["id"], claim["claim_token"], "failed", exit_code=1)
+        logs = drill.home / "logs"
+        old = time.time() - 30 * 86400
+        for task in (finished, running, fresh):
+            path = logs / f"task_{task['id']}.log"
+            path.write_text("output\n")
+            if task is not fresh:
+                os.utime(path, (old, old))
+        dry_run, real_run = runbook.drill("cleanup").commands()
+        assert "--dry-run" in dry_run
+        assert f"would remove task_{finished['id']}.log" in drill.run(dry_run).stdout
+        assert (logs / f"task_{finished['id']}.log").exists()  # --dry-run removed nothing
+        assert f"removed task_{finished['id']}.log" in drill.run(real_run).stdout
+        assert not (logs / f"task_{finished['id']}.log").exists()
+        assert (logs / f"task_{running['id']}.log").exists() and (logs / f"task_{fresh['id']}.log").exists()
+    finally:
+        api.stop()
