@@ -63,7 +63,7 @@ tasks = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=True),
     sa.Column("finished_at", UTCDateTime, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
-    sa.Index("ix_tasks_status_priority", "status", "priority", "id"),
+    sa.Index("ix_tasks_claim_order", "status", sa.desc("priority"), "id"),  # the claim's ORDER BY, no sort
     sa.Index("ix_tasks_status_lease", "status", "lease_expires_at"),
     sa.Index("ix_tasks_type_status", "task_type", "status"),
     sa.Index("ix_tasks_finished_at", "finished_at"),

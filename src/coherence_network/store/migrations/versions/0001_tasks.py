@@ -44,7 +44,7 @@ def upgrade() -> None:
         sa.Column("finished_at", UTCDateTime, nullable=True),
         sa.Column("updated_at", UTCDateTime, nullable=False),
     )
-    op.create_index("ix_tasks_status_priority", "tasks", ["status", "priority", "id"])
+    op.create_index("ix_tasks_claim_order", "tasks", ["status", sa.text("priority DESC"), "id"])
     op.create_index("ix_tasks_status_lease", "tasks", ["status", "lease_expires_at"])
     op.create_index("ix_tasks_type_status", "tasks", ["task_type", "status"])
     op.create_index("ix_tasks_finished_at", "tasks", ["finished_at"])
