@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     )
     coherence_auto_migrate: bool = Field(True, description="The API upgrades the schema at start-up")
     coherence_max_attempts: int = Field(3, ge=1, description="Claims a task may use before lease expiry fails it")
+    coherence_count_cache_seconds: float = Field(
+        1.0, ge=0, description="How stale /api/agent/tasks/count may be for writes made through other API replicas"
+    )
     coherence_output_tail_bytes: int = Field(
         8000, ge=256, description="Bytes of a task's output kept on the task (the full output is in its log)"
     )

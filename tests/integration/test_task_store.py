@@ -201,3 +201,18 @@ def test_eight_racing_claimers_claim_each_of_500_tasks_exactly_once(store: TaskS
     assert store.count()["by_status"]["running"] == 500
     per_runner = Counter(t["claimed_by"] for t in store.list(status="running", limit=500)[0])
     assert sum(per_runner.values()) == 500
+
+
+def test_cached_count_follows_this_stores_writes_and_expires_for_others(store_url: str) -> None:
+    engine = create_store_engine(store_url)
+    migrate(engine)
+    cached = TaskStore(engine, count_cache_seconds=3600)
+    other = TaskStore(engine)  # another API replica on the same database
+    assert cached.count()["total"] == 0
+    cached.create(direction="mine", task_type="run")
+    assert cached.count()["by_status"]["pending"] == 1  # own write: never stale
+    other.create(direction="theirs", task_type="run")
+    assert cached.count()["total"] == 1  # other writer: stale within the bound
+    cached.count_cache_seconds = 0
+    assert cached.count()["total"] == 2
+    engine.dispose()

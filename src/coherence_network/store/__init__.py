@@ -14,6 +14,7 @@ def open_task_store(settings: Settings) -> TaskStore:
         lease_seconds=settings.coherence_lease_seconds,
         max_attempts=settings.coherence_max_attempts,
         tail_bytes=settings.coherence_output_tail_bytes,
+        count_cache_seconds=settings.coherence_count_cache_seconds,
     )
 
 

@@ -6,10 +6,13 @@ UPDATE matches nothing the row is read to say why (404 or a conflict naming the 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -81,12 +84,32 @@ class ReapResult:
 class TaskStore:
     """Tasks and the runner registry on one SQLAlchemy engine."""
 
-    def __init__(self, engine: Engine, *, lease_seconds: float = 60.0, max_attempts: int = 3, tail_bytes: int = 8000):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        lease_seconds: float = 60.0,
+        max_attempts: int = 3,
+        tail_bytes: int = 8000,
+        count_cache_seconds: float = 0.0,
+    ):
         self.engine = engine
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.tail_bytes = tail_bytes
+        self.count_cache_seconds = count_cache_seconds
         self._pg = engine.dialect.name == "postgresql"
+        self._writes = 0  # bumped after each committed write; invalidates the count cache
+        self._count_cache: tuple[int, float, dict[str, Any]] | None = None
+
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        """A write transaction; after it commits, cached reads are stale."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        finally:
+            self._writes += 1
 
     # --- reads ----------------------------------------------------------------------------------------------
     def get(self, task_id: int) -> dict[str, Any]:
@@ -119,12 +142,22 @@ class TaskStore:
         return items, int(total)
 
     def count(self) -> dict[str, Any]:
-        """{"total": n, "by_status": {status: n}} with every status present."""
+        """{"total": n, "by_status": {status: n}} with every status present.
+
+        Counting scans the status index, which grows with the store; dashboards poll it, so the answer is reused
+        until this store writes again or ``count_cache_seconds`` pass (the bound on staleness for writes made
+        through other processes)."""
+        generation, now = self._writes, time.monotonic()
+        cached = self._count_cache
+        if cached and cached[0] == generation and now - cached[1] < self.count_cache_seconds:
+            return {"total": cached[2]["total"], "by_status": dict(cached[2]["by_status"])}
         query = sa.select(tasks.c.status, sa.func.count()).group_by(tasks.c.status)
         with self.engine.connect() as conn:
             found = {status: int(n) for status, n in conn.execute(query)}
         by_status = {status: found.get(status, 0) for status in TASK_STATUSES}
-        return {"total": sum(found.values()), "by_status": by_status}
+        result = {"total": sum(found.values()), "by_status": by_status}
+        self._count_cache = (generation, now, result)
+        return {"total": result["total"], "by_status": dict(by_status)}
 
     # --- writes ---------------------------------------------------------------------------------------------
     def create(
@@ -151,7 +184,7 @@ class TaskStore:
             "created_at": now,
             "updated_at": now,
         }
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             row = conn.execute(_INSERT_TASK, values).first()
         return dict(row._mapping)  # type: ignore[union-attr]
 
@@ -168,7 +201,7 @@ class TaskStore:
         }
         if type_list:
             params["b_types"] = type_list
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             return _row(conn.execute(_claim_statement(bool(type_list), self._pg), params).first())
 
     def heartbeat(
@@ -253,7 +286,7 @@ class TaskStore:
         expired = sa.and_(tasks.c.status == "running", tasks.c.lease_expires_at < now)
         spent = tasks.c.attempts >= tasks.c.max_attempts
         common = {"lease_expires_at": None, "claimed_by": None, "updated_at": now}
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             failed = conn.execute(
                 tasks.update()
                 .where(expired, spent)
@@ -268,7 +301,7 @@ class TaskStore:
     ) -> dict[str, Any]:
         now = utcnow()
         values = {"host": host, "pid": pid, "version": version, "info": info, "last_seen": now}
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             updated = conn.execute(runners.update().where(runners.c.id == runner_id).values(**values)).rowcount
             if not updated:
                 try:
@@ -299,7 +332,7 @@ class TaskStore:
         keys = tuple(sorted(values))
         statement = _update_statement(needed, claim_token is not None, keys)
         params = {"b_id": task_id, "b_token": claim_token, **{f"v_{k}": values[k] for k in keys}}
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             row = conn.execute(statement, params).first()
             if row is not None:
                 return dict(row._mapping)
