@@ -116,6 +116,38 @@ def _exit_after_shutdown(signum: int, _frame: object) -> None:
 
 
 @app.command()
+def runner(
+    workers: int = typer.Option(1, "--workers", min=1, help="Independent slots: each claims its next task at once"),
+    interval: float = typer.Option(1.0, "--interval", min=0.05, help="Seconds between claims when the queue was empty"),
+    once: bool = typer.Option(False, "--once", help="Run what is pending, then exit (1 if any task failed)"),
+    types: str = typer.Option("", "--types", help="Only these task types, comma-separated (spec,test,impl,...)"),
+    runner_id: str = typer.Option("", "--runner-id", help="Name in the runner registry (default host:pid)"),
+    grace: float = typer.Option(None, "--grace", min=0, help="Seconds running tasks get on SIGTERM (default "
+                                "COHERENCE_RUNNER_STOP_GRACE_SECONDS)"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging"),
+) -> None:
+    """Claim tasks from the API and run them; logs to var/logs/agent_runner.log, output to task_{id}.log."""
+    from coherence_network.logfiles import setup_logging
+    from coherence_network.runner import Runner
+
+    settings = get_settings()
+    type_list = [t.strip() for t in types.split(",") if t.strip()]
+    unknown = set(type_list) - {"spec", "test", "impl", "review", "heal", "run"}
+    if unknown:
+        typer.echo(f"unknown task types: {', '.join(sorted(unknown))}", err=True)
+        raise typer.Exit(2)
+    if not settings.coherence_workspace.is_dir():
+        typer.echo(f"COHERENCE_WORKSPACE {settings.coherence_workspace} is not a folder", err=True)
+        raise typer.Exit(2)
+    setup_logging("agent_runner", settings, json_lines=Options.log_json, verbose=verbose)
+    agent = Runner(settings, workers=workers, interval=interval, once=once, types=type_list,
+                   runner_id=runner_id or None, grace=grace)
+    signal.signal(signal.SIGTERM, agent.request_stop)
+    signal.signal(signal.SIGINT, agent.request_stop)
+    raise typer.Exit(agent.run())
+
+
+@app.command()
 def cleanup(
     days: float = typer.Option(7.0, "--days", min=0, help="Remove task logs not written for this many days"),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed, remove nothing"),

@@ -60,6 +60,39 @@ class Settings(BaseSettings):
         8000, ge=256, description="Bytes of a task's output kept on the task (the full output is in its log)"
     )
 
+    # --- runner ---------------------------------------------------------------------------------------------
+    coherence_workspace: Path = Field(Path("."), description="Folder tasks run in (the project the agents work on)")
+    coherence_agent_command: str = Field(
+        "", description="Agent command template for tasks without a command, e.g. 'claude -p {prompt_file}'"
+    )
+    agent_task_timeout: float = Field(3600.0, gt=0, description="Seconds a task may run before it is killed")
+    agent_kill_grace_seconds: float = Field(
+        10.0, ge=0, description="Seconds between SIGTERM and SIGKILL when a task's process group is stopped"
+    )
+    coherence_runner_stop_grace_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM, seconds the runner lets running tasks finish before releasing them"
+    )
+    coherence_runner_heartbeat_seconds: float = Field(
+        15.0, gt=0, description="Seconds between a runner's registry heartbeats"
+    )
+
+    # --- project manager ----------------------------------------------------------------------------------
+    pipeline_needs_decision_timeout_hours: float = Field(
+        0.0, ge=0, description="Hours a backlog item waits for a decision before it is skipped; 0 waits forever"
+    )
+    pipeline_stuck_minutes: float = Field(
+        60.0, gt=0, description="pipeline-status flags a task running longer than this as stuck"
+    )
+    pipeline_failure_streak: int = Field(
+        3, ge=1, description="pipeline-status flags this many failed tasks in a row (newest finished first)"
+    )
+    pipeline_min_success_rate: float = Field(
+        0.5, ge=0, le=1, description="pipeline-status flags a 24 h success rate below this (0..1)"
+    )
+    pipeline_success_rate_min_tasks: int = Field(
+        5, ge=1, description="Finished tasks in 24 h needed before the success rate is judged at all"
+    )
+
     @field_validator("coherence_log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:

@@ -1,0 +1,384 @@
+"""Agent runner: claims tasks from the API and runs each one as the agent protocol in DESIGN.md says.
+
+Each worker slot is a thread that claims (long-polling, so dispatch is immediate), runs the task's command in its
+own process group with a timeout, streams the output to ``var/logs/task_{id}.log``, heartbeats the lease, and
+delivers the result. A result that cannot be delivered (API down) waits in ``var/run/runner_outbox/`` and is
+delivered when the API is back, also by a restarted runner; nothing a task produced is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+from coherence_network import __version__
+from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
+from coherence_network.logfiles import task_log_path, write_json_atomic
+from coherence_network.settings import Settings
+
+log = logging.getLogger("coherence.runner")
+
+DECISION_MARKER = "NEEDS_DECISION:"
+LONG_POLL_SECONDS = 20.0
+STEP_CHARS = 200
+
+
+@dataclass
+class TaskResult:
+    """What a run produced; persisted in the outbox until the API has it."""
+
+    task_id: int
+    claim_token: int
+    status: str
+    exit_code: int | None
+    output: str
+    decision_prompt: str | None = None
+
+
+class ClaimLost(Exception):
+    """The API no longer holds our claim (lease expired and the task went to another runner)."""
+
+
+def build_argv(task: dict[str, Any], settings: Settings, prompt_dir: Path) -> list[str]:
+    """The argument list to run: the task's own command, or the agent template with the prompt filled in.
+
+    Nothing is ever joined into a shell string: the prompt is one argument or a file."""
+    if task.get("command"):
+        return shlex.split(task["command"])
+    template = settings.coherence_agent_command
+    if not template:
+        raise ValueError("task has no command and COHERENCE_AGENT_COMMAND is not set")
+    prompt = task["direction"]
+    if task.get("decision"):
+        prompt += f"\n\nThe operator decided: {task['decision']}"
+    prompt_dir.mkdir(parents=True, exist_ok=True)
+    prompt_file = prompt_dir / f"prompt_{task['id']}.md"
+    prompt_file.write_text(prompt, encoding="utf-8")
+    return [arg.replace("{prompt_file}", str(prompt_file)).replace("{prompt}", prompt) for arg in shlex.split(template)]
+
+
+def _utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class TaskRun:
+    """One run of one task: process group, log file, output tail, decision question."""
+
+    def __init__(self, task: dict[str, Any], settings: Settings, runner_id: str) -> None:
+        self.task = task
+        self.settings = settings
+        self.runner_id = runner_id
+        self.tail: deque[str] = deque()
+        self.tail_bytes = 0
+        self.last_line = ""
+        self.question: str | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.timed_out = False
+        self.killed_signal: int | None = None
+
+    @property
+    def timeout(self) -> float:
+        return float(self.task.get("timeout_seconds") or self.settings.agent_task_timeout)
+
+    def _keep(self, line: str) -> None:
+        self.tail.append(line)
+        self.tail_bytes += len(line)
+        while self.tail_bytes > self.settings.coherence_output_tail_bytes and len(self.tail) > 1:
+            self.tail_bytes -= len(self.tail.popleft())
+        if line.strip():
+            self.last_line = line.strip()[:STEP_CHARS]
+        if line.startswith(DECISION_MARKER):
+            self.question = line[len(DECISION_MARKER):].strip() or "(no question given)"
+
+    def _pump(self, stream: IO[bytes], logfile: IO[str]) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", errors="replace")
+            logfile.write(line)
+            logfile.flush()
+            self._keep(line)
+
+    def kill_group(self, grace: float) -> None:
+        """TERM the whole process group, then KILL it after ``grace`` seconds if anything is left."""
+        if self.proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            self.killed_signal = self.killed_signal or sig
+            deadline = time.monotonic() + wait
+            while wait and time.monotonic() < deadline and _group_alive(self.proc.pid):
+                if self.proc.poll() is None:
+                    try:
+                        self.proc.wait(0.1)
+                    except subprocess.TimeoutExpired:
+                        pass
+                else:
+                    time.sleep(0.05)
+
+    def execute(self, beat: Any, stop_now: threading.Event) -> TaskResult:
+        """Run the task to its end; ``beat()`` is called every heartbeat interval and may raise ClaimLost."""
+        task = self.task
+        path = task_log_path(self.settings, task["id"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        with open(path, "a", encoding="utf-8") as logfile:
+            logfile.write(
+                f"=== task {task['id']} type={task['task_type']} attempt={task['attempts']} runner={self.runner_id}\n"
+                f"=== command: {task.get('command') or '(agent template)'}\n=== start: {_utc()}\n"
+            )
+            logfile.flush()
+            try:
+                argv = build_argv(task, self.settings, self.settings.run_dir / "prompts")
+                env = {**os.environ, "COHERENCE_TASK_ID": str(task["id"]), "COHERENCE_TASK_TYPE": task["task_type"]}
+                if task.get("decision"):
+                    env["COHERENCE_DECISION"] = task["decision"]
+                self.proc = subprocess.Popen(
+                    argv, cwd=self.settings.coherence_workspace, env=env, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            except (OSError, ValueError) as exc:
+                message = f"cannot start the task: {exc}\n"
+                logfile.write(message)
+                self._keep(message)
+                return self._finish(logfile, started, None)
+            pump = threading.Thread(target=self._pump, args=(self.proc.stdout, logfile), daemon=True)
+            pump.start()
+            interval = max(0.5, self.settings.coherence_lease_seconds / 3)
+            try:
+                while self.proc.poll() is None:
+                    if time.monotonic() - started > self.timeout:
+                        self.timed_out = True
+                        note = f"timed out after {self.timeout:g}s; stopping the process group\n"
+                        logfile.write(note)
+                        self._keep(note)
+                        self.kill_group(self.settings.agent_kill_grace_seconds)
+                        break
+                    if stop_now.is_set():
+                        self.kill_group(self.settings.agent_kill_grace_seconds)
+                        break
+                    try:
+                        self.proc.wait(min(interval, max(0.05, self.timeout - (time.monotonic() - started))))
+                    except subprocess.TimeoutExpired:
+                        beat(self.last_line)
+            except ClaimLost:
+                self.kill_group(self.settings.agent_kill_grace_seconds)
+                raise
+            finally:
+                self.proc.wait()
+                self.kill_group(0.0)  # whatever the task left running in its group goes with it
+                pump.join(10)
+            return self._finish(logfile, started, self.proc.returncode)
+
+    def _finish(self, logfile: IO[str], started: float, returncode: int | None) -> TaskResult:
+        if self.timed_out:
+            status = "failed"
+        elif self.question is not None and returncode == 0:
+            status = "needs_decision"
+        else:
+            status = "completed" if returncode == 0 else "failed"
+        duration = time.monotonic() - started
+        logfile.write(f"=== end: {_utc()} exit_code={returncode} duration={duration:.3f}s status={status}\n")
+        return TaskResult(
+            task_id=self.task["id"],
+            claim_token=self.task["claim_token"],
+            status=status,
+            exit_code=returncode,
+            output="".join(self.tail),
+            decision_prompt=self.question if status == "needs_decision" else None,
+        )
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Runner:
+    """Worker slots, the runner heartbeat, the outbox and the graceful stop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        workers: int = 1,
+        interval: float = 1.0,
+        once: bool = False,
+        types: list[str] | None = None,
+        runner_id: str | None = None,
+        grace: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.workers = workers
+        self.interval = interval
+        self.once = once
+        self.types = types or None
+        self.runner_id = runner_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.grace = settings.coherence_runner_stop_grace_seconds if grace is None else grace
+        self.stopping = threading.Event()  # no new claims
+        self.kill_now = threading.Event()  # running tasks are stopped and released
+        self.outbox = settings.run_dir / "runner_outbox"
+        self.runs: dict[int, TaskRun] = {}
+        self.failed = 0
+        self.lock = threading.Lock()
+        self.client = ApiClient(settings=settings, retries=2)
+
+    # --- results ----------------------------------------------------------------------------------------
+    def _outbox_path(self, result: TaskResult) -> Path:
+        return self.outbox / f"task_{result.task_id}_{result.claim_token}.json"
+
+    def deliver(self, result: TaskResult) -> bool:
+        """Send a result; True when the API has it (or rejected it for good), False to try again later."""
+        try:
+            self.client.finish(
+                result.task_id, result.claim_token, result.status, output=result.output,
+                exit_code=result.exit_code, decision_prompt=result.decision_prompt,
+            )
+        except (ApiConflict, ApiNotFound) as exc:
+            log.warning("task %s: result dropped, the claim is no longer ours: %s", result.task_id, exc.detail)
+        except ApiUnavailable as exc:
+            log.warning("task %s: API unavailable, result kept in the outbox (%s)", result.task_id, exc.detail)
+            return False
+        except ApiError as exc:
+            log.error("task %s: result rejected: %s", result.task_id, exc)
+        else:
+            log.info("task %s: %s (exit %s)", result.task_id, result.status, result.exit_code)
+        self._outbox_path(result).unlink(missing_ok=True)
+        return True
+
+    def flush_outbox(self) -> int:
+        """Deliver every stored result; returns how many are still waiting."""
+        waiting = 0
+        for path in sorted(self.outbox.glob("task_*.json")):
+            try:
+                result = TaskResult(**json.loads(path.read_text()))
+            except (ValueError, TypeError) as exc:
+                log.error("outbox file %s is unreadable (%s); moved aside", path.name, exc)
+                path.rename(path.with_suffix(".bad"))
+                continue
+            if not self.deliver(result):
+                waiting += 1
+        return waiting
+
+    # --- one slot -----------------------------------------------------------------------------------------
+    def _claim(self) -> dict[str, Any] | None:
+        wait = 0.0 if self.once else LONG_POLL_SECONDS
+        return self.client.claim(self.runner_id, types=self.types, wait_seconds=wait)
+
+    def _run_one(self, task: dict[str, Any]) -> None:
+        run = TaskRun(task, self.settings, self.runner_id)
+        with self.lock:
+            self.runs[task["id"]] = run
+        log.info("task %s: claimed (%s, attempt %s)", task["id"], task["task_type"], task["attempts"])
+
+        def beat(step: str) -> None:
+            try:
+                self.client.heartbeat(task["id"], task["claim_token"], current_step=step or None)
+            except ApiConflict as exc:
+                raise ClaimLost(str(exc.detail)) from exc
+            except ApiError as exc:
+                log.warning("task %s: heartbeat failed (%s); still running", task["id"], exc)
+
+        try:
+            result = run.execute(beat, self.kill_now)
+        except ClaimLost as exc:
+            log.warning("task %s: claim lost (%s); its process group was stopped", task["id"], exc)
+            return
+        finally:
+            with self.lock:
+                self.runs.pop(task["id"], None)
+        if self.kill_now.is_set() and not run.timed_out and result.status != "completed":
+            result.status, result.decision_prompt = "pending", None  # released for another runner
+            log.info("task %s: released on shutdown", task["id"])
+        if result.status == "failed":
+            self.failed += 1
+        write_json_atomic(self._outbox_path(result), asdict(result))
+        self.deliver(result)
+
+    def slot(self, number: int) -> None:
+        backoff = self.interval
+        while not self.stopping.is_set():
+            try:
+                task = self._claim()
+            except ApiError as exc:
+                log.warning("slot %d: claim failed (%s); retrying in %.1fs", number, exc, backoff)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = self.interval
+            if task is None:
+                if self.once:
+                    return
+                self.stopping.wait(self.interval)
+                continue
+            if self.stopping.is_set():  # claimed while a stop began: hand it straight back
+                self.deliver(TaskResult(task["id"], task["claim_token"], "pending", None, ""))
+                return
+            self._run_one(task)
+
+    # --- the whole runner ---------------------------------------------------------------------------------
+    def heartbeat_loop(self) -> None:
+        while not self.kill_now.is_set():
+            try:
+                with self.lock:
+                    busy = len(self.runs)
+                self.client.runner_heartbeat(
+                    self.runner_id, socket.gethostname(), os.getpid(), __version__,
+                    {"workers": self.workers, "busy": busy, "types": self.types},
+                )
+                waiting = self.flush_outbox()
+                if waiting:
+                    log.info("%d results wait in the outbox for the API", waiting)
+            except ApiError as exc:
+                log.warning("runner heartbeat failed: %s", exc)
+            self.kill_now.wait(self.settings.coherence_runner_heartbeat_seconds)
+
+    def request_stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
+        if not self.stopping.is_set():
+            log.info("signal %s: no new claims; running tasks get %.0fs to finish", signum, self.grace)
+        self.stopping.set()
+
+    def run(self) -> int:
+        """Run until stopped (or, with ``once``, until the queue is empty); 1 when any task failed."""
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        log.info("runner %s: %d workers, types %s, workspace %s", self.runner_id, self.workers,
+                 self.types or "all", self.settings.coherence_workspace.resolve())
+        beats = threading.Thread(target=self.heartbeat_loop, daemon=True)
+        beats.start()
+        slots = [threading.Thread(target=self.slot, args=(i,), daemon=True) for i in range(self.workers)]
+        for thread in slots:
+            thread.start()
+        while any(t.is_alive() for t in slots) and not self.stopping.is_set():
+            self.stopping.wait(0.5)
+        deadline = time.monotonic() + self.grace
+        for thread in slots:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in slots):
+            log.warning("grace period over: stopping and releasing %d running tasks", len(self.runs))
+            self.kill_now.set()
+            for thread in slots:
+                thread.join(self.settings.agent_kill_grace_seconds + 30)
+        self.kill_now.set()
+        if self.flush_outbox():
+            log.warning("API unreachable: results wait in %s and are delivered by the next runner", self.outbox)
+        self.client.close()
+        log.info("runner %s stopped", self.runner_id)
+        return 1 if self.failed else 0
