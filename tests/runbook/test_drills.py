@@ -76,3 +76,23 @@ def test_drill_cleanup_removes_only_old_logs_of_finished_tasks(runbook: Runbook,
         assert (logs / f"task_{running['id']}.log").exists() and (logs / f"task_{fresh['id']}.log").exists()
     finally:
         api.stop()
+
+
+def test_drill_unblock_decision_with_the_documented_curl(runbook: Runbook, drill: Drill) -> None:
+    api = ApiProcess(drill.home, port=drill.port).start()
+    try:
+        with ApiClient(api.url, token="") as client:
+            task = client.create_task("deploy", "run", command="true")
+            claim = client.claim("drill")
+            client.finish(task["id"], claim["claim_token"], "needs_decision", decision_prompt="Deploy to prod?")
+            listing, answer = runbook.drill("unblock-decision").commands()
+            assert drill.run(listing).stdout == f"{task['id']}\tDeploy to prod?\n"
+            assert "{id}" in answer
+            answered = json.loads(drill.run(answer.replace("{id}", str(task["id"]))).stdout)
+            assert answered["status"] == "pending" and answered["decision"] == "yes"
+            assert client.get_task(task["id"])["decided_by"] == "api"
+            again = drill.run(answer.replace("{id}", str(task["id"])), check=False)
+            assert again.returncode != 0  # 409: the task no longer waits; curl -f fails, nothing changed
+            assert client.get_task(task["id"])["decision"] == "yes"
+    finally:
+        api.stop()
