@@ -1,0 +1,46 @@
+"""The agent runner as a real process (``coherence runner``) against an API process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+class RunnerProcess:
+    def __init__(self, home: Path, api_url: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.env = {
+            **os.environ, "COHERENCE_HOME": str(home), "AGENT_API_BASE": api_url,
+            "COHERENCE_WORKSPACE": str(home.parent), "COHERENCE_HTTP_TIMEOUT": "5", **(env or {}),
+        }
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> "RunnerProcess":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "coherence_network.cli", "runner", *self.args],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        return self
+
+    def run(self, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run to its end (``--once``) and return the result."""
+        return subprocess.run(
+            [sys.executable, "-m", "coherence_network.cli", "runner", *self.args],
+            env=self.env, capture_output=True, text=True, timeout=timeout,
+        )
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, sig) if sig == signal.SIGKILL else self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
