@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from pathlib import Path
 
 import typer
 
@@ -145,6 +146,49 @@ def runner(
     signal.signal(signal.SIGTERM, agent.request_stop)
     signal.signal(signal.SIGINT, agent.request_stop)
     raise typer.Exit(agent.run())
+
+
+@app.command()
+def pm(
+    backlog: Path = typer.Option(None, "--backlog", help="Backlog file (default backlog.md in COHERENCE_WORKSPACE)"),
+    state_file: Path = typer.Option(None, "--state-file", help="State file (default var/logs/project_manager_state.json)"),
+    interval: float = typer.Option(5.0, "--interval", min=0.05, help="Seconds between passes"),
+    hours: float = typer.Option(0.0, "--hours", min=0, help="Stop after this many hours (0 = run until stopped)"),
+    once: bool = typer.Option(False, "--once", help="One pass: create or advance what can be, then exit"),
+    until_done: bool = typer.Option(False, "--until-done", help="Exit when every item is settled: 0 all done, 1 any "
+                                    "blocked or skipped"),
+    parallel: bool = typer.Option(False, "--parallel", help="Keep several items in flight (default one at a time)"),
+    max_in_flight: int = typer.Option(3, "--max-in-flight", min=1, help="Items in flight with --parallel"),
+    max_iterations: int = typer.Option(3, "--max-iterations", min=1, help="impl -> review rounds before an item "
+                                       "whose review keeps failing is blocked"),
+    reset: bool = typer.Option(False, "--reset", help="Forget all progress (clears the state file) and start over"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be created; create nothing"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging"),
+) -> None:
+    """Project manager: backlog items -> spec, test, impl, review tasks (or one `run:` task); logs to
+    var/logs/project_manager.log."""
+    from coherence_network.client import ApiClient
+    from coherence_network.logfiles import setup_logging
+    from coherence_network.manager import ManagerOptions, ProjectManager, default_state_file
+
+    settings = get_settings()
+    options = ManagerOptions(
+        backlog=(backlog or settings.coherence_workspace / "backlog.md").expanduser().resolve(),
+        state_file=state_file or default_state_file(settings), interval=interval, hours=hours, once=once,
+        until_done=until_done, parallel=parallel, max_in_flight=max_in_flight, max_iterations=max_iterations,
+    )
+    if not options.backlog.is_file():
+        typer.echo(f"backlog file not found: {options.backlog} (give --backlog or create it)", err=True)
+        raise typer.Exit(2)
+    setup_logging("project_manager", settings, json_lines=Options.log_json, verbose=verbose)
+    with ApiClient(settings=settings) as client:
+        manager = ProjectManager(settings, client, options, fresh=reset)
+        if dry_run:
+            typer.echo("\n".join(manager.plan()))
+            return
+        signal.signal(signal.SIGTERM, manager.request_stop)
+        signal.signal(signal.SIGINT, manager.request_stop)
+        raise typer.Exit(manager.run())
 
 
 @app.command()

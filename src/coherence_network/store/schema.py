@@ -80,3 +80,15 @@ runners = sa.Table(
     sa.Column("first_seen", UTCDateTime, nullable=False),
     sa.Column("last_seen", UTCDateTime, nullable=False),
 )
+
+components = sa.Table(
+    "components",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),  # e.g. "project_manager": one row per component
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("version", sa.String(100), nullable=False),
+    sa.Column("info", sa.JSON, nullable=True),
+    sa.Column("first_seen", UTCDateTime, nullable=False),
+    sa.Column("last_seen", UTCDateTime, nullable=False),
+)

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from coherence_network.store.errors import Conflict, NotFound
-from coherence_network.store.schema import TASK_STATUSES, UTCDateTime, runners, tasks
+from coherence_network.store.schema import TASK_STATUSES, UTCDateTime, components, runners, tasks
 
 FINISH_STATUSES = ("completed", "failed", "needs_decision", "pending")
 
@@ -299,22 +299,37 @@ class TaskStore:
     def runner_heartbeat(
         self, runner_id: str, *, host: str, pid: int, version: str, info: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        now = utcnow()
-        values = {"host": host, "pid": pid, "version": version, "info": info, "last_seen": now}
-        with self._write() as conn:
-            updated = conn.execute(runners.update().where(runners.c.id == runner_id).values(**values)).rowcount
-            if not updated:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(runners.insert().values(id=runner_id, first_seen=now, **values))
-                except sa.exc.IntegrityError:  # another replica registered it first
-                    conn.execute(runners.update().where(runners.c.id == runner_id).values(**values))
-            row = conn.execute(sa.select(runners).where(runners.c.id == runner_id)).first()
-        return dict(row._mapping)  # type: ignore[union-attr]
+        return self._seen(runners.c.id, runner_id, {"host": host, "pid": pid, "version": version, "info": info})
 
     def runners(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(sa.select(runners).order_by(runners.c.last_seen.desc()))]
+
+    def component_heartbeat(
+        self, name: str, *, host: str, pid: int, version: str, info: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Record that a component (e.g. the project manager) is alive, with a summary any API replica can show."""
+        return self._seen(components.c.name, name, {"host": host, "pid": pid, "version": version, "info": info})
+
+    def components(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.select(components).order_by(components.c.name))]
+
+    def _seen(self, key: sa.Column[Any], key_value: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Upsert a registry row (runners, components): refresh ``last_seen``, set ``first_seen`` on insert."""
+        table = key.table
+        now = utcnow()
+        values = {**values, "last_seen": now}
+        with self._write() as conn:
+            updated = conn.execute(table.update().where(key == key_value).values(**values)).rowcount
+            if not updated:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(table.insert().values({key.name: key_value, "first_seen": now, **values}))
+                except sa.exc.IntegrityError:  # another replica registered it first
+                    conn.execute(table.update().where(key == key_value).values(**values))
+            row = conn.execute(sa.select(table).where(key == key_value)).first()
+        return dict(row._mapping)  # type: ignore[union-attr]
 
     # --- helpers --------------------------------------------------------------------------------------------
     def _tail(self, output: str) -> str:

@@ -1,0 +1,458 @@
+"""Project manager: turns a markdown backlog into phased tasks (spec -> test -> impl -> review) through the API.
+
+It owns no task data: tasks live in the API's store. What it keeps is its own progress through the backlog, in
+``var/logs/project_manager_state.json`` (written atomically after every change), so a restart resumes where it
+stopped and never creates a finished phase again. Items are matched by their normalised text, so renumbering or
+reordering the backlog keeps their progress. After each pass it posts a summary as a component heartbeat, so
+``/api/agent/pipeline-status`` can show the manager's state from any API replica.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from coherence_network import __version__
+from coherence_network.client import ApiClient, ApiError, ApiNotFound
+from coherence_network.logfiles import REGISTRY, write_json_atomic
+from coherence_network.settings import Settings
+
+log = logging.getLogger("coherence.manager")
+
+PHASES = ("spec", "test", "impl", "review")
+RUN_PHASE = "run"
+SETTLED = frozenset({"done", "blocked", "skipped"})
+ACTIVE = frozenset({"in_progress", "needs_decision"})
+COMPONENT = "project_manager"
+RESULT_CHARS = 800  # output tail kept per phase and handed to the next phases' prompts
+DIRECTION_LIMIT = 5000  # the API's limit on a task's direction
+STATE_VERSION = 1
+
+PHASE_GOALS = {
+    "spec": "Write a short specification of this item: behaviour, interface and acceptance criteria.",
+    "test": "Write the tests that the specification's acceptance criteria call for, before any implementation.",
+    "impl": "Implement the item so that the tests pass; keep the change small and focused.",
+    "review": "Review the implementation against the specification and the tests. Say what is wrong, if anything, "
+    "and end with one line `VERDICT: pass` or `VERDICT: fail`.",
+}
+_ITEM = re.compile(r"^\s*(\d+)\.\s+(\S.*?)\s*$")
+_RUN = re.compile(r"^run:\s*(.*)$", re.IGNORECASE)
+_VERDICT = re.compile(r"^\s*VERDICT:\s*(pass|fail)\b", re.IGNORECASE | re.MULTILINE)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def normalise(text: str) -> str:
+    """The identity of an item: case, spacing and a trailing full stop do not make it another item."""
+    return " ".join(text.lower().split()).rstrip(".")
+
+
+# --- backlog ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BacklogItem:
+    number: int
+    line: int
+    text: str
+    command: str | None  # the command of a `run:` item
+
+    @property
+    def key(self) -> str:
+        return normalise(self.text)
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        return (RUN_PHASE,) if self.command is not None else PHASES
+
+
+@dataclass
+class Backlog:
+    items: list[BacklogItem]
+    problems: list[str]  # "line N: why", for lines that were skipped
+
+
+def parse_backlog(path: Path) -> Backlog:
+    """Numbered items ``N. text``; headings and blank lines are fine; anything else is reported and skipped.
+
+    Raises FileNotFoundError when the file is missing."""
+    items: list[BacklogItem] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        match = _ITEM.match(raw)
+        if not match:
+            problems.append(f"line {number}: not an item `N. text`: {raw.strip()[:120]!r}")
+            continue
+        text = match.group(2)
+        run = _RUN.match(text)
+        command = run.group(1).strip() if run else None
+        if run and not command:
+            problems.append(f"line {number}: `run:` without a command")
+            continue
+        item = BacklogItem(int(match.group(1)), number, text, command)
+        if item.key in seen:
+            problems.append(f"line {number}: same item as line {seen[item.key]}")
+            continue
+        seen[item.key] = number
+        items.append(item)
+    return Backlog(items, problems)
+
+
+def verdict(output: str | None) -> str | None:
+    """``pass`` or ``fail`` from the last VERDICT line of a review's output; None when there is none."""
+    found = _VERDICT.findall(output or "")
+    return found[-1].lower() if found else None
+
+
+def shorten(text: str | None, limit: int = RESULT_CHARS) -> str:
+    """The end of an output (where results and verdicts are), at most ``limit`` characters."""
+    text = (text or "").strip()
+    return text if len(text) <= limit else "..." + text[-(limit - 3):]
+
+
+# --- state -----------------------------------------------------------------------------------------------------
+@dataclass
+class ItemState:
+    """Progress of one backlog item. ``status``: waiting, in_progress, needs_decision, done, blocked, skipped."""
+
+    key: str
+    number: int
+    text: str
+    status: str = "waiting"
+    phase: str | None = None
+    iteration: int = 1
+    task_id: int | None = None
+    tasks: dict[str, list[int]] = field(default_factory=dict)
+    results: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None
+    decision_since: str | None = None
+    updated_at: str = field(default_factory=lambda: utcnow().isoformat())
+
+
+@dataclass
+class ManagerState:
+    backlog: str = ""
+    position: int = 0  # backlog items, from the top, that are settled (done, blocked or skipped)
+    items: dict[str, ItemState] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    started_at: str = field(default_factory=lambda: utcnow().isoformat())
+    updated_at: str = ""
+
+    @classmethod
+    def load(cls, path: Path) -> "ManagerState":
+        if not path.exists():
+            return cls()
+        data = json.loads(path.read_text(encoding="utf-8"))
+        items = {key: ItemState(**value) for key, value in data.get("items", {}).items()}
+        return cls(
+            backlog=data.get("backlog", ""),
+            position=data.get("position", 0),
+            items=items,
+            problems=data.get("problems", []),
+            started_at=data.get("started_at", utcnow().isoformat()),
+            updated_at=data.get("updated_at", ""),
+        )
+
+    def listed(self, status: str) -> list[dict[str, Any]]:
+        return [
+            {"item": i.key, "number": i.number, "reason": i.reason} for i in self.items.values() if i.status == status
+        ]
+
+    def in_flight(self) -> list[int]:
+        return [i.task_id for i in self.items.values() if i.status in ACTIVE and i.task_id is not None]
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's shape: the items plus lists derived from them, for readers (status pages, operators)."""
+        return {
+            "version": STATE_VERSION,
+            "backlog": self.backlog,
+            "position": self.position,
+            "items": {key: asdict(item) for key, item in self.items.items()},
+            "in_flight": self.in_flight(),
+            "blocked": self.listed("blocked"),
+            "skipped": self.listed("skipped"),
+            "problems": self.problems,
+            "started_at": self.started_at,
+            "updated_at": self.updated_at,
+        }
+
+
+def default_state_file(settings: Settings) -> Path:
+    return REGISTRY["project_manager_state.json"].path(settings)
+
+
+# --- the manager -----------------------------------------------------------------------------------------------
+@dataclass
+class ManagerOptions:
+    backlog: Path
+    state_file: Path
+    interval: float = 5.0
+    hours: float = 0.0
+    once: bool = False
+    until_done: bool = False
+    parallel: bool = False
+    max_in_flight: int = 3
+    max_iterations: int = 3
+
+
+class ProjectManager:
+    """One pass: read the backlog, advance every item in flight from its task's result, start new items."""
+
+    def __init__(self, settings: Settings, client: ApiClient, options: ManagerOptions, *, fresh: bool = False) -> None:
+        """``fresh`` (--reset) ignores the saved state; the first pass overwrites the file."""
+        self.settings = settings
+        self.client = client
+        self.options = options
+        self.state = ManagerState() if fresh else ManagerState.load(options.state_file)
+        if fresh:
+            log.warning("--reset: previous progress in %s is discarded", options.state_file)
+        self.stop = threading.Event()
+
+    @property
+    def capacity(self) -> int:
+        return self.options.max_in_flight if self.options.parallel else 1
+
+    def save(self) -> None:
+        self.state.updated_at = utcnow().isoformat()
+        write_json_atomic(self.options.state_file, self.state.to_json())
+
+    # --- one pass ------------------------------------------------------------------------------------------
+    def read_backlog(self) -> list[BacklogItem]:
+        """Parse the backlog and match its items to their state by text; report new problems once."""
+        backlog = parse_backlog(self.options.backlog)
+        if backlog.problems != self.state.problems:
+            for problem in backlog.problems:
+                log.warning("%s %s; skipped", self.options.backlog, problem)
+            self.state.problems = backlog.problems
+        self.state.backlog = str(self.options.backlog)
+        for item in backlog.items:
+            known = self.state.items.get(item.key)
+            if known is None:
+                self.state.items[item.key] = ItemState(key=item.key, number=item.number, text=item.text)
+            elif known.number != item.number:
+                log.info("item %r renumbered %d -> %d; progress kept", item.key, known.number, item.number)
+                known.number = item.number
+        return backlog.items
+
+    def pass_once(self) -> list[BacklogItem]:
+        """Advance what can be advanced; returns the backlog items it worked on."""
+        items = self.read_backlog()
+        for item in items:
+            state = self.state.items[item.key]
+            if state.status in ACTIVE:
+                self._advance(item, state)
+        active = sum(1 for i in items if self._holds_slot(self.state.items[i.key]))
+        for item in items:
+            if active >= self.capacity:
+                break
+            state = self.state.items[item.key]
+            if state.status == "waiting":
+                self._start(item, state, item.phases[0])
+                active += 1
+        self.state.position = next(
+            (n for n, i in enumerate(items) if self.state.items[i.key].status not in SETTLED), len(items)
+        )
+        self.save()
+        self._heartbeat(items)
+        return items
+
+    def _holds_slot(self, state: ItemState) -> bool:
+        """An item waiting for a decision holds only itself in parallel mode; one at a time holds everything."""
+        if state.status == "in_progress":
+            return True
+        return state.status == "needs_decision" and not self.options.parallel
+
+    def all_settled(self, items: list[BacklogItem]) -> bool:
+        return all(self.state.items[i.key].status in SETTLED for i in items)
+
+    # --- items ---------------------------------------------------------------------------------------------
+    def _advance(self, item: BacklogItem, state: ItemState) -> None:
+        assert state.task_id is not None and state.phase is not None
+        try:
+            task = self.client.get_task(state.task_id)
+        except ApiNotFound:
+            self._settle(state, "blocked", f"{state.phase} task {state.task_id} is no longer in the store")
+            return
+        status = task["status"]
+        if status in ("pending", "running"):
+            if state.status == "needs_decision":
+                log.info("item %d: decision on task %d arrived; running again", item.number, task["id"])
+            state.status, state.decision_since = "in_progress", None
+        elif status == "needs_decision":
+            self._waiting_for_decision(item, state, task)
+        elif status == "failed":
+            tail = shorten(task.get("output"), 200).splitlines()
+            why = f"{state.phase} task {task['id']} failed (exit code {task.get('exit_code')})"
+            self._settle(state, "blocked", why + (f": {tail[-1]}" if tail else ""))
+        elif status == "completed":
+            state.results[state.phase] = shorten(task.get("output"))
+            self._next_phase(item, state, task)
+
+    def _waiting_for_decision(self, item: BacklogItem, state: ItemState, task: dict[str, Any]) -> None:
+        now = utcnow()
+        if state.status != "needs_decision":
+            log.info("item %d: task %d asks: %s", item.number, task["id"], task.get("decision_prompt"))
+            state.status, state.decision_since = "needs_decision", now.isoformat()
+            return
+        timeout_hours = self.settings.pipeline_needs_decision_timeout_hours
+        since = datetime.fromisoformat(state.decision_since or now.isoformat())
+        if timeout_hours and now - since > timedelta(hours=timeout_hours):
+            self._settle(
+                state, "skipped",
+                f"decision on task {task['id']} not answered within {timeout_hours:g} h: {task.get('decision_prompt')}",
+            )
+
+    def _next_phase(self, item: BacklogItem, state: ItemState, task: dict[str, Any]) -> None:
+        phase = state.phase
+        if phase == "review":
+            said = verdict(task.get("output"))
+            if said == "pass":
+                self._settle(state, "done", None)
+                return
+            why = "review said VERDICT: fail" if said == "fail" else "review gave no VERDICT line"
+            if state.iteration >= self.options.max_iterations:
+                self._settle(state, "blocked", f"{why} in round {state.iteration} of {self.options.max_iterations}")
+                return
+            log.info("item %d: %s (task %d); back to impl", item.number, why, task["id"])
+            state.iteration += 1
+            self._start(item, state, "impl")
+            return
+        following = item.phases.index(phase) + 1
+        if following >= len(item.phases):
+            self._settle(state, "done", None)
+        else:
+            self._start(item, state, item.phases[following])
+
+    def _settle(self, state: ItemState, status: str, reason: str | None) -> None:
+        state.status, state.reason, state.decision_since = status, reason, None
+        state.updated_at = utcnow().isoformat()
+        logger = log.info if status == "done" else log.warning
+        logger("item %d %s%s", state.number, status, f": {reason}" if reason else "")
+
+    def _start(self, item: BacklogItem, state: ItemState, phase: str) -> None:
+        """Create the phase's task and record it at once, so a crash right after cannot create it twice."""
+        context = {"item": item.key, "phase": phase, "iteration": state.iteration}
+        if item.command is not None:
+            task = self.client.create_task(item.text, RUN_PHASE, command=item.command, context=context)
+        else:  # no command: the runner fills the agent template with this prompt (as a file or one argument)
+            task = self.client.create_task(self.prompt(item, state, phase), phase, context=context)
+        state.status, state.phase, state.task_id = "in_progress", phase, task["id"]
+        state.tasks.setdefault(phase, []).append(task["id"])
+        state.updated_at = utcnow().isoformat()
+        self.save()
+        log.info("item %d: created %s task %d (round %d): %s", item.number, phase, task["id"], state.iteration,
+                 item.text[:80])
+
+    def prompt(self, item: BacklogItem, state: ItemState, phase: str) -> str:
+        """What the agent is asked: the item, the phase and the earlier phases' results, within the API's limit."""
+        head = (
+            f"Backlog item {item.number}: {item.text}\n\n"
+            f"Phase: {phase} (round {state.iteration} of {self.options.max_iterations})\n{PHASE_GOALS[phase]}\n"
+        )
+        foot = "\nIf a human must decide something first, print one line `NEEDS_DECISION: <question>` and stop.\n"
+        earlier = [(p, state.results[p]) for p in PHASES if p in state.results]  # a failed review reaches impl
+        if not earlier:
+            return (head + foot)[:DIRECTION_LIMIT]
+        budget = max(DIRECTION_LIMIT - len(head) - len(foot) - 60, 0) // len(earlier)
+        sections = [f"--- {p} (task {state.tasks[p][-1]}) ---\n{shorten(text, budget)}" for p, text in earlier]
+        body = "\nResults of the earlier phases (output tails, shortened):\n" + "\n".join(sections) + "\n"
+        return (head + body + foot)[:DIRECTION_LIMIT]
+
+    # --- reporting -----------------------------------------------------------------------------------------
+    def summary(self, items: list[BacklogItem]) -> dict[str, Any]:
+        """A small picture of the state for the component heartbeat (pipeline-status shows it)."""
+        counts: dict[str, int] = {}
+        for item in items:
+            status = self.state.items[item.key].status
+            counts[status] = counts.get(status, 0) + 1
+        in_flight = [
+            {"number": s.number, "item": s.text[:200], "phase": s.phase, "task_id": s.task_id, "status": s.status,
+             "iteration": s.iteration}
+            for s in (self.state.items[i.key] for i in items) if s.status in ACTIVE
+        ]
+        return {
+            "backlog": self.state.backlog,
+            "items": len(items),
+            "position": self.state.position,
+            "by_status": counts,
+            "in_flight": in_flight,
+            "blocked": self.state.listed("blocked"),
+            "skipped": self.state.listed("skipped"),
+            "problems": self.state.problems,
+            "mode": f"parallel (max {self.options.max_in_flight})" if self.options.parallel else "one at a time",
+            "state_file": str(self.options.state_file),
+        }
+
+    def _heartbeat(self, items: list[BacklogItem]) -> None:
+        body = {"component": COMPONENT, "host": socket.gethostname(), "pid": os.getpid(), "version": __version__,
+                "info": self.summary(items)}
+        try:
+            self.client.post("/api/agent/components/heartbeat", body, retries=0)
+        except ApiError as exc:  # being seen is nice to have; the work itself went through
+            log.warning("heartbeat not delivered: %s", exc)
+
+    def plan(self) -> list[str]:
+        """What the next pass would do, from the state alone (nothing is created, the API is not asked)."""
+        items = self.read_backlog()
+        lines = [f"backlog {self.options.backlog}: {len(items)} items; state {self.options.state_file}"]
+        lines += [f"skipped {p}" for p in self.state.problems]
+        active = sum(1 for i in items if self._holds_slot(self.state.items[i.key]))
+        for item in items:
+            state = self.state.items[item.key]
+            if state.status in ACTIVE:
+                lines.append(f"item {item.number}: {state.status}, {state.phase} task {state.task_id}")
+            elif state.status in SETTLED:
+                lines.append(f"item {item.number}: {state.status}" + (f" ({state.reason})" if state.reason else ""))
+            elif active < self.capacity:
+                active += 1
+                what = f"run task `{item.command}`" if item.command is not None else f"{item.phases[0]} task"
+                lines.append(f"item {item.number}: would create {what}: {item.text}")
+            else:
+                lines.append(f"item {item.number}: waits for a free slot: {item.text}")
+        return lines
+
+    # --- the loop ------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Passes every ``interval`` seconds until stopped, ``hours`` pass, ``--once``, or ``--until-done``.
+
+        Exit code: with ``until_done``, 0 when every item is done and 1 when any is blocked or skipped; otherwise 0,
+        or 1 when a ``--once`` pass could not reach the API."""
+        deadline = time.monotonic() + self.options.hours * 3600 if self.options.hours else None
+        log.info("project manager started: backlog %s, state %s, %s", self.options.backlog, self.options.state_file,
+                 f"parallel (max {self.options.max_in_flight})" if self.options.parallel else "one item at a time")
+        while not self.stop.is_set():
+            try:
+                items = self.pass_once()
+            except ApiError as exc:
+                log.error("pass stopped, API error: %s (state kept; next pass in %g s)", exc, self.options.interval)
+                if self.options.once:
+                    return 1
+            else:
+                if self.options.until_done and self.all_settled(items):
+                    states = [self.state.items[i.key] for i in items]
+                    failed = [s for s in states if s.status != "done"]
+                    log.info("backlog finished: %d done, %d blocked or skipped", len(states) - len(failed), len(failed))
+                    return 1 if failed else 0
+                if self.options.once:
+                    return 0
+            if deadline is not None and time.monotonic() >= deadline:
+                log.info("--hours %g reached; stopping", self.options.hours)
+                return 0
+            self.stop.wait(self.options.interval)
+        log.info("stopped by signal; state saved")
+        return 0
+
+    def request_stop(self, *_: object) -> None:
+        self.stop.set()

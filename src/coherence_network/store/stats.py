@@ -1,0 +1,228 @@
+"""Read-only queries behind /api/agent/metrics and /api/agent/pipeline-status, on SQLite and PostgreSQL.
+
+Every query is bounded by an index: a time window on ``finished_at``, a status, or a LIMIT. Old history is never
+read, so the cost of a status page stays flat while the store grows. Percentiles interpolate between the two
+nearest ranks like PostgreSQL's ``percentile_cont``; SQLite has no such aggregate, so there the window's rows are
+ranked (``ROW_NUMBER() OVER (... ORDER BY duration)``) and only the rows at the needed ranks are returned.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from coherence_network.store.schema import UTCDateTime, tasks
+from coherence_network.store.tasks import utcnow
+
+WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
+PERCENTILES = (0.5, 0.95)
+ALL_TYPES = "all"
+
+
+def _seconds(engine: Engine, start: sa.ColumnElement[Any], end: sa.ColumnElement[Any]) -> sa.ColumnElement[float]:
+    """``end - start`` in seconds as a float, in the backend's own date arithmetic."""
+    if engine.dialect.name == "sqlite":
+        return (sa.func.julianday(end) - sa.func.julianday(start)) * 86400.0
+    return sa.func.extract("epoch", end - start)
+
+
+def _finished_since(since: datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(tasks.c.finished_at >= since, tasks.c.finished_at.is_not(None))
+
+
+def success_counts(conn: Connection, since: datetime) -> dict[str, dict[str, Any]]:
+    """{task_type | "all": {completed, failed, success_rate}} for tasks finished since ``since``."""
+    query = (
+        sa.select(tasks.c.task_type, tasks.c.status, sa.func.count())
+        .where(_finished_since(since))
+        .group_by(tasks.c.task_type, tasks.c.status)
+    )
+    result: dict[str, dict[str, Any]] = {}
+    for task_type, status, n in conn.execute(query):
+        for key in (task_type, ALL_TYPES):
+            entry = result.setdefault(key, {"completed": 0, "failed": 0})
+            if status in entry:
+                entry[status] += int(n)
+    result.setdefault(ALL_TYPES, {"completed": 0, "failed": 0})
+    for entry in result.values():
+        done = entry["completed"] + entry["failed"]
+        entry["success_rate"] = round(entry["completed"] / done, 4) if done else None
+    return result
+
+
+def _interpolate(ranked: dict[int, float], n: int, p: float) -> float:
+    position = p * (n - 1)
+    low = math.floor(position)
+    high = min(low + 1, n - 1)
+    return ranked[low] + (ranked[high] - ranked[low]) * (position - low)
+
+
+def duration_percentiles(
+    engine: Engine, conn: Connection, since: datetime, start: sa.Column[Any], end: sa.Column[Any]
+) -> dict[str, dict[str, float | int]]:
+    """{task_type | "all": {"n", "p50", "p95"}} of ``end - start`` for tasks finished since ``since``."""
+    duration = _seconds(engine, start, end)
+    window = sa.and_(_finished_since(since), start.is_not(None))
+    result: dict[str, dict[str, float | int]] = {}
+    if engine.dialect.name == "postgresql":
+        aggregates = [sa.func.percentile_cont(p).within_group(duration) for p in PERCENTILES]
+        query = (
+            sa.select(tasks.c.task_type, sa.func.count(), *aggregates)
+            .where(window)
+            .group_by(sa.func.rollup(tasks.c.task_type))
+        )
+        for task_type, n, *values in conn.execute(query):
+            result[task_type or ALL_TYPES] = {
+                "n": int(n), **{_label(p): round(float(v), 3) for p, v in zip(PERCENTILES, values)}
+            }
+        return result
+    rows = sa.select(tasks.c.task_type.label("grp"), duration.label("d")).where(window)
+    rows = rows.union_all(sa.select(sa.literal(ALL_TYPES).label("grp"), duration.label("d")).where(window)).subquery()
+    ranked = sa.select(
+        rows.c.grp,
+        rows.c.d,
+        (sa.func.row_number().over(partition_by=rows.c.grp, order_by=rows.c.d) - 1).label("i"),
+        sa.func.count().over(partition_by=rows.c.grp).label("n"),
+    ).subquery()
+    wanted = [sa.cast(p * (ranked.c.n - 1), sa.Integer) for p in PERCENTILES]
+    query = sa.select(ranked.c.grp, ranked.c.n, ranked.c.i, ranked.c.d).where(
+        sa.or_(*(ranked.c.i == w for w in wanted), *(ranked.c.i == w + 1 for w in wanted))
+    )
+    picked: dict[str, tuple[int, dict[int, float]]] = {}
+    for grp, n, i, d in conn.execute(query):
+        picked.setdefault(grp, (int(n), {}))[1][int(i)] = float(d)
+    for grp, (n, ranked_values) in picked.items():
+        result[grp] = {"n": n, **{_label(p): round(_interpolate(ranked_values, n, p), 3) for p in PERCENTILES}}
+    return result
+
+
+def _label(p: float) -> str:
+    return f"p{round(p * 100)}"
+
+
+def hourly_throughput(engine: Engine, conn: Connection, now: datetime) -> list[dict[str, Any]]:
+    """Completed and failed tasks per UTC hour over the last 24 hours, oldest hour first, empty hours included."""
+    first_hour = (now - timedelta(hours=23)).replace(minute=0, second=0, microsecond=0)
+    if engine.dialect.name == "sqlite":
+        hour = sa.func.strftime("%Y-%m-%dT%H:00:00+00:00", tasks.c.finished_at)
+    else:
+        hour = sa.func.to_char(sa.func.date_trunc("hour", sa.func.timezone("UTC", tasks.c.finished_at)),
+                               'YYYY-MM-DD"T"HH24:00:00+00:00')
+    query = (
+        sa.select(hour, tasks.c.status, sa.func.count())
+        .where(_finished_since(first_hour))
+        .group_by(hour, tasks.c.status)
+    )
+    buckets = {
+        (first_hour + timedelta(hours=h)).isoformat(): {"completed": 0, "failed": 0} for h in range(24)
+    }
+    for key, status, n in conn.execute(query):
+        if key in buckets and status in buckets[key]:
+            buckets[key][status] += int(n)
+    return [{"hour": key, **counts} for key, counts in buckets.items()]
+
+
+def task_metrics(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
+    """Success rates, run time and queue wait percentiles by task type over 24 h and 7 d, and throughput."""
+    now = now or utcnow()
+    windows: dict[str, Any] = {}
+    with engine.connect() as conn:
+        for name, span in WINDOWS.items():
+            since = now - span
+            counts = success_counts(conn, since)
+            run = duration_percentiles(engine, conn, since, tasks.c.started_at, tasks.c.finished_at)
+            wait = duration_percentiles(engine, conn, since, tasks.c.created_at, tasks.c.started_at)
+            by_type = {
+                key: {
+                    **counts.get(key, {"completed": 0, "failed": 0, "success_rate": None}),
+                    "run_seconds": run.get(key),
+                    "queue_wait_seconds": wait.get(key),
+                }
+                for key in sorted(set(counts) | set(run) | set(wait))
+            }
+            windows[name] = {"since": since, "by_type": by_type}
+        hourly = hourly_throughput(engine, conn, now)
+    completed_24h = sum(h["completed"] for h in hourly)
+    return {
+        "generated_at": now,
+        "windows": windows,
+        "throughput_per_hour": {"last_24h_avg": round(completed_24h / 24, 3), "hourly": hourly},
+    }
+
+
+# --- pipeline status ---------------------------------------------------------------------------------------
+_SUMMARY_COLUMNS = (
+    tasks.c.id, tasks.c.task_type, tasks.c.status, tasks.c.claimed_by, tasks.c.attempts, tasks.c.progress_pct,
+    tasks.c.current_step, tasks.c.exit_code, tasks.c.context, tasks.c.created_at, tasks.c.started_at,
+    tasks.c.finished_at, tasks.c.updated_at,
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How many rows of each list pipeline-status returns."""
+
+    running: int = 50
+    needs_decision: int = 50
+    recent: int = 10
+
+
+def _age(now: datetime, then: datetime | None) -> float | None:
+    return None if then is None else round(max((now - then).total_seconds(), 0.0), 3)
+
+
+def pipeline_snapshot(engine: Engine, now: datetime, limits: Limits, recent_at_least: int) -> dict[str, Any]:
+    """Running, pending-by-type, needs_decision and recently finished tasks, each list bounded by an index."""
+    with engine.connect() as conn:
+        running = [
+            dict(r._mapping)
+            for r in conn.execute(
+                sa.select(*_SUMMARY_COLUMNS)
+                .where(tasks.c.status == "running")
+                .order_by(tasks.c.started_at.asc())
+                .limit(limits.running)
+            )
+        ]
+        oldest_created = sa.func.min(tasks.c.created_at, type_=UTCDateTime)
+        pending = {
+            task_type: {"count": int(n), "oldest_wait_seconds": _age(now, oldest)}
+            for task_type, n, oldest in conn.execute(
+                sa.select(tasks.c.task_type, sa.func.count(), oldest_created)
+                .where(tasks.c.status == "pending")
+                .group_by(tasks.c.task_type)
+            )
+        }
+        waiting = [
+            dict(r._mapping)
+            for r in conn.execute(
+                sa.select(*_SUMMARY_COLUMNS, tasks.c.decision_prompt)
+                .where(tasks.c.status == "needs_decision")
+                .order_by(tasks.c.id.asc())
+                .limit(limits.needs_decision)
+            )
+        ]
+        output_chars = sa.func.length(sa.func.trim(sa.func.coalesce(tasks.c.output, ""))).label("output_chars")
+        recent = [
+            dict(r._mapping)
+            for r in conn.execute(
+                sa.select(*_SUMMARY_COLUMNS, output_chars)
+                .where(tasks.c.finished_at.is_not(None))
+                .order_by(tasks.c.finished_at.desc())
+                .limit(max(limits.recent, recent_at_least))
+            )
+        ]
+        success_24h = success_counts(conn, now - WINDOWS["24h"])[ALL_TYPES]
+    for task in running:
+        task["elapsed_seconds"] = _age(now, task["started_at"])
+    for task in waiting:
+        task["waiting_seconds"] = _age(now, task["updated_at"])
+    for task in recent:
+        start = task["started_at"]
+        task["run_seconds"] = None if start is None else _age(task["finished_at"], start)
+    return {"running": running, "pending": pending, "needs_decision": waiting, "recent": recent,
+            "success_24h": success_24h}
