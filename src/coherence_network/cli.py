@@ -192,6 +192,40 @@ def pm(
 
 
 @app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print the API's pipeline-status (or the task) as JSON"),
+    task_id: int = typer.Option(None, "--task-id", help="Show one task instead of the pipeline"),
+    show_log: bool = typer.Option(False, "--log", help="With --task-id: print the task's log"),
+    lines: int = typer.Option(100, "--lines", min=0, help="With --log: last lines shown (0 = all)"),
+) -> None:
+    """Pipeline status in layers (goal, orchestration, tasks, attention). Exit 0 healthy, 1 attention needed or
+    the API unreachable."""
+    from coherence_network.client import ApiClient, ApiNotFound, ApiUnavailable
+    from coherence_network.status_view import render_status, render_task
+
+    settings = get_settings()
+    try:
+        with ApiClient(settings=settings, retries=1) as client:
+            if task_id is not None:
+                if show_log:
+                    typer.echo(client.task_log(task_id, tail=lines), nl=False)
+                    return
+                task = client.get_task(task_id)
+                typer.echo(json.dumps(task, indent=2) if as_json else render_task(task))
+                return
+            report = client.pipeline_status()
+    except ApiNotFound as exc:
+        typer.echo(f"no such task: {exc.detail}", err=True)
+        raise typer.Exit(1) from exc
+    except ApiUnavailable as exc:
+        typer.echo(f"the API at {settings.agent_api_base} is unreachable: {exc.detail}", err=True)
+        typer.echo("read docs/RUNBOOK.md#pipeline-recovery", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps(report, indent=2) if as_json else render_status(report))
+    raise typer.Exit(1 if report["attention"] else 0)
+
+
+@app.command()
 def cleanup(
     days: float = typer.Option(7.0, "--days", min=0, help="Remove task logs not written for this many days"),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed, remove nothing"),

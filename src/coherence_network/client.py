@@ -158,6 +158,12 @@ class ApiClient:
     def task_log(self, task_id: int, tail: int = 0) -> str:
         return self.request("GET", f"/api/agent/tasks/{task_id}/log", params={"tail": tail}).text
 
+    def pipeline_status(self) -> dict[str, Any]:
+        return self.get("/api/agent/pipeline-status")
+
+    def task_metrics(self) -> dict[str, Any]:
+        return self.get("/api/agent/metrics")
+
     def runner_heartbeat(self, runner_id: str, host: str, pid: int, version: str, info: dict[str, Any] | None = None) -> Any:
         body = {"runner_id": runner_id, "host": host, "pid": pid, "version": version, "info": info}
         return self.post("/api/agent/runners/heartbeat", body)

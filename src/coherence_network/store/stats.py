@@ -109,17 +109,17 @@ def hourly_throughput(engine: Engine, conn: Connection, now: datetime) -> list[d
     """Completed and failed tasks per UTC hour over the last 24 hours, oldest hour first, empty hours included."""
     first_hour = (now - timedelta(hours=23)).replace(minute=0, second=0, microsecond=0)
     if engine.dialect.name == "sqlite":
-        hour = sa.func.strftime("%Y-%m-%dT%H:00:00+00:00", tasks.c.finished_at)
+        hour = sa.func.strftime("%Y-%m-%dT%H:00:00Z", tasks.c.finished_at)
     else:
         hour = sa.func.to_char(sa.func.date_trunc("hour", sa.func.timezone("UTC", tasks.c.finished_at)),
-                               'YYYY-MM-DD"T"HH24:00:00+00:00')
+                               'YYYY-MM-DD"T"HH24:00:00"Z"')
     query = (
         sa.select(hour, tasks.c.status, sa.func.count())
         .where(_finished_since(first_hour))
         .group_by(hour, tasks.c.status)
     )
     buckets = {
-        (first_hour + timedelta(hours=h)).isoformat(): {"completed": 0, "failed": 0} for h in range(24)
+        (first_hour + timedelta(hours=h)).strftime("%Y-%m-%dT%H:00:00Z"): {"completed": 0, "failed": 0} for h in range(24)
     }
     for key, status, n in conn.execute(query):
         if key in buckets and status in buckets[key]:

@@ -1,0 +1,174 @@
+"""pipeline-status, metrics and `coherence status`: store statistics on both backends, attention flags, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from coherence_network.api import create_app
+from coherence_network.settings import Settings
+from coherence_network.store.db import create_store_engine, migrate
+from coherence_network.store.schema import tasks
+from coherence_network.store.stats import task_metrics
+from coherence_network.store.tasks import utcnow
+from tests.support.api import ApiProcess
+from tests.support.net import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _row(now: datetime, task_type: str, status: str, *, age: timedelta, wait: float, run: float) -> dict[str, Any]:
+    finished = now - age
+    started = finished - timedelta(seconds=run)
+    return {"direction": "d", "task_type": task_type, "status": status, "created_at": started - timedelta(seconds=wait),
+            "started_at": started, "finished_at": finished, "updated_at": finished, "output": "ok", "command": None}
+
+
+def _percentile(values: list[float], p: float) -> float:
+    """percentile_cont: linear interpolation between the closest ranks."""
+    ordered = sorted(values)
+    position = p * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def test_task_metrics_on_both_backends(store_url: str) -> None:
+    engine = create_store_engine(store_url)
+    migrate(engine)
+    now = utcnow()
+    recent = [_row(now, "impl", "completed" if i % 4 else "failed", age=timedelta(hours=1), wait=i * 0.5, run=10.0 + i)
+              for i in range(20)]
+    recent += [_row(now, "spec", "completed", age=timedelta(minutes=5), wait=1.0, run=3.0 + i) for i in range(3)]
+    older = [_row(now, "impl", "failed", age=timedelta(days=3), wait=100.0, run=500.0) for _ in range(5)]
+    ancient = [_row(now, "impl", "completed", age=timedelta(days=30), wait=9999.0, run=9999.0) for _ in range(7)]
+    unfinished = {"direction": "p", "task_type": "test", "status": "pending", "created_at": now, "updated_at": now,
+                  "started_at": None, "finished_at": None, "output": None, "command": None}
+    with engine.begin() as conn:
+        conn.execute(tasks.insert(), recent + older + ancient)
+        conn.execute(tasks.insert(), [unfinished])
+
+    result = task_metrics(engine, now)
+    day = result["windows"]["24h"]["by_type"]
+    impl_runs = [10.0 + i for i in range(20)]
+    assert day["impl"]["completed"] == 15 and day["impl"]["failed"] == 5 and day["impl"]["success_rate"] == 0.75
+    assert day["impl"]["run_seconds"]["n"] == 20
+    assert day["impl"]["run_seconds"]["p50"] == pytest.approx(_percentile(impl_runs, 0.5), abs=0.01)
+    assert day["impl"]["run_seconds"]["p95"] == pytest.approx(_percentile(impl_runs, 0.95), abs=0.01)
+    assert day["impl"]["queue_wait_seconds"]["p95"] == pytest.approx(_percentile([i * 0.5 for i in range(20)], 0.95),
+                                                                      abs=0.01)
+    assert day["spec"]["run_seconds"]["p50"] == pytest.approx(4.0, abs=0.01)
+    assert day["all"]["completed"] == 18 and day["all"]["run_seconds"]["n"] == 23
+    assert "test" not in day  # pending tasks are not finished work
+    week = result["windows"]["7d"]["by_type"]
+    assert week["impl"]["failed"] == 10 and week["impl"]["run_seconds"]["n"] == 25  # 30-day-old rows are outside
+    assert week["impl"]["run_seconds"]["p95"] == pytest.approx(_percentile(impl_runs + [500.0] * 5, 0.95), abs=0.01)
+    hourly = result["throughput_per_hour"]["hourly"]
+    assert len(hourly) == 24 and sum(h["completed"] for h in hourly) == 18 and sum(h["failed"] for h in hourly) == 5
+    assert hourly[-1]["hour"].endswith("Z") and hourly[-1]["completed"] == 3
+    engine.dispose()
+
+
+@pytest.fixture
+def app_client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = Settings(coherence_home=tmp_path / "home", pipeline_stuck_minutes=0.0001, pipeline_failure_streak=2,
+                        pipeline_success_rate_min_tasks=3, pipeline_min_success_rate=0.9)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def _run(client: TestClient, task_type: str, status: str, output: str = "done") -> dict[str, Any]:
+    client.post("/api/agent/tasks", json={"direction": "d", "task_type": task_type, "command": "true"})
+    task = client.post("/api/agent/tasks/claim", json={"runner_id": "r1", "types": [task_type]}).json()
+    body = {"claim_token": task["claim_token"], "status": status, "output": output, "exit_code": 0}
+    return client.post(f"/api/agent/tasks/{task['id']}/finish", json=body).json()
+
+
+def test_empty_store_answers_200_with_every_section(app_client: TestClient) -> None:
+    for path in ("/api/agent/pipeline-status", "/api/agent/metrics"):
+        assert app_client.get(path).status_code == 200
+    status = app_client.get("/api/agent/pipeline-status").json()
+    assert status["running"] == [] and status["pending"] == {} and status["needs_decision"] == []
+    assert status["recent"] == [] and status["project_manager"] is None and status["runners"] == []
+    assert status["attention"] == [] and status["counts"]["total"] == 0
+
+
+def test_attention_flags_and_sections(app_client: TestClient) -> None:
+    _run(app_client, "impl", "completed", output="   ")
+    _run(app_client, "impl", "failed")
+    _run(app_client, "test", "failed")
+    app_client.post("/api/agent/tasks", json={"direction": "ask", "task_type": "spec", "command": "true"})
+    asked = app_client.post("/api/agent/tasks/claim", json={"runner_id": "r1"}).json()
+    app_client.post(f"/api/agent/tasks/{asked['id']}/finish", json={
+        "claim_token": asked["claim_token"], "status": "needs_decision", "decision_prompt": "red or blue?"})
+    app_client.post("/api/agent/tasks", json={"direction": "long", "task_type": "review", "command": "true"})
+    running = app_client.post("/api/agent/tasks/claim", json={"runner_id": "r2"}).json()
+    app_client.post("/api/agent/tasks", json={"direction": "later", "task_type": "impl", "command": "true"})
+    app_client.post("/api/agent/components/heartbeat", json={
+        "component": "project_manager", "host": "h1", "pid": 42, "info": {"items": 3, "by_status": {"done": 1}}})
+
+    status = app_client.get("/api/agent/pipeline-status").json()
+    flags = {f["code"]: f for f in status["attention"]}
+    assert set(flags) == {"stuck", "repeated_failures", "empty_output", "low_success_rate", "no_runner",
+                          "needs_decision"}
+    assert flags["stuck"]["task_ids"] == [running["id"]]
+    assert flags["needs_decision"]["task_ids"] == [asked["id"]]
+    assert [t["id"] for t in status["running"]] == [running["id"]] and status["running"][0]["claimed_by"] == "r2"
+    assert status["pending"]["impl"]["count"] == 1 and status["pending"]["impl"]["oldest_wait_seconds"] >= 0
+    assert status["needs_decision"][0]["decision_prompt"] == "red or blue?"
+    assert [t["status"] for t in status["recent"]] == ["failed", "failed", "completed"]
+    assert status["project_manager"]["seen"] and status["project_manager"]["info"]["items"] == 3
+
+    app_client.post("/api/agent/runners/heartbeat", json={"runner_id": "r2", "host": "h", "pid": 7, "version": "1"})
+    status = app_client.get("/api/agent/pipeline-status").json()
+    assert "no_runner" not in {f["code"] for f in status["attention"]}
+    assert status["runners"][0]["id"] == "r2" and status["runners"][0]["seen"]
+
+
+def _coherence(*args: str, api: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AGENT_API_BASE": api, "COHERENCE_HTTP_TIMEOUT": "5"}
+    return subprocess.run([sys.executable, "-m", "coherence_network.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_status_command_layers_json_task_and_log(api_process: ApiProcess) -> None:
+    healthy = _coherence("status", api=api_process.url)
+    assert healthy.returncode == 0, healthy.stderr
+    assert [line for line in healthy.stdout.splitlines() if line.isupper()] == [
+        "GOAL", "ORCHESTRATION", "TASKS", "ATTENTION"]
+    task = httpx.post(f"{api_process.url}/api/agent/tasks",
+                      json={"direction": "say hi", "task_type": "run", "command": "echo hi"}).json()
+    as_json = _coherence("status", "--json", api=api_process.url)
+    assert as_json.returncode == 1  # a pending task and no runner: attention
+    assert json.loads(as_json.stdout)["pending"]["run"]["count"] == 1
+    one = _coherence("status", "--task-id", str(task["id"]), api=api_process.url)
+    assert one.returncode == 0 and "status: pending" in one.stdout and "say hi" in one.stdout
+    log_path = api_process.home / "logs" / f"task_{task['id']}.log"
+    log_path.write_text("line 1\nline 2\nline 3\n")
+    log = _coherence("status", "--task-id", str(task["id"]), "--log", "--lines", "2", api=api_process.url)
+    assert log.returncode == 0 and log.stdout == "line 2\nline 3\n"
+    assert _coherence("status", "--task-id", "999", api=api_process.url).returncode == 1
+
+
+def test_status_exit_1_with_the_runbook_section_when_the_api_is_down(tmp_path: Path) -> None:
+    script = ROOT / "scripts" / "check_pipeline.py"
+    env = {**os.environ, "AGENT_API_BASE": f"http://127.0.0.1:{free_port()}", "COHERENCE_HTTP_TIMEOUT": "2"}
+    done = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "docs/RUNBOOK.md#pipeline-recovery" in done.stderr
+
+
+def test_prometheus_queue_gauges_are_exposed(app_client: TestClient) -> None:
+    text = app_client.get("/metrics").text
+    for name in ("coherence_tasks{", "coherence_oldest_pending_age_seconds", "coherence_runners_seen"):
+        assert name in text
