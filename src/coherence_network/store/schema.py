@@ -92,3 +92,9 @@ components = sa.Table(
     sa.Column("first_seen", UTCDateTime, nullable=False),
     sa.Column("last_seen", UTCDateTime, nullable=False),
 )
+
+# Covers the time-window statistics (store/stats.py): a window of finished tasks is read from the index alone.
+FINISHED_WINDOW_INDEX = sa.Index(
+    "ix_tasks_finished_window",
+    tasks.c.finished_at, tasks.c.task_type, tasks.c.status, tasks.c.started_at, tasks.c.created_at,
+)

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""pipeline-status and metrics latency with 1,000 and 100,000 tasks stored (SQLite), over HTTP.
+
+Rows are inserted directly with SQLAlchemy (fast), as history at a steady rate: one task finished every
+``--spacing`` seconds, ending now, with a few pending, running and waiting tasks on top. Then one `coherence api`
+process answers GET /api/agent/pipeline-status and GET /api/agent/metrics ``--repeat`` times each.
+``--spacing 0`` puts every task inside the last hour (the worst case: the whole store in every window).
+Run by hand: `.venv/bin/python bench/pipeline_status.py` (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from coherence_network.store.db import create_store_engine, migrate  # noqa: E402
+from coherence_network.store.schema import tasks  # noqa: E402
+from coherence_network.store.tasks import utcnow  # noqa: E402
+from tests.support.api import ApiProcess  # noqa: E402
+
+TYPES = ("spec", "test", "impl", "review", "run")
+
+
+def fill(url: str, n: int, spacing: float) -> None:
+    """``n`` tasks: all but 30 finished (90 % completed), one every ``spacing`` s; 20 pending, 5 running, 5 waiting."""
+    engine = create_store_engine(url)
+    migrate(engine)
+    now = utcnow()
+    rng = random.Random(7)
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        unfinished = i >= n - 30
+        finished = now - timedelta(seconds=(n - i) * spacing if spacing else rng.uniform(0, 3600))
+        run = rng.uniform(5, 900)
+        started = finished - timedelta(seconds=run)
+        created = started - timedelta(seconds=rng.uniform(0.05, 60))
+        status = "completed" if rng.random() < 0.9 else "failed"
+        if unfinished:
+            status = ("pending", "running", "needs_decision")[0 if i < n - 10 else 1 if i < n - 5 else 2]
+        rows.append({
+            "direction": f"bench task {i}", "task_type": TYPES[i % len(TYPES)], "status": status, "command": None,
+            "created_at": created, "updated_at": now,
+            "started_at": None if status == "pending" else started,
+            "finished_at": finished if status in ("completed", "failed") else None,
+            "output": "x" * 200 if status != "pending" else None, "exit_code": 0 if status == "completed" else None,
+            "claimed_by": "bench-runner" if status == "running" else None,
+            "decision_prompt": "go on?" if status == "needs_decision" else None,
+        })
+        if len(rows) == 5000:
+            with engine.begin() as conn:
+                conn.execute(tasks.insert(), rows)
+            rows = []
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(tasks.insert(), rows)
+    engine.dispose()
+
+
+def latency(http: httpx.Client, path: str, repeat: int) -> dict[str, float]:
+    http.get(path).raise_for_status()  # warm up
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        http.get(path).raise_for_status()
+        times.append((time.perf_counter() - started) * 1000)
+    ordered = sorted(times)
+    return {"p50_ms": round(statistics.median(times), 2), "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,100000", help="Stored task counts, comma-separated")
+    parser.add_argument("--spacing", type=float, default=300.0, help="Seconds between finished tasks (0: all recent)")
+    parser.add_argument("--repeat", type=int, default=200, help="Requests per endpoint")
+    args = parser.parse_args()
+    for n in (int(s) for s in args.sizes.split(",")):
+        with tempfile.TemporaryDirectory(prefix="bench-status-") as tmp:
+            home = Path(tmp) / "home"
+            fill(f"sqlite:///{home / 'coherence.db'}", n, args.spacing)
+            api = ApiProcess(home, env={"COHERENCE_LOG_LEVEL": "WARNING"}).start()
+            try:
+                with httpx.Client(base_url=api.url, timeout=60) as http:
+                    for path in ("/api/agent/pipeline-status", "/api/agent/metrics"):
+                        figures = latency(http, path, args.repeat)
+                        print(json.dumps({"backend": "sqlite", "tasks": n, "spacing_s": args.spacing, "endpoint": path,
+                                          **figures}), flush=True)
+            finally:
+                api.stop()
+
+
+if __name__ == "__main__":
+    main()
