@@ -1,0 +1,40 @@
+"""Component heartbeats (the project manager's state summary) and the index behind windowed task statistics.
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import op
+
+from coherence_network.store.schema import UTCDateTime
+
+revision = "0003"
+# Chained after the graph tables (0002, written in parallel); until that file is in the tree, after 0001, so the
+# chain never has two heads nor a missing link. Once 0002 is committed this is simply "0002".
+down_revision = "0002" if any(Path(__file__).parent.glob("0002_*.py")) else "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "components",
+        sa.Column("name", sa.String(100), primary_key=True),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("version", sa.String(100), nullable=False),
+        sa.Column("info", sa.JSON, nullable=True),
+        sa.Column("first_seen", UTCDateTime, nullable=False),
+        sa.Column("last_seen", UTCDateTime, nullable=False),
+    )
+    op.create_index(
+        "ix_tasks_finished_window", "tasks", ["finished_at", "task_type", "status", "started_at", "created_at"]
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("ix_tasks_finished_window", table_name="tasks")
+    op.drop_table("components")
