@@ -96,3 +96,18 @@ def test_drill_unblock_decision_with_the_documented_curl(runbook: Runbook, drill
             assert client.get_task(task["id"])["decision"] == "yes"
     finally:
         api.stop()
+
+
+def test_drill_check_pipeline_json_is_parsed_by_jq(runbook: Runbook, drill: Drill) -> None:
+    api = ApiProcess(drill.home, port=drill.port).start()
+    try:
+        with ApiClient(api.url, token="") as client:
+            for i in range(3):
+                client.create_task(f"t{i}", "run", command="true")
+            claim = client.claim("drill")
+            client.finish(claim["id"], claim["claim_token"], "failed", exit_code=1)
+        (command,) = runbook.drill("check-pipeline-json").commands()
+        counts = json.loads(drill.run(command).stdout)
+        assert counts == {"pending": 2, "running": 0, "completed": 0, "failed": 1, "needs_decision": 0}
+    finally:
+        api.stop()
