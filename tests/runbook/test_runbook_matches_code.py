@@ -1,0 +1,192 @@
+"""The runbook and the code agree: sections, files, endpoints, commands, flags, variables and links."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import httpx
+import pytest
+
+from coherence_network.api import create_app
+from coherence_network.logfiles import REGISTRY
+from coherence_network.settings import Settings
+from tests.runbook.runbook_doc import ROOT, Runbook
+from tests.support.api import ApiProcess
+
+SECTIONS = [
+    "Log Locations", "API Restart", "Pipeline Recovery", "Autonomous Pipeline", "Pipeline Effectiveness",
+    "Key Endpoints", "Indexing", "Check Pipeline Status", "Tests and Cleanup", "Configuration", "Scaling out",
+]
+# Variables the runbook may name that belong to other programs (npm, pip, the shell, CI), not to Settings.
+FOREIGN_VARIABLES = {"PIP_INDEX_URL", "PIP_CONFIG_FILE", "NPM_CONFIG_REGISTRY"}
+# What the runner hands to each task (the agent protocol), and the protocol's own markers: not settings.
+PROTOCOL_NAMES = {"COHERENCE_DECISION", "COHERENCE_TASK_ID", "COHERENCE_TASK_TYPE", "NEEDS_DECISION"}
+# Settings that exist for tests or internals only need not be in the runbook.
+UNDOCUMENTED_SETTINGS: set[str] = set()
+DOC_ROUTES = {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+VENV_BIN = ROOT / ".venv" / "bin"
+
+
+@pytest.fixture(scope="module")
+def runbook() -> Runbook:
+    return Runbook()
+
+
+def test_every_section_is_there_in_order(runbook: Runbook) -> None:
+    present = [s for s in runbook.sections if s in SECTIONS]
+    assert present == SECTIONS
+
+
+def test_readme_links_the_runbook() -> None:
+    assert "docs/RUNBOOK.md" in (ROOT / "README.md").read_text()
+
+
+def test_log_locations_equal_the_registry(runbook: Runbook) -> None:
+    documented = {row[0].removeprefix("var/logs/") for row in runbook.table("Log Locations")}
+    assert documented == set(REGISTRY), (
+        f"in the registry, not in the runbook: {sorted(set(REGISTRY) - documented)}; "
+        f"in the runbook, not in the registry: {sorted(documented - set(REGISTRY))}"
+    )
+    for row in runbook.table("Log Locations"):
+        assert row[1] and row[2], f"{row[0]}: purpose and rotation must be filled in"
+
+
+def _app_routes() -> dict[str, set[str]]:
+    """Every documented route of the app (path -> methods), read from its OpenAPI schema."""
+    app = create_app(Settings(coherence_home=Path("/nonexistent-not-started")))
+    return {_shape(path): {m.upper() for m in ops} for path, ops in app.openapi()["paths"].items()}
+
+
+def _shape(path: str) -> str:
+    """``/api/agent/tasks/{task_id}`` and ``/api/agent/tasks/{id}`` are the same route."""
+    return re.sub(r"\{[^}]+\}", "{}", path)
+
+
+def _endpoints(runbook: Runbook) -> list[tuple[str, str]]:
+    rows = []
+    for row in runbook.table("Key Endpoints"):
+        method, path = row[0].split(maxsplit=1)
+        rows.append((method, path))
+    return rows
+
+
+def test_every_key_endpoint_is_a_route(runbook: Runbook) -> None:
+    routes = _app_routes()
+    for method, path in _endpoints(runbook):
+        for one in method.split("|"):
+            assert one in routes.get(_shape(path), set()), f"{one} {path} is in the runbook but not a route of the app"
+
+
+def test_every_ops_endpoint_is_in_the_table(runbook: Runbook) -> None:
+    """Every GET route without path parameters (the ones an operator can call as they are) is documented."""
+    documented = {_shape(path) for _, path in _endpoints(runbook)}
+    for path, methods in _app_routes().items():
+        if "GET" in methods and "{" not in path and path not in DOC_ROUTES:
+            assert path in documented, f"GET {path} is a route but missing from the runbook's Key Endpoints"
+
+
+def test_key_endpoints_answer_on_a_running_api(runbook: Runbook, api_process: ApiProcess) -> None:
+    with httpx.Client(base_url=api_process.url, timeout=30) as http:
+        task = http.post("/api/agent/tasks", json={"direction": "d", "task_type": "run", "command": "true"}).json()
+        for method, path in _endpoints(runbook):
+            if "GET" not in method.split("|"):
+                continue
+            url = path.replace("{id}", str(task["id"])).replace("{task_id}", str(task["id"]))
+            if "{" in url:
+                continue  # needs an object of another kind; the route test above covers it
+            response = http.get(url)
+            assert response.status_code == 200, f"GET {url} -> {response.status_code}: {response.text[:200]}"
+
+
+@lru_cache(maxsize=None)
+def _help(program: tuple[str, ...]) -> str:
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", "COLUMNS": "200", "TERM": "dumb"}
+    done = subprocess.run([*program, "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert done.returncode == 0, f"{' '.join(program)} --help exited {done.returncode}: {done.stderr[-500:]}"
+    return done.stdout
+
+
+def _invocations(runbook: Runbook) -> list[tuple[tuple[str, ...], list[str]]]:
+    """(program, flags) for each `scripts/...` or `coherence ...` the runbook's shell blocks run."""
+    found = []
+    for command in runbook.shell_commands():
+        for part in re.split(r"\s*(?:&&|\|\||;|\|)\s*", command):
+            try:
+                words = shlex.split(part)
+            except ValueError:
+                continue
+            while words and ("=" in words[0] and not words[0].startswith("-")):
+                words = words[1:]  # VAR=value prefixes
+            if words and words[0] in ("nohup", "sudo", "exec"):
+                words = words[1:]
+            if not words:
+                continue
+            head = words[0].removeprefix("./").removeprefix(".venv/bin/")
+            if head.startswith("scripts/"):
+                program: tuple[str, ...] = (str(ROOT / head),)
+                rest = words[1:]
+            elif head == "coherence":
+                subcommands = [w for w in words[1:3] if not w.startswith("-")]
+                program = ("coherence", *subcommands[:1])
+                if subcommands[:1] == ["index"] and len(subcommands) > 1:
+                    program = ("coherence", "index", subcommands[1])
+                rest = words[1 + len(program) - 1:]
+            else:
+                continue
+            flags = [w.split("=")[0] for w in rest if w.startswith("-")]
+            found.append((program, flags))
+    return found
+
+
+def test_every_named_script_exists_and_is_executable(runbook: Runbook) -> None:
+    named = set(re.findall(r"scripts/[\w.-]+", runbook.text))
+    assert named, "the runbook names no scripts"
+    for script in named:
+        path = ROOT / script
+        assert path.is_file(), f"{script} is named in the runbook but does not exist"
+        assert os.access(path, os.X_OK), f"{script} is not executable"
+
+
+def test_every_command_answers_help_and_accepts_its_flags(runbook: Runbook) -> None:
+    invocations = _invocations(runbook)
+    assert invocations
+    for program, flags in invocations:
+        text = _help(program)
+        for flag in flags:
+            assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text), (
+                f"{' '.join(program)} does not accept {flag} (its --help does not list it)")
+
+
+def test_every_variable_named_is_a_setting_and_every_setting_is_named(runbook: Runbook) -> None:
+    settings = {name.upper() for name in Settings.model_fields}
+    unknown = runbook.env_vars - settings - FOREIGN_VARIABLES - PROTOCOL_NAMES
+    assert not unknown, f"the runbook names variables that Settings does not declare: {sorted(unknown)}"
+    missing = settings - runbook.env_vars - UNDOCUMENTED_SETTINGS
+    assert not missing, f"settings an operator may set but the runbook does not name: {sorted(missing)}"
+
+
+def test_relative_links_and_anchors_resolve(runbook: Runbook) -> None:
+    for target in runbook.links:
+        if re.match(r"^[a-z]+://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        if path:
+            resolved = (runbook.path.parent / path).resolve()
+            assert resolved.exists(), f"link {target} points at a missing file"
+            if anchor and resolved.suffix == ".md":
+                assert anchor in Runbook(resolved).anchors, f"link {target}: no such heading"
+        elif anchor:
+            assert anchor in runbook.anchors, f"anchor #{anchor} does not match a heading"
+
+
+def test_anchors_the_code_prints_exist(runbook: Runbook) -> None:
+    """Error messages and monitor rules point operators at runbook sections; each must exist."""
+    source = "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.py"))
+    for anchor in set(re.findall(r"RUNBOOK\.md#([\w-]+)", source)):
+        assert anchor in runbook.anchors, f"the code points at docs/RUNBOOK.md#{anchor}, which is not a heading"
