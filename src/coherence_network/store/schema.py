@@ -69,29 +69,24 @@ tasks = sa.Table(
     sa.Index("ix_tasks_finished_at", "finished_at"),
 )
 
-runners = sa.Table(
-    "runners",
-    metadata,
-    sa.Column("id", sa.String(200), primary_key=True),
-    sa.Column("host", sa.String(255), nullable=False),
-    sa.Column("pid", sa.Integer, nullable=False),
-    sa.Column("version", sa.String(100), nullable=False),
-    sa.Column("info", sa.JSON, nullable=True),
-    sa.Column("first_seen", UTCDateTime, nullable=False),
-    sa.Column("last_seen", UTCDateTime, nullable=False),
-)
+def _registry_table(name: str, key: sa.Column[str]) -> sa.Table:
+    """A "who is alive" registry: one row per ``key``, with where it runs and when it was first and last seen."""
+    return sa.Table(
+        name,
+        metadata,
+        key,
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("version", sa.String(100), nullable=False),
+        sa.Column("info", sa.JSON, nullable=True),
+        sa.Column("first_seen", UTCDateTime, nullable=False),
+        sa.Column("last_seen", UTCDateTime, nullable=False),
+    )
 
-components = sa.Table(
-    "components",
-    metadata,
-    sa.Column("name", sa.String(100), primary_key=True),  # e.g. "project_manager": one row per component
-    sa.Column("host", sa.String(255), nullable=False),
-    sa.Column("pid", sa.Integer, nullable=False),
-    sa.Column("version", sa.String(100), nullable=False),
-    sa.Column("info", sa.JSON, nullable=True),
-    sa.Column("first_seen", UTCDateTime, nullable=False),
-    sa.Column("last_seen", UTCDateTime, nullable=False),
-)
+
+runners = _registry_table("runners", sa.Column("id", sa.String(200), primary_key=True))
+# One row per component, e.g. "project_manager".
+components = _registry_table("components", sa.Column("name", sa.String(100), primary_key=True))
 
 # Covers the time-window statistics (store/stats.py): a window of finished tasks is read from the index alone.
 FINISHED_WINDOW_INDEX = sa.Index(
