@@ -30,84 +30,76 @@ def drill(tmp_path: Path) -> Iterator[Drill]:
     one.close()
 
 
-def test_drill_api_restart_keeps_the_data(runbook: Runbook, drill: Drill) -> None:
-    api = ApiProcess(drill.home, port=drill.port).start()
-    try:
-        created = [httpx.post(f"{api.url}/api/agent/tasks", json={"direction": f"keep {i}", "task_type": "run"}).json()
-                   for i in range(5)]
-        old_pid = api.proc.pid  # type: ignore[union-attr]
-        results = drill.run_block(runbook.drill("api-restart"))
-        assert json.loads(results[-1].stdout)["ready"] is True
-        assert api.proc.wait(30) == 0  # the old API was stopped gracefully by its PID file
-        new_pid = int((drill.home / "run" / "api.pid").read_text())
-        assert new_pid != old_pid
-        with ApiClient(api.url, token="") as client:
-            for task in created:
-                assert client.get_task(task["id"])["direction"] == task["direction"]
-    finally:
-        api.stop()
+@pytest.fixture
+def api(drill: Drill) -> Iterator[ApiProcess]:
+    """The API the drill works against, on the drill's port and COHERENCE_HOME."""
+    server = ApiProcess(drill.home, port=drill.port).start()
+    yield server
+    server.stop()
 
 
-def test_drill_cleanup_removes_only_old_logs_of_finished_tasks(runbook: Runbook, drill: Drill) -> None:
-    api = ApiProcess(drill.home, port=drill.port).start()
-    try:
-        with ApiClient(api.url, token="") as client:
-            finished = client.create_task("finished", "run")
-            running = client.create_task("running", "run")
-            fresh = client.create_task("fresh", "run")
-            claim = client.claim("drill")
-            client.finish(claim["id"], claim["claim_token"], "completed", exit_code=0)
-            client.claim("drill")  # `running` stays running
-            claim = client.claim("drill")
-            client.finish(claim["id"], claim["claim_token"], "failed", exit_code=1)
-        logs = drill.home / "logs"
-        old = time.time() - 30 * 86400
-        for task in (finished, running, fresh):
-            path = logs / f"task_{task['id']}.log"
-            path.write_text("output\n")
-            if task is not fresh:
-                os.utime(path, (old, old))
-        dry_run, real_run = runbook.drill("cleanup").commands()
-        assert "--dry-run" in dry_run
-        assert f"would remove task_{finished['id']}.log" in drill.run(dry_run).stdout
-        assert (logs / f"task_{finished['id']}.log").exists()  # --dry-run removed nothing
-        assert f"removed task_{finished['id']}.log" in drill.run(real_run).stdout
-        assert not (logs / f"task_{finished['id']}.log").exists()
-        assert (logs / f"task_{running['id']}.log").exists() and (logs / f"task_{fresh['id']}.log").exists()
-    finally:
-        api.stop()
+def test_drill_api_restart_keeps_the_data(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
+    created = [httpx.post(f"{api.url}/api/agent/tasks", json={"direction": f"keep {i}", "task_type": "run"}).json()
+               for i in range(5)]
+    old_pid = api.proc.pid  # type: ignore[union-attr]
+    results = drill.run_block(runbook.drill("api-restart"))
+    assert json.loads(results[-1].stdout)["ready"] is True
+    assert api.proc.wait(30) == 0  # the old API was stopped gracefully by its PID file
+    new_pid = int((drill.home / "run" / "api.pid").read_text())
+    assert new_pid != old_pid
+    with ApiClient(api.url, token="") as client:
+        for task in created:
+            assert client.get_task(task["id"])["direction"] == task["direction"]
 
 
-def test_drill_unblock_decision_with_the_documented_curl(runbook: Runbook, drill: Drill) -> None:
-    api = ApiProcess(drill.home, port=drill.port).start()
-    try:
-        with ApiClient(api.url, token="") as client:
-            task = client.create_task("deploy", "run", command="true")
-            claim = client.claim("drill")
-            client.finish(task["id"], claim["claim_token"], "needs_decision", decision_prompt="Deploy to prod?")
-            listing, answer = runbook.drill("unblock-decision").commands()
-            assert drill.run(listing).stdout == f"{task['id']}\tDeploy to prod?\n"
-            assert "{id}" in answer
-            answered = json.loads(drill.run(answer.replace("{id}", str(task["id"]))).stdout)
-            assert answered["status"] == "pending" and answered["decision"] == "yes"
-            assert client.get_task(task["id"])["decided_by"] == "api"
-            again = drill.run(answer.replace("{id}", str(task["id"])), check=False)
-            assert again.returncode != 0  # 409: the task no longer waits; curl -f fails, nothing changed
-            assert client.get_task(task["id"])["decision"] == "yes"
-    finally:
-        api.stop()
+def test_drill_cleanup_removes_only_old_logs_of_finished_tasks(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
+    with ApiClient(api.url, token="") as client:
+        finished = client.create_task("finished", "run")
+        running = client.create_task("running", "run")
+        fresh = client.create_task("fresh", "run")
+        claim = client.claim("drill")
+        client.finish(claim["id"], claim["claim_token"], "completed", exit_code=0)
+        client.claim("drill")  # `running` stays running
+        claim = client.claim("drill")
+        client.finish(claim["id"], claim["claim_token"], "failed", exit_code=1)
+    logs = drill.home / "logs"
+    old = time.time() - 30 * 86400
+    for task in (finished, running, fresh):
+        path = logs / f"task_{task['id']}.log"
+        path.write_text("output\n")
+        if task is not fresh:
+            os.utime(path, (old, old))
+    dry_run, real_run = runbook.drill("cleanup").commands()
+    assert "--dry-run" in dry_run
+    assert f"would remove task_{finished['id']}.log" in drill.run(dry_run).stdout
+    assert (logs / f"task_{finished['id']}.log").exists()  # --dry-run removed nothing
+    assert f"removed task_{finished['id']}.log" in drill.run(real_run).stdout
+    assert not (logs / f"task_{finished['id']}.log").exists()
+    assert (logs / f"task_{running['id']}.log").exists() and (logs / f"task_{fresh['id']}.log").exists()
 
 
-def test_drill_check_pipeline_json_is_parsed_by_jq(runbook: Runbook, drill: Drill) -> None:
-    api = ApiProcess(drill.home, port=drill.port).start()
-    try:
-        with ApiClient(api.url, token="") as client:
-            for i in range(3):
-                client.create_task(f"t{i}", "run", command="true")
-            claim = client.claim("drill")
-            client.finish(claim["id"], claim["claim_token"], "failed", exit_code=1)
-        (command,) = runbook.drill("check-pipeline-json").commands()
-        counts = json.loads(drill.run(command).stdout)
-        assert counts == {"pending": 2, "running": 0, "completed": 0, "failed": 1, "needs_decision": 0}
-    finally:
-        api.stop()
+def test_drill_unblock_decision_with_the_documented_curl(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
+    with ApiClient(api.url, token="") as client:
+        task = client.create_task("deploy", "run", command="true")
+        claim = client.claim("drill")
+        client.finish(task["id"], claim["claim_token"], "needs_decision", decision_prompt="Deploy to prod?")
+        listing, answer = runbook.drill("unblock-decision").commands()
+        assert drill.run(listing).stdout == f"{task['id']}\tDeploy to prod?\n"
+        assert "{id}" in answer
+        answered = json.loads(drill.run(answer.replace("{id}", str(task["id"]))).stdout)
+        assert answered["status"] == "pending" and answered["decision"] == "yes"
+        assert client.get_task(task["id"])["decided_by"] == "api"
+        again = drill.run(answer.replace("{id}", str(task["id"])), check=False)
+        assert again.returncode != 0  # 409: the task no longer waits; curl -f fails, nothing changed
+        assert client.get_task(task["id"])["decision"] == "yes"
+
+
+def test_drill_check_pipeline_json_is_parsed_by_jq(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
+    with ApiClient(api.url, token="") as client:
+        for i in range(3):
+            client.create_task(f"t{i}", "run", command="true")
+        claim = client.claim("drill")
+        client.finish(claim["id"], claim["claim_token"], "failed", exit_code=1)
+    (command,) = runbook.drill("check-pipeline-json").commands()
+    counts = json.loads(drill.run(command).stdout)
+    assert counts == {"pending": 2, "running": 0, "completed": 0, "failed": 1, "needs_decision": 0}
