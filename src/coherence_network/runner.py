@@ -33,6 +33,7 @@ log = logging.getLogger("coherence.runner")
 DECISION_MARKER = "NEEDS_DECISION:"
 LONG_POLL_SECONDS = 20.0
 STEP_CHARS = 200
+WATCH_SECONDS = 0.2
 
 
 @dataclass
@@ -158,6 +159,7 @@ class TaskRun:
             pump = threading.Thread(target=self._pump, args=(self.proc.stdout, logfile), daemon=True)
             pump.start()
             interval = max(0.5, self.settings.coherence_lease_seconds / 3)
+            next_beat = started + interval
             try:
                 while self.proc.poll() is None:
                     if time.monotonic() - started > self.timeout:
@@ -171,9 +173,11 @@ class TaskRun:
                         self.kill_group(self.settings.agent_kill_grace_seconds)
                         break
                     try:
-                        self.proc.wait(min(interval, max(0.05, self.timeout - (time.monotonic() - started))))
+                        self.proc.wait(WATCH_SECONDS)  # short, so a timeout or a stop is acted on promptly
                     except subprocess.TimeoutExpired:
-                        beat(self.last_line)
+                        if time.monotonic() >= next_beat:
+                            beat(self.last_line)
+                            next_beat = time.monotonic() + interval
             except ClaimLost:
                 self.kill_group(self.settings.agent_kill_grace_seconds)
                 raise
