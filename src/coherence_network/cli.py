@@ -256,6 +256,38 @@ def cleanup(
     typer.echo(f"{verb} {len(report.removed)} task logs, {report.bytes_freed} bytes")
 
 
+@app.command()
+def telegram(
+    check_api: bool = typer.Option(False, "--check-api", help="Only check that the API at AGENT_API_BASE answers "
+                                   "(exit 0) or not (exit 1), then exit"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging"),
+) -> None:
+    """Telegram bot: commands (/status, /tasks, /task, /reply, /attention) and alerts; long polling, or the API's
+    webhook when TELEGRAM_WEBHOOK_URL is set; logs to var/logs/telegram.log."""
+    from coherence_network.client import ApiClient, ApiError
+    from coherence_network.logfiles import setup_logging
+    from coherence_network.telegram import Bot
+
+    settings = get_settings()
+    if check_api:
+        try:
+            with ApiClient(settings=settings, retries=0, timeout=2) as client:
+                client.get("/api/health")
+        except ApiError as exc:
+            typer.echo(f"the API at {settings.agent_api_base} does not answer: {exc.detail}", err=True)
+            raise typer.Exit(1) from exc
+        typer.echo(f"the API at {settings.agent_api_base} answers")
+        return
+    if not settings.telegram_bot_token:
+        typer.echo("TELEGRAM_BOT_TOKEN is not set (get one from @BotFather)", err=True)
+        raise typer.Exit(2)
+    setup_logging("telegram", settings, json_lines=Options.log_json, verbose=verbose)
+    bot = Bot(settings)
+    signal.signal(signal.SIGTERM, bot.request_stop)
+    signal.signal(signal.SIGINT, bot.request_stop)
+    raise typer.Exit(bot.run())
+
+
 def run() -> None:
     """Entry point used by scripts/: same as the console script."""
     app(prog_name="coherence")

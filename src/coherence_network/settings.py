@@ -17,6 +17,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SECRET_FIELDS = frozenset({"coherence_api_token", "telegram_bot_token", "telegram_webhook_secret"})
 
 
+def parse_ids(value: str) -> frozenset[int]:
+    """Comma-separated Telegram ids (chat ids may be negative); a typo fails at start-up, not silently."""
+    try:
+        return frozenset(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"expected comma-separated integer ids, got {value!r}") from None
+
+
 class Settings(BaseSettings):
     """Configuration read from the environment (and an optional ``.env`` file in the working directory)."""
 
@@ -93,6 +101,35 @@ class Settings(BaseSettings):
         5, ge=1, description="Finished tasks in 24 h needed before the success rate is judged at all"
     )
 
+    # --- telegram -----------------------------------------------------------------------------------------
+    telegram_bot_token: str = Field("", description="Bot API token from @BotFather; empty disables the bot")
+    telegram_chat_ids: str = Field("", description="Chat ids alerts go to, comma-separated (commands work there too)")
+    telegram_allowed_user_ids: str = Field(
+        "", description="User ids that may command the bot, comma-separated; empty means nobody"
+    )
+    telegram_api_base: str = Field("https://api.telegram.org", description="Bot API base address (tests point it "
+                                   "at a local fake)")
+    telegram_webhook_url: str = Field(
+        "", description="Public URL of POST /api/agent/telegram/webhook; set = webhook mode, empty = long polling"
+    )
+    telegram_webhook_secret: str = Field(
+        "", description="Secret Telegram sends with each webhook call; empty = generated in var/run/"
+    )
+    telegram_poll_timeout: float = Field(25.0, gt=0, description="Seconds one getUpdates long poll may wait")
+    telegram_notify_interval: float = Field(
+        15.0, gt=0, description="Seconds between the bot's polls of the API for things to notify"
+    )
+    telegram_rate_burst: int = Field(10, ge=1, description="Alerts a chat may get at once before the rate limit")
+    telegram_rate_per_minute: float = Field(
+        6.0, gt=0, description="Alerts per minute a chat gets after the burst; the rest wait their turn"
+    )
+
+    @field_validator("telegram_chat_ids", "telegram_allowed_user_ids")
+    @classmethod
+    def _id_list(cls, value: str) -> str:
+        parse_ids(value)
+        return value
+
     @field_validator("coherence_log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -113,6 +150,14 @@ class Settings(BaseSettings):
     @property
     def run_dir(self) -> Path:
         return self.home / "run"
+
+    @property
+    def telegram_chats(self) -> frozenset[int]:
+        return parse_ids(self.telegram_chat_ids)
+
+    @property
+    def telegram_allowed_users(self) -> frozenset[int]:
+        return parse_ids(self.telegram_allowed_user_ids)
 
     @property
     def store_url(self) -> str:
