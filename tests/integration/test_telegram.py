@@ -1,0 +1,265 @@
+"""The human decision loop on Telegram, end to end: a real API, a real runner, the bot as a real process
+(``coherence telegram``) and a fake Bot API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from coherence_network.client import ApiClient
+from tests.support.api import ApiProcess
+from tests.support.fake_telegram import TOKEN, FakeTelegram
+from tests.support.net import wait_until
+from tests.support.runner import RunnerProcess
+
+USER, STRANGER, GROUP = 4242, 777, -100123
+ASK = (f"{sys.executable} -c \"import os; d=os.environ.get('COHERENCE_DECISION'); "
+       f"print('decided: '+d if d else 'NEEDS_DECISION: Ship it?')\"")
+ACCESS = {"TELEGRAM_ALLOWED_USER_IDS": str(USER), "TELEGRAM_CHAT_IDS": str(GROUP)}
+
+
+class BotProcess:
+    """``python -m coherence_network.cli telegram`` against an API and the fake Bot API."""
+
+    def __init__(self, api: ApiProcess, fake: FakeTelegram, **env: str) -> None:
+        self.env = {
+            **os.environ, "COHERENCE_HOME": str(api.home), "AGENT_API_BASE": api.url, "TELEGRAM_BOT_TOKEN": TOKEN,
+            "TELEGRAM_API_BASE": fake.base, "TELEGRAM_POLL_TIMEOUT": "1", "TELEGRAM_NOTIFY_INTERVAL": "0.2",
+            "COHERENCE_HTTP_TIMEOUT": "5", **ACCESS, **env,
+        }
+        self.log = api.home / "logs" / "telegram.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "BotProcess":
+        self.proc = subprocess.Popen([sys.executable, "-m", "coherence_network.cli", "telegram"], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM, as an operator or the start script stops it; it must exit 0."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            assert self.proc.wait(15) == 0
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(15)
+            raise
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTelegram]:
+    server = FakeTelegram().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bots() -> Iterator[list[BotProcess]]:
+    """Bots a test starts; each is stopped at the end, whatever happened."""
+    started: list[BotProcess] = []
+    yield started
+    for bot in started:
+        bot.stop()
+
+
+def start_bot(bots: list[BotProcess], api: ApiProcess, fake: FakeTelegram, **env: str) -> BotProcess:
+    bot = BotProcess(api, fake, **env).start()
+    bots.append(bot)
+    return bot
+
+
+def ask_as_runner(client: ApiClient, question: str) -> int:
+    """Drive one task to needs_decision the way a runner does: create, claim, finish with the question."""
+    created = client.create_task(f"decide: {question}", "run", command="true")
+    task = client.claim("test-runner")
+    assert task is not None and task["id"] == created["id"]
+    client.finish(task["id"], task["claim_token"], "needs_decision", decision_prompt=question)
+    return int(task["id"])
+
+
+def has_text(fake: FakeTelegram, chat: int, *parts: str) -> bool:
+    return any(all(p in text for p in parts) for text in fake.texts(chat))
+
+
+def seen_by_bot(fake: FakeTelegram, update: dict[str, Any]) -> bool:
+    """The bot confirmed the update: a later getUpdates asked for offsets beyond it."""
+    return any(c.params.get("offset", 0) > update["update_id"] for c in fake.calls_of("getUpdates"))
+
+
+def test_decision_answered_from_telegram_reruns_the_task(api_process: ApiProcess, fake: FakeTelegram,
+                                                        bots: list[BotProcess]) -> None:
+    client = ApiClient(api_process.url, token="", retries=0)
+    runner = RunnerProcess(api_process.home, api_process.url, "--interval", "0.1").start()
+    try:
+        task_id = client.create_task("ask before shipping", "run", command=ASK)["id"]
+        bot = start_bot(bots, api_process, fake)
+        wait_until(lambda: has_text(fake, GROUP, "Ship it?", f"/reply {task_id} <decision>"), 30, "the question")
+
+        # Not allowed: a stranger, an allowed user in a chat that is not allowed; ignored: plain text, an edit,
+        # a sticker. None of them changes anything or gets an answer.
+        ignored = [
+            fake.message(STRANGER, f"/reply {task_id} no"),
+            fake.message(USER, f"/reply {task_id} no", chat_id=-555, chat_type="group"),
+            fake.message(USER, "no, do not ship"),
+            fake.message(USER, f"/reply {task_id} no", kind="edited_message"),
+            fake.push({"message": {"message_id": 1, "from": {"id": USER}, "chat": {"id": USER, "type": "private"},
+                                   "sticker": {"file_id": "x"}}}),
+        ]
+        wait_until(lambda: seen_by_bot(fake, ignored[-1]), 20, "the bot to read the ignored updates")
+        assert client.get_task(task_id)["status"] == "needs_decision"
+        assert fake.texts(STRANGER) == [] and fake.texts(-555) == [] and fake.texts(USER) == []
+
+        fake.message(USER, "/frobnicate")
+        wait_until(lambda: has_text(fake, USER, "Unknown command /frobnicate", "/reply <id> <decision>"), 20, "help")
+        fake.message(USER, "/status")
+        wait_until(lambda: has_text(fake, USER, "Waiting for a decision: 1", f"/reply {task_id} <decision>"), 20,
+                   "/status")
+        fake.message(USER, f"/reply {task_id} yes")
+        wait_until(lambda: has_text(fake, USER, f"Decision recorded for task #{task_id} by telegram:{USER}: yes"), 20,
+                   "the confirmation")
+        wait_until(lambda: client.get_task(task_id)["status"] == "completed", 30, "the rerun")
+        done = client.get_task(task_id)
+        assert (done["decision"], done["decided_by"], done["output"]) == ("yes", f"telegram:{USER}", "decided: yes\n")
+
+        fake.message(USER, f"/reply {task_id} again")
+        wait_until(lambda: has_text(fake, USER, f"Task #{task_id} does not wait for a decision"), 20, "the refusal")
+        fake.message(USER, "/reply 99999 yes")
+        wait_until(lambda: has_text(fake, USER, "No task #99999"), 20, "no such task")
+        fake.message(USER, f"/task {task_id}")
+        wait_until(lambda: has_text(fake, USER, "status: completed", f"decided_by: telegram:{USER}"), 20, "/task")
+    finally:
+        runner.stop()
+        client.close()
+    bot.stop()
+    log = bot.log.read_text()
+    assert f"refused sender: user {STRANGER}" in log and f"command from user {USER} in chat {USER}: /reply" in log
+    assert "sent to chat" in log and TOKEN not in log
+
+
+def test_webhook_needs_the_secret(tmp_path: Path, fake: FakeTelegram, bots: list[BotProcess]) -> None:
+    api = ApiProcess(tmp_path / "home", env=ACCESS).start()
+    client = ApiClient(api.url, token="", retries=0)
+    hook = f"{api.url}/api/agent/telegram/webhook"
+    try:
+        task_id = ask_as_runner(client, "Merge the branch?")
+        reply = {"update_id": 1, "message": {"message_id": 1, "text": f"/reply {task_id} yes",
+                                             "from": {"id": USER}, "chat": {"id": USER, "type": "private"}}}
+        assert httpx.post(hook, json=reply, headers={"X-Telegram-Bot-Api-Secret-Token": "x"}).status_code == 401
+
+        start_bot(bots, api, fake, TELEGRAM_WEBHOOK_URL="https://bot.example/api/agent/telegram/webhook")
+        wait_until(lambda: fake.webhook is not None, 20, "setWebhook")
+        assert fake.webhook is not None and fake.webhook["url"] == "https://bot.example/api/agent/telegram/webhook"
+        secret = fake.webhook["secret_token"]
+        assert (api.home / "run" / "telegram_webhook_secret").read_text().strip() == secret
+        wait_until(lambda: has_text(fake, GROUP, "Merge the branch?", f"/reply {task_id} <decision>"), 20,
+                   "the question, from the notifications loop in webhook mode")
+
+        for headers in ({}, {"X-Telegram-Bot-Api-Secret-Token": secret + "x"}, {"X-Telegram-Bot-Api-Secret-Token": ""}):
+            answer = httpx.post(hook, json=reply, headers=headers)
+            assert answer.status_code == 401, headers
+        assert client.get_task(task_id)["status"] == "needs_decision"
+
+        right = {"X-Telegram-Bot-Api-Secret-Token": secret}
+        stranger = {**reply, "message": {**reply["message"], "from": {"id": STRANGER},
+                                         "chat": {"id": STRANGER, "type": "private"}}}
+        for ignored in (stranger, {"update_id": 2, "edited_message": reply["message"]}, {"junk": True}):
+            answer = httpx.post(hook, json=ignored, headers=right)
+            assert (answer.status_code, answer.json()) == (200, {})
+        not_json = httpx.post(hook, content=b"{not json", headers={**right, "Content-Type": "application/json"})
+        assert (not_json.status_code, not_json.json()) == (200, {})
+        assert client.get_task(task_id)["status"] == "needs_decision"
+
+        answer = httpx.post(hook, json=reply, headers=right)
+        assert answer.status_code == 200
+        body = answer.json()
+        assert body["method"] == "sendMessage" and body["chat_id"] == USER
+        assert f"Decision recorded for task #{task_id} by telegram:{USER}: yes" in body["text"]
+        task = client.get_task(task_id)
+        assert (task["status"], task["decision"], task["decided_by"]) == ("pending", "yes", f"telegram:{USER}")
+        assert fake.calls_of("getUpdates") == []
+        log = (api.home / "logs" / "telegram.log").read_text()
+        assert "webhook call from 127.0.0.1 refused: wrong secret" in log and "refused: missing secret" in log
+        assert f"command from user {USER} in chat {USER}: /reply" in log
+    finally:
+        client.close()
+        for bot in bots:
+            bot.stop()
+        api.stop()
+
+
+def test_bot_api_outage_delays_messages_but_keeps_them_in_order_once(api_process: ApiProcess, fake: FakeTelegram,
+                                                                     bots: list[BotProcess]) -> None:
+    client = ApiClient(api_process.url, token="", retries=0)
+    questions = [f"Question {n}?" for n in range(1, 4)]
+    ids = [ask_as_runner(client, q) for q in questions]
+    fake.fail_next("getUpdates", 2, 500)
+    fake.fail_next("sendMessage", 2, 429, retry_after=1)
+    fake.fail_next("sendMessage", 1, 500)
+    bot = start_bot(bots, api_process, fake)
+    wait_until(lambda: len(fake.texts(GROUP)) >= 3, 40, "three alerts after the outage")
+    texts = fake.texts(GROUP)
+    assert [q in t for q, t in zip(questions, texts)] == [True, True, True], texts
+    assert [f"/reply {i} <decision>" in t for i, t in zip(ids, texts)] == [True, True, True]
+    sends = fake.calls_of("sendMessage")
+    assert [c.status for c in sends[:4]] == [429, 429, 500, 200]
+    assert sends[1].at - sends[0].at >= 0.9 and sends[2].at - sends[1].at >= 0.9  # retry_after respected
+
+    # A restart resends nothing; the next new question still arrives, after the first three, once.
+    bot.stop()
+    start_bot(bots, api_process, fake)
+    fourth = ask_as_runner(client, "Question 4?")
+    wait_until(lambda: has_text(fake, GROUP, "Question 4?", f"/reply {fourth} <decision>"), 30, "the fourth alert")
+    texts = fake.texts(GROUP)
+    assert len(texts) == 4 and "Question 4?" in texts[3]
+    log = bot.log.read_text()
+    assert "429" in log and "retry" in log and TOKEN not in log
+    client.close()
+
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "start_with_telegram.sh"
+
+
+def _run_script(home: Path, api_url: str, fake: FakeTelegram) -> subprocess.Popen[bytes]:
+    port = api_url.rsplit(":", 1)[1]
+    env = {**os.environ, "COHERENCE_HOME": str(home), "AGENT_API_BASE": api_url, "COHERENCE_API_PORT": port, "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_BASE": fake.base,
+           "TELEGRAM_POLL_TIMEOUT": "1", **ACCESS}
+    return subprocess.Popen([str(SCRIPT)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/api/health", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.parametrize("api_running", [True, False], ids=["api-already-running", "api-started-by-script"])
+def test_start_script_stops_only_what_it_started(tmp_path: Path, fake: FakeTelegram, api_running: bool) -> None:
+    api = ApiProcess(tmp_path / "home")
+    if api_running:
+        api.start()
+    script = _run_script(api.home, api.url, fake)
+    try:
+        wait_until(lambda: _answers(api.url), 30, "the API")
+        wait_until(lambda: len(fake.calls_of("getUpdates")) > 0, 30, "the bot polling")
+        script.send_signal(signal.SIGTERM)
+        assert script.wait(30) == 143
+        wait_until(lambda: "telegram bot stopped" in (api.home / "logs" / "telegram.log").read_text(), 10, "bot exit")
+        if api_running:
+            assert _answers(api.url)
+        else:
+            wait_until(lambda: not _answers(api.url), 20, "the API the script started to stop")
+    finally:
+        if script.poll() is None:
+            script.kill()
+        api.stop()
