@@ -259,8 +259,8 @@ class Commands:
     def handle(self, update: Any) -> tuple[int, str] | None:
         msg = read_update(update)
         if msg is None:
-            kinds = sorted(k for k in update if k != "update_id") if isinstance(update, dict) else [type(update).__name__]
-            log.info("ignored update (not a new text message): %s", ", ".join(kinds) or "empty")
+            kinds = [str(k) for k in update if k != "update_id"] if isinstance(update, dict) else [repr(update)[:40]]
+            log.info("ignored update (not a new text message): %s", ", ".join(sorted(kinds)) or "empty")
             return None
         if not self.is_allowed(msg):
             log.warning("refused sender: user %s in chat %s (%s)", msg.user_id, msg.chat_id, msg.chat_type)
@@ -303,8 +303,9 @@ class Commands:
         if report is not None:
             runners = report.get("runners") or []
             manager = report.get("project_manager")
-            lines.append(f"Runners seen: {sum(1 for r in runners if r.get('seen'))} of {len(runners)}; project manager: "
-                         + ("never seen" if not manager else "seen" if manager.get("seen") else "STALE"))
+            seen = sum(1 for r in runners if r.get("seen"))
+            state = "never seen" if not manager else "seen" if manager.get("seen") else "STALE"
+            lines.append(f"Runners seen: {seen} of {len(runners)}; project manager: {state}")
             flags = [f for f in report.get("attention") or [] if f.get("code") != "needs_decision"]
             lines.append("Attention:" + ("" if flags else " none"))
             lines += [f"  [{f['code']}] {f['message']}" for f in flags]
@@ -342,11 +343,13 @@ class Commands:
             status = self.client.get_task(task_id)["status"]
             return f"Task #{task_id} does not wait for a decision (its status is {status}); nothing changed."
         log.info("decision recorded for task %s by %s", task_id, who)
-        return f"Decision recorded for task #{task_id} by {who}: {decision}\nThe task is pending and runs again with it."
+        return (f"Decision recorded for task #{task_id} by {who}: {decision}\n"
+                "The task is pending and runs again with it.")
 
     def _attention(self, _args: str, _msg: Incoming) -> str:
         lines: list[str] = []
-        for title, path in (("Fatal issues", "/api/agent/fatal-issues"), ("Monitor issues", "/api/agent/monitor-issues")):
+        for title, path in (("Fatal issues", "/api/agent/fatal-issues"),
+                            ("Monitor issues", "/api/agent/monitor-issues")):
             payload = _optional(self.client, path)
             if payload is not None:
                 found = issues(payload)
@@ -526,6 +529,7 @@ class Notifier:
             for chat, bucket in self.buckets.items():
                 for key in history:
                     self.state.notified[f"{chat}|{key}"] = now
+                held = 0
                 for key, text in alerts:
                     chat_key = f"{chat}|{key}"
                     if chat_key in self.state.notified:
@@ -533,7 +537,9 @@ class Notifier:
                     elif bucket.take():
                         self.state.enqueue(chat, text, chat_key, now)
                     else:
-                        log.info("rate limit holds back %s for chat %s", key, chat)
+                        held += 1
+                if held:
+                    log.info("rate limit holds back %d alert(s) for chat %s until a later pass", held, chat)
             self.state.notified = {k: t for k, t in self.state.notified.items() if now - t < REMEMBER_SECONDS}
             self.state.primed = True
             self.state.save()

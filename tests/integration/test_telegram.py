@@ -231,8 +231,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "start_with_telegram.
 
 def _run_script(home: Path, api_url: str, fake: FakeTelegram) -> subprocess.Popen[bytes]:
     port = api_url.rsplit(":", 1)[1]
-    env = {**os.environ, "COHERENCE_HOME": str(home), "AGENT_API_BASE": api_url, "COHERENCE_API_PORT": port, "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_BASE": fake.base,
-           "TELEGRAM_POLL_TIMEOUT": "1", **ACCESS}
+    env = {**os.environ, "COHERENCE_HOME": str(home), "AGENT_API_BASE": api_url, "COHERENCE_API_PORT": port,
+           "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_BASE": fake.base, "TELEGRAM_POLL_TIMEOUT": "1", **ACCESS}
     return subprocess.Popen([str(SCRIPT)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
