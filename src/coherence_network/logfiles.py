@@ -26,15 +26,16 @@ ROTATE_BACKUPS = 3
 
 @dataclass(frozen=True)
 class LogFile:
-    """One file under the log folder: its name (a pattern for per-task logs), kind, purpose and rotation."""
+    """One file under var/: its name (a pattern for per-task logs), kind, purpose, rotation and folder."""
 
     name: str
-    kind: str  # "log" (component log), "task" (per-task output) or "state" (JSON state/report)
+    kind: str  # "log" (component log), "task" (per-task output), "state" (JSON state/report) or "run" (host-local)
     purpose: str
     rotation: str
+    folder: str = "logs"
 
     def path(self, settings: Settings, **fields: Any) -> Path:
-        return settings.logs_dir / self.name.format(**fields)
+        return settings.home / self.folder / self.name.format(**fields)
 
 
 _ROTATED = f"{ROTATE_BYTES // (1024 * 1024)} MiB, {ROTATE_BACKUPS} backups"
@@ -59,6 +60,23 @@ REGISTRY: dict[str, LogFile] = {
         LogFile("pipeline_version.json", "state", "Code version (git SHA) the running pipeline started with", "none"),
         LogFile("restart_requested.json", "state", "Restart request for the supervisor {reason, component, at}", "none"),
         LogFile("fatal_issues.json", "state", "Fatal issues: components that could not be kept running", "none"),
+    )
+}
+
+
+# Host-local files under var/run/: PID files, undelivered results, prompts, bot state.
+RUN_FILES: dict[str, LogFile] = {
+    f.name: f
+    for f in (
+        LogFile("{component}.pid", "run", "PID of a running component (api, agent_runner, ...); `coherence stop` reads it",
+                "none", "run"),
+        LogFile("runner_outbox/", "run", "Task results the runner could not deliver yet (API down); sent when it is back",
+                "none; emptied on delivery", "run"),
+        LogFile("prompts/", "run", "Prompt files the runner hands to the agent command ({prompt_file})", "none", "run"),
+        LogFile("telegram_state.json", "run", "Telegram bot: update offset, alerts already sent, outgoing queue",
+                "none", "run"),
+        LogFile("telegram_webhook_secret", "run", "Generated webhook secret (mode 0600) when TELEGRAM_WEBHOOK_SECRET is unset",
+                "none", "run"),
     )
 }
 

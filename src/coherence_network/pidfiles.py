@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from coherence_network.logfiles import RUN_FILES
 from coherence_network.settings import Settings
 
 
 def pid_path(settings: Settings, component: str) -> Path:
-    return settings.run_dir / f"{component}.pid"
+    return RUN_FILES["{component}.pid"].path(settings, component=component)
 
 
 def write_pid(settings: Settings, component: str, pid: int | None = None) -> Path:

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from coherence_network import __version__
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
-from coherence_network.logfiles import task_log_path, write_json_atomic
+from coherence_network.logfiles import RUN_FILES, task_log_path, write_json_atomic
 from coherence_network.settings import Settings
 
 log = logging.getLogger("coherence.runner")
@@ -143,7 +143,7 @@ class TaskRun:
             )
             logfile.flush()
             try:
-                argv = build_argv(task, self.settings, self.settings.run_dir / "prompts")
+                argv = build_argv(task, self.settings, RUN_FILES["prompts/"].path(self.settings))
                 env = {**os.environ, "COHERENCE_TASK_ID": str(task["id"]), "COHERENCE_TASK_TYPE": task["task_type"]}
                 if task.get("decision"):
                     env["COHERENCE_DECISION"] = task["decision"]
@@ -239,7 +239,7 @@ class Runner:
         self.grace = settings.coherence_runner_stop_grace_seconds if grace is None else grace
         self.stopping = threading.Event()  # no new claims
         self.kill_now = threading.Event()  # running tasks are stopped and released
-        self.outbox = settings.run_dir / "runner_outbox"
+        self.outbox = RUN_FILES["runner_outbox/"].path(settings)
         self.runs: dict[int, TaskRun] = {}
         self.failed = 0
         self.lock = threading.Lock()

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
-from coherence_network.logfiles import write_json_atomic
+from coherence_network.logfiles import RUN_FILES, write_json_atomic
 from coherence_network.settings import Settings
 from coherence_network.status_view import render_task
 
@@ -49,11 +49,11 @@ HELP = """Commands:
 
 
 def state_path(settings: Settings) -> Path:
-    return settings.run_dir / "telegram_state.json"
+    return RUN_FILES["telegram_state.json"].path(settings)
 
 
 def secret_path(settings: Settings) -> Path:
-    return settings.run_dir / "telegram_webhook_secret"
+    return RUN_FILES["telegram_webhook_secret"].path(settings)
 
 
 def webhook_secret(settings: Settings, *, create: bool = False) -> str:

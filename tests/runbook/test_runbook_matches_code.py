@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from coherence_network.api import create_app
-from coherence_network.logfiles import REGISTRY
+from coherence_network.logfiles import REGISTRY, RUN_FILES
 from coherence_network.settings import Settings
 from tests.runbook.runbook_doc import ROOT, Runbook
 from tests.support.api import ApiProcess
@@ -48,10 +48,11 @@ def test_readme_links_the_runbook() -> None:
 
 
 def test_log_locations_equal_the_registry(runbook: Runbook) -> None:
-    documented = {row[0].removeprefix("var/logs/") for row in runbook.table("Log Locations")}
-    assert documented == set(REGISTRY), (
-        f"in the registry, not in the runbook: {sorted(set(REGISTRY) - documented)}; "
-        f"in the runbook, not in the registry: {sorted(documented - set(REGISTRY))}"
+    documented = {row[0] for row in runbook.table("Log Locations")}
+    registered = {f"var/{f.folder}/{f.name}" for f in (*REGISTRY.values(), *RUN_FILES.values())}
+    assert documented == registered, (
+        f"in the registry, not in the runbook: {sorted(registered - documented)}; "
+        f"in the runbook, not in the registry: {sorted(documented - registered)}"
     )
     for row in runbook.table("Log Locations"):
         assert row[1] and row[2], f"{row[0]}: purpose and rotation must be filled in"
