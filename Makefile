@@ -12,10 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,postgres]'
 	touch $(STAMP)
 
-run: $(STAMP)  ## start the API on 127.0.0.1:8000
-	$(BIN)/coherence api
+run: $(STAMP)  ## the autonomous pipeline (API, runner, manager, monitor) on the example backlog; Ctrl-C stops it
+	scripts/run_autonomous.sh --backlog examples/backlog.md
 
-api: run
+api: $(STAMP)  ## only the API on 127.0.0.1:8000
+	$(BIN)/coherence api
 
 test: $(STAMP)  ## the whole test suite (PostgreSQL tests start their own throwaway server)
 	$(BIN)/python -m pytest -q

@@ -288,6 +288,150 @@ def telegram(
     raise typer.Exit(bot.run())
 
 
+@app.command()
+def monitor(
+    once: bool = typer.Option(False, "--once", help="One check, then exit: 0 no issues, 1 issues open"),
+    interval: float = typer.Option(None, "--interval", min=0.05, help="Seconds between checks (default "
+                                   "MONITOR_INTERVAL)"),
+    auto_recover: bool = typer.Option(False, "--auto-recover", help="Request restarts for conditions a restart "
+                                      "fixes (also PIPELINE_AUTO_RECOVER=1)"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging"),
+) -> None:
+    """Evaluate the monitor rules; writes monitor_issues.json, the status report and STATUS lines to
+    var/logs/monitor.log, and sends open issues to the API."""
+    from coherence_network.client import ApiClient
+    from coherence_network.logfiles import setup_logging
+    from coherence_network.monitor import Monitor
+
+    settings = get_settings()
+    setup_logging("monitor", settings, json_lines=Options.log_json, verbose=verbose)
+    with ApiClient(settings=settings, retries=0) as client:
+        watcher = Monitor(settings, client, auto_recover=auto_recover or settings.pipeline_auto_recover)
+        signal.signal(signal.SIGTERM, watcher.request_stop)
+        signal.signal(signal.SIGINT, watcher.request_stop)
+        raise typer.Exit(watcher.run(interval or settings.monitor_interval, once))
+
+
+@app.command()
+def supervise(
+    components: str = typer.Option(",".join(("api", "agent_runner", "project_manager", "monitor")), "--components",
+                                   help="Components to run, comma-separated"),
+    no_restart: bool = typer.Option(False, "--no-restart", help="Run each component once; never restart"),
+    backlog: Path = typer.Option(None, "--backlog", help="Backlog for the project manager (default backlog.md in "
+                                 "COHERENCE_WORKSPACE; without one the manager is not started)"),
+    until_done: bool = typer.Option(False, "--until-done", help="Stop the pipeline when the project manager has "
+                                    "settled the backlog; exit with its code"),
+    reset: bool = typer.Option(False, "--reset", help="Pass --reset to the project manager (start the backlog over)"),
+    parallel: bool = typer.Option(False, "--parallel", help="Pass --parallel to the project manager"),
+    pm_arg: list[str] = typer.Option([], "--pm-arg", help="Any further `coherence pm` argument (repeatable)"),
+    workers: int = typer.Option(1, "--workers", min=1, help="Runner worker slots"),
+    monitor_interval: float = typer.Option(None, "--monitor-interval", min=0.05, help="Seconds between monitor "
+                                           "checks (default MONITOR_INTERVAL)"),
+    auto_recover: bool = typer.Option(False, "--auto-recover", help="The monitor requests restarts (also "
+                                      "PIPELINE_AUTO_RECOVER=1)"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging"),
+) -> None:
+    """Watchdog: start the API, runner, project manager and monitor; restart what dies; stop all on SIGTERM.
+    Exit 1 on a fatal issue (see `coherence fatal`)."""
+    from coherence_network.logfiles import setup_logging
+    from coherence_network.supervisor import COMPONENTS, Supervisor, SupervisorOptions
+
+    settings = get_settings()
+    chosen = [c.strip() for c in components.split(",") if c.strip()]
+    unknown = set(chosen) - set(COMPONENTS)
+    if unknown or not chosen:
+        typer.echo(f"unknown components: {', '.join(sorted(unknown))}; choose from {', '.join(COMPONENTS)}", err=True)
+        raise typer.Exit(2)
+    setup_logging("supervisor", settings, json_lines=Options.log_json, verbose=verbose)
+    backlog_file = (backlog or settings.coherence_workspace / "backlog.md").expanduser().resolve()
+    if "project_manager" in chosen and backlog is None and not backlog_file.is_file():
+        typer.echo(f"no backlog at {backlog_file}: the project manager is not started (give --backlog)", err=True)
+        chosen.remove("project_manager")
+    pm_args = ["--backlog", str(backlog_file), *pm_arg]
+    pm_args += [flag for flag, on in (("--reset", reset), ("--parallel", parallel), ("--until-done", until_done))
+                if on]
+    monitor_args = ["--interval", str(monitor_interval or settings.monitor_interval)]
+    if auto_recover:
+        monitor_args.append("--auto-recover")
+    options = SupervisorOptions(
+        components=tuple(chosen), restart=not no_restart, stop_when_manager_exits=until_done,
+        args={"project_manager": pm_args, "agent_runner": ["--workers", str(workers)], "monitor": monitor_args,
+              "api": ["--host", settings.coherence_api_host, "--port", str(settings.coherence_api_port)]},
+    )
+    supervisor = Supervisor(settings, options)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    raise typer.Exit(supervisor.run())
+
+
+@app.command()
+def stop(
+    grace: float = typer.Option(30.0, "--grace", min=0, help="Seconds each process gets after SIGTERM before "
+                                "SIGKILL"),
+) -> None:
+    """Stop a running pipeline by its PID files in var/run/ (supervisor first, API last); removes stale PID files."""
+    from coherence_network.supervisor import stop_pipeline
+
+    done = stop_pipeline(get_settings(), grace)
+    typer.echo("\n".join(done) if done else "nothing is running (no PID files)")
+
+
+@app.command()
+def fatal(
+    clear: bool = typer.Option(False, "--clear", help="Forget the fatal issues (after fixing their cause)"),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON"),
+) -> None:
+    """Fatal issues: components the supervisor could not keep running. Exit 1 when any, 0 when none."""
+    from coherence_network import fatal as fatal_issues
+    from coherence_network.client import ApiClient
+
+    settings = get_settings()
+    with ApiClient(settings=settings, retries=0, timeout=3) as client:
+        if clear:
+            cleared, api_error = fatal_issues.clear(settings, client)
+            typer.echo(f"cleared {cleared} local fatal issue(s)" +
+                       (f"; the API was not cleared: {api_error}" if api_error else " and those stored via the API"))
+            raise typer.Exit(1 if api_error else 0)
+        issues, api_error = fatal_issues.gather(settings, client)
+    if as_json:
+        typer.echo(json.dumps({"fatal_issues": issues, "count": len(issues), "api_error": api_error}, indent=2,
+                              default=str))
+    elif not issues:
+        typer.echo("No fatal issues.")
+    else:
+        for issue in issues:
+            typer.echo(f"{issue.get('at')}  {issue.get('component')}: {issue.get('reason')}")
+            typer.echo(f"  recovery tried: {issue.get('recovery_tried') or '-'}")
+            for line in str(issue.get("detail") or "").splitlines()[-10:]:
+                typer.echo(f"  | {line}")
+        typer.echo("Fix the cause (docs/RUNBOOK.md#autonomous-pipeline), then: coherence fatal --clear")
+    if api_error and not as_json:
+        typer.echo(f"(local file only: {api_error})", err=True)
+    raise typer.Exit(1 if issues else 0)
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON")) -> None:
+    """Is the pipeline effective? [OK] or [ACTION] per check (with the command and runbook section); exit 1 when
+    anything needs action."""
+    from dataclasses import asdict
+
+    from coherence_network.client import ApiClient
+    from coherence_network.doctor import diagnose, render
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    with ApiClient(settings=settings, retries=0, timeout=5) as client:
+        checks, effectiveness = diagnose(settings, client)
+    ok = all(c.ok for c in checks)
+    if as_json:
+        typer.echo(json.dumps({"ok": ok, "checks": [asdict(c) for c in checks], "effectiveness": effectiveness},
+                              indent=2, default=str))
+    else:
+        typer.echo(render(checks, effectiveness))
+    raise typer.Exit(0 if ok else 1)
+
+
 def run() -> None:
     """Entry point used by scripts/: same as the console script."""
     app(prog_name="coherence")

@@ -124,6 +124,55 @@ class Settings(BaseSettings):
         6.0, gt=0, description="Alerts per minute a chat gets after the burst; the rest wait their turn"
     )
 
+    # --- monitor and supervisor ---------------------------------------------------------------------------
+    pipeline_auto_recover: bool = Field(
+        False, description="The monitor writes restart_requested.json for conditions a restart fixes"
+    )
+    pipeline_auto_commit: bool = Field(
+        False, description="Commit the workspace after each completed spec/test/impl/review task"
+    )
+    pipeline_auto_push: bool = Field(
+        False, description="Push after each auto-commit (never forced; a failed push goes with the next one)"
+    )
+    pipeline_git_remote: str = Field("origin", description="Remote that auto-push pushes the current branch to")
+    monitor_interval: float = Field(60.0, gt=0, description="Seconds between monitor checks")
+    monitor_runner_seen_seconds: float = Field(
+        120.0, gt=0, description="runner_not_seen: no runner heartbeat for this long"
+    )
+    monitor_component_seen_seconds: float = Field(
+        300.0, gt=0, description="manager_not_seen (and doctor's monitor check): no heartbeat for this long"
+    )
+    monitor_idle_minutes: float = Field(
+        10.0, gt=0, description="no_task_running: work pending this long while nothing runs"
+    )
+    monitor_orphan_grace_seconds: float = Field(
+        300.0, gt=0, description="orphan_running: lease expired, or task timeout passed, by more than this"
+    )
+    monitor_decision_wait_minutes: float = Field(
+        30.0, ge=0, description="needs_decision_waiting: a task has waited this long for a decision"
+    )
+    monitor_disk_min_free_mb: float = Field(
+        500.0, ge=0, description="disk_low: free space under the log folder below this many MiB"
+    )
+    monitor_restart_cooldown_seconds: float = Field(
+        300.0, ge=0, description="Auto-recover asks to restart the same component at most once in this time"
+    )
+    supervisor_backoff_seconds: float = Field(
+        1.0, gt=0, description="First delay before restarting a dead component; doubles on each further crash"
+    )
+    supervisor_max_backoff_seconds: float = Field(
+        60.0, gt=0, description="Longest delay between restarts of a crashing component"
+    )
+    supervisor_fatal_restarts: int = Field(
+        5, ge=1, description="Crashes within SUPERVISOR_FATAL_WINDOW_SECONDS that make a component a fatal issue"
+    )
+    supervisor_fatal_window_seconds: float = Field(
+        300.0, gt=0, description="Window in which SUPERVISOR_FATAL_RESTARTS crashes are counted"
+    )
+    supervisor_stop_grace_seconds: float = Field(
+        45.0, ge=0, description="Seconds a component gets between SIGTERM and SIGKILL when the pipeline stops"
+    )
+
     @field_validator("telegram_chat_ids", "telegram_allowed_user_ids")
     @classmethod
     def _id_list(cls, value: str) -> str:

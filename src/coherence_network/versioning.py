@@ -19,9 +19,9 @@ def _git(*args: str, cwd: Path = SOURCE_DIR) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def source_sha_on_disk() -> str | None:
+def source_sha_on_disk(source_dir: Path = SOURCE_DIR) -> str | None:
     """The newest commit that changed the package's own source (not the workspace the pipeline edits)."""
-    return _git("log", "-1", "--format=%H", "--", ".") or None
+    return _git("log", "-1", "--format=%H", "--", ".", cwd=source_dir) or None
 
 
 @lru_cache(maxsize=1)

@@ -93,3 +93,35 @@ FINISHED_WINDOW_INDEX = sa.Index(
     "ix_tasks_finished_window",
     tasks.c.finished_at, tasks.c.task_type, tasks.c.status, tasks.c.started_at, tasks.c.created_at,
 )
+
+# Issues the monitor has open (one row per rule while open; resolved_at set when it clears) and fatal issues the
+# supervisor reported (cleared_at set by `coherence fatal --clear`): readable from any API replica.
+monitor_issues = sa.Table(
+    "monitor_issues",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("rule", sa.String(64), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("runbook", sa.String(200), nullable=False),
+    sa.Column("detail", sa.JSON, nullable=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("first_seen", UTCDateTime, nullable=False),
+    sa.Column("last_seen", UTCDateTime, nullable=False),
+    sa.Column("resolved_at", UTCDateTime, nullable=True),
+    sa.Index("ix_monitor_issues_open", "resolved_at", "rule"),
+)
+fatal_issues = sa.Table(
+    "fatal_issues",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("component", sa.String(100), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("recovery_tried", sa.Text, nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("cleared_at", UTCDateTime, nullable=True),
+    sa.Index("ix_fatal_issues_open", "cleared_at", "at"),
+)

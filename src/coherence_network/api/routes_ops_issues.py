@@ -1,0 +1,150 @@
+"""Monitor issues, fatal issues and pipeline effectiveness: what the monitor and supervisor report, readable from
+any API replica (the files under var/logs are only on the host that wrote them)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+
+from coherence_network.logfiles import REGISTRY
+from coherence_network.settings import Settings
+from coherence_network.store import ops_issues
+from coherence_network.store.stats import ALL_TYPES, success_counts
+from coherence_network.store.tasks import TaskStore, utcnow
+
+router = APIRouter(prefix="/api/agent", tags=["ops-issues"])
+MANAGER_COMPONENT = "project_manager"
+SERIOUS = frozenset({"critical", "high"})
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MonitorIssue(Strict):
+    rule: str = Field(min_length=1, max_length=64)
+    severity: str = Field(min_length=1, max_length=16)
+    message: str = Field(min_length=1, max_length=5000)
+    action: str = Field("", max_length=5000)
+    runbook: str = Field("", max_length=200)
+    detail: dict[str, Any] | None = None
+    first_seen: datetime | None = None
+
+
+class MonitorIssues(Strict):
+    host: str = Field(min_length=1, max_length=255)
+    issues: list[MonitorIssue] = Field(max_length=100, description="Every issue open now; others are resolved")
+
+
+class FatalIssue(Strict):
+    component: str = Field(min_length=1, max_length=100)
+    reason: str = Field(min_length=1, max_length=5000)
+    detail: str = Field("", max_length=20000)
+    recovery_tried: str = Field("", max_length=5000)
+    host: str = Field(min_length=1, max_length=255)
+    at: datetime | None = None
+
+
+def _store(request: Request) -> TaskStore:
+    return request.app.state.store
+
+
+@router.post("/monitor-issues")
+async def post_monitor_issues(body: MonitorIssues, request: Request) -> dict[str, int]:
+    """The monitor's open issues after a check (the whole set: rules not listed are resolved)."""
+    issues = [issue.model_dump() for issue in body.issues]
+    return await run_in_threadpool(ops_issues.replace_monitor_issues, _store(request).engine, issues, body.host)
+
+
+@router.get("/monitor-issues")
+def get_monitor_issues(request: Request) -> dict[str, Any]:
+    """Open monitor issues (each with its suggested action and runbook section) and the recently resolved ones."""
+    listing = ops_issues.list_monitor_issues(_store(request).engine)
+    return {**listing, "count": len(listing["issues"])}
+
+
+@router.post("/fatal-issues", status_code=201)
+async def post_fatal_issue(body: FatalIssue, request: Request) -> dict[str, Any]:
+    """A component the supervisor could not keep running."""
+    return await run_in_threadpool(ops_issues.add_fatal_issue, _store(request).engine, body.model_dump(), body.host)
+
+
+@router.get("/fatal-issues")
+def get_fatal_issues(request: Request) -> dict[str, Any]:
+    items = ops_issues.list_fatal_issues(_store(request).engine)
+    return {"items": items, "count": len(items)}
+
+
+@router.delete("/fatal-issues")
+async def clear_fatal_issues(request: Request) -> dict[str, int]:
+    """The operator fixed the cause (`coherence fatal --clear`)."""
+    return {"cleared": await run_in_threadpool(ops_issues.clear_fatal_issues, _store(request).engine)}
+
+
+@router.get("/effectiveness")
+def effectiveness(request: Request) -> dict[str, Any]:
+    """Throughput, success rate, issues, backlog progress and goal proximity; formula in ``goal_proximity``."""
+    store = _store(request)
+    now = utcnow()
+    per_day = ops_issues.completed_per_day(store.engine, now)
+    with store.engine.connect() as conn:
+        week = success_counts(conn, now - timedelta(days=7), now)[ALL_TYPES]
+    issues = ops_issues.monitor_issue_counts(store.engine, now - timedelta(days=7))
+    fatal = len(ops_issues.list_fatal_issues(store.engine))
+    serious = sum(1 for i in ops_issues.list_monitor_issues(store.engine, resolved_limit=0)["issues"]
+                  if i["severity"] in SERIOUS)
+    backlog = backlog_progress(store, request.app.state.settings)
+    counts = store.count()
+    return {
+        "generated_at": now,
+        "throughput": {"completed_per_day": per_day, "completed_7d": sum(d["completed"] for d in per_day)},
+        "success_rate_7d": week["success_rate"],
+        "finished_7d": {"completed": week["completed"], "failed": week["failed"]},
+        "issues": {**issues, "serious_open": serious, "fatal": fatal},
+        "backlog": backlog,
+        "goal_proximity": goal_proximity(backlog, counts, week["success_rate"], issues["open"], fatal),
+    }
+
+
+def backlog_progress(store: TaskStore, settings: Settings) -> dict[str, Any] | None:
+    """Backlog items by status: from the project manager's heartbeat (any replica), else its state file here."""
+    manager = next((c for c in store.components() if c["name"] == MANAGER_COMPONENT), None)
+    info = (manager or {}).get("info") or {}
+    if "items" in info and "by_status" in info:
+        by_status, total, source = info["by_status"], int(info["items"]), "heartbeat"
+    else:
+        try:
+            state = json.loads(REGISTRY["project_manager_state.json"].path(settings).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        by_status = {}
+        for item in state.get("items", {}).values():
+            by_status[item["status"]] = by_status.get(item["status"], 0) + 1
+        total, source = len(state.get("items", {})), "state_file"
+    done = int(by_status.get("done", 0))
+    return {"items": total, "by_status": by_status, "done": done,
+            "fraction_done": round(done / total, 4) if total else None, "source": source}
+
+
+def goal_proximity(
+    backlog: dict[str, Any] | None, counts: dict[str, Any], success_rate: float | None, open_issues: int, fatal: int
+) -> dict[str, Any]:
+    """0.6 x progress + 0.25 x success rate (7 d) + 0.15 x health, each in 0..1.
+
+    progress: backlog items done / items (without a backlog: completed tasks / all tasks); success: 1 when nothing
+    finished yet; health: 1 with no open issue, 0.5 with open issues, 0 with a fatal issue."""
+    if backlog and backlog["items"]:
+        progress = backlog["done"] / backlog["items"]
+    else:
+        total = counts.get("total", 0)
+        progress = counts.get("by_status", {}).get("completed", 0) / total if total else 0.0
+    success = 1.0 if success_rate is None else success_rate
+    health = 0.0 if fatal else (0.5 if open_issues else 1.0)
+    value = round(0.6 * progress + 0.25 * success + 0.15 * health, 3)
+    return {"value": value, "progress": round(progress, 4), "success": round(success, 4), "health": health,
+            "formula": "0.6*progress + 0.25*success_rate_7d + 0.15*health"}
