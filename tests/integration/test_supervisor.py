@@ -1,0 +1,118 @@
+"""The supervisor with real processes: restarts, restart requests, fatal issues, clean stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from coherence_network.logfiles import write_json_atomic
+from tests.support.net import wait_until
+from tests.support.pipeline import PipelineProcess, alive, processes_with_home
+
+
+@pytest.fixture
+def pipelines(tmp_path: Path) -> Iterator[list[PipelineProcess]]:
+    started: list[PipelineProcess] = []
+    yield started
+    for pipeline in started:
+        pipeline.stop()
+
+
+def _start(pipelines: list[PipelineProcess], home: Path, *args: str, **env: str) -> PipelineProcess:
+    pipeline = PipelineProcess(home, *args, env=env).start()
+    pipelines.append(pipeline)
+    return pipeline
+
+
+def _create(pipeline: PipelineProcess, command: str) -> int:
+    body = {"direction": f"run: {command}", "task_type": "run", "command": command}
+    return int(httpx.post(f"{pipeline.url}/api/agent/tasks", json=body, timeout=10).json()["id"])
+
+
+def _status(pipeline: PipelineProcess, task_id: int) -> str:
+    return str(httpx.get(f"{pipeline.url}/api/agent/tasks/{task_id}", timeout=10).json()["status"])
+
+
+def _wait_completed(pipeline: PipelineProcess, task_id: int) -> None:
+    wait_until(lambda: pipeline.api_up() and _status(pipeline, task_id) == "completed", 60, f"task {task_id}")
+
+
+PY_OK = f"{sys.executable} -c pass"
+
+
+def test_runner_killed_with_sigkill_is_restarted(tmp_path: Path, pipelines: list[PipelineProcess]) -> None:
+    pipeline = _start(pipelines, tmp_path / "home", "--components", "api,agent_runner")
+    pipeline.wait_started("api", "agent_runner")
+    first = pipeline.pid("agent_runner")
+    assert first is not None
+    os.killpg(first, signal.SIGKILL)
+    wait_until(lambda: pipeline.pid("agent_runner") not in (None, first) and alive(pipeline.pid("agent_runner")), 30,
+               "a new runner")
+    _wait_completed(pipeline, _create(pipeline, PY_OK))
+    log = (pipeline.home / "logs" / "supervisor.log").read_text()
+    assert "agent_runner exited with -9" in log and "restarting agent_runner" in log
+
+
+def test_restart_request_restarts_the_api_and_tasks_survive(tmp_path: Path,
+                                                            pipelines: list[PipelineProcess]) -> None:
+    pipeline = _start(pipelines, tmp_path / "home", "--components", "api,agent_runner")
+    pipeline.wait_started("api", "agent_runner")
+    before = _create(pipeline, PY_OK)
+    _wait_completed(pipeline, before)
+    api_pid = pipeline.pid("api")
+    request = pipeline.home / "logs" / "restart_requested.json"
+    write_json_atomic(request, {"reason": "test", "component": "api", "at": "2026-01-01T00:00:00+00:00"})
+    wait_until(lambda: not request.exists(), 60, "the request handled")
+    assert pipeline.pid("api") != api_pid and not alive(api_pid)
+    assert alive(pipeline.pid("api")) and pipeline.api_up()
+    assert _status(pipeline, before) == "completed"  # progress kept across the restart
+    _wait_completed(pipeline, _create(pipeline, PY_OK))  # and the runner carries on with the new API
+
+
+def test_a_component_that_always_crashes_becomes_a_fatal_issue(tmp_path: Path,
+                                                               pipelines: list[PipelineProcess]) -> None:
+    # the documented way to break the project manager: a backlog that does not exist makes it exit 2 at once
+    pipeline = _start(pipelines, tmp_path / "home", "--components", "project_manager", "--backlog",
+                      str(tmp_path / "missing.md"), SUPERVISOR_FATAL_RESTARTS="3",
+                      SUPERVISOR_FATAL_WINDOW_SECONDS="60")
+    assert pipeline.wait(60) == 1
+    issues = json.loads((pipeline.home / "logs" / "fatal_issues.json").read_text())
+    assert [i["component"] for i in issues] == ["project_manager"]
+    assert "3 times" in issues[0]["reason"] and "backlog file not found" in issues[0]["detail"]
+    assert "2 restarts" in issues[0]["recovery_tried"]
+    shown = pipeline.cli("fatal")
+    assert shown.returncode == 1 and "project_manager" in shown.stdout and "recovery tried" in shown.stdout
+    assert json.loads(pipeline.cli("fatal", "--json").stdout)["count"] == 1
+    assert pipeline.cli("fatal", "--clear").returncode == 1  # no API here to clear: said, not hidden
+    cleared = pipeline.cli("fatal")
+    assert cleared.returncode == 0 and "No fatal issues." in cleared.stdout
+
+
+@pytest.mark.parametrize("how", ["sigterm", "coherence stop"])
+def test_stopping_leaves_no_process_behind(tmp_path: Path, pipelines: list[PipelineProcess], how: str) -> None:
+    home = tmp_path / "home"
+    backlog = tmp_path / "backlog.md"
+    backlog.write_text("1. run: sleep 300\n")
+    pipeline = _start(pipelines, home, "--backlog", str(backlog))
+    pipeline.wait_started("api", "agent_runner", "project_manager", "monitor", "supervisor")
+    running = f"{pipeline.url}/api/agent/tasks?status=running"
+    wait_until(lambda: httpx.get(running, timeout=10).json()["total"] == 1, 60, "the task running")
+    wait_until(lambda: any(Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"sleep") for p in
+                           processes_with_home(home)), 30, "sleep started")
+    assert len(processes_with_home(home)) >= 6  # supervisor, api, runner, manager, monitor, the task
+    if how == "sigterm":
+        assert pipeline.proc is not None
+        pipeline.proc.send_signal(signal.SIGTERM)
+    else:
+        stopped = pipeline.cli("stop")
+        assert stopped.returncode == 0 and "supervisor" in stopped.stdout
+    assert pipeline.wait(90) == 0
+    assert processes_with_home(home) == []
+    assert list((home / "run").glob("*.pid")) == []
