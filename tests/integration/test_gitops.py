@@ -1,0 +1,95 @@
+"""Auto-commit and auto-push against a temporary repository with a bare remote."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from coherence_network import gitops
+from coherence_network.client import ApiClient
+from coherence_network.settings import Settings
+from tests.support.api import ApiProcess
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    work = tmp_path / "work"
+    work.mkdir()
+    git(work, "init", "-q", "-b", "main")
+    git(work, "remote", "add", "origin", str(remote))
+    (work / "README.md").write_text("start\n")
+    git(work, "add", "README.md")
+    git(work, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "initial")
+    return work
+
+
+def settings_for(tmp_path: Path, workspace: Path, **fields: object) -> Settings:
+    return Settings(_env_file=None, coherence_home=tmp_path / "home", coherence_workspace=workspace,
+                    pipeline_auto_commit=True, **fields)
+
+
+def task(task_id: int, task_type: str = "impl") -> dict[str, object]:
+    return {"id": task_id, "task_type": task_type, "status": "completed", "direction": f"Do step {task_id}"}
+
+
+def test_commit_and_push_with_a_failed_push_retried(tmp_path: Path, repo: Path) -> None:
+    settings = settings_for(tmp_path, repo, pipeline_auto_push=True)
+    remote = tmp_path / "remote.git"
+    (repo / "a.txt").write_text("1\n")
+    assert gitops.after_task_completed(task(1), settings, busy_count=0) == "committed"
+    assert git(repo, "log", "-1", "--format=%s") == "[pipeline] impl 1: Do step 1"
+    assert git(remote, "log", "-1", "--format=%s", "main") == "[pipeline] impl 1: Do step 1"
+
+    remote.rename(tmp_path / "away.git")  # the remote is unreachable: the commit stays, the push fails
+    (repo / "b.txt").write_text("2\n")
+    assert gitops.after_task_completed(task(2, "test"), settings, busy_count=0) == "committed"
+    log = (tmp_path / "home" / "logs" / "commit_progress.log").read_text()
+    assert "push to origin failed" in log
+
+    (tmp_path / "away.git").rename(remote)
+    (repo / "c.txt").write_text("3\n")
+    assert gitops.after_task_completed(task(3, "review"), settings, busy_count=0) == "committed"
+    pushed = git(remote, "log", "--format=%s", "main").splitlines()
+    assert pushed[:3] == ["[pipeline] review 3: Do step 3", "[pipeline] test 2: Do step 2",
+                          "[pipeline] impl 1: Do step 1"]  # the failed push went with the next one
+
+
+def test_no_commit_while_busy_nor_outside_a_repository(tmp_path: Path, repo: Path) -> None:
+    settings = settings_for(tmp_path, repo)
+    (repo / "a.txt").write_text("1\n")
+    head = git(repo, "rev-parse", "HEAD")
+    assert gitops.after_task_completed(task(1), settings, busy_count=1) == "deferred"
+    assert gitops.after_task_completed(task(2, "run"), settings, busy_count=0) == "skipped"
+    assert git(repo, "rev-parse", "HEAD") == head
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert gitops.after_task_completed(task(3), settings_for(tmp_path, plain), busy_count=0) == "not-a-repo"
+    assert "not a git repository" in (tmp_path / "home" / "logs" / "commit_progress.log").read_text()
+
+
+def test_watcher_commits_tasks_completed_through_the_api(tmp_path: Path, repo: Path,
+                                                          api_process: ApiProcess) -> None:
+    settings = settings_for(tmp_path, repo, agent_api_base=api_process.url)
+    with ApiClient(settings=settings, retries=0) as client:
+        watcher = gitops.CompletedTaskWatcher(settings, client)
+        assert watcher.poll() is None  # baseline: nothing older is committed
+        created = client.create_task("Write the spec", "spec")
+        claimed = client.claim("t:1")
+        assert claimed is not None and claimed["id"] == created["id"]
+        (repo / "spec.md").write_text("spec\n")
+        other = client.create_task("Another", "impl")
+        busy = client.claim("t:2")
+        client.finish(created["id"], claimed["claim_token"], "completed", output="ok")
+        assert watcher.poll() is None  # another task still runs in the workspace
+        client.finish(other["id"], busy["claim_token"], "completed", output="ok")
+        assert watcher.poll() == "committed"
+    subject, _, body = git(repo, "log", "-1", "--format=%B").partition("\n\n")
+    assert subject == f"[pipeline] impl {other['id']}: Another" and f"spec {created['id']}" in body
