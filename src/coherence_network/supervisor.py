@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO
 
-from coherence_network import fatal
+from coherence_network import __version__, fatal
 from coherence_network.client import ApiClient, ApiError
 from coherence_network.gitops import CompletedTaskWatcher
 from coherence_network.logfiles import REGISTRY, write_json_atomic
 from coherence_network.pidfiles import is_ours, pid_path, read_pid, remove_pid, write_pid
 from coherence_network.settings import Settings
-from coherence_network.versioning import running_version
+from coherence_network.versioning import running_version, source_sha_on_disk
 
 log = logging.getLogger("coherence.supervisor")
 
@@ -229,7 +229,15 @@ class Supervisor:
             self.stop_children([child])
             child.finished = False
             self.start(child)
+        if component == "all":  # every child now runs the code on disk; without this stale_version would loop
+            self._write_version(source_sha_on_disk())
         path.unlink(missing_ok=True)
+
+    def _write_version(self, git_sha: str | None) -> None:
+        """pipeline_version.json: the code the children were started from (the monitor's stale_version input)."""
+        write_json_atomic(REGISTRY["pipeline_version.json"].path(self.settings), {
+            "version": __version__, "git_sha": git_sha, "started_at": datetime.now(timezone.utc).isoformat(),
+            "supervisor_pid": os.getpid(), "components": list(self.children)})
 
     # --- the loop -------------------------------------------------------------------------------------------
     def request_stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
@@ -243,9 +251,7 @@ class Supervisor:
             log.error("a supervisor already runs (pid %d); stop it first: coherence stop", other)
             return 2
         write_pid(self.settings, SELF)
-        write_json_atomic(REGISTRY["pipeline_version.json"].path(self.settings), {
-            **running_version(), "started_at": datetime.now(timezone.utc).isoformat(), "supervisor_pid": os.getpid(),
-            "components": list(self.children)})
+        self._write_version(running_version()["git_sha"])
         try:
             self._start_all()
             next_commit_poll = time.monotonic()

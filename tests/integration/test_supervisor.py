@@ -75,6 +75,14 @@ def test_restart_request_restarts_the_api_and_tasks_survive(tmp_path: Path,
     assert _status(pipeline, before) == "completed"  # progress kept across the restart
     _wait_completed(pipeline, _create(pipeline, PY_OK))  # and the runner carries on with the new API
 
+    version_file = pipeline.home / "logs" / "pipeline_version.json"
+    started = json.loads(version_file.read_text())["started_at"]
+    runner_pid, api_pid = pipeline.pid("agent_runner"), pipeline.pid("api")
+    write_json_atomic(request, {"reason": "stale_version", "component": "all", "at": "2026-01-01T00:00:00+00:00"})
+    wait_until(lambda: not request.exists(), 60, "the request handled")
+    assert pipeline.pid("agent_runner") != runner_pid and pipeline.pid("api") != api_pid
+    assert json.loads(version_file.read_text())["started_at"] != started  # the restarted code is recorded
+
 
 def test_a_component_that_always_crashes_becomes_a_fatal_issue(tmp_path: Path,
                                                                pipelines: list[PipelineProcess]) -> None:
