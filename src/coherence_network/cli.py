@@ -119,7 +119,9 @@ def _exit_after_shutdown(signum: int, _frame: object) -> None:
 @app.command()
 def runner(
     workers: int = typer.Option(1, "--workers", min=1, help="Independent slots: each claims its next task at once"),
-    interval: float = typer.Option(1.0, "--interval", min=0.05, help="Seconds between claims when the queue was empty"),
+    interval: float = typer.Option(2.0, "--interval", min=0.05, max=60, help="Seconds between claims when the queue "
+                                   "is empty; each claim waits that long on the API for a task (long poll), so a "
+                                   "new task starts at once; also the longest an idle runner takes to stop"),
     once: bool = typer.Option(False, "--once", help="Run what is pending, then exit (1 if any task failed)"),
     types: str = typer.Option("", "--types", help="Only these task types, comma-separated (spec,test,impl,...)"),
     runner_id: str = typer.Option("", "--runner-id", help="Name in the runner registry (default host:pid)"),

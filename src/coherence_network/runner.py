@@ -31,8 +31,9 @@ from coherence_network.settings import Settings
 log = logging.getLogger("coherence.runner")
 
 DECISION_MARKER = "NEEDS_DECISION:"
-LONG_POLL_SECONDS = 20.0
+MAX_CLAIM_WAIT = 60.0  # the API's limit on one long-poll claim
 STEP_CHARS = 200
+COMMAND_CHARS = 500
 WATCH_SECONDS = 0.2
 
 
@@ -58,6 +59,8 @@ def build_argv(task: dict[str, Any], settings: Settings, prompt_dir: Path) -> li
     Nothing is ever joined into a shell string: the prompt is one argument or a file."""
     if task.get("command"):
         return shlex.split(task["command"])
+    if task["task_type"] == "run":
+        raise ValueError("a run task needs a command (run tasks never use the agent template)")
     template = settings.coherence_agent_command
     if not template:
         raise ValueError("task has no command and COHERENCE_AGENT_COMMAND is not set")
@@ -74,6 +77,15 @@ def _utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def lease_of(task: dict[str, Any], default: float) -> float:
+    """The lease the API granted with this claim (the API's setting, not ours), so heartbeats keep pace with it."""
+    try:
+        granted = datetime.fromisoformat(task["lease_expires_at"]) - datetime.fromisoformat(task["started_at"])
+    except (KeyError, TypeError, ValueError):
+        return default
+    return granted.total_seconds() if granted.total_seconds() > 0 else default
+
+
 class TaskRun:
     """One run of one task: process group, log file, output tail, decision question."""
 
@@ -87,7 +99,7 @@ class TaskRun:
         self.question: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.timed_out = False
-        self.killed_signal: int | None = None
+        self.stopped = False  # killed because the runner is shutting down: the task is released, not failed
 
     @property
     def timeout(self) -> float:
@@ -119,7 +131,6 @@ class TaskRun:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 return
-            self.killed_signal = self.killed_signal or sig
             deadline = time.monotonic() + wait
             while wait and time.monotonic() < deadline and _group_alive(self.proc.pid):
                 if self.proc.poll() is None:
@@ -139,12 +150,15 @@ class TaskRun:
         with open(path, "a", encoding="utf-8") as logfile:
             logfile.write(
                 f"=== task {task['id']} type={task['task_type']} attempt={task['attempts']} runner={self.runner_id}\n"
-                f"=== command: {task.get('command') or '(agent template)'}\n=== start: {_utc()}\n"
+                f"=== start: {_utc()}\n"
             )
             logfile.flush()
             try:
                 argv = build_argv(task, self.settings, RUN_FILES["prompts/"].path(self.settings))
+                logfile.write(f"=== command: {shlex.join(argv)[:COMMAND_CHARS]}\n")
+                logfile.flush()
                 env = {**os.environ, "COHERENCE_TASK_ID": str(task["id"]), "COHERENCE_TASK_TYPE": task["task_type"]}
+                env.pop("COHERENCE_DECISION", None)  # only this task's own decision, never one the runner inherited
                 if task.get("decision"):
                     env["COHERENCE_DECISION"] = task["decision"]
                 self.proc = subprocess.Popen(
@@ -158,7 +172,7 @@ class TaskRun:
                 return self._finish(logfile, started, None)
             pump = threading.Thread(target=self._pump, args=(self.proc.stdout, logfile), daemon=True)
             pump.start()
-            interval = max(0.5, self.settings.coherence_lease_seconds / 3)
+            interval = max(0.2, lease_of(task, self.settings.coherence_lease_seconds) / 3)
             next_beat = started + interval
             try:
                 while self.proc.poll() is None:
@@ -170,6 +184,10 @@ class TaskRun:
                         self.kill_group(self.settings.agent_kill_grace_seconds)
                         break
                     if stop_now.is_set():
+                        self.stopped = True
+                        note = "runner is stopping: process group stopped, the task goes back to pending\n"
+                        logfile.write(note)
+                        self._keep(note)
                         self.kill_group(self.settings.agent_kill_grace_seconds)
                         break
                     try:
@@ -178,7 +196,8 @@ class TaskRun:
                         if time.monotonic() >= next_beat:
                             beat(self.last_line)
                             next_beat = time.monotonic() + interval
-            except ClaimLost:
+            except ClaimLost as exc:
+                logfile.write(f"=== claim lost ({exc}): process group stopped, result dropped\n")
                 self.kill_group(self.settings.agent_kill_grace_seconds)
                 raise
             finally:
@@ -188,7 +207,9 @@ class TaskRun:
             return self._finish(logfile, started, self.proc.returncode)
 
     def _finish(self, logfile: IO[str], started: float, returncode: int | None) -> TaskResult:
-        if self.timed_out:
+        if self.stopped:
+            status = "pending"
+        elif self.timed_out:
             status = "failed"
         elif self.question is not None and returncode == 0:
             status = "needs_decision"
@@ -224,7 +245,7 @@ class Runner:
         settings: Settings,
         *,
         workers: int = 1,
-        interval: float = 1.0,
+        interval: float = 2.0,
         once: bool = False,
         types: list[str] | None = None,
         runner_id: str | None = None,
@@ -243,6 +264,7 @@ class Runner:
         self.runs: dict[int, TaskRun] = {}
         self.failed = 0
         self.lock = threading.Lock()
+        self.delivering = threading.Lock()  # one delivery at a time, so a slot and the outbox flush never race
         self.client = ApiClient(settings=settings, retries=2)
 
     # --- results ----------------------------------------------------------------------------------------
@@ -251,6 +273,12 @@ class Runner:
 
     def deliver(self, result: TaskResult) -> bool:
         """Send a result; True when the API has it (or rejected it for good), False to try again later."""
+        with self.delivering:
+            if not self._outbox_path(result).exists():
+                return True  # delivered meanwhile by another thread
+            return self._send(result)
+
+    def _send(self, result: TaskResult) -> bool:
         try:
             self.client.finish(
                 result.task_id, result.claim_token, result.status, output=result.output,
@@ -274,6 +302,8 @@ class Runner:
         for path in sorted(self.outbox.glob("task_*.json")):
             try:
                 result = TaskResult(**json.loads(path.read_text()))
+            except FileNotFoundError:
+                continue  # delivered by its slot since the folder was listed
             except (ValueError, TypeError) as exc:
                 log.error("outbox file %s is unreadable (%s); moved aside", path.name, exc)
                 path.rename(path.with_suffix(".bad"))
@@ -282,9 +312,18 @@ class Runner:
                 waiting += 1
         return waiting
 
+    def keep(self, result: TaskResult) -> None:
+        """Persist a result before sending it, so neither an API outage nor a runner restart can lose it."""
+        write_json_atomic(self._outbox_path(result), asdict(result))
+        self.deliver(result)
+
     # --- one slot -----------------------------------------------------------------------------------------
     def _claim(self) -> dict[str, Any] | None:
-        wait = 0.0 if self.once else LONG_POLL_SECONDS
+        """Ask for a task; the API holds the request up to ``interval`` seconds and answers as soon as one exists.
+
+        So an idle slot is always waiting on the API (dispatch is immediate), and a stop is noticed within
+        ``interval`` seconds."""
+        wait = 0.0 if self.once else min(self.interval, MAX_CLAIM_WAIT)
         return self.client.claim(self.runner_id, types=self.types, wait_seconds=wait)
 
     def _run_one(self, task: dict[str, Any]) -> None:
@@ -296,7 +335,7 @@ class Runner:
         def beat(step: str) -> None:
             try:
                 self.client.heartbeat(task["id"], task["claim_token"], current_step=step or None)
-            except ApiConflict as exc:
+            except (ApiConflict, ApiNotFound) as exc:
                 raise ClaimLost(str(exc.detail)) from exc
             except ApiError as exc:
                 log.warning("task %s: heartbeat failed (%s); still running", task["id"], exc)
@@ -309,17 +348,18 @@ class Runner:
         finally:
             with self.lock:
                 self.runs.pop(task["id"], None)
-        if self.kill_now.is_set() and not run.timed_out and result.status != "completed":
-            result.status, result.decision_prompt = "pending", None  # released for another runner
+        if result.status == "pending":
             log.info("task %s: released on shutdown", task["id"])
         if result.status == "failed":
-            self.failed += 1
-        write_json_atomic(self._outbox_path(result), asdict(result))
-        self.deliver(result)
+            with self.lock:
+                self.failed += 1
+        self.keep(result)
 
     def slot(self, number: int) -> None:
+        """Claim and run tasks one after another until the runner stops; never dies of an error."""
         backoff = self.interval
         while not self.stopping.is_set():
+            asked = time.monotonic()
             try:
                 task = self._claim()
             except ApiError as exc:
@@ -331,15 +371,20 @@ class Runner:
             if task is None:
                 if self.once:
                     return
-                self.stopping.wait(self.interval)
+                # normally the long poll already waited; this covers an API that answered early
+                self.stopping.wait(max(0.0, self.interval - (time.monotonic() - asked)))
                 continue
             if self.stopping.is_set():  # claimed while a stop began: hand it straight back
-                self.deliver(TaskResult(task["id"], task["claim_token"], "pending", None, ""))
+                self.keep(TaskResult(task["id"], task["claim_token"], "pending", None, ""))
                 return
-            self._run_one(task)
+            try:
+                self._run_one(task)
+            except Exception:  # e.g. the log folder is unwritable: the lease returns the task, the slot lives on
+                log.exception("slot %d: task %s could not be run", number, task["id"])
 
     # --- the whole runner ---------------------------------------------------------------------------------
     def heartbeat_loop(self) -> None:
+        """Keep this runner visible in the registry (the monitor alerts on silence) and drain the outbox."""
         while not self.kill_now.is_set():
             try:
                 with self.lock:
@@ -353,6 +398,8 @@ class Runner:
                     log.info("%d results wait in the outbox for the API", waiting)
             except ApiError as exc:
                 log.warning("runner heartbeat failed: %s", exc)
+            except Exception:  # the heartbeat also flushes the outbox: it must outlive any one failure
+                log.exception("runner heartbeat pass failed")
             self.kill_now.wait(self.settings.coherence_runner_heartbeat_seconds)
 
     def request_stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
@@ -376,7 +423,10 @@ class Runner:
         for thread in slots:
             thread.join(max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in slots):
-            log.warning("grace period over: stopping and releasing %d running tasks", len(self.runs))
+            with self.lock:
+                running = sorted(self.runs)
+            if running:
+                log.warning("grace period over: stopping and releasing tasks %s", running)
             self.kill_now.set()
             for thread in slots:
                 thread.join(self.settings.agent_kill_grace_seconds + 30)

@@ -1,0 +1,322 @@
+"""Real runner processes against a real API: the agent protocol end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from coherence_network.client import ApiClient
+from tests.support.api import ApiProcess
+from tests.support.net import wait_until
+from tests.support.runner import RunnerProcess
+
+PY = sys.executable
+ROOT = Path(__file__).resolve().parents[2]
+
+# Task commands the tests run: small programs written to files, so no quoting games in the task command.
+SLEEPER = """
+import os, sys, time
+with open(sys.argv[1], "a") as pids:
+    pids.write(f"{os.getpid()}\\n")
+print("working", flush=True)
+time.sleep(300)
+"""
+AGENT = """
+import os, sys
+print("prompt: " + open(sys.argv[1]).read().replace("\\n", " | "))
+decision = os.environ.get("COHERENCE_DECISION")
+print("env decision: " + decision if decision else "NEEDS_DECISION: Ship it?")
+"""
+SECOND_ATTEMPT_FINISHES = """
+import os, sys, time
+first = not os.path.exists(sys.argv[1])
+with open(sys.argv[1], "a") as pids:
+    pids.write(f"{os.getpid()}\\n")
+if first:
+    time.sleep(300)
+print("second attempt done")
+"""
+# The task (sh) starts a child sh that becomes a sleep, and that child starts a grandchild sleep.
+HANG_WITH_GRANDCHILDREN = """
+echo "pid $$"
+sh -c 'sleep 300 & echo "pid $!"; exec sleep 300' &
+echo "pid $!"
+wait
+"""
+
+
+def py(code: str) -> str:
+    """A task command that runs ``code`` with this Python (quoted for shlex, never a shell)."""
+    return f"{PY} -c {code!r}" if "'" not in code else f'{PY} -c "{code}"'
+
+
+def program(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def process_gone(pid: int) -> bool:
+    """Gone, or a zombie (dead, only waiting to be reaped by whichever process adopted it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture
+def client(api_process: ApiProcess) -> Iterator[ApiClient]:
+    with ApiClient(api_process.url, token="", retries=0) as c:
+        yield c
+
+
+def runner(api: ApiProcess, *args: str, **env: str) -> RunnerProcess:
+    return RunnerProcess(api.home, api.url, *args, env={"AGENT_KILL_GRACE_SECONDS": "1", **env})
+
+
+def test_success_failure_and_logs(api_process: ApiProcess, client: ApiClient) -> None:
+    ok = client.create_task("greet", "run", command=py("print('hello from the task')"))
+    bad = client.create_task("break", "run", command=py("import sys; print('oops'); sys.exit(3)"))
+    done = runner(api_process, "--once", "--runner-id", "test-runner").run()
+    assert done.returncode == 1  # one task failed
+    ok, bad = client.get_task(ok["id"]), client.get_task(bad["id"])
+    assert (ok["status"], ok["exit_code"], ok["output"]) == ("completed", 0, "hello from the task\n")
+    assert (bad["status"], bad["exit_code"], bad["output"]) == ("failed", 3, "oops\n")
+    log = (api_process.home / "logs" / f"task_{ok['id']}.log").read_text()
+    assert f"=== task {ok['id']} type=run attempt=1 runner=test-runner" in log
+    assert "=== start: " in log and f"=== command: {PY} -c" in log and "hello from the task" in log
+    assert "exit_code=0 duration=" in log and "status=completed" in log
+    runner_log = (api_process.home / "logs" / "agent_runner.log").read_text()
+    assert f"task {ok['id']}: completed" in runner_log and f"task {bad['id']}: failed (exit 3)" in runner_log
+
+
+def test_once_exits_0_when_everything_completed(api_process: ApiProcess, client: ApiClient) -> None:
+    tasks = [client.create_task(f"task {i}", "run", command=py(f"print({i})")) for i in range(3)]
+    assert runner(api_process, "--once", "--workers", "2").run().returncode == 0
+    assert [client.get_task(t["id"])["status"] for t in tasks] == ["completed"] * 3
+
+
+def test_timeout_kills_the_whole_process_group(api_process: ApiProcess, client: ApiClient, tmp_path: Path) -> None:
+    hang = program(tmp_path, "hang.sh", HANG_WITH_GRANDCHILDREN)
+    task = client.create_task("hang", "run", command=f"sh {hang}", timeout_seconds=2)
+    runner(api_process, "--once").run()
+    task = client.get_task(task["id"])
+    assert task["status"] == "failed" and task["exit_code"] in (-15, -9)
+    assert "timed out after 2s" in task["output"]
+    assert "timed out after 2s" in (api_process.home / "logs" / f"task_{task['id']}.log").read_text()
+    pids = [int(line.split()[1]) for line in task["output"].splitlines() if line.startswith("pid ")]
+    assert len(pids) == 3, task["output"]
+    for pid in pids:
+        assert process_gone(pid), f"process {pid} of the timed-out task is still running"
+
+
+def test_decision_round_trip_through_the_api(api_process: ApiProcess, client: ApiClient, tmp_path: Path) -> None:
+    agent = program(tmp_path, "agent.py", AGENT)
+    template = f"{PY} {agent} {{prompt_file}}"
+    task = client.create_task("Decide whether to ship", "spec")
+    runner(api_process, "--once", COHERENCE_AGENT_COMMAND=template).run()
+    waiting = client.get_task(task["id"])
+    assert waiting["status"] == "needs_decision" and waiting["decision_prompt"] == "Ship it?"
+    # exactly what an operator types: PATCH {"decision": "yes"}
+    client.request("PATCH", f"/api/agent/tasks/{task['id']}", json={"decision": "yes"})
+    runner(api_process, "--once", COHERENCE_AGENT_COMMAND=template).run()
+    done = client.get_task(task["id"])
+    assert done["status"] == "completed" and done["exit_code"] == 0
+    assert "env decision: yes" in done["output"]
+    assert "Decide whether to ship" in done["output"] and "The operator decided: yes" in done["output"]
+
+
+def test_agent_template_passes_the_prompt_as_one_argument(api_process: ApiProcess, client: ApiClient) -> None:
+    direction = "Write the spec for item 1; $(rm -rf /) and `x` stay text"
+    as_file = client.create_task(direction, "spec")
+    runner(api_process, "--once", COHERENCE_AGENT_COMMAND=f"{PY} -c \"import sys; print(open(sys.argv[1]).read())\" "
+           "{prompt_file}").run()
+    assert client.get_task(as_file["id"])["output"] == direction + "\n"
+    as_arg = client.create_task(direction, "impl")
+    runner(api_process, "--once", COHERENCE_AGENT_COMMAND=f"{PY} -c \"import sys; print(sys.argv[1:])\" {{prompt}}").run()
+    assert client.get_task(as_arg["id"])["output"] == repr([direction]) + "\n"
+
+
+def test_a_task_without_a_command_fails_with_the_reason(api_process: ApiProcess, client: ApiClient) -> None:
+    spec = client.create_task("no template configured", "spec")
+    run = client.create_task("a run task never uses the template", "run")
+    done = runner(api_process, "--once", COHERENCE_AGENT_COMMAND="").run()
+    assert done.returncode == 1
+    spec, run = client.get_task(spec["id"]), client.get_task(run["id"])
+    assert spec["status"] == "failed" and "COHERENCE_AGENT_COMMAND is not set" in spec["output"]
+    assert run["status"] == "failed" and "a run task needs a command" in run["output"]
+
+
+def test_killed_runner_task_is_finished_by_another_after_the_lease(tmp_path: Path) -> None:
+    api = ApiProcess(tmp_path / "home", env={"COHERENCE_LEASE_SECONDS": "2"}).start()
+    first = second = None
+    try:
+        with ApiClient(api.url, token="") as client:
+            pids = tmp_path / "pids"
+            script = program(tmp_path, "task.py", SECOND_ATTEMPT_FINISHES)
+            task = client.create_task("survive", "run", command=f"{PY} {script} {pids}")
+            first = runner(api).start()
+            wait_until(lambda: client.get_task(task["id"])["status"] == "running" and pids.exists(), 30, "first run")
+            first.signal(signal.SIGKILL)
+            first.wait()
+            killed_at = time.monotonic()
+            second = runner(api).start()
+            wait_until(lambda: client.get_task(task["id"])["status"] == "completed", 60, "second runner finishes")
+            done = client.get_task(task["id"])
+            assert done["attempts"] == 2 and done["claim_token"] == 2
+            assert done["output"] == "second attempt done\n"
+            assert time.monotonic() - killed_at < 30
+    finally:
+        for proc in (first, second):
+            if proc:
+                proc.stop()
+        api.stop()
+
+
+def test_lost_claim_stops_the_task_and_drops_its_result(tmp_path: Path) -> None:
+    """A runner that froze past its lease (a zombie) gets 409 on its next heartbeat: it kills its run, drops it."""
+    api = ApiProcess(tmp_path / "home", env={"COHERENCE_LEASE_SECONDS": "2"}).start()
+    proc = None
+    try:
+        with ApiClient(api.url, token="") as client:
+            pids = tmp_path / "pids"
+            script = program(tmp_path, "task.py", SECOND_ATTEMPT_FINISHES)
+            task = client.create_task("zombie", "run", command=f"{PY} {script} {pids}")
+            proc = runner(api).start()
+            wait_until(lambda: client.get_task(task["id"])["status"] == "running" and pids.exists(), 30, "first run")
+            proc.signal(signal.SIGSTOP)
+            wait_until(lambda: client.get_task(task["id"])["status"] == "pending", 30, "lease expired")
+            proc.signal(signal.SIGCONT)
+            wait_until(lambda: client.get_task(task["id"])["status"] == "completed", 60, "second attempt")
+            done = client.get_task(task["id"])
+            assert (done["attempts"], done["output"]) == (2, "second attempt done\n")
+            first_pid = int(pids.read_text().split()[0])
+            assert process_gone(first_pid)
+            assert "claim lost" in (api.home / "logs" / "agent_runner.log").read_text()
+            assert "=== claim lost" in (api.home / "logs" / f"task_{task['id']}.log").read_text()
+    finally:
+        if proc:
+            proc.stop()
+        api.stop()
+
+
+def test_result_survives_an_api_outage(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    api = ApiProcess(home).start()
+    proc = None
+    try:
+        gate = tmp_path / "gate"
+        code = f"import os,time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.05)\nprint('finished while the API was down')"
+        with ApiClient(api.url, token="") as client:
+            task = client.create_task("outage", "run", command=py(code))
+        proc = runner(api, COHERENCE_RUNNER_HEARTBEAT_SECONDS="0.5").start()
+        with ApiClient(api.url, token="") as client:
+            wait_until(lambda: client.get_task(task["id"])["status"] == "running", 30, "task running")
+        api.stop()
+        gate.write_text("go")
+        outbox = home / "run" / "runner_outbox"
+        wait_until(lambda: any(outbox.glob("task_*.json")), 30, "result kept in the outbox")
+        time.sleep(10)  # the outage itself: the API stays down while the runner keeps retrying
+        assert proc.proc is not None and proc.proc.poll() is None
+        api = ApiProcess(home, port=api.port).start()
+        with ApiClient(api.url, token="") as client:
+            wait_until(lambda: client.get_task(task["id"])["status"] == "completed", 60, "result delivered")
+            assert client.get_task(task["id"])["output"] == "finished while the API was down\n"
+        assert not any(outbox.glob("task_*.json"))
+    finally:
+        if proc:
+            proc.stop()
+        api.stop()
+
+
+def test_a_restarted_runner_delivers_what_its_predecessor_kept(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    api = ApiProcess(home).start()
+    first = second = None
+    try:
+        gate = tmp_path / "gate"
+        code = f"import os,time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.05)\nprint('kept')"
+        with ApiClient(api.url, token="") as client:
+            task = client.create_task("outbox", "run", command=py(code))
+            first = runner(api).start()
+            wait_until(lambda: client.get_task(task["id"])["status"] == "running", 30, "task running")
+        api.stop()
+        gate.write_text("go")
+        outbox = home / "run" / "runner_outbox"
+        wait_until(lambda: any(outbox.glob("task_*.json")), 30, "result kept in the outbox")
+        first.signal(signal.SIGKILL)
+        first.wait()
+        api = ApiProcess(home, port=api.port).start()
+        second = runner(api).start()
+        with ApiClient(api.url, token="") as client:
+            wait_until(lambda: client.get_task(task["id"])["status"] == "completed", 60, "result delivered")
+            assert client.get_task(task["id"])["output"] == "kept\n"
+        assert not any(outbox.glob("task_*.json"))
+    finally:
+        for proc in (first, second):
+            if proc:
+                proc.stop()
+        api.stop()
+
+
+def test_sigterm_releases_a_long_task(api_process: ApiProcess, client: ApiClient, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    sleeper = program(tmp_path, "sleeper.py", SLEEPER)
+    task = client.create_task("long", "run", command=f"{PY} {sleeper} {pids}")
+    proc = runner(api_process, "--grace", "0.5").start()
+    try:
+        wait_until(lambda: client.get_task(task["id"])["status"] == "running" and pids.exists(), 30, "task running")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        released = client.get_task(task["id"])
+        assert released["status"] == "pending" and released["claimed_by"] is None
+        assert process_gone(int(pids.read_text()))
+        log = (api_process.home / "logs" / f"task_{task['id']}.log").read_text()
+        assert "runner is stopping" in log and "status=pending" in log
+    finally:
+        proc.stop()
+
+
+def test_idle_runner_stops_promptly_on_sigterm(api_process: ApiProcess, client: ApiClient) -> None:
+    proc = runner(api_process, "--interval", "2").start()
+    try:
+        wait_until(lambda: client.get("/api/agent/runners")["items"] != [], 30, "runner registered")
+        asked = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert time.monotonic() - asked < 5  # at most one long poll (--interval) plus shutdown
+    finally:
+        proc.stop()
+
+
+def test_idle_runner_starts_a_new_task_well_under_a_second(api_process: ApiProcess, client: ApiClient) -> None:
+    proc = runner(api_process).start()
+    try:
+        wait_until(lambda: client.get("/api/agent/runners")["items"] != [], 30, "runner registered")
+        time.sleep(0.5)  # nothing observable marks the parked long poll: give the idle runner time to park it
+        code = "import datetime; print(datetime.datetime.now(datetime.timezone.utc).isoformat())"
+        task = client.create_task("when", "run", command=py(code))
+        created = datetime.fromisoformat(task["created_at"].replace("Z", "+00:00"))
+        wait_until(lambda: client.get_task(task["id"])["status"] == "completed", 30, "task done")
+        started = datetime.fromisoformat(client.get_task(task["id"])["output"].strip())
+        assert (started - created).total_seconds() < 1.0
+    finally:
+        proc.stop()
+
+
+def test_script_hands_over_to_the_cli() -> None:
+    done = subprocess.run([str(ROOT / "scripts" / "agent_runner.py"), "--help"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PATH": f"{Path(PY).parent}:{os.environ['PATH']}"})
+    assert done.returncode == 0 and "--workers" in done.stdout and "--once" in done.stdout
