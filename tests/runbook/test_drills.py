@@ -11,7 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from coherence_network import fatal
 from coherence_network.client import ApiClient
+from coherence_network.settings import Settings
 from tests.runbook.drill import Drill
 from tests.runbook.runbook_doc import Runbook
 from tests.support.api import ApiProcess
@@ -103,3 +105,18 @@ def test_drill_check_pipeline_json_is_parsed_by_jq(runbook: Runbook, drill: Dril
     (command,) = runbook.drill("check-pipeline-json").commands()
     counts = json.loads(drill.run(command).stdout)
     assert counts == {"pending": 2, "running": 0, "completed": 0, "failed": 1, "needs_decision": 0}
+
+
+def test_drill_report_fatal_before_and_after_a_fatal_issue(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
+    report, as_json, clear = runbook.drill("report-fatal").commands()
+    healthy = drill.run(report)
+    assert "No fatal issues." in healthy.stdout
+    settings = Settings(coherence_home=drill.home)
+    with ApiClient(api.url, token="") as client:
+        fatal.record(settings, "agent_runner", "crashed 5 times in 300 s", "Traceback: boom", "5 restarts", client)
+    broken = drill.run(report, check=False)
+    assert broken.returncode == 1 and "agent_runner" in broken.stdout and "crashed 5 times" in broken.stdout
+    issues = json.loads(drill.run(as_json, check=False).stdout)
+    assert issues["count"] >= 1 and issues["fatal_issues"][0]["component"] == "agent_runner"
+    drill.run(clear)
+    assert "No fatal issues." in drill.run(report).stdout
