@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from tests.runbook.drill import Drill
 from tests.runbook.runbook_doc import Runbook
 from tests.support.api import ApiProcess
 from tests.support.net import free_port, wait_until
+from tests.support.runner import RunnerProcess
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +123,29 @@ def test_drill_report_fatal_before_and_after_a_fatal_issue(runbook: Runbook, dri
     assert issues["count"] >= 1 and issues["fatal_issues"][0]["component"] == "agent_runner"
     drill.run(clear)
     assert "No fatal issues." in drill.run(report).stdout
+
+
+def test_drill_recovery_after_the_runner_is_killed(runbook: Runbook, tmp_path: Path) -> None:
+    drill = Drill(tmp_path / "home", free_port(), env={"MONITOR_RUNNER_SEEN_SECONDS": "1", "AGENT_KILL_GRACE_SECONDS": "1"})
+    api = ApiProcess(drill.home, port=drill.port, env={"COHERENCE_LEASE_SECONDS": "2"}).start()
+    runner = RunnerProcess(drill.home, api.url, env={"COHERENCE_LEASE_SECONDS": "2"}).start()
+    try:
+        marker = tmp_path / "runs"
+        code = f"import time; open({str(marker)!r},'a').write('x'); time.sleep(0 if len(open({str(marker)!r}).read())>1 else 300)"
+        with ApiClient(api.url, token="") as client:
+            task = client.create_task("survive a dead runner", "run", command=f'{sys.executable} -c "{code}"')
+            wait_until(lambda: marker.exists(), 30, "task started")
+            runner.signal(signal.SIGKILL)
+            runner.wait()
+            wait_until(lambda: client.get_task(task["id"])["status"] == "pending", 30, "lease expired")
+            (check,) = runbook.drill("runner-died-check").commands()
+            wait_until(lambda: "[ACTION] runner_seen" in drill.run(check, check=False).stdout, 30, "doctor names it")
+            checked = drill.run(check, check=False)
+            assert checked.returncode == 1 and "coherence runner" in checked.stdout
+            drill.run_block(runbook.drill("runner-restart"))
+            wait_until(lambda: client.get_task(task["id"])["status"] == "completed", 60, "documented restart finishes it")
+            assert client.get_task(task["id"])["attempts"] == 2
+    finally:
+        runner.stop()
+        drill.close()
+        api.stop()
