@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -100,6 +101,7 @@ class TaskRun:
         self.proc: subprocess.Popen[bytes] | None = None
         self.timed_out = False
         self.stopped = False  # killed because the runner is shutting down: the task is released, not failed
+        self.output_lock = threading.Lock()  # the pump thread and the watching thread both write the log
 
     @property
     def timeout(self) -> float:
@@ -112,15 +114,19 @@ class TaskRun:
             self.tail_bytes -= len(self.tail.popleft())
         if line.strip():
             self.last_line = line.strip()[:STEP_CHARS]
-        if line.startswith(DECISION_MARKER):
-            self.question = line[len(DECISION_MARKER):].strip() or "(no question given)"
+        if line.lstrip().startswith(DECISION_MARKER):
+            self.question = line.lstrip()[len(DECISION_MARKER):].strip() or "(no question given)"
 
-    def _pump(self, stream: IO[bytes], logfile: IO[str]) -> None:
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", errors="replace")
+    def _output(self, logfile: IO[str], line: str) -> None:
+        """One line of the task's output (or the runner's note about it): to the log file and the tail."""
+        with self.output_lock:
             logfile.write(line)
             logfile.flush()
             self._keep(line)
+
+    def _pump(self, stream: IO[bytes], logfile: IO[str]) -> None:
+        for raw in iter(stream.readline, b""):
+            self._output(logfile, raw.decode("utf-8", errors="replace"))
 
     def kill_group(self, grace: float) -> None:
         """TERM the whole process group, then KILL it after ``grace`` seconds if anything is left."""
@@ -141,7 +147,7 @@ class TaskRun:
                 else:
                     time.sleep(0.05)
 
-    def execute(self, beat: Any, stop_now: threading.Event) -> TaskResult:
+    def execute(self, beat: Callable[[str], None], stop_now: threading.Event) -> TaskResult:
         """Run the task to its end; ``beat()`` is called every heartbeat interval and may raise ClaimLost."""
         task = self.task
         path = task_log_path(self.settings, task["id"])
@@ -166,9 +172,7 @@ class TaskRun:
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                 )
             except (OSError, ValueError) as exc:
-                message = f"cannot start the task: {exc}\n"
-                logfile.write(message)
-                self._keep(message)
+                self._output(logfile, f"cannot start the task: {exc}\n")
                 return self._finish(logfile, started, None)
             pump = threading.Thread(target=self._pump, args=(self.proc.stdout, logfile), daemon=True)
             pump.start()
@@ -178,16 +182,12 @@ class TaskRun:
                 while self.proc.poll() is None:
                     if time.monotonic() - started > self.timeout:
                         self.timed_out = True
-                        note = f"timed out after {self.timeout:g}s; stopping the process group\n"
-                        logfile.write(note)
-                        self._keep(note)
+                        self._output(logfile, f"timed out after {self.timeout:g}s; stopping the process group\n")
                         self.kill_group(self.settings.agent_kill_grace_seconds)
                         break
                     if stop_now.is_set():
                         self.stopped = True
-                        note = "runner is stopping: process group stopped, the task goes back to pending\n"
-                        logfile.write(note)
-                        self._keep(note)
+                        self._output(logfile, "runner is stopping: process group stopped, the task goes back to pending\n")
                         self.kill_group(self.settings.agent_kill_grace_seconds)
                         break
                     try:
@@ -197,7 +197,7 @@ class TaskRun:
                             beat(self.last_line)
                             next_beat = time.monotonic() + interval
             except ClaimLost as exc:
-                logfile.write(f"=== claim lost ({exc}): process group stopped, result dropped\n")
+                self._output(logfile, f"=== claim lost ({exc}): process group stopped, result dropped\n")
                 self.kill_group(self.settings.agent_kill_grace_seconds)
                 raise
             finally:
@@ -211,7 +211,7 @@ class TaskRun:
             status = "pending"
         elif self.timed_out:
             status = "failed"
-        elif self.question is not None and returncode == 0:
+        elif self.question is not None:  # the agent asked: its exit code only says it stopped to wait
             status = "needs_decision"
         else:
             status = "completed" if returncode == 0 else "failed"
@@ -408,7 +408,7 @@ class Runner:
         self.stopping.set()
 
     def run(self) -> int:
-        """Run until stopped (or, with ``once``, until the queue is empty); 1 when any task failed."""
+        """Run until stopped (exit 0) or, with ``once``, until the queue is empty (1 when any task failed)."""
         self.outbox.mkdir(parents=True, exist_ok=True)
         log.info("runner %s: %d workers, types %s, workspace %s", self.runner_id, self.workers,
                  self.types or "all", self.settings.coherence_workspace.resolve())
@@ -435,4 +435,4 @@ class Runner:
             log.warning("API unreachable: results wait in %s and are delivered by the next runner", self.outbox)
         self.client.close()
         log.info("runner %s stopped", self.runner_id)
-        return 1 if self.failed else 0
+        return 1 if self.once and self.failed else 0

@@ -290,9 +290,11 @@ def test_sigterm_releases_a_long_task(api_process: ApiProcess, client: ApiClient
 
 
 def test_idle_runner_stops_promptly_on_sigterm(api_process: ApiProcess, client: ApiClient) -> None:
+    """A stopped runner exits 0 even after a task failed (only --once reports failures in its exit code)."""
+    task = client.create_task("break", "run", command=py("raise SystemExit(2)"))
     proc = runner(api_process, "--interval", "2").start()
     try:
-        wait_until(lambda: client.get("/api/agent/runners")["items"] != [], 30, "runner registered")
+        wait_until(lambda: client.get_task(task["id"])["status"] == "failed", 30, "task failed")
         asked = time.monotonic()
         proc.signal(signal.SIGTERM)
         assert proc.wait(30) == 0

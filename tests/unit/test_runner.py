@@ -1,0 +1,61 @@
+"""The runner's pure parts: the argv it builds, the lease it keeps pace with, the output it keeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coherence_network.runner import TaskRun, build_argv, lease_of
+from coherence_network.settings import Settings
+
+
+def settings(tmp_path: Path, **values: Any) -> Settings:
+    return Settings(coherence_home=tmp_path / "home", **values)
+
+
+def task(**fields: Any) -> dict[str, Any]:
+    return {"id": 7, "task_type": "spec", "direction": "Write the spec", "command": None, "decision": None, **fields}
+
+
+def test_a_command_is_split_never_given_to_a_shell(tmp_path: Path) -> None:
+    argv = build_argv(task(command="python -c 'print(1); print(2)' '$(rm -rf /)'"), settings(tmp_path), tmp_path)
+    assert argv == ["python", "-c", "print(1); print(2)", "$(rm -rf /)"]
+
+
+def test_the_template_gets_the_prompt_as_a_file_or_one_argument(tmp_path: Path) -> None:
+    direction = "Ship it; `reboot` && $(rm -rf /)"
+    conf = settings(tmp_path, coherence_agent_command="claude -p {prompt_file} --append {prompt}")
+    argv = build_argv(task(direction=direction, decision="yes"), conf, tmp_path / "prompts")
+    prompt_file = tmp_path / "prompts" / "prompt_7.md"
+    prompt = prompt_file.read_text()
+    assert prompt.startswith(direction) and "The operator decided: yes" in prompt
+    assert argv == ["claude", "-p", str(prompt_file), "--append", prompt]
+
+
+@pytest.mark.parametrize(
+    ("fields", "template", "reason"),
+    [
+        ({"task_type": "spec"}, "", "COHERENCE_AGENT_COMMAND is not set"),
+        ({"task_type": "run"}, "claude -p {prompt_file}", "a run task needs a command"),
+    ],
+)
+def test_no_command_is_a_clear_error(tmp_path: Path, fields: dict[str, Any], template: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        build_argv(task(**fields), settings(tmp_path, coherence_agent_command=template), tmp_path)
+
+
+def test_heartbeats_follow_the_lease_the_api_granted() -> None:
+    granted = {"started_at": "2026-11-25T08:00:00+00:00", "lease_expires_at": "2026-11-25T08:00:02.5+00:00"}
+    assert lease_of(granted, 60.0) == 2.5
+    assert lease_of({"started_at": None, "lease_expires_at": None}, 60.0) == 60.0
+
+
+def test_the_output_tail_is_bounded_and_the_question_found(tmp_path: Path) -> None:
+    run = TaskRun(task(), settings(tmp_path, coherence_output_tail_bytes=256), "runner")
+    for number in range(100):
+        run._keep(f"line {number:03d} " + "x" * 20 + "\n")
+    run._keep("  NEEDS_DECISION: Which database?\n")
+    assert run.tail_bytes <= 256 and "".join(run.tail).endswith("NEEDS_DECISION: Which database?\n")
+    assert run.question == "Which database?" and run.last_line == "NEEDS_DECISION: Which database?"
