@@ -187,7 +187,7 @@ class TaskRun:
                         break
                     if stop_now.is_set():
                         self.stopped = True
-                        self._output(logfile, "runner is stopping: process group stopped, the task goes back to pending\n")
+                        self._output(logfile, "runner is stopping: process group stopped, task back to pending\n")
                         self.kill_group(self.settings.agent_kill_grace_seconds)
                         break
                     try:

@@ -145,7 +145,8 @@ def test_agent_template_passes_the_prompt_as_one_argument(api_process: ApiProces
            "{prompt_file}").run()
     assert client.get_task(as_file["id"])["output"] == direction + "\n"
     as_arg = client.create_task(direction, "impl")
-    runner(api_process, "--once", COHERENCE_AGENT_COMMAND=f"{PY} -c \"import sys; print(sys.argv[1:])\" {{prompt}}").run()
+    as_argument = f"{PY} -c \"import sys; print(sys.argv[1:])\" {{prompt}}"
+    runner(api_process, "--once", COHERENCE_AGENT_COMMAND=as_argument).run()
     assert client.get_task(as_arg["id"])["output"] == repr([direction]) + "\n"
 
 
@@ -218,7 +219,8 @@ def test_result_survives_an_api_outage(tmp_path: Path) -> None:
     proc = None
     try:
         gate = tmp_path / "gate"
-        code = f"import os,time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.05)\nprint('finished while the API was down')"
+        code = (f"import os,time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.05)\n"
+                "print('finished while the API was down')")
         with ApiClient(api.url, token="") as client:
             task = client.create_task("outage", "run", command=py(code))
         proc = runner(api, COHERENCE_RUNNER_HEARTBEAT_SECONDS="0.5").start()
