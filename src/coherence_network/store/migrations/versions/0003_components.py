@@ -1,7 +1,7 @@
 """Component heartbeats (the project manager's state summary) and the index behind windowed task statistics.
 
 Revision ID: 0003
-Revises: 0002
+Revises: 0001
 """
 
 from pathlib import Path
