@@ -22,15 +22,7 @@ case "${1:-}" in
     *) usage >&2; exit 2 ;;
 esac
 
-venv_coherence="$(dirname "$0")/../.venv/bin/coherence"
-if [ -x "$venv_coherence" ]; then
-    coherence="$venv_coherence"
-elif command -v coherence >/dev/null 2>&1; then
-    coherence="$(command -v coherence)"
-else
-    echo "coherence not found: run 'make run' once to create .venv, or install the package" >&2
-    exit 2
-fi
+. "$(dirname "$0")/_coherence.sh"
 
 api_pid=""
 bot_pid=""
