@@ -434,6 +434,11 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the checks 
     raise typer.Exit(0 if ok else 1)
 
 
+from coherence_network.indexer.cli import index_app  # noqa: E402  (sub-app registered after the commands above)
+
+app.add_typer(index_app, name="index", help="Index npm or PyPI packages into the dependency graph (--target, --limit).")
+
+
 def run() -> None:
     """Entry point used by scripts/: same as the console script."""
     app(prog_name="coherence")

@@ -173,6 +173,21 @@ class Settings(BaseSettings):
         45.0, ge=0, description="Seconds a component gets between SIGTERM and SIGKILL when the pipeline stops"
     )
 
+    # --- indexer --------------------------------------------------------------------------------------------
+    coherence_index_concurrency: int = Field(
+        16, ge=1, le=256, description="Registry requests an indexer keeps in flight (--concurrency overrides)"
+    )
+    coherence_index_refresh_days: float = Field(
+        7.0, ge=0, description="Indexed packages older than this are fetched again (--refresh-days overrides)"
+    )
+    coherence_index_retries: int = Field(
+        4, ge=0, description="Retries of one registry request on connection errors, 429 and 5xx"
+    )
+    coherence_index_backoff_seconds: float = Field(
+        0.5, ge=0, description="First retry delay of a registry request; doubles per retry, with jitter"
+    )
+    coherence_index_timeout: float = Field(30.0, gt=0, description="Seconds one registry request may take")
+
     @field_validator("telegram_chat_ids", "telegram_allowed_user_ids")
     @classmethod
     def _id_list(cls, value: str) -> str:

@@ -18,6 +18,7 @@ from coherence_network import __version__
 from coherence_network.api import routes_agent, routes_ops, routes_pipeline
 from coherence_network.api import routes_telegram
 from coherence_network.api import routes_ops_issues
+from coherence_network.api import routes_projects
 from coherence_network.api.metrics import ApiMetrics
 from coherence_network.api.signals import WorkSignal
 from coherence_network.settings import Settings, get_settings
@@ -103,4 +104,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_pipeline.router)
     app.include_router(routes_telegram.router)
     app.include_router(routes_ops_issues.router)
+    app.include_router(routes_projects.router)
     return app

@@ -125,3 +125,50 @@ fatal_issues = sa.Table(
     sa.Column("cleared_at", UTCDateTime, nullable=True),
     sa.Index("ix_fatal_issues_open", "cleared_at", "at"),
 )
+
+# --- dependency graph (indexers) -----------------------------------------------------------------------------
+ECOSYSTEMS = ("npm", "pypi")
+PROJECT_STATUSES = ("ok", "missing", "failed")  # missing: the registry said 404; failed: error kept in `error`
+DEPENDENCY_KINDS = ("runtime", "optional", "dev")
+
+# One row per package; (ecosystem, name) is unique, so indexing again updates the row instead of adding one.
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ecosystem", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("version", sa.String(255), nullable=True),
+    sa.Column("description", sa.Text, nullable=True),
+    sa.Column("license", sa.String(255), nullable=True),
+    sa.Column("homepage", sa.Text, nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("indexed_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("ecosystem", "name", name="uq_projects_ecosystem_name"),
+    sa.Index("ix_projects_ecosystem_status", "ecosystem", "status"),
+)
+# Edges of each project's latest version; the target is a name (it may not be indexed yet).
+dependencies = sa.Table(
+    "dependencies",
+    metadata,
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("to_ecosystem", sa.String(16), nullable=False),
+    sa.Column("to_name", sa.String(255), nullable=False),
+    sa.Column("requirement", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "to_ecosystem", "to_name", "kind", name="pk_dependencies"),
+    sa.Index("ix_dependencies_target", "to_ecosystem", "to_name"),
+)
+# The breadth-first crawl's queue, kept in the store so an interrupted run resumes where it stopped.
+index_frontier = sa.Table(
+    "index_frontier",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ecosystem", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("depth", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(8), nullable=False),  # queued | done
+    sa.UniqueConstraint("ecosystem", "name", name="uq_index_frontier_ecosystem_name"),
+    sa.Index("ix_index_frontier_queue", "ecosystem", "state", "depth", "seq"),
+)

@@ -1,0 +1,83 @@
+"""Read API over the dependency graph the indexers build: projects, their dependencies and dependents, stats."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+
+from coherence_network.indexer.pypi import normalize as pypi_name
+from coherence_network.store.graph import GraphStore
+
+router = APIRouter(prefix="/api", tags=["projects"])
+Ecosystem = Literal["npm", "pypi"]
+
+
+def _graph(request: Request) -> GraphStore:
+    """One GraphStore per app, on the task store's engine (the graph lives in the same database)."""
+    state = request.app.state
+    if getattr(state, "graph", None) is None:
+        state.graph = GraphStore(state.store.engine)
+    return state.graph
+
+
+def _key(ecosystem: str, name: str) -> str:
+    """The stored name: PEP 503 for PyPI (so ``Django`` finds ``django``), as given for npm."""
+    return (pypi_name(name) or name) if ecosystem == "pypi" else name
+
+
+# Declared before the project route: both match ``/npm/@scope/name/dependents``, this one must win.
+@router.get("/projects/{ecosystem}/{name:path}/dependents")
+async def get_dependents(
+    ecosystem: Ecosystem,
+    name: str,
+    request: Request,
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> dict[str, Any]:
+    """Indexed projects whose latest version depends on this one (real total; 404 when it was never indexed)."""
+    if ecosystem == "npm" and name.startswith("@") and "/" not in name:
+        return await get_project(ecosystem, f"{name}/dependents", request)  # the package "@scope/dependents"
+    graph, key = _graph(request), _key(ecosystem, name)
+    if await run_in_threadpool(graph.project, ecosystem, key) is None:
+        raise HTTPException(404, f"{ecosystem} project {name!r} is not indexed")
+    items, total = await run_in_threadpool(graph.dependents, ecosystem, key, limit=limit, offset=offset)
+    return {"ecosystem": ecosystem, "name": key, "total": total, "limit": limit, "offset": offset, "items": items}
+
+
+@router.get("/projects/{ecosystem}/{name:path}")
+async def get_project(ecosystem: Ecosystem, name: str, request: Request) -> dict[str, Any]:
+    """One project with its dependencies; 404 when it was never indexed."""
+    found = await run_in_threadpool(_graph(request).project, ecosystem, _key(ecosystem, name))
+    if found is None:
+        raise HTTPException(404, f"{ecosystem} project {name!r} is not indexed")
+    return found
+
+
+@router.get("/projects")
+async def list_projects(
+    request: Request,
+    q: str = Query("", max_length=214, description="Part of the name, case-insensitive"),
+    ecosystem: Ecosystem | None = None,
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> dict[str, Any]:
+    """Projects by name, with the real total of matches."""
+    items, total = await run_in_threadpool(
+        _graph(request).search, q=q.strip(), ecosystem=ecosystem, limit=limit, offset=offset
+    )
+    return {"total": total, "limit": limit, "offset": offset, "items": items}
+
+
+@router.get("/graph/stats")
+async def graph_stats(request: Request) -> dict[str, Any]:
+    """Projects (by status) and dependency edges per ecosystem, and when each was last indexed."""
+    per_ecosystem = await run_in_threadpool(_graph(request).stats)
+    empty = {"projects": 0, "by_status": {}, "edges": 0, "last_indexed_at": None}
+    ecosystems = {eco: per_ecosystem.get(eco, dict(empty)) for eco in ("npm", "pypi")}
+    return {
+        "ecosystems": ecosystems,
+        "projects": sum(e["projects"] for e in ecosystems.values()),
+        "edges": sum(e["edges"] for e in ecosystems.values()),
+    }

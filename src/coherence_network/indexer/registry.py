@@ -1,0 +1,158 @@
+"""Registry discovery: where each ecosystem's own configuration says its registry is.
+
+No registry address is built in. npm is asked (``npm config get registry``, which reads its environment variables
+and npmrc files); without npm, the variables and npmrc files npm reads are read here. PyPI's address is pip's
+``index-url`` (``PIP_INDEX_URL`` or the pip configuration files, in pip's order). The environment read here is
+npm's and pip's, not this project's, which is why it is not part of Settings.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+NPM_TIMEOUT_SECONDS = 15.0
+
+
+class RegistryError(Exception):
+    """No usable registry address: the operator must configure one or pass --registry."""
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A registry's base address for requests, and where that address came from (shown in summaries)."""
+
+    ecosystem: str
+    base: str
+    source: str
+
+    @property
+    def display(self) -> str:
+        """The address without any user:password part, for logs."""
+        parts = urlsplit(self.base)
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def checked_url(url: str, what: str) -> str:
+    """An http(s) URL with a host, ending in one slash; anything else is a usage error."""
+    url = url.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RegistryError(f"{what} {url!r} is not an http(s) URL; pass --registry http(s)://HOST/...")
+    return url.rstrip("/") + "/"
+
+
+def pypi_json_base(index_url: str) -> str:
+    """The JSON API base beside a simple index: ``.../simple/`` -> ``.../`` (documents at ``pypi/{name}/json``)."""
+    url = checked_url(index_url, "PyPI index URL")
+    trimmed = url.rstrip("/")
+    for suffix in ("/simple", "/pypi"):
+        if trimmed.endswith(suffix):
+            return trimmed.removesuffix(suffix) + "/"
+    return url
+
+
+# --- npm ---------------------------------------------------------------------------------------------------
+def _npmrc_registry(path: Path) -> str | None:
+    """The ``registry=`` line of one npmrc file (ini-like key=value; ';' and '#' start comments)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    value = None
+    for line in text.splitlines():
+        key, sep, rest = line.strip().partition("=")
+        if sep and key.strip() == "registry":
+            value = rest.strip().strip("\"'")
+    return value or None
+
+
+def _npm_files(environ: Mapping[str, str], home: Path) -> list[Path]:
+    """npmrc files in npm's precedence order: project, user, global."""
+    user = Path(environ["npm_config_userconfig"]) if environ.get("npm_config_userconfig") else home / ".npmrc"
+    prefix = Path(environ.get("npm_config_prefix") or Path(sys.prefix))
+    return [Path.cwd() / ".npmrc", user, prefix / "etc" / "npmrc", Path("/etc/npmrc")]
+
+
+def discover_npm(environ: Mapping[str, str] | None = None, home: Path | None = None) -> Registry:
+    """npm's configured registry: npm itself if installed, else its variables and npmrc files."""
+    environ = os.environ if environ is None else environ
+    home = Path.home() if home is None else home
+    npm = shutil.which("npm", path=environ.get("PATH"))
+    if npm:
+        try:
+            done = subprocess.run([npm, "config", "get", "registry"], capture_output=True, text=True,
+                                  timeout=NPM_TIMEOUT_SECONDS, env=dict(environ), stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RegistryError(f"`npm config get registry` failed ({exc}); pass --registry URL") from None
+        value = done.stdout.strip().splitlines()[-1].strip() if done.stdout.strip() else ""
+        if done.returncode == 0 and value and value != "undefined":
+            return Registry("npm", checked_url(value, "npm registry"), "npm config get registry")
+    for variable in ("npm_config_registry", "NPM_CONFIG_REGISTRY"):
+        if environ.get(variable):
+            return Registry("npm", checked_url(environ[variable], "npm registry"), variable)
+    for path in _npm_files(environ, home):
+        value = _npmrc_registry(path)
+        if value:
+            return Registry("npm", checked_url(value, f"registry in {path}"), str(path))
+    raise RegistryError(
+        "no npm registry configured (npm is not installed and neither NPM_CONFIG_REGISTRY nor an npmrc sets "
+        "`registry`); configure npm or pass --registry URL"
+    )
+
+
+# --- PyPI --------------------------------------------------------------------------------------------------
+def _pip_files(environ: Mapping[str, str], home: Path) -> list[Path]:
+    """pip configuration files, lowest precedence first, the way pip loads them."""
+    config_dirs = environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(":")
+    files = [Path(d) / "pip" / "pip.conf" for d in reversed(config_dirs) if d] + [Path("/etc/pip.conf")]
+    chosen = environ.get("PIP_CONFIG_FILE")
+    if not (chosen and Path(chosen).exists()):
+        xdg_home = Path(environ.get("XDG_CONFIG_HOME") or home / ".config")
+        files += [home / ".pip" / "pip.conf", xdg_home / "pip" / "pip.conf"]
+    files.append(Path(sys.prefix) / "pip.conf")
+    if chosen:
+        files = [] if chosen == os.devnull else [*files, Path(chosen)]
+    return files
+
+
+def discover_pypi(environ: Mapping[str, str] | None = None, home: Path | None = None) -> Registry:
+    """pip's index-url (``PIP_INDEX_URL``, else the last pip config file that sets it); the JSON API is beside it."""
+    environ = os.environ if environ is None else environ
+    home = Path.home() if home is None else home
+    if environ.get("PIP_INDEX_URL"):
+        return Registry("pypi", pypi_json_base(environ["PIP_INDEX_URL"]), "PIP_INDEX_URL")
+    found: tuple[str, Path] | None = None
+    for path in _pip_files(environ, home):
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(path, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError):
+            continue
+        for section in ("global", "install"):  # [install] overrides [global] for `pip install`
+            for key in ("index-url", "index_url"):
+                if parser.has_option(section, key) and parser.get(section, key).strip():
+                    found = (parser.get(section, key), path)
+    if found is None:
+        raise RegistryError(
+            "no PyPI index configured (neither PIP_INDEX_URL nor index-url in a pip configuration file); "
+            "configure pip (pip config set global.index-url URL) or pass --registry URL"
+        )
+    return Registry("pypi", pypi_json_base(found[0]), f"index-url in {found[1]}")
+
+
+def discover(ecosystem: str, override: str | None = None, environ: Mapping[str, str] | None = None) -> Registry:
+    """The registry to index from: ``override`` (--registry) or the ecosystem's configuration."""
+    if override:
+        base = pypi_json_base(override) if ecosystem == "pypi" else checked_url(override, "--registry")
+        return Registry(ecosystem, base, "--registry")
+    return discover_pypi(environ) if ecosystem == "pypi" else discover_npm(environ)
