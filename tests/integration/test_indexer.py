@@ -278,8 +278,12 @@ def test_pypi_registry_from_pip_config(tmp_path: Path, registry: FixtureRegistry
     assert found.base == registry.url and str(conf) in found.source
     found = discover_pypi({"PIP_INDEX_URL": "http://127.0.0.1:9/mirror/simple"}, tmp_path)
     assert found.base == "http://127.0.0.1:9/mirror/"
+    assert discover_pypi({"PIP_CONFIG_FILE": os.devnull}, tmp_path).source == "pip's default index"
     with pytest.raises(RegistryError, match="--registry"):
-        discover_pypi({"PIP_CONFIG_FILE": os.devnull}, tmp_path)
+        discover_pypi({"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1"}, tmp_path)
+    conf.write_text(f"[global]\nindex-url = {registry.pypi_index_url}\nno-index = true\n")
+    with pytest.raises(RegistryError, match="no index"):
+        discover_pypi({"PIP_CONFIG_FILE": str(conf), "XDG_CONFIG_DIRS": str(tmp_path / "none")}, tmp_path)
 
 
 def test_the_cli_finds_the_registry_in_the_configuration(sqlite_indexer: Indexer, tmp_path: Path) -> None:
@@ -292,8 +296,7 @@ def test_the_cli_finds_the_registry_in_the_configuration(sqlite_indexer: Indexer
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout)
     assert summary["indexed"] == 1 and str(conf) in summary["registry_source"]
-    done = subprocess.run(argv, env={**env, "PIP_CONFIG_FILE": os.devnull}, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(argv, env={**env, "PIP_NO_INDEX": "1"}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--registry" in done.stderr
 
 

@@ -17,8 +17,9 @@ from coherence_network import fatal
 from coherence_network.client import ApiClient
 from coherence_network.settings import Settings
 from tests.runbook.drill import Drill
-from tests.runbook.runbook_doc import Runbook
+from tests.runbook.runbook_doc import ROOT, Runbook
 from tests.support.api import ApiProcess
+from tests.support.fixture_registry import FixtureRegistry
 from tests.support.net import free_port, wait_until
 from tests.support.runner import RunnerProcess
 
@@ -149,3 +150,30 @@ def test_drill_recovery_after_the_runner_is_killed(runbook: Runbook, tmp_path: P
         runner.stop()
         drill.close()
         api.stop()
+
+
+def test_drill_indexing_against_a_mirror(runbook: Runbook, tmp_path: Path) -> None:
+    """The Indexing procedure with npm and pip configured for a local mirror (the fixture registry)."""
+    seeds = [
+        line.split("#", 1)[0].strip()
+        for eco in ("npm", "pypi")
+        for line in (ROOT / "src" / "coherence_network" / "data" / f"seeds_{eco}.txt").read_text().splitlines()
+    ]
+    mirror = FixtureRegistry(300, faults=False, roots=filter(None, seeds)).start()
+    drill = Drill(tmp_path / "home", free_port(),
+                  env={"NPM_CONFIG_REGISTRY": mirror.npm_url, "PIP_INDEX_URL": mirror.pypi_index_url})
+    api = ApiProcess(drill.home, port=drill.port).start()
+    try:
+        first, to_target, pypi, stats = runbook.drill("indexing").commands()
+        out = drill.run(first).stdout
+        assert f"npm from {mirror.npm_url}" in out and "indexed 50," in out  # the mirror, found in npm's config
+        assert sum(mirror.requests.values()) == 50  # --limit is exact
+        # resumed from the stored queue: the 50 already indexed are not fetched again
+        assert json.loads(drill.run(to_target).stdout) == {"indexed": 150, "failed": 0, "projects": 200}
+        assert max(mirror.requests.values()) == 1
+        assert "PyPI from " in drill.run(pypi).stdout
+        assert json.loads(drill.run(stats).stdout) == {"npm": 200, "pypi": 20}
+    finally:
+        drill.close()
+        api.stop()
+        mirror.stop()

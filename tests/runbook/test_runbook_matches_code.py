@@ -24,7 +24,7 @@ SECTIONS = [
     "Key Endpoints", "Indexing", "Check Pipeline Status", "Tests and Cleanup", "Configuration", "Scaling out",
 ]
 # Variables the runbook may name that belong to other programs (npm, pip, the shell, CI), not to Settings.
-FOREIGN_VARIABLES = {"PIP_INDEX_URL", "PIP_CONFIG_FILE", "NPM_CONFIG_REGISTRY"}
+FOREIGN_VARIABLES = {"PIP_INDEX_URL", "PIP_CONFIG_FILE", "PIP_NO_INDEX", "NPM_CONFIG_REGISTRY"}
 # What the runner hands to each task (the agent protocol), and the protocol's own markers: not settings.
 PROTOCOL_NAMES = {"COHERENCE_DECISION", "COHERENCE_TASK_ID", "COHERENCE_TASK_TYPE", "NEEDS_DECISION"}
 # Settings that exist for tests or internals only need not be in the runbook.

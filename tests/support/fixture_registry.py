@@ -8,6 +8,9 @@ the crawl from ``pkg-0`` reaches every ``pkg-*``. Every 7th package is scoped (`
 With ``faults`` on, some packages answer 500 once or 429 (Retry-After) once before their document, and seeds
 outside the generated graph exercise failures: ``broken-*`` (not JSON), ``weird-*`` (JSON of the wrong shape),
 ``down-*`` (always 500) and ``bad-root``, which depends on one of each.
+
+``roots`` are extra names (the shipped seed lists, for the runbook drill) served in both ecosystems: the k-th
+depends on package ``k``, so a crawl from the default seeds grows into the generated graph.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import re
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote
 
@@ -37,8 +41,9 @@ def _pep503(name: str) -> str:
 
 
 class FixtureRegistry:
-    def __init__(self, n: int = 300, *, faults: bool = True, retry_after: str = "1") -> None:
+    def __init__(self, n: int = 300, *, faults: bool = True, retry_after: str = "1", roots: Iterable[str] = ()) -> None:
         self.n = n
+        self.roots = {_pep503(name): k % n for k, name in enumerate(roots)}
         self.faults = faults
         self.retry_after = retry_after
         self.requests: Counter[str] = Counter()  # package name (as requested, decoded) -> requests
@@ -130,6 +135,8 @@ class FixtureRegistry:
             return self._npm_packument(name, {d: "^1.0.0" for d in BAD_ROOT_DEPS}, {}, {})
         if name.startswith("devtool-"):
             return self._npm_packument(name, {}, {}, {})
+        if _pep503(name) in self.roots:
+            return self._npm_packument(name, {npm_name(self.roots[_pep503(name)]): "^1.0.0"}, {}, {})
         index = self.index_of(name)
         if index is None:
             return None
@@ -156,6 +163,8 @@ class FixtureRegistry:
             return self._pypi_json(name, [f"{d}>=1" for d in BAD_ROOT_DEPS])
         if name.startswith("devtool-"):
             return self._pypi_json(name, [])
+        if name in self.roots:
+            return self._pypi_json(name, [f"{pypi_name(self.roots[name])}>=1"])
         match = re.fullmatch(r"pkg-(\d+)", name)
         if not match or int(match.group(1)) >= self.n:
             return None

@@ -2,8 +2,9 @@
 
 No registry address is built in. npm is asked (``npm config get registry``, which reads its environment variables
 and npmrc files); without npm, the variables and npmrc files npm reads are read here. PyPI's address is pip's
-``index-url`` (``PIP_INDEX_URL`` or the pip configuration files, in pip's order). The environment read here is
-npm's and pip's, not this project's, which is why it is not part of Settings.
+``index-url`` (``PIP_INDEX_URL`` or the pip configuration files, in pip's order), else the default the installed
+pip itself uses. The environment read here is npm's and pip's, not this project's, which is why it is not part of
+Settings.
 """
 
 from __future__ import annotations
@@ -125,11 +126,26 @@ def _pip_files(environ: Mapping[str, str], home: Path) -> list[Path]:
     return files
 
 
+def _pip_default_index() -> str | None:
+    """The index pip uses when nothing is configured, asked of pip itself (so no address is written here)."""
+    try:
+        from pip._internal.models.index import PyPI
+    except ImportError:
+        return None
+    return str(PyPI.simple_url)
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
 def discover_pypi(environ: Mapping[str, str] | None = None, home: Path | None = None) -> Registry:
-    """pip's index-url (``PIP_INDEX_URL``, else the last pip config file that sets it); the JSON API is beside it."""
+    """pip's index-url (``PIP_INDEX_URL``, else the last pip config file that sets it, else pip's own default);
+    the JSON API is beside it. pip configured with no index at all is an error: there is nothing to read."""
     environ = os.environ if environ is None else environ
     home = Path.home() if home is None else home
-    if environ.get("PIP_INDEX_URL"):
+    no_index = _truthy(environ.get("PIP_NO_INDEX", ""))
+    if environ.get("PIP_INDEX_URL") and not no_index:
         return Registry("pypi", pypi_json_base(environ["PIP_INDEX_URL"]), "PIP_INDEX_URL")
     found: tuple[str, Path] | None = None
     for path in _pip_files(environ, home):
@@ -142,12 +158,21 @@ def discover_pypi(environ: Mapping[str, str] | None = None, home: Path | None = 
             for key in ("index-url", "index_url"):
                 if parser.has_option(section, key) and parser.get(section, key).strip():
                     found = (parser.get(section, key), path)
-    if found is None:
+            for key in ("no-index", "no_index"):
+                if parser.has_option(section, key) and not environ.get("PIP_NO_INDEX"):
+                    no_index = _truthy(parser.get(section, key))
+    if no_index:
+        raise RegistryError("pip is configured with no index (PIP_NO_INDEX or no-index in a pip configuration "
+                            "file); pass --registry URL")
+    if found is not None:
+        return Registry("pypi", pypi_json_base(found[0]), f"index-url in {found[1]}")
+    default = _pip_default_index()
+    if default is None:
         raise RegistryError(
-            "no PyPI index configured (neither PIP_INDEX_URL nor index-url in a pip configuration file); "
-            "configure pip (pip config set global.index-url URL) or pass --registry URL"
+            "no PyPI index configured (neither PIP_INDEX_URL nor index-url in a pip configuration file, and pip "
+            "is not installed to say its default); configure pip or pass --registry URL"
         )
-    return Registry("pypi", pypi_json_base(found[0]), f"index-url in {found[1]}")
+    return Registry("pypi", pypi_json_base(default), "pip's default index")
 
 
 def discover(ecosystem: str, override: str | None = None, environ: Mapping[str, str] | None = None) -> Registry:

@@ -4,17 +4,13 @@ Revision ID: 0003
 Revises: 0001
 """
 
-from pathlib import Path
-
 import sqlalchemy as sa
 from alembic import op
 
 from coherence_network.store.schema import UTCDateTime
 
 revision = "0003"
-# Chained after the graph tables (0002, written in parallel); until that file is in the tree, after 0001, so the
-# chain never has two heads nor a missing link. Once 0002 is committed this is simply "0002".
-down_revision = "0002" if any(Path(__file__).parent.glob("0002_*.py")) else "0001"
+down_revision = "0001"  # 0002 was never used: the graph tables came later, as 0005
 branch_labels = None
 depends_on = None
 

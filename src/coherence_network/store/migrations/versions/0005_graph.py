@@ -1,7 +1,7 @@
 """Dependency graph: projects, their dependency edges and the indexers' crawl frontier.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0005
+Revises: 0004
 """
 
 import sqlalchemy as sa
@@ -9,8 +9,8 @@ from alembic import op
 
 from coherence_network.store.schema import UTCDateTime
 
-revision = "0002"
-down_revision = "0001"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
