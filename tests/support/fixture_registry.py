@@ -9,8 +9,9 @@ With ``faults`` on, some packages answer 500 once or 429 (Retry-After) once befo
 outside the generated graph exercise failures: ``broken-*`` (not JSON), ``weird-*`` (JSON of the wrong shape),
 ``down-*`` (always 500) and ``bad-root``, which depends on one of each.
 
-``roots`` are extra names (the shipped seed lists, for the runbook drill) served in both ecosystems: the k-th
-depends on package ``k``, so a crawl from the default seeds grows into the generated graph.
+``latency`` holds each answer that long (the benchmark's stand-in for a network). ``roots`` are extra names (the
+shipped seed lists, for the runbook drill) served in both ecosystems: the k-th depends on package ``k``, so a crawl
+from the default seeds grows into the generated graph.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Iterable
@@ -41,8 +43,12 @@ def _pep503(name: str) -> str:
 
 
 class FixtureRegistry:
-    def __init__(self, n: int = 300, *, faults: bool = True, retry_after: str = "1", roots: Iterable[str] = ()) -> None:
+    def __init__(
+        self, n: int = 300, *, faults: bool = True, retry_after: str = "1", roots: Iterable[str] = (),
+        latency: float = 0.0,
+    ) -> None:
         self.n = n
+        self.latency = latency  # seconds each answer is held, like a registry across a network
         self.roots = {_pep503(name): k % n for k, name in enumerate(roots)}
         self.faults = faults
         self.retry_after = retry_after
@@ -198,6 +204,7 @@ class FixtureRegistry:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms delayed-ACK stall
 
             def log_message(self, *_: Any) -> None:
                 pass
@@ -229,6 +236,8 @@ class FixtureRegistry:
                     hold = registry._pause_after is not None and sum(registry.requests.values()) > registry._pause_after
                 if hold:
                     registry._gate.wait(60)
+                if registry.latency:
+                    time.sleep(registry.latency)
                 fault = registry._fault(name, seen)
                 if fault is not None:
                     self._send(fault[0], b'{"error": "try again"}', fault[1])

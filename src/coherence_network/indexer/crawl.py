@@ -8,6 +8,7 @@ the fetches of one unwritten batch, and the next run picks up the queue where it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import random
@@ -35,6 +36,7 @@ FLUSH_SECONDS = 1.0  # a smaller batch is written after this long, so progress s
 LOG_SECONDS = 5.0  # between progress lines in the log
 MAX_DELAY_SECONDS = 60.0  # longest wait between retries, whatever Retry-After asks
 MAX_FAILURES_LISTED = 100
+CONNECTIONS_PER_CLIENT = 8  # httpcore's pool scans every connection per request: many small pools beat one big one
 log = logging.getLogger("coherence.indexer")
 
 
@@ -94,13 +96,23 @@ def retry_delay(response: httpx.Response | None, attempt: int, backoff: float) -
 
 
 class Fetcher:
-    """One package document per call, retried on connection errors, 429 and 5xx; never raises."""
+    """One package document per call, retried on connection errors, 429 and 5xx; never raises.
 
-    def __init__(self, client: httpx.AsyncClient, adapter: ModuleType, base: str, options: CrawlOptions) -> None:
-        self.client = client
+    Requests go to the least busy of several clients, each with a small connection pool."""
+
+    def __init__(self, clients: list[httpx.AsyncClient], adapter: ModuleType, base: str, options: CrawlOptions) -> None:
+        self.busy = dict.fromkeys(clients, 0)
         self.adapter = adapter
         self.base = base
         self.options = options
+
+    async def _get(self, url: str) -> httpx.Response:
+        client = min(self.busy, key=self.busy.__getitem__)
+        self.busy[client] += 1
+        try:
+            return await client.get(url)
+        finally:
+            self.busy[client] -= 1
 
     async def fetch(self, name: str) -> PackageRecord:
         url = self.adapter.document_url(self.base, name)
@@ -108,7 +120,7 @@ class Fetcher:
         for attempt in range(self.options.retries + 1):
             response: httpx.Response | None = None
             try:
-                response = await self.client.get(url)
+                response = await self._get(url)
             except httpx.TransportError as exc:
                 reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
             else:
@@ -170,16 +182,21 @@ class Crawler:
         self._ok = self.summary.projects = await asyncio.to_thread(self.store.count, self.eco)
         log.info("%s: start from %s (%s); %d projects indexed, %d entries queued again for refresh; %s",
                  self.eco, self.registry.display, self.registry.source, self._ok, requeued, self._limits_text())
-        limits = httpx.Limits(max_connections=self.options.concurrency,
-                              max_keepalive_connections=self.options.concurrency)
+        count = -(-self.options.concurrency // CONNECTIONS_PER_CLIENT)
+        per_client = -(-self.options.concurrency // count)
+        limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
         headers = {"Accept": "application/json", "User-Agent": f"coherence-network-indexer/{__version__}"}
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._interrupt)
         try:
-            async with httpx.AsyncClient(timeout=self.options.timeout, limits=limits, headers=headers,
-                                         follow_redirects=True) as client:
-                await self._crawl(Fetcher(client, self.adapter, self.registry.base, self.options), started)
+            async with contextlib.AsyncExitStack() as stack:
+                clients = [
+                    await stack.enter_async_context(httpx.AsyncClient(
+                        timeout=self.options.timeout, limits=limits, headers=headers, follow_redirects=True))
+                    for _ in range(count)
+                ]
+                await self._crawl(Fetcher(clients, self.adapter, self.registry.base, self.options), started)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
