@@ -135,6 +135,13 @@ def test_limit_is_exact(indexer: Indexer) -> None:
     graph.engine.dispose()
 
 
+def test_a_target_beyond_the_reachable_graph_says_so(sqlite_indexer: Indexer) -> None:
+    argv = [arg for arg in sqlite_indexer.argv("npm", "--packages", "pkg-299", "--target", "500") if arg != "--json"]
+    done = subprocess.run(argv, env=sqlite_indexer.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "target 500 not reached: everything reachable from the seeds is indexed" in done.stdout
+
+
 def test_indexing_twice_leaves_the_same_graph(indexer: Indexer) -> None:
     full = indexer.run("npm", "--packages", "pkg-0", "--target", "100000")
     assert full["indexed"] == N and full["missing"] == len(indexer.registry.ghosts()) and full["queued"] == 0

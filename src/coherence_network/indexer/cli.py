@@ -91,6 +91,9 @@ def _print_summary(s: Summary, as_json: bool) -> None:
     typer.echo(f"  indexed {s.indexed}, missing {s.missing}, failed {s.failed}, skipped (fresh) {s.skipped}")
     typer.echo(f"  {s.seconds:.1f} s, {s.packages_per_second:.1f} packages/s; {s.projects} projects stored, "
                f"{s.queued} queued for later runs" + ("; INTERRUPTED" if s.interrupted else ""))
+    if s.target and s.projects < s.target and not s.queued and not s.interrupted:
+        typer.echo(f"  target {s.target} not reached: everything reachable from the seeds is indexed; "
+                   "give more seeds (--packages, --packages-file) to grow further")
     for failure in s.failures:
         typer.echo(f"  failed: {failure['name']}: {failure['reason']}")
     if s.failed > len(s.failures):
