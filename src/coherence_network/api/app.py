@@ -70,8 +70,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.started = time.monotonic()
     app.state.log = log
 
-    def require_token(request: Request) -> None:
-        """With COHERENCE_API_TOKEN set, every mutating request needs ``Authorization: Bearer <token>``."""
+    async def require_token(request: Request) -> None:
+        """With COHERENCE_API_TOKEN set, every mutating request needs ``Authorization: Bearer <token>``.
+
+        Async although it never awaits: a plain function would cost a thread-pool hop on every request."""
         token = settings.coherence_api_token
         if not token or request.method not in MUTATING_METHODS or request.url.path.endswith("/telegram/webhook"):
             return
