@@ -24,6 +24,7 @@ from coherence_network.api.signals import WorkSignal
 from coherence_network.settings import Settings, get_settings
 from coherence_network.store import Conflict, NotFound, open_task_store
 from coherence_network.store.db import migrate
+from coherence_network.store.graph import GraphStore
 from coherence_network.versioning import running_version
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Coherence Network API", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.store = store
+    app.state.graph = GraphStore(store.engine)  # the graph lives in the same database
     app.state.metrics = ApiMetrics(store)
     app.state.started = time.monotonic()
     app.state.log = log

@@ -15,11 +15,7 @@ Ecosystem = Literal["npm", "pypi"]
 
 
 def _graph(request: Request) -> GraphStore:
-    """One GraphStore per app, on the task store's engine (the graph lives in the same database)."""
-    state = request.app.state
-    if getattr(state, "graph", None) is None:
-        state.graph = GraphStore(state.store.engine)
-    return state.graph
+    return request.app.state.graph
 
 
 def _key(ecosystem: str, name: str) -> str:
@@ -73,9 +69,8 @@ async def list_projects(
 @router.get("/graph/stats")
 async def graph_stats(request: Request) -> dict[str, Any]:
     """Projects (by status) and dependency edges per ecosystem, and when each was last indexed."""
-    per_ecosystem = await run_in_threadpool(_graph(request).stats)
-    empty = {"projects": 0, "by_status": {}, "edges": 0, "last_indexed_at": None}
-    ecosystems = {eco: per_ecosystem.get(eco, dict(empty)) for eco in ("npm", "pypi")}
+    stored = await run_in_threadpool(_graph(request).stats, ("npm", "pypi"))
+    ecosystems = {eco: stored[eco] for eco in ("npm", "pypi")}
     return {
         "ecosystems": ecosystems,
         "projects": sum(e["projects"] for e in ecosystems.values()),

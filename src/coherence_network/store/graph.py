@@ -270,8 +270,9 @@ class GraphStore:
             ).all()
         return [_project(r) for r in rows], int(total)
 
-    def stats(self) -> dict[str, dict[str, Any]]:
-        """Per ecosystem: projects by status, dependency edges, and when a package was last indexed."""
+    def stats(self, ecosystems: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+        """Per ecosystem (each of ``ecosystems`` even when empty, and any other stored): projects by status,
+        dependency edges, and when a package was last indexed."""
         with self.engine.connect() as conn:
             by_status = conn.execute(
                 sa.select(projects.c.ecosystem, projects.c.status, sa.func.count(), sa.func.max(projects.c.indexed_at))
@@ -280,13 +281,16 @@ class GraphStore:
             edges = conn.execute(
                 sa.select(dependencies.c.to_ecosystem, sa.func.count()).group_by(dependencies.c.to_ecosystem)
             ).all()
-        result: dict[str, dict[str, Any]] = {}
+        names = [*ecosystems, *(eco for eco, *_ in by_status), *(eco for eco, _ in edges)]
+        result: dict[str, dict[str, Any]] = {
+            eco: {"projects": 0, "by_status": {}, "edges": 0, "last_indexed_at": None} for eco in names
+        }
         for eco, status, count, last in by_status:
-            entry = result.setdefault(eco, {"projects": 0, "by_status": {}, "edges": 0, "last_indexed_at": None})
+            entry = result[eco]
             entry["projects"] += count
             entry["by_status"][status] = count
             if last is not None and (entry["last_indexed_at"] is None or last > entry["last_indexed_at"]):
                 entry["last_indexed_at"] = last
         for eco, count in edges:
-            result.setdefault(eco, {"projects": 0, "by_status": {}, "edges": 0, "last_indexed_at": None})["edges"] = count
+            result[eco]["edges"] = count
         return result
