@@ -1,14 +1,32 @@
-"""The HTTP client every component uses to talk to the API: base URL, token, timeouts, retries, typed errors."""
+"""The HTTP client every component uses to talk to the API: base URL, token, timeouts, safe retries, typed errors
+and typed results (the models of coherence_network.contract).
+
+A retry must be safe to repeat. A request that never reached the API (connection refused) is always retried; one
+that may have reached it (a timeout, a 5xx) is retried only when repeating it cannot do the work twice: reads, and
+writes that carry a key - a create its Idempotency-Key, a claim its request id, a heartbeat or a finish its claim
+token, a decision its own value.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
 import time
+import uuid
 from typing import Any
 
 import httpx
 
+from coherence_network.contract import (
+    FatalIssueList,
+    MonitorIssueList,
+    PipelineStatus,
+    Runner,
+    Task,
+    TaskCount,
+    TaskPage,
+    TaskStatus,
+)
 from coherence_network.settings import Settings, get_settings
 
 log = logging.getLogger("coherence.client")
@@ -44,10 +62,12 @@ class ApiValidationError(ApiError):
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {401: ApiAuthError, 404: ApiNotFound, 409: ApiConflict, 422: ApiValidationError}
+_REPEATABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})  # idempotent by HTTP's definition
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)  # the API never saw the request: always safe to send again
 
 
 class ApiClient:
-    """A small synchronous client. Connection errors and 5xx are retried with exponential backoff and jitter."""
+    """A small synchronous client. Retries (exponential backoff, jitter) only what is safe to repeat."""
 
     def __init__(
         self,
@@ -82,10 +102,14 @@ class ApiClient:
     # --- core -----------------------------------------------------------------------------------------------
     def request(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-        timeout: float | None = None, retries: int | None = None,
+        timeout: float | None = None, retries: int | None = None, keyed: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        """Send a request; return the response for 2xx, raise a typed ApiError otherwise."""
+        """Send a request; return the response for 2xx, raise a typed ApiError otherwise.
+
+        ``keyed``: this write carries a key that makes repeating it safe, so it is retried like a read."""
         attempts = (self.retries if retries is None else retries) + 1
+        repeatable = keyed or method.upper() in _REPEATABLE_METHODS
         last: ApiError | None = None
         for attempt in range(attempts):
             if attempt:
@@ -94,14 +118,18 @@ class ApiClient:
                 time.sleep(delay)
             try:
                 response = self._http.request(
-                    method, path, json=json, params=params, timeout=timeout or self.timeout
+                    method, path, json=json, params=params, timeout=timeout or self.timeout, headers=headers
                 )
             except httpx.TransportError as exc:
                 last = ApiUnavailable(0, f"{type(exc).__name__}: {exc}", method, path)
-                continue
+                if repeatable or isinstance(exc, _NOT_SENT):
+                    continue
+                raise last from exc
             if response.status_code >= 500:
                 last = ApiUnavailable(response.status_code, _detail(response), method, path)
-                continue
+                if repeatable:
+                    continue
+                raise last
             if response.status_code >= 400:
                 cls = _BY_STATUS.get(response.status_code, ApiError)
                 raise cls(response.status_code, _detail(response), method, path)
@@ -113,60 +141,91 @@ class ApiClient:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None}).json()
 
     def post(self, path: str, body: Any = None, **kwargs: Any) -> Any:
+        """POST; retried only with ``keyed=True`` (the caller vouches that repeating it is safe)."""
         response = self.request("POST", path, json=body, **kwargs)
         return response.json() if response.content else None
 
     # --- tasks ----------------------------------------------------------------------------------------------
-    def create_task(self, direction: str, task_type: str, **fields: Any) -> dict[str, Any]:
-        return self.post("/api/agent/tasks", {"direction": direction, "task_type": task_type, **fields})
+    def create_task(self, direction: str, task_type: str, *, idempotency_key: str | None = None,
+                    **fields: Any) -> Task:
+        """Create a task. One key per logical create (a fresh one unless given), so a retry never makes two."""
+        key = idempotency_key or uuid.uuid4().hex
+        body = {"direction": direction, "task_type": str(task_type), **fields}
+        response = self.request("POST", "/api/agent/tasks", json=body, keyed=True, headers={"Idempotency-Key": key})
+        return Task.model_validate(response.json())
 
-    def get_task(self, task_id: int) -> dict[str, Any]:
-        return self.get(f"/api/agent/tasks/{task_id}")
+    def get_task(self, task_id: int) -> Task:
+        return Task.model_validate(self.get(f"/api/agent/tasks/{task_id}"))
 
-    def list_tasks(self, **filters: Any) -> dict[str, Any]:
-        return self.get("/api/agent/tasks", **filters)
+    def list_tasks(self, **filters: Any) -> TaskPage:
+        return TaskPage.model_validate(self.get("/api/agent/tasks", **{k: _plain(v) for k, v in filters.items()}))
 
-    def count_tasks(self) -> dict[str, Any]:
-        return self.get("/api/agent/tasks/count")
+    def count_tasks(self) -> TaskCount:
+        return TaskCount.model_validate(self.get("/api/agent/tasks/count"))
 
     def claim(
         self, runner_id: str, *, types: list[str] | None = None, wait_seconds: float = 0.0,
         lease_seconds: float | None = None,
-    ) -> dict[str, Any] | None:
-        """Claim a task, waiting up to ``wait_seconds`` for one; None when none came."""
-        body = {"runner_id": runner_id, "types": types, "wait_seconds": wait_seconds, "lease_seconds": lease_seconds}
+    ) -> Task | None:
+        """Claim a task, waiting up to ``wait_seconds`` for one; None when none came.
+
+        The claim carries a fresh request id, so a retry after a lost response gets the task this claim already
+        got instead of leaving it claimed by a runner that never learns of it."""
+        body = {"runner_id": runner_id, "types": [str(t) for t in types] if types else None,
+                "wait_seconds": wait_seconds, "lease_seconds": lease_seconds, "request_id": uuid.uuid4().hex}
         response = self.request(
             "POST", "/api/agent/tasks/claim", json={k: v for k, v in body.items() if v is not None},
-            timeout=self.timeout + wait_seconds,
+            timeout=self.timeout + wait_seconds, keyed=True,
         )
-        return None if response.status_code == 204 else response.json()
+        return None if response.status_code == 204 else Task.model_validate(response.json())
 
-    def heartbeat(self, task_id: int, claim_token: int, **fields: Any) -> dict[str, Any]:
-        return self.post(f"/api/agent/tasks/{task_id}/heartbeat", {"claim_token": claim_token, **fields})
+    def heartbeat(self, task_id: int, claim_token: int, **fields: Any) -> Task:
+        """Extend the lease; fenced by the claim token, so repeating it is safe."""
+        body = {"claim_token": claim_token, **fields}
+        return Task.model_validate(self.post(f"/api/agent/tasks/{task_id}/heartbeat", body, keyed=True))
 
-    def finish(self, task_id: int, claim_token: int, status: str, **fields: Any) -> dict[str, Any]:
-        body = {"claim_token": claim_token, "status": status, **{k: v for k, v in fields.items() if v is not None}}
-        return self.post(f"/api/agent/tasks/{task_id}/finish", body)
+    def finish(self, task_id: int, claim_token: int, status: TaskStatus | str, **fields: Any) -> Task:
+        """End a claim; the API returns the stored result when this exact finish was already recorded."""
+        body = {"claim_token": claim_token, "status": str(status),
+                **{k: v for k, v in fields.items() if v is not None}}
+        return Task.model_validate(self.post(f"/api/agent/tasks/{task_id}/finish", body, keyed=True))
 
-    def decide(self, task_id: int, decision: str, decided_by: str) -> dict[str, Any]:
+    def decide(self, task_id: int, decision: str, decided_by: str) -> Task:
+        """Answer a task's question; the same answer by the same person again is accepted as a repeat."""
         body = {"decision": decision, "decided_by": decided_by}
-        return self.request("PATCH", f"/api/agent/tasks/{task_id}", json=body).json()
+        return Task.model_validate(self.request("PATCH", f"/api/agent/tasks/{task_id}", json=body, keyed=True).json())
 
-    def retry_task(self, task_id: int) -> dict[str, Any]:
-        return self.request("PATCH", f"/api/agent/tasks/{task_id}", json={"status": "pending"}).json()
+    def retry_task(self, task_id: int) -> Task:
+        """Send a failed task back to pending (never repeated: a second retry could restart a later failure)."""
+        body = {"status": TaskStatus.PENDING.value}
+        return Task.model_validate(self.request("PATCH", f"/api/agent/tasks/{task_id}", json=body).json())
 
     def task_log(self, task_id: int, tail: int = 0) -> str:
         return self.request("GET", f"/api/agent/tasks/{task_id}/log", params={"tail": tail}).text
 
-    def pipeline_status(self) -> dict[str, Any]:
-        return self.get("/api/agent/pipeline-status")
+    def pipeline_status(self) -> PipelineStatus:
+        return PipelineStatus.model_validate(self.get("/api/agent/pipeline-status"))
 
     def task_metrics(self) -> dict[str, Any]:
         return self.get("/api/agent/metrics")
 
-    def runner_heartbeat(self, runner_id: str, host: str, pid: int, version: str, info: dict[str, Any] | None = None) -> Any:
+    def monitor_issues(self) -> MonitorIssueList:
+        return MonitorIssueList.model_validate(self.get("/api/agent/monitor-issues"))
+
+    def fatal_issues(self) -> FatalIssueList:
+        return FatalIssueList.model_validate(self.get("/api/agent/fatal-issues"))
+
+    def runner_heartbeat(
+        self, runner_id: str, host: str, pid: int, version: str, info: dict[str, Any] | None = None
+    ) -> Runner:
+        """Register or refresh a runner: an upsert, safe to repeat."""
         body = {"runner_id": runner_id, "host": host, "pid": pid, "version": version, "info": info}
-        return self.post("/api/agent/runners/heartbeat", body)
+        return Runner.model_validate(self.post("/api/agent/runners/heartbeat", body, keyed=True))
+
+
+def _plain(value: Any) -> Any:
+    """Query parameters: an enum as its value."""
+    return str(value) if isinstance(value, TaskStatus) else value
 
 
 def _detail(response: httpx.Response) -> Any:

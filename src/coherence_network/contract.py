@@ -7,7 +7,11 @@ guessed); with one module the store, the API, the client and every component can
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 
 class TaskStatus(str, Enum):
@@ -56,3 +60,151 @@ ACTIVE_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})
 
 def is_legal(current: TaskStatus, new: TaskStatus) -> bool:
     return (current, new) in LEGAL_MOVES
+
+
+# --- what the API returns ------------------------------------------------------------------------------------
+class Returned(BaseModel):
+    """A response body. Unknown fields are kept, so an older client still reads what a newer API sends."""
+
+    model_config = ConfigDict(extra="allow", use_enum_values=False)
+
+
+class Task(Returned):
+    """A task as the API returns it (``GET /api/agent/tasks/{id}``, a create, a claim, a finish...)."""
+
+    id: int
+    direction: str
+    task_type: TaskType
+    status: TaskStatus
+    command: str | None = None
+    priority: int = 0
+    attempts: int = 0  # attempts that ended in failure or lease expiry (not decisions, not releases)
+    max_attempts: int = 3
+    claim_token: int = 0  # the fencing token: bumped by every claim, so it is also the run number
+    claimed_by: str | None = None
+    lease_expires_at: datetime | None = None
+    timeout_seconds: float | None = None
+    progress_pct: float | None = None
+    current_step: str | None = None
+    output: str | None = None
+    exit_code: int | None = None
+    decision_prompt: str | None = None
+    decision: str | None = None
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    context: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime
+
+
+class TaskPage(Returned):
+    """A page of ``GET /api/agent/tasks`` and the total that matches the filter."""
+
+    items: list[Task]
+    total: int
+    limit: int
+    offset: int
+
+
+class TaskCount(Returned):
+    """``GET /api/agent/tasks/count``: every status is present."""
+
+    total: int
+    by_status: dict[TaskStatus, int]
+
+
+class Runner(Returned):
+    """A row of the runner registry (``GET /api/agent/runners``)."""
+
+    id: str
+    host: str
+    pid: int
+    version: str
+    info: dict[str, Any] | None = None
+    first_seen: datetime
+    last_seen: datetime
+
+
+class RunnerList(Returned):
+    items: list[Runner]
+
+
+class SeenComponent(Returned):
+    """A runner or component in pipeline-status, with how long ago it was last seen."""
+
+    host: str
+    pid: int
+    version: str
+    info: dict[str, Any] | None = None
+    first_seen: datetime
+    last_seen: datetime
+    last_seen_seconds: float
+    seen: bool
+
+
+class AttentionFlag(Returned):
+    """Something an operator should look at, named by ``code``."""
+
+    code: str
+    message: str
+    task_ids: list[int] = []
+
+
+class PipelineStatus(Returned):
+    """``GET /api/agent/pipeline-status``: tasks by state, the project manager, runners and attention flags."""
+
+    generated_at: datetime
+    counts: TaskCount
+    running: list[dict[str, Any]]
+    oldest_running_log: list[str] | None = None
+    pending: dict[str, dict[str, Any]]
+    needs_decision: list[dict[str, Any]]
+    recent: list[dict[str, Any]]
+    success_24h: dict[str, Any]
+    project_manager: SeenComponent | None = None
+    runners: list[SeenComponent]
+    components: dict[str, SeenComponent]
+    attention: list[AttentionFlag]
+
+
+class MonitorIssue(Returned):
+    """An open or resolved monitor issue: ``rule`` names it (there is no ``code`` field)."""
+
+    id: int
+    rule: str
+    severity: str
+    message: str
+    action: str
+    runbook: str
+    detail: dict[str, Any] | None = None
+    host: str
+    first_seen: datetime
+    last_seen: datetime
+    resolved_at: datetime | None = None
+
+
+class MonitorIssueList(Returned):
+    issues: list[MonitorIssue]
+    recently_resolved: list[MonitorIssue] = []
+    count: int
+
+
+class FatalIssue(Returned):
+    """A component the supervisor could not keep running (cleared by ``coherence fatal --clear``)."""
+
+    id: int
+    at: datetime
+    component: str
+    reason: str
+    detail: str
+    recovery_tried: str
+    host: str
+    cleared_at: datetime | None = None
+
+
+class FatalIssueList(Returned):
+    items: list[FatalIssue]
+    count: int

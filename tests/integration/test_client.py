@@ -10,7 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from coherence_network.client import ApiAuthError, ApiClient, ApiConflict, ApiNotFound, ApiUnavailable, ApiValidationError
+from coherence_network.contract import Task, TaskStatus
 from tests.support.api import ApiProcess
+from tests.support.lossy_proxy import LossyProxy
 from tests.support.net import free_port
 
 
@@ -74,8 +76,8 @@ def test_typed_errors_from_the_real_api(api_process: ApiProcess) -> None:
             client.create_task("", "run")
         task = client.create_task("x", "run", command="true")
         with pytest.raises(ApiConflict, match="pending"):
-            client.decide(task["id"], "yes", "test")
-        assert client.claim("r", wait_seconds=0)["id"] == task["id"]
+            client.decide(task.id, "yes", "test")
+        assert client.claim("r", wait_seconds=0).id == task.id
         assert client.claim("r", wait_seconds=0) is None
 
 
@@ -86,3 +88,61 @@ def test_wrong_token_is_an_auth_error(tmp_path) -> None:  # type: ignore[no-unty
             client.create_task("x", "run")
     finally:
         api.stop()
+
+
+# --- lost responses (issue 10): a retry is safe, or it is not made -------------------------------------------------
+@pytest.fixture
+def lossy(api_process: ApiProcess) -> Iterator[LossyProxy]:
+    proxy = LossyProxy(api_process.port)
+    yield proxy
+    proxy.close()
+
+
+def test_a_create_whose_response_is_lost_makes_one_task(lossy: LossyProxy, api_process: ApiProcess) -> None:
+    with ApiClient(lossy.url, token="", retries=3, backoff=0.01) as client:
+        lossy.lose_next(2)
+        task = client.create_task("only once", "run", command="true")
+        assert lossy.lost == 2 and isinstance(task, Task) and task.status is TaskStatus.PENDING
+    with ApiClient(api_process.url, token="", retries=0) as direct:
+        assert direct.count_tasks().total == 1
+
+
+def test_a_claim_whose_response_is_lost_gets_that_same_task(lossy: LossyProxy, api_process: ApiProcess) -> None:
+    with ApiClient(api_process.url, token="", retries=0) as direct:
+        first, second = (direct.create_task(f"task {i}", "run", command="true") for i in range(2))
+    with ApiClient(lossy.url, token="", retries=3, backoff=0.01) as client:
+        lossy.lose_next(1)
+        claimed = client.claim("runner-a", wait_seconds=0)
+        assert lossy.lost == 1 and claimed is not None and claimed.id == first.id and claimed.claim_token == 1
+        lossy.lose_next(1)
+        done = client.finish(claimed.id, claimed.claim_token, TaskStatus.COMPLETED, exit_code=0, output="ok")
+        assert lossy.lost == 2 and done.status is TaskStatus.COMPLETED
+    with ApiClient(api_process.url, token="", retries=0) as direct:
+        assert direct.get_task(second.id).status is TaskStatus.PENDING  # nobody holds task 2 unknowingly
+        assert direct.count_tasks().by_status[TaskStatus.RUNNING] == 0
+
+
+def test_an_unkeyed_write_whose_response_is_lost_is_not_repeated(lossy: LossyProxy, api_process: ApiProcess) -> None:
+    with ApiClient(api_process.url, token="", retries=0) as direct:
+        task = direct.create_task("fails", "run", command="false")
+        claimed = direct.claim("r", wait_seconds=0)
+        direct.finish(task.id, claimed.claim_token, TaskStatus.FAILED, exit_code=1)
+    with ApiClient(lossy.url, token="", retries=3, backoff=0.01) as client:
+        lossy.lose_next(1)
+        with pytest.raises(ApiUnavailable):
+            client.retry_task(task.id)  # the retry happened; the client says it does not know, and stops
+    with ApiClient(api_process.url, token="", retries=0) as direct:
+        assert direct.get_task(task.id).status is TaskStatus.PENDING
+
+
+def test_an_idempotency_key_given_with_curl_returns_the_first_task(api_process: ApiProcess) -> None:
+    import httpx
+
+    body = {"direction": "scripted", "task_type": "run", "command": "true"}
+    headers = {"Idempotency-Key": "nightly-2026-11-25"}
+    first = httpx.post(f"{api_process.url}/api/agent/tasks", json=body, headers=headers)
+    again = httpx.post(f"{api_process.url}/api/agent/tasks", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"] and again.headers["Idempotent-Replayed"] == "true"
+    other = httpx.post(f"{api_process.url}/api/agent/tasks", json={**body, "command": "false"}, headers=headers)
+    assert other.status_code == 409 and "already used" in other.json()["detail"]

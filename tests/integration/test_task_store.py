@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from coherence_network.store import Conflict, NotFound, TaskStore
 from coherence_network.store.db import create_store_engine, current_revision, head_revision, migrate, readiness
@@ -71,7 +72,7 @@ def test_claim_prefers_priority_then_age_and_respects_types(store: TaskStore) ->
     assert store.claim("r", types=["run"]) is None
     claimed = store.claim("r")
     assert claimed["id"] == review["id"] and claimed["status"] == "running" and claimed["claimed_by"] == "r"
-    assert claimed["attempts"] == 1 and claimed["claim_token"] == 1 and claimed["lease_expires_at"] > utcnow()
+    assert claimed["attempts"] == 0 and claimed["claim_token"] == 1 and claimed["lease_expires_at"] > utcnow()
 
 
 def test_finish_paths_and_the_decision_round_trip(store: TaskStore) -> None:
@@ -143,7 +144,7 @@ def test_expired_lease_is_reclaimed_and_the_zombie_is_fenced_off(store: TaskStor
     result = store.reap(now=utcnow() + timedelta(seconds=2))
     assert (result.reclaimed, result.failed) == (1, 0)
     second = store.claim("live-runner")
-    assert second["id"] == task["id"] and second["attempts"] == 2 and second["claim_token"] == 2
+    assert second["id"] == task["id"] and second["attempts"] == 1 and second["claim_token"] == 2
     with pytest.raises(Conflict, match="stale"):
         store.finish(task["id"], first["claim_token"], status="completed")
     with pytest.raises(Conflict, match="stale"):
@@ -216,3 +217,86 @@ def test_cached_count_follows_this_stores_writes_and_expires_for_others(store_ur
     cached.count_cache_seconds = 0
     assert cached.count()["total"] == 2
     engine.dispose()
+
+
+# --- safe retries and what counts as an attempt (issue 10) --------------------------------------------------------
+def test_a_create_with_the_same_idempotency_key_returns_the_first_task(store: TaskStore) -> None:
+    first, created = store.create_or_replay(direction="once", task_type="run", command="true", idempotency_key="k1")
+    again, created_again = store.create_or_replay(direction="once", task_type="run", command="true",
+                                                  idempotency_key="k1")
+    assert (created, created_again) == (True, False) and again["id"] == first["id"]
+    assert store.count()["total"] == 1
+    with pytest.raises(Conflict, match="idempotency key 'k1' was already used by task"):
+        store.create_or_replay(direction="another", task_type="run", idempotency_key="k1")
+    assert store.create(direction="once", task_type="run", command="true")["id"] != first["id"]  # no key: new
+
+
+def test_concurrent_creates_with_one_key_make_one_task(store: TaskStore) -> None:
+    results: list[int] = []
+
+    def create() -> None:
+        results.append(store.create_or_replay(direction="d", task_type="run", idempotency_key="race")[0]["id"])
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(results)) == 1 and store.count()["total"] == 1
+
+
+def test_a_retried_claim_returns_the_task_that_claim_already_got(store: TaskStore) -> None:
+    first, second = make(store, 2)
+    got = store.claim("r1", request_id="claim-a")
+    again = store.claim("r1", request_id="claim-a")
+    assert again["id"] == got["id"] == first["id"] and again["claim_token"] == got["claim_token"]
+    assert store.count()["by_status"]["running"] == 1  # the retry did not take task 2
+    assert store.claim("r2", request_id="claim-a")["id"] == second["id"]  # a request id is per runner
+    store.finish(got["id"], got["claim_token"], status="completed")
+    assert store.claim("r1", request_id="claim-a") is None  # that claim's task is done: nothing new is taken
+
+
+def test_finishing_twice_with_the_same_token_and_outcome_returns_the_stored_result(store: TaskStore) -> None:
+    (task,) = make(store)
+    claimed = store.claim("r")
+    done = store.finish(task["id"], claimed["claim_token"], status="completed", output="ok", exit_code=0)
+    assert store.finish(task["id"], claimed["claim_token"], status="completed", output="ok", exit_code=0) == done
+    with pytest.raises(Conflict, match="its status is completed"):
+        store.finish(task["id"], claimed["claim_token"], status="failed", exit_code=1)
+    with pytest.raises(Conflict):
+        store.heartbeat(task["id"], claimed["claim_token"])
+
+
+def test_attempts_count_failures_and_expiries_not_decisions_or_releases(store: TaskStore) -> None:
+    (task,) = make(store)  # max_attempts is 2
+    for _ in range(3):  # three questions, each answered: no attempt is used up
+        claimed = store.claim("r")
+        store.finish(task["id"], claimed["claim_token"], status="needs_decision", decision_prompt="go on?")
+        store.decide(task["id"], "yes", "api:test")
+    claimed = store.claim("r")
+    store.finish(task["id"], claimed["claim_token"], status="pending")  # a release
+    claimed = store.claim("r", lease_seconds=1)
+    assert claimed["attempts"] == 0 and claimed["claim_token"] == 5
+    assert store.reap(now=utcnow() + timedelta(seconds=2)).reclaimed == 1  # first expiry: 1 of 2 attempts
+    claimed = store.claim("r")
+    failed = store.finish(task["id"], claimed["claim_token"], status="failed", exit_code=1)
+    assert failed["attempts"] == 2 and failed["status"] == "failed"
+    assert store.retry(task["id"])["attempts"] == 0
+
+
+def test_the_same_decision_again_is_a_repeat_not_a_conflict(store: TaskStore) -> None:
+    (task,) = make(store)
+    claimed = store.claim("r")
+    store.finish(task["id"], claimed["claim_token"], status="needs_decision", decision_prompt="ship?")
+    decided = store.decide(task["id"], "yes", "api:alice")
+    assert store.decide(task["id"], "yes", "api:alice") == decided
+    with pytest.raises(Conflict, match="its status is pending"):
+        store.decide(task["id"], "no", "api:alice")
+
+
+def test_the_database_refuses_a_status_outside_the_contract(store: TaskStore) -> None:
+    (task,) = make(store)
+    with pytest.raises(sa.exc.IntegrityError):
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE tasks SET status = 'paused' WHERE id = :id"), {"id": task["id"]})
+    assert store.get(task["id"])["status"] == "pending"

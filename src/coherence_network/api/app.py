@@ -56,7 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except Exception:  # keep serving /api/health; /api/ready explains the problem
                 log.exception("store migration failed")
         app.state.work = WorkSignal()
-        reaper = asyncio.create_task(routes_agent.reaper_loop(app, settings.coherence_reap_interval))
+        reaper = asyncio.create_task(
+            routes_agent.reaper_loop(app, settings.coherence_reap_interval, settings.coherence_lease_seconds)
+        )
         log.info("API started (version %s, store %s)", __version__, store.engine.dialect.name)
         try:
             yield

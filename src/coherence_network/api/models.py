@@ -6,9 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-TaskType = Literal["spec", "test", "impl", "review", "heal", "run"]
-TaskStatus = Literal["pending", "running", "completed", "failed", "needs_decision"]
-FinishStatus = Literal["completed", "failed", "needs_decision", "pending"]
+from coherence_network.contract import TaskStatus, TaskType
+
+FinishStatus = Literal[
+    TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.NEEDS_DECISION, TaskStatus.PENDING
+]
 
 
 class Strict(BaseModel):
@@ -30,7 +32,7 @@ class TaskPatch(Strict):
 
     decision: str | None = Field(None, min_length=1, max_length=5000)
     decided_by: str | None = Field(None, min_length=1, max_length=200, description="Who answered, e.g. api:alice")
-    status: Literal["pending"] | None = Field(None, description="pending retries a failed task")
+    status: Literal[TaskStatus.PENDING] | None = Field(None, description="pending retries a failed task")
 
     @model_validator(mode="after")
     def _one_change(self) -> "TaskPatch":
@@ -44,6 +46,10 @@ class ClaimRequest(Strict):
     types: list[TaskType] | None = None
     wait_seconds: float = Field(0.0, ge=0, le=60, description="Wait this long for work before answering 204")
     lease_seconds: float | None = Field(None, gt=0, le=86400)
+    request_id: str | None = Field(
+        None, min_length=1, max_length=100,
+        description="Names this claim: a retry with the same id returns the task this claim already got",
+    )
 
 
 class TaskHeartbeat(Strict):
@@ -62,7 +68,7 @@ class TaskFinish(Strict):
 
     @model_validator(mode="after")
     def _question_for_decision(self) -> "TaskFinish":
-        if self.status == "needs_decision" and not self.decision_prompt:
+        if self.status is TaskStatus.NEEDS_DECISION and not self.decision_prompt:
             raise ValueError("status needs_decision requires decision_prompt")
         return self
 

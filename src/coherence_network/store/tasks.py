@@ -17,10 +17,13 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, TaskStatus
 from coherence_network.store.errors import Conflict, NotFound
-from coherence_network.store.schema import TASK_STATUSES, UTCDateTime, components, runners, tasks
+from coherence_network.store.schema import UTCDateTime, components, runners, tasks
 
-FINISH_STATUSES = ("completed", "failed", "needs_decision", "pending")
+PENDING, RUNNING, FAILED = TaskStatus.PENDING.value, TaskStatus.RUNNING.value, TaskStatus.FAILED.value
+# The fields that make a create the same create: a reused idempotency key with other values is a client bug.
+_IDEMPOTENT_FIELDS = ("direction", "task_type", "command")
 
 
 def utcnow() -> datetime:
@@ -37,7 +40,7 @@ _INSERT_TASK = tasks.insert().returning(*tasks.c)
 @lru_cache(maxsize=None)
 def _claim_statement(typed: bool, postgres: bool) -> sa.Update:
     """Built once: statement construction costs more than SQLite's execution of it."""
-    pick = sa.select(tasks.c.id).where(tasks.c.status == "pending")
+    pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING)
     if typed:
         pick = pick.where(tasks.c.task_type.in_(sa.bindparam("b_types", expanding=True)))
     pick = pick.order_by(tasks.c.priority.desc(), tasks.c.id.asc()).limit(1)
@@ -45,11 +48,11 @@ def _claim_statement(typed: bool, postgres: bool) -> sa.Update:
         pick = pick.with_for_update(skip_locked=True)
     return (
         tasks.update()
-        .where(tasks.c.id == pick.scalar_subquery(), tasks.c.status == "pending")
+        .where(tasks.c.id == pick.scalar_subquery(), tasks.c.status == PENDING)
         .values(
-            status="running",
+            status=RUNNING,
             claimed_by=sa.bindparam("b_runner"),
-            attempts=tasks.c.attempts + 1,
+            claim_request_id=sa.bindparam("b_request"),
             claim_token=tasks.c.claim_token + 1,
             lease_expires_at=sa.bindparam("b_lease", type_=UTCDateTime),
             started_at=sa.bindparam("b_now", type_=UTCDateTime),
@@ -63,13 +66,24 @@ def _claim_statement(typed: bool, postgres: bool) -> sa.Update:
     )
 
 
+_CLAIMED_BY_REQUEST = sa.select(tasks).where(
+    tasks.c.claim_request_id == sa.bindparam("b_request"),
+    tasks.c.claimed_by == sa.bindparam("b_runner"),
+    tasks.c.status == RUNNING,
+)
+
+
 @lru_cache(maxsize=None)
-def _update_statement(needed: str, fenced: bool, keys: tuple[str, ...]) -> sa.Update:
-    """``UPDATE tasks SET <keys> WHERE id = ? AND status = <needed> [AND claim_token = ?]``, built once per shape."""
+def _update_statement(needed: str, fenced: bool, keys: tuple[str, ...], count_attempt: bool) -> sa.Update:
+    """``UPDATE tasks SET <keys> WHERE id = ? AND status = <needed> [AND claim_token = ?]``, built once per shape.
+
+    ``count_attempt`` adds one to ``attempts`` in the same statement (an attempt that ended in failure)."""
     condition = [tasks.c.id == sa.bindparam("b_id"), tasks.c.status == needed]
     if fenced:
         condition.append(tasks.c.claim_token == sa.bindparam("b_token"))
-    values = {key: sa.bindparam(f"v_{key}", type_=tasks.c[key].type) for key in keys}
+    values: dict[str, Any] = {key: sa.bindparam(f"v_{key}", type_=tasks.c[key].type) for key in keys}
+    if count_attempt:
+        values["attempts"] = tasks.c.attempts + 1
     return tasks.update().where(*condition).values(values).returning(*tasks.c)
 
 
@@ -131,9 +145,9 @@ class TaskStore:
         """A page of tasks and the total that match the filter."""
         where = []
         if status:
-            where.append(tasks.c.status == status)
+            where.append(tasks.c.status == str(status))
         if task_type:
-            where.append(tasks.c.task_type == task_type)
+            where.append(tasks.c.task_type == str(task_type))
         ordering = tasks.c.id.desc() if order == "newest" else tasks.c.id.asc()
         query = sa.select(tasks).where(*where).order_by(ordering).limit(limit).offset(offset)
         with self.engine.connect() as conn:
@@ -154,13 +168,17 @@ class TaskStore:
         query = sa.select(tasks.c.status, sa.func.count()).group_by(tasks.c.status)
         with self.engine.connect() as conn:
             found = {status: int(n) for status, n in conn.execute(query)}
-        by_status = {status: found.get(status, 0) for status in TASK_STATUSES}
+        by_status = {status.value: found.get(status.value, 0) for status in TaskStatus}
         result = {"total": sum(found.values()), "by_status": by_status}
         self._count_cache = (generation, now, result)
         return {"total": result["total"], "by_status": dict(by_status)}
 
     # --- writes ---------------------------------------------------------------------------------------------
-    def create(
+    def create(self, **fields: Any) -> dict[str, Any]:
+        """Add a pending task (see ``create_or_replay`` for the fields)."""
+        return self.create_or_replay(**fields)[0]
+
+    def create_or_replay(
         self,
         *,
         direction: str,
@@ -170,32 +188,74 @@ class TaskStore:
         max_attempts: int | None = None,
         timeout_seconds: float | None = None,
         context: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+        idempotency_key: str | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Add a pending task; returns (task, created).
+
+        With ``idempotency_key`` a repeated create (a client retrying after a lost response) returns the task the
+        first one made, with created False; the same key with another direction, type or command is a Conflict."""
         now = utcnow()
         values = {
             "direction": direction,
-            "task_type": task_type,
-            "status": "pending",
+            "task_type": str(task_type),
+            "status": PENDING,
             "command": command,
             "priority": priority,
             "max_attempts": max_attempts or self.max_attempts,
             "timeout_seconds": timeout_seconds,
             "context": context,
+            "idempotency_key": idempotency_key,
             "created_at": now,
             "updated_at": now,
         }
-        with self._write() as conn:
-            row = conn.execute(_INSERT_TASK, values).first()
-        return dict(row._mapping)  # type: ignore[union-attr]
+        if idempotency_key is not None:
+            earlier = self._by_idempotency_key(idempotency_key, values)
+            if earlier is not None:
+                return earlier, False
+        try:
+            with self._write() as conn:
+                row = conn.execute(_INSERT_TASK, values).first()
+        except sa.exc.IntegrityError:
+            earlier = self._by_idempotency_key(idempotency_key, values) if idempotency_key is not None else None
+            if earlier is None:
+                raise
+            return earlier, False  # a concurrent retry of the same create won the insert
+        return dict(row._mapping), True  # type: ignore[union-attr]
+
+    def _by_idempotency_key(self, key: str, values: dict[str, Any]) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = _row(conn.execute(sa.select(tasks).where(tasks.c.idempotency_key == key)).first())
+        if row is not None and any(row[f] != values[f] for f in _IDEMPOTENT_FIELDS):
+            raise Conflict(
+                f"idempotency key {key!r} was already used by task {row['id']} with a different direction, type or "
+                "command; use a new key for a new task",
+                row["status"],
+            )
+        return row
 
     def claim(
-        self, runner_id: str, *, types: Iterable[str] | None = None, lease_seconds: float | None = None
+        self,
+        runner_id: str,
+        *,
+        types: Iterable[str] | None = None,
+        lease_seconds: float | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Any] | None:
-        """Atomically move the most urgent pending task to running for ``runner_id``; None when there is none."""
+        """Atomically move the most urgent pending task to running for ``runner_id``; None when there is none.
+
+        ``request_id`` names one logical claim: if that claim already got a task (its response was lost and the
+        client retried), the same task and claim token are returned instead of a second task."""
+        if request_id is not None:
+            with self.engine.connect() as conn:
+                earlier = _row(conn.execute(_CLAIMED_BY_REQUEST, {"b_request": request_id, "b_runner": runner_id})
+                               .first())
+            if earlier is not None:
+                return earlier
         now = utcnow()
-        type_list = list(types or [])
+        type_list = [str(t) for t in types or []]
         params: dict[str, Any] = {
             "b_runner": runner_id,
+            "b_request": request_id,
             "b_now": now,
             "b_lease": now + timedelta(seconds=lease_seconds or self.lease_seconds),
         }
@@ -223,7 +283,7 @@ class TaskStore:
             values["progress_pct"] = progress_pct
         if current_step is not None:
             values["current_step"] = current_step
-        return self._running_update(task_id, claim_token, values, "heartbeat")
+        return self._conditional_update(task_id, TaskStatus.RUNNING, values, "heartbeat", claim_token)
 
     def finish(
         self,
@@ -235,64 +295,85 @@ class TaskStore:
         exit_code: int | None = None,
         decision_prompt: str | None = None,
     ) -> dict[str, Any]:
-        """End the current claim: completed, failed, needs_decision (with a question) or pending (released)."""
+        """End the current claim: completed, failed, needs_decision (with a question) or pending (released).
+
+        A failure counts as an attempt; a question or a release does not. Finishing again with the same claim
+        token and status (a retry after a lost response) returns the stored result."""
+        status = TaskStatus(status)
         if status not in FINISH_STATUSES:
-            raise ValueError(f"status must be one of {', '.join(FINISH_STATUSES)}")
-        if status == "needs_decision" and not decision_prompt:
+            raise ValueError(f"status must be one of {', '.join(s.value for s in FINISH_STATUSES)}")
+        if status is TaskStatus.NEEDS_DECISION and not decision_prompt:
             raise ValueError("needs_decision requires decision_prompt")
         now = utcnow()
-        values: dict[str, Any] = {"status": status, "lease_expires_at": None, "updated_at": now}
+        values: dict[str, Any] = {"status": status.value, "lease_expires_at": None, "updated_at": now}
         if output is not None:
             values["output"] = self._tail(output)
         if exit_code is not None:
             values["exit_code"] = exit_code
-        if status in ("completed", "failed"):
+        if status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
             values["finished_at"] = now
-        if status == "needs_decision":
+        if status is TaskStatus.NEEDS_DECISION:
             values.update(decision_prompt=decision_prompt, decision=None, decided_by=None, decided_at=None)
-        if status == "pending":
+        if status is TaskStatus.PENDING:
             values["claimed_by"] = None
-        return self._running_update(task_id, claim_token, values, "finish")
+        try:
+            return self._conditional_update(task_id, TaskStatus.RUNNING, values, "finish", claim_token,
+                                            count_attempt=status is TaskStatus.FAILED)
+        except Conflict:
+            stored = self.get(task_id)
+            if stored["claim_token"] == claim_token and stored["status"] == status.value:
+                return stored  # this very finish was already recorded
+            raise
 
     def decide(self, task_id: int, decision: str, decided_by: str) -> dict[str, Any]:
-        """Store a decision on a needs_decision task and return it to pending, so the next run sees it."""
+        """Store a decision on a needs_decision task and return it to pending, so the next run sees it.
+
+        The same decision by the same person again (a retry after a lost response) returns the task as it is."""
         now = utcnow()
         values = {
-            "status": "pending",
+            "status": PENDING,
             "decision": decision,
             "decided_by": decided_by,
             "decided_at": now,
             "claimed_by": None,
             "updated_at": now,
         }
-        return self._conditional_update(task_id, "needs_decision", values, "decide")
+        try:
+            return self._conditional_update(task_id, TaskStatus.NEEDS_DECISION, values, "decide")
+        except Conflict:
+            stored = self.get(task_id)
+            if stored["decision"] == decision and stored["decided_by"] == decided_by:
+                return stored
+            raise
 
     def retry(self, task_id: int) -> dict[str, Any]:
         """Operator retry of a failed task: back to pending with a fresh set of attempts."""
         now = utcnow()
         values = {
-            "status": "pending",
+            "status": PENDING,
             "attempts": 0,
             "claimed_by": None,
             "finished_at": None,
             "exit_code": None,
             "updated_at": now,
         }
-        return self._conditional_update(task_id, "failed", values, "retry")
+        return self._conditional_update(task_id, TaskStatus.FAILED, values, "retry")
 
     def reap(self, now: datetime | None = None) -> ReapResult:
-        """Return running tasks whose lease expired to pending, or fail them when their attempts are spent."""
+        """Return running tasks whose lease expired to pending, or fail them when their attempts are spent.
+
+        An expired lease counts as an attempt (the run ended without a result)."""
         now = now or utcnow()
-        expired = sa.and_(tasks.c.status == "running", tasks.c.lease_expires_at < now)
-        spent = tasks.c.attempts >= tasks.c.max_attempts
-        common = {"lease_expires_at": None, "claimed_by": None, "updated_at": now}
+        expired = sa.and_(tasks.c.status == RUNNING, tasks.c.lease_expires_at < now)
+        spent = tasks.c.attempts + 1 >= tasks.c.max_attempts
+        common = {"lease_expires_at": None, "claimed_by": None, "updated_at": now, "attempts": tasks.c.attempts + 1}
         with self._write() as conn:
             failed = conn.execute(
                 tasks.update()
                 .where(expired, spent)
-                .values(status="failed", finished_at=now, current_step="lease expired; attempts spent", **common)
+                .values(status=FAILED, finished_at=now, current_step="lease expired; attempts spent", **common)
             ).rowcount
-            reclaimed = conn.execute(tasks.update().where(expired, ~spent).values(status="pending", **common)).rowcount
+            reclaimed = conn.execute(tasks.update().where(expired, ~spent).values(status=PENDING, **common)).rowcount
         return ReapResult(reclaimed=reclaimed, failed=failed)
 
     # --- runner registry ------------------------------------------------------------------------------------
@@ -338,14 +419,22 @@ class TaskStore:
             return output
         return encoded[-self.tail_bytes :].decode("utf-8", errors="ignore")
 
-    def _running_update(self, task_id: int, claim_token: int, values: dict[str, Any], action: str) -> dict[str, Any]:
-        return self._conditional_update(task_id, "running", values, action, claim_token)
-
     def _conditional_update(
-        self, task_id: int, needed: str, values: dict[str, Any], action: str, claim_token: int | None = None
+        self,
+        task_id: int,
+        needed: TaskStatus,
+        values: dict[str, Any],
+        action: str,
+        claim_token: int | None = None,
+        *,
+        count_attempt: bool = False,
     ) -> dict[str, Any]:
+        """One UPDATE that applies only in status ``needed`` (and the current claim); the move must be legal."""
+        new = values.get("status")
+        if new is not None and (needed, TaskStatus(new)) not in LEGAL_MOVES:
+            raise ValueError(f"{needed.value} -> {new} is not a legal move")
         keys = tuple(sorted(values))
-        statement = _update_statement(needed, claim_token is not None, keys)
+        statement = _update_statement(needed.value, claim_token is not None, keys, count_attempt)
         params = {"b_id": task_id, "b_token": claim_token, **{f"v_{k}": values[k] for k in keys}}
         with self._write() as conn:
             row = conn.execute(statement, params).first()
@@ -357,10 +446,12 @@ class TaskStore:
         if current is None:
             raise NotFound(f"task {task_id} not found")
         status, token = current
-        if claim_token is not None and status == "running" and token != claim_token:
+        if claim_token is not None and status == RUNNING and token != claim_token:
             raise Conflict(
                 f"cannot {action} task {task_id}: claim token {claim_token} is stale (current claim {token}); "
                 "the lease expired and the task was claimed again",
                 status,
             )
-        raise Conflict(f"cannot {action} task {task_id}: its status is {status}, {action} needs {needed}", status)
+        raise Conflict(
+            f"cannot {action} task {task_id}: its status is {status}, {action} needs {needed.value}", status
+        )
