@@ -53,9 +53,7 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print as JSON")) 
         return
     width = max(len(r["name"]) for r in rows)
     for r in rows:
-        marker = "*" if r["set"] else " "
-        typer.echo(f"{r['name']:<{width}} {marker} {r['value']!s:<28} {r['description']}")
-    typer.echo("\n* = set in the environment; the others are defaults")
+        typer.echo(f"{r['name']:<{width}} {r['value']!s:<28} [{r['source']}] {r['description']}")
 
 
 @app.command()

@@ -11,10 +11,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SECRET_FIELDS = frozenset({"coherence_api_token", "telegram_bot_token", "telegram_webhook_secret"})
+# Settings computed from others when not set themselves (Settings._derive); `coherence config` says so.
+DERIVED_FROM = {"agent_api_base": ("COHERENCE_API_HOST", "COHERENCE_API_PORT")}
 
 
 def parse_ids(value: str) -> frozenset[int]:
@@ -29,6 +31,7 @@ class Settings(BaseSettings):
     """Configuration read from the environment (and an optional ``.env`` file in the working directory)."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    _derived: set[str] = PrivateAttr(default_factory=set)
 
     # --- runtime folder and store -------------------------------------------------------------------------
     coherence_home: Path = Field(Path("var"), description="Runtime folder holding logs/, run/ and the SQLite db")
@@ -42,7 +45,10 @@ class Settings(BaseSettings):
     coherence_api_token: str = Field(
         "", description="Bearer token required on every mutating request; required for a non-loopback bind"
     )
-    agent_api_base: str = Field("http://127.0.0.1:8000", description="Base URL clients use to reach the API")
+    agent_api_base: str = Field(
+        "", description="Base URL clients use to reach the API; empty = derived from COHERENCE_API_HOST and "
+        "COHERENCE_API_PORT (so moving the API's port moves every client)"
+    )
     coherence_http_timeout: float = Field(10.0, gt=0, description="Seconds a client waits for one API response")
     coherence_http_retries: int = Field(
         5, ge=0, description="Retries a client makes on connection errors and 5xx before giving up"
@@ -202,6 +208,19 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown log level {value!r}")
         return level
 
+    @model_validator(mode="after")
+    def _derive(self) -> "Settings":
+        """Settings that follow from others are derived, never repeated: clients talk to the API's own address."""
+        if not self.agent_api_base:
+            host = self.coherence_api_host
+            if host in ("0.0.0.0", "::", ""):  # a wildcard bind answers on loopback too
+                host = "127.0.0.1"
+            elif ":" in host:
+                host = f"[{host}]"
+            self.agent_api_base = f"http://{host}:{self.coherence_api_port}"
+            self._derived.add("agent_api_base")
+        return self
+
     # --- derived paths --------------------------------------------------------------------------------------
     @property
     def home(self) -> Path:
@@ -234,21 +253,33 @@ class Settings(BaseSettings):
         for folder in (self.home, self.logs_dir, self.run_dir):
             folder.mkdir(parents=True, exist_ok=True)
 
+    def source_of(self, name: str) -> str:
+        """Where a value came from: environment, .env, derived (from which settings) or default."""
+        if name.upper() in {key.upper() for key in os.environ}:
+            return "environment"
+        if name in self._derived:
+            return "derived from " + " and ".join(DERIVED_FROM[name])
+        if name in self.model_fields_set:
+            return ".env"
+        return "default"
+
     def described(self) -> list[dict[str, Any]]:
-        """Every setting as {name, value, default, description}; secrets are masked."""
+        """Every setting as {name, value, default, source, description}; secrets are masked."""
         rows = []
         for name, field in type(self).model_fields.items():
             value = getattr(self, name)
             default = field.default
             if name in SECRET_FIELDS:
                 value = "***" if value else ""
+            source = self.source_of(name)
             rows.append(
                 {
                     "name": name.upper(),
                     "value": str(value) if isinstance(value, Path) else value,
                     "default": str(default) if isinstance(default, Path) else default,
+                    "source": source,
                     "description": field.description or "",
-                    "set": name.upper() in os.environ,
+                    "set": source in ("environment", ".env"),
                 }
             )
         return rows
