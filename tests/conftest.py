@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,16 +17,20 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the session. Missing binaries fail in CI and skip elsewhere."""
     if find_bindir() is None:
         message = "PostgreSQL binaries not found (apt-get install postgresql)"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-    server = PostgresServer(tmp_path_factory.mktemp("postgres")).start()
+    # Outside pytest's basetemp: pytest makes that folder private (0700) again whenever another session starts,
+    # which would lock the postgres user out of its data folder mid-run.
+    root = Path(tempfile.mkdtemp(prefix="coherence-pg-"))
+    server = PostgresServer(root).start()
     yield server
     server.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coherence_network.client import ApiClient, ApiNotFound
+from coherence_network.contract import SETTLED_STATUSES
 
 TASK_LOG = re.compile(r"^task_(\d+)\.log$")
-FINISHED = frozenset({"completed", "failed"})
 
 
 @dataclass
@@ -38,10 +38,10 @@ def clean_task_logs(logs_dir: Path, days: float, client: ApiClient, *, dry_run: 
     report = CleanupReport()
     for task_id, path in old_task_logs(logs_dir, days):
         try:
-            status = client.get_task(task_id)["status"]
+            finished = client.get_task(task_id).status in SETTLED_STATUSES
         except ApiNotFound:
-            status = "unknown"
-        if status not in FINISHED and status != "unknown":
+            finished = True  # unknown to the store: nothing can still write this log
+        if not finished:
             report.kept_unfinished.append(path.name)
             continue
         report.bytes_freed += path.stat().st_size

@@ -210,10 +210,10 @@ def status(
                 if show_log:
                     typer.echo(client.task_log(task_id, tail=lines), nl=False)
                     return
-                task = client.get_task(task_id)
+                task = client.get_task(task_id).model_dump(mode="json")
                 typer.echo(json.dumps(task, indent=2) if as_json else render_task(task))
                 return
-            report = client.pipeline_status()
+            pipeline = client.pipeline_status()
     except ApiNotFound as exc:
         typer.echo(f"no such task: {exc.detail}", err=True)
         raise typer.Exit(1) from exc
@@ -221,8 +221,9 @@ def status(
         typer.echo(f"the API at {settings.agent_api_base} is unreachable: {exc.detail}", err=True)
         typer.echo("read docs/RUNBOOK.md#pipeline-recovery", err=True)
         raise typer.Exit(1) from exc
+    report = pipeline.model_dump(mode="json")
     typer.echo(json.dumps(report, indent=2) if as_json else render_status(report))
-    raise typer.Exit(1 if report["attention"] else 0)
+    raise typer.Exit(1 if pipeline.attention else 0)
 
 
 @app.command()

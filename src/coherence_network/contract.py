@@ -8,13 +8,13 @@ guessed); with one module the store, the API, the client and every component can
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 
-class TaskStatus(str, Enum):
+class TaskStatus(StrEnum):
     """Where a task is in its life; the only moves between them are in LEGAL_MOVES."""
 
     PENDING = "pending"
@@ -23,11 +23,8 @@ class TaskStatus(str, Enum):
     FAILED = "failed"
     NEEDS_DECISION = "needs_decision"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class TaskType(str, Enum):
+class TaskType(StrEnum):
     """What kind of work a task is: the phases of a backlog item, a heal task, or a plain `run:` command."""
 
     SPEC = "spec"
@@ -36,9 +33,6 @@ class TaskType(str, Enum):
     REVIEW = "review"
     HEAL = "heal"
     RUN = "run"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 # Every legal move, and the action that makes it. Anything else is a conflict naming the current status.

@@ -92,7 +92,7 @@ def _api_part(settings: Settings, client: ApiClient, checks: list[Check], now: d
     checks.append(issues_check)
     try:
         runners = client.get("/api/agent/runners")["items"]
-        components = client.pipeline_status().get("components") or {}
+        components = {name: seen.model_dump() for name, seen in client.pipeline_status().components.items()}
     except ApiError as exc:
         checks.append(Check("components_seen", False, f"cannot list runners/components: {exc}", "read "
                             "var/logs/api.log", "#api-restart"))

@@ -23,6 +23,7 @@ from typing import Any
 
 from coherence_network import __version__
 from coherence_network.client import ApiClient, ApiError, ApiNotFound
+from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.logfiles import REGISTRY, write_json_atomic
 from coherence_network.settings import Settings
 from coherence_network.versioning import SOURCE_DIR, source_sha_on_disk
@@ -130,7 +131,7 @@ def _runner_not_seen(s: Snapshot, cfg: Settings) -> Finding:
     ages = [a for a in (age_seconds(s.now, r.get("last_seen")) for r in s.runners) if a is not None]
     if any(a <= cfg.monitor_runner_seen_seconds for a in ages):
         return None
-    work = s.counts["by_status"].get("pending", 0) + s.counts["by_status"].get("running", 0)
+    work = s.counts["by_status"].get(TaskStatus.PENDING, 0) + s.counts["by_status"].get(TaskStatus.RUNNING, 0)
     if not ages and not work:
         return None  # nothing set up yet, nothing to do
     last = f"last seen {min(ages):.0f} s ago" if ages else "never seen"
@@ -156,7 +157,7 @@ def _no_task_running(s: Snapshot, cfg: Settings) -> Finding:
     waited = age_seconds(s.now, s.oldest_pending.get("created_at")) or 0.0
     if waited < cfg.monitor_idle_minutes * 60:
         return None
-    pending = s.counts["by_status"].get("pending", 0) if s.counts else 1
+    pending = s.counts["by_status"].get(TaskStatus.PENDING, 0) if s.counts else 1
     return f"{pending} task(s) pending, nothing running; the oldest waits {waited / 60:.0f} min", \
         {"pending": pending, "oldest_task_id": s.oldest_pending["id"], "waited_seconds": round(waited, 1)}, \
         "agent_runner"
@@ -197,7 +198,7 @@ def _recent(s: Snapshot) -> list[dict[str, Any]]:
 
 def _repeated_failures(s: Snapshot, cfg: Settings) -> Finding:
     streak = _recent(s)[: cfg.pipeline_failure_streak]
-    if len(streak) < cfg.pipeline_failure_streak or any(t["status"] != "failed" for t in streak):
+    if len(streak) < cfg.pipeline_failure_streak or any(t["status"] != TaskStatus.FAILED for t in streak):
         return None
     return f"the last {len(streak)} finished tasks all failed", {"task_ids": [t["id"] for t in streak]}, None
 
@@ -215,8 +216,8 @@ def _low_success_rate(s: Snapshot, cfg: Settings) -> Finding:
 
 def _output_empty(s: Snapshot, _: Settings) -> Finding:
     # a `run:` command may be silent by design; an agent that says nothing is broken
-    empty = [t["id"] for t in _recent(s)
-             if t["status"] == "completed" and t.get("task_type") != "run" and not t.get("output_chars")]
+    empty = [t["id"] for t in _recent(s) if t["status"] == TaskStatus.COMPLETED
+             and t.get("task_type") != TaskType.RUN and not t.get("output_chars")]
     if not empty:
         return None
     return f"{len(empty)} recently completed agent task(s) produced no output", {"task_ids": empty}, None
@@ -327,6 +328,11 @@ def _optional(call: Callable[[], Any], errors: list[str], what: str) -> Any:
         return None
 
 
+def _tasks(client: ApiClient, errors: list[str], **filters: Any) -> dict[str, Any]:
+    """A page of tasks as plain JSON ({} when the API did not give it)."""
+    return _optional(lambda: client.list_tasks(**filters).model_dump(mode="json"), errors, "tasks") or {}
+
+
 def read_pipeline_version(settings: Settings) -> dict[str, Any] | None:
     try:
         return json.loads(REGISTRY["pipeline_version.json"].path(settings).read_text(encoding="utf-8"))
@@ -353,17 +359,16 @@ def collect(client: ApiClient, settings: Settings, tailer: LogTailer, source_dir
     if ready is not None and not ready.get("ready"):
         errors.append(f"ready: {ready.get('reason')}")
     s.running_shas["api"] = (_optional(lambda: client.get("/api/version"), errors, "version") or {}).get("git_sha")
-    s.counts = _optional(client.count_tasks, errors, "tasks/count")
-    s.running = (_optional(lambda: client.list_tasks(status="running", limit=500), errors, "tasks") or {}).get(
-        "items", [])
-    pending = _optional(lambda: client.list_tasks(status="pending", order="oldest", limit=1), errors, "tasks") or {}
+    # The snapshot is plain JSON (rules and tests read it as such; the report file is written from it).
+    s.counts = _optional(lambda: client.count_tasks().model_dump(mode="json"), errors, "tasks/count")
+    s.running = _tasks(client, errors, status=TaskStatus.RUNNING, limit=500).get("items", [])
+    pending = _tasks(client, errors, status=TaskStatus.PENDING, order="oldest", limit=1)
     s.oldest_pending = next(iter(pending.get("items", [])), None)
-    waiting = _optional(lambda: client.list_tasks(status="needs_decision", order="oldest", limit=1), errors,
-                        "tasks") or {}
+    waiting = _tasks(client, errors, status=TaskStatus.NEEDS_DECISION, order="oldest", limit=1)
     s.oldest_decision = next(iter(waiting.get("items", [])), None)
     s.decisions_waiting = waiting.get("total", 0)
     s.runners = (_optional(lambda: client.get("/api/agent/runners"), errors, "runners") or {}).get("items", [])
-    s.pipeline = _optional(client.pipeline_status, errors, "pipeline-status")
+    s.pipeline = _optional(lambda: client.pipeline_status().model_dump(mode="json"), errors, "pipeline-status")
     s.components = (s.pipeline or {}).get("components") or {}
     s.metrics = _optional(client.task_metrics, errors, "metrics")
     return s
@@ -480,7 +485,8 @@ class Monitor:
         by_status = (snapshot.counts or {}).get("by_status", {})
         log.info("STATUS %s api=%s running=%s pending=%s needs_decision=%s issues=%s",
                  "attention" if issues else "ok", "up" if snapshot.api_reachable else "down",
-                 by_status.get("running", "?"), by_status.get("pending", "?"), by_status.get("needs_decision", "?"),
+                 by_status.get(TaskStatus.RUNNING, "?"), by_status.get(TaskStatus.PENDING, "?"),
+                 by_status.get(TaskStatus.NEEDS_DECISION, "?"),
                  ",".join(current) or "-")
         return issues
 

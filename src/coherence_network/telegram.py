@@ -18,12 +18,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
+from coherence_network.contract import FatalIssue, MonitorIssue, Task, TaskStatus
 from coherence_network.logfiles import RUN_FILES, write_json_atomic
 from coherence_network.settings import Settings
 from coherence_network.status_view import render_task
@@ -32,7 +34,6 @@ log = logging.getLogger("coherence.telegram")
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_TEXT = 4000  # Telegram's limit is 4096 UTF-16 units; leave room
-TASK_STATUSES = ("pending", "running", "needs_decision", "completed", "failed")
 HIGH_SEVERITIES = frozenset({"high", "critical", "fatal"})
 BACKOFF_START = 0.5
 BACKOFF_MAX = 60.0
@@ -207,35 +208,20 @@ class BotApi:
 
 
 # --- commands -----------------------------------------------------------------------------------------------
-def _optional(client: ApiClient, path: str) -> Any | None:
-    """An endpoint another part of the system may not serve yet: None on 404, so that part of a reply is skipped."""
-    try:
-        return client.get(path)
-    except ApiNotFound:
-        return None
+def issue_line(issue: MonitorIssue | FatalIssue) -> str:
+    """One line per issue: a monitor issue by its rule and severity, a fatal issue by its component."""
+    if isinstance(issue, FatalIssue):
+        return f"[{issue.component}] {issue.reason}"
+    return f"[{issue.rule}] ({issue.severity}) {issue.message}"
 
 
-def issues(payload: Any) -> list[dict[str, Any]]:
-    """Issues as the monitor endpoints give them: a list, or an object holding one under ``issues`` or ``items``."""
-    if isinstance(payload, dict):
-        payload = payload.get("issues", payload.get("items"))
-    return [i for i in payload if isinstance(i, dict)] if isinstance(payload, list) else []
+def _about(task: Task) -> str:
+    item = (task.context or {}).get("item")
+    return " ".join(str(item or task.direction).split())[:80]
 
 
-def issue_line(issue: dict[str, Any]) -> str:
-    what = issue.get("code") or issue.get("component") or issue.get("id") or "issue"
-    text = issue.get("message") or issue.get("reason") or issue.get("title") or ""
-    severity = f" ({issue['severity']})" if issue.get("severity") else ""
-    return f"[{what}]{severity} {text}".strip()
-
-
-def _about(task: dict[str, Any]) -> str:
-    item = (task.get("context") or {}).get("item") if isinstance(task.get("context"), dict) else None
-    return " ".join(str(item or task.get("direction") or "").split())[:80]
-
-
-def _waiting_line(task: dict[str, Any]) -> str:
-    return f"#{task['id']}: {task.get('decision_prompt') or '?'} -> /reply {task['id']} <decision>"
+def _waiting_line(task: Task) -> str:
+    return f"#{task.id}: {task.decision_prompt or '?'} -> /reply {task.id} <decision>"
 
 
 class Commands:
@@ -291,41 +277,39 @@ class Commands:
 
     def _status(self, _args: str, _msg: Incoming) -> str:
         counts = self.client.count_tasks()
-        by_status = ", ".join(f"{s} {n}" for s, n in counts.get("by_status", {}).items() if n)
-        lines = [f"Tasks: {counts.get('total', 0)}" + (f" ({by_status})" if by_status else "")]
-        running = self.client.list_tasks(status="running", order="oldest", limit=SHOWN)["items"]
-        lines += [f"Running #{t['id']} {t['task_type']}: {t.get('current_step') or _about(t)}" for t in running]
-        waiting = self.client.list_tasks(status="needs_decision", order="oldest", limit=SHOWN)
-        if waiting["total"]:
-            lines.append(f"Waiting for a decision: {waiting['total']}")
-            lines += [f"  {_waiting_line(t)}" for t in waiting["items"]]
-        report = _optional(self.client, "/api/agent/pipeline-status")
-        if report is not None:
-            runners = report.get("runners") or []
-            manager = report.get("project_manager")
-            seen = sum(1 for r in runners if r.get("seen"))
-            state = "never seen" if not manager else "seen" if manager.get("seen") else "STALE"
-            lines.append(f"Runners seen: {seen} of {len(runners)}; project manager: {state}")
-            flags = [f for f in report.get("attention") or [] if f.get("code") != "needs_decision"]
-            lines.append("Attention:" + ("" if flags else " none"))
-            lines += [f"  [{f['code']}] {f['message']}" for f in flags]
+        by_status = ", ".join(f"{s} {n}" for s, n in counts.by_status.items() if n)
+        lines = [f"Tasks: {counts.total}" + (f" ({by_status})" if by_status else "")]
+        running = self.client.list_tasks(status=TaskStatus.RUNNING, order="oldest", limit=SHOWN).items
+        lines += [f"Running #{t.id} {t.task_type}: {t.current_step or _about(t)}" for t in running]
+        waiting = self.client.list_tasks(status=TaskStatus.NEEDS_DECISION, order="oldest", limit=SHOWN)
+        if waiting.total:
+            lines.append(f"Waiting for a decision: {waiting.total}")
+            lines += [f"  {_waiting_line(t)}" for t in waiting.items]
+        report = self.client.pipeline_status()
+        manager = report.project_manager
+        seen = sum(1 for r in report.runners if r.seen)
+        state = "never seen" if not manager else "seen" if manager.seen else "STALE"
+        lines.append(f"Runners seen: {seen} of {len(report.runners)}; project manager: {state}")
+        flags = [f for f in report.attention if f.code != "needs_decision"]
+        lines.append("Attention:" + ("" if flags else " none"))
+        lines += [f"  [{f.code}] {f.message}" for f in flags]
         return "\n".join(lines)
 
     def _tasks(self, args: str, _msg: Incoming) -> str:
         status = args.strip().lower() or None
-        if status is not None and status not in TASK_STATUSES:
-            return f"Unknown status {status!r}; use one of: {', '.join(TASK_STATUSES)}."
+        if status is not None and status not in set(TaskStatus):
+            return f"Unknown status {status!r}; use one of: {', '.join(TaskStatus)}."
         page = self.client.list_tasks(status=status, limit=SHOWN)
-        if not page["items"]:
+        if not page.items:
             return "No tasks" + (f" with status {status}." if status else ".")
-        head = f"{page['total']} tasks" + (f" {status}" if status else "") + " (newest first):"
-        return "\n".join([head] + [f"#{t['id']} {t['task_type']} {t['status']}: {_about(t)}" for t in page["items"]])
+        head = f"{page.total} tasks" + (f" {status}" if status else "") + " (newest first):"
+        return "\n".join([head] + [f"#{t.id} {t.task_type} {t.status}: {_about(t)}" for t in page.items])
 
     def _task(self, args: str, _msg: Incoming) -> str:
         if not args.isdigit():
             return "Usage: /task <id>"
         try:
-            return render_task(self.client.get_task(int(args)))
+            return render_task(self.client.get_task(int(args)).model_dump(mode="json"))
         except ApiNotFound:
             return f"No task #{args}."
 
@@ -340,7 +324,7 @@ class Commands:
         except ApiNotFound:
             return f"No task #{task_id}; nothing changed."
         except ApiConflict:
-            status = self.client.get_task(task_id)["status"]
+            status = self.client.get_task(task_id).status
             return f"Task #{task_id} does not wait for a decision (its status is {status}); nothing changed."
         log.info("decision recorded for task %s by %s", task_id, who)
         return (f"Decision recorded for task #{task_id} by {who}: {decision}\n"
@@ -348,16 +332,14 @@ class Commands:
 
     def _attention(self, _args: str, _msg: Incoming) -> str:
         lines: list[str] = []
-        for title, path in (("Fatal issues", "/api/agent/fatal-issues"),
-                            ("Monitor issues", "/api/agent/monitor-issues")):
-            payload = _optional(self.client, path)
-            if payload is not None:
-                found = issues(payload)
-                lines.append(f"{title}: {len(found) or 'none'}")
-                lines += [f"  {issue_line(i)}" for i in found[:SHOWN]]
-        waiting = self.client.list_tasks(status="needs_decision", order="oldest", limit=SHOWN)
-        lines.append(f"Waiting for a decision: {waiting['total'] or 'none'}")
-        lines += [f"  {_waiting_line(t)}" for t in waiting["items"]]
+        found: list[MonitorIssue] | list[FatalIssue]
+        for title, found in (("Fatal issues", self.client.fatal_issues().items),
+                             ("Monitor issues", self.client.monitor_issues().issues)):
+            lines.append(f"{title}: {len(found) or 'none'}")
+            lines += [f"  {issue_line(i)}" for i in found[:SHOWN]]
+        waiting = self.client.list_tasks(status=TaskStatus.NEEDS_DECISION, order="oldest", limit=SHOWN)
+        lines.append(f"Waiting for a decision: {waiting.total or 'none'}")
+        lines += [f"  {_waiting_line(t)}" for t in waiting.items]
         return "\n".join(lines)
 
 
@@ -467,20 +449,20 @@ class Sender:
 
 
 # --- notifications ------------------------------------------------------------------------------------------
-def _decision_alert(task: dict[str, Any]) -> str:
-    return (f"Task #{task['id']} ({task['task_type']}: {_about(task)}) needs a decision:\n"
-            f"{task.get('decision_prompt') or '?'}\n\nAnswer with:\n/reply {task['id']} <decision>")
+def _decision_alert(task: Task) -> str:
+    return (f"Task #{task.id} ({task.task_type}: {_about(task)}) needs a decision:\n"
+            f"{task.decision_prompt or '?'}\n\nAnswer with:\n/reply {task.id} <decision>")
 
 
-def _failure_alert(task: dict[str, Any]) -> str:
-    tail = (task.get("output") or "").strip()[-300:]
-    return (f"Task #{task['id']} ({task['task_type']}: {_about(task)}) failed for good "
-            f"(exit {task.get('exit_code')}, attempt {task.get('attempts')}/{task.get('max_attempts')})."
-            + (f"\nLast output:\n{tail}" if tail else "") + f"\nDetails: /task {task['id']}")
+def _failure_alert(task: Task) -> str:
+    tail = (task.output or "").strip()[-300:]
+    return (f"Task #{task.id} ({task.task_type}: {_about(task)}) failed for good "
+            f"(exit {task.exit_code}, {task.attempts} failed attempt(s) of {task.max_attempts} allowed)."
+            + (f"\nLast output:\n{tail}" if tail else "") + f"\nDetails: /task {task.id}")
 
 
-def _issue_key(issue: dict[str, Any], *fields: str) -> str:
-    return "|".join(str(issue.get(f, "")) for f in fields)
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat() if moment else ""
 
 
 class Notifier:
@@ -499,16 +481,13 @@ class Notifier:
         """(key, text) of everything alert-worthy now, and keys of past failures to remember silently on the
         first run (history from before the bot existed is not news)."""
         found: list[tuple[str, str]] = []
-        waiting = self.client.list_tasks(status="needs_decision", order="oldest", limit=500)["items"]
-        found += [(f"decision:{t['id']}:{t['updated_at']}", _decision_alert(t)) for t in waiting]
-        fatal = issues(_optional(self.client, "/api/agent/fatal-issues"))
-        found += [(f"fatal:{_issue_key(i, 'id', 'component', 'code', 'at', 'first_seen')}", f"FATAL: {issue_line(i)}")
-                  for i in fatal]
-        monitor = issues(_optional(self.client, "/api/agent/monitor-issues"))
-        found += [(f"monitor:{_issue_key(i, 'id', 'code')}", f"Monitor issue: {issue_line(i)}")
-                  for i in monitor if str(i.get("severity", "")).lower() in HIGH_SEVERITIES]
-        failed = self.client.list_tasks(status="failed", order="newest", limit=50)["items"]
-        failures = [(f"failed:{t['id']}:{t['finished_at']}", _failure_alert(t)) for t in reversed(failed)]
+        waiting = self.client.list_tasks(status=TaskStatus.NEEDS_DECISION, order="oldest", limit=500).items
+        found += [(f"decision:{t.id}:{_when(t.updated_at)}", _decision_alert(t)) for t in waiting]
+        found += [(f"fatal:{i.id}:{_when(i.at)}", f"FATAL: {issue_line(i)}") for i in self.client.fatal_issues().items]
+        found += [(f"monitor:{i.id}:{i.rule}", f"Monitor issue: {issue_line(i)}")
+                  for i in self.client.monitor_issues().issues if i.severity.lower() in HIGH_SEVERITIES]
+        failed = self.client.list_tasks(status=TaskStatus.FAILED, order="newest", limit=50).items
+        failures = [(f"failed:{t.id}:{_when(t.finished_at)}", _failure_alert(t)) for t in reversed(failed)]
         if self.state.primed:
             return found + failures, []
         return found, [key for key, _ in failures]

@@ -82,9 +82,9 @@ def ask_as_runner(client: ApiClient, question: str) -> int:
     """Drive one task to needs_decision the way a runner does: create, claim, finish with the question."""
     created = client.create_task(f"decide: {question}", "run", command="true")
     task = client.claim("test-runner")
-    assert task is not None and task["id"] == created["id"]
-    client.finish(task["id"], task["claim_token"], "needs_decision", decision_prompt=question)
-    return int(task["id"])
+    assert task is not None and task.id == created.id
+    client.finish(task.id, task.claim_token, "needs_decision", decision_prompt=question)
+    return task.id
 
 
 def has_text(fake: FakeTelegram, chat: int, *parts: str) -> bool:
@@ -101,7 +101,7 @@ def test_decision_answered_from_telegram_reruns_the_task(api_process: ApiProcess
     client = ApiClient(api_process.url, token="", retries=0)
     runner = RunnerProcess(api_process.home, api_process.url, "--interval", "0.1").start()
     try:
-        task_id = client.create_task("ask before shipping", "run", command=ASK)["id"]
+        task_id = client.create_task("ask before shipping", "run", command=ASK).id
         bot = start_bot(bots, api_process, fake)
         wait_until(lambda: has_text(fake, GROUP, "Ship it?", f"/reply {task_id} <decision>"), 30, "the question")
 
@@ -116,7 +116,7 @@ def test_decision_answered_from_telegram_reruns_the_task(api_process: ApiProcess
                                    "sticker": {"file_id": "x"}}}),
         ]
         wait_until(lambda: seen_by_bot(fake, ignored[-1]), 20, "the bot to read the ignored updates")
-        assert client.get_task(task_id)["status"] == "needs_decision"
+        assert client.get_task(task_id).status == "needs_decision"
         assert fake.texts(STRANGER) == [] and fake.texts(-555) == [] and fake.texts(USER) == []
 
         fake.message(USER, "/frobnicate")
@@ -127,9 +127,9 @@ def test_decision_answered_from_telegram_reruns_the_task(api_process: ApiProcess
         fake.message(USER, f"/reply {task_id} yes")
         wait_until(lambda: has_text(fake, USER, f"Decision recorded for task #{task_id} by telegram:{USER}: yes"), 20,
                    "the confirmation")
-        wait_until(lambda: client.get_task(task_id)["status"] == "completed", 30, "the rerun")
+        wait_until(lambda: client.get_task(task_id).status == "completed", 30, "the rerun")
         done = client.get_task(task_id)
-        assert (done["decision"], done["decided_by"], done["output"]) == ("yes", f"telegram:{USER}", "decided: yes\n")
+        assert (done.decision, done.decided_by, done.output) == ("yes", f"telegram:{USER}", "decided: yes\n")
 
         fake.message(USER, f"/reply {task_id} again")
         wait_until(lambda: has_text(fake, USER, f"Task #{task_id} does not wait for a decision"), 20, "the refusal")
@@ -167,7 +167,7 @@ def test_webhook_needs_the_secret(tmp_path: Path, fake: FakeTelegram, bots: list
         for headers in ({}, {"X-Telegram-Bot-Api-Secret-Token": secret + "x"}, {"X-Telegram-Bot-Api-Secret-Token": ""}):
             answer = httpx.post(hook, json=reply, headers=headers)
             assert answer.status_code == 401, headers
-        assert client.get_task(task_id)["status"] == "needs_decision"
+        assert client.get_task(task_id).status == "needs_decision"
 
         right = {"X-Telegram-Bot-Api-Secret-Token": secret}
         stranger = {**reply, "message": {**reply["message"], "from": {"id": STRANGER},
@@ -177,7 +177,7 @@ def test_webhook_needs_the_secret(tmp_path: Path, fake: FakeTelegram, bots: list
             assert (answer.status_code, answer.json()) == (200, {})
         not_json = httpx.post(hook, content=b"{not json", headers={**right, "Content-Type": "application/json"})
         assert (not_json.status_code, not_json.json()) == (200, {})
-        assert client.get_task(task_id)["status"] == "needs_decision"
+        assert client.get_task(task_id).status == "needs_decision"
 
         answer = httpx.post(hook, json=reply, headers=right)
         assert answer.status_code == 200
@@ -185,7 +185,7 @@ def test_webhook_needs_the_secret(tmp_path: Path, fake: FakeTelegram, bots: list
         assert body["method"] == "sendMessage" and body["chat_id"] == USER
         assert f"Decision recorded for task #{task_id} by telegram:{USER}: yes" in body["text"]
         task = client.get_task(task_id)
-        assert (task["status"], task["decision"], task["decided_by"]) == ("pending", "yes", f"telegram:{USER}")
+        assert (task.status, task.decision, task.decided_by) == ("pending", "yes", f"telegram:{USER}")
         assert fake.calls_of("getUpdates") == []
         log = (api.home / "logs" / "telegram.log").read_text()
         assert "webhook call from 127.0.0.1 refused: wrong secret" in log and "refused: missing secret" in log

@@ -55,7 +55,7 @@ def test_drill_api_restart_keeps_the_data(runbook: Runbook, drill: Drill, api: A
     assert new_pid != old_pid
     with ApiClient(api.url, token="") as client:
         for task in created:
-            assert client.get_task(task["id"])["direction"] == task["direction"]
+            assert client.get_task(task["id"]).direction == task["direction"]
 
 
 def test_drill_cleanup_removes_only_old_logs_of_finished_tasks(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
@@ -64,40 +64,42 @@ def test_drill_cleanup_removes_only_old_logs_of_finished_tasks(runbook: Runbook,
         running = client.create_task("running", "run")
         fresh = client.create_task("fresh", "run")
         claim = client.claim("drill")
-        client.finish(claim["id"], claim["claim_token"], "completed", exit_code=0)
+        client.finish(claim.id, claim.claim_token, "completed", exit_code=0)
         client.claim("drill")  # `running` stays running
         claim = client.claim("drill")
-        client.finish(claim["id"], claim["claim_token"], "failed", exit_code=1)
+        client.finish(claim.id, claim.claim_token, "failed", exit_code=1)
     logs = drill.home / "logs"
     old = time.time() - 30 * 86400
     for task in (finished, running, fresh):
-        path = logs / f"task_{task['id']}.log"
+        path = logs / f"task_{task.id}.log"
         path.write_text("output\n")
         if task is not fresh:
             os.utime(path, (old, old))
     dry_run, real_run = runbook.drill("cleanup").commands()
     assert "--dry-run" in dry_run
-    assert f"would remove task_{finished['id']}.log" in drill.run(dry_run).stdout
-    assert (logs / f"task_{finished['id']}.log").exists()  # --dry-run removed nothing
-    assert f"removed task_{finished['id']}.log" in drill.run(real_run).stdout
-    assert not (logs / f"task_{finished['id']}.log").exists()
-    assert (logs / f"task_{running['id']}.log").exists() and (logs / f"task_{fresh['id']}.log").exists()
+    assert f"would remove task_{finished.id}.log" in drill.run(dry_run).stdout
+    assert (logs / f"task_{finished.id}.log").exists()  # --dry-run removed nothing
+    assert f"removed task_{finished.id}.log" in drill.run(real_run).stdout
+    assert not (logs / f"task_{finished.id}.log").exists()
+    assert (logs / f"task_{running.id}.log").exists() and (logs / f"task_{fresh.id}.log").exists()
 
 
 def test_drill_unblock_decision_with_the_documented_curl(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
     with ApiClient(api.url, token="") as client:
         task = client.create_task("deploy", "run", command="true")
         claim = client.claim("drill")
-        client.finish(task["id"], claim["claim_token"], "needs_decision", decision_prompt="Deploy to prod?")
+        client.finish(task.id, claim.claim_token, "needs_decision", decision_prompt="Deploy to prod?")
         listing, answer = runbook.drill("unblock-decision").commands()
-        assert drill.run(listing).stdout == f"{task['id']}\tDeploy to prod?\n"
+        assert drill.run(listing).stdout == f"{task.id}\tDeploy to prod?\n"
         assert "{id}" in answer
-        answered = json.loads(drill.run(answer.replace("{id}", str(task["id"]))).stdout)
+        answered = json.loads(drill.run(answer.replace("{id}", str(task.id))).stdout)
         assert answered["status"] == "pending" and answered["decision"] == "yes"
-        assert client.get_task(task["id"])["decided_by"] == "api"
-        again = drill.run(answer.replace("{id}", str(task["id"])), check=False)
-        assert again.returncode != 0  # 409: the task no longer waits; curl -f fails, nothing changed
-        assert client.get_task(task["id"])["decision"] == "yes"
+        assert client.get_task(task.id).decided_by == "api"
+        again = json.loads(drill.run(answer.replace("{id}", str(task.id))).stdout)  # a repeat is safe
+        assert again["decided_at"] == answered["decided_at"]
+        other = drill.run(answer.replace("{id}", str(task.id)).replace('"yes"', '"no"'), check=False)
+        assert other.returncode != 0  # 409: the task no longer waits; curl -f fails, nothing changed
+        assert client.get_task(task.id).decision == "yes"
 
 
 def test_drill_check_pipeline_json_is_parsed_by_jq(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
@@ -105,7 +107,7 @@ def test_drill_check_pipeline_json_is_parsed_by_jq(runbook: Runbook, drill: Dril
         for i in range(3):
             client.create_task(f"t{i}", "run", command="true")
         claim = client.claim("drill")
-        client.finish(claim["id"], claim["claim_token"], "failed", exit_code=1)
+        client.finish(claim.id, claim.claim_token, "failed", exit_code=1)
     (command,) = runbook.drill("check-pipeline-json").commands()
     counts = json.loads(drill.run(command).stdout)
     assert counts == {"pending": 2, "running": 0, "completed": 0, "failed": 1, "needs_decision": 0}
@@ -138,14 +140,14 @@ def test_drill_recovery_after_the_runner_is_killed(runbook: Runbook, tmp_path: P
             wait_until(lambda: marker.exists(), 30, "task started")
             runner.signal(signal.SIGKILL)
             runner.wait()
-            wait_until(lambda: client.get_task(task["id"])["status"] == "pending", 30, "lease expired")
+            wait_until(lambda: client.get_task(task.id).status == "pending", 30, "lease expired")
             (check,) = runbook.drill("runner-died-check").commands()
             wait_until(lambda: "[ACTION] runner_seen" in drill.run(check, check=False).stdout, 30, "doctor names it")
             checked = drill.run(check, check=False)
             assert checked.returncode == 1 and "coherence runner" in checked.stdout
             drill.run_block(runbook.drill("runner-restart"))
-            wait_until(lambda: client.get_task(task["id"])["status"] == "completed", 60, "documented restart finishes it")
-            assert client.get_task(task["id"])["attempts"] == 2
+            wait_until(lambda: client.get_task(task.id).status == "completed", 60, "documented restart finishes it")
+            assert client.get_task(task.id).attempts == 1  # the expired lease; completing uses none
     finally:
         runner.stop()
         drill.close()

@@ -3,25 +3,20 @@ the persisted state and token redaction."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from coherence_network.client import ApiNotFound
 from coherence_network.settings import Settings
 from coherence_network.telegram import (
-    REMEMBER_SECONDS,
     BotApi,
     BotState,
     Command,
     Commands,
     Incoming,
-    Notifier,
     TelegramError,
     TokenBucket,
-    issues,
     parse_command,
     read_update,
     webhook_secret,
@@ -165,92 +160,8 @@ def test_bot_api_errors_never_contain_the_token() -> None:
     assert api._redact(f"POST http://x/bot{token}/sendMessage") == "POST http://x/bot<token>/sendMessage"
 
 
-def test_issue_lists_in_either_shape() -> None:
-    one = {"code": "stuck", "severity": "high", "message": "m"}
-    assert issues([one]) == issues({"issues": [one]}) == issues({"items": [one, "junk"]}) == [one]
-    assert issues(None) == issues({"detail": "Not Found"}) == []
-
-
 def test_retryable_errors() -> None:
     assert TelegramError("m", 429, "slow down", 3).retryable
     assert TelegramError("m", 502, "bad gateway").retryable
     assert not TelegramError("m", 400, "chat not found").retryable
     assert not TelegramError("m", 403, "bot was blocked").retryable
-
-
-class FakeApi:
-    """The few reads the notifier makes; endpoints not in ``paths`` answer 404 like an API without them."""
-
-    def __init__(self) -> None:
-        self.by_status: dict[str, list[dict[str, Any]]] = {"needs_decision": [], "failed": []}
-        self.paths: dict[str, Any] = {}
-
-    def list_tasks(self, status: str, **_: Any) -> dict[str, Any]:
-        items = self.by_status.get(status, [])
-        return {"items": list(items), "total": len(items)}
-
-    def get(self, path: str) -> Any:
-        if path not in self.paths:
-            raise ApiNotFound(404, "Not Found", "GET", path)
-        return self.paths[path]
-
-
-def _task(task_id: int, status: str, **fields: Any) -> dict[str, Any]:
-    return {"id": task_id, "task_type": "impl", "status": status, "direction": f"item {task_id}", "context": None,
-            "updated_at": f"u{task_id}", "finished_at": f"f{task_id}", "exit_code": 1, "attempts": 3,
-            "max_attempts": 3, "output": "boom", **fields}
-
-
-def _texts(state: BotState) -> list[str]:
-    return [m["text"] for m in state.outbox]
-
-
-def test_notifier_alerts_once_skips_history_and_missing_endpoints(tmp_path: Path) -> None:
-    api = FakeApi()
-    api.by_status["failed"] = [_task(1, "failed")]
-    api.by_status["needs_decision"] = [_task(2, "needs_decision", decision_prompt="Ship it?")]
-    state = BotState(tmp_path / "state.json")
-    notifier = Notifier(Settings(telegram_chat_ids="-100"), api, state)  # type: ignore[arg-type]
-    notifier.run_once()
-    assert len(state.outbox) == 1 and "Ship it?" in state.outbox[0]["text"]
-    assert "/reply 2 <decision>" in state.outbox[0]["text"] and state.outbox[0]["chat_id"] == -100
-    notifier.run_once()
-    assert len(state.outbox) == 1  # nothing twice
-
-    api.by_status["failed"].insert(0, _task(3, "failed", exit_code=4))
-    api.paths["/api/agent/monitor-issues"] = {"issues": [{"code": "stuck", "severity": "high", "message": "stuck 2h"},
-                                                         {"code": "slow", "severity": "low", "message": "meh"}]}
-    api.paths["/api/agent/fatal-issues"] = [{"component": "runner", "reason": "crashed 5 times", "at": "t"}]
-    notifier.run_once()
-    new = _texts(state)[1:]
-    assert len(new) == 3
-    assert new[0] == "FATAL: [runner] crashed 5 times"
-    assert new[1] == "Monitor issue: [stuck] (high) stuck 2h"
-    assert "Task #3 (impl: item 3) failed for good (exit 4" in new[2] and "/task 3" in new[2]
-    notifier.run_once()
-    assert len(state.outbox) == 4
-    assert BotState(tmp_path / "state.json").notified.keys() == state.notified.keys()  # persisted
-
-
-def test_notifier_rate_limit_defers_alerts_and_forgets_old_conditions(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    api = FakeApi()
-    api.by_status["needs_decision"] = [_task(n, "needs_decision", decision_prompt=f"Q{n}?") for n in (1, 2, 3)]
-    state = BotState(tmp_path / "state.json")
-    notifier = Notifier(Settings(telegram_chat_ids="-100"), api, state)  # type: ignore[arg-type]
-    now = [0.0]
-    notifier.buckets[-100] = TokenBucket(2, 1 / 60, clock=lambda: now[0])
-    notifier.run_once()
-    assert [t.split("\n")[1] for t in _texts(state)] == ["Q1?", "Q2?"]
-    notifier.run_once()
-    assert len(state.outbox) == 2  # held back, not dropped
-    now[0] += 60
-    notifier.run_once()
-    assert [t.split("\n")[1] for t in _texts(state)] == ["Q1?", "Q2?", "Q3?"]
-
-    # A condition that is gone long enough is forgotten, so it is news again when it returns.
-    api.by_status["needs_decision"] = []
-    clock = [time.time() + REMEMBER_SECONDS + 1]
-    monkeypatch.setattr("coherence_network.telegram.time.time", lambda: clock[0])
-    notifier.run_once()
-    assert state.notified == {}
