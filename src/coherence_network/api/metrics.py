@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from coherence_network.contract import TaskStatus
 from coherence_network.store.schema import runners, tasks
 from coherence_network.store.tasks import TaskStore, utcnow
 
@@ -32,7 +33,7 @@ class QueueCollector(Collector):
         now = utcnow()
         with self.store.engine.connect() as conn:
             oldest: datetime | None = conn.execute(
-                sa.select(sa.func.min(tasks.c.created_at)).where(tasks.c.status == "pending")
+                sa.select(sa.func.min(tasks.c.created_at)).where(tasks.c.status == TaskStatus.PENDING)
             ).scalar()
             last_seen = [r[0] for r in conn.execute(sa.select(runners.c.last_seen))]
         if oldest is not None and oldest.tzinfo is None:  # func.min bypasses the column type on SQLite

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
+from coherence_network.contract import TaskStatus
 from coherence_network.logfiles import REGISTRY
 from coherence_network.settings import Settings
 from coherence_network.store import ops_issues
@@ -142,7 +143,7 @@ def goal_proximity(
         progress = backlog["done"] / backlog["items"]
     else:
         total = counts.get("total", 0)
-        progress = counts.get("by_status", {}).get("completed", 0) / total if total else 0.0
+        progress = counts.get("by_status", {}).get(TaskStatus.COMPLETED, 0) / total if total else 0.0
     success = 1.0 if success_rate is None else success_rate
     health = 0.0 if fatal else (0.5 if open_issues else 1.0)
     value = round(0.6 * progress + 0.25 * success + 0.15 * health, 3)

@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from coherence_network.api.metrics import RUNNER_SEEN_SECONDS
+from coherence_network.contract import TaskStatus
 from coherence_network.logfiles import task_log_path
 from coherence_network.settings import Settings
 from coherence_network.store.stats import Limits, pipeline_snapshot, task_metrics
@@ -116,9 +117,9 @@ def attention(
     if stuck:
         flag("stuck", f"{len(stuck)} task(s) running longer than {settings.pipeline_stuck_minutes:g} min", stuck)
     streak = snapshot["recent"][: settings.pipeline_failure_streak]
-    if len(streak) == settings.pipeline_failure_streak and all(t["status"] == "failed" for t in streak):
+    if len(streak) == settings.pipeline_failure_streak and all(t["status"] == TaskStatus.FAILED for t in streak):
         flag("repeated_failures", f"the last {len(streak)} finished tasks all failed", [t["id"] for t in streak])
-    empty = [t["id"] for t in snapshot["recent"] if t["status"] == "completed" and not t["output_chars"]]
+    empty = [t["id"] for t in snapshot["recent"] if t["status"] == TaskStatus.COMPLETED and not t["output_chars"]]
     if empty:
         flag("empty_output", f"{len(empty)} recently completed task(s) produced no output", empty)
     rate = snapshot["success_24h"]

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from coherence_network.contract import TaskStatus
 from coherence_network.store.schema import fatal_issues, monitor_issues, tasks
 from coherence_network.store.tasks import utcnow
 
@@ -106,7 +107,7 @@ def completed_per_day(engine: Engine, now: datetime | None = None, days: int = 7
     with engine.connect() as conn:
         rows = conn.execute(
             sa.select(tasks.c.finished_at).where(
-                tasks.c.finished_at.between(start, now), tasks.c.status == "completed"
+                tasks.c.finished_at.between(start, now), tasks.c.status == TaskStatus.COMPLETED
             )
         )
         for (finished,) in rows:

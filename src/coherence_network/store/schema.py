@@ -63,6 +63,10 @@ tasks = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=True),
     sa.Column("finished_at", UTCDateTime, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("idempotency_key", sa.String(200), nullable=True),
+    sa.Column("claim_request_id", sa.String(100), nullable=True),
+    sa.Index("ix_tasks_idempotency_key", "idempotency_key", unique=True),
+    sa.Index("ix_tasks_claim_request_id", "claim_request_id"),
     sa.Index("ix_tasks_claim_order", "status", sa.desc("priority"), "id"),  # the claim's ORDER BY, no sort
     sa.Index("ix_tasks_status_lease", "status", "lease_expires_at"),
     sa.Index("ix_tasks_type_status", "task_type", "status"),

@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from coherence_network.contract import TaskStatus
 from coherence_network.store.schema import UTCDateTime, tasks
 from coherence_network.store.tasks import utcnow
 
@@ -187,7 +188,7 @@ def pipeline_snapshot(engine: Engine, now: datetime, limits: Limits, recent_at_l
             dict(r._mapping)
             for r in conn.execute(
                 sa.select(*_SUMMARY_COLUMNS)
-                .where(tasks.c.status == "running")
+                .where(tasks.c.status == TaskStatus.RUNNING)
                 .order_by(tasks.c.started_at.asc())
                 .limit(limits.running)
             )
@@ -197,7 +198,7 @@ def pipeline_snapshot(engine: Engine, now: datetime, limits: Limits, recent_at_l
             task_type: {"count": int(n), "oldest_wait_seconds": _age(now, oldest)}
             for task_type, n, oldest in conn.execute(
                 sa.select(tasks.c.task_type, sa.func.count(), oldest_created)
-                .where(tasks.c.status == "pending")
+                .where(tasks.c.status == TaskStatus.PENDING)
                 .group_by(tasks.c.task_type)
             )
         }
@@ -205,7 +206,7 @@ def pipeline_snapshot(engine: Engine, now: datetime, limits: Limits, recent_at_l
             dict(r._mapping)
             for r in conn.execute(
                 sa.select(*_SUMMARY_COLUMNS, tasks.c.decision_prompt)
-                .where(tasks.c.status == "needs_decision")
+                .where(tasks.c.status == TaskStatus.NEEDS_DECISION)
                 .order_by(tasks.c.id.asc())
                 .limit(limits.needs_decision)
             )
