@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from coherence_network.contract import TaskStatus
+from coherence_network.contract import FatalIssueList, MonitorIssueList, TaskStatus
 from coherence_network.logfiles import REGISTRY
 from coherence_network.settings import Settings
 from coherence_network.store import ops_issues
@@ -27,7 +27,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class MonitorIssue(Strict):
+class ReportedIssue(Strict):
     rule: str = Field(min_length=1, max_length=64)
     severity: str = Field(min_length=1, max_length=16)
     message: str = Field(min_length=1, max_length=5000)
@@ -39,7 +39,7 @@ class MonitorIssue(Strict):
 
 class MonitorIssues(Strict):
     host: str = Field(min_length=1, max_length=255)
-    issues: list[MonitorIssue] = Field(max_length=100, description="Every issue open now; others are resolved")
+    issues: list[ReportedIssue] = Field(max_length=100, description="Every issue open now; others are resolved")
 
 
 class FatalIssue(Strict):
@@ -62,7 +62,7 @@ async def post_monitor_issues(body: MonitorIssues, request: Request) -> dict[str
     return await run_in_threadpool(ops_issues.replace_monitor_issues, _store(request).engine, issues, body.host)
 
 
-@router.get("/monitor-issues")
+@router.get("/monitor-issues", response_model=MonitorIssueList)
 def get_monitor_issues(request: Request) -> dict[str, Any]:
     """Open monitor issues (each with its suggested action and runbook section) and the recently resolved ones."""
     listing = ops_issues.list_monitor_issues(_store(request).engine)
@@ -75,7 +75,7 @@ async def post_fatal_issue(body: FatalIssue, request: Request) -> dict[str, Any]
     return await run_in_threadpool(ops_issues.add_fatal_issue, _store(request).engine, body.model_dump(), body.host)
 
 
-@router.get("/fatal-issues")
+@router.get("/fatal-issues", response_model=FatalIssueList)
 def get_fatal_issues(request: Request) -> dict[str, Any]:
     items = ops_issues.list_fatal_issues(_store(request).engine)
     return {"items": items, "count": len(items)}

@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from coherence_network.api.metrics import RUNNER_SEEN_SECONDS
-from coherence_network.contract import TaskStatus
+from coherence_network.contract import PipelineStatus, TaskStatus
 from coherence_network.logfiles import task_log_path
 from coherence_network.settings import Settings
 from coherence_network.store.stats import Limits, pipeline_snapshot, task_metrics
@@ -58,7 +58,7 @@ def metrics(request: Request) -> dict[str, Any]:
     return task_metrics(_store(request).engine)
 
 
-@router.get("/pipeline-status")
+@router.get("/pipeline-status", response_model=PipelineStatus)
 def pipeline_status(request: Request) -> dict[str, Any]:
     """Running, pending, waiting and recent tasks, the project manager, runners and attention flags."""
     store = _store(request)
