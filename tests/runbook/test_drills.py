@@ -179,3 +179,10 @@ def test_drill_indexing_against_a_mirror(runbook: Runbook, tmp_path: Path) -> No
         drill.close()
         api.stop()
         mirror.stop()
+
+
+def test_drill_a_repeated_create_with_the_documented_key_makes_one_task(runbook: Runbook, drill: Drill,
+                                                                        api: ApiProcess) -> None:
+    first, again = (result.stdout.strip() for result in drill.run_block(runbook.drill("create-idempotent")))
+    assert first == again and first.isdigit()
+    assert httpx.get(f"{api.url}/api/agent/tasks/count").json()["total"] == 1
