@@ -81,12 +81,15 @@ async def claim_task(body: ClaimRequest, request: Request) -> Response:
     With ``request_id``, a retried claim returns the task the first one got (same claim token)."""
     state = request.app.state
     deadline = time.monotonic() + body.wait_seconds
+    first = True
     while True:
         task = await run_in_threadpool(
             lambda: state.store.claim(
-                body.runner_id, types=body.types, lease_seconds=body.lease_seconds, request_id=body.request_id
+                body.runner_id, types=body.types, lease_seconds=body.lease_seconds, request_id=body.request_id,
+                replay=first,
             )
         )
+        first = False
         if task is not None:
             state.metrics.tasks_claimed.inc()
             state.metrics.queue_wait.observe(max((task["started_at"] - task["created_at"]).total_seconds(), 0.0))

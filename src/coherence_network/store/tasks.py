@@ -240,12 +240,14 @@ class TaskStore:
         types: Iterable[str] | None = None,
         lease_seconds: float | None = None,
         request_id: str | None = None,
+        replay: bool = True,
     ) -> dict[str, Any] | None:
         """Atomically move the most urgent pending task to running for ``runner_id``; None when there is none.
 
         ``request_id`` names one logical claim: if that claim already got a task (its response was lost and the
-        client retried), the same task and claim token are returned instead of a second task."""
-        if request_id is not None:
+        client retried), the same task and claim token are returned instead of a second task. ``replay=False``
+        skips that look-up (a long poll's rechecks within one request cannot have been answered yet)."""
+        if request_id is not None and replay:
             with self.engine.connect() as conn:
                 earlier = _row(conn.execute(_CLAIMED_BY_REQUEST, {"b_request": request_id, "b_runner": runner_id})
                                .first())
