@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from coherence_network import __version__
-from coherence_network.client import ApiClient, ApiError, ApiNotFound
+from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound
 from coherence_network.contract import ACTIVE_STATUSES, TaskStatus
 from coherence_network.logfiles import REGISTRY, write_json_atomic
 from coherence_network.settings import Settings
@@ -39,6 +39,7 @@ ACTIVE = frozenset({"in_progress", "needs_decision"})
 REOPENABLE = frozenset({"blocked", "skipped"})
 # Before settled_on was recorded (state version 1), the task status each reopenable item had settled on.
 SETTLED_ON_STATUS = {"blocked": TaskStatus.FAILED, "skipped": TaskStatus.NEEDS_DECISION}
+TIMEOUT_DECIDER = "timeout:default"  # decided_by of a default answer the decision timeout recorded
 COMPONENT = "project_manager"
 RESULT_CHARS = 800  # output tail kept per phase and handed to the next phases' prompts
 DIRECTION_LIMIT = 5000  # the API's limit on a task's direction
@@ -347,11 +348,24 @@ class ProjectManager:
         timeout_hours = self.settings.pipeline_needs_decision_timeout_hours
         since = datetime.fromisoformat(state.decision_since or now.isoformat())
         if timeout_hours and now - since > timedelta(hours=timeout_hours):
-            self._settle(
-                state, "skipped",
-                f"decision on task {task['id']} not answered within {timeout_hours:g} h: {task.get('decision_prompt')}",
-                task,
-            )
+            self._decision_timed_out(item, state, task)
+
+    def _decision_timed_out(self, item: BacklogItem, state: ItemState, task: dict[str, Any]) -> None:
+        """Record the default answer when one is set, so the item goes on from it; without one, skip the item.
+
+        A skipped item's question stays open: answering it later takes the item up again."""
+        why = (f"decision on task {task['id']} not answered within "
+               f"{self.settings.pipeline_needs_decision_timeout_hours:g} h: {task.get('decision_prompt')}")
+        default = self.settings.pipeline_needs_decision_default
+        if not default:
+            self._settle(state, "skipped", why, task)
+            return
+        try:
+            self.client.decide(task["id"], default, TIMEOUT_DECIDER)
+        except ApiConflict:  # answered meanwhile (or our own answer, its response lost): the next pass reads it
+            return
+        log.warning("item %d: %s; recorded the default answer %r as %s", item.number, why, default, TIMEOUT_DECIDER)
+        state.status, state.decision_since = "in_progress", None
 
     def _next_phase(self, item: BacklogItem, state: ItemState, task: dict[str, Any]) -> None:
         phase = state.phase

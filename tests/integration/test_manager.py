@@ -210,6 +210,21 @@ def test_an_unanswered_decision_times_out_skips_its_item_and_a_late_answer_resum
     assert [t["task_type"] for t in p.tasks() if t["context"]["item"] == "ask before starting"] == list(PHASES)
 
 
+def test_a_decision_timeout_records_the_default_answer_and_the_item_continues_from_it(pipeline: Any) -> None:
+    p: Pipeline = pipeline({"PIPELINE_NEEDS_DECISION_TIMEOUT_HOURS": "0.0003",
+                            "PIPELINE_NEEDS_DECISION_DEFAULT": "no answer came; choose yourself"})
+    p.backlog.write_text("1. ask before starting\n2. run: echo next\n")
+    p.runner.start()
+    code, out = _finish(p.pm("--until-done"))
+    assert code == 0, out
+    assert {k: v["status"] for k, v in p.state()["items"].items()} == {
+        "ask before starting": "done", "run: echo next": "done"}
+    spec = next(t for t in p.tasks() if t["task_type"] == TaskType.SPEC)
+    assert spec["decision"] == "no answer came; choose yourself" and spec["decided_by"] == "timeout:default"
+    assert spec["status"] == TaskStatus.COMPLETED and "spec done" in spec["output"]
+    assert "not answered within" in out and "timeout:default" in out
+
+
 @pytest.fixture
 def api_on_store(store_url: str, tmp_path: Path) -> Any:
     """An API process on the given store (SQLite or PostgreSQL)."""
