@@ -3,8 +3,10 @@
 It owns no task data: tasks live in the API's store. What it keeps is its own progress through the backlog, in
 ``var/logs/project_manager_state.json`` (written atomically after every change), so a restart resumes where it
 stopped and never creates a finished phase again. Items are matched by their normalised text, so renumbering or
-reordering the backlog keeps their progress. After each pass it posts a summary as a component heartbeat, so
-``/api/agent/pipeline-status`` can show the manager's state from any API replica.
+reordering the backlog keeps their progress. A blocked or skipped item is not given up: when its task moves again (an
+operator retried it, or answered its question late) the item is taken up from that task's result. After each pass
+it posts a summary as a component heartbeat, so ``/api/agent/pipeline-status`` can show the manager's state from any
+API replica.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import re
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from coherence_network import __version__
-from coherence_network.client import ApiClient, ApiError, ApiNotFound
+from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound
+from coherence_network.contract import ACTIVE_STATUSES, TaskStatus
 from coherence_network.logfiles import REGISTRY, write_json_atomic
 from coherence_network.settings import Settings
 
@@ -32,10 +35,15 @@ PHASES = ("spec", "test", "impl", "review")
 RUN_PHASE = "run"
 SETTLED = frozenset({"done", "blocked", "skipped"})
 ACTIVE = frozenset({"in_progress", "needs_decision"})
+# Settled on a task that can still move: an operator's retry of a failed task, a late answer to a skipped question.
+REOPENABLE = frozenset({"blocked", "skipped"})
+# Before settled_on was recorded (state version 1), the task status each reopenable item had settled on.
+SETTLED_ON_STATUS = {"blocked": TaskStatus.FAILED, "skipped": TaskStatus.NEEDS_DECISION}
+TIMEOUT_DECIDER = "timeout:default"  # decided_by of a default answer the decision timeout recorded
 COMPONENT = "project_manager"
 RESULT_CHARS = 800  # output tail kept per phase and handed to the next phases' prompts
 DIRECTION_LIMIT = 5000  # the API's limit on a task's direction
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2 added ItemState.settled_on; a version 1 file loads with it unset
 
 PHASE_GOALS = {
     "spec": "Write a short specification of this item: behaviour, interface and acceptance criteria.",
@@ -138,6 +146,7 @@ class ItemState:
     results: dict[str, str] = field(default_factory=dict)
     reason: str | None = None
     decision_since: str | None = None
+    settled_on: str | None = None  # the task's updated_at when the item settled on it; a later change reopens it
     updated_at: str = field(default_factory=lambda: utcnow().isoformat())
 
 
@@ -155,7 +164,11 @@ class ManagerState:
         if not path.exists():
             return cls()
         data = json.loads(path.read_text(encoding="utf-8"))
-        items = {key: ItemState(**value) for key, value in data.get("items", {}).items()}
+        known = {f.name for f in fields(ItemState)}  # older files lack newer fields; a newer file's extras are left
+        items = {
+            key: ItemState(**{k: v for k, v in value.items() if k in known})
+            for key, value in data.get("items", {}).items()
+        }
         return cls(
             backlog=data.get("backlog", ""),
             position=data.get("position", 0),
@@ -250,9 +263,7 @@ class ProjectManager:
         """Advance what can be advanced; returns the backlog items it worked on."""
         items = self.read_backlog()
         for item in items:
-            state = self.state.items[item.key]
-            if state.status in ACTIVE:
-                self._advance(item, state)
+            self._follow(item, self.state.items[item.key])
         active = sum(1 for i in items if self._holds_slot(self.state.items[i.key]))
         for item in items:
             if active >= self.capacity:
@@ -278,25 +289,53 @@ class ProjectManager:
         return all(self.state.items[i.key].status in SETTLED for i in items)
 
     # --- items ---------------------------------------------------------------------------------------------
-    def _advance(self, item: BacklogItem, state: ItemState) -> None:
-        assert state.task_id is not None and state.phase is not None
+    def _follow(self, item: BacklogItem, state: ItemState) -> None:
+        """Advance an item in flight from its task; reopen a blocked or skipped one whose task moved since."""
+        if state.task_id is None or state.status not in ACTIVE | REOPENABLE:
+            return
         try:
             task = self.client.get_task(state.task_id)
         except ApiNotFound:
-            self._settle(state, "blocked", f"{state.phase} task {state.task_id} is no longer in the store")
+            if state.status in ACTIVE:
+                self._settle(state, "blocked", f"{state.phase} task {state.task_id} is no longer in the store")
+            state.task_id = None  # ids are never reused: there is nothing left to follow
             return
-        status = task["status"]
-        if status in ("pending", "running"):
+        if state.status in REOPENABLE:
+            if not self._moved(state, task):
+                return
+            log.info("item %d resumed: %s task %d is now %s (the item was %s: %s)", item.number, state.phase,
+                     task["id"], task["status"], state.status, state.reason)
+            state.status, state.reason, state.settled_on = "in_progress", None, None
+        self._advance(item, state, task)
+
+    @staticmethod
+    def _moved(state: ItemState, task: dict[str, Any]) -> bool:
+        """Whether the task changed since its item settled on it (an operator's retry, a late answer).
+
+        An item settled by a state file of version 1 has no record: its task moved when it left the status that
+        settled the item. That may look once more at a review that blocked its item; it blocks it again. Either
+        way the record is kept from then on."""
+        if state.settled_on is not None:
+            return task["updated_at"] != state.settled_on
+        moved = TaskStatus(task["status"]) != SETTLED_ON_STATUS[state.status]
+        if not moved:
+            state.settled_on = task["updated_at"]
+        return moved
+
+    def _advance(self, item: BacklogItem, state: ItemState, task: dict[str, Any]) -> None:
+        assert state.phase is not None
+        status = TaskStatus(task["status"])
+        if status in ACTIVE_STATUSES:
             if state.status == "needs_decision":
                 log.info("item %d: decision on task %d arrived; running again", item.number, task["id"])
             state.status, state.decision_since = "in_progress", None
-        elif status == "needs_decision":
+        elif status == TaskStatus.NEEDS_DECISION:
             self._waiting_for_decision(item, state, task)
-        elif status == "failed":
+        elif status == TaskStatus.FAILED:
             tail = shorten(task.get("output"), 200).splitlines()
             why = f"{state.phase} task {task['id']} failed (exit code {task.get('exit_code')})"
-            self._settle(state, "blocked", why + (f": {tail[-1]}" if tail else ""))
-        elif status == "completed":
+            self._settle(state, "blocked", why + (f": {tail[-1]}" if tail else ""), task)
+        elif status == TaskStatus.COMPLETED:
             state.results[state.phase] = shorten(task.get("output"))
             self._next_phase(item, state, task)
 
@@ -309,10 +348,24 @@ class ProjectManager:
         timeout_hours = self.settings.pipeline_needs_decision_timeout_hours
         since = datetime.fromisoformat(state.decision_since or now.isoformat())
         if timeout_hours and now - since > timedelta(hours=timeout_hours):
-            self._settle(
-                state, "skipped",
-                f"decision on task {task['id']} not answered within {timeout_hours:g} h: {task.get('decision_prompt')}",
-            )
+            self._decision_timed_out(item, state, task)
+
+    def _decision_timed_out(self, item: BacklogItem, state: ItemState, task: dict[str, Any]) -> None:
+        """Record the default answer when one is set, so the item goes on from it; without one, skip the item.
+
+        A skipped item's question stays open: answering it later takes the item up again."""
+        why = (f"decision on task {task['id']} not answered within "
+               f"{self.settings.pipeline_needs_decision_timeout_hours:g} h: {task.get('decision_prompt')}")
+        default = self.settings.pipeline_needs_decision_default
+        if not default:
+            self._settle(state, "skipped", why, task)
+            return
+        try:
+            self.client.decide(task["id"], default, TIMEOUT_DECIDER)
+        except ApiConflict:  # answered meanwhile (or our own answer, its response lost): the next pass reads it
+            return
+        log.warning("item %d: %s; recorded the default answer %r as %s", item.number, why, default, TIMEOUT_DECIDER)
+        state.status, state.decision_since = "in_progress", None
 
     def _next_phase(self, item: BacklogItem, state: ItemState, task: dict[str, Any]) -> None:
         phase = state.phase
@@ -323,7 +376,8 @@ class ProjectManager:
                 return
             why = "review said VERDICT: fail" if said == "fail" else "review gave no VERDICT line"
             if state.iteration >= self.options.max_iterations:
-                self._settle(state, "blocked", f"{why} in round {state.iteration} of {self.options.max_iterations}")
+                self._settle(state, "blocked", f"{why} in round {state.iteration} of {self.options.max_iterations}",
+                             task)
                 return
             log.info("item %d: %s (task %d); back to impl", item.number, why, task["id"])
             state.iteration += 1
@@ -335,8 +389,10 @@ class ProjectManager:
         else:
             self._start(item, state, item.phases[following])
 
-    def _settle(self, state: ItemState, status: str, reason: str | None) -> None:
+    def _settle(self, state: ItemState, status: str, reason: str | None, task: dict[str, Any] | None = None) -> None:
+        """``task``: the one a blocked or skipped item settles on; it is looked at again only if that task changes."""
         state.status, state.reason, state.decision_since = status, reason, None
+        state.settled_on = task["updated_at"] if task else None
         state.updated_at = utcnow().isoformat()
         logger = log.info if status == "done" else log.warning
         logger("item %d %s%s", state.number, status, f": {reason}" if reason else "")

@@ -92,7 +92,11 @@ class Settings(BaseSettings):
 
     # --- project manager ----------------------------------------------------------------------------------
     pipeline_needs_decision_timeout_hours: float = Field(
-        0.0, ge=0, description="Hours a backlog item waits for a decision before it is skipped; 0 waits forever"
+        0.0, ge=0, description="Hours a backlog item waits for a decision before the timeout acts; 0 waits forever"
+    )
+    pipeline_needs_decision_default: str = Field(
+        "", max_length=5000,
+        description="Answer recorded (decided_by timeout:default) when a decision times out; empty skips the item",
     )
     pipeline_stuck_minutes: float = Field(
         60.0, gt=0, description="pipeline-status flags a task running longer than this as stuck"

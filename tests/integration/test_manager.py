@@ -1,8 +1,9 @@
 """The project manager as a real process (`coherence pm`) against a real API, with the real runner executing tasks.
 
 The agent is a small script of the tests' own (COHERENCE_AGENT_COMMAND): it reads its prompt file, prints a result
-per phase, fails the first review of any item whose text says "flaky", and asks for a decision on items that say
-"ask" until one arrives.
+per phase, fails the first review of any item whose text says "flaky", fails the impl phase of items that say
+"fragile" until a file `fixed.flag` is in the workspace, and asks for a decision on items that say "ask" until one
+arrives.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 
 from coherence_network.client import ApiClient
+from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.manager import PHASES
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
 from tests.support.runner import RunnerProcess
@@ -31,6 +34,9 @@ item = re.search(r"^Backlog item \d+: (.*)$", prompt, re.M).group(1)
 if "ask" in item and phase == "spec" and not os.environ.get("COHERENCE_DECISION"):
     print("NEEDS_DECISION: which colour should it be?")
     sys.exit(0)
+if "fragile" in item and phase == "impl" and not os.path.exists("fixed.flag"):
+    print("impl broke: fixed.flag is missing")
+    sys.exit(1)
 print(f"{phase} done for {item} (round {round_})")
 if phase == "review":
     print("VERDICT: " + ("fail" if "flaky" in item and round_ == "1" else "pass"))
@@ -182,15 +188,111 @@ def test_a_decision_holds_only_its_own_item_in_parallel_mode(pipeline: Any) -> N
     assert p.item("ask about the colour")["status"] == "done"
 
 
-def test_an_unanswered_decision_times_out_and_skips_its_item(pipeline: Any) -> None:
+def test_an_unanswered_decision_times_out_skips_its_item_and_a_late_answer_resumes_it(pipeline: Any) -> None:
     p: Pipeline = pipeline({"PIPELINE_NEEDS_DECISION_TIMEOUT_HOURS": "0.0003"})  # about one second
-    p.backlog.write_text("1. ask before starting\n")
+    p.backlog.write_text("1. ask before starting\n2. run: echo next\n")
     p.runner.start()
     code, out = _finish(p.pm("--until-done"))
     assert code == 1, out
     item = p.item("ask before starting")
     assert item["status"] == "skipped" and "not answered within" in item["reason"]
     assert p.state()["skipped"][0]["item"] == "ask before starting"
+    assert p.item("run: echo next")["status"] == "done"  # the skipped item did not stall the backlog
+
+    # the question is still open: an answer that comes after the skip takes the item up again
+    [waiting] = p.client.list_tasks(status=TaskStatus.NEEDS_DECISION)["items"]
+    assert waiting["id"] == item["task_id"]
+    p.client.decide(waiting["id"], "green", "test:operator")
+    code, out = _finish(p.pm("--until-done"))
+    assert code == 0, out
+    item = p.item("ask before starting")
+    assert item["status"] == "done" and item["reason"] is None
+    assert [t["task_type"] for t in p.tasks() if t["context"]["item"] == "ask before starting"] == list(PHASES)
+
+
+def test_a_decision_timeout_records_the_default_answer_and_the_item_continues_from_it(pipeline: Any) -> None:
+    p: Pipeline = pipeline({"PIPELINE_NEEDS_DECISION_TIMEOUT_HOURS": "0.0003",
+                            "PIPELINE_NEEDS_DECISION_DEFAULT": "no answer came; choose yourself"})
+    p.backlog.write_text("1. ask before starting\n2. run: echo next\n")
+    p.runner.start()
+    code, out = _finish(p.pm("--until-done"))
+    assert code == 0, out
+    assert {k: v["status"] for k, v in p.state()["items"].items()} == {
+        "ask before starting": "done", "run: echo next": "done"}
+    spec = next(t for t in p.tasks() if t["task_type"] == TaskType.SPEC)
+    assert spec["decision"] == "no answer came; choose yourself" and spec["decided_by"] == "timeout:default"
+    assert spec["status"] == TaskStatus.COMPLETED and "spec done" in spec["output"]
+    assert "not answered within" in out and "timeout:default" in out
+
+
+@pytest.fixture
+def api_on_store(store_url: str, tmp_path: Path) -> Any:
+    """An API process on the given store (SQLite or PostgreSQL)."""
+    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": store_url}).start()
+    yield api
+    api.stop()
+
+
+def _as_older_release_wrote_it(state_file: Path) -> None:
+    """Rewrite the state file in the shape of version 1, which had no record of the task a settled item saw."""
+    data = json.loads(state_file.read_text())
+    data["version"] = 1
+    for item in data["items"].values():
+        del item["settled_on"]
+    state_file.write_text(json.dumps(data))
+
+
+def test_a_retried_run_task_unblocks_its_item_after_a_restart(api_on_store: ApiProcess, tmp_path: Path) -> None:
+    p = Pipeline(api_on_store, tmp_path)
+    try:
+        flag = tmp_path / "ready.flag"
+        p.backlog.write_text(f"1. run: test -f {flag}\n2. run: echo after\n")
+        p.runner.start()
+        code, out = _finish(p.pm("--until-done"))
+        assert code == 1, out
+        key = f"run: test -f {flag}"
+        blocked = p.item(key)
+        assert blocked["status"] == "blocked" and "failed (exit code 1)" in blocked["reason"]
+        assert p.item("run: echo after")["status"] == "done"
+        _as_older_release_wrote_it(p.state_file)  # an item blocked before this release resumes too
+
+        flag.touch()
+        p.client.retry_task(blocked["task_id"])  # the runbook's retry
+        code, out = _finish(p.pm("--until-done"))
+        assert code == 0, out
+        state = p.state()
+        assert state["items"][key]["status"] == "done" and state["blocked"] == [] and state["version"] == 2
+        [task] = [t for t in p.tasks() if t["context"]["item"] == key]  # the same task ran again, none was added
+        assert task["id"] == blocked["task_id"] and task["status"] == TaskStatus.COMPLETED
+    finally:
+        p.close()
+
+
+def test_a_retried_phase_resumes_its_item_under_a_running_manager(pipeline: Any) -> None:
+    p: Pipeline = pipeline()
+    key = "repair the fragile importer"
+    p.backlog.write_text("1. Repair the fragile importer\n2. run: echo after\n")
+    p.runner.start()
+    proc = p.pm()  # runs until stopped, as under the supervisor
+    wait_until(lambda: p.item(key).get("status") == "blocked", 60, "item 1 blocked")
+    wait_until(lambda: p.item("run: echo after").get("status") == "done", 60, "item 2 done")
+    blocked = p.item(key)
+    assert blocked["phase"] == "impl" and "impl broke" in blocked["reason"]
+
+    (p.workspace / "fixed.flag").touch()
+    p.client.retry_task(blocked["task_id"])
+    wait_until(lambda: p.item(key).get("status") == "done", 60, "item 1 done after the retry")
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    code, out = _finish(proc)
+    assert code == 0, out
+    assert f"item 1 resumed: impl task {blocked['task_id']}" in out
+
+    by_phase = Counter(t["task_type"] for t in p.tasks() if t["context"]["item"] == key)
+    assert by_phase == dict.fromkeys(PHASES, 1)  # the later phase followed; nothing finished was repeated
+    code, out = _finish(p.pm("--until-done"))
+    assert code == 0, out
+    assert p.state()["blocked"] == []
 
 
 def test_renumbered_items_keep_their_progress_and_dry_run_creates_nothing(pipeline: Any) -> None:
