@@ -25,7 +25,7 @@ from typing import Any
 
 from coherence_network import __version__
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound
-from coherence_network.contract import ACTIVE_STATUSES, TaskStatus
+from coherence_network.contract import ACTIVE_STATUSES, Task, TaskStatus
 from coherence_network.logfiles import REGISTRY, write_json_atomic
 from coherence_network.settings import Settings
 
@@ -304,45 +304,45 @@ class ProjectManager:
             if not self._moved(state, task):
                 return
             log.info("item %d resumed: %s task %d is now %s (the item was %s: %s)", item.number, state.phase,
-                     task["id"], task["status"], state.status, state.reason)
+                     task.id, task.status, state.status, state.reason)
             state.status, state.reason, state.settled_on = "in_progress", None, None
         self._advance(item, state, task)
 
     @staticmethod
-    def _moved(state: ItemState, task: dict[str, Any]) -> bool:
+    def _moved(state: ItemState, task: Task) -> bool:
         """Whether the task changed since its item settled on it (an operator's retry, a late answer).
 
         An item settled by a state file of version 1 has no record: its task moved when it left the status that
         settled the item. That may look once more at a review that blocked its item; it blocks it again. Either
         way the record is kept from then on."""
         if state.settled_on is not None:
-            return task["updated_at"] != state.settled_on
-        moved = TaskStatus(task["status"]) != SETTLED_ON_STATUS[state.status]
+            return task.updated_at.isoformat() != state.settled_on
+        moved = task.status != SETTLED_ON_STATUS[state.status]
         if not moved:
-            state.settled_on = task["updated_at"]
+            state.settled_on = task.updated_at.isoformat()
         return moved
 
-    def _advance(self, item: BacklogItem, state: ItemState, task: dict[str, Any]) -> None:
+    def _advance(self, item: BacklogItem, state: ItemState, task: Task) -> None:
         assert state.phase is not None
-        status = TaskStatus(task["status"])
+        status = task.status
         if status in ACTIVE_STATUSES:
             if state.status == "needs_decision":
-                log.info("item %d: decision on task %d arrived; running again", item.number, task["id"])
+                log.info("item %d: decision on task %d arrived; running again", item.number, task.id)
             state.status, state.decision_since = "in_progress", None
         elif status == TaskStatus.NEEDS_DECISION:
             self._waiting_for_decision(item, state, task)
         elif status == TaskStatus.FAILED:
-            tail = shorten(task.get("output"), 200).splitlines()
-            why = f"{state.phase} task {task['id']} failed (exit code {task.get('exit_code')})"
+            tail = shorten(task.output, 200).splitlines()
+            why = f"{state.phase} task {task.id} failed (exit code {task.get('exit_code')})"
             self._settle(state, "blocked", why + (f": {tail[-1]}" if tail else ""), task)
         elif status == TaskStatus.COMPLETED:
-            state.results[state.phase] = shorten(task.get("output"))
+            state.results[state.phase] = shorten(task.output)
             self._next_phase(item, state, task)
 
-    def _waiting_for_decision(self, item: BacklogItem, state: ItemState, task: dict[str, Any]) -> None:
+    def _waiting_for_decision(self, item: BacklogItem, state: ItemState, task: Task) -> None:
         now = utcnow()
         if state.status != "needs_decision":
-            log.info("item %d: task %d asks: %s", item.number, task["id"], task.get("decision_prompt"))
+            log.info("item %d: task %d asks: %s", item.number, task.id, task.decision_prompt)
             state.status, state.decision_since = "needs_decision", now.isoformat()
             return
         timeout_hours = self.settings.pipeline_needs_decision_timeout_hours
@@ -350,27 +350,27 @@ class ProjectManager:
         if timeout_hours and now - since > timedelta(hours=timeout_hours):
             self._decision_timed_out(item, state, task)
 
-    def _decision_timed_out(self, item: BacklogItem, state: ItemState, task: dict[str, Any]) -> None:
+    def _decision_timed_out(self, item: BacklogItem, state: ItemState, task: Task) -> None:
         """Record the default answer when one is set, so the item goes on from it; without one, skip the item.
 
         A skipped item's question stays open: answering it later takes the item up again."""
-        why = (f"decision on task {task['id']} not answered within "
+        why = (f"decision on task {task.id} not answered within "
                f"{self.settings.pipeline_needs_decision_timeout_hours:g} h: {task.get('decision_prompt')}")
         default = self.settings.pipeline_needs_decision_default
         if not default:
             self._settle(state, "skipped", why, task)
             return
         try:
-            self.client.decide(task["id"], default, TIMEOUT_DECIDER)
+            self.client.decide(task.id, default, TIMEOUT_DECIDER)
         except ApiConflict:  # answered meanwhile (or our own answer, its response lost): the next pass reads it
             return
         log.warning("item %d: %s; recorded the default answer %r as %s", item.number, why, default, TIMEOUT_DECIDER)
         state.status, state.decision_since = "in_progress", None
 
-    def _next_phase(self, item: BacklogItem, state: ItemState, task: dict[str, Any]) -> None:
+    def _next_phase(self, item: BacklogItem, state: ItemState, task: Task) -> None:
         phase = state.phase
         if phase == "review":
-            said = verdict(task.get("output"))
+            said = verdict(task.output)
             if said == "pass":
                 self._settle(state, "done", None)
                 return
@@ -379,7 +379,7 @@ class ProjectManager:
                 self._settle(state, "blocked", f"{why} in round {state.iteration} of {self.options.max_iterations}",
                              task)
                 return
-            log.info("item %d: %s (task %d); back to impl", item.number, why, task["id"])
+            log.info("item %d: %s (task %d); back to impl", item.number, why, task.id)
             state.iteration += 1
             self._start(item, state, "impl")
             return
@@ -389,10 +389,10 @@ class ProjectManager:
         else:
             self._start(item, state, item.phases[following])
 
-    def _settle(self, state: ItemState, status: str, reason: str | None, task: dict[str, Any] | None = None) -> None:
+    def _settle(self, state: ItemState, status: str, reason: str | None, task: Task | None = None) -> None:
         """``task``: the one a blocked or skipped item settles on; it is looked at again only if that task changes."""
         state.status, state.reason, state.decision_since = status, reason, None
-        state.settled_on = task["updated_at"] if task else None
+        state.settled_on = task.updated_at.isoformat() if task else None
         state.updated_at = utcnow().isoformat()
         logger = log.info if status == "done" else log.warning
         logger("item %d %s%s", state.number, status, f": {reason}" if reason else "")
@@ -404,11 +404,11 @@ class ProjectManager:
             task = self.client.create_task(item.text, RUN_PHASE, command=item.command, context=context)
         else:  # no command: the runner fills the agent template with this prompt (as a file or one argument)
             task = self.client.create_task(self.prompt(item, state, phase), phase, context=context)
-        state.status, state.phase, state.task_id = "in_progress", phase, task["id"]
-        state.tasks.setdefault(phase, []).append(task["id"])
+        state.status, state.phase, state.task_id = "in_progress", phase, task.id
+        state.tasks.setdefault(phase, []).append(task.id)
         state.updated_at = utcnow().isoformat()
         self.save()
-        log.info("item %d: created %s task %d (round %d): %s", item.number, phase, task["id"], state.iteration,
+        log.info("item %d: created %s task %d (round %d): %s", item.number, phase, task.id, state.iteration,
                  item.text[:80])
 
     def prompt(self, item: BacklogItem, state: ItemState, phase: str) -> str:

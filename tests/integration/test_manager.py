@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from coherence_network.client import ApiClient
-from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.contract import Task, TaskStatus, TaskType
 from coherence_network.manager import PHASES
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
@@ -80,8 +80,8 @@ class Pipeline:
     def item(self, key: str) -> dict[str, Any]:
         return self.state().get("items", {}).get(key, {})
 
-    def tasks(self) -> list[dict[str, Any]]:
-        return self.client.list_tasks(limit=500, order="oldest")["items"]
+    def tasks(self) -> list[Task]:
+        return self.client.list_tasks(limit=500, order="oldest").items
 
     def close(self) -> None:
         for proc in self.managers:
@@ -122,13 +122,13 @@ def test_three_items_to_done_with_a_failed_review_and_a_restart(pipeline: Any) -
     first.send_signal(signal.SIGTERM)
     code, out = _finish(first)
     assert code == 0, out
-    before = Counter((t["context"]["item"], t["context"]["phase"]) for t in p.tasks())
+    before = Counter((t.context["item"], t.context["phase"]) for t in p.tasks())
 
     code, out = _finish(p.pm("--parallel", "--until-done"))
     assert code == 0, out
 
     tasks = p.tasks()
-    by_phase = Counter((t["context"]["item"], t["context"]["phase"]) for t in tasks)
+    by_phase = Counter((t.context["item"], t.context["phase"]) for t in tasks)
     assert by_phase == {
         ("add a greeting endpoint", "spec"): 1, ("add a greeting endpoint", "test"): 1,
         ("add a greeting endpoint", "impl"): 1, ("add a greeting endpoint", "review"): 1,
@@ -137,24 +137,24 @@ def test_three_items_to_done_with_a_failed_review_and_a_restart(pipeline: Any) -
         ("run: echo ran the build", "run"): 1,
     }
     assert all(by_phase[key] >= n for key, n in before.items())  # the restart repeated nothing finished
-    assert all(t["status"] == "completed" for t in tasks)
-    run_task = next(t for t in tasks if t["task_type"] == "run")
-    assert run_task["command"] == "echo ran the build" and "ran the build" in run_task["output"]
+    assert all(t.status == "completed" for t in tasks)
+    run_task = next(t for t in tasks if t.task_type == "run")
+    assert run_task.command == "echo ran the build" and "ran the build" in run_task.output
 
-    flaky = [t for t in tasks if t["context"]["item"] == "make the flaky parser robust"]
-    second_impl = [t for t in flaky if t["task_type"] == "impl"][1]
-    assert second_impl["context"]["iteration"] == 2
-    assert "VERDICT: fail" in second_impl["direction"]  # the failed review's result reaches the next impl
-    review = [t for t in flaky if t["task_type"] == "review"][0]
-    assert "spec done for Make the flaky parser robust" in review["direction"]
-    assert not any(t["command"] for t in flaky)  # the runner renders the agent template; no prompt in a shell string
+    flaky = [t for t in tasks if t.context["item"] == "make the flaky parser robust"]
+    second_impl = [t for t in flaky if t.task_type == "impl"][1]
+    assert second_impl.context["iteration"] == 2
+    assert "VERDICT: fail" in second_impl.direction  # the failed review's result reaches the next impl
+    review = [t for t in flaky if t.task_type == "review"][0]
+    assert "spec done for Make the flaky parser robust" in review.direction
+    assert not any(t.command for t in flaky)  # the runner renders the agent template; no prompt in a shell string
 
     state = p.state()
     assert {k: v["status"] for k, v in state["items"].items()} == dict.fromkeys(
         ["add a greeting endpoint", "make the flaky parser robust", "run: echo ran the build"], "done")
     assert state["in_flight"] == [] and state["blocked"] == [] and state["position"] == 3
-    manager = p.client.pipeline_status()["project_manager"]
-    assert manager["seen"] and manager["info"]["by_status"] == {"done": 3}
+    manager = p.client.pipeline_status().project_manager
+    assert manager is not None and manager.seen and manager.info["by_status"] == {"done": 3}
 
 
 def test_review_failing_every_round_blocks_the_item_and_a_failed_task_blocks_its_item(pipeline: Any) -> None:
@@ -179,9 +179,9 @@ def test_a_decision_holds_only_its_own_item_in_parallel_mode(pipeline: Any) -> N
     wait_until(lambda: p.item("run: echo second").get("status") == "done", 60, "item 2 done")
     wait_until(lambda: p.item("ask about the colour").get("status") == "needs_decision", 60, "item 1 waits")
     status = p.client.pipeline_status()
-    [waiting] = status["needs_decision"]
+    [waiting] = status.needs_decision
     assert waiting["decision_prompt"] == "which colour should it be?"
-    assert "needs_decision" in {f["code"] for f in status["attention"]}
+    assert "needs_decision" in {f.code for f in status.attention}
     p.client.decide(waiting["id"], "blue", "test:operator")
     code, out = _finish(proc)
     assert code == 0, out
@@ -200,14 +200,14 @@ def test_an_unanswered_decision_times_out_skips_its_item_and_a_late_answer_resum
     assert p.item("run: echo next")["status"] == "done"  # the skipped item did not stall the backlog
 
     # the question is still open: an answer that comes after the skip takes the item up again
-    [waiting] = p.client.list_tasks(status=TaskStatus.NEEDS_DECISION)["items"]
-    assert waiting["id"] == item["task_id"]
-    p.client.decide(waiting["id"], "green", "test:operator")
+    [waiting] = p.client.list_tasks(status=TaskStatus.NEEDS_DECISION).items
+    assert waiting.id == item["task_id"]
+    p.client.decide(waiting.id, "green", "test:operator")
     code, out = _finish(p.pm("--until-done"))
     assert code == 0, out
     item = p.item("ask before starting")
     assert item["status"] == "done" and item["reason"] is None
-    assert [t["task_type"] for t in p.tasks() if t["context"]["item"] == "ask before starting"] == list(PHASES)
+    assert [t.task_type for t in p.tasks() if t.context["item"] == "ask before starting"] == list(PHASES)
 
 
 def test_a_decision_timeout_records_the_default_answer_and_the_item_continues_from_it(pipeline: Any) -> None:
@@ -219,9 +219,9 @@ def test_a_decision_timeout_records_the_default_answer_and_the_item_continues_fr
     assert code == 0, out
     assert {k: v["status"] for k, v in p.state()["items"].items()} == {
         "ask before starting": "done", "run: echo next": "done"}
-    spec = next(t for t in p.tasks() if t["task_type"] == TaskType.SPEC)
-    assert spec["decision"] == "no answer came; choose yourself" and spec["decided_by"] == "timeout:default"
-    assert spec["status"] == TaskStatus.COMPLETED and "spec done" in spec["output"]
+    spec = next(t for t in p.tasks() if t.task_type == TaskType.SPEC)
+    assert spec.decision == "no answer came; choose yourself" and spec.decided_by == "timeout:default"
+    assert spec.status == TaskStatus.COMPLETED and "spec done" in spec.output
     assert "not answered within" in out and "timeout:default" in out
 
 
@@ -262,8 +262,8 @@ def test_a_retried_run_task_unblocks_its_item_after_a_restart(api_on_store: ApiP
         assert code == 0, out
         state = p.state()
         assert state["items"][key]["status"] == "done" and state["blocked"] == [] and state["version"] == 2
-        [task] = [t for t in p.tasks() if t["context"]["item"] == key]  # the same task ran again, none was added
-        assert task["id"] == blocked["task_id"] and task["status"] == TaskStatus.COMPLETED
+        [task] = [t for t in p.tasks() if t.context["item"] == key]  # the same task ran again, none was added
+        assert task.id == blocked["task_id"] and task.status == TaskStatus.COMPLETED
     finally:
         p.close()
 
@@ -288,7 +288,7 @@ def test_a_retried_phase_resumes_its_item_under_a_running_manager(pipeline: Any)
     assert code == 0, out
     assert f"item 1 resumed: impl task {blocked['task_id']}" in out
 
-    by_phase = Counter(t["task_type"] for t in p.tasks() if t["context"]["item"] == key)
+    by_phase = Counter(t.task_type for t in p.tasks() if t.context["item"] == key)
     assert by_phase == dict.fromkeys(PHASES, 1)  # the later phase followed; nothing finished was repeated
     code, out = _finish(p.pm("--until-done"))
     assert code == 0, out
@@ -312,7 +312,7 @@ def test_renumbered_items_keep_their_progress_and_dry_run_creates_nothing(pipeli
     assert len(p.tasks()) == 1
     code, out = _finish(p.pm("--until-done"))
     assert code == 0, out
-    assert [t["command"] for t in p.tasks()] == ["echo one", "echo zero"]
+    assert [t.command for t in p.tasks()] == ["echo one", "echo zero"]
     assert p.item("run: echo one")["number"] == 2
 
 
@@ -323,7 +323,7 @@ def test_reset_starts_over(pipeline: Any) -> None:
     for args in ((), ("--reset",)):
         code, out = _finish(p.pm("--until-done", *args))
         assert code == 0, out
-    assert [t["command"] for t in p.tasks()] == ["echo again", "echo again"]
+    assert [t.command for t in p.tasks()] == ["echo again", "echo again"]
 
 
 def test_bad_backlog_lines_are_reported_with_line_numbers(tmp_path: Path) -> None:
