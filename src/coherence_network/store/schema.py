@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
+from coherence_network.contract import TaskStatus, TaskType
+
 metadata = sa.MetaData()
 
 TASK_TYPES = ("spec", "test", "impl", "review", "heal", "run")
@@ -33,6 +35,11 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc)
+
+
+def _one_of(column: str, values: type[TaskStatus | TaskType]) -> str:
+    """A CHECK expression holding ``column`` to the contract's values (revision 0006 has the same text, frozen)."""
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
 
 tasks = sa.Table(
@@ -63,10 +70,18 @@ tasks = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=True),
     sa.Column("finished_at", UTCDateTime, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # A create's Idempotency-Key: the same key returns the first task (unique; tasks without a key are NULL).
+    sa.Column("idempotency_key", sa.String(200), nullable=True),
+    # The request id of the claim that got this task: a retried claim finds it instead of taking a second task.
+    sa.Column("claim_request_id", sa.String(100), nullable=True),
+    sa.CheckConstraint(_one_of("status", TaskStatus), name="ck_tasks_status"),
+    sa.CheckConstraint(_one_of("task_type", TaskType), name="ck_tasks_task_type"),
     sa.Index("ix_tasks_claim_order", "status", sa.desc("priority"), "id"),  # the claim's ORDER BY, no sort
     sa.Index("ix_tasks_status_lease", "status", "lease_expires_at"),
     sa.Index("ix_tasks_type_status", "task_type", "status"),
     sa.Index("ix_tasks_finished_at", "finished_at"),
+    sa.Index("ix_tasks_idempotency_key", "idempotency_key", unique=True),
+    sa.Index("ix_tasks_claim_request_id", "claim_request_id"),
 )
 
 def _registry_table(name: str, key: sa.Column[str]) -> sa.Table:
