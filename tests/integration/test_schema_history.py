@@ -231,3 +231,14 @@ def test_the_database_holds_the_contract(store_url: str) -> None:
         keyless = conn.scalar(sa.select(sa.func.count()).where(tasks.c.idempotency_key.is_(None)))
     assert keyless == len(TaskStatus) + len(TaskType) + 2  # many tasks without a key: NULLs never collide
     engine.dispose()
+
+
+def test_a_store_with_only_part_of_the_graph_tables_is_refused(store_url: str) -> None:
+    """No known history leaves some graph tables without the others: guessing could stamp a broken store as head."""
+    engine = create_store_engine(store_url)
+    command.upgrade(_config(engine, None), "0004")
+    schema.projects.create(engine)
+    with pytest.raises(RuntimeError, match=r"only some graph tables \(\['projects'\]\)"):
+        migrate(engine)
+    assert current_revision(engine) == "0004"
+    engine.dispose()
