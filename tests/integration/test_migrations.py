@@ -2,25 +2,65 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from datetime import datetime, timezone
+from multiprocessing.synchronize import Barrier as BarrierType
+from pathlib import Path
+
+import sqlalchemy as sa
 from alembic import command
 
-from coherence_network.store import TaskStore
+from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.store import TaskStore, schema
 from coherence_network.store.db import alembic_config, create_store_engine, current_revision, head_revision, migrate
 
 
 def test_upgrade_from_the_first_revision_keeps_every_task(store_url: str) -> None:
+    """Rows are written with the first revision's columns only: today's TaskStore needs today's schema."""
     engine = create_store_engine(store_url)
     command.upgrade(alembic_config(engine), "0001")
-    store = TaskStore(engine)
-    ids = [store.create(direction=f"old {i}", task_type="impl", context={"i": i})["id"] for i in range(25)]
-    claimed = store.claim("r")
-    store.finish(claimed["id"], claimed["claim_token"], status="needs_decision", decision_prompt="keep?")
+    now = datetime.now(timezone.utc)
+    rows = [
+        {"direction": f"old {i}", "task_type": TaskType.IMPL, "status": TaskStatus.PENDING, "context": {"i": i},
+         "decision_prompt": None, "created_at": now, "updated_at": now}
+        for i in range(25)
+    ]
+    rows[3].update(status=TaskStatus.NEEDS_DECISION, decision_prompt="keep?")
+    with engine.begin() as conn:
+        ids = [conn.execute(sa.insert(schema.tasks).returning(schema.tasks.c.id), row).scalar_one() for row in rows]
     migrate(engine)
     assert current_revision(engine) == head_revision(engine)
+    store = TaskStore(engine)
     items, total = store.list(order="oldest", limit=100)
     assert total == 25 and [t["id"] for t in items] == ids
     assert [t["context"] for t in items] == [{"i": i} for i in range(25)]
-    assert store.get(claimed["id"])["decision_prompt"] == "keep?"
+    assert store.get(ids[3])["decision_prompt"] == "keep?"
+    assert store.get(ids[3])["status"] == TaskStatus.NEEDS_DECISION
     migrate(engine)  # a second upgrade is a no-op
     assert store.count()["total"] == 25
+    engine.dispose()
+
+
+def _migrate_when_all_are_ready(barrier: BarrierType, url: str) -> None:
+    """One API worker's start-up: open the store, wait for the others, migrate."""
+    engine = create_store_engine(url)
+    barrier.wait(timeout=120)
+    migrate(engine)
+
+
+def test_workers_migrating_one_fresh_sqlite_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two or more API workers starting on a fresh store must not race ("table tasks already exists")."""
+    url = f"sqlite:///{tmp_path / 'coherence.db'}"
+    workers = 6
+    spawn = multiprocessing.get_context("spawn")
+    barrier = spawn.Barrier(workers)
+    processes = [spawn.Process(target=_migrate_when_all_are_ready, args=(barrier, url)) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=180)
+    assert [p.exitcode for p in processes] == [0] * workers, "a worker failed to migrate (its traceback is above)"
+    engine = create_store_engine(url)
+    assert current_revision(engine) == head_revision(engine)
+    assert migrate(engine) == (head_revision(engine), head_revision(engine))
     engine.dispose()

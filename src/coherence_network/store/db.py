@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -13,6 +17,13 @@ from sqlalchemy.engine import Engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _PG_MIGRATION_LOCK = 7_311_001  # advisory lock id: one replica migrates at a time
+# The graph tables first shipped as revision 0002 (commit 5e99590, chain 0001 -> 0002 -> 0003 -> 0004), then were
+# renumbered 0005 (f80794a). A store that ran the old chain records 0002, 0003 or 0004 yet already has them.
+_GRAPH_TABLES = frozenset({"projects", "dependencies", "index_frontier"})
+_RENUMBERED_GRAPH = "0005"
+_BEFORE_GRAPH = ("0001", "0002", "0003", "0004")
+
+log = logging.getLogger(__name__)
 
 
 def create_store_engine(url: str) -> Engine:
@@ -54,19 +65,70 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def migrate(engine: Engine) -> tuple[str | None, str | None]:
-    """Upgrade the schema to the newest revision; returns (before, after). Existing rows are kept."""
-    before = current_revision(engine)
+    """Upgrade the schema to the newest revision; returns (before, after). Existing rows are kept.
+
+    One migrator at a time per store (workers and replicas all migrate at start-up), and stores that ran the
+    renumbered graph chain are bridged onto today's chain first.
+    """
+    with _migration_lock(engine):
+        before = current_revision(engine)
+        config = alembic_config(engine)
+        _bridge_renumbered_graph(engine, config, before)
+        command.upgrade(config, "head")
+        return before, current_revision(engine)
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """PostgreSQL: an advisory lock. SQLite: flock on ``<db>.migrate.lock`` next to the database file, because
+    SQLite runs DDL outside a transaction and two workers upgrading a fresh store would both create its tables.
+    The kernel releases a flock when its holder dies, so a killed migrator never blocks the next one."""
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
             try:
-                command.upgrade(alembic_config(engine), "head")
+                yield
             finally:
                 conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
                 conn.commit()
-    else:
-        command.upgrade(alembic_config(engine), "head")
-    return before, current_revision(engine)
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield  # an in-memory database is private to its process: nobody to race with
+        return
+    with open(f"{database}.migrate.lock", "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _bridge_renumbered_graph(engine: Engine, config: Config, revision: str | None) -> None:
+    """Put a store that ran the old graph chain (graph tables as 0002) onto today's chain, by what it really has.
+
+    Its recorded revision alone cannot tell it from a store that never had the graph tables (both may say 0004),
+    so the tables decide: any revision before 0005 with the graph tables present means the old 0002 ran. Such a
+    store gets the revisions it lacks up to 0004 (0003 and 0004 never touch the graph tables) and is then
+    stamped 0005, whose only effect, the graph tables, it already has. The old 0002 id is unknown to today's
+    chain, so it is first replaced (stamp with purge) by 0001, the revision it followed.
+    """
+    if revision not in _BEFORE_GRAPH:
+        return
+    present = _GRAPH_TABLES & set(sa.inspect(engine).get_table_names())
+    if not present:
+        return
+    if present != _GRAPH_TABLES:
+        raise RuntimeError(
+            f"store at revision {revision} has only some graph tables ({sorted(present)}); "
+            "it matches no known schema history: restore it from a backup or repair it by hand"
+        )
+    log.warning("store at %s already has the graph tables (renumbered chain): bridging it to %s",
+                revision, _RENUMBERED_GRAPH)
+    if revision == "0002":
+        command.stamp(config, "0001", purge=True)
+    command.upgrade(config, _BEFORE_GRAPH[-1])
+    command.stamp(config, _RENUMBERED_GRAPH)
 
 
 def readiness(engine: Engine) -> list[dict[str, object]]:

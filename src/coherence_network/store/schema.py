@@ -7,10 +7,9 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-metadata = sa.MetaData()
+from coherence_network.contract import TaskStatus, TaskType
 
-TASK_TYPES = ("spec", "test", "impl", "review", "heal", "run")
-TASK_STATUSES = ("pending", "running", "completed", "failed", "needs_decision")
+metadata = sa.MetaData()
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -35,13 +34,18 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         return value.astimezone(timezone.utc)
 
 
+def _one_of(column: str, values: type[TaskStatus | TaskType]) -> str:
+    """A CHECK expression holding ``column`` to the contract's values (revision 0006 has the same text, frozen)."""
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
 tasks = sa.Table(
     "tasks",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("direction", sa.Text, nullable=False),
     sa.Column("task_type", sa.String(16), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("status", sa.String(16), nullable=False, server_default=TaskStatus.PENDING.value),
     sa.Column("command", sa.Text, nullable=True),
     sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
@@ -63,14 +67,18 @@ tasks = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=True),
     sa.Column("finished_at", UTCDateTime, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # A create's Idempotency-Key: the same key returns the first task (unique; tasks without a key are NULL).
     sa.Column("idempotency_key", sa.String(200), nullable=True),
+    # The request id of the claim that got this task: a retried claim finds it instead of taking a second task.
     sa.Column("claim_request_id", sa.String(100), nullable=True),
-    sa.Index("ix_tasks_idempotency_key", "idempotency_key", unique=True),
-    sa.Index("ix_tasks_claim_request_id", "claim_request_id"),
+    sa.CheckConstraint(_one_of("status", TaskStatus), name="ck_tasks_status"),
+    sa.CheckConstraint(_one_of("task_type", TaskType), name="ck_tasks_task_type"),
     sa.Index("ix_tasks_claim_order", "status", sa.desc("priority"), "id"),  # the claim's ORDER BY, no sort
     sa.Index("ix_tasks_status_lease", "status", "lease_expires_at"),
     sa.Index("ix_tasks_type_status", "task_type", "status"),
     sa.Index("ix_tasks_finished_at", "finished_at"),
+    sa.Index("ix_tasks_idempotency_key", "idempotency_key", unique=True),
+    sa.Index("ix_tasks_claim_request_id", "claim_request_id"),
 )
 
 def _registry_table(name: str, key: sa.Column[str]) -> sa.Table:

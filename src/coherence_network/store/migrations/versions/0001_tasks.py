@@ -7,7 +7,9 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
-from coherence_network.store.schema import UTCDateTime
+# What coherence_network.store.schema.UTCDateTime renders in DDL, copied: a revision imports no live code that
+# could change under it.
+UTCDateTime = sa.DateTime(timezone=True)
 
 revision = "0001"
 down_revision = None

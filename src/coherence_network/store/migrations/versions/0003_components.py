@@ -7,7 +7,9 @@ Revises: 0001
 import sqlalchemy as sa
 from alembic import op
 
-from coherence_network.store.schema import UTCDateTime
+# What coherence_network.store.schema.UTCDateTime renders in DDL, copied: a revision imports no live code that
+# could change under it.
+UTCDateTime = sa.DateTime(timezone=True)
 
 revision = "0003"
 down_revision = "0001"  # 0002 was never used: the graph tables came later, as 0005

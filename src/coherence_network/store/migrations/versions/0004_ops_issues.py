@@ -7,7 +7,9 @@ Revises: 0003
 import sqlalchemy as sa
 from alembic import op
 
-from coherence_network.store.schema import UTCDateTime
+# What coherence_network.store.schema.UTCDateTime renders in DDL, copied: a revision imports no live code that
+# could change under it.
+UTCDateTime = sa.DateTime(timezone=True)
 
 revision = "0004"
 down_revision = "0003"

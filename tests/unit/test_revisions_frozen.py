@@ -1,0 +1,47 @@
+"""Schema history is append-only: a revision that has run anywhere is never edited, and imports no live code.
+
+A store records only a revision id; if the file behind that id changes, stores that ran the old text and stores
+that run the new one differ while both say the same revision. So each file's sha256 is pinned here.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+
+from coherence_network.store.db import MIGRATIONS_DIR
+
+VERSIONS = MIGRATIONS_DIR / "versions"
+# sha256 of every revision file. Append a line for a new revision; never change a line.
+FROZEN = {
+    "0001_tasks.py": "27c4c48b88af5c6acadd02910e5365563c34dfbaa5c3d9698ca105fecfa37add",
+    "0003_components.py": "fe7d79b7ee57b45c8b25eb3bcaca239b5ef3a3d04d456d1494e1ba8515c438dc",
+    "0004_ops_issues.py": "f76ae6e74eaf579f35227412b8c03fccc5e73547a48770aa7ec3f32fc0349113",
+    "0005_graph.py": "34159b7c316738f025b3714e9220a1d7405499bb66dc99ca92dabe1ff7626094",
+    "0006_task_contract.py": "c8155c06b4407461615ff988d99253a85fc39eda001476c253837e92a206d520",
+}
+
+
+def test_no_revision_is_edited() -> None:
+    found = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in VERSIONS.glob("*.py")}
+    edited = sorted(name for name, digest in found.items() if name in FROZEN and FROZEN[name] != digest)
+    assert not edited, (
+        f"{edited} changed after it was applied somewhere: revert it and add a new revision instead "
+        "(stores already at that revision would never see the change)"
+    )
+    missing = sorted(set(FROZEN) - set(found))
+    assert not missing, f"{missing} removed or renamed: stores at that revision could no longer upgrade"
+    unrecorded = {name: digest for name, digest in found.items() if name not in FROZEN}
+    assert not unrecorded, f"new revision(s): once final, record them in FROZEN: {unrecorded}"
+
+
+def test_no_revision_imports_live_code() -> None:
+    """A revision must keep meaning what it meant when it ran, so it copies what it needs (types, value lists)."""
+    offenders = []
+    for path in sorted(VERSIONS.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            offenders += [f"{path.name}: {m}" for m in modules if m.split(".")[0] == "coherence_network"]
+    assert not offenders, f"revisions import live code that can change under them: {offenders}"
