@@ -15,7 +15,12 @@ going away, and the time from a runner's death to its task running again.
 A share of the tasks (--long-share) lasts 2.5-3.5 leases, as agent tasks do: only a task that outlives the lease
 can show a copy running after its runner died, and only one still running when the API comes back can show what an
 outage does to in-flight work; so the outage waits from its drawn moment until half the runners run a task that
-will outlast it (one such task once 10 % more of the tasks have settled, none after 20 %). Every fault is also written to faults.log in the work folder (--keep).
+will outlast it (one such task once 10 % more of the tasks have settled, none after 20 %).
+
+A re-run is put down to the first of: the runner that ran the previous execution was SIGKILLed while it ran; the API
+was down between the two starts (api_kill, api_outage: these must be 0); that runner was SIGKILLed after the
+execution ended, before its result was delivered; else it is unexplained. Every fault is also written to faults.log
+in the work folder (--keep), next to events.log, for checking the report by hand.
 Exit 0 when every promise holds, 1 otherwise.
 Example: `.venv/bin/python bench/chaos.py --store sqlite` (see bench/README.md).
 """
@@ -261,6 +266,8 @@ def analyse(
                 not_rerun.append({"task": execution.task, "runner": life.name})
 
     status = {task["id"]: task["status"] for task in tasks}
+    failed = [{"id": task["id"], "attempts": task.get("attempts"), "step": task.get("current_step")}
+              for task in tasks if task["id"] in set(created) and task["status"] == TaskStatus.FAILED.value]
     settled = {s.value for s in SETTLED_STATUSES}
     missing = [i for i in created if i not in status]
     not_final = [i for i in created if i in status and status[i] not in settled]
@@ -271,7 +278,8 @@ def analyse(
         "tasks": {
             "created": len(created),
             "completed": len(completed),
-            "failed": sum(status.get(i) == TaskStatus.FAILED.value for i in created),
+            "failed": len(failed),
+            "failed_tasks": failed,
             "lost": len(missing) + len(not_final),
             "missing": missing,
             "not_final": not_final,
@@ -352,6 +360,7 @@ def render(report: dict[str, Any]) -> str:
         (f"recovery, runner death -> its task running again: p50 {secs(rec['p50'])}, max {secs(rec['max'])} "
          f"over {rec['count']} tasks; never ran again {rec['not_rerun']}"),
     ]
+    lines += [f"  failed: task {x['id']} after {x['attempts']} attempts ({x['step']})" for x in t["failed_tasks"]]
     lines += [f"  overlap: task {x['task']} runs {x['runs']} for {x['seconds']}s ({x['cause']})" for x in o["items"]]
     lines += [f"  re-run: task {x['task']} run {x['run']} ({x['cause']})" for x in r["items"]
               if x["cause"] not in ("runner_killed_while_running", "runner_killed_before_delivery")]

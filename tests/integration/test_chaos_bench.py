@@ -82,13 +82,14 @@ def test_the_report_counts_overlaps_reruns_recovery_and_losses(chaos: ModuleType
              chaos.RunnerLife(3, 0, 400, 0.0, 10.0)]
     outages = [chaos.ApiDown("api_outage", 30.0, 42.0)]
     tasks = [{"id": 1, "status": "completed"}, {"id": 2, "status": "completed"}, {"id": 3, "status": "completed"},
-             {"id": 4, "status": "failed"}, {"id": 5, "status": "pending"}, {"id": 7, "status": "completed"}]
+             {"id": 4, "status": "failed", "attempts": 2, "current_step": "exit 1"}, {"id": 5, "status": "pending"},
+             {"id": 7, "status": "completed"}]
 
     report = chaos.analyse(list(log.runs.values()), lives, outages, tasks, [1, 2, 3, 4, 5, 6, 7])
 
     assert report["tasks"] == {
-        "created": 7, "completed": 4, "failed": 1, "lost": 2, "missing": [6], "not_final": [5], "extra": [],
-        "completed_never_started": [],
+        "created": 7, "completed": 4, "failed": 1, "failed_tasks": [{"id": 4, "attempts": 2, "step": "exit 1"}],
+        "lost": 2, "missing": [6], "not_final": [5], "extra": [], "completed_never_started": [],
     }
     assert report["executions"] == {"started": 10, "ended": 7, "terminated": 1, "killed": 2, "runner_unknown": 0}
     assert report["faults"]["runner_kills"] == 3 and report["faults"]["runner_kills_holding_a_task"] == 3
