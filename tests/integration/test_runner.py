@@ -95,7 +95,7 @@ def test_success_failure_and_logs(api_process: ApiProcess, client: ApiClient) ->
     assert (ok["status"], ok["exit_code"], ok["output"]) == ("completed", 0, "hello from the task\n")
     assert (bad["status"], bad["exit_code"], bad["output"]) == ("failed", 3, "oops\n")
     log = (api_process.home / "logs" / f"task_{ok['id']}.log").read_text()
-    assert f"=== task {ok['id']} type=run attempt=1 runner=test-runner" in log
+    assert f"=== task {ok['id']} type=run run=1 runner=test-runner" in log
     assert "=== start: " in log and f"=== command: {PY} -c" in log and "hello from the task" in log
     assert "exit_code=0 duration=" in log and "status=completed" in log
     runner_log = (api_process.home / "logs" / "agent_runner.log").read_text()
