@@ -4,7 +4,8 @@ Each worker slot is a thread that claims (long-polling, so dispatch is immediate
 own process group with a timeout, streams the output to ``var/logs/task_{id}.log``, heartbeats the lease, and
 delivers the result. The process group never outlives the runner (see ``taskgroups``). A result that cannot be
 delivered (API down) waits in ``var/run/runner_outbox/`` and is delivered when the API is back, also by a restarted
-runner; nothing a task produced is lost.
+runner; nothing a task produced is lost. While the API is down, heartbeats and deliveries are retried about once a
+second, so leases are renewed and results delivered as soon as it answers again.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ MAX_CLAIM_WAIT = 60.0  # the API's limit on one long-poll claim
 STEP_CHARS = 200
 COMMAND_CHARS = 500
 WATCH_SECONDS = 0.2
+RETRY_SECONDS = 1.0  # pace of heartbeats and deliveries while the API does not answer
 
 
 @dataclass
@@ -130,8 +132,11 @@ class TaskRun:
         for raw in iter(stream.readline, b""):
             self._output(logfile, raw.decode("utf-8", errors="replace"))
 
-    def execute(self, beat: Callable[[str], None], stop_now: threading.Event) -> TaskResult:
-        """Run the task to its end; ``beat()`` is called every heartbeat interval and may raise ClaimLost."""
+    def execute(self, beat: Callable[[str], bool], stop_now: threading.Event) -> TaskResult:
+        """Run the task to its end; ``beat()`` is called every heartbeat interval and may raise ClaimLost.
+
+        A beat that returns False (the API did not answer) is tried again after RETRY_SECONDS, not a whole
+        interval later, so a lease is renewed as soon as the API is back."""
         task = self.task
         path = task_log_path(self.settings, task["id"])
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,8 +184,8 @@ class TaskRun:
                         proc.wait(WATCH_SECONDS)  # short, so a timeout or a stop is acted on promptly
                     except subprocess.TimeoutExpired:
                         if time.monotonic() >= next_beat:
-                            beat(self.last_line)
-                            next_beat = time.monotonic() + interval
+                            renewed = beat(self.last_line)
+                            next_beat = time.monotonic() + (interval if renewed else min(interval, RETRY_SECONDS))
             except ClaimLost as exc:
                 self._output(logfile, f"=== claim lost ({exc}): process group stopped, result dropped\n")
                 group.stop(self.settings.agent_kill_grace_seconds)
@@ -240,6 +245,7 @@ class Runner:
         self.failed = 0
         self.lock = threading.Lock()
         self.delivering = threading.Lock()  # one delivery at a time, so a slot and the outbox flush never race
+        self.attention = threading.Event()  # a result waits in the outbox: the heartbeat loop goes at once
         self.client = ApiClient(settings=settings, retries=2)
 
     # --- results ----------------------------------------------------------------------------------------
@@ -290,7 +296,8 @@ class Runner:
     def keep(self, result: TaskResult) -> None:
         """Persist a result before sending it, so neither an API outage nor a runner restart can lose it."""
         write_json_atomic(self._outbox_path(result), asdict(result))
-        self.deliver(result)
+        if not self.deliver(result):
+            self.attention.set()
 
     # --- one slot -----------------------------------------------------------------------------------------
     def _claim(self) -> dict[str, Any] | None:
@@ -306,14 +313,25 @@ class Runner:
         with self.lock:
             self.runs[task["id"]] = run
         log.info("task %s: claimed (%s, run %s)", task["id"], task["task_type"], task["claim_token"])
+        failing = False
 
-        def beat(step: str) -> None:
+        def beat(step: str) -> bool:
+            """Renew the lease; False when the API did not answer (the run goes on, the beat is retried soon)."""
+            nonlocal failing
             try:
                 self.client.heartbeat(task["id"], task["claim_token"], current_step=step or None)
             except (ApiConflict, ApiNotFound) as exc:
                 raise ClaimLost(str(exc.detail)) from exc
             except ApiError as exc:
-                log.warning("task %s: heartbeat failed (%s); still running", task["id"], exc)
+                if not failing:  # once per outage, not once a second
+                    log.warning("task %s: heartbeat failed (%s); still running, retrying every %gs",
+                                task["id"], exc, RETRY_SECONDS)
+                failing = True
+                return False
+            if failing:
+                log.info("task %s: heartbeat renewed the lease again", task["id"])
+            failing = False
+            return True
 
         try:
             result = run.execute(beat, self.kill_now)
@@ -359,8 +377,14 @@ class Runner:
 
     # --- the whole runner ---------------------------------------------------------------------------------
     def heartbeat_loop(self) -> None:
-        """Keep this runner visible in the registry (the monitor alerts on silence) and drain the outbox."""
+        """Keep this runner visible in the registry (the monitor alerts on silence) and drain the outbox.
+
+        At its normal interval while all is delivered; about once a second while results wait or the API does not
+        answer, so the outbox is delivered as soon as the API is back."""
+        failing, waiting = False, 0
         while not self.kill_now.is_set():
+            self.attention.clear()
+            answered = False
             try:
                 with self.lock:
                     busy = len(self.runs)
@@ -368,14 +392,21 @@ class Runner:
                     self.runner_id, socket.gethostname(), os.getpid(), __version__,
                     {"workers": self.workers, "busy": busy, "types": self.types},
                 )
-                waiting = self.flush_outbox()
-                if waiting:
-                    log.info("%d results wait in the outbox for the API", waiting)
+                if failing:
+                    log.info("the API answers again")
+                failing, answered = False, True
+                still = self.flush_outbox()
+                if still and still != waiting:
+                    log.info("%d results wait in the outbox for the API", still)
+                waiting = still
             except ApiError as exc:
-                log.warning("runner heartbeat failed: %s", exc)
+                if not failing:  # once per outage, not once a second
+                    log.warning("runner heartbeat failed: %s; retrying every %gs", exc, RETRY_SECONDS)
+                failing = True
             except Exception:  # the heartbeat also flushes the outbox: it must outlive any one failure
                 log.exception("runner heartbeat pass failed")
-            self.kill_now.wait(self.settings.coherence_runner_heartbeat_seconds)
+            normal = self.settings.coherence_runner_heartbeat_seconds
+            self.attention.wait(normal if answered and not waiting else min(normal, RETRY_SECONDS))
 
     def request_stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
         if not self.stopping.is_set():
@@ -408,6 +439,7 @@ class Runner:
             for thread in slots:
                 thread.join(self.settings.agent_kill_grace_seconds + 30)
         self.kill_now.set()
+        self.attention.set()  # the heartbeat loop ends now, not an interval later
         if self.flush_outbox():
             log.warning("API unreachable: results wait in %s and are delivered by the next runner", self.outbox)
         self.client.close()
