@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from coherence_network.client import ApiClient
+from coherence_network.contract import TaskStatus
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
 from tests.support.runner import RunnerProcess
@@ -261,7 +262,8 @@ def test_an_api_outage_longer_than_the_lease_reruns_nothing(tmp_path: Path, stor
         with ApiClient(api.url, token="") as client:
             long, short = (client.create_task(name, "run", command=gated(name)) for name in ("long", "short"))
             proc = runner(api, "--workers", "2", COHERENCE_RUNNER_HEARTBEAT_SECONDS="15").start()
-            wait_until(lambda: client.count_tasks()["by_status"].get("running") == 2, 30, "both tasks running")
+            wait_until(lambda: client.count_tasks()["by_status"].get(TaskStatus.RUNNING.value) == 2, 30,
+                       "both tasks running")
         api.kill()
         (tmp_path / "gate_short").write_text("go")
         outbox = home / "run" / "runner_outbox"
@@ -270,18 +272,18 @@ def test_an_api_outage_longer_than_the_lease_reruns_nothing(tmp_path: Path, stor
         api = ApiProcess(home, env=env, port=api.port).start()
         back = time.monotonic()
         with ApiClient(api.url, token="") as client:
-            wait_until(lambda: client.get_task(short["id"])["status"] == "completed", 10, "result delivered")
+            wait_until(lambda: client.get_task(short["id"])["status"] == TaskStatus.COMPLETED, 10, "result delivered")
             assert time.monotonic() - back < 3
 
             def renewed() -> bool:
                 running = client.get_task(long["id"])
-                assert (running["status"], running["claim_token"]) == ("running", 1)
+                assert (running["status"], running["claim_token"]) == (TaskStatus.RUNNING, 1)
                 return datetime.fromisoformat(running["lease_expires_at"]) > datetime.now(timezone.utc)
 
             wait_until(renewed, 10, "lease renewed")
             assert time.monotonic() - back < 3
             (tmp_path / "gate_long").write_text("go")
-            wait_until(lambda: client.get_task(long["id"])["status"] == "completed", 30, "long task done")
+            wait_until(lambda: client.get_task(long["id"])["status"] == TaskStatus.COMPLETED, 30, "long task done")
             assert [client.get_task(t["id"])["claim_token"] for t in (long, short)] == [1, 1]
         assert [(tmp_path / f"runs_{name}").read_text() for name in ("long", "short")] == ["run\n", "run\n"]
     finally:

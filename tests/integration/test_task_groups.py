@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from coherence_network.client import ApiClient
+from coherence_network.contract import TaskStatus
 from coherence_network.settings import Settings
 from coherence_network.taskgroups import kill_orphaned_task_groups
 from tests.integration.test_runner import process_gone, program, py
@@ -115,7 +116,7 @@ def test_a_killed_runners_task_dies_with_it_and_never_runs_twice_at_once(
         wait_until(lambda: process_gone(task_pid) and process_gone(grandchild), 3, "the task's processes gone")
         wait_until(lambda: records(api.home) == [], 3, "the task group's record removed")
         start(started, runner(api))
-        wait_until(lambda: client.get_task(task["id"])["status"] == "completed", 60, "second run completed")
+        wait_until(lambda: client.get_task(task["id"])["status"] == TaskStatus.COMPLETED, 60, "second run completed")
         assert client.get_task(task["id"])["output"] == "second run done\n"
     words = [line[0] for line in runs_of(runs) if line[0] != "pids"]
     assert words == ["start", "term", "start", "end"], words
@@ -136,7 +137,7 @@ def test_a_new_runner_stops_a_previous_run_of_its_task_first(
             wait_until(lambda: len(first_run_pids(runs)) == 2, 30, "task and grandchild running")
             frozen.signal(signal.SIGSTOP)
             start(started, runner(api))
-            wait_until(lambda: client.get_task(task["id"])["status"] == "completed", 60, "second run completed")
+            wait_until(lambda: client.get_task(task["id"])["status"] == TaskStatus.COMPLETED, 60, "second run done")
             assert client.get_task(task["id"])["claim_token"] == 2
             assert all(process_gone(pid) for pid in first_run_pids(runs))
             frozen.signal(signal.SIGCONT)  # wakes to find its run ended and its claim gone: drops its result
@@ -224,21 +225,21 @@ def test_exit_codes_and_output_pass_through_unchanged(api_process: ApiProcess, t
         try:
             streamed = api_process.home / "logs" / f"task_{tasks['streamed']['id']}.log"
             wait_until(lambda: streamed.exists() and "first\n" in streamed.read_text(), 30, "first line in the log")
-            assert client.get_task(tasks["streamed"]["id"])["status"] == "running"
+            assert client.get_task(tasks["streamed"]["id"])["status"] == TaskStatus.RUNNING
             gate.write_text("go")
-            wait_until(lambda: all(client.get_task(t["id"])["status"] not in ("pending", "running")
+            wait_until(lambda: all(client.get_task(t["id"])["status"] not in (TaskStatus.PENDING, TaskStatus.RUNNING)
                                    for t in [*tasks.values(), missing]), 60, "all tasks done")
         finally:
             proc.stop()
         got = {name: client.get_task(t["id"]) for name, t in tasks.items()}
         assert {name: (t["status"], t["exit_code"], t["output"]) for name, t in got.items()} == {
-            "three": ("failed", 3, "oops\n"),
-            "killed": ("failed", -9, "bye\n"),
-            "terminated": ("failed", -15, "bye\n"),
-            "streamed": ("completed", 0, "first\nsecond\n"),
+            "three": (TaskStatus.FAILED, 3, "oops\n"),
+            "killed": (TaskStatus.FAILED, -9, "bye\n"),
+            "terminated": (TaskStatus.FAILED, -15, "bye\n"),
+            "streamed": (TaskStatus.COMPLETED, 0, "first\nsecond\n"),
         }
         missing = client.get_task(missing["id"])
-        assert (missing["status"], missing["exit_code"]) == ("failed", None)
+        assert (missing["status"], missing["exit_code"]) == (TaskStatus.FAILED, None)
         reason = "[Errno 2] No such file or directory: 'no-such-command-anywhere'"
         assert missing["output"] == f"cannot start the task: {reason}\n"
     assert "exit_code=-9 duration=" in (api_process.home / "logs" / f"task_{got['killed']['id']}.log").read_text()
