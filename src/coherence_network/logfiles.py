@@ -72,6 +72,9 @@ RUN_FILES: dict[str, LogFile] = {
                 "none", "run"),
         LogFile("runner_outbox/", "run", "Task results the runner could not deliver yet (API down); sent when it is back",
                 "none; emptied on delivery", "run"),
+        LogFile("task_groups/", "run", "One {pgid}.json per running task's process group (task, run, runner, guard); "
+                "a starting runner and `coherence stop` kill groups whose runner is gone",
+                "none; removed when the group ends", "run"),
         LogFile("prompts/", "run", "Prompt files the runner hands to the agent command ({prompt_file})", "none", "run"),
         LogFile("telegram_state.json", "run", "Telegram bot: update offset, alerts already sent, outgoing queue",
                 "none", "run"),

@@ -2,8 +2,10 @@
 
 Each worker slot is a thread that claims (long-polling, so dispatch is immediate), runs the task's command in its
 own process group with a timeout, streams the output to ``var/logs/task_{id}.log``, heartbeats the lease, and
-delivers the result. A result that cannot be delivered (API down) waits in ``var/run/runner_outbox/`` and is
-delivered when the API is back, also by a restarted runner; nothing a task produced is lost.
+delivers the result. The process group never outlives the runner (see ``taskgroups``). A result that cannot be
+delivered (API down) waits in ``var/run/runner_outbox/`` and is delivered when the API is back, also by a restarted
+runner; nothing a task produced is lost. While the API is down, heartbeats and deliveries are retried about once a
+second, so leases are renewed and results delivered as soon as it answers again.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from coherence_network import __version__
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
 from coherence_network.logfiles import RUN_FILES, task_log_path, write_json_atomic
 from coherence_network.settings import Settings
+from coherence_network.taskgroups import TaskGroup, kill_orphaned_task_groups, stop_previous_runs
 
 log = logging.getLogger("coherence.runner")
 
@@ -36,6 +39,7 @@ MAX_CLAIM_WAIT = 60.0  # the API's limit on one long-poll claim
 STEP_CHARS = 200
 COMMAND_CHARS = 500
 WATCH_SECONDS = 0.2
+RETRY_SECONDS = 1.0  # pace of heartbeats and deliveries while the API does not answer
 
 
 @dataclass
@@ -98,7 +102,7 @@ class TaskRun:
         self.tail_bytes = 0
         self.last_line = ""
         self.question: str | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.group: TaskGroup | None = None
         self.timed_out = False
         self.stopped = False  # killed because the runner is shutting down: the task is released, not failed
         self.output_lock = threading.Lock()  # the pump thread and the watching thread both write the log
@@ -128,37 +132,24 @@ class TaskRun:
         for raw in iter(stream.readline, b""):
             self._output(logfile, raw.decode("utf-8", errors="replace"))
 
-    def kill_group(self, grace: float) -> None:
-        """TERM the whole process group, then KILL it after ``grace`` seconds if anything is left."""
-        if self.proc is None:
-            return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0.0)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + wait
-            while wait and time.monotonic() < deadline and _group_alive(self.proc.pid):
-                if self.proc.poll() is None:
-                    try:
-                        self.proc.wait(0.1)
-                    except subprocess.TimeoutExpired:
-                        pass
-                else:
-                    time.sleep(0.05)
+    def execute(self, beat: Callable[[str], bool], stop_now: threading.Event) -> TaskResult:
+        """Run the task to its end; ``beat()`` is called every heartbeat interval and may raise ClaimLost.
 
-    def execute(self, beat: Callable[[str], None], stop_now: threading.Event) -> TaskResult:
-        """Run the task to its end; ``beat()`` is called every heartbeat interval and may raise ClaimLost."""
+        A beat that returns False (the API did not answer) is tried again after RETRY_SECONDS, not a whole
+        interval later, so a lease is renewed as soon as the API is back."""
         task = self.task
         path = task_log_path(self.settings, task["id"])
         path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         with open(path, "a", encoding="utf-8") as logfile:
             logfile.write(
-                f"=== task {task['id']} type={task['task_type']} attempt={task['attempts']} runner={self.runner_id}\n"
+                f"=== task {task['id']} type={task['task_type']} run={task['claim_token']} runner={self.runner_id}\n"
                 f"=== start: {_utc()}\n"
             )
             logfile.flush()
+            for line in stop_previous_runs(self.settings, task["id"]):  # never two runs of one task at once
+                log.warning("task %s: stopped the previous run first: %s", task["id"], line)
+                logfile.write(f"=== stopped the previous run first: {line}\n")
             try:
                 argv = build_argv(task, self.settings, RUN_FILES["prompts/"].path(self.settings))
                 logfile.write(f"=== command: {shlex.join(argv)[:COMMAND_CHARS]}\n")
@@ -167,44 +158,43 @@ class TaskRun:
                 env.pop("COHERENCE_DECISION", None)  # only this task's own decision, never one the runner inherited
                 if task.get("decision"):
                     env["COHERENCE_DECISION"] = task["decision"]
-                self.proc = subprocess.Popen(
-                    argv, cwd=self.settings.coherence_workspace, env=env, stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                )
+                self.group = TaskGroup(argv, self.settings, task, self.runner_id,
+                                       cwd=self.settings.coherence_workspace, env=env)
             except (OSError, ValueError) as exc:
                 self._output(logfile, f"cannot start the task: {exc}\n")
                 return self._finish(logfile, started, None)
-            pump = threading.Thread(target=self._pump, args=(self.proc.stdout, logfile), daemon=True)
+            group, proc = self.group, self.group.proc
+            pump = threading.Thread(target=self._pump, args=(proc.stdout, logfile), daemon=True)
             pump.start()
             interval = max(0.2, lease_of(task, self.settings.coherence_lease_seconds) / 3)
             next_beat = started + interval
             try:
-                while self.proc.poll() is None:
+                while proc.poll() is None:
                     if time.monotonic() - started > self.timeout:
                         self.timed_out = True
                         self._output(logfile, f"timed out after {self.timeout:g}s; stopping the process group\n")
-                        self.kill_group(self.settings.agent_kill_grace_seconds)
+                        group.stop(self.settings.agent_kill_grace_seconds)
                         break
                     if stop_now.is_set():
                         self.stopped = True
                         self._output(logfile, "runner is stopping: process group stopped, task back to pending\n")
-                        self.kill_group(self.settings.agent_kill_grace_seconds)
+                        group.stop(self.settings.agent_kill_grace_seconds)
                         break
                     try:
-                        self.proc.wait(WATCH_SECONDS)  # short, so a timeout or a stop is acted on promptly
+                        proc.wait(WATCH_SECONDS)  # short, so a timeout or a stop is acted on promptly
                     except subprocess.TimeoutExpired:
                         if time.monotonic() >= next_beat:
-                            beat(self.last_line)
-                            next_beat = time.monotonic() + interval
+                            renewed = beat(self.last_line)
+                            next_beat = time.monotonic() + (interval if renewed else min(interval, RETRY_SECONDS))
             except ClaimLost as exc:
                 self._output(logfile, f"=== claim lost ({exc}): process group stopped, result dropped\n")
-                self.kill_group(self.settings.agent_kill_grace_seconds)
+                group.stop(self.settings.agent_kill_grace_seconds)
                 raise
             finally:
-                self.proc.wait()
-                self.kill_group(0.0)  # whatever the task left running in its group goes with it
+                proc.wait()
+                group.close()  # whatever the task left running in its group goes with it
                 pump.join(10)
-            return self._finish(logfile, started, self.proc.returncode)
+            return self._finish(logfile, started, proc.returncode)
 
     def _finish(self, logfile: IO[str], started: float, returncode: int | None) -> TaskResult:
         if self.stopped:
@@ -225,16 +215,6 @@ class TaskRun:
             output="".join(self.tail),
             decision_prompt=self.question if status == "needs_decision" else None,
         )
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Runner:
@@ -265,6 +245,7 @@ class Runner:
         self.failed = 0
         self.lock = threading.Lock()
         self.delivering = threading.Lock()  # one delivery at a time, so a slot and the outbox flush never race
+        self.attention = threading.Event()  # a result waits in the outbox: the heartbeat loop goes at once
         self.client = ApiClient(settings=settings, retries=2)
 
     # --- results ----------------------------------------------------------------------------------------
@@ -315,7 +296,8 @@ class Runner:
     def keep(self, result: TaskResult) -> None:
         """Persist a result before sending it, so neither an API outage nor a runner restart can lose it."""
         write_json_atomic(self._outbox_path(result), asdict(result))
-        self.deliver(result)
+        if not self.deliver(result):
+            self.attention.set()
 
     # --- one slot -----------------------------------------------------------------------------------------
     def _claim(self) -> dict[str, Any] | None:
@@ -330,15 +312,26 @@ class Runner:
         run = TaskRun(task, self.settings, self.runner_id)
         with self.lock:
             self.runs[task["id"]] = run
-        log.info("task %s: claimed (%s, attempt %s)", task["id"], task["task_type"], task["attempts"])
+        log.info("task %s: claimed (%s, run %s)", task["id"], task["task_type"], task["claim_token"])
+        failing = False
 
-        def beat(step: str) -> None:
+        def beat(step: str) -> bool:
+            """Renew the lease; False when the API did not answer (the run goes on, the beat is retried soon)."""
+            nonlocal failing
             try:
                 self.client.heartbeat(task["id"], task["claim_token"], current_step=step or None)
             except (ApiConflict, ApiNotFound) as exc:
                 raise ClaimLost(str(exc.detail)) from exc
             except ApiError as exc:
-                log.warning("task %s: heartbeat failed (%s); still running", task["id"], exc)
+                if not failing:  # once per outage, not once a second
+                    log.warning("task %s: heartbeat failed (%s); still running, retrying every %gs",
+                                task["id"], exc, RETRY_SECONDS)
+                failing = True
+                return False
+            if failing:
+                log.info("task %s: heartbeat renewed the lease again", task["id"])
+            failing = False
+            return True
 
         try:
             result = run.execute(beat, self.kill_now)
@@ -384,8 +377,14 @@ class Runner:
 
     # --- the whole runner ---------------------------------------------------------------------------------
     def heartbeat_loop(self) -> None:
-        """Keep this runner visible in the registry (the monitor alerts on silence) and drain the outbox."""
+        """Keep this runner visible in the registry (the monitor alerts on silence) and drain the outbox.
+
+        At its normal interval while all is delivered; about once a second while results wait or the API does not
+        answer, so the outbox is delivered as soon as the API is back."""
+        failing, waiting = False, 0
         while not self.kill_now.is_set():
+            self.attention.clear()
+            answered = False
             try:
                 with self.lock:
                     busy = len(self.runs)
@@ -393,14 +392,21 @@ class Runner:
                     self.runner_id, socket.gethostname(), os.getpid(), __version__,
                     {"workers": self.workers, "busy": busy, "types": self.types},
                 )
-                waiting = self.flush_outbox()
-                if waiting:
-                    log.info("%d results wait in the outbox for the API", waiting)
+                if failing:
+                    log.info("the API answers again")
+                failing, answered = False, True
+                still = self.flush_outbox()
+                if still and still != waiting:
+                    log.info("%d results wait in the outbox for the API", still)
+                waiting = still
             except ApiError as exc:
-                log.warning("runner heartbeat failed: %s", exc)
+                if not failing:  # once per outage, not once a second
+                    log.warning("runner heartbeat failed: %s; retrying every %gs", exc, RETRY_SECONDS)
+                failing = True
             except Exception:  # the heartbeat also flushes the outbox: it must outlive any one failure
                 log.exception("runner heartbeat pass failed")
-            self.kill_now.wait(self.settings.coherence_runner_heartbeat_seconds)
+            normal = self.settings.coherence_runner_heartbeat_seconds
+            self.attention.wait(normal if answered and not waiting else min(normal, RETRY_SECONDS))
 
     def request_stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
         if not self.stopping.is_set():
@@ -410,6 +416,8 @@ class Runner:
     def run(self) -> int:
         """Run until stopped (exit 0) or, with ``once``, until the queue is empty (1 when any task failed)."""
         self.outbox.mkdir(parents=True, exist_ok=True)
+        for line in kill_orphaned_task_groups(self.settings):
+            log.warning("left behind by a runner that is gone: %s", line)
         log.info("runner %s: %d workers, types %s, workspace %s", self.runner_id, self.workers,
                  self.types or "all", self.settings.coherence_workspace.resolve())
         beats = threading.Thread(target=self.heartbeat_loop, daemon=True)
@@ -431,6 +439,7 @@ class Runner:
             for thread in slots:
                 thread.join(self.settings.agent_kill_grace_seconds + 30)
         self.kill_now.set()
+        self.attention.set()  # the heartbeat loop ends now, not an interval later
         if self.flush_outbox():
             log.warning("API unreachable: results wait in %s and are delivered by the next runner", self.outbox)
         self.client.close()

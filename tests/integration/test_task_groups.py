@@ -1,0 +1,245 @@
+"""Nothing outlives its owner: a task's processes (grandchildren included) die with their runner, and no task runs
+twice at once on one host. Real runner processes, real API processes, real task process trees."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coherence_network.client import ApiClient
+from coherence_network.contract import TaskStatus
+from coherence_network.settings import Settings
+from coherence_network.taskgroups import kill_orphaned_task_groups
+from tests.integration.test_runner import process_gone, program, py
+from tests.support.api import ApiProcess
+from tests.support.net import wait_until
+from tests.support.runner import RunnerProcess
+
+PY = sys.executable
+
+# One run of a task: notes "start", starts a grandchild (a sleep of its own), and lists both pids; at its start
+# it notes "overlap" when a process of an earlier run is still alive. On SIGTERM it notes "term", then ends
+# ("die") or carries on regardless ("linger", so only SIGKILL stops it). A run that finds an earlier one finishes.
+RUN = """
+import os, signal, subprocess, sys, time
+runs, mode = sys.argv[1], sys.argv[2]
+
+def note(word):
+    with open(runs, "a") as out:
+        out.write(f"{word} {os.getpid()} {time.time():.6f}\\n")
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+def on_term(*_):
+    note("term")
+    if mode == "die":
+        sys.exit(143)
+
+signal.signal(signal.SIGTERM, on_term)
+earlier = [int(pid) for line in open(runs) for pid in line.split()[1:] if line.startswith("pids ")] \\
+    if os.path.exists(runs) else []
+note("start")
+if any(alive(pid) for pid in earlier):
+    note("overlap")
+if earlier:
+    note("end")
+    print("second run done")
+    sys.exit(0)
+grandchild = subprocess.Popen(["sleep", "300"])
+with open(runs, "a") as out:
+    out.write(f"pids {os.getpid()} {grandchild.pid}\\n")
+time.sleep(300)
+"""
+
+
+def runs_of(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def first_run_pids(path: Path) -> list[int]:
+    return [int(pid) for words in runs_of(path) if words[0] == "pids" for pid in words[1:]]
+
+
+def records(home: Path) -> list[dict[str, object]]:
+    return [json.loads(p.read_text()) for p in sorted((home / "run" / "task_groups").glob("*.json"))]
+
+
+def runner(api: ApiProcess, **env: str) -> RunnerProcess:
+    return RunnerProcess(api.home, api.url, env={"AGENT_KILL_GRACE_SECONDS": "1", **env})
+
+
+@pytest.fixture
+def short_lease_api(tmp_path: Path, store_url: str) -> Iterator[ApiProcess]:
+    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": store_url, "COHERENCE_LEASE_SECONDS": "2"}).start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def started() -> Iterator[list[RunnerProcess]]:
+    """Runner processes a test starts; whatever is left is killed with its process group."""
+    procs: list[RunnerProcess] = []
+    yield procs
+    for proc in procs:
+        proc.stop()  # SIGKILL works on a stopped process too
+
+
+def start(procs: list[RunnerProcess], proc: RunnerProcess) -> RunnerProcess:
+    procs.append(proc.start())
+    return proc
+
+
+def test_a_killed_runners_task_dies_with_it_and_never_runs_twice_at_once(
+    short_lease_api: ApiProcess, started: list[RunnerProcess], tmp_path: Path
+) -> None:
+    api, runs = short_lease_api, tmp_path / "runs"
+    script = program(tmp_path, "task.py", RUN)
+    with ApiClient(api.url, token="") as client:
+        task = client.create_task("outlive", "run", command=f"{PY} {script} {runs} die")
+        first = start(started, runner(api))
+        wait_until(lambda: len(first_run_pids(runs)) == 2, 30, "task and grandchild running")
+        task_pid, grandchild = first_run_pids(runs)
+        first.signal(signal.SIGKILL)  # the runner's whole process group, as an OOM kill or `kill -9 -pgid` would
+        first.wait()
+        wait_until(lambda: process_gone(task_pid) and process_gone(grandchild), 3, "the task's processes gone")
+        wait_until(lambda: records(api.home) == [], 3, "the task group's record removed")
+        start(started, runner(api))
+        wait_until(lambda: client.get_task(task["id"])["status"] == TaskStatus.COMPLETED, 60, "second run completed")
+        assert client.get_task(task["id"])["output"] == "second run done\n"
+    words = [line[0] for line in runs_of(runs) if line[0] != "pids"]
+    assert words == ["start", "term", "start", "end"], words
+
+
+def test_a_new_runner_stops_a_previous_run_of_its_task_first(
+    tmp_path: Path, started: list[RunnerProcess]
+) -> None:
+    """A frozen runner (SIGSTOP: alive, its lease lost) still has its task running on this host; the runner that
+    claims the task next stops that run before it starts its own, even though the task ignores SIGTERM."""
+    api = ApiProcess(tmp_path / "home", env={"COHERENCE_LEASE_SECONDS": "2"}).start()
+    try:
+        runs = tmp_path / "runs"
+        script = program(tmp_path, "task.py", RUN)
+        with ApiClient(api.url, token="") as client:
+            task = client.create_task("zombie", "run", command=f"{PY} {script} {runs} linger")
+            frozen = start(started, runner(api, AGENT_KILL_GRACE_SECONDS="60"))
+            wait_until(lambda: len(first_run_pids(runs)) == 2, 30, "task and grandchild running")
+            frozen.signal(signal.SIGSTOP)
+            start(started, runner(api))
+            wait_until(lambda: client.get_task(task["id"])["status"] == TaskStatus.COMPLETED, 60, "second run done")
+            assert client.get_task(task["id"])["claim_token"] == 2
+            assert all(process_gone(pid) for pid in first_run_pids(runs))
+            frozen.signal(signal.SIGCONT)  # wakes to find its run ended and its claim gone: drops its result
+            runner_log = api.home / "logs" / "agent_runner.log"
+            wait_until(lambda: "the claim is no longer ours" in runner_log.read_text()
+                       or "claim lost" in runner_log.read_text(), 30, "the frozen runner's result dropped")
+            assert client.get_task(task["id"])["output"] == "second run done\n"
+        words = [line[0] for line in runs_of(runs) if line[0] != "pids"]
+        assert words == ["start", "term", "start", "end"], words
+        assert "stopped the previous run" in (api.home / "logs" / "agent_runner.log").read_text()
+    finally:
+        api.stop()
+
+
+def test_kill_orphaned_task_groups_kills_groups_whose_runner_is_gone(
+    api_process: ApiProcess, started: list[RunnerProcess], tmp_path: Path
+) -> None:
+    """The guard and the runner both SIGKILLed at once leave the task and its grandchild behind, still recorded:
+    ``kill_orphaned_task_groups`` (called by a starting runner, ``coherence stop`` and the supervisor) ends them."""
+    api, runs = api_process, tmp_path / "runs"
+    script = program(tmp_path, "task.py", RUN)
+    settings = Settings(coherence_home=api.home, agent_kill_grace_seconds=1)
+    with ApiClient(api.url, token="") as client:
+        orphan = client.create_task("orphan", "run", command=f"{PY} {script} {runs} linger")
+        first = start(started, runner(api))
+        wait_until(lambda: len(first_run_pids(runs)) == 2, 30, "task and grandchild running")
+        [record] = records(api.home)
+        guard = int(record["pgid"])  # type: ignore[call-overload]
+        os.kill(guard, signal.SIGSTOP)  # so it cannot act on its runner's death
+        first.signal(signal.SIGKILL)
+        first.wait()
+        os.kill(guard, signal.SIGKILL)
+        wait_until(lambda: process_gone(guard), 10, "guard gone")
+        pids = first_run_pids(runs)
+        assert not any(process_gone(pid) for pid in pids)  # the orphans the record is for
+
+        done = kill_orphaned_task_groups(settings)
+        assert len(done) == 1 and f"task {orphan['id']}" in done[0] and "its runner is gone" in done[0], done
+        assert all(process_gone(pid) for pid in pids)
+        assert records(api.home) == []
+
+        other_runs = tmp_path / "other_runs"
+        busy = client.create_task("busy", "run", command=f"{PY} {script} {other_runs} die")
+        start(started, runner(api))
+        wait_until(lambda: len(first_run_pids(other_runs)) == 2, 30, "a task of a live runner running")
+        assert kill_orphaned_task_groups(settings) == []  # a live runner's group is left alone
+        assert [r["task_id"] for r in records(api.home)] == [busy["id"]]
+
+        done = kill_orphaned_task_groups(settings, all_groups=True)
+        assert len(done) == 1 and f"task {busy['id']}" in done[0], done
+        assert all(process_gone(pid) for pid in first_run_pids(other_runs))
+        assert records(api.home) == []
+
+
+def test_a_record_of_a_recycled_pid_is_never_signalled(tmp_path: Path) -> None:
+    """A record whose process group leader is not the guard it names (the pid was reused) is dropped unsignalled."""
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        folder = tmp_path / "home" / "run" / "task_groups"
+        folder.mkdir(parents=True)
+        (folder / f"{stranger.pid}.json").write_text(json.dumps({
+            "pgid": stranger.pid, "guard_start": 1, "task_id": 1, "claim_token": 1, "runner_pid": 2 ** 22 + 1,
+            "runner_start": 1,
+        }))
+        assert kill_orphaned_task_groups(Settings(coherence_home=tmp_path / "home"), all_groups=True) == []
+        assert stranger.poll() is None and not any(folder.iterdir())
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_exit_codes_and_output_pass_through_unchanged(api_process: ApiProcess, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    code = {
+        "three": "import sys; print('oops'); sys.exit(3)",
+        "killed": "import os, signal; print('bye', flush=True); os.kill(os.getpid(), signal.SIGKILL)",
+        "terminated": "import os, signal; print('bye', flush=True); os.kill(os.getpid(), signal.SIGTERM)",
+        "streamed": f"import os, time\nprint('first', flush=True)\nwhile not os.path.exists({str(gate)!r}): "
+                    "time.sleep(0.05)\nprint('second')",
+    }
+    with ApiClient(api_process.url, token="") as client:
+        tasks = {name: client.create_task(name, "run", command=py(text)) for name, text in code.items()}
+        missing = client.create_task("missing", "run", command="no-such-command-anywhere --flag")
+        proc = RunnerProcess(api_process.home, api_process.url, "--workers", "5").start()
+        try:
+            streamed = api_process.home / "logs" / f"task_{tasks['streamed']['id']}.log"
+            wait_until(lambda: streamed.exists() and "first\n" in streamed.read_text(), 30, "first line in the log")
+            assert client.get_task(tasks["streamed"]["id"])["status"] == TaskStatus.RUNNING
+            gate.write_text("go")
+            wait_until(lambda: all(client.get_task(t["id"])["status"] not in (TaskStatus.PENDING, TaskStatus.RUNNING)
+                                   for t in [*tasks.values(), missing]), 60, "all tasks done")
+        finally:
+            proc.stop()
+        got = {name: client.get_task(t["id"]) for name, t in tasks.items()}
+        assert {name: (t["status"], t["exit_code"], t["output"]) for name, t in got.items()} == {
+            "three": (TaskStatus.FAILED, 3, "oops\n"),
+            "killed": (TaskStatus.FAILED, -9, "bye\n"),
+            "terminated": (TaskStatus.FAILED, -15, "bye\n"),
+            "streamed": (TaskStatus.COMPLETED, 0, "first\nsecond\n"),
+        }
+        missing = client.get_task(missing["id"])
+        assert (missing["status"], missing["exit_code"]) == (TaskStatus.FAILED, None)
+        reason = "[Errno 2] No such file or directory: 'no-such-command-anywhere'"
+        assert missing["output"] == f"cannot start the task: {reason}\n"
+    assert "exit_code=-9 duration=" in (api_process.home / "logs" / f"task_{got['killed']['id']}.log").read_text()
