@@ -24,10 +24,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from coherence_network import __version__
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
+from coherence_network.contract import Task, TaskStatus, TaskType
 from coherence_network.logfiles import RUN_FILES, task_log_path, write_json_atomic
 from coherence_network.settings import Settings
 from coherence_network.taskgroups import TaskGroup, kill_orphaned_task_groups, stop_previous_runs
@@ -48,32 +49,35 @@ class TaskResult:
 
     task_id: int
     claim_token: int
-    status: str
+    status: TaskStatus
     exit_code: int | None
     output: str
     decision_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        self.status = TaskStatus(self.status)  # read back from an outbox file as a string; a bad one is refused
 
 
 class ClaimLost(Exception):
     """The API no longer holds our claim (lease expired and the task went to another runner)."""
 
 
-def build_argv(task: dict[str, Any], settings: Settings, prompt_dir: Path) -> list[str]:
+def build_argv(task: Task, settings: Settings, prompt_dir: Path) -> list[str]:
     """The argument list to run: the task's own command, or the agent template with the prompt filled in.
 
     Nothing is ever joined into a shell string: the prompt is one argument or a file."""
-    if task.get("command"):
-        return shlex.split(task["command"])
-    if task["task_type"] == "run":
+    if task.command:
+        return shlex.split(task.command)
+    if task.task_type is TaskType.RUN:
         raise ValueError("a run task needs a command (run tasks never use the agent template)")
     template = settings.coherence_agent_command
     if not template:
         raise ValueError("task has no command and COHERENCE_AGENT_COMMAND is not set")
-    prompt = task["direction"]
-    if task.get("decision"):
-        prompt += f"\n\nThe operator decided: {task['decision']}"
+    prompt = task.direction
+    if task.decision:
+        prompt += f"\n\nThe operator decided: {task.decision}"
     prompt_dir.mkdir(parents=True, exist_ok=True)
-    prompt_file = prompt_dir / f"prompt_{task['id']}.md"
+    prompt_file = prompt_dir / f"prompt_{task.id}.md"
     prompt_file.write_text(prompt, encoding="utf-8")
     return [arg.replace("{prompt_file}", str(prompt_file)).replace("{prompt}", prompt) for arg in shlex.split(template)]
 
@@ -82,19 +86,18 @@ def _utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def lease_of(task: dict[str, Any], default: float) -> float:
+def lease_of(task: Task, default: float) -> float:
     """The lease the API granted with this claim (the API's setting, not ours), so heartbeats keep pace with it."""
-    try:
-        granted = datetime.fromisoformat(task["lease_expires_at"]) - datetime.fromisoformat(task["started_at"])
-    except (KeyError, TypeError, ValueError):
+    if task.lease_expires_at is None or task.started_at is None:
         return default
-    return granted.total_seconds() if granted.total_seconds() > 0 else default
+    granted = (task.lease_expires_at - task.started_at).total_seconds()
+    return granted if granted > 0 else default
 
 
 class TaskRun:
     """One run of one task: process group, log file, output tail, decision question."""
 
-    def __init__(self, task: dict[str, Any], settings: Settings, runner_id: str) -> None:
+    def __init__(self, task: Task, settings: Settings, runner_id: str) -> None:
         self.task = task
         self.settings = settings
         self.runner_id = runner_id
@@ -109,7 +112,7 @@ class TaskRun:
 
     @property
     def timeout(self) -> float:
-        return float(self.task.get("timeout_seconds") or self.settings.agent_task_timeout)
+        return float(self.task.timeout_seconds or self.settings.agent_task_timeout)
 
     def _keep(self, line: str) -> None:
         self.tail.append(line)
@@ -138,26 +141,26 @@ class TaskRun:
         A beat that returns False (the API did not answer) is tried again after RETRY_SECONDS, not a whole
         interval later, so a lease is renewed as soon as the API is back."""
         task = self.task
-        path = task_log_path(self.settings, task["id"])
+        path = task_log_path(self.settings, task.id)
         path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         with open(path, "a", encoding="utf-8") as logfile:
             logfile.write(
-                f"=== task {task['id']} type={task['task_type']} run={task['claim_token']} runner={self.runner_id}\n"
+                f"=== task {task.id} type={task.task_type} run={task.claim_token} runner={self.runner_id}\n"
                 f"=== start: {_utc()}\n"
             )
             logfile.flush()
-            for line in stop_previous_runs(self.settings, task["id"]):  # never two runs of one task at once
-                log.warning("task %s: stopped the previous run first: %s", task["id"], line)
+            for line in stop_previous_runs(self.settings, task.id):  # never two runs of one task at once
+                log.warning("task %s: stopped the previous run first: %s", task.id, line)
                 logfile.write(f"=== stopped the previous run first: {line}\n")
             try:
                 argv = build_argv(task, self.settings, RUN_FILES["prompts/"].path(self.settings))
                 logfile.write(f"=== command: {shlex.join(argv)[:COMMAND_CHARS]}\n")
                 logfile.flush()
-                env = {**os.environ, "COHERENCE_TASK_ID": str(task["id"]), "COHERENCE_TASK_TYPE": task["task_type"]}
+                env = {**os.environ, "COHERENCE_TASK_ID": str(task.id), "COHERENCE_TASK_TYPE": task.task_type}
                 env.pop("COHERENCE_DECISION", None)  # only this task's own decision, never one the runner inherited
-                if task.get("decision"):
-                    env["COHERENCE_DECISION"] = task["decision"]
+                if task.decision:
+                    env["COHERENCE_DECISION"] = task.decision
                 self.group = TaskGroup(argv, self.settings, task, self.runner_id,
                                        cwd=self.settings.coherence_workspace, env=env)
             except (OSError, ValueError) as exc:
@@ -198,22 +201,22 @@ class TaskRun:
 
     def _finish(self, logfile: IO[str], started: float, returncode: int | None) -> TaskResult:
         if self.stopped:
-            status = "pending"
+            status = TaskStatus.PENDING
         elif self.timed_out:
-            status = "failed"
+            status = TaskStatus.FAILED
         elif self.question is not None:  # the agent asked: its exit code only says it stopped to wait
-            status = "needs_decision"
+            status = TaskStatus.NEEDS_DECISION
         else:
-            status = "completed" if returncode == 0 else "failed"
+            status = TaskStatus.COMPLETED if returncode == 0 else TaskStatus.FAILED
         duration = time.monotonic() - started
         logfile.write(f"=== end: {_utc()} exit_code={returncode} duration={duration:.3f}s status={status}\n")
         return TaskResult(
-            task_id=self.task["id"],
-            claim_token=self.task["claim_token"],
+            task_id=self.task.id,
+            claim_token=self.task.claim_token,
             status=status,
             exit_code=returncode,
             output="".join(self.tail),
-            decision_prompt=self.question if status == "needs_decision" else None,
+            decision_prompt=self.question if status is TaskStatus.NEEDS_DECISION else None,
         )
 
 
@@ -300,7 +303,7 @@ class Runner:
             self.attention.set()
 
     # --- one slot -----------------------------------------------------------------------------------------
-    def _claim(self) -> dict[str, Any] | None:
+    def _claim(self) -> Task | None:
         """Ask for a task; the API holds the request up to ``interval`` seconds and answers as soon as one exists.
 
         So an idle slot is always waiting on the API (dispatch is immediate), and a stop is noticed within
@@ -308,42 +311,42 @@ class Runner:
         wait = 0.0 if self.once else min(self.interval, MAX_CLAIM_WAIT)
         return self.client.claim(self.runner_id, types=self.types, wait_seconds=wait)
 
-    def _run_one(self, task: dict[str, Any]) -> None:
+    def _run_one(self, task: Task) -> None:
         run = TaskRun(task, self.settings, self.runner_id)
         with self.lock:
-            self.runs[task["id"]] = run
-        log.info("task %s: claimed (%s, run %s)", task["id"], task["task_type"], task["claim_token"])
+            self.runs[task.id] = run
+        log.info("task %s: claimed (%s, run %s)", task.id, task.task_type, task.claim_token)
         failing = False
 
         def beat(step: str) -> bool:
             """Renew the lease; False when the API did not answer (the run goes on, the beat is retried soon)."""
             nonlocal failing
             try:
-                self.client.heartbeat(task["id"], task["claim_token"], current_step=step or None)
+                self.client.heartbeat(task.id, task.claim_token, current_step=step or None)
             except (ApiConflict, ApiNotFound) as exc:
                 raise ClaimLost(str(exc.detail)) from exc
             except ApiError as exc:
                 if not failing:  # once per outage, not once a second
                     log.warning("task %s: heartbeat failed (%s); still running, retrying every %gs",
-                                task["id"], exc, RETRY_SECONDS)
+                                task.id, exc, RETRY_SECONDS)
                 failing = True
                 return False
             if failing:
-                log.info("task %s: heartbeat renewed the lease again", task["id"])
+                log.info("task %s: heartbeat renewed the lease again", task.id)
             failing = False
             return True
 
         try:
             result = run.execute(beat, self.kill_now)
         except ClaimLost as exc:
-            log.warning("task %s: claim lost (%s); its process group was stopped", task["id"], exc)
+            log.warning("task %s: claim lost (%s); its process group was stopped", task.id, exc)
             return
         finally:
             with self.lock:
-                self.runs.pop(task["id"], None)
-        if result.status == "pending":
-            log.info("task %s: released on shutdown", task["id"])
-        if result.status == "failed":
+                self.runs.pop(task.id, None)
+        if result.status == TaskStatus.PENDING:
+            log.info("task %s: released on shutdown", task.id)
+        if result.status == TaskStatus.FAILED:
             with self.lock:
                 self.failed += 1
         self.keep(result)
@@ -368,12 +371,12 @@ class Runner:
                 self.stopping.wait(max(0.0, self.interval - (time.monotonic() - asked)))
                 continue
             if self.stopping.is_set():  # claimed while a stop began: hand it straight back
-                self.keep(TaskResult(task["id"], task["claim_token"], "pending", None, ""))
+                self.keep(TaskResult(task.id, task.claim_token, TaskStatus.PENDING, None, ""))
                 return
             try:
                 self._run_one(task)
             except Exception:  # e.g. the log folder is unwritable: the lease returns the task, the slot lives on
-                log.exception("slot %d: task %s could not be run", number, task["id"])
+                log.exception("slot %d: task %s could not be run", number, task.id)
 
     # --- the whole runner ---------------------------------------------------------------------------------
     def heartbeat_loop(self) -> None:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the guard runs this file as a script and must start fast: standard library only at import
+    from coherence_network.contract import Task
     from coherence_network.settings import Settings
 
 POLL_SECONDS = 0.05
@@ -157,7 +158,7 @@ class TaskGroup:
     """A task started through a guard: its process group, the lifeline that ends it with the runner, its record."""
 
     def __init__(
-        self, argv: list[str], settings: Settings, task: dict[str, Any], runner_id: str, *,
+        self, argv: list[str], settings: Settings, task: Task, runner_id: str, *,
         cwd: Path, env: dict[str, str],
     ) -> None:
         from coherence_network.logfiles import RUN_FILES, write_json_atomic
@@ -181,8 +182,8 @@ class TaskGroup:
         self.record = records / f"{self.pgid}.json"
         try:
             write_json_atomic(self.record, {
-                "pgid": self.pgid, "guard_start": start_time(self.pgid), "task_id": task["id"],
-                "claim_token": task["claim_token"], "runner_id": runner_id, "runner_pid": os.getpid(),
+                "pgid": self.pgid, "guard_start": start_time(self.pgid), "task_id": task.id,
+                "claim_token": task.claim_token, "runner_id": runner_id, "runner_pid": os.getpid(),
                 "runner_start": start_time(os.getpid()), "started_at": datetime.now(timezone.utc).isoformat(),
             })
             self.lifeline.sendall(GO)

@@ -116,8 +116,8 @@ def test_a_killed_runners_task_dies_with_it_and_never_runs_twice_at_once(
         wait_until(lambda: process_gone(task_pid) and process_gone(grandchild), 3, "the task's processes gone")
         wait_until(lambda: records(api.home) == [], 3, "the task group's record removed")
         start(started, runner(api))
-        wait_until(lambda: client.get_task(task["id"])["status"] == TaskStatus.COMPLETED, 60, "second run completed")
-        assert client.get_task(task["id"])["output"] == "second run done\n"
+        wait_until(lambda: client.get_task(task.id).status == TaskStatus.COMPLETED, 60, "second run completed")
+        assert client.get_task(task.id).output == "second run done\n"
     words = [line[0] for line in runs_of(runs) if line[0] != "pids"]
     assert words == ["start", "term", "start", "end"], words
 
@@ -137,14 +137,14 @@ def test_a_new_runner_stops_a_previous_run_of_its_task_first(
             wait_until(lambda: len(first_run_pids(runs)) == 2, 30, "task and grandchild running")
             frozen.signal(signal.SIGSTOP)
             start(started, runner(api))
-            wait_until(lambda: client.get_task(task["id"])["status"] == TaskStatus.COMPLETED, 60, "second run done")
-            assert client.get_task(task["id"])["claim_token"] == 2
+            wait_until(lambda: client.get_task(task.id).status == TaskStatus.COMPLETED, 60, "second run done")
+            assert client.get_task(task.id).claim_token == 2
             assert all(process_gone(pid) for pid in first_run_pids(runs))
             frozen.signal(signal.SIGCONT)  # wakes to find its run ended and its claim gone: drops its result
             runner_log = api.home / "logs" / "agent_runner.log"
             wait_until(lambda: "the claim is no longer ours" in runner_log.read_text()
                        or "claim lost" in runner_log.read_text(), 30, "the frozen runner's result dropped")
-            assert client.get_task(task["id"])["output"] == "second run done\n"
+            assert client.get_task(task.id).output == "second run done\n"
         words = [line[0] for line in runs_of(runs) if line[0] != "pids"]
         assert words == ["start", "term", "start", "end"], words
         assert "stopped the previous run" in (api.home / "logs" / "agent_runner.log").read_text()
@@ -175,7 +175,7 @@ def test_kill_orphaned_task_groups_kills_groups_whose_runner_is_gone(
         assert not any(process_gone(pid) for pid in pids)  # the orphans the record is for
 
         done = kill_orphaned_task_groups(settings)
-        assert len(done) == 1 and f"task {orphan['id']}" in done[0] and "its runner is gone" in done[0], done
+        assert len(done) == 1 and f"task {orphan.id}" in done[0] and "its runner is gone" in done[0], done
         assert all(process_gone(pid) for pid in pids)
         assert records(api.home) == []
 
@@ -184,10 +184,10 @@ def test_kill_orphaned_task_groups_kills_groups_whose_runner_is_gone(
         start(started, runner(api))
         wait_until(lambda: len(first_run_pids(other_runs)) == 2, 30, "a task of a live runner running")
         assert kill_orphaned_task_groups(settings) == []  # a live runner's group is left alone
-        assert [r["task_id"] for r in records(api.home)] == [busy["id"]]
+        assert [r["task_id"] for r in records(api.home)] == [busy.id]
 
         done = kill_orphaned_task_groups(settings, all_groups=True)
-        assert len(done) == 1 and f"task {busy['id']}" in done[0], done
+        assert len(done) == 1 and f"task {busy.id}" in done[0], done
         assert all(process_gone(pid) for pid in first_run_pids(other_runs))
         assert records(api.home) == []
 
@@ -223,23 +223,23 @@ def test_exit_codes_and_output_pass_through_unchanged(api_process: ApiProcess, t
         missing = client.create_task("missing", "run", command="no-such-command-anywhere --flag")
         proc = RunnerProcess(api_process.home, api_process.url, "--workers", "5").start()
         try:
-            streamed = api_process.home / "logs" / f"task_{tasks['streamed']['id']}.log"
+            streamed = api_process.home / "logs" / f"task_{tasks['streamed'].id}.log"
             wait_until(lambda: streamed.exists() and "first\n" in streamed.read_text(), 30, "first line in the log")
-            assert client.get_task(tasks["streamed"]["id"])["status"] == TaskStatus.RUNNING
+            assert client.get_task(tasks["streamed"].id).status == TaskStatus.RUNNING
             gate.write_text("go")
-            wait_until(lambda: all(client.get_task(t["id"])["status"] not in (TaskStatus.PENDING, TaskStatus.RUNNING)
+            wait_until(lambda: all(client.get_task(t.id).status not in (TaskStatus.PENDING, TaskStatus.RUNNING)
                                    for t in [*tasks.values(), missing]), 60, "all tasks done")
         finally:
             proc.stop()
-        got = {name: client.get_task(t["id"]) for name, t in tasks.items()}
-        assert {name: (t["status"], t["exit_code"], t["output"]) for name, t in got.items()} == {
+        got = {name: client.get_task(t.id) for name, t in tasks.items()}
+        assert {name: (t.status, t.exit_code, t.output) for name, t in got.items()} == {
             "three": (TaskStatus.FAILED, 3, "oops\n"),
             "killed": (TaskStatus.FAILED, -9, "bye\n"),
             "terminated": (TaskStatus.FAILED, -15, "bye\n"),
             "streamed": (TaskStatus.COMPLETED, 0, "first\nsecond\n"),
         }
-        missing = client.get_task(missing["id"])
-        assert (missing["status"], missing["exit_code"]) == (TaskStatus.FAILED, None)
+        missing = client.get_task(missing.id)
+        assert (missing.status, missing.exit_code) == (TaskStatus.FAILED, None)
         reason = "[Errno 2] No such file or directory: 'no-such-command-anywhere'"
-        assert missing["output"] == f"cannot start the task: {reason}\n"
-    assert "exit_code=-9 duration=" in (api_process.home / "logs" / f"task_{got['killed']['id']}.log").read_text()
+        assert missing.output == f"cannot start the task: {reason}\n"
+    assert "exit_code=-9 duration=" in (api_process.home / "logs" / f"task_{got['killed'].id}.log").read_text()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from coherence_network.contract import Task
 from coherence_network.runner import TaskRun, build_argv, lease_of
 from coherence_network.settings import Settings
 
@@ -15,8 +17,10 @@ def settings(tmp_path: Path, **values: Any) -> Settings:
     return Settings(coherence_home=tmp_path / "home", **values)
 
 
-def task(**fields: Any) -> dict[str, Any]:
-    return {"id": 7, "task_type": "spec", "direction": "Write the spec", "command": None, "decision": None, **fields}
+def task(**fields: Any) -> Task:
+    now = datetime.now(timezone.utc)
+    return Task.model_validate({"id": 7, "task_type": "spec", "status": "running", "direction": "Write the spec",
+                                "created_at": now, "updated_at": now, **fields})
 
 
 def test_a_command_is_split_never_given_to_a_shell(tmp_path: Path) -> None:
@@ -47,9 +51,9 @@ def test_no_command_is_a_clear_error(tmp_path: Path, fields: dict[str, Any], tem
 
 
 def test_heartbeats_follow_the_lease_the_api_granted() -> None:
-    granted = {"started_at": "2026-11-25T08:00:00+00:00", "lease_expires_at": "2026-11-25T08:00:02.5+00:00"}
+    granted = task(started_at="2026-11-25T08:00:00+00:00", lease_expires_at="2026-11-25T08:00:02.5+00:00")
     assert lease_of(granted, 60.0) == 2.5
-    assert lease_of({"started_at": None, "lease_expires_at": None}, 60.0) == 60.0
+    assert lease_of(task(), 60.0) == 60.0
 
 
 def test_the_output_tail_is_bounded_and_the_question_found(tmp_path: Path) -> None:
