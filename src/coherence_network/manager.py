@@ -333,7 +333,7 @@ class ProjectManager:
             self._waiting_for_decision(item, state, task)
         elif status == TaskStatus.FAILED:
             tail = shorten(task.output, 200).splitlines()
-            why = f"{state.phase} task {task.id} failed (exit code {task.get('exit_code')})"
+            why = f"{state.phase} task {task.id} failed (exit code {task.exit_code})"
             self._settle(state, "blocked", why + (f": {tail[-1]}" if tail else ""), task)
         elif status == TaskStatus.COMPLETED:
             state.results[state.phase] = shorten(task.output)
@@ -355,7 +355,7 @@ class ProjectManager:
 
         A skipped item's question stays open: answering it later takes the item up again."""
         why = (f"decision on task {task.id} not answered within "
-               f"{self.settings.pipeline_needs_decision_timeout_hours:g} h: {task.get('decision_prompt')}")
+               f"{self.settings.pipeline_needs_decision_timeout_hours:g} h: {task.decision_prompt}")
         default = self.settings.pipeline_needs_decision_default
         if not default:
             self._settle(state, "skipped", why, task)
