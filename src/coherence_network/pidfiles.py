@@ -3,9 +3,9 @@
 A component runs only while it holds an exclusive ``flock`` on ``var/run/<component>.lock``; the lock is kept open
 for the life of the process, so the kernel releases it however the process ends (even SIGKILL), and two processes
 racing for it can never both win. What the process spawns does not inherit it (Python opens files close-on-exec), so
-a task left running never keeps a dead runner's lock. Only the holder writes ``<component>.pid`` (after winning), so a loser neither
-runs nor touches the winner's PID file. What runs is decided by the lock, never by a pid read from a file: a pid in
-a stale file may belong to any process by now.
+a task left running never keeps a dead runner's lock. Only the holder writes ``<component>.pid`` (after winning),
+so a loser neither runs nor touches the winner's PID file. What runs is decided by the lock, never by a pid read
+from a file: a pid in a stale file may belong to any process by now.
 
 The supervisor starts each child as ``python -m coherence_network.pidfiles <component> <coherence command ...>``:
 the child itself takes its lock and owns its PID file, whatever command it runs. Runners started by hand take no
