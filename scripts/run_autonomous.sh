@@ -15,7 +15,10 @@ Runs `coherence supervise --auto-recover` with
 
   --push      also push after each commit (PIPELINE_AUTO_PUSH=1); never forced
   --backlog FILE, --workers N, --until-done, ...   passed to `coherence supervise` (see its --help)
+  --reset     start the backlog over: applies to the project manager's first start only (a restart keeps progress)
 
+Whatever exits is restarted (exit 0 too); one pipeline per COHERENCE_HOME. A git failure in auto-commit is logged
+(var/logs/commit_progress.log, var/logs/auto_commit.json) and stops nothing.
 Stop with Ctrl-C, SIGTERM or `coherence stop`. Logs: var/logs/supervisor.log and the component logs.
 USAGE
 }

@@ -75,12 +75,13 @@ def api(
     port: int = typer.Option(None, "--port", help="Port (default COHERENCE_API_PORT, 8000)"),
     workers: int = typer.Option(1, "--workers", min=1, help="uvicorn worker processes"),
 ) -> None:
-    """Serve the API with uvicorn. A non-loopback bind is refused unless COHERENCE_API_TOKEN is set."""
+    """Serve the API with uvicorn. A non-loopback bind is refused unless COHERENCE_API_TOKEN is set. One API per
+    COHERENCE_HOME: a second one exits 1 naming the first (var/run/api.lock)."""
     import uvicorn
 
     from coherence_network.api.app import is_loopback
     from coherence_network.logfiles import setup_logging
-    from coherence_network.pidfiles import remove_pid, write_pid
+    from coherence_network.pidfiles import AlreadyRunning, hold
 
     settings = get_settings()
     host = host or settings.coherence_api_host
@@ -92,22 +93,23 @@ def api(
         )
         raise typer.Exit(2)
     setup_logging("api", settings, json_lines=Options.log_json)
-    write_pid(settings, "api")
     # uvicorn shuts down gracefully, then re-raises the signal to the handler it found: make that one exit cleanly
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_after_shutdown)
     try:
-        uvicorn.run(
-            "coherence_network.api.app:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_config=None,
-            access_log=False,
-        )
-    finally:
-        remove_pid(settings, "api")
+        with hold(settings, "api"):
+            uvicorn.run(
+                "coherence_network.api.app:create_app",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                log_config=None,
+                access_log=False,
+            )
+    except AlreadyRunning as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
 
 
 def _exit_after_shutdown(signum: int, _frame: object) -> None:
@@ -322,7 +324,8 @@ def supervise(
                                  "COHERENCE_WORKSPACE; without one the manager is not started)"),
     until_done: bool = typer.Option(False, "--until-done", help="Stop the pipeline when the project manager has "
                                     "settled the backlog; exit with its code"),
-    reset: bool = typer.Option(False, "--reset", help="Pass --reset to the project manager (start the backlog over)"),
+    reset: bool = typer.Option(False, "--reset", help="Pass --reset to the project manager's first start (start the "
+                               "backlog over; a restarted manager keeps its progress)"),
     parallel: bool = typer.Option(False, "--parallel", help="Pass --parallel to the project manager"),
     pm_arg: list[str] = typer.Option([], "--pm-arg", help="Any further `coherence pm` argument (repeatable)"),
     workers: int = typer.Option(1, "--workers", min=1, help="Runner worker slots"),
@@ -332,8 +335,9 @@ def supervise(
                                       "PIPELINE_AUTO_RECOVER=1)"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging"),
 ) -> None:
-    """Watchdog: start the API, runner, project manager and monitor; restart what dies; stop all on SIGTERM.
-    Exit 1 on a fatal issue (see `coherence fatal`)."""
+    """Watchdog: start the API, runner, project manager and monitor; restart whatever exits (exit 0 too); stop all
+    on SIGTERM. One per COHERENCE_HOME (var/run/supervisor.lock). Exit 1 on a fatal issue (see `coherence fatal`) or
+    when another supervisor runs."""
     from coherence_network.logfiles import setup_logging
     from coherence_network.supervisor import COMPONENTS, Supervisor, SupervisorOptions
 
@@ -370,11 +374,12 @@ def stop(
     grace: float = typer.Option(30.0, "--grace", min=0, help="Seconds each process gets after SIGTERM before "
                                 "SIGKILL"),
 ) -> None:
-    """Stop a running pipeline by its PID files in var/run/ (supervisor first, API last); removes stale PID files."""
+    """Stop a running pipeline: every component holding its lock in var/run/ (supervisor first, API last), then any
+    task process left behind; removes stale PID files."""
     from coherence_network.supervisor import stop_pipeline
 
     done = stop_pipeline(get_settings(), grace)
-    typer.echo("\n".join(done) if done else "nothing is running (no PID files)")
+    typer.echo("\n".join(done) if done else "nothing is running (no component holds its lock in var/run/)")
 
 
 @app.command()

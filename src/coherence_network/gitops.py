@@ -3,27 +3,51 @@
 A commit is made only when no other task is running, so one task's half-written change never lands in another's
 commit; a workspace that is not a git repository is logged and skipped. Pushes are never forced: a push that fails
 leaves the commits local and the next push (after the next commit) carries them. Everything is logged to
-var/logs/commit_progress.log.
+var/logs/commit_progress.log; var/logs/auto_commit.json keeps the failures in a row and the last error for the
+operator's checks.
+
+git runs unattended: stdin closed, its own process group (killed whole on timeout), no terminal prompts, no askpass
+program, ssh in batch mode. A credential prompt, a hang, a missing git or a failing command is a failed commit or
+push, logged and recorded, never an exception for the caller.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
+import os
+import signal
 import subprocess
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from coherence_network.client import ApiClient, ApiError
-from coherence_network.logfiles import ROTATE_BACKUPS, ROTATE_BYTES, UTCFormatter, component_log
+from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.logfiles import (
+    REGISTRY,
+    ROTATE_BACKUPS,
+    ROTATE_BYTES,
+    UTCFormatter,
+    component_log,
+    write_json_atomic,
+)
 from coherence_network.settings import Settings
 
 log = logging.getLogger("coherence.gitops")
 
-COMMIT_TYPES = frozenset({"spec", "test", "impl", "review"})
+COMMIT_TYPES = frozenset({TaskType.SPEC, TaskType.TEST, TaskType.IMPL, TaskType.REVIEW})
 SUBJECT_DIRECTION_CHARS = 60
+GIT_TIMEOUT_SECONDS = 60.0
 _FALLBACK_IDENTITY = ("-c", "user.name=Coherence pipeline", "-c", "user.email=pipeline@coherence.invalid")
+# Empty askpass variables stop git from falling back to core.askPass or SSH_ASKPASS (a GUI prompt nobody answers).
+_NO_PROMPTS = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": "", "GCM_INTERACTIVE": "never"}
+
+
+class GitError(Exception):
+    """git could not run, timed out, or a command failed; the message says which and why."""
 
 
 def progress_log(settings: Settings) -> logging.Logger:
@@ -39,8 +63,29 @@ def progress_log(settings: Settings) -> logging.Logger:
     return log
 
 
-def _git(workspace: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", *args], cwd=workspace, capture_output=True, text=True, timeout=120, check=False)
+def _git_env() -> dict[str, str]:
+    env = {**os.environ, **_NO_PROMPTS}
+    env["GIT_SSH_COMMAND"] = f"{env.get('GIT_SSH_COMMAND') or 'ssh'} -o BatchMode=yes"
+    return env
+
+
+def _git(workspace: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run git unattended (see the module docstring); raises GitError when it cannot run, times out, or (with
+    ``check``) exits non-zero."""
+    try:
+        proc = subprocess.Popen(["git", *args], cwd=workspace, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=_git_env(), start_new_session=True)
+    except OSError as exc:
+        raise GitError(f"git cannot run: {exc}") from exc
+    try:
+        out, err = proc.communicate(timeout=GIT_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # git and whatever it started (ssh, a credential helper)
+        proc.communicate()
+        raise GitError(f"git {args[0]} timed out after {GIT_TIMEOUT_SECONDS:g} s") from None
+    if check and proc.returncode != 0:
+        raise GitError(f"git {args[0]} failed (exit {proc.returncode}): {(err or out).strip()[-500:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def commit_message(tasks: Sequence[dict[str, Any]]) -> str:
@@ -55,52 +100,77 @@ def commit_message(tasks: Sequence[dict[str, Any]]) -> str:
     return subject if not earlier else subject + "\n\nAlso includes:\n" + "\n".join(earlier)
 
 
+def record_outcome(settings: Settings, outcome: str, error: str | None = None) -> None:
+    """auto_commit.json: failures in a row (0 after a success), the last error and when, the last outcome."""
+    path = REGISTRY["auto_commit.json"].path(settings)
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        status = {"failures": 0, "last_error": None, "last_error_at": None}
+    now = datetime.now(timezone.utc).isoformat()
+    status.update(last_outcome=outcome, last_outcome_at=now)
+    if error is None:
+        status["failures"] = 0
+    else:
+        status.update(failures=status.get("failures", 0) + 1, last_error=error, last_error_at=now)
+    write_json_atomic(path, status)
+
+
 def commit_workspace(settings: Settings, tasks: Sequence[dict[str, Any]]) -> str:
     """Commit every change in the workspace for these completed tasks (and push if asked); returns what happened:
-    ``committed``, ``nothing``, ``not-a-repo`` or ``failed``."""
+    ``committed``, ``nothing``, ``not-a-repo`` or ``failed``. A failed push still returns ``committed`` (the commit
+    is made) but counts as a failure in auto_commit.json."""
+    out = progress_log(settings)
+    ids = ", ".join(str(t["id"]) for t in tasks)
+    try:
+        outcome = _commit(settings, tasks, ids)
+    except GitError as exc:
+        out.error("task %s: auto-commit failed, the changes stay in the workspace: %s", ids, exc)
+        record_outcome(settings, "failed", str(exc))
+        return "failed"
+    if outcome == "committed" and settings.pipeline_auto_push:
+        push(settings)
+    else:
+        record_outcome(settings, outcome)
+    return outcome
+
+
+def _commit(settings: Settings, tasks: Sequence[dict[str, Any]], ids: str) -> str:
     out = progress_log(settings)
     workspace = settings.coherence_workspace.resolve()
-    ids = ", ".join(str(t["id"]) for t in tasks)
-    if _git(workspace, "rev-parse", "--is-inside-work-tree").returncode != 0:
+    if _git(workspace, "rev-parse", "--is-inside-work-tree", check=False).returncode != 0:
         out.warning("task %s: %s is not a git repository; auto-commit skipped", ids, workspace)
         return "not-a-repo"
-    added = _git(workspace, "add", "-A")
-    if added.returncode != 0:
-        out.error("task %s: git add failed: %s", ids, added.stderr.strip())
-        return "failed"
-    if _git(workspace, "diff", "--cached", "--quiet").returncode == 0:
+    _git(workspace, "add", "-A")
+    if _git(workspace, "diff", "--cached", "--quiet", check=False).returncode == 0:
         out.info("task %s: no changes to commit", ids)
         return "nothing"
-    identity = () if _git(workspace, "config", "user.email").stdout.strip() else _FALLBACK_IDENTITY
-    done = _git(workspace, *identity, "commit", "--quiet", "-m", commit_message(tasks))
-    if done.returncode != 0:
-        out.error("task %s: git commit failed: %s", ids, (done.stderr or done.stdout).strip())
-        return "failed"
-    sha = _git(workspace, "rev-parse", "--short", "HEAD").stdout.strip()
-    out.info("task %s: committed %s", ids, sha)
-    if settings.pipeline_auto_push:
-        push(settings)
+    identity = () if _git(workspace, "config", "user.email", check=False).stdout.strip() else _FALLBACK_IDENTITY
+    _git(workspace, *identity, "commit", "--quiet", "-m", commit_message(tasks))
+    out.info("task %s: committed %s", ids, _git(workspace, "rev-parse", "--short", "HEAD").stdout.strip())
     return "committed"
 
 
 def push(settings: Settings) -> bool:
     """Push the current branch (all local commits, never forced); a failure is logged, the commits stay queued."""
     out = progress_log(settings)
-    workspace = settings.coherence_workspace.resolve()
     remote = settings.pipeline_git_remote
-    done = _git(workspace, "push", "--porcelain", remote, "HEAD")
-    if done.returncode != 0:
-        out.error("push to %s failed (commits stay local and go with the next push): %s", remote,
-                  (done.stderr or done.stdout).strip()[-500:])
+    try:
+        _git(settings.coherence_workspace.resolve(), "push", "--porcelain", remote, "HEAD")
+    except GitError as exc:
+        out.error("push to %s failed (commits stay local and go with the next push): %s", remote, exc)
+        record_outcome(settings, "push-failed", str(exc))
         return False
     out.info("pushed to %s", remote)
+    record_outcome(settings, "pushed")
     return True
 
 
 def after_task_completed(task: dict[str, Any], settings: Settings, busy_count: int) -> str:
     """The runner's hook, called after a task's result was delivered; ``busy_count``: other tasks still running in
     this workspace. A busy workspace defers the commit: the next idle commit includes these changes."""
-    if not settings.pipeline_auto_commit or task.get("status") != "completed" or task["task_type"] not in COMMIT_TYPES:
+    if (not settings.pipeline_auto_commit or task.get("status") != TaskStatus.COMPLETED
+            or task["task_type"] not in COMMIT_TYPES):
         return "skipped"
     if busy_count:
         progress_log(settings).info("task %s: %d other task(s) running; commit deferred", task["id"], busy_count)
@@ -109,8 +179,8 @@ def after_task_completed(task: dict[str, Any], settings: Settings, busy_count: i
 
 
 class CompletedTaskWatcher:
-    """Auto-commit driven from the supervisor: polls the API for newly completed tasks and commits when nothing
-    runs. Tasks already completed when it starts are not committed again."""
+    """Auto-commit driven from the supervisor (on its own thread): polls the API for newly completed tasks and
+    commits when nothing runs. Tasks already completed when it starts are not committed again."""
 
     def __init__(self, settings: Settings, client: ApiClient) -> None:
         self.settings = settings
@@ -121,14 +191,16 @@ class CompletedTaskWatcher:
     def poll(self) -> str | None:
         """One pass; returns commit_workspace's outcome when it committed (or tried), else None."""
         try:
-            completed = self.client.list_tasks(status="completed", limit=200)["items"]
-            running = self.client.count_tasks()["by_status"].get("running", 0)
+            completed = self.client.list_tasks(status=TaskStatus.COMPLETED, limit=200)["items"]
+            running = self.client.count_tasks()["by_status"].get(TaskStatus.RUNNING, 0)
         except ApiError as exc:
             progress_log(self.settings).debug("auto-commit poll skipped: %s", exc)
             return None
         ids = {t["id"] for t in completed}
         if self.seen is None:
             self.seen = ids
+            progress_log(self.settings).info("auto-commit on: watching %s for completed tasks (%d completed before "
+                                             "are not committed)", self.settings.coherence_workspace, len(ids))
             return None
         fresh = sorted((t for t in completed if t["id"] not in self.seen and t["task_type"] in COMMIT_TYPES),
                        key=lambda t: t["finished_at"] or "")

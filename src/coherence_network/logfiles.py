@@ -60,15 +60,19 @@ REGISTRY: dict[str, LogFile] = {
         LogFile("pipeline_version.json", "state", "Code version (git SHA) the running pipeline started with", "none"),
         LogFile("restart_requested.json", "state", "Restart request for the supervisor {reason, component, at}", "none"),
         LogFile("fatal_issues.json", "state", "Fatal issues: components that could not be kept running", "none"),
+        LogFile("auto_commit.json", "state", "Auto-commit health: git failures in a row, the last error, last outcome",
+                "none"),
     )
 }
 
 
-# Host-local files under var/run/: PID files, undelivered results, prompts, bot state.
+# Host-local files under var/run/: locks and PID files, undelivered results, prompts, bot state.
 RUN_FILES: dict[str, LogFile] = {
     f.name: f
     for f in (
-        LogFile("{component}.pid", "run", "PID of a running component (api, agent_runner, ...); `coherence stop` reads it",
+        LogFile("{component}.lock", "run", "Single-instance lock (flock) of a component, held for its life; holds its pid",
+                "none; kept", "run"),
+        LogFile("{component}.pid", "run", "PID of a running component (api, agent_runner, ...), written by its lock holder",
                 "none", "run"),
         LogFile("runner_outbox/", "run", "Task results the runner could not deliver yet (API down); sent when it is back",
                 "none; emptied on delivery", "run"),

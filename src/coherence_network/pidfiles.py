@@ -1,46 +1,159 @@
-"""PID files under var/run/: how `coherence stop` finds a component without matching process names."""
+"""Single instance per host, by a lock the kernel releases, and PID files under var/run/ for operators.
+
+A component runs only while it holds an exclusive ``flock`` on ``var/run/<component>.lock``; the lock is kept open
+for the life of the process, so the kernel releases it however the process ends (even SIGKILL), and two processes
+racing for it can never both win. What the process spawns does not inherit it (Python opens files close-on-exec), so
+a task left running never keeps a dead runner's lock. Only the holder writes ``<component>.pid`` (after winning),
+so a loser neither runs nor touches the winner's PID file. What runs is decided by the lock, never by a pid read
+from a file: a pid in a stale file may belong to any process by now.
+
+The supervisor starts each child as ``python -m coherence_network.pidfiles <component> <coherence command ...>``:
+the child itself takes its lock and owns its PID file, whatever command it runs. Runners started by hand take no
+lock (several may run on one host); only the supervised runner holds ``agent_runner``.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from coherence_network.logfiles import RUN_FILES
-from coherence_network.settings import Settings
+from coherence_network.settings import Settings, get_settings
+
+# A probe (``holder``) holds a shared lock for microseconds; a starting process retries this long so that a probe
+# can never make it lose. A real holder keeps the lock for its whole life, so the loser of a real race still loses.
+PROBE_TOLERANCE_SECONDS = 0.2
+
+_held: dict[str, int] = {}  # component -> the open lock file this process holds until it exits
+
+
+class AlreadyRunning(RuntimeError):
+    """Another process holds the component's lock."""
+
+    def __init__(self, component: str, pid: int | None) -> None:
+        super().__init__(f"{component} already runs (pid {pid or 'not recorded yet'}); stop it first: coherence stop")
+        self.component, self.pid = component, pid
 
 
 def pid_path(settings: Settings, component: str) -> Path:
     return RUN_FILES["{component}.pid"].path(settings, component=component)
 
 
-def write_pid(settings: Settings, component: str, pid: int | None = None) -> Path:
-    """Record ``pid`` (default: this process) atomically."""
+def lock_path(settings: Settings, component: str) -> Path:
+    return RUN_FILES["{component}.lock"].path(settings, component=component)
+
+
+def write_pid(settings: Settings, component: str) -> Path:
+    """Record this process's pid atomically (a reader never sees half a file)."""
     path = pid_path(settings, component)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(f"{pid or os.getpid()}\n")
+    tmp.write_text(f"{os.getpid()}\n")
     os.replace(tmp, path)
     return path
 
 
 def read_pid(settings: Settings, component: str) -> int | None:
-    """The recorded pid if the file exists and holds a number, else None."""
+    """The recorded pid if the file exists and holds a number, else None. A hint for people, not proof of life."""
     try:
         return int(pid_path(settings, component).read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
 
 
-def is_ours(pid: int) -> bool:
-    """True when ``pid`` is alive and runs this project's code (so a recycled pid is never signalled)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"coherence" in cmdline
-
-
 def remove_pid(settings: Settings, component: str, pid: int | None = None) -> None:
     """Remove the PID file, but only if it still names ``pid`` (default: this process)."""
     if read_pid(settings, component) == (pid or os.getpid()):
         pid_path(settings, component).unlink(missing_ok=True)
+
+
+def _pid_in(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except ValueError:
+        return None
+
+
+def _lock(settings: Settings, component: str) -> int:
+    """The open, exclusively locked lock file, with this pid written in it; raises AlreadyRunning."""
+    path = lock_path(settings, component)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # never truncated or removed: see the module docstring
+    deadline = time.monotonic() + PROBE_TOLERANCE_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                pid = _pid_in(fd)
+                os.close(fd)
+                raise AlreadyRunning(component, pid) from None
+            time.sleep(0.01)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+@contextmanager
+def hold(settings: Settings, component: str) -> Iterator[None]:
+    """Run as the single instance of ``component``: take its lock (or raise AlreadyRunning, touching nothing), write
+    its PID file, and on the way out remove the PID file, then release the lock. Re-entrant within a process (the
+    supervised API holds it through the wrapper, and `coherence api` asks again)."""
+    if component in _held:
+        yield
+        return
+    fd = _lock(settings, component)
+    _held[component] = fd
+    try:
+        write_pid(settings, component)
+        yield
+    finally:
+        remove_pid(settings, component)
+        del _held[component]
+        os.close(fd)
+
+
+def holder(settings: Settings, component: str) -> int | None:
+    """The pid of the process holding ``component``'s lock, or None when none does (whatever a PID file says).
+    0 when it is held but the holder has not written its pid yet."""
+    if component in _held:
+        return os.getpid()
+    try:
+        fd = os.open(lock_path(settings, component), os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released by the close below
+    except BlockingIOError:
+        return _pid_in(fd) or read_pid(settings, component) or 0
+    finally:
+        os.close(fd)
+    return None
+
+
+def components(settings: Settings) -> set[str]:
+    """Every component with a lock or a PID file on this host (running or not)."""
+    return {p.stem for p in settings.run_dir.glob("*.lock")} | {p.stem for p in settings.run_dir.glob("*.pid")}
+
+
+def run_as(component: str, argv: list[str]) -> None:
+    """``coherence <argv>`` as the single instance of ``component``; exits with the command's exit code, or 1
+    (saying who holds the lock) when another process runs it."""
+    from coherence_network.cli import app
+
+    try:
+        with hold(get_settings(), component):
+            app(argv, prog_name="coherence")
+    except AlreadyRunning as exc:
+        sys.exit(str(exc))
+
+
+if __name__ == "__main__":  # python -m coherence_network.pidfiles <component> <coherence command and arguments>
+    from coherence_network.pidfiles import run_as as run_imported  # the module the command imports: one registry
+
+    run_imported(sys.argv[1], sys.argv[2:])

@@ -1,9 +1,15 @@
 """Supervisor (watchdog): starts the API, runner, project manager and monitor as child processes, restarts the ones
-that die (exponential backoff), acts on restart requests, turns a component that keeps crashing into a fatal issue,
+that exit (exponential backoff), acts on restart requests, turns a component that keeps exiting into a fatal issue,
 and on SIGTERM/SIGINT stops everything it started, leaving no process behind.
 
-Each child is ``python -m coherence_network.cli <command>`` in its own process group, so stopping a child stops
-everything it spawned; PID files in var/run/ let `coherence stop` find them without matching process names.
+Any exit of a child while the pipeline runs is restarted, exit 0 included (an API stopped with SIGTERM exits 0);
+the one exception is `--until-done`, where the project manager's exit ends the pipeline. One-shot flags such as the
+project manager's ``--reset`` go to a child's first start only.
+
+Each child is ``python -m coherence_network.pidfiles <component> <coherence command>`` in its own process group:
+the child takes its single-instance lock and writes its own PID file (see pidfiles), and stopping its group stops
+everything it spawned. The supervisor holds its own lock, so two supervisors never run at once. Auto-commit runs on
+a thread of its own: git can be slow or fail, and supervision never waits for it.
 """
 
 from __future__ import annotations
@@ -23,16 +29,18 @@ from typing import IO
 
 from coherence_network import __version__, fatal
 from coherence_network.client import ApiClient, ApiError
-from coherence_network.gitops import CompletedTaskWatcher
+from coherence_network.gitops import GIT_TIMEOUT_SECONDS, CompletedTaskWatcher
 from coherence_network.logfiles import REGISTRY, write_json_atomic
-from coherence_network.pidfiles import is_ours, pid_path, read_pid, remove_pid, write_pid
+from coherence_network.pidfiles import AlreadyRunning, components, hold, holder, read_pid, remove_pid
 from coherence_network.settings import Settings
+from coherence_network.taskgroups import kill_orphaned_task_groups
 from coherence_network.versioning import running_version, source_sha_on_disk
 
 log = logging.getLogger("coherence.supervisor")
 
 COMPONENTS = ("api", "agent_runner", "project_manager", "monitor")
 CLI_COMMANDS = {"api": "api", "agent_runner": "runner", "project_manager": "pm", "monitor": "monitor"}
+ONE_SHOT_FLAGS = frozenset({"--reset"})  # given to a child's first start only: a restart must not redo them
 SELF = "supervisor"
 TICK_SECONDS = 0.2
 COMMIT_POLL_SECONDS = 2.0
@@ -53,12 +61,22 @@ class Child:
     """One supervised component and its crash history."""
 
     name: str
-    argv: list[str]
+    args: list[str]  # the `coherence` command and its arguments, on every start
+    first_start_args: list[str] = field(default_factory=list)  # one-shot flags, on the first start only
+    starts: int = 0
     proc: subprocess.Popen[bytes] | None = None
     crashes: deque[float] = field(default_factory=deque)
     restart_at: float | None = None
-    finished: bool = False
+    finished: bool = False  # not (or no longer) run by this supervisor: --no-restart, or an API it found running
     stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_LINES))
+
+    @classmethod
+    def of(cls, name: str, extra: list[str]) -> "Child":
+        return cls(name, [CLI_COMMANDS[name], *(a for a in extra if a not in ONE_SHOT_FLAGS)],
+                   [a for a in extra if a in ONE_SHOT_FLAGS])
+
+    def next_args(self) -> list[str]:
+        return self.args + (self.first_start_args if self.starts == 0 else [])
 
     @property
     def alive(self) -> bool:
@@ -101,11 +119,8 @@ class Supervisor:
         self.client = ApiClient(settings=settings, retries=0, timeout=2.0)
         self.api_external = False
         self.children: dict[str, Child] = {
-            name: Child(name, [sys.executable, "-m", "coherence_network.cli", CLI_COMMANDS[name],
-                               *options.args.get(name, [])])
-            for name in COMPONENTS if name in options.components
+            name: Child.of(name, options.args.get(name, [])) for name in COMPONENTS if name in options.components
         }
-        self.committer = CompletedTaskWatcher(settings, self.client) if settings.pipeline_auto_commit else None
 
     # --- children -------------------------------------------------------------------------------------------
     def api_answers(self) -> bool:
@@ -117,13 +132,20 @@ class Supervisor:
 
     def start(self, child: Child) -> None:
         child.restart_at = None
+        if child.name == "api" and self.api_answers():  # started by hand meanwhile, or before the supervisor
+            log.warning("an API already answers at %s: using it, not starting one (it is not supervised: restart it "
+                        "where it runs)", self.client.base_url)
+            self.api_external, child.finished = True, True
+            return
         child.stderr_tail.clear()
-        child.proc = subprocess.Popen(child.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, start_new_session=True)
+        args = child.next_args()
+        child.proc = subprocess.Popen([sys.executable, "-m", "coherence_network.pidfiles", child.name, *args],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      start_new_session=True)
+        child.starts += 1
         assert child.proc.stderr is not None
         threading.Thread(target=_drain, args=(child.proc.stderr, child.stderr_tail), daemon=True).start()
-        write_pid(self.settings, child.name, child.proc.pid)
-        log.info("started %s (pid %d): %s", child.name, child.proc.pid, " ".join(child.argv[3:]))
+        log.info("started %s (pid %d): %s", child.name, child.proc.pid, " ".join(args))
         if child.name == "api":
             self._wait_api(child)
 
@@ -136,8 +158,13 @@ class Supervisor:
                 return
             time.sleep(0.1)
 
+    def _reaped(self, child: Child) -> None:
+        """After a child is gone: remove the PID file only if the dead child left its own behind (SIGKILL)."""
+        assert child.proc is not None
+        remove_pid(self.settings, child.name, child.proc.pid)
+
     def stop_children(self, children: list[Child]) -> None:
-        """SIGTERM to each group, SIGKILL to what is left after the grace period; reaps and removes PID files."""
+        """SIGTERM to each group, SIGKILL to what is left after the grace period; reaps."""
         running = [c for c in children if c.alive]
         for child in running:
             assert child.proc is not None
@@ -152,30 +179,29 @@ class Supervisor:
                 signal_group(child.proc.pid, signal.SIGKILL)
                 wait_group_gone(child.proc, time.monotonic() + 10)
             child.proc.wait()
-            remove_pid(self.settings, child.name, child.proc.pid)
+            self._reaped(child)
 
     def _exited(self, child: Child) -> None:
+        """A child exited on its own: restart it (any exit code: the pipeline is not stopping), with backoff, or
+        record a fatal issue once it keeps exiting."""
         assert child.proc is not None
         code = child.proc.returncode
-        remove_pid(self.settings, child.name, child.proc.pid)
+        self._reaped(child)
         signal_group(child.proc.pid, signal.SIGKILL)  # whatever the dead leader left in its group
         tail = "\n".join(child.stderr_tail)
-        if code == 0:
-            log.info("%s finished (exit 0)", child.name)
-            child.finished = True
-        else:
-            log.warning("%s exited with %s; last output:\n%s", child.name, code, tail[-2000:] or "(none)")
+        log.warning("%s exited with %s; last output:\n%s", child.name, code, tail[-2000:] or "(none)")
         if child.name == "project_manager" and self.options.stop_when_manager_exits:
             log.info("the project manager is done (exit %s): stopping the pipeline", code)
             self.exit_code = code if code >= 0 else 1
             self.stopping.set()
             return
-        if child.finished or self.stopping.is_set():
+        if self.stopping.is_set():
             return
         if not self.options.restart:
             log.info("%s is not restarted (--no-restart)", child.name)
             child.finished = True
-            self.exit_code = 1
+            if code != 0:
+                self.exit_code = 1
             return
         now = time.monotonic()
         child.crashes.append(now)
@@ -187,7 +213,7 @@ class Supervisor:
         delay = min(self.settings.supervisor_backoff_seconds * 2 ** (len(child.crashes) - 1),
                     self.settings.supervisor_max_backoff_seconds)
         child.restart_at = now + delay
-        log.info("restarting %s in %.1f s (crash %d of %d allowed in %.0f s)", child.name, delay, len(child.crashes),
+        log.info("restarting %s in %.1f s (exit %d of %d allowed in %.0f s)", child.name, delay, len(child.crashes),
                  self.settings.supervisor_fatal_restarts, self.settings.supervisor_fatal_window_seconds)
 
     def _fatal(self, child: Child, code: int, tail: str) -> None:
@@ -246,41 +272,53 @@ class Supervisor:
         self.stopping.set()
 
     def run(self) -> int:
-        other = read_pid(self.settings, SELF)
-        if other and other != os.getpid() and is_ours(other):
-            log.error("a supervisor already runs (pid %d); stop it first: coherence stop", other)
-            return 2
-        write_pid(self.settings, SELF)
-        self._write_version(running_version()["git_sha"])
+        """Supervise until stopped; 1 when another supervisor holds the lock (nothing is touched then)."""
         try:
-            self._start_all()
-            next_commit_poll = time.monotonic()
+            with hold(self.settings, SELF):
+                return self._supervise()
+        except AlreadyRunning as exc:
+            log.error("a %s", exc)
+            return 1
+
+    def _supervise(self) -> int:
+        self._write_version(running_version()["git_sha"])
+        _log_lines(kill_orphaned_task_groups(self.settings))  # tasks of runners that died with a previous pipeline
+        committer = None
+        if self.settings.pipeline_auto_commit:
+            committer = threading.Thread(target=self._commit_loop, name="auto-commit", daemon=True)
+            committer.start()
+        try:
+            for child in self.children.values():
+                if not self.stopping.is_set():
+                    self.start(child)
             while not self.stopping.is_set():
                 self._tick()
-                if self.committer is not None and time.monotonic() >= next_commit_poll:
-                    self.committer.poll()
-                    next_commit_poll = time.monotonic() + COMMIT_POLL_SECONDS
                 if all(c.finished for c in self.children.values()):
                     log.info("every component has finished")
                     break
                 self.stopping.wait(TICK_SECONDS)
         finally:
+            self.stopping.set()  # also when every component finished: ends the auto-commit thread
             api = [c for c in self.children.values() if c.name == "api"]
             self.stop_children([c for c in self.children.values() if c.name != "api"])
             self.stop_children(api)  # last: the others release their tasks through it
+            _log_lines(kill_orphaned_task_groups(self.settings))
+            if committer is not None:
+                committer.join(GIT_TIMEOUT_SECONDS)  # a git command under way ends by its timeout at the latest
             self.client.close()
-            remove_pid(self.settings, SELF)
             log.info("supervisor stopped (exit %d)", self.exit_code)
         return self.exit_code
 
-    def _start_all(self) -> None:
-        api = self.children.get("api")
-        if api is not None and self.api_answers():
-            log.info("an API already answers at %s: using it, not starting one", self.client.base_url)
-            self.api_external, api.finished = True, True
-        for child in self.children.values():
-            if not child.finished and not self.stopping.is_set():
-                self.start(child)
+    def _commit_loop(self) -> None:
+        """Auto-commit, off the supervision loop: git may take up to its timeout or fail (gitops logs that to
+        commit_progress.log, this log and auto_commit.json); nothing it raises stops the pipeline."""
+        with ApiClient(settings=self.settings, retries=0, timeout=10.0) as client:
+            watcher = CompletedTaskWatcher(self.settings, client)
+            while not self.stopping.wait(COMMIT_POLL_SECONDS):
+                try:
+                    watcher.poll()
+                except Exception:  # a bug in auto-commit is logged and retried, never fatal to the pipeline
+                    log.exception("auto-commit pass failed; next pass in %g s", COMMIT_POLL_SECONDS)
 
     def _tick(self) -> None:
         for child in self.children.values():
@@ -295,39 +333,53 @@ class Supervisor:
         self.handle_restart_request()
 
 
+def _log_lines(lines: list[str]) -> None:
+    for line in lines:
+        log.warning("%s", line)
+
+
 # --- coherence stop ---------------------------------------------------------------------------------------------
-def _terminate(pid: int, grace: float) -> str:
+def _terminate(settings: Settings, name: str, pid: int, grace: float) -> str:
+    """SIGTERM (to the group when ``pid`` leads one), SIGKILL after ``grace``; done when the lock is released."""
     try:
         group = os.getpgid(pid) == pid
     except ProcessLookupError:
         return "already gone"
     send = (lambda sig: signal_group(pid, sig)) if group else (lambda sig: os.kill(pid, sig))
     send(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not is_ours(pid):  # gone (a zombie or a recycled pid no longer runs our code either)
-            return "stopped"
-        time.sleep(0.1)
+    if _lock_released(settings, name, time.monotonic() + grace):
+        return "stopped"
     send(signal.SIGKILL)
+    _lock_released(settings, name, time.monotonic() + 10)
     return "killed after the grace period"
 
 
+def _lock_released(settings: Settings, name: str, deadline: float) -> bool:
+    while holder(settings, name) is not None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def stop_pipeline(settings: Settings, grace: float) -> list[str]:
-    """Stop what the PID files in var/run/ name: the supervisor first (it stops its children), then anything left,
-    the API last. Only live processes running this project's code are signalled; stale PID files are removed."""
-    names = sorted((p.stem for p in settings.run_dir.glob("*.pid")), key=lambda n: (n != SELF, n == "api", n))
+    """Stop every component whose lock is held in var/run/: the supervisor first (it stops its children), the API
+    last; then kill every recorded task process group (no runner is left to own one). Only lock holders are
+    signalled; a PID file nobody's lock backs is stale and removed."""
+    names = sorted(components(settings), key=lambda n: (n != SELF, n == "api", n))
     done: list[str] = []
     for name in names:
-        path = pid_path(settings, name)
-        if not path.exists():  # removed meanwhile by the supervisor that stopped it
+        pid = holder(settings, name)
+        if pid is None:
+            stale = read_pid(settings, name)
+            if stale is not None:
+                remove_pid(settings, name, stale)  # unless a starting holder has just written its own
+                done.append(f"{name}: stale PID file removed")
             continue
-        pid = read_pid(settings, name)
-        if pid is None or not is_ours(pid):
-            path.unlink(missing_ok=True)
-            done.append(f"{name}: stale PID file removed")
+        if pid == 0:
+            done.append(f"{name}: starting (its pid is not recorded yet); run coherence stop again")
             continue
         wait = grace + settings.supervisor_stop_grace_seconds + 15 if name == SELF else grace
-        done.append(f"{name} (pid {pid}): {_terminate(pid, wait)}")
-        if read_pid(settings, name) == pid:
-            path.unlink(missing_ok=True)
-    return done
+        done.append(f"{name} (pid {pid}): {_terminate(settings, name, pid, wait)}")
+        remove_pid(settings, name, pid)  # left behind only by a SIGKILL
+    return done + kill_orphaned_task_groups(settings, all_groups=True)

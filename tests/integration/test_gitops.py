@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,7 @@ from coherence_network import gitops
 from coherence_network.client import ApiClient
 from coherence_network.settings import Settings
 from tests.support.api import ApiProcess
+from tests.support.net import wait_until
 
 
 def git(repo: Path, *args: str) -> str:
@@ -93,3 +99,77 @@ def test_watcher_commits_tasks_completed_through_the_api(tmp_path: Path, repo: P
         assert watcher.poll() == "committed"
     subject, _, body = git(repo, "log", "-1", "--format=%B").partition("\n\n")
     assert subject == f"[pipeline] impl {other['id']}: Another" and f"spec {created['id']}" in body
+
+
+def _status(tmp_path: Path) -> dict[str, object]:
+    return json.loads((tmp_path / "home" / "logs" / "auto_commit.json").read_text())
+
+
+def test_git_missing_is_a_failure_reported_not_raised(tmp_path: Path, repo: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_for(tmp_path, repo)
+    (repo / "a.txt").write_text("1\n")
+    real_path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git here
+    assert gitops.after_task_completed(task(1), settings, busy_count=0) == "failed"
+    assert gitops.after_task_completed(task(2), settings, busy_count=0) == "failed"
+    status = _status(tmp_path)
+    assert status["failures"] == 2 and "git cannot run" in str(status["last_error"])
+    assert "auto-commit failed" in (tmp_path / "home" / "logs" / "commit_progress.log").read_text()
+    monkeypatch.setenv("PATH", real_path)
+    assert gitops.after_task_completed(task(3), settings, busy_count=0) == "committed"
+    assert _status(tmp_path)["failures"] == 0 and _status(tmp_path)["last_outcome"] == "committed"
+
+
+def test_a_hanging_git_is_killed_with_what_it_started(tmp_path: Path, repo: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    started = tmp_path / "child.pid"
+    (fake / "git").write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {started}\nwait\n")
+    (fake / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.setattr(gitops, "GIT_TIMEOUT_SECONDS", 1.0)
+    begun = time.monotonic()
+    assert gitops.after_task_completed(task(1), settings_for(tmp_path, repo), busy_count=0) == "failed"
+    assert time.monotonic() - begun < 10
+    assert "timed out after 1 s" in str(_status(tmp_path)["last_error"])
+    child = int(started.read_text())
+    wait_until(lambda: not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text()
+               .rsplit(")", 1)[1].split()[0], 10, "the sleep git started killed too")
+
+
+class _AskForPassword(BaseHTTPRequestHandler):
+    """An HTTP git remote that wants credentials."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the handler API)
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="git"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_a_remote_that_asks_for_credentials_never_prompts(tmp_path: Path, repo: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _AskForPassword)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    asked = tmp_path / "asked"
+    askpass = tmp_path / "askpass.sh"
+    askpass.write_text(f"#!/bin/sh\necho \"$1\" >> {asked}\necho secret\n")
+    askpass.chmod(0o755)
+    for variable in ("GIT_ASKPASS", "SSH_ASKPASS"):  # a desktop session's password dialog, nobody to answer it
+        monkeypatch.setenv(variable, str(askpass))
+    try:
+        git(repo, "remote", "set-url", "origin", f"http://127.0.0.1:{server.server_port}/repo.git")
+        settings = settings_for(tmp_path, repo, pipeline_auto_push=True)
+        (repo / "a.txt").write_text("1\n")
+        assert gitops.after_task_completed(task(1), settings, busy_count=0) == "committed"  # the commit is made
+    finally:
+        server.shutdown()
+    assert not asked.exists()
+    status = _status(tmp_path)
+    assert status["last_outcome"] == "push-failed" and status["failures"] == 1
+    assert "push to origin failed" in (tmp_path / "home" / "logs" / "commit_progress.log").read_text()

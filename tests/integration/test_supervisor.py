@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from coherence_network.logfiles import write_json_atomic
+from tests.runbook.runbook_doc import ROOT
 from tests.support.net import wait_until
 from tests.support.pipeline import PipelineProcess, alive, processes_with_home
 
@@ -124,3 +126,74 @@ def test_stopping_leaves_no_process_behind(tmp_path: Path, pipelines: list[Pipel
     assert pipeline.wait(90) == 0
     assert processes_with_home(home) == []
     assert list((home / "run").glob("*.pid")) == []
+
+
+def test_an_api_stopped_with_sigterm_is_restarted(tmp_path: Path, pipelines: list[PipelineProcess]) -> None:
+    """SIGTERM makes the API exit 0; while the pipeline runs that is an exit like any other, not "finished"."""
+    pipeline = _start(pipelines, tmp_path / "home", "--components", "api,agent_runner")
+    pipeline.wait_started("api", "agent_runner")
+    first = pipeline.pid("api")
+    assert first is not None
+    os.kill(first, signal.SIGTERM)
+    wait_until(lambda: pipeline.pid("api") not in (None, first) and alive(pipeline.pid("api")) and pipeline.api_up(),
+               60, "a new API")
+    _wait_completed(pipeline, _create(pipeline, PY_OK))
+    log = (pipeline.home / "logs" / "supervisor.log").read_text()
+    assert "api exited with 0" in log and "restarting api" in log
+
+
+def _started_args(log: str, component: str) -> list[str]:
+    return [line.split(": ", 2)[2] for line in log.splitlines() if f"started {component} (pid" in line]
+
+
+def test_reset_applies_to_the_first_start_only(tmp_path: Path, pipelines: list[PipelineProcess]) -> None:
+    """`run_autonomous.sh --reset`: a restarted project manager keeps its progress (no finished item made again)."""
+    backlog = tmp_path / "backlog.md"
+    backlog.write_text(f"1. run: {PY_OK}\n")
+    home = tmp_path / "home"
+    state = home / "logs" / "project_manager_state.json"
+    pipeline = AutonomousProcess(home, "--reset", "--backlog", str(backlog), "--components",
+                                 "api,agent_runner,project_manager").start()
+    pipelines.append(pipeline)
+    pipeline.wait_started("api", "agent_runner", "project_manager")
+    wait_until(lambda: state.exists() and '"done"' in state.read_text(), 60, "the item done")
+    first = pipeline.pid("project_manager")
+    assert first is not None
+    os.kill(first, signal.SIGTERM)
+    wait_until(lambda: pipeline.pid("project_manager") not in (None, first), 60, "a new project manager")
+    passed = state.stat().st_mtime_ns
+    wait_until(lambda: state.stat().st_mtime_ns != passed, 60, "a pass of the restarted project manager")
+    assert httpx.get(f"{pipeline.url}/api/agent/tasks/count", timeout=10).json()["total"] == 1
+    assert '"done"' in state.read_text()
+    starts = _started_args((home / "logs" / "supervisor.log").read_text(), "project_manager")
+    assert len(starts) == 2 and "--reset" in starts[0] and "--reset" not in starts[1]
+
+
+class AutonomousProcess(PipelineProcess):
+    """`scripts/run_autonomous.sh` (auto-commit, auto-recover) instead of a bare `coherence supervise`."""
+
+    def start(self) -> "AutonomousProcess":
+        self.proc = subprocess.Popen([str(ROOT / "scripts" / "run_autonomous.sh"), *self.args], env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+
+def test_a_git_failure_in_auto_commit_stops_nothing(tmp_path: Path, pipelines: list[PipelineProcess]) -> None:
+    """No git on the PATH: auto-commit fails, says so, and every component keeps running."""
+    no_git = tmp_path / "bin"
+    no_git.mkdir()
+    pipeline = _start(pipelines, tmp_path / "home", "--components", "api,agent_runner", PATH=str(no_git),
+                      PIPELINE_AUTO_COMMIT="1")
+    pipeline.wait_started("api", "agent_runner", "supervisor")
+    progress = pipeline.home / "logs" / "commit_progress.log"
+    wait_until(lambda: progress.exists() and "auto-commit on" in progress.read_text(), 30, "auto-commit watching")
+    pids = {name: pipeline.pid(name) for name in ("supervisor", "api", "agent_runner")}
+    body = {"direction": "write the code", "task_type": "impl", "command": PY_OK}
+    task_id = int(httpx.post(f"{pipeline.url}/api/agent/tasks", json=body, timeout=10).json()["id"])
+    _wait_completed(pipeline, task_id)
+    wait_until(lambda: progress.exists() and "git cannot run" in progress.read_text(), 30, "the git failure logged")
+    status = json.loads((pipeline.home / "logs" / "auto_commit.json").read_text())
+    assert status["failures"] >= 1 and "git cannot run" in status["last_error"]
+    assert "auto-commit failed" in (pipeline.home / "logs" / "supervisor.log").read_text()
+    _wait_completed(pipeline, _create(pipeline, PY_OK))  # the pipeline carries on
+    assert {name: pipeline.pid(name) for name in pids} == pids and all(alive(pid) for pid in pids.values())

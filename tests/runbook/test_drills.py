@@ -21,6 +21,7 @@ from tests.runbook.runbook_doc import ROOT, Runbook
 from tests.support.api import ApiProcess
 from tests.support.fixture_registry import FixtureRegistry
 from tests.support.net import free_port, wait_until
+from tests.support.pipeline import PipelineProcess, alive
 from tests.support.runner import RunnerProcess
 
 
@@ -48,7 +49,8 @@ def test_drill_api_restart_keeps_the_data(runbook: Runbook, drill: Drill, api: A
     created = [httpx.post(f"{api.url}/api/agent/tasks", json={"direction": f"keep {i}", "task_type": "run"}).json()
                for i in range(5)]
     old_pid = api.proc.pid  # type: ignore[union-attr]
-    results = drill.run_block(runbook.drill("api-restart"))
+    results = [result for step in ("api-stop", "api-start", "api-verify") for result in
+               drill.run_block(runbook.drill(step))]
     assert json.loads(results[-1].stdout)["ready"] is True
     assert api.proc.wait(30) == 0  # the old API was stopped gracefully by its PID file
     new_pid = int((drill.home / "run" / "api.pid").read_text())
@@ -56,6 +58,27 @@ def test_drill_api_restart_keeps_the_data(runbook: Runbook, drill: Drill, api: A
     with ApiClient(api.url, token="") as client:
         for task in created:
             assert client.get_task(task["id"]).direction == task["direction"]
+
+
+def test_drill_api_restart_under_the_supervisor_ends_supervised(runbook: Runbook, tmp_path: Path) -> None:
+    """Step 3 is skipped under the supervisor: the API stopped by step 2 comes back as the supervisor's child."""
+    pipeline = PipelineProcess(tmp_path / "home", "--components", "api,agent_runner").start()
+    drill = Drill(pipeline.home, pipeline.port, env={"SUPERVISOR_BACKOFF_SECONDS": "0.1"})
+    try:
+        pipeline.wait_started("api", "agent_runner")
+        old_pid = pipeline.pid("api")
+        drill.run_block(runbook.drill("api-stop"))
+        wait_until(lambda: not alive(old_pid), 10, "the old API gone")  # it let go of its lock on the way out
+        results = drill.run_block(runbook.drill("api-verify"))
+        assert json.loads(results[-1].stdout)["ready"] is True
+        wait_until(lambda: alive(pipeline.pid("api")), 30, "the new API's PID file")
+        new_pid = pipeline.pid("api")
+        assert new_pid != old_pid
+        parent = int(Path(f"/proc/{new_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert parent == pipeline.proc.pid  # type: ignore[union-attr]
+    finally:
+        drill.close()
+        pipeline.stop()
 
 
 def test_drill_cleanup_removes_only_old_logs_of_finished_tasks(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
