@@ -12,7 +12,6 @@ from pathlib import Path
 
 import typer
 
-from coherence_network import __version__
 from coherence_network.settings import get_settings
 
 app = typer.Typer(

@@ -22,10 +22,9 @@ import subprocess
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from coherence_network.client import ApiClient, ApiError
-from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.contract import Task, TaskStatus, TaskType
 from coherence_network.logfiles import (
     REGISTRY,
     ROTATE_BACKUPS,
@@ -88,15 +87,14 @@ def _git(workspace: Path, *args: str, check: bool = True) -> subprocess.Complete
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def commit_message(tasks: Sequence[dict[str, Any]]) -> str:
+def commit_message(tasks: Sequence[Task]) -> str:
     """``[pipeline] {type} {id}: {direction, shortened}`` for the newest task; earlier ones listed in the body."""
     newest = tasks[-1]
-    direction = " ".join(str(newest.get("direction", "")).split())
+    direction = " ".join(newest.direction.split())
     if len(direction) > SUBJECT_DIRECTION_CHARS:
         direction = direction[: SUBJECT_DIRECTION_CHARS - 3].rstrip() + "..."
-    subject = f"[pipeline] {newest['task_type']} {newest['id']}: {direction}"
-    earlier = [f"- {t['task_type']} {t['id']}: {' '.join(str(t.get('direction', '')).split())[:100]}"
-               for t in tasks[:-1]]
+    subject = f"[pipeline] {newest.task_type} {newest.id}: {direction}"
+    earlier = [f"- {t.task_type} {t.id}: {' '.join(t.direction.split())[:100]}" for t in tasks[:-1]]
     return subject if not earlier else subject + "\n\nAlso includes:\n" + "\n".join(earlier)
 
 
@@ -116,12 +114,12 @@ def record_outcome(settings: Settings, outcome: str, error: str | None = None) -
     write_json_atomic(path, status)
 
 
-def commit_workspace(settings: Settings, tasks: Sequence[dict[str, Any]]) -> str:
+def commit_workspace(settings: Settings, tasks: Sequence[Task]) -> str:
     """Commit every change in the workspace for these completed tasks (and push if asked); returns what happened:
     ``committed``, ``nothing``, ``not-a-repo`` or ``failed``. A failed push still returns ``committed`` (the commit
     is made) but counts as a failure in auto_commit.json."""
     out = progress_log(settings)
-    ids = ", ".join(str(t["id"]) for t in tasks)
+    ids = ", ".join(str(t.id) for t in tasks)
     try:
         outcome = _commit(settings, tasks, ids)
     except GitError as exc:
@@ -135,7 +133,7 @@ def commit_workspace(settings: Settings, tasks: Sequence[dict[str, Any]]) -> str
     return outcome
 
 
-def _commit(settings: Settings, tasks: Sequence[dict[str, Any]], ids: str) -> str:
+def _commit(settings: Settings, tasks: Sequence[Task], ids: str) -> str:
     out = progress_log(settings)
     workspace = settings.coherence_workspace.resolve()
     if _git(workspace, "rev-parse", "--is-inside-work-tree", check=False).returncode != 0:
@@ -166,14 +164,14 @@ def push(settings: Settings) -> bool:
     return True
 
 
-def after_task_completed(task: dict[str, Any], settings: Settings, busy_count: int) -> str:
+def after_task_completed(task: Task, settings: Settings, busy_count: int) -> str:
     """The runner's hook, called after a task's result was delivered; ``busy_count``: other tasks still running in
     this workspace. A busy workspace defers the commit: the next idle commit includes these changes."""
-    if (not settings.pipeline_auto_commit or task.get("status") != TaskStatus.COMPLETED
-            or task["task_type"] not in COMMIT_TYPES):
+    if (not settings.pipeline_auto_commit or task.status != TaskStatus.COMPLETED
+            or task.task_type not in COMMIT_TYPES):
         return "skipped"
     if busy_count:
-        progress_log(settings).info("task %s: %d other task(s) running; commit deferred", task["id"], busy_count)
+        progress_log(settings).info("task %s: %d other task(s) running; commit deferred", task.id, busy_count)
         return "deferred"
     return commit_workspace(settings, [task])
 
@@ -186,24 +184,24 @@ class CompletedTaskWatcher:
         self.settings = settings
         self.client = client
         self.seen: set[int] | None = None
-        self.waiting: list[dict[str, Any]] = []
+        self.waiting: list[Task] = []
 
     def poll(self) -> str | None:
         """One pass; returns commit_workspace's outcome when it committed (or tried), else None."""
         try:
-            completed = self.client.list_tasks(status=TaskStatus.COMPLETED, limit=200)["items"]
-            running = self.client.count_tasks()["by_status"].get(TaskStatus.RUNNING, 0)
+            completed = self.client.list_tasks(status=TaskStatus.COMPLETED, limit=200).items
+            running = self.client.count_tasks().by_status.get(TaskStatus.RUNNING, 0)
         except ApiError as exc:
             progress_log(self.settings).debug("auto-commit poll skipped: %s", exc)
             return None
-        ids = {t["id"] for t in completed}
+        ids = {t.id for t in completed}
         if self.seen is None:
             self.seen = ids
             progress_log(self.settings).info("auto-commit on: watching %s for completed tasks (%d completed before "
                                              "are not committed)", self.settings.coherence_workspace, len(ids))
             return None
-        fresh = sorted((t for t in completed if t["id"] not in self.seen and t["task_type"] in COMMIT_TYPES),
-                       key=lambda t: t["finished_at"] or "")
+        fresh = sorted((t for t in completed if t.id not in self.seen and t.task_type in COMMIT_TYPES),
+                       key=lambda t: t.finished_at or t.updated_at)
         self.seen = ids  # the newest completed tasks; older ones cannot reappear as new
         self.waiting += fresh
         if not self.waiting:
@@ -211,7 +209,7 @@ class CompletedTaskWatcher:
         if running:
             if fresh:
                 progress_log(self.settings).info("task %s completed; %d task(s) running, commit deferred",
-                                                 ", ".join(str(t["id"]) for t in fresh), running)
+                                                 ", ".join(str(t.id) for t in fresh), running)
             return None
         batch, self.waiting = self.waiting, []
         return commit_workspace(self.settings, batch)

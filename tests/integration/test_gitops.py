@@ -7,6 +7,7 @@ import os
 import subprocess
 import threading
 import time
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from coherence_network import gitops
 from coherence_network.client import ApiClient
+from coherence_network.contract import Task, TaskStatus
 from coherence_network.settings import Settings
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
@@ -42,8 +44,10 @@ def settings_for(tmp_path: Path, workspace: Path, **fields: object) -> Settings:
                     pipeline_auto_commit=True, **fields)
 
 
-def task(task_id: int, task_type: str = "impl") -> dict[str, object]:
-    return {"id": task_id, "task_type": task_type, "status": "completed", "direction": f"Do step {task_id}"}
+def task(task_id: int, task_type: str = "impl") -> Task:
+    now = datetime.now(timezone.utc)
+    return Task(id=task_id, task_type=task_type, status=TaskStatus.COMPLETED, direction=f"Do step {task_id}",
+                created_at=now, updated_at=now)
 
 
 def test_commit_and_push_with_a_failed_push_retried(tmp_path: Path, repo: Path) -> None:

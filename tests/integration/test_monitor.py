@@ -8,11 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 
 from coherence_network import gitops
+from coherence_network.contract import Task
 from coherence_network.monitor import Snapshot, evaluate, utcnow
 from coherence_network.settings import Settings
 from coherence_network.versioning import SOURCE_DIR, source_sha_on_disk
@@ -86,7 +88,9 @@ def test_auto_commit_is_not_stale_version_but_a_source_change_is(tmp_path: Path)
     settings = Settings(_env_file=None, coherence_home=tmp_path / "home", coherence_workspace=repo / "work",
                         pipeline_auto_commit=True)
     (repo / "work" / "notes.md").write_text("changed by a task\n")
-    task = {"id": 5, "task_type": "impl", "status": "completed", "direction": "Change the notes"}
+    now = datetime.now(timezone.utc)
+    task = Task(id=5, task_type="impl", status="completed", direction="Change the notes", created_at=now,
+                updated_at=now)
     assert gitops.after_task_completed(task, settings, busy_count=0) == "committed"
     assert _git(repo, "log", "-1", "--format=%s") == "[pipeline] impl 5: Change the notes"
 

@@ -6,7 +6,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from functools import lru_cache
 from pathlib import Path
 
