@@ -93,16 +93,16 @@ def test_watcher_commits_tasks_completed_through_the_api(tmp_path: Path, repo: P
         assert watcher.poll() is None  # baseline: nothing older is committed
         created = client.create_task("Write the spec", "spec")
         claimed = client.claim("t:1")
-        assert claimed is not None and claimed["id"] == created["id"]
+        assert claimed is not None and claimed.id == created.id
         (repo / "spec.md").write_text("spec\n")
         other = client.create_task("Another", "impl")
         busy = client.claim("t:2")
-        client.finish(created["id"], claimed["claim_token"], "completed", output="ok")
+        client.finish(created.id, claimed.claim_token, "completed", output="ok")
         assert watcher.poll() is None  # another task still runs in the workspace
-        client.finish(other["id"], busy["claim_token"], "completed", output="ok")
+        client.finish(other.id, busy.claim_token, "completed", output="ok")
         assert watcher.poll() == "committed"
     subject, _, body = git(repo, "log", "-1", "--format=%B").partition("\n\n")
-    assert subject == f"[pipeline] impl {other['id']}: Another" and f"spec {created['id']}" in body
+    assert subject == f"[pipeline] impl {other.id}: Another" and f"spec {created.id}" in body
 
 
 def _status(tmp_path: Path) -> dict[str, object]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from coherence_network.api.routes_ops_issues import goal_proximity
+from coherence_network.contract import Task
 from coherence_network.gitops import commit_message
 from coherence_network.monitor import RULES, LogTailer, Snapshot, build_report, evaluate, render_report
 from coherence_network.settings import Settings
@@ -160,8 +161,13 @@ def test_goal_proximity_formula() -> None:
 
 
 def test_commit_message_shortens_the_direction() -> None:
-    task = {"id": 12, "task_type": "impl", "direction": "Implement   the thing\n" + "x" * 200}
-    message = commit_message([{"id": 11, "task_type": "spec", "direction": "Spec it"}, task])
+    now = datetime.now(timezone.utc)
+
+    def task(task_id: int, task_type: str, direction: str) -> Task:
+        return Task(id=task_id, task_type=task_type, status="completed", direction=direction, created_at=now,
+                    updated_at=now)
+
+    message = commit_message([task(11, "spec", "Spec it"), task(12, "impl", "Implement   the thing\n" + "x" * 200)])
     subject, _, body = message.partition("\n\n")
     assert subject.startswith("[pipeline] impl 12: Implement the thing") and subject.endswith("...")
     assert len(subject) < 100 and "spec 11: Spec it" in body
