@@ -16,9 +16,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from coherence_network.contract import TaskStatus
+from coherence_network.contract import SETTLED_STATUSES, TaskStatus
 from coherence_network.store.schema import UTCDateTime, tasks
 from coherence_network.store.tasks import utcnow
+
+def _no_outcomes() -> dict[str, Any]:
+    """Zero of each outcome that success rates and throughput count (completed, failed)."""
+    return {str(status): 0 for status in sorted(SETTLED_STATUSES)}
+
 
 WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
 PERCENTILES = (0.5, 0.95)
@@ -48,13 +53,13 @@ def success_counts(conn: Connection, since: datetime, until: datetime) -> dict[s
     result: dict[str, dict[str, Any]] = {}
     for task_type, status, n in conn.execute(query):
         for key in (task_type, ALL_TYPES):
-            entry = result.setdefault(key, {"completed": 0, "failed": 0})
+            entry = result.setdefault(key, _no_outcomes())
             if status in entry:
                 entry[status] += int(n)
-    result.setdefault(ALL_TYPES, {"completed": 0, "failed": 0})
+    result.setdefault(ALL_TYPES, _no_outcomes())
     for entry in result.values():
-        done = entry["completed"] + entry["failed"]
-        entry["success_rate"] = round(entry["completed"] / done, 4) if done else None
+        done = entry[TaskStatus.COMPLETED] + entry[TaskStatus.FAILED]
+        entry["success_rate"] = round(entry[TaskStatus.COMPLETED] / done, 4) if done else None
     return result
 
 
@@ -124,7 +129,7 @@ def hourly_throughput(engine: Engine, conn: Connection, now: datetime) -> list[d
         .group_by(hour, tasks.c.status)
     )
     buckets = {
-        (first_hour + timedelta(hours=h)).strftime("%Y-%m-%dT%H:00:00Z"): {"completed": 0, "failed": 0} for h in range(24)
+        (first_hour + timedelta(hours=h)).strftime("%Y-%m-%dT%H:00:00Z"): _no_outcomes() for h in range(24)
     }
     for key, status, n in conn.execute(query):
         if key in buckets and status in buckets[key]:
@@ -144,7 +149,7 @@ def task_metrics(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
             wait = duration_percentiles(engine, conn, since, now, tasks.c.created_at, tasks.c.started_at)
             by_type = {
                 key: {
-                    **counts.get(key, {"completed": 0, "failed": 0, "success_rate": None}),
+                    **counts.get(key, {**_no_outcomes(), "success_rate": None}),
                     "run_seconds": run.get(key),
                     "queue_wait_seconds": wait.get(key),
                 }
@@ -152,7 +157,7 @@ def task_metrics(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
             }
             windows[name] = {"since": since, "by_type": by_type}
         hourly = hourly_throughput(engine, conn, now)
-    completed_24h = sum(h["completed"] for h in hourly)
+    completed_24h = sum(h[TaskStatus.COMPLETED] for h in hourly)
     return {
         "generated_at": now,
         "windows": windows,
