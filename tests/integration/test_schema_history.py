@@ -8,6 +8,9 @@ Each is built by running the revisions it really ran, filled with rows, then upg
 
 from __future__ import annotations
 
+import functools
+import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,7 +26,14 @@ from sqlalchemy.engine import Engine
 
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.store import TaskStore, schema
-from coherence_network.store.db import alembic_config, create_store_engine, current_revision, head_revision, migrate
+from coherence_network.store.db import (
+    MIGRATIONS_DIR,
+    alembic_config,
+    create_store_engine,
+    current_revision,
+    head_revision,
+    migrate,
+)
 
 HISTORY = Path(__file__).parents[1] / "fixtures" / "schema_history"
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
@@ -52,12 +62,27 @@ OLD_HEADS = {
 }
 
 
+# Revisions of an old chain that are byte for byte today's (frozen by tests/unit/test_revisions_frozen.py): the
+# fixture folder keeps only the files that differ, and the chain is put together from both.
+SHARED_WITH_TODAY = {"e_5e99590": ("0001_tasks.py", "0004_ops_issues.py")}
+
+
+@functools.cache
+def _chain_dir(chain: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix=f"schema-{chain}-"))
+    for revision in (HISTORY / chain).glob("*.py"):
+        shutil.copy(revision, folder)
+    for name in SHARED_WITH_TODAY.get(chain, ()):
+        shutil.copy(MIGRATIONS_DIR / "versions" / name, folder)
+    return folder
+
+
 def _config(engine: Engine, chain: str | None) -> Config:
     """Today's Alembic environment, running either today's revisions or a frozen old chain."""
     config = alembic_config(engine)
     if chain is not None:
         config.set_main_option("path_separator", "os")
-        config.set_main_option("version_locations", str(HISTORY / chain))
+        config.set_main_option("version_locations", str(_chain_dir(chain)))
     return config
 
 
