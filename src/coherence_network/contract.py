@@ -110,31 +110,30 @@ class TaskCount(Returned):
     by_status: dict[TaskStatus, int]
 
 
-class Runner(Returned):
-    """A row of the runner registry (``GET /api/agent/runners``)."""
+class RegistryRow(Returned):
+    """Who is alive: where a runner or component runs, and when it was first and last seen."""
 
-    id: str
     host: str
     pid: int
     version: str
     info: dict[str, Any] | None = None
     first_seen: datetime
     last_seen: datetime
+
+
+class Runner(RegistryRow):
+    """A row of the runner registry (``GET /api/agent/runners``)."""
+
+    id: str
 
 
 class RunnerList(Returned):
     items: list[Runner]
 
 
-class SeenComponent(Returned):
+class SeenComponent(RegistryRow):
     """A runner or component in pipeline-status, with how long ago it was last seen."""
 
-    host: str
-    pid: int
-    version: str
-    info: dict[str, Any] | None = None
-    first_seen: datetime
-    last_seen: datetime
     last_seen_seconds: float
     seen: bool
 

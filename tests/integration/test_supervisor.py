@@ -49,14 +49,20 @@ def _wait_completed(pipeline: PipelineProcess, task_id: int) -> None:
 PY_OK = f"{sys.executable} -c pass"
 
 
+def _kill_and_wait_for_a_new_one(pipeline: PipelineProcess, component: str, sig: int) -> None:
+    """Signal the component's process group, then wait until the supervisor has a new one running (and the API
+    answers again)."""
+    first = pipeline.pid(component)
+    assert first is not None
+    os.killpg(first, sig)
+    wait_until(lambda: pipeline.pid(component) not in (None, first) and alive(pipeline.pid(component))
+               and pipeline.api_up(), 60, f"a new {component}")
+
+
 def test_runner_killed_with_sigkill_is_restarted(tmp_path: Path, pipelines: list[PipelineProcess]) -> None:
     pipeline = _start(pipelines, tmp_path / "home", "--components", "api,agent_runner")
     pipeline.wait_started("api", "agent_runner")
-    first = pipeline.pid("agent_runner")
-    assert first is not None
-    os.killpg(first, signal.SIGKILL)
-    wait_until(lambda: pipeline.pid("agent_runner") not in (None, first) and alive(pipeline.pid("agent_runner")), 30,
-               "a new runner")
+    _kill_and_wait_for_a_new_one(pipeline, "agent_runner", signal.SIGKILL)
     _wait_completed(pipeline, _create(pipeline, PY_OK))
     log = (pipeline.home / "logs" / "supervisor.log").read_text()
     assert "agent_runner exited with -9" in log and "restarting agent_runner" in log
@@ -132,11 +138,7 @@ def test_an_api_stopped_with_sigterm_is_restarted(tmp_path: Path, pipelines: lis
     """SIGTERM makes the API exit 0; while the pipeline runs that is an exit like any other, not "finished"."""
     pipeline = _start(pipelines, tmp_path / "home", "--components", "api,agent_runner")
     pipeline.wait_started("api", "agent_runner")
-    first = pipeline.pid("api")
-    assert first is not None
-    os.kill(first, signal.SIGTERM)
-    wait_until(lambda: pipeline.pid("api") not in (None, first) and alive(pipeline.pid("api")) and pipeline.api_up(),
-               60, "a new API")
+    _kill_and_wait_for_a_new_one(pipeline, "api", signal.SIGTERM)
     _wait_completed(pipeline, _create(pipeline, PY_OK))
     log = (pipeline.home / "logs" / "supervisor.log").read_text()
     assert "api exited with 0" in log and "restarting api" in log
