@@ -49,7 +49,8 @@ def test_task_metrics_on_both_backends(store_url: str) -> None:
     now = utcnow()
     recent = [_row(now, "impl", "completed" if i % 4 else "failed", age=timedelta(hours=1), wait=i * 0.5, run=10.0 + i)
               for i in range(20)]
-    recent += [_row(now, "spec", "completed", age=timedelta(minutes=5), wait=1.0, run=3.0 + i) for i in range(3)]
+    into_this_hour = now - now.replace(minute=0, second=0, microsecond=0)  # so the last hourly bucket holds them
+    recent += [_row(now, "spec", "completed", age=into_this_hour / 2, wait=1.0, run=3.0 + i) for i in range(3)]
     older = [_row(now, "impl", "failed", age=timedelta(days=3), wait=100.0, run=500.0) for _ in range(5)]
     ancient = [_row(now, "impl", "completed", age=timedelta(days=30), wait=9999.0, run=9999.0) for _ in range(7)]
     unfinished = {"direction": "p", "task_type": "test", "status": "pending", "created_at": now, "updated_at": now,
