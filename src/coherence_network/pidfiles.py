@@ -7,15 +7,18 @@ a task left running never keeps a dead runner's lock. Only the holder writes ``<
 so a loser neither runs nor touches the winner's PID file. What runs is decided by the lock, never by a pid read
 from a file: a pid in a stale file may belong to any process by now.
 
-The supervisor starts each child as ``python -m coherence_network.pidfiles <component> <coherence command ...>``:
-the child itself takes its lock and owns its PID file, whatever command it runs. Runners started by hand take no
+The supervisor starts each child as ``python -m coherence_network.pidfiles <component> <supervisor pid> <coherence
+command ...>``: the child itself takes its lock and owns its PID file, whatever command it runs, and ends with its
+supervisor. Runners started by hand take no
 lock (several may run on one host); only the supervised runner holds ``agent_runner``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ from coherence_network.settings import Settings, get_settings
 # A probe (``holder``) holds a shared lock for microseconds; a starting process retries this long so that a probe
 # can never make it lose. A real holder keeps the lock for its whole life, so the loser of a real race still loses.
 PROBE_TOLERANCE_SECONDS = 0.2
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 _held: dict[str, int] = {}  # component -> the open lock file this process holds until it exits
 
@@ -141,11 +145,28 @@ def components(settings: Settings) -> set[str]:
     return {p.stem for p in settings.run_dir.glob("*.lock")} | {p.stem for p in settings.run_dir.glob("*.pid")}
 
 
-def run_as(component: str, argv: list[str]) -> None:
+def die_with_parent(parent: int) -> None:
+    """SIGTERM this process when ``parent`` dies, however it dies (SIGKILL, the OOM killer): a supervised child must
+    not outlive its supervisor, or it would keep its lock and a new supervisor could not start it again.
+
+    Linux's PR_SET_PDEATHSIG fires when the thread that forked us ends; the supervisor forks its children from its
+    main thread, which lives as long as it does. Exits at once if the parent is already gone (the race before prctl).
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        sys.exit(f"the supervisor (pid {parent}) is gone; not starting")
+
+
+def run_as(component: str, argv: list[str], parent: int | None = None) -> None:
     """``coherence <argv>`` as the single instance of ``component``; exits with the command's exit code, or 1
-    (saying who holds the lock) when another process runs it."""
+    (saying who holds the lock) when another process runs it. With ``parent``, it also ends when that dies."""
     from coherence_network.cli import app
 
+    if parent is not None:
+        die_with_parent(parent)
     try:
         with hold(get_settings(), component):
             app(argv, prog_name="coherence")
@@ -153,7 +174,7 @@ def run_as(component: str, argv: list[str]) -> None:
         sys.exit(str(exc))
 
 
-if __name__ == "__main__":  # python -m coherence_network.pidfiles <component> <coherence command and arguments>
+if __name__ == "__main__":  # python -m coherence_network.pidfiles <component> <parent pid> <coherence command ...>
     from coherence_network.pidfiles import run_as as run_imported  # the module the command imports: one registry
 
-    run_imported(sys.argv[1], sys.argv[2:])
+    run_imported(sys.argv[1], sys.argv[3:], parent=int(sys.argv[2]))

@@ -6,9 +6,9 @@ Any exit of a child while the pipeline runs is restarted, exit 0 included (an AP
 the one exception is `--until-done`, where the project manager's exit ends the pipeline. One-shot flags such as the
 project manager's ``--reset`` go to a child's first start only.
 
-Each child is ``python -m coherence_network.pidfiles <component> <coherence command>`` in its own process group:
-the child takes its single-instance lock and writes its own PID file (see pidfiles), and stopping its group stops
-everything it spawned. The supervisor holds its own lock, so two supervisors never run at once. Auto-commit runs on
+Each child is ``python -m coherence_network.pidfiles <component> <supervisor pid> <coherence command>`` in its own
+process group: the child takes its single-instance lock, writes its own PID file and ends when the supervisor dies
+(see pidfiles), and stopping its group stops everything it spawned. The supervisor holds its own lock, so two supervisors never run at once. Auto-commit runs on
 a thread of its own: git can be slow or fail, and supervision never waits for it.
 """
 
@@ -139,7 +139,8 @@ class Supervisor:
             return
         child.stderr_tail.clear()
         args = child.next_args()
-        child.proc = subprocess.Popen([sys.executable, "-m", "coherence_network.pidfiles", child.name, *args],
+        child.proc = subprocess.Popen([sys.executable, "-m", "coherence_network.pidfiles", child.name,
+                                       str(os.getpid()), *args],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                       start_new_session=True)
         child.starts += 1

@@ -199,3 +199,23 @@ def test_a_git_failure_in_auto_commit_stops_nothing(tmp_path: Path, pipelines: l
     assert "auto-commit failed" in (pipeline.home / "logs" / "supervisor.log").read_text()
     _wait_completed(pipeline, _create(pipeline, PY_OK))  # the pipeline carries on
     assert {name: pipeline.pid(name) for name in pids} == pids and all(alive(pid) for pid in pids.values())
+
+
+def test_a_sigkilled_supervisor_takes_its_components_with_it_and_a_new_one_starts_clean(
+    tmp_path: Path, pipelines: list[PipelineProcess]
+) -> None:
+    """A supervisor that dies (SIGKILL, the OOM killer) must not leave components holding their locks: a new
+    supervisor would find them "already running" and crash-loop into a fatal issue."""
+    home = tmp_path / "home"
+    first = _start(pipelines, home, "--components", "api,agent_runner")
+    first.wait_started("api", "agent_runner")
+    children = [first.pid("api"), first.pid("agent_runner")]
+    assert first.proc is not None
+    first.proc.kill()  # the supervisor alone, not its children's groups
+    first.proc.wait(10)
+    wait_until(lambda: not any(alive(pid) for pid in children), 30, "the components to stop with their supervisor")
+    second = _start(pipelines, home, "--components", "api,agent_runner")
+    second.wait_started("api", "agent_runner")
+    _wait_completed(second, _create(second, PY_OK))
+    log = (home / "logs" / "supervisor.log").read_text(encoding="utf-8")
+    assert "already runs" not in log
