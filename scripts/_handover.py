@@ -14,12 +14,18 @@ VENV = Path(__file__).resolve().parent.parent / ".venv"
 
 
 def hand_over(*command: str) -> None:
-    """Run ``coherence <command> <the script's arguments>``; exits with the command's exit code."""
+    """Run ``coherence <command> <the script's arguments>``; exits with the command's exit code. Usage and errors
+    name the script (``report_fatal.py [OPTIONS]``), not the command it hands over to."""
     try:
+        import typer
+
         from coherence_network.cli import app
     except ImportError:
         python = VENV / "bin" / "python"
         if python.exists() and Path(sys.prefix).resolve() != VENV.resolve():
             os.execv(str(python), [str(python), *sys.argv])
         sys.exit("coherence_network is not installed: run `make test` or `make run` once to create .venv")
-    app([*command, *sys.argv[1:]], prog_name=Path(sys.argv[0]).name)
+    target = typer.main.get_command(app)
+    for name in command:  # e.g. ("index", "npm"): down the command groups to the command itself
+        target = target.commands[name]  # type: ignore[attr-defined]
+    target.main(sys.argv[1:], prog_name=Path(sys.argv[0]).name)

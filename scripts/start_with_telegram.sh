@@ -24,6 +24,8 @@ esac
 
 . "$(dirname "$0")/_coherence.sh"
 
+"$coherence" telegram --check-config >/dev/null || exit 2  # say what is missing before starting anything
+
 api_pid=""
 bot_pid=""
 stop_started() {

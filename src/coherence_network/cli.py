@@ -262,6 +262,8 @@ def cleanup(
 def telegram(
     check_api: bool = typer.Option(False, "--check-api", help="Only check that the API at AGENT_API_BASE answers "
                                    "(exit 0) or not (exit 1), then exit"),
+    check_config: bool = typer.Option(False, "--check-config", help="Only check that the bot is configured "
+                                      "(TELEGRAM_BOT_TOKEN set: exit 0; else exit 2), then exit"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging"),
 ) -> None:
     """Telegram bot: commands (/status, /tasks, /task, /reply, /attention) and alerts; long polling, or the API's
@@ -283,6 +285,9 @@ def telegram(
     if not settings.telegram_bot_token:
         typer.echo("TELEGRAM_BOT_TOKEN is not set (get one from @BotFather)", err=True)
         raise typer.Exit(2)
+    if check_config:
+        typer.echo("the bot is configured (TELEGRAM_BOT_TOKEN is set)")
+        return
     setup_logging("telegram", settings, json_lines=Options.log_json, verbose=verbose)
     bot = Bot(settings)
     signal.signal(signal.SIGTERM, bot.request_stop)

@@ -356,3 +356,4 @@ def test_script_help() -> None:
     script = Path(__file__).resolve().parents[2] / "scripts" / "project_manager.py"
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--max-in-flight" in done.stdout
+    assert "Usage: project_manager.py [OPTIONS]" in done.stdout  # the script's own name, not "script pm"

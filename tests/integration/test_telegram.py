@@ -17,7 +17,7 @@ import pytest
 from coherence_network.client import ApiClient
 from tests.support.api import ApiProcess
 from tests.support.fake_telegram import TOKEN, FakeTelegram
-from tests.support.net import wait_until
+from tests.support.net import free_port, wait_until
 from tests.support.runner import RunnerProcess
 
 USER, STRANGER, GROUP = 4242, 777, -100123
@@ -263,3 +263,14 @@ def test_start_script_stops_only_what_it_started(tmp_path: Path, fake: FakeTeleg
         if script.poll() is None:
             script.kill()
         api.stop()
+
+
+def test_start_script_without_a_token_says_so_and_starts_nothing(tmp_path: Path) -> None:
+    home, port = tmp_path / "home", free_port()
+    env = {**os.environ, "COHERENCE_HOME": str(home), "COHERENCE_API_PORT": str(port)}
+    env.pop("TELEGRAM_BOT_TOKEN", None)
+    env.pop("AGENT_API_BASE", None)
+    done = subprocess.run([str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.strip() == "TELEGRAM_BOT_TOKEN is not set (get one from @BotFather)"
+    assert not _answers(f"http://127.0.0.1:{port}")  # no API was started for a bot that cannot run
