@@ -195,7 +195,7 @@ def test_anchors_the_code_prints_exist(runbook: Runbook) -> None:
 def test_every_project_file_the_runbook_names_is_shipped(runbook: Runbook) -> None:
     """`--packages-file examples/pypi_seeds.txt` and the like: a newcomer copies the command, so the file must exist."""
     named = set(re.findall(r"(?<![\w./-])((?:examples|scripts|bench|deploy|docs)/[\w./-]*\w)", runbook.text))
-    named |= {path for path in re.findall(r"--(?:packages-file|backlog)[ =]([^\s`<>$]+)", runbook.text)}
+    named |= {path for path in re.findall(r"--packages-file[ =]([^\s`<>$]+)", runbook.text)}
     assert named, "the runbook names no project file at all: the pattern is wrong"
     missing = sorted(path for path in named if not (ROOT / path).exists())
     assert not missing, f"the runbook names files the project does not ship: {missing}"
