@@ -441,6 +441,7 @@ class ProjectManager:
         return {
             "backlog": self.state.backlog,
             "items": len(items),
+            "settled": self.all_settled(items),  # every item done, blocked or skipped: the backlog is through
             "position": self.state.position,
             "by_status": counts,
             "in_flight": in_flight,

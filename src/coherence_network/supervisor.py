@@ -44,6 +44,7 @@ ONE_SHOT_FLAGS = frozenset({"--reset"})  # given to a child's first start only: 
 SELF = "supervisor"
 TICK_SECONDS = 0.2
 COMMIT_POLL_SECONDS = 2.0
+BACKLOG_CHECK_SECONDS = 2.0  # how often the supervisor asks whether the backlog is through
 API_START_SECONDS = 60.0
 STDERR_LINES = 30
 
@@ -118,6 +119,8 @@ class Supervisor:
         self.exit_code = 0
         self.client = ApiClient(settings=settings, retries=0, timeout=2.0)
         self.api_external = False
+        self._next_backlog_check = 0.0
+        self._backlog_announced = False
         self.children: dict[str, Child] = {
             name: Child.of(name, options.args.get(name, [])) for name in COMPONENTS if name in options.components
         }
@@ -292,8 +295,10 @@ class Supervisor:
             for child in self.children.values():
                 if not self.stopping.is_set():
                     self.start(child)
+            self._say_where_to_look()
             while not self.stopping.is_set():
                 self._tick()
+                self._announce_backlog_done()
                 if all(c.finished for c in self.children.values()):
                     log.info("every component has finished")
                     break
@@ -309,6 +314,28 @@ class Supervisor:
             self.client.close()
             log.info("supervisor stopped (exit %d)", self.exit_code)
         return self.exit_code
+
+    def _say_where_to_look(self) -> None:
+        """The operator's next steps, once everything is started (make run shows this log on its terminal)."""
+        base = self.client.base_url
+        log.info("pipeline running: API %s (reference %s/docs); watch it: coherence status --watch; logs: %s; "
+                 "stop: Ctrl-C or coherence stop", base, base, self.settings.logs_dir)
+
+    def _announce_backlog_done(self) -> None:
+        """One line when the project manager reports every backlog item settled (again after the backlog grows)."""
+        if "project_manager" not in self.children or time.monotonic() < self._next_backlog_check:
+            return
+        self._next_backlog_check = time.monotonic() + BACKLOG_CHECK_SECONDS
+        try:
+            manager = self.client.pipeline_status().project_manager
+        except ApiError:
+            return
+        info = manager.info if manager is not None and manager.info else {}
+        settled = bool(info.get("settled"))
+        if settled and not self._backlog_announced:
+            counts = ", ".join(f"{status} {n}" for status, n in sorted(info.get("by_status", {}).items()))
+            log.info("backlog done: %s items (%s); details: coherence status", info.get("items"), counts)
+        self._backlog_announced = settled
 
     def _commit_loop(self) -> None:
         """Auto-commit, off the supervision loop: git may take up to its timeout or fail (gitops logs that to

@@ -46,4 +46,5 @@ def test_the_api_port_alone_moves_the_whole_pipeline(tmp_path: Path) -> None:
     supervisor_log = (home / "logs" / "supervisor.log").read_text(encoding="utf-8")
     assert done.returncode == 0, supervisor_log[-3000:]
     assert f"API answers at http://127.0.0.1:{port}" in supervisor_log
+    assert f"pipeline running: API http://127.0.0.1:{port} (reference http://127.0.0.1:{port}/docs)" in supervisor_log
     assert "moved" in (home / "logs" / "task_1.log").read_text(encoding="utf-8")

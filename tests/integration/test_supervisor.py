@@ -219,3 +219,20 @@ def test_a_sigkilled_supervisor_takes_its_components_with_it_and_a_new_one_start
     _wait_completed(second, _create(second, PY_OK))
     log = (home / "logs" / "supervisor.log").read_text(encoding="utf-8")
     assert "already runs" not in log
+
+
+def test_the_supervisor_says_where_to_look_and_when_the_backlog_is_done(
+    tmp_path: Path, pipelines: list[PipelineProcess]
+) -> None:
+    backlog = tmp_path / "backlog.md"
+    backlog.write_text(f"1. run: {PY_OK}\n2. run: {PY_OK} # the second\n", encoding="utf-8")
+    home = tmp_path / "home"
+    pipeline = _start(pipelines, home, "--components", "api,agent_runner,project_manager", "--backlog", str(backlog),
+                      "--pm-arg=--interval", "--pm-arg=0.2")
+    log_file = home / "logs" / "supervisor.log"
+    wait_until(lambda: log_file.exists() and "backlog done: 2 items (done 2)" in log_file.read_text(encoding="utf-8"),
+               60, "the done line")
+    text = log_file.read_text(encoding="utf-8")
+    assert f"pipeline running: API {pipeline.url} (reference {pipeline.url}/docs); watch it: coherence status --watch" \
+        in text
+    assert text.count("backlog done") == 1
