@@ -25,6 +25,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import IO
 
 from coherence_network import __version__, fatal
@@ -32,6 +33,7 @@ from coherence_network.client import ApiClient, ApiError
 from coherence_network.gitops import GIT_TIMEOUT_SECONDS, CompletedTaskWatcher
 from coherence_network.logfiles import REGISTRY, write_json_atomic
 from coherence_network.pidfiles import AlreadyRunning, components, hold, holder, read_pid, remove_pid
+from coherence_network.ports import listener
 from coherence_network.settings import Settings
 from coherence_network.taskgroups import kill_orphaned_task_groups
 from coherence_network.versioning import running_version, source_sha_on_disk
@@ -411,3 +413,31 @@ def stop_pipeline(settings: Settings, grace: float) -> list[str]:
         done.append(f"{name} (pid {pid}): {_terminate(settings, name, pid, wait)}")
         remove_pid(settings, name, pid)  # left behind only by a SIGKILL
     return done + kill_orphaned_task_groups(settings, all_groups=True)
+
+
+def stop_port(port: int, grace: float) -> tuple[bool, str]:
+    """Stop the coherence process of this user that listens on ``port`` (a stray API): found by the socket it
+    holds, never by a name pattern; a process that is not ours is reported, not signalled. (stopped?, what happened)"""
+    found = listener(port)
+    if found is None:
+        return False, f"nothing of yours listens on port {port}"
+    if not found.is_ours:
+        return False, (f"port {port} is held by pid {found.pid} ({found.command[:160]}), not a coherence process: "
+                       "not stopped")
+    os.kill(found.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _running(found.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not _running(found.pid):
+        return True, f"port {port}: pid {found.pid} ({found.command[:160]}) stopped"
+    os.kill(found.pid, signal.SIGKILL)
+    return True, f"port {port}: pid {found.pid} ({found.command[:160]}) killed after the grace period"
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie holds no port)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
