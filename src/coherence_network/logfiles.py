@@ -10,6 +10,7 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 import sys
 import tempfile
 import time
@@ -22,6 +23,9 @@ from coherence_network.settings import Settings
 
 ROTATE_BYTES = 5 * 1024 * 1024
 ROTATE_BACKUPS = 3
+# write_json_atomic's temp files carry their writer's pid: ``.{name}.{pid}.{random}.tmp``
+_TEMP_FILE = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+\.tmp$")
+_swept: set[Path] = set()  # folders whose dead writers' temp files this process has removed
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ RUN_FILES: dict[str, LogFile] = {
         LogFile("{component}.pid", "run", "PID of a running component (api, agent_runner, ...), written by its lock holder",
                 "none", "run"),
         LogFile("runner_outbox/", "run", "Task results the runner could not deliver yet (API down); sent when it is back",
-                "none; emptied on delivery", "run"),
+                "none; emptied on delivery (a killed runner's temp files go at the next start)", "run"),
         LogFile("task_groups/", "run", "One {pgid}.json per running task's process group (task, run, runner, guard); "
                 "a starting runner and `coherence stop` kill groups whose runner is gone",
                 "none; removed when the group ends", "run"),
@@ -97,10 +101,38 @@ def task_log_path(settings: Settings, task_id: int) -> Path:
     return REGISTRY["task_{id}.log"].path(settings, id=task_id)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_dead_writers_temps(folder: Path) -> list[Path]:
+    """Remove the temp files ``write_json_atomic`` left in ``folder`` when its writer died between creating and
+    renaming one (a SIGKILL mid-write); a live writer's are left alone. Returns what was removed."""
+    removed = []
+    for path in folder.glob(".*.tmp"):
+        found = _TEMP_FILE.match(path.name)
+        if found and not _alive(int(found["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temp file and rename, so a reader never sees half a file."""
+    """Write JSON to ``path`` through a temp file and rename, so a reader never sees half a file.
+
+    The temp file's name carries this process's pid, so a writer killed mid-write leaves a file that can be told
+    from a live writer's: the first write into a folder in each process removes those of dead writers."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if path.parent not in _swept:
+        _swept.add(path.parent)
+        remove_dead_writers_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2, sort_keys=True, default=str)

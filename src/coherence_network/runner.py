@@ -29,7 +29,7 @@ from typing import IO
 from coherence_network import __version__
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
 from coherence_network.contract import Task, TaskStatus, TaskType
-from coherence_network.logfiles import RUN_FILES, task_log_path, write_json_atomic
+from coherence_network.logfiles import RUN_FILES, remove_dead_writers_temps, task_log_path, write_json_atomic
 from coherence_network.settings import Settings
 from coherence_network.taskgroups import TaskGroup, kill_orphaned_task_groups, stop_previous_runs
 
@@ -419,6 +419,8 @@ class Runner:
     def run(self) -> int:
         """Run until stopped (exit 0) or, with ``once``, until the queue is empty (1 when any task failed)."""
         self.outbox.mkdir(parents=True, exist_ok=True)
+        for path in remove_dead_writers_temps(self.outbox):
+            log.warning("removed %s, left by a runner that died while writing it", path.name)
         for line in kill_orphaned_task_groups(self.settings):
             log.warning("left behind by a runner that is gone: %s", line)
         log.info("runner %s: %d workers, types %s, workspace %s", self.runner_id, self.workers,
