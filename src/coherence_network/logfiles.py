@@ -2,6 +2,11 @@
 
 A file that any component writes is declared here once, with its purpose; the runbook's Log Locations table is
 checked against this registry by a test, so adding a file here is how it gets documented.
+
+Everything under ``COHERENCE_HOME`` is private to its owner (it holds task output): each component, as it sets up
+its logging, takes umask 077 for itself, so whatever it creates later (rotated logs, task logs, the outbox, PID
+and lock files, prompts, the SQLite -wal and -shm files) is too. Tasks and git in the workspace keep the
+operator's umask (``operator_umask``).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 import logging.handlers
 import os
 import re
+import stat
 import sys
 import tempfile
 import time
@@ -23,8 +29,19 @@ from coherence_network.settings import Settings
 
 ROTATE_BYTES = 5 * 1024 * 1024
 ROTATE_BACKUPS = 3
+PRIVATE_UMASK = 0o077
 # write_json_atomic's temp files carry their writer's pid: ``.{name}.{pid}.{random}.tmp``
 _TEMP_FILE = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
+def _umask_now() -> int:
+    mask = os.umask(PRIVATE_UMASK)
+    os.umask(mask)
+    return mask
+
+
+_started_umask = _umask_now()  # read once, at import, before this process creates anything
+_operator_umask: int | None = None  # recorded by keep_private
 _swept: set[Path] = set()  # folders whose dead writers' temp files this process has removed
 
 
@@ -101,6 +118,37 @@ def task_log_path(settings: Settings, task_id: int) -> Path:
     return REGISTRY["task_{id}.log"].path(settings, id=task_id)
 
 
+def operator_umask() -> int:
+    """The umask tasks and git run with in the workspace: COHERENCE_TASK_UMASK as ``keep_private`` found it, else
+    the umask this process started with."""
+    return _started_umask if _operator_umask is None else _operator_umask
+
+
+def keep_private(settings: Settings) -> None:
+    """From now on this process creates files and folders only its owner can use (umask 077), and what an older
+    version left loses group and other access: COHERENCE_HOME itself, everything under logs/ and run/, and the
+    SQLite files. Nothing else in COHERENCE_HOME is walked (it may hold the workspace); symlinks are not followed.
+
+    The operator's umask is recorded for tasks, and handed to the components this process starts (they inherit
+    umask 077) in COHERENCE_TASK_UMASK."""
+    global _operator_umask
+    _operator_umask = int(settings.coherence_task_umask, 8) if settings.coherence_task_umask else _started_umask
+    os.environ["COHERENCE_TASK_UMASK"] = f"{_operator_umask:03o}"
+    os.umask(PRIVATE_UMASK)
+    settings.ensure_dirs()
+    ours = [settings.home, *settings.home.glob("coherence.db*")]
+    for top in (settings.logs_dir, settings.run_dir):
+        for folder, _dirs, files in os.walk(top):
+            ours += [Path(folder), *(Path(folder, name) for name in files)]
+    for path in ours:
+        try:
+            mode = path.lstat().st_mode
+            if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & 0o077:
+                path.chmod(stat.S_IMODE(mode) & 0o700)
+        except OSError:  # removed meanwhile by a running component, or not ours to change
+            continue
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -172,8 +220,10 @@ class JSONFormatter(logging.Formatter):
 def setup_logging(
     component: str, settings: Settings, *, json_lines: bool | None = None, verbose: bool = False, console: bool = True
 ) -> Path:
-    """Send the root logger to the component's rotated log file (and stderr); returns the log path."""
-    settings.ensure_dirs()
+    """Send the root logger to the component's rotated log file (and stderr); returns the log path.
+
+    Every component calls this first, so this is where its files under COHERENCE_HOME become private."""
+    keep_private(settings)
     path = component_log(component).path(settings)
     use_json = settings.coherence_log_json if json_lines is None else json_lines
     formatter: logging.Formatter = JSONFormatter() if use_json else UTCFormatter()
