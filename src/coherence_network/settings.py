@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     coherence_runner_heartbeat_seconds: float = Field(
         15.0, gt=0, description="Seconds between a runner's registry heartbeats"
     )
+    coherence_task_env_passthrough: str = Field(
+        "", description="Variables tasks get although their names look like credentials, comma-separated, e.g. "
+        "ANTHROPIC_API_KEY,GH_TOKEN (their values are still masked in task output; the project's own secrets "
+        "never pass)"
+    )
     coherence_task_umask: str = Field(
         "", pattern=r"^([0-7]{3,4})?$", description="umask tasks run with (octal, e.g. 022); empty = the umask the "
         "component, or the supervisor that started it, was started with. Files under COHERENCE_HOME are 0600 anyway"
