@@ -31,6 +31,7 @@ from coherence_network.logfiles import (
     ROTATE_BYTES,
     UTCFormatter,
     component_log,
+    operator_umask,
     write_json_atomic,
 )
 from coherence_network.settings import Settings
@@ -73,7 +74,8 @@ def _git(workspace: Path, *args: str, check: bool = True) -> subprocess.Complete
     ``check``) exits non-zero."""
     try:
         proc = subprocess.Popen(["git", *args], cwd=workspace, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=_git_env(), start_new_session=True)
+                                stderr=subprocess.PIPE, text=True, env=_git_env(), start_new_session=True,
+                                umask=operator_umask())  # our own umask is private (see logfiles)
     except OSError as exc:
         raise GitError(f"git cannot run: {exc}") from exc
     try:

@@ -2,6 +2,11 @@
 
 A file that any component writes is declared here once, with its purpose; the runbook's Log Locations table is
 checked against this registry by a test, so adding a file here is how it gets documented.
+
+Everything under ``COHERENCE_HOME`` is private to its owner (it holds task output): each component, as it sets up
+its logging, takes umask 077 for itself, so whatever it creates later (rotated logs, task logs, the outbox, PID
+and lock files, prompts, the SQLite -wal and -shm files) is too. Tasks and git in the workspace keep the
+operator's umask (``operator_umask``).
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ import json
 import logging
 import logging.handlers
 import os
+import re
+import stat
 import sys
 import tempfile
 import time
@@ -22,6 +29,20 @@ from coherence_network.settings import Settings
 
 ROTATE_BYTES = 5 * 1024 * 1024
 ROTATE_BACKUPS = 3
+PRIVATE_UMASK = 0o077
+# write_json_atomic's temp files carry their writer's pid: ``.{name}.{pid}.{random}.tmp``
+_TEMP_FILE = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
+def _umask_now() -> int:
+    mask = os.umask(PRIVATE_UMASK)
+    os.umask(mask)
+    return mask
+
+
+_started_umask = _umask_now()  # read once, at import, before this process creates anything
+_operator_umask: int | None = None  # recorded by keep_private
+_swept: set[Path] = set()  # folders whose dead writers' temp files this process has removed
 
 
 @dataclass(frozen=True)
@@ -75,7 +96,7 @@ RUN_FILES: dict[str, LogFile] = {
         LogFile("{component}.pid", "run", "PID of a running component (api, agent_runner, ...), written by its lock holder",
                 "none", "run"),
         LogFile("runner_outbox/", "run", "Task results the runner could not deliver yet (API down); sent when it is back",
-                "none; emptied on delivery", "run"),
+                "none; emptied on delivery (a killed runner's temp files go at the next start)", "run"),
         LogFile("task_groups/", "run", "One {pgid}.json per running task's process group (task, run, runner, guard); "
                 "a starting runner and `coherence stop` kill groups whose runner is gone",
                 "none; removed when the group ends", "run"),
@@ -97,10 +118,69 @@ def task_log_path(settings: Settings, task_id: int) -> Path:
     return REGISTRY["task_{id}.log"].path(settings, id=task_id)
 
 
+def operator_umask() -> int:
+    """The umask tasks and git run with in the workspace: COHERENCE_TASK_UMASK as ``keep_private`` found it, else
+    the umask this process started with."""
+    return _started_umask if _operator_umask is None else _operator_umask
+
+
+def keep_private(settings: Settings) -> None:
+    """From now on this process creates files and folders only its owner can use (umask 077), and what an older
+    version left loses group and other access: COHERENCE_HOME itself, everything under logs/ and run/, and the
+    SQLite files. Nothing else in COHERENCE_HOME is walked (it may hold the workspace); symlinks are not followed.
+
+    The operator's umask is recorded for tasks, and handed to the components this process starts (they inherit
+    umask 077) in COHERENCE_TASK_UMASK."""
+    global _operator_umask
+    _operator_umask = int(settings.coherence_task_umask, 8) if settings.coherence_task_umask else _started_umask
+    os.environ["COHERENCE_TASK_UMASK"] = f"{_operator_umask:03o}"
+    os.umask(PRIVATE_UMASK)
+    settings.ensure_dirs()
+    ours = [settings.home, *settings.home.glob("coherence.db*")]
+    for top in (settings.logs_dir, settings.run_dir):
+        for folder, _dirs, files in os.walk(top):
+            ours += [Path(folder), *(Path(folder, name) for name in files)]
+    for path in ours:
+        try:
+            mode = path.lstat().st_mode
+            if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & 0o077:
+                path.chmod(stat.S_IMODE(mode) & 0o700)
+        except OSError:  # removed meanwhile by a running component, or not ours to change
+            continue
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_dead_writers_temps(folder: Path) -> list[Path]:
+    """Remove the temp files ``write_json_atomic`` left in ``folder`` when its writer died between creating and
+    renaming one (a SIGKILL mid-write); a live writer's are left alone. Returns what was removed."""
+    removed = []
+    for path in folder.glob(".*.tmp"):
+        found = _TEMP_FILE.match(path.name)
+        if found and not _alive(int(found["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temp file and rename, so a reader never sees half a file."""
+    """Write JSON to ``path`` through a temp file and rename, so a reader never sees half a file.
+
+    The temp file's name carries this process's pid, so a writer killed mid-write leaves a file that can be told
+    from a live writer's: the first write into a folder in each process removes those of dead writers."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if path.parent not in _swept:
+        _swept.add(path.parent)
+        remove_dead_writers_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2, sort_keys=True, default=str)
@@ -140,8 +220,10 @@ class JSONFormatter(logging.Formatter):
 def setup_logging(
     component: str, settings: Settings, *, json_lines: bool | None = None, verbose: bool = False, console: bool = True
 ) -> Path:
-    """Send the root logger to the component's rotated log file (and stderr); returns the log path."""
-    settings.ensure_dirs()
+    """Send the root logger to the component's rotated log file (and stderr); returns the log path.
+
+    Every component calls this first, so this is where its files under COHERENCE_HOME become private."""
+    keep_private(settings)
     path = component_log(component).path(settings)
     use_json = settings.coherence_log_json if json_lines is None else json_lines
     formatter: logging.Formatter = JSONFormatter() if use_json else UTCFormatter()

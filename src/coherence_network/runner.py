@@ -6,6 +6,10 @@ delivers the result. The process group never outlives the runner (see ``taskgrou
 delivered (API down) waits in ``var/run/runner_outbox/`` and is delivered when the API is back, also by a restarted
 runner; nothing a task produced is lost. While the API is down, heartbeats and deliveries are retried about once a
 second, so leases are renewed and results delivered as soon as it answers again.
+
+A task never sees the runner's secrets: it gets the runner's environment without the project's own secrets and
+without anything named like a credential (``task_environment``), and known secret values are masked in its log and
+in the output sent to the API (``SecretMask``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
@@ -20,17 +25,18 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
+from urllib.parse import unquote, urlsplit
 
 from coherence_network import __version__
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
 from coherence_network.contract import Task, TaskStatus, TaskType
-from coherence_network.logfiles import RUN_FILES, task_log_path, write_json_atomic
-from coherence_network.settings import Settings
+from coherence_network.logfiles import RUN_FILES, remove_dead_writers_temps, task_log_path, write_json_atomic
+from coherence_network.settings import SECRET_FIELDS, Settings
 from coherence_network.taskgroups import TaskGroup, kill_orphaned_task_groups, stop_previous_runs
 
 log = logging.getLogger("coherence.runner")
@@ -41,6 +47,13 @@ STEP_CHARS = 200
 COMMAND_CHARS = 500
 WATCH_SECONDS = 0.2
 RETRY_SECONDS = 1.0  # pace of heartbeats and deliveries while the API does not answer
+# A variable whose name holds one of these is a credential: a task gets it only when COHERENCE_TASK_ENV_PASSTHROUGH
+# names it. The project's own secrets (SECRET_FIELDS and DATABASE_URL) never reach a task.
+CREDENTIAL_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "APIKEY", "ACCESS_KEY", "PRIVATE_KEY",
+                      "CREDENTIAL")
+PROJECT_SECRET_NAMES = frozenset(name.upper() for name in (*SECRET_FIELDS, "database_url"))
+MASK = "***"
+MASK_MIN_CHARS = 8  # a shorter value would mask ordinary words all over the output
 
 
 @dataclass
@@ -82,6 +95,61 @@ def build_argv(task: Task, settings: Settings, prompt_dir: Path) -> list[str]:
     return [arg.replace("{prompt_file}", str(prompt_file)).replace("{prompt}", prompt) for arg in shlex.split(template)]
 
 
+class SecretMask:
+    """Replaces known secret values by ``***`` in task output, before it reaches the log file or the API.
+
+    It is applied to whole lines: the runner reads a task's output a line at a time, and ``readline`` gathers a
+    line however the pipe splits it, so a secret is masked wherever it appears whole within one line. Not covered:
+    a value shorter than MASK_MIN_CHARS, one broken across lines or transformed (encoded, reversed, in part), and
+    secrets the runner does not know (in files the task can read, which it runs as the same user)."""
+
+    def __init__(self, values: Iterable[str]) -> None:
+        worth = sorted({v for v in values if len(v) >= MASK_MIN_CHARS}, key=len, reverse=True)  # longest first
+        self.pattern = re.compile("|".join(map(re.escape, worth))) if worth else None
+
+    def __call__(self, text: str) -> str:
+        return self.pattern.sub(MASK, text) if self.pattern else text
+
+
+def project_secrets(settings: Settings) -> set[str]:
+    """Values of the project's own secrets: the secret settings (the generated webhook secret included),
+    DATABASE_URL and the password inside it."""
+    from coherence_network.telegram import webhook_secret
+
+    values = {getattr(settings, name) for name in SECRET_FIELDS} | {webhook_secret(settings), settings.database_url}
+    password = urlsplit(settings.database_url).password if "://" in settings.database_url else None
+    if password:
+        values |= {password, unquote(password)}
+    return {value for value in values if value}
+
+
+@dataclass(frozen=True)
+class TaskEnvironment:
+    """What a task is handed, and the mask for what it prints."""
+
+    env: dict[str, str]
+    mask: SecretMask
+
+
+def task_environment(settings: Settings, environ: Mapping[str, str]) -> TaskEnvironment:
+    """The runner's environment without secrets: the project's own are removed (also a variable holding one of
+    their values), and so is every variable named like a credential unless COHERENCE_TASK_ENV_PASSTHROUGH names it.
+    The values of all of them, passed or not, are masked in the task's output."""
+    own = project_secrets(settings)
+    passthrough = {n.strip().upper() for n in settings.coherence_task_env_passthrough.split(",") if n.strip()}
+    env, masked = {}, set(own)
+    for name, value in environ.items():
+        upper = name.upper()
+        if upper in PROJECT_SECRET_NAMES or value in own:
+            continue
+        if any(marker in upper for marker in CREDENTIAL_MARKERS):
+            masked.add(value)
+            if upper not in passthrough:
+                continue
+        env[name] = value
+    return TaskEnvironment(env, SecretMask(masked))
+
+
 def _utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -109,6 +177,7 @@ class TaskRun:
         self.timed_out = False
         self.stopped = False  # killed because the runner is shutting down: the task is released, not failed
         self.output_lock = threading.Lock()  # the pump thread and the watching thread both write the log
+        self.environment = task_environment(settings, os.environ)
 
     @property
     def timeout(self) -> float:
@@ -125,7 +194,8 @@ class TaskRun:
             self.question = line.lstrip()[len(DECISION_MARKER):].strip() or "(no question given)"
 
     def _output(self, logfile: IO[str], line: str) -> None:
-        """One line of the task's output (or the runner's note about it): to the log file and the tail."""
+        """One line of the task's output (or the runner's note about it), masked: to the log file and the tail."""
+        line = self.environment.mask(line)
         with self.output_lock:
             logfile.write(line)
             logfile.flush()
@@ -155,9 +225,9 @@ class TaskRun:
                 logfile.write(f"=== stopped the previous run first: {line}\n")
             try:
                 argv = build_argv(task, self.settings, RUN_FILES["prompts/"].path(self.settings))
-                logfile.write(f"=== command: {shlex.join(argv)[:COMMAND_CHARS]}\n")
+                logfile.write(f"=== command: {self.environment.mask(shlex.join(argv))[:COMMAND_CHARS]}\n")
                 logfile.flush()
-                env = {**os.environ, "COHERENCE_TASK_ID": str(task.id), "COHERENCE_TASK_TYPE": task.task_type}
+                env = {**self.environment.env, "COHERENCE_TASK_ID": str(task.id), "COHERENCE_TASK_TYPE": task.task_type}
                 env.pop("COHERENCE_DECISION", None)  # only this task's own decision, never one the runner inherited
                 if task.decision:
                     env["COHERENCE_DECISION"] = task.decision
@@ -419,6 +489,8 @@ class Runner:
     def run(self) -> int:
         """Run until stopped (exit 0) or, with ``once``, until the queue is empty (1 when any task failed)."""
         self.outbox.mkdir(parents=True, exist_ok=True)
+        for path in remove_dead_writers_temps(self.outbox):
+            log.warning("removed %s, left by a runner that died while writing it", path.name)
         for line in kill_orphaned_task_groups(self.settings):
             log.warning("left behind by a runner that is gone: %s", line)
         log.info("runner %s: %d workers, types %s, workspace %s", self.runner_id, self.workers,

@@ -89,6 +89,15 @@ class Settings(BaseSettings):
     coherence_runner_heartbeat_seconds: float = Field(
         15.0, gt=0, description="Seconds between a runner's registry heartbeats"
     )
+    coherence_task_env_passthrough: str = Field(
+        "", description="Variables tasks get although their names look like credentials, comma-separated, e.g. "
+        "ANTHROPIC_API_KEY,GH_TOKEN (their values are still masked in task output; the project's own secrets "
+        "never pass)"
+    )
+    coherence_task_umask: str = Field(
+        "", pattern=r"^([0-7]{3,4})?$", description="umask tasks run with (octal, e.g. 022); empty = the umask the "
+        "component, or the supervisor that started it, was started with. Files under COHERENCE_HOME are 0600 anyway"
+    )
 
     # --- project manager ----------------------------------------------------------------------------------
     pipeline_needs_decision_timeout_hours: float = Field(
@@ -255,7 +264,7 @@ class Settings(BaseSettings):
 
     def ensure_dirs(self) -> None:
         for folder in (self.home, self.logs_dir, self.run_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # var/ holds task output: owner only
 
     def source_of(self, name: str) -> str:
         """Where a value came from: environment, .env, derived (from which settings) or default."""

@@ -161,7 +161,7 @@ class TaskGroup:
         self, argv: list[str], settings: Settings, task: Task, runner_id: str, *,
         cwd: Path, env: dict[str, str],
     ) -> None:
-        from coherence_network.logfiles import RUN_FILES, write_json_atomic
+        from coherence_network.logfiles import RUN_FILES, operator_umask, write_json_atomic
 
         records = RUN_FILES["task_groups/"].path(settings)
         records.mkdir(parents=True, exist_ok=True)
@@ -172,6 +172,7 @@ class TaskGroup:
             self.proc = subprocess.Popen(
                 guard_argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(theirs.fileno(),),
+                umask=operator_umask(),  # the runner's own is private (see logfiles); the workspace keeps the usual
             )
         except BaseException:
             self.lifeline.close()

@@ -321,6 +321,46 @@ def test_a_restarted_runner_delivers_what_its_predecessor_kept(tmp_path: Path) -
         api.stop()
 
 
+# Writes a result into the outbox the way the runner does, and is stuck halfway through (in the serialisation), so
+# that a SIGKILL lands between the temp file's creation and its rename: the worst moment.
+STUCK_WRITER = """
+import sys, time
+from pathlib import Path
+from coherence_network.logfiles import write_json_atomic
+
+class Stuck:
+    def __str__(self) -> str:
+        Path(sys.argv[2]).write_text("writing")
+        time.sleep(300)
+
+write_json_atomic(Path(sys.argv[1]), {"output": Stuck()})
+"""
+
+
+def test_a_starting_runner_removes_the_temp_files_of_dead_writers(api_process: ApiProcess, client: ApiClient,
+                                                                  tmp_path: Path) -> None:
+    outbox = api_process.home / "run" / "runner_outbox"
+    writers = {}
+    for name in ("killed", "alive"):
+        marker = tmp_path / name
+        writers[name] = subprocess.Popen([PY, "-c", STUCK_WRITER, str(outbox / f"task_{name}.json"), str(marker)])
+        wait_until(marker.exists, 30, f"{name} writer halfway")
+    writers["killed"].kill()
+    writers["killed"].wait()
+    temps = {name: [p for p in outbox.iterdir() if p.name.startswith(f".task_{name}.json.")] for name in writers}
+    assert [len(found) for found in temps.values()] == [1, 1]
+    proc = runner(api_process).start()
+    try:
+        wait_until(lambda: client.get("/api/agent/runners")["items"] != [], 30, "runner started")
+        assert not temps["killed"][0].exists()  # its writer is dead: nobody will ever rename it
+        assert temps["alive"][0].exists()  # a live writer's file is left alone
+        assert sorted(p.name for p in outbox.iterdir()) == [temps["alive"][0].name]
+    finally:
+        proc.stop()
+        writers["alive"].kill()
+        writers["alive"].wait()
+
+
 def test_sigterm_releases_a_long_task(api_process: ApiProcess, client: ApiClient, tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     sleeper = program(tmp_path, "sleeper.py", SLEEPER)

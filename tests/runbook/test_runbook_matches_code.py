@@ -14,6 +14,7 @@ import pytest
 
 from coherence_network.api import create_app
 from coherence_network.logfiles import REGISTRY, RUN_FILES
+from coherence_network.runner import CREDENTIAL_MARKERS
 from coherence_network.settings import Settings
 from tests.runbook.runbook_doc import ROOT, Runbook
 from tests.support.api import ApiProcess
@@ -22,8 +23,9 @@ SECTIONS = [
     "Log Locations", "API Restart", "Pipeline Recovery", "Autonomous Pipeline", "Pipeline Effectiveness",
     "Key Endpoints", "Indexing", "Check Pipeline Status", "Tests and Cleanup", "Configuration", "Scaling out",
 ]
-# Variables the runbook may name that belong to other programs (npm, pip, the shell, CI), not to Settings.
-FOREIGN_VARIABLES = {"PIP_INDEX_URL", "PIP_CONFIG_FILE", "PIP_NO_INDEX", "NPM_CONFIG_REGISTRY"}
+# Variables the runbook may name that belong to other programs (npm, pip, the shell, CI, agents), not to Settings.
+FOREIGN_VARIABLES = {"PIP_INDEX_URL", "PIP_CONFIG_FILE", "PIP_NO_INDEX", "NPM_CONFIG_REGISTRY",
+                     "ANTHROPIC_API_KEY", "GH_TOKEN", "AWS_SECRET_ACCESS_KEY"}
 # What the runner hands to each task (the agent protocol), and the protocol's own markers: not settings.
 PROTOCOL_NAMES = {"COHERENCE_DECISION", "COHERENCE_TASK_ID", "COHERENCE_TASK_TYPE", "NEEDS_DECISION"}
 # Settings that exist for tests or internals only need not be in the runbook.
@@ -165,7 +167,7 @@ def test_every_command_answers_help_and_accepts_its_flags(runbook: Runbook) -> N
 
 def test_every_variable_named_is_a_setting_and_every_setting_is_named(runbook: Runbook) -> None:
     settings = {name.upper() for name in Settings.model_fields}
-    unknown = runbook.env_vars - settings - FOREIGN_VARIABLES - PROTOCOL_NAMES
+    unknown = runbook.env_vars - settings - FOREIGN_VARIABLES - PROTOCOL_NAMES - set(CREDENTIAL_MARKERS)
     assert not unknown, f"the runbook names variables that Settings does not declare: {sorted(unknown)}"
     missing = settings - runbook.env_vars - UNDOCUMENTED_SETTINGS
     assert not missing, f"settings an operator may set but the runbook does not name: {sorted(missing)}"

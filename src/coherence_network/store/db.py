@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -34,6 +35,10 @@ def create_store_engine(url: str) -> Engine:
         db_path = sa.engine.make_url(url).database
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            # It holds task output: owner only, whatever the umask. SQLite gives its -wal and -shm files the
+            # database file's mode.
+            with suppress(FileExistsError):
+                os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         engine = sa.create_engine(url, connect_args={"timeout": 30}, pool_size=20, max_overflow=20)
 
         @sa.event.listens_for(engine, "connect")
@@ -96,7 +101,7 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         yield  # an in-memory database is private to its process: nobody to race with
         return
-    with open(f"{database}.migrate.lock", "a") as lock_file:
+    with open(os.open(f"{database}.migrate.lock", os.O_RDWR | os.O_CREAT, 0o600)) as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
             yield
