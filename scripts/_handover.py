@@ -20,6 +20,7 @@ def hand_over(*command: str) -> None:
         import typer
 
         from coherence_network.cli import app
+        from coherence_network.settings import config_errors_as_one_line
     except ImportError:
         python = VENV / "bin" / "python"
         if python.exists() and Path(sys.prefix).resolve() != VENV.resolve():
@@ -28,4 +29,5 @@ def hand_over(*command: str) -> None:
     target = typer.main.get_command(app)
     for name in command:  # e.g. ("index", "npm"): down the command groups to the command itself
         target = target.commands[name]  # type: ignore[attr-defined]
-    target.main(sys.argv[1:], prog_name=Path(sys.argv[0]).name)
+    with config_errors_as_one_line(Path(sys.argv[0]).name):
+        target.main(sys.argv[1:], prog_name=Path(sys.argv[0]).name)

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 from pathlib import Path
 
 import typer
 
-from coherence_network.settings import get_settings
+from coherence_network.settings import config_errors_as_one_line, get_settings
 
 app = typer.Typer(
     help="Coherence Network: the autonomous pipeline's API, runner, manager, monitor, supervisor and indexers.",
@@ -29,7 +28,7 @@ class Options:
 
 
 @app.callback()
-def main(
+def global_options(
     log_json: bool = typer.Option(False, "--log-json", help="Write component logs as JSON lines"),
 ) -> None:
     Options.log_json = True if log_json else None
@@ -454,10 +453,11 @@ from coherence_network.indexer.cli import index_app  # noqa: E402  (sub-app regi
 app.add_typer(index_app, name="index", help="Index npm or PyPI packages into the dependency graph (--target, --limit).")
 
 
-def run() -> None:
-    """Entry point used by scripts/: same as the console script."""
-    app(prog_name="coherence")
+def main(argv: list[str] | None = None) -> None:
+    """The entry point (console script, ``python -m``, supervised children): a bad setting is one line, exit 2."""
+    with config_errors_as_one_line():
+        app(argv, prog_name="coherence")
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    main()

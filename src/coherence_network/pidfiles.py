@@ -163,13 +163,13 @@ def die_with_parent(parent: int) -> None:
 def run_as(component: str, argv: list[str], parent: int | None = None) -> None:
     """``coherence <argv>`` as the single instance of ``component``; exits with the command's exit code, or 1
     (saying who holds the lock) when another process runs it. With ``parent``, it also ends when that dies."""
-    from coherence_network.cli import app
+    from coherence_network.cli import main
 
     if parent is not None:
         die_with_parent(parent)
     try:
         with hold(get_settings(), component):
-            app(argv, prog_name="coherence")
+            main(argv)
     except AlreadyRunning as exc:
         sys.exit(str(exc))
 

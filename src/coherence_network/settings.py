@@ -7,6 +7,9 @@ runbook, ``coherence config`` and the code all use one spelling.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,21 @@ def parse_ids(value: str) -> frozenset[int]:
         return frozenset(int(part) for part in value.split(",") if part.strip())
     except ValueError:
         raise ValueError(f"expected comma-separated integer ids, got {value!r}") from None
+
+
+class ConfigError(Exception):
+    """A setting that cannot work (a bad database URL, a runtime folder that cannot be created): every command
+    shows it as one line naming the variable and the cause, exits 2, and prints no traceback."""
+
+
+@contextmanager
+def config_errors_as_one_line(prog: str = "coherence") -> Iterator[None]:
+    """Around a command's entry point: a ConfigError becomes ``prog: <message>`` on stderr and exit code 2."""
+    try:
+        yield
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 class Settings(BaseSettings):
@@ -264,7 +282,12 @@ class Settings(BaseSettings):
 
     def ensure_dirs(self) -> None:
         for folder in (self.home, self.logs_dir, self.run_dir):
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # var/ holds task output: owner only
+            try:
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # var/ holds task output: owner only
+            except OSError as exc:
+                raise ConfigError(
+                    f"COHERENCE_HOME={self.coherence_home}: cannot create {folder}: {exc.strerror or exc}"
+                ) from exc
 
     def source_of(self, name: str) -> str:
         """Where a value came from: environment, .env, derived (from which settings) or default."""

@@ -16,6 +16,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+from coherence_network.settings import ConfigError
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _PG_MIGRATION_LOCK = 7_311_001  # advisory lock id: one replica migrates at a time
 # The graph tables first shipped as revision 0002 (commit 5e99590, chain 0001 -> 0002 -> 0003 -> 0004), then were
@@ -28,13 +30,26 @@ log = logging.getLogger(__name__)
 
 
 def create_store_engine(url: str) -> Engine:
-    """An engine tuned for the backend: SQLite in WAL mode with a busy timeout, PostgreSQL with a pool."""
+    """An engine tuned for the backend: SQLite in WAL mode with a busy timeout, PostgreSQL with a pool.
+
+    A URL that names no usable database is a ConfigError naming DATABASE_URL (its password hidden)."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    try:
+        parsed = sa.engine.make_url(url)
+        if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+            raise sa.exc.ArgumentError(f"{parsed.get_backend_name()} is not a supported store")
+    except sa.exc.ArgumentError as exc:
+        shown = url if "@" not in url else url.split("://", 1)[0] + "://***@" + url.rsplit("@", 1)[1]
+        raise ConfigError(f"DATABASE_URL={shown} is not a database URL this can use ({exc}); use "
+                          "postgresql://user:password@host:5432/coherence, or leave it empty for SQLite") from exc
     if url.startswith("sqlite"):
-        db_path = sa.engine.make_url(url).database
+        db_path = parsed.database
         if db_path and db_path != ":memory:":
-            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"the SQLite store {db_path}: cannot create its folder: {exc.strerror}") from exc
             # It holds task output: owner only, whatever the umask. SQLite gives its -wal and -shm files the
             # database file's mode.
             with suppress(FileExistsError):
