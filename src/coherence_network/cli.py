@@ -45,7 +45,7 @@ class Options:
 
 
 @app.callback()
-def main(
+def global_options(
     log_json: bool = typer.Option(False, "--log-json", help="Write component logs as JSON lines"),
 ) -> None:
     Options.log_json = True if log_json else None
@@ -663,10 +663,10 @@ from coherence_network.indexer.cli import index_app  # noqa: E402  (sub-app regi
 app.add_typer(index_app, name="index", help="Index npm or PyPI packages into the dependency graph (--target, --limit).")
 
 
-def run() -> None:
-    """Entry point used by scripts/: same as the console script."""
-    app(prog_name="coherence")
+def main(argv: list[str] | None = None) -> None:
+    """The entry point (console script, ``python -m``): the name main's entry point (pyproject) calls."""
+    app(argv, prog_name="coherence")
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    main()

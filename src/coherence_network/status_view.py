@@ -118,8 +118,10 @@ def age(since: datetime, now: datetime | None = None) -> str:
 
 
 def render_task_line(task: Task, *, colour: bool = False, now: datetime | None = None) -> str:
-    """One line of `coherence tasks`: id, type, status, age, the start of the direction."""
-    direction = " ".join(task.direction.split())
+    """One line of `coherence tasks`: id, type, status, age, the start of the direction (of the question, for a
+    task waiting for a decision: that is what the operator has to answer)."""
+    asks = task.status == TaskStatus.NEEDS_DECISION and task.decision_prompt
+    direction = " ".join(f"asks: {task.decision_prompt}".split() if asks else task.direction.split())
     short = direction if len(direction) <= DIRECTION_SHOWN else direction[:DIRECTION_SHOWN - 1] + "…"
     status = paint(f"{task.status.value:<14}", task.status, colour)
     return f"#{task.id:<6} {task.task_type.value:<6} {status} {age(task.created_at, now):>7}  {short}"

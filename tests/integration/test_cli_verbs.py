@@ -19,7 +19,6 @@ from coherence_network.client import ApiClient
 from coherence_network.contract import Task, TaskStatus
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
-from tests.support.pipeline import PipelineProcess, alive
 
 CLI = [sys.executable, "-m", "coherence_network.cli"]
 ANSI = "\x1b["
@@ -216,23 +215,7 @@ def test_restart_needs_a_supervisor_and_a_known_component(api_process: ApiProces
     assert not request.exists()
     unknown = _coherence(api_process, "restart", "telegram")
     assert unknown.returncode == 2 and "api, agent_runner, project_manager, monitor, all" in unknown.stderr
-
-
-def test_restart_under_a_supervisor_restarts_that_component(tmp_path: Path) -> None:
-    pipeline = PipelineProcess(tmp_path / "home", "--components", "api,agent_runner").start()
-    try:
-        pipeline.wait_started("api", "agent_runner")
-        runner, api = pipeline.pid("agent_runner"), pipeline.pid("api")
-        asked = pipeline.cli("restart", "agent_runner", "--reason", "verbs test")
-        assert asked.returncode == 0, asked.stderr
-        assert f"the supervisor (pid {pipeline.proc.pid})" in asked.stdout  # type: ignore[union-attr]
-        wait_until(lambda: pipeline.pid("agent_runner") not in (None, runner) and alive(pipeline.pid("agent_runner")),
-                   30, "a new runner")
-        assert not (pipeline.home / "logs" / "restart_requested.json").exists()  # acted on and removed
-        assert pipeline.pid("api") == api  # only the one asked for
-        assert "restart requested for agent_runner: verbs test" in (pipeline.home / "logs" / "supervisor.log").read_text()
-    finally:
-        pipeline.stop()
+    # a supervisor that runs and acts on the request: tests/runbook/test_drills.py (restart-component)
 
 
 def test_status_watch_redraws_until_ctrl_c(api_process: ApiProcess) -> None:
