@@ -6,18 +6,35 @@ Exit codes: 0 healthy / done, 1 needs attention or failed, 2 usage error.
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import click
 import typer
 
-from coherence_network.settings import config_errors_as_one_line, get_settings
+from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.settings import Settings, config_errors_as_one_line, get_settings
+
+if TYPE_CHECKING:  # the client pulls in httpx: commands import it when they call the API
+    from coherence_network.client import ApiClient
+
+HELP_WIDTH = 120
 
 app = typer.Typer(
     help="Coherence Network: the autonomous pipeline's API, runner, manager, monitor, supervisor and indexers.",
     no_args_is_help=True,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=True,  # coherence --install-completion (bash, zsh, fish, PowerShell)
+    rich_markup_mode=None,  # plain help: it wraps long defaults instead of cutting them at 80 columns
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": HELP_WIDTH},
 )
 
 
@@ -191,39 +208,244 @@ def pm(
         raise typer.Exit(manager.run())
 
 
-@app.command()
-def status(
-    as_json: bool = typer.Option(False, "--json", help="Print the API's pipeline-status (or the task) as JSON"),
-    task_id: int = typer.Option(None, "--task-id", help="Show one task instead of the pipeline"),
-    show_log: bool = typer.Option(False, "--log", help="With --task-id: print the task's log"),
-    lines: int = typer.Option(100, "--lines", min=0, help="With --log: last lines shown (0 = all)"),
-) -> None:
-    """Pipeline status in layers (goal, orchestration, tasks, attention). Exit 0 healthy, 1 attention needed or
-    the API unreachable."""
-    from coherence_network.client import ApiClient, ApiNotFound, ApiUnavailable
-    from coherence_network.status_view import render_status, render_task
+def _colour() -> bool:
+    """Colour only on a terminal, and never with NO_COLOR set (https://no-color.org)."""
+    return sys.stdout.isatty() and not get_settings().no_color
 
-    settings = get_settings()
+
+def _user() -> str:
+    """The OS user running the command (from the user database, not the environment)."""
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+@contextmanager
+def _api(settings: Settings, *, conflict: str = "refused") -> Iterator[ApiClient]:
+    """The API client of an operator's command: an API error becomes one line on stderr and exit 1 (2 when the API
+    calls the request malformed); ``conflict`` opens the line for a 409."""
+    from coherence_network.client import (ApiAuthError, ApiClient, ApiConflict, ApiError, ApiNotFound,
+                                          ApiUnavailable, ApiValidationError)
+
     try:
         with ApiClient(settings=settings, retries=1) as client:
-            if task_id is not None:
-                if show_log:
-                    typer.echo(client.task_log(task_id, tail=lines), nl=False)
-                    return
-                task = client.get_task(task_id).model_dump(mode="json")
-                typer.echo(json.dumps(task, indent=2) if as_json else render_task(task))
-                return
-            pipeline = client.pipeline_status()
+            yield client
     except ApiNotFound as exc:
         typer.echo(f"no such task: {exc.detail}", err=True)
+        raise typer.Exit(1) from exc
+    except ApiConflict as exc:
+        typer.echo(f"{conflict}: {exc.detail}", err=True)
+        raise typer.Exit(1) from exc
+    except ApiValidationError as exc:
+        typer.echo(f"the API refused the request as malformed: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
+    except ApiAuthError as exc:
+        typer.echo(f"the API refused the token (set COHERENCE_API_TOKEN): {exc.detail}", err=True)
         raise typer.Exit(1) from exc
     except ApiUnavailable as exc:
         typer.echo(f"the API at {settings.agent_api_base} is unreachable: {exc.detail}", err=True)
         typer.echo("read docs/RUNBOOK.md#pipeline-recovery", err=True)
         raise typer.Exit(1) from exc
+    except ApiError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print the API's pipeline-status (or the task) as JSON"),
+    task_id: int = typer.Option(None, "--task-id", help="Show one task instead of the pipeline (also: coherence "
+                                "task ID)"),
+    show_log: bool = typer.Option(False, "--log", help="With --task-id: print the task's log"),
+    lines: int = typer.Option(100, "--lines", min=0, help="With --log: last lines shown (0 = all)"),
+    watch: bool = typer.Option(False, "--watch", help="Redraw the status until Ctrl-C"),
+    interval: float = typer.Option(2.0, "--interval", min=0.1, help="With --watch: seconds between redraws"),
+) -> None:
+    """Pipeline status in layers (goal, orchestration, tasks, attention). Exit 0 healthy, 1 attention needed or
+    the API unreachable (--watch: 0 on Ctrl-C)."""
+    from coherence_network.status_view import render_status, render_task
+
+    settings = get_settings()
+    colour = _colour()
+    if watch:
+        _watch_status(settings, interval, colour)
+        return
+    with _api(settings) as client:
+        if task_id is not None:
+            if show_log:
+                typer.echo(client.task_log(task_id, tail=lines), nl=False)
+                return
+            task = client.get_task(task_id)
+            typer.echo(task.model_dump_json(indent=2) if as_json else render_task(task, colour=colour), color=colour)
+            return
+        pipeline = client.pipeline_status()
     report = pipeline.model_dump(mode="json")
-    typer.echo(json.dumps(report, indent=2) if as_json else render_status(report))
+    typer.echo(json.dumps(report, indent=2) if as_json else render_status(report, colour=colour), color=colour)
     raise typer.Exit(1 if pipeline.attention else 0)
+
+
+def _watch_status(settings: Settings, interval: float, colour: bool) -> None:
+    """Redraw the layered status every ``interval`` seconds; an unreachable API is shown, not fatal; Ctrl-C ends
+    it cleanly."""
+    from coherence_network.client import ApiClient, ApiError
+    from coherence_network.status_view import render_status
+
+    try:
+        with ApiClient(settings=settings, retries=0) as client:
+            while True:
+                try:
+                    body = render_status(client.pipeline_status().model_dump(mode="json"), colour=colour)
+                except ApiError as exc:
+                    body = (f"the API at {settings.agent_api_base} is unreachable: {exc.detail}\n"
+                            "read docs/RUNBOOK.md#pipeline-recovery")
+                click.clear()  # only on a terminal; piped, each redraw follows the last
+                stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
+                typer.echo(f"{body}\n\n{stamp} UTC, every {interval:g} s; Ctrl-C to stop\n", color=colour)
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+@app.command()
+def tasks(
+    status: TaskStatus = typer.Option(None, "--status", help="Only tasks in this status"),
+    task_type: TaskType = typer.Option(None, "--type", help="Only tasks of this type"),
+    limit: int = typer.Option(20, "--limit", min=1, max=500, help="Tasks shown"),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many (the newest first)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the API's page {items, total, limit, offset} as JSON"),
+) -> None:
+    """List tasks, newest first: id, type, status, age and the start of the direction, then the total."""
+    from coherence_network.status_view import render_task_page
+
+    settings = get_settings()
+    with _api(settings) as client:
+        page = client.list_tasks(status=status, task_type=task_type, order="newest", limit=limit, offset=offset)
+    colour = _colour()
+    typer.echo(page.model_dump_json(indent=2) if as_json else render_task_page(page, colour=colour), color=colour)
+
+
+@app.command()
+def task(
+    task_id: int = typer.Argument(..., help="The task's id"),
+    as_json: bool = typer.Option(False, "--json", help="Print the task as the API returns it"),
+) -> None:
+    """One task: status, runs (claim token), attempts, exit code, the decision trail (question, answer, who, when)
+    and the output tail. Its whole log: coherence logs ID."""
+    from coherence_network.status_view import render_task
+
+    with _api(get_settings()) as client:
+        found = client.get_task(task_id)
+    colour = _colour()
+    typer.echo(found.model_dump_json(indent=2) if as_json else render_task(found, colour=colour), color=colour)
+
+
+def _log_names() -> list[str]:
+    from coherence_network.follow import component_logs
+
+    return sorted(component_logs())
+
+
+@app.command()
+def logs(
+    name: str = typer.Argument(..., help="A task id (its log, through the API) or a component: agent_runner, api, "
+                               "supervisor, project_manager, monitor, telegram, ...", autocompletion=_log_names),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines: a task's until it is "
+                                "settled, a component's (like tail -F, through rotation) until Ctrl-C"),
+    lines: int = typer.Option(50, "-n", "--lines", min=0, help="Last lines shown first (0 = all)"),
+) -> None:
+    """Print a task's log or a component's log under var/logs. Following a task exits 0 when it completed, 1 when
+    it failed or waits for a decision."""
+    from coherence_network.follow import component_logs, follow_file, follow_task_log, last_lines
+
+    settings = get_settings()
+    emit = partial(typer.echo, nl=False)  # click flushes each write: a follower sees lines at once
+    try:
+        if name.isdigit():
+            with _api(settings) as client:
+                if not follow:
+                    emit(client.task_log(int(name), tail=lines))
+                    return
+                ended = follow_task_log(client, int(name), lines, emit)
+            typer.echo(f"task {ended.id} is {ended.status.value}"
+                       + (f" (exit code {ended.exit_code})" if ended.exit_code is not None else ""), err=True)
+            raise typer.Exit(0 if ended.status == TaskStatus.COMPLETED else 1)
+        known = component_logs()
+        if name not in known:
+            typer.echo(f"unknown log {name!r}: give a task id or one of {', '.join(sorted(known))}", err=True)
+            raise typer.Exit(2)
+        path = settings.logs_dir / known[name]
+        if follow:
+            follow_file(path, lines, emit)
+        if not path.is_file():
+            typer.echo(f"no log yet at {path} ({name} has not run with COHERENCE_HOME={settings.home})", err=True)
+            raise typer.Exit(1)
+        emit(last_lines(path.read_text(encoding="utf-8", errors="replace"), lines))
+    except KeyboardInterrupt:
+        return
+
+
+@app.command()
+def decide(
+    task_id: int = typer.Argument(..., help="The task waiting for a decision (coherence tasks --status "
+                                  "needs_decision)"),
+    answer: str = typer.Argument(..., help="The answer; the task's next run sees it in COHERENCE_DECISION"),
+    by: str = typer.Option(None, "--by", help="Who answers, stored as decided_by (default cli:<your OS user>)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the task as it is now"),
+) -> None:
+    """Answer a task's question: it goes back to pending with the answer, who gave it and when. Exit 1 when the
+    task does not wait for a decision (the same answer by the same person again is accepted as a repeat)."""
+    settings = get_settings()
+    with _api(settings, conflict=f"task {task_id} does not wait for a decision") as client:
+        done = client.decide(task_id, answer, by or f"cli:{_user()}")
+    if as_json:
+        typer.echo(done.model_dump_json(indent=2))
+        return
+    typer.echo(f"task {done.id}: decision {done.decision!r} recorded by {done.decided_by}; now {done.status.value}")
+
+
+@app.command()
+def retry(
+    task_id: int = typer.Argument(..., help="A failed task (coherence tasks --status failed)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the task as it is now"),
+) -> None:
+    """Send a failed task back to pending, to run again. Exit 1 when it has not failed."""
+    with _api(get_settings(), conflict=f"task {task_id} cannot be retried (only a failed task can)") as client:
+        done = client.retry_task(task_id)
+    if as_json:
+        typer.echo(done.model_dump_json(indent=2))
+        return
+    typer.echo(f"task {done.id}: now {done.status.value} (attempts so far {done.attempts})")
+
+
+def _restart_targets() -> list[str]:
+    from coherence_network.restart import TARGETS
+
+    return list(TARGETS)
+
+
+@app.command()
+def restart(
+    component: str = typer.Argument(..., help="api, agent_runner, project_manager, monitor, or all",
+                                    autocompletion=_restart_targets),
+    reason: str = typer.Option("operator request", "--reason", help="Why; logged by the supervisor"),
+) -> None:
+    """Ask the running supervisor to restart one component (or all, the API first): writes
+    var/logs/restart_requested.json atomically. Exit 1 when no supervisor runs (nothing would act on it)."""
+    from coherence_network.restart import TARGETS, request_restart
+
+    if component not in TARGETS:
+        typer.echo(f"unknown component {component!r}: choose from {', '.join(TARGETS)}", err=True)
+        raise typer.Exit(2)
+    settings = get_settings()
+    done = request_restart(settings, component, reason)
+    if done.supervisor_pid is None:
+        typer.echo(f"no supervisor runs for COHERENCE_HOME={settings.home}: nothing would act on a restart request, "
+                   "so none was written. Start the component by hand (docs/RUNBOOK.md#autonomous-pipeline).",
+                   err=True)
+        raise typer.Exit(1)
+    if done.replaced:
+        typer.echo(f"replaced a request not acted on yet: {done.replaced.get('component')} "
+                   f"({done.replaced.get('reason')})")
+    typer.echo(f"restart of {component} requested ({done.path}); the supervisor (pid {done.supervisor_pid or '?'}) "
+               "acts on it within a second: see var/logs/supervisor.log")
 
 
 @app.command()

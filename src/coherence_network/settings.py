@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # --- logging --------------------------------------------------------------------------------------------
     coherence_log_level: str = Field("INFO", description="Log level of component logs (DEBUG, INFO, WARNING...)")
     coherence_log_json: bool = Field(False, description="Write component logs as JSON lines instead of text")
+    no_color: str = Field(
+        "", description="Any non-empty value turns off colour in command output (https://no-color.org)"
+    )
 
     # --- tasks ----------------------------------------------------------------------------------------------
     coherence_lease_seconds: float = Field(

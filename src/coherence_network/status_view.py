@@ -1,4 +1,5 @@
-"""The human view of /api/agent/pipeline-status, in layers: goal, orchestration, tasks, attention.
+"""The human views: /api/agent/pipeline-status in layers (goal, orchestration, tasks, attention), task lists and
+one task in detail; in colour only when the caller says it prints to a terminal.
 
 An operator reads top-down: is the backlog moving (goal), is anything driving it (orchestration), what is running or
 waiting (tasks), and what needs a person (attention). The JSON shape stays the API's; this only renders it.
@@ -6,9 +7,18 @@ waiting (tasks), and what needs a person (attention). The JSON shape stays the A
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
 from typing import Any
 
+import click
+
+from coherence_network.contract import Task, TaskPage, TaskStatus
+
 RECENT_SHOWN = 5
+DIRECTION_SHOWN = 60
+STATUS_COLOURS = {TaskStatus.PENDING: "blue", TaskStatus.RUNNING: "cyan", TaskStatus.COMPLETED: "green",
+                  TaskStatus.FAILED: "red", TaskStatus.NEEDS_DECISION: "yellow"}
 
 
 def _secs(value: float | None) -> str:
@@ -89,16 +99,74 @@ def _attention(status: dict[str, Any]) -> list[str]:
     ]
 
 
-def render_status(status: dict[str, Any]) -> str:
-    return "\n".join(_goal(status) + _orchestration(status) + _tasks(status) + _attention(status))
+def render_status(status: dict[str, Any], *, colour: bool = False) -> str:
+    layers = (_goal(status), _orchestration(status), _tasks(status), _attention(status))
+    return "\n".join(line for layer in layers for line in [paint(layer[0], "bold", colour), *layer[1:]])
 
 
-def render_task(task: dict[str, Any]) -> str:
-    """One task's fields an operator asks about, then its stored output tail."""
-    fields = ("id", "task_type", "status", "claimed_by", "attempts", "exit_code", "current_step", "created_at",
-              "started_at", "finished_at", "decision_prompt", "decision", "decided_by", "decided_at", "context")
-    lines = [f"{name}: {task.get(name)}" for name in fields if task.get(name) is not None]
-    lines.append(f"direction: {task['direction'][:500]}")
-    if task.get("output"):
-        lines += ["output (tail):", task["output"].rstrip()[-2000:]]
+def paint(text: str, style: TaskStatus | str, colour: bool) -> str:
+    """``text`` in a terminal style (a task status's colour, or "bold") when colour is on; as it is otherwise."""
+    if not colour:
+        return text
+    if isinstance(style, TaskStatus):
+        return click.style(text, fg=STATUS_COLOURS[style])
+    return click.style(text, bold=True)
+
+
+def age(since: datetime, now: datetime | None = None) -> str:
+    return _secs(((now or datetime.now(timezone.utc)) - since).total_seconds())
+
+
+def render_task_line(task: Task, *, colour: bool = False, now: datetime | None = None) -> str:
+    """One line of `coherence tasks`: id, type, status, age, the start of the direction (of the question, for a
+    task waiting for a decision: that is what the operator has to answer)."""
+    asks = task.status == TaskStatus.NEEDS_DECISION and task.decision_prompt
+    direction = " ".join(f"asks: {task.decision_prompt}".split() if asks else task.direction.split())
+    short = direction if len(direction) <= DIRECTION_SHOWN else direction[:DIRECTION_SHOWN - 1] + "…"
+    status = paint(f"{task.status.value:<14}", task.status, colour)
+    return f"#{task.id:<6} {task.task_type.value:<6} {status} {age(task.created_at, now):>7}  {short}"
+
+
+def render_task_page(page: TaskPage, *, colour: bool = False) -> str:
+    """The listing, newest first, and where this page sits in the total."""
+    now = datetime.now(timezone.utc)
+    lines = [render_task_line(task, colour=colour, now=now) for task in page.items]
+    if page.items:
+        lines.append(f"{page.offset + 1}-{page.offset + len(page.items)} of {page.total} tasks")
+    else:
+        lines.append(f"no tasks on this page ({page.total} match)")
     return "\n".join(lines)
+
+
+def render_task(task: Task | dict[str, Any], *, colour: bool = False) -> str:
+    """One task as an operator asks about it: what and where it is, its runs, the decision trail (question, answer,
+    who, when), the output tail. Fields read ``name: value`` (Telegram's /task shows the same text)."""
+    task = task if isinstance(task, Task) else Task.model_validate(task)
+    lines = [paint(f"task #{task.id} {task.task_type.value}", "bold", colour),
+             "status: " + paint(task.status.value, task.status, colour),
+             f"direction: {task.direction[:500]}"]
+    fields = (("command", task.command), ("created_at", task.created_at), ("started_at", task.started_at),
+              ("finished_at", task.finished_at), ("claimed_by", task.claimed_by), ("exit_code", task.exit_code),
+              ("current_step", task.current_step))
+    lines += [f"{name}: {_plain(value)}" for name, value in fields if value is not None]
+    lines.append(f"run: {task.claim_token} (claim token), attempts: {task.attempts} of {task.max_attempts}")
+    if task.context:
+        lines.append(f"context: {json.dumps(task.context, default=str)}")
+    if task.decision_prompt or task.decision:
+        lines.append(paint("decision trail", "bold", colour))
+        lines.append(f"  decision_prompt: {task.decision_prompt or '-'}")
+        if task.decision is None:
+            lines.append(f"  decision: (waiting; answer with: coherence decide {task.id} ANSWER)")
+        else:
+            lines += [f"  decision: {task.decision}", f"  decided_by: {task.decided_by or '-'}",
+                      f"  decided_at: {_plain(task.decided_at)}"]
+    if task.output:
+        lines += [paint("output (tail):", "bold", colour), task.output.rstrip()[-2000:]]
+    return "\n".join(lines)
+
+
+def _plain(value: object) -> str:
+    """A value for people: times in ISO 8601, nothing as "-"."""
+    if value is None:
+        return "-"
+    return value.isoformat() if isinstance(value, datetime) else str(value)

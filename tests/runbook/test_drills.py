@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 
 from coherence_network import fatal
 from coherence_network.client import ApiClient
+from coherence_network.contract import TaskStatus
 from coherence_network.settings import Settings
 from tests.runbook.drill import Drill
 from tests.runbook.runbook_doc import ROOT, Runbook
@@ -107,22 +109,57 @@ def test_drill_cleanup_removes_only_old_logs_of_finished_tasks(runbook: Runbook,
     assert (logs / f"task_{running.id}.log").exists() and (logs / f"task_{fresh.id}.log").exists()
 
 
-def test_drill_unblock_decision_with_the_documented_curl(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
+def test_drill_unblock_decision_with_the_documented_verbs(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
     with ApiClient(api.url, token="") as client:
         task = client.create_task("deploy", "run", command="true")
         claim = client.claim("drill")
-        client.finish(task.id, claim.claim_token, "needs_decision", decision_prompt="Deploy to prod?")
+        client.finish(task.id, claim.claim_token, TaskStatus.NEEDS_DECISION, decision_prompt="Deploy to prod?")
         listing, answer = runbook.drill("unblock-decision").commands()
-        assert drill.run(listing).stdout == f"{task.id}\tDeploy to prod?\n"
+        (line, total) = drill.run(listing).stdout.splitlines()
+        assert line.startswith(f"#{task.id} ") and line.endswith("asks: Deploy to prod?") and total == "1-1 of 1 tasks"
         assert "{id}" in answer
-        answered = json.loads(drill.run(answer.replace("{id}", str(task.id))).stdout)
-        assert answered["status"] == "pending" and answered["decision"] == "yes"
-        assert client.get_task(task.id).decided_by == "api"
-        again = json.loads(drill.run(answer.replace("{id}", str(task.id))).stdout)  # a repeat is safe
-        assert again["decided_at"] == answered["decided_at"]
-        other = drill.run(answer.replace("{id}", str(task.id)).replace('"yes"', '"no"'), check=False)
-        assert other.returncode != 0  # 409: the task no longer waits; curl -f fails, nothing changed
+        answered = drill.run(answer.replace("{id}", str(task.id))).stdout
+        user = pwd.getpwuid(os.getuid()).pw_name
+        assert answered == f"task {task.id}: decision 'yes' recorded by cli:{user}; now pending\n"
+        stored = client.get_task(task.id)
+        assert stored.decided_by == f"cli:{user}" and stored.status == TaskStatus.PENDING
+        drill.run(answer.replace("{id}", str(task.id)))  # a repeat is safe
+        assert client.get_task(task.id).decided_at == stored.decided_at
+        other = drill.run(answer.replace("{id}", str(task.id)).replace(" yes", " no"), check=False)
+        assert other.returncode == 1 and "does not wait for a decision" in other.stderr  # 409: nothing changed
         assert client.get_task(task.id).decision == "yes"
+
+
+def test_drill_retry_a_failed_task(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
+    with ApiClient(api.url, token="") as client:
+        task = client.create_task("flaky", "run", command="false")
+        claim = client.claim("drill")
+        client.finish(task.id, claim.claim_token, TaskStatus.FAILED, exit_code=2, output="it broke\n")
+        listing, detail, retry = (c.replace("{id}", str(task.id)) for c in runbook.drill("retry-failed").commands())
+        assert drill.run(listing).stdout.startswith(f"#{task.id} ")
+        assert "exit_code: 2" in drill.run(detail).stdout
+        assert f"task {task.id}: now pending" in drill.run(retry).stdout
+        assert client.get_task(task.id).status == TaskStatus.PENDING
+        assert drill.run(retry, check=False).returncode == 1  # only a failed task is retried
+
+
+def test_drill_restart_one_component_under_the_supervisor(runbook: Runbook, tmp_path: Path) -> None:
+    pipeline = PipelineProcess(tmp_path / "home", "--components", "api,agent_runner").start()
+    drill = Drill(pipeline.home, pipeline.port)
+    try:
+        pipeline.wait_started("api", "agent_runner")
+        runner, api_pid = pipeline.pid("agent_runner"), pipeline.pid("api")
+        (done,) = drill.run_block(runbook.drill("restart-component"))
+        assert f"the supervisor (pid {pipeline.proc.pid})" in done.stdout  # type: ignore[union-attr]
+        wait_until(lambda: pipeline.pid("agent_runner") not in (None, runner) and alive(pipeline.pid("agent_runner")),
+                   30, "a new runner")
+        assert pipeline.pid("api") == api_pid  # only the component asked for
+        assert not (pipeline.home / "logs" / "restart_requested.json").exists()  # acted on, then removed
+        assert "restart requested for agent_runner: picked up new settings" in (
+            pipeline.home / "logs" / "supervisor.log").read_text()
+    finally:
+        drill.close()
+        pipeline.stop()
 
 
 def test_drill_check_pipeline_json_is_parsed_by_jq(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
