@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coherence_network import health
 from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.settings import Settings
+from coherence_network.store import TaskStore
+from coherence_network.store.db import create_store_engine, migrate
+from coherence_network.store.tasks import utcnow
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
 
@@ -150,3 +155,26 @@ def test_every_view_agrees_on_health(api: ApiProcess) -> None:
     for name in ("status", "doctor", "monitor", "report", "metrics"):
         assert views[name] == (1, {"needs_decision", "manager_stale"}), name
     assert views["doctor_checks"]["runner_seen"]["ok"] and "runners seen 1" in views["text"]
+
+
+def test_the_health_snapshot_and_pruning_on_both_stores(store_url: str) -> None:
+    """The rules read the same snapshot from SQLite and PostgreSQL; pruning forgets only runners gone too long."""
+    engine = create_store_engine(store_url)
+    migrate(engine)
+    store = TaskStore(engine, lease_seconds=30, max_attempts=2, tail_bytes=300)
+    try:
+        settings = Settings(_env_file=None, monitor_runner_seen_seconds=60)
+        for runner_id in ("old", "new"):
+            store.runner_heartbeat(runner_id, host="h", pid=1, version="t")
+        store.create(direction="d", task_type=TaskType.RUN, command="true")
+        claimed = store.claim("new")
+        assert claimed is not None
+        now = utcnow() + timedelta(seconds=120)  # both runners past the seen window, the lease expired
+        snapshot = health.gather(store, settings, now)
+        assert health.live_runners(snapshot) == 0 and snapshot.running[0]["lease_expires_at"] is not None
+        assert {f["code"] for f in health.evaluate(snapshot, settings)} == {"no_runner"}
+        assert store.prune_runners(utcnow() + timedelta(seconds=1)) == 2 and store.runners() == []
+        store.runner_heartbeat("new", host="h", pid=1, version="t")  # a live runner comes back by itself
+        assert health.live_runners(health.gather(store, settings, utcnow())) == 1
+    finally:
+        engine.dispose()
