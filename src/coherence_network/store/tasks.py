@@ -391,8 +391,12 @@ class TaskStore:
     def prune_runners(self, seen_before: datetime) -> int:
         """Forget runners not seen since ``seen_before`` (restarts leave old ids behind); a live one re-registers
         with its next heartbeat. Returns how many rows went."""
+        gone = runners.c.last_seen < seen_before
+        with self.engine.connect() as conn:  # every status read asks: most find nothing, and write nothing
+            if conn.execute(sa.select(runners.c.id).where(gone).limit(1)).first() is None:
+                return 0
         with self._write() as conn:
-            return conn.execute(runners.delete().where(runners.c.last_seen < seen_before)).rowcount
+            return conn.execute(runners.delete().where(gone)).rowcount
 
     def component_heartbeat(
         self, name: str, *, host: str, pid: int, version: str, info: dict[str, Any] | None = None
