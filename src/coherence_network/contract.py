@@ -139,11 +139,14 @@ class SeenComponent(RegistryRow):
 
 
 class AttentionFlag(Returned):
-    """Something an operator should look at, named by ``code``."""
+    """Something an operator should look at, named by ``code`` (a rule of coherence_network.health)."""
 
     code: str
     message: str
     task_ids: list[int] = []
+    severity: str = "medium"
+    action: str = ""
+    runbook: str = ""
 
 
 class PipelineStatus(Returned):

@@ -7,13 +7,12 @@ import os
 import shutil
 import socket
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
-from coherence_network import __version__, fatal
+from coherence_network import __version__, fatal, health
 from coherence_network.client import ApiClient, ApiError
-from coherence_network.monitor import MANAGER, age_seconds, read_pipeline_version
 from coherence_network.monitor import COMPONENT as MONITOR
+from coherence_network.monitor import read_pipeline_version
 from coherence_network.settings import Settings
 from coherence_network.versioning import source_sha_on_disk
 
@@ -35,18 +34,27 @@ def _check_api(client: ApiClient, name: str, path: str, command: str, runbook: s
     return Check(name, True, f"GET {path} answers"), body
 
 
-def _seen(name: str, row: dict[str, Any] | None, limit: float, command: str, now: datetime) -> Check:
-    age = age_seconds(now, (row or {}).get("last_seen"))
-    if age is None:
+def _seen(name: str, row: dict[str, Any] | None, setting: str, command: str) -> Check:
+    """Seen or not as the API judged it (pipeline-status, by its ``setting``): the same answer every view gives."""
+    if row is None:
         return Check(name, False, "never seen", command, "#pipeline-recovery")
-    if age > limit:
-        return Check(name, False, f"last seen {age:.0f} s ago (limit {limit:.0f} s)", command, "#pipeline-recovery")
-    return Check(name, True, f"seen {age:.0f} s ago")
+    if not row["seen"]:
+        return Check(name, False, f"last seen {row['last_seen_seconds']:.0f} s ago (limit {setting})", command,
+                     "#pipeline-recovery")
+    return Check(name, True, f"seen {row['last_seen_seconds']:.0f} s ago")
+
+
+def _health(flags: list[dict[str, Any]]) -> Check:
+    """The health rules the API evaluated: any open flag (a decision waiting included) needs a person."""
+    if not flags:
+        return Check("health", True, "no attention flags")
+    first = flags[0]
+    return Check("health", False, "; ".join(f"[{f['severity']}] {f['code']}: {f['message']}" for f in flags)[:500],
+                 first["action"], first["runbook"])
 
 
 def diagnose(settings: Settings, client: ApiClient) -> tuple[list[Check], dict[str, Any] | None]:
     """Every check, and the effectiveness figures when the API gave them."""
-    now = datetime.now(timezone.utc)
     checks: list[Check] = []
     start_api = "coherence supervise   (or only the API: coherence api)"
     reachable, _ = _check_api(client, "api_reachable", "/api/health", start_api, "#api-restart")
@@ -56,7 +64,7 @@ def diagnose(settings: Settings, client: ApiClient) -> tuple[list[Check], dict[s
         ready, _ = _check_api(client, "api_ready", "/api/ready", "coherence migrate; then read var/logs/api.log",
                               "#api-restart")
         checks.append(ready)
-        _api_part(settings, client, checks, now)
+        _api_part(client, checks)
         check, effectiveness = _check_api(client, "effectiveness", "/api/agent/effectiveness",
                                           "read var/logs/api.log", "#pipeline-effectiveness")
         checks.append(check)
@@ -74,14 +82,16 @@ def diagnose(settings: Settings, client: ApiClient) -> tuple[list[Check], dict[s
     return checks, effectiveness
 
 
-def _api_part(settings: Settings, client: ApiClient, checks: list[Check], now: datetime) -> None:
-    """Checks that need an answering API: endpoints, components seen, a write through the API."""
+def _api_part(client: ApiClient, checks: list[Check]) -> None:
+    """Checks that need an answering API: endpoints, health, components seen, a write through the API."""
     metrics, _ = _check_api(client, "metrics", "/api/agent/metrics", "read var/logs/api.log", "#key-endpoints")
     checks.append(metrics)
     issues_check, issues = _check_api(client, "monitor_issues", "/api/agent/monitor-issues", "coherence monitor "
                                       "--once", "#pipeline-recovery")
     if issues is not None:
-        serious = [i for i in issues["issues"] if i["severity"] in ("critical", "high")]
+        # health rules are judged live below; here only what the monitor saw on its host
+        serious = [i for i in issues["issues"]
+                   if i["severity"] in ("critical", "high") and i["rule"] not in health.BY_CODE]
         if serious:
             first = serious[0]
             issues_check = Check("monitor_issues", False,
@@ -91,19 +101,20 @@ def _api_part(settings: Settings, client: ApiClient, checks: list[Check], now: d
             issues_check.detail = f"{len(issues['issues'])} open issue(s), none serious"
     checks.append(issues_check)
     try:
-        runners = client.get("/api/agent/runners")["items"]
-        components = {name: seen.model_dump() for name, seen in client.pipeline_status().components.items()}
+        status = client.pipeline_status().model_dump(mode="json")
     except ApiError as exc:
-        checks.append(Check("components_seen", False, f"cannot list runners/components: {exc}", "read "
+        checks.append(Check("health", False, f"GET /api/agent/pipeline-status: {exc}"[:300], "read "
                             "var/logs/api.log", "#api-restart"))
         return
-    newest = max(runners, key=lambda r: r["last_seen"], default=None)
-    checks.append(_seen("runner_seen", newest, settings.monitor_runner_seen_seconds,
-                        "coherence supervise   (or: coherence runner)", now))
-    checks.append(_seen("manager_seen", components.get(MANAGER), settings.monitor_component_seen_seconds,
-                        "coherence supervise --backlog backlog.md   (or: coherence pm --backlog backlog.md)", now))
-    checks.append(_seen("monitor_seen", components.get(MONITOR), settings.monitor_component_seen_seconds,
-                        "coherence supervise   (or: coherence monitor)", now))
+    checks.append(_health(status["attention"]))
+    newest = next(iter(status["runners"]), None)  # newest first
+    components = status["components"]
+    runner_limit, component_limit = "MONITOR_RUNNER_SEEN_SECONDS", "MONITOR_COMPONENT_SEEN_SECONDS"
+    checks.append(_seen("runner_seen", newest, runner_limit, "coherence supervise   (or: coherence runner)"))
+    checks.append(_seen("manager_seen", components.get(health.MANAGER), component_limit,
+                        "coherence supervise --backlog backlog.md   (or: coherence pm --backlog backlog.md)"))
+    checks.append(_seen("monitor_seen", components.get(MONITOR), component_limit,
+                        "coherence supervise   (or: coherence monitor)"))
     try:
         client.post("/api/agent/components/heartbeat", {"component": "doctor", "host": socket.gethostname(),
                                                          "pid": os.getpid(), "version": __version__}, retries=0)

@@ -1,8 +1,10 @@
-"""Monitor: fetch a snapshot of the pipeline, evaluate rules over it, keep issues, write the layered status report.
+"""Monitor: fetch a snapshot of the pipeline, keep issues, write the layered status report.
 
-Rules are pure functions of (Snapshot, Settings), so each one is unit-tested without servers. Each rule names its
-severity, the action an operator (or auto-recovery) takes, and the runbook section that explains it. With
-PIPELINE_AUTO_RECOVER the monitor asks the supervisor for a restart (var/logs/restart_requested.json) when the rule's
+The pipeline's health is decided once, by the API (coherence_network.health, read here from pipeline-status's
+`attention`); the monitor's own rules cover only facts of its host: the API answering, disk, local log errors, the
+version on disk. Host rules are pure functions of (Snapshot, Settings), so each one is unit-tested without servers.
+Each issue names its severity, the action an operator (or auto-recovery) takes, and the runbook section. With
+PIPELINE_AUTO_RECOVER the monitor asks the supervisor for a restart (var/logs/restart_requested.json) when the
 condition is one a restart fixes.
 """
 
@@ -21,9 +23,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from coherence_network import __version__
+from coherence_network import __version__, health
 from coherence_network.client import ApiClient, ApiError, ApiNotFound
-from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.contract import TaskStatus
 from coherence_network.logfiles import REGISTRY, write_json_atomic
 from coherence_network.settings import Settings
 from coherence_network.versioning import SOURCE_DIR, source_sha_on_disk
@@ -31,8 +33,6 @@ from coherence_network.versioning import SOURCE_DIR, source_sha_on_disk
 log = logging.getLogger("coherence.monitor")
 
 COMPONENT = "monitor"
-MANAGER = "project_manager"
-UNSETTLED_ITEMS = ("waiting", "in_progress", "needs_decision")
 _ERROR_LINE = re.compile(r'^\S+ (ERROR|CRITICAL) |"level": "(ERROR|CRITICAL)"')
 _SAMPLE_LINES = 5
 
@@ -52,24 +52,21 @@ def age_seconds(now: datetime, when: str | datetime | None) -> float | None:
 # --- snapshot -----------------------------------------------------------------------------------------------
 @dataclass
 class Snapshot:
-    """Everything the rules look at, gathered once per check (API answers plus local facts of this host)."""
+    """Everything the monitor looks at, gathered once per check: the API's pipeline-status (with the health flags
+    the API evaluated) plus local facts of this host."""
 
     now: datetime
     api_reachable: bool = True
     api_errors: list[str] = field(default_factory=list)
-    counts: dict[str, Any] | None = None
-    running: list[dict[str, Any]] = field(default_factory=list)
-    oldest_pending: dict[str, Any] | None = None
-    oldest_decision: dict[str, Any] | None = None
-    decisions_waiting: int = 0
-    runners: list[dict[str, Any]] = field(default_factory=list)
-    components: dict[str, dict[str, Any]] = field(default_factory=dict)
-    pipeline: dict[str, Any] | None = None
-    metrics: dict[str, Any] | None = None
+    pipeline: dict[str, Any] | None = None  # pipeline-status as plain JSON
     running_shas: dict[str, str | None] = field(default_factory=dict)  # who runs which code: "pipeline", "api"
     disk_sha: str | None = None
     disk_free_bytes: int | None = None
     log_errors: dict[str, list[str]] = field(default_factory=dict)  # log file -> new ERROR lines
+
+    def part(self, name: str) -> Any:
+        """A section of pipeline-status ({} when the API did not give it)."""
+        return (self.pipeline or {}).get(name) or {}
 
 
 @dataclass
@@ -125,104 +122,6 @@ def _stale_version(s: Snapshot, _: Settings) -> Finding:
         {"running": stale, "disk": disk}, "all"
 
 
-def _runner_not_seen(s: Snapshot, cfg: Settings) -> Finding:
-    if s.counts is None:
-        return None
-    ages = [a for a in (age_seconds(s.now, r.get("last_seen")) for r in s.runners) if a is not None]
-    if any(a <= cfg.monitor_runner_seen_seconds for a in ages):
-        return None
-    work = s.counts["by_status"].get(TaskStatus.PENDING, 0) + s.counts["by_status"].get(TaskStatus.RUNNING, 0)
-    if not ages and not work:
-        return None  # nothing set up yet, nothing to do
-    last = f"last seen {min(ages):.0f} s ago" if ages else "never seen"
-    return f"no runner seen in {cfg.monitor_runner_seen_seconds:.0f} s ({last}); {work} task(s) waiting or running", \
-        {"last_seen_seconds": min(ages) if ages else None, "work": work}, "agent_runner"
-
-
-def _manager_not_seen(s: Snapshot, cfg: Settings) -> Finding:
-    manager = s.components.get(MANAGER)
-    if manager is None:
-        return None
-    age = age_seconds(s.now, manager.get("last_seen"))
-    by_status = (manager.get("info") or {}).get("by_status", {})
-    if age is None or age <= cfg.monitor_component_seen_seconds or not any(by_status.get(k) for k in UNSETTLED_ITEMS):
-        return None
-    return f"the project manager was last seen {age:.0f} s ago with backlog items unsettled", \
-        {"last_seen_seconds": round(age, 1), "by_status": by_status}, MANAGER
-
-
-def _no_task_running(s: Snapshot, cfg: Settings) -> Finding:
-    if s.oldest_pending is None or s.running:
-        return None
-    waited = age_seconds(s.now, s.oldest_pending.get("created_at")) or 0.0
-    if waited < cfg.monitor_idle_minutes * 60:
-        return None
-    pending = s.counts["by_status"].get(TaskStatus.PENDING, 0) if s.counts else 1
-    return f"{pending} task(s) pending, nothing running; the oldest waits {waited / 60:.0f} min", \
-        {"pending": pending, "oldest_task_id": s.oldest_pending["id"], "waited_seconds": round(waited, 1)}, \
-        "agent_runner"
-
-
-def _orphan_running(s: Snapshot, cfg: Settings) -> Finding:
-    lease_gone, overtime = [], []
-    for task in s.running:
-        expired = age_seconds(s.now, task.get("lease_expires_at"))
-        if expired is not None and expired > cfg.monitor_orphan_grace_seconds:
-            lease_gone.append(task["id"])
-            continue
-        elapsed = age_seconds(s.now, task.get("started_at")) or 0.0
-        if elapsed > (task.get("timeout_seconds") or cfg.agent_task_timeout) + cfg.monitor_orphan_grace_seconds:
-            overtime.append(task["id"])
-    if not lease_gone and not overtime:
-        return None
-    # a lease long expired means the API's reaper is not running; a task far past its timeout, a runner that hangs
-    restart = "agent_runner" if overtime else "api"
-    return f"{len(lease_gone) + len(overtime)} running task(s) look orphaned", \
-        {"lease_expired": lease_gone, "past_timeout": overtime}, restart
-
-
-def _needs_decision_waiting(s: Snapshot, cfg: Settings) -> Finding:
-    if s.oldest_decision is None:
-        return None
-    waited = age_seconds(s.now, s.oldest_decision.get("updated_at")) or 0.0
-    if waited < cfg.monitor_decision_wait_minutes * 60:
-        return None
-    return f"{s.decisions_waiting} task(s) wait for a decision; the oldest ({s.oldest_decision['id']}) for " \
-        f"{waited / 60:.0f} min", {"count": s.decisions_waiting, "oldest_task_id": s.oldest_decision["id"],
-                                    "oldest_seconds": round(waited, 1)}, None
-
-
-def _recent(s: Snapshot) -> list[dict[str, Any]]:
-    return (s.pipeline or {}).get("recent") or []
-
-
-def _repeated_failures(s: Snapshot, cfg: Settings) -> Finding:
-    streak = _recent(s)[: cfg.pipeline_failure_streak]
-    if len(streak) < cfg.pipeline_failure_streak or any(t["status"] != TaskStatus.FAILED for t in streak):
-        return None
-    return f"the last {len(streak)} finished tasks all failed", {"task_ids": [t["id"] for t in streak]}, None
-
-
-def _low_success_rate(s: Snapshot, cfg: Settings) -> Finding:
-    rate = (s.pipeline or {}).get("success_24h")
-    if rate is None:
-        return None
-    finished = rate["completed"] + rate["failed"]
-    if finished < cfg.pipeline_success_rate_min_tasks or rate["success_rate"] >= cfg.pipeline_min_success_rate:
-        return None
-    return f"24 h success rate {rate['success_rate']:.0%} over {finished} tasks " \
-        f"(threshold {cfg.pipeline_min_success_rate:.0%})", dict(rate), None
-
-
-def _output_empty(s: Snapshot, _: Settings) -> Finding:
-    # a `run:` command may be silent by design; an agent that says nothing is broken
-    empty = [t["id"] for t in _recent(s) if t["status"] == TaskStatus.COMPLETED
-             and t.get("task_type") != TaskType.RUN and not t.get("output_chars")]
-    if not empty:
-        return None
-    return f"{len(empty)} recently completed agent task(s) produced no output", {"task_ids": empty}, None
-
-
 def _disk_low(s: Snapshot, cfg: Settings) -> Finding:
     limit = cfg.monitor_disk_min_free_mb * 1024 * 1024
     if s.disk_free_bytes is None or s.disk_free_bytes >= limit:
@@ -240,8 +139,6 @@ def _log_errors(s: Snapshot, _: Settings) -> Finding:
         {"by_file": counts, "sample": sample}, None
 
 
-_CURL_DECIDE = ("curl -X PATCH $AGENT_API_BASE/api/agent/tasks/{id} -H 'Content-Type: application/json' "
-                "-d '{\"decision\":\"yes\"}'")
 RULES: tuple[Rule, ...] = (
     Rule("api_unreachable", "critical", "GET /api/health fails", "coherence supervise (or start the API: coherence "
          "api); see var/logs/api.log", "#api-restart", _api_unreachable),
@@ -249,24 +146,6 @@ RULES: tuple[Rule, ...] = (
          "var/logs/api.log (store reachable? migrations current: coherence migrate)", "#api-restart", _api_error),
     Rule("stale_version", "medium", "running code differs from the package source on disk",
          "restart the pipeline: coherence stop && scripts/run_autonomous.sh", "#autonomous-pipeline", _stale_version),
-    Rule("runner_not_seen", "high", "work exists but no runner heartbeat within MONITOR_RUNNER_SEEN_SECONDS",
-         "start a runner: coherence runner (or coherence supervise)", "#pipeline-recovery", _runner_not_seen),
-    Rule("manager_not_seen", "medium", "project manager silent for MONITOR_COMPONENT_SEEN_SECONDS with items "
-         "unsettled", "start it: coherence pm --backlog <file>", "#pipeline-recovery", _manager_not_seen),
-    Rule("no_task_running", "high", "tasks pending for MONITOR_IDLE_MINUTES while nothing runs",
-         "check the runners (coherence status); restart one: coherence runner", "#pipeline-recovery",
-         _no_task_running),
-    Rule("orphan_running", "high", "a running task's lease expired, or its timeout passed, by more than "
-         "MONITOR_ORPHAN_GRACE_SECONDS", "restart the API (lease reaper) or the runner holding it",
-         "#orphaned-or-stuck-tasks", _orphan_running),
-    Rule("needs_decision_waiting", "medium", "a task has waited MONITOR_DECISION_WAIT_MINUTES for a decision",
-         f"answer it: {_CURL_DECIDE}", "#unblock-a-task-that-needs-a-decision", _needs_decision_waiting),
-    Rule("repeated_failures", "high", "the last PIPELINE_FAILURE_STREAK finished tasks all failed",
-         "read the task logs: coherence status --task-id <id> --log", "#pipeline-recovery", _repeated_failures),
-    Rule("low_success_rate", "medium", "24 h success rate below PIPELINE_MIN_SUCCESS_RATE",
-         "read failed task logs: coherence status --task-id <id> --log", "#pipeline-effectiveness", _low_success_rate),
-    Rule("output_empty", "medium", "a recently completed agent task produced no output",
-         "check COHERENCE_AGENT_COMMAND and the task's log", "#pipeline-recovery", _output_empty),
     Rule("disk_low", "high", "free space under var/logs below MONITOR_DISK_MIN_FREE_MB",
          "free space: coherence cleanup --days 3", "#tests-and-cleanup", _disk_low),
     Rule("log_errors", "low", "new ERROR lines in component logs since the last check",
@@ -275,8 +154,15 @@ RULES: tuple[Rule, ...] = (
 
 
 def evaluate(snapshot: Snapshot, settings: Settings) -> list[Issue]:
-    """Every rule over one snapshot: the issues open now."""
-    return [issue for rule in RULES if (issue := rule.evaluate(snapshot, settings)) is not None]
+    """The issues open now: this host's rules, then the health flags the API evaluated (the same ones doctor,
+    status, /metrics and Telegram show)."""
+    issues = [issue for rule in RULES if (issue := rule.evaluate(snapshot, settings)) is not None]
+    for flag in snapshot.part("attention") or []:
+        rule = health.BY_CODE.get(flag["code"])
+        issues.append(Issue(flag["code"], flag["severity"], flag["message"], flag["action"], flag["runbook"],
+                            {"task_ids": flag["task_ids"]} if flag["task_ids"] else {},
+                            rule.restart if rule else None))
+    return issues
 
 
 # --- gathering ----------------------------------------------------------------------------------------------
@@ -328,11 +214,6 @@ def _optional(call: Callable[[], Any], errors: list[str], what: str) -> Any:
         return None
 
 
-def _tasks(client: ApiClient, errors: list[str], **filters: Any) -> dict[str, Any]:
-    """A page of tasks as plain JSON ({} when the API did not give it)."""
-    return _optional(lambda: client.list_tasks(**filters).model_dump(mode="json"), errors, "tasks") or {}
-
-
 def read_pipeline_version(settings: Settings) -> dict[str, Any] | None:
     try:
         return json.loads(REGISTRY["pipeline_version.json"].path(settings).read_text(encoding="utf-8"))
@@ -359,37 +240,30 @@ def collect(client: ApiClient, settings: Settings, tailer: LogTailer, source_dir
     if ready is not None and not ready.get("ready"):
         errors.append(f"ready: {ready.get('reason')}")
     s.running_shas["api"] = (_optional(lambda: client.get("/api/version"), errors, "version") or {}).get("git_sha")
-    # The snapshot is plain JSON (rules and tests read it as such; the report file is written from it).
-    s.counts = _optional(lambda: client.count_tasks().model_dump(mode="json"), errors, "tasks/count")
-    s.running = _tasks(client, errors, status=TaskStatus.RUNNING, limit=500).get("items", [])
-    pending = _tasks(client, errors, status=TaskStatus.PENDING, order="oldest", limit=1)
-    s.oldest_pending = next(iter(pending.get("items", [])), None)
-    waiting = _tasks(client, errors, status=TaskStatus.NEEDS_DECISION, order="oldest", limit=1)
-    s.oldest_decision = next(iter(waiting.get("items", [])), None)
-    s.decisions_waiting = waiting.get("total", 0)
-    s.runners = (_optional(lambda: client.get("/api/agent/runners"), errors, "runners") or {}).get("items", [])
+    # The snapshot is plain JSON (tests read it as such; the report file is written from it).
     s.pipeline = _optional(lambda: client.pipeline_status().model_dump(mode="json"), errors, "pipeline-status")
-    s.components = (s.pipeline or {}).get("components") or {}
-    s.metrics = _optional(client.task_metrics, errors, "metrics")
     return s
 
 
 # --- report -------------------------------------------------------------------------------------------------
 def build_report(s: Snapshot, issues: list[Issue], open_since: dict[str, str]) -> dict[str, Any]:
-    """The layered status report: 0 goal, 1 orchestration, 2 execution, 3 attention; going well / needs attention."""
-    manager = s.components.get(MANAGER)
-    info = (manager or {}).get("info") or {}
-    seen_runners = [r["id"] for r in s.runners if (age_seconds(s.now, r.get("last_seen")) or 1e9) <= 120]
-    by_status = (s.counts or {}).get("by_status", {})
-    success = (s.pipeline or {}).get("success_24h")
+    """The layered status report: 0 goal, 1 orchestration, 2 execution, 3 attention; going well / needs attention.
+
+    Who counts as seen is the API's answer (pipeline-status, by MONITOR_*_SEEN_SECONDS), never a figure of its own."""
+    manager = s.part("project_manager")
+    info = manager.get("info") or {}
+    seen_runners = [r["id"] for r in s.part("runners") if r["seen"]]
+    by_status = s.part("counts").get("by_status", {})
+    running = s.part("running")
+    success = s.part("success_24h")
     going_well: list[str] = []
     if s.api_reachable and not s.api_errors:
         going_well.append("API reachable and ready")
     if seen_runners:
         going_well.append(f"{len(seen_runners)} runner(s) seen")
-    if s.running:
-        going_well.append(f"{len(s.running)} task(s) running")
-    if success and success["completed"]:
+    if running:
+        going_well.append(f"{len(running)} task(s) running")
+    if success.get("completed"):
         going_well.append(f"{success['completed']} task(s) completed in 24 h")
     if info.get("by_status", {}).get("done"):
         going_well.append(f"{info['by_status']['done']} of {info.get('items')} backlog item(s) done")
@@ -400,14 +274,14 @@ def build_report(s: Snapshot, issues: list[Issue], open_since: dict[str, str]) -
          "by_status": info.get("by_status"), "position": info.get("position")},
         {"layer": 1, "name": "orchestration", "api_reachable": s.api_reachable, "api_errors": s.api_errors,
          "running_shas": s.running_shas, "disk_sha": s.disk_sha, "runners_seen": seen_runners,
-         "project_manager_seen_seconds": age_seconds(s.now, (manager or {}).get("last_seen"))},
+         "project_manager_seen_seconds": manager.get("last_seen_seconds"),
+         "project_manager_seen": manager.get("seen")},
         {"layer": 2, "name": "execution", "by_status": by_status,
          "running": [{"id": t["id"], "task_type": t["task_type"], "claimed_by": t.get("claimed_by"),
-                      "elapsed_seconds": age_seconds(s.now, t.get("started_at"))} for t in s.running],
-         "success_24h": success},
+                      "elapsed_seconds": t.get("elapsed_seconds")} for t in running],
+         "success_24h": success or None},
         {"layer": 3, "name": "attention",
-         "issues": [{**asdict(i), "first_seen": open_since.get(i.rule)} for i in issues],
-         "api_attention": (s.pipeline or {}).get("attention", [])},
+         "issues": [{**asdict(i), "first_seen": open_since.get(i.rule)} for i in issues]},
     ]
     return {
         "generated_at": s.now.isoformat(),
@@ -418,14 +292,30 @@ def build_report(s: Snapshot, issues: list[Issue], open_since: dict[str, str]) -
     }
 
 
+def for_people(value: Any) -> str:
+    """A value as a person reads it, never a Python repr: {'done': 4} -> "done 4", lists joined, None -> "-"."""
+    if value is None or value == {} or value == []:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {for_people(v)}" for k, v in value.items() if v is not None) or "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(for_people(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 def render_report(report: dict[str, Any]) -> str:
     goal, orchestration, execution, attention = report["layers"]
+    shas = {who: sha[:12] for who, sha in orchestration["running_shas"].items() if sha}
+    disk = (orchestration["disk_sha"] or "")[:12] or None
     lines = [f"Pipeline status report {report['generated_at']}", ""]
-    lines.append(f"0 goal: backlog {goal['backlog'] or '-'}: {goal['items'] or 0} item(s), {goal['by_status'] or {}}")
+    lines.append(f"0 goal: backlog {for_people(goal['backlog'])}: {goal['items'] or 0} item(s) "
+                 f"({for_people(goal['by_status'])})")
     lines.append(f"1 orchestration: API {'up' if orchestration['api_reachable'] else 'DOWN'}, runners seen "
-                 f"{len(orchestration['runners_seen'])}, code {orchestration['running_shas']} vs disk "
-                 f"{orchestration['disk_sha']}")
-    lines.append(f"2 execution: {execution['by_status']}, {len(execution['running'])} running")
+                 f"{len(orchestration['runners_seen'])}, code {for_people(shas)} vs disk {for_people(disk)}")
+    lines.append(f"2 execution: {for_people({k: v for k, v in execution['by_status'].items() if v})}, "
+                 f"{len(execution['running'])} running")
     lines.append(f"3 attention: {len(attention['issues'])} issue(s)")
     lines += ["", "Going well:"] + [f"  + {g}" for g in report["going_well"] or ["(nothing yet)"]]
     lines += ["", "Needs attention:"] + [f"  ! {n}" for n in report["needs_attention"] or ["(nothing)"]]
@@ -482,7 +372,7 @@ class Monitor:
         text_path.write_text(render_report(report), encoding="utf-8")
         if snapshot.api_reachable:
             self._tell_api(opened)
-        by_status = (snapshot.counts or {}).get("by_status", {})
+        by_status = snapshot.part("counts").get("by_status", {})
         log.info("STATUS %s api=%s running=%s pending=%s needs_decision=%s issues=%s",
                  "attention" if issues else "ok", "up" if snapshot.api_reachable else "down",
                  by_status.get(TaskStatus.RUNNING, "?"), by_status.get(TaskStatus.PENDING, "?"),

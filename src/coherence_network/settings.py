@@ -120,6 +120,10 @@ class Settings(BaseSettings):
         "component, or the supervisor that started it, was started with. Files under COHERENCE_HOME are 0600 anyway"
     )
 
+    coherence_runner_forget_seconds: float = Field(
+        3600.0, gt=0, description="The API forgets (prunes) a runner registry row not seen for this long"
+    )
+
     # --- project manager ----------------------------------------------------------------------------------
     pipeline_needs_decision_timeout_hours: float = Field(
         0.0, ge=0, description="Hours a backlog item waits for a decision before the timeout acts; 0 waits forever"
@@ -177,10 +181,10 @@ class Settings(BaseSettings):
     pipeline_git_remote: str = Field("origin", description="Remote that auto-push pushes the current branch to")
     monitor_interval: float = Field(60.0, gt=0, description="Seconds between monitor checks")
     monitor_runner_seen_seconds: float = Field(
-        120.0, gt=0, description="runner_not_seen: no runner heartbeat for this long"
+        120.0, gt=0, description="A runner is seen (live) with a heartbeat this recent; no_runner otherwise"
     )
     monitor_component_seen_seconds: float = Field(
-        300.0, gt=0, description="manager_not_seen (and doctor's monitor check): no heartbeat for this long"
+        300.0, gt=0, description="The project manager and the monitor are seen with a heartbeat this recent"
     )
     monitor_idle_minutes: float = Field(
         10.0, gt=0, description="no_task_running: work pending this long while nothing runs"
@@ -189,7 +193,7 @@ class Settings(BaseSettings):
         300.0, gt=0, description="orphan_running: lease expired, or task timeout passed, by more than this"
     )
     monitor_decision_wait_minutes: float = Field(
-        30.0, ge=0, description="needs_decision_waiting: a task has waited this long for a decision"
+        30.0, ge=0, description="needs_decision turns high severity once a decision waited this long"
     )
     monitor_disk_min_free_mb: float = Field(
         500.0, ge=0, description="disk_low: free space under the log folder below this many MiB"

@@ -24,8 +24,9 @@ from typing import Any
 
 import httpx
 
+from coherence_network import health
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
-from coherence_network.contract import FatalIssue, MonitorIssue, Task, TaskStatus
+from coherence_network.contract import AttentionFlag, FatalIssue, MonitorIssue, Task, TaskStatus
 from coherence_network.logfiles import RUN_FILES, write_json_atomic
 from coherence_network.settings import Settings
 from coherence_network.status_view import render_task
@@ -215,6 +216,11 @@ def issue_line(issue: MonitorIssue | FatalIssue) -> str:
     return f"[{issue.rule}] ({issue.severity}) {issue.message}"
 
 
+def flag_line(flag: AttentionFlag) -> str:
+    """A health flag as a line, like a monitor issue: rule, severity, message."""
+    return f"[{flag.code}] ({flag.severity}) {flag.message}"
+
+
 def _about(task: Task) -> str:
     item = (task.context or {}).get("item")
     return " ".join(str(item or task.direction).split())[:80]
@@ -290,9 +296,9 @@ class Commands:
         seen = sum(1 for r in report.runners if r.seen)
         state = "never seen" if not manager else "seen" if manager.seen else "STALE"
         lines.append(f"Runners seen: {seen} of {len(report.runners)}; project manager: {state}")
-        flags = [f for f in report.attention if f.code != "needs_decision"]
+        flags = [f for f in report.attention if f.code != "needs_decision"]  # the decisions are listed above
         lines.append("Attention:" + ("" if flags else " none"))
-        lines += [f"  [{f.code}] {f.message}" for f in flags]
+        lines += [f"  {flag_line(f)}" for f in flags]
         return "\n".join(lines)
 
     def _tasks(self, args: str, _msg: Incoming) -> str:
@@ -331,12 +337,16 @@ class Commands:
                 "The task is pending and runs again with it.")
 
     def _attention(self, _args: str, _msg: Incoming) -> str:
-        lines: list[str] = []
-        found: list[MonitorIssue] | list[FatalIssue]
-        for title, found in (("Fatal issues", self.client.fatal_issues().items),
-                             ("Monitor issues", self.client.monitor_issues().issues)):
-            lines.append(f"{title}: {len(found) or 'none'}")
-            lines += [f"  {issue_line(i)}" for i in found[:SHOWN]]
+        """Fatal issues, the health rules' flags as the API evaluates them now (what `coherence status` shows), the
+        monitor's issues of its own host, then the decisions waiting."""
+        fatal_issues = self.client.fatal_issues().items
+        lines = [f"Fatal issues: {len(fatal_issues) or 'none'}"] + [f"  {issue_line(i)}" for i in fatal_issues[:SHOWN]]
+        flags = [f for f in self.client.pipeline_status().attention if f.code != "needs_decision"]
+        lines.append(f"Health: {len(flags) or 'fine'}")
+        lines += [f"  {flag_line(f)}" for f in flags[:SHOWN]]
+        host = [i for i in self.client.monitor_issues().issues if i.rule not in health.BY_CODE]
+        lines.append(f"Monitor host issues: {len(host) or 'none'}")
+        lines += [f"  {issue_line(i)}" for i in host[:SHOWN]]
         waiting = self.client.list_tasks(status=TaskStatus.NEEDS_DECISION, order="oldest", limit=SHOWN)
         lines.append(f"Waiting for a decision: {waiting.total or 'none'}")
         lines += [f"  {_waiting_line(t)}" for t in waiting.items]

@@ -36,14 +36,14 @@ def test_issue_opened_reported_and_resolved(api_process: ApiProcess) -> None:
     first = monitor_once(api, PIPELINE_AUTO_RECOVER="1")
     assert first.returncode == 1, first.stderr
     issues = json.loads((logs / "monitor_issues.json").read_text())["issues"]
-    assert set(issues) == {"runner_not_seen"}
-    assert issues["runner_not_seen"]["runbook"] == "#pipeline-recovery"
+    assert set(issues) == {"no_runner"}
+    assert issues["no_runner"]["runbook"] == "#pipeline-recovery"
     request = json.loads((logs / "restart_requested.json").read_text())
-    assert request["component"] == "agent_runner" and request["reason"].startswith("runner_not_seen")
+    assert request["component"] == "agent_runner" and request["reason"].startswith("no_runner")
     served = httpx.get(f"{api.url}/api/agent/monitor-issues").json()
-    assert [i["rule"] for i in served["issues"]] == ["runner_not_seen"]
+    assert [i["rule"] for i in served["issues"]] == ["no_runner"]
     report = json.loads((logs / "pipeline_status_report.json").read_text())
-    assert report["layers"][3]["issues"][0]["rule"] == "runner_not_seen"
+    assert report["layers"][3]["issues"][0]["rule"] == "no_runner"
     assert "Needs attention" in (logs / "pipeline_status_report.txt").read_text()
     assert "STATUS attention" in (logs / "monitor.log").read_text()
 
@@ -56,11 +56,11 @@ def test_issue_opened_reported_and_resolved(api_process: ApiProcess) -> None:
     issues = json.loads((logs / "monitor_issues.json").read_text())["issues"]
     assert set(issues) == {"log_errors"} and "boom" in issues["log_errors"]["detail"]["sample"][0]
     resolved = [json.loads(line) for line in (logs / "monitor_resolutions.jsonl").read_text().splitlines()]
-    assert [r["rule"] for r in resolved] == ["runner_not_seen"] and resolved[0]["resolved_at"]
+    assert [r["rule"] for r in resolved] == ["no_runner"] and resolved[0]["resolved_at"]
 
     assert monitor_once(api).returncode == 0  # no new ERROR line: everything clear
     served = httpx.get(f"{api.url}/api/agent/monitor-issues").json()
-    assert served["count"] == 0 and {i["rule"] for i in served["recently_resolved"]} == {"runner_not_seen",
+    assert served["count"] == 0 and {i["rule"] for i in served["recently_resolved"]} == {"no_runner",
                                                                                          "log_errors"}
     effect = httpx.get(f"{api.url}/api/agent/effectiveness").json()
     assert effect["issues"]["open"] == 0 and effect["issues"]["resolved"] == 2

@@ -190,7 +190,9 @@ def test_drill_report_fatal_before_and_after_a_fatal_issue(runbook: Runbook, dri
 
 def test_drill_recovery_after_the_runner_is_killed(runbook: Runbook, tmp_path: Path) -> None:
     drill = Drill(tmp_path / "home", free_port(), env={"MONITOR_RUNNER_SEEN_SECONDS": "1", "AGENT_KILL_GRACE_SECONDS": "1"})
-    api = ApiProcess(drill.home, port=drill.port, env={"COHERENCE_LEASE_SECONDS": "2"}).start()
+    # the API judges who is seen (the health rules), so the short window is its setting
+    api = ApiProcess(drill.home, port=drill.port,
+                     env={"COHERENCE_LEASE_SECONDS": "2", "MONITOR_RUNNER_SEEN_SECONDS": "1"}).start()
     runner = RunnerProcess(drill.home, api.url, env={"COHERENCE_LEASE_SECONDS": "2"}).start()
     try:
         marker = tmp_path / "runs"

@@ -1,16 +1,20 @@
-"""Monitor rules as pure functions over a snapshot; the log tailer; the report; the goal proximity formula."""
+"""Health rules and the monitor's host rules as pure functions over a snapshot; the log tailer; the report;
+the goal proximity formula."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from coherence_network import health
 from coherence_network.api.routes_ops_issues import goal_proximity
-from coherence_network.contract import Task
+from coherence_network.contract import Task, TaskStatus, TaskType
 from coherence_network.gitops import commit_message
-from coherence_network.monitor import RULES, LogTailer, Snapshot, build_report, evaluate, render_report
+from coherence_network.health import HealthSnapshot
+from coherence_network.monitor import RULES, Issue, LogTailer, Snapshot, build_report, evaluate, render_report
 from coherence_network.settings import Settings
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
@@ -26,14 +30,16 @@ def cfg() -> Settings:
 
 
 def healthy(**changes: object) -> Snapshot:
+    """A monitor snapshot whose host facts are fine; ``attention`` is what the API's health rules said."""
+    attention = changes.pop("attention", [])
     snapshot = Snapshot(
-        now=NOW, counts={"total": 3, "by_status": {"pending": 0, "running": 1, "completed": 2}},
-        running=[{"id": 3, "task_type": "run", "started_at": ago(10), "lease_expires_at": ago(-50),
-                  "timeout_seconds": None}],
-        runners=[{"id": "h:1", "last_seen": ago(5)}],
-        components={"project_manager": {"last_seen": ago(5), "info": {"by_status": {"in_progress": 1}}}},
-        pipeline={"recent": [{"id": 2, "status": "completed", "task_type": "impl", "output_chars": 10}],
-                  "success_24h": {"completed": 2, "failed": 0, "success_rate": 1.0}},
+        now=NOW,
+        pipeline={"counts": {"total": 4, "by_status": {"pending": 0, "running": 1, "completed": 2, "failed": 1}},
+                  "running": [{"id": 3, "task_type": "run", "claimed_by": "h:1", "elapsed_seconds": 10.0}],
+                  "runners": [{"id": "h:1", "seen": True, "last_seen_seconds": 5.0}],
+                  "project_manager": {"seen": True, "last_seen_seconds": 5.0,
+                                      "info": {"backlog": "b.md", "items": 5, "by_status": {"done": 4, "blocked": 1}}},
+                  "success_24h": {"completed": 2, "failed": 0, "success_rate": 1.0}, "attention": attention},
         running_shas={"pipeline": "a" * 40, "api": "a" * 40}, disk_sha="a" * 40, disk_free_bytes=10 * 2**30,
     )
     for key, value in changes.items():
@@ -41,26 +47,46 @@ def healthy(**changes: object) -> Snapshot:
     return snapshot
 
 
-def rules(snapshot: Snapshot, cfg: Settings) -> dict[str, object]:
+def rules(snapshot: Snapshot, cfg: Settings) -> dict[str, Issue]:
     return {issue.rule: issue for issue in evaluate(snapshot, cfg)}
 
 
+def health_snapshot(**changes: object) -> HealthSnapshot:
+    """What the store says about a healthy pipeline: one task running on a live runner, the manager seen."""
+    fields: dict[str, Any] = {
+        "now": NOW, "by_status": {"pending": 0, "running": 1, "completed": 2},
+        "running": [{"id": 3, "task_type": TaskType.RUN, "elapsed_seconds": 10.0, "lease_expires_at": NOW,
+                     "timeout_seconds": None}],
+        "recent": [{"id": 2, "status": TaskStatus.COMPLETED, "task_type": TaskType.IMPL, "output_chars": 10}],
+        "success_24h": {"completed": 2, "failed": 0, "success_rate": 1.0},
+        "runners": [{"id": "h:1", "seen": True, "last_seen_seconds": 5.0}],
+        "components": {"project_manager": {"seen": True, "last_seen_seconds": 5.0,
+                                           "info": {"by_status": {"in_progress": 1}}}},
+    }
+    return HealthSnapshot(**{**fields, **changes})
+
+
+def flags(snapshot: HealthSnapshot, cfg: Settings) -> dict[str, dict[str, Any]]:
+    return {f["code"]: f for f in health.evaluate(snapshot, cfg)}
+
+
 def test_every_rule_names_severity_action_and_runbook() -> None:
-    assert {r.name for r in RULES} == {
-        "api_unreachable", "api_error", "stale_version", "runner_not_seen", "manager_not_seen", "no_task_running",
-        "orphan_running", "needs_decision_waiting", "repeated_failures", "low_success_rate", "output_empty",
-        "disk_low", "log_errors"}
-    for rule in RULES:
-        assert rule.severity in {"critical", "high", "medium", "low"} and rule.action and rule.runbook.startswith("#")
+    assert {r.name for r in RULES} == {"api_unreachable", "api_error", "stale_version", "disk_low", "log_errors"}
+    assert {r.code for r in health.RULES} == {
+        "no_runner", "manager_stale", "no_task_running", "orphan_running", "stuck", "needs_decision",
+        "repeated_failures", "low_success_rate", "empty_output"}
+    for rule in (*RULES, *health.RULES):
+        assert rule.severity in health.SEVERITIES and rule.action and rule.runbook.startswith("#")
 
 
 def test_a_healthy_snapshot_has_no_issue(cfg: Settings) -> None:
     assert evaluate(healthy(), cfg) == []
+    assert health.evaluate(health_snapshot(), cfg) == []
 
 
 def test_api_unreachable_asks_for_an_api_restart(cfg: Settings) -> None:
-    found = rules(healthy(api_reachable=False, api_errors=["health: refused"]), cfg)
-    assert found["api_unreachable"].restart == "api" and "api_error" not in found
+    found = rules(healthy(api_reachable=False, api_errors=["health: refused"], pipeline=None), cfg)
+    assert set(found) == {"api_unreachable"} and found["api_unreachable"].restart == "api"
 
 
 def test_api_error(cfg: Settings) -> None:
@@ -70,55 +96,66 @@ def test_api_error(cfg: Settings) -> None:
 def test_stale_version_only_when_the_package_source_changed(cfg: Settings) -> None:
     assert "stale_version" not in rules(healthy(disk_sha=None), cfg)
     issue = rules(healthy(disk_sha="b" * 40), cfg)["stale_version"]
-    assert issue.restart == "all" and set(issue.detail["running"]) == {"pipeline", "api"}
+    assert issue.restart == "all" and issue.detail["disk"] == "b" * 40
 
 
-def test_runner_not_seen(cfg: Settings) -> None:
-    assert "runner_not_seen" in rules(healthy(runners=[{"id": "h:1", "last_seen": ago(600)}]), cfg)
-    assert "runner_not_seen" in rules(healthy(runners=[]), cfg)
-    idle = {"total": 0, "by_status": {"pending": 0, "running": 0}}
-    assert "runner_not_seen" not in rules(healthy(runners=[], counts=idle, running=[]), cfg)  # nothing set up yet
+def test_the_monitor_takes_the_apis_health_flags_with_their_restart(cfg: Settings) -> None:
+    flag = {"code": "no_runner", "severity": "high", "message": "m", "action": "a", "runbook": "#pipeline-recovery",
+            "task_ids": []}
+    issue = rules(healthy(attention=[flag]), cfg)["no_runner"]
+    assert (issue.severity, issue.action, issue.restart) == ("high", "a", "agent_runner")
 
 
-def test_manager_not_seen_only_with_unsettled_items(cfg: Settings) -> None:
-    stale = {"last_seen": ago(3600), "info": {"by_status": {"in_progress": 1}}}
-    assert rules(healthy(components={"project_manager": stale}), cfg)["manager_not_seen"].restart == "project_manager"
-    done = {"last_seen": ago(3600), "info": {"by_status": {"done": 4}}}
-    assert "manager_not_seen" not in rules(healthy(components={"project_manager": done}), cfg)
+def test_no_runner(cfg: Settings) -> None:
+    gone = [{"id": "h:1", "seen": False, "last_seen_seconds": 600.0}]
+    assert "no_runner" in flags(health_snapshot(runners=gone), cfg)
+    assert "no_runner" in flags(health_snapshot(runners=[]), cfg)
+    idle = {"pending": 0, "running": 0}
+    assert "no_runner" not in flags(health_snapshot(runners=[], by_status=idle, running=[]), cfg)  # no work
+
+
+def test_manager_stale_only_with_unsettled_items(cfg: Settings) -> None:
+    stale = {"seen": False, "last_seen_seconds": 3600.0, "info": {"by_status": {"in_progress": 1}}}
+    assert "manager_stale" in flags(health_snapshot(components={"project_manager": stale}), cfg)
+    done = {"seen": False, "last_seen_seconds": 3600.0, "info": {"by_status": {"done": 4}}}
+    assert "manager_stale" not in flags(health_snapshot(components={"project_manager": done}), cfg)
+    assert health.BY_CODE["manager_stale"].restart == "project_manager"
 
 
 def test_no_task_running(cfg: Settings) -> None:
-    waiting = {"id": 7, "created_at": ago(cfg.monitor_idle_minutes * 60 + 1)}
-    assert "no_task_running" in rules(healthy(running=[], oldest_pending=waiting), cfg)
-    assert "no_task_running" not in rules(healthy(oldest_pending=waiting), cfg)  # something runs
-    fresh = {"id": 7, "created_at": ago(5)}
-    assert "no_task_running" not in rules(healthy(running=[], oldest_pending=fresh), cfg)
+    waiting = {"run": {"count": 2, "oldest_wait_seconds": cfg.monitor_idle_minutes * 60 + 1}}
+    assert "no_task_running" in flags(health_snapshot(running=[], pending=waiting), cfg)
+    assert "no_task_running" not in flags(health_snapshot(pending=waiting), cfg)  # something runs
+    fresh = {"run": {"count": 2, "oldest_wait_seconds": 5.0}}
+    assert "no_task_running" not in flags(health_snapshot(running=[], pending=fresh), cfg)
 
 
 def test_orphan_running(cfg: Settings) -> None:
-    lease = {"id": 1, "started_at": ago(700), "lease_expires_at": ago(cfg.monitor_orphan_grace_seconds + 5)}
-    assert rules(healthy(running=[lease]), cfg)["orphan_running"].restart == "api"
-    overtime = {"id": 2, "started_at": ago(100 + cfg.monitor_orphan_grace_seconds + 5), "lease_expires_at": ago(-30),
-                "timeout_seconds": 100}
-    issue = rules(healthy(running=[overtime]), cfg)["orphan_running"]
-    assert issue.restart == "agent_runner" and issue.detail["past_timeout"] == [2]
+    lease = {"id": 1, "elapsed_seconds": 700.0, "timeout_seconds": None,
+             "lease_expires_at": NOW - timedelta(seconds=cfg.monitor_orphan_grace_seconds + 5)}
+    overtime = {"id": 2, "elapsed_seconds": 100 + cfg.monitor_orphan_grace_seconds + 5, "timeout_seconds": 100,
+                "lease_expires_at": NOW + timedelta(seconds=30)}
+    found = flags(health_snapshot(running=[lease, overtime]), cfg)["orphan_running"]
+    assert found["task_ids"] == [1, 2] and health.BY_CODE["orphan_running"].restart == "api"
 
 
-def test_needs_decision_waiting(cfg: Settings) -> None:
-    oldest = {"id": 4, "updated_at": ago(cfg.monitor_decision_wait_minutes * 60 + 1)}
-    issue = rules(healthy(oldest_decision=oldest, decisions_waiting=2), cfg)["needs_decision_waiting"]
-    assert issue.detail["count"] == 2 and issue.detail["oldest_task_id"] == 4 and "curl -X PATCH" in issue.action
+def test_a_waiting_decision_needs_a_person_at_once(cfg: Settings) -> None:
+    waiting = [{"id": 4, "waiting_seconds": 1.0}, {"id": 5, "waiting_seconds": 120.0}]
+    found = flags(health_snapshot(needs_decision=waiting), cfg)["needs_decision"]
+    assert found["task_ids"] == [4, 5] and "curl -X PATCH" in found["action"] and found["severity"] == "medium"
+    overdue = [{"id": 4, "waiting_seconds": cfg.monitor_decision_wait_minutes * 60 + 1}]
+    assert flags(health_snapshot(needs_decision=overdue), cfg)["needs_decision"]["severity"] == "high"
 
 
 def test_repeated_failures_low_success_rate_and_empty_output(cfg: Settings) -> None:
-    failed = [{"id": i, "status": "failed", "task_type": "run"} for i in range(cfg.pipeline_failure_streak)]
-    found = rules(healthy(pipeline={"recent": failed, "success_24h": {"completed": 1, "failed": 9,
-                                                                      "success_rate": 0.1}}), cfg)
-    assert {"repeated_failures", "low_success_rate"} <= set(found)
-    empty = [{"id": 1, "status": "completed", "task_type": "impl", "output_chars": 0},
-             {"id": 2, "status": "completed", "task_type": "run", "output_chars": 0}]
-    found = rules(healthy(pipeline={"recent": empty, "success_24h": None}), cfg)
-    assert found["output_empty"].detail["task_ids"] == [1]  # a silent `run:` command is fine
+    failed = [{"id": i, "status": TaskStatus.FAILED, "task_type": TaskType.RUN, "output_chars": 0}
+              for i in range(cfg.pipeline_failure_streak)]
+    rate = {"completed": 1, "failed": 9, "success_rate": 0.1}
+    assert {"repeated_failures", "low_success_rate"} <= set(flags(health_snapshot(recent=failed, success_24h=rate),
+                                                                  cfg))
+    empty = [{"id": 1, "status": TaskStatus.COMPLETED, "task_type": TaskType.IMPL, "output_chars": 0},
+             {"id": 2, "status": TaskStatus.COMPLETED, "task_type": TaskType.RUN, "output_chars": 0}]
+    assert flags(health_snapshot(recent=empty), cfg)["empty_output"]["task_ids"] == [1]  # a silent `run:` is fine
 
 
 def test_disk_low_and_log_errors(cfg: Settings) -> None:
@@ -141,14 +178,19 @@ def test_log_tailer_reads_only_new_error_lines(tmp_path: Path) -> None:
     assert resumed.scan() == {"api.log": ["2026-01-01T00:00:03Z ERROR c: after rotation"]}
 
 
-def test_report_layers_and_text(cfg: Settings) -> None:
-    snapshot = healthy(runners=[])
+def test_report_layers_and_text_for_people(cfg: Settings) -> None:
+    flag = {"code": "needs_decision", "severity": "medium", "message": "1 task(s) wait for a decision", "action": "a",
+            "runbook": "#unblock-a-task-that-needs-a-decision", "task_ids": [4]}
+    snapshot = healthy(attention=[flag])
     issues = evaluate(snapshot, cfg)
-    report = build_report(snapshot, issues, {"runner_not_seen": ago(60)})
+    report = build_report(snapshot, issues, {"needs_decision": ago(60)})
     assert [layer["name"] for layer in report["layers"]] == ["goal", "orchestration", "execution", "attention"]
     assert report["layers"][3]["issues"][0]["first_seen"] == ago(60)
-    assert any("runner_not_seen" in line for line in report["needs_attention"])
-    assert "Needs attention:" in render_report(report)
+    assert report["layers"][1]["runners_seen"] == ["h:1"]
+    text = render_report(report)
+    assert "needs_decision: 1 task(s) wait for a decision" in text and "(nothing)" not in text
+    assert "done 4, blocked 1" in text and "running 1, completed 2, failed 1" in text
+    assert "{" not in text and "[" not in text.replace("[medium]", "")  # values for people, never reprs
 
 
 def test_goal_proximity_formula() -> None:

@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.graph = GraphStore(store.engine)  # the graph lives in the same database
-    app.state.metrics = ApiMetrics(store)
+    app.state.metrics = ApiMetrics(store, settings)
     app.state.started = time.monotonic()
     app.state.log = log
 

@@ -3,55 +3,56 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import timedelta
 
-import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from coherence_network.contract import TaskStatus
-from coherence_network.store.schema import runners, tasks
+from coherence_network import health
+from coherence_network.settings import Settings
 from coherence_network.store.tasks import TaskStore, utcnow
 
-RUNNER_SEEN_SECONDS = 120.0
 _DURATION_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400)
 
 
 class QueueCollector(Collector):
-    """Gauges computed from the store on each scrape: tasks by status, oldest pending age, runners seen."""
+    """Gauges computed from the store on each scrape: tasks by status, oldest pending age, live runners, and the
+    health rules (coherence_network.health) that are open: the same evaluation pipeline-status shows."""
 
-    def __init__(self, store: TaskStore) -> None:
-        self.store = store
+    def __init__(self, owner: ApiMetrics) -> None:
+        self.owner = owner
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        counts = self.store.count()["by_status"]
+        settings = self.owner.settings
+        snapshot = self.owner.health_snapshot()
         by_status = GaugeMetricFamily("coherence_tasks", "Tasks in the store by status", labels=["status"])
-        for status, n in counts.items():
+        for status, n in snapshot.by_status.items():
             by_status.add_metric([status], n)
         yield by_status
-        now = utcnow()
-        with self.store.engine.connect() as conn:
-            oldest: datetime | None = conn.execute(
-                sa.select(sa.func.min(tasks.c.created_at)).where(tasks.c.status == TaskStatus.PENDING)
-            ).scalar()
-            last_seen = [r[0] for r in conn.execute(sa.select(runners.c.last_seen))]
-        if oldest is not None and oldest.tzinfo is None:  # func.min bypasses the column type on SQLite
-            oldest = datetime.fromisoformat(str(oldest)).replace(tzinfo=now.tzinfo)
-        age = (now - oldest).total_seconds() if oldest else 0.0
+        age = max((p["oldest_wait_seconds"] or 0.0 for p in snapshot.pending.values()), default=0.0)
         yield GaugeMetricFamily(
             "coherence_oldest_pending_age_seconds", "Age of the oldest pending task", value=max(age, 0.0)
         )
-        seen = sum(1 for t in last_seen if (now - t).total_seconds() <= RUNNER_SEEN_SECONDS)
         yield GaugeMetricFamily(
-            "coherence_runners_seen", f"Runners that sent a heartbeat in the last {RUNNER_SEEN_SECONDS:.0f} s", value=seen
+            "coherence_runners_seen",
+            f"Runners that sent a heartbeat in the last {settings.monitor_runner_seen_seconds:g} s "
+            "(MONITOR_RUNNER_SEEN_SECONDS)", value=health.live_runners(snapshot),
         )
+        open_rules = {flag["code"] for flag in health.evaluate(snapshot, settings)}
+        issues = GaugeMetricFamily("coherence_health_issues", "1 while a health rule is open (the attention flags "
+                                   "of pipeline-status), else 0", labels=["rule"])
+        for rule in health.RULES:
+            issues.add_metric([rule.code], 1 if rule.code in open_rules else 0)
+        yield issues
 
 
 class ApiMetrics:
     """The metric objects of one app, on a registry of its own."""
 
-    def __init__(self, store: TaskStore) -> None:
+    def __init__(self, store: TaskStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
         self.registry = CollectorRegistry()
         self.tasks_created = Counter(
             "coherence_tasks_created_total", "Tasks created", ["task_type"], registry=self.registry
@@ -74,4 +75,15 @@ class ApiMetrics:
             "coherence_task_run_seconds", "Time from claim to finish", ["task_type"], registry=self.registry,
             buckets=_DURATION_BUCKETS,
         )
-        self.registry.register(QueueCollector(store))
+        self.runners_pruned = Counter(
+            "coherence_runners_pruned_total", "Runner registry rows forgotten after COHERENCE_RUNNER_FORGET_SECONDS "
+            "unseen", registry=self.registry,
+        )
+        self.registry.register(QueueCollector(self))
+
+    def health_snapshot(self) -> health.HealthSnapshot:
+        """Forget long-gone runners (counted), then read one health snapshot; every view of health starts here."""
+        now = utcnow()
+        pruned = self.store.prune_runners(now - timedelta(seconds=self.settings.coherence_runner_forget_seconds))
+        self.runners_pruned.inc(pruned)
+        return health.gather(self.store, self.settings, now)

@@ -7,7 +7,6 @@ component heartbeat, so any API replica can show it.
 from __future__ import annotations
 
 import os
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +14,14 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from coherence_network.api.metrics import RUNNER_SEEN_SECONDS
-from coherence_network.contract import PipelineStatus, TaskStatus
+from coherence_network import health
+from coherence_network.contract import PipelineStatus
 from coherence_network.logfiles import task_log_path
 from coherence_network.settings import Settings
-from coherence_network.store.stats import Limits, pipeline_snapshot, task_metrics
-from coherence_network.store.tasks import TaskStore, utcnow
+from coherence_network.store.stats import Limits, task_metrics
+from coherence_network.store.tasks import TaskStore
 
 router = APIRouter(prefix="/api/agent", tags=["pipeline"])
-MANAGER_COMPONENT = "project_manager"
 LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES = 16 * 1024
 
@@ -60,36 +58,26 @@ def metrics(request: Request) -> dict[str, Any]:
 
 @router.get("/pipeline-status", response_model=PipelineStatus)
 def pipeline_status(request: Request) -> dict[str, Any]:
-    """Running, pending, waiting and recent tasks, the project manager, runners and attention flags."""
-    store = _store(request)
+    """Running, pending, waiting and recent tasks, the project manager, runners and the health rules' flags."""
     settings: Settings = request.app.state.settings
-    now = utcnow()
     limits = Limits()
-    snapshot = pipeline_snapshot(store.engine, now, limits, settings.pipeline_failure_streak)
-    runners = [_seen(r, now) for r in store.runners()]
-    components = {c["name"]: _seen(c, now) for c in store.components()}
-    manager = components.get(MANAGER_COMPONENT)
-    running = snapshot["running"]
+    snapshot = request.app.state.metrics.health_snapshot()
+    running = snapshot.running
     oldest = running[0] if running else None
     return {
-        "generated_at": now,
-        "counts": store.count(),
+        "generated_at": snapshot.now,
+        "counts": {"total": sum(snapshot.by_status.values()), "by_status": snapshot.by_status},
         "running": running,
         "oldest_running_log": _log_tail(task_log_path(settings, oldest["id"])) if oldest else None,
-        "pending": snapshot["pending"],
-        "needs_decision": snapshot["needs_decision"],
-        "recent": snapshot["recent"][: limits.recent],
-        "success_24h": snapshot["success_24h"],
-        "project_manager": manager,
-        "runners": runners,
-        "components": components,
-        "attention": attention(snapshot, runners, manager, settings),
+        "pending": snapshot.pending,
+        "needs_decision": snapshot.needs_decision,
+        "recent": snapshot.recent[: limits.recent],
+        "success_24h": snapshot.success_24h,
+        "project_manager": snapshot.components.get(health.MANAGER),
+        "runners": snapshot.runners,
+        "components": snapshot.components,
+        "attention": health.evaluate(snapshot, settings),
     }
-
-
-def _seen(row: dict[str, Any], now: datetime) -> dict[str, Any]:
-    age = (now - row["last_seen"]).total_seconds()
-    return {**row, "last_seen_seconds": round(age, 3), "seen": age <= RUNNER_SEEN_SECONDS}
 
 
 def _log_tail(path: Path) -> list[str] | None:
@@ -101,38 +89,3 @@ def _log_tail(path: Path) -> list[str] | None:
     except OSError:
         return None
     return text.splitlines()[-LOG_TAIL_LINES:]
-
-
-def attention(
-    snapshot: dict[str, Any], runners: list[dict[str, Any]], manager: dict[str, Any] | None, settings: Settings
-) -> list[dict[str, Any]]:
-    """Flags an operator should look at, each {code, message, task_ids}; thresholds come from Settings."""
-    flags: list[dict[str, Any]] = []
-
-    def flag(code: str, message: str, task_ids: list[int] | None = None) -> None:
-        flags.append({"code": code, "message": message, "task_ids": task_ids or []})
-
-    stuck_seconds = settings.pipeline_stuck_minutes * 60
-    stuck = [t["id"] for t in snapshot["running"] if (t["elapsed_seconds"] or 0) > stuck_seconds]
-    if stuck:
-        flag("stuck", f"{len(stuck)} task(s) running longer than {settings.pipeline_stuck_minutes:g} min", stuck)
-    streak = snapshot["recent"][: settings.pipeline_failure_streak]
-    if len(streak) == settings.pipeline_failure_streak and all(t["status"] == TaskStatus.FAILED for t in streak):
-        flag("repeated_failures", f"the last {len(streak)} finished tasks all failed", [t["id"] for t in streak])
-    empty = [t["id"] for t in snapshot["recent"] if t["status"] == TaskStatus.COMPLETED and not t["output_chars"]]
-    if empty:
-        flag("empty_output", f"{len(empty)} recently completed task(s) produced no output", empty)
-    rate = snapshot["success_24h"]
-    finished = rate["completed"] + rate["failed"]
-    if finished >= settings.pipeline_success_rate_min_tasks and rate["success_rate"] < settings.pipeline_min_success_rate:
-        flag("low_success_rate",
-             f"24 h success rate {rate['success_rate']:.0%} over {finished} tasks "
-             f"(threshold {settings.pipeline_min_success_rate:.0%})")
-    if snapshot["pending"] and not any(r["seen"] for r in runners):
-        flag("no_runner", f"tasks are pending but no runner was seen in the last {RUNNER_SEEN_SECONDS:.0f} s")
-    if manager is not None and not manager["seen"]:
-        flag("manager_stale", f"the project manager was last seen {manager['last_seen_seconds']:.0f} s ago")
-    waiting = [t["id"] for t in snapshot["needs_decision"]]
-    if waiting:
-        flag("needs_decision", f"{len(waiting)} task(s) wait for a decision", waiting)
-    return flags

@@ -388,6 +388,16 @@ class TaskStore:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(sa.select(runners).order_by(runners.c.last_seen.desc()))]
 
+    def prune_runners(self, seen_before: datetime) -> int:
+        """Forget runners not seen since ``seen_before`` (restarts leave old ids behind); a live one re-registers
+        with its next heartbeat. Returns how many rows went."""
+        gone = runners.c.last_seen < seen_before
+        with self.engine.connect() as conn:  # every status read asks: most find nothing, and write nothing
+            if conn.execute(sa.select(runners.c.id).where(gone).limit(1)).first() is None:
+                return 0
+        with self._write() as conn:
+            return conn.execute(runners.delete().where(gone)).rowcount
+
     def component_heartbeat(
         self, name: str, *, host: str, pid: int, version: str, info: dict[str, Any] | None = None
     ) -> dict[str, Any]:

@@ -1,0 +1,223 @@
+"""The one set of health rules: evaluated once, in the API, over one snapshot of the store and the registry.
+
+pipeline-status's `attention`, `/metrics` (`coherence_health_issues{rule}`), `coherence status`, `coherence doctor`,
+the monitor (its issues and report) and Telegram all read what this module decides, so they cannot disagree. Every
+threshold comes from Settings. The monitor adds only facts of its own host (disk, local logs, version on disk).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.settings import Settings
+from coherence_network.store.schema import tasks
+from coherence_network.store.stats import Limits, pipeline_snapshot
+from coherence_network.store.tasks import TaskStore
+
+MANAGER = "project_manager"
+# Backlog item states in the project manager's summary that still need it to run.
+UNSETTLED_ITEMS = ("waiting", "in_progress", "needs_decision")
+SEVERITIES = ("critical", "high", "medium", "low")
+
+
+@dataclass
+class HealthSnapshot:
+    """What the store and the registry say at one moment: everything the rules look at."""
+
+    now: datetime
+    by_status: dict[str, int]
+    running: list[dict[str, Any]] = field(default_factory=list)
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    needs_decision: list[dict[str, Any]] = field(default_factory=list)
+    recent: list[dict[str, Any]] = field(default_factory=list)
+    success_24h: dict[str, Any] | None = None
+    runners: list[dict[str, Any]] = field(default_factory=list)  # rows with `seen` and `last_seen_seconds`
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)  # likewise, by name
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a rule found: the message, the tasks concerned, and a severity when it differs from the rule's."""
+
+    message: str
+    task_ids: list[int] = field(default_factory=list)
+    severity: str | None = None
+
+
+Finding = Found | None
+
+
+@dataclass(frozen=True)
+class HealthRule:
+    """A condition, how serious it is, what a person does about it, and which component a restart would fix."""
+
+    code: str
+    severity: str
+    condition: str
+    action: str
+    runbook: str
+    check: Callable[[HealthSnapshot, Settings], Finding]
+    restart: str | None = None
+
+    def flag(self, snapshot: HealthSnapshot, settings: Settings) -> dict[str, Any] | None:
+        found = self.check(snapshot, settings)
+        if found is None:
+            return None
+        return {"code": self.code, "severity": found.severity or self.severity, "message": found.message,
+                "action": self.action, "runbook": self.runbook, "task_ids": found.task_ids}
+
+
+def mark_seen(row: dict[str, Any], now: datetime, limit: float) -> dict[str, Any]:
+    """A registry row with how long ago it was seen, and whether that is within ``limit`` seconds."""
+    age = (now - row["last_seen"]).total_seconds()
+    return {**row, "last_seen_seconds": round(age, 3), "seen": age <= limit}
+
+
+def gather(store: TaskStore, settings: Settings, now: datetime, limits: Limits | None = None) -> HealthSnapshot:
+    """One snapshot from the store; runners forgotten past COHERENCE_RUNNER_FORGET_SECONDS are not in it."""
+    found = pipeline_snapshot(store.engine, now, limits or Limits(), settings.pipeline_failure_streak)
+    with store.engine.connect() as conn:  # what orphan_running needs beyond the summary columns
+        leases = {r.id: r for r in conn.execute(sa.select(tasks.c.id, tasks.c.lease_expires_at, tasks.c.timeout_seconds)
+                                                .where(tasks.c.status == TaskStatus.RUNNING))}
+    for task in found["running"]:
+        lease = leases.get(task["id"])
+        task["lease_expires_at"] = lease.lease_expires_at if lease else None
+        task["timeout_seconds"] = lease.timeout_seconds if lease else None
+    return HealthSnapshot(
+        now=now, by_status=store.count()["by_status"], running=found["running"], pending=found["pending"],
+        needs_decision=found["needs_decision"], recent=found["recent"], success_24h=found["success_24h"],
+        runners=[mark_seen(r, now, settings.monitor_runner_seen_seconds) for r in store.runners()],
+        components={c["name"]: mark_seen(c, now, settings.monitor_component_seen_seconds)
+                    for c in store.components()},
+    )
+
+
+def live_runners(snapshot: HealthSnapshot) -> int:
+    return sum(1 for r in snapshot.runners if r["seen"])
+
+
+# --- the rules ------------------------------------------------------------------------------------------------
+def _stuck(s: HealthSnapshot, cfg: Settings) -> Finding:
+    stuck = [t["id"] for t in s.running if (t["elapsed_seconds"] or 0) > cfg.pipeline_stuck_minutes * 60]
+    return Found(f"{len(stuck)} task(s) running longer than {cfg.pipeline_stuck_minutes:g} min", stuck) if stuck \
+        else None
+
+
+def _orphan_running(s: HealthSnapshot, cfg: Settings) -> Finding:
+    """A lease long expired means the API's reaper is not running; a task far past its timeout, a hung runner."""
+    grace = cfg.monitor_orphan_grace_seconds
+    lease_gone = [t["id"] for t in s.running if t["lease_expires_at"] is not None
+                  and (s.now - t["lease_expires_at"]).total_seconds() > grace]
+    overtime = [t["id"] for t in s.running if t["id"] not in lease_gone
+                and (t["elapsed_seconds"] or 0) > (t["timeout_seconds"] or cfg.agent_task_timeout) + grace]
+    if not lease_gone and not overtime:
+        return None
+    return Found(f"{len(lease_gone) + len(overtime)} running task(s) look orphaned ({len(lease_gone)} lease "
+                 f"expired, {len(overtime)} past their timeout, by over {grace:.0f} s)", lease_gone + overtime)
+
+
+def _no_task_running(s: HealthSnapshot, cfg: Settings) -> Finding:
+    waits = [p["oldest_wait_seconds"] or 0.0 for p in s.pending.values()]
+    if s.running or not waits or max(waits) < cfg.monitor_idle_minutes * 60:
+        return None
+    pending = sum(p["count"] for p in s.pending.values())
+    return Found(f"{pending} task(s) pending, nothing running; the oldest waits {max(waits) / 60:.0f} min")
+
+
+def _no_runner(s: HealthSnapshot, cfg: Settings) -> Finding:
+    work = s.by_status.get(TaskStatus.PENDING, 0) + s.by_status.get(TaskStatus.RUNNING, 0)
+    if not work or live_runners(s):
+        return None
+    ages = [r["last_seen_seconds"] for r in s.runners]
+    last = f"last seen {min(ages):.0f} s ago" if ages else "never seen"
+    return Found(f"{work} task(s) pending or running but no runner seen in {cfg.monitor_runner_seen_seconds:.0f} s "
+                 f"({last})")
+
+
+def _manager_stale(s: HealthSnapshot, cfg: Settings) -> Finding:
+    manager = s.components.get(MANAGER)
+    if manager is None or manager["seen"]:
+        return None
+    by_status = (manager.get("info") or {}).get("by_status") or {}
+    if not any(by_status.get(k) for k in UNSETTLED_ITEMS):
+        return None  # it finished its backlog; silence is expected
+    return Found(f"the project manager was last seen {manager['last_seen_seconds']:.0f} s ago (limit "
+                 f"{cfg.monitor_component_seen_seconds:.0f} s) with backlog items unsettled")
+
+
+def _needs_decision(s: HealthSnapshot, cfg: Settings) -> Finding:
+    waiting = [t["id"] for t in s.needs_decision]
+    if not waiting:
+        return None
+    oldest = max(t["waiting_seconds"] or 0.0 for t in s.needs_decision)
+    overdue = oldest >= cfg.monitor_decision_wait_minutes * 60  # a person's turn from the start; urgent after this
+    return Found(f"{len(waiting)} task(s) wait for a decision; the oldest for {oldest / 60:.0f} min", waiting,
+                 "high" if overdue else None)
+
+
+def _repeated_failures(s: HealthSnapshot, cfg: Settings) -> Finding:
+    streak = s.recent[: cfg.pipeline_failure_streak]
+    if len(streak) < cfg.pipeline_failure_streak or any(t["status"] != TaskStatus.FAILED for t in streak):
+        return None
+    return Found(f"the last {len(streak)} finished tasks all failed", [t["id"] for t in streak])
+
+
+def _low_success_rate(s: HealthSnapshot, cfg: Settings) -> Finding:
+    rate = s.success_24h
+    if rate is None:
+        return None
+    finished = rate["completed"] + rate["failed"]
+    if finished < cfg.pipeline_success_rate_min_tasks or rate["success_rate"] >= cfg.pipeline_min_success_rate:
+        return None
+    return Found(f"24 h success rate {rate['success_rate']:.0%} over {finished} tasks "
+                 f"(threshold {cfg.pipeline_min_success_rate:.0%})")
+
+
+def _empty_output(s: HealthSnapshot, _: Settings) -> Finding:
+    # a `run:` command may be silent by design; an agent that says nothing is broken
+    empty = [t["id"] for t in s.recent if t["status"] == TaskStatus.COMPLETED and t["task_type"] != TaskType.RUN
+             and not t["output_chars"]]
+    return Found(f"{len(empty)} recently completed agent task(s) produced no output", empty) if empty else None
+
+
+_CURL_DECIDE = ("curl -X PATCH $AGENT_API_BASE/api/agent/tasks/{id} -H 'Content-Type: application/json' "
+                "-d '{\"decision\":\"yes\"}'   (or Telegram: /reply <id> yes)")
+_LOGS = "read the task logs: coherence status --task-id <id> --log"
+RULES: tuple[HealthRule, ...] = (
+    HealthRule("no_runner", "high", "tasks pending or running but no runner heartbeat within "
+               "MONITOR_RUNNER_SEEN_SECONDS", "start a runner: coherence runner (or coherence supervise)",
+               "#pipeline-recovery", _no_runner, restart="agent_runner"),
+    HealthRule("manager_stale", "medium", "project manager silent for MONITOR_COMPONENT_SEEN_SECONDS with backlog "
+               "items unsettled", "start it: coherence pm --backlog <file>", "#pipeline-recovery", _manager_stale,
+               restart=MANAGER),
+    HealthRule("no_task_running", "high", "tasks pending for MONITOR_IDLE_MINUTES while nothing runs",
+               "check the runners (coherence status); restart one: coherence runner", "#pipeline-recovery",
+               _no_task_running, restart="agent_runner"),
+    HealthRule("orphan_running", "high", "a running task's lease expired, or its timeout passed, by more than "
+               "MONITOR_ORPHAN_GRACE_SECONDS", "restart the API (lease reaper) or the runner holding it",
+               "#orphaned-or-stuck-tasks", _orphan_running, restart="api"),
+    HealthRule("stuck", "medium", "a task has run longer than PIPELINE_STUCK_MINUTES",
+               "read its log: coherence status --task-id <id> --log", "#orphaned-or-stuck-tasks", _stuck),
+    HealthRule("needs_decision", "medium", "a task waits for a decision (a person's turn); high once the oldest "
+               "waited MONITOR_DECISION_WAIT_MINUTES",
+               f"answer it: {_CURL_DECIDE}", "#unblock-a-task-that-needs-a-decision", _needs_decision),
+    HealthRule("repeated_failures", "high", "the last PIPELINE_FAILURE_STREAK finished tasks all failed", _LOGS,
+               "#pipeline-recovery", _repeated_failures),
+    HealthRule("low_success_rate", "medium", "24 h success rate below PIPELINE_MIN_SUCCESS_RATE (once "
+               "PIPELINE_SUCCESS_RATE_MIN_TASKS finished)", _LOGS, "#pipeline-effectiveness", _low_success_rate),
+    HealthRule("empty_output", "medium", "a recently completed agent task (not a `run:` command) produced no output",
+               "check COHERENCE_AGENT_COMMAND and the task's log", "#pipeline-recovery", _empty_output),
+)
+BY_CODE = {rule.code: rule for rule in RULES}
+
+
+def evaluate(snapshot: HealthSnapshot, settings: Settings) -> list[dict[str, Any]]:
+    """Every rule over one snapshot: the attention flags open now, most serious first."""
+    flags = [flag for rule in RULES if (flag := rule.flag(snapshot, settings)) is not None]
+    return sorted(flags, key=lambda f: SEVERITIES.index(f["severity"]))
