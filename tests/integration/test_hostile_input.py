@@ -11,8 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from coherence_network.api.errors import store_error_status
+from coherence_network.store.db import create_store_engine, migrate
+from coherence_network.store.schema import UTCDateTime, runners
+from coherence_network.store.tasks import utcnow
 from tests.support.api import ApiProcess
+from tests.support.net import free_port
 
 TASK = {"direction": "say hello", "task_type": "run", "command": "echo hello"}
 RUNNER = {"runner_id": "host:1", "host": "host", "pid": 1, "version": "0.1.0"}
@@ -171,12 +177,40 @@ def test_a_422_echoes_only_a_bounded_excerpt(http: httpx.Client) -> None:
     assert detail["loc"] == ["body", "direction"] and detail["input"].startswith("xxx")
 
 
-def test_store_errors_the_request_caused_are_4xx_not_503(http: httpx.Client) -> None:
-    """The same idempotency key for another task is the request's fault: 409, never a retried 503."""
-    key = {"Idempotency-Key": "k1"}
-    assert http.post("/api/agent/tasks", json=TASK, headers=key).status_code == 201
-    again = http.post("/api/agent/tasks", json={**TASK, "direction": "other"}, headers=key)
-    assert again.status_code == 409
+def test_times_without_a_zone_or_out_of_range_are_422(http: httpx.Client) -> None:
+    issue = {"rule": "r", "severity": "high", "message": "m"}
+    for first_seen in ("2026-01-01T00:00:00", "9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+05:00"):
+        body = {"host": "h", "issues": [{**issue, "first_seen": first_seen}]}
+        assert http.post("/api/agent/monitor-issues", json=body).status_code == 422, first_seen
+        fatal = {"component": "c", "reason": "r", "host": "h", "at": first_seen}
+        assert http.post("/api/agent/fatal-issues", json=fatal).status_code == 422, first_seen
+    assert http.get("/api/agent/monitor-issues").json()["count"] == 0
+
+
+def _raised(engine: sa.Engine, statement: sa.Executable, params: dict[str, Any]) -> sa.exc.StatementError:
+    with pytest.raises(sa.exc.StatementError) as caught, engine.begin() as conn:
+        conn.execute(statement, params)
+    return caught.value
+
+
+def test_store_errors_are_mapped_by_whose_fault_they_are(store_url: str) -> None:
+    """Real errors from the real stores: what the request caused is a 4xx, an unavailable store is 503."""
+    engine = create_store_engine(store_url)
+    migrate(engine)
+    row = {"id": "r", "host": "h", "pid": 1, "version": "v", "first_seen": utcnow(), "last_seen": utcnow()}
+    with engine.begin() as conn:
+        conn.execute(runners.insert(), row)
+    assert store_error_status(_raised(engine, runners.insert(), row)) == 409  # a constraint the request broke
+    naive = sa.select(sa.bindparam("t", type_=UTCDateTime))
+    assert store_error_status(_raised(engine, naive, {"t": utcnow().replace(tzinfo=None)})) == 422
+    if engine.dialect.name == "postgresql":
+        assert store_error_status(_raised(engine, runners.update().values(host="a\x00b"), {})) == 422
+        missing = create_store_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none")
+    else:
+        missing = create_store_engine(f"sqlite:///{store_url.removeprefix('sqlite:///')}.missing/x.db")
+    assert store_error_status(_raised(missing, sa.select(runners), {})) == 503
+    assert store_error_status(_raised(engine, sa.text("SELECT * FROM no_such_table"), {})) == 503
+    engine.dispose()
 
 
 def test_log_reads_are_bounded_in_memory(http: httpx.Client, api: ApiProcess) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -14,7 +15,9 @@ from coherence_network.store.db import readiness
 from coherence_network.versioning import running_version
 
 router = APIRouter(tags=["ops"])
-_READY = {200: {"description": "Every check passed"}, 503: {"description": "A check failed (each is listed)"}}
+_READY: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Every check passed"}, 503: {"description": "A check failed (each is listed)"},
+}
 
 
 @router.get("/api/health", responses=responses(400, 413))

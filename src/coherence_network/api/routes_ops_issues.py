@@ -4,7 +4,7 @@ any API replica (the files under var/logs are only on the host that wrote them).
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
