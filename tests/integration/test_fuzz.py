@@ -24,7 +24,11 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
-from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.support.api import ApiProcess
 
@@ -32,7 +36,7 @@ TOKEN = "fuzz-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 EXAMPLES = int(os.environ.get("COHERENCE_FUZZ_EXAMPLES", "100"))  # per operation and generation mode
 SEED = int(os.environ.get("COHERENCE_FUZZ_SEED", "11"))
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance]
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # What answers without the token (DESIGN section 6); the webhook answers 401 without its own secret.
 PUBLIC_PATHS = frozenset({"/api/health", "/api/ready"})
 MAX_WAIT_SECONDS = 0.2  # a claim's long poll, held short so the examples fit in the time budget

@@ -144,9 +144,8 @@ def task_log(task_id: TaskId, request: Request, tail: int = Query(0, ge=0, le=10
         end = read_log_end(path, tail)
     except FileNotFoundError:
         text = task.get("output") or ""
-        if tail:
-            text = "\n".join(text.splitlines()[-tail:]) + "\n"
-        return PlainTextResponse(text, headers={"X-Log-Source": "stored-output-tail"})
+        return PlainTextResponse(_last_lines(text, tail) if tail else text,
+                                 headers={"X-Log-Source": "stored-output-tail"})
     text = end.text
     if end.skipped:
         text = (f"[the first {end.skipped} of {end.size} bytes are not shown: the API returns at most the last "
@@ -184,14 +183,17 @@ def read_log_end(path: Path, tail: int, cap: int = LOG_READ_CAP_BYTES) -> LogEnd
         data = handle.read(size - max(start - 1, 0))
     if start > 0:  # data begins one byte early: a line end there means the first line is whole
         data = data[data.index(b"\n") + 1:] if b"\n" in data else data[1:]
-    lines = data.decode("utf-8", errors="replace").splitlines()
+    text = data.decode("utf-8", errors="replace")
     if tail:
-        text = "\n".join(lines[-tail:]) + "\n"
-        cut = start == floor > 0 and len(lines) < tail
+        cut = start == floor > 0 and len(text.splitlines()) < tail
+        text = _last_lines(text, tail)
     else:
-        text = data.decode("utf-8", errors="replace")
         cut = start > 0
     return LogEnd(text=text, size=size, skipped=size - len(data) if cut else 0)
+
+
+def _last_lines(text: str, count: int) -> str:
+    return "\n".join(text.splitlines()[-count:]) + "\n"
 
 
 @router.post("/tasks/{task_id}/heartbeat", response_model=Task, responses=responses(404, 409))
