@@ -10,19 +10,18 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import sqlalchemy as sa
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
 
 from coherence_network import __version__
 from coherence_network.api import routes_agent, routes_ops, routes_pipeline
 from coherence_network.api import routes_telegram
 from coherence_network.api import routes_ops_issues
 from coherence_network.api import routes_projects
+from coherence_network.api.errors import install_error_handlers
 from coherence_network.api.metrics import ApiMetrics
 from coherence_network.api.signals import WorkSignal
 from coherence_network.settings import Settings, get_settings
-from coherence_network.store import Conflict, NotFound, open_task_store
+from coherence_network.store import open_task_store
 from coherence_network.store.db import migrate
 from coherence_network.store.graph import GraphStore
 from coherence_network.versioning import running_version
@@ -91,20 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.router.dependencies.append(Depends(require_token))
 
-    @app.exception_handler(NotFound)
-    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(Conflict)
-    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "current_status": exc.current_status}, status_code=409)
-
-    @app.exception_handler(sa.exc.DatabaseError)
-    async def _store_down(request: Request, exc: sa.exc.DatabaseError) -> JSONResponse:
-        """Unreachable, locked or corrupt store: 503 so clients retry, never a bare 500."""
-        log.error("store error on %s %s: %s", request.method, request.url.path, exc.orig)
-        return JSONResponse({"detail": f"store unavailable: {exc.orig}"}, status_code=503)
-
+    install_error_handlers(app)
     app.include_router(routes_ops.router)
     app.include_router(routes_agent.router)
     app.include_router(routes_pipeline.router)

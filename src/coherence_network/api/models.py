@@ -1,37 +1,157 @@
-"""Request bodies of the task API; pydantic turns bad input into 422 with field-level messages."""
+"""Request bodies of the task API and the bounds every input meets at the edge.
+
+Pydantic turns bad input into 422 with field-level messages. Whatever is accepted must also be storable and
+readable back on both stores: integers within the narrowest column (PostgreSQL INTEGER, 32 bits), text without
+NUL (PostgreSQL refuses it) or lone surrogates (not UTF-8), free-form JSON bounded in depth and size (one stored
+row nested too deep once made every listing that included it fail). Text people type is refused when it holds
+what the store cannot; agent output is binary-ish and is kept, with those characters replaced.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+import math
+import re
+from datetime import datetime, timezone
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi import Path, Query
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    model_validator,
+)
 
 from coherence_network.contract import TaskStatus, TaskType
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # PostgreSQL INTEGER: the narrowest integer column of either store
+MAX_JSON_DEPTH = 32  # nesting of objects and arrays in a free-form JSON field
+MAX_JSON_BYTES = 64 * 1024  # a free-form JSON field, serialized
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates (json.loads joins valid pairs)
+REPLACEMENT = "\ufffd"
 
 FinishStatus = Literal[
     TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.NEEDS_DECISION, TaskStatus.PENDING
 ]
 
 
+def _refuse_unstorable(value: str) -> str:
+    found = _UNSTORABLE.search(value)
+    if found is not None:
+        what = "NUL (\\u0000)" if found.group() == "\x00" else "a lone surrogate (not valid Unicode)"
+        raise ValueError(f"must not contain {what}: the store cannot hold it")
+    return value
+
+
+def storable_text(value: str) -> tuple[str, int]:
+    """``value`` with NUL and lone surrogates replaced by U+FFFD, and how many were replaced."""
+    return _UNSTORABLE.subn(REPLACEMENT, value)
+
+
+def _bounded_json(value: Any) -> Any:
+    """Free-form JSON the store holds and every reader can serialize again: bounded depth and size, text without
+    NUL or lone surrogates, finite numbers (json.loads accepts NaN, which no JSON answer can carry)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                if isinstance(key, str):
+                    _refuse_unstorable(key)
+                pending.append((child, depth + 1))
+        elif isinstance(item, str):
+            _refuse_unstorable(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite (no NaN or Infinity)")
+        elif isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > 64:
+            raise ValueError("integers must fit in 64 bits")
+    if len(json.dumps(value)) > MAX_JSON_BYTES:
+        raise ValueError(f"larger than {MAX_JSON_BYTES} bytes of JSON")
+    return value
+
+
+def _in_store_range(value: datetime) -> datetime:
+    """Stored as UTC: a time whose UTC form falls outside years 1..9999 cannot be held."""
+    try:
+        value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("out of range once converted to UTC") from None
+    return value
+
+
+# Text a person or a program types (directions, commands, decisions, names): refused when unstorable.
+Text = Annotated[str, AfterValidator(_refuse_unstorable)]
+# Free-form JSON objects (a task's context, a heartbeat's info, an issue's detail).
+JsonObject = Annotated[
+    dict[str, Any],
+    AfterValidator(_bounded_json),
+    Field(description=f"Free-form JSON: at most {MAX_JSON_DEPTH} levels deep and {MAX_JSON_BYTES} bytes"),
+]
+Int32 = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX)]
+Pid = Annotated[int, Field(ge=1, le=INT32_MAX)]
+ClaimToken = Annotated[int, Field(ge=1, le=INT32_MAX)]
+UtcTime = Annotated[AwareDatetime, AfterValidator(_in_store_range)]
+# Path and query parameters.
+TaskId = Annotated[int, Path(ge=1, le=INT32_MAX, description="A task id (1 .. 2^31-1)")]
+Offset = Annotated[int, Query(ge=0, le=INT32_MAX, description="Rows to skip")]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class AgentReport(Strict):
+    """A runner's report that carries agent output: NUL and lone surrogates in it are replaced, not refused (the
+    agent's bytes are what they are, and refusing them would lose the result); ``replaced`` says how many."""
+
+    agent_text: ClassVar[tuple[str, ...]] = ()
+    _replaced: dict[str, int] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _make_storable(cls, data: Any, handler: ModelWrapValidatorHandler["AgentReport"]) -> "AgentReport":
+        """Replace before validating: a lone surrogate would not even pass as a string."""
+        replaced: dict[str, int] = {}
+        if isinstance(data, dict):
+            data = dict(data)
+            for name in cls.agent_text:
+                if isinstance(data.get(name), str):
+                    data[name], count = storable_text(data[name])
+                    if count:
+                        replaced[name] = count
+        report = handler(data)
+        report._replaced = replaced
+        return report
+
+    @property
+    def replaced(self) -> dict[str, int]:
+        """Characters replaced with U+FFFD, by field."""
+        return dict(self._replaced)
+
+
 class TaskCreate(Strict):
-    direction: str = Field(min_length=1, max_length=5000, description="What to do")
+    direction: Text = Field(min_length=1, max_length=5000, description="What to do")
     task_type: TaskType
-    command: str | None = Field(None, max_length=20000, description="Command line the runner executes")
+    command: Text | None = Field(None, max_length=20000, description="Command line the runner executes")
     priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first")
     max_attempts: int | None = Field(None, ge=1, le=100)
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400, description="Overrides AGENT_TASK_TIMEOUT")
-    context: dict[str, Any] | None = None
+    context: JsonObject | None = None
 
 
 class TaskPatch(Strict):
     """An operator's change: a decision for a needs_decision task, or ``status: pending`` to retry a failed one."""
 
-    decision: str | None = Field(None, min_length=1, max_length=5000)
-    decided_by: str | None = Field(None, min_length=1, max_length=200, description="Who answered, e.g. api:alice")
+    decision: Text | None = Field(None, min_length=1, max_length=5000)
+    decided_by: Text | None = Field(None, min_length=1, max_length=200, description="Who answered, e.g. api:alice")
     status: Literal[TaskStatus.PENDING] | None = Field(None, description="pending retries a failed task")
 
     @model_validator(mode="after")
@@ -42,29 +162,33 @@ class TaskPatch(Strict):
 
 
 class ClaimRequest(Strict):
-    runner_id: str = Field(min_length=1, max_length=200)
-    types: list[TaskType] | None = None
+    runner_id: Text = Field(min_length=1, max_length=200)
+    types: list[TaskType] | None = Field(None, max_length=len(TaskType))
     wait_seconds: float = Field(0.0, ge=0, le=60, description="Wait this long for work before answering 204")
     lease_seconds: float | None = Field(None, gt=0, le=86400)
-    request_id: str | None = Field(
+    request_id: Text | None = Field(
         None, min_length=1, max_length=100,
         description="Names this claim: a retry with the same id returns the task this claim already got",
     )
 
 
-class TaskHeartbeat(Strict):
-    claim_token: int = Field(ge=1)
+class TaskHeartbeat(AgentReport):
+    agent_text = ("current_step",)
+
+    claim_token: ClaimToken
     progress_pct: float | None = Field(None, ge=0, le=100)
-    current_step: str | None = Field(None, max_length=500)
+    current_step: str | None = Field(None, max_length=500, description="Agent output: NUL etc. become U+FFFD")
     lease_seconds: float | None = Field(None, gt=0, le=86400)
 
 
-class TaskFinish(Strict):
-    claim_token: int = Field(ge=1)
+class TaskFinish(AgentReport):
+    agent_text = ("output", "decision_prompt")
+
+    claim_token: ClaimToken
     status: FinishStatus
-    output: str | None = Field(None, max_length=2_000_000)
-    exit_code: int | None = None
-    decision_prompt: str | None = Field(None, min_length=1, max_length=5000)
+    output: str | None = Field(None, max_length=2_000_000, description="Agent output: NUL etc. become U+FFFD")
+    exit_code: Int32 | None = None
+    decision_prompt: str | None = Field(None, min_length=1, max_length=5000, description="The agent's question")
 
     @model_validator(mode="after")
     def _question_for_decision(self) -> "TaskFinish":
@@ -74,8 +198,36 @@ class TaskFinish(Strict):
 
 
 class RunnerHeartbeat(Strict):
-    runner_id: str = Field(min_length=1, max_length=200)
-    host: str = Field(min_length=1, max_length=255)
-    pid: int = Field(ge=1)
-    version: str = Field(min_length=1, max_length=100)
-    info: dict[str, Any] | None = None
+    runner_id: Text = Field(min_length=1, max_length=200)
+    host: Text = Field(min_length=1, max_length=255)
+    pid: Pid
+    version: Text = Field(min_length=1, max_length=100)
+    info: JsonObject | None = None
+
+
+# --- what an error answer looks like, for the OpenAPI schema ----------------------------------------------------
+def _json_error(description: str, detail: dict[str, Any]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": {"detail": detail}, "required": ["detail"]}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_TEXT = {"type": "string"}
+ERROR_RESPONSES: dict[int, dict[str, Any]] = {
+    400: _json_error("Malformed request: a body that is not UTF-8 JSON, or a Host the API does not serve", _TEXT),
+    401: _json_error("COHERENCE_API_TOKEN is set and Authorization: Bearer <token> is missing or wrong", _TEXT),
+    404: _json_error("No such task (or project)", _TEXT),
+    409: _json_error(
+        "Not legal in the task's current status (named in current_status), or a stale claim token", _TEXT
+    ),
+    413: _json_error("The request body is larger than the API's body limit", _TEXT),
+    503: _json_error("The store is unavailable (unreachable, locked or corrupt): retry later", _TEXT),
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route or router: the error statuses it can answer, as documented."""
+    return {code: ERROR_RESPONSES[code] for code in codes}
+
+
+# Every route: a malformed request, a missing token, a body over the limit, the store unavailable.
+COMMON_ERRORS = responses(400, 401, 413, 503)

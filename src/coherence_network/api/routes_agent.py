@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
-from typing import Any, Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -12,20 +16,29 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from coherence_network.api.models import (
+    COMMON_ERRORS,
+    AgentReport,
     ClaimRequest,
+    Offset,
     RunnerHeartbeat,
     TaskCreate,
     TaskFinish,
     TaskHeartbeat,
+    TaskId,
     TaskPatch,
+    Text,
+    responses,
 )
 from coherence_network.contract import Runner, RunnerList, Task, TaskCount, TaskPage, TaskStatus, TaskType
 from coherence_network.logfiles import task_log_path
 from coherence_network.store.tasks import TaskStore, utcnow
 
-router = APIRouter(prefix="/api/agent", tags=["agent"])
+router = APIRouter(prefix="/api/agent", tags=["agent"], responses=COMMON_ERRORS)
+log = logging.getLogger("coherence.api")
 _IDLE_RECHECK_SECONDS = 0.5  # a long-poll also rechecks the store, for tasks created through another replica
 REPLAYED_HEADER = "Idempotent-Replayed"
+LOG_READ_CAP_BYTES = 4 * 2**20  # a log answer holds at most the file's last 4 MiB, whatever its size
+_LOG_BLOCK_BYTES = 64 * 1024
 
 
 def _store(request: Request) -> TaskStore:
@@ -39,22 +52,23 @@ def list_tasks(
     task_type: TaskType | None = None,
     order: Literal["newest", "oldest"] = "newest",
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     items, total = _store(request).list(status=status, task_type=task_type, order=order, limit=limit, offset=offset)
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
 @router.post("/tasks", status_code=201, response_model=Task,
-             responses={200: {"model": Task, "description": "A create with this Idempotency-Key was made before"}})
+             responses={200: {"model": Task, "description": "A create with this Idempotency-Key was made before"},
+                        **responses(409)})
 async def create_task(
     body: TaskCreate,
     request: Request,
     response: Response,
-    idempotency_key: str | None = Header(
-        None, min_length=1, max_length=200,
+    idempotency_key: Annotated[Text | None, Header(
+        min_length=1, max_length=200,
         description="Makes the create safe to retry: the same key returns the task the first create made (200)",
-    ),
+    )] = None,
 ) -> dict[str, Any]:
     task, created = await run_in_threadpool(
         lambda: _store(request).create_or_replay(**body.model_dump(), idempotency_key=idempotency_key)
@@ -100,13 +114,13 @@ async def claim_task(body: ClaimRequest, request: Request) -> Response:
         await state.work.wait(min(remaining, _IDLE_RECHECK_SECONDS))
 
 
-@router.get("/tasks/{task_id}", response_model=Task)
-def get_task(task_id: int, request: Request) -> dict[str, Any]:
+@router.get("/tasks/{task_id}", response_model=Task, responses=responses(404))
+def get_task(task_id: TaskId, request: Request) -> dict[str, Any]:
     return _store(request).get(task_id)
 
 
-@router.patch("/tasks/{task_id}", response_model=Task)
-async def patch_task(task_id: int, body: TaskPatch, request: Request) -> dict[str, Any]:
+@router.patch("/tasks/{task_id}", response_model=Task, responses=responses(404, 409))
+async def patch_task(task_id: TaskId, body: TaskPatch, request: Request) -> dict[str, Any]:
     """Answer a needs_decision task (``{"decision": "yes"}``) or retry a failed one (``{"status": "pending"}``)."""
     store = _store(request)
     if body.decision is not None:
@@ -118,23 +132,74 @@ async def patch_task(task_id: int, body: TaskPatch, request: Request) -> dict[st
     return task
 
 
-@router.get("/tasks/{task_id}/log", response_class=PlainTextResponse)
-def task_log(task_id: int, request: Request, tail: int = Query(0, ge=0, le=100000)) -> PlainTextResponse:
-    """The task's full log file (last ``tail`` lines when given); the stored output tail if no log is here."""
+@router.get("/tasks/{task_id}/log", response_class=PlainTextResponse, responses=responses(404))
+def task_log(task_id: TaskId, request: Request, tail: int = Query(0, ge=0, le=100000)) -> PlainTextResponse:
+    """The task's log file (last ``tail`` lines when given); the stored output tail if no log is here.
+
+    At most the file's last LOG_READ_CAP_BYTES are read and returned, whatever the file's size; headers say the
+    file's size, the cap and whether the answer was cut (a first line says so too)."""
     task = _store(request).get(task_id)
     path = task_log_path(request.app.state.settings, task_id)
-    if path.exists():
-        text, source = path.read_text(encoding="utf-8", errors="replace"), "file"
-    else:
-        text, source = task.get("output") or "", "stored-output-tail"
+    try:
+        end = read_log_end(path, tail)
+    except FileNotFoundError:
+        text = task.get("output") or ""
+        return PlainTextResponse(_last_lines(text, tail) if tail else text,
+                                 headers={"X-Log-Source": "stored-output-tail"})
+    text = end.text
+    if end.skipped:
+        text = (f"[the first {end.skipped} of {end.size} bytes are not shown: the API returns at most the last "
+                f"{LOG_READ_CAP_BYTES} bytes of a log; the whole file is {path} on this host]\n{text}")
+    headers = {"X-Log-Source": "file", "X-Log-Size-Bytes": str(end.size), "X-Log-Cap-Bytes": str(LOG_READ_CAP_BYTES),
+               "X-Log-Truncated": "true" if end.skipped else "false"}
+    return PlainTextResponse(text, headers=headers)
+
+
+@dataclass(frozen=True)
+class LogEnd:
+    """The end of a log file: its text, the file's size and the bytes before it not shown because of the cap."""
+
+    text: str
+    size: int
+    skipped: int
+
+
+def read_log_end(path: Path, tail: int, cap: int = LOG_READ_CAP_BYTES) -> LogEnd:
+    """The last ``tail`` lines of a file (all of it with 0), reading at most its last ``cap`` bytes.
+
+    ``tail`` walks back block by block until it has seen enough line ends, so a 300 MB log costs a few blocks.
+    A line cut by the cap is dropped unless it is the only one."""
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        floor = start = max(size - cap, 0)
+        if tail:
+            start, line_ends = size, 0
+            while start > floor and line_ends <= tail:
+                step = min(_LOG_BLOCK_BYTES, start - floor)
+                start -= step
+                handle.seek(start)
+                line_ends += handle.read(step).count(b"\n")
+        handle.seek(max(start - 1, 0))
+        data = handle.read(size - max(start - 1, 0))
+    if start > 0:  # data begins one byte early: a line end there means the first line is whole
+        data = data[data.index(b"\n") + 1:] if b"\n" in data else data[1:]
+    text = data.decode("utf-8", errors="replace")
     if tail:
-        text = "\n".join(text.splitlines()[-tail:]) + "\n"
-    return PlainTextResponse(text, headers={"X-Log-Source": source})
+        cut = start == floor > 0 and len(text.splitlines()) < tail
+        text = _last_lines(text, tail)
+    else:
+        cut = start > 0
+    return LogEnd(text=text, size=size, skipped=size - len(data) if cut else 0)
 
 
-@router.post("/tasks/{task_id}/heartbeat", response_model=Task)
-async def heartbeat_task(task_id: int, body: TaskHeartbeat, request: Request) -> dict[str, Any]:
+def _last_lines(text: str, count: int) -> str:
+    return "\n".join(text.splitlines()[-count:]) + "\n"
+
+
+@router.post("/tasks/{task_id}/heartbeat", response_model=Task, responses=responses(404, 409))
+async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request) -> dict[str, Any]:
     """Extend the lease (and report progress); 409 when the claim token is no longer the current claim."""
+    _log_replaced(task_id, body)
     return await run_in_threadpool(
         lambda: _store(request).heartbeat(
             task_id,
@@ -146,9 +211,10 @@ async def heartbeat_task(task_id: int, body: TaskHeartbeat, request: Request) ->
     )
 
 
-@router.post("/tasks/{task_id}/finish", response_model=Task)
-async def finish_task(task_id: int, body: TaskFinish, request: Request) -> dict[str, Any]:
+@router.post("/tasks/{task_id}/finish", response_model=Task, responses=responses(404, 409))
+async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> dict[str, Any]:
     """End a claim: completed, failed, needs_decision (with its question) or pending (release)."""
+    _log_replaced(task_id, body)
     task = await run_in_threadpool(
         lambda: _store(request).finish(
             task_id,
@@ -166,6 +232,14 @@ async def finish_task(task_id: int, body: TaskFinish, request: Request) -> dict[
     if task["status"] == TaskStatus.PENDING:
         request.app.state.work.notify()
     return task
+
+
+def _log_replaced(task_id: int, report: AgentReport) -> None:
+    """Agent output is kept even when the store cannot hold some of its characters; the log says what changed."""
+    if report.replaced:
+        fields = ", ".join(f"{name}: {count}" for name, count in report.replaced.items())
+        log.warning("task %s: characters the store cannot hold (NUL, lone surrogates) replaced with U+FFFD (%s)",
+                    task_id, fields)
 
 
 @router.post("/runners/heartbeat", response_model=Runner)

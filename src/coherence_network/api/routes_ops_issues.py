@@ -4,13 +4,14 @@ any API replica (the files under var/logs are only on the host that wrote them).
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from coherence_network.api.models import COMMON_ERRORS, JsonObject, Strict, Text, UtcTime
 from coherence_network.contract import FatalIssueList, MonitorIssueList, TaskStatus
 from coherence_network.logfiles import REGISTRY
 from coherence_network.settings import Settings
@@ -18,37 +19,33 @@ from coherence_network.store import ops_issues
 from coherence_network.store.stats import ALL_TYPES, success_counts
 from coherence_network.store.tasks import TaskStore, utcnow
 
-router = APIRouter(prefix="/api/agent", tags=["ops-issues"])
+router = APIRouter(prefix="/api/agent", tags=["ops-issues"], responses=COMMON_ERRORS)
 MANAGER_COMPONENT = "project_manager"
 SERIOUS = frozenset({"critical", "high"})
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class ReportedIssue(Strict):
-    rule: str = Field(min_length=1, max_length=64)
-    severity: str = Field(min_length=1, max_length=16)
-    message: str = Field(min_length=1, max_length=5000)
-    action: str = Field("", max_length=5000)
-    runbook: str = Field("", max_length=200)
-    detail: dict[str, Any] | None = None
-    first_seen: datetime | None = None
+    rule: Text = Field(min_length=1, max_length=64)
+    severity: Text = Field(min_length=1, max_length=16)
+    message: Text = Field(min_length=1, max_length=5000)
+    action: Text = Field("", max_length=5000)
+    runbook: Text = Field("", max_length=200)
+    detail: JsonObject | None = None
+    first_seen: UtcTime | None = None
 
 
 class MonitorIssues(Strict):
-    host: str = Field(min_length=1, max_length=255)
+    host: Text = Field(min_length=1, max_length=255)
     issues: list[ReportedIssue] = Field(max_length=100, description="Every issue open now; others are resolved")
 
 
 class FatalIssue(Strict):
-    component: str = Field(min_length=1, max_length=100)
-    reason: str = Field(min_length=1, max_length=5000)
-    detail: str = Field("", max_length=20000)
-    recovery_tried: str = Field("", max_length=5000)
-    host: str = Field(min_length=1, max_length=255)
-    at: datetime | None = None
+    component: Text = Field(min_length=1, max_length=100)
+    reason: Text = Field(min_length=1, max_length=5000)
+    detail: Text = Field("", max_length=20000)
+    recovery_tried: Text = Field("", max_length=5000)
+    host: Text = Field(min_length=1, max_length=255)
+    at: UtcTime | None = None
 
 
 def _store(request: Request) -> TaskStore:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from coherence_network.api.models import COMMON_ERRORS, Offset, Text, responses
 from coherence_network.indexer.pypi import normalize as pypi_name
 from coherence_network.store.graph import GraphStore
 
-router = APIRouter(prefix="/api", tags=["projects"])
+router = APIRouter(prefix="/api", tags=["projects"], responses=COMMON_ERRORS)
 Ecosystem = Literal["npm", "pypi"]
+# npm allows 214 characters; the stored name is at most 255
+ProjectName = Annotated[Text, Path(min_length=1, max_length=214, description="Package name, e.g. @scope/name")]
 
 
 def _graph(request: Request) -> GraphStore:
@@ -24,13 +27,13 @@ def _key(ecosystem: str, name: str) -> str:
 
 
 # Declared before the project route: both match ``/npm/@scope/name/dependents``, this one must win.
-@router.get("/projects/{ecosystem}/{name:path}/dependents")
+@router.get("/projects/{ecosystem}/{name:path}/dependents", responses=responses(404))
 async def get_dependents(
     ecosystem: Ecosystem,
-    name: str,
+    name: ProjectName,
     request: Request,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     """Indexed projects whose latest version depends on this one (real total; 404 when it was never indexed)."""
     if ecosystem == "npm" and name.startswith("@") and "/" not in name:
@@ -42,8 +45,8 @@ async def get_dependents(
     return {"ecosystem": ecosystem, "name": key, "total": total, "limit": limit, "offset": offset, "items": items}
 
 
-@router.get("/projects/{ecosystem}/{name:path}")
-async def get_project(ecosystem: Ecosystem, name: str, request: Request) -> dict[str, Any]:
+@router.get("/projects/{ecosystem}/{name:path}", responses=responses(404))
+async def get_project(ecosystem: Ecosystem, name: ProjectName, request: Request) -> dict[str, Any]:
     """One project with its dependencies; 404 when it was never indexed."""
     found = await run_in_threadpool(_graph(request).project, ecosystem, _key(ecosystem, name))
     if found is None:
@@ -54,10 +57,10 @@ async def get_project(ecosystem: Ecosystem, name: str, request: Request) -> dict
 @router.get("/projects")
 async def list_projects(
     request: Request,
-    q: str = Query("", max_length=214, description="Part of the name, case-insensitive"),
+    q: Annotated[Text, Query(max_length=214, description="Part of the name, case-insensitive")] = "",
     ecosystem: Ecosystem | None = None,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     """Projects by name, with the real total of matches."""
     items, total = await run_in_threadpool(

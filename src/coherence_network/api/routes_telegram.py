@@ -19,12 +19,13 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from coherence_network.api.models import responses
 from coherence_network.client import ApiClient
 from coherence_network.logfiles import ROTATE_BACKUPS, ROTATE_BYTES, JSONFormatter, UTCFormatter, component_log
 from coherence_network.settings import Settings
 from coherence_network.telegram import SECRET_HEADER, Commands, webhook_secret
 
-router = APIRouter(prefix="/api/agent/telegram", tags=["telegram"])
+router = APIRouter(prefix="/api/agent/telegram", tags=["telegram"], responses=responses(400, 413))
 log = logging.getLogger("coherence.telegram")
 
 

@@ -85,6 +85,8 @@ def duration_percentiles(
             .group_by(sa.func.rollup(tasks.c.task_type))
         )
         for task_type, n, *values in conn.execute(query):
+            if not n:  # ROLLUP's grand total over an empty window: no percentile (NULL) to report
+                continue
             result[task_type or ALL_TYPES] = {
                 "n": int(n), **{_label(p): round(float(v), 3) for p, v in zip(PERCENTILES, values)}
             }

@@ -1,0 +1,140 @@
+"""Property-based fuzzing of the real API over its own OpenAPI schema (schemathesis), on both stores.
+
+Every operation gets schema-valid and schema-violating examples, with the token and without it. Nothing may
+answer 5xx, and every answer must be a status code and a content type the schema documents. The example count is
+bounded so the test takes about a minute per store; the seed is fixed so CI is repeatable (``COHERENCE_FUZZ_SEED``
+explores other inputs, ``COHERENCE_FUZZ_EXAMPLES`` changes the count).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.support.api import ApiProcess
+
+TOKEN = "fuzz-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+EXAMPLES = int(os.environ.get("COHERENCE_FUZZ_EXAMPLES", "100"))  # per operation and generation mode
+SEED = int(os.environ.get("COHERENCE_FUZZ_SEED", "11"))
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+# What answers without the token (DESIGN section 6); the webhook answers 401 without its own secret.
+PUBLIC_PATHS = frozenset({"/api/health", "/api/ready"})
+MAX_WAIT_SECONDS = 0.2  # a claim's long poll, held short so the examples fit in the time budget
+
+
+@dataclass
+class Tally:
+    """What one run saw: requests sent, server errors, and each distinct failure once (with a curl to replay)."""
+
+    requests: int = 0
+    server_errors: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def record(self, key: str, message: str) -> None:
+        self.failures.setdefault(key, message)
+
+
+def _short_poll(case: Any) -> Any:
+    if isinstance(case.body, dict) and isinstance(case.body.get("wait_seconds"), (int, float)):
+        case.body["wait_seconds"] = min(case.body["wait_seconds"], MAX_WAIT_SECONDS)
+    return case
+
+
+def fuzz_operation(
+    operation: Any, mode: GenerationMode, send: Callable[[Any], requests.Response], tally: Tally
+) -> None:
+    """EXAMPLES cases of one operation in one generation mode; failures are tallied, not raised, so one run
+    reports every distinct problem at once."""
+    label = f"{operation.method.upper()} {operation.path}"
+
+    @seed(SEED)
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode=mode).map(_short_poll))
+    def run(case: Any) -> None:
+        response = send(case)
+        tally.requests += 1
+        if response.status_code >= 500:
+            tally.server_errors += 1
+        try:
+            case.validate_response(response, checks=CHECKS)
+        except FailureGroup as exc:  # one per distinct problem and operation
+            tally.record(f"{label} {response.status_code} {type(exc).__name__}", f"{label}: {exc}")
+
+    try:
+        run()
+    except Unsatisfiable:  # an operation without inputs has no schema-violating example
+        assert mode is GenerationMode.NEGATIVE, label
+
+
+@pytest.fixture
+def fuzzed_api(tmp_path: Path, store_url: str) -> Iterator[ApiProcess]:
+    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": store_url, "COHERENCE_API_TOKEN": TOKEN}).start()
+    yield api
+    api.stop()
+
+
+def load_operations(api: ApiProcess) -> list[Any]:
+    document = httpx.get(f"{api.url}/openapi.json", headers=AUTH, timeout=30).json()
+    operations = [result.ok() for result in schemathesis.openapi.from_dict(document).get_all_operations()]
+    assert len(operations) >= 20, "the schema lost its operations"
+    return operations
+
+
+def test_fuzz_every_operation_with_and_without_the_token(fuzzed_api: ApiProcess) -> None:
+    operations = load_operations(fuzzed_api)
+    summary, failures = [], []
+    for with_token in (True, False):
+        tally, started = Tally(), time.monotonic()
+        with requests.Session() as session:
+            def send(case: Any) -> requests.Response:
+                return case.call(base_url=fuzzed_api.url, session=session, headers=AUTH if with_token else None,
+                                 timeout=30)
+
+            for operation in operations:
+                for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                    fuzz_operation(operation, mode, send, tally)
+        summary.append(f"token={with_token}: {tally.requests} requests over {len(operations)} operations in "
+                       f"{time.monotonic() - started:.1f} s, {tally.server_errors} server errors, "
+                       f"{len(tally.failures)} distinct failures")
+        print(summary[-1])
+        failures += tally.failures.values()
+    assert not failures, "\n".join([*summary, *failures])
+
+
+@pytest.mark.xfail(strict=True, reason="the token is checked after the body is parsed and only on writes; "
+                   "the auth part of issue 11 checks it first, on every route but health and ready")
+def test_without_the_token_every_protected_operation_answers_401(fuzzed_api: ApiProcess) -> None:
+    """With and without a well-formed body: the token is checked before anything else is looked at."""
+    open_routes = []
+    with httpx.Client(base_url=fuzzed_api.url, timeout=30) as http:
+        for operation in load_operations(fuzzed_api):
+            if operation.path in PUBLIC_PATHS:
+                continue
+            path = operation.path.replace("{task_id}", "1").replace("{ecosystem}", "npm").replace("{name}", "x")
+            for body in (b"{}", b"\x00"):
+                answer = http.request(operation.method.upper(), path, content=body,
+                                      headers={"content-type": "application/json"})
+                if answer.status_code != 401:
+                    open_routes.append(f"{operation.method.upper()} {path} {body!r}: {answer.status_code}")
+    assert not open_routes
