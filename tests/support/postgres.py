@@ -49,6 +49,10 @@ class PostgresServer:
                     break
                 os.chmod(parent, os.stat(parent).st_mode | 0o011)
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "coherence", "--auth=trust", "-E", "UTF8")
+        return self.resume()
+
+    def resume(self) -> "PostgresServer":
+        """Start the server on its data folder and port (again, after ``stop``)."""
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "pg.log"),
                   "-w", "start")

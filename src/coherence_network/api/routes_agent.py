@@ -37,6 +37,7 @@ router = APIRouter(prefix="/api/agent", tags=["agent"], responses=COMMON_ERRORS)
 log = logging.getLogger("coherence.api")
 _IDLE_RECHECK_SECONDS = 0.5  # a long-poll also rechecks the store, for tasks created through another replica
 REPLAYED_HEADER = "Idempotent-Replayed"
+REAPER_MAX_BACKOFF_SECONDS = 30.0  # the longest pause between reaper passes while the store is unavailable
 LOG_READ_CAP_BYTES = 4 * 2**20  # a log answer holds at most the file's last 4 MiB, whatever its size
 _LOG_BLOCK_BYTES = 64 * 1024
 
@@ -261,14 +262,26 @@ async def reaper_loop(app: Any, interval: float, grace: float) -> None:
     """Background pass over expired leases; claims no longer wait on it.
 
     The first pass waits ``grace`` seconds (one lease): a lease that expired while this API was down says nothing
-    about its runner, which could not renew; runners get that long to renew once the API answers again."""
+    about its runner, which could not renew; runners get that long to renew once the API answers again. A store
+    outage is logged once when it starts and once when it ends, and passes back off while it lasts (a traceback
+    every pass would bury the log); /api/ready says what is wrong meanwhile."""
     await asyncio.sleep(grace)
+    down_since: float | None = None
+    delay = interval
     while True:
         try:
             result = await run_in_threadpool(app.state.store.reap)
-        except Exception:  # a store outage must not kill the loop; /api/ready reports it
-            app.state.log.exception("lease reaper pass failed")
+        except Exception as exc:  # a store outage must not kill the loop
+            if down_since is None:
+                down_since = time.monotonic()
+                cause = (str(exc).strip().splitlines() or [""])[0][:300]
+                app.state.log.error("store unavailable to the lease reaper: %s: %s (retrying with backoff; "
+                                    "GET /api/ready tells more)", type(exc).__name__, cause)
+            delay = min(delay * 2, REAPER_MAX_BACKOFF_SECONDS)
         else:
+            if down_since is not None:
+                app.state.log.warning("store available again after %.0f s", time.monotonic() - down_since)
+                down_since, delay = None, interval
             if result.reclaimed or result.failed:
                 app.state.metrics.tasks_reclaimed.inc(result.reclaimed)
                 app.state.metrics.tasks_lease_failed.inc(result.failed)
@@ -276,4 +289,4 @@ async def reaper_loop(app: Any, interval: float, grace: float) -> None:
                     "reaper: %d expired leases back to pending, %d failed", result.reclaimed, result.failed
                 )
                 app.state.work.notify()
-        await asyncio.sleep(interval)
+        await asyncio.sleep(delay)
