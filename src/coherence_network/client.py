@@ -229,7 +229,11 @@ def _plain(value: Any) -> Any:
 
 
 def _detail(response: httpx.Response) -> Any:
+    """The API's own ``detail``; for an answer that is not JSON (another server on the port, a proxy's error page),
+    a short description instead of its markup."""
     try:
-        return response.json().get("detail", response.text)
+        body = response.json()
     except ValueError:
-        return response.text[:500]
+        kind = response.headers.get("content-type", "no content type").split(";")[0]
+        return f"not an answer of this API ({kind}, {len(response.content)} bytes)"
+    return body.get("detail", body) if isinstance(body, dict) else body

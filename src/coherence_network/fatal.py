@@ -41,7 +41,9 @@ def record(settings: Settings, component: str, reason: str, detail: str, recover
     issue = {"at": datetime.now(timezone.utc).isoformat(), "component": component, "reason": reason,
              "detail": detail[-20000:], "recovery_tried": recovery_tried}
     write_json_atomic(_path(settings), [*load_local(settings), issue])
-    log.error("FATAL %s: %s (%s); recovery tried: %s", component, reason, detail.strip()[-500:], recovery_tried)
+    last_line = (detail.strip().splitlines() or ["(no output)"])[-1]
+    log.error("FATAL %s: %s; last output line: %s; recovery tried: %s (whole record: coherence fatal)", component,
+              reason, last_line, recovery_tried)
     if client is not None:
         try:
             client.post(PATH_API, {**issue, "host": socket.gethostname()}, retries=0)

@@ -8,8 +8,10 @@ project manager's ``--reset`` go to a child's first start only.
 
 Each child is ``python -m coherence_network.pidfiles <component> <supervisor pid> <coherence command>`` in its own
 process group: the child takes its single-instance lock, writes its own PID file and ends when the supervisor dies
-(see pidfiles), and stopping its group stops everything it spawned. The supervisor holds its own lock, so two supervisors never run at once. Auto-commit runs on
-a thread of its own: git can be slow or fail, and supervision never waits for it.
+(see pidfiles), and stopping its group stops everything it spawned. The supervisor holds its own lock, so two
+supervisors never run at once. Auto-commit runs on a thread of its own: git can be slow or fail, and supervision
+never waits for it. A port held by something that is not a Coherence API stops the supervisor before it starts
+anything.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -294,6 +297,12 @@ class Supervisor:
             committer = threading.Thread(target=self._commit_loop, name="auto-commit", daemon=True)
             committer.start()
         try:
+            busy = self._api_port_taken()
+            if busy:
+                log.error("%s: nothing started. Free the port (coherence stop --port %d, if it is a stray API of "
+                          "yours) or choose another with COHERENCE_API_PORT", busy, self.settings.coherence_api_port)
+                self.exit_code = 2
+                return self.exit_code
             for child in self.children.values():
                 if not self.stopping.is_set():
                     self.start(child)
@@ -316,6 +325,20 @@ class Supervisor:
             self.client.close()
             log.info("supervisor stopped (exit %d)", self.exit_code)
         return self.exit_code
+
+    def _api_port_taken(self) -> str | None:
+        """Why the API could not start here, when its port is held by something that is not a Coherence API (a
+        foreign server would make the API crash-loop into a fatal issue); None when the port is free or ours."""
+        port = self.settings.coherence_api_port
+        if "api" not in self.children or self.api_answers():
+            return None
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return None
+        found = listener(port)
+        who = f"pid {found.pid} ({found.command[:120]})" if found else "another user's process"
+        return f"port {port} is held by {who}, which does not answer as a Coherence API"
 
     def _say_where_to_look(self) -> None:
         """The operator's next steps, once everything is started (make run shows this log on its terminal)."""

@@ -146,3 +146,22 @@ def test_an_idempotency_key_given_with_curl_returns_the_first_task(api_process: 
     assert again.json()["id"] == first.json()["id"] and again.headers["Idempotent-Replayed"] == "true"
     other = httpx.post(f"{api_process.url}/api/agent/tasks", json={**body, "command": "false"}, headers=headers)
     assert other.status_code == 409 and "already used" in other.json()["detail"]
+
+
+def test_another_servers_error_page_is_described_not_echoed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A foreign server on the port answers with HTML: the error names what came back, without its markup."""
+    import subprocess
+    import sys
+
+    foreign = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert foreign.stdout is not None
+        port = int(foreign.stdout.readline().split(" port ")[1].split()[0])
+        with ApiClient(f"http://127.0.0.1:{port}", token="", retries=0) as client, pytest.raises(ApiNotFound) as caught:
+            client.fatal_issues()
+        assert caught.value.detail.startswith("not an answer of this API (text/html, ")
+        assert "<" not in str(caught.value)
+    finally:
+        foreign.kill()
+        foreign.wait(10)

@@ -236,3 +236,25 @@ def test_the_supervisor_says_where_to_look_and_when_the_backlog_is_done(
     assert f"pipeline running: API {pipeline.url} (reference {pipeline.url}/docs); watch it: coherence status --watch" \
         in text
     assert text.count("backlog done") == 1
+
+
+def test_a_foreign_server_on_the_api_port_stops_the_supervisor_before_it_starts_anything(tmp_path: Path) -> None:
+    """Not a crash-looping API and a fatal issue full of another server's HTML: one line, nothing started."""
+    home = tmp_path / "home"
+    foreign = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert foreign.stdout is not None
+        port = int(foreign.stdout.readline().split(" port ")[1].split()[0])
+        pipeline = PipelineProcess(home, "--components", "api,agent_runner")
+        env = {**pipeline.env, "COHERENCE_API_PORT": str(port), "AGENT_API_BASE": f"http://127.0.0.1:{port}"}
+        done = subprocess.run([sys.executable, "-m", "coherence_network.cli", "supervise", "--components",
+                               "api,agent_runner"], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2
+        log = (home / "logs" / "supervisor.log").read_text(encoding="utf-8")
+        assert f"port {port} is held by pid {foreign.pid}" in log and "nothing started" in log
+        assert "started agent_runner" not in log and not (home / "logs" / "fatal_issues.json").exists()
+        assert processes_with_home(home) == []
+    finally:
+        foreign.kill()
+        foreign.wait(10)
