@@ -259,3 +259,18 @@ def test_a_runner_with_the_token_delivers_one_output_line_longer_than_the_body_l
             assert finished.status == TaskStatus.COMPLETED and finished.output.endswith("xxxEND")
     finally:
         api.stop()
+
+
+def test_a_refused_host_is_logged_and_bounded(api_process: ApiProcess) -> None:
+    long_name = "a" * 300 + ".example"
+    answer = httpx.get(f"{api_process.url}/api/agent/tasks/count", headers={"Host": long_name})
+    assert answer.status_code == 421 and len(answer.text) < 300
+    log = (api_process.home / "logs" / "api.log").read_text()
+    assert "refused Host 'aaaa" in log and "COHERENCE_ALLOWED_HOSTS" in log and long_name not in log
+
+
+def test_a_websocket_upgrade_meets_the_same_host_check(api_process: ApiProcess) -> None:
+    upgrade = (b"GET /api/agent/tasks HTTP/1.1\r\nHost: rebind.attacker.example\r\nUpgrade: websocket\r\n"
+               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert _raw_exchange(api_process.port, upgrade).startswith(b"HTTP/1.1 403")
+    assert "refused Host 'rebind.attacker.example'" in (api_process.home / "logs" / "api.log").read_text()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 
 from starlette.datastructures import Headers
@@ -24,6 +25,7 @@ from coherence_network.settings import Settings, host_name
 
 OPEN_PATHS = frozenset({"/api/health", "/api/ready"})  # probes: a load balancer or watchdog carries no token
 WEBHOOK_PATH = "/api/agent/telegram/webhook"  # Telegram cannot send our token; the route checks its own secret
+log = logging.getLogger("coherence.api")
 _HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9_.\-]+))(?::[0-9]{0,5})?")
 
 
@@ -43,12 +45,18 @@ class RequestGuard:
         self.max_body = settings.coherence_max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)  # lifespan
             return
         headers = Headers(scope=scope)
-        refusal = self._host_refusal(scope, headers) or self._token_refusal(scope, headers) or self._length_refusal(
-            headers)
+        refusal = self._host_refusal(scope, headers) or self._token_refusal(scope, headers)
+        if scope["type"] == "websocket":  # none are served today; a future one gets the same door, closed by code
+            if refusal is not None:
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.app(scope, receive, send)
+            return
+        refusal = refusal or self._length_refusal(headers)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
@@ -68,7 +76,11 @@ class RequestGuard:
         # The address the connection arrived at is never a rebound name (a wildcard bind reached by its address).
         if name in self.hosts or (server and name == host_name(str(server[0]))):
             return None
-        return _refuse(421, f"host {name!r} is not served here: add it to COHERENCE_ALLOWED_HOSTS if it should be")
+        shown = name[:100]  # the client chose it: a bounded excerpt in the answer and the log
+        client = scope.get("client")
+        log.warning("refused Host %r from %s (not in the allow-list; see COHERENCE_ALLOWED_HOSTS)", shown,
+                    client[0] if client else "?")
+        return _refuse(421, f"host {shown!r} is not served here: add it to COHERENCE_ALLOWED_HOSTS if it should be")
 
     def _token_refusal(self, scope: Scope, headers: Headers) -> JSONResponse | None:
         path = scope["path"]
