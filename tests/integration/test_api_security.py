@@ -271,6 +271,7 @@ def test_a_refused_host_is_logged_and_bounded(api_process: ApiProcess) -> None:
 
 def test_a_websocket_upgrade_meets_the_same_host_check(api_process: ApiProcess) -> None:
     upgrade = (b"GET /api/agent/tasks HTTP/1.1\r\nHost: rebind.attacker.example\r\nUpgrade: websocket\r\n"
-               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               b"Sec-WebSocket-Version: 13\r\n\r\n")
     assert _raw_exchange(api_process.port, upgrade).startswith(b"HTTP/1.1 403")
     assert "refused Host 'rebind.attacker.example'" in (api_process.home / "logs" / "api.log").read_text()
