@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from coherence_network.client import ApiClient
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.settings import Settings
 from tests.support.api import ApiProcess
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_until
 from tests.support.runner import RunnerProcess
 
 TOKEN = secrets.token_urlsafe(24)
@@ -144,6 +145,31 @@ def test_allowed_hosts_setting_and_the_webhook_host(tmp_path: Path) -> None:
             assert http.get("/api/agent/tasks/count", headers={"Host": "example.org"}).status_code == 421
     finally:
         api.stop()
+
+
+def test_the_name_given_to_api_host_is_allowed(tmp_path: Path) -> None:
+    """`coherence api --host <name>` answers requests for that name (the workers read it from the environment)."""
+    name = socket.gethostname()
+    address = socket.gethostbyname(name)
+    port = free_port()
+    env = {**os.environ, "COHERENCE_HOME": str(tmp_path / "home"), "COHERENCE_API_TOKEN": TOKEN}
+    proc = subprocess.Popen([sys.executable, "-m", "coherence_network.cli", "api", "--host", name, "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://{address}:{port}/api/agent/tasks/count"
+
+    def answers() -> bool:
+        assert proc.poll() is None, f"the API exited with {proc.returncode}"
+        try:
+            return httpx.get(url, headers={**AUTH, "Host": f"{name}:{port}"}, timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(answers, 30, f"the API bound to {name}")
+        assert httpx.get(url, headers={**AUTH, "Host": "elsewhere.example"}).status_code == 421
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
 
 
 def test_the_host_is_checked_before_the_token(tmp_path: Path) -> None:
