@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -179,7 +180,8 @@ def test_prometheus_metrics(http: httpx.Client) -> None:
 def test_non_loopback_bind_without_token_is_refused(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "coherence_network.cli", "api", "--host", "0.0.0.0", "--port", str(free_port())],
-        env={"COHERENCE_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60,
+        env={"COHERENCE_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+        capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 2 and "COHERENCE_API_TOKEN" in done.stderr
 

@@ -48,7 +48,8 @@ def test_every_setting_has_a_description() -> None:
 
 
 def test_config_command_masks_secrets_and_prints_json(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "COHERENCE_HOME": str(tmp_path), "COHERENCE_API_TOKEN": "topsecret"}
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "COHERENCE_HOME": str(tmp_path),
+           "COHERENCE_API_TOKEN": "topsecret-topsecret"}
     done = subprocess.run([sys.executable, "-m", "coherence_network.cli", "config", "--json"],
                           env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
