@@ -61,7 +61,8 @@ def version() -> None:
 
 @app.command()
 def config(as_json: bool = typer.Option(False, "--json", help="Print as JSON")) -> None:
-    """Print every environment variable the project reads: value, default and what it does."""
+    """Print every environment variable the project reads: value, default and what it does (secrets and passwords
+    inside URLs masked)."""
     rows = get_settings().described()
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
@@ -90,8 +91,9 @@ def api(
     port: int = typer.Option(None, "--port", help="Port (default COHERENCE_API_PORT, 8000)"),
     workers: int = typer.Option(1, "--workers", min=1, help="uvicorn worker processes"),
 ) -> None:
-    """Serve the API with uvicorn. A non-loopback bind is refused unless COHERENCE_API_TOKEN is set. One API per
-    COHERENCE_HOME: a second one exits 1 naming the first (var/run/api.lock)."""
+    """Serve the API with uvicorn. A non-loopback bind is refused unless COHERENCE_API_TOKEN is set; a token shorter
+    than 16 characters exits 2. One API per COHERENCE_HOME: a second one exits 1 naming the first
+    (var/run/api.lock)."""
     import uvicorn
 
     from coherence_network.api.app import is_loopback
@@ -99,7 +101,13 @@ def api(
     from coherence_network.pidfiles import AlreadyRunning, hold
 
     settings = get_settings()
-    host = host or settings.coherence_api_host
+    if host and host != settings.coherence_api_host:
+        # --host is the bind address the API's settings derive from (the Host allow-list, its own address): the
+        # worker processes read settings from the environment, so that is where it goes.
+        os.environ["COHERENCE_API_HOST"] = host
+        get_settings.cache_clear()
+        settings = get_settings()
+    host = settings.coherence_api_host
     port = port or settings.coherence_api_port
     if not is_loopback(host) and not settings.coherence_api_token:
         typer.echo(

@@ -186,8 +186,12 @@ class TaskRun:
     def _keep(self, line: str) -> None:
         self.tail.append(line)
         self.tail_bytes += len(line)
-        while self.tail_bytes > self.settings.coherence_output_tail_bytes and len(self.tail) > 1:
+        limit = self.settings.coherence_output_tail_bytes
+        while self.tail_bytes > limit and len(self.tail) > 1:
             self.tail_bytes -= len(self.tail.popleft())
+        if self.tail_bytes > limit:  # one line longer than the tail: its end, so the finish fits the body limit
+            self.tail[0] = self.tail[0][-limit:]
+            self.tail_bytes = limit
         if line.strip():
             self.last_line = line.strip()[:STEP_CHARS]
         if line.lstrip().startswith(DECISION_MARKER):

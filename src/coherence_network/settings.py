@@ -6,18 +6,30 @@ runbook, ``coherence config`` and the code all use one spelling.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SECRET_FIELDS = frozenset({"coherence_api_token", "telegram_bot_token", "telegram_webhook_secret"})
+MIN_TOKEN_LENGTH = 16
+# Printable ASCII without spaces: what an Authorization header carries unchanged (HTTP strips outer whitespace).
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
+# The password of scheme://user:password@host, up to the last @ (SQLAlchemy takes unescaped / and @ in a password:
+# masking too much is better than showing part of it), and secret-looking query values.
+_URL_PASSWORD = re.compile(r"(?P<keep>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/?#@]*:)\S*(?=@)")
+_URL_QUERY_SECRET = re.compile(r"(?P<keep>[?&](?:password|passwd|pwd|secret|token|api_key|apikey)=)[^&#]*", re.IGNORECASE)
 # Settings computed from others when not set themselves (Settings._derive); `coherence config` says so.
 DERIVED_FROM = {"agent_api_base": ("COHERENCE_API_HOST", "COHERENCE_API_PORT")}
 
@@ -43,6 +55,33 @@ def config_errors_as_one_line(prog: str = "coherence") -> Iterator[None]:
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except ValidationError as exc:
+        print("\n".join(f"{prog}: {line}" for line in invalid_settings(exc)), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def invalid_settings(exc: ValidationError) -> list[str]:
+    """One line per bad variable, named as the operator spells it; never the value, which may be a secret."""
+    lines = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]).upper()  # empty for a check across settings
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(message if message.startswith(name) else f"{name}: {message}")
+    return lines
+
+
+def host_name(host: str) -> str:
+    """One spelling per host for comparisons: lower case, no brackets or trailing dot, IP addresses compressed."""
+    name = host.strip().lower().removeprefix("[").removesuffix("]").rstrip(".")
+    try:
+        return ipaddress.ip_address(name).compressed
+    except ValueError:
+        return name
+
+
+def mask_url_secrets(value: str) -> str:
+    """``postgresql://user:secret@db/x`` -> ``postgresql://user:***@db/x``; ``?token=abc`` -> ``?token=***``."""
+    return _URL_QUERY_SECRET.sub(r"\g<keep>***", _URL_PASSWORD.sub(r"\g<keep>***", value))
 
 
 class Settings(BaseSettings):
@@ -61,7 +100,16 @@ class Settings(BaseSettings):
     coherence_api_host: str = Field("127.0.0.1", description="Address the API binds to")
     coherence_api_port: int = Field(8000, ge=1, le=65535, description="Port the API listens on")
     coherence_api_token: str = Field(
-        "", description="Bearer token required on every mutating request; required for a non-loopback bind"
+        "", description=f"Bearer token every route but /api/health and /api/ready needs when set; at least "
+        f"{MIN_TOKEN_LENGTH} characters; required for a non-loopback bind"
+    )
+    coherence_allowed_hosts: str = Field(
+        "", description="Extra names the API answers to (Host header, any port), comma-separated, * = any; "
+        "loopback names, the bind address and the hosts of AGENT_API_BASE and TELEGRAM_WEBHOOK_URL always are"
+    )
+    coherence_max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=65536, description="Largest request body the API reads; bigger ones get 413 unread (at "
+        "least 12 x COHERENCE_OUTPUT_TAIL_BYTES + 16 KiB, so a runner's finish always fits)"
     )
     agent_api_base: str = Field(
         "", description="Base URL clients use to reach the API; empty = derived from COHERENCE_API_HOST and "
@@ -238,6 +286,20 @@ class Settings(BaseSettings):
         parse_ids(value)
         return value
 
+    @field_validator("coherence_api_token")
+    @classmethod
+    def _usable_token(cls, value: str) -> str:
+        """A blank, short or unsendable token is a mistake to stop at start-up, not a lock anyone can open.
+
+        The message never repeats the value: it is a secret, and it ends up on a terminal or in a log."""
+        if value and (len(value) < MIN_TOKEN_LENGTH or not _TOKEN_CHARS.fullmatch(value)):
+            raise ValueError(
+                f"COHERENCE_API_TOKEN must be at least {MIN_TOKEN_LENGTH} characters of printable ASCII without "
+                "spaces (got a blank, short or unsendable value); generate one with "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))', or leave it empty for no token"
+            )
+        return value
+
     @field_validator("coherence_log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -247,11 +309,21 @@ class Settings(BaseSettings):
         return level
 
     @model_validator(mode="after")
+    def _finish_fits_the_body_limit(self) -> "Settings":
+        """A runner's finish carries the output tail, up to 12 bytes a character as JSON (an escaped surrogate
+        pair): a body limit it cannot fit under would turn every long output into a lost result."""
+        needed = 12 * self.coherence_output_tail_bytes + 16384
+        if self.coherence_max_body_bytes < needed:
+            raise ValueError(f"COHERENCE_MAX_BODY_BYTES must be at least {needed} with COHERENCE_OUTPUT_TAIL_BYTES="
+                             f"{self.coherence_output_tail_bytes} (12 bytes per tail character, plus 16 KiB)")
+        return self
+
+    @model_validator(mode="after")
     def _derive(self) -> "Settings":
         """Settings that follow from others are derived, never repeated: clients talk to the API's own address."""
         if not self.agent_api_base:
             host = self.coherence_api_host
-            if host in ("0.0.0.0", "::", ""):  # a wildcard bind answers on loopback too
+            if host in WILDCARD_BINDS:  # a wildcard bind answers on loopback too
                 host = "127.0.0.1"
             elif ":" in host:
                 host = f"[{host}]"
@@ -279,6 +351,21 @@ class Settings(BaseSettings):
     @property
     def telegram_allowed_users(self) -> frozenset[int]:
         return parse_ids(self.telegram_allowed_user_ids)
+
+    @property
+    def allowed_hosts(self) -> frozenset[str] | None:
+        """Host names the API answers to (normalised by host_name), or None when any is (``*``).
+
+        Loopback names cannot be rebound by a web page; the bind address and the hosts our own clients and
+        Telegram are given are the addresses the API is meant to be reached at."""
+        extra = [part.strip() for part in self.coherence_allowed_hosts.split(",") if part.strip()]
+        if "*" in extra:
+            return None
+        names = [*LOOPBACK_HOSTS, *extra]
+        if self.coherence_api_host not in WILDCARD_BINDS:
+            names.append(self.coherence_api_host)
+        names += [urlsplit(url).hostname or "" for url in (self.agent_api_base, self.telegram_webhook_url) if url]
+        return frozenset(filter(None, map(host_name, names)))
 
     @property
     def store_url(self) -> str:
@@ -314,6 +401,8 @@ class Settings(BaseSettings):
             default = field.default
             if name in SECRET_FIELDS:
                 value = "***" if value else ""
+            elif isinstance(value, str):
+                value = mask_url_secrets(value)
             source = self.source_of(name)
             rows.append(
                 {

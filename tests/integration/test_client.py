@@ -82,7 +82,7 @@ def test_typed_errors_from_the_real_api(api_process: ApiProcess) -> None:
 
 
 def test_wrong_token_is_an_auth_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    api = ApiProcess(tmp_path / "home", env={"COHERENCE_API_TOKEN": "right"}).start()
+    api = ApiProcess(tmp_path / "home", env={"COHERENCE_API_TOKEN": "right-token-of-16-chars"}).start()
     try:
         with ApiClient(api.url, token="wrong", retries=0) as client, pytest.raises(ApiAuthError):
             client.create_task("x", "run")

@@ -21,7 +21,8 @@ from tests.support.api import ApiProcess
 
 SECTIONS = [
     "Log Locations", "API Restart", "Pipeline Recovery", "Autonomous Pipeline", "Pipeline Effectiveness",
-    "Key Endpoints", "Indexing", "Check Pipeline Status", "Tests and Cleanup", "Configuration", "Scaling out",
+    "Key Endpoints", "Indexing", "Check Pipeline Status", "Tests and Cleanup", "Configuration", "Security",
+    "Scaling out",
 ]
 # Variables the runbook may name that belong to other programs (npm, pip, the shell, CI, agents), not to Settings.
 FOREIGN_VARIABLES = {"PIP_INDEX_URL", "PIP_CONFIG_FILE", "PIP_NO_INDEX", "NPM_CONFIG_REGISTRY",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -47,7 +48,8 @@ def test_every_setting_has_a_description() -> None:
 
 
 def test_config_command_masks_secrets_and_prints_json(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "COHERENCE_HOME": str(tmp_path), "COHERENCE_API_TOKEN": "topsecret"}
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "COHERENCE_HOME": str(tmp_path),
+           "COHERENCE_API_TOKEN": "topsecret-topsecret"}
     done = subprocess.run([sys.executable, "-m", "coherence_network.cli", "config", "--json"],
                           env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -58,6 +60,53 @@ def test_config_command_masks_secrets_and_prints_json(tmp_path: Path) -> None:
     text = subprocess.run([sys.executable, "-m", "coherence_network.cli", "config"],
                           env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert "COHERENCE_HOME" in text.stdout and "topsecret" not in text.stdout
+
+
+@pytest.mark.parametrize("token", ["   ", "\t\n", "short", "x" * 15, "x" * 16 + " ", "has a space in the middle",
+                                   "n\u00f6n-ascii-token-value"])
+def test_a_blank_short_or_unsendable_token_is_refused(token: str) -> None:
+    with pytest.raises(ValidationError, match="COHERENCE_API_TOKEN must be") as caught:
+        Settings(coherence_api_token=token)
+    assert "16" in str(caught.value)
+
+
+def test_a_long_token_or_none_is_accepted() -> None:
+    assert Settings(coherence_api_token="x" * 16).coherence_api_token == "x" * 16
+    assert Settings(coherence_api_token="").coherence_api_token == ""
+
+
+def test_the_body_limit_leaves_room_for_a_runners_finish() -> None:
+    assert Settings().coherence_max_body_bytes == 4 * 1024 * 1024
+    with pytest.raises(ValidationError, match="COHERENCE_MAX_BODY_BYTES must be at least 112384"):
+        Settings(coherence_max_body_bytes=100_000)
+    with pytest.raises(ValidationError, match="at least 1216384"):
+        Settings(coherence_output_tail_bytes=100_000, coherence_max_body_bytes=1_000_000)
+
+
+def test_config_masks_passwords_inside_urls(tmp_path: Path) -> None:
+    env = {**os.environ, "COHERENCE_HOME": str(tmp_path),
+           "DATABASE_URL": "postgresql+psycopg://coherence:pa%40ss:word@db-host:5432/coherence?sslmode=require",
+           "AGENT_API_BASE": "http://runner:hunter2hunter2@api.internal:8000",
+           "TELEGRAM_WEBHOOK_URL": "https://bot.example/hook?token=webhookpathsecret&x=1"}
+    for args in (["config"], ["config", "--json"]):
+        done = subprocess.run([sys.executable, "-m", "coherence_network.cli", *args],
+                              env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        for secret in ("pa%40ss", "word@", "hunter2", "webhookpathsecret"):
+            assert secret not in done.stdout, (args, secret)
+        assert "postgresql+psycopg://coherence:***@db-host:5432/coherence?sslmode=require" in done.stdout
+        assert "http://runner:***@api.internal:8000" in done.stdout and "token=***&x=1" in done.stdout
+
+
+def test_allowed_hosts_follow_the_bind_address_the_clients_and_the_webhook() -> None:
+    default = Settings()
+    assert default.allowed_hosts == frozenset({"localhost", "127.0.0.1", "::1"})
+    wide = Settings(coherence_api_host="10.1.2.3", agent_api_base="http://API.internal:8000/",
+                    telegram_webhook_url="https://Bot.Example.net/api/agent/telegram/webhook",
+                    coherence_allowed_hosts="api.example.org, [2001:db8::1] ,", coherence_api_token="x" * 16)
+    assert wide.allowed_hosts == frozenset({"localhost", "127.0.0.1", "::1", "10.1.2.3", "api.internal",
+                                            "bot.example.net", "api.example.org", "2001:db8::1"})
+    assert Settings(coherence_allowed_hosts="*").allowed_hosts is None
 
 
 def test_registry_declares_each_file_once_with_a_purpose() -> None:

@@ -1,16 +1,15 @@
-"""create_app(): the FastAPI application with its store, metrics, auth and error handling."""
+"""create_app(): the FastAPI application with its store, metrics, request guard and error handling."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI
 
 from coherence_network import __version__
 from coherence_network.api import routes_agent, routes_ops, routes_pipeline
@@ -18,6 +17,7 @@ from coherence_network.api import routes_telegram
 from coherence_network.api import routes_ops_issues
 from coherence_network.api import routes_projects
 from coherence_network.api.errors import install_error_handlers
+from coherence_network.api.guard import RequestGuard
 from coherence_network.api.metrics import ApiMetrics
 from coherence_network.api.signals import WorkSignal
 from coherence_network.settings import Settings, get_settings
@@ -26,7 +26,6 @@ from coherence_network.store.db import migrate
 from coherence_network.store.graph import GraphStore
 from coherence_network.versioning import running_version
 
-MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 log = logging.getLogger("coherence.api")
 
 
@@ -73,22 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.started = time.monotonic()
     app.state.log = log
 
-    async def require_token(request: Request) -> None:
-        """With COHERENCE_API_TOKEN set, every mutating request needs ``Authorization: Bearer <token>``.
-
-        Async although it never awaits: a plain function would cost a thread-pool hop on every request."""
-        token = settings.coherence_api_token
-        if not token or request.method not in MUTATING_METHODS or request.url.path.endswith("/telegram/webhook"):
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise HTTPException(
-                401,
-                "missing or wrong bearer token (Authorization: Bearer $COHERENCE_API_TOKEN)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    app.router.dependencies.append(Depends(require_token))
+    # Host, token and body size are checked before FastAPI reads the body (see guard.py for why not a dependency).
+    app.add_middleware(RequestGuard, settings=settings)
 
     install_error_handlers(app)
     app.include_router(routes_ops.router)
