@@ -122,8 +122,6 @@ def test_fuzz_every_operation_with_and_without_the_token(fuzzed_api: ApiProcess)
     assert not failures, "\n".join([*summary, *failures])
 
 
-@pytest.mark.xfail(strict=True, reason="the token is checked after the body is parsed and only on writes; "
-                   "the auth part of issue 11 checks it first, on every route but health and ready")
 def test_without_the_token_every_protected_operation_answers_401(fuzzed_api: ApiProcess) -> None:
     """With and without a well-formed body: the token is checked before anything else is looked at."""
     open_routes = []
