@@ -6,6 +6,7 @@ Exit codes: 0 healthy / done, 1 needs attention or failed, 2 usage error.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pwd
 import signal
@@ -22,7 +23,7 @@ import click
 import typer
 
 from coherence_network.contract import TaskStatus, TaskType
-from coherence_network.settings import Settings, config_errors_as_one_line, get_settings
+from coherence_network.settings import ConfigError, Settings, config_errors_as_one_line, get_settings
 
 if TYPE_CHECKING:  # the client pulls in httpx: commands import it when they call the API
     from coherence_network.client import ApiClient
@@ -121,6 +122,7 @@ def api(
         signal.signal(signum, _exit_after_shutdown)
     try:
         with hold(settings, "api"):
+            _fail_fast(settings, host, port)
             uvicorn.run(
                 "coherence_network.api.app:create_app",
                 factory=True,
@@ -137,6 +139,33 @@ def api(
 
 def _exit_after_shutdown(signum: int, _frame: object) -> None:
     raise SystemExit(0)
+
+
+def _fail_fast(settings: Settings, host: str, port: int) -> None:
+    """What would make the API useless is said before uvicorn starts, once, in one line (ConfigError): the port is
+    taken (and by whom, when it is ours to see), or the store cannot be reached or migrated."""
+    import socket
+
+    from coherence_network.ports import listener
+    from coherence_network.store import open_task_store
+    from coherence_network.store.db import check_store
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            found = listener(port)
+            who = f" by pid {found.pid} ({found.command[:120]})" if found else ""
+            raise ConfigError(f"port {port} on {host} is taken{who}: {exc.strerror}; stop it (coherence stop --port "
+                              f"{port}, if it is a stray API of yours) or set COHERENCE_API_PORT") from exc
+    store = open_task_store(settings)
+    try:
+        check_store(store.engine, upgrade=settings.coherence_auto_migrate)
+    finally:
+        store.engine.dispose()
+    log = logging.getLogger("coherence.api")
+    log.info("store %s ready; serving on %s:%d", store.engine.dialect.name, host, port)
 
 
 @app.command()

@@ -16,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-from coherence_network.settings import ConfigError
+from coherence_network.settings import ConfigError, mask_url_secrets
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _PG_MIGRATION_LOCK = 7_311_001  # advisory lock id: one replica migrates at a time
@@ -40,8 +40,7 @@ def create_store_engine(url: str) -> Engine:
         if parsed.get_backend_name() not in ("sqlite", "postgresql"):
             raise sa.exc.ArgumentError(f"{parsed.get_backend_name()} is not a supported store")
     except sa.exc.ArgumentError as exc:
-        shown = url if "@" not in url else url.split("://", 1)[0] + "://***@" + url.rsplit("@", 1)[1]
-        raise ConfigError(f"DATABASE_URL={shown} is not a database URL this can use ({exc}); use "
+        raise ConfigError(f"DATABASE_URL={mask_url_secrets(url)} is not a database URL this can use ({exc}); use "
                           "postgresql://user:password@host:5432/coherence, or leave it empty for SQLite") from exc
     if url.startswith("sqlite"):
         db_path = parsed.database
@@ -149,6 +148,21 @@ def _bridge_renumbered_graph(engine: Engine, config: Config, revision: str | Non
         command.stamp(config, "0001", purge=True)
     command.upgrade(config, _BEFORE_GRAPH[-1])
     command.stamp(config, _RENUMBERED_GRAPH)
+
+
+def check_store(engine: Engine, *, upgrade: bool) -> None:
+    """Before serving: the store answers and (with ``upgrade``) its schema is migrated to head, else a ConfigError
+    naming DATABASE_URL and the cause in one line, so the API stops at once instead of serving errors."""
+    try:
+        if upgrade:
+            migrate(engine)
+        else:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+    except sa.exc.DBAPIError as exc:
+        cause = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0][:300]
+        shown = mask_url_secrets(engine.url.render_as_string(hide_password=False))
+        raise ConfigError(f"the store at DATABASE_URL={shown} cannot be used: {cause}") from exc
 
 
 def readiness(engine: Engine) -> list[dict[str, object]]:
