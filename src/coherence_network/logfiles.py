@@ -241,6 +241,8 @@ def setup_logging(
         stream.setFormatter(formatter)
         root.addHandler(stream)
     root.setLevel(logging.DEBUG if verbose else settings.coherence_log_level)
-    for noisy in ("httpx", "httpcore"):
+    # Alembic says "Context impl ..." each time a revision is read (every /api/ready): only with -v; the API and
+    # `coherence migrate` say themselves what a migration changed.
+    for noisy in ("httpx", "httpcore", *(() if verbose else ("alembic",))):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return path

@@ -24,6 +24,13 @@ def http(api_process: ApiProcess) -> httpx.Client:
         yield client
 
 
+def test_readiness_checks_do_not_fill_the_log(http: httpx.Client, api_process: ApiProcess) -> None:
+    for _ in range(5):
+        assert http.get("/api/ready").status_code == 200
+    log = (api_process.home / "logs" / "api.log").read_text(encoding="utf-8")
+    assert "alembic" not in log and "API started" in log  # two alembic lines per /api/ready before
+
+
 def test_health_ready_version_and_docs(http: httpx.Client) -> None:
     assert http.get("/api/health").json()["status"] == "ok"
     ready = http.get("/api/ready")
