@@ -193,29 +193,18 @@ def test_non_loopback_bind_without_token_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 2 and "COHERENCE_API_TOKEN" in done.stderr
 
 
-def test_corrupt_database_makes_ready_503_while_health_stays_200(tmp_path: Path) -> None:
+def test_a_corrupt_database_stops_the_api_before_it_serves(tmp_path: Path) -> None:
+    """One line naming the store and the cause, exit 2 (a store lost while serving is tests/integration/
+    test_store_outage.py: health stays 200, ready says 503)."""
     home = tmp_path / "home"
     home.mkdir()
     (home / "coherence.db").write_bytes(b"this is not a database" * 100)
-    api = ApiProcess(home).start()
-    try:
-        assert httpx.get(f"{api.url}/api/health").status_code == 200
-        ready = httpx.get(f"{api.url}/api/ready")
-        assert ready.status_code == 503 and ready.json()["reason"]
-        assert httpx.post(f"{api.url}/api/agent/tasks", json=TASK).status_code == 503
-    finally:
-        api.stop()
-
-
-def test_unreachable_postgres_makes_ready_503(tmp_path: Path) -> None:
-    url = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none?connect_timeout=2"
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": url}).start()
-    try:
-        assert httpx.get(f"{api.url}/api/health").status_code == 200
-        ready = httpx.get(f"{api.url}/api/ready", timeout=30)
-        assert ready.status_code == 503 and "store_reachable" in ready.json()["reason"]
-    finally:
-        api.stop()
+    env = {**os.environ, "COHERENCE_HOME": str(home)}
+    done = subprocess.run([sys.executable, "-m", "coherence_network.cli", "api", "--port", str(free_port())],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("coherence: the store at DATABASE_URL=sqlite:///") and done.stderr.count("\n") == 1
+    assert "file is not a database" in done.stderr
 
 
 def test_acknowledged_tasks_survive_sigkill(tmp_path: Path) -> None:
