@@ -265,25 +265,18 @@ def _api(settings: Settings, *, conflict: str = "refused") -> Iterator[ApiClient
     try:
         with ApiClient(settings=settings, retries=1) as client:
             yield client
-    except ApiNotFound as exc:
-        typer.echo(f"no such task: {exc.detail}", err=True)
-        raise typer.Exit(1) from exc
-    except ApiConflict as exc:
-        typer.echo(f"{conflict}: {exc.detail}", err=True)
-        raise typer.Exit(1) from exc
-    except ApiValidationError as exc:
-        typer.echo(f"the API refused the request as malformed: {exc.detail}", err=True)
-        raise typer.Exit(2) from exc
-    except ApiAuthError as exc:
-        typer.echo(f"the API refused the token (set COHERENCE_API_TOKEN): {exc.detail}", err=True)
-        raise typer.Exit(1) from exc
-    except ApiUnavailable as exc:
-        typer.echo(f"the API at {settings.agent_api_base} is unreachable: {exc.detail}", err=True)
-        typer.echo("read docs/RUNBOOK.md#pipeline-recovery", err=True)
-        raise typer.Exit(1) from exc
     except ApiError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from exc
+        explained: list[tuple[type[ApiError], str, int]] = [
+            (ApiNotFound, f"no such task: {exc.detail}", 1),
+            (ApiConflict, f"{conflict}: {exc.detail}", 1),
+            (ApiValidationError, f"the API refused the request as malformed: {exc.detail}", 2),
+            (ApiAuthError, f"the API refused the token (set COHERENCE_API_TOKEN): {exc.detail}", 1),
+            (ApiUnavailable, f"the API at {settings.agent_api_base} is unreachable: {exc.detail}\n"
+                             "read docs/RUNBOOK.md#pipeline-recovery", 1),
+        ]
+        message, code = next(((m, c) for kind, m, c in explained if isinstance(exc, kind)), (str(exc), 1))
+        typer.echo(message, err=True)
+        raise typer.Exit(code) from exc
 
 
 @app.command()
