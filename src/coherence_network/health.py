@@ -188,7 +188,7 @@ def _empty_output(s: HealthSnapshot, _: Settings) -> Finding:
 
 _CURL_DECIDE = ("curl -X PATCH $AGENT_API_BASE/api/agent/tasks/{id} -H 'Content-Type: application/json' "
                 "-d '{\"decision\":\"yes\"}'   (or Telegram: /reply <id> yes)")
-_LOGS = "read the task logs: coherence status --task-id <id> --log"
+_LOGS = "read the task logs: coherence logs <id>"
 RULES: tuple[HealthRule, ...] = (
     HealthRule("no_runner", "high", "tasks pending or running but no runner heartbeat within "
                "MONITOR_RUNNER_SEEN_SECONDS", "start a runner: coherence runner (or coherence supervise)",
@@ -203,7 +203,7 @@ RULES: tuple[HealthRule, ...] = (
                "MONITOR_ORPHAN_GRACE_SECONDS", "restart the API (lease reaper) or the runner holding it",
                "#orphaned-or-stuck-tasks", _orphan_running, restart="api"),
     HealthRule("stuck", "medium", "a task has run longer than PIPELINE_STUCK_MINUTES",
-               "read its log: coherence status --task-id <id> --log", "#orphaned-or-stuck-tasks", _stuck),
+               "read its log: coherence logs <id>", "#orphaned-or-stuck-tasks", _stuck),
     HealthRule("needs_decision", "medium", "a task waits for a decision (a person's turn); high once the oldest "
                "waited MONITOR_DECISION_WAIT_MINUTES",
                f"answer it: {_CURL_DECIDE}", "#unblock-a-task-that-needs-a-decision", _needs_decision),
