@@ -158,7 +158,7 @@ class ApiClient:
         return Task.model_validate(self.get(f"/api/agent/tasks/{task_id}"))
 
     def list_tasks(self, **filters: Any) -> TaskPage:
-        return TaskPage.model_validate(self.get("/api/agent/tasks", **{k: _plain(v) for k, v in filters.items()}))
+        return TaskPage.model_validate(self.get("/api/agent/tasks", **filters))
 
     def count_tasks(self) -> TaskCount:
         return TaskCount.model_validate(self.get("/api/agent/tasks/count"))
@@ -222,10 +222,6 @@ class ApiClient:
         body = {"runner_id": runner_id, "host": host, "pid": pid, "version": version, "info": info}
         return Runner.model_validate(self.post("/api/agent/runners/heartbeat", body, keyed=True))
 
-
-def _plain(value: Any) -> Any:
-    """Query parameters: an enum as its value."""
-    return str(value) if isinstance(value, TaskStatus) else value
 
 
 def _detail(response: httpx.Response) -> Any:

@@ -52,10 +52,6 @@ SETTLED_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED})
 ACTIVE_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})
 
 
-def is_legal(current: TaskStatus, new: TaskStatus) -> bool:
-    return (current, new) in LEGAL_MOVES
-
-
 # --- what the API returns ------------------------------------------------------------------------------------
 class Returned(BaseModel):
     """A response body. Unknown fields are kept, so an older client still reads what a newer API sends."""

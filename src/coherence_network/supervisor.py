@@ -28,7 +28,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import IO
 
 from coherence_network import __version__, fatal
@@ -38,7 +37,7 @@ from coherence_network.logfiles import REGISTRY, write_json_atomic
 from coherence_network.pidfiles import AlreadyRunning, components, hold, holder, read_pid, remove_pid
 from coherence_network.ports import listener
 from coherence_network.settings import Settings
-from coherence_network.taskgroups import kill_orphaned_task_groups
+from coherence_network.taskgroups import kill_orphaned_task_groups, start_time
 from coherence_network.versioning import running_version, source_sha_on_disk
 
 log = logging.getLogger("coherence.supervisor")
@@ -449,18 +448,10 @@ def stop_port(port: int, grace: float) -> tuple[bool, str]:
                        "not stopped")
     os.kill(found.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while _running(found.pid) and time.monotonic() < deadline:
+    while start_time(found.pid) is not None and time.monotonic() < deadline:  # None: gone, or a zombie
         time.sleep(0.1)
-    if not _running(found.pid):
+    if start_time(found.pid) is None:
         return True, f"port {port}: pid {found.pid} ({found.command[:160]}) stopped"
     os.kill(found.pid, signal.SIGKILL)
     return True, f"port {port}: pid {found.pid} ({found.command[:160]}) killed after the grace period"
 
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a zombie holds no port)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
