@@ -13,8 +13,8 @@ from typing import Any
 
 from markupsafe import Markup
 
-WIDTH, HEIGHT = 640, 200
-LEFT, BOTTOM, TOP = 36, 22, 8
+WIDTH, HEIGHT = 360, 180  # about the size a chart is shown at, so its 10 px text stays readable
+LEFT, BOTTOM, TOP = 34, 20, 14
 
 
 def _svg(title: str, description: str, body: Iterable[str], height: int = HEIGHT) -> Markup:
@@ -73,13 +73,13 @@ def stacked_bars(rows: Sequence[Mapping[str, Any]], key: str, series: Sequence[s
 
 def horizontal_bars(values: Mapping[str, int], title: str) -> Markup:
     """One labelled bar per entry, scaled to the largest; the count written at the bar's end."""
-    row_height, label_width = 26, 130
+    row_height, label_width = 24, 110
     height = TOP * 2 + row_height * max(len(values), 1)
     top = max(values.values(), default=0) or 1
     body = []
     for index, (name, value) in enumerate(values.items()):
         y = TOP + index * row_height
-        width = (WIDTH - label_width - 60) * value / top
+        width = (WIDTH - label_width - 40) * value / top
         body.append(f'<text class="tick" x="{label_width - 6}" y="{y + 17}" text-anchor="end">{escape(name)}</text>'
                     f'<rect class="s-{escape(name.split()[0])}" x="{label_width}" y="{y + 4}" width="{width:.1f}" '
                     f'height="{row_height - 8}"/><text class="value" x="{label_width + width + 6:.1f}" y="{y + 17}">'
