@@ -155,6 +155,15 @@ def test_a_wrong_token_is_refused_without_a_cookie(token_api: ApiProcess) -> Non
     assert "console sign-in refused" in log and TOKEN not in log
 
 
+def test_a_sign_in_posted_from_another_site_is_refused(open_api: ApiProcess) -> None:
+    with browser(open_api) as web:
+        foreign = web.post("/signin", data={"identity": "mallory"}, headers={"Origin": "http://evil.example"})
+        assert foreign.status_code == 403 and COOKIE not in web.cookies
+        own = web.post("/signin", data={"identity": "alice"}, headers={"Origin": open_api.url})
+        assert own.status_code == 303 and COOKIE in web.cookies
+        assert "alice" in web.get("/").text
+
+
 @pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:x",
                                     "/%0d%0aSet-Cookie:x=1"])
 def test_sign_in_never_redirects_off_the_site(token_api: ApiProcess, target: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -173,7 +173,14 @@ def signin_page(request: Request, next: str = "/") -> HTMLResponse:
 
 @router.post("/signin")
 async def signin(request: Request) -> Response:
-    """Token (when one is set) and an optional name in, a session cookie out; a wrong token is a logged 401."""
+    """Token (when one is set) and an optional name in, a session cookie out; a wrong token is a logged 401.
+
+    The sign-in form has no CSRF token (there is no session yet), so a post another site's page makes is refused by
+    its Origin: it could otherwise swap the operator's session for one under a name of its choosing."""
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):  # scheme: a TLS proxy
+        log.warning("console sign-in refused: posted from another origin (%s)", origin[:100])
+        return error_page(request, 403, "Sign-in refused", "The sign-in form was posted from another site.")
     body = await request.body()
     if len(body) > MAX_FORM_BYTES:
         return error_page(request, 413, "Sign-in refused", "The form is too large.")
