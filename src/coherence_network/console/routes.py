@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -27,7 +28,7 @@ from coherence_network import health, restart
 from coherence_network.api.errors import bounded_error
 from coherence_network.api.models import TaskCreate, TaskPatch
 from coherence_network.api.routes_agent import read_log_end
-from coherence_network.api.routes_ops_issues import effectiveness
+from coherence_network.api.routes_ops_issues import backlog_progress, goal_proximity
 from coherence_network.api.routes_projects import _key as stored_project_name
 from coherence_network.console import charts
 from coherence_network.console.session import (
@@ -38,7 +39,7 @@ from coherence_network.logfiles import task_log_path
 from coherence_network.settings import Settings
 from coherence_network.store import Conflict, NotFound
 from coherence_network.store import ops_issues
-from coherence_network.store.stats import ALL_TYPES, hourly_throughput, success_counts
+from coherence_network.store.stats import ALL_TYPES, WINDOWS, hourly_throughput, success_counts
 from coherence_network.store.tasks import TaskStore, utcnow
 
 router = APIRouter(include_in_schema=False)
@@ -47,6 +48,7 @@ PAGE_SIZE = 50
 LOG_LINES_SHOWN = 400
 ECOSYSTEMS = ("npm", "pypi")
 MAX_FORM_BYTES = 64 * 1024
+WEEK_FIGURES_SECONDS = 60.0  # how stale the 7-day chart and the goal's success rate may be
 _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                          autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
 _RESTART_NOTICES = {
@@ -216,19 +218,23 @@ def overview(request: Request, restart_notice: str = "") -> HTMLResponse:
     now = snapshot.now
     with store.engine.connect() as conn:
         hourly = hourly_throughput(store.engine, conn, now)
-        days = [(now - timedelta(days=n)).replace(hour=0, minute=0, second=0, microsecond=0) for n in range(6, -1, -1)]
-        daily = [{"day": day.strftime("%m-%d"),
-                  **success_counts(conn, day, min(day + timedelta(days=1), now))[ALL_TYPES]} for day in days]
+    daily, week = request.app.state.console_week.get(lambda: _week(store, now))
+    monitor_issues = ops_issues.list_monitor_issues(store.engine, resolved_limit=0)["issues"]
+    fatal_issues = ops_issues.list_fatal_issues(store.engine)
+    # /api/agent/effectiveness's formula over the same inputs, without its per-day throughput (rows, not counts)
+    backlog = backlog_progress(store, settings)
+    total = sum(snapshot.by_status.values())
+    goal = goal_proximity(backlog, {"total": total, "by_status": snapshot.by_status}, week["success_rate"],
+                          len(monitor_issues), len(fatal_issues))
     pending_by_type = {t: p["count"] for t, p in sorted(snapshot.pending.items())}
     return render(
         request, "overview.html", visit,
-        now=now, counts=snapshot.by_status, total=sum(snapshot.by_status.values()),
-        effectiveness=effectiveness(request), manager=snapshot.components.get(health.MANAGER),
+        now=now, counts=snapshot.by_status, total=total, goal=goal, backlog=backlog,
+        manager=snapshot.components.get(health.MANAGER),
         runners=snapshot.runners, components=snapshot.components, running=snapshot.running,
         pending=snapshot.pending, needs_decision=snapshot.needs_decision, recent=snapshot.recent[:10],
         attention=health.evaluate(snapshot, settings),
-        monitor_issues=ops_issues.list_monitor_issues(store.engine, resolved_limit=0)["issues"],
-        fatal_issues=ops_issues.list_fatal_issues(store.engine),
+        monitor_issues=monitor_issues, fatal_issues=fatal_issues,
         throughput_svg=charts.stacked_bars(hourly, "hour", ("completed", "failed"), "Tasks finished per hour, "
                                            "last 24 h", label=lambda key: key[11:13]),
         queue_svg=charts.horizontal_bars({"running": snapshot.by_status.get(TaskStatus.RUNNING, 0),
@@ -238,6 +244,30 @@ def overview(request: Request, restart_notice: str = "") -> HTMLResponse:
         success_svg=charts.rate_bars(daily, "Success rate per day, last 7 days"),
         restart_targets=restart.TARGETS, restart_notice=_RESTART_NOTICES.get(restart_notice),
     )
+
+
+def _week(store: TaskStore, now: datetime) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Success counts per UTC day of the last 7, and over the last 7 x 24 h (the goal's success rate)."""
+    days = [(now - timedelta(days=n)).replace(hour=0, minute=0, second=0, microsecond=0) for n in range(6, -1, -1)]
+    with store.engine.connect() as conn:
+        daily = [{"day": day.strftime("%m-%d"), **success_counts(conn, day, min(day + timedelta(days=1), now))[ALL_TYPES]}
+                 for day in days]
+        return daily, success_counts(conn, now - WINDOWS["7d"], now)[ALL_TYPES]
+
+
+class Reused:
+    """One value recomputed at most every ``seconds``: the 7-day figures scan a week of finished tasks, which at
+    scale costs more than the rest of the overview, and change little between the overview's 5-s refreshes."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._value: tuple[float, Any] | None = None
+
+    def get(self, compute: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        if self._value is None or now - self._value[0] >= self.seconds:
+            self._value = (now, compute())
+        return self._value[1]
 
 
 @router.post("/restart")
@@ -385,6 +415,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     """Mount the console at "/" with its static files, and answer an unsigned visitor with the sign-in page."""
     token = settings.coherence_api_token
     key = key_from_token(token) if token else secrets.token_bytes(32)
+    app.state.console_week = Reused(WEEK_FIGURES_SECONDS)
     app.state.console_sessions = Sessions(key, settings.coherence_console_session_hours * 3600, token or None)
     app.mount("/console-static", StaticFiles(directory=Path(__file__).parent / "static"), name="console-static")
     app.include_router(router)
