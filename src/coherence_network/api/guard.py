@@ -2,9 +2,10 @@
 
 In this order: the Host header against the allow-list (a DNS-rebinding page sends its own name: 421), the bearer
 token on every path but the open ones and the console's (401; a console session cookie also opens the JSON GETs its
-pages poll, and the console itself sends an unsigned visitor to its sign-in page), the body size (413 from Content-Length, and again while a chunked
-body streams in). A pure ASGI middleware, not a FastAPI dependency: FastAPI reads and parses the body before any
-dependency runs, so a dependency cannot keep an unauthenticated or oversized body out of memory.
+pages poll, and the console itself sends an unsigned visitor to its sign-in page), the body size (413 from
+Content-Length, and again while a chunked body streams in). A pure ASGI middleware, not a FastAPI dependency:
+FastAPI reads and parses the body before any dependency runs, so a dependency cannot keep an unauthenticated or
+oversized body out of memory.
 
 A refused request's body is never read by us; uvicorn discards whatever of it still arrives (without buffering it)
 and then reads the next request, so a client that sends its whole body before reading the answer still gets the

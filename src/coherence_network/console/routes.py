@@ -250,8 +250,8 @@ def _week(store: TaskStore, now: datetime) -> tuple[list[dict[str, Any]], dict[s
     """Success counts per UTC day of the last 7, and over the last 7 x 24 h (the goal's success rate)."""
     days = [(now - timedelta(days=n)).replace(hour=0, minute=0, second=0, microsecond=0) for n in range(6, -1, -1)]
     with store.engine.connect() as conn:
-        daily = [{"day": day.strftime("%m-%d"), **success_counts(conn, day, min(day + timedelta(days=1), now))[ALL_TYPES]}
-                 for day in days]
+        daily = [{"day": day.strftime("%m-%d"),
+                  **success_counts(conn, day, min(day + timedelta(days=1), now))[ALL_TYPES]} for day in days]
         return daily, success_counts(conn, now - WINDOWS["7d"], now)[ALL_TYPES]
 
 

@@ -13,7 +13,9 @@
     const fresh = new DOMParser().parseFromString(await answer.text(), "text/html").getElementById("main");
     if (!fresh) return false;
     for (const name of main.getAttributeNames()) if (name.startsWith("data-")) main.removeAttribute(name);
-    for (const name of fresh.getAttributeNames()) if (name.startsWith("data-")) main.setAttribute(name, fresh.getAttribute(name));
+    for (const name of fresh.getAttributeNames()) {
+      if (name.startsWith("data-")) main.setAttribute(name, fresh.getAttribute(name));
+    }
     main.innerHTML = fresh.innerHTML;
     return true;
   }
