@@ -16,6 +16,7 @@ import pytest
 from markupsafe import escape
 
 from coherence_network.client import ApiClient
+from coherence_network.console import charts
 from coherence_network.console.session import COOKIE, Sessions, key_from_token, local_path
 from coherence_network.contract import TaskStatus, TaskType
 from tests.support.api import ApiProcess
@@ -212,3 +213,15 @@ def test_a_rotated_token_signs_everyone_out() -> None:
                                              ("http://x/", "/"), ("/\\x", "/"), ("", "/"), ("tasks", "/")])
 def test_local_path(target: str, expected: str) -> None:
     assert local_path(target) == expected
+
+
+def test_charts_escape_their_text_and_scale_to_the_data() -> None:
+    rows = [{"hour": HOSTILE, "completed": 7, "failed": 3}, {"hour": "x", "completed": 0, "failed": 0}]
+    bars = str(charts.stacked_bars(rows, "hour", ("completed", "failed"), HOSTILE))
+    counts = str(charts.horizontal_bars({HOSTILE: 4, "running": 0}, "queue"))
+    rates = str(charts.rate_bars([{"day": HOSTILE, "completed": 1, "failed": 3, "success_rate": 0.25}], "rate"))
+    for svg in (bars, counts, rates):
+        assert svg.startswith("<svg") and "<script" not in svg and "<img" not in svg
+    assert ">10<" in bars  # the axis top: the tallest stack (7 + 3), a round number
+    assert "7 completed, 3 failed over 2 bars" in bars  # the description screen readers get
+    assert ">25%<" in rates
