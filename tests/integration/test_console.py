@@ -6,6 +6,7 @@ so every 303 and its Location are seen). The browser-driven flows are in tests/b
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import Iterator
@@ -15,10 +16,14 @@ import httpx
 import pytest
 from markupsafe import escape
 
+from coherence_network import pidfiles
 from coherence_network.client import ApiClient
 from coherence_network.console import charts
 from coherence_network.console.session import COOKIE, Sessions, key_from_token, local_path
 from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.logfiles import REGISTRY
+from coherence_network.settings import Settings
+from coherence_network.supervisor import SELF as SUPERVISOR
 from tests.support.api import ApiProcess
 
 TOKEN = secrets.token_urlsafe(24)
@@ -133,6 +138,17 @@ def test_restart_without_a_supervisor_writes_nothing_and_says_so(open_api: ApiPr
         assert "No supervisor runs" in web.get(asked.headers["location"]).text
         assert not (open_api.home / "logs" / "restart_requested.json").exists()
         assert web.post("/restart", data={"csrf": token, "component": "nope"}).status_code == 400
+
+
+def test_restart_asks_the_supervisor_like_coherence_restart(open_api: ApiProcess) -> None:
+    settings = Settings(coherence_home=open_api.home)
+    with browser(open_api) as web, pidfiles.hold(settings, SUPERVISOR):  # this test process holds its lock
+        token = csrf_of(web.get("/"))
+        asked = web.post("/restart", data={"csrf": token, "component": "agent_runner", "reason": "stuck"})
+        assert asked.status_code == 303
+        assert "Restart requested" in web.get(asked.headers["location"]).text
+    request = json.loads(REGISTRY["restart_requested.json"].path(settings).read_text())
+    assert request["component"] == "agent_runner" and request["reason"] == "console:operator: stuck"
 
 
 def test_with_a_token_pages_need_a_session(token_api: ApiProcess) -> None:
