@@ -65,7 +65,21 @@ def needs_decision(client: ApiClient, direction: str, question: str, output: str
     return task.id
 
 
-def test_every_page_renders_on_an_open_console(open_api: ApiProcess) -> None:
+def test_every_page_renders_on_an_open_console(tmp_path: Path, store_url: str) -> None:
+    open_api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": store_url}).start()
+    with ApiClient(open_api.url) as client:  # something in every list: a question, a failure, a finished task
+        needs_decision(client, "ask", "Which one?")
+        failed = client.create_task("fail", TaskType.RUN)
+        claimed = client.claim("test-runner")
+        assert claimed is not None and claimed.id == failed.id
+        client.finish(failed.id, claimed.claim_token, TaskStatus.FAILED, output="boom", exit_code=1)
+    try:
+        _render_every_page(open_api)
+    finally:
+        open_api.stop()
+
+
+def _render_every_page(open_api: ApiProcess) -> None:
     with browser(open_api) as web:
         for path in PAGES:
             page = web.get(path)
