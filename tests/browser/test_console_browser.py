@@ -213,6 +213,8 @@ def test_overview_and_task_list_pictures(page: Any, pipeline: Any) -> None:
     for layer in ("Goal", "Orchestration", "Tasks", "Attention"):
         expect(page.get_by_role("heading", name=layer, exact=True)).to_be_visible()
     expect(page.locator("svg.chart")).to_have_count(3)
+    expect(page.locator("svg.chart rect.s-rate")).to_have_count(1)  # today's success rate, counted just now
+    expect(page.locator("svg.chart rect.s-failed")).to_have_count(1)  # this hour's failure on its bar
     shoot(page, "overview")
     page.set_viewport_size({"width": 390, "height": 844})
     shoot(page, "overview-390")

@@ -13,6 +13,8 @@ from typing import Any
 
 from markupsafe import Markup
 
+from coherence_network.contract import TaskStatus
+
 WIDTH, HEIGHT = 360, 180  # about the size a chart is shown at, so its 10 px text stays readable
 LEFT, BOTTOM, TOP = 34, 20, 14
 
@@ -96,7 +98,7 @@ def rate_bars(days: Sequence[Mapping[str, Any]], title: str) -> Markup:
     for index, day in enumerate(days):
         x = LEFT + index * slot + slot * 0.15
         rate = day["success_rate"]
-        finished = int(day["completed"]) + int(day["failed"])
+        finished = int(day[TaskStatus.COMPLETED]) + int(day[TaskStatus.FAILED])
         if rate is None:
             body.append(f'<text class="tick" x="{x + slot * 0.35:.1f}" y="{TOP + plot_height - 4}" '
                         'text-anchor="middle">none</text>')

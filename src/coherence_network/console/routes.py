@@ -23,6 +23,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.engine import Engine
 
 from coherence_network import health, restart
 from coherence_network.api.errors import bounded_error
@@ -40,7 +41,7 @@ from coherence_network.settings import Settings
 from coherence_network.store import Conflict, NotFound
 from coherence_network.store import ops_issues
 from coherence_network.store.stats import ALL_TYPES, WINDOWS, hourly_throughput, success_counts
-from coherence_network.store.tasks import TaskStore, utcnow
+from coherence_network.store.tasks import TaskStore
 
 router = APIRouter(include_in_schema=False)
 log = logging.getLogger("coherence.api")
@@ -48,7 +49,7 @@ PAGE_SIZE = 50
 LOG_LINES_SHOWN = 400
 ECOSYSTEMS = ("npm", "pypi")
 MAX_FORM_BYTES = 64 * 1024
-WEEK_FIGURES_SECONDS = 60.0  # how stale the 7-day chart and the goal's success rate may be
+PAST_DAYS_REUSE_SECONDS = 600.0  # how long a full past day's success counts are reused (a retry may change them)
 _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                          autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
 _RESTART_NOTICES = {
@@ -113,7 +114,8 @@ def render(request: Request, template: str, visit: Visit | None, code: int = 200
     page = _TEMPLATES.get_template(template).render(
         request=request, path=request.url.path, identity=visit.session.identity if visit else None,
         csrf=_sessions(request).csrf_token(visit.session) if visit else "",
-        signed=token_required(request), statuses=list(TaskStatus), types=list(TaskType), **values)
+        signed=token_required(request), Status=TaskStatus, statuses=list(TaskStatus), types=list(TaskType),
+        **values)
     response = HTMLResponse(page, status_code=code)
     if visit is not None and visit.new_cookie:
         set_session_cookie(request, response, visit.new_cookie)
@@ -218,7 +220,7 @@ def overview(request: Request, restart_notice: str = "") -> HTMLResponse:
     now = snapshot.now
     with store.engine.connect() as conn:
         hourly = hourly_throughput(store.engine, conn, now)
-    daily, week = request.app.state.console_week.get(lambda: _week(store, now))
+    daily, week = request.app.state.console_week.read(store.engine, now)
     monitor_issues = ops_issues.list_monitor_issues(store.engine, resolved_limit=0)["issues"]
     fatal_issues = ops_issues.list_fatal_issues(store.engine)
     # /api/agent/effectiveness's formula over the same inputs, without its per-day throughput (rows, not counts)
@@ -235,9 +237,9 @@ def overview(request: Request, restart_notice: str = "") -> HTMLResponse:
         pending=snapshot.pending, needs_decision=snapshot.needs_decision, recent=snapshot.recent[:10],
         attention=health.evaluate(snapshot, settings),
         monitor_issues=monitor_issues, fatal_issues=fatal_issues,
-        throughput_svg=charts.stacked_bars(hourly, "hour", ("completed", "failed"), "Tasks finished per hour, "
-                                           "last 24 h", label=lambda key: key[11:13]),
-        queue_svg=charts.horizontal_bars({"running": snapshot.by_status.get(TaskStatus.RUNNING, 0),
+        throughput_svg=charts.stacked_bars(hourly, "hour", (TaskStatus.COMPLETED, TaskStatus.FAILED),
+                                           "Tasks finished per hour, last 24 h", label=lambda key: key[11:13]),
+        queue_svg=charts.horizontal_bars({TaskStatus.RUNNING: snapshot.by_status.get(TaskStatus.RUNNING, 0),
                                           **{f"pending {t}": n for t, n in pending_by_type.items()},
                                           "needs decision": snapshot.by_status.get(TaskStatus.NEEDS_DECISION, 0)},
                                          "Queue depth now"),
@@ -246,28 +248,34 @@ def overview(request: Request, restart_notice: str = "") -> HTMLResponse:
     )
 
 
-def _week(store: TaskStore, now: datetime) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Success counts per UTC day of the last 7, and over the last 7 x 24 h (the goal's success rate)."""
-    days = [(now - timedelta(days=n)).replace(hour=0, minute=0, second=0, microsecond=0) for n in range(6, -1, -1)]
-    with store.engine.connect() as conn:
-        daily = [{"day": day.strftime("%m-%d"),
-                  **success_counts(conn, day, min(day + timedelta(days=1), now))[ALL_TYPES]} for day in days]
-        return daily, success_counts(conn, now - WINDOWS["7d"], now)[ALL_TYPES]
+class WeekFigures:
+    """Success counts per UTC day of the last 7, and over the last 7 x 24 h (the goal's success rate, as
+    /api/agent/effectiveness computes it). A week of finished tasks costs more to count than the rest of the
+    overview, so the six full days before today are counted once per PAST_DAYS_REUSE_SECONDS; today, and the slice of
+    the eighth day that the 7 x 24 h window still covers, are counted on every render."""
 
+    def __init__(self, reuse_seconds: float) -> None:
+        self.reuse = reuse_seconds
+        self._days: dict[datetime, tuple[float, dict[str, Any]]] = {}
 
-class Reused:
-    """One value recomputed at most every ``seconds``: the 7-day figures scan a week of finished tasks, which at
-    scale costs more than the rest of the overview, and change little between the overview's 5-s refreshes."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._value: tuple[float, Any] | None = None
-
-    def get(self, compute: Callable[[], Any]) -> Any:
-        now = time.monotonic()
-        if self._value is None or now - self._value[0] >= self.seconds:
-            self._value = (now, compute())
-        return self._value[1]
+    def read(self, engine: Engine, now: datetime) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        starts = [today - timedelta(days=n) for n in range(6, 0, -1)]
+        clock = time.monotonic()
+        with engine.connect() as conn:
+            for start in starts:
+                if start not in self._days or clock - self._days[start][0] > self.reuse:
+                    self._days[start] = (clock, success_counts(conn, start, start + timedelta(days=1))[ALL_TYPES])
+            counted = [self._days[start][1] for start in starts]
+            counted.append(success_counts(conn, today, now)[ALL_TYPES])
+            edge = success_counts(conn, now - WINDOWS["7d"], starts[0])[ALL_TYPES]
+        self._days = {start: self._days[start] for start in starts}  # older days are out of the window
+        daily = [{"day": start.strftime("%m-%d"), **counts} for start, counts in zip([*starts, today], counted)]
+        outcomes = (TaskStatus.COMPLETED, TaskStatus.FAILED)
+        week: dict[str, Any] = {status: sum(c[status] for c in [edge, *counted]) for status in outcomes}
+        finished = week[TaskStatus.COMPLETED] + week[TaskStatus.FAILED]
+        week["success_rate"] = round(week[TaskStatus.COMPLETED] / finished, 4) if finished else None
+        return daily, week
 
 
 @router.post("/restart")
@@ -415,7 +423,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     """Mount the console at "/" with its static files, and answer an unsigned visitor with the sign-in page."""
     token = settings.coherence_api_token
     key = key_from_token(token) if token else secrets.token_bytes(32)
-    app.state.console_week = Reused(WEEK_FIGURES_SECONDS)
+    app.state.console_week = WeekFigures(PAST_DAYS_REUSE_SECONDS)
     app.state.console_sessions = Sessions(key, settings.coherence_console_session_hours * 3600, token or None)
     app.mount("/console-static", StaticFiles(directory=Path(__file__).parent / "static"), name="console-static")
     app.include_router(router)
