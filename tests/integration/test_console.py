@@ -172,7 +172,10 @@ def test_with_a_token_pages_need_a_session(token_api: ApiProcess) -> None:
             assert sent.status_code == 303, path
             assert sent.headers["location"] == "/signin?" + httpx.QueryParams({"next": path}).__str__()
         assert web.get("/signin").status_code == 200
-        assert web.post("/tasks", data={"direction": "x", "task_type": "run"}).status_code == 303  # to sign-in
+        expired = web.post("/tasks/7/decide", data={"decision": "x"}, headers={"Referer": f"{token_api.url}/tasks/7"})
+        assert expired.status_code == 303 and expired.headers["location"] == "/signin?next=%2Ftasks%2F7"
+        elsewhere = web.post("/tasks", data={"direction": "x"}, headers={"Referer": "http://evil.example/tasks"})
+        assert elsewhere.headers["location"] == "/signin?next=%2F"
         assert web.get("/api/agent/tasks").status_code == 401
 
 

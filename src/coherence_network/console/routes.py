@@ -98,10 +98,20 @@ def _visit(request: Request) -> Visit:
     if session is not None:
         return Visit(session)
     if token_required(request):
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        raise SignInNeeded(target)
+        raise SignInNeeded(_back_after_sign_in(request))
     cookie = sessions.issue("")
     return Visit(sessions.verify(cookie), cookie)  # type: ignore[arg-type]
+
+
+def _back_after_sign_in(request: Request) -> str:
+    """The page to return to: this one for a GET; for a form (posted after the session expired) the page the form
+    was on, since its target answers only POST."""
+    if request.method in ("GET", "HEAD"):
+        return request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    referer = urlsplit(request.headers.get("referer", ""))
+    if referer.netloc != request.headers.get("host"):
+        return "/"
+    return local_path(referer.path + (f"?{referer.query}" if referer.query else ""))
 
 
 def set_session_cookie(request: Request, response: Response, cookie: str) -> None:
