@@ -115,6 +115,9 @@ class Settings(BaseSettings):
         "", description="Base URL clients use to reach the API; empty = derived from COHERENCE_API_HOST and "
         "COHERENCE_API_PORT (so moving the API's port moves every client)"
     )
+    coherence_console_session_hours: float = Field(
+        12.0, gt=0, le=24 * 30, description="How long a console sign-in lasts (the session cookie's lifetime)"
+    )
     coherence_http_timeout: float = Field(10.0, gt=0, description="Seconds a client waits for one API response")
     coherence_http_retries: int = Field(
         5, ge=0, description="Retries a client makes on connection errors and 5xx before giving up"

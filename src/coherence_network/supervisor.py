@@ -342,8 +342,9 @@ class Supervisor:
     def _say_where_to_look(self) -> None:
         """The operator's next steps, once everything is started (make run shows this log on its terminal)."""
         base = self.client.base_url
-        log.info("pipeline running: API %s (reference %s/docs); watch it: coherence status --watch; logs: %s; "
-                 "stop: Ctrl-C or coherence stop", base, base, self.settings.logs_dir)
+        log.info("pipeline running: API %s (reference %s/docs); watch it: coherence status --watch, or in a "
+                 "browser: %s/ (the console); logs: %s; stop: Ctrl-C or coherence stop", base, base, base,
+                 self.settings.logs_dir)
 
     def _announce_backlog_done(self) -> None:
         """One line when the project manager reports every backlog item settled (again after the backlog grows)."""

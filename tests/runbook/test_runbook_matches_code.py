@@ -11,8 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 
 from coherence_network.api import create_app
+from coherence_network.console.routes import router as console_router
 from coherence_network.logfiles import REGISTRY, RUN_FILES
 from coherence_network.runner import CREDENTIAL_MARKERS
 from coherence_network.settings import Settings
@@ -63,7 +65,11 @@ def test_log_locations_equal_the_registry(runbook: Runbook) -> None:
 def _app_routes() -> dict[str, set[str]]:
     """Every documented route of the app (path -> methods), read from its OpenAPI schema."""
     app = create_app(Settings(coherence_home=Path("/nonexistent-not-started")))
-    return {_shape(path): {m.upper() for m in ops} for path, ops in app.openapi()["paths"].items()}
+    routes = {_shape(path): {m.upper() for m in ops} for path, ops in app.openapi()["paths"].items()}
+    for route in console_router.routes:  # the console's pages: routes too, kept out of the JSON API's schema
+        if isinstance(route, APIRoute):
+            routes.setdefault(_shape(route.path), set()).update(route.methods)
+    return routes
 
 
 def _shape(path: str) -> str:

@@ -20,6 +20,7 @@ from coherence_network.api.errors import install_error_handlers
 from coherence_network.api.guard import RequestGuard
 from coherence_network.api.metrics import ApiMetrics
 from coherence_network.api.signals import WorkSignal
+from coherence_network.console.routes import install as install_console
 from coherence_network.settings import Settings, get_settings
 from coherence_network.store import open_task_store
 from coherence_network.store.db import migrate
@@ -82,4 +83,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_telegram.router)
     app.include_router(routes_ops_issues.router)
     app.include_router(routes_projects.router)
+    install_console(app, settings)  # the ops console's pages at "/"
     return app

@@ -1,9 +1,11 @@
 """The request guard: what every HTTP request meets before the application reads a byte of its body.
 
 In this order: the Host header against the allow-list (a DNS-rebinding page sends its own name: 421), the bearer
-token on every path but the open ones (401), the body size (413 from Content-Length, and again while a chunked
-body streams in). A pure ASGI middleware, not a FastAPI dependency: FastAPI reads and parses the body before any
-dependency runs, so a dependency cannot keep an unauthenticated or oversized body out of memory.
+token on every path but the open ones and the console's (401; a console session cookie also opens the JSON GETs its
+pages poll, and the console itself sends an unsigned visitor to its sign-in page), the body size (413 from
+Content-Length, and again while a chunked body streams in). A pure ASGI middleware, not a FastAPI dependency:
+FastAPI reads and parses the body before any dependency runs, so a dependency cannot keep an unauthenticated or
+oversized body out of memory.
 
 A refused request's body is never read by us; uvicorn discards whatever of it still arrives (without buffering it)
 and then reads the next request, so a client that sends its whole body before reading the answer still gets the
@@ -18,9 +20,12 @@ import logging
 import re
 
 from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from coherence_network.console import is_console_path
+from coherence_network.console.session import COOKIE, Sessions, key_from_token
 from coherence_network.settings import Settings, host_name
 
 OPEN_PATHS = frozenset({"/api/health", "/api/ready"})  # probes: a load balancer or watchdog carries no token
@@ -42,6 +47,7 @@ class RequestGuard:
         self.hosts = settings.allowed_hosts
         token = settings.coherence_api_token
         self.token_digest = _digest(token.encode()) if token else None
+        self.sessions = Sessions(key_from_token(token), 0) if token else None  # verifies what the console signed
         self.max_body = settings.coherence_max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -84,8 +90,10 @@ class RequestGuard:
 
     def _token_refusal(self, scope: Scope, headers: Headers) -> JSONResponse | None:
         path = scope["path"]
-        if self.token_digest is None or path in OPEN_PATHS or path == WEBHOOK_PATH:
+        if self.token_digest is None or path in OPEN_PATHS or path == WEBHOOK_PATH or is_console_path(path):
             return None
+        if scope["method"] in ("GET", "HEAD") and self._signed_in(headers):
+            return None  # the console's pages poll the JSON API with their session; they never write through it
         given = headers.getlist("authorization")
         parts = given[0].split() if len(given) == 1 else []
         if (len(parts) == 2 and parts[0].lower() == "bearer"  # the scheme is case-insensitive (RFC 7235)
@@ -93,6 +101,11 @@ class RequestGuard:
             return None
         return _refuse(401, "missing or wrong bearer token (Authorization: Bearer $COHERENCE_API_TOKEN)",
                        {"WWW-Authenticate": "Bearer"})
+
+    def _signed_in(self, headers: Headers) -> bool:
+        assert self.sessions is not None
+        cookies = headers.get("cookie")
+        return bool(cookies) and self.sessions.verify(cookie_parser(cookies).get(COOKIE)) is not None
 
     def _length_refusal(self, headers: Headers) -> JSONResponse | None:
         length = headers.get("content-length")

@@ -1,0 +1,443 @@
+"""The console's pages and forms. Reads are paged store queries; every action is the store call the JSON API makes,
+validated by the API's own request models, so an illegal move shows the API's message (409) on the page.
+
+Forms post ``application/x-www-form-urlencoded`` and answer 303 to the page that shows the result, so they work
+without JavaScript. The body is read only after the session and its CSRF token are known, never before.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.engine import Engine
+
+from coherence_network import health, restart
+from coherence_network.api.errors import bounded_error
+from coherence_network.api.models import TaskCreate, TaskPatch
+from coherence_network.api.routes_agent import read_log_end
+from coherence_network.api.routes_ops_issues import backlog_progress, goal_proximity
+from coherence_network.api.routes_projects import _key as stored_project_name
+from coherence_network.console import charts
+from coherence_network.console.session import (
+    COOKIE, Session, Sessions, clean_identity, key_from_token, local_path,
+)
+from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.logfiles import task_log_path
+from coherence_network.settings import Settings
+from coherence_network.store import Conflict, NotFound
+from coherence_network.store import ops_issues
+from coherence_network.store.stats import ALL_TYPES, WINDOWS, hourly_throughput, success_counts
+from coherence_network.store.tasks import TaskStore
+
+router = APIRouter(include_in_schema=False)
+log = logging.getLogger("coherence.api")
+PAGE_SIZE = 50
+LOG_LINES_SHOWN = 400
+ECOSYSTEMS = ("npm", "pypi")
+MAX_FORM_BYTES = 64 * 1024
+PAST_DAYS_REUSE_SECONDS = 600.0  # how long a full past day's success counts are reused (a retry may change them)
+_TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
+                         autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
+_RESTART_NOTICES = {
+    "requested": "Restart requested: the supervisor acts on it within seconds (see coherence status).",
+    "no-supervisor": "No supervisor runs for this COHERENCE_HOME, so nothing would act on a restart request; "
+                     "nothing was written. Start the pipeline with coherence supervise.",
+}
+
+
+class SignInNeeded(Exception):
+    """An unsigned visitor asked for a page while a token is set: answered with 303 to the sign-in page."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.target = target
+
+
+@dataclass(frozen=True)
+class Visit:
+    """Who is looking, and the cookie to set when this visit opened the session (open console, first page)."""
+
+    session: Session
+    new_cookie: str | None = None
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _store(request: Request) -> TaskStore:
+    return request.app.state.store
+
+
+def _sessions(request: Request) -> Sessions:
+    return request.app.state.console_sessions
+
+
+def token_required(request: Request) -> bool:
+    return bool(_settings(request).coherence_api_token)
+
+
+def _visit(request: Request) -> Visit:
+    """The visitor's session; without a token a visitor gets one on sight, with a token it takes a sign-in."""
+    sessions = _sessions(request)
+    session = sessions.verify(request.cookies.get(COOKIE))
+    if session is not None:
+        return Visit(session)
+    if token_required(request):
+        raise SignInNeeded(_back_after_sign_in(request))
+    cookie = sessions.issue("")
+    return Visit(sessions.verify(cookie), cookie)  # type: ignore[arg-type]
+
+
+def _back_after_sign_in(request: Request) -> str:
+    """The page to return to: this one for a GET; for a form (posted after the session expired) the page the form
+    was on, since its target answers only POST."""
+    if request.method in ("GET", "HEAD"):
+        return request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    referer = urlsplit(request.headers.get("referer", ""))
+    if referer.netloc != request.headers.get("host"):
+        return "/"
+    return local_path(referer.path + (f"?{referer.query}" if referer.query else ""))
+
+
+def set_session_cookie(request: Request, response: Response, cookie: str) -> None:
+    response.set_cookie(COOKIE, cookie, max_age=int(_sessions(request).lifetime), httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/")
+
+
+def render(request: Request, template: str, visit: Visit | None, code: int = 200, **values: Any) -> HTMLResponse:
+    """A page with the layout's common values (who, CSRF token, whether sign-out makes sense)."""
+    page = _TEMPLATES.get_template(template).render(
+        request=request, path=request.url.path, identity=visit.session.identity if visit else None,
+        csrf=_sessions(request).csrf_token(visit.session) if visit else "",
+        signed=token_required(request), Status=TaskStatus, statuses=list(TaskStatus), types=list(TaskType),
+        **values)
+    response = HTMLResponse(page, status_code=code)
+    if visit is not None and visit.new_cookie:
+        set_session_cookie(request, response, visit.new_cookie)
+    return response
+
+
+def error_page(request: Request, status: int, title: str, message: str | list[str],
+               visit: Visit | None = None) -> HTMLResponse:
+    messages = [message] if isinstance(message, str) else message
+    return render(request, "error.html", visit, code=status, title=title, messages=messages)
+
+
+async def _form(request: Request) -> tuple[Visit, dict[str, str]] | HTMLResponse:
+    """The session and the posted fields, once the CSRF token matched (403 page otherwise)."""
+    visit = _visit(request)
+    if visit.new_cookie:  # no session came with the post: it cannot carry this session's token
+        return error_page(request, 403, "Form refused", "This form has no valid session; reload the page and retry.")
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        return error_page(request, 415, "Form refused", "Forms are posted as application/x-www-form-urlencoded.",
+                          visit)
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return error_page(request, 413, "Form refused", f"A form is at most {MAX_FORM_BYTES} bytes.", visit)
+    fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True).items()}
+    if not _sessions(request).csrf_ok(visit.session, fields.pop("csrf", None)):
+        log.warning("console: form %s refused: missing or wrong CSRF token", request.url.path)
+        return error_page(request, 403, "Form refused", "The form's CSRF token is missing or wrong; reload the page "
+                          "and submit it again.", visit)
+    return visit, fields
+
+
+def _validated(model: type[BaseModel], values: dict[str, Any]) -> BaseModel | list[str]:
+    """The API's request model over the form's values, or its messages (the same rules as the JSON API)."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        return [f"{'.'.join(map(str, e['loc'])) or 'form'}: {e['msg']}" for e in map(bounded_error, exc.errors())]
+
+
+async def _act(request: Request, visit: Visit, action: Callable[[], Any], done: str) -> Response:
+    """Run a store action; 303 to ``done`` on success, the API's 404/409/400 message as a page otherwise."""
+    try:
+        await run_in_threadpool(action)
+    except NotFound as exc:
+        return error_page(request, 404, "Not found", str(exc), visit)
+    except Conflict as exc:
+        return error_page(request, 409, "Refused: the task is not in a state for this", str(exc), visit)
+    except ValueError as exc:
+        return error_page(request, 400, "Refused", str(exc), visit)
+    request.app.state.work.notify()
+    return RedirectResponse(done, status_code=303)
+
+
+# --- sign-in ----------------------------------------------------------------------------------------------------
+@router.get("/signin")
+def signin_page(request: Request, next: str = "/") -> HTMLResponse:
+    return render(request, "signin.html", None, next=local_path(next), error=None)
+
+
+@router.post("/signin")
+async def signin(request: Request) -> Response:
+    """Token (when one is set) and an optional name in, a session cookie out; a wrong token is a logged 401.
+
+    The sign-in form has no CSRF token (there is no session yet), so a post another site's page makes is refused by
+    its Origin: it could otherwise swap the operator's session for one under a name of its choosing."""
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):  # scheme: a TLS proxy
+        log.warning("console sign-in refused: posted from another origin (%s)", origin[:100])
+        return error_page(request, 403, "Sign-in refused", "The sign-in form was posted from another site.")
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return error_page(request, 413, "Sign-in refused", "The form is too large.")
+    fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", errors="replace")).items()}
+    target = local_path(fields.get("next"))
+    token = _settings(request).coherence_api_token
+    if token and not _sessions(request).token_ok(fields.get("token", "")):
+        client = request.client.host if request.client else "?"
+        log.warning("console sign-in refused from %s: wrong token", client)
+        return render(request, "signin.html", None, code=401, next=target,
+                      error="That is not the API token (COHERENCE_API_TOKEN). Nothing was signed in.")
+    response = RedirectResponse(target, status_code=303)
+    set_session_cookie(request, response, _sessions(request).issue(clean_identity(fields.get("identity", ""))))
+    return response
+
+
+@router.post("/signout")
+async def signout(request: Request) -> Response:
+    found = await _form(request)
+    if isinstance(found, Response):
+        return found
+    response = RedirectResponse("/signin" if token_required(request) else "/", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+# --- overview -----------------------------------------------------------------------------------------------------
+@router.get("/")
+def overview(request: Request, restart_notice: str = "") -> HTMLResponse:
+    visit = _visit(request)
+    settings, store = _settings(request), _store(request)
+    snapshot = request.app.state.metrics.health_snapshot()
+    now = snapshot.now
+    with store.engine.connect() as conn:
+        hourly = hourly_throughput(store.engine, conn, now)
+    daily, week = request.app.state.console_week.read(store.engine, now)
+    monitor_issues = ops_issues.list_monitor_issues(store.engine, resolved_limit=0)["issues"]
+    fatal_issues = ops_issues.list_fatal_issues(store.engine)
+    # /api/agent/effectiveness's formula over the same inputs, without its per-day throughput (rows, not counts)
+    backlog = backlog_progress(store, settings)
+    total = sum(snapshot.by_status.values())
+    goal = goal_proximity(backlog, {"total": total, "by_status": snapshot.by_status}, week["success_rate"],
+                          len(monitor_issues), len(fatal_issues))
+    pending_by_type = {t: p["count"] for t, p in sorted(snapshot.pending.items())}
+    return render(
+        request, "overview.html", visit,
+        now=now, counts=snapshot.by_status, total=total, goal=goal, backlog=backlog,
+        manager=snapshot.components.get(health.MANAGER),
+        runners=snapshot.runners, components=snapshot.components, running=snapshot.running,
+        pending=snapshot.pending, needs_decision=snapshot.needs_decision, recent=snapshot.recent[:10],
+        attention=health.evaluate(snapshot, settings),
+        monitor_issues=monitor_issues, fatal_issues=fatal_issues,
+        throughput_svg=charts.stacked_bars(hourly, "hour", (TaskStatus.COMPLETED, TaskStatus.FAILED),
+                                           "Tasks finished per hour, last 24 h", label=lambda key: key[11:13]),
+        queue_svg=charts.horizontal_bars({TaskStatus.RUNNING: snapshot.by_status.get(TaskStatus.RUNNING, 0),
+                                          **{f"pending {t}": n for t, n in pending_by_type.items()},
+                                          "needs decision": snapshot.by_status.get(TaskStatus.NEEDS_DECISION, 0)},
+                                         "Queue depth now"),
+        success_svg=charts.rate_bars(daily, "Success rate per day, last 7 days"),
+        restart_targets=restart.TARGETS, restart_notice=_RESTART_NOTICES.get(restart_notice),
+    )
+
+
+class WeekFigures:
+    """Success counts per UTC day of the last 7, and over the last 7 x 24 h (the goal's success rate, as
+    /api/agent/effectiveness computes it). A week of finished tasks costs more to count than the rest of the
+    overview, so the six full days before today are counted once per PAST_DAYS_REUSE_SECONDS; today, and the slice of
+    the eighth day that the 7 x 24 h window still covers, are counted on every render."""
+
+    def __init__(self, reuse_seconds: float) -> None:
+        self.reuse = reuse_seconds
+        self._days: dict[datetime, tuple[float, dict[str, Any]]] = {}
+
+    def read(self, engine: Engine, now: datetime) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        starts = [today - timedelta(days=n) for n in range(6, 0, -1)]
+        clock = time.monotonic()
+        with engine.connect() as conn:
+            for start in starts:
+                if start not in self._days or clock - self._days[start][0] > self.reuse:
+                    self._days[start] = (clock, success_counts(conn, start, start + timedelta(days=1))[ALL_TYPES])
+            counted = [self._days[start][1] for start in starts]
+            counted.append(success_counts(conn, today, now)[ALL_TYPES])
+            edge = success_counts(conn, now - WINDOWS["7d"], starts[0])[ALL_TYPES]
+        self._days = {start: self._days[start] for start in starts}  # older days are out of the window
+        daily = [{"day": start.strftime("%m-%d"), **counts} for start, counts in zip([*starts, today], counted)]
+        outcomes = (TaskStatus.COMPLETED, TaskStatus.FAILED)
+        week: dict[str, Any] = {status: sum(c[status] for c in [edge, *counted]) for status in outcomes}
+        finished = week[TaskStatus.COMPLETED] + week[TaskStatus.FAILED]
+        week["success_rate"] = round(week[TaskStatus.COMPLETED] / finished, 4) if finished else None
+        return daily, week
+
+
+@router.post("/restart")
+async def request_component_restart(request: Request) -> Response:
+    """The request `coherence restart` writes, for the supervisor of this host's COHERENCE_HOME."""
+    found = await _form(request)
+    if isinstance(found, Response):
+        return found
+    visit, fields = found
+    reason = f"console:{visit.session.identity}: {fields.get('reason', '').strip()[:500] or 'restart from the console'}"
+    try:
+        result = await run_in_threadpool(restart.request_restart, _settings(request), fields.get("component", ""),
+                                         reason)
+    except ValueError as exc:
+        return error_page(request, 400, "Restart refused", str(exc), visit)
+    notice = "requested" if result.supervisor_pid is not None else "no-supervisor"
+    return RedirectResponse(f"/?{urlencode({'restart_notice': notice})}#restart", status_code=303)
+
+
+# --- tasks --------------------------------------------------------------------------------------------------------
+def _page_links(path: str, params: dict[str, Any], offset: int, total: int) -> dict[str, str | None]:
+    """Previous and next page URLs keeping the filter."""
+    def link(at: int) -> str:
+        return f"{path}?{urlencode({**{k: v for k, v in params.items() if v}, 'offset': at})}"
+    return {"prev": link(max(offset - PAGE_SIZE, 0)) if offset > 0 else None,
+            "next": link(offset + PAGE_SIZE) if offset + PAGE_SIZE < total else None}
+
+
+@router.get("/tasks")
+def tasks_page(request: Request, status: str = "", task_type: str = "", offset: int = 0) -> HTMLResponse:
+    visit = _visit(request)
+    try:
+        chosen_status = TaskStatus(status) if status else None
+        chosen_type = TaskType(task_type) if task_type else None
+    except ValueError as exc:
+        return error_page(request, 400, "Unknown filter", str(exc), visit)
+    offset = min(max(offset, 0), 2**31 - 1)
+    items, total = _store(request).list(status=chosen_status, task_type=chosen_type, limit=PAGE_SIZE, offset=offset)
+    return render(request, "tasks.html", visit, items=items, total=total, offset=offset, status=status,
+                  task_type=task_type, pages=_page_links("/tasks", {"status": status, "task_type": task_type},
+                                                         offset, total))
+
+
+@router.post("/tasks")
+async def create_task(request: Request) -> Response:
+    """Create a task through the API's TaskCreate rules; 303 to its page."""
+    found = await _form(request)
+    if isinstance(found, Response):
+        return found
+    visit, fields = found
+    values = {k: v for k, v in fields.items() if k in ("direction", "task_type", "command", "priority") and v != ""}
+    body = _validated(TaskCreate, values)
+    if isinstance(body, list):
+        return error_page(request, 422, "The task was not created", body, visit)
+    task, _ = await run_in_threadpool(lambda: _store(request).create_or_replay(**body.model_dump()))
+    request.app.state.metrics.tasks_created.labels(task["task_type"]).inc()
+    request.app.state.work.notify()
+    return RedirectResponse(f"/tasks/{task['id']}", status_code=303)
+
+
+def _task_log(settings: Settings, task: dict[str, Any]) -> tuple[str, str]:
+    """The end of the task's log file here, else the output tail stored on the task; and which one it is."""
+    try:
+        return read_log_end(task_log_path(settings, task["id"]), LOG_LINES_SHOWN).text, "log file"
+    except FileNotFoundError:
+        return task.get("output") or "", "stored output tail"
+
+
+@router.get("/tasks/{task_id}")
+def task_page(request: Request, task_id: int) -> HTMLResponse:
+    visit = _visit(request)
+    try:
+        task = _store(request).get(task_id)
+    except NotFound as exc:
+        return error_page(request, 404, "Task not found", str(exc), visit)
+    text, source = _task_log(_settings(request), task)
+    return render(request, "task.html", visit, task=task, log_text=text, log_source=source,
+                  live=task["status"] in (TaskStatus.PENDING, TaskStatus.RUNNING), log_lines=LOG_LINES_SHOWN)
+
+
+@router.post("/tasks/{task_id}/decide")
+async def decide(request: Request, task_id: int) -> Response:
+    """Answer a needs_decision task as ``console:<identity>`` (TaskPatch rules, TaskStore.decide)."""
+    found = await _form(request)
+    if isinstance(found, Response):
+        return found
+    visit, fields = found
+    who = f"console:{visit.session.identity}"
+    body = _validated(TaskPatch, {"decision": fields.get("decision", "").strip() or None, "decided_by": who})
+    if isinstance(body, list):
+        return error_page(request, 422, "The answer was not recorded", body, visit)
+    back = local_path(fields.get("back"), f"/tasks/{task_id}")
+    return await _act(request, visit, lambda: _store(request).decide(task_id, body.decision, who), back)
+
+
+@router.post("/tasks/{task_id}/retry")
+async def retry(request: Request, task_id: int) -> Response:
+    found = await _form(request)
+    if isinstance(found, Response):
+        return found
+    visit, _ = found
+    return await _act(request, visit, lambda: _store(request).retry(task_id), f"/tasks/{task_id}")
+
+
+@router.get("/decisions")
+def decisions_page(request: Request, offset: int = 0) -> HTMLResponse:
+    visit = _visit(request)
+    offset = min(max(offset, 0), 2**31 - 1)
+    items, total = _store(request).list(status=TaskStatus.NEEDS_DECISION, order="oldest", limit=PAGE_SIZE,
+                                        offset=offset)
+    return render(request, "decisions.html", visit, items=items, total=total, offset=offset,
+                  pages=_page_links("/decisions", {}, offset, total))
+
+
+# --- graph --------------------------------------------------------------------------------------------------------
+@router.get("/graph")
+def graph_page(request: Request, q: str = "", ecosystem: str = "", offset: int = 0) -> HTMLResponse:
+    visit = _visit(request)
+    if ecosystem and ecosystem not in ECOSYSTEMS:
+        return error_page(request, 400, "Unknown ecosystem", f"ecosystem must be one of {', '.join(ECOSYSTEMS)}",
+                          visit)
+    graph = request.app.state.graph
+    q, offset = q.strip()[:214], min(max(offset, 0), 2**31 - 1)
+    items, total = graph.search(q=q, ecosystem=ecosystem or None, limit=PAGE_SIZE, offset=offset)
+    return render(request, "graph.html", visit, q=q, ecosystem=ecosystem, ecosystems=ECOSYSTEMS, items=items,
+                  total=total, offset=offset, stats=graph.stats(ECOSYSTEMS),
+                  pages=_page_links("/graph", {"q": q, "ecosystem": ecosystem}, offset, total))
+
+
+@router.get("/graph/{ecosystem}/{name:path}")
+def project_page(request: Request, ecosystem: str, name: str, offset: int = 0) -> HTMLResponse:
+    visit = _visit(request)
+    graph = request.app.state.graph
+    key = stored_project_name(ecosystem, name) if ecosystem in ECOSYSTEMS else name
+    project = graph.project(ecosystem, key) if ecosystem in ECOSYSTEMS else None
+    if project is None:
+        return error_page(request, 404, "Project not indexed", f"{ecosystem} project {name!r} is not indexed", visit)
+    offset = min(max(offset, 0), 2**31 - 1)
+    dependents, total = graph.dependents(ecosystem, key, limit=PAGE_SIZE, offset=offset)
+    return render(request, "project.html", visit, project=project, dependents=dependents, total=total,
+                  offset=offset, pages=_page_links(f"/graph/{ecosystem}/{key}", {}, offset, total))
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Mount the console at "/" with its static files, and answer an unsigned visitor with the sign-in page."""
+    token = settings.coherence_api_token
+    key = key_from_token(token) if token else secrets.token_bytes(32)
+    app.state.console_week = WeekFigures(PAST_DAYS_REUSE_SECONDS)
+    app.state.console_sessions = Sessions(key, settings.coherence_console_session_hours * 3600, token or None)
+    app.mount("/console-static", StaticFiles(directory=Path(__file__).parent / "static"), name="console-static")
+    app.include_router(router)
+
+    @app.exception_handler(SignInNeeded)
+    async def _sign_in(_: Request, exc: SignInNeeded) -> RedirectResponse:
+        return RedirectResponse(f"/signin?{urlencode({'next': exc.target})}", status_code=303)

@@ -1,0 +1,96 @@
+"""Console sessions: a signed cookie holding who signed in and until when, and the CSRF token derived from it.
+
+With COHERENCE_API_TOKEN set, the signing key is derived from the token, so rotating the token signs everyone out
+and every API replica with the same token accepts the same cookie. Without a token (a loopback-only API) the key is
+random per process: the console is open, but forms still carry a CSRF token, since any web page the operator visits
+could otherwise post to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+COOKIE = "coherence_session"
+DEFAULT_IDENTITY = "operator"
+MAX_IDENTITY_CHARS = 64
+
+
+def key_from_token(token: str) -> bytes:
+    """The signing key of a token: never the token itself, so a leaked cookie reveals nothing usable as a token."""
+    return hmac.new(token.encode(), b"coherence-console-session-v1", hashlib.sha256).digest()
+
+
+@dataclass(frozen=True)
+class Session:
+    """A verified session: who (as typed at sign-in), its expiry (epoch seconds) and its random nonce."""
+
+    identity: str
+    expires: int
+    nonce: str
+
+
+def clean_identity(typed: str) -> str:
+    """The name recorded as decided_by (``console:<name>``): printable, short, "operator" when left empty."""
+    name = "".join(ch for ch in typed.strip() if ch.isprintable())[:MAX_IDENTITY_CHARS]
+    return name or DEFAULT_IDENTITY
+
+
+class Sessions:
+    """Issues and verifies session cookies and CSRF tokens with one key."""
+
+    def __init__(self, key: bytes, lifetime_seconds: float, token: str | None = None) -> None:
+        self.key = key
+        self.lifetime = lifetime_seconds
+        self._token_digest = hashlib.sha256(token.encode()).digest() if token else None
+
+    def token_ok(self, given: str) -> bool:
+        """The sign-in check: compared as digests, so the time taken says nothing about the token."""
+        if self._token_digest is None:
+            return True
+        return hmac.compare_digest(hashlib.sha256(given.encode("utf-8", "replace")).digest(), self._token_digest)
+
+    def _sign(self, purpose: bytes, payload: bytes) -> str:
+        return hmac.new(self.key, purpose + b"\0" + payload, hashlib.sha256).hexdigest()
+
+    def issue(self, identity: str, now: float | None = None) -> str:
+        """A cookie value: base64(JSON payload) "." HMAC of it."""
+        payload = {"who": clean_identity(identity), "exp": int((now or time.time()) + self.lifetime),
+                   "nonce": secrets.token_hex(8)}
+        raw = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+        return f"{raw}.{self._sign(b'session', raw.encode())}"
+
+    def verify(self, cookie: str | None, now: float | None = None) -> Session | None:
+        """The session of a cookie, or None if it is missing, forged, signed with another key or expired."""
+        if not cookie or cookie.count(".") != 1:
+            return None
+        raw, signature = cookie.split(".")
+        if not hmac.compare_digest(signature, self._sign(b"session", raw.encode())):
+            return None
+        try:
+            payload = json.loads(base64.urlsafe_b64decode(raw.encode()))
+            session = Session(identity=str(payload["who"]), expires=int(payload["exp"]), nonce=str(payload["nonce"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+        return session if session.expires > (now or time.time()) else None
+
+    def csrf_token(self, session: Session) -> str:
+        """Per session: a page rendered for one session is useless to another (or to a forged form)."""
+        return self._sign(b"csrf", f"{session.nonce}:{session.expires}".encode())
+
+    def csrf_ok(self, session: Session, given: str | None) -> bool:
+        return bool(given) and hmac.compare_digest(given, self.csrf_token(session))  # type: ignore[arg-type]
+
+
+def local_path(target: str | None, default: str = "/") -> str:
+    """``next`` after sign-in, only when it is a path on this site: "/x" but never "//host", "/\\host" or a URL."""
+    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return default
+    if any(ch in target for ch in "\r\n\t\\") or ":" in target.split("?", 1)[0]:
+        return default
+    return target

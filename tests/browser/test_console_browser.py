@@ -1,0 +1,259 @@
+"""The console in a real browser (Playwright driving Debian's chromium) against a real API, a real runner and SQLite.
+
+An operator's flows end to end: answer a question on Decisions and see the task complete with the answer, who gave
+it and the log; retry a failed task from its page; watch a running task's log grow without a reload; find a project
+and its dependents; and, with a token, be sent to sign in, be refused a wrong token and a form without its CSRF
+token. Each page is photographed at 1280 px (the overview at 390 px too) into docs/console/.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from playwright.sync_api import expect, sync_playwright
+
+from coherence_network.client import ApiClient
+from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.store.graph import Dependency, GraphStore, PackageRecord
+from tests.conftest import IN_CI
+from tests.support.api import ApiProcess
+from tests.support.net import wait_until
+from tests.support.runner import RunnerProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "docs" / "console"
+TOKEN = "browser-test-token-0123456789"
+PY = sys.executable
+AGENT = """
+import os, sys
+print("prompt: " + open(sys.argv[1]).read().replace("\\n", " | "))
+decision = os.environ.get("COHERENCE_DECISION")
+print("env decision: " + decision if decision else "NEEDS_DECISION: Ship version 2 to everyone?")
+"""
+FAILS_ONCE = """
+import os, sys
+if not os.path.exists(sys.argv[1]):
+    open(sys.argv[1], "w").close()
+    print("first attempt: the database is not there yet")
+    sys.exit(3)
+print("second attempt: done")
+"""
+TICKS = """
+import os, sys, time
+n = 0
+while not os.path.exists(sys.argv[1]):
+    n += 1
+    print(f"tick {n}", flush=True)
+    time.sleep(0.3)
+print("stopped")
+"""
+
+def _chromium() -> str:
+    """Debian's chromium; in CI its absence is a failure, not a skip (like the PostgreSQL fixture)."""
+    found = shutil.which("chromium")
+    if found is None:
+        message = "chromium not found (apt-get install chromium)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=_chromium())
+        yield launched
+        launched.close()
+
+
+def _program(folder: Path, name: str, code: str) -> Path:
+    path = folder / name
+    path.write_text(code)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiProcess, ApiClient, Path]]:
+    """An open API on SQLite and one runner whose agent asks a question until it has an answer."""
+    folder = tmp_path_factory.mktemp("console")
+    api = ApiProcess(folder / "home").start()
+    agent = _program(folder, "agent.py", AGENT)
+    runner = RunnerProcess(api.home, api.url, env={"COHERENCE_AGENT_COMMAND": f"{PY} {agent} {{prompt_file}}",
+                                                   "AGENT_KILL_GRACE_SECONDS": "1"}).start()
+    client = ApiClient(api.url, retries=0)
+    try:
+        yield api, client, folder
+    finally:
+        client.close()
+        runner.stop()
+        api.stop()
+
+
+@pytest.fixture
+def page(browser: Any, pipeline: tuple[ApiProcess, ApiClient, Path]) -> Iterator[Any]:
+    context = browser.new_context(base_url=pipeline[0].url, viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+def shoot(page: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def _status(client: ApiClient, task_id: int, *wanted: TaskStatus) -> bool:
+    return client.get_task(task_id).status in wanted
+
+
+def test_a_question_is_answered_on_decisions_and_the_task_completes(page: Any, pipeline: Any) -> None:
+    api, client, _ = pipeline
+    page.goto("/signin")
+    page.get_by_label("Your name").fill("alice")
+    page.get_by_role("button", name="Sign in").click()
+    task = client.create_task("Decide whether to ship version 2", TaskType.SPEC)
+    wait_until(lambda: _status(client, task.id, TaskStatus.NEEDS_DECISION), 60, "the agent's question")
+    page.get_by_role("link", name="Decisions").click()
+    question = page.get_by_role("article").filter(has_text=f"Task #{task.id}")
+    expect(question).to_contain_text("Ship version 2 to everyone?")
+    shoot(page, "decisions")
+    question.get_by_label(f"Answer for task #{task.id}").fill("yes, ship it")
+    question.get_by_role("button", name="Send answer").click()
+    expect(page).to_have_url(re.compile(r"/decisions$"))
+    wait_until(lambda: _status(client, task.id, TaskStatus.COMPLETED), 60, "the answered task to complete")
+    page.goto(f"/tasks/{task.id}")
+    trail = page.locator("table.trail")
+    expect(trail).to_contain_text("yes, ship it")
+    expect(trail).to_contain_text("console:alice")
+    expect(page.locator("#log-text")).to_contain_text("env decision: yes, ship it")
+    shoot(page, "task")
+
+
+def test_a_failed_task_is_retried_from_its_page(page: Any, pipeline: Any) -> None:
+    api, client, folder = pipeline
+    script = _program(folder, "fails_once.py", FAILS_ONCE)
+    task = client.create_task("Migrate the database", TaskType.RUN, command=f"{PY} {script} {folder / 'marker'}")
+    wait_until(lambda: _status(client, task.id, TaskStatus.FAILED), 60, "the first attempt to fail")
+    page.goto(f"/tasks?status={TaskStatus.FAILED}")
+    page.get_by_role("link", name=f"#{task.id}").click()
+    expect(page.locator("#log-text")).to_contain_text("the database is not there yet")
+    page.get_by_role("button", name="Retry this task").click()
+    wait_until(lambda: _status(client, task.id, TaskStatus.COMPLETED), 60, "the retried task to complete")
+    page.reload()
+    expect(page.locator("h1")).to_contain_text("completed")
+    expect(page.locator("#log-text")).to_contain_text("second attempt: done")
+
+
+def test_a_running_tasks_log_grows_without_a_reload(page: Any, pipeline: Any) -> None:
+    api, client, folder = pipeline
+    script = _program(folder, "ticks.py", TICKS)
+    stop = folder / "stop-ticking"
+    task = client.create_task("Count slowly", TaskType.RUN, command=f"{PY} {script} {stop}")
+    try:
+        wait_until(lambda: _status(client, task.id, TaskStatus.RUNNING), 60, "the task to run")
+        page.goto(f"/tasks/{task.id}")
+        page.evaluate("window.sameDocument = true")  # gone if the page were loaded again
+        expect(page.locator("#log-text")).to_contain_text("tick 3", timeout=30_000)
+        expect(page.locator("#log-text")).to_contain_text("tick 8", timeout=30_000)
+        assert page.evaluate("window.sameDocument") is True
+        shoot(page, "task-running")
+    finally:
+        stop.touch()
+    wait_until(lambda: _status(client, task.id, TaskStatus.COMPLETED), 60, "the task to stop")
+    expect(page.locator("h1")).to_contain_text("completed", timeout=30_000)  # status followed too
+    assert page.evaluate("window.sameDocument") is True
+
+
+def test_the_graph_search_finds_a_project_and_its_dependents(page: Any, pipeline: Any) -> None:
+    api, _, _ = pipeline
+    engine = sa.create_engine(f"sqlite:///{api.home / 'coherence.db'}")
+    try:
+        GraphStore(engine).save_batch("npm", [
+            (PackageRecord("left-pad", "ok", version="1.3.0", description="String left pad"), 1),
+            (PackageRecord("report-builder", "ok", version="2.0.0",
+                           dependencies=[Dependency("left-pad", "^1.3.0", "runtime")]), 0),
+            (PackageRecord("cli-table", "ok", version="0.3.1",
+                           dependencies=[Dependency("left-pad", "~1.2", "dev")]), 0),
+        ])
+    finally:
+        engine.dispose()
+    page.goto("/graph")
+    page.get_by_label("Project name contains").fill("left")
+    page.get_by_label("Ecosystem").select_option("npm")
+    page.get_by_role("button", name="Search").click()
+    shoot(page, "graph")
+    page.get_by_role("link", name="left-pad", exact=True).click()
+    expect(page.locator("h1")).to_contain_text("left-pad")
+    dependents = page.locator("section", has=page.locator("#dependents"))
+    expect(dependents).to_contain_text("report-builder")
+    expect(dependents).to_contain_text("cli-table")
+    shoot(page, "project")
+
+
+def test_overview_and_task_list_pictures(page: Any, pipeline: Any) -> None:
+    """Runs after the flows above, so the charts and lists have something to show; one more question waits and
+    one more task fails, so the pictures show the attention flags and a failure too."""
+    _, client, _ = pipeline
+    asks = client.create_task("Choose a licence for the new package", TaskType.SPEC)
+    fails = client.create_task("Build the docs", TaskType.RUN, command=f"{PY} -c \"raise SystemExit('no sphinx')\"")
+    wait_until(lambda: _status(client, asks.id, TaskStatus.NEEDS_DECISION), 60, "the question")
+    wait_until(lambda: _status(client, fails.id, TaskStatus.FAILED), 60, "the failure")
+    page.goto("/tasks")
+    expect(page.get_by_role("heading", name="Tasks")).to_be_visible()
+    shoot(page, "tasks")
+    page.goto("/")
+    for layer in ("Goal", "Orchestration", "Tasks", "Attention"):
+        expect(page.get_by_role("heading", name=layer, exact=True)).to_be_visible()
+    expect(page.locator("svg.chart")).to_have_count(3)
+    expect(page.locator("svg.chart rect.s-rate")).to_have_count(1)  # today's success rate, counted just now
+    expect(page.locator("svg.chart rect.s-failed")).to_have_count(1)  # this hour's failure on its bar
+    shoot(page, "overview")
+    page.set_viewport_size({"width": 390, "height": 844})
+    shoot(page, "overview-390")
+
+
+@pytest.fixture(scope="module")
+def token_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    api = ApiProcess(tmp_path_factory.mktemp("console-token") / "home", env={"COHERENCE_API_TOKEN": TOKEN}).start()
+    yield api
+    api.stop()
+
+
+def test_with_a_token_visitors_sign_in_and_forms_need_their_csrf_token(browser: Any, token_api: ApiProcess) -> None:
+    context = browser.new_context(base_url=token_api.url, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto("/tasks?status=failed")
+        expect(page).to_have_url(re.compile(r"/signin\?next=%2Ftasks%3Fstatus%3Dfailed$"))
+        shoot(page, "signin")
+        page.get_by_label("API token").fill("wrong-token-but-long-enough")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("alert")).to_contain_text("not the API token")
+        assert not [c for c in context.cookies() if c["name"] == "coherence_session"]
+        page.get_by_label("API token").fill(TOKEN)
+        page.get_by_label("Your name").fill("bob")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page).to_have_url(re.compile(r"/tasks\?status=failed$"))
+        expect(page.locator("header")).to_contain_text("bob")
+        page.goto("/tasks")
+        page.get_by_label("Direction").fill("made without a CSRF token")
+        page.evaluate("document.querySelectorAll('form[action=\"/tasks\"] input[name=csrf]').forEach(e => e.remove())")
+        page.get_by_role("button", name="Create task").click()
+        expect(page.get_by_role("alert")).to_contain_text("CSRF token is missing or wrong")
+        page.goto("/tasks")
+        page.get_by_label("Direction").fill("made properly")
+        page.get_by_label("Command").fill("echo hi")
+        page.get_by_role("button", name="Create task").click()
+        expect(page).to_have_url(re.compile(r"/tasks/1$"))
+        with ApiClient(token_api.url, token=TOKEN) as client:
+            assert client.count_tasks().total == 1
+    finally:
+        context.close()

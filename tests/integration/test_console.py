@@ -1,0 +1,260 @@
+"""The ops console over real HTTP: pages render, sessions and CSRF, no open redirect, hostile text escaped.
+
+Each test starts a real `coherence api` process; httpx plays the browser (cookies, forms, redirects not followed,
+so every 303 and its Location are seen). The browser-driven flows are in tests/browser/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from markupsafe import escape
+
+from coherence_network import pidfiles
+from coherence_network.client import ApiClient
+from coherence_network.console import charts
+from coherence_network.console.session import COOKIE, Sessions, key_from_token, local_path
+from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.logfiles import REGISTRY
+from coherence_network.settings import Settings
+from coherence_network.supervisor import SELF as SUPERVISOR
+from tests.support.api import ApiProcess
+
+TOKEN = secrets.token_urlsafe(24)
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+PAGES = ("/", "/tasks", "/tasks?status=failed&task_type=run", "/decisions", "/graph", "/graph?q=a&ecosystem=npm")
+
+
+@pytest.fixture
+def open_api(tmp_path: Path) -> Iterator[ApiProcess]:
+    api = ApiProcess(tmp_path / "home").start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def token_api(tmp_path: Path) -> Iterator[ApiProcess]:
+    api = ApiProcess(tmp_path / "home", env={"COHERENCE_API_TOKEN": TOKEN}).start()
+    yield api
+    api.stop()
+
+
+def browser(api: ApiProcess) -> httpx.Client:
+    """A cookie-keeping client that shows each redirect instead of following it."""
+    return httpx.Client(base_url=api.url, follow_redirects=False, timeout=10)
+
+
+def csrf_of(page: httpx.Response) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+    assert found, "the page carries no CSRF token"
+    return found.group(1)
+
+
+def needs_decision(client: ApiClient, direction: str, question: str, output: str = "") -> int:
+    """A task asking a question, made the way a runner makes one: claim, then finish with needs_decision."""
+    task = client.create_task(direction, TaskType.SPEC)
+    claimed = client.claim("test-runner")
+    assert claimed is not None and claimed.id == task.id
+    client.finish(task.id, claimed.claim_token, TaskStatus.NEEDS_DECISION, decision_prompt=question, output=output)
+    return task.id
+
+
+def test_every_page_renders_on_an_open_console(tmp_path: Path, store_url: str) -> None:
+    open_api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": store_url}).start()
+    with ApiClient(open_api.url) as client:  # something in every list: a question, a failure, a finished task
+        needs_decision(client, "ask", "Which one?")
+        failed = client.create_task("fail", TaskType.RUN)
+        claimed = client.claim("test-runner")
+        assert claimed is not None and claimed.id == failed.id
+        client.finish(failed.id, claimed.claim_token, TaskStatus.FAILED, output="boom", exit_code=1)
+    try:
+        _render_every_page(open_api)
+    finally:
+        open_api.stop()
+
+
+def _render_every_page(open_api: ApiProcess) -> None:
+    with browser(open_api) as web:
+        for path in PAGES:
+            page = web.get(path)
+            assert page.status_code == 200, (path, page.text[:500])
+            assert page.headers["content-type"].startswith("text/html")
+            assert "<main" in page.text and 'name="csrf"' in page.text
+        assert COOKIE in web.cookies  # an open console hands out a session on sight (for the CSRF token)
+        overview = web.get("/").text
+        for layer in ("Goal", "Orchestration", "Tasks", "Attention"):
+            assert f">{layer}</h2>" in overview
+        assert overview.count("<svg") == 3
+
+
+def test_a_missing_task_or_project_is_a_404_page(open_api: ApiProcess) -> None:
+    with browser(open_api) as web:
+        for path, words in (("/tasks/424242", "task 424242 not found"), ("/graph/npm/nothing-here", "not indexed")):
+            page = web.get(path)
+            assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+            assert words in page.text and "Traceback" not in page.text
+
+
+def test_hostile_task_text_is_escaped_everywhere(open_api: ApiProcess) -> None:
+    with ApiClient(open_api.url) as client:
+        task_id = needs_decision(client, HOSTILE, HOSTILE, output=HOSTILE)
+    with browser(open_api) as web:
+        for path in (f"/tasks/{task_id}", "/tasks", "/decisions", "/"):
+            text = web.get(path).text
+            assert HOSTILE not in text and "<script>alert" not in text, path
+        assert str(escape(HOSTILE)) in web.get(f"/tasks/{task_id}").text
+
+
+def test_forms_without_their_csrf_token_are_refused(open_api: ApiProcess) -> None:
+    with ApiClient(open_api.url) as client, browser(open_api) as web:
+        token = csrf_of(web.get("/tasks"))
+        task = {"direction": "from the console", "task_type": "run", "command": "echo hi"}
+        for forged in ({}, {"csrf": "0" * 64}):
+            refused = web.post("/tasks", data={**task, **forged})
+            assert refused.status_code == 403 and "CSRF" in refused.text
+        assert client.count_tasks().total == 0
+        with browser(open_api) as stranger:  # no session at all: nothing to check a token against
+            assert stranger.post("/tasks", data={**task, "csrf": token}).status_code == 403
+        created = web.post("/tasks", data={**task, "csrf": token})
+        assert created.status_code == 303
+        task_id = int(created.headers["location"].rsplit("/", 1)[1])
+        assert client.get_task(task_id).direction == "from the console"
+
+
+def test_answering_through_the_form_uses_the_api_contract(open_api: ApiProcess) -> None:
+    with ApiClient(open_api.url) as client, browser(open_api) as web:
+        task_id = needs_decision(client, "ship it?", "Ship it?")
+        token = csrf_of(web.get("/decisions"))
+        answered = web.post(f"/tasks/{task_id}/decide", data={"csrf": token, "decision": "yes", "back": "/decisions"})
+        assert answered.status_code == 303 and answered.headers["location"] == "/decisions"
+        task = client.get_task(task_id)
+        assert (task.status, task.decision, task.decided_by) == (TaskStatus.PENDING, "yes", "console:operator")
+        again = web.post(f"/tasks/{task_id}/decide", data={"csrf": token, "decision": "no"})
+        assert again.status_code == 409
+        assert f"cannot decide task {task_id}: its status is pending, decide needs needs_decision" in again.text
+        retried = web.post(f"/tasks/{task_id}/retry", data={"csrf": token})
+        assert retried.status_code == 409 and "retry needs failed" in retried.text
+        empty = web.post("/tasks", data={"csrf": token, "direction": "", "task_type": "nonsense"})
+        assert empty.status_code == 422 and "task_type" in empty.text and "Traceback" not in empty.text
+
+
+def test_restart_without_a_supervisor_writes_nothing_and_says_so(open_api: ApiProcess) -> None:
+    with browser(open_api) as web:
+        token = csrf_of(web.get("/"))
+        asked = web.post("/restart", data={"csrf": token, "component": "agent_runner", "reason": "test"})
+        assert asked.status_code == 303
+        assert "No supervisor runs" in web.get(asked.headers["location"]).text
+        assert not (open_api.home / "logs" / "restart_requested.json").exists()
+        assert web.post("/restart", data={"csrf": token, "component": "nope"}).status_code == 400
+
+
+def test_restart_asks_the_supervisor_like_coherence_restart(open_api: ApiProcess) -> None:
+    settings = Settings(coherence_home=open_api.home)
+    with browser(open_api) as web, pidfiles.hold(settings, SUPERVISOR):  # this test process holds its lock
+        token = csrf_of(web.get("/"))
+        asked = web.post("/restart", data={"csrf": token, "component": "agent_runner", "reason": "stuck"})
+        assert asked.status_code == 303
+        assert "Restart requested" in web.get(asked.headers["location"]).text
+    request = json.loads(REGISTRY["restart_requested.json"].path(settings).read_text())
+    assert request["component"] == "agent_runner" and request["reason"] == "console:operator: stuck"
+
+
+def test_with_a_token_pages_need_a_session(token_api: ApiProcess) -> None:
+    with browser(token_api) as web:
+        for path in PAGES:
+            sent = web.get(path)
+            assert sent.status_code == 303, path
+            assert sent.headers["location"] == "/signin?" + httpx.QueryParams({"next": path}).__str__()
+        assert web.get("/signin").status_code == 200
+        expired = web.post("/tasks/7/decide", data={"decision": "x"}, headers={"Referer": f"{token_api.url}/tasks/7"})
+        assert expired.status_code == 303 and expired.headers["location"] == "/signin?next=%2Ftasks%2F7"
+        elsewhere = web.post("/tasks", data={"direction": "x"}, headers={"Referer": "http://evil.example/tasks"})
+        assert elsewhere.headers["location"] == "/signin?next=%2F"
+        assert web.get("/api/agent/tasks").status_code == 401
+
+
+def test_a_wrong_token_is_refused_without_a_cookie(token_api: ApiProcess) -> None:
+    with browser(token_api) as web:
+        refused = web.post("/signin", data={"token": "not-the-token-at-all", "next": "/tasks"})
+        assert refused.status_code == 401 and "not the API token" in refused.text
+        assert "set-cookie" not in refused.headers and COOKIE not in web.cookies
+        assert web.get("/tasks").status_code == 303
+    log = (token_api.home / "logs" / "api.log").read_text()
+    assert "console sign-in refused" in log and TOKEN not in log
+
+
+def test_a_sign_in_posted_from_another_site_is_refused(open_api: ApiProcess) -> None:
+    with browser(open_api) as web:
+        foreign = web.post("/signin", data={"identity": "mallory"}, headers={"Origin": "http://evil.example"})
+        assert foreign.status_code == 403 and COOKIE not in web.cookies
+        own = web.post("/signin", data={"identity": "alice"}, headers={"Origin": open_api.url})
+        assert own.status_code == 303 and COOKIE in web.cookies
+        assert "alice" in web.get("/").text
+
+
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:x",
+                                    "/%0d%0aSet-Cookie:x=1"])
+def test_sign_in_never_redirects_off_the_site(token_api: ApiProcess, target: str) -> None:
+    with browser(token_api) as web:
+        signed = web.post("/signin", data={"token": TOKEN, "next": target})
+        assert signed.status_code == 303
+        assert signed.headers["location"] == "/"
+
+
+def test_a_session_signs_in_pages_and_json_reads_but_not_api_writes(token_api: ApiProcess) -> None:
+    with browser(token_api) as web:
+        signed = web.post("/signin", data={"token": TOKEN, "identity": "alice", "next": "/decisions?offset=0"})
+        assert signed.status_code == 303 and signed.headers["location"] == "/decisions?offset=0"
+        cookie = signed.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "max-age=" in cookie
+        page = web.get("/decisions")
+        assert page.status_code == 200 and "alice" in page.text
+        assert web.get("/api/agent/tasks").status_code == 200  # what the console's JavaScript polls
+        assert web.post("/api/agent/tasks", json={"direction": "x", "task_type": "run"}).status_code == 401
+        token = csrf_of(page)
+        created = web.post("/tasks", data={"csrf": token, "direction": "by alice", "task_type": "run",
+                                           "command": "echo hi"})
+        assert created.status_code == 303
+        out = web.post("/signout", data={"csrf": token})
+        assert out.status_code == 303 and COOKIE not in web.cookies
+        assert web.get("/").status_code == 303
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.get(f"{token_api.url}/api/agent/tasks", headers=headers).json()["total"] == 1  # bearer as before
+
+
+def test_the_host_allow_list_covers_the_console(open_api: ApiProcess) -> None:
+    refused = httpx.get(f"{open_api.url}/", headers={"Host": "rebound.example"})
+    assert refused.status_code == 421
+
+
+def test_a_rotated_token_signs_everyone_out() -> None:
+    old = Sessions(key_from_token("a" * 20), 3600)
+    cookie = old.issue("alice")
+    assert old.verify(cookie) is not None
+    assert Sessions(key_from_token("b" * 20), 3600).verify(cookie) is None
+    assert old.verify(cookie, now=10**12) is None  # expired
+    assert old.verify(cookie.replace(cookie[0], "X" if cookie[0] != "X" else "Y", 1)) is None  # tampered
+
+
+@pytest.mark.parametrize("target,expected", [("/tasks?status=failed", "/tasks?status=failed"), ("//x", "/"),
+                                             ("http://x/", "/"), ("/\\x", "/"), ("", "/"), ("tasks", "/")])
+def test_local_path(target: str, expected: str) -> None:
+    assert local_path(target) == expected
+
+
+def test_charts_escape_their_text_and_scale_to_the_data() -> None:
+    rows = [{"hour": HOSTILE, "completed": 7, "failed": 3}, {"hour": "x", "completed": 0, "failed": 0}]
+    bars = str(charts.stacked_bars(rows, "hour", ("completed", "failed"), HOSTILE))
+    counts = str(charts.horizontal_bars({HOSTILE: 4, "running": 0}, "queue"))
+    rates = str(charts.rate_bars([{"day": HOSTILE, "completed": 1, "failed": 3, "success_rate": 0.25}], "rate"))
+    for svg in (bars, counts, rates):
+        assert svg.startswith("<svg") and "<script" not in svg and "<img" not in svg
+    assert ">10<" in bars  # the axis top: the tallest stack (7 + 3), a round number
+    assert "7 completed, 3 failed over 2 bars" in bars  # the description screen readers get
+    assert ">25%<" in rates
