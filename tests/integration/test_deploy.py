@@ -4,6 +4,7 @@ Prometheus alert rules name only metrics a real API's /metrics exports (with lab
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import shlex
@@ -167,12 +168,20 @@ def test_env_example_names_only_real_settings() -> None:
 
 
 def test_env_example_is_valid_settings(tmp_path: Path) -> None:
-    """The example as the API would read it: every value passes the settings' validation."""
-    env = {k: v for k, v in os.environ.items() if k.upper() not in {n.upper() for n in Settings.model_fields}}
-    env |= {**env_example(), "COHERENCE_HOME": str(tmp_path / "var"), "COHERENCE_WORKSPACE": str(tmp_path)}
-    done = subprocess.run([str(COHERENCE), "config", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    """The example with every line switched on, sourced by `sh` as the runbook does (so quoting works there as in
+    systemd): every value passes the settings' validation."""
+    example = tmp_path / "coherence.env"
+    example.write_text(re.sub(r"^#([A-Z][A-Z0-9_]*=)", r"\1", ENV_EXAMPLE.read_text(), flags=re.MULTILINE))
+    settings = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in settings}
+    env |= {"EXAMPLE": str(example), "HOME_HERE": str(tmp_path / "var"), "WORKSPACE_HERE": str(tmp_path)}
+    script = ('set -a; . "$EXAMPLE"; COHERENCE_HOME=$HOME_HERE; COHERENCE_WORKSPACE=$WORKSPACE_HERE; '
+              f'exec {shlex.quote(str(COHERENCE))} config --json')
+    done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "DATABASE_URL" in done.stdout
+    values = {row["name"]: row["value"] for row in json.loads(done.stdout)}
+    assert values["COHERENCE_AGENT_COMMAND"] == "claude -p {prompt_file}"
+    assert values["COHERENCE_API_HOST"] == env_example()["COHERENCE_API_HOST"]
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
