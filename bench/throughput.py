@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Floor and peer benchmark (issue 14): ours against a bare FastAPI + SQLite app and against procrastinate, one run.
 
-One client (httpx, keep-alive, asyncio) measures, against the floor app (bench/floor_app.py), a `coherence api` on
-SQLite and a `coherence api` on a throwaway PostgreSQL: creates/s one at a time and batched, claim+finish cycles/s
-over N tasks with K = 1 and 4 concurrent clients (and finish-with-claim_next when the server has it), dispatch p50
-and, on PostgreSQL, transactions/s per waiting claim. procrastinate runs on the same PostgreSQL server with the same
-job count. Run by hand: `.venv/bin/python bench/throughput.py` (see bench/README.md); needs the bench extra.
+One client (httpx, keep-alive, asyncio) measures the floor app (bench/floor_app.py), a `coherence api` on SQLite
+and a `coherence api` on a throwaway PostgreSQL: creates/s one at a time and batched, claim+finish cycles/s over N
+tasks with K = 1 and 4 concurrent clients (and finish-with-claim_next when the server has it), dispatch p50 and, on
+PostgreSQL, transactions/s per waiting claim. procrastinate runs on the same PostgreSQL server, same job count.
+All four run at once and are measured row by row, each row on every subject in turn, so the shared machine's
+changing load hits a row's columns alike. Run by hand: `.venv/bin/python bench/throughput.py` (bench/README.md);
+needs the bench extra (`pip install -e '.[bench]'`).
 """
 
 from __future__ import annotations
@@ -461,6 +463,7 @@ async def run(args: argparse.Namespace, work: Path) -> str:
         for row, _better in ROWS:
             for subject in subjects:
                 subject.record(row, await subject.measure(row, args))
+        print(json.dumps({"load_average": os.getloadavg()}), flush=True)  # other work on the machine shows here
         return table(*subjects)
     finally:
         for subject in subjects:
@@ -485,7 +488,8 @@ def main() -> None:
 
     print(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.machine(),
                       "cpus": os.cpu_count(), "python": platform.python_version(),
-                      "procrastinate": version("procrastinate"), **vars(args)}), flush=True)
+                      "procrastinate": version("procrastinate"), "load_average": os.getloadavg(), **vars(args)}),
+          flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         print(asyncio.run(run(args, Path(tmp))))
 
