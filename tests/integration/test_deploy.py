@@ -81,8 +81,12 @@ def scrape(api: ApiProcess) -> dict[str, dict[str, set[str]]]:
     return exported
 
 
-def test_alert_rules_name_only_exported_metrics(api_process: ApiProcess) -> None:
-    exported = scrape(api_process)
+def test_alert_rules_name_only_exported_metrics(store_url: str, tmp_path: Path) -> None:
+    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": store_url}).start()
+    try:
+        exported = scrape(api)
+    finally:
+        api.stop()
     rules = alert_rules()
     assert {"CoherenceNoRunner", "CoherenceQueueStuck", "CoherenceFailureRate"} <= {r["alert"] for r in rules}
     for rule in rules:
