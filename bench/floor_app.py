@@ -47,7 +47,7 @@ def _row(row: sqlite3.Row) -> dict[str, Any]:
 
 def create_app(db_path: str) -> FastAPI:
     """One connection, used only from the event loop's thread: SQLite serialises writers anyway."""
-    db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    db = sqlite3.connect(db_path, isolation_level=None)
     db.row_factory = sqlite3.Row
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
