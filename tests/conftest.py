@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,18 +11,14 @@ import pytest
 
 from tests.support.api import ApiProcess
 from tests.support.postgres import PostgresServer, find_bindir
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from tests.support.required import missing
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the session. Missing binaries fail in CI and skip elsewhere."""
     if find_bindir() is None:
-        message = "PostgreSQL binaries not found (apt-get install postgresql)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("PostgreSQL binaries not found (apt-get install postgresql)")
     # Outside pytest's basetemp: pytest makes that folder private (0700) again whenever another session starts,
     # which would lock the postgres user out of its data folder mid-run.
     root = Path(tempfile.mkdtemp(prefix="coherence-pg-"))

@@ -22,7 +22,7 @@ from playwright.sync_api import expect, sync_playwright
 from coherence_network.client import ApiClient
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.store.graph import Dependency, GraphStore, PackageRecord
-from tests.conftest import IN_CI
+from tests.support.required import missing
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
 from tests.support.runner import RunnerProcess
@@ -59,11 +59,8 @@ def _chromium() -> str:
     """Debian's chromium; in CI its absence is a failure, not a skip (like the PostgreSQL fixture)."""
     found = shutil.which("chromium")
     if found is None:
-        message = "chromium not found (apt-get install chromium)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+        missing("chromium not found (apt-get install chromium)")
+    return str(found)
 
 
 @pytest.fixture(scope="module")

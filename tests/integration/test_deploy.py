@@ -23,6 +23,7 @@ from coherence_network import health
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.settings import Settings
 from tests.support.api import ApiProcess
+from tests.support.required import missing
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNITS = sorted(DEPLOY.glob("*.service"))
@@ -122,7 +123,7 @@ def test_alert_rules_fire_when_their_condition_holds() -> None:
     """Prometheus's own checks: the rules parse, and each alert fires (and stays quiet) on the series of
     coherence-alerts.test.yml as expected, annotations rendered."""
     if shutil.which("promtool") is None:
-        pytest.skip("promtool not installed (apt-get install prometheus)")
+        missing("promtool not installed (apt-get install prometheus)")
     for command in (["check", "rules", str(ALERTS)], ["test", "rules", str(ALERT_TESTS)]):
         done = subprocess.run(["promtool", *command], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -204,7 +205,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     """systemd's own check of the units (syntax, known keys and values, an executable ExecStart), run on copies
     that point at this checkout's command instead of the installed one."""
     if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze not installed")
+        missing("systemd-analyze not installed (apt-get install systemd)")
     for unit in UNITS:
         (tmp_path / unit.name).write_text(unit.read_text().replace(INSTALLED, str(COHERENCE)))
     done = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / u.name) for u in UNITS)],
