@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run api test bench clean
+.PHONY: run api test screenshots bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ api: $(STAMP)  ## only the API on 127.0.0.1:8000
 
 test: $(STAMP)  ## the whole test suite (PostgreSQL tests start their own throwaway server)
 	$(BIN)/python -m pytest -q
+
+screenshots: $(STAMP)  ## the console's browser tests, keeping their screenshots in docs/console/ (the README's)
+	SCREENSHOTS_DIR=docs/console $(BIN)/python -m pytest -q tests/browser
 
 bench: $(STAMP)
 	$(BIN)/python bench/queue.py

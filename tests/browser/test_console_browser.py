@@ -3,14 +3,18 @@
 An operator's flows end to end: answer a question on Decisions and see the task complete with the answer, who gave
 it and the log; retry a failed task from its page; watch a running task's log grow without a reload; find a project
 and its dependents; and, with a token, be sent to sign in, be refused a wrong token and a form without its CSRF
-token. Each page is photographed at 1280 px (the overview at 390 px too) into docs/console/.
+token. Each page is photographed at 1280 px (the overview at 390 px too): into the folder SCREENSHOTS_DIR names
+(`make screenshots` sets docs/console/, the README's pictures), else into a temporary folder, so a test run leaves
+the checkout unchanged.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,8 +31,7 @@ from tests.support.api import ApiProcess
 from tests.support.net import wait_until
 from tests.support.runner import RunnerProcess
 
-ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "docs" / "console"
+SHOTS = Path(os.environ.get("SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "coherence-console-shots")
 TOKEN = "browser-test-token-0123456789"
 PY = sys.executable
 AGENT = """
