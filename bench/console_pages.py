@@ -52,13 +52,21 @@ def pages(http: httpx.Client, tasks: int) -> dict[str, str]:
     return {
         "overview": "/",
         "tasks": "/tasks",
-        "tasks, failed, page 50": "/tasks?status=failed&page=50",
+        "tasks, failed, page 50": "/tasks?status=failed&offset=2450",
         "task detail": f"/tasks/{tasks // 2}",
         "task waiting for a decision": f"/tasks/{waiting}",
         "decisions": "/decisions",
         "graph search": "/graph?q=package-9&ecosystem=pypi",
         "project (many dependents)": f"/graph/pypi/{HUB}",
     }
+
+
+def check(http: httpx.Client, path: str) -> int:
+    """The page's size in bytes, after making sure it is the page itself (200, HTML), not a redirect or an error."""
+    answer = http.get(path)
+    if answer.status_code != 200 or not answer.headers["content-type"].startswith("text/html"):
+        raise SystemExit(f"{path}: {answer.status_code} {answer.headers.get('content-type')}")
+    return len(answer.content)
 
 
 def main() -> None:
@@ -77,9 +85,10 @@ def main() -> None:
         try:
             with httpx.Client(base_url=api.url, timeout=60) as http:
                 for name, path in pages(http, args.tasks).items():
+                    size = check(http, path)
                     figures = latency(http, path, args.repeat)
                     print(json.dumps({"page": name, "path": path, "tasks": args.tasks, "projects": args.projects,
-                                      **figures}), flush=True)
+                                      "spacing_s": args.spacing, "bytes": size, **figures}), flush=True)
         finally:
             api.stop()
 
