@@ -11,14 +11,16 @@ from prometheus_client.registry import Collector
 
 from coherence_network import health
 from coherence_network.settings import Settings
+from coherence_network.store.ops_issues import open_fatal_issue_count
 from coherence_network.store.tasks import TaskStore, utcnow
 
 _DURATION_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400)
 
 
 class QueueCollector(Collector):
-    """Gauges computed from the store on each scrape: tasks by status, oldest pending age, live runners, and the
-    health rules (coherence_network.health) that are open: the same evaluation pipeline-status shows."""
+    """Gauges computed from the store on each scrape: tasks by status, oldest pending age, live runners, the
+    health rules (coherence_network.health) that are open (the same evaluation pipeline-status shows), and the
+    fatal issues not yet cleared."""
 
     def __init__(self, owner: ApiMetrics) -> None:
         self.owner = owner
@@ -45,6 +47,10 @@ class QueueCollector(Collector):
         for rule in health.RULES:
             issues.add_metric([rule.code], 1 if rule.code in open_rules else 0)
         yield issues
+        yield GaugeMetricFamily(
+            "coherence_fatal_issues", "Fatal issues not yet cleared (a component the supervisor could not keep "
+            "running; coherence fatal)", value=open_fatal_issue_count(self.owner.store.engine),
+        )
 
 
 class ApiMetrics:

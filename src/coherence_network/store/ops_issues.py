@@ -93,6 +93,13 @@ def list_fatal_issues(engine: Engine) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in rows]
 
 
+def open_fatal_issue_count(engine: Engine) -> int:
+    """Fatal issues nobody has cleared yet (an index read: /metrics asks on every scrape)."""
+    query = sa.select(sa.func.count()).select_from(fatal_issues).where(fatal_issues.c.cleared_at.is_(None))
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
 def clear_fatal_issues(engine: Engine) -> int:
     with engine.begin() as conn:
         result = conn.execute(fatal_issues.update().where(fatal_issues.c.cleared_at.is_(None)).values(cleared_at=utcnow()))
