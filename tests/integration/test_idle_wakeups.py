@@ -1,0 +1,83 @@
+"""Waiting costs nothing (issue 14): an idle long poll writes nothing to SQLite, and only a write that changed a
+task makes the cached count stale."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import httpx
+
+from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.store.db import create_store_engine, migrate
+from coherence_network.store.tasks import TaskStore
+from tests.support.api import ApiProcess
+
+WAITERS = 8
+
+
+def _store_files(home: Path) -> dict[str, bytes]:
+    """The database and its write-ahead log, byte for byte (the -shm index is shared memory, not data)."""
+    return {path.name: path.read_bytes() for path in sorted(home.glob("coherence.db*"))
+            if not path.name.endswith(("-shm", ".lock"))}
+
+
+def _long_polls(url: str, seconds: float) -> list[int]:
+    """WAITERS claims waiting ``seconds`` at once; their status codes."""
+    codes: list[int] = []
+
+    def wait() -> None:
+        with httpx.Client(base_url=url, timeout=seconds + 10) as client:
+            body = {"runner_id": "idle", "wait_seconds": seconds, "types": [TaskType.RUN]}
+            try:
+                codes.append(client.post("/api/agent/tasks/claim", json=body).status_code)
+            except httpx.TimeoutException:
+                codes.append(0)  # held past its wait: it was stuck on a lock
+
+    threads = [threading.Thread(target=wait) for _ in range(WAITERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 60)
+    return codes
+
+
+def test_an_idle_long_poll_writes_nothing_and_needs_no_write_lock_on_sqlite(tmp_path: Path) -> None:
+    # Rechecking the store ten times a second makes any write a recheck does show up within the test.
+    api = ApiProcess(tmp_path / "home", env={"COHERENCE_CLAIM_RECHECK_SECONDS": "0.1"}).start()
+    try:
+        with httpx.Client(base_url=api.url, timeout=30) as http:
+            http.post("/api/agent/tasks", json={"direction": "not for these waiters", "task_type": TaskType.SPEC})
+            before = _store_files(api.home)
+            writer = sqlite3.connect(api.home / "coherence.db", isolation_level=None)
+            writer.execute("BEGIN IMMEDIATE")  # a long write elsewhere: a claim that needed the lock would block
+            try:
+                assert _long_polls(api.url, 2.0) == [204] * WAITERS
+            finally:
+                writer.execute("ROLLBACK")
+                writer.close()
+            assert _store_files(api.home) == before
+            # the comparison sees writes: a claimed task changes the file
+            http.post("/api/agent/tasks", json={"direction": "for them", "task_type": TaskType.RUN})
+            assert http.post("/api/agent/tasks/claim", json={"runner_id": "r"}).status_code == 200
+            assert _store_files(api.home) != before
+    finally:
+        api.stop()
+
+
+def test_only_a_write_that_changed_a_task_makes_the_count_cache_stale(store_url: str) -> None:
+    engine = create_store_engine(store_url)
+    migrate(engine)
+    cached = TaskStore(engine, count_cache_seconds=3600)
+    other = TaskStore(engine)  # another API replica on the same database
+    assert cached.count()["total"] == 0
+    task = other.create(direction="theirs", task_type=TaskType.SPEC)
+    assert cached.claim("r", types=[TaskType.RUN]) is None  # found nothing: changed nothing
+    cached.runner_heartbeat("r", host="h", pid=1, version="v")  # the runner registry holds no task
+    cached.reap()  # no lease expired
+    assert cached.count()["total"] == 0  # so the cached answer stands
+    claimed = cached.claim("r")
+    assert claimed is not None and claimed["id"] == task["id"]
+    assert cached.count()["by_status"][TaskStatus.RUNNING] == 1
+    engine.dispose()
