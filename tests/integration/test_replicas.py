@@ -92,3 +92,14 @@ def test_a_create_on_one_replica_refreshes_the_others_cached_count(cluster: Clus
     cluster.client_b.create_task("nobody runs spec tasks here", TaskType.SPEC)
     wait_until(lambda: cluster.client_a.get("/api/agent/tasks/count")["total"] == total + 1, DISPATCH_SECONDS,
                "A's count to follow B's create")
+
+
+def test_wake_ups_resume_after_the_database_restarts(cluster: Cluster, postgres_server: PostgresServer) -> None:
+    postgres_server.stop()  # immediate: every connection, B's listening one too, is cut
+    postgres_server.resume()
+    log_b = cluster.b.home / "logs" / "api.log"
+    # B reconnects (backoff doubling from 0.5 s) and, having missed notifications meanwhile, wakes its waiters
+    wait_until(lambda: "wake-up listener connected again" in log_b.read_text(), 60, "B's listener back")
+    assert "wake-up listener lost the database" in log_b.read_text()
+    task_id = _task(cluster.client_a, TaskType.REVIEW, "after the restart")
+    wait_until(lambda: _done(cluster.client_a, [task_id]), DISPATCH_SECONDS, f"task {task_id} run through B")
