@@ -7,6 +7,7 @@ transactions per second from pg_stat_database (xact_commit + xact_rollback), in 
 the API's own background with no client. On SQLite: whether the database file changed while they waited.
 Cross-replica dispatch: one client long-polls replica B while tasks are created on replica A one by one; the
 figure runs from the task's created_at to the claim's answer reaching the client.
+Pre-ping: what the pool's pre-ping (store/db.py) adds to each transaction, counted the same way.
 
 Run by hand: `.venv/bin/python bench/wakeups.py` (see bench/README.md, "Wake-ups").
 """
@@ -29,8 +30,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # instead of bench/, whose queue.py would shadow the standard library's queue
 
-from tests.support.api import ApiProcess  # noqa: E402
-from tests.support.postgres import PostgresServer  # noqa: E402
+from tests.support.api import ApiProcess
+from tests.support.postgres import PostgresServer
 
 QUIET = {"COHERENCE_LOG_LEVEL": "WARNING"}
 
@@ -123,7 +124,7 @@ async def dispatch(url_a: str, url_b: str, tasks: int) -> list[float]:
                 response = await call
                 arrived = datetime.now(timezone.utc)
                 assert response.status_code == 200, response.text
-                created = datetime.fromisoformat(response.json()["created_at"].replace("Z", "+00:00"))
+                created = datetime.fromisoformat(response.json()["created_at"])
                 latencies.append((arrived - created).total_seconds())
 
     async def creator() -> None:
@@ -156,6 +157,25 @@ def cross_replica(server: PostgresServer, args: argparse.Namespace, tmp: Path) -
     }))
 
 
+def pre_ping(server: PostgresServer, rounds: int = 100) -> None:
+    """Transactions per short transaction (SELECT 1) with and without the pool's pre-ping on checkout."""
+    url = server.new_database()
+    figures = {}
+    for ping in (True, False):
+        engine = sa.create_engine(url, pool_pre_ping=ping)
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        time.sleep(11)  # idle backends flush their stats within 10 s
+        start = transactions(url)
+        for _ in range(rounds):
+            with engine.begin() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+        time.sleep(11)
+        figures[f"xact_per_transaction_pre_ping_{str(ping).lower()}"] = (transactions(url) - start - 1) / rounds
+    print(json.dumps({"measure": "pre_ping", "rounds": rounds, **figures}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=200)
@@ -165,12 +185,12 @@ def main() -> None:
     parser.add_argument("--wait", type=float, default=30.0, help="each long poll's wait_seconds")
     parser.add_argument("--heartbeat", type=float, default=15.0, help="registry heartbeat period; 0 = none")
     parser.add_argument("--tasks", type=int, default=200, help="tasks for the cross-replica dispatch")
-    parser.add_argument("--only", choices=["idle-pg", "idle-sqlite", "dispatch"], action="append")
+    parser.add_argument("--only", choices=["idle-pg", "idle-sqlite", "dispatch", "pre-ping"], action="append")
     args = parser.parse_args()
-    only = set(args.only or ["idle-pg", "idle-sqlite", "dispatch"])
+    only = set(args.only or ["idle-pg", "idle-sqlite", "dispatch", "pre-ping"])
     with tempfile.TemporaryDirectory(prefix="coherence-wakeups-") as tmp_name:
         tmp = Path(tmp_name)
-        server = PostgresServer(tmp / "pg").start() if only & {"idle-pg", "dispatch"} else None
+        server = PostgresServer(tmp / "pg").start() if only & {"idle-pg", "dispatch", "pre-ping"} else None
         try:
             if "idle-pg" in only and server:
                 idle_postgres(server, args, tmp)
@@ -178,6 +198,8 @@ def main() -> None:
                 idle_sqlite(args, tmp)
             if "dispatch" in only and server:
                 cross_replica(server, args, tmp)
+            if "pre-ping" in only and server:
+                pre_ping(server)
         finally:
             if server:
                 server.stop()

@@ -81,3 +81,20 @@ def test_only_a_write_that_changed_a_task_makes_the_count_cache_stale(store_url:
     assert claimed is not None and claimed["id"] == task["id"]
     assert cached.count()["by_status"][TaskStatus.RUNNING] == 1
     engine.dispose()
+
+
+def test_a_waiting_claim_whose_client_went_away_claims_nothing(tmp_path: Path) -> None:
+    api = ApiProcess(tmp_path / "home", env={"COHERENCE_CLAIM_RECHECK_SECONDS": "60"}).start()
+    try:
+        with httpx.Client(base_url=api.url, timeout=1) as gone:
+            try:
+                gone.post("/api/agent/tasks/claim", json={"runner_id": "gone", "wait_seconds": 30})
+            except httpx.TimeoutException:
+                pass  # the client gives up and closes its connection while the API holds the claim
+        with httpx.Client(base_url=api.url, timeout=30) as http:
+            created = http.post("/api/agent/tasks", json={"direction": "d", "task_type": TaskType.RUN,
+                                                          "command": "true"}).json()
+            claimed = http.post("/api/agent/tasks/claim", json={"runner_id": "here"}).json()
+            assert (claimed["id"], claimed["claimed_by"]) == (created["id"], "here")
+    finally:
+        api.stop()
