@@ -7,6 +7,7 @@ transactions per second from pg_stat_database (xact_commit + xact_rollback), in 
 the API's own background with no client. On SQLite: whether the database file changed while they waited.
 Cross-replica dispatch: one client long-polls replica B while tasks are created on replica A one by one; the
 figure runs from the task's created_at to the claim's answer reaching the client.
+Herd: what each task created costs in transactions while the clients wait (every waiter on the replica wakes).
 Pre-ping: what the pool's pre-ping (store/db.py) adds to each transaction, counted the same way.
 
 Run by hand: `.venv/bin/python bench/wakeups.py` (see bench/README.md, "Wake-ups").
@@ -47,7 +48,9 @@ def transactions(url: str) -> int:
 
 
 async def idle_client(url: str, number: int, wait: float, heartbeat: float, until: float) -> int:
-    """One idle runner's traffic until ``until``; returns the claims it made (all should come back empty)."""
+    """One idle runner's traffic until ``until``; returns the claim requests it made.
+
+    A task it gets is left running (the herd measure only counts what waking costs)."""
     runner_id, claims, next_beat = f"idle-{number}", 0, 0.0
     async with httpx.AsyncClient(base_url=url, timeout=wait + 30) as client:
         while time.monotonic() < until:
@@ -57,7 +60,7 @@ async def idle_client(url: str, number: int, wait: float, heartbeat: float, unti
                 next_beat = time.monotonic() + heartbeat
             body = {"runner_id": runner_id, "wait_seconds": min(wait, max(until - time.monotonic(), 0.0))}
             response = await client.post("/api/agent/tasks/claim", json=body)
-            assert response.status_code == 204, response.text
+            assert response.status_code in (200, 204), response.text
             claims += 1
     return claims
 
@@ -66,6 +69,52 @@ async def idle_clients(url: str, clients: int, wait: float, heartbeat: float, se
     until = time.monotonic() + seconds
     done = await asyncio.gather(*(idle_client(url, n, wait, heartbeat, until) for n in range(clients)))
     return sum(done)
+
+
+async def trickle(url: str, rate: float, seconds: float) -> int:
+    """Create a task every 1/``rate`` seconds for ``seconds``; returns how many."""
+    made = 0
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            await asyncio.sleep(1 / rate)
+            response = await client.post("/api/agent/tasks", json={"direction": f"t{made}", "task_type": "run",
+                                                                   "command": "true"})
+            assert response.status_code == 201, response.text
+            made += 1
+    return made
+
+
+def herd(server: PostgresServer, args: argparse.Namespace, tmp: Path) -> None:
+    """Transactions each created task costs while ``--clients`` runners wait on the same API (no heartbeats):
+    a window with tasks trickling in, less a window without."""
+    url = server.new_database()
+    api = ApiProcess(tmp / "herd", env={**QUIET, "DATABASE_URL": url}).start()
+    rates: dict[float, float] = {}
+    made = 0
+    try:
+        for rate in (0.0, args.rate):
+            time.sleep(11)  # idle backends flush their stats within 10 s: the window starts clean
+            start, began = transactions(url), time.monotonic()
+
+            async def window(rate: float = rate) -> int:
+                waiting = idle_clients(api.url, args.clients, args.wait, 0.0, args.herd_seconds)
+                if not rate:
+                    await waiting
+                    return 0
+                return (await asyncio.gather(waiting, trickle(api.url, rate, args.herd_seconds)))[1]
+
+            made = asyncio.run(window())
+            spent = time.monotonic() - began
+            time.sleep(11)
+            rates[rate] = (transactions(url) - start - 1) / spent
+    finally:
+        api.stop()
+    print(json.dumps({
+        "measure": "herd", "clients": args.clients, "wait_seconds": args.wait, "tasks_per_s": args.rate,
+        "tasks": made, "xact_per_s_idle": round(rates[0.0], 1), "xact_per_s_with_tasks": round(rates[args.rate], 1),
+        "xact_per_task": round((rates[args.rate] - rates[0.0]) / args.rate, 1),
+    }))
 
 
 def store_files(home: Path) -> dict[str, bytes]:
@@ -185,12 +234,15 @@ def main() -> None:
     parser.add_argument("--wait", type=float, default=30.0, help="each long poll's wait_seconds")
     parser.add_argument("--heartbeat", type=float, default=15.0, help="registry heartbeat period; 0 = none")
     parser.add_argument("--tasks", type=int, default=200, help="tasks for the cross-replica dispatch")
-    parser.add_argument("--only", choices=["idle-pg", "idle-sqlite", "dispatch", "pre-ping"], action="append")
+    parser.add_argument("--rate", type=float, default=2.0, help="tasks/s created while the herd waits")
+    parser.add_argument("--herd-seconds", type=float, default=30.0, help="each herd window")
+    parser.add_argument("--only", choices=["idle-pg", "idle-sqlite", "dispatch", "pre-ping", "herd"],
+                        action="append")
     args = parser.parse_args()
-    only = set(args.only or ["idle-pg", "idle-sqlite", "dispatch", "pre-ping"])
+    only = set(args.only or ["idle-pg", "idle-sqlite", "dispatch", "pre-ping", "herd"])
     with tempfile.TemporaryDirectory(prefix="coherence-wakeups-") as tmp_name:
         tmp = Path(tmp_name)
-        server = PostgresServer(tmp / "pg").start() if only & {"idle-pg", "dispatch", "pre-ping"} else None
+        server = PostgresServer(tmp / "pg").start() if only - {"idle-sqlite"} else None
         try:
             if "idle-pg" in only and server:
                 idle_postgres(server, args, tmp)
@@ -200,6 +252,8 @@ def main() -> None:
                 cross_replica(server, args, tmp)
             if "pre-ping" in only and server:
                 pre_ping(server)
+            if "herd" in only and server:
+                herd(server, args, tmp)
         finally:
             if server:
                 server.stop()

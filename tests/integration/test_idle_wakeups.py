@@ -3,12 +3,14 @@ task makes the cached count stale."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from pathlib import Path
 
 import httpx
 
+from coherence_network.api.signals import WorkSignal
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.store.db import create_store_engine, migrate
 from coherence_network.store.tasks import TaskStore
@@ -98,3 +100,23 @@ def test_a_waiting_claim_whose_client_went_away_claims_nothing(tmp_path: Path) -
             assert (claimed["id"], claimed["claimed_by"]) == (created["id"], "here")
     finally:
         api.stop()
+
+
+def test_one_wake_up_wakes_one_waiting_claim_and_none_is_lost() -> None:
+    """Waking every waiter for each task would cost a claim per idle runner per task (the herd)."""
+
+    async def scenario() -> None:
+        signal, never = WorkSignal(), asyncio.get_running_loop().create_future()
+        waits = [asyncio.ensure_future(signal.wait(30, never)) for _ in range(3)]
+        await asyncio.sleep(0)  # all three are waiting
+        signal.notify()
+        done, _ = await asyncio.wait(waits, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {waits[0]}  # the one waiting longest, told it may pass the wake-up on (3 were waiting)
+        assert waits[0].result() == 3
+        signal.notify_all()
+        assert [await w for w in waits[1:]] == [0, 0]
+        signal.notify(1)  # nobody waits: kept for the next claim that does
+        assert await signal.wait(30, never) == 1
+        assert await signal.wait(0.01, never) is None
+
+    asyncio.run(scenario())

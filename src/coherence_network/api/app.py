@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
@@ -45,19 +45,23 @@ def _wake_waiters(store: TaskStore, work: WorkSignal) -> WorkListener | None:
     on PostgreSQL, from the listener for every other replica's (and after each reconnect, for those it missed)."""
     loop = asyncio.get_running_loop()
 
-    def wake_here() -> None:
+    def wake_here(wake: Callable[[], None] = work.notify) -> None:
         with suppress(RuntimeError):  # the loop closed: this process is stopping and nobody waits any more
-            loop.call_soon_threadsafe(work.notify)
+            loop.call_soon_threadsafe(wake)
 
-    def made_elsewhere(sender: str | None = None) -> None:
+    def made_elsewhere(sender: str) -> None:
         if sender != store.instance:  # our own writes woke our waiters already
             store.invalidate_counts()
             wake_here()
 
+    def reconnected() -> None:  # notifications sent meanwhile are lost: every waiter looks
+        store.invalidate_counts()
+        wake_here(work.notify_all)
+
     store.on_work = wake_here
     if store.engine.dialect.name != "postgresql":
         return None
-    return WorkListener(store.engine.url, made_elsewhere, made_elsewhere).start()
+    return WorkListener(store.engine.url, made_elsewhere, reconnected).start()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -29,7 +29,6 @@ from coherence_network.api.models import (
     Text,
     responses,
 )
-from coherence_network.api.signals import wait_for_work
 from coherence_network.contract import Runner, RunnerList, Task, TaskCount, TaskPage, TaskStatus, TaskType
 from coherence_network.logfiles import task_log_path
 from coherence_network.store.tasks import TaskStore, utcnow
@@ -100,27 +99,31 @@ async def claim_task(body: ClaimRequest, request: Request) -> Response:
     deadline = time.monotonic() + body.wait_seconds
     recheck = state.settings.coherence_claim_recheck_seconds
     gone: asyncio.Future[None] | None = None
-    first = True
+    hops: int | None = None  # set while this claim holds a wake-up (see api/signals.py)
     try:
         while True:
-            woken = state.work.since()  # taken before looking, so a task made meanwhile wakes the wait below
             task = await run_in_threadpool(
                 lambda: state.store.claim(
                     body.runner_id, types=body.types, lease_seconds=body.lease_seconds, request_id=body.request_id,
-                    replay=first,
+                    replay=gone is None,
                 )
             )
-            first = False
             if task is not None:
+                if hops is not None:
+                    state.work.notify()  # there may be more: the next waiter looks too
                 state.metrics.tasks_claimed.inc()
                 state.metrics.queue_wait.observe(max((task["started_at"] - task["created_at"]).total_seconds(), 0))
                 return JSONResponse(jsonable_encoder(task))
+            if hops and body.types:
+                state.work.notify(hops - 1)  # nothing of these types: maybe something for another waiter
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return Response(status_code=204)
             gone = gone or asyncio.ensure_future(_client_gone(request))
-            await wait_for_work(woken, gone, min(remaining, recheck))
-            if gone.done():  # nobody would receive a task claimed now
+            hops = await state.work.wait(min(remaining, recheck), gone)
+            if gone.done():  # nobody would receive a task claimed now: the wake-up goes to another waiter
+                if hops is not None:
+                    state.work.notify(hops)
                 return Response(status_code=204)
     finally:
         if gone is not None:
