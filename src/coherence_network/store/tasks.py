@@ -42,22 +42,24 @@ _NOTIFY = sa.text("SELECT pg_notify(:channel, :payload)")
 _CHANGED, _WOKE = "coherence_tasks_changed", "coherence_work_available"
 
 
-@lru_cache(maxsize=None)
-def _claimable_statement(typed: bool) -> sa.Select:
-    """Is any task claimable? A read, so a claim that would find nothing opens no write transaction."""
+def _pending(typed: bool) -> sa.Select[tuple[int]]:
+    """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``)."""
     pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING)
     if typed:
         pick = pick.where(tasks.c.task_type.in_(sa.bindparam("b_types", expanding=True)))
-    return pick.limit(1)
+    return pick
+
+
+@lru_cache(maxsize=None)
+def _claimable_statement(typed: bool) -> sa.Select[tuple[int]]:
+    """Is any task claimable? A read, so a claim that would find nothing opens no write transaction."""
+    return _pending(typed).limit(1)
 
 
 @lru_cache(maxsize=None)
 def _claim_statement(typed: bool, postgres: bool) -> sa.Update:
     """Built once: statement construction costs more than SQLite's execution of it."""
-    pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING)
-    if typed:
-        pick = pick.where(tasks.c.task_type.in_(sa.bindparam("b_types", expanding=True)))
-    pick = pick.order_by(tasks.c.priority.desc(), tasks.c.id.asc()).limit(1)
+    pick = _pending(typed).order_by(tasks.c.priority.desc(), tasks.c.id.asc()).limit(1)
     if postgres:
         pick = pick.with_for_update(skip_locked=True)
     return (
