@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     coherence_count_cache_seconds: float = Field(
         1.0, ge=0, description="How stale /api/agent/tasks/count may be for writes made through other API replicas"
     )
+    coherence_claim_recheck_seconds: float = Field(
+        10.0, gt=0, description="Seconds a waiting claim goes without looking at the store when nothing woke it (the "
+        "safety net for wake-ups missed while PostgreSQL's listener reconnects, or made by another SQLite process)"
+    )
     coherence_output_tail_bytes: int = Field(
         8000, ge=256, description="Bytes of a task's output kept on the task (the full output is in its log)"
     )

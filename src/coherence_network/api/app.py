@@ -6,8 +6,8 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 
@@ -25,6 +25,8 @@ from coherence_network.settings import Settings, get_settings
 from coherence_network.store import open_task_store
 from coherence_network.store.db import migrate
 from coherence_network.store.graph import GraphStore
+from coherence_network.store.notify import WorkListener
+from coherence_network.store.tasks import TaskStore
 from coherence_network.versioning import running_version
 
 log = logging.getLogger("coherence.api")
@@ -37,6 +39,30 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _wake_waiters(store: TaskStore, work: WorkSignal) -> WorkListener | None:
+    """Route "a task became claimable" to this process's waiting claims: from the store after its own commits and,
+    on PostgreSQL, from the listener for every other replica's (and after each reconnect, for those it missed)."""
+    loop = asyncio.get_running_loop()
+
+    def wake_here(wake: Callable[[], None] = work.notify) -> None:
+        with suppress(RuntimeError):  # the loop closed: this process is stopping and nobody waits any more
+            loop.call_soon_threadsafe(wake)
+
+    def made_elsewhere(sender: str) -> None:
+        if sender != store.instance:  # our own writes woke our waiters already
+            store.invalidate_counts()
+            wake_here()
+
+    def reconnected() -> None:  # notifications sent meanwhile are lost: every waiter looks
+        store.invalidate_counts()
+        wake_here(work.notify_all)
+
+    store.on_work = wake_here
+    if store.engine.dialect.name != "postgresql":
+        return None
+    return WorkListener(store.engine.url, made_elsewhere, reconnected).start()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -54,7 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     log.info("store migrated from %s to %s", before, after)
             except Exception:  # keep serving /api/health; /api/ready explains the problem
                 log.exception("store migration failed")
-        app.state.work = WorkSignal()
+        app.state.work = work = WorkSignal()
+        listener = _wake_waiters(store, work)
         reaper = asyncio.create_task(
             routes_agent.reaper_loop(app, settings.coherence_reap_interval, settings.coherence_lease_seconds)
         )
@@ -63,6 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             reaper.cancel()
+            store.on_work = None
+            if listener is not None:
+                await asyncio.to_thread(listener.stop)
             store.engine.dispose()
 
     app = FastAPI(title="Coherence Network API", version=__version__, lifespan=lifespan)

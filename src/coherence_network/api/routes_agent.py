@@ -35,7 +35,6 @@ from coherence_network.store.tasks import TaskStore, utcnow
 
 router = APIRouter(prefix="/api/agent", tags=["agent"], responses=COMMON_ERRORS)
 log = logging.getLogger("coherence.api")
-_IDLE_RECHECK_SECONDS = 0.5  # a long-poll also rechecks the store, for tasks created through another replica
 REPLAYED_HEADER = "Idempotent-Replayed"
 REAPER_MAX_BACKOFF_SECONDS = 30.0  # the longest pause between reaper passes while the store is unavailable
 LOG_READ_CAP_BYTES = 4 * 2**20  # a log answer holds at most the file's last 4 MiB, whatever its size
@@ -93,26 +92,48 @@ def count_tasks(request: Request) -> dict[str, Any]:
 async def claim_task(body: ClaimRequest, request: Request) -> Response:
     """Claim the most urgent pending task; with ``wait_seconds`` wait for one, so dispatch is immediate.
 
-    With ``request_id``, a retried claim returns the task the first one got (same claim token)."""
+    With ``request_id``, a retried claim returns the task the first one got (same claim token). While waiting it
+    looks at the store again only when woken (a task was made claimable here or, on PostgreSQL, on any replica) or
+    every COHERENCE_CLAIM_RECHECK_SECONDS (the safety net), so an idle long poll costs next to nothing."""
     state = request.app.state
     deadline = time.monotonic() + body.wait_seconds
-    first = True
-    while True:
-        task = await run_in_threadpool(
-            lambda: state.store.claim(
-                body.runner_id, types=body.types, lease_seconds=body.lease_seconds, request_id=body.request_id,
-                replay=first,
+    recheck = state.settings.coherence_claim_recheck_seconds
+    gone: asyncio.Future[None] | None = None
+    hops: int | None = None  # set while this claim holds a wake-up (see api/signals.py)
+    try:
+        while True:
+            task = await run_in_threadpool(
+                lambda: state.store.claim(
+                    body.runner_id, types=body.types, lease_seconds=body.lease_seconds, request_id=body.request_id,
+                    replay=gone is None,
+                )
             )
-        )
-        first = False
-        if task is not None:
-            state.metrics.tasks_claimed.inc()
-            state.metrics.queue_wait.observe(max((task["started_at"] - task["created_at"]).total_seconds(), 0.0))
-            return JSONResponse(jsonable_encoder(task))
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or await request.is_disconnected():
-            return Response(status_code=204)
-        await state.work.wait(min(remaining, _IDLE_RECHECK_SECONDS))
+            if task is not None:
+                if hops is not None:
+                    state.work.notify()  # there may be more: the next waiter looks too
+                state.metrics.tasks_claimed.inc()
+                state.metrics.queue_wait.observe(max((task["started_at"] - task["created_at"]).total_seconds(), 0))
+                return JSONResponse(jsonable_encoder(task))
+            if hops and body.types:
+                state.work.notify(hops - 1)  # nothing of these types: maybe something for another waiter
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return Response(status_code=204)
+            gone = gone or asyncio.ensure_future(_client_gone(request))
+            hops = await state.work.wait(min(remaining, recheck), gone)
+            if gone.done():  # nobody would receive a task claimed now: the wake-up goes to another waiter
+                if hops is not None:
+                    state.work.notify(hops)
+                return Response(status_code=204)
+    finally:
+        if gone is not None:
+            gone.cancel()
+
+
+async def _client_gone(request: Request) -> None:
+    """Return when the client disconnects: its body is read, so the next message the server gives is that."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.get("/tasks/{task_id}", response_model=Task, responses=responses(404))

@@ -7,7 +7,8 @@ UPDATE matches nothing the row is read to say why (404 or a conflict naming the 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, TaskStatus
 from coherence_network.store.errors import Conflict, NotFound
+from coherence_network.store.notify import CHANNEL
 from coherence_network.store.schema import UTCDateTime, components, runners, tasks
 
 PENDING, RUNNING, FAILED = TaskStatus.PENDING.value, TaskStatus.RUNNING.value, TaskStatus.FAILED.value
@@ -35,15 +37,29 @@ def _row(row: sa.Row[Any] | None) -> dict[str, Any] | None:
 
 
 _INSERT_TASK = tasks.insert().returning(*tasks.c)
+_NOTIFY = sa.text("SELECT pg_notify(:channel, :payload)")
+# Marks on the connection of the transaction in progress (``Connection.info``), read and cleared by ``_write``.
+_CHANGED, _WOKE = "coherence_tasks_changed", "coherence_work_available"
+
+
+def _pending(typed: bool) -> sa.Select[tuple[int]]:
+    """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``)."""
+    pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING)
+    if typed:
+        pick = pick.where(tasks.c.task_type.in_(sa.bindparam("b_types", expanding=True)))
+    return pick
+
+
+@lru_cache(maxsize=None)
+def _claimable_statement(typed: bool) -> sa.Select[tuple[int]]:
+    """Is any task claimable? A read, so a claim that would find nothing opens no write transaction."""
+    return _pending(typed).limit(1)
 
 
 @lru_cache(maxsize=None)
 def _claim_statement(typed: bool, postgres: bool) -> sa.Update:
     """Built once: statement construction costs more than SQLite's execution of it."""
-    pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING)
-    if typed:
-        pick = pick.where(tasks.c.task_type.in_(sa.bindparam("b_types", expanding=True)))
-    pick = pick.order_by(tasks.c.priority.desc(), tasks.c.id.asc()).limit(1)
+    pick = _pending(typed).order_by(tasks.c.priority.desc(), tasks.c.id.asc()).limit(1)
     if postgres:
         pick = pick.with_for_update(skip_locked=True)
     return (
@@ -113,17 +129,46 @@ class TaskStore:
         self.tail_bytes = tail_bytes
         self.count_cache_seconds = count_cache_seconds
         self._pg = engine.dialect.name == "postgresql"
-        self._writes = 0  # bumped after each committed write; invalidates the count cache
+        self._writes = 0  # bumped after each committed write that changed a task; invalidates the count cache
         self._count_cache: tuple[int, float, dict[str, Any]] | None = None
+        # Names this store in its notifications, so a listener can tell another process's writes from its own.
+        self.instance = uuid.uuid4().hex
+        # Called (in the writing thread) after a commit that made a task claimable; the API wakes its waiters.
+        self.on_work: Callable[[], None] | None = None
 
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
-        """A write transaction; after it commits, cached reads are stale."""
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        finally:
+        """A write transaction. Statements in it mark what they did (``_changed``, ``_wake``); after the commit a
+        change invalidates the count cache and a wake calls ``on_work``. A rollback does neither."""
+        with self.engine.connect() as conn:
+            try:
+                with conn.begin():
+                    yield conn
+                changed, woke = conn.info.get(_CHANGED, False), conn.info.get(_WOKE, False)
+            finally:
+                conn.info.pop(_CHANGED, None)
+                conn.info.pop(_WOKE, None)
+        if changed or woke:
             self._writes += 1
+        if woke and self.on_work is not None:
+            self.on_work()
+
+    def _changed(self, conn: sa.Connection) -> None:
+        """This transaction changed a task's status (counts are stale once it commits)."""
+        conn.info[_CHANGED] = True
+
+    def _wake(self, conn: sa.Connection) -> None:
+        """This transaction made a task claimable: waiting claims should look again once it commits.
+
+        On PostgreSQL a NOTIFY in the same transaction tells every replica's listener; PostgreSQL delivers it only
+        at commit (never on rollback), so no listener wakes before the row is visible."""
+        conn.info[_WOKE] = True
+        if self._pg:
+            conn.execute(_NOTIFY, {"channel": CHANNEL, "payload": self.instance})
+
+    def invalidate_counts(self) -> None:
+        """Another process changed tasks (a replica's notification): the next count reads the store."""
+        self._writes += 1
 
     # --- reads ----------------------------------------------------------------------------------------------
     def get(self, task_id: int) -> dict[str, Any]:
@@ -159,8 +204,8 @@ class TaskStore:
         """{"total": n, "by_status": {status: n}} with every status present.
 
         Counting scans the status index, which grows with the store; dashboards poll it, so the answer is reused
-        until this store writes again or ``count_cache_seconds`` pass (the bound on staleness for writes made
-        through other processes)."""
+        until this store changes a task's status, another replica's notification says it made work, or
+        ``count_cache_seconds`` pass (the bound on staleness for other writes made through other processes)."""
         generation, now = self._writes, time.monotonic()
         cached = self._count_cache
         if cached and cached[0] == generation and now - cached[1] < self.count_cache_seconds:
@@ -215,6 +260,7 @@ class TaskStore:
         try:
             with self._write() as conn:
                 row = conn.execute(_INSERT_TASK, values).first()
+                self._wake(conn)
         except sa.exc.IntegrityError:
             earlier = self._by_idempotency_key(idempotency_key, values) if idempotency_key is not None else None
             if earlier is None:
@@ -246,7 +292,10 @@ class TaskStore:
 
         ``request_id`` names one logical claim: if that claim already got a task (its response was lost and the
         client retried), the same task and claim token are returned instead of a second task. ``replay=False``
-        skips that look-up (a long poll's rechecks within one request cannot have been answered yet)."""
+        skips that look-up (a long poll's rechecks within one request cannot have been answered yet).
+
+        On SQLite a read first: finding nothing costs no write transaction (the file stays untouched). On PostgreSQL
+        the UPDATE ... SKIP LOCKED is itself one transaction, as cheap as the read would be."""
         if request_id is not None and replay:
             with self.engine.connect() as conn:
                 earlier = _row(conn.execute(_CLAIMED_BY_REQUEST, {"b_request": request_id, "b_runner": runner_id})
@@ -263,8 +312,15 @@ class TaskStore:
         }
         if type_list:
             params["b_types"] = type_list
+        if not self._pg:
+            with self.engine.connect() as conn:
+                if conn.execute(_claimable_statement(bool(type_list)), params).first() is None:
+                    return None
         with self._write() as conn:
-            return _row(conn.execute(_claim_statement(bool(type_list), self._pg), params).first())
+            claimed = _row(conn.execute(_claim_statement(bool(type_list), self._pg), params).first())
+            if claimed is not None:
+                self._changed(conn)
+        return claimed
 
     def heartbeat(
         self,
@@ -376,6 +432,10 @@ class TaskStore:
                 .values(status=FAILED, finished_at=now, current_step="lease expired; attempts spent", **common)
             ).rowcount
             reclaimed = conn.execute(tasks.update().where(expired, ~spent).values(status=PENDING, **common)).rowcount
+            if failed:
+                self._changed(conn)
+            if reclaimed:
+                self._wake(conn)
         return ReapResult(reclaimed=reclaimed, failed=failed)
 
     # --- runner registry ------------------------------------------------------------------------------------
@@ -451,6 +511,10 @@ class TaskStore:
         with self._write() as conn:
             row = conn.execute(statement, params).first()
             if row is not None:
+                if new == PENDING:
+                    self._wake(conn)
+                elif new is not None:
+                    self._changed(conn)
                 return dict(row._mapping)
             current = conn.execute(
                 sa.select(tasks.c.status, tasks.c.claim_token).where(tasks.c.id == task_id)
