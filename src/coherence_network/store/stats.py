@@ -30,13 +30,6 @@ PERCENTILES = (0.5, 0.95)
 ALL_TYPES = "all"
 
 
-def _seconds(engine: Engine, start: sa.ColumnElement[Any], end: sa.ColumnElement[Any]) -> sa.ColumnElement[float]:
-    """``end - start`` in seconds as a float, in the backend's own date arithmetic."""
-    if engine.dialect.name == "sqlite":
-        return (sa.func.julianday(end) - sa.func.julianday(start)) * 86400.0
-    return sa.func.extract("epoch", end - start)
-
-
 def _finished_between(since: datetime, until: datetime) -> sa.ColumnElement[bool]:
     """A closed window on ``finished_at``. Both bounds matter: with a one-sided range SQLite's planner expects a
     quarter of the table and prefers scanning a whole index that already has the GROUP BY order."""
@@ -71,11 +64,10 @@ def _interpolate(ranked: dict[int, float], n: int, p: float) -> float:
 
 
 def duration_percentiles(
-    engine: Engine, conn: Connection, since: datetime, until: datetime, start: sa.Column[Any], end: sa.Column[Any]
+    engine: Engine, conn: Connection, since: datetime, until: datetime, duration: sa.Column[Any]
 ) -> dict[str, dict[str, float | int]]:
-    """{task_type | "all": {"n", "p50", "p95"}} of ``end - start`` for tasks finished in [since, until]."""
-    duration = _seconds(engine, start, end)
-    window = sa.and_(_finished_between(since, until), start.is_not(None))
+    """{task_type | "all": {"n", "p50", "p95"}} of a stored duration for tasks finished in [since, until]."""
+    window = sa.and_(_finished_between(since, until), duration.is_not(None))
     result: dict[str, dict[str, float | int]] = {}
     if engine.dialect.name == "postgresql":
         aggregates = [sa.func.percentile_cont(p).within_group(duration) for p in PERCENTILES]
@@ -147,8 +139,8 @@ def task_metrics(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
         for name, span in WINDOWS.items():
             since = now - span
             counts = success_counts(conn, since, now)
-            run = duration_percentiles(engine, conn, since, now, tasks.c.started_at, tasks.c.finished_at)
-            wait = duration_percentiles(engine, conn, since, now, tasks.c.created_at, tasks.c.started_at)
+            run = duration_percentiles(engine, conn, since, now, tasks.c.run_seconds)
+            wait = duration_percentiles(engine, conn, since, now, tasks.c.queue_seconds)
             by_type = {
                 key: {
                     **counts.get(key, {**_no_outcomes(), "success_rate": None}),
@@ -222,7 +214,7 @@ def pipeline_snapshot(engine: Engine, now: datetime, limits: Limits, recent_at_l
         recent = [
             dict(r._mapping)
             for r in conn.execute(
-                sa.select(*_SUMMARY_COLUMNS, output_chars)
+                sa.select(*_SUMMARY_COLUMNS, tasks.c.run_seconds, output_chars)
                 .where(tasks.c.finished_at.is_not(None))
                 .order_by(tasks.c.finished_at.desc())
                 .limit(max(limits.recent, recent_at_least))
@@ -234,7 +226,7 @@ def pipeline_snapshot(engine: Engine, now: datetime, limits: Limits, recent_at_l
     for task in waiting:
         task["waiting_seconds"] = _age(now, task["updated_at"])
     for task in recent:
-        start = task["started_at"]
-        task["run_seconds"] = None if start is None else _age(task["finished_at"], start)
+        if task["run_seconds"] is not None:
+            task["run_seconds"] = round(max(task["run_seconds"], 0.0), 3)
     return {"running": running, "pending": pending, "needs_decision": waiting, "recent": recent,
             "success_24h": success_24h}

@@ -34,21 +34,49 @@ def _row(row: sa.Row[Any] | None) -> dict[str, Any] | None:
     return None if row is None else dict(row._mapping)
 
 
-_INSERT_TASK = tasks.insert().returning(*tasks.c)
+_INSERT_TASKS = tasks.insert().returning(*tasks.c, sort_by_parameter_order=True)
+MAX_BATCH = 1000  # tasks in one batch create (one transaction)
+MAX_CLAIM = 100  # tasks in one claim
+
+
+def seconds_between(postgres: bool, start: sa.ColumnElement[Any], end: sa.ColumnElement[Any]) -> sa.ColumnElement[float]:
+    """``end - start`` in seconds as a float, in the backend's own date arithmetic."""
+    if postgres:
+        return sa.cast(sa.func.extract("epoch", end - start), sa.Float)
+    return (sa.func.julianday(end) - sa.func.julianday(start)) * 86400.0
+
+
+def _durations(postgres: bool, finished: sa.ColumnElement[Any]) -> dict[str, sa.ColumnElement[float]]:
+    """The stored durations of a run that ends at ``finished`` (set in the UPDATE that ends it), so metrics read
+    them from an index instead of computing them row by row."""
+    return {
+        "run_seconds": seconds_between(postgres, tasks.c.started_at, finished),
+        "queue_seconds": seconds_between(postgres, tasks.c.created_at, tasks.c.started_at),
+    }
 
 
 @lru_cache(maxsize=None)
-def _claim_statement(typed: bool, postgres: bool) -> sa.Update:
-    """Built once: statement construction costs more than SQLite's execution of it."""
+def _claim_statement(typed: bool, postgres: bool, several: bool) -> sa.Update:
+    """Built once: statement construction costs more than SQLite's execution of it.
+
+    ``several`` picks up to ``b_limit`` tasks (``id IN``); one task keeps ``id =``, which both planners like best."""
     pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING)
     if typed:
         pick = pick.where(tasks.c.task_type.in_(sa.bindparam("b_types", expanding=True)))
-    pick = pick.order_by(tasks.c.priority.desc(), tasks.c.id.asc()).limit(1)
+    pick = pick.order_by(tasks.c.priority.desc(), tasks.c.id.asc())
+    pick = pick.limit(sa.bindparam("b_limit", type_=sa.Integer)) if several else pick.limit(1)
     if postgres:
         pick = pick.with_for_update(skip_locked=True)
+    if several:
+        # A materialized CTE runs the pick once: as a plain IN subquery PostgreSQL may run it again, and with
+        # SKIP LOCKED a second run skips the rows the first locked and picks others (more than the limit).
+        picked = pick.cte("picked").prefix_with("MATERIALIZED") if postgres else pick.subquery()
+        chosen = tasks.c.id.in_(sa.select(picked.c.id))
+    else:
+        chosen = tasks.c.id == pick.scalar_subquery()
     return (
         tasks.update()
-        .where(tasks.c.id == pick.scalar_subquery(), tasks.c.status == PENDING)
+        .where(chosen, tasks.c.status == PENDING)
         .values(
             status=RUNNING,
             claimed_by=sa.bindparam("b_runner"),
@@ -60,31 +88,57 @@ def _claim_statement(typed: bool, postgres: bool) -> sa.Update:
             exit_code=None,
             progress_pct=None,
             current_step=None,
+            run_seconds=None,
+            queue_seconds=None,
             updated_at=sa.bindparam("b_now", type_=UTCDateTime),
         )
         .returning(*tasks.c)
     )
 
 
-_CLAIMED_BY_REQUEST = sa.select(tasks).where(
-    tasks.c.claim_request_id == sa.bindparam("b_request"),
-    tasks.c.claimed_by == sa.bindparam("b_runner"),
-    tasks.c.status == RUNNING,
+_CLAIMED_BY_REQUEST = (
+    sa.select(tasks)
+    .where(
+        tasks.c.claim_request_id == sa.bindparam("b_request"),
+        tasks.c.claimed_by == sa.bindparam("b_runner"),
+        tasks.c.status == RUNNING,
+    )
+    .order_by(tasks.c.priority.desc(), tasks.c.id.asc())
 )
 
 
+def _claim_order(task: dict[str, Any]) -> tuple[int, int]:
+    """The claim's own order (most urgent first): RETURNING gives rows in no promised order."""
+    return -task["priority"], task["id"]
+
+
 @lru_cache(maxsize=None)
-def _update_statement(needed: str, fenced: bool, keys: tuple[str, ...], count_attempt: bool) -> sa.Update:
+def _update_statement(
+    needed: str, fenced: bool, keys: tuple[str, ...], count_attempt: bool, postgres: bool
+) -> sa.Update:
     """``UPDATE tasks SET <keys> WHERE id = ? AND status = <needed> [AND claim_token = ?]``, built once per shape.
 
-    ``count_attempt`` adds one to ``attempts`` in the same statement (an attempt that ended in failure)."""
+    ``count_attempt`` adds one to ``attempts`` in the same statement (an attempt that ended in failure); a run that
+    ends (``finished_at`` set) stores its durations in it too."""
     condition = [tasks.c.id == sa.bindparam("b_id"), tasks.c.status == needed]
     if fenced:
         condition.append(tasks.c.claim_token == sa.bindparam("b_token"))
     values: dict[str, Any] = {key: sa.bindparam(f"v_{key}", type_=tasks.c[key].type) for key in keys}
     if count_attempt:
         values["attempts"] = tasks.c.attempts + 1
+    if "finished_at" in keys and "run_seconds" not in keys:
+        values.update(_durations(postgres, values["finished_at"]))
     return tasks.update().where(*condition).values(values).returning(*tasks.c)
+
+
+def _same_create(key: str, earlier: dict[str, Any], values: dict[str, Any], where: str) -> None:
+    """A reused idempotency key must name the same create: another direction, type or command is a client bug."""
+    if any(earlier[f] != values[f] for f in _IDEMPOTENT_FIELDS):
+        raise Conflict(
+            f"idempotency key {key!r} was already used by {where} with a different direction, type or command; "
+            "use a new key for a new task",
+            earlier.get("status"),
+        )
 
 
 @dataclass
@@ -141,15 +195,24 @@ class TaskStore:
         order: Literal["newest", "oldest"] = "newest",
         limit: int = 50,
         offset: int = 0,
+        finished_after: datetime | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        """A page of tasks and the total that match the filter."""
+        """A page of tasks and the total that match the filter.
+
+        ``finished_after`` keeps tasks finished strictly after that time and orders them by ``finished_at`` (then
+        id), so a reader that remembers the last time it saw can page through what finished since; without it the
+        order is by id."""
         where = []
         if status:
             where.append(tasks.c.status == str(status))
         if task_type:
             where.append(tasks.c.task_type == str(task_type))
-        ordering = tasks.c.id.desc() if order == "newest" else tasks.c.id.asc()
-        query = sa.select(tasks).where(*where).order_by(ordering).limit(limit).offset(offset)
+        key: list[sa.ColumnElement[Any]] = [tasks.c.id]
+        if finished_after is not None:
+            where.append(tasks.c.finished_at > finished_after)
+            key = [tasks.c.finished_at, tasks.c.id]
+        ordering = [c.desc() if order == "newest" else c.asc() for c in key]
+        query = sa.select(tasks).where(*where).order_by(*ordering).limit(limit).offset(offset)
         with self.engine.connect() as conn:
             items = [dict(r._mapping) for r in conn.execute(query)]
             total = conn.execute(sa.select(sa.func.count()).select_from(tasks).where(*where)).scalar_one()
@@ -178,8 +241,34 @@ class TaskStore:
         """Add a pending task (see ``create_or_replay`` for the fields)."""
         return self.create_or_replay(**fields)[0]
 
-    def create_or_replay(
+    def create_or_replay(self, **fields: Any) -> tuple[dict[str, Any], bool]:
+        """Add a pending task; returns (task, created). See ``create_many`` for the fields and the key's rules."""
+        return self.create_many([fields])[0]
+
+    def create_many(self, items: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bool]]:
+        """Add pending tasks in one transaction; returns (task, created) for each item, in order.
+
+        Each item holds ``direction`` and ``task_type`` and may hold ``command``, ``priority``, ``max_attempts``,
+        ``timeout_seconds``, ``context`` and ``idempotency_key``. With a key, a repeated create (a client retrying
+        after a lost response) returns the task the first one made, with created False; the same key with another
+        direction, type or command is a Conflict and nothing of the batch is written."""
+        if not 1 <= len(items) <= MAX_BATCH:
+            raise ValueError(f"a batch holds 1..{MAX_BATCH} tasks, not {len(items)}")
+        now = utcnow()
+        rows = [self._new_task(now, **item) for item in items]
+        for last_try in (False, True):
+            try:
+                with self._write() as conn:
+                    return self._create_in(conn, rows)
+            except sa.exc.IntegrityError:
+                # a concurrent create with one of these keys won the insert: the next pass replays it
+                if last_try or not any(row["idempotency_key"] for row in rows):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _new_task(
         self,
+        now: datetime,
         *,
         direction: str,
         task_type: str,
@@ -189,13 +278,8 @@ class TaskStore:
         timeout_seconds: float | None = None,
         context: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
-    ) -> tuple[dict[str, Any], bool]:
-        """Add a pending task; returns (task, created).
-
-        With ``idempotency_key`` a repeated create (a client retrying after a lost response) returns the task the
-        first one made, with created False; the same key with another direction, type or command is a Conflict."""
-        now = utcnow()
-        values = {
+    ) -> dict[str, Any]:
+        return {
             "direction": direction,
             "task_type": str(task_type),
             "status": PENDING,
@@ -208,30 +292,36 @@ class TaskStore:
             "created_at": now,
             "updated_at": now,
         }
-        if idempotency_key is not None:
-            earlier = self._by_idempotency_key(idempotency_key, values)
-            if earlier is not None:
-                return earlier, False
-        try:
-            with self._write() as conn:
-                row = conn.execute(_INSERT_TASK, values).first()
-        except sa.exc.IntegrityError:
-            earlier = self._by_idempotency_key(idempotency_key, values) if idempotency_key is not None else None
-            if earlier is None:
-                raise
-            return earlier, False  # a concurrent retry of the same create won the insert
-        return dict(row._mapping), True  # type: ignore[union-attr]
 
-    def _by_idempotency_key(self, key: str, values: dict[str, Any]) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = _row(conn.execute(sa.select(tasks).where(tasks.c.idempotency_key == key)).first())
-        if row is not None and any(row[f] != values[f] for f in _IDEMPOTENT_FIELDS):
-            raise Conflict(
-                f"idempotency key {key!r} was already used by task {row['id']} with a different direction, type or "
-                "command; use a new key for a new task",
-                row["status"],
-            )
-        return row
+    @staticmethod
+    def _create_in(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bool]]:
+        """Replays from the keys already stored (one look-up for the batch), then one multi-row INSERT."""
+        keys = {row["idempotency_key"] for row in rows} - {None}
+        stored: dict[str, dict[str, Any]] = {}
+        if keys:
+            found = conn.execute(sa.select(tasks).where(tasks.c.idempotency_key.in_(sorted(keys))))
+            stored = {r.idempotency_key: dict(r._mapping) for r in found}
+        fresh: list[dict[str, Any]] = []
+        first_of_key: dict[str, int] = {}  # a key's first fresh row, by its place in ``fresh``
+        plan: list[tuple[str, Any]] = []  # per item: ("stored", task), ("fresh", index) or ("again", index)
+        for row in rows:
+            key = row["idempotency_key"]
+            if key in stored:
+                _same_create(key, stored[key], row, f"task {stored[key]['id']}")
+                plan.append(("stored", stored[key]))
+            elif key in first_of_key:
+                _same_create(key, fresh[first_of_key[key]], row, "an earlier item of this batch")
+                plan.append(("again", first_of_key[key]))
+            else:
+                if key is not None:
+                    first_of_key[key] = len(fresh)
+                plan.append(("fresh", len(fresh)))
+                fresh.append(row)
+        made = [dict(r._mapping) for r in conn.execute(_INSERT_TASKS, fresh)] if fresh else []
+        return [
+            (what, False) if how == "stored" else (made[what], how == "fresh")
+            for how, what in plan
+        ]
 
     def claim(
         self,
@@ -247,11 +337,42 @@ class TaskStore:
         ``request_id`` names one logical claim: if that claim already got a task (its response was lost and the
         client retried), the same task and claim token are returned instead of a second task. ``replay=False``
         skips that look-up (a long poll's rechecks within one request cannot have been answered yet)."""
+        claimed = self.claim_many(runner_id, 1, types=types, lease_seconds=lease_seconds, request_id=request_id,
+                                  replay=replay)
+        return claimed[0] if claimed else None
+
+    def claim_many(
+        self,
+        runner_id: str,
+        max_tasks: int,
+        *,
+        types: Iterable[str] | None = None,
+        lease_seconds: float | None = None,
+        request_id: str | None = None,
+        replay: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Claim up to ``max_tasks`` of the most urgent pending tasks for ``runner_id`` in one statement, most
+        urgent first; each gets its own claim token. A retried ``request_id`` returns what that claim got."""
+        if not 1 <= max_tasks <= MAX_CLAIM:
+            raise ValueError(f"max_tasks must be 1..{MAX_CLAIM}")
+        with self._write() as conn:
+            return self._claim_in(conn, runner_id, max_tasks, types, lease_seconds, request_id, replay)
+
+    def _claim_in(
+        self,
+        conn: sa.Connection,
+        runner_id: str,
+        max_tasks: int,
+        types: Iterable[str] | None,
+        lease_seconds: float | None,
+        request_id: str | None,
+        replay: bool,
+    ) -> list[dict[str, Any]]:
+        """The claim inside the caller's transaction: the replay look-up and the UPDATE share one connection."""
         if request_id is not None and replay:
-            with self.engine.connect() as conn:
-                earlier = _row(conn.execute(_CLAIMED_BY_REQUEST, {"b_request": request_id, "b_runner": runner_id})
-                               .first())
-            if earlier is not None:
+            earlier = [dict(r._mapping) for r in
+                       conn.execute(_CLAIMED_BY_REQUEST, {"b_request": request_id, "b_runner": runner_id})]
+            if earlier:
                 return earlier
         now = utcnow()
         type_list = [str(t) for t in types or []]
@@ -263,8 +384,10 @@ class TaskStore:
         }
         if type_list:
             params["b_types"] = type_list
-        with self._write() as conn:
-            return _row(conn.execute(_claim_statement(bool(type_list), self._pg), params).first())
+        if max_tasks > 1:
+            params["b_limit"] = max_tasks
+        statement = _claim_statement(bool(type_list), self._pg, max_tasks > 1)
+        return sorted((dict(r._mapping) for r in conn.execute(statement, params)), key=_claim_order)
 
     def heartbeat(
         self,
@@ -301,11 +424,53 @@ class TaskStore:
 
         A failure counts as an attempt; a question or a release does not. Finishing again with the same claim
         token and status (a retry after a lost response) returns the stored result."""
+        status = self._finish_status(status, decision_prompt)
+        with self._write() as conn:
+            return self._finish_in(conn, task_id, claim_token, status, output, exit_code, decision_prompt)
+
+    def finish_and_claim(
+        self,
+        task_id: int,
+        claim_token: int,
+        *,
+        status: str,
+        output: str | None = None,
+        exit_code: int | None = None,
+        decision_prompt: str | None = None,
+        runner_id: str,
+        types: Iterable[str] | None = None,
+        lease_seconds: float | None = None,
+        request_id: str | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """``finish`` and then ``claim`` for the runner in one transaction: (finished task, next task or None).
+
+        A finish that is refused (stale claim token, wrong status) claims nothing. Both halves are safe to retry:
+        the finish by its claim token, the claim by its request id."""
+        status = self._finish_status(status, decision_prompt)
+        with self._write() as conn:
+            finished = self._finish_in(conn, task_id, claim_token, status, output, exit_code, decision_prompt)
+            claimed = self._claim_in(conn, runner_id, 1, types, lease_seconds, request_id, True)
+        return finished, (claimed[0] if claimed else None)
+
+    @staticmethod
+    def _finish_status(status: str, decision_prompt: str | None) -> TaskStatus:
         status = TaskStatus(status)
         if status not in FINISH_STATUSES:
             raise ValueError(f"status must be one of {', '.join(s.value for s in FINISH_STATUSES)}")
         if status is TaskStatus.NEEDS_DECISION and not decision_prompt:
             raise ValueError("needs_decision requires decision_prompt")
+        return status
+
+    def _finish_in(
+        self,
+        conn: sa.Connection,
+        task_id: int,
+        claim_token: int,
+        status: TaskStatus,
+        output: str | None,
+        exit_code: int | None,
+        decision_prompt: str | None,
+    ) -> dict[str, Any]:
         now = utcnow()
         values: dict[str, Any] = {"status": status.value, "lease_expires_at": None, "updated_at": now}
         if output is not None:
@@ -319,11 +484,11 @@ class TaskStore:
         if status is TaskStatus.PENDING:
             values["claimed_by"] = None
         try:
-            return self._conditional_update(task_id, TaskStatus.RUNNING, values, "finish", claim_token,
-                                            count_attempt=status is TaskStatus.FAILED)
+            return self._update_in(conn, task_id, TaskStatus.RUNNING, values, "finish", claim_token,
+                                   count_attempt=status is TaskStatus.FAILED)
         except Conflict:
-            stored = self.get(task_id)
-            if stored["claim_token"] == claim_token and stored["status"] == status.value:
+            stored = _row(conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first())
+            if stored is not None and stored["claim_token"] == claim_token and stored["status"] == status.value:
                 return stored  # this very finish was already recorded
             raise
 
@@ -356,6 +521,8 @@ class TaskStore:
             "attempts": 0,
             "claimed_by": None,
             "finished_at": None,
+            "run_seconds": None,
+            "queue_seconds": None,
             "exit_code": None,
             "updated_at": now,
         }
@@ -373,7 +540,8 @@ class TaskStore:
             failed = conn.execute(
                 tasks.update()
                 .where(expired, spent)
-                .values(status=FAILED, finished_at=now, current_step="lease expired; attempts spent", **common)
+                .values(status=FAILED, finished_at=now, current_step="lease expired; attempts spent", **common,
+                        **_durations(self._pg, sa.literal(now, UTCDateTime)))
             ).rowcount
             reclaimed = conn.execute(tasks.update().where(expired, ~spent).values(status=PENDING, **common)).rowcount
         return ReapResult(reclaimed=reclaimed, failed=failed)
@@ -438,23 +606,34 @@ class TaskStore:
         values: dict[str, Any],
         action: str,
         claim_token: int | None = None,
+    ) -> dict[str, Any]:
+        """``_update_in`` in a transaction of its own."""
+        with self._write() as conn:
+            return self._update_in(conn, task_id, needed, values, action, claim_token)
+
+    def _update_in(
+        self,
+        conn: sa.Connection,
+        task_id: int,
+        needed: TaskStatus,
+        values: dict[str, Any],
+        action: str,
+        claim_token: int | None = None,
         *,
         count_attempt: bool = False,
     ) -> dict[str, Any]:
-        """One UPDATE that applies only in status ``needed`` (and the current claim); the move must be legal."""
+        """One UPDATE that applies only in status ``needed`` (and the current claim); the move must be legal.
+        When it matches nothing, the row is read in the same transaction to say why (NotFound or Conflict)."""
         new = values.get("status")
         if new is not None and (needed, TaskStatus(new)) not in LEGAL_MOVES:
             raise ValueError(f"{needed.value} -> {new} is not a legal move")
         keys = tuple(sorted(values))
-        statement = _update_statement(needed.value, claim_token is not None, keys, count_attempt)
+        statement = _update_statement(needed.value, claim_token is not None, keys, count_attempt, self._pg)
         params = {"b_id": task_id, "b_token": claim_token, **{f"v_{k}": values[k] for k in keys}}
-        with self._write() as conn:
-            row = conn.execute(statement, params).first()
-            if row is not None:
-                return dict(row._mapping)
-            current = conn.execute(
-                sa.select(tasks.c.status, tasks.c.claim_token).where(tasks.c.id == task_id)
-            ).first()
+        row = conn.execute(statement, params).first()
+        if row is not None:
+            return dict(row._mapping)
+        current = conn.execute(sa.select(tasks.c.status, tasks.c.claim_token).where(tasks.c.id == task_id)).first()
         if current is None:
             raise NotFound(f"task {task_id} not found")
         status, token = current
