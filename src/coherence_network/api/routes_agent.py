@@ -21,15 +21,27 @@ from coherence_network.api.models import (
     ClaimRequest,
     Offset,
     RunnerHeartbeat,
+    TaskBatch,
     TaskCreate,
     TaskFinish,
     TaskHeartbeat,
     TaskId,
     TaskPatch,
     Text,
+    UtcTime,
     responses,
 )
-from coherence_network.contract import Runner, RunnerList, Task, TaskCount, TaskPage, TaskStatus, TaskType
+from coherence_network.contract import (
+    FinishAndClaim,
+    Runner,
+    RunnerList,
+    Task,
+    TaskCount,
+    TaskList,
+    TaskPage,
+    TaskStatus,
+    TaskType,
+)
 from coherence_network.logfiles import task_log_path
 from coherence_network.store.tasks import TaskStore, utcnow
 
@@ -54,8 +66,12 @@ def list_tasks(
     order: Literal["newest", "oldest"] = "newest",
     limit: int = Query(50, ge=1, le=500),
     offset: Offset = 0,
+    finished_after: UtcTime | None = Query(
+        None, description="Only tasks finished after this time (ISO 8601 with a zone), ordered by finish time: "
+        "a reader that keeps the last finish time it saw pages through what finished since"),
 ) -> dict[str, Any]:
-    items, total = _store(request).list(status=status, task_type=task_type, order=order, limit=limit, offset=offset)
+    items, total = _store(request).list(status=status, task_type=task_type, order=order, limit=limit, offset=offset,
+                                        finished_after=finished_after)
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
@@ -83,36 +99,76 @@ async def create_task(
     return task
 
 
+@router.post("/tasks/batch", status_code=201, response_model=TaskList,
+             responses={200: {"model": TaskList, "description": "Every item was a replay of an earlier create"},
+                        **responses(409)})
+async def create_tasks(body: TaskBatch, request: Request, response: Response) -> dict[str, Any]:
+    """Create many tasks in one transaction, answered in the order given; each item may carry its own
+    ``idempotency_key``. A key reused for another task is 409 and nothing of the batch is written."""
+    results = await run_in_threadpool(
+        lambda: _store(request).create_many([item.model_dump() for item in body.tasks])
+    )
+    made = [task for task, created in results if created]
+    for task in made:
+        request.app.state.metrics.tasks_created.labels(task["task_type"]).inc()
+    if made:
+        request.app.state.work.notify()
+    else:
+        response.status_code = 200
+        response.headers[REPLAYED_HEADER] = "true"
+    return {"tasks": [task for task, _ in results]}
+
+
 @router.get("/tasks/count", response_model=TaskCount)
 def count_tasks(request: Request) -> dict[str, Any]:
     return _store(request).count()
 
 
-@router.post("/tasks/claim", responses={200: {"model": Task},
+@router.post("/tasks/claim", responses={200: {"model": Task | TaskList},
                                          204: {"description": "No task was claimable within wait_seconds"}})
 async def claim_task(body: ClaimRequest, request: Request) -> Response:
     """Claim the most urgent pending task; with ``wait_seconds`` wait for one, so dispatch is immediate.
 
-    With ``request_id``, a retried claim returns the task the first one got (same claim token)."""
+    With ``request_id``, a retried claim returns the task the first one got (same claim token). With
+    ``max_tasks`` above 1 the answer is ``{"tasks": [...]}``, as from /tasks/claims."""
+    claimed = await _claim_waiting(body, request)
+    if body.max_tasks > 1:
+        return JSONResponse(jsonable_encoder({"tasks": claimed}))
+    return JSONResponse(jsonable_encoder(claimed[0])) if claimed else Response(status_code=204)
+
+
+@router.post("/tasks/claims", response_model=TaskList)
+async def claim_tasks(body: ClaimRequest, request: Request) -> dict[str, Any]:
+    """Claim up to ``max_tasks`` tasks in one call, most urgent first; an empty list when none came within
+    ``wait_seconds``."""
+    return {"tasks": await _claim_waiting(body, request)}
+
+
+async def _claim_waiting(body: ClaimRequest, request: Request, *, first: bool = True) -> list[dict[str, Any]]:
+    """The long poll behind every claim: claim at once, else wait for work up to ``wait_seconds``."""
     state = request.app.state
     deadline = time.monotonic() + body.wait_seconds
-    first = True
     while True:
-        task = await run_in_threadpool(
-            lambda: state.store.claim(
-                body.runner_id, types=body.types, lease_seconds=body.lease_seconds, request_id=body.request_id,
-                replay=first,
+        claimed = await run_in_threadpool(
+            lambda: state.store.claim_many(
+                body.runner_id, body.max_tasks, types=body.types, lease_seconds=body.lease_seconds,
+                request_id=body.request_id, replay=first,
             )
         )
         first = False
-        if task is not None:
-            state.metrics.tasks_claimed.inc()
-            state.metrics.queue_wait.observe(max((task["started_at"] - task["created_at"]).total_seconds(), 0.0))
-            return JSONResponse(jsonable_encoder(task))
+        if claimed:
+            _count_claims(state, claimed)
+            return claimed
         remaining = deadline - time.monotonic()
         if remaining <= 0 or await request.is_disconnected():
-            return Response(status_code=204)
+            return []
         await state.work.wait(min(remaining, _IDLE_RECHECK_SECONDS))
+
+
+def _count_claims(state: Any, claimed: list[dict[str, Any]]) -> None:
+    state.metrics.tasks_claimed.inc(len(claimed))
+    for task in claimed:
+        state.metrics.queue_wait.observe(max((task["started_at"] - task["created_at"]).total_seconds(), 0.0))
 
 
 @router.get("/tasks/{task_id}", response_model=Task, responses=responses(404))
@@ -212,27 +268,44 @@ async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request)
     )
 
 
-@router.post("/tasks/{task_id}/finish", response_model=Task, responses=responses(404, 409))
-async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> dict[str, Any]:
-    """End a claim: completed, failed, needs_decision (with its question) or pending (release)."""
+@router.post("/tasks/{task_id}/finish", response_model=Task, responses={
+    200: {"model": Task | FinishAndClaim, "description": "The finished task; {finished, next} with claim_next"},
+    **responses(404, 409)})
+async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> Any:
+    """End a claim: completed, failed, needs_decision (with its question) or pending (release).
+
+    With ``claim_next`` the runner's next task is claimed in the same transaction (a refused finish claims
+    nothing), waiting up to its ``wait_seconds`` for one; the answer is then ``{"finished": ..., "next": ...}``."""
     _log_replaced(task_id, body)
-    task = await run_in_threadpool(
-        lambda: _store(request).finish(
-            task_id,
-            body.claim_token,
-            status=body.status,
-            output=body.output,
-            exit_code=body.exit_code,
-            decision_prompt=body.decision_prompt,
+    store = _store(request)
+    ending = {"status": body.status, "output": body.output, "exit_code": body.exit_code,
+              "decision_prompt": body.decision_prompt}
+    following = body.claim_next
+    if following is None:
+        task = await run_in_threadpool(lambda: store.finish(task_id, body.claim_token, **ending))
+        _count_finish(request, task)
+        return task
+    task, following_task = await run_in_threadpool(
+        lambda: store.finish_and_claim(
+            task_id, body.claim_token, **ending, runner_id=following.runner_id, types=following.types,
+            lease_seconds=following.lease_seconds, request_id=following.request_id,
         )
     )
+    _count_finish(request, task)
+    if following_task is not None:
+        _count_claims(request.app.state, [following_task])
+    elif following.wait_seconds > 0:
+        following_task = next(iter(await _claim_waiting(following, request, first=False)), None)
+    return JSONResponse(jsonable_encoder({"finished": task, "next": following_task}))
+
+
+def _count_finish(request: Request, task: dict[str, Any]) -> None:
     metrics = request.app.state.metrics
     metrics.tasks_finished.labels(task["status"]).inc()
     if task["started_at"] is not None and task["status"] != TaskStatus.PENDING:
         metrics.task_run.labels(task["task_type"]).observe((utcnow() - task["started_at"]).total_seconds())
     if task["status"] == TaskStatus.PENDING:
         request.app.state.work.notify()
-    return task
 
 
 def _log_replaced(task_id: int, report: AgentReport) -> None:
