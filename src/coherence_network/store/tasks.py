@@ -356,11 +356,12 @@ class TaskStore:
         if not 1 <= max_tasks <= MAX_CLAIM:
             raise ValueError(f"max_tasks must be 1..{MAX_CLAIM}")
         with self._write() as conn:
-            return self._claim_in(conn, runner_id, max_tasks, types, lease_seconds, request_id, replay)
+            return self._claim_in(conn, utcnow(), runner_id, max_tasks, types, lease_seconds, request_id, replay)
 
     def _claim_in(
         self,
         conn: sa.Connection,
+        now: datetime,
         runner_id: str,
         max_tasks: int,
         types: Iterable[str] | None,
@@ -374,7 +375,6 @@ class TaskStore:
                        conn.execute(_CLAIMED_BY_REQUEST, {"b_request": request_id, "b_runner": runner_id})]
             if earlier:
                 return earlier
-        now = utcnow()
         type_list = [str(t) for t in types or []]
         params: dict[str, Any] = {
             "b_runner": runner_id,
@@ -426,7 +426,7 @@ class TaskStore:
         token and status (a retry after a lost response) returns the stored result."""
         status = self._finish_status(status, decision_prompt)
         with self._write() as conn:
-            return self._finish_in(conn, task_id, claim_token, status, output, exit_code, decision_prompt)
+            return self._finish_in(conn, utcnow(), task_id, claim_token, status, output, exit_code, decision_prompt)
 
     def finish_and_claim(
         self,
@@ -447,9 +447,10 @@ class TaskStore:
         A finish that is refused (stale claim token, wrong status) claims nothing. Both halves are safe to retry:
         the finish by its claim token, the claim by its request id."""
         status = self._finish_status(status, decision_prompt)
+        now = utcnow()  # one moment: the next run starts when this one finished
         with self._write() as conn:
-            finished = self._finish_in(conn, task_id, claim_token, status, output, exit_code, decision_prompt)
-            claimed = self._claim_in(conn, runner_id, 1, types, lease_seconds, request_id, True)
+            finished = self._finish_in(conn, now, task_id, claim_token, status, output, exit_code, decision_prompt)
+            claimed = self._claim_in(conn, now, runner_id, 1, types, lease_seconds, request_id, True)
         return finished, (claimed[0] if claimed else None)
 
     @staticmethod
@@ -464,6 +465,7 @@ class TaskStore:
     def _finish_in(
         self,
         conn: sa.Connection,
+        now: datetime,
         task_id: int,
         claim_token: int,
         status: TaskStatus,
@@ -471,7 +473,6 @@ class TaskStore:
         exit_code: int | None,
         decision_prompt: str | None,
     ) -> dict[str, Any]:
-        now = utcnow()
         values: dict[str, Any] = {"status": status.value, "lease_expires_at": None, "updated_at": now}
         if output is not None:
             values["output"] = self._tail(output)
