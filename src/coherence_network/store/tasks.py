@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, TaskStatus
+from coherence_network.store.db import read_retrying
 from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.schema import UTCDateTime, components, runners, tasks
 
@@ -56,10 +57,12 @@ def _durations(postgres: bool, finished: sa.ColumnElement[Any]) -> dict[str, sa.
 
 
 @lru_cache(maxsize=None)
-def _claim_statement(typed: bool, postgres: bool, several: bool) -> sa.Update:
+def _claim_statement(typed: bool, postgres: bool, several: bool, replayable: bool) -> sa.Update:
     """Built once: statement construction costs more than SQLite's execution of it.
 
-    ``several`` picks up to ``b_limit`` tasks (``id IN``); one task keeps ``id =``, which both planners like best."""
+    ``several`` picks up to ``b_limit`` tasks (``id IN``); one task keeps ``id =``, which both planners like best.
+    ``replayable`` claims only if this request id got nothing yet, in the same statement (a retried claim then
+    updates nothing and reads what it got), so a first claim costs no separate look-up."""
     pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING)
     if typed:
         pick = pick.where(tasks.c.task_type.in_(sa.bindparam("b_types", expanding=True)))
@@ -74,9 +77,17 @@ def _claim_statement(typed: bool, postgres: bool, several: bool) -> sa.Update:
         chosen = tasks.c.id.in_(sa.select(picked.c.id))
     else:
         chosen = tasks.c.id == pick.scalar_subquery()
+    condition = [chosen, tasks.c.status == PENDING]
+    if replayable:
+        earlier = tasks.alias("earlier")
+        condition.append(~sa.exists().where(
+            earlier.c.claim_request_id == sa.bindparam("b_request"),
+            earlier.c.claimed_by == sa.bindparam("b_runner"),
+            earlier.c.status == RUNNING,
+        ))
     return (
         tasks.update()
-        .where(chosen, tasks.c.status == PENDING)
+        .where(*condition)
         .values(
             status=RUNNING,
             claimed_by=sa.bindparam("b_runner"),
@@ -181,8 +192,8 @@ class TaskStore:
 
     # --- reads ----------------------------------------------------------------------------------------------
     def get(self, task_id: int) -> dict[str, Any]:
-        with self.engine.connect() as conn:
-            row = _row(conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first())
+        row = read_retrying(self.engine, lambda conn: _row(
+            conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()))
         if row is None:
             raise NotFound(f"task {task_id} not found")
         return row
@@ -213,10 +224,12 @@ class TaskStore:
             key = [tasks.c.finished_at, tasks.c.id]
         ordering = [c.desc() if order == "newest" else c.asc() for c in key]
         query = sa.select(tasks).where(*where).order_by(*ordering).limit(limit).offset(offset)
-        with self.engine.connect() as conn:
+
+        def read(conn: sa.Connection) -> tuple[list[dict[str, Any]], int]:
             items = [dict(r._mapping) for r in conn.execute(query)]
-            total = conn.execute(sa.select(sa.func.count()).select_from(tasks).where(*where)).scalar_one()
-        return items, int(total)
+            return items, int(conn.execute(sa.select(sa.func.count()).select_from(tasks).where(*where)).scalar_one())
+
+        return read_retrying(self.engine, read)
 
     def count(self) -> dict[str, Any]:
         """{"total": n, "by_status": {status: n}} with every status present.
@@ -369,12 +382,9 @@ class TaskStore:
         request_id: str | None,
         replay: bool,
     ) -> list[dict[str, Any]]:
-        """The claim inside the caller's transaction: the replay look-up and the UPDATE share one connection."""
-        if request_id is not None and replay:
-            earlier = [dict(r._mapping) for r in
-                       conn.execute(_CLAIMED_BY_REQUEST, {"b_request": request_id, "b_runner": runner_id})]
-            if earlier:
-                return earlier
+        """The claim inside the caller's transaction. Only a claim that took nothing looks for what its request id
+        got before (a retry after a lost response): the UPDATE itself refuses to claim for a request that has."""
+        replayable = request_id is not None and replay
         type_list = [str(t) for t in types or []]
         params: dict[str, Any] = {
             "b_runner": runner_id,
@@ -386,8 +396,11 @@ class TaskStore:
             params["b_types"] = type_list
         if max_tasks > 1:
             params["b_limit"] = max_tasks
-        statement = _claim_statement(bool(type_list), self._pg, max_tasks > 1)
-        return sorted((dict(r._mapping) for r in conn.execute(statement, params)), key=_claim_order)
+        statement = _claim_statement(bool(type_list), self._pg, max_tasks > 1, replayable)
+        claimed = [dict(r._mapping) for r in conn.execute(statement, params)]
+        if not claimed and replayable:
+            claimed = [dict(r._mapping) for r in conn.execute(_CLAIMED_BY_REQUEST, params)]
+        return sorted(claimed, key=_claim_order)
 
     def heartbeat(
         self,
