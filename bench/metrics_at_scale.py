@@ -21,14 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if __name__ == "__main__":  # bench/ first on sys.path would let its queue.py shadow the standard library's
     sys.path[0] = str(ROOT)
 
-import httpx  # noqa: E402
+import httpx
 
-from bench.pipeline_status import fill, latency  # noqa: E402
-from coherence_network.store.db import create_store_engine  # noqa: E402
-from coherence_network.store.schema import tasks  # noqa: E402
-from coherence_network.store.tasks import seconds_between  # noqa: E402
-from tests.support.api import ApiProcess  # noqa: E402
-from tests.support.postgres import PostgresServer  # noqa: E402
+from bench.pipeline_status import fill, latency
+from coherence_network.store.db import create_store_engine
+from coherence_network.store.schema import tasks
+from coherence_network.store.tasks import seconds_between
+from tests.support.api import ApiProcess
+from tests.support.postgres import PostgresServer
 
 ENDPOINTS = ("/api/agent/metrics", "/api/agent/pipeline-status")
 

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if __name__ == "__main__":  # for tests.support; and not bench/, whose queue.py would shadow the standard library's
     sys.path[0] = str(ROOT)
 
-from coherence_network.store import TaskStore  # noqa: E402
-from coherence_network.store.db import create_store_engine, migrate  # noqa: E402
+from coherence_network.store import TaskStore
+from coherence_network.store.db import create_store_engine, migrate
 
 
 class RoundTrips:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 from coherence_network import __version__
@@ -344,7 +344,8 @@ class Runner:
 
     def _send(self, result: TaskResult, claim_next: bool) -> tuple[bool, Task | None]:
         following = None
-        fields = {"output": result.output, "exit_code": result.exit_code, "decision_prompt": result.decision_prompt}
+        fields: dict[str, Any] = {"output": result.output, "exit_code": result.exit_code,
+                                  "decision_prompt": result.decision_prompt}
         try:
             if claim_next:
                 _, following = self.client.finish_and_claim(result.task_id, result.claim_token, result.status,

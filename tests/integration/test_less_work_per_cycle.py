@@ -5,20 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
-import httpx
 import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from coherence_network.client import ApiClient, ApiConflict, ApiValidationError
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.store import Conflict, TaskStore
 from coherence_network.store.db import alembic_config, create_store_engine, migrate
 from coherence_network.store.schema import tasks
 from coherence_network.store.tasks import MAX_BATCH, utcnow
-from tests.support.api import ApiProcess
 
 RUN = TaskType.RUN
 

@@ -278,7 +278,7 @@ async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> An
     nothing), waiting up to its ``wait_seconds`` for one; the answer is then ``{"finished": ..., "next": ...}``."""
     _log_replaced(task_id, body)
     store = _store(request)
-    ending = {"status": body.status, "output": body.output, "exit_code": body.exit_code,
+    ending: dict[str, Any] = {"status": body.status, "output": body.output, "exit_code": body.exit_code,
               "decision_prompt": body.decision_prompt}
     following = body.claim_next
     if following is None:

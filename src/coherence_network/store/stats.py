@@ -93,13 +93,13 @@ def duration_percentiles(
                         "n": int(n), **{_label(p): round(float(v), 3) for p, v in zip(PERCENTILES, found)}
                     }
         return result
-    values: dict[str, dict[str, list[float]]] = {name: {} for name in durations}
+    collected: dict[str, dict[str, list[float]]] = {name: {} for name in durations}
     for task_type, *found in conn.execute(sa.select(tasks.c.task_type, *durations.values()).where(window)):
         for name, duration in zip(durations, found):
             if duration is not None:
                 for group in (task_type, ALL_TYPES):
-                    values[name].setdefault(group, []).append(duration)
-    for name, groups in values.items():
+                    collected[name].setdefault(group, []).append(duration)
+    for name, groups in collected.items():
         for group, ranked in groups.items():
             ranked.sort()
             n = len(ranked)

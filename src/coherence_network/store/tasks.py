@@ -6,12 +6,13 @@ UPDATE matches nothing the row is read to say why (404 or a conflict naming the 
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -40,7 +41,9 @@ MAX_BATCH = 1000  # tasks in one batch create (one transaction)
 MAX_CLAIM = 100  # tasks in one claim
 
 
-def seconds_between(postgres: bool, start: sa.ColumnElement[Any], end: sa.ColumnElement[Any]) -> sa.ColumnElement[float]:
+def seconds_between(
+    postgres: bool, start: sa.ColumnElement[Any], end: sa.ColumnElement[Any]
+) -> sa.ColumnElement[float]:
     """``end - start`` in seconds as a float, in the backend's own date arithmetic."""
     if postgres:
         return sa.cast(sa.func.extract("epoch", end - start), sa.Float)
@@ -70,6 +73,7 @@ def _claim_statement(typed: bool, postgres: bool, several: bool, replayable: boo
     pick = pick.limit(sa.bindparam("b_limit", type_=sa.Integer)) if several else pick.limit(1)
     if postgres:
         pick = pick.with_for_update(skip_locked=True)
+    chosen: sa.ColumnElement[bool]
     if several:
         # A materialized CTE runs the pick once: as a plain IN subquery PostgreSQL may run it again, and with
         # SKIP LOCKED a second run skips the rows the first locked and picks others (more than the limit).
@@ -77,7 +81,7 @@ def _claim_statement(typed: bool, postgres: bool, several: bool, replayable: boo
         chosen = tasks.c.id.in_(sa.select(picked.c.id))
     else:
         chosen = tasks.c.id == pick.scalar_subquery()
-    condition = [chosen, tasks.c.status == PENDING]
+    condition: list[sa.ColumnElement[bool]] = [chosen, tasks.c.status == PENDING]
     if replayable:
         earlier = tasks.alias("earlier")
         condition.append(~sa.exists().where(
@@ -152,6 +156,11 @@ def _same_create(key: str, earlier: dict[str, Any], values: dict[str, Any], wher
         )
 
 
+# Inside TaskStore, ``list`` names its method: these spell the builtin's types for its signatures.
+Rows = list[dict[str, Any]]
+Outcomes = list[tuple[dict[str, Any], bool]]
+
+
 @dataclass
 class ReapResult:
     """Expired leases handled by one reaper pass."""
@@ -207,7 +216,7 @@ class TaskStore:
         limit: int = 50,
         offset: int = 0,
         finished_after: datetime | None = None,
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[Rows, int]:
         """A page of tasks and the total that match the filter.
 
         ``finished_after`` keeps tasks finished strictly after that time and orders them by ``finished_at`` (then
@@ -218,14 +227,14 @@ class TaskStore:
             where.append(tasks.c.status == str(status))
         if task_type:
             where.append(tasks.c.task_type == str(task_type))
-        key: list[sa.ColumnElement[Any]] = [tasks.c.id]
+        key: builtins.list[sa.ColumnElement[Any]] = [tasks.c.id]
         if finished_after is not None:
             where.append(tasks.c.finished_at > finished_after)
             key = [tasks.c.finished_at, tasks.c.id]
         ordering = [c.desc() if order == "newest" else c.asc() for c in key]
         query = sa.select(tasks).where(*where).order_by(*ordering).limit(limit).offset(offset)
 
-        def read(conn: sa.Connection) -> tuple[list[dict[str, Any]], int]:
+        def read(conn: sa.Connection) -> tuple[Rows, int]:
             items = [dict(r._mapping) for r in conn.execute(query)]
             return items, int(conn.execute(sa.select(sa.func.count()).select_from(tasks).where(*where)).scalar_one())
 
@@ -258,7 +267,7 @@ class TaskStore:
         """Add a pending task; returns (task, created). See ``create_many`` for the fields and the key's rules."""
         return self.create_many([fields])[0]
 
-    def create_many(self, items: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bool]]:
+    def create_many(self, items: Rows) -> Outcomes:
         """Add pending tasks in one transaction; returns (task, created) for each item, in order.
 
         Each item holds ``direction`` and ``task_type`` and may hold ``command``, ``priority``, ``max_attempts``,
@@ -307,16 +316,16 @@ class TaskStore:
         }
 
     @staticmethod
-    def _create_in(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bool]]:
+    def _create_in(conn: sa.Connection, rows: Rows) -> Outcomes:
         """Replays from the keys already stored (one look-up for the batch), then one multi-row INSERT."""
         keys = {row["idempotency_key"] for row in rows} - {None}
         stored: dict[str, dict[str, Any]] = {}
         if keys:
             found = conn.execute(sa.select(tasks).where(tasks.c.idempotency_key.in_(sorted(keys))))
             stored = {r.idempotency_key: dict(r._mapping) for r in found}
-        fresh: list[dict[str, Any]] = []
+        fresh: Rows = []
         first_of_key: dict[str, int] = {}  # a key's first fresh row, by its place in ``fresh``
-        plan: list[tuple[str, Any]] = []  # per item: ("stored", task), ("fresh", index) or ("again", index)
+        plan: builtins.list[tuple[str, Any]] = []  # per item: ("stored", task), ("fresh" | "again", place in fresh)
         for row in rows:
             key = row["idempotency_key"]
             if key in stored:
@@ -363,7 +372,7 @@ class TaskStore:
         lease_seconds: float | None = None,
         request_id: str | None = None,
         replay: bool = True,
-    ) -> list[dict[str, Any]]:
+    ) -> Rows:
         """Claim up to ``max_tasks`` of the most urgent pending tasks for ``runner_id`` in one statement, most
         urgent first; each gets its own claim token. A retried ``request_id`` returns what that claim got."""
         if not 1 <= max_tasks <= MAX_CLAIM:
@@ -381,7 +390,7 @@ class TaskStore:
         lease_seconds: float | None,
         request_id: str | None,
         replay: bool,
-    ) -> list[dict[str, Any]]:
+    ) -> Rows:
         """The claim inside the caller's transaction. Only a claim that took nothing looks for what its request id
         got before (a retry after a lost response): the UPDATE itself refuses to claim for a request that has."""
         replayable = request_id is not None and replay
@@ -566,7 +575,7 @@ class TaskStore:
     ) -> dict[str, Any]:
         return self._seen(runners.c.id, runner_id, {"host": host, "pid": pid, "version": version, "info": info})
 
-    def runners(self) -> list[dict[str, Any]]:
+    def runners(self) -> Rows:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(sa.select(runners).order_by(runners.c.last_seen.desc()))]
 
@@ -586,7 +595,7 @@ class TaskStore:
         """Record that a component (e.g. the project manager) is alive, with a summary any API replica can show."""
         return self._seen(components.c.name, name, {"host": host, "pid": pid, "version": version, "info": info})
 
-    def components(self) -> list[dict[str, Any]]:
+    def components(self) -> Rows:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(sa.select(components).order_by(components.c.name))]
 
