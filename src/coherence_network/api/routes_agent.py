@@ -268,7 +268,7 @@ async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request)
     )
 
 
-@router.post("/tasks/{task_id}/finish", response_model=Task, responses={
+@router.post("/tasks/{task_id}/finish", response_model=None, responses={
     200: {"model": Task | FinishAndClaim, "description": "The finished task; {finished, next} with claim_next"},
     **responses(404, 409)})
 async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> Any:
