@@ -3,6 +3,7 @@ cursor and stored run durations, on both stores; then the same shapes over HTTP 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -75,6 +76,31 @@ def test_claim_many_takes_the_most_urgent_each_with_its_own_token_and_replays(st
     assert store.claim_many("r2", 100) == []
     with pytest.raises(ValueError):
         store.claim_many("r2", 101)
+
+
+def test_racing_claims_of_several_take_each_task_once_and_never_more_than_asked(store: TaskStore) -> None:
+    store.create_many([_item(f"t{i}") for i in range(600)])
+    claims: list[list[dict[str, object]]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def claimer(name: str) -> None:
+        try:
+            start.wait()
+            while claimed := store.claim_many(name, 7, request_id=None):
+                claims.append(claimed)  # list.append is atomic
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer, args=(f"r{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    ids = [task["id"] for claimed in claims for task in claimed]
+    assert len(ids) == 600 and len(set(ids)) == 600
+    assert max(len(claimed) for claimed in claims) == 7
 
 
 # --- finish and claim the next ------------------------------------------------------------------------------
