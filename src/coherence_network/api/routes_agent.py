@@ -279,7 +279,7 @@ async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> An
     _log_replaced(task_id, body)
     store = _store(request)
     ending: dict[str, Any] = {"status": body.status, "output": body.output, "exit_code": body.exit_code,
-              "decision_prompt": body.decision_prompt}
+                              "decision_prompt": body.decision_prompt}
     following = body.claim_next
     if following is None:
         task = await run_in_threadpool(lambda: store.finish(task_id, body.claim_token, **ending))
