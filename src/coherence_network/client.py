@@ -19,11 +19,13 @@ import httpx
 
 from coherence_network.contract import (
     FatalIssueList,
+    FinishAndClaim,
     MonitorIssueList,
     PipelineStatus,
     Runner,
     Task,
     TaskCount,
+    TaskList,
     TaskPage,
     TaskStatus,
 )
@@ -154,6 +156,13 @@ class ApiClient:
         response = self.request("POST", "/api/agent/tasks", json=body, keyed=True, headers={"Idempotency-Key": key})
         return Task.model_validate(response.json())
 
+    def create_tasks(self, items: list[dict[str, Any]]) -> list[Task]:
+        """Create many tasks in one call and one transaction, in order. Every item gets an idempotency key (a fresh
+        one unless it has its own), so a retried batch returns the tasks the first one made."""
+        body = {"tasks": [{**item, "task_type": str(item["task_type"]),
+                           "idempotency_key": item.get("idempotency_key") or uuid.uuid4().hex} for item in items]}
+        return TaskList.model_validate(self.post("/api/agent/tasks/batch", body, keyed=True)).tasks
+
     def get_task(self, task_id: int) -> Task:
         return Task.model_validate(self.get(f"/api/agent/tasks/{task_id}"))
 
@@ -171,13 +180,21 @@ class ApiClient:
 
         The claim carries a fresh request id, so a retry after a lost response gets the task this claim already
         got instead of leaving it claimed by a runner that never learns of it."""
-        body = {"runner_id": runner_id, "types": [str(t) for t in types] if types else None,
-                "wait_seconds": wait_seconds, "lease_seconds": lease_seconds, "request_id": uuid.uuid4().hex}
-        response = self.request(
-            "POST", "/api/agent/tasks/claim", json={k: v for k, v in body.items() if v is not None},
-            timeout=self.timeout + wait_seconds, keyed=True,
-        )
+        body = _claim_body(runner_id, types, wait_seconds, lease_seconds)
+        response = self.request("POST", "/api/agent/tasks/claim", json=body, timeout=self.timeout + wait_seconds,
+                                keyed=True)
         return None if response.status_code == 204 else Task.model_validate(response.json())
+
+    def claim_many(
+        self, runner_id: str, max_tasks: int, *, types: list[str] | None = None, wait_seconds: float = 0.0,
+        lease_seconds: float | None = None,
+    ) -> list[Task]:
+        """Claim up to ``max_tasks`` tasks in one call (most urgent first), waiting up to ``wait_seconds`` for any;
+        retried as safely as ``claim`` (one request id names the whole claim)."""
+        body = {**_claim_body(runner_id, types, wait_seconds, lease_seconds), "max_tasks": max_tasks}
+        response = self.request("POST", "/api/agent/tasks/claims", json=body, timeout=self.timeout + wait_seconds,
+                                keyed=True)
+        return TaskList.model_validate(response.json()).tasks
 
     def heartbeat(self, task_id: int, claim_token: int, **fields: Any) -> Task:
         """Extend the lease; fenced by the claim token, so repeating it is safe."""
@@ -186,9 +203,23 @@ class ApiClient:
 
     def finish(self, task_id: int, claim_token: int, status: TaskStatus | str, **fields: Any) -> Task:
         """End a claim; the API returns the stored result when this exact finish was already recorded."""
-        body = {"claim_token": claim_token, "status": str(status),
-                **{k: v for k, v in fields.items() if v is not None}}
-        return Task.model_validate(self.post(f"/api/agent/tasks/{task_id}/finish", body, keyed=True))
+        return Task.model_validate(self.post(f"/api/agent/tasks/{task_id}/finish",
+                                             _finish_body(claim_token, status, fields), keyed=True))
+
+    def finish_and_claim(
+        self, task_id: int, claim_token: int, status: TaskStatus | str, *, runner_id: str,
+        types: list[str] | None = None, wait_seconds: float = 0.0, lease_seconds: float | None = None,
+        **fields: Any,
+    ) -> tuple[Task, Task | None]:
+        """End a claim and claim the runner's next task in one call: (finished, next or None).
+
+        Safe to retry like its two halves: the finish is fenced by its claim token, the claim has a request id."""
+        body = {**_finish_body(claim_token, status, fields),
+                "claim_next": _claim_body(runner_id, types, wait_seconds, lease_seconds)}
+        response = self.request("POST", f"/api/agent/tasks/{task_id}/finish", json=body,
+                                timeout=self.timeout + wait_seconds, keyed=True)
+        answer = FinishAndClaim.model_validate(response.json())
+        return answer.finished, answer.next
 
     def decide(self, task_id: int, decision: str, decided_by: str) -> Task:
         """Answer a task's question; the same answer by the same person again is accepted as a repeat."""
@@ -222,6 +253,18 @@ class ApiClient:
         body = {"runner_id": runner_id, "host": host, "pid": pid, "version": version, "info": info}
         return Runner.model_validate(self.post("/api/agent/runners/heartbeat", body, keyed=True))
 
+
+
+def _claim_body(runner_id: str, types: list[str] | None, wait_seconds: float,
+                lease_seconds: float | None) -> dict[str, Any]:
+    """A claim request with a fresh request id: one id per logical claim, kept by every retry of it."""
+    body = {"runner_id": runner_id, "types": [str(t) for t in types] if types else None,
+            "wait_seconds": wait_seconds, "lease_seconds": lease_seconds, "request_id": uuid.uuid4().hex}
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _finish_body(claim_token: int, status: TaskStatus | str, fields: dict[str, Any]) -> dict[str, Any]:
+    return {"claim_token": claim_token, "status": str(status), **{k: v for k, v in fields.items() if v is not None}}
 
 
 def _detail(response: httpx.Response) -> Any:

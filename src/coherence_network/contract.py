@@ -99,6 +99,19 @@ class TaskPage(Returned):
     offset: int
 
 
+class TaskList(Returned):
+    """A batch create's tasks (in the order given) or the tasks of one claim (most urgent first)."""
+
+    tasks: list[Task]
+
+
+class FinishAndClaim(Returned):
+    """A finish that also claimed: the finished task and the runner's next one (None when none was claimable)."""
+
+    finished: Task
+    next: Task | None = None
+
+
 class TaskCount(Returned):
     """``GET /api/agent/tasks/count``: every status is present."""
 

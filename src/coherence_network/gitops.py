@@ -20,7 +20,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from coherence_network.client import ApiClient, ApiError
@@ -178,33 +178,69 @@ def after_task_completed(task: Task, settings: Settings, busy_count: int) -> str
     return commit_workspace(settings, [task])
 
 
+# A finish is stamped before its transaction commits, so one stamped earlier can become visible after a later one
+# was read: each look reaches back this far before the newest finish seen, and skips the ids it already saw.
+WATCH_OVERLAP = timedelta(seconds=5)
+WATCH_PAGE = 500  # the API's largest page
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 class CompletedTaskWatcher:
-    """Auto-commit driven from the supervisor (on its own thread): polls the API for newly completed tasks and
-    commits when nothing runs. Tasks already completed when it starts are not committed again."""
+    """Auto-commit driven from the supervisor (on its own thread): asks the API only for tasks completed since its
+    last look (a cursor on ``finished_at``, every page of them) and commits when nothing runs. Tasks already
+    completed when it starts are not committed. The running count is asked only while a commit waits."""
 
     def __init__(self, settings: Settings, client: ApiClient) -> None:
         self.settings = settings
         self.client = client
-        self.seen: set[int] | None = None
+        self.started = False  # the first look only marks what is already completed
+        self.cursor = _EPOCH  # the newest finish seen
+        self.seen: dict[int, datetime] = {}  # ids finished within WATCH_OVERLAP of the cursor, already taken
         self.waiting: list[Task] = []
+
+    def _completed_after(self, after: datetime) -> list[Task]:
+        """Every task completed after ``after``, oldest finish first."""
+        found: list[Task] = []
+        while True:
+            page = self.client.list_tasks(status=TaskStatus.COMPLETED, finished_after=after.isoformat(),
+                                          order="oldest", limit=WATCH_PAGE, offset=len(found))
+            found += page.items
+            if len(page.items) < WATCH_PAGE:
+                return found
+
+    def _take(self, done: list[Task]) -> list[Task]:
+        """Move the cursor past ``done``; returns those not seen before."""
+        fresh = [t for t in done if t.id not in self.seen]
+        for t in done:
+            self.seen[t.id] = t.finished_at or t.updated_at
+        if self.seen:
+            self.cursor = max(self.seen.values())
+            self.seen = {i: at for i, at in self.seen.items() if at >= self.cursor - WATCH_OVERLAP}
+        return fresh
 
     def poll(self) -> str | None:
         """One pass; returns commit_workspace's outcome when it committed (or tried), else None."""
+        first = not self.started
         try:
-            completed = self.client.list_tasks(status=TaskStatus.COMPLETED, limit=200).items
-            running = self.client.count_tasks().by_status.get(TaskStatus.RUNNING, 0)
+            if first:
+                newest = self.client.list_tasks(status=TaskStatus.COMPLETED, finished_after=_EPOCH.isoformat(),
+                                                order="newest", limit=1)
+                latest = newest.items[0].finished_at if newest.items else None
+                done = self._completed_after(latest - WATCH_OVERLAP) if latest else []
+            else:
+                done = self._completed_after(self.cursor - WATCH_OVERLAP)
+            fresh = self._take(done)
+            running = self.client.count_tasks().by_status.get(TaskStatus.RUNNING, 0) if (
+                not first and (fresh or self.waiting)) else 0
         except ApiError as exc:
             progress_log(self.settings).debug("auto-commit poll skipped: %s", exc)
             return None
-        ids = {t.id for t in completed}
-        if self.seen is None:
-            self.seen = ids
+        if first:
+            self.started = True
             progress_log(self.settings).info("auto-commit on: watching %s for completed tasks (%d completed before "
-                                             "are not committed)", self.settings.coherence_workspace, len(ids))
+                                             "are not committed)", self.settings.coherence_workspace, newest.total)
             return None
-        fresh = sorted((t for t in completed if t.id not in self.seen and t.task_type in COMMIT_TYPES),
-                       key=lambda t: t.finished_at or t.updated_at)
-        self.seen = ids  # the newest completed tasks; older ones cannot reappear as new
+        fresh = [t for t in fresh if t.task_type in COMMIT_TYPES]
         self.waiting += fresh
         if not self.waiting:
             return None

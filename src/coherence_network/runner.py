@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 from coherence_network import __version__
@@ -323,6 +323,8 @@ class Runner:
         self.lock = threading.Lock()
         self.delivering = threading.Lock()  # one delivery at a time, so a slot and the outbox flush never race
         self.attention = threading.Event()  # a result waits in the outbox: the heartbeat loop goes at once
+        self.claiming = threading.Lock()  # one claim in flight per runner, for every idle slot
+        self.handoff: deque[Task] = deque()  # claimed for an idle slot that has not taken it yet
         self.client = ApiClient(settings=settings, retries=2)
 
     # --- results ----------------------------------------------------------------------------------------
@@ -331,28 +333,36 @@ class Runner:
 
     def deliver(self, result: TaskResult) -> bool:
         """Send a result; True when the API has it (or rejected it for good), False to try again later."""
+        return self._deliver(result, claim_next=False)[0]
+
+    def _deliver(self, result: TaskResult, *, claim_next: bool) -> tuple[bool, Task | None]:
+        """``deliver``; with ``claim_next`` the same call claims this runner's next task: (delivered, next task)."""
         with self.delivering:
             if not self._outbox_path(result).exists():
-                return True  # delivered meanwhile by another thread
-            return self._send(result)
+                return True, None  # delivered meanwhile by another thread
+            return self._send(result, claim_next)
 
-    def _send(self, result: TaskResult) -> bool:
+    def _send(self, result: TaskResult, claim_next: bool) -> tuple[bool, Task | None]:
+        following = None
+        fields: dict[str, Any] = {"output": result.output, "exit_code": result.exit_code,
+                                  "decision_prompt": result.decision_prompt}
         try:
-            self.client.finish(
-                result.task_id, result.claim_token, result.status, output=result.output,
-                exit_code=result.exit_code, decision_prompt=result.decision_prompt,
-            )
+            if claim_next:
+                _, following = self.client.finish_and_claim(result.task_id, result.claim_token, result.status,
+                                                            runner_id=self.runner_id, types=self.types, **fields)
+            else:
+                self.client.finish(result.task_id, result.claim_token, result.status, **fields)
         except (ApiConflict, ApiNotFound) as exc:
             log.warning("task %s: result dropped, the claim is no longer ours: %s", result.task_id, exc.detail)
         except ApiUnavailable as exc:
             log.warning("task %s: API unavailable, result kept in the outbox (%s)", result.task_id, exc.detail)
-            return False
+            return False, None
         except ApiError as exc:
             log.error("task %s: result rejected: %s", result.task_id, exc)
         else:
             log.info("task %s: %s (exit %s)", result.task_id, result.status, result.exit_code)
         self._outbox_path(result).unlink(missing_ok=True)
-        return True
+        return True, following
 
     def flush_outbox(self) -> int:
         """Deliver every stored result; returns how many are still waiting."""
@@ -370,22 +380,39 @@ class Runner:
                 waiting += 1
         return waiting
 
-    def keep(self, result: TaskResult) -> None:
-        """Persist a result before sending it, so neither an API outage nor a runner restart can lose it."""
+    def keep(self, result: TaskResult, *, claim_next: bool = False) -> Task | None:
+        """Persist a result before sending it, so neither an API outage nor a runner restart can lose it; with
+        ``claim_next`` the delivery also claims this slot's next task (one call), returned when one came."""
         write_json_atomic(self._outbox_path(result), asdict(result))
-        if not self.deliver(result):
+        delivered, following = self._deliver(result, claim_next=claim_next)
+        if not delivered:
             self.attention.set()
+        return following
 
     # --- one slot -----------------------------------------------------------------------------------------
     def _claim(self) -> Task | None:
-        """Ask for a task; the API holds the request up to ``interval`` seconds and answers as soon as one exists.
+        """A task for an idle slot: one another slot's claim brought, else a claim for every idle slot at once.
 
-        So an idle slot is always waiting on the API (dispatch is immediate), and a stop is noticed within
-        ``interval`` seconds."""
-        wait = 0.0 if self.once else min(self.interval, MAX_CLAIM_WAIT)
-        return self.client.claim(self.runner_id, types=self.types, wait_seconds=wait)
+        One claim is in flight per runner; the API holds it up to ``interval`` seconds and answers as soon as work
+        exists, so an idle slot is always waiting on the API (dispatch is immediate), and a stop is noticed within
+        ``interval`` seconds. Tasks claimed for other idle slots wait in ``handoff`` for them."""
+        with self.claiming:
+            with self.lock:
+                if self.handoff:
+                    return self.handoff.popleft()
+                idle = self.workers - len(self.runs)
+            if self.stopping.is_set():
+                return None
+            wait = 0.0 if self.once else min(self.interval, MAX_CLAIM_WAIT)
+            if idle <= 1:
+                return self.client.claim(self.runner_id, types=self.types, wait_seconds=wait)
+            claimed = self.client.claim_many(self.runner_id, idle, types=self.types, wait_seconds=wait)
+            with self.lock:
+                self.handoff.extend(claimed[1:])
+            return claimed[0] if claimed else None
 
-    def _run_one(self, task: Task) -> None:
+    def _run_one(self, task: Task) -> TaskResult | None:
+        """Run a claimed task; its result (None when the claim was lost and the result dropped)."""
         run = TaskRun(task, self.settings, self.runner_id)
         with self.lock:
             self.runs[task.id] = run
@@ -414,7 +441,7 @@ class Runner:
             result = run.execute(beat, self.kill_now)
         except ClaimLost as exc:
             log.warning("task %s: claim lost (%s); its process group was stopped", task.id, exc)
-            return
+            return None
         finally:
             with self.lock:
                 self.runs.pop(task.id, None)
@@ -423,34 +450,54 @@ class Runner:
         if result.status == TaskStatus.FAILED:
             with self.lock:
                 self.failed += 1
-        self.keep(result)
+        return result
 
     def slot(self, number: int) -> None:
-        """Claim and run tasks one after another until the runner stops; never dies of an error."""
+        """Claim and run tasks one after another until the runner stops; never dies of an error.
+
+        A result is delivered with the claim of the slot's next task in the same call; only when that brings
+        nothing does the slot long-poll for work."""
         backoff = self.interval
+        task: Task | None = None
         while not self.stopping.is_set():
-            asked = time.monotonic()
-            try:
-                task = self._claim()
-            except ApiError as exc:
-                log.warning("slot %d: claim failed (%s); retrying in %.1fs", number, exc, backoff)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            backoff = self.interval
             if task is None:
-                if self.once:
-                    return
-                # normally the long poll already waited; this covers an API that answered early
-                self.stopping.wait(max(0.0, self.interval - (time.monotonic() - asked)))
-                continue
+                asked = time.monotonic()
+                try:
+                    task = self._claim()
+                except ApiError as exc:
+                    log.warning("slot %d: claim failed (%s); retrying in %.1fs", number, exc, backoff)
+                    self.stopping.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                backoff = self.interval
+                if task is None:
+                    if self.once:
+                        return
+                    # normally the long poll already waited; this covers an API that answered early
+                    self.stopping.wait(max(0.0, self.interval - (time.monotonic() - asked)))
+                    continue
             if self.stopping.is_set():  # claimed while a stop began: hand it straight back
-                self.keep(TaskResult(task.id, task.claim_token, TaskStatus.PENDING, None, ""))
-                return
+                break
             try:
-                self._run_one(task)
+                result = self._run_one(task)
             except Exception:  # e.g. the log folder is unwritable: the lease returns the task, the slot lives on
                 log.exception("slot %d: task %s could not be run", number, task.id)
+                result = None
+            task = None
+            if result is not None:
+                more = not self.stopping.is_set() and result.status != TaskStatus.PENDING
+                task = self.keep(result, claim_next=more)
+        if task is not None:
+            self.keep(TaskResult(task.id, task.claim_token, TaskStatus.PENDING, None, ""))
+
+    def release_handoff(self) -> None:
+        """Hand back tasks claimed for slots that stopped before taking them."""
+        while True:
+            with self.lock:
+                if not self.handoff:
+                    return
+                task = self.handoff.popleft()
+            self.keep(TaskResult(task.id, task.claim_token, TaskStatus.PENDING, None, ""))
 
     # --- the whole runner ---------------------------------------------------------------------------------
     def heartbeat_loop(self) -> None:
@@ -517,6 +564,7 @@ class Runner:
             self.kill_now.set()
             for thread in slots:
                 thread.join(self.settings.agent_kill_grace_seconds + 30)
+        self.release_handoff()
         self.kill_now.set()
         self.attention.set()  # the heartbeat loop ends now, not an interval later
         if self.flush_outbox():

@@ -31,7 +31,8 @@ def _row(now: datetime, task_type: str, status: str, *, age: timedelta, wait: fl
     finished = now - age
     started = finished - timedelta(seconds=run)
     return {"direction": "d", "task_type": task_type, "status": status, "created_at": started - timedelta(seconds=wait),
-            "started_at": started, "finished_at": finished, "updated_at": finished, "output": "ok", "command": None}
+            "started_at": started, "finished_at": finished, "updated_at": finished, "output": "ok", "command": None,
+            "run_seconds": run, "queue_seconds": wait}  # as the finish stores them
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -54,7 +55,8 @@ def test_task_metrics_on_both_backends(store_url: str) -> None:
     older = [_row(now, "impl", "failed", age=timedelta(days=3), wait=100.0, run=500.0) for _ in range(5)]
     ancient = [_row(now, "impl", "completed", age=timedelta(days=30), wait=9999.0, run=9999.0) for _ in range(7)]
     unfinished = {"direction": "p", "task_type": "test", "status": "pending", "created_at": now, "updated_at": now,
-                  "started_at": None, "finished_at": None, "output": None, "command": None}
+                  "started_at": None, "finished_at": None, "output": None, "command": None, "run_seconds": None,
+                  "queue_seconds": None}
     with engine.begin() as conn:
         conn.execute(tasks.insert(), recent + older + ancient)
         conn.execute(tasks.insert(), [unfinished])

@@ -2,7 +2,7 @@
 
 The earlier heads (see tests/fixtures/schema_history/README.md): (a) 0001 before the claim index was renamed,
 (b) 0001, (c) 0003, (d) 0004, (e) the renumbered graph chain 0001 -> 0002 (graph) -> 0003 -> 0004, (f) that
-chain's 0002, (g) 0005; plus (a) later upgraded to 0005 by today's chain, so it still has the old claim index.
+chain's 0002, (g) 0005, (h) 0006; plus (a) later upgraded to 0005 by today's chain, so it still has the old claim index.
 Each is built by running the revisions it really ran, filled with rows, then upgraded by ``migrate()``.
 """
 
@@ -59,6 +59,7 @@ OLD_HEADS = {
     "e_old_graph_chain_0004": OldHead("e_5e99590", "0004"),
     "f_old_0002": OldHead("e_5e99590", "0002"),
     "g_0005": OldHead(None, "0005"),
+    "h_0006": OldHead(None, "0006"),
 }
 
 
@@ -197,7 +198,7 @@ def test_a_store_at_an_earlier_head_upgrades_to_head_with_its_rows(store_url: st
     at = head.then_today or head.revision
     assert current_revision(engine) == at
     written = _seed(engine)
-    assert ("projects" in written) == (head.chain == "e_5e99590" or at == "0005")
+    assert ("projects" in written) == (head.chain == "e_5e99590" or at >= "0005")
 
     before, after = migrate(engine)
 

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.store.tasks import MAX_BATCH, MAX_CLAIM
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # PostgreSQL INTEGER: the narrowest integer column of either store
 MAX_JSON_DEPTH = 32  # nesting of objects and arrays in a free-form JSON field
@@ -147,6 +148,19 @@ class TaskCreate(Strict):
     context: JsonObject | None = None
 
 
+class TaskCreateItem(TaskCreate):
+    """One task of a batch create; its own key plays the Idempotency-Key header's part."""
+
+    idempotency_key: Text | None = Field(
+        None, min_length=1, max_length=200,
+        description="Makes this item safe to retry: the same key returns the task the first create made",
+    )
+
+
+class TaskBatch(Strict):
+    tasks: list[TaskCreateItem] = Field(min_length=1, max_length=MAX_BATCH, description="Created in one transaction")
+
+
 class TaskPatch(Strict):
     """An operator's change: a decision for a needs_decision task, or ``status: pending`` to retry a failed one."""
 
@@ -170,6 +184,13 @@ class ClaimRequest(Strict):
         None, min_length=1, max_length=100,
         description="Names this claim: a retry with the same id returns the task this claim already got",
     )
+    max_tasks: int = Field(1, ge=1, le=MAX_CLAIM, description="Claim up to this many tasks at once")
+
+
+class ClaimNext(ClaimRequest):
+    """The claim a finish makes right after it: one task (``next``)."""
+
+    max_tasks: Literal[1] = Field(1, description="A finish claims at most one next task")
 
 
 class TaskHeartbeat(AgentReport):
@@ -189,6 +210,9 @@ class TaskFinish(AgentReport):
     output: str | None = Field(None, max_length=2_000_000, description="Agent output: NUL etc. become U+FFFD")
     exit_code: Int32 | None = None
     decision_prompt: str | None = Field(None, min_length=1, max_length=5000, description="The agent's question")
+    claim_next: ClaimNext | None = Field(
+        None, description="Claim the runner's next task in the same call: the answer is {finished, next}"
+    )
 
     @model_validator(mode="after")
     def _question_for_decision(self) -> "TaskFinish":

@@ -21,15 +21,27 @@ from coherence_network.api.models import (
     ClaimRequest,
     Offset,
     RunnerHeartbeat,
+    TaskBatch,
     TaskCreate,
     TaskFinish,
     TaskHeartbeat,
     TaskId,
     TaskPatch,
     Text,
+    UtcTime,
     responses,
 )
-from coherence_network.contract import Runner, RunnerList, Task, TaskCount, TaskPage, TaskStatus, TaskType
+from coherence_network.contract import (
+    FinishAndClaim,
+    Runner,
+    RunnerList,
+    Task,
+    TaskCount,
+    TaskList,
+    TaskPage,
+    TaskStatus,
+    TaskType,
+)
 from coherence_network.logfiles import task_log_path
 from coherence_network.store.tasks import TaskStore, utcnow
 
@@ -53,8 +65,12 @@ def list_tasks(
     order: Literal["newest", "oldest"] = "newest",
     limit: int = Query(50, ge=1, le=500),
     offset: Offset = 0,
+    finished_after: UtcTime | None = Query(
+        None, description="Only tasks finished after this time (ISO 8601 with a zone), ordered by finish time: "
+        "a reader that keeps the last finish time it saw pages through what finished since"),
 ) -> dict[str, Any]:
-    items, total = _store(request).list(status=status, task_type=task_type, order=order, limit=limit, offset=offset)
+    items, total = _store(request).list(status=status, task_type=task_type, order=order, limit=limit, offset=offset,
+                                        finished_after=finished_after)
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
@@ -78,8 +94,25 @@ async def create_task(
         response.headers[REPLAYED_HEADER] = "true"
         return task
     request.app.state.metrics.tasks_created.labels(task["task_type"]).inc()
-    request.app.state.work.notify()
     return task
+
+
+@router.post("/tasks/batch", status_code=201, response_model=TaskList,
+             responses={200: {"model": TaskList, "description": "Every item was a replay of an earlier create"},
+                        **responses(409)})
+async def create_tasks(body: TaskBatch, request: Request, response: Response) -> dict[str, Any]:
+    """Create many tasks in one transaction, answered in the order given; each item may carry its own
+    ``idempotency_key``. A key reused for another task is 409 and nothing of the batch is written."""
+    results = await run_in_threadpool(
+        lambda: _store(request).create_many([item.model_dump() for item in body.tasks])
+    )
+    made = [task for task, created in results if created]
+    for task in made:
+        request.app.state.metrics.tasks_created.labels(task["task_type"]).inc()
+    if not made:
+        response.status_code = 200
+        response.headers[REPLAYED_HEADER] = "true"
+    return {"tasks": [task for task, _ in results]}
 
 
 @router.get("/tasks/count", response_model=TaskCount)
@@ -87,44 +120,64 @@ def count_tasks(request: Request) -> dict[str, Any]:
     return _store(request).count()
 
 
-@router.post("/tasks/claim", responses={200: {"model": Task},
+@router.post("/tasks/claim", responses={200: {"model": Task | TaskList},
                                          204: {"description": "No task was claimable within wait_seconds"}})
 async def claim_task(body: ClaimRequest, request: Request) -> Response:
     """Claim the most urgent pending task; with ``wait_seconds`` wait for one, so dispatch is immediate.
 
-    With ``request_id``, a retried claim returns the task the first one got (same claim token). While waiting it
-    looks at the store again only when woken (a task was made claimable here or, on PostgreSQL, on any replica) or
-    every COHERENCE_CLAIM_RECHECK_SECONDS (the safety net), so an idle long poll costs next to nothing."""
+    With ``request_id``, a retried claim returns the task the first one got (same claim token). With
+    ``max_tasks`` above 1 the answer is ``{"tasks": [...]}``, as from /tasks/claims."""
+    claimed = await _claim_waiting(body, request)
+    if body.max_tasks > 1:
+        return JSONResponse(jsonable_encoder({"tasks": claimed}))
+    return JSONResponse(jsonable_encoder(claimed[0])) if claimed else Response(status_code=204)
+
+
+@router.post("/tasks/claims", response_model=TaskList)
+async def claim_tasks(body: ClaimRequest, request: Request) -> dict[str, Any]:
+    """Claim up to ``max_tasks`` tasks in one call, most urgent first; an empty list when none came within
+    ``wait_seconds``."""
+    return {"tasks": await _claim_waiting(body, request)}
+
+
+async def _claim_waiting(body: ClaimRequest, request: Request, *, looked: bool = False) -> list[dict[str, Any]]:
+    """The long poll behind every claim: claim at once (unless the caller just ``looked``), else wait up to
+    ``wait_seconds``, looking at the store again only when woken (a task was made claimable here or, on
+    PostgreSQL, on any replica) or every COHERENCE_CLAIM_RECHECK_SECONDS (the safety net), so an idle long poll
+    costs next to nothing."""
     state = request.app.state
     deadline = time.monotonic() + body.wait_seconds
     recheck = state.settings.coherence_claim_recheck_seconds
     gone: asyncio.Future[None] | None = None
     hops: int | None = None  # set while this claim holds a wake-up (see api/signals.py)
+    replay = not looked  # only the first look can be a retry of a claim that was answered
     try:
         while True:
-            task = await run_in_threadpool(
-                lambda: state.store.claim(
-                    body.runner_id, types=body.types, lease_seconds=body.lease_seconds, request_id=body.request_id,
-                    replay=gone is None,
+            if not looked:
+                claimed = await run_in_threadpool(
+                    lambda: state.store.claim_many(
+                        body.runner_id, body.max_tasks, types=body.types, lease_seconds=body.lease_seconds,
+                        request_id=body.request_id, replay=replay,
+                    )
                 )
-            )
-            if task is not None:
-                if hops is not None:
-                    state.work.notify()  # there may be more: the next waiter looks too
-                state.metrics.tasks_claimed.inc()
-                state.metrics.queue_wait.observe(max((task["started_at"] - task["created_at"]).total_seconds(), 0))
-                return JSONResponse(jsonable_encoder(task))
-            if hops and body.types:
-                state.work.notify(hops - 1)  # nothing of these types: maybe something for another waiter
+                replay = False
+                if claimed:
+                    if hops is not None:
+                        state.work.notify()  # there may be more: the next waiter looks too
+                    _count_claims(state, claimed)
+                    return claimed
+                if hops and body.types:
+                    state.work.notify(hops - 1)  # nothing of these types: maybe something for another waiter
+            looked = False
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return Response(status_code=204)
+                return []
             gone = gone or asyncio.ensure_future(_client_gone(request))
             hops = await state.work.wait(min(remaining, recheck), gone)
             if gone.done():  # nobody would receive a task claimed now: the wake-up goes to another waiter
                 if hops is not None:
                     state.work.notify(hops)
-                return Response(status_code=204)
+                return []
     finally:
         if gone is not None:
             gone.cancel()
@@ -134,6 +187,12 @@ async def _client_gone(request: Request) -> None:
     """Return when the client disconnects: its body is read, so the next message the server gives is that."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+def _count_claims(state: Any, claimed: list[dict[str, Any]]) -> None:
+    state.metrics.tasks_claimed.inc(len(claimed))
+    for task in claimed:
+        state.metrics.queue_wait.observe(max((task["started_at"] - task["created_at"]).total_seconds(), 0.0))
 
 
 @router.get("/tasks/{task_id}", response_model=Task, responses=responses(404))
@@ -150,7 +209,6 @@ async def patch_task(task_id: TaskId, body: TaskPatch, request: Request) -> dict
         task = await run_in_threadpool(store.decide, task_id, body.decision, who)
     else:
         task = await run_in_threadpool(store.retry, task_id)
-    request.app.state.work.notify()
     return task
 
 
@@ -233,27 +291,42 @@ async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request)
     )
 
 
-@router.post("/tasks/{task_id}/finish", response_model=Task, responses=responses(404, 409))
-async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> dict[str, Any]:
-    """End a claim: completed, failed, needs_decision (with its question) or pending (release)."""
+@router.post("/tasks/{task_id}/finish", response_model=None, responses={
+    200: {"model": Task | FinishAndClaim, "description": "The finished task; {finished, next} with claim_next"},
+    **responses(404, 409)})
+async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> Any:
+    """End a claim: completed, failed, needs_decision (with its question) or pending (release).
+
+    With ``claim_next`` the runner's next task is claimed in the same transaction (a refused finish claims
+    nothing), waiting up to its ``wait_seconds`` for one; the answer is then ``{"finished": ..., "next": ...}``."""
     _log_replaced(task_id, body)
-    task = await run_in_threadpool(
-        lambda: _store(request).finish(
-            task_id,
-            body.claim_token,
-            status=body.status,
-            output=body.output,
-            exit_code=body.exit_code,
-            decision_prompt=body.decision_prompt,
+    store = _store(request)
+    ending: dict[str, Any] = {"status": body.status, "output": body.output, "exit_code": body.exit_code,
+                              "decision_prompt": body.decision_prompt}
+    following = body.claim_next
+    if following is None:
+        task = await run_in_threadpool(lambda: store.finish(task_id, body.claim_token, **ending))
+        _count_finish(request, task)
+        return task
+    task, following_task = await run_in_threadpool(
+        lambda: store.finish_and_claim(
+            task_id, body.claim_token, **ending, runner_id=following.runner_id, types=following.types,
+            lease_seconds=following.lease_seconds, request_id=following.request_id,
         )
     )
+    _count_finish(request, task)
+    if following_task is not None:
+        _count_claims(request.app.state, [following_task])
+    elif following.wait_seconds > 0:
+        following_task = next(iter(await _claim_waiting(following, request, looked=True)), None)
+    return JSONResponse(jsonable_encoder({"finished": task, "next": following_task}))
+
+
+def _count_finish(request: Request, task: dict[str, Any]) -> None:
     metrics = request.app.state.metrics
     metrics.tasks_finished.labels(task["status"]).inc()
     if task["started_at"] is not None and task["status"] != TaskStatus.PENDING:
         metrics.task_run.labels(task["task_type"]).observe((utcnow() - task["started_at"]).total_seconds())
-    if task["status"] == TaskStatus.PENDING:
-        request.app.state.work.notify()
-    return task
 
 
 def _log_replaced(task_id: int, report: AgentReport) -> None:
@@ -309,5 +382,4 @@ async def reaper_loop(app: Any, interval: float, grace: float) -> None:
                 app.state.log.warning(
                     "reaper: %d expired leases back to pending, %d failed", result.reclaimed, result.failed
                 )
-                app.state.work.notify()
         await asyncio.sleep(delay)

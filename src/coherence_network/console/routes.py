@@ -175,7 +175,6 @@ async def _act(request: Request, visit: Visit, action: Callable[[], Any], done: 
         return error_page(request, 409, "Refused: the task is not in a state for this", str(exc), visit)
     except ValueError as exc:
         return error_page(request, 400, "Refused", str(exc), visit)
-    request.app.state.work.notify()
     return RedirectResponse(done, status_code=303)
 
 
@@ -342,7 +341,6 @@ async def create_task(request: Request) -> Response:
         return error_page(request, 422, "The task was not created", body, visit)
     task, _ = await run_in_threadpool(lambda: _store(request).create_or_replay(**body.model_dump()))
     request.app.state.metrics.tasks_created.labels(task["task_type"]).inc()
-    request.app.state.work.notify()
     return RedirectResponse(f"/tasks/{task['id']}", status_code=303)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -27,6 +28,7 @@ _RENUMBERED_GRAPH = "0005"
 _BEFORE_GRAPH = ("0001", "0002", "0003", "0004")
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def create_store_engine(url: str) -> Engine:
@@ -64,7 +66,23 @@ def create_store_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return sa.create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip on every checkout. A connection the server dropped (a restart) is found out
+    # by its first statement instead: SQLAlchemy then discards every pooled connection made before, busy reads run
+    # once more (``read_retrying``), and anything else answers 503, which clients retry when it is safe.
+    return sa.create_engine(url, pool_size=20, max_overflow=20)
+
+
+def read_retrying(engine: Engine, read: Callable[[sa.Connection], T]) -> T:
+    """Run a read on a pooled connection, once more on a fresh one if the server had dropped the first (a read is
+    safe to repeat), so a restarted server costs the first reader nothing."""
+    try:
+        with engine.connect() as conn:
+            return read(conn)
+    except sa.exc.DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    with engine.connect() as conn:
+        return read(conn)
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -2,13 +2,16 @@
 
 Every query is bounded by an index: a time window on ``finished_at``, a status, or a LIMIT. Old history is never
 read, so the cost of a status page stays flat while the store grows. Percentiles interpolate between the two
-nearest ranks like PostgreSQL's ``percentile_cont``; SQLite has no such aggregate, so there the window's rows are
-ranked (``ROW_NUMBER() OVER (... ORDER BY duration)``) and only the rows at the needed ranks are returned.
+nearest ranks like PostgreSQL's ``percentile_cont``. Durations are stored by the finish (``run_seconds``,
+``queue_seconds``) and covered by the window index, so no row is read for them: PostgreSQL aggregates them in one
+query per window; SQLite has no percentile aggregate, so there one read of the window's index entries returns
+both durations and they are ranked here (ranking them in SQL with ROW_NUMBER() took three times as long).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,13 +31,6 @@ def _no_outcomes() -> dict[str, Any]:
 WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
 PERCENTILES = (0.5, 0.95)
 ALL_TYPES = "all"
-
-
-def _seconds(engine: Engine, start: sa.ColumnElement[Any], end: sa.ColumnElement[Any]) -> sa.ColumnElement[float]:
-    """``end - start`` in seconds as a float, in the backend's own date arithmetic."""
-    if engine.dialect.name == "sqlite":
-        return (sa.func.julianday(end) - sa.func.julianday(start)) * 86400.0
-    return sa.func.extract("epoch", end - start)
 
 
 def _finished_between(since: datetime, until: datetime) -> sa.ColumnElement[bool]:
@@ -63,53 +59,51 @@ def success_counts(conn: Connection, since: datetime, until: datetime) -> dict[s
     return result
 
 
-def _interpolate(ranked: dict[int, float], n: int, p: float) -> float:
+def _interpolate(ranked: Sequence[float], n: int, p: float) -> float:
     position = p * (n - 1)
     low = math.floor(position)
     high = min(low + 1, n - 1)
     return ranked[low] + (ranked[high] - ranked[low]) * (position - low)
 
 
+Percentiles = dict[str, dict[str, float | int]]  # {task_type | "all": {"n", "p50", "p95"}}
+
+
 def duration_percentiles(
-    engine: Engine, conn: Connection, since: datetime, until: datetime, start: sa.Column[Any], end: sa.Column[Any]
-) -> dict[str, dict[str, float | int]]:
-    """{task_type | "all": {"n", "p50", "p95"}} of ``end - start`` for tasks finished in [since, until]."""
-    duration = _seconds(engine, start, end)
-    window = sa.and_(_finished_between(since, until), start.is_not(None))
-    result: dict[str, dict[str, float | int]] = {}
+    engine: Engine, conn: Connection, since: datetime, until: datetime, durations: dict[str, sa.Column[Any]]
+) -> dict[str, Percentiles]:
+    """Percentiles of each stored duration (by name) for tasks finished in [since, until], by task type and
+    over all types, from one read of the window."""
+    window = _finished_between(since, until)
+    result: dict[str, Percentiles] = {name: {} for name in durations}
     if engine.dialect.name == "postgresql":
-        aggregates = [sa.func.percentile_cont(p).within_group(duration) for p in PERCENTILES]
-        query = (
-            sa.select(tasks.c.task_type, sa.func.count(), *aggregates)
-            .where(window)
-            .group_by(sa.func.rollup(tasks.c.task_type))
-        )
-        for task_type, n, *values in conn.execute(query):
-            if not n:  # ROLLUP's grand total over an empty window: no percentile (NULL) to report
-                continue
-            result[task_type or ALL_TYPES] = {
-                "n": int(n), **{_label(p): round(float(v), 3) for p, v in zip(PERCENTILES, values)}
-            }
+        aggregates = [
+            aggregate
+            for column in durations.values()
+            for aggregate in (sa.func.count(column), *(sa.func.percentile_cont(p).within_group(column)
+                                                      for p in PERCENTILES))
+        ]
+        query = sa.select(tasks.c.task_type, *aggregates).where(window).group_by(sa.func.rollup(tasks.c.task_type))
+        width = 1 + len(PERCENTILES)
+        for task_type, *values in conn.execute(query):
+            for k, name in enumerate(durations):
+                n, *found = values[k * width:(k + 1) * width]
+                if n:  # no percentile (NULL) of an empty window
+                    result[name][task_type or ALL_TYPES] = {
+                        "n": int(n), **{_label(p): round(float(v), 3) for p, v in zip(PERCENTILES, found)}
+                    }
         return result
-    rows = (sa.select(tasks.c.task_type.label("grp"), duration.label("d")).where(window))
-    rows = rows.union_all(
-        (sa.select(sa.literal(ALL_TYPES).label("grp"), duration.label("d")).where(window))
-    ).subquery()
-    ranked = sa.select(
-        rows.c.grp,
-        rows.c.d,
-        (sa.func.row_number().over(partition_by=rows.c.grp, order_by=rows.c.d) - 1).label("i"),
-        sa.func.count().over(partition_by=rows.c.grp).label("n"),
-    ).subquery()
-    wanted = [sa.cast(p * (ranked.c.n - 1), sa.Integer) for p in PERCENTILES]
-    query = sa.select(ranked.c.grp, ranked.c.n, ranked.c.i, ranked.c.d).where(
-        sa.or_(*(ranked.c.i == w for w in wanted), *(ranked.c.i == w + 1 for w in wanted))
-    )
-    picked: dict[str, tuple[int, dict[int, float]]] = {}
-    for grp, n, i, d in conn.execute(query):
-        picked.setdefault(grp, (int(n), {}))[1][int(i)] = float(d)
-    for grp, (n, ranked_values) in picked.items():
-        result[grp] = {"n": n, **{_label(p): round(_interpolate(ranked_values, n, p), 3) for p in PERCENTILES}}
+    collected: dict[str, dict[str, list[float]]] = {name: {} for name in durations}
+    for task_type, *found in conn.execute(sa.select(tasks.c.task_type, *durations.values()).where(window)):
+        for name, duration in zip(durations, found):
+            if duration is not None:
+                for group in (task_type, ALL_TYPES):
+                    collected[name].setdefault(group, []).append(duration)
+    for name, groups in collected.items():
+        for group, ranked in groups.items():
+            ranked.sort()
+            n = len(ranked)
+            result[name][group] = {"n": n, **{_label(p): round(_interpolate(ranked, n, p), 3) for p in PERCENTILES}}
     return result
 
 
@@ -147,8 +141,9 @@ def task_metrics(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
         for name, span in WINDOWS.items():
             since = now - span
             counts = success_counts(conn, since, now)
-            run = duration_percentiles(engine, conn, since, now, tasks.c.started_at, tasks.c.finished_at)
-            wait = duration_percentiles(engine, conn, since, now, tasks.c.created_at, tasks.c.started_at)
+            durations = duration_percentiles(engine, conn, since, now,
+                                             {"run": tasks.c.run_seconds, "wait": tasks.c.queue_seconds})
+            run, wait = durations["run"], durations["wait"]
             by_type = {
                 key: {
                     **counts.get(key, {**_no_outcomes(), "success_rate": None}),
@@ -222,7 +217,7 @@ def pipeline_snapshot(engine: Engine, now: datetime, limits: Limits, recent_at_l
         recent = [
             dict(r._mapping)
             for r in conn.execute(
-                sa.select(*_SUMMARY_COLUMNS, output_chars)
+                sa.select(*_SUMMARY_COLUMNS, tasks.c.run_seconds, output_chars)
                 .where(tasks.c.finished_at.is_not(None))
                 .order_by(tasks.c.finished_at.desc())
                 .limit(max(limits.recent, recent_at_least))
@@ -234,7 +229,7 @@ def pipeline_snapshot(engine: Engine, now: datetime, limits: Limits, recent_at_l
     for task in waiting:
         task["waiting_seconds"] = _age(now, task["updated_at"])
     for task in recent:
-        start = task["started_at"]
-        task["run_seconds"] = None if start is None else _age(task["finished_at"], start)
+        if task["run_seconds"] is not None:
+            task["run_seconds"] = round(max(task["run_seconds"], 0.0), 3)
     return {"running": running, "pending": pending, "needs_decision": waiting, "recent": recent,
             "success_24h": success_24h}

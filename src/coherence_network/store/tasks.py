@@ -6,19 +6,21 @@ UPDATE matches nothing the row is read to say why (404 or a conflict naming the 
 
 from __future__ import annotations
 
+import builtins
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, TaskStatus
+from coherence_network.store.db import read_retrying
 from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.notify import CHANNEL
 from coherence_network.store.schema import UTCDateTime, components, runners, tasks
@@ -36,10 +38,30 @@ def _row(row: sa.Row[Any] | None) -> dict[str, Any] | None:
     return None if row is None else dict(row._mapping)
 
 
-_INSERT_TASK = tasks.insert().returning(*tasks.c)
+_INSERT_TASKS = tasks.insert().returning(*tasks.c, sort_by_parameter_order=True)
+MAX_BATCH = 1000  # tasks in one batch create (one transaction)
+MAX_CLAIM = 100  # tasks in one claim
 _NOTIFY = sa.text("SELECT pg_notify(:channel, :payload)")
 # Marks on the connection of the transaction in progress (``Connection.info``), read and cleared by ``_write``.
 _CHANGED, _WOKE = "coherence_tasks_changed", "coherence_work_available"
+
+
+def seconds_between(
+    postgres: bool, start: sa.ColumnElement[Any], end: sa.ColumnElement[Any]
+) -> sa.ColumnElement[float]:
+    """``end - start`` in seconds as a float, in the backend's own date arithmetic."""
+    if postgres:
+        return sa.cast(sa.func.extract("epoch", end - start), sa.Float)
+    return (sa.func.julianday(end) - sa.func.julianday(start)) * 86400.0
+
+
+def _durations(postgres: bool, finished: sa.ColumnElement[Any]) -> dict[str, sa.ColumnElement[float]]:
+    """The stored durations of a run that ends at ``finished`` (set in the UPDATE that ends it), so metrics read
+    them from an index instead of computing them row by row."""
+    return {
+        "run_seconds": seconds_between(postgres, tasks.c.started_at, finished),
+        "queue_seconds": seconds_between(postgres, tasks.c.created_at, tasks.c.started_at),
+    }
 
 
 def _pending(typed: bool) -> sa.Select[tuple[int]]:
@@ -57,14 +79,35 @@ def _claimable_statement(typed: bool) -> sa.Select[tuple[int]]:
 
 
 @lru_cache(maxsize=None)
-def _claim_statement(typed: bool, postgres: bool) -> sa.Update:
-    """Built once: statement construction costs more than SQLite's execution of it."""
-    pick = _pending(typed).order_by(tasks.c.priority.desc(), tasks.c.id.asc()).limit(1)
+def _claim_statement(typed: bool, postgres: bool, several: bool, replayable: bool) -> sa.Update:
+    """Built once: statement construction costs more than SQLite's execution of it.
+
+    ``several`` picks up to ``b_limit`` tasks (``id IN``); one task keeps ``id =``, which both planners like best.
+    ``replayable`` claims only if this request id got nothing yet, in the same statement (a retried claim then
+    updates nothing and reads what it got), so a first claim costs no separate look-up."""
+    pick = _pending(typed).order_by(tasks.c.priority.desc(), tasks.c.id.asc())
+    pick = pick.limit(sa.bindparam("b_limit", type_=sa.Integer)) if several else pick.limit(1)
     if postgres:
         pick = pick.with_for_update(skip_locked=True)
+    chosen: sa.ColumnElement[bool]
+    if several:
+        # A materialized CTE runs the pick once: as a plain IN subquery PostgreSQL may run it again, and with
+        # SKIP LOCKED a second run skips the rows the first locked and picks others (more than the limit).
+        picked = pick.cte("picked").prefix_with("MATERIALIZED") if postgres else pick.subquery()
+        chosen = tasks.c.id.in_(sa.select(picked.c.id))
+    else:
+        chosen = tasks.c.id == pick.scalar_subquery()
+    condition: list[sa.ColumnElement[bool]] = [chosen, tasks.c.status == PENDING]
+    if replayable:
+        earlier = tasks.alias("earlier")
+        condition.append(~sa.exists().where(
+            earlier.c.claim_request_id == sa.bindparam("b_request"),
+            earlier.c.claimed_by == sa.bindparam("b_runner"),
+            earlier.c.status == RUNNING,
+        ))
     return (
         tasks.update()
-        .where(tasks.c.id == pick.scalar_subquery(), tasks.c.status == PENDING)
+        .where(*condition)
         .values(
             status=RUNNING,
             claimed_by=sa.bindparam("b_runner"),
@@ -76,31 +119,62 @@ def _claim_statement(typed: bool, postgres: bool) -> sa.Update:
             exit_code=None,
             progress_pct=None,
             current_step=None,
+            run_seconds=None,
+            queue_seconds=None,
             updated_at=sa.bindparam("b_now", type_=UTCDateTime),
         )
         .returning(*tasks.c)
     )
 
 
-_CLAIMED_BY_REQUEST = sa.select(tasks).where(
-    tasks.c.claim_request_id == sa.bindparam("b_request"),
-    tasks.c.claimed_by == sa.bindparam("b_runner"),
-    tasks.c.status == RUNNING,
+_CLAIMED_BY_REQUEST = (
+    sa.select(tasks)
+    .where(
+        tasks.c.claim_request_id == sa.bindparam("b_request"),
+        tasks.c.claimed_by == sa.bindparam("b_runner"),
+        tasks.c.status == RUNNING,
+    )
+    .order_by(tasks.c.priority.desc(), tasks.c.id.asc())
 )
 
 
+def _claim_order(task: dict[str, Any]) -> tuple[int, int]:
+    """The claim's own order (most urgent first): RETURNING gives rows in no promised order."""
+    return -task["priority"], task["id"]
+
+
 @lru_cache(maxsize=None)
-def _update_statement(needed: str, fenced: bool, keys: tuple[str, ...], count_attempt: bool) -> sa.Update:
+def _update_statement(
+    needed: str, fenced: bool, keys: tuple[str, ...], count_attempt: bool, postgres: bool
+) -> sa.Update:
     """``UPDATE tasks SET <keys> WHERE id = ? AND status = <needed> [AND claim_token = ?]``, built once per shape.
 
-    ``count_attempt`` adds one to ``attempts`` in the same statement (an attempt that ended in failure)."""
+    ``count_attempt`` adds one to ``attempts`` in the same statement (an attempt that ended in failure); a run that
+    ends (``finished_at`` set) stores its durations in it too."""
     condition = [tasks.c.id == sa.bindparam("b_id"), tasks.c.status == needed]
     if fenced:
         condition.append(tasks.c.claim_token == sa.bindparam("b_token"))
     values: dict[str, Any] = {key: sa.bindparam(f"v_{key}", type_=tasks.c[key].type) for key in keys}
     if count_attempt:
         values["attempts"] = tasks.c.attempts + 1
+    if "finished_at" in keys and "run_seconds" not in keys:
+        values.update(_durations(postgres, values["finished_at"]))
     return tasks.update().where(*condition).values(values).returning(*tasks.c)
+
+
+def _same_create(key: str, earlier: dict[str, Any], values: dict[str, Any], where: str) -> None:
+    """A reused idempotency key must name the same create: another direction, type or command is a client bug."""
+    if any(earlier[f] != values[f] for f in _IDEMPOTENT_FIELDS):
+        raise Conflict(
+            f"idempotency key {key!r} was already used by {where} with a different direction, type or command; "
+            "use a new key for a new task",
+            earlier.get("status"),
+        )
+
+
+# Inside TaskStore, ``list`` names its method: these spell the builtin's types for its signatures.
+Rows = list[dict[str, Any]]
+Outcomes = list[tuple[dict[str, Any], bool]]
 
 
 @dataclass
@@ -172,8 +246,8 @@ class TaskStore:
 
     # --- reads ----------------------------------------------------------------------------------------------
     def get(self, task_id: int) -> dict[str, Any]:
-        with self.engine.connect() as conn:
-            row = _row(conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first())
+        row = read_retrying(self.engine, lambda conn: _row(
+            conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()))
         if row is None:
             raise NotFound(f"task {task_id} not found")
         return row
@@ -186,19 +260,30 @@ class TaskStore:
         order: Literal["newest", "oldest"] = "newest",
         limit: int = 50,
         offset: int = 0,
-    ) -> tuple[list[dict[str, Any]], int]:
-        """A page of tasks and the total that match the filter."""
+        finished_after: datetime | None = None,
+    ) -> tuple[Rows, int]:
+        """A page of tasks and the total that match the filter.
+
+        ``finished_after`` keeps tasks finished strictly after that time and orders them by ``finished_at`` (then
+        id), so a reader that remembers the last time it saw can page through what finished since; without it the
+        order is by id."""
         where = []
         if status:
             where.append(tasks.c.status == str(status))
         if task_type:
             where.append(tasks.c.task_type == str(task_type))
-        ordering = tasks.c.id.desc() if order == "newest" else tasks.c.id.asc()
-        query = sa.select(tasks).where(*where).order_by(ordering).limit(limit).offset(offset)
-        with self.engine.connect() as conn:
+        key: builtins.list[sa.ColumnElement[Any]] = [tasks.c.id]
+        if finished_after is not None:
+            where.append(tasks.c.finished_at > finished_after)
+            key = [tasks.c.finished_at, tasks.c.id]
+        ordering = [c.desc() if order == "newest" else c.asc() for c in key]
+        query = sa.select(tasks).where(*where).order_by(*ordering).limit(limit).offset(offset)
+
+        def read(conn: sa.Connection) -> tuple[Rows, int]:
             items = [dict(r._mapping) for r in conn.execute(query)]
-            total = conn.execute(sa.select(sa.func.count()).select_from(tasks).where(*where)).scalar_one()
-        return items, int(total)
+            return items, int(conn.execute(sa.select(sa.func.count()).select_from(tasks).where(*where)).scalar_one())
+
+        return read_retrying(self.engine, read)
 
     def count(self) -> dict[str, Any]:
         """{"total": n, "by_status": {status: n}} with every status present.
@@ -223,8 +308,34 @@ class TaskStore:
         """Add a pending task (see ``create_or_replay`` for the fields)."""
         return self.create_or_replay(**fields)[0]
 
-    def create_or_replay(
+    def create_or_replay(self, **fields: Any) -> tuple[dict[str, Any], bool]:
+        """Add a pending task; returns (task, created). See ``create_many`` for the fields and the key's rules."""
+        return self.create_many([fields])[0]
+
+    def create_many(self, items: Rows) -> Outcomes:
+        """Add pending tasks in one transaction; returns (task, created) for each item, in order.
+
+        Each item holds ``direction`` and ``task_type`` and may hold ``command``, ``priority``, ``max_attempts``,
+        ``timeout_seconds``, ``context`` and ``idempotency_key``. With a key, a repeated create (a client retrying
+        after a lost response) returns the task the first one made, with created False; the same key with another
+        direction, type or command is a Conflict and nothing of the batch is written."""
+        if not 1 <= len(items) <= MAX_BATCH:
+            raise ValueError(f"a batch holds 1..{MAX_BATCH} tasks, not {len(items)}")
+        now = utcnow()
+        rows = [self._new_task(now, **item) for item in items]
+        for last_try in (False, True):
+            try:
+                with self._write() as conn:
+                    return self._create_in(conn, rows)
+            except sa.exc.IntegrityError:
+                # a concurrent create with one of these keys won the insert: the next pass replays it
+                if last_try or not any(row["idempotency_key"] for row in rows):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _new_task(
         self,
+        now: datetime,
         *,
         direction: str,
         task_type: str,
@@ -234,13 +345,8 @@ class TaskStore:
         timeout_seconds: float | None = None,
         context: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
-    ) -> tuple[dict[str, Any], bool]:
-        """Add a pending task; returns (task, created).
-
-        With ``idempotency_key`` a repeated create (a client retrying after a lost response) returns the task the
-        first one made, with created False; the same key with another direction, type or command is a Conflict."""
-        now = utcnow()
-        values = {
+    ) -> dict[str, Any]:
+        return {
             "direction": direction,
             "task_type": str(task_type),
             "status": PENDING,
@@ -253,31 +359,37 @@ class TaskStore:
             "created_at": now,
             "updated_at": now,
         }
-        if idempotency_key is not None:
-            earlier = self._by_idempotency_key(idempotency_key, values)
-            if earlier is not None:
-                return earlier, False
-        try:
-            with self._write() as conn:
-                row = conn.execute(_INSERT_TASK, values).first()
-                self._wake(conn)
-        except sa.exc.IntegrityError:
-            earlier = self._by_idempotency_key(idempotency_key, values) if idempotency_key is not None else None
-            if earlier is None:
-                raise
-            return earlier, False  # a concurrent retry of the same create won the insert
-        return dict(row._mapping), True  # type: ignore[union-attr]
 
-    def _by_idempotency_key(self, key: str, values: dict[str, Any]) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = _row(conn.execute(sa.select(tasks).where(tasks.c.idempotency_key == key)).first())
-        if row is not None and any(row[f] != values[f] for f in _IDEMPOTENT_FIELDS):
-            raise Conflict(
-                f"idempotency key {key!r} was already used by task {row['id']} with a different direction, type or "
-                "command; use a new key for a new task",
-                row["status"],
-            )
-        return row
+    def _create_in(self, conn: sa.Connection, rows: Rows) -> Outcomes:
+        """Replays from the keys already stored (one look-up for the batch), then one multi-row INSERT."""
+        keys = {row["idempotency_key"] for row in rows} - {None}
+        stored: dict[str, dict[str, Any]] = {}
+        if keys:
+            found = conn.execute(sa.select(tasks).where(tasks.c.idempotency_key.in_(sorted(keys))))
+            stored = {r.idempotency_key: dict(r._mapping) for r in found}
+        fresh: Rows = []
+        first_of_key: dict[str, int] = {}  # a key's first fresh row, by its place in ``fresh``
+        plan: builtins.list[tuple[str, Any]] = []  # per item: ("stored", task), ("fresh" | "again", place in fresh)
+        for row in rows:
+            key = row["idempotency_key"]
+            if key in stored:
+                _same_create(key, stored[key], row, f"task {stored[key]['id']}")
+                plan.append(("stored", stored[key]))
+            elif key in first_of_key:
+                _same_create(key, fresh[first_of_key[key]], row, "an earlier item of this batch")
+                plan.append(("again", first_of_key[key]))
+            else:
+                if key is not None:
+                    first_of_key[key] = len(fresh)
+                plan.append(("fresh", len(fresh)))
+                fresh.append(row)
+        made = [dict(r._mapping) for r in conn.execute(_INSERT_TASKS, fresh)] if fresh else []
+        if made:
+            self._wake(conn)
+        return [
+            (what, False) if how == "stored" else (made[what], how == "fresh")
+            for how, what in plan
+        ]
 
     def claim(
         self,
@@ -292,17 +404,55 @@ class TaskStore:
 
         ``request_id`` names one logical claim: if that claim already got a task (its response was lost and the
         client retried), the same task and claim token are returned instead of a second task. ``replay=False``
-        skips that look-up (a long poll's rechecks within one request cannot have been answered yet).
+        skips that look-up (a long poll's rechecks within one request cannot have been answered yet)."""
+        claimed = self.claim_many(runner_id, 1, types=types, lease_seconds=lease_seconds, request_id=request_id,
+                                  replay=replay)
+        return claimed[0] if claimed else None
+
+    def claim_many(
+        self,
+        runner_id: str,
+        max_tasks: int,
+        *,
+        types: Iterable[str] | None = None,
+        lease_seconds: float | None = None,
+        request_id: str | None = None,
+        replay: bool = True,
+    ) -> Rows:
+        """Claim up to ``max_tasks`` of the most urgent pending tasks for ``runner_id`` in one statement, most
+        urgent first; each gets its own claim token. A retried ``request_id`` returns what that claim got.
 
         On SQLite a read first: finding nothing costs no write transaction (the file stays untouched). On PostgreSQL
         the UPDATE ... SKIP LOCKED is itself one transaction, as cheap as the read would be."""
-        if request_id is not None and replay:
+        if not 1 <= max_tasks <= MAX_CLAIM:
+            raise ValueError(f"max_tasks must be 1..{MAX_CLAIM}")
+        if not self._pg:
+            type_list = [str(t) for t in types or []]
+            params: dict[str, Any] = {"b_request": request_id, "b_runner": runner_id}
+            if type_list:
+                params["b_types"] = type_list
             with self.engine.connect() as conn:
-                earlier = _row(conn.execute(_CLAIMED_BY_REQUEST, {"b_request": request_id, "b_runner": runner_id})
-                               .first())
-            if earlier is not None:
-                return earlier
-        now = utcnow()
+                if conn.execute(_claimable_statement(bool(type_list)), params).first() is None:
+                    if request_id is None or not replay:
+                        return []
+                    return [dict(r._mapping) for r in conn.execute(_CLAIMED_BY_REQUEST, params)]
+        with self._write() as conn:
+            return self._claim_in(conn, utcnow(), runner_id, max_tasks, types, lease_seconds, request_id, replay)
+
+    def _claim_in(
+        self,
+        conn: sa.Connection,
+        now: datetime,
+        runner_id: str,
+        max_tasks: int,
+        types: Iterable[str] | None,
+        lease_seconds: float | None,
+        request_id: str | None,
+        replay: bool,
+    ) -> Rows:
+        """The claim inside the caller's transaction. Only a claim that took nothing looks for what its request id
+        got before (a retry after a lost response): the UPDATE itself refuses to claim for a request that has."""
+        replayable = request_id is not None and replay
         type_list = [str(t) for t in types or []]
         params: dict[str, Any] = {
             "b_runner": runner_id,
@@ -312,15 +462,15 @@ class TaskStore:
         }
         if type_list:
             params["b_types"] = type_list
-        if not self._pg:
-            with self.engine.connect() as conn:
-                if conn.execute(_claimable_statement(bool(type_list)), params).first() is None:
-                    return None
-        with self._write() as conn:
-            claimed = _row(conn.execute(_claim_statement(bool(type_list), self._pg), params).first())
-            if claimed is not None:
-                self._changed(conn)
-        return claimed
+        if max_tasks > 1:
+            params["b_limit"] = max_tasks
+        statement = _claim_statement(bool(type_list), self._pg, max_tasks > 1, replayable)
+        claimed = [dict(r._mapping) for r in conn.execute(statement, params)]
+        if claimed:
+            self._changed(conn)
+        elif replayable:
+            claimed = [dict(r._mapping) for r in conn.execute(_CLAIMED_BY_REQUEST, params)]
+        return sorted(claimed, key=_claim_order)
 
     def heartbeat(
         self,
@@ -357,12 +507,55 @@ class TaskStore:
 
         A failure counts as an attempt; a question or a release does not. Finishing again with the same claim
         token and status (a retry after a lost response) returns the stored result."""
+        status = self._finish_status(status, decision_prompt)
+        with self._write() as conn:
+            return self._finish_in(conn, utcnow(), task_id, claim_token, status, output, exit_code, decision_prompt)
+
+    def finish_and_claim(
+        self,
+        task_id: int,
+        claim_token: int,
+        *,
+        status: str,
+        output: str | None = None,
+        exit_code: int | None = None,
+        decision_prompt: str | None = None,
+        runner_id: str,
+        types: Iterable[str] | None = None,
+        lease_seconds: float | None = None,
+        request_id: str | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """``finish`` and then ``claim`` for the runner in one transaction: (finished task, next task or None).
+
+        A finish that is refused (stale claim token, wrong status) claims nothing. Both halves are safe to retry:
+        the finish by its claim token, the claim by its request id."""
+        status = self._finish_status(status, decision_prompt)
+        now = utcnow()  # one moment: the next run starts when this one finished
+        with self._write() as conn:
+            finished = self._finish_in(conn, now, task_id, claim_token, status, output, exit_code, decision_prompt)
+            claimed = self._claim_in(conn, now, runner_id, 1, types, lease_seconds, request_id, True)
+        return finished, (claimed[0] if claimed else None)
+
+    @staticmethod
+    def _finish_status(status: str, decision_prompt: str | None) -> TaskStatus:
         status = TaskStatus(status)
         if status not in FINISH_STATUSES:
             raise ValueError(f"status must be one of {', '.join(s.value for s in FINISH_STATUSES)}")
         if status is TaskStatus.NEEDS_DECISION and not decision_prompt:
             raise ValueError("needs_decision requires decision_prompt")
-        now = utcnow()
+        return status
+
+    def _finish_in(
+        self,
+        conn: sa.Connection,
+        now: datetime,
+        task_id: int,
+        claim_token: int,
+        status: TaskStatus,
+        output: str | None,
+        exit_code: int | None,
+        decision_prompt: str | None,
+    ) -> dict[str, Any]:
         values: dict[str, Any] = {"status": status.value, "lease_expires_at": None, "updated_at": now}
         if output is not None:
             values["output"] = self._tail(output)
@@ -375,11 +568,11 @@ class TaskStore:
         if status is TaskStatus.PENDING:
             values["claimed_by"] = None
         try:
-            return self._conditional_update(task_id, TaskStatus.RUNNING, values, "finish", claim_token,
-                                            count_attempt=status is TaskStatus.FAILED)
+            return self._update_in(conn, task_id, TaskStatus.RUNNING, values, "finish", claim_token,
+                                   count_attempt=status is TaskStatus.FAILED)
         except Conflict:
-            stored = self.get(task_id)
-            if stored["claim_token"] == claim_token and stored["status"] == status.value:
+            stored = _row(conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first())
+            if stored is not None and stored["claim_token"] == claim_token and stored["status"] == status.value:
                 return stored  # this very finish was already recorded
             raise
 
@@ -412,6 +605,8 @@ class TaskStore:
             "attempts": 0,
             "claimed_by": None,
             "finished_at": None,
+            "run_seconds": None,
+            "queue_seconds": None,
             "exit_code": None,
             "updated_at": now,
         }
@@ -429,7 +624,8 @@ class TaskStore:
             failed = conn.execute(
                 tasks.update()
                 .where(expired, spent)
-                .values(status=FAILED, finished_at=now, current_step="lease expired; attempts spent", **common)
+                .values(status=FAILED, finished_at=now, current_step="lease expired; attempts spent", **common,
+                        **_durations(self._pg, sa.literal(now, UTCDateTime)))
             ).rowcount
             reclaimed = conn.execute(tasks.update().where(expired, ~spent).values(status=PENDING, **common)).rowcount
             if failed:
@@ -444,7 +640,7 @@ class TaskStore:
     ) -> dict[str, Any]:
         return self._seen(runners.c.id, runner_id, {"host": host, "pid": pid, "version": version, "info": info})
 
-    def runners(self) -> list[dict[str, Any]]:
+    def runners(self) -> Rows:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(sa.select(runners).order_by(runners.c.last_seen.desc()))]
 
@@ -464,7 +660,7 @@ class TaskStore:
         """Record that a component (e.g. the project manager) is alive, with a summary any API replica can show."""
         return self._seen(components.c.name, name, {"host": host, "pid": pid, "version": version, "info": info})
 
-    def components(self) -> list[dict[str, Any]]:
+    def components(self) -> Rows:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(sa.select(components).order_by(components.c.name))]
 
@@ -498,27 +694,38 @@ class TaskStore:
         values: dict[str, Any],
         action: str,
         claim_token: int | None = None,
+    ) -> dict[str, Any]:
+        """``_update_in`` in a transaction of its own."""
+        with self._write() as conn:
+            return self._update_in(conn, task_id, needed, values, action, claim_token)
+
+    def _update_in(
+        self,
+        conn: sa.Connection,
+        task_id: int,
+        needed: TaskStatus,
+        values: dict[str, Any],
+        action: str,
+        claim_token: int | None = None,
         *,
         count_attempt: bool = False,
     ) -> dict[str, Any]:
-        """One UPDATE that applies only in status ``needed`` (and the current claim); the move must be legal."""
+        """One UPDATE that applies only in status ``needed`` (and the current claim); the move must be legal.
+        When it matches nothing, the row is read in the same transaction to say why (NotFound or Conflict)."""
         new = values.get("status")
         if new is not None and (needed, TaskStatus(new)) not in LEGAL_MOVES:
             raise ValueError(f"{needed.value} -> {new} is not a legal move")
         keys = tuple(sorted(values))
-        statement = _update_statement(needed.value, claim_token is not None, keys, count_attempt)
+        statement = _update_statement(needed.value, claim_token is not None, keys, count_attempt, self._pg)
         params = {"b_id": task_id, "b_token": claim_token, **{f"v_{k}": values[k] for k in keys}}
-        with self._write() as conn:
-            row = conn.execute(statement, params).first()
-            if row is not None:
-                if new == PENDING:
-                    self._wake(conn)
-                elif new is not None:
-                    self._changed(conn)
-                return dict(row._mapping)
-            current = conn.execute(
-                sa.select(tasks.c.status, tasks.c.claim_token).where(tasks.c.id == task_id)
-            ).first()
+        row = conn.execute(statement, params).first()
+        if row is not None:
+            if new == PENDING:
+                self._wake(conn)
+            elif new is not None:
+                self._changed(conn)
+            return dict(row._mapping)
+        current = conn.execute(sa.select(tasks.c.status, tasks.c.claim_token).where(tasks.c.id == task_id)).first()
         if current is None:
             raise NotFound(f"task {task_id} not found")
         status, token = current

@@ -1,0 +1,52 @@
+"""Round trips per claim+finish cycle (counted by bench/round_trips.py on the engine), and what pre-ping did
+instead: a connection the server dropped costs a read nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+from coherence_network.store import TaskStore
+from coherence_network.store.db import create_store_engine, migrate
+from tests.support.postgres import PostgresServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("round_trips_bench", ROOT / "bench" / "round_trips.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_cycle_costs_few_round_trips_and_one_call_fewer(store_url: str) -> None:
+    counts = _bench().measure(store_url, 20)
+    two, one = counts["claim + finish (two calls)"], counts["finish with claim_next (one call)"]
+    # SQLite: UPDATE claim, COMMIT, UPDATE finish, COMMIT; in one call: UPDATE, UPDATE, COMMIT.
+    # PostgreSQL adds a BEGIN per transaction. Before issue 14: 6 and 12 (a replay look-up, a ping per checkout).
+    limits = {"sqlite": (4, 3), "postgresql": (6, 4)}[store_url.split(":")[0].split("+")[0]]
+    assert (two, one) <= limits and one < two
+
+
+def test_a_connection_the_server_dropped_costs_a_read_nothing(tmp_path: Path) -> None:
+    root = Path(tempfile.mkdtemp(prefix="coherence-pg-drop-"))
+    server = PostgresServer(root).start()
+    engine = create_store_engine(server.new_database())
+    try:
+        migrate(engine)
+        store = TaskStore(engine)
+        task = store.create(direction="kept", task_type="run")
+        assert store.get(task["id"])["direction"] == "kept"  # the pool now holds a connection
+        server.stop()
+        server.resume()  # every pooled connection is dead now
+        assert store.get(task["id"])["direction"] == "kept"
+        assert store.list()[1] == 1
+    finally:
+        engine.dispose()
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
