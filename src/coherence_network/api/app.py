@@ -24,6 +24,7 @@ from coherence_network.settings import Settings, get_settings
 from coherence_network.store import open_task_store
 from coherence_network.store.db import migrate
 from coherence_network.store.graph import GraphStore
+from coherence_network.store.retention import retention_loop
 from coherence_network.versioning import running_version
 
 log = logging.getLogger("coherence.api")
@@ -57,11 +58,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reaper = asyncio.create_task(
             routes_agent.reaper_loop(app, settings.coherence_reap_interval, settings.coherence_lease_seconds)
         )
+        pruner = asyncio.create_task(retention_loop(store, settings))
         log.info("API started (version %s, store %s)", __version__, store.engine.dialect.name)
         try:
             yield
         finally:
             reaper.cancel()
+            pruner.cancel()
             store.engine.dispose()
 
     app = FastAPI(title="Coherence Network API", version=__version__, lifespan=lifespan)
