@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import pwd
 import signal
@@ -26,6 +27,8 @@ from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.settings import ConfigError, Settings, config_errors_as_one_line, get_settings
 
 if TYPE_CHECKING:  # the client pulls in httpx: commands import it when they call the API
+    from fastapi import FastAPI
+
     from coherence_network.client import ApiClient
 
 HELP_WIDTH = 120
@@ -117,6 +120,8 @@ def api(
         )
         raise typer.Exit(2)
     setup_logging("api", settings, json_lines=Options.log_json)
+    if Options.log_json:  # spawned workers (--workers N) read their settings from the environment
+        os.environ["COHERENCE_LOG_JSON"] = "true"
     # uvicorn shuts down gracefully, then re-raises the signal to the handler it found: make that one exit cleanly
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_after_shutdown)
@@ -124,7 +129,7 @@ def api(
         with hold(settings, "api"):
             _fail_fast(settings, host, port)
             uvicorn.run(
-                "coherence_network.api.app:create_app",
+                "coherence_network.cli:api_worker_app",
                 factory=True,
                 host=host,
                 port=port,
@@ -135,6 +140,19 @@ def api(
     except AlreadyRunning as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from exc
+
+
+def api_worker_app() -> FastAPI:
+    """uvicorn's app factory. With --workers N each worker is a process spawned afresh that imports only this: it
+    starts with no logging, so it sets up api.log the way `coherence api` did before handing over to uvicorn."""
+    from coherence_network.api.app import create_app
+    from coherence_network.logfiles import setup_logging
+
+    settings = get_settings()
+    if multiprocessing.parent_process() is not None:
+        setup_logging("api", settings)
+        logging.getLogger("coherence.api").info("API worker pid %d (parent %d)", os.getpid(), os.getppid())
+    return create_app(settings)
 
 
 def _exit_after_shutdown(signum: int, _frame: object) -> None:
