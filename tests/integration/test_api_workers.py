@@ -27,7 +27,7 @@ def test_two_workers_start_cleanly_on_a_fresh_store(store_url: str, tmp_path: Pa
     log = home / "logs" / "api.log"
     try:
         def log_text() -> str:
-            assert api.poll() is None, f"the API exited with {api.returncode}: {api.stdout.read()}"  # type: ignore[union-attr]
+            assert api.poll() is None, f"the API exited with {api.returncode}: {api.communicate()[0]}"
             return log.read_text() if log.exists() else ""
 
         wait_until(lambda: log_text().count("Application startup complete") == 2, 60, "two workers started")

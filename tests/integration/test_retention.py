@@ -293,3 +293,19 @@ def test_api_and_runner_prune_by_themselves(store_url: str, tmp_path: Path) -> N
         if runner is not None:
             runner.stop()
         api.stop()
+
+
+def test_monitor_trims_its_resolutions_when_it_appends(api_process: ApiProcess) -> None:
+    api, logs = api_process, api_process.home / "logs"
+    resolutions = logs / "monitor_resolutions.jsonl"
+    append_line(resolutions, resolution(datetime.now(timezone.utc) - 40 * DAY, 0))
+    env = {"AGENT_API_BASE": api.url, "MONITOR_DISK_MIN_FREE_MB": "1", "COHERENCE_RETAIN_RESOLUTIONS_DAYS": "30"}
+    with ApiClient(api.url, token="") as client:
+        client.create_task("waits for a runner", "run", command="true")
+    (logs / "agent_runner.log").write_text("2026-01-01T00:00:00Z INFO x: start\n")
+    assert cli(api.home, "monitor", "--once", env=env).returncode == 1  # no runner: an issue opens
+    with ApiClient(api.url, token="") as client:
+        client.runner_heartbeat("h:1", "h", 1, "t", {})
+    cli(api.home, "monitor", "--once", env=env)  # no_runner resolved: appended, and the old line trimmed
+    assert [json.loads(line)["rule"] for line in resolutions.read_text().splitlines()] == ["no_runner"]
+    assert "retention: removed 1 monitor resolutions" in (logs / "monitor.log").read_text()
