@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import pwd
 import signal
@@ -26,6 +27,8 @@ from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.settings import ConfigError, Settings, config_errors_as_one_line, get_settings
 
 if TYPE_CHECKING:  # the client pulls in httpx: commands import it when they call the API
+    from fastapi import FastAPI
+
     from coherence_network.client import ApiClient
 
 HELP_WIDTH = 120
@@ -117,6 +120,8 @@ def api(
         )
         raise typer.Exit(2)
     setup_logging("api", settings, json_lines=Options.log_json)
+    if Options.log_json:  # spawned workers (--workers N) read their settings from the environment
+        os.environ["COHERENCE_LOG_JSON"] = "true"
     # uvicorn shuts down gracefully, then re-raises the signal to the handler it found: make that one exit cleanly
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_after_shutdown)
@@ -124,7 +129,7 @@ def api(
         with hold(settings, "api"):
             _fail_fast(settings, host, port)
             uvicorn.run(
-                "coherence_network.api.app:create_app",
+                "coherence_network.cli:api_worker_app",
                 factory=True,
                 host=host,
                 port=port,
@@ -135,6 +140,19 @@ def api(
     except AlreadyRunning as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from exc
+
+
+def api_worker_app() -> FastAPI:
+    """uvicorn's app factory. With --workers N each worker is a process spawned afresh that imports only this: it
+    starts with no logging, so it sets up api.log the way `coherence api` did before handing over to uvicorn."""
+    from coherence_network.api.app import create_app
+    from coherence_network.logfiles import setup_logging
+
+    settings = get_settings()
+    if multiprocessing.parent_process() is not None:
+        setup_logging("api", settings)
+        logging.getLogger("coherence.api").info("API worker pid %d (parent %d)", os.getpid(), os.getppid())
+    return create_app(settings)
 
 
 def _exit_after_shutdown(signum: int, _frame: object) -> None:
@@ -484,16 +502,17 @@ def cleanup(
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed, remove nothing"),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
 ) -> None:
-    """Remove old task logs (var/logs/task_{id}.log) of finished tasks; never the log of a running task."""
+    """Remove old task logs (var/logs/task_{id}.log) and prompt files (var/run/prompts/prompt_{id}.md) of finished
+    tasks; never those of a running task. `coherence prune` applies the retention settings to everything."""
     from dataclasses import asdict
 
-    from coherence_network.cleanup import clean_task_logs
+    from coherence_network.cleanup import clean_task_files, task_file_folders
     from coherence_network.client import ApiClient, ApiError
 
     settings = get_settings()
     try:
         with ApiClient(settings=settings, retries=1) as client:
-            report = clean_task_logs(settings.logs_dir, days, client, dry_run=dry_run)
+            report = clean_task_files(task_file_folders(settings), days, client, dry_run=dry_run)
     except ApiError as exc:
         typer.echo(f"cannot ask the API which tasks are finished, nothing removed: {exc}", err=True)
         typer.echo("start the API first (docs/RUNBOOK.md#api-restart)", err=True)
@@ -506,7 +525,61 @@ def cleanup(
         typer.echo(f"{verb} {name}")
     for name in report.kept_unfinished:
         typer.echo(f"kept {name} (task not finished)")
-    typer.echo(f"{verb} {len(report.removed)} task logs, {report.bytes_freed} bytes")
+    typer.echo(f"{verb} {len(report.removed)} task logs and prompt files, {report.bytes_freed} bytes")
+
+
+@app.command()
+def prune(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be removed, remove nothing"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
+) -> None:
+    """Apply retention now (the API, the runner and the monitor also do it every COHERENCE_PRUNE_INTERVAL_SECONDS):
+    completed and failed tasks older than COHERENCE_RETAIN_TASKS_DAYS with their task logs and prompt files,
+    resolved monitor issues older than COHERENCE_RETAIN_RESOLUTIONS_DAYS, runner rows unseen for
+    COHERENCE_RUNNER_FORGET_SECONDS. Needs the store (DATABASE_URL) and, for this host's task files, the API.
+    Exit 1 when the API cannot be reached (the store and the resolutions are pruned anyway)."""
+    from dataclasses import asdict
+
+    from coherence_network.cleanup import prune_task_files, trim_resolutions
+    from coherence_network.client import ApiClient, ApiError
+    from coherence_network.store import open_task_store
+    from coherence_network.store.db import check_store
+    from coherence_network.store.retention import prune_store
+
+    settings = get_settings()
+    store = open_task_store(settings)
+    try:
+        check_store(store.engine, upgrade=False)
+        rows = prune_store(store, settings, dry_run=dry_run)
+    finally:
+        store.engine.dispose()
+    resolutions = trim_resolutions(settings, dry_run=dry_run)
+    api_error = None
+    try:
+        with ApiClient(settings=settings, retries=1) as client:
+            files = prune_task_files(settings, client, dry_run=dry_run)
+    except ApiError as exc:
+        files, api_error = None, str(exc)
+    if as_json:
+        typer.echo(json.dumps({
+            "dry_run": dry_run, "store": asdict(rows),
+            "task_files": None if files is None else {"removed": len(files.removed), "bytes": files.bytes_freed,
+                                                      "kept_unfinished": len(files.kept_unfinished)},
+            "resolutions": {"removed": resolutions.removed, "bytes": resolutions.bytes_freed},
+            "api_error": api_error,
+        }))
+    else:
+        verb = "would remove" if dry_run else "removed"
+        typer.echo(f"store: {verb} {rows.tasks} finished tasks, {rows.monitor_issues} resolved monitor issues, "
+                   f"{rows.runners} runner rows")
+        typer.echo(f"monitor_resolutions.jsonl: {verb} {resolutions.removed} lines, {resolutions.bytes_freed} bytes")
+        if files is not None:
+            typer.echo(f"task logs and prompt files: {verb} {len(files.removed)}, {files.bytes_freed} bytes"
+                       f" ({len(files.kept_unfinished)} kept: task not finished)")
+    if api_error is not None:
+        typer.echo(f"task logs and prompt files not pruned: cannot ask the API which tasks are finished: {api_error}"
+                   " (docs/RUNBOOK.md#api-restart)", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

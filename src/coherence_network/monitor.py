@@ -17,6 +17,7 @@ import re
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from coherence_network import __version__, health
+from coherence_network.cleanup import append_line, trim_resolutions
 from coherence_network.client import ApiClient, ApiError, ApiNotFound
 from coherence_network.contract import TaskStatus
 from coherence_network.logfiles import REGISTRY, write_json_atomic
@@ -338,6 +340,7 @@ class Monitor:
         self.open: dict[str, dict[str, Any]] = state.get("issues", {})
         self.restarts: dict[str, str] = state.get("restart_requests", {})
         self.tailer = LogTailer(settings.logs_dir, state.get("log_offsets", {}))
+        self.resolutions_trimmed: float | None = None  # monotonic time of the last retention trim
 
     def _load(self) -> dict[str, Any]:
         try:
@@ -384,10 +387,17 @@ class Monitor:
         first = datetime.fromisoformat(issue["first_seen"])
         entry = {**issue, "resolved_at": now,
                  "open_seconds": round((datetime.fromisoformat(now) - first).total_seconds(), 3)}
-        path = REGISTRY["monitor_resolutions.jsonl"].path(self.settings)
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, default=str) + "\n")
+        append_line(REGISTRY["monitor_resolutions.jsonl"].path(self.settings), json.dumps(entry, default=str))
         log.info("issue resolved: %s (open %.0f s)", issue["rule"], entry["open_seconds"])
+        # The file grows only here, so retention is applied here: at most once per COHERENCE_PRUNE_INTERVAL_SECONDS.
+        due = self.resolutions_trimmed is None or (
+            time.monotonic() - self.resolutions_trimmed >= self.settings.coherence_prune_interval_seconds)
+        if due:
+            self.resolutions_trimmed = time.monotonic()
+            try:
+                trim_resolutions(self.settings)
+            except OSError as exc:  # retention must not cost the check; the next resolution tries again
+                log.warning("monitor resolutions not trimmed: %s", exc)
 
     def _request_restart(self, issues: list[Issue], now: datetime) -> None:
         """One request at a time, and the same component at most once per cooldown, so restarts never storm."""

@@ -35,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 from coherence_network import __version__
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
 from coherence_network.contract import Task, TaskStatus, TaskType
+from coherence_network.cleanup import prune_task_files
 from coherence_network.logfiles import RUN_FILES, remove_dead_writers_temps, task_log_path, write_json_atomic
 from coherence_network.settings import SECRET_FIELDS, Settings
 from coherence_network.taskgroups import TaskGroup, kill_orphaned_task_groups, stop_previous_runs
@@ -326,6 +327,7 @@ class Runner:
         self.claiming = threading.Lock()  # one claim in flight per runner, for every idle slot
         self.handoff: deque[Task] = deque()  # claimed for an idle slot that has not taken it yet
         self.client = ApiClient(settings=settings, retries=2)
+        self.pruned_at: float | None = None  # monotonic time of the last retention pass over task files
 
     # --- results ----------------------------------------------------------------------------------------
     def _outbox_path(self, result: TaskResult) -> Path:
@@ -523,6 +525,7 @@ class Runner:
                 if still and still != waiting:
                     log.info("%d results wait in the outbox for the API", still)
                 waiting = still
+                self._prune_files()
             except ApiError as exc:
                 if not failing:  # once per outage, not once a second
                     log.warning("runner heartbeat failed: %s; retrying every %gs", exc, RETRY_SECONDS)
@@ -531,6 +534,15 @@ class Runner:
                 log.exception("runner heartbeat pass failed")
             normal = self.settings.coherence_runner_heartbeat_seconds
             self.attention.wait(normal if answered and not waiting else min(normal, RETRY_SECONDS))
+
+    def _prune_files(self) -> None:
+        """Retention of this host's task logs and prompt files, once per COHERENCE_PRUNE_INTERVAL_SECONDS; it runs
+        in the heartbeat loop because it asks the API which tasks are finished, as the heartbeat does anyway."""
+        now = time.monotonic()
+        if self.pruned_at is not None and now - self.pruned_at < self.settings.coherence_prune_interval_seconds:
+            return
+        self.pruned_at = now
+        prune_task_files(self.settings, self.client)
 
     def request_stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
         if not self.stopping.is_set():

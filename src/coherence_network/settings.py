@@ -179,6 +179,23 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="The API forgets (prunes) a runner registry row not seen for this long"
     )
 
+    # --- retention ------------------------------------------------------------------------------------------
+    coherence_retain_tasks_days: float = Field(
+        30.0, ge=0, description="Completed and failed tasks finished longer ago than this are deleted, with their "
+        "task logs and prompt files; 0 keeps them forever (pending, running and needs_decision ones always stay)"
+    )
+    coherence_retain_resolutions_days: float = Field(
+        30.0, ge=0, description="Resolved monitor issues (monitor_resolutions.jsonl and the store's rows) older "
+        "than this are deleted; 0 keeps them forever"
+    )
+    coherence_prune_interval_seconds: float = Field(
+        3600.0, gt=0, description="Seconds between the automatic retention passes of the API (store), the runner "
+        "(task logs, prompts) and the monitor (resolutions)"
+    )
+    coherence_prune_batch: int = Field(
+        500, ge=1, le=100_000, description="Rows deleted per transaction by a retention pass (short locks)"
+    )
+
     # --- project manager ----------------------------------------------------------------------------------
     pipeline_needs_decision_timeout_hours: float = Field(
         0.0, ge=0, description="Hours a backlog item waits for a decision before the timeout acts; 0 waits forever"

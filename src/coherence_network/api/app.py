@@ -26,6 +26,7 @@ from coherence_network.store import open_task_store
 from coherence_network.store.db import migrate
 from coherence_network.store.graph import GraphStore
 from coherence_network.store.notify import WorkListener
+from coherence_network.store.retention import retention_loop
 from coherence_network.store.tasks import TaskStore
 from coherence_network.versioning import running_version
 
@@ -85,11 +86,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reaper = asyncio.create_task(
             routes_agent.reaper_loop(app, settings.coherence_reap_interval, settings.coherence_lease_seconds)
         )
+        pruner = asyncio.create_task(retention_loop(store, settings))
         log.info("API started (version %s, store %s)", __version__, store.engine.dialect.name)
         try:
             yield
         finally:
             reaper.cancel()
+            pruner.cancel()
             store.on_work = None
             if listener is not None:
                 await asyncio.to_thread(listener.stop)

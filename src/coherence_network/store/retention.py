@@ -1,0 +1,111 @@
+"""Retention in the store: finished tasks, resolved monitor issues and forgotten runners, deleted in short batches.
+
+Every delete is conditional on the row still qualifying (a failed task retried meanwhile is pending again and
+stays), so two API replicas running a pass at once only share the work. The newest row of ``tasks`` and
+``monitor_issues`` always stays: SQLite gives a table without AUTOINCREMENT the next id after the largest one in
+it, so deleting the newest row would hand its id out again (a task id names its log file and its idempotent
+retries; it must never be reused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from coherence_network.contract import SETTLED_STATUSES
+from coherence_network.settings import Settings
+from coherence_network.store.schema import monitor_issues, runners, tasks
+from coherence_network.store.tasks import TaskStore, utcnow
+
+log = logging.getLogger(__name__)
+
+_SETTLED = sorted(status.value for status in SETTLED_STATUSES)
+
+
+@dataclass
+class StorePruneReport:
+    """Rows a pass deleted (or, dry, would delete)."""
+
+    tasks: int = 0
+    monitor_issues: int = 0
+    runners: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.tasks + self.monitor_issues + self.runners
+
+
+def _cutoff(now: datetime, days: float) -> datetime | None:
+    """The moment before which rows go; None when ``days`` is 0 (kept forever)."""
+    return now - timedelta(days=days) if days > 0 else None
+
+
+def _below_newest(id_column: sa.Column[int]) -> sa.ColumnElement[bool]:
+    """``id < max(id)``: the newest row stays, so SQLite never reuses its id."""
+    return id_column < sa.select(sa.func.max(id_column)).scalar_subquery()
+
+
+def _delete_in_batches(store: TaskStore, table: sa.Table, condition: sa.ColumnElement[bool], batch: int,
+                       dry_run: bool) -> int:
+    """Delete the rows matching ``condition``, ``batch`` ids per transaction; dry, count them instead."""
+    id_column = table.c.id
+    condition = sa.and_(condition, _below_newest(id_column))
+    if dry_run:
+        with store.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(condition)).scalar_one())
+    deleted = 0
+    while True:
+        with store.engine.connect() as conn:
+            ids = list(conn.execute(sa.select(id_column).where(condition).order_by(id_column).limit(batch)).scalars())
+        if not ids:
+            return deleted
+        with store._write() as conn:  # the condition again: a row may have changed since it was read
+            gone = conn.execute(table.delete().where(id_column.in_(ids), condition)).rowcount
+            if gone and table is tasks:
+                store._changed(conn)  # the task counts are stale once this commits
+            deleted += gone
+        if len(ids) < batch:
+            return deleted
+
+
+def prune_store(store: TaskStore, settings: Settings, *, now: datetime | None = None,
+                dry_run: bool = False) -> StorePruneReport:
+    """One retention pass over the store, by the COHERENCE_RETAIN_* settings and COHERENCE_RUNNER_FORGET_SECONDS."""
+    now = now or utcnow()
+    report = StorePruneReport()
+    batch = settings.coherence_prune_batch
+    task_cutoff = _cutoff(now, settings.coherence_retain_tasks_days)
+    if task_cutoff is not None:
+        finished = sa.and_(tasks.c.status.in_(_SETTLED), tasks.c.finished_at < task_cutoff)
+        report.tasks = _delete_in_batches(store, tasks, finished, batch, dry_run)
+    issue_cutoff = _cutoff(now, settings.coherence_retain_resolutions_days)
+    if issue_cutoff is not None:
+        resolved = monitor_issues.c.resolved_at < issue_cutoff
+        report.monitor_issues = _delete_in_batches(store, monitor_issues, resolved, batch, dry_run)
+    forget_before = now - timedelta(seconds=settings.coherence_runner_forget_seconds)
+    if dry_run:
+        with store.engine.connect() as conn:
+            report.runners = int(conn.execute(
+                sa.select(sa.func.count()).select_from(runners).where(runners.c.last_seen < forget_before)
+            ).scalar_one())
+    else:
+        report.runners = store.prune_runners(forget_before)
+    if report.total and not dry_run:
+        log.info("retention: deleted %d finished tasks, %d resolved monitor issues, %d runner rows",
+                 report.tasks, report.monitor_issues, report.runners)
+    return report
+
+
+async def retention_loop(store: TaskStore, settings: Settings) -> None:
+    """The API's automatic pass: once at start, then every COHERENCE_PRUNE_INTERVAL_SECONDS. A failed pass (store
+    unavailable) is logged in one line and tried again at the next interval; the lease reaper reports outages."""
+    while True:
+        try:
+            await asyncio.to_thread(prune_store, store, settings)
+        except Exception as exc:  # the loop must outlive a store outage
+            log.warning("retention pass failed: %s: %s", type(exc).__name__, str(exc).strip()[:300])
+        await asyncio.sleep(settings.coherence_prune_interval_seconds)
