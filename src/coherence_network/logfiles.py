@@ -11,11 +11,13 @@ operator's umask (``operator_umask``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.handlers
 import os
 import re
+import secrets
 import stat
 import sys
 import tempfile
@@ -106,6 +108,9 @@ RUN_FILES: dict[str, LogFile] = {
                 "none; removed with their task (COHERENCE_RETAIN_TASKS_DAYS)", "run"),
         LogFile("telegram_state.json", "run", "Telegram bot: update offset, alerts already sent, outgoing queue",
                 "none", "run"),
+        LogFile("console_session_key", "run", "Generated key (mode 0600) that signs console sessions and CSRF tokens "
+                "when COHERENCE_API_TOKEN is unset, shared by the API's workers", "none; delete it to sign everyone out",
+                "run"),
         LogFile("telegram_webhook_secret", "run", "Generated webhook secret (mode 0600) when TELEGRAM_WEBHOOK_SECRET is unset",
                 "none", "run"),
     )
@@ -194,6 +199,28 @@ def write_json_atomic(path: Path, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def shared_secret(path: Path) -> str:
+    """The random secret stored at ``path`` (mode 0600), made by the first process to ask: every process of this
+    COHERENCE_HOME (uvicorn workers, the bot and the API) then holds the same one. The file appears whole and only
+    once (a temp file hard-linked into place, which fails if another process got there first)."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:  # mkstemp makes it 0600
+            handle.write(secrets.token_urlsafe(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):  # another process made it first: theirs is the one
+            os.link(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path.read_text(encoding="utf-8").strip()
 
 
 class UTCFormatter(logging.Formatter):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ import httpx
 from coherence_network import health
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
 from coherence_network.contract import AttentionFlag, FatalIssue, MonitorIssue, Task, TaskStatus
-from coherence_network.logfiles import RUN_FILES, write_json_atomic
+from coherence_network.logfiles import RUN_FILES, shared_secret, write_json_atomic
 from coherence_network.settings import Settings
 from coherence_network.status_view import render_task
 
@@ -64,17 +63,9 @@ def webhook_secret(settings: Settings, *, create: bool = False) -> str:
     if settings.telegram_webhook_secret:
         return settings.telegram_webhook_secret
     path = secret_path(settings)
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        if not create:
-            return ""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(secrets.token_urlsafe(32) + "\n", encoding="utf-8")
-    tmp.chmod(0o600)
-    tmp.replace(path)
-    return path.read_text(encoding="utf-8").strip()
+    if not create and not path.exists():
+        return ""
+    return shared_secret(path)
 
 
 def clip(text: str) -> str:

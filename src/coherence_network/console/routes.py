@@ -8,7 +8,6 @@ without JavaScript. The body is read only after the session and its CSRF token a
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from coherence_network.console.session import (
     COOKIE, Session, Sessions, clean_identity, key_from_token, local_path,
 )
 from coherence_network.contract import TaskStatus, TaskType
-from coherence_network.logfiles import task_log_path
+from coherence_network.logfiles import RUN_FILES, shared_secret, task_log_path
 from coherence_network.settings import Settings
 from coherence_network.store import Conflict, NotFound
 from coherence_network.store import ops_issues
@@ -430,7 +429,8 @@ def project_page(request: Request, ecosystem: str, name: str, offset: int = 0) -
 def install(app: FastAPI, settings: Settings) -> None:
     """Mount the console at "/" with its static files, and answer an unsigned visitor with the sign-in page."""
     token = settings.coherence_api_token
-    key = key_from_token(token) if token else secrets.token_bytes(32)
+    # Without a token the key is this home's generated one, so every uvicorn worker accepts the others' cookies.
+    key = key_from_token(token or shared_secret(RUN_FILES["console_session_key"].path(settings)))
     app.state.console_week = WeekFigures(PAST_DAYS_REUSE_SECONDS)
     app.state.console_sessions = Sessions(key, settings.coherence_console_session_hours * 3600, token or None)
     app.mount("/console-static", StaticFiles(directory=Path(__file__).parent / "static"), name="console-static")

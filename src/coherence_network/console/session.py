@@ -2,8 +2,9 @@
 
 With COHERENCE_API_TOKEN set, the signing key is derived from the token, so rotating the token signs everyone out
 and every API replica with the same token accepts the same cookie. Without a token (a loopback-only API) the key is
-random per process: the console is open, but forms still carry a CSRF token, since any web page the operator visits
-could otherwise post to 127.0.0.1.
+derived from a secret generated once under var/run/ (console_session_key), shared by the API's workers: the console
+is open, but forms still carry a CSRF token, since any web page the operator visits could otherwise post to
+127.0.0.1.
 """
 
 from __future__ import annotations
