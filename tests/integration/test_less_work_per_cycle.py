@@ -194,7 +194,7 @@ def test_a_store_at_0006_gets_its_durations_backfilled(store_url: str) -> None:
     ]
     with engine.begin() as conn:
         conn.execute(sa.insert(tasks), rows)  # only the columns the rows name: those 0006 has
-    assert migrate(engine) == ("0006", "0007")
+    assert migrate(engine)[0] == "0006"  # through 0007 (and whatever comes after) to head
     with engine.connect() as conn:
         stored = conn.execute(sa.select(tasks.c.direction, tasks.c.run_seconds, tasks.c.queue_seconds)
                               .order_by(tasks.c.id)).all()

@@ -78,6 +78,7 @@ tasks = sa.Table(
     sa.CheckConstraint(_one_of("status", TaskStatus), name="ck_tasks_status"),
     sa.CheckConstraint(_one_of("task_type", TaskType), name="ck_tasks_task_type"),
     sa.Index("ix_tasks_claim_order", "status", sa.desc("priority"), "id"),  # the claim's ORDER BY, no sort
+    sa.Index("ix_tasks_status_id", "status", "id"),  # a page of one status, newest first, no sort
     sa.Index("ix_tasks_status_lease", "status", "lease_expires_at"),
     sa.Index("ix_tasks_type_status", "task_type", "status"),
     sa.Index("ix_tasks_finished_at", "finished_at"),
