@@ -171,8 +171,10 @@ class HttpSubject(Subject):
         self.url = url
         schema = httpx.get(f"{url}/openapi.json", timeout=10).json()
         self.has_batch = "/api/agent/tasks/batch" in schema.get("paths", {})
-        finish = schema.get("components", {}).get("schemas", {}).get("TaskFinish", {})
-        self.claim_next_absent = False if "claim_next" in finish.get("properties", {}) else "n/a"
+        # Served when the finish can answer {finished, next}; the floor takes our request model (claim_next
+        # included) but answers a Task only.
+        finish = schema.get("paths", {}).get("/api/agent/tasks/{task_id}/finish", {}).get("post", {})
+        self.claim_next_absent = False if "FinishAndClaim" in json.dumps(finish.get("responses", {})) else "n/a"
         self.http = httpx.AsyncClient(base_url=url, timeout=60)
 
     async def create_one(self, n: int) -> float:
