@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from typing import IO
 
 from coherence_network.client import ApiClient, ApiNotFound
 from coherence_network.contract import SETTLED_STATUSES
-from coherence_network.logfiles import REGISTRY, RUN_FILES
+from coherence_network.logfiles import REGISTRY, RUN_FILES, write_text_atomic
 from coherence_network.settings import Settings
 
 TASK_FILE = re.compile(r"^(?:task_(\d+)\.log|prompt_(\d+)\.md)$")
@@ -137,16 +136,7 @@ def trim_jsonl(path: Path, keep: Callable[[str], bool], *, dry_run: bool = False
             len(line.encode("utf-8")) for line in kept)
         if dry_run or not report.removed:
             return report
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.writelines(kept)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, "".join(kept))
     return report
 
 

@@ -189,9 +189,9 @@ def _fail_fast(settings: Settings, host: str, port: int) -> None:
 @app.command()
 def runner(
     workers: int = typer.Option(1, "--workers", min=1, help="Independent slots: each claims its next task at once"),
-    interval: float = typer.Option(2.0, "--interval", min=0.05, max=60, help="Seconds between claims when the queue "
-                                   "is empty; each claim waits that long on the API for a task (long poll), so a "
-                                   "new task starts at once; also the longest an idle runner takes to stop"),
+    interval: float = typer.Option(None, "--interval", min=0.05, max=60, help="Seconds an idle slot's claim waits "
+                                   "on the API for a task (long poll; default 30): a new task starts at once, a stop "
+                                   "does not wait for it, and a longer wait costs the database less"),
     once: bool = typer.Option(False, "--once", help="Run what is pending, then exit (1 if any task failed)"),
     types: str = typer.Option("", "--types", help="Only these task types, comma-separated (spec,test,impl,...)"),
     runner_id: str = typer.Option("", "--runner-id", help="Name in the runner registry (default host:pid)"),
@@ -201,7 +201,7 @@ def runner(
 ) -> None:
     """Claim tasks from the API and run them; logs to var/logs/agent_runner.log, output to task_{id}.log."""
     from coherence_network.logfiles import setup_logging
-    from coherence_network.runner import Runner
+    from coherence_network.runner import DEFAULT_CLAIM_WAIT, Runner
 
     settings = get_settings()
     type_list = [t.strip() for t in types.split(",") if t.strip()]
@@ -213,7 +213,7 @@ def runner(
         typer.echo(f"COHERENCE_WORKSPACE {settings.coherence_workspace} is not a folder", err=True)
         raise typer.Exit(2)
     setup_logging("agent_runner", settings, json_lines=Options.log_json, verbose=verbose)
-    agent = Runner(settings, workers=workers, interval=interval, once=once, types=type_list,
+    agent = Runner(settings, workers=workers, interval=interval or DEFAULT_CLAIM_WAIT, once=once, types=type_list,
                    runner_id=runner_id or None, grace=grace)
     signal.signal(signal.SIGTERM, agent.request_stop)
     signal.signal(signal.SIGINT, agent.request_stop)

@@ -22,6 +22,7 @@ import stat
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -179,26 +180,37 @@ def remove_dead_writers_temps(folder: Path) -> list[Path]:
     return removed
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temp file and rename, so a reader never sees half a file.
+@contextlib.contextmanager
+def _written_temp(path: Path, text: str) -> Iterator[Path]:
+    """``text`` in a temp file beside ``path``, whole and on disk, for the caller to move into place; removed
+    afterwards if it is still there. Its name carries this process's pid (see ``remove_dead_writers_temps``)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:  # mkstemp makes it 0600
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
-    The temp file's name carries this process's pid, so a writer killed mid-write leaves a file that can be told
-    from a live writer's: the first write into a folder in each process removes those of dead writers."""
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file and rename, so a reader never sees half a file."""
+    with _written_temp(path, text) as tmp:
+        os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` atomically (``write_text_atomic``).
+
+    A writer killed mid-write leaves a temp file that can be told from a live writer's: the first write into a
+    folder in each process removes those of dead writers."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.parent not in _swept:
         _swept.add(path.parent)
         remove_dead_writers_temps(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def shared_secret(path: Path) -> str:
@@ -210,16 +222,8 @@ def shared_secret(path: Path) -> str:
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:  # mkstemp makes it 0600
-            handle.write(secrets.token_urlsafe(32) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        with contextlib.suppress(FileExistsError):  # another process made it first: theirs is the one
-            os.link(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with _written_temp(path, secrets.token_urlsafe(32) + "\n") as tmp, contextlib.suppress(FileExistsError):
+        os.link(tmp, path)  # another process made it first: theirs is the one
     return path.read_text(encoding="utf-8").strip()
 
 

@@ -44,6 +44,7 @@ log = logging.getLogger("coherence.runner")
 
 DECISION_MARKER = "NEEDS_DECISION:"
 MAX_CLAIM_WAIT = 60.0  # the API's limit on one long-poll claim
+DEFAULT_CLAIM_WAIT = 30.0  # an idle slot's long poll: the API answers at once when work comes, so long costs nothing
 STEP_CHARS = 200
 COMMAND_CHARS = 500
 WATCH_SECONDS = 0.2
@@ -303,7 +304,7 @@ class Runner:
         settings: Settings,
         *,
         workers: int = 1,
-        interval: float = 2.0,
+        interval: float = DEFAULT_CLAIM_WAIT,
         once: bool = False,
         types: list[str] | None = None,
         runner_id: str | None = None,
@@ -326,6 +327,8 @@ class Runner:
         self.attention = threading.Event()  # a result waits in the outbox: the heartbeat loop goes at once
         self.claiming = threading.Lock()  # one claim in flight per runner, for every idle slot
         self.handoff: deque[Task] = deque()  # claimed for an idle slot that has not taken it yet
+        self.working: set[int] = set()  # slots holding a task (running or delivering it); a stop waits for these
+        self.settled = threading.Condition(self.lock)  # notified when a slot lets go of its task
         self.client = ApiClient(settings=settings, retries=2)
         self.pruned_at: float | None = None  # monotonic time of the last retention pass over task files
 
@@ -396,8 +399,8 @@ class Runner:
         """A task for an idle slot: one another slot's claim brought, else a claim for every idle slot at once.
 
         One claim is in flight per runner; the API holds it up to ``interval`` seconds and answers as soon as work
-        exists, so an idle slot is always waiting on the API (dispatch is immediate), and a stop is noticed within
-        ``interval`` seconds. Tasks claimed for other idle slots wait in ``handoff`` for them."""
+        exists, so an idle slot is always waiting on the API (dispatch is immediate) at next to no cost. A stop does
+        not wait for it (see ``run``). Tasks claimed for other idle slots wait in ``handoff`` for them."""
         with self.claiming:
             with self.lock:
                 if self.handoff:
@@ -459,10 +462,11 @@ class Runner:
 
         A result is delivered with the claim of the slot's next task in the same call; only when that brings
         nothing does the slot long-poll for work."""
-        backoff = self.interval
+        backoff = RETRY_SECONDS
         task: Task | None = None
         while not self.stopping.is_set():
             if task is None:
+                self._hold(number, False)
                 asked = time.monotonic()
                 try:
                     task = self._claim()
@@ -471,13 +475,14 @@ class Runner:
                     self.stopping.wait(backoff)
                     backoff = min(backoff * 2, 30.0)
                     continue
-                backoff = self.interval
+                backoff = RETRY_SECONDS
                 if task is None:
                     if self.once:
                         return
-                    # normally the long poll already waited; this covers an API that answered early
-                    self.stopping.wait(max(0.0, self.interval - (time.monotonic() - asked)))
+                    # normally the long poll already waited; this covers an API that answered early (restarting)
+                    self.stopping.wait(max(0.0, min(self.interval, RETRY_SECONDS) - (time.monotonic() - asked)))
                     continue
+                self._hold(number, True)
             if self.stopping.is_set():  # claimed while a stop began: hand it straight back
                 break
             try:
@@ -491,6 +496,21 @@ class Runner:
                 task = self.keep(result, claim_next=more)
         if task is not None:
             self.keep(TaskResult(task.id, task.claim_token, TaskStatus.PENDING, None, ""))
+        self._hold(number, False)
+
+    def _hold(self, number: int, holding: bool) -> None:
+        """Mark slot ``number`` as holding a task or not; a stop waits only for the slots that hold one."""
+        with self.settled:
+            if holding:
+                self.working.add(number)
+            else:
+                self.working.discard(number)
+                self.settled.notify_all()
+
+    def _settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no slot holds a task; True when none does."""
+        with self.settled:
+            return self.settled.wait_for(lambda: not self.working, max(0.0, timeout))
 
     def release_handoff(self) -> None:
         """Hand back tasks claimed for slots that stopped before taking them."""
@@ -565,17 +585,14 @@ class Runner:
             thread.start()
         while any(t.is_alive() for t in slots) and not self.stopping.is_set():
             self.stopping.wait(0.5)
-        deadline = time.monotonic() + self.grace
-        for thread in slots:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if any(t.is_alive() for t in slots):
+        # Slots waiting on a claim are not waited for: the process ends and the API, seeing the client gone,
+        # claims nothing for it. Slots holding a task get the grace, then their tasks are stopped and released.
+        if not self._settle(self.grace):
             with self.lock:
                 running = sorted(self.runs)
-            if running:
-                log.warning("grace period over: stopping and releasing tasks %s", running)
+            log.warning("grace period over: stopping and releasing tasks %s", running)
             self.kill_now.set()
-            for thread in slots:
-                thread.join(self.settings.agent_kill_grace_seconds + 30)
+            self._settle(self.settings.agent_kill_grace_seconds + 30)
         self.release_handoff()
         self.kill_now.set()
         self.attention.set()  # the heartbeat loop ends now, not an interval later
