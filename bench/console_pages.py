@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pipeline_status import fill, latency  # noqa: E402
+from pipeline_status import HISTORY_API_ENV, fill, latency  # noqa: E402
 
 from coherence_network.store.db import create_store_engine  # noqa: E402
 from coherence_network.store.graph import Dependency, GraphStore, PackageRecord  # noqa: E402
@@ -61,12 +62,15 @@ def pages(http: httpx.Client, tasks: int) -> dict[str, str]:
     }
 
 
-def check(http: httpx.Client, path: str) -> int:
-    """The page's size in bytes, after making sure it is the page itself (200, HTML), not a redirect or an error."""
+def first_render(http: httpx.Client, path: str) -> dict[str, float]:
+    """The page's first render (nothing reused yet) and its size, after making sure it is the page itself (200,
+    HTML), not a redirect or an error."""
+    started = time.perf_counter()
     answer = http.get(path)
+    elapsed = (time.perf_counter() - started) * 1000
     if answer.status_code != 200 or not answer.headers["content-type"].startswith("text/html"):
         raise SystemExit(f"{path}: {answer.status_code} {answer.headers.get('content-type')}")
-    return len(answer.content)
+    return {"bytes": len(answer.content), "first_ms": round(elapsed, 2)}
 
 
 def main() -> None:
@@ -81,14 +85,14 @@ def main() -> None:
         url = f"sqlite:///{home / 'coherence.db'}"
         fill(url, args.tasks, args.spacing)
         fill_graph(url, args.projects)
-        api = ApiProcess(home, env={"COHERENCE_LOG_LEVEL": "WARNING"}).start()
+        api = ApiProcess(home, env=HISTORY_API_ENV).start()
         try:
             with httpx.Client(base_url=api.url, timeout=60) as http:
                 for name, path in pages(http, args.tasks).items():
-                    size = check(http, path)
+                    first = first_render(http, path)
                     figures = latency(http, path, args.repeat)
                     print(json.dumps({"page": name, "path": path, "tasks": args.tasks, "projects": args.projects,
-                                      "spacing_s": args.spacing, "bytes": size, **figures}), flush=True)
+                                      "spacing_s": args.spacing, **first, **figures}), flush=True)
         finally:
             api.stop()
 

@@ -23,7 +23,7 @@ if __name__ == "__main__":  # bench/ first on sys.path would let its queue.py sh
 
 import httpx
 
-from bench.pipeline_status import fill, latency
+from bench.pipeline_status import HISTORY_API_ENV, fill, latency
 from coherence_network.store.db import create_store_engine
 from coherence_network.store.schema import tasks
 from coherence_network.store.tasks import seconds_between
@@ -53,7 +53,7 @@ def store_durations(url: str) -> None:
 def measure(url: str, home: Path, tasks_n: int, spacing: float, repeat: int) -> list[dict[str, object]]:
     fill(url, tasks_n, spacing)
     store_durations(url)
-    api = ApiProcess(home, env={"COHERENCE_LOG_LEVEL": "WARNING", "DATABASE_URL": url}).start()
+    api = ApiProcess(home, env={**HISTORY_API_ENV, "DATABASE_URL": url}).start()
     try:
         with httpx.Client(base_url=api.url, timeout=60) as http:
             return [{"store": url.split(":")[0].split("+")[0], "tasks": tasks_n, "spacing_s": spacing,

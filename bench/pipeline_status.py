@@ -32,6 +32,8 @@ from coherence_network.store.tasks import utcnow  # noqa: E402
 from tests.support.api import ApiProcess  # noqa: E402
 
 TYPES = ("spec", "test", "impl", "review", "run")
+# The API of a bench over filled history: quiet, and retention off, so the history is measured as filled.
+HISTORY_API_ENV = {"COHERENCE_LOG_LEVEL": "WARNING", "COHERENCE_RETAIN_TASKS_DAYS": "0"}
 
 
 def fill(url: str, n: int, spacing: float) -> None:
@@ -90,7 +92,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-status-") as tmp:
             home = Path(tmp) / "home"
             fill(f"sqlite:///{home / 'coherence.db'}", n, args.spacing)
-            api = ApiProcess(home, env={"COHERENCE_LOG_LEVEL": "WARNING"}).start()
+            api = ApiProcess(home, env=HISTORY_API_ENV).start()
             try:
                 with httpx.Client(base_url=api.url, timeout=60) as http:
                     for path in ("/api/agent/pipeline-status", "/api/agent/metrics"):
