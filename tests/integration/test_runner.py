@@ -324,16 +324,16 @@ def test_a_restarted_runner_delivers_what_its_predecessor_kept(tmp_path: Path) -
 # Writes a result into the outbox the way the runner does, and is stuck halfway through (in the serialisation), so
 # that a SIGKILL lands between the temp file's creation and its rename: the worst moment.
 STUCK_WRITER = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 from coherence_network.logfiles import write_json_atomic
 
-class Stuck:
-    def __str__(self) -> str:
-        Path(sys.argv[2]).write_text("writing")
-        time.sleep(300)
+def stuck_fsync(fd: int) -> None:  # a disk that never finishes: the writer stays halfway, its temp file written
+    Path(sys.argv[2]).write_text("writing")
+    time.sleep(300)
 
-write_json_atomic(Path(sys.argv[1]), {"output": Stuck()})
+os.fsync = stuck_fsync
+write_json_atomic(Path(sys.argv[1]), {"output": "a result"})
 """
 
 
