@@ -58,6 +58,14 @@ _RESTART_NOTICES = {
 }
 
 
+class FormRefused(Exception):
+    """A posted form that is not acted on; its error page is the answer."""
+
+    def __init__(self, page: HTMLResponse) -> None:
+        super().__init__(page.status_code)
+        self.page = page
+
+
 class SignInNeeded(Exception):
     """An unsigned visitor asked for a page while a token is set: answered with 303 to the sign-in page."""
 
@@ -137,22 +145,24 @@ def error_page(request: Request, status: int, title: str, message: str | list[st
     return render(request, "error.html", visit, code=status, title=title, messages=messages)
 
 
-async def _form(request: Request) -> tuple[Visit, dict[str, str]] | HTMLResponse:
-    """The session and the posted fields, once the CSRF token matched (403 page otherwise)."""
+async def _form(request: Request) -> tuple[Visit, dict[str, str]]:
+    """The session and the posted fields, once the CSRF token matched; else FormRefused (a 403 page, mostly)."""
     visit = _visit(request)
     if visit.new_cookie:  # no session came with the post: it cannot carry this session's token
-        return error_page(request, 403, "Form refused", "This form has no valid session; reload the page and retry.")
+        raise FormRefused(error_page(request, 403, "Form refused",
+                                     "This form has no valid session; reload the page and retry."))
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
-        return error_page(request, 415, "Form refused", "Forms are posted as application/x-www-form-urlencoded.",
-                          visit)
+        raise FormRefused(error_page(request, 415, "Form refused",
+                                     "Forms are posted as application/x-www-form-urlencoded.", visit))
     body = await request.body()
     if len(body) > MAX_FORM_BYTES:
-        return error_page(request, 413, "Form refused", f"A form is at most {MAX_FORM_BYTES} bytes.", visit)
+        raise FormRefused(error_page(request, 413, "Form refused", f"A form is at most {MAX_FORM_BYTES} bytes.",
+                                     visit))
     fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True).items()}
     if not _sessions(request).csrf_ok(visit.session, fields.pop("csrf", None)):
         log.warning("console: form %s refused: missing or wrong CSRF token", request.url.path)
-        return error_page(request, 403, "Form refused", "The form's CSRF token is missing or wrong; reload the page "
-                          "and submit it again.", visit)
+        raise FormRefused(error_page(request, 403, "Form refused", "The form's CSRF token is missing or wrong; "
+                                     "reload the page and submit it again.", visit))
     return visit, fields
 
 
@@ -211,9 +221,7 @@ async def signin(request: Request) -> Response:
 
 @router.post("/signout")
 async def signout(request: Request) -> Response:
-    found = await _form(request)
-    if isinstance(found, Response):
-        return found
+    await _form(request)  # a sign-out is a form too: another site cannot sign the operator out
     response = RedirectResponse("/signin" if token_required(request) else "/", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response
@@ -289,10 +297,7 @@ class WeekFigures:
 @router.post("/restart")
 async def request_component_restart(request: Request) -> Response:
     """The request `coherence restart` writes, for the supervisor of this host's COHERENCE_HOME."""
-    found = await _form(request)
-    if isinstance(found, Response):
-        return found
-    visit, fields = found
+    visit, fields = await _form(request)
     reason = f"console:{visit.session.identity}: {fields.get('reason', '').strip()[:500] or 'restart from the console'}"
     try:
         result = await run_in_threadpool(restart.request_restart, _settings(request), fields.get("component", ""),
@@ -330,10 +335,7 @@ def tasks_page(request: Request, status: str = "", task_type: str = "", offset: 
 @router.post("/tasks")
 async def create_task(request: Request) -> Response:
     """Create a task through the API's TaskCreate rules; 303 to its page."""
-    found = await _form(request)
-    if isinstance(found, Response):
-        return found
-    visit, fields = found
+    visit, fields = await _form(request)
     values = {k: v for k, v in fields.items() if k in ("direction", "task_type", "command", "priority") and v != ""}
     body = _validated(TaskCreate, values)
     if isinstance(body, list):
@@ -366,10 +368,7 @@ def task_page(request: Request, task_id: int) -> HTMLResponse:
 @router.post("/tasks/{task_id}/decide")
 async def decide(request: Request, task_id: int) -> Response:
     """Answer a needs_decision task as ``console:<identity>`` (TaskPatch rules, TaskStore.decide)."""
-    found = await _form(request)
-    if isinstance(found, Response):
-        return found
-    visit, fields = found
+    visit, fields = await _form(request)
     who = f"console:{visit.session.identity}"
     body = _validated(TaskPatch, {"decision": fields.get("decision", "").strip() or None, "decided_by": who})
     if isinstance(body, list):
@@ -380,10 +379,7 @@ async def decide(request: Request, task_id: int) -> Response:
 
 @router.post("/tasks/{task_id}/retry")
 async def retry(request: Request, task_id: int) -> Response:
-    found = await _form(request)
-    if isinstance(found, Response):
-        return found
-    visit, _ = found
+    visit, _ = await _form(request)
     return await _act(request, visit, lambda: _store(request).retry(task_id), f"/tasks/{task_id}")
 
 
@@ -435,6 +431,10 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.console_sessions = Sessions(key, settings.coherence_console_session_hours * 3600, token or None)
     app.mount("/console-static", StaticFiles(directory=Path(__file__).parent / "static"), name="console-static")
     app.include_router(router)
+
+    @app.exception_handler(FormRefused)
+    async def _refused(_: Request, exc: FormRefused) -> HTMLResponse:
+        return exc.page
 
     @app.exception_handler(SignInNeeded)
     async def _sign_in(_: Request, exc: SignInNeeded) -> RedirectResponse:
