@@ -73,6 +73,9 @@ def test_every_page_renders_on_an_open_console(tmp_path: Path, store_url: str) -
         claimed = client.claim("test-runner")
         assert claimed is not None and claimed.id == failed.id
         client.finish(failed.id, claimed.claim_token, TaskStatus.FAILED, output="boom", exit_code=1)
+        client.post("/api/agent/components/heartbeat", {  # a project manager reporting its backlog
+            "component": "project_manager", "host": "test", "pid": 1, "version": "0",
+            "info": {"items": 4, "by_status": {"done": 3, "pending": 1}}})
     try:
         _render_every_page(open_api)
     finally:
@@ -90,6 +93,7 @@ def _render_every_page(open_api: ApiProcess) -> None:
         overview = web.get("/").text
         for layer in ("Goal", "Orchestration", "Tasks", "Attention"):
             assert f">{layer}</h2>" in overview
+        assert "Backlog: 3 of 4 items done" in overview
         assert overview.count("<svg") == 3
 
 
