@@ -209,7 +209,7 @@ async def signin(request: Request) -> Response:
     fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", errors="replace")).items()}
     target = local_path(fields.get("next"))
     token = _settings(request).coherence_api_token
-    if token and not _sessions(request).token_ok(fields.get("token", "")):
+    if token and not _sessions(request).token_ok(fields.get("token", "").encode("utf-8", "replace")):
         client = request.client.host if request.client else "?"
         log.warning("console sign-in refused from %s: wrong token", client)
         return render(request, "signin.html", None, code=401, next=target,

@@ -50,11 +50,12 @@ class Sessions:
         self.lifetime = lifetime_seconds
         self._token_digest = hashlib.sha256(token.encode()).digest() if token else None
 
-    def token_ok(self, given: str) -> bool:
-        """The sign-in check: compared as digests, so the time taken says nothing about the token."""
+    def token_ok(self, given: bytes) -> bool:
+        """The token check of sign-in and of the API's bearer header: compared as digests, so the time taken says
+        nothing about the token's length or content."""
         if self._token_digest is None:
             return True
-        return hmac.compare_digest(hashlib.sha256(given.encode("utf-8", "replace")).digest(), self._token_digest)
+        return hmac.compare_digest(hashlib.sha256(given).digest(), self._token_digest)
 
     def _sign(self, purpose: bytes, payload: bytes) -> str:
         return hmac.new(self.key, purpose + b"\0" + payload, hashlib.sha256).hexdigest()
