@@ -119,7 +119,7 @@ def test_forms_without_their_csrf_token_are_refused(open_api: ApiProcess) -> Non
     with ApiClient(open_api.url) as client, browser(open_api) as web:
         token = csrf_of(web.get("/tasks"))
         task = {"direction": "from the console", "task_type": "run", "command": "echo hi"}
-        for forged in ({}, {"csrf": "0" * 64}):
+        for forged in ({}, {"csrf": "0" * 64}, {"csrf": "é" * 64}):  # non-ASCII: refused, not a server error
             refused = web.post("/tasks", data={**task, **forged})
             assert refused.status_code == 403 and "CSRF" in refused.text
         assert client.count_tasks().total == 0
@@ -181,6 +181,16 @@ def test_with_a_token_pages_need_a_session(token_api: ApiProcess) -> None:
         elsewhere = web.post("/tasks", data={"direction": "x"}, headers={"Referer": "http://evil.example/tasks"})
         assert elsewhere.headers["location"] == "/signin?next=%2F"
         assert web.get("/api/agent/tasks").status_code == 401
+
+
+def test_a_forged_cookie_with_non_ascii_bytes_is_no_session(token_api: ApiProcess) -> None:
+    """A cookie header arrives as latin-1 text: its signature is compared as bytes, never as a str that
+    hmac.compare_digest refuses (a 500 before)."""
+    forged = {"Cookie": f"{COOKIE}=eyJ3aG8iOiJ4In0.{'é' * 64}".encode("latin-1")}
+    assert httpx.get(f"{token_api.url}/api/agent/tasks", headers=forged).status_code == 401
+    assert httpx.get(f"{token_api.url}/tasks", headers=forged).status_code == 303
+    wrong = httpx.post(f"{token_api.url}/signin", data={"token": "é" * 20})
+    assert wrong.status_code == 401
 
 
 def test_a_wrong_token_is_refused_without_a_cookie(token_api: ApiProcess) -> None:

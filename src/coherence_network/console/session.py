@@ -60,6 +60,12 @@ class Sessions:
     def _sign(self, purpose: bytes, payload: bytes) -> str:
         return hmac.new(self.key, purpose + b"\0" + payload, hashlib.sha256).hexdigest()
 
+    @staticmethod
+    def _same(given: str, expected: str) -> bool:
+        """Constant-time equality of what a client sent (any text, as a cookie or form delivers it) and a hex
+        signature: compared as bytes, since compare_digest refuses a str with non-ASCII characters."""
+        return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
+
     def issue(self, identity: str, now: float | None = None) -> str:
         """A cookie value: base64(JSON payload) "." HMAC of it."""
         payload = {"who": clean_identity(identity), "exp": int((now or time.time()) + self.lifetime),
@@ -72,7 +78,7 @@ class Sessions:
         if not cookie or cookie.count(".") != 1:
             return None
         raw, signature = cookie.split(".")
-        if not hmac.compare_digest(signature, self._sign(b"session", raw.encode())):
+        if not self._same(signature, self._sign(b"session", raw.encode())):
             return None
         try:
             payload = json.loads(base64.urlsafe_b64decode(raw.encode()))
@@ -86,7 +92,7 @@ class Sessions:
         return self._sign(b"csrf", f"{session.nonce}:{session.expires}".encode())
 
     def csrf_ok(self, session: Session, given: str | None) -> bool:
-        return bool(given) and hmac.compare_digest(given, self.csrf_token(session))  # type: ignore[arg-type]
+        return given is not None and self._same(given, self.csrf_token(session))
 
 
 def local_path(target: str | None, default: str = "/") -> str:
