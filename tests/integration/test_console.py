@@ -103,6 +103,8 @@ def test_a_missing_task_or_project_is_a_404_page(open_api: ApiProcess) -> None:
             page = web.get(path)
             assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
             assert words in page.text and "Traceback" not in page.text
+        # beyond what the store holds: the JSON API's id rule, not a server error
+        assert web.get("/tasks/99999999999999999999").status_code == 422
 
 
 def test_hostile_task_text_is_escaped_everywhere(open_api: ApiProcess) -> None:

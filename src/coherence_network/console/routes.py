@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 
 from coherence_network import health, restart
 from coherence_network.api.errors import bounded_error
-from coherence_network.api.models import TaskCreate, TaskPatch
+from coherence_network.api.models import TaskCreate, TaskId, TaskPatch
 from coherence_network.api.routes_agent import read_log_end
 from coherence_network.api.routes_ops_issues import backlog_progress, goal_proximity
 from coherence_network.api.routes_projects import _key as stored_project_name
@@ -354,7 +354,7 @@ def _task_log(settings: Settings, task: dict[str, Any]) -> tuple[str, str]:
 
 
 @router.get("/tasks/{task_id}")
-def task_page(request: Request, task_id: int) -> HTMLResponse:
+def task_page(request: Request, task_id: TaskId) -> HTMLResponse:
     visit = _visit(request)
     try:
         task = _store(request).get(task_id)
@@ -366,7 +366,7 @@ def task_page(request: Request, task_id: int) -> HTMLResponse:
 
 
 @router.post("/tasks/{task_id}/decide")
-async def decide(request: Request, task_id: int) -> Response:
+async def decide(request: Request, task_id: TaskId) -> Response:
     """Answer a needs_decision task as ``console:<identity>`` (TaskPatch rules, TaskStore.decide)."""
     visit, fields = await _form(request)
     who = f"console:{visit.session.identity}"
@@ -378,7 +378,7 @@ async def decide(request: Request, task_id: int) -> Response:
 
 
 @router.post("/tasks/{task_id}/retry")
-async def retry(request: Request, task_id: int) -> Response:
+async def retry(request: Request, task_id: TaskId) -> Response:
     visit, _ = await _form(request)
     return await _act(request, visit, lambda: _store(request).retry(task_id), f"/tasks/{task_id}")
 
