@@ -42,7 +42,7 @@ class LossyProxy:
         except OSError:
             pass
         finally:
-            sink.close()
+            _hang_up(sink)
 
     def _answer(self, upstream: socket.socket, client: socket.socket) -> None:
         """Relay the API's answers, except those to lose: the API did the work, the client hears nothing."""
@@ -59,5 +59,15 @@ class LossyProxy:
         except OSError:
             pass
         finally:
-            client.close()
-            upstream.close()
+            _hang_up(client)
+            _hang_up(upstream)
+
+
+def _hang_up(sock: socket.socket) -> None:
+    """Close at once, for both sides: ``close`` alone sends nothing while another thread still blocks in ``recv``
+    on the socket, and the client would wait out its whole timeout instead of seeing the connection drop."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already disconnected
+    sock.close()
