@@ -18,8 +18,11 @@ run: $(STAMP)  ## the autonomous pipeline (API, runner, manager, monitor) on the
 api: $(STAMP)  ## only the API on 127.0.0.1:8000
 	$(BIN)/coherence api
 
-test: $(STAMP)  ## the whole test suite (PostgreSQL tests start their own throwaway server)
-	$(BIN)/python -m pytest -q
+# Tests mostly wait on real servers and subprocesses: one pytest worker per core keeps both cores busy.
+TEST_WORKERS ?= auto
+
+test: $(STAMP)  ## the whole test suite, one worker per core (PostgreSQL tests start their own throwaway server)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 screenshots: $(STAMP)  ## the console's browser tests, keeping their screenshots in docs/console/ (the README's)
 	SCREENSHOTS_DIR=docs/console $(BIN)/python -m pytest -q tests/browser
