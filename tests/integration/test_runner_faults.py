@@ -86,6 +86,45 @@ def test_a_slot_delivering_its_result_is_not_claimed_for(tmp_path: Path) -> None
         api.stop()
 
 
+def test_a_slot_waiting_out_a_failed_claim_is_not_claimed_for(tmp_path: Path) -> None:
+    """The issue's own reproduction: one slot waits out failed claims (the API answered 503) when the other claims.
+    Before the fix that claim was made for both, and the task meant for the waiting slot sat in the handoff past its
+    lease, was reaped (an attempt used) and then run anyway on a claim that was no longer the runner's. Now the
+    claim is for the claiming slot alone and the waiting slot claims its own when its wait is over."""
+    home, lease = tmp_path / "home", 2.0
+    api = ApiProcess(home, env={"COHERENCE_LEASE_SECONDS": str(lease)}).start()
+    proxy = HoldingProxy(api.url).start()
+    proc = RunnerProcess(home, proxy.url, "--workers", "2", "--interval", "1", env={"AGENT_KILL_GRACE_SECONDS": "1"})
+    runner_log = home / "logs" / "agent_runner.log"
+    try:
+        with ApiClient(api.url, token="") as client:
+            first = client.create_task("t0", "run", command=gated(tmp_path, "t0"))
+            proc.start()
+            wait_until(lambda: client.get_task(first.id).status == TaskStatus.RUNNING, 30, "t0 running in slot A")
+            proxy.fail("claim", "claims")  # slot B's claims fail; slot A runs t0 and does not claim
+            wait_until(lambda: runner_log.exists() and "retrying in 4.0s" in runner_log.read_text(), 30,
+                       "slot B waiting 4 s after failed claims")
+            proxy.fail()
+            claims = proxy.count("claim") + proxy.count("claims")
+            (tmp_path / "gate_t0").write_text("go")  # slot A delivers t0, finds nothing, and claims for free slots
+            wait_until(lambda: proxy.count("claim") + proxy.count("claims") > claims, 10, "slot A claiming")
+            t1, t2 = client.create_tasks([
+                {"direction": "t1", "task_type": TaskType.RUN, "priority": 5, "command": gated(tmp_path, "t1")},
+                {"direction": "t2", "task_type": TaskType.RUN, "max_attempts": 10, "command": gated(tmp_path, "t2")},
+            ])
+            (tmp_path / "gate_t2").write_text("go")
+            wait_until(lambda: client.get_task(t2.id).status == TaskStatus.COMPLETED, 30, "t2 done")
+            (tmp_path / "gate_t1").write_text("go")
+            wait_until(lambda: client.get_task(t1.id).status == TaskStatus.COMPLETED, 30, "t1 done")
+            done = [client.get_task(t.id) for t in (first, t1, t2)]
+            assert [(t.status, t.attempts, t.claim_token) for t in done] == [(TaskStatus.COMPLETED, 0, 1)] * 3
+            assert [starts(tmp_path, name) for name in ("t0", "t1", "t2")] == [1, 1, 1]
+    finally:
+        proc.stop()
+        proxy.stop()
+        api.stop()
+
+
 # --- a full disk -----------------------------------------------------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:

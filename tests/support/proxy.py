@@ -1,6 +1,7 @@
 """A loopback HTTP proxy in front of the API that can hold one kind of request (a slow network, or an API that is
-slow to answer one call) until the test releases it; everything else passes straight through, long polls
-included. It counts the requests it sees by path suffix, so a test can wait for a runner's next call."""
+slow to answer one call) until the test releases it, or answer it 503 (an API that cannot serve it); everything
+else passes straight through, long polls included. It counts the requests it sees by their path's last segment, so
+a test can wait for a runner's next call."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class HoldingProxy:
         self.seen: Counter[str] = Counter()  # requests by their path's last segment ("claim", "finish"...)
         self.held = 0  # requests waiting for release() now
         self.holding: str | None = None  # last path segment of the requests to hold
+        self.failing: set[str] = set()  # last path segments of the requests answered 503
         self.released = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self.server.daemon_threads = True
@@ -41,6 +43,10 @@ class HoldingProxy:
         """From now on, hold requests whose path ends in ``/segment`` until ``release``."""
         self.released.clear()
         self.holding = segment
+
+    def fail(self, *segments: str) -> None:
+        """Answer requests whose path ends in one of ``/segments`` with 503 (none: pass everything again)."""
+        self.failing = set(segments)
 
     def release(self) -> None:
         self.holding = None
@@ -70,8 +76,14 @@ class HoldingProxy:
                 segment = self.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
                 with proxy.lock:
                     proxy.seen[segment] += 1
-                    hold = proxy.holding == segment
+                    failed = segment in proxy.failing
+                    hold = proxy.holding == segment and not failed
                     proxy.held += hold
+                if failed:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if hold:
                     proxy.released.wait()
                     with proxy.lock:
