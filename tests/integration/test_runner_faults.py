@@ -166,14 +166,24 @@ def claims_of(client: ApiClient, tasks: list[Task]) -> int:
 def test_a_full_disk_blocks_slots_without_killing_them_or_costing_attempts(
     api_process: ApiProcess, small_disk: Path, tmp_path: Path
 ) -> None:
+    """The runner's COHERENCE_HOME fills up while a task runs: its result, which the outbox cannot store, is
+    delivered from memory. Tasks claimed then cannot start (their log cannot be written): each goes back to pending
+    with no attempt used, both slots report blocked (the runner_blocked flag) but live, and they claim no faster
+    than the backoff allows. Once space is back every task runs, once. (Before the fix the slots died on the
+    outbox write, the runner heartbeated on with no slot, and the queue was claimed in under a second.)"""
     api = api_process
     proc = RunnerProcess(small_disk, api.url, "--workers", "2", output=tmp_path / "runner.out",
                          env={"COHERENCE_RUNNER_BACKOFF_MAX_SECONDS": "2", "COHERENCE_RUNNER_HEARTBEAT_SECONDS": "0.5"})
     try:
         with ApiClient(api.url, token="") as client:
+            running = client.create_task("long", "run", command=gated(tmp_path, "long"))
             proc.start()
-            wait_until(lambda: client.get("/api/agent/runners")["items"] != [], 30, "runner registered")
+            wait_until(lambda: starts(tmp_path, "long") == 1, 30, "a task running")
             filler = fill(small_disk)
+            (tmp_path / "gate_long").write_text("go")  # it ends on the full disk: its result cannot be stored
+            wait_until(lambda: client.get_task(running.id).status == TaskStatus.COMPLETED, 30, "its result delivered")
+            assert client.get_task(running.id).output == "long done\n"  # from memory, though its log is cut short
+            assert not any((small_disk / "run" / "runner_outbox").glob("task_*"))
             tasks = client.create_tasks([{"direction": f"t{i}", "task_type": TaskType.RUN,
                                           "command": py(f"print('task {i}')")} for i in range(6)])
 
