@@ -15,12 +15,22 @@ import pytest
 
 from coherence_network.client import ApiClient
 from coherence_network.contract import Task, TaskStatus, TaskType
+from coherence_network.runner import CLAIM_MARGIN, Claim, Runner
+from coherence_network.settings import Settings
 from tests.integration.test_runner import py
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
 from tests.support.proxy import HoldingProxy
 from tests.support.required import IN_CI, missing
 from tests.support.runner import RunnerProcess
+
+
+@pytest.fixture(scope="module")
+def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    """One API (SQLite, the default lease) for the tests here that need no lease of their own."""
+    api = ApiProcess(tmp_path_factory.mktemp("api") / "home").start()
+    yield api
+    api.stop()
 
 
 def gated(tmp_path: Path, name: str, *, seconds: float | None = None) -> str:
@@ -125,6 +135,30 @@ def test_a_slot_waiting_out_a_failed_claim_is_not_claimed_for(tmp_path: Path) ->
         api.stop()
 
 
+def test_a_claim_past_its_window_is_handed_back_and_an_older_one_never_starts(shared_api: ApiProcess,
+                                                                               tmp_path: Path) -> None:
+    """The runner's last guard before it starts a claim, against a real API: a claim older (by this host's clock)
+    than 3/4 of the lease the API granted is released, at no attempt's cost; a claim of a task this runner already
+    started a newer claim of is dropped."""
+    settings = Settings(coherence_home=tmp_path / "runner_home", agent_api_base=shared_api.url,
+                        coherence_lease_seconds=60)
+    runner = Runner(settings, runner_id="guard")
+    with ApiClient(shared_api.url, token="") as client:
+        made = client.create_task("late", "run", command="true")
+        late = client.claim("guard")
+        assert late is not None and late.id == made.id
+        assert not runner._startable(Claim(late, time.monotonic() - 60 * (1 - CLAIM_MARGIN) - 1))
+        released = client.get_task(made.id)
+        assert (released.status, released.attempts, released.claim_token) == (TaskStatus.PENDING, 0, 1)
+        fresh = client.claim("guard")
+        assert fresh is not None and fresh.claim_token == 2
+        assert runner._startable(Claim(fresh, time.monotonic()))
+        assert not runner._startable(Claim(late, time.monotonic()))  # run 1 after run 2: never, even if "fresh"
+        assert not runner._startable(Claim(fresh, time.monotonic()))  # nor the same claim twice
+        assert client.get_task(made.id).status == TaskStatus.RUNNING  # a dropped stale claim changes nothing
+    runner.client.close()
+
+
 # --- a full disk -----------------------------------------------------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
@@ -164,14 +198,14 @@ def claims_of(client: ApiClient, tasks: list[Task]) -> int:
 
 
 def test_a_full_disk_blocks_slots_without_killing_them_or_costing_attempts(
-    api_process: ApiProcess, small_disk: Path, tmp_path: Path
+    shared_api: ApiProcess, small_disk: Path, tmp_path: Path
 ) -> None:
     """The runner's COHERENCE_HOME fills up while a task runs: its result, which the outbox cannot store, is
     delivered from memory. Tasks claimed then cannot start (their log cannot be written): each goes back to pending
     with no attempt used, both slots report blocked (the runner_blocked flag) but live, and they claim no faster
     than the backoff allows. Once space is back every task runs, once. (Before the fix the slots died on the
     outbox write, the runner heartbeated on with no slot, and the queue was claimed in under a second.)"""
-    api = api_process
+    api = shared_api
     proc = RunnerProcess(small_disk, api.url, "--workers", "2", output=tmp_path / "runner.out",
                          env={"COHERENCE_RUNNER_BACKOFF_MAX_SECONDS": "2", "COHERENCE_RUNNER_HEARTBEAT_SECONDS": "0.5"})
     try:
