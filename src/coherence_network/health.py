@@ -140,6 +140,16 @@ def _no_runner(s: HealthSnapshot, cfg: Settings) -> Finding:
                  f"({last})")
 
 
+def _runner_blocked(s: HealthSnapshot, _: Settings) -> Finding:
+    """A live runner whose slots cannot work on its host (its heartbeat says so: a full or read-only disk)."""
+    blocked = [r for r in s.runners if r["seen"] and ((r.get("info") or {}).get("slots_blocked") or 0) > 0]
+    if not blocked:
+        return None
+    named = "; ".join(f"{r['id']}: {r['info']['slots_blocked']} of {r['info'].get('workers', '?')} slot(s) blocked "
+                      f"({r['info'].get('last_error') or 'no error given'})" for r in blocked)
+    return Found(f"{len(blocked)} runner(s) cannot run tasks on their host: {named}")
+
+
 def _manager_stale(s: HealthSnapshot, cfg: Settings) -> Finding:
     manager = s.components.get(MANAGER)
     if manager is None or manager["seen"]:
@@ -193,6 +203,10 @@ RULES: tuple[HealthRule, ...] = (
     HealthRule("no_runner", "high", "tasks pending or running but no runner heartbeat within "
                "MONITOR_RUNNER_SEEN_SECONDS", "start a runner: coherence runner (or coherence supervise)",
                "#pipeline-recovery", _no_runner, restart="agent_runner"),
+    HealthRule("runner_blocked", "high", "a live runner reports slots that cannot start tasks on its host (its "
+               "log or outbox cannot be written: a full or read-only disk); their tasks go back to pending unused",
+               "free disk space under the runner's COHERENCE_HOME (df -h; coherence prune), then watch it recover",
+               "#a-full-disk", _runner_blocked),
     HealthRule("manager_stale", "medium", "project manager silent for MONITOR_COMPONENT_SEEN_SECONDS with backlog "
                "items unsettled", "start it: coherence pm --backlog <file>", "#pipeline-recovery", _manager_stale,
                restart=MANAGER),

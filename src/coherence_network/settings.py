@@ -165,6 +165,10 @@ class Settings(BaseSettings):
     coherence_runner_heartbeat_seconds: float = Field(
         15.0, gt=0, description="Seconds between a runner's registry heartbeats"
     )
+    coherence_runner_backoff_max_seconds: float = Field(
+        30.0, gt=0, description="Longest a runner slot waits before it claims again after a failure (the API "
+        "refused a claim; a task could not start because the disk is full): the wait doubles from 1 s up to this"
+    )
     coherence_task_env_passthrough: str = Field(
         "", description="Variables tasks get although their names look like credentials, comma-separated, e.g. "
         "ANTHROPIC_API_KEY,GH_TOKEN (their values are still masked in task output; the project's own secrets "

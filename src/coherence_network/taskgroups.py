@@ -46,6 +46,10 @@ KILL_WAIT_SECONDS = 10.0  # after SIGKILL only a process stuck in the kernel (st
 GO, STARTED, FAILED = b"go\n", "started", "error "
 
 
+class NewerRunRecorded(Exception):
+    """A run of the same task from a newer claim is recorded on this host: the claim at hand must not start."""
+
+
 class TaskStartError(OSError):
     """The guard could not start the task (for instance the program does not exist); the message is the OS's."""
 
@@ -233,6 +237,21 @@ def runner_alive(record: dict[str, Any]) -> bool:
     return started is not None and started == record.get("runner_start")
 
 
+def _recorded(settings: Settings) -> list[dict[str, Any]]:
+    """The readable records of this host's task groups, running or not."""
+    from coherence_network.logfiles import RUN_FILES
+
+    found = []
+    for path in sorted(RUN_FILES["task_groups/"].path(settings).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            continue
+        if isinstance(record, dict) and "pgid" in record:
+            found.append(record)
+    return found
+
+
 def _stop_recorded(settings: Settings, chosen: Callable[[dict[str, Any]], bool], why: str) -> list[str]:
     """Stop the recorded groups ``chosen`` picks and wait until they are gone; drop records of groups that are."""
     from coherence_network.logfiles import RUN_FILES
@@ -270,9 +289,17 @@ def kill_orphaned_task_groups(settings: Settings, *, all_groups: bool = False) -
                           "every task group" if all_groups else "its runner is gone")
 
 
-def stop_previous_runs(settings: Settings, task_id: int) -> list[str]:
-    """Before a task starts: stop any recorded group on this host still running an earlier run of it."""
-    return _stop_recorded(settings, lambda record: record.get("task_id") == task_id, "the task runs again")
+def stop_previous_runs(settings: Settings, task_id: int, claim_token: int) -> list[str]:
+    """Before a task's claim ``claim_token`` starts: stop any recorded group on this host still running an earlier
+    run of it (an older claim token: a frozen runner's). A group of the same or a newer claim is the current run of
+    the task and is never stopped: the claim about to start is the stale one (NewerRunRecorded)."""
+    newer = [record for record in _recorded(settings) if record.get("task_id") == task_id
+             and int(record.get("claim_token") or 0) >= claim_token and _running(record)]
+    if newer:
+        raise NewerRunRecorded(f"run {newer[0].get('claim_token')} of task {task_id} is running on this host "
+                               f"(process group {newer[0].get('pgid')}); run {claim_token} is stale")
+    return _stop_recorded(settings, lambda record: record.get("task_id") == task_id
+                          and int(record.get("claim_token") or 0) < claim_token, "the task runs again")
 
 
 if __name__ == "__main__":

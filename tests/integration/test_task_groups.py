@@ -9,14 +9,15 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from coherence_network.client import ApiClient
-from coherence_network.contract import TaskStatus
+from coherence_network.contract import Task, TaskStatus
 from coherence_network.settings import Settings
-from coherence_network.taskgroups import kill_orphaned_task_groups
+from coherence_network.taskgroups import NewerRunRecorded, TaskGroup, kill_orphaned_task_groups, stop_previous_runs
 from tests.integration.test_runner import process_gone, program, py
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
@@ -243,3 +244,24 @@ def test_exit_codes_and_output_pass_through_unchanged(api_process: ApiProcess, t
         reason = "[Errno 2] No such file or directory: 'no-such-command-anywhere'"
         assert missing.output == f"cannot start the task: {reason}\n"
     assert "exit_code=-9 duration=" in (api_process.home / "logs" / f"task_{got['killed'].id}.log").read_text()
+
+
+def test_a_claim_never_stops_the_run_of_a_newer_claim_of_its_task(tmp_path: Path) -> None:
+    """Only a run of an older claim is stopped before a task starts; a recorded run of the same or a newer claim is
+    the task's current run, and the claim at hand is the stale one: NewerRunRecorded, and the run lives on."""
+    settings = Settings(coherence_home=tmp_path / "home", agent_kill_grace_seconds=1)
+    now = datetime.now(timezone.utc)
+    task = Task.model_validate({"id": 9, "task_type": "run", "status": "running", "direction": "d",
+                                "claim_token": 2, "created_at": now, "updated_at": now})
+    group = TaskGroup(["sleep", "300"], settings, task, "runner", cwd=tmp_path, env=dict(os.environ))
+    try:
+        for stale in (1, 2):
+            with pytest.raises(NewerRunRecorded, match="run 2 of task 9 is running on this host"):
+                stop_previous_runs(settings, 9, stale)
+        assert group.proc.poll() is None and len(records(settings.coherence_home)) == 1
+        assert stop_previous_runs(settings, 8, 1) == []  # another task's run is none of its business
+        stopped = stop_previous_runs(settings, 9, 3)
+        assert len(stopped) == 1 and "task 9 (run 2)" in stopped[0] and "killed" in stopped[0]
+        assert group.proc.wait(10) is not None and records(settings.coherence_home) == []
+    finally:
+        group.close()

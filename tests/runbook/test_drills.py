@@ -248,3 +248,18 @@ def test_drill_a_repeated_create_with_the_documented_key_makes_one_task(runbook:
     first, again = (result.stdout.strip() for result in drill.run_block(runbook.drill("create-idempotent")))
     assert first == again and first.isdigit()
     assert httpx.get(f"{api.url}/api/agent/tasks/count").json()["total"] == 1
+
+
+def test_drill_full_disk_shows_the_blocked_runner(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
+    """What a runner on a full disk reports (its heartbeat info, as Runner.status sends it) is what the drill's
+    commands show: the disk, the runner_blocked flag in `coherence status` (exit 1: attention), the runner's info."""
+    error = "slot 0: task 7 not started: cannot write the task log: [Errno 28] No space left on device"
+    with ApiClient(api.url, token="") as client:
+        client.runner_heartbeat("host:1", "host", 1, "0", {"workers": 2, "busy": 0, "slots_alive": 2,
+                                                          "slots_blocked": 1, "blocked": [error], "last_error": error})
+    disk, status, runners = (drill.run(command, check=False) for command in runbook.drill("full-disk").commands())
+    assert disk.returncode == 0 and "Filesystem" in disk.stdout
+    assert status.returncode == 1 and "cannot run tasks on their host" in status.stdout
+    assert "No space left on device" in status.stdout
+    info = json.loads(runners.stdout)["items"][0]["info"]
+    assert (info["slots_alive"], info["slots_blocked"]) == (2, 1)

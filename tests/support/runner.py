@@ -10,8 +10,10 @@ from pathlib import Path
 
 
 class RunnerProcess:
-    def __init__(self, home: Path, api_url: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, api_url: str, *args: str, env: dict[str, str] | None = None,
+                 output: Path | None = None) -> None:
         self.args = args
+        self.output = output  # where its stdout and stderr go when started (default: a pipe)
         self.env = {
             **os.environ, "COHERENCE_HOME": str(home), "AGENT_API_BASE": api_url,
             "COHERENCE_WORKSPACE": str(home.parent), "COHERENCE_HTTP_TIMEOUT": "5", **(env or {}),
@@ -19,10 +21,16 @@ class RunnerProcess:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> "RunnerProcess":
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "coherence_network.cli", "runner", *self.args],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )
+        sink = open(self.output, "ab") if self.output else None
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "coherence_network.cli", "runner", *self.args],
+                env=self.env, stdout=sink or subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                start_new_session=True,
+            )
+        finally:
+            if sink:
+                sink.close()
         return self
 
     def run(self, timeout: float = 120) -> subprocess.CompletedProcess[str]:

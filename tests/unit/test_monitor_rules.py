@@ -73,8 +73,8 @@ def flags(snapshot: HealthSnapshot, cfg: Settings) -> dict[str, dict[str, Any]]:
 def test_every_rule_names_severity_action_and_runbook() -> None:
     assert {r.name for r in RULES} == {"api_unreachable", "api_error", "stale_version", "disk_low", "log_errors"}
     assert {r.code for r in health.RULES} == {
-        "no_runner", "manager_stale", "no_task_running", "orphan_running", "stuck", "needs_decision",
-        "repeated_failures", "low_success_rate", "empty_output"}
+        "no_runner", "runner_blocked", "manager_stale", "no_task_running", "orphan_running", "stuck",
+        "needs_decision", "repeated_failures", "low_success_rate", "empty_output"}
     for rule in (*RULES, *health.RULES):
         assert rule.severity in health.SEVERITIES and rule.action and rule.runbook.startswith("#")
 
@@ -112,6 +112,18 @@ def test_no_runner(cfg: Settings) -> None:
     assert "no_runner" in flags(health_snapshot(runners=[]), cfg)
     idle = {"pending": 0, "running": 0}
     assert "no_runner" not in flags(health_snapshot(runners=[], by_status=idle, running=[]), cfg)  # no work
+
+
+def test_runner_blocked_names_the_runner_and_its_error(cfg: Settings) -> None:
+    error = "slot 1: task 4 not started: cannot write the task log: [Errno 28] No space left on device"
+    blocked = {"id": "h:1", "seen": True, "last_seen_seconds": 5.0,
+               "info": {"workers": 2, "slots_alive": 2, "slots_blocked": 1, "last_error": error}}
+    flag = flags(health_snapshot(runners=[blocked]), cfg)["runner_blocked"]
+    assert flag["severity"] == "high" and "h:1: 1 of 2 slot(s) blocked" in flag["message"] and error in flag["message"]
+    assert "runner_blocked" not in flags(health_snapshot(runners=[{**blocked, "seen": False}]), cfg)  # no_runner's
+    working = {**blocked, "info": {**blocked["info"], "slots_blocked": 0}}
+    assert "runner_blocked" not in flags(health_snapshot(runners=[working]), cfg)
+    assert "runner_blocked" not in flags(health_snapshot(runners=[{**blocked, "info": None}]), cfg)  # older runner
 
 
 def test_manager_stale_only_with_unsettled_items(cfg: Settings) -> None:

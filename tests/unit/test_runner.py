@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from coherence_network.contract import Task
-from coherence_network.runner import TaskRun, build_argv, lease_of
+from coherence_network.runner import CLAIM_MARGIN, Claim, TaskRun, build_argv, lease_of
 from coherence_network.settings import Settings
 
 
@@ -56,8 +56,16 @@ def test_heartbeats_follow_the_lease_the_api_granted() -> None:
     assert lease_of(task(), 60.0) == 60.0
 
 
+def test_a_claim_starts_only_within_its_lease_less_the_margin() -> None:
+    """Judged by this host's monotonic clock from the claim's answer, with the lease the API granted (2.5 s here,
+    though this runner's own setting says 60 s): a claim that waited past 3/4 of it may have expired."""
+    granted = task(started_at="2026-11-25T08:00:00+00:00", lease_expires_at="2026-11-25T08:00:02.5+00:00")
+    assert Claim(granted, 100.0).usable_until(60.0) == 100.0 + 2.5 * (1 - CLAIM_MARGIN)
+    assert Claim(task(), 100.0).usable_until(60.0) == 100.0 + 60.0 * (1 - CLAIM_MARGIN)
+
+
 def test_the_output_tail_is_bounded_and_the_question_found(tmp_path: Path) -> None:
-    run = TaskRun(task(), settings(tmp_path, coherence_output_tail_bytes=256), "runner")
+    run = TaskRun(Claim(task(), 0.0), settings(tmp_path, coherence_output_tail_bytes=256), "runner")
     for number in range(100):
         run._keep(f"line {number:03d} " + "x" * 20 + "\n")
     run._keep("  NEEDS_DECISION: Which database?\n")
