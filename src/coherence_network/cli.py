@@ -24,7 +24,7 @@ import click
 import typer
 
 from coherence_network.contract import TaskStatus, TaskType
-from coherence_network.process_hygiene import protect
+from coherence_network.process_hygiene import protect, start_resource_tracker_without_secrets
 from coherence_network.settings import ConfigError, Settings, config_errors_as_one_line, get_settings
 
 if TYPE_CHECKING:  # the client pulls in httpx: commands import it when they call the API
@@ -127,6 +127,8 @@ def api(
     # uvicorn shuts down gracefully, then re-raises the signal to the handler it found: make that one exit cleanly
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_after_shutdown)
+    if workers > 1:
+        start_resource_tracker_without_secrets()  # the workers' helper process: it lives as long as the API
     try:
         with hold(settings, "api"):
             _fail_fast(settings, host, port)

@@ -51,6 +51,18 @@ def protect(environ: MutableMapping[str, str] = os.environ) -> list[str]:
     return sorted(hidden)
 
 
+def start_resource_tracker_without_secrets(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Start multiprocessing's resource tracker (uvicorn's ``--workers`` start it, and it lives as long as the API)
+    now, with the secret variables unset: it needs none, and it would show them in its own /proc/<pid>/environ."""
+    from multiprocessing import resource_tracker
+
+    kept = {name: environ.pop(name) for name in secret_names(environ)}
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        environ.update(kept)
+
+
 def secret_names(environ: Mapping[str, str]) -> set[str]:
     """Variables that must not be readable from outside: the project's secrets, any variable holding one of their
     values, and every variable named like a credential."""

@@ -54,3 +54,17 @@ def test_secret_names_follow_the_task_rule() -> None:
 def test_components_other_than_the_api_are_handed_no_database_password() -> None:
     assert without_store_secrets(ENV) == {"COHERENCE_API_TOKEN": TOKEN, "LEAKY_HEADER": ENV["LEAKY_HEADER"],
                                           "GH_TOKEN": ENV["GH_TOKEN"], "PLAIN_SETTING": "visible-value"}
+
+
+def test_the_resource_tracker_of_api_workers_is_started_without_the_secrets() -> None:
+    code = ("import os; from multiprocessing import resource_tracker as t; "
+            "from coherence_network.process_hygiene import protect, start_resource_tracker_without_secrets as start; "
+            "protect(); start(); print(os.environ['COHERENCE_API_TOKEN']); pid = t._resource_tracker._pid\n"
+            "while b'resource_tracker' not in open(f'/proc/{pid}/cmdline', 'rb').read(): pass  # until it execs\n"
+            "print(open(f'/proc/{pid}/environ', 'rb').read())")
+    done = subprocess.run([sys.executable, "-c", code], env={"PATH": os.environ.get("PATH", ""), **ENV},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    token, tracker = done.stdout.splitlines()
+    assert token == TOKEN  # the process itself keeps it
+    assert "PLAIN_SETTING" in tracker and TOKEN not in tracker and PASSWORD not in tracker
