@@ -38,7 +38,7 @@ def build_argv(task: Task, settings: Settings, prompt_dir: Path) -> list[str]:
     if task.command:
         refusal = settings.command_refusal(task.task_type)
         if refusal:
-            raise ValueError(f"configuration: this runner does not run the command: {refusal} (its own setting)")
+            raise ValueError(f"configuration error on this runner: {refusal}; the command was not run")
         return shlex.split(task.command)
     if task.task_type is TaskType.RUN:
         raise ValueError("a run task needs a command (run tasks never use the agent template)")

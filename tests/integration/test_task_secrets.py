@@ -293,4 +293,4 @@ def test_a_runner_refuses_a_command_its_setting_does_not_allow(tmp_path: Path) -
     assert heal.status_code == 422 and "commands only for review, run tasks" in heal.json()["detail"][0]["msg"]
     assert (failed.status, failed.attempts, failed.exit_code) == (TaskStatus.FAILED, 1, None)
     assert "COHERENCE_COMMAND_TASK_TYPES allows commands only for run tasks" in failed.output
-    assert "this runner does not run the command" in failed.output and not ran.exists()
+    assert "configuration error on this runner" in failed.output and not ran.exists()
