@@ -223,10 +223,10 @@ def supervised(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPat
     database_url = url._replace(netloc=f"{url.username}:{DB_PASSWORD}@{url.hostname}:{url.port}").geturl()
     env = {"COHERENCE_API_TOKEN": API_TOKEN, "DATABASE_URL": database_url, "LEAKY_HEADER": HOLDING["LEAKY_HEADER"],
            "REPORTS_DSN": database_url.replace("+psycopg", "")}
-    pipeline = PipelineProcess(tmp_path_factory.mktemp("supervised") / "home", "--components", "api,agent_runner",
-                               env=env).start()
+    pipeline = PipelineProcess(tmp_path_factory.mktemp("supervised") / "home", "--components",
+                               "api,agent_runner,monitor", env=env).start()
     try:
-        pipeline.wait_started("supervisor", "api", "agent_runner")
+        pipeline.wait_started("supervisor", "api", "agent_runner", "monitor")
         wait_until(pipeline.api_up, 30, "the API answers")
         yield pipeline
     finally:
@@ -242,13 +242,14 @@ def test_no_route_from_a_supervised_task_reaches_the_token_or_the_database_passw
     found = json.loads(report.read_text())
     runner, supervisor = supervised.pid("agent_runner"), supervised.pid("supervisor")
     assert found["chain"][1:] == [runner, supervisor], [cmdline(pid) for pid in found["chain"]]
-    assert set(found["components"]) == {runner, supervisor, supervised.pid("api")}
+    assert set(found["components"]) == {runner, supervisor, supervised.pid("api"), supervised.pid("monitor")}
     assert {f"/proc/{pid}/{part}" for pid in found["chain"] + found["components"] for part in ("environ", "cmdline")} \
         <= set(found["checked"])
     assert any(where.startswith("logs/") for where in found["checked"])
     assert found["leaks"] == []
     # What the runbook promises on top: the runner was never handed DATABASE_URL, and the API's shows only stars.
-    assert b"DATABASE_URL=" not in Path(f"/proc/{runner}/environ").read_bytes()
+    for other in (runner, supervised.pid("monitor")):
+        assert b"DATABASE_URL=" not in Path(f"/proc/{other}/environ").read_bytes()
     assert f"DATABASE_URL={'*' * 8}".encode() in Path(f"/proc/{supervised.pid('api')}/environ").read_bytes()
 
 
