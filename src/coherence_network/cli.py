@@ -24,6 +24,7 @@ import click
 import typer
 
 from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.process_hygiene import protect, start_resource_tracker_without_secrets
 from coherence_network.settings import ConfigError, Settings, config_errors_as_one_line, get_settings
 
 if TYPE_CHECKING:  # the client pulls in httpx: commands import it when they call the API
@@ -98,6 +99,7 @@ def api(
     """Serve the API with uvicorn. A non-loopback bind is refused unless COHERENCE_API_TOKEN is set; a token shorter
     than 16 characters exits 2. One API per COHERENCE_HOME: a second one exits 1 naming the first
     (var/run/api.lock)."""
+    protect()  # no secret in /proc/<pid>/environ, memory not dumpable (process_hygiene)
     import uvicorn
 
     from coherence_network.api.app import is_loopback
@@ -125,6 +127,8 @@ def api(
     # uvicorn shuts down gracefully, then re-raises the signal to the handler it found: make that one exit cleanly
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_after_shutdown)
+    if workers > 1:
+        start_resource_tracker_without_secrets()  # the workers' helper process: it lives as long as the API
     try:
         with hold(settings, "api"):
             _fail_fast(settings, host, port)
@@ -150,6 +154,7 @@ def api_worker_app() -> FastAPI:
 
     settings = get_settings()
     if multiprocessing.parent_process() is not None:
+        protect()  # a spawned worker starts with the secrets in its own environment block
         setup_logging("api", settings)
         logging.getLogger("coherence.api").info("API worker pid %d (parent %d)", os.getpid(), os.getppid())
     return create_app(settings)
@@ -200,6 +205,7 @@ def runner(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging"),
 ) -> None:
     """Claim tasks from the API and run them; logs to var/logs/agent_runner.log, output to task_{id}.log."""
+    protect()  # no secret in /proc/<pid>/environ, memory not dumpable (process_hygiene)
     from coherence_network.logfiles import setup_logging
     from coherence_network.runner import DEFAULT_CLAIM_WAIT, Runner
 
@@ -239,6 +245,7 @@ def pm(
 ) -> None:
     """Project manager: backlog items -> spec, test, impl, review tasks (or one `run:` task); logs to
     var/logs/project_manager.log."""
+    protect()  # no secret in /proc/<pid>/environ, memory not dumpable (process_hygiene)
     from coherence_network.client import ApiClient
     from coherence_network.logfiles import setup_logging
     from coherence_network.manager import ManagerOptions, ProjectManager, default_state_file
@@ -592,6 +599,7 @@ def telegram(
 ) -> None:
     """Telegram bot: commands (/status, /tasks, /task, /reply, /attention) and alerts; long polling, or the API's
     webhook when TELEGRAM_WEBHOOK_URL is set; logs to var/logs/telegram.log."""
+    protect()  # no secret in /proc/<pid>/environ, memory not dumpable (process_hygiene)
     from coherence_network.client import ApiClient, ApiError
     from coherence_network.logfiles import setup_logging
     from coherence_network.telegram import Bot
@@ -630,6 +638,7 @@ def monitor(
 ) -> None:
     """Evaluate the monitor rules; writes monitor_issues.json, the status report and STATUS lines to
     var/logs/monitor.log, and sends open issues to the API."""
+    protect()  # no secret in /proc/<pid>/environ, memory not dumpable (process_hygiene)
     from coherence_network.client import ApiClient
     from coherence_network.logfiles import setup_logging
     from coherence_network.monitor import Monitor
@@ -666,6 +675,7 @@ def supervise(
     """Watchdog: start the API, runner, project manager and monitor; restart whatever exits (exit 0 too); stop all
     on SIGTERM. One per COHERENCE_HOME (var/run/supervisor.lock). Exit 1 on a fatal issue (see `coherence fatal`) or
     when another supervisor runs."""
+    protect()  # no secret in /proc/<pid>/environ, memory not dumpable (process_hygiene)
     from coherence_network.logfiles import setup_logging
     from coherence_network.supervisor import COMPONENTS, Supervisor, SupervisorOptions
 

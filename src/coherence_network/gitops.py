@@ -34,7 +34,8 @@ from coherence_network.logfiles import (
     operator_umask,
     write_json_atomic,
 )
-from coherence_network.settings import Settings
+from coherence_network.settings import Settings, get_settings
+from coherence_network.task_env import task_environment
 
 log = logging.getLogger("coherence.gitops")
 
@@ -64,7 +65,8 @@ def progress_log(settings: Settings) -> logging.Logger:
 
 
 def _git_env() -> dict[str, str]:
-    env = {**os.environ, **_NO_PROMPTS}
+    """What a task would get: git runs hooks and config commands from the workspace, which tasks write."""
+    env = {**task_environment(get_settings(), os.environ).env, **_NO_PROMPTS}
     env["GIT_SSH_COMMAND"] = f"{env.get('GIT_SSH_COMMAND') or 'ssh'} -o BatchMode=yes"
     return env
 

@@ -112,8 +112,8 @@ RUN_FILES: dict[str, LogFile] = {
         LogFile("console_session_key", "run", "Generated key (mode 0600) that signs console sessions and CSRF tokens "
                 "when COHERENCE_API_TOKEN is unset, shared by the API's workers", "none; delete it to sign everyone out",
                 "run"),
-        LogFile("telegram_webhook_secret", "run", "Generated webhook secret (mode 0600) when TELEGRAM_WEBHOOK_SECRET is unset",
-                "none", "run"),
+        LogFile("telegram_webhook_secret", "run", "Generated webhook secret (mode 0600) when TELEGRAM_WEBHOOK_SECRET and "
+                "COHERENCE_API_TOKEN are unset (with a token it is derived from it)", "none", "run"),
     )
 }
 

@@ -7,9 +7,7 @@ delivered (API down) waits in ``var/run/runner_outbox/`` and is delivered when t
 runner; nothing a task produced is lost. While the API is down, heartbeats and deliveries are retried about once a
 second, so leases are renewed and results delivered as soon as it answers again.
 
-A task never sees the runner's secrets: it gets the runner's environment without the project's own secrets and
-without anything named like a credential (``task_environment``), and known secret values are masked in its log and
-in the output sent to the API (``SecretMask``).
+A task never sees the runner's secrets: what it is started with is decided in ``task_env``.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shlex
 import signal
 import socket
@@ -26,19 +23,19 @@ import subprocess
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import unquote, urlsplit
 
 from coherence_network import __version__
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
-from coherence_network.contract import Task, TaskStatus, TaskType
+from coherence_network.contract import Task, TaskStatus
 from coherence_network.cleanup import prune_task_files
 from coherence_network.logfiles import RUN_FILES, remove_dead_writers_temps, task_log_path, write_json_atomic
-from coherence_network.settings import SECRET_FIELDS, Settings
+from coherence_network.settings import Settings
+from coherence_network.task_env import build_argv, task_environment
 from coherence_network.taskgroups import (NewerRunRecorded, TaskGroup, TaskStartError, kill_orphaned_task_groups,
                                           stop_previous_runs)
 
@@ -54,13 +51,6 @@ RETRY_SECONDS = 1.0  # pace of heartbeats and deliveries while the API does not 
 CLAIM_MARGIN = 0.25  # a claim starts only within the first 3/4 of its lease, counted from when its answer arrived
 STARTED_MEMORY = 10_000  # tasks whose newest started claim token a runner remembers (never to start an older one)
 SLOT_DIED = 3  # the runner's exit code when a slot thread died
-# A variable whose name holds one of these is a credential: a task gets it only when COHERENCE_TASK_ENV_PASSTHROUGH
-# names it. The project's own secrets (SECRET_FIELDS and DATABASE_URL) never reach a task.
-CREDENTIAL_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "APIKEY", "ACCESS_KEY", "PRIVATE_KEY",
-                      "CREDENTIAL")
-PROJECT_SECRET_NAMES = frozenset(name.upper() for name in (*SECRET_FIELDS, "database_url"))
-MASK = "***"
-MASK_MIN_CHARS = 8  # a shorter value would mask ordinary words all over the output
 
 
 @dataclass
@@ -80,81 +70,6 @@ class TaskResult:
 
 class ClaimLost(Exception):
     """The API no longer holds our claim (lease expired and the task went to another runner)."""
-
-
-def build_argv(task: Task, settings: Settings, prompt_dir: Path) -> list[str]:
-    """The argument list to run: the task's own command, or the agent template with the prompt filled in.
-
-    Nothing is ever joined into a shell string: the prompt is one argument or a file."""
-    if task.command:
-        return shlex.split(task.command)
-    if task.task_type is TaskType.RUN:
-        raise ValueError("a run task needs a command (run tasks never use the agent template)")
-    template = settings.coherence_agent_command
-    if not template:
-        raise ValueError("task has no command and COHERENCE_AGENT_COMMAND is not set")
-    prompt = task.direction
-    if task.decision:
-        prompt += f"\n\nThe operator decided: {task.decision}"
-    prompt_dir.mkdir(parents=True, exist_ok=True)
-    prompt_file = prompt_dir / f"prompt_{task.id}.md"
-    prompt_file.write_text(prompt, encoding="utf-8")
-    return [arg.replace("{prompt_file}", str(prompt_file)).replace("{prompt}", prompt) for arg in shlex.split(template)]
-
-
-class SecretMask:
-    """Replaces known secret values by ``***`` in task output, before it reaches the log file or the API.
-
-    It is applied to whole lines: the runner reads a task's output a line at a time, and ``readline`` gathers a
-    line however the pipe splits it, so a secret is masked wherever it appears whole within one line. Not covered:
-    a value shorter than MASK_MIN_CHARS, one broken across lines or transformed (encoded, reversed, in part), and
-    secrets the runner does not know (in files the task can read, which it runs as the same user)."""
-
-    def __init__(self, values: Iterable[str]) -> None:
-        worth = sorted({v for v in values if len(v) >= MASK_MIN_CHARS}, key=len, reverse=True)  # longest first
-        self.pattern = re.compile("|".join(map(re.escape, worth))) if worth else None
-
-    def __call__(self, text: str) -> str:
-        return self.pattern.sub(MASK, text) if self.pattern else text
-
-
-def project_secrets(settings: Settings) -> set[str]:
-    """Values of the project's own secrets: the secret settings (the generated webhook secret included),
-    DATABASE_URL and the password inside it."""
-    from coherence_network.telegram import webhook_secret
-
-    values = {getattr(settings, name) for name in SECRET_FIELDS} | {webhook_secret(settings), settings.database_url}
-    password = urlsplit(settings.database_url).password if "://" in settings.database_url else None
-    if password:
-        values |= {password, unquote(password)}
-    return {value for value in values if value}
-
-
-@dataclass(frozen=True)
-class TaskEnvironment:
-    """What a task is handed, and the mask for what it prints."""
-
-    env: dict[str, str]
-    mask: SecretMask
-
-
-def task_environment(settings: Settings, environ: Mapping[str, str]) -> TaskEnvironment:
-    """The runner's environment without secrets: the project's own are removed (also a variable holding one of
-    their values), and so is every variable named like a credential unless COHERENCE_TASK_ENV_PASSTHROUGH names it.
-    The values of all of them, passed or not, are masked in the task's output."""
-    own = project_secrets(settings)
-    passthrough = {n.strip().upper() for n in settings.coherence_task_env_passthrough.split(",") if n.strip()}
-    env, masked = {}, set(own)
-    for name, value in environ.items():
-        upper = name.upper()
-        if upper in PROJECT_SECRET_NAMES or value in own:
-            continue
-        if any(marker in upper for marker in CREDENTIAL_MARKERS):
-            masked.add(value)
-            if upper not in passthrough:
-                continue
-        env[name] = value
-    return TaskEnvironment(env, SecretMask(masked))
 
 
 def _utc() -> str:

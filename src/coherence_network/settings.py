@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from coherence_network.contract import TaskType
+
 SECRET_FIELDS = frozenset({"coherence_api_token", "telegram_bot_token", "telegram_webhook_secret"})
 MIN_TOKEN_LENGTH = 16
 # Printable ASCII without spaces: what an Authorization header carries unchanged (HTTP strips outer whitespace).
@@ -40,6 +42,15 @@ def parse_ids(value: str) -> frozenset[int]:
         return frozenset(int(part) for part in value.split(",") if part.strip())
     except ValueError:
         raise ValueError(f"expected comma-separated integer ids, got {value!r}") from None
+
+
+def parse_command_types(value: str) -> frozenset[TaskType]:
+    """COHERENCE_COMMAND_TASK_TYPES: task types by name, comma-separated; empty or ``none`` is no type at all."""
+    names = {part.strip().lower() for part in value.split(",") if part.strip()} - {"none"}
+    unknown = names - set(TaskType)
+    if unknown:
+        raise ValueError(f"unknown task types {sorted(unknown)}; choose from {', '.join(TaskType)}, or none")
+    return frozenset(TaskType(name) for name in names)
 
 
 class ConfigError(Exception):
@@ -173,6 +184,10 @@ class Settings(BaseSettings):
         "", description="Variables tasks get although their names look like credentials, comma-separated, e.g. "
         "ANTHROPIC_API_KEY,GH_TOKEN (their values are still masked in task output; the project's own secrets "
         "never pass)"
+    )
+    coherence_command_task_types: str = Field(
+        "run", description="Task types that may carry a `command` (run by every runner as its user, no agent): "
+        "comma-separated; empty or none = no task may. Checked by the API on create and again by each runner"
     )
     coherence_task_umask: str = Field(
         "", pattern=r"^([0-7]{3,4})?$", description="umask tasks run with (octal, e.g. 022); empty = the umask the "
@@ -328,6 +343,12 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("coherence_command_task_types")
+    @classmethod
+    def _known_types(cls, value: str) -> str:
+        parse_command_types(value)
+        return value
+
     @field_validator("coherence_log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -379,6 +400,20 @@ class Settings(BaseSettings):
     @property
     def telegram_allowed_users(self) -> frozenset[int]:
         return parse_ids(self.telegram_allowed_user_ids)
+
+    @property
+    def command_task_types(self) -> frozenset[TaskType]:
+        return parse_command_types(self.coherence_command_task_types)
+
+    def command_refusal(self, task_type: str) -> str | None:
+        """Why a task of this type may not carry a command here, naming the setting; None when it may."""
+        allowed = self.command_task_types
+        if task_type in allowed:
+            return None
+        if not allowed:
+            return f"commands are turned off (COHERENCE_COMMAND_TASK_TYPES={self.coherence_command_task_types!r})"
+        return (f"a {task_type} task may not carry a command: COHERENCE_COMMAND_TASK_TYPES allows commands only for "
+                f"{', '.join(sorted(allowed))} tasks")
 
     @property
     def allowed_hosts(self) -> frozenset[str] | None:

@@ -35,6 +35,7 @@ from coherence_network.client import ApiClient, ApiError
 from coherence_network.gitops import GIT_TIMEOUT_SECONDS, CompletedTaskWatcher
 from coherence_network.logfiles import REGISTRY, write_json_atomic
 from coherence_network.pidfiles import AlreadyRunning, components, hold, holder, read_pid, remove_pid
+from coherence_network.process_hygiene import without_store_secrets
 from coherence_network.ports import listener
 from coherence_network.settings import Settings
 from coherence_network.taskgroups import kill_orphaned_task_groups, start_time
@@ -149,7 +150,8 @@ class Supervisor:
         child.proc = subprocess.Popen([sys.executable, "-m", "coherence_network.pidfiles", child.name,
                                        str(os.getpid()), *args],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      start_new_session=True)
+                                      start_new_session=True,
+                                      env=None if child.name == "api" else without_store_secrets(os.environ))
         child.starts += 1
         assert child.proc.stderr is not None
         threading.Thread(target=_drain, args=(child.proc.stderr, child.stderr_tail), daemon=True).start()

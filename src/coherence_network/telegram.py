@@ -10,6 +10,9 @@ Bot API delays messages but neither loses, duplicates nor reorders them. What wa
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -58,10 +61,15 @@ def secret_path(settings: Settings) -> Path:
 
 
 def webhook_secret(settings: Settings, *, create: bool = False) -> str:
-    """TELEGRAM_WEBHOOK_SECRET, else the secret generated once under var/run/ (the bot and the API on one host
-    share it); empty when neither exists and ``create`` is false, which makes the webhook refuse every call."""
+    """TELEGRAM_WEBHOOK_SECRET; else, with COHERENCE_API_TOKEN set, one derived from the token (the bot and the API
+    both hold it, and no file does, so a task that reads var/ cannot forge Telegram's calls); else the secret
+    generated once under var/run/ (a loopback API without a token, which anyone local may call anyway). Empty when
+    none exists and ``create`` is false, which makes the webhook refuse every call."""
     if settings.telegram_webhook_secret:
         return settings.telegram_webhook_secret
+    if settings.coherence_api_token:
+        digest = hmac.new(settings.coherence_api_token.encode(), b"coherence-telegram-webhook-v1", hashlib.sha256)
+        return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")  # Telegram's alphabet: A-Za-z0-9_-
     path = secret_path(settings)
     if not create and not path.exists():
         return ""

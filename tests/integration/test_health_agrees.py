@@ -116,7 +116,7 @@ def every_view(api: ApiProcess) -> dict[str, Any]:
 def test_every_view_agrees_on_health(api: ApiProcess) -> None:
     base = f"{api.url}/api/agent"
     # a decision waiting, nothing else: doctor used to say "all checks OK" while status exited 1
-    httpx.post(f"{base}/tasks", json={"direction": "ask", "task_type": TaskType.SPEC, "command": "true"})
+    httpx.post(f"{base}/tasks", json={"direction": "ask", "task_type": TaskType.SPEC})
     asked = httpx.post(f"{base}/tasks/claim", json={"runner_id": "gone:1"}).json()
     httpx.post(f"{base}/tasks/{asked['id']}/finish", json={
         "claim_token": asked["claim_token"], "status": TaskStatus.NEEDS_DECISION, "decision_prompt": "red or blue?"})

@@ -91,7 +91,7 @@ def app_client(tmp_path: Path) -> Iterator[TestClient]:
 
 
 def _run(client: TestClient, task_type: str, status: str, output: str = "done") -> dict[str, Any]:
-    client.post("/api/agent/tasks", json={"direction": "d", "task_type": task_type, "command": "true"})
+    client.post("/api/agent/tasks", json={"direction": "d", "task_type": task_type})
     task = client.post("/api/agent/tasks/claim", json={"runner_id": "r1", "types": [task_type]}).json()
     body = {"claim_token": task["claim_token"], "status": status, "output": output, "exit_code": 0}
     return client.post(f"/api/agent/tasks/{task['id']}/finish", json=body).json()
@@ -110,13 +110,13 @@ def test_attention_flags_and_sections(app_client: TestClient) -> None:
     _run(app_client, "impl", "completed", output="   ")
     _run(app_client, "impl", "failed")
     _run(app_client, "test", "failed")
-    app_client.post("/api/agent/tasks", json={"direction": "ask", "task_type": "spec", "command": "true"})
+    app_client.post("/api/agent/tasks", json={"direction": "ask", "task_type": "spec"})
     asked = app_client.post("/api/agent/tasks/claim", json={"runner_id": "r1"}).json()
     app_client.post(f"/api/agent/tasks/{asked['id']}/finish", json={
         "claim_token": asked["claim_token"], "status": "needs_decision", "decision_prompt": "red or blue?"})
-    app_client.post("/api/agent/tasks", json={"direction": "long", "task_type": "review", "command": "true"})
+    app_client.post("/api/agent/tasks", json={"direction": "long", "task_type": "review"})
     running = app_client.post("/api/agent/tasks/claim", json={"runner_id": "r2"}).json()
-    app_client.post("/api/agent/tasks", json={"direction": "later", "task_type": "impl", "command": "true"})
+    app_client.post("/api/agent/tasks", json={"direction": "later", "task_type": "impl"})
     app_client.post("/api/agent/components/heartbeat", json={
         "component": "project_manager", "host": "h1", "pid": 42, "info": {"items": 3, "by_status": {"done": 1}}})
 

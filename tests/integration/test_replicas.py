@@ -33,14 +33,15 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("replicas")
+    commands = {"COHERENCE_COMMAND_TASK_TYPES": "run,review"}  # review tasks here carry commands, not an agent
     env = {"DATABASE_URL": postgres_server.new_database(), "COHERENCE_CLAIM_RECHECK_SECONDS": str(RECHECK_SECONDS),
-           "COHERENCE_COUNT_CACHE_SECONDS": "3600"}
+           "COHERENCE_COUNT_CACHE_SECONDS": "3600", **commands}
     a = ApiProcess(root / "a", env=env).start()
     b = ApiProcess(root / "b", env=env).start()
     runners = [
         RunnerProcess(root / "runner-a", a.url, "--runner-id", "a", "--types", TaskType.RUN, "--workers", "2"),
         RunnerProcess(root / "runner-b", b.url, "--runner-id", "b", "--types", TaskType.REVIEW, "--workers", "2",
-                      "--interval", str(RECHECK_SECONDS)),
+                      "--interval", str(RECHECK_SECONDS), env=commands),
     ]
     client_a, client_b = ApiClient(a.url, token=""), ApiClient(b.url, token="")
     try:

@@ -185,7 +185,7 @@ def test_a_git_failure_in_auto_commit_stops_nothing(tmp_path: Path, pipelines: l
     no_git = tmp_path / "bin"
     no_git.mkdir()
     pipeline = _start(pipelines, tmp_path / "home", "--components", "api,agent_runner", PATH=str(no_git),
-                      PIPELINE_AUTO_COMMIT="1")
+                      PIPELINE_AUTO_COMMIT="1", COHERENCE_COMMAND_TASK_TYPES="run,impl")  # an impl task is committed
     pipeline.wait_started("api", "agent_runner", "supervisor")
     progress = pipeline.home / "logs" / "commit_progress.log"
     wait_until(lambda: progress.exists() and "auto-commit on" in progress.read_text(), 30, "auto-commit watching")

@@ -16,7 +16,7 @@ from fastapi.routing import APIRoute
 from coherence_network.api import create_app
 from coherence_network.console.routes import router as console_router
 from coherence_network.logfiles import REGISTRY, RUN_FILES
-from coherence_network.runner import CREDENTIAL_MARKERS
+from coherence_network.task_env import CREDENTIAL_MARKERS
 from coherence_network.settings import Settings
 from tests.runbook.runbook_doc import ROOT, Runbook
 from tests.support.api import ApiProcess

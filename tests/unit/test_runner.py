@@ -24,7 +24,8 @@ def task(**fields: Any) -> Task:
 
 
 def test_a_command_is_split_never_given_to_a_shell(tmp_path: Path) -> None:
-    argv = build_argv(task(command="python -c 'print(1); print(2)' '$(rm -rf /)'"), settings(tmp_path), tmp_path)
+    argv = build_argv(task(task_type="run", command="python -c 'print(1); print(2)' '$(rm -rf /)'"), settings(tmp_path),
+                      tmp_path)
     assert argv == ["python", "-c", "print(1); print(2)", "$(rm -rf /)"]
 
 

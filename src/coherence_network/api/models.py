@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import Path, Query
+from fastapi.exceptions import RequestValidationError
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -28,6 +30,7 @@ from pydantic import (
 )
 
 from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.settings import Settings
 from coherence_network.store.tasks import MAX_BATCH, MAX_CLAIM
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # PostgreSQL INTEGER: the narrowest integer column of either store
@@ -146,6 +149,19 @@ class TaskCreate(Strict):
     max_attempts: int | None = Field(None, ge=1, le=100)
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400, description="Overrides AGENT_TASK_TIMEOUT")
     context: JsonObject | None = None
+
+
+def refuse_disallowed_commands(items: Sequence[TaskCreate], settings: Settings, *, batch: bool = False) -> None:
+    """A command runs on every runner host as the runner's user: only the types COHERENCE_COMMAND_TASK_TYPES names
+    may carry one. Refused as a 422 like any other invalid field (``batch`` locates items in ``tasks``)."""
+    errors = [
+        {"type": "command_not_allowed", "loc": ("body", "tasks", index, "command") if batch else ("body", "command"),
+         "msg": refusal, "input": item.command}
+        for index, item in enumerate(items)
+        if item.command and (refusal := settings.command_refusal(item.task_type))
+    ]
+    if errors:
+        raise RequestValidationError(errors)
 
 
 class TaskCreateItem(TaskCreate):

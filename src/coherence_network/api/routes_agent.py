@@ -29,6 +29,7 @@ from coherence_network.api.models import (
     TaskPatch,
     Text,
     UtcTime,
+    refuse_disallowed_commands,
     responses,
 )
 from coherence_network.contract import (
@@ -86,6 +87,7 @@ async def create_task(
         description="Makes the create safe to retry: the same key returns the task the first create made (200)",
     )] = None,
 ) -> dict[str, Any]:
+    refuse_disallowed_commands([body], request.app.state.settings)
     task, created = await run_in_threadpool(
         lambda: _store(request).create_or_replay(**body.model_dump(), idempotency_key=idempotency_key)
     )
@@ -103,6 +105,7 @@ async def create_task(
 async def create_tasks(body: TaskBatch, request: Request, response: Response) -> dict[str, Any]:
     """Create many tasks in one transaction, answered in the order given; each item may carry its own
     ``idempotency_key``. A key reused for another task is 409 and nothing of the batch is written."""
+    refuse_disallowed_commands(body.tasks, request.app.state.settings, batch=True)
     results = await run_in_threadpool(
         lambda: _store(request).create_many([item.model_dump() for item in body.tasks])
     )

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -26,7 +27,7 @@ from sqlalchemy.engine import Engine
 
 from coherence_network import health, restart
 from coherence_network.api.errors import bounded_error
-from coherence_network.api.models import TaskCreate, TaskId, TaskPatch
+from coherence_network.api.models import TaskCreate, TaskId, TaskPatch, refuse_disallowed_commands
 from coherence_network.api.routes_agent import read_log_end
 from coherence_network.api.routes_ops_issues import backlog_progress, goal_proximity
 from coherence_network.api.routes_projects import _key as stored_project_name
@@ -340,6 +341,10 @@ async def create_task(request: Request) -> Response:
     body = _validated(TaskCreate, values)
     if isinstance(body, list):
         return error_page(request, 422, "The task was not created", body, visit)
+    try:
+        refuse_disallowed_commands([body], _settings(request))
+    except RequestValidationError as exc:
+        return error_page(request, 422, "The task was not created", [e["msg"] for e in exc.errors()], visit)
     task, _ = await run_in_threadpool(lambda: _store(request).create_or_replay(**body.model_dump()))
     request.app.state.metrics.tasks_created.labels(task["task_type"]).inc()
     return RedirectResponse(f"/tasks/{task['id']}", status_code=303)
