@@ -86,6 +86,9 @@ def install_error_handlers(app: FastAPI) -> None:
         reason = excerpt(first_line)
         if status == 503:
             log.error("store error on %s %s: %s", request.method, request.url.path, exc.orig)
+            reaper = getattr(request.app.state, "reaper", None)  # none while the app runs without its lifespan
+            if reaper is not None:
+                reaper.store_failed()  # renewals may have failed too: the reaper holds back once it is back
             return JSONResponse({"detail": f"store unavailable: {reason}"}, status_code=503)
         log.warning("store refused %s %s (%d): %s", request.method, request.url.path, status, reason)
         if status == 409:

@@ -49,6 +49,7 @@ router = APIRouter(prefix="/api/agent", tags=["agent"], responses=COMMON_ERRORS)
 log = logging.getLogger("coherence.api")
 REPLAYED_HEADER = "Idempotent-Replayed"
 REAPER_MAX_BACKOFF_SECONDS = 30.0  # the longest pause between reaper passes while the store is unavailable
+REAPER_LATE_SECONDS = 1.0  # a pass this much later than planned (or an interval, if longer) means nobody answered
 LOG_READ_CAP_BYTES = 4 * 2**20  # a log answer holds at most the file's last 4 MiB, whatever its size
 _LOG_BLOCK_BYTES = 64 * 1024
 
@@ -352,34 +353,74 @@ def list_runners(request: Request) -> dict[str, Any]:
     return {"items": _store(request).runners()}
 
 
-async def reaper_loop(app: Any, interval: float, grace: float) -> None:
-    """Background pass over expired leases; claims no longer wait on it.
+class LeaseReaper:
+    """The background pass over expired leases (claims no longer wait on it), and when it must hold back.
 
-    The first pass waits ``grace`` seconds (one lease): a lease that expired while this API was down says nothing
-    about its runner, which could not renew; runners get that long to renew once the API answers again. A store
-    outage is logged once when it starts and once when it ends, and passes back off while it lasts (a traceback
-    every pass would bury the log); /api/ready says what is wrong meanwhile."""
-    await asyncio.sleep(grace)
-    down_since: float | None = None
-    delay = interval
-    while True:
-        try:
-            result = await run_in_threadpool(app.state.store.reap)
-        except Exception as exc:  # a store outage must not kill the loop
-            if down_since is None:
-                down_since = time.monotonic()
-                cause = (str(exc).strip().splitlines() or [""])[0][:300]
-                app.state.log.error("store unavailable to the lease reaper: %s: %s (retrying with backoff; "
-                                    "GET /api/ready tells more)", type(exc).__name__, cause)
-            delay = min(delay * 2, REAPER_MAX_BACKOFF_SECONDS)
-        else:
-            if down_since is not None:
-                app.state.log.warning("store available again after %.0f s", time.monotonic() - down_since)
-                down_since, delay = None, interval
+    An expired lease means a dead runner only if this API could have heard the runner renew it. Whenever it could
+    not, the reaper requeues nothing for one lease (``grace``), counted from the moment it can hear again, so
+    runners renew first and their results are accepted:
+
+    - at start (a lease may have expired while no API ran);
+    - when the store answers again after failing a pass of the reaper or any request (heartbeats got 503 meanwhile;
+      runners retry them about once a second);
+    - after a pass that came late by the loop's own clock (the process was stopped, SIGSTOP, or starved): the store
+      may have been up all along, yet nobody here answered the runners.
+
+    A store outage is logged once when it starts and once when it ends, and passes back off while it lasts (a
+    traceback every pass would bury the log); /api/ready says what is wrong meanwhile."""
+
+    def __init__(self, app: Any, interval: float, grace: float) -> None:
+        self.app, self.interval, self.grace = app, interval, grace
+        self.hold_until = time.monotonic() + grace
+        self.store_suspect = False  # a request found the store unavailable: probe it before trusting leases
+
+    def store_failed(self) -> None:
+        """A request got 503 from the store: renewals may have failed too (called by api/errors.py)."""
+        self.store_suspect = True
+
+    def _hold(self, why: str) -> None:
+        self.hold_until = time.monotonic() + self.grace
+        self.app.state.log.warning("reaper: %s; no expired lease is requeued for %g s, so runners renew first",
+                                   why, self.grace)
+
+    async def run(self) -> None:
+        store, log = self.app.state.store, self.app.state.log
+        down_since: float | None = None
+        delay = self.interval
+        while True:
+            asleep, asleep_wall = time.monotonic(), time.time()
+            await asyncio.sleep(delay)
+            # The wall clock too: CLOCK_MONOTONIC stands still while the host is suspended, the leases' clock does not.
+            late = max(time.monotonic() - asleep, time.time() - asleep_wall) - delay
+            if late > max(self.interval, REAPER_LATE_SECONDS):
+                self._hold(f"this pass came {late:.1f} s late (was the API stopped or starved?)")
+            try:
+                if down_since is not None or self.store_suspect:
+                    self.store_suspect = False  # before the probe: a failure reported during it is not lost
+                    await run_in_threadpool(store.ping)
+                    if down_since is not None:
+                        self._hold(f"store available again after {time.monotonic() - down_since:.0f} s")
+                    else:
+                        self._hold("a request found the store unavailable")
+                    down_since, delay = None, self.interval
+                if time.monotonic() < self.hold_until:
+                    continue
+                result = await run_in_threadpool(store.reap)
+            except Exception as exc:  # a store outage must not kill the loop
+                if down_since is None:
+                    down_since = time.monotonic()
+                    cause = (str(exc).strip().splitlines() or [""])[0][:300]
+                    log.error("store unavailable to the lease reaper: %s: %s (retrying with backoff; "
+                              "GET /api/ready tells more)", type(exc).__name__, cause)
+                delay = min(delay * 2, REAPER_MAX_BACKOFF_SECONDS)
+                continue
             if result.reclaimed or result.failed:
-                app.state.metrics.tasks_reclaimed.inc(result.reclaimed)
-                app.state.metrics.tasks_lease_failed.inc(result.failed)
-                app.state.log.warning(
-                    "reaper: %d expired leases back to pending, %d failed", result.reclaimed, result.failed
-                )
-        await asyncio.sleep(delay)
+                self.app.state.metrics.tasks_reclaimed.inc(result.reclaimed)
+                self.app.state.metrics.tasks_lease_failed.inc(result.failed)
+                log.warning("reaper: %d expired leases back to pending, %d failed", result.reclaimed, result.failed)
+
+
+async def reaper_loop(app: Any, interval: float, grace: float) -> None:
+    """Run the lease reaper of ``app`` (see LeaseReaper); requests that find the store unavailable tell it."""
+    app.state.reaper = LeaseReaper(app, interval, grace)
+    await app.state.reaper.run()
