@@ -35,7 +35,7 @@ def test_health_ready_version_and_docs(http: httpx.Client) -> None:
     assert http.get("/api/health").json()["status"] == "ok"
     ready = http.get("/api/ready")
     assert ready.status_code == 200
-    assert {c["name"] for c in ready.json()["checks"]} == {"store_reachable", "migrations_current"}
+    assert {c["name"] for c in ready.json()["checks"]} == {"store_reachable", "migrations_current", "store_writable"}
     version = http.get("/api/version").json()
     assert version["version"] and "git_sha" in version
     assert http.get("/docs").status_code == 200
