@@ -66,9 +66,23 @@ def test_bad_input_is_422_with_field_messages_and_changes_nothing(http: httpx.Cl
     assert http.post("/api/agent/tasks", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
     assert http.get("/api/agent/tasks", params={"limit": 0}).status_code == 422
     assert http.get("/api/agent/tasks", params={"status": "sleeping"}).status_code == 422
-    assert http.get("/api/agent/tasks/abc").status_code == 422
+    assert http.get("/api/agent/tasks/abc").status_code == 404  # no such path: only numbers reach the id
+    assert http.get("/api/agent/tasks/-1").status_code == 422 and http.get("/api/agent/tasks/0").status_code == 422
     assert http.post("/api/agent/tasks/claim", json={"runner_id": "r", "wait_seconds": 999}).status_code == 422
     assert http.get("/api/agent/tasks/count").json()["total"] == 0
+
+
+def test_a_method_a_path_lacks_is_405_naming_every_method_it_has(http: httpx.Client) -> None:
+    """The {task_id} routes never take /tasks/batch, /claim, /claims or /count for an id (that was a 422)."""
+    for path, allowed in (("batch", "POST"), ("claim", "POST"), ("claims", "POST"), ("count", "GET")):
+        refused = http.patch(f"/api/agent/tasks/{path}", json={"decision": "yes"})
+        assert refused.status_code == 405 and refused.headers["allow"] == allowed, path
+    assert http.get("/api/agent/tasks/claim").headers["allow"] == "POST"
+    both = http.delete("/api/agent/tasks/1")
+    assert both.status_code == 405 and both.headers["allow"] == "GET, PATCH"
+    listing = http.put("/api/agent/tasks")
+    assert listing.status_code == 405 and listing.headers["allow"] == "GET, POST"
+    assert http.get("/api/agent/tasks/1/finish").headers["allow"] == "POST"
 
 
 def test_unknown_ids_are_404(http: httpx.Client) -> None:

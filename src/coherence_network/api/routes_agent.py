@@ -14,6 +14,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.convertors import Convertor, register_url_convertor
 
 from coherence_network.api.models import (
     COMMON_ERRORS,
@@ -52,6 +53,24 @@ REAPER_MAX_BACKOFF_SECONDS = 30.0  # the longest pause between reaper passes whi
 REAPER_LATE_SECONDS = 1.0  # a pass this much later than planned (or an interval, if longer) means nobody answered
 LOG_READ_CAP_BYTES = 4 * 2**20  # a log answer holds at most the file's last 4 MiB, whatever its size
 _LOG_BLOCK_BYTES = 64 * 1024
+
+
+class _IdSegment(Convertor[str]):
+    """A path segment that reads as an integer (sign included): only such a segment reaches a ``{task_id}`` route,
+    so /tasks/count, /tasks/claim... are never taken for an id (a method they lack is 405 naming what they allow,
+    not a 422 about the id), while every number reaches the id's bounds (422 when out of range). It stays text:
+    the id's validation turns it into an integer, refusing thousands of digits as a 422, not a 500."""
+
+    regex = "-?[0-9]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return str(value)
+
+
+register_url_convertor("id", _IdSegment())
 
 
 def _store(request: Request) -> TaskStore:
@@ -196,12 +215,12 @@ def _count_claims(state: Any, claimed: list[dict[str, Any]]) -> None:
         state.metrics.queue_wait.observe(max((task["started_at"] - task["created_at"]).total_seconds(), 0.0))
 
 
-@router.get("/tasks/{task_id}", response_model=Task, responses=responses(404))
+@router.get("/tasks/{task_id:id}", response_model=Task, responses=responses(404))
 def get_task(task_id: TaskId, request: Request) -> dict[str, Any]:
     return _store(request).get(task_id)
 
 
-@router.patch("/tasks/{task_id}", response_model=Task, responses=responses(404, 409))
+@router.patch("/tasks/{task_id:id}", response_model=Task, responses=responses(404, 409))
 async def patch_task(task_id: TaskId, body: TaskPatch, request: Request) -> dict[str, Any]:
     """Answer a needs_decision task (``{"decision": "yes"}``) or retry a failed one (``{"status": "pending"}``)."""
     store = _store(request)
@@ -213,7 +232,7 @@ async def patch_task(task_id: TaskId, body: TaskPatch, request: Request) -> dict
     return task
 
 
-@router.get("/tasks/{task_id}/log", response_class=PlainTextResponse, responses=responses(404))
+@router.get("/tasks/{task_id:id}/log", response_class=PlainTextResponse, responses=responses(404))
 def task_log(task_id: TaskId, request: Request, tail: int = Query(0, ge=0, le=100000)) -> PlainTextResponse:
     """The task's log file (last ``tail`` lines when given); the stored output tail if no log is here.
 
@@ -277,7 +296,7 @@ def _last_lines(text: str, count: int) -> str:
     return "\n".join(text.splitlines()[-count:]) + "\n"
 
 
-@router.post("/tasks/{task_id}/heartbeat", response_model=Task, responses=responses(404, 409))
+@router.post("/tasks/{task_id:id}/heartbeat", response_model=Task, responses=responses(404, 409))
 async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request) -> dict[str, Any]:
     """Extend the lease (and report progress); 409 when the claim token is no longer the current claim."""
     _log_replaced(task_id, body)
@@ -292,7 +311,7 @@ async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request)
     )
 
 
-@router.post("/tasks/{task_id}/finish", response_model=None, responses={
+@router.post("/tasks/{task_id:id}/finish", response_model=None, responses={
     200: {"model": Task | FinishAndClaim, "description": "The finished task; {finished, next} with claim_next"},
     **responses(404, 409)})
 async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> Any:
