@@ -146,6 +146,7 @@ def test_claim_long_poll_wakes_when_a_task_is_created(http: httpx.Client, api_pr
 def test_heartbeat_and_runner_registry(http: httpx.Client) -> None:
     task = http.post("/api/agent/tasks", json=TASK).json()
     claim = http.post("/api/agent/tasks/claim", json={"runner_id": "r1", "lease_seconds": 5}).json()
+    assert claim["started_at"].endswith("Z") and claim["lease_expires_at"].endswith("Z")  # as every answer's times
     beat = http.post(f"/api/agent/tasks/{task['id']}/heartbeat",
                      json={"claim_token": claim["claim_token"], "progress_pct": 50, "current_step": "half"})
     assert beat.status_code == 200 and beat.json()["progress_pct"] == 50
@@ -155,6 +156,13 @@ def test_heartbeat_and_runner_registry(http: httpx.Client) -> None:
     assert http.post("/api/agent/runners/heartbeat", json=runner).json()["last_seen"]
     assert http.post("/api/agent/runners/heartbeat", json={**runner, "pid": 0}).status_code == 422
     assert [r["id"] for r in http.get("/api/agent/runners").json()["items"]] == ["host:42"]
+    http.post("/api/agent/tasks", json=TASK)
+    both = http.post(f"/api/agent/tasks/{task['id']}/finish", json={
+        "claim_token": claim["claim_token"], "status": "completed", "claim_next": {"runner_id": "r1"}}).json()
+    assert both["finished"]["finished_at"].endswith("Z") and both["next"]["started_at"].endswith("Z")
+    http.post("/api/agent/tasks", json=TASK)
+    many = http.post("/api/agent/tasks/claim", json={"runner_id": "r1", "max_tasks": 2}).json()
+    assert [t["created_at"][-1] for t in many["tasks"]] == ["Z"]
 
 
 def test_expired_lease_goes_back_to_another_runner(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
 from starlette.convertors import Convertor, register_url_convertor
 
 from coherence_network.api.models import (
@@ -149,8 +149,14 @@ async def claim_task(body: ClaimRequest, request: Request) -> Response:
     ``max_tasks`` above 1 the answer is ``{"tasks": [...]}``, as from /tasks/claims."""
     claimed = await _claim_waiting(body, request)
     if body.max_tasks > 1:
-        return JSONResponse(jsonable_encoder({"tasks": claimed}))
-    return JSONResponse(jsonable_encoder(claimed[0])) if claimed else Response(status_code=204)
+        return _answer(TaskList, {"tasks": claimed})
+    return _answer(Task, claimed[0]) if claimed else Response(status_code=204)
+
+
+def _answer(model: type[BaseModel], value: dict[str, Any]) -> JSONResponse:
+    """An answer whose shape depends on the request, serialized by its contract model as routes with a
+    ``response_model`` are (times end in Z, as everywhere else; jsonable_encoder would write +00:00)."""
+    return JSONResponse(model.model_validate(value).model_dump(mode="json"))
 
 
 @router.post("/tasks/claims", response_model=TaskList)
@@ -339,7 +345,7 @@ async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> An
         _count_claims(request.app.state, [following_task])
     elif following.wait_seconds > 0:
         following_task = next(iter(await _claim_waiting(following, request, looked=True)), None)
-    return JSONResponse(jsonable_encoder({"finished": task, "next": following_task}))
+    return _answer(FinishAndClaim, {"finished": task, "next": following_task})
 
 
 def _count_finish(request: Request, task: dict[str, Any]) -> None:
