@@ -418,7 +418,7 @@ class LeaseReaper:
             # The wall clock too: CLOCK_MONOTONIC stands still while the host is suspended, the leases' clock does not.
             late = max(time.monotonic() - asleep, time.time() - asleep_wall) - delay
             if late > max(self.interval, REAPER_LATE_SECONDS):
-                self._hold(f"this pass came {late:.1f} s late (was the API stopped or starved?)")
+                self._hold(f"this pass came {late:.1f} s late (was the API stopped, starved or its host suspended?)")
             try:
                 if down_since is not None or self.store_suspect:
                     self.store_suspect = False  # before the probe: a failure reported during it is not lost
