@@ -125,6 +125,7 @@ def test_a_store_outage_longer_than_the_lease_reruns_nothing(tmp_path: Path, pg_
             pipeline.release(task)
         wait_until(lambda: pipeline.all_completed(tasks), 30, "every task completed")
         pipeline.assert_each_ran_once_and_was_accepted(tasks)
+        assert "no expired lease is requeued for 2 s, so runners renew first" in log.read_text(encoding="utf-8")
     finally:
         pipeline.close()
         api.stop()

@@ -403,10 +403,14 @@ class LeaseReaper:
         """A request got 503 from the store: renewals may have failed too (called by api/errors.py)."""
         self.store_suspect = True
 
-    def _hold(self, why: str) -> None:
-        self.hold_until = time.monotonic() + self.grace
-        self.app.state.log.warning("reaper: %s; no expired lease is requeued for %g s, so runners renew first",
-                                   why, self.grace)
+    def _hold(self, why: str, *, quiet_if_holding: bool = False) -> None:
+        """Requeue nothing for one lease from now; say so (``quiet_if_holding``: unless already holding, so that
+        a store refusing a request now and then, e.g. SQLite busy, does not write a line every pass)."""
+        now = time.monotonic()
+        if not (quiet_if_holding and now < self.hold_until):
+            self.app.state.log.warning("reaper: %s; no expired lease is requeued for %g s, so runners renew first",
+                                       why, self.grace)
+        self.hold_until = now + self.grace
 
     async def run(self) -> None:
         store, log = self.app.state.store, self.app.state.log
@@ -426,7 +430,7 @@ class LeaseReaper:
                     if down_since is not None:
                         self._hold(f"store available again after {time.monotonic() - down_since:.0f} s")
                     else:
-                        self._hold("a request found the store unavailable")
+                        self._hold("a request found the store unavailable", quiet_if_holding=True)
                     down_since, delay = None, self.interval
                 if time.monotonic() < self.hold_until:
                     continue
