@@ -207,6 +207,7 @@ def runner(
     """Claim tasks from the API and run them; logs to var/logs/agent_runner.log, output to task_{id}.log."""
     protect()  # no secret in /proc/<pid>/environ, memory not dumpable (process_hygiene)
     from coherence_network.logfiles import setup_logging
+    from coherence_network.pidfiles import RUNNERS, hold_instance
     from coherence_network.runner import DEFAULT_CLAIM_WAIT, Runner
 
     settings = get_settings()
@@ -223,7 +224,9 @@ def runner(
                    runner_id=runner_id or None, grace=grace)
     signal.signal(signal.SIGTERM, agent.request_stop)
     signal.signal(signal.SIGINT, agent.request_stop)
-    raise typer.Exit(agent.run())
+    with hold_instance(settings, RUNNERS):  # so that `coherence stop` finds it, started by hand or not
+        code = agent.run()
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -100,6 +100,9 @@ RUN_FILES: dict[str, LogFile] = {
                 "none; kept", "run"),
         LogFile("{component}.pid", "run", "PID of a running component (api, agent_runner, ...), written by its lock holder",
                 "none", "run"),
+        LogFile("runners/", "run", "One {pid}.lock per running runner, locked (flock) for its life, however it was "
+                "started; `coherence stop` stops each", "none; removed when its runner ends (a killed one's by "
+                "`coherence stop`)", "run"),
         LogFile("runner_outbox/", "run", "Task results the runner could not deliver yet (API down); sent when it is back",
                 "none; emptied on delivery (a killed runner's temp files go at the next start)", "run"),
         LogFile("task_groups/", "run", "One {pgid}.json per running task's process group (task, run, runner, guard); "

@@ -9,8 +9,8 @@ from a file: a pid in a stale file may belong to any process by now.
 
 The supervisor starts each child as ``python -m coherence_network.pidfiles <component> <supervisor pid> <coherence
 command ...>``: the child itself takes its lock and owns its PID file, whatever command it runs, and ends with its
-supervisor. Runners started by hand take no
-lock (several may run on one host); only the supervised runner holds ``agent_runner``.
+supervisor. Several runners may run per home: only the supervised runner holds ``agent_runner``, and every runner,
+however started, holds its own ``runners/<pid>.lock`` (``hold_instance``), so `coherence stop` finds them all.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from coherence_network.settings import Settings, get_settings
 # can never make it lose. A real holder keeps the lock for its whole life, so the loser of a real race still loses.
 PROBE_TOLERANCE_SECONDS = 0.2
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+RUNNERS = RUN_FILES["runners/"].name.rstrip("/")  # the instance locks of every runner on this host
 
 _held: dict[str, int] = {}  # component -> the open lock file this process holds until it exits
 
@@ -120,6 +121,25 @@ def hold(settings: Settings, component: str) -> Iterator[None]:
         remove_pid(settings, component)
         del _held[component]
         os.close(fd)
+
+
+@contextmanager
+def hold_instance(settings: Settings, group: str) -> Iterator[None]:
+    """Run as one of several instances of ``group`` (runners: several may run per COHERENCE_HOME): hold the lock
+    ``var/run/{group}/{pid}.lock`` for this process's life, so `coherence stop` finds every instance, however it was
+    started. The file goes when the process ends; a killed one's is removed by the next `coherence stop`."""
+    name = f"{group}/{os.getpid()}"
+    fd = _lock(settings, name)
+    try:
+        yield
+    finally:
+        lock_path(settings, name).unlink(missing_ok=True)  # named by our pid: nobody else ever locks it
+        os.close(fd)
+
+
+def instances(settings: Settings, group: str) -> list[str]:
+    """The names (``group/pid``) of every instance lock of ``group``, held or left behind."""
+    return sorted(f"{group}/{path.stem}" for path in (settings.run_dir / group).glob("*.lock"))
 
 
 def holder(settings: Settings, component: str) -> int | None:

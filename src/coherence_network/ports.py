@@ -5,21 +5,55 @@ let alone stop, another user's process; `pkill -f` matched command lines of ever
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 _LISTEN = "0A"  # TCP state code of a listening socket in /proc/net/tcp
 
 
+_PYTHON = re.compile(r"python(?:[0-9]+(?:\.[0-9]+)*)?")
+_APP_FACTORY = "coherence_network.api.app:create_app"  # what plain uvicorn is given (the runbook shows it)
+
+
 @dataclass(frozen=True)
 class Listener:
     pid: int
-    command: str  # the process's command line, for people
+    argv: tuple[str, ...]  # the process's command line, word by word as it was started
+
+    @property
+    def command(self) -> str:
+        """The command line for people."""
+        return " ".join(self.argv)
 
     @property
     def is_ours(self) -> bool:
-        """Runs this project's code (a coherence command or module), not merely something on the port."""
-        return "coherence_network" in self.command or Path(self.command.split(" ", 1)[0]).name == "coherence"
+        """Runs this project's code, by its whole command line (see coherence_command), not a name in it."""
+        return coherence_command(self.argv) is not None
+
+
+def coherence_command(argv: tuple[str, ...] | list[str]) -> list[str] | None:
+    """The `coherence` arguments a process was started with (["api", "--port", "8000"]), or None when it is not a
+    coherence process. Recognised, word by word: ``coherence ARGS`` and ``python .../coherence ARGS`` (the console
+    script, as the runbook starts it), ``python -m coherence_network.cli ARGS``, the supervisor's ``python -m
+    coherence_network.pidfiles COMPONENT PARENT ARGS``, and ``uvicorn coherence_network.api.app:create_app ...``
+    (the API, as ``api``). A word merely containing "coherence" is not enough."""
+    words = list(argv)
+    if words and _PYTHON.fullmatch(Path(words[0]).name):
+        words = words[1:]
+        if words[:1] == ["-m"] and len(words) > 1:
+            module, words = words[1], words[2:]
+            if module in ("coherence_network", "coherence_network.cli"):
+                return words
+            if module == "coherence_network.pidfiles":
+                return words[2:] if len(words) > 2 else None
+            return ["api"] if module == "uvicorn" and _APP_FACTORY in words else None
+    if not words:
+        return None
+    name = Path(words[0]).name
+    if name == "coherence":
+        return words[1:]
+    return ["api"] if name == "uvicorn" and _APP_FACTORY in words[1:] else None
 
 
 def _listening_inodes(port: int) -> set[str]:
@@ -37,18 +71,25 @@ def _listening_inodes(port: int) -> set[str]:
 
 
 def listener(port: int) -> Listener | None:
-    """The process of this user that listens on ``port``, or None (nobody, or someone we may not look at)."""
+    """The process of this user that listens on ``port``, or None (nobody, or someone we may not look at). When
+    several hold the socket (an API with --workers: its workers inherit it), the one that started the others."""
     sockets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
     if not sockets:
         return None
+    holders: dict[int, tuple[Listener, int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             held = {os.readlink(fd) for fd in (entry / "fd").iterdir()}
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:  # gone meanwhile, or another user's
+            if not held & sockets:
+                continue
+            argv = tuple(word.decode(errors="replace") for word in (entry / "cmdline").read_bytes().split(b"\0")[:-1])
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # gone meanwhile, or another user's
             continue
-        if held & sockets:
-            return Listener(int(entry.name), command)
-    return None
+        holders[int(entry.name)] = (Listener(int(entry.name), argv), parent)
+    for found, parent in holders.values():
+        if parent not in holders:
+            return found
+    return next((found for found, _ in holders.values()), None)

@@ -34,7 +34,9 @@ from coherence_network import __version__, fatal
 from coherence_network.client import ApiClient, ApiError
 from coherence_network.gitops import GIT_TIMEOUT_SECONDS, CompletedTaskWatcher
 from coherence_network.logfiles import REGISTRY, write_json_atomic
-from coherence_network.pidfiles import AlreadyRunning, components, hold, holder, read_pid, remove_pid
+from coherence_network.pidfiles import (
+    RUNNERS, AlreadyRunning, components, hold, holder, instances, lock_path, read_pid, remove_pid,
+)
 from coherence_network.process_hygiene import without_store_secrets
 from coherence_network.ports import listener
 from coherence_network.settings import Settings
@@ -418,26 +420,44 @@ def _lock_released(settings: Settings, name: str, deadline: float) -> bool:
 
 
 def stop_pipeline(settings: Settings, grace: float) -> list[str]:
-    """Stop every component whose lock is held in var/run/: the supervisor first (it stops its children), the API
-    last; then kill every recorded task process group (no runner is left to own one). Only lock holders are
-    signalled; a PID file nobody's lock backs is stale and removed."""
-    names = sorted(components(settings), key=lambda n: (n != SELF, n == "api", n))
+    """Stop every component whose lock is held in var/run/: the supervisor first (it stops its children), then every
+    runner still running (started by hand: each holds its own lock under var/run/runners/), the API last (runners
+    release their tasks through it); then kill every recorded task process group (no runner is left to own one).
+    Only lock holders are signalled; a PID file or runner lock nobody holds is stale and removed."""
+    names = sorted(components(settings) - {"api"}, key=lambda n: (n != SELF, n))
+    done = [line for name in names if (line := _stop_component(settings, name, grace))]
+    done += _stop_runners(settings, grace)
+    api = _stop_component(settings, "api", grace)
+    return done + ([api] if api else []) + kill_orphaned_task_groups(settings, all_groups=True)
+
+
+def _stop_component(settings: Settings, name: str, grace: float) -> str | None:
+    """Stop the holder of ``name``'s lock; what happened, or None when nothing ran and nothing was stale."""
+    pid = holder(settings, name)
+    if pid is None:
+        stale = read_pid(settings, name)
+        if stale is None:
+            return None
+        remove_pid(settings, name, stale)  # unless a starting holder has just written its own
+        return f"{name}: stale PID file removed"
+    if pid == 0:
+        return f"{name}: starting (its pid is not recorded yet); run coherence stop again"
+    wait = grace + settings.supervisor_stop_grace_seconds + 15 if name == SELF else grace
+    line = f"{name} (pid {pid}): {_terminate(settings, name, pid, wait)}"
+    remove_pid(settings, name, pid)  # left behind only by a SIGKILL
+    return line
+
+
+def _stop_runners(settings: Settings, grace: float) -> list[str]:
+    """Every runner still holding its instance lock (the supervised one has gone with its supervisor by now)."""
     done: list[str] = []
-    for name in names:
+    for name in instances(settings, RUNNERS):
         pid = holder(settings, name)
         if pid is None:
-            stale = read_pid(settings, name)
-            if stale is not None:
-                remove_pid(settings, name, stale)  # unless a starting holder has just written its own
-                done.append(f"{name}: stale PID file removed")
-            continue
-        if pid == 0:
-            done.append(f"{name}: starting (its pid is not recorded yet); run coherence stop again")
-            continue
-        wait = grace + settings.supervisor_stop_grace_seconds + 15 if name == SELF else grace
-        done.append(f"{name} (pid {pid}): {_terminate(settings, name, pid, wait)}")
-        remove_pid(settings, name, pid)  # left behind only by a SIGKILL
-    return done + kill_orphaned_task_groups(settings, all_groups=True)
+            lock_path(settings, name).unlink(missing_ok=True)  # its runner was killed: nobody holds it
+        elif pid:
+            done.append(f"runner (pid {pid}): {_terminate(settings, name, pid, grace)}")
+    return done
 
 
 def stop_port(port: int, grace: float) -> tuple[bool, str]:

@@ -35,7 +35,7 @@ def test_health_ready_version_and_docs(http: httpx.Client) -> None:
     assert http.get("/api/health").json()["status"] == "ok"
     ready = http.get("/api/ready")
     assert ready.status_code == 200
-    assert {c["name"] for c in ready.json()["checks"]} == {"store_reachable", "migrations_current"}
+    assert {c["name"] for c in ready.json()["checks"]} == {"store_reachable", "migrations_current", "store_writable"}
     version = http.get("/api/version").json()
     assert version["version"] and "git_sha" in version
     assert http.get("/docs").status_code == 200
@@ -66,9 +66,23 @@ def test_bad_input_is_422_with_field_messages_and_changes_nothing(http: httpx.Cl
     assert http.post("/api/agent/tasks", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
     assert http.get("/api/agent/tasks", params={"limit": 0}).status_code == 422
     assert http.get("/api/agent/tasks", params={"status": "sleeping"}).status_code == 422
-    assert http.get("/api/agent/tasks/abc").status_code == 422
+    assert http.get("/api/agent/tasks/abc").status_code == 404  # no such path: only numbers reach the id
+    assert http.get("/api/agent/tasks/-1").status_code == 422 and http.get("/api/agent/tasks/0").status_code == 422
     assert http.post("/api/agent/tasks/claim", json={"runner_id": "r", "wait_seconds": 999}).status_code == 422
     assert http.get("/api/agent/tasks/count").json()["total"] == 0
+
+
+def test_a_method_a_path_lacks_is_405_naming_every_method_it_has(http: httpx.Client) -> None:
+    """The {task_id} routes never take /tasks/batch, /claim, /claims or /count for an id (that was a 422)."""
+    for path, allowed in (("batch", "POST"), ("claim", "POST"), ("claims", "POST"), ("count", "GET")):
+        refused = http.patch(f"/api/agent/tasks/{path}", json={"decision": "yes"})
+        assert refused.status_code == 405 and refused.headers["allow"] == allowed, path
+    assert http.get("/api/agent/tasks/claim").headers["allow"] == "POST"
+    both = http.delete("/api/agent/tasks/1")
+    assert both.status_code == 405 and both.headers["allow"] == "GET, PATCH"
+    listing = http.put("/api/agent/tasks")
+    assert listing.status_code == 405 and listing.headers["allow"] == "GET, POST"
+    assert http.get("/api/agent/tasks/1/finish").headers["allow"] == "POST"
 
 
 def test_unknown_ids_are_404(http: httpx.Client) -> None:
@@ -132,6 +146,7 @@ def test_claim_long_poll_wakes_when_a_task_is_created(http: httpx.Client, api_pr
 def test_heartbeat_and_runner_registry(http: httpx.Client) -> None:
     task = http.post("/api/agent/tasks", json=TASK).json()
     claim = http.post("/api/agent/tasks/claim", json={"runner_id": "r1", "lease_seconds": 5}).json()
+    assert claim["started_at"].endswith("Z") and claim["lease_expires_at"].endswith("Z")  # as every answer's times
     beat = http.post(f"/api/agent/tasks/{task['id']}/heartbeat",
                      json={"claim_token": claim["claim_token"], "progress_pct": 50, "current_step": "half"})
     assert beat.status_code == 200 and beat.json()["progress_pct"] == 50
@@ -141,6 +156,13 @@ def test_heartbeat_and_runner_registry(http: httpx.Client) -> None:
     assert http.post("/api/agent/runners/heartbeat", json=runner).json()["last_seen"]
     assert http.post("/api/agent/runners/heartbeat", json={**runner, "pid": 0}).status_code == 422
     assert [r["id"] for r in http.get("/api/agent/runners").json()["items"]] == ["host:42"]
+    http.post("/api/agent/tasks", json=TASK)
+    both = http.post(f"/api/agent/tasks/{task['id']}/finish", json={
+        "claim_token": claim["claim_token"], "status": "completed", "claim_next": {"runner_id": "r1"}}).json()
+    assert both["finished"]["finished_at"].endswith("Z") and both["next"]["started_at"].endswith("Z")
+    http.post("/api/agent/tasks", json=TASK)
+    many = http.post("/api/agent/tasks/claim", json={"runner_id": "r1", "max_tasks": 2}).json()
+    assert [t["created_at"][-1] for t in many["tasks"]] == ["Z"]
 
 
 def test_expired_lease_goes_back_to_another_runner(tmp_path: Path) -> None:

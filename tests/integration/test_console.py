@@ -89,6 +89,15 @@ def _render_every_page(open_api: ApiProcess) -> None:
             assert page.status_code == 200, (path, page.text[:500])
             assert page.headers["content-type"].startswith("text/html")
             assert "<main" in page.text and 'name="csrf"' in page.text
+            policy = page.headers["content-security-policy"]  # no other site may frame a page, nothing inline runs
+            assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy and "unsafe" not in policy
+            assert page.headers["x-frame-options"] == "DENY"
+            assert "<script>" not in page.text and " style=" not in page.text  # what the policy would block
+        # NUL in a search or a name: the console's 400 page on both stores (PostgreSQL cannot even compare it)
+        for path in ("/graph?q=a%00b", "/graph/npm/a%00b"):
+            refused = web.get(path)
+            assert refused.status_code == 400 and refused.headers["content-type"].startswith("text/html"), path
+            assert "x-frame-options" in refused.headers
         assert COOKIE in web.cookies  # an open console hands out a session on sight (for the CSRF token)
         overview = web.get("/").text
         for layer in ("Goal", "Orchestration", "Tasks", "Attention"):
@@ -131,6 +140,21 @@ def test_forms_without_their_csrf_token_are_refused(open_api: ApiProcess) -> Non
         assert created.status_code == 303
         task_id = int(created.headers["location"].rsplit("/", 1)[1])
         assert client.get_task(task_id).direction == "from the console"
+
+
+def test_submitting_the_create_form_again_makes_no_second_task(open_api: ApiProcess) -> None:
+    with ApiClient(open_api.url) as client, browser(open_api) as web:
+        form = web.get("/tasks").text
+        key = re.search(r'name="idempotency_key" value="([^"]+)"', form)
+        assert key, "the create form carries no idempotency key"
+        fields = {"csrf": csrf_of(web.get("/tasks")), "idempotency_key": key.group(1), "direction": "once",
+                  "task_type": "run", "command": "true"}
+        first, again = web.post("/tasks", data=fields), web.post("/tasks", data=fields)  # a reload, a double click
+        assert first.status_code == again.status_code == 303 and first.headers["location"] == again.headers["location"]
+        assert client.count_tasks().total == 1
+        assert key.group(1) not in web.get("/tasks").text  # each rendered form has its own key
+        other = web.post("/tasks", data={**fields, "direction": "something else"})  # the key with another task
+        assert other.status_code == 409 and client.count_tasks().total == 1
 
 
 def test_answering_through_the_form_uses_the_api_contract(open_api: ApiProcess) -> None:

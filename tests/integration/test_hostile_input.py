@@ -188,6 +188,33 @@ def test_times_without_a_zone_or_out_of_range_are_422(http: httpx.Client) -> Non
     assert http.get("/api/agent/monitor-issues").json()["count"] == 0
 
 
+def test_lax_coercions_that_make_nonsense_are_422(http: httpx.Client) -> None:
+    """true/false are not numbers and a number is not a time, though pydantic would read them as 1/0 and as
+    seconds since 1970."""
+    for field in ("priority", "max_attempts", "timeout_seconds"):
+        assert http.post("/api/agent/tasks", json={**TASK, field: True}).status_code == 422, field
+    assert http.post("/api/agent/tasks", json={**TASK, "priority": False}).status_code == 422
+    for claim in ({"wait_seconds": False}, {"max_tasks": True}, {"lease_seconds": True}):
+        assert http.post("/api/agent/tasks/claim", json={"runner_id": "r", **claim}).status_code == 422, claim
+    assert http.get("/api/agent/tasks/count").json()["total"] == 0  # nothing was made, nothing claimed
+    task = running_task(http)
+    for beat in ({"claim_token": True}, {"claim_token": task["claim_token"], "progress_pct": True}):
+        assert http.post(f"/api/agent/tasks/{task['id']}/heartbeat", json=beat).status_code == 422, beat
+    ending = {"claim_token": task["claim_token"], "status": "failed", "exit_code": False}
+    assert http.post(f"/api/agent/tasks/{task['id']}/finish", json=ending).status_code == 422
+    assert http.post("/api/agent/runners/heartbeat", json={**RUNNER, "pid": True}).status_code == 422
+    for when in ("0.5", "1700000000", "-1", "1e9"):
+        assert http.get("/api/agent/tasks", params={"finished_after": when}).status_code == 422, when
+    issue = {"rule": "r", "severity": "high", "message": "m", "first_seen": 1700000000}
+    assert http.post("/api/agent/monitor-issues", json={"host": "h", "issues": [issue]}).status_code == 422
+    assert http.post("/api/agent/fatal-issues", json={"component": "c", "reason": "r", "host": "h",
+                                                      "at": "1700000000"}).status_code == 422
+    # What people send stays accepted: a number as text (the console's forms) and ISO 8601 times.
+    assert http.post("/api/agent/tasks", json={**TASK, "priority": "5"}).json()["priority"] == 5
+    assert http.get("/api/agent/tasks", params={"finished_after": "2026-01-01T00:00:00Z"}).status_code == 200
+    assert http.get("/api/agent/tasks", params={"finished_after": "2026-01-01"}).status_code == 422  # no zone
+
+
 def _raised(engine: sa.Engine, statement: sa.Executable, params: dict[str, Any]) -> sa.exc.StatementError:
     with pytest.raises(sa.exc.StatementError) as caught, engine.begin() as conn:
         conn.execute(statement, params)

@@ -14,14 +14,18 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.routing import Match, Mount
 
 from coherence_network.api.models import storable_text
 from coherence_network.store import Conflict, NotFound
 
 log = logging.getLogger("coherence.api")
 MAX_ERRORS_SHOWN = 10
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 EXCERPT_CHARS = 200
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxlong = 3, 5, 5, 60, 40
@@ -60,8 +64,23 @@ def bounded_error(error: dict[str, Any]) -> dict[str, Any]:
     return bounded
 
 
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route of ``app`` answers on this request's path: Starlette's 405 names only the first
+    route's, and FastAPI makes one route per method. Each method is asked of the router as a request would."""
+    routes = [route for route in app.router.routes if not isinstance(route, Mount)]  # a mount takes any method
+    return [method for method in _METHODS
+            if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)]
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """404 and 409 from the store's own errors, bounded 422s, and store errors mapped by whose fault they are."""
+    """404 and 409 from the store's own errors, bounded 422s, store errors mapped by whose fault they are, and 405s
+    that name every allowed method."""
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 405:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(app, request))}
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
@@ -86,6 +105,9 @@ def install_error_handlers(app: FastAPI) -> None:
         reason = excerpt(first_line)
         if status == 503:
             log.error("store error on %s %s: %s", request.method, request.url.path, exc.orig)
+            reaper = getattr(request.app.state, "reaper", None)  # none while the app runs without its lifespan
+            if reaper is not None:
+                reaper.store_failed()  # renewals may have failed too: the reaper holds back once it is back
             return JSONResponse({"detail": f"store unavailable: {reason}"}, status_code=503)
         log.warning("store refused %s %s (%d): %s", request.method, request.url.path, status, reason)
         if status == 409:

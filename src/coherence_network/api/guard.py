@@ -83,17 +83,24 @@ class RequestGuard:
 
     def _token_refusal(self, scope: Scope, headers: Headers) -> JSONResponse | None:
         path = scope["path"]
-        if self.sessions is None or path in OPEN_PATHS or path == WEBHOOK_PATH or is_console_path(path):
+        if path in OPEN_PATHS:  # open, but a caller with the token is told more (/api/ready's failure details)
+            scope.setdefault("state", {})["token_ok"] = self.sessions is not None and self._bearer_ok(headers)
+            return None
+        if self.sessions is None or path == WEBHOOK_PATH or is_console_path(path):
             return None
         if scope["method"] in ("GET", "HEAD") and self._signed_in(headers):
             return None  # the console's pages poll the JSON API with their session; they never write through it
-        given = headers.getlist("authorization")
-        parts = given[0].split() if len(given) == 1 else []
-        if (len(parts) == 2 and parts[0].lower() == "bearer"  # the scheme is case-insensitive (RFC 7235)
-                and self.sessions.token_ok(parts[1].encode("latin-1"))):  # the header's own bytes
+        if self._bearer_ok(headers):
             return None
         return _refuse(401, "missing or wrong bearer token (Authorization: Bearer $COHERENCE_API_TOKEN)",
                        {"WWW-Authenticate": "Bearer"})
+
+    def _bearer_ok(self, headers: Headers) -> bool:
+        assert self.sessions is not None
+        given = headers.getlist("authorization")
+        parts = given[0].split() if len(given) == 1 else []
+        return (len(parts) == 2 and parts[0].lower() == "bearer"  # the scheme is case-insensitive (RFC 7235)
+                and self.sessions.token_ok(parts[1].encode("latin-1")))  # the header's own bytes
 
     def _signed_in(self, headers: Headers) -> bool:
         assert self.sessions is not None

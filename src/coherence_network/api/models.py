@@ -22,6 +22,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
@@ -36,6 +37,7 @@ from coherence_network.store.tasks import MAX_BATCH, MAX_CLAIM
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # PostgreSQL INTEGER: the narrowest integer column of either store
 MAX_JSON_DEPTH = 32  # nesting of objects and arrays in a free-form JSON field
 MAX_JSON_BYTES = 64 * 1024  # a free-form JSON field, serialized
+_NUMBER = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates (json.loads joins valid pairs)
 REPLACEMENT = "\ufffd"
 
@@ -82,6 +84,20 @@ def _bounded_json(value: Any) -> Any:
     return value
 
 
+def _not_bool(value: Any) -> Any:
+    """JSON true and false are not numbers, though pydantic would read them as 1 and 0."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+def _not_a_number(value: Any) -> Any:
+    """A time is ISO 8601 text; pydantic would read a number (or text like "0.5") as seconds since 1970."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("must be an ISO 8601 time with a zone, e.g. 2026-11-25T06:00:00Z, not a number")
+    return value
+
+
 def _in_store_range(value: datetime) -> datetime:
     """Stored as UTC: a time whose UTC form falls outside years 1..9999 cannot be held."""
     try:
@@ -99,10 +115,13 @@ JsonObject = Annotated[
     AfterValidator(_bounded_json),
     Field(description=f"Free-form JSON: at most {MAX_JSON_DEPTH} levels deep and {MAX_JSON_BYTES} bytes"),
 ]
-Int32 = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX)]
-Pid = Annotated[int, Field(ge=1, le=INT32_MAX)]
-ClaimToken = Annotated[int, Field(ge=1, le=INT32_MAX)]
-UtcTime = Annotated[AwareDatetime, AfterValidator(_in_store_range)]
+# Numbers in request bodies: true and false are refused (else "priority": false would be 0).
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+Int32 = Annotated[Int, Field(ge=INT32_MIN, le=INT32_MAX)]
+Pid = Annotated[Int, Field(ge=1, le=INT32_MAX)]
+ClaimToken = Annotated[Int, Field(ge=1, le=INT32_MAX)]
+UtcTime = Annotated[AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_in_store_range)]
 # Path and query parameters.
 TaskId = Annotated[int, Path(ge=1, le=INT32_MAX, description="A task id (1 .. 2^31-1)")]
 Offset = Annotated[int, Query(ge=0, le=INT32_MAX, description="Rows to skip")]
@@ -145,9 +164,9 @@ class TaskCreate(Strict):
     direction: Text = Field(min_length=1, max_length=5000, description="What to do")
     task_type: TaskType
     command: Text | None = Field(None, max_length=20000, description="Command line the runner executes")
-    priority: int = Field(0, ge=-1000, le=1000, description="Higher runs first")
-    max_attempts: int | None = Field(None, ge=1, le=100)
-    timeout_seconds: float | None = Field(None, gt=0, le=7 * 86400, description="Overrides AGENT_TASK_TIMEOUT")
+    priority: Int = Field(0, ge=-1000, le=1000, description="Higher runs first")
+    max_attempts: Int | None = Field(None, ge=1, le=100)
+    timeout_seconds: Float | None = Field(None, gt=0, le=7 * 86400, description="Overrides AGENT_TASK_TIMEOUT")
     context: JsonObject | None = None
 
 
@@ -194,13 +213,13 @@ class TaskPatch(Strict):
 class ClaimRequest(Strict):
     runner_id: Text = Field(min_length=1, max_length=200)
     types: list[TaskType] | None = Field(None, max_length=len(TaskType))
-    wait_seconds: float = Field(0.0, ge=0, le=60, description="Wait this long for work before answering 204")
-    lease_seconds: float | None = Field(None, gt=0, le=86400)
+    wait_seconds: Float = Field(0.0, ge=0, le=60, description="Wait this long for work before answering 204")
+    lease_seconds: Float | None = Field(None, gt=0, le=86400)
     request_id: Text | None = Field(
         None, min_length=1, max_length=100,
         description="Names this claim: a retry with the same id returns the task this claim already got",
     )
-    max_tasks: int = Field(1, ge=1, le=MAX_CLAIM, description="Claim up to this many tasks at once")
+    max_tasks: Int = Field(1, ge=1, le=MAX_CLAIM, description="Claim up to this many tasks at once")
 
 
 class ClaimNext(ClaimRequest):
@@ -213,9 +232,9 @@ class TaskHeartbeat(AgentReport):
     agent_text = ("current_step",)
 
     claim_token: ClaimToken
-    progress_pct: float | None = Field(None, ge=0, le=100)
+    progress_pct: Float | None = Field(None, ge=0, le=100)
     current_step: str | None = Field(None, max_length=500, description="Agent output: NUL etc. become U+FFFD")
-    lease_seconds: float | None = Field(None, gt=0, le=86400)
+    lease_seconds: Float | None = Field(None, gt=0, le=86400)
 
 
 class TaskFinish(AgentReport):

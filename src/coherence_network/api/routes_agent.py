@@ -12,8 +12,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
+from starlette.convertors import Convertor, register_url_convertor
 
 from coherence_network.api.models import (
     COMMON_ERRORS,
@@ -50,8 +51,27 @@ router = APIRouter(prefix="/api/agent", tags=["agent"], responses=COMMON_ERRORS)
 log = logging.getLogger("coherence.api")
 REPLAYED_HEADER = "Idempotent-Replayed"
 REAPER_MAX_BACKOFF_SECONDS = 30.0  # the longest pause between reaper passes while the store is unavailable
+REAPER_LATE_SECONDS = 1.0  # a pass this much later than planned (or an interval, if longer) means nobody answered
 LOG_READ_CAP_BYTES = 4 * 2**20  # a log answer holds at most the file's last 4 MiB, whatever its size
 _LOG_BLOCK_BYTES = 64 * 1024
+
+
+class _IdSegment(Convertor[str]):
+    """A path segment that reads as an integer (sign included): only such a segment reaches a ``{task_id}`` route,
+    so /tasks/count, /tasks/claim... are never taken for an id (a method they lack is 405 naming what they allow,
+    not a 422 about the id), while every number reaches the id's bounds (422 when out of range). It stays text:
+    the id's validation turns it into an integer, refusing thousands of digits as a 422, not a 500."""
+
+    regex = "-?[0-9]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return str(value)
+
+
+register_url_convertor("id", _IdSegment())
 
 
 def _store(request: Request) -> TaskStore:
@@ -132,8 +152,14 @@ async def claim_task(body: ClaimRequest, request: Request) -> Response:
     ``max_tasks`` above 1 the answer is ``{"tasks": [...]}``, as from /tasks/claims."""
     claimed = await _claim_waiting(body, request)
     if body.max_tasks > 1:
-        return JSONResponse(jsonable_encoder({"tasks": claimed}))
-    return JSONResponse(jsonable_encoder(claimed[0])) if claimed else Response(status_code=204)
+        return _answer(TaskList, {"tasks": claimed})
+    return _answer(Task, claimed[0]) if claimed else Response(status_code=204)
+
+
+def _answer(model: type[BaseModel], value: dict[str, Any]) -> JSONResponse:
+    """An answer whose shape depends on the request, serialized by its contract model as routes with a
+    ``response_model`` are (times end in Z, as everywhere else; jsonable_encoder would write +00:00)."""
+    return JSONResponse(model.model_validate(value).model_dump(mode="json"))
 
 
 @router.post("/tasks/claims", response_model=TaskList)
@@ -198,12 +224,12 @@ def _count_claims(state: Any, claimed: list[dict[str, Any]]) -> None:
         state.metrics.queue_wait.observe(max((task["started_at"] - task["created_at"]).total_seconds(), 0.0))
 
 
-@router.get("/tasks/{task_id}", response_model=Task, responses=responses(404))
+@router.get("/tasks/{task_id:id}", response_model=Task, responses=responses(404))
 def get_task(task_id: TaskId, request: Request) -> dict[str, Any]:
     return _store(request).get(task_id)
 
 
-@router.patch("/tasks/{task_id}", response_model=Task, responses=responses(404, 409))
+@router.patch("/tasks/{task_id:id}", response_model=Task, responses=responses(404, 409))
 async def patch_task(task_id: TaskId, body: TaskPatch, request: Request) -> dict[str, Any]:
     """Answer a needs_decision task (``{"decision": "yes"}``) or retry a failed one (``{"status": "pending"}``)."""
     store = _store(request)
@@ -215,7 +241,7 @@ async def patch_task(task_id: TaskId, body: TaskPatch, request: Request) -> dict
     return task
 
 
-@router.get("/tasks/{task_id}/log", response_class=PlainTextResponse, responses=responses(404))
+@router.get("/tasks/{task_id:id}/log", response_class=PlainTextResponse, responses=responses(404))
 def task_log(task_id: TaskId, request: Request, tail: int = Query(0, ge=0, le=100000)) -> PlainTextResponse:
     """The task's log file (last ``tail`` lines when given); the stored output tail if no log is here.
 
@@ -279,7 +305,7 @@ def _last_lines(text: str, count: int) -> str:
     return "\n".join(text.splitlines()[-count:]) + "\n"
 
 
-@router.post("/tasks/{task_id}/heartbeat", response_model=Task, responses=responses(404, 409))
+@router.post("/tasks/{task_id:id}/heartbeat", response_model=Task, responses=responses(404, 409))
 async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request) -> dict[str, Any]:
     """Extend the lease (and report progress); 409 when the claim token is no longer the current claim."""
     _log_replaced(task_id, body)
@@ -294,7 +320,7 @@ async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request)
     )
 
 
-@router.post("/tasks/{task_id}/finish", response_model=None, responses={
+@router.post("/tasks/{task_id:id}/finish", response_model=None, responses={
     200: {"model": Task | FinishAndClaim, "description": "The finished task; {finished, next} with claim_next"},
     **responses(404, 409)})
 async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> Any:
@@ -322,7 +348,7 @@ async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> An
         _count_claims(request.app.state, [following_task])
     elif following.wait_seconds > 0:
         following_task = next(iter(await _claim_waiting(following, request, looked=True)), None)
-    return JSONResponse(jsonable_encoder({"finished": task, "next": following_task}))
+    return _answer(FinishAndClaim, {"finished": task, "next": following_task})
 
 
 def _count_finish(request: Request, task: dict[str, Any]) -> None:
@@ -355,34 +381,78 @@ def list_runners(request: Request) -> dict[str, Any]:
     return {"items": _store(request).runners()}
 
 
-async def reaper_loop(app: Any, interval: float, grace: float) -> None:
-    """Background pass over expired leases; claims no longer wait on it.
+class LeaseReaper:
+    """The background pass over expired leases (claims no longer wait on it), and when it must hold back.
 
-    The first pass waits ``grace`` seconds (one lease): a lease that expired while this API was down says nothing
-    about its runner, which could not renew; runners get that long to renew once the API answers again. A store
-    outage is logged once when it starts and once when it ends, and passes back off while it lasts (a traceback
-    every pass would bury the log); /api/ready says what is wrong meanwhile."""
-    await asyncio.sleep(grace)
-    down_since: float | None = None
-    delay = interval
-    while True:
-        try:
-            result = await run_in_threadpool(app.state.store.reap)
-        except Exception as exc:  # a store outage must not kill the loop
-            if down_since is None:
-                down_since = time.monotonic()
-                cause = (str(exc).strip().splitlines() or [""])[0][:300]
-                app.state.log.error("store unavailable to the lease reaper: %s: %s (retrying with backoff; "
-                                    "GET /api/ready tells more)", type(exc).__name__, cause)
-            delay = min(delay * 2, REAPER_MAX_BACKOFF_SECONDS)
-        else:
-            if down_since is not None:
-                app.state.log.warning("store available again after %.0f s", time.monotonic() - down_since)
-                down_since, delay = None, interval
+    An expired lease means a dead runner only if this API could have heard the runner renew it. Whenever it could
+    not, the reaper requeues nothing for one lease (``grace``), counted from the moment it can hear again, so
+    runners renew first and their results are accepted:
+
+    - at start (a lease may have expired while no API ran);
+    - when the store answers again after failing a pass of the reaper or any request (heartbeats got 503 meanwhile;
+      runners retry them about once a second);
+    - after a pass that came late by the loop's own clock (the process was stopped, SIGSTOP, or starved): the store
+      may have been up all along, yet nobody here answered the runners.
+
+    A store outage is logged once when it starts and once when it ends, and passes back off while it lasts (a
+    traceback every pass would bury the log); /api/ready says what is wrong meanwhile."""
+
+    def __init__(self, app: Any, interval: float, grace: float) -> None:
+        self.app, self.interval, self.grace = app, interval, grace
+        self.hold_until = time.monotonic() + grace
+        self.store_suspect = False  # a request found the store unavailable: probe it before trusting leases
+
+    def store_failed(self) -> None:
+        """A request got 503 from the store: renewals may have failed too (called by api/errors.py)."""
+        self.store_suspect = True
+
+    def _hold(self, why: str, *, quiet_if_holding: bool = False) -> None:
+        """Requeue nothing for one lease from now; say so (``quiet_if_holding``: unless already holding, so that
+        a store refusing a request now and then, e.g. SQLite busy, does not write a line every pass)."""
+        now = time.monotonic()
+        if not (quiet_if_holding and now < self.hold_until):
+            self.app.state.log.warning("reaper: %s; no expired lease is requeued for %g s, so runners renew first",
+                                       why, self.grace)
+        self.hold_until = now + self.grace
+
+    async def run(self) -> None:
+        store, log = self.app.state.store, self.app.state.log
+        down_since: float | None = None
+        delay = self.interval
+        while True:
+            asleep, asleep_wall = time.monotonic(), time.time()
+            await asyncio.sleep(delay)
+            # The wall clock too: CLOCK_MONOTONIC stands still while the host is suspended, the leases' clock does not.
+            late = max(time.monotonic() - asleep, time.time() - asleep_wall) - delay
+            if late > max(self.interval, REAPER_LATE_SECONDS):
+                self._hold(f"this pass came {late:.1f} s late (was the API stopped, starved or its host suspended?)")
+            try:
+                if down_since is not None or self.store_suspect:
+                    self.store_suspect = False  # before the probe: a failure reported during it is not lost
+                    await run_in_threadpool(store.ping)
+                    if down_since is not None:
+                        self._hold(f"store available again after {time.monotonic() - down_since:.0f} s")
+                    else:
+                        self._hold("a request found the store unavailable", quiet_if_holding=True)
+                    down_since, delay = None, self.interval
+                if time.monotonic() < self.hold_until:
+                    continue
+                result = await run_in_threadpool(store.reap)
+            except Exception as exc:  # a store outage must not kill the loop
+                if down_since is None:
+                    down_since = time.monotonic()
+                    cause = (str(exc).strip().splitlines() or [""])[0][:300]
+                    log.error("store unavailable to the lease reaper: %s: %s (retrying with backoff; "
+                              "GET /api/ready tells more)", type(exc).__name__, cause)
+                delay = min(delay * 2, REAPER_MAX_BACKOFF_SECONDS)
+                continue
             if result.reclaimed or result.failed:
-                app.state.metrics.tasks_reclaimed.inc(result.reclaimed)
-                app.state.metrics.tasks_lease_failed.inc(result.failed)
-                app.state.log.warning(
-                    "reaper: %d expired leases back to pending, %d failed", result.reclaimed, result.failed
-                )
-        await asyncio.sleep(delay)
+                self.app.state.metrics.tasks_reclaimed.inc(result.reclaimed)
+                self.app.state.metrics.tasks_lease_failed.inc(result.failed)
+                log.warning("reaper: %d expired leases back to pending, %d failed", result.reclaimed, result.failed)
+
+
+async def reaper_loop(app: Any, interval: float, grace: float) -> None:
+    """Run the lease reaper of ``app`` (see LeaseReaper); requests that find the store unavailable tell it."""
+    app.state.reaper = LeaseReaper(app, interval, grace)
+    await app.state.reaper.run()

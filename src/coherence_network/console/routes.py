@@ -8,6 +8,7 @@ without JavaScript. The body is read only after the session and its CSRF token a
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from sqlalchemy.engine import Engine
 
 from coherence_network import health, restart
 from coherence_network.api.errors import bounded_error
-from coherence_network.api.models import TaskCreate, TaskId, TaskPatch, refuse_disallowed_commands
+from coherence_network.api.models import TaskCreateItem, TaskId, TaskPatch, refuse_disallowed_commands, storable_text
 from coherence_network.api.routes_agent import read_log_end
 from coherence_network.api.routes_ops_issues import backlog_progress, goal_proximity
 from coherence_network.api.routes_projects import _key as stored_project_name
@@ -52,11 +53,23 @@ MAX_FORM_BYTES = 64 * 1024
 PAST_DAYS_REUSE_SECONDS = 600.0  # how long a full past day's success counts are reused (a retry may change them)
 _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                          autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
+# Every page: no script, style, image or connection from elsewhere, nothing inline (the console's JavaScript and CSS
+# are files under /console-static), forms post only here, and no other site may frame a page (clickjacking).
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 _RESTART_NOTICES = {
     "requested": "Restart requested: the supervisor acts on it within seconds (see coherence status).",
     "no-supervisor": "No supervisor runs for this COHERENCE_HOME, so nothing would act on a restart request; "
                      "nothing was written. Start the pipeline with coherence supervise.",
 }
+
+
+_UNSTORABLE_MESSAGE = "Names hold no NUL characters or lone surrogates: no project can have one."
 
 
 class FormRefused(Exception):
@@ -134,7 +147,7 @@ def render(request: Request, template: str, visit: Visit | None, code: int = 200
         csrf=_sessions(request).csrf_token(visit.session) if visit else "",
         signed=token_required(request), Status=TaskStatus, statuses=list(TaskStatus), types=list(TaskType),
         **values)
-    response = HTMLResponse(page, status_code=code)
+    response = HTMLResponse(page, status_code=code, headers=PAGE_HEADERS)
     if visit is not None and visit.new_cookie:
         set_session_cookie(request, response, visit.new_cookie)
     return response
@@ -330,23 +343,30 @@ def tasks_page(request: Request, status: str = "", task_type: str = "", offset: 
     items, total = _store(request).list(status=chosen_status, task_type=chosen_type, limit=PAGE_SIZE, offset=offset)
     return render(request, "tasks.html", visit, items=items, total=total, offset=offset, status=status,
                   task_type=task_type, pages=_page_links("/tasks", {"status": status, "task_type": task_type},
-                                                         offset, total))
+                                                         offset, total),
+                  create_key=f"console:{secrets.token_urlsafe(16)}")
 
 
 @router.post("/tasks")
 async def create_task(request: Request) -> Response:
-    """Create a task through the API's TaskCreate rules; 303 to its page."""
+    """Create a task through the API's rules; 303 to its page. The form carries an idempotency key made when it
+    was rendered, so submitting it again (a reload, a double click, a retry after a lost answer) shows the task
+    the first submit made instead of making another."""
     visit, fields = await _form(request)
-    values = {k: v for k, v in fields.items() if k in ("direction", "task_type", "command", "priority") and v != ""}
-    body = _validated(TaskCreate, values)
+    names = ("direction", "task_type", "command", "priority", "idempotency_key")
+    body = _validated(TaskCreateItem, {k: v for k, v in fields.items() if k in names and v != ""})
     if isinstance(body, list):
         return error_page(request, 422, "The task was not created", body, visit)
     try:
         refuse_disallowed_commands([body], _settings(request))
     except RequestValidationError as exc:
         return error_page(request, 422, "The task was not created", [e["msg"] for e in exc.errors()], visit)
-    task, _ = await run_in_threadpool(lambda: _store(request).create_or_replay(**body.model_dump()))
-    request.app.state.metrics.tasks_created.labels(task["task_type"]).inc()
+    try:
+        task, created = await run_in_threadpool(lambda: _store(request).create_or_replay(**body.model_dump()))
+    except Conflict as exc:
+        return error_page(request, 409, "The task was not created", str(exc), visit)
+    if created:
+        request.app.state.metrics.tasks_created.labels(task["task_type"]).inc()
     return RedirectResponse(f"/tasks/{task['id']}", status_code=303)
 
 
@@ -405,6 +425,8 @@ def graph_page(request: Request, q: str = "", ecosystem: str = "", offset: int =
     if ecosystem and ecosystem not in ECOSYSTEMS:
         return error_page(request, 400, "Unknown ecosystem", f"ecosystem must be one of {', '.join(ECOSYSTEMS)}",
                           visit)
+    if storable_text(q)[1]:
+        return error_page(request, 400, "Bad search", _UNSTORABLE_MESSAGE, visit)
     graph = request.app.state.graph
     q, offset = q.strip()[:214], min(max(offset, 0), 2**31 - 1)
     items, total = graph.search(q=q, ecosystem=ecosystem or None, limit=PAGE_SIZE, offset=offset)
@@ -416,6 +438,8 @@ def graph_page(request: Request, q: str = "", ecosystem: str = "", offset: int =
 @router.get("/graph/{ecosystem}/{name:path}")
 def project_page(request: Request, ecosystem: str, name: str, offset: int = 0) -> HTMLResponse:
     visit = _visit(request)
+    if storable_text(name)[1]:
+        return error_page(request, 400, "Bad project name", _UNSTORABLE_MESSAGE, visit)
     graph = request.app.state.graph
     key = stored_project_name(ecosystem, name) if ecosystem in ECOSYSTEMS else name
     project = graph.project(ecosystem, key) if ecosystem in ECOSYSTEMS else None

@@ -612,6 +612,10 @@ class TaskStore:
         }
         return self._conditional_update(task_id, TaskStatus.FAILED, values, "retry")
 
+    def ping(self) -> None:
+        """Raise unless the store answers (the lease reaper's probe before it trusts leases again)."""
+        read_retrying(self.engine, lambda conn: conn.execute(sa.text("SELECT 1")))
+
     def reap(self, now: datetime | None = None) -> ReapResult:
         """Return running tasks whose lease expired to pending, or fail them when their attempts are spent.
 
