@@ -49,7 +49,7 @@ def test_create_get_list_count(http: httpx.Client) -> None:
     assert task["status"] == "pending" and task["created_at"].endswith("Z")
     assert http.get(f"/api/agent/tasks/{task['id']}").json()["direction"] == "say hello"
     for i in range(4):
-        http.post("/api/agent/tasks", json={**TASK, "task_type": "spec", "direction": f"s{i}"})
+        http.post("/api/agent/tasks", json={"direction": f"s{i}", "task_type": "spec"})
     page = http.get("/api/agent/tasks", params={"task_type": "spec", "limit": 3, "offset": 0, "order": "oldest"}).json()
     assert page["total"] == 4 and [t["direction"] for t in page["items"]] == ["s0", "s1", "s2"]
     assert http.get("/api/agent/tasks/count").json() == {
