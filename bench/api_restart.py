@@ -32,6 +32,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # instead of bench/, whose queue.py would shadow the standard library's queue
 
+from tests.support.net import wait_until
 from tests.support.pipeline import PipelineProcess, alive
 
 RUNNERS = 8
@@ -117,6 +118,7 @@ def main() -> None:
                                    env={"COHERENCE_LOG_LEVEL": "WARNING"}).start()
         try:
             pipeline.wait_started("api")
+            wait_until(pipeline.api_up, 60, "the API to answer")
             results = []
             for number in range(args.restarts):
                 result = asyncio.run(one_restart(pipeline, args.settle))
