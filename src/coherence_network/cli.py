@@ -28,11 +28,15 @@ from coherence_network.process_hygiene import protect, start_resource_tracker_wi
 from coherence_network.settings import ConfigError, Settings, config_errors_as_one_line, get_settings
 
 if TYPE_CHECKING:  # the client pulls in httpx: commands import it when they call the API
+    import socket
+
+    import uvicorn
     from fastapi import FastAPI
 
     from coherence_network.client import ApiClient
 
 HELP_WIDTH = 120
+API_SHUTDOWN_SECONDS = 5  # after SIGTERM the API's requests still running get this long before they are cancelled
 
 app = typer.Typer(
     help="Coherence Network: the autonomous pipeline's API, runner, manager, monitor, supervisor and indexers.",
@@ -95,10 +99,12 @@ def api(
     host: str = typer.Option(None, "--host", help="Bind address (default COHERENCE_API_HOST, 127.0.0.1)"),
     port: int = typer.Option(None, "--port", help="Port (default COHERENCE_API_PORT, 8000)"),
     workers: int = typer.Option(1, "--workers", min=1, help="uvicorn worker processes"),
+    fd: int = typer.Option(None, "--fd", min=0, hidden=True, help="Serve on this inherited listening socket (the "
+                           "supervisor holds the port across API restarts) instead of binding --host/--port"),
 ) -> None:
     """Serve the API with uvicorn. A non-loopback bind is refused unless COHERENCE_API_TOKEN is set; a token shorter
     than 16 characters exits 2. One API per COHERENCE_HOME: a second one exits 1 naming the first
-    (var/run/api.lock)."""
+    (var/run/api.lock). SIGTERM answers waiting long-poll claims at once and exits within 5 s."""
     protect()  # no secret in /proc/<pid>/environ, memory not dumpable (process_hygiene)
     import uvicorn
 
@@ -131,19 +137,30 @@ def api(
         start_resource_tracker_without_secrets()  # the workers' helper process: it lives as long as the API
     try:
         with hold(settings, "api"):
-            _fail_fast(settings, host, port)
-            uvicorn.run(
-                "coherence_network.cli:api_worker_app",
-                factory=True,
-                host=host,
-                port=port,
-                workers=workers,
-                log_config=None,
-                access_log=False,
-            )
+            sock = _fail_fast(settings, host, port, fd)
+            config = uvicorn.Config("coherence_network.cli:api_worker_app", factory=True, host=host, port=port,
+                                    workers=workers, log_config=None, access_log=False,
+                                    timeout_graceful_shutdown=API_SHUTDOWN_SECONDS)
+            _serve(config, sock)
     except AlreadyRunning as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from exc
+
+
+def _serve(config: uvicorn.Config, sock: socket.socket | None) -> None:
+    """What uvicorn.run does, on the inherited listening socket when there is one (uvicorn's own ``fd`` takes it
+    for a Unix socket, which would lose the clients' addresses)."""
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    if config.workers > 1:
+        Multiprocess(config, sockets=[sock or config.bind_socket()]).run()
+        return
+    server = uvicorn.Server(config)
+    server.run(sockets=None if sock is None else [sock])
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 def api_worker_app() -> FastAPI:
@@ -164,31 +181,46 @@ def _exit_after_shutdown(signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
-def _fail_fast(settings: Settings, host: str, port: int) -> None:
+def _fail_fast(settings: Settings, host: str, port: int, fd: int | None) -> socket.socket | None:
     """What would make the API useless is said before uvicorn starts, once, in one line (ConfigError): the port is
-    taken (and by whom, when it is ours to see), or the store cannot be reached or migrated."""
+    taken (and by whom, when it is ours to see), ``fd`` is not a listening TCP socket, or the store cannot be
+    reached or migrated. Returns the socket ``fd`` names (None: uvicorn binds host and port itself)."""
     import socket
 
     from coherence_network.ports import listener
     from coherence_network.store import open_task_store
     from coherence_network.store.db import check_store
 
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock = None
+    if fd is not None:
         try:
-            probe.bind((host, port))
+            sock = socket.socket(fileno=fd)
+            listening = sock.type == socket.SOCK_STREAM and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
         except OSError as exc:
-            found = listener(port)
-            who = f" by pid {found.pid} ({found.command[:120]})" if found else ""
-            raise ConfigError(f"port {port} on {host} is taken{who}: {exc.strerror}; stop it (coherence stop --port "
-                              f"{port}, if it is a stray API of yours) or set COHERENCE_API_PORT") from exc
+            raise ConfigError(f"--fd {fd}: not a socket ({exc.strerror})") from exc
+        if not listening or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            raise ConfigError(f"--fd {fd}: not a listening TCP socket")
+        sock.set_inheritable(False)  # nothing the API spawns keeps the port open
+        port = sock.getsockname()[1]
+    else:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                found = listener(port)
+                who = f" by pid {found.pid} ({found.command[:120]})" if found else ""
+                raise ConfigError(f"port {port} on {host} is taken{who}: {exc.strerror}; stop it (coherence stop "
+                                  f"--port {port}, if it is a stray API of yours) or set COHERENCE_API_PORT") from exc
     store = open_task_store(settings)
     try:
         check_store(store.engine, upgrade=settings.coherence_auto_migrate)
     finally:
         store.engine.dispose()
     log = logging.getLogger("coherence.api")
-    log.info("store %s ready; serving on %s:%d", store.engine.dialect.name, host, port)
+    log.info("store %s ready; serving on %s:%d%s", store.engine.dialect.name, host, port,
+             "" if fd is None else f" (the supervisor's socket, fd {fd})")
+    return sock
 
 
 @app.command()
@@ -675,9 +707,10 @@ def supervise(
                                       "PIPELINE_AUTO_RECOVER=1)"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging"),
 ) -> None:
-    """Watchdog: start the API, runner, project manager and monitor; restart whatever exits (exit 0 too); stop all
-    on SIGTERM. One per COHERENCE_HOME (var/run/supervisor.lock). Exit 1 on a fatal issue (see `coherence fatal`) or
-    when another supervisor runs."""
+    """Watchdog: start the API, runner, project manager and monitor; restart whatever exits (exit 0 at once, a crash
+    after a backoff); hold back alone a component that keeps crashing (a fatal issue, see `coherence fatal`); stop
+    all on SIGTERM. One per COHERENCE_HOME (var/run/supervisor.lock): exit 1 when another supervisor runs, 2 when the
+    API's port is held by something else."""
     protect()  # no secret in /proc/<pid>/environ, memory not dumpable (process_hygiene)
     from coherence_network.logfiles import setup_logging
     from coherence_network.supervisor import COMPONENTS, Supervisor, SupervisorOptions
@@ -732,10 +765,13 @@ def stop(
 
 @app.command()
 def fatal(
-    clear: bool = typer.Option(False, "--clear", help="Forget the fatal issues (after fixing their cause)"),
+    clear: bool = typer.Option(False, "--clear", help="Forget the fatal issues (after fixing their cause): here, and "
+                               "in the store now or, when the API cannot be reached, once it can; a held-back "
+                               "component starts again"),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON"),
 ) -> None:
-    """Fatal issues: components the supervisor could not keep running. Exit 1 when any, 0 when none."""
+    """Fatal issues: components the supervisor could not keep running (held back until cleared). Exit 1 when any,
+    0 when none."""
     from coherence_network import fatal as fatal_issues
     from coherence_network.client import ApiClient
 
@@ -743,9 +779,10 @@ def fatal(
     with ApiClient(settings=settings, retries=0, timeout=3) as client:
         if clear:
             cleared, api_error = fatal_issues.clear(settings, client)
-            typer.echo(f"cleared {cleared} local fatal issue(s)" +
-                       (f"; the API was not cleared: {api_error}" if api_error else " and those stored via the API"))
-            raise typer.Exit(1 if api_error else 0)
+            typer.echo(f"cleared {cleared} local fatal issue(s)" + (
+                f"; the store's are cleared when the API can be reached (now: {api_error}): by the supervisor, or "
+                "the next coherence fatal" if api_error else " and those stored via the API"))
+            raise typer.Exit(0)
         issues, api_error = fatal_issues.gather(settings, client)
     if as_json:
         typer.echo(json.dumps({"fatal_issues": issues, "count": len(issues), "api_error": api_error}, indent=2,

@@ -1,6 +1,12 @@
 """Fatal issues: components the supervisor could not keep running. Kept in var/logs/fatal_issues.json on the host
 (readable with the API down, which may be the very thing that failed) and in the store through the API (readable
-from anywhere)."""
+from anywhere, counted by the coherence_fatal_issues gauge that alerts watch).
+
+Either copy may be unreachable when it changes, so what the store has not heard yet is kept on the host and told
+to it when the API next answers (``sync``: the supervisor on start and while it runs, ``coherence fatal``): an
+issue recorded while the API was down (``stored`` false in the local file), and a clear the operator asked for
+then (var/logs/fatal_clear_pending.json, the time of the clear: issues recorded up to then are cleared in the
+store, a newer one is not). So ``coherence fatal --clear`` is one command that sticks, API up or down."""
 
 from __future__ import annotations
 
@@ -23,6 +29,10 @@ def _path(settings: Settings) -> Path:
     return REGISTRY["fatal_issues.json"].path(settings)
 
 
+def _pending_path(settings: Settings) -> Path:
+    return REGISTRY["fatal_clear_pending.json"].path(settings)
+
+
 def load_local(settings: Settings) -> list[dict[str, Any]]:
     try:
         data = json.loads(_path(settings).read_text(encoding="utf-8"))
@@ -31,49 +41,86 @@ def load_local(settings: Settings) -> list[dict[str, Any]]:
     except ValueError as exc:
         log.error("fatal_issues.json is unreadable (%s); treated as one fatal issue", exc)
         return [{"at": None, "component": "fatal_issues.json", "reason": "file unreadable", "detail": str(exc),
-                 "recovery_tried": ""}]
+                 "recovery_tried": "", "stored": True}]
     return data if isinstance(data, list) else []
+
+
+def pending_clear(settings: Settings) -> str | None:
+    """The time of a clear the store has not applied yet (ISO 8601), or None."""
+    try:
+        data = json.loads(_pending_path(settings).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError:  # a torn or foreign file: clear everything up to now rather than keep an old flag
+        return datetime.now(timezone.utc).isoformat()
+    return str(data.get("before")) if isinstance(data, dict) and data.get("before") else None
 
 
 def record(settings: Settings, component: str, reason: str, detail: str, recovery_tried: str,
            client: ApiClient | None) -> dict[str, Any]:
-    """Append to the local file first (always works), then tell the API if it answers."""
+    """Append to the local file first (always works), then tell the API if it answers (else ``sync`` does later)."""
     issue = {"at": datetime.now(timezone.utc).isoformat(), "component": component, "reason": reason,
-             "detail": detail[-20000:], "recovery_tried": recovery_tried}
+             "detail": detail[-20000:], "recovery_tried": recovery_tried, "stored": False}
     write_json_atomic(_path(settings), [*load_local(settings), issue])
     last_line = (detail.strip().splitlines() or ["(no output)"])[-1]
     log.error("FATAL %s: %s; last output line: %s; recovery tried: %s (whole record: coherence fatal)", component,
               reason, last_line, recovery_tried)
     if client is not None:
-        try:
-            client.post(PATH_API, {**issue, "host": socket.gethostname()}, retries=0)
-        except ApiError as exc:
-            log.warning("fatal issue not stored through the API (%s); it is in %s", exc, _path(settings))
+        sync(settings, client)
     return issue
+
+
+def sync(settings: Settings, client: ApiClient) -> str | None:
+    """Tell the store what it has not heard: a pending clear first, then the issues recorded while it was away.
+    None when the store is up to date, else why not (it stays pending here; safe to call again)."""
+    before = pending_clear(settings)
+    try:
+        if before is not None:
+            client.request("DELETE", PATH_API, params={"before": before}, retries=0)
+            _pending_path(settings).unlink(missing_ok=True)
+            log.info("fatal issues recorded up to %s cleared in the store (the clear asked for while the API was "
+                     "unreachable)", before)
+        issues = load_local(settings)
+        for issue in issues:
+            if issue.get("stored") is False:
+                client.post(PATH_API, {**{k: v for k, v in issue.items() if k != "stored"},
+                                       "host": socket.gethostname()}, retries=0)
+                issue["stored"] = True
+                write_json_atomic(_path(settings), issues)  # one by one: a failure never posts one twice
+    except ApiError as exc:
+        log.warning("fatal issues not synced with the store (%s); they are in %s", exc, _path(settings))
+        return str(exc.detail)
+    return None
 
 
 def gather(settings: Settings, client: ApiClient | None) -> tuple[list[dict[str, Any]], str | None]:
     """Local fatal issues plus those other hosts reported through the API; and why the API was not asked, if so."""
-    issues = load_local(settings)
     if client is None:
-        return issues, "not asked"
+        return load_local(settings), "not asked"
+    api_error = sync(settings, client)
+    issues = load_local(settings)
     try:
         remote = client.get(PATH_API)["items"]
     except ApiError as exc:
         return issues, f"API unreachable: {exc.detail}"
     seen = {(i.get("component"), str(i.get("at"))[:19]) for i in issues}
     issues += [i for i in remote if (i["component"], str(i["at"])[:19]) not in seen]
-    return issues, None
+    return issues, api_error and f"not synced with the API: {api_error}"
 
 
 def clear(settings: Settings, client: ApiClient | None) -> tuple[int, str | None]:
-    """Forget fatal issues here and in the store; returns (cleared here, API error if the store was not cleared)."""
+    """Forget fatal issues here and in the store; returns (cleared here, why the store's copy is not cleared yet:
+    then it is cleared by the next ``sync``, so the clear sticks either way)."""
     local = len(load_local(settings))
+    write_json_atomic(_pending_path(settings), {"before": datetime.now(timezone.utc).isoformat()})
     _path(settings).unlink(missing_ok=True)
     if client is None:
-        return local, None
-    try:
-        client.request("DELETE", PATH_API, retries=0)
-    except ApiError as exc:
-        return local, str(exc.detail)
-    return local, None
+        return local, "not asked"
+    return local, sync(settings, client)
+
+
+def held_issue_cleared(settings: Settings, issue: dict[str, Any]) -> bool:
+    """Whether ``issue`` (as ``record`` returned it) has been cleared here: the supervisor then starts its
+    component again."""
+    return not any(i.get("component") == issue["component"] and i.get("at") == issue["at"]
+                   for i in load_local(settings))

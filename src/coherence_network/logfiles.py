@@ -86,6 +86,8 @@ REGISTRY: dict[str, LogFile] = {
         LogFile("pipeline_version.json", "state", "Code version (git SHA) the running pipeline started with", "none"),
         LogFile("restart_requested.json", "state", "Restart request for the supervisor {reason, component, at}", "none"),
         LogFile("fatal_issues.json", "state", "Fatal issues: components that could not be kept running", "none"),
+        LogFile("fatal_clear_pending.json", "state", "A `coherence fatal --clear` the store has not applied yet "
+                "(the API was unreachable) {before}", "none; removed once applied"),
         LogFile("auto_commit.json", "state", "Auto-commit health: git failures in a row, the last error, last outcome",
                 "none"),
     )

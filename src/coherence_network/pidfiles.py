@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -192,6 +194,22 @@ def run_as(component: str, argv: list[str], parent: int | None = None) -> None:
             main(argv)
     except AlreadyRunning as exc:
         sys.exit(str(exc))
+    except SystemExit as exc:
+        _exit_now(exc.code)
+
+
+def _exit_now(code: object) -> None:
+    """Exit with ``code`` without the interpreter's teardown when nothing is left to wait for (no thread but this
+    one): freeing every object of the API took 0.4-0.9 s, measured, and its supervisor restarts it only once the
+    process is gone, while clients wait. The lock and PID file are released already; the logs are flushed here."""
+    if any(not t.daemon and t is not threading.main_thread() for t in threading.enumerate()):
+        sys.exit(code)
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 if __name__ == "__main__":  # python -m coherence_network.pidfiles <component> <parent pid> <coherence command ...>

@@ -293,13 +293,15 @@ class Settings(BaseSettings):
         300.0, ge=0, description="Auto-recover asks to restart the same component at most once in this time"
     )
     supervisor_backoff_seconds: float = Field(
-        1.0, gt=0, description="First delay before restarting a dead component; doubles on each further crash"
+        1.0, gt=0, description="First delay before restarting a crashed component; doubles on each further crash (a clean exit is "
+        "restarted at once)"
     )
     supervisor_max_backoff_seconds: float = Field(
-        60.0, gt=0, description="Longest delay between restarts of a crashing component"
+        60.0, gt=0, description="Longest delay between restarts of a crashing component; a held-back one (a fatal issue) is tried "
+        "again this often"
     )
     supervisor_fatal_restarts: int = Field(
-        5, ge=1, description="Crashes within SUPERVISOR_FATAL_WINDOW_SECONDS that make a component a fatal issue"
+        5, ge=1, description="Crashes within SUPERVISOR_FATAL_WINDOW_SECONDS that make a component a fatal issue (held back alone)"
     )
     supervisor_fatal_window_seconds: float = Field(
         300.0, gt=0, description="Window in which SUPERVISOR_FATAL_RESTARTS crashes are counted"

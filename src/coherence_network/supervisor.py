@@ -1,10 +1,20 @@
 """Supervisor (watchdog): starts the API, runner, project manager and monitor as child processes, restarts the ones
-that exit (exponential backoff), acts on restart requests, turns a component that keeps exiting into a fatal issue,
-and on SIGTERM/SIGINT stops everything it started, leaving no process behind.
+that exit, acts on restart requests, holds back a component that keeps crashing (a fatal issue), and on
+SIGTERM/SIGINT stops everything it started, leaving no process behind.
 
-Any exit of a child while the pipeline runs is restarted, exit 0 included (an API stopped with SIGTERM exits 0);
-the one exception is `--until-done`, where the project manager's exit ends the pipeline. One-shot flags such as the
-project manager's ``--reset`` go to a child's first start only.
+Any exit of a child while the pipeline runs is restarted; the one exception is `--until-done`, where the project
+manager's exit ends the pipeline. A clean exit (code 0: a component stopped with SIGTERM by someone) is restarted at
+once and is not a crash (nor is a SIGTERM that came before the component installed its handler), nor is a restart
+an operator asked for. A crash (any other exit, a death by signal) is
+restarted after a backoff that doubles with each crash in SUPERVISOR_FATAL_WINDOW_SECONDS; SUPERVISOR_FATAL_RESTARTS
+of them make a fatal issue (recorded once) and hold that component back alone: it is tried again only every
+SUPERVISOR_MAX_BACKOFF_SECONDS, at once when the operator clears its fatal issue, while every other component, the
+API included, keeps running. The supervisor itself never exits because a component flaps. One-shot flags such as
+the project manager's ``--reset`` go to a child's first start only.
+
+The supervisor binds the API's port itself and hands the listening socket to each API it starts (``coherence api
+--fd``): while one API exits and the next starts, connections wait in the kernel's backlog instead of being
+refused.
 
 Each child is ``python -m coherence_network.pidfiles <component> <supervisor pid> <coherence command>`` in its own
 process group: the child takes its single-instance lock, writes its own PID file and ends when the supervisor dies
@@ -16,6 +26,7 @@ anything.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -32,6 +43,7 @@ from typing import IO
 
 from coherence_network import __version__, fatal
 from coherence_network.client import ApiClient, ApiError
+from coherence_network.fatal import held_issue_cleared
 from coherence_network.gitops import GIT_TIMEOUT_SECONDS, CompletedTaskWatcher
 from coherence_network.logfiles import REGISTRY, write_json_atomic
 from coherence_network.pidfiles import (
@@ -54,6 +66,10 @@ COMMIT_POLL_SECONDS = 2.0
 BACKLOG_CHECK_SECONDS = 2.0  # how often the supervisor asks whether the backlog is through
 API_START_SECONDS = 60.0
 STDERR_LINES = 30
+STOPPED_CODES = frozenset({0, -signal.SIGTERM, -signal.SIGINT})  # clean, or stopped by someone before its handler
+CLEAN_RESTART_SECONDS = 1.0  # a component that exits 0 again and again is started at most once in this time
+FATAL_SYNC_SECONDS = 5.0  # how often fatal issues the store has not heard of are told to it while the API runs
+API_BACKLOG = 2048  # connections that wait in the kernel while the API restarts
 
 
 @dataclass
@@ -75,6 +91,8 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     crashes: deque[float] = field(default_factory=deque)
     restart_at: float | None = None
+    started_at: float = 0.0  # time.monotonic() of the last start
+    held: dict[str, object] | None = None  # the fatal issue holding this component back, until it is cleared
     finished: bool = False  # not (or no longer) run by this supervisor: --no-restart, or an API it found running
     stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_LINES))
 
@@ -126,7 +144,9 @@ class Supervisor:
         self.exit_code = 0
         self.client = ApiClient(settings=settings, retries=0, timeout=2.0)
         self.api_external = False
+        self.api_socket: socket.socket | None = None  # the API's listening socket, held across its restarts
         self._next_backlog_check = 0.0
+        self._next_fatal_sync = 0.0
         self._backlog_announced = False
         self.children: dict[str, Child] = {
             name: Child.of(name, options.args.get(name, [])) for name in COMPONENTS if name in options.components
@@ -140,21 +160,32 @@ class Supervisor:
             return False
         return True
 
+    def api_running(self) -> bool:
+        """Whether asking the API can be answered now. While the supervisor holds the port and no API of its own
+        runs, a request would wait in the backlog until it times out, so it is not made."""
+        api = self.children.get("api")
+        return self.api_external or api is None or api.alive
+
     def start(self, child: Child) -> None:
         child.restart_at = None
-        if child.name == "api" and self.api_answers():  # started by hand meanwhile, or before the supervisor
+        if child.name == "api" and self.api_socket is None and self.api_answers():  # found before the supervisor
             log.warning("an API already answers at %s: using it, not starting one (it is not supervised: restart it "
                         "where it runs)", self.client.base_url)
             self.api_external, child.finished = True, True
             return
         child.stderr_tail.clear()
         args = child.next_args()
+        inherited: tuple[int, ...] = ()
+        if child.name == "api" and self.api_socket is not None:
+            inherited = (self.api_socket.fileno(),)
+            args = [*args, "--fd", str(inherited[0])]
         child.proc = subprocess.Popen([sys.executable, "-m", "coherence_network.pidfiles", child.name,
                                        str(os.getpid()), *args],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      start_new_session=True,
+                                      start_new_session=True, pass_fds=inherited,
                                       env=None if child.name == "api" else without_store_secrets(os.environ))
         child.starts += 1
+        child.started_at = time.monotonic()
         assert child.proc.stderr is not None
         threading.Thread(target=_drain, args=(child.proc.stderr, child.stderr_tail), daemon=True).start()
         log.info("started %s (pid %d): %s", child.name, child.proc.pid, " ".join(args))
@@ -194,8 +225,8 @@ class Supervisor:
             self._reaped(child)
 
     def _exited(self, child: Child) -> None:
-        """A child exited on its own: restart it (any exit code: the pipeline is not stopping), with backoff, or
-        record a fatal issue once it keeps exiting."""
+        """A child exited on its own: restart it (any exit code: the pipeline is not stopping). A clean exit at once;
+        a crash after a backoff, and once it keeps crashing it is held back (see the module docstring)."""
         assert child.proc is not None
         code = child.proc.returncode
         self._reaped(child)
@@ -216,30 +247,53 @@ class Supervisor:
                 self.exit_code = 1
             return
         now = time.monotonic()
+        if code in STOPPED_CODES:
+            child.restart_at = max(now, child.started_at + CLEAN_RESTART_SECONDS)
+            log.info("restarting %s now (a clean exit, not counted as a crash)", child.name)
+            return
         child.crashes.append(now)
         while child.crashes and now - child.crashes[0] > self.settings.supervisor_fatal_window_seconds:
             child.crashes.popleft()
-        if len(child.crashes) >= self.settings.supervisor_fatal_restarts:
+        limit, window = self.settings.supervisor_fatal_restarts, self.settings.supervisor_fatal_window_seconds
+        if child.held is None and len(child.crashes) >= limit:
             self._fatal(child, code, tail)
-            return
-        delay = min(self.settings.supervisor_backoff_seconds * 2 ** (len(child.crashes) - 1),
-                    self.settings.supervisor_max_backoff_seconds)
+        if child.held is not None:
+            delay = self.settings.supervisor_max_backoff_seconds
+            log.warning("%s is held back by its fatal issue: next try in %.0f s, or at once after coherence fatal "
+                        "--clear; the other components keep running", child.name, delay)
+        else:
+            delay = min(self.settings.supervisor_backoff_seconds * 2 ** (len(child.crashes) - 1),
+                        self.settings.supervisor_max_backoff_seconds)
+            log.info("restarting %s in %.1f s (crash %d of %d allowed in %.0f s)", child.name, delay,
+                     len(child.crashes), limit, window)
         child.restart_at = now + delay
-        log.info("restarting %s in %.1f s (exit %d of %d allowed in %.0f s)", child.name, delay, len(child.crashes),
-                 self.settings.supervisor_fatal_restarts, self.settings.supervisor_fatal_window_seconds)
 
     def _fatal(self, child: Child, code: int, tail: str) -> None:
+        """Record the fatal issue once: it holds the component back until cleared (or the next supervisor)."""
         window = self.settings.supervisor_fatal_window_seconds
-        fatal.record(
+        child.held = fatal.record(
             self.settings, child.name,
-            reason=f"{child.name} exited {len(child.crashes)} times within {window:.0f} s (last exit code {code})",
+            reason=f"{child.name} crashed {len(child.crashes)} times within {window:.0f} s (last exit code {code}); "
+                   f"held back, tried again every {self.settings.supervisor_max_backoff_seconds:g} s",
             detail=tail or "(no output)",
             recovery_tried=f"{len(child.crashes) - 1} restarts with exponential backoff from "
                            f"{self.settings.supervisor_backoff_seconds:g} s",
-            client=self.client if child.name != "api" else None,
+            client=self.client if child.name != "api" and self.api_running() else None,
         )
-        self.exit_code = 1
-        self.stopping.set()
+
+    def _release_cleared(self) -> None:
+        """A held-back component whose fatal issue the operator cleared starts again at once, its crash count
+        reset; and what the store has not heard of fatal issues is told to it (every FATAL_SYNC_SECONDS)."""
+        for child in self.children.values():
+            if child.held is not None and held_issue_cleared(self.settings, child.held):
+                log.info("the fatal issue of %s was cleared: starting it again", child.name)
+                child.held = None
+                child.crashes.clear()
+                if not child.alive and not child.finished:
+                    child.restart_at = time.monotonic()
+        if time.monotonic() >= self._next_fatal_sync and self.api_running():
+            self._next_fatal_sync = time.monotonic() + FATAL_SYNC_SECONDS
+            fatal.sync(self.settings, self.client)
 
     # --- restart requests -----------------------------------------------------------------------------------
     def handle_restart_request(self) -> None:
@@ -263,6 +317,10 @@ class Supervisor:
         for child in targets:  # children are in COMPONENTS order: the API first
             if child.name == "api" and self.api_external:
                 log.warning("the API was not started by this supervisor; restart it where it runs")
+                continue
+            if child.held is not None:
+                log.warning("%s is held back by a fatal issue: fix the cause, then coherence fatal --clear starts it",
+                            child.name)
                 continue
             self.stop_children([child])
             child.finished = False
@@ -300,7 +358,7 @@ class Supervisor:
             committer = threading.Thread(target=self._commit_loop, name="auto-commit", daemon=True)
             committer.start()
         try:
-            busy = self._api_port_taken()
+            busy = self._bind_api_port()
             if busy:
                 log.error("%s: nothing started. Free the port (coherence stop --port %d, if it is a stray API of "
                           "yours) or choose another with COHERENCE_API_PORT", busy, self.settings.coherence_api_port)
@@ -322,6 +380,8 @@ class Supervisor:
             api = [c for c in self.children.values() if c.name == "api"]
             self.stop_children([c for c in self.children.values() if c.name != "api"])
             self.stop_children(api)  # last: the others release their tasks through it
+            if self.api_socket is not None:
+                self.api_socket.close()
             _log_lines(kill_orphaned_task_groups(self.settings))
             if committer is not None:
                 committer.join(GIT_TIMEOUT_SECONDS)  # a git command under way ends by its timeout at the latest
@@ -329,19 +389,23 @@ class Supervisor:
             log.info("supervisor stopped (exit %d)", self.exit_code)
         return self.exit_code
 
-    def _api_port_taken(self) -> str | None:
-        """Why the API could not start here, when its port is held by something that is not a Coherence API (a
-        foreign server would make the API crash-loop into a fatal issue); None when the port is free or ours."""
-        port = self.settings.coherence_api_port
+    def _bind_api_port(self) -> str | None:
+        """Bind the API's port for every API this supervisor starts (see the module docstring); why not, when it is
+        held by something that is not a Coherence API (a foreign server would make the API crash-loop into a
+        fatal issue). None too when a Coherence API already answers there: that one is used, not supervised."""
+        host, port = self.settings.coherence_api_host, self.settings.coherence_api_port
         if "api" not in self.children or self.api_answers():
             return None
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return None
-        found = listener(port)
-        who = f"pid {found.pid} ({found.command[:120]})" if found else "another user's process"
-        return f"port {port} is held by {who}, which does not answer as a Coherence API"
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            self.api_socket = socket.create_server((host, port), family=family, backlog=API_BACKLOG)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                return f"cannot bind {host}:{port}: {exc.strerror or exc}"
+            found = listener(port)
+            who = f"pid {found.pid} ({found.command[:120]})" if found else "another user's process"
+            return f"port {port} is held by {who}, which does not answer as a Coherence API"
+        return None
 
     def _say_where_to_look(self) -> None:
         """The operator's next steps, once everything is started (make run shows this log on its terminal)."""
@@ -352,7 +416,8 @@ class Supervisor:
 
     def _announce_backlog_done(self) -> None:
         """One line when the project manager reports every backlog item settled (again after the backlog grows)."""
-        if "project_manager" not in self.children or time.monotonic() < self._next_backlog_check:
+        if "project_manager" not in self.children or time.monotonic() < self._next_backlog_check \
+                or not self.api_running():
             return
         self._next_backlog_check = time.monotonic() + BACKLOG_CHECK_SECONDS
         try:
@@ -383,6 +448,7 @@ class Supervisor:
                 self._exited(child)
                 if self.stopping.is_set():
                     return
+        self._release_cleared()
         now = time.monotonic()
         for child in self.children.values():
             if child.restart_at is not None and now >= child.restart_at:

@@ -78,6 +78,8 @@ def test_drill_api_restart_under_the_supervisor_ends_supervised(runbook: Runbook
         assert new_pid != old_pid
         parent = int(Path(f"/proc/{new_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         assert parent == pipeline.proc.pid  # type: ignore[union-attr]
+        log = (pipeline.home / "logs" / "supervisor.log").read_text()
+        assert "api exited with 0" in log and "restarting api now (a clean exit, not counted as a crash)" in log
     finally:
         drill.close()
         pipeline.stop()
@@ -186,6 +188,8 @@ def test_drill_report_fatal_before_and_after_a_fatal_issue(runbook: Runbook, dri
     assert issues["count"] >= 1 and issues["fatal_issues"][0]["component"] == "agent_runner"
     drill.run(clear)
     assert "No fatal issues." in drill.run(report).stdout
+    with ApiClient(api.url, token="") as client:
+        assert client.fatal_issues().items == []  # the store's copy is cleared too
 
 
 def test_drill_recovery_after_the_runner_is_killed(runbook: Runbook, tmp_path: Path) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import signal
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from types import FrameType
 
 from fastapi import FastAPI
 
@@ -66,6 +69,41 @@ def _wake_waiters(store: TaskStore, work: WorkSignal) -> WorkListener | None:
     return WorkListener(store.engine.url, made_elsewhere, reconnected).start()
 
 
+@contextmanager
+def _close_on_shutdown_signal(work: WorkSignal) -> Iterator[None]:
+    """SIGTERM/SIGINT first answer every waiting long-poll claim (``WorkSignal.close``), then go to the handler that
+    was there: uvicorn's, which it installs before the lifespan starts (Server.serve, each worker of --workers N
+    included). Without this, shutdown waits for every runner's long poll to run out."""
+    if threading.current_thread() is not threading.main_thread():  # served from a thread (tests): no signals here
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def close_then_pass_on(signum: int, frame: FrameType | None) -> None:
+        handler = previous[signum]
+        # uvicorn stops accepting at its next tick, up to 0.1 s later; a connection accepted meanwhile would be
+        # closed unanswered at shutdown, while one left in the backlog is answered by the next API (supervised)
+        listening = getattr(getattr(handler, "__self__", None), "servers", [])
+        with suppress(RuntimeError):  # the loop is already closed
+            loop.call_soon_threadsafe(work.close)
+            for server in listening:
+                loop.call_soon_threadsafe(server.close)
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_DFL:  # not served by uvicorn: what the signal would have done
+            signal.signal(signum, handler)
+            signal.raise_signal(signum)
+
+    for signum in previous:
+        signal.signal(signum, close_then_pass_on)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.ensure_dirs()
@@ -89,7 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pruner = asyncio.create_task(retention_loop(store, settings))
         log.info("API started (version %s, store %s)", __version__, store.engine.dialect.name)
         try:
-            yield
+            with _close_on_shutdown_signal(work):
+                yield
         finally:
             reaper.cancel()
             pruner.cancel()

@@ -151,29 +151,38 @@ async def claim_task(body: ClaimRequest, request: Request) -> Response:
     With ``request_id``, a retried claim returns the task the first one got (same claim token). With
     ``max_tasks`` above 1 the answer is ``{"tasks": [...]}``, as from /tasks/claims."""
     claimed = await _claim_waiting(body, request)
+    headers = _closing(request)
     if body.max_tasks > 1:
-        return _answer(TaskList, {"tasks": claimed})
-    return _answer(Task, claimed[0]) if claimed else Response(status_code=204)
+        return _answer(TaskList, {"tasks": claimed}, headers)
+    return _answer(Task, claimed[0]) if claimed else Response(status_code=204, headers=headers)
 
 
-def _answer(model: type[BaseModel], value: dict[str, Any]) -> JSONResponse:
+def _answer(model: type[BaseModel], value: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
     """An answer whose shape depends on the request, serialized by its contract model as routes with a
     ``response_model`` are (times end in Z, as everywhere else; jsonable_encoder would write +00:00)."""
-    return JSONResponse(model.model_validate(value).model_dump(mode="json"))
+    return JSONResponse(model.model_validate(value).model_dump(mode="json"), headers=headers)
 
 
 @router.post("/tasks/claims", response_model=TaskList)
-async def claim_tasks(body: ClaimRequest, request: Request) -> dict[str, Any]:
+async def claim_tasks(body: ClaimRequest, request: Request, response: Response) -> dict[str, Any]:
     """Claim up to ``max_tasks`` tasks in one call, most urgent first; an empty list when none came within
     ``wait_seconds``."""
-    return {"tasks": await _claim_waiting(body, request)}
+    claimed = await _claim_waiting(body, request)
+    response.headers.update(_closing(request))
+    return {"tasks": claimed}
+
+
+def _closing(request: Request) -> dict[str, str]:
+    """While the server shuts down a claim's answer closes its connection: the runner's next claim then reaches
+    the API that replaces this one, not this one again."""
+    return {"Connection": "close"} if request.app.state.work.closed else {}
 
 
 async def _claim_waiting(body: ClaimRequest, request: Request, *, looked: bool = False) -> list[dict[str, Any]]:
     """The long poll behind every claim: claim at once (unless the caller just ``looked``), else wait up to
     ``wait_seconds``, looking at the store again only when woken (a task was made claimable here or, on
     PostgreSQL, on any replica) or every COHERENCE_CLAIM_RECHECK_SECONDS (the safety net), so an idle long poll
-    costs next to nothing."""
+    costs next to nothing. Once the server shuts down it answers at once and claims nothing (see api/signals.py)."""
     state = request.app.state
     deadline = time.monotonic() + body.wait_seconds
     recheck = state.settings.coherence_claim_recheck_seconds
@@ -182,6 +191,8 @@ async def _claim_waiting(body: ClaimRequest, request: Request, *, looked: bool =
     replay = not looked  # only the first look can be a retry of a claim that was answered
     try:
         while True:
+            if state.work.closed:
+                return []
             if not looked:
                 claimed = await run_in_threadpool(
                     lambda: state.store.claim_many(

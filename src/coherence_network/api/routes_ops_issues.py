@@ -7,7 +7,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
@@ -79,9 +79,13 @@ def get_fatal_issues(request: Request) -> dict[str, Any]:
 
 
 @router.delete("/fatal-issues")
-async def clear_fatal_issues(request: Request) -> dict[str, int]:
+async def clear_fatal_issues(
+    request: Request,
+    before: UtcTime | None = Query(None, description="Only those recorded at or before this time (a clear asked "
+                                   "for while the API was unreachable, applied later)"),
+) -> dict[str, int]:
     """The operator fixed the cause (`coherence fatal --clear`)."""
-    return {"cleared": await run_in_threadpool(ops_issues.clear_fatal_issues, _store(request).engine)}
+    return {"cleared": await run_in_threadpool(ops_issues.clear_fatal_issues, _store(request).engine, before)}
 
 
 @router.get("/effectiveness")

@@ -8,6 +8,9 @@ would cost a claim transaction per runner per task. The woken claim passes the w
 there may be more for others: it got a task (a batch, or wake-ups that coalesced), or it found nothing but only
 looks for some task types. ``hops`` bounds that second kind of passing to the waiters there were, so a task no
 waiter here wants does not circle among them; the recheck and the next long poll are the safety net.
+
+On shutdown (SIGTERM) ``close`` answers every waiting claim at once, empty: a runner claims again, from the API
+that replaces this one, instead of holding the shutdown up for the rest of its long poll.
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ class WorkSignal:
     def __init__(self) -> None:
         self._waiters: deque[asyncio.Future[int]] = deque()
         self._kept: int | None = None
+        self.closed = False  # the server is shutting down: no claim waits, and none claims any more
+
+    def close(self) -> None:
+        """Shutdown: wake every waiting claim, and make every later ``wait`` return at once."""
+        self.closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(0)
 
     def notify(self, hops: int | None = None) -> None:
         """Wake one waiting claim; ``hops``: how many more times it may be passed on (default: one per waiter)."""
@@ -43,7 +55,10 @@ class WorkSignal:
             self.notify(0)
 
     async def wait(self, timeout: float, gone: asyncio.Future[None]) -> int | None:
-        """Wait for a wake-up: its hops, or None when ``timeout`` passed or the client is ``gone`` first."""
+        """Wait for a wake-up: its hops, or None when ``timeout`` passed, the client is ``gone`` first or the server
+        is shutting down (``closed``)."""
+        if self.closed:
+            return None
         if self._kept is not None:
             hops, self._kept = self._kept, None
             return hops

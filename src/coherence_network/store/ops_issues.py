@@ -100,9 +100,13 @@ def open_fatal_issue_count(engine: Engine) -> int:
         return int(conn.execute(query).scalar_one())
 
 
-def clear_fatal_issues(engine: Engine) -> int:
+def clear_fatal_issues(engine: Engine, before: datetime | None = None) -> int:
+    """Clear the open fatal issues (with ``before``: only those recorded at or before then)."""
+    query = fatal_issues.update().where(fatal_issues.c.cleared_at.is_(None))
+    if before is not None:
+        query = query.where(fatal_issues.c.at <= before)
     with engine.begin() as conn:
-        result = conn.execute(fatal_issues.update().where(fatal_issues.c.cleared_at.is_(None)).values(cleared_at=utcnow()))
+        result = conn.execute(query.values(cleared_at=utcnow()))
     return int(result.rowcount or 0)
 
 
