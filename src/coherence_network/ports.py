@@ -72,7 +72,8 @@ def _listening_inodes(port: int) -> set[str]:
 
 def listener(port: int) -> Listener | None:
     """The process of this user that listens on ``port``, or None (nobody, or someone we may not look at). When
-    several hold the socket (an API with --workers: its workers inherit it), the one that started the others."""
+    several hold the socket (an API with --workers: its workers inherit it), the one that started the others. A
+    supervisor holds its API's socket across restarts without serving it: the API it started is the listener."""
     sockets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
     if not sockets:
         return None
@@ -89,6 +90,9 @@ def listener(port: int) -> Listener | None:
         except (OSError, ValueError, IndexError):  # gone meanwhile, or another user's
             continue
         holders[int(entry.name)] = (Listener(int(entry.name), argv), parent)
+    serving = {pid: held for pid, held in holders.items()
+               if (coherence_command(held[0].argv) or [""])[:1] != ["supervise"]}
+    holders = serving or holders
     for found, parent in holders.values():
         if parent not in holders:
             return found

@@ -119,6 +119,13 @@ def test_a_flapping_component_is_held_back_alone_and_clean_exits_are_no_crashes(
     assert "restarting agent_runner now (a clean exit" in log and "agent_runner is held back" not in log
     assert alive(runner) and not alive(pipeline.pid("monitor"))
 
+    # `coherence stop --port` finds the API serving the port, not the supervisor that holds its socket
+    serving = pipeline.pid("api")
+    stopped = pipeline.cli("stop", "--port", str(pipeline.port))
+    assert stopped.returncode == 0 and f"pid {serving} " in stopped.stdout, stopped.stdout + stopped.stderr
+    wait_until(lambda: pipeline.pid("api") not in (None, serving) and pipeline.api_up(), 30, "the API restarted")
+    assert pipeline.pid("supervisor") == supervisor and pipeline.proc is not None and pipeline.proc.poll() is None
+
     # cleared with the API up: both copies go, and the held-back monitor starts again at once
     cleared = pipeline.cli("fatal", "--clear")
     assert cleared.returncode == 0 and "and those stored via the API" in cleared.stdout
