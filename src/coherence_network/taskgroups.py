@@ -124,25 +124,44 @@ def guard(lifeline: int, grace: float, records: Path, argv: list[str]) -> int:
     """Start the task when the runner says go, stop the group when the runner goes; returns the task's status."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _ignore)  # a handler, not SIG_IGN: the task must not inherit an ignored signal
-    if os.read(lifeline, len(GO)) != GO:
+    if _receive(lifeline, len(GO)) != GO:
         (records / f"{os.getpid()}.json").unlink(missing_ok=True)
         return 0  # the runner went before the task started
     try:
         task = subprocess.Popen(argv, stdin=subprocess.DEVNULL)  # close_fds: the task never holds the lifeline
     except OSError as exc:
-        os.write(lifeline, f"{FAILED}{exc}\n".encode())
+        _tell(lifeline, f"{FAILED}{exc}\n")
         return 127
-    os.write(lifeline, f"{STARTED}\n".encode())
+    runner_there = _tell(lifeline, f"{STARTED}\n")  # False: the runner died between its go and now
     ended = os.pidfd_open(task.pid)
-    while task.poll() is None:
+    while runner_there and task.poll() is None:
         ready, _, _ = select.select([lifeline, ended], [], [])
-        if lifeline in ready and not os.read(lifeline, 64):  # EOF: the runner is gone, however it died
-            stop_groups([os.getpgrp()], grace, spare=os.getpid())
-            (records / f"{os.getpid()}.json").unlink(missing_ok=True)
-            break
+        if lifeline in ready and not _receive(lifeline, 64):  # EOF: the runner is gone, however it died
+            runner_there = False
+    if not runner_there:
+        stop_groups([os.getpgrp()], grace, spare=os.getpid())
+        (records / f"{os.getpid()}.json").unlink(missing_ok=True)
     status = task.wait()
     stop_groups([os.getpgrp()], 0.0, spare=os.getpid())  # whatever the task left running goes with it
     return status
+
+
+def _receive(lifeline: int, size: int) -> bytes:
+    """What the runner sent; b"" once it is gone (EOF, or the connection reset by its death)."""
+    try:
+        return os.read(lifeline, size)
+    except OSError:
+        return b""
+
+
+def _tell(lifeline: int, text: str) -> bool:
+    """Send the runner a line; False when it is gone (its end closed: EPIPE), which must not end the guard: the
+    guard then stops the task, which would otherwise run on without its runner."""
+    try:
+        os.write(lifeline, text.encode())
+    except OSError:
+        return False
+    return True
 
 
 def _exit_as(status: int) -> None:

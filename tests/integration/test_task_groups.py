@@ -265,3 +265,26 @@ def test_a_claim_never_stops_the_run_of_a_newer_claim_of_its_task(tmp_path: Path
         assert group.proc.wait(10) is not None and records(settings.coherence_home) == []
     finally:
         group.close()
+
+
+def test_a_guard_whose_runner_dies_right_after_its_go_stops_the_task(tmp_path: Path) -> None:
+    """The runner says go and dies before it reads the guard's answer (a SIGKILL at that moment, seen by the chaos
+    bench): the guard's answer meets a closed socket, and the task it just started must still die with the runner,
+    not run to its end as an orphan."""
+    import socket
+
+    import coherence_network.taskgroups as taskgroups
+
+    ours, theirs = socket.socketpair()
+    guard = subprocess.Popen([sys.executable, "-I", taskgroups.__file__, str(theirs.fileno()), "1", str(tmp_path),
+                              "--", sys.executable, "-c", "import time; time.sleep(60)"],
+                             pass_fds=(theirs.fileno(),), start_new_session=True)
+    theirs.close()
+    try:
+        ours.sendall(taskgroups.GO)
+        ours.close()  # the runner is gone before the guard answers "started"
+        guard.wait(30)
+        wait_until(lambda: not taskgroups.members([guard.pid]), 10, "the task of the runner that died stopped")
+    finally:
+        if taskgroups.members([guard.pid]):
+            os.killpg(guard.pid, signal.SIGKILL)
