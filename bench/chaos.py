@@ -148,7 +148,7 @@ def record(kind, extra=""):
 
 chain = ancestors(os.getpid())
 token, runner = header()
-record("start", f" {','.join(map(str, chain))} {token} {runner}")
+record("start", f" {','.join(map(str, chain)) or '-'} {token} {runner}")
 signal.signal(signal.SIGTERM, lambda *_: (record("term"), os._exit(143)))
 record("claim", " " + asked())
 if census:  # wait until every census task has started: all slots at once, or the timeout
@@ -272,6 +272,7 @@ class Fault:
     start: float
     end: float
     detail: dict[str, Any] = field(default_factory=dict)
+    tail: float = 0.0  # its effects (leases that expire after it) show up to this long after its end
 
 
 def _float(text: str) -> float | None:
@@ -308,7 +309,7 @@ class EventLog:
             self.dkills[int(pid)] = when
             return
         if kind == "start":
-            chain = [int(p) for p in rest[0].split(",")] if rest and rest[0] else []
+            chain = [int(p) for p in rest[0].split(",")] if rest and rest[0] != "-" else []
             token = rest[1] if len(rest) > 1 and rest[1] != "-" else None
             runner = rest[2] if len(rest) > 2 and rest[2] != "-" else None
             self.runs[key] = Execution(key[0], key[1], when, int(pid), chain, when,
@@ -363,9 +364,12 @@ def analyse(
 ) -> dict[str, Any]:
     """Everything the report says, from the tasks' own records, the faults injected and the API's final lists."""
     by_pid = {life.pid: life for life in lives}
+    by_id = {life.runner_id: life for life in lives}
 
     def runner_of(execution: Execution) -> RunnerLife | None:
-        return next((by_pid[p] for p in execution.ancestors if p in by_pid), None)
+        """The runner among its ancestors; else (its guard already gone) the one its log header names."""
+        found = next((by_pid[p] for p in execution.ancestors if p in by_pid), None)
+        return found or by_id.get(execution.runner_id or "")
 
     def runner_name(execution: Execution) -> str:
         life = runner_of(execution)
@@ -379,14 +383,14 @@ def analyse(
         """Why ``nxt`` ran again after ``prev``: the runner of ``prev`` killed while it ran or delivered it (right
         after it ended), else a fault whose window lies between the two starts, else that runner killed or dead
         later, else unexplained."""
-        life = runner_of(prev)
+        life = runner_of(prev)  # it spawned ``prev``, so it was alive before ``prev`` started (or wrote its start)
         gone = life.killed if life is not None and life.killed is not None else None
-        if life is None or gone is None or not prev.start <= gone <= nxt.start:
+        if life is None or gone is None or gone > nxt.start:
             gone = None
         elif life.how in KILLED and (prev.end is None or gone < prev.end + 1.0):
             return "runner_killed"
         for window in faults:
-            if window.kind in WINDOWED and window.start <= nxt.start and window.end >= prev.start:
+            if window.kind in WINDOWED and window.start <= nxt.start and window.end + window.tail >= prev.start:
                 return window.kind
         if life is not None and gone is not None:
             return "runner_killed" if life.how in KILLED else "runner_died"
@@ -416,9 +420,14 @@ def analyse(
                     })
 
     recovery: list[float] = []
+    outlived: list[dict[str, Any]] = []
     for life in lives:
         if life.killed is None:
             continue
+        for e in runs:  # the guard stops a task when its runner dies: none should run on to its end
+            if runner_of(e) is life and e.how == "end" and e.end is not None and e.end > life.killed + 0.5:
+                outlived.append({"task": e.task, "run": e.run, "runner": life.name, "started_after_death":
+                                 round(e.start - life.killed, 3), "ended_after_death": round(e.end - life.killed, 3)})
         for execution in (e for e in runs if runner_of(e) is life and e.start <= life.killed < e.stop):
             later = [e.start for e in per_task[execution.task] if e.start > life.killed]
             if later:
@@ -447,6 +456,7 @@ def analyse(
             "started": len(runs), "ended": sum(e.how == "end" for e in runs),
             "terminated": sum(e.how == "term" for e in runs), "killed": sum(e.how is None for e in runs),
             "runner_unknown": sum(runner_of(e) is None for e in runs),
+            "ran_to_their_end_after_their_runner_died": outlived,
         },
         "faults": {
             "runner_kills": {kind: sum(life.how == kind for life in lives) for kind in KILLED},
@@ -489,8 +499,8 @@ def census_report(
     registry: list[dict[str, Any]], runner_of: Callable[[Execution], RunnerLife | None],
 ) -> dict[str, Any]:
     """Per runner (``shape``: runners, slots each) at the end: how many census tasks it ran at once (each waits for
-    all to start, so a runner whose slots all work runs ``slots`` of them together) and what its heartbeat says;
-    a runner that is not running at the end has all its slots dead."""
+    all to start, so a runner whose slots all work runs ``slots`` of them together) and what its heartbeat says
+    (``slots_alive``, when the runner reports it, counts too); a runner not running at the end has all slots dead."""
     runners, slots = shape
     info = {row["id"]: row.get("info") for row in registry}
     wanted = set(census)
@@ -498,9 +508,13 @@ def census_report(
     for number in range(runners):
         life = next((x for x in lives if x.slot == number and x.killed is None), None)
         mine = [e for e in runs if e.task in wanted and life is not None and runner_of(e) is life]
+        beat = info.get(life.runner_id) if life else None
+        said = beat.get("slots_alive") if isinstance(beat, dict) else None
         rows.append({"runner": life.name if life else f"runner {number} (not running)", "census_runs": len(mine),
-                     "at_once": max_concurrent(mine), "heartbeat_info": info.get(life.runner_id) if life else None})
-    dead = sum(max(0, slots - row["at_once"]) for row in rows) if census else 0
+                     "at_once": max_concurrent(mine), "heartbeat_info": beat,
+                     "dead": max(slots - max_concurrent(mine) if census else 0,
+                                 slots - said if isinstance(said, int) else 0, 0)})
+    dead = sum(row["dead"] for row in rows)
     return {"census_tasks": len(census), "runners": rows, "dead_slots": dead}
 
 
@@ -532,7 +546,8 @@ def render(report: dict[str, Any]) -> str:
          f"not final {t['not_final']}), extra {t['extra']}, completed never started {t['completed_never_started']}"),
         (f"executions: {e['started']} started, {e['ended']} ran to their end, {e['terminated']} stopped by "
          f"SIGTERM, {e['killed']} killed; runner unknown {e['runner_unknown']}; left running at the end "
-         f"{report['left_running']}"),
+         f"{report['left_running']}; ran to their end after their runner died "
+         f"{len(e['ran_to_their_end_after_their_runner_died'])}"),
         (f"OVERLAPPING EXECUTIONS: {o['pairs']} pairs on {o['tasks']} tasks, {o['total_seconds']}s in all, longest "
          f"{o['max_seconds']}s"),
         f"STALE-CLAIM RUNS: {st['count']} (runs the API could not be asked about and no journal evidence: "
@@ -543,8 +558,8 @@ def render(report: dict[str, Any]) -> str:
         (f"slots: DEAD {sl['dead_slots']} (census of {sl['census_tasks']} tasks); runners that DIED ON THEIR OWN "
          f"{len(f['runner_deaths_on_their_own'])}"),
     ]
-    lines += [f"  {x['runner']}: {x['at_once']} census tasks at once ({x['census_runs']} in all), heartbeat "
-              f"{x['heartbeat_info']}" for x in sl["runners"]]
+    lines += [f"  {x['runner']}: {x['at_once']} census tasks at once ({x['census_runs']} in all), dead {x['dead']}, "
+              f"heartbeat {x['heartbeat_info']}" for x in sl["runners"]]
     lines.append(f"recovery, runner death -> its task running again: p50 {secs(rec['p50'])}, max {secs(rec['max'])} "
                  f"over {rec['count']} runs")
     lines += [f"  failed: task {x['id']} after {x['attempts']} attempts ({x['step']})" for x in t["failed_tasks"]]
@@ -556,6 +571,9 @@ def render(report: dict[str, Any]) -> str:
     lines += [f"  disk-full attempt: task {x['task']} +{x['attempts']} attempts, +{x['claims']} claims, "
               f"{x['runs']} runs in the window" for x in d["items"]]
     lines += [f"  died: {x['runner']} at {x['at']:.3f}" for x in f["runner_deaths_on_their_own"]]
+    lines += [f"  outlived: task {x['task']} run {x['run']} of {x['runner']} started {x['started_after_death']}s and "
+              f"ended {x['ended_after_death']}s after its runner died"
+              for x in e["ran_to_their_end_after_their_runner_died"]]
     lines.append("promises: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in report["promises"].items()))
     return "\n".join(lines)
 
@@ -791,7 +809,7 @@ class Chaos:
 
     def api_back(self, kind: str, start: float, **detail: Any) -> None:
         self.api_up = True
-        self.faults.append(Fault(kind, start, time.time(), detail))
+        self.faults.append(Fault(kind, start, time.time(), detail, self.args.lease + 1))
         self.note(f"{kind} end")
         self.say(f"{kind}: back after {time.time() - start:.1f}s")
 
@@ -886,7 +904,7 @@ class Chaos:
                 charged.append({"task": task_id, "attempts": attempts - was[0], "claims": claims - was[1],
                                 "runs": runs})
         self.faults.append(Fault("disk_full", start, freed, {"settled_after": round(settled - freed, 2),
-                                                             "charged": charged}))
+                                                             "charged": charged}, self.args.lease + 1))
 
     def skip(self, fault: str, why: str) -> None:
         self.skipped[fault] = why
@@ -963,6 +981,14 @@ class Chaos:
     def stop(self) -> None:
         """Stop the runners and the API, then any task process still alive (counted: nothing should be), and
         unmount the runners' tmpfs. Safe to call again: the second call finds nothing left."""
+        try:
+            self._stop_processes()
+        finally:
+            if self.mounted:
+                subprocess.run(["umount", "-l", str(self.homes)], check=False, capture_output=True)
+                self.mounted = False
+
+    def _stop_processes(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -982,9 +1008,6 @@ class Chaos:
             if ours and execution.end is None:
                 self.left_running += 1
                 os.kill(execution.pid, signal.SIGKILL)
-        if self.mounted:
-            subprocess.run(["umount", "-l", str(self.homes)], check=False, capture_output=True)
-            self.mounted = False
 
 
 def parse_range(text: str) -> tuple[float, float]:
