@@ -1029,8 +1029,8 @@ def parse_faults(text: str) -> list[str]:
     return names
 
 
-QUICK = {"runners": 4, "slots": 2, "kills": 1, "lease": 2.0, "reap_interval": 0.2, "runner_interval": 0.5,
-         "restart_pause": 0.5, "sleep": (0.1, 0.8), "long_share": 0.1, "outage": 3.0, "gap": 2.5,
+QUICK = {"runners": 4, "slots": 2, "kills": 1, "lease": 3.0, "reap_interval": 0.3, "runner_interval": 0.5,
+         "restart_pause": 0.5, "sleep": (0.1, 0.8), "long_share": 0.05, "outage": 4.5, "gap": 3.0,
          "census_seconds": 8.0, "timeout": 60.0}
 
 
@@ -1042,7 +1042,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--database-url", default="", help="an existing empty PostgreSQL database to use instead "
                         "(store_outage is then skipped)")
     parser.add_argument("--quick", action="store_true",
-                        help="a short run for the integration test: lease 2 s, outages 3 s, one kill of each kind "
+                        help="a short run for the integration test: lease 3 s, outages 4.5 s, one kill of each kind "
                              "(options given explicitly still win)")
     parser.add_argument("--faults", type=parse_faults, default=list(FAULTS), metavar="A,B",
                         help=f"faults to inject, in this order (default all: {','.join(FAULTS)})")
