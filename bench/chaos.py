@@ -381,15 +381,15 @@ def analyse(
 
     def cause(prev: Execution, nxt: Execution) -> str:
         """Why ``nxt`` ran again after ``prev``: the runner of ``prev`` killed while it ran or delivered it (right
-        after it ended), else a fault whose window lies between the two starts, else that runner killed or dead
-        later, else unexplained."""
+        after it ended), else the latest fault whose window (and a lease after it) lies between the two starts, else
+        that runner killed or dead later, else unexplained."""
         life = runner_of(prev)  # it spawned ``prev``, so it was alive before ``prev`` started (or wrote its start)
         gone = life.killed if life is not None and life.killed is not None else None
         if life is None or gone is None or gone > nxt.start:
             gone = None
         elif life.how in KILLED and (prev.end is None or gone < prev.end + 1.0):
             return "runner_killed"
-        for window in faults:
+        for window in sorted(faults, key=lambda w: w.start, reverse=True):  # the latest fault before the re-run
             if window.kind in WINDOWED and window.start <= nxt.start and window.end + window.tail >= prev.start:
                 return window.kind
         if life is not None and gone is not None:
@@ -604,7 +604,8 @@ class Chaos:
         self.mounted = False
         timing = {"COHERENCE_LEASE_SECONDS": str(args.lease), "COHERENCE_REAP_INTERVAL": str(args.reap_interval)}
         self.api = ApiProcess(work / "api-home", env={**timing, **store_env, "COHERENCE_LOG_LEVEL": "WARNING"})
-        self.runner_env = {**os.environ, **timing, "COHERENCE_WORKSPACE": str(work / "workspace")}
+        inherited = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "COHERENCE_HOME")}
+        self.runner_env = {**inherited, **timing, "COHERENCE_WORKSPACE": str(work / "workspace")}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}  # slot -> live runner process
         self.lives: list[RunnerLife] = []
         self.restart_at: dict[int, float] = {}  # slot -> monotonic time to restart it
@@ -1088,7 +1089,7 @@ def run_on(store: str, args: argparse.Namespace) -> dict[str, Any]:
     postgres = None
     chaos: Chaos | None = None
     try:
-        store_env: dict[str, str] = {}
+        store_env = {"DATABASE_URL": ""}  # SQLite: the file in the API's home, whatever the caller's shell says
         if store == "postgresql":
             if args.database_url:
                 store_env["DATABASE_URL"] = args.database_url
