@@ -727,10 +727,10 @@ class Runner:
                  self.types or "all", self.settings.coherence_workspace.resolve())
         with self.lock:
             self.slots = [threading.Thread(target=self.slot, args=(i,), daemon=True) for i in range(self.workers)]
-        beats = threading.Thread(target=self.heartbeat_loop, daemon=True)
-        beats.start()
         for thread in self.slots:
             thread.start()
+        beats = threading.Thread(target=self.heartbeat_loop, daemon=True)
+        beats.start()  # after the slots: its first report counts them alive
         dead: list[int] = []
         while any(t.is_alive() for t in self.slots) and not self.stopping.is_set():
             dead = self._dead_slots()

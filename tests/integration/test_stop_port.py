@@ -110,14 +110,15 @@ def test_coherence_stop_stops_runners_started_by_hand(tmp_path: Path) -> None:
     runners = [RunnerProcess(home, api.url, "--interval", "1", env=quick) for _ in range(3)]
     locks = home / "run" / "runners"
     try:
+        killed = runners.pop().start()  # killed before there is work, so the task goes to a live runner
+        wait_until(lambda: len(list(locks.glob("*.lock"))) == 1, 30, "the first runner's lock")
+        killed.signal(signal.SIGKILL)
+        killed.wait(10)
         task = httpx.post(f"{api.url}/api/agent/tasks", json={"direction": "long", "task_type": "run",
                                                                "command": "sleep 300"}).json()
         for runner in runners:
             runner.start()
         wait_until(lambda: len(list(locks.glob("*.lock"))) == 3, 30, "three runner locks")
-        killed = runners.pop()
-        killed.signal(signal.SIGKILL)
-        killed.wait(10)
         wait_until(lambda: httpx.get(f"{api.url}/api/agent/tasks/{task['id']}").json()["status"] == "running", 30,
                    "the task to run")
         done = _stop(home, "--grace", "20")
