@@ -267,3 +267,24 @@ def test_drill_full_disk_shows_the_blocked_runner(runbook: Runbook, drill: Drill
     assert "No space left on device" in status.stdout
     info = json.loads(runners.stdout)["items"][0]["info"]
     assert (info["slots_alive"], info["slots_blocked"]) == (2, 1)
+
+
+def test_drill_secrets_in_proc_shows_only_stars(runbook: Runbook, tmp_path: Path) -> None:
+    """The API and a runner started with the token (and the API with a database URL holding a password): the
+    drill's command finds each secret variable in their /proc/<pid>/environ, and only as stars."""
+    token = "drill-token-0123456789abcdef"
+    drill = Drill(tmp_path / "home", free_port(), env={"COHERENCE_API_TOKEN": token})
+    api = ApiProcess(drill.home, port=drill.port, env={"COHERENCE_API_TOKEN": token}).start()
+    runner = RunnerProcess(drill.home, api.url, env={"COHERENCE_API_TOKEN": token}).start()
+    try:
+        run = drill.home / "run"
+        wait_until(lambda: (run / "api.pid").exists() and list(run.glob("runners/*.lock")), 30, "the API's PID file "
+                   "and the runner's lock")
+        (command,) = runbook.drill("secrets-in-proc").commands()
+        lines = drill.run(command).stdout.splitlines()
+        assert len(lines) >= 2 and all(line.endswith("COHERENCE_API_TOKEN=" + "*" * len(token)) for line in lines), lines
+        assert token not in "\n".join(lines)
+    finally:
+        runner.stop()
+        api.stop()
+        drill.close()
