@@ -300,3 +300,43 @@ def test_the_database_refuses_a_status_outside_the_contract(store: TaskStore) ->
         with store.engine.begin() as conn:
             conn.execute(sa.text("UPDATE tasks SET status = 'paused' WHERE id = :id"), {"id": task["id"]})
     assert store.get(task["id"])["status"] == "pending"
+
+
+def test_a_lease_starts_once_the_sqlite_write_lock_is_held(tmp_path) -> None:
+    """Another writer holds SQLite's lock for longer than the lease (a long checkpoint, another process): claims,
+    finish-and-claim and heartbeats wait for it, and the lease they grant counts from when they got the lock, so a
+    runner never receives a claim whose lease ran out while it waited (the chaos bench's store outage on SQLite)."""
+    import sqlite3
+    import time
+
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    migrate(engine)
+    store = TaskStore(engine, lease_seconds=1, max_attempts=2, tail_bytes=300)
+    first, second = make(store, 2)
+    held = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    answers: dict[str, dict] = {}
+
+    def hold_the_lock_while(name: str, act) -> float:
+        held.execute("BEGIN IMMEDIATE")
+        worker = threading.Thread(target=lambda: answers.__setitem__(name, act()))
+        worker.start()
+        time.sleep(1.5)  # the outage itself: longer than the lease
+        released = utcnow()
+        held.execute("COMMIT")
+        worker.join(10)
+        return released
+
+    try:
+        released = hold_the_lock_while("claim", lambda: store.claim("r1"))
+        claim = answers["claim"]
+        assert claim["id"] == first["id"] and claim["started_at"] >= released
+        assert claim["lease_expires_at"] >= released + timedelta(seconds=1)
+        released = hold_the_lock_while("beat", lambda: store.heartbeat(claim["id"], claim["claim_token"]))
+        assert answers["beat"]["lease_expires_at"] >= released + timedelta(seconds=1)
+        released = hold_the_lock_while("next", lambda: store.finish_and_claim(
+            claim["id"], claim["claim_token"], status="completed", runner_id="r1"))
+        _, following = answers["next"]
+        assert following["id"] == second["id"] and following["lease_expires_at"] >= released + timedelta(seconds=1)
+    finally:
+        held.close()
+        engine.dispose()

@@ -42,6 +42,7 @@ _INSERT_TASKS = tasks.insert().returning(*tasks.c, sort_by_parameter_order=True)
 MAX_BATCH = 1000  # tasks in one batch create (one transaction)
 MAX_CLAIM = 100  # tasks in one claim
 _NOTIFY = sa.text("SELECT pg_notify(:channel, :payload)")
+_TAKE_WRITE_LOCK = sa.text("UPDATE tasks SET id = id WHERE 0")  # SQLite: the write lock, and not a row touched
 # Marks on the connection of the transaction in progress (``Connection.info``), read and cleared by ``_write``.
 _CHANGED, _WOKE = "coherence_tasks_changed", "coherence_work_available"
 
@@ -226,6 +227,18 @@ class TaskStore:
             self._writes += 1
         if woke and self.on_work is not None:
             self.on_work()
+
+    def _lease_clock(self, conn: sa.Connection) -> datetime:
+        """The moment a lease granted in this transaction starts: once the transaction holds the store's write lock.
+
+        On SQLite a writer waits (up to the busy timeout) for another writer's lock; a lease counted from before that
+        wait could be spent, or nearly, when the claim is answered, and the runner, which counts the lease it was
+        granted from the answer's arrival, would start a claim the reaper may already have handed to someone else.
+        A statement that writes nothing takes SQLite's lock here; PostgreSQL's claim skips locked rows instead of
+        waiting for them."""
+        if not self._pg:
+            conn.execute(_TAKE_WRITE_LOCK)
+        return utcnow()
 
     def _changed(self, conn: sa.Connection) -> None:
         """This transaction changed a task's status (counts are stale once it commits)."""
@@ -437,7 +450,8 @@ class TaskStore:
                         return []
                     return [dict(r._mapping) for r in conn.execute(_CLAIMED_BY_REQUEST, params)]
         with self._write() as conn:
-            return self._claim_in(conn, utcnow(), runner_id, max_tasks, types, lease_seconds, request_id, replay)
+            now = self._lease_clock(conn)
+            return self._claim_in(conn, now, runner_id, max_tasks, types, lease_seconds, request_id, replay)
 
     def _claim_in(
         self,
@@ -482,16 +496,17 @@ class TaskStore:
         lease_seconds: float | None = None,
     ) -> dict[str, Any]:
         """Extend the lease of a running task (and record progress); only the current claim may do so."""
-        now = utcnow()
-        values: dict[str, Any] = {
-            "lease_expires_at": now + timedelta(seconds=lease_seconds or self.lease_seconds),
-            "updated_at": now,
-        }
-        if progress_pct is not None:
-            values["progress_pct"] = progress_pct
-        if current_step is not None:
-            values["current_step"] = current_step
-        return self._conditional_update(task_id, TaskStatus.RUNNING, values, "heartbeat", claim_token)
+        with self._write() as conn:
+            now = self._lease_clock(conn)
+            values: dict[str, Any] = {
+                "lease_expires_at": now + timedelta(seconds=lease_seconds or self.lease_seconds),
+                "updated_at": now,
+            }
+            if progress_pct is not None:
+                values["progress_pct"] = progress_pct
+            if current_step is not None:
+                values["current_step"] = current_step
+            return self._update_in(conn, task_id, TaskStatus.RUNNING, values, "heartbeat", claim_token)
 
     def finish(
         self,
@@ -530,8 +545,8 @@ class TaskStore:
         A finish that is refused (stale claim token, wrong status) claims nothing. Both halves are safe to retry:
         the finish by its claim token, the claim by its request id."""
         status = self._finish_status(status, decision_prompt)
-        now = utcnow()  # one moment: the next run starts when this one finished
         with self._write() as conn:
+            now = self._lease_clock(conn)  # one moment: the next run starts when this one finished
             finished = self._finish_in(conn, now, task_id, claim_token, status, output, exit_code, decision_prompt)
             claimed = self._claim_in(conn, now, runner_id, 1, types, lease_seconds, request_id, True)
         return finished, (claimed[0] if claimed else None)
