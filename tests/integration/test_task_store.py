@@ -337,6 +337,11 @@ def test_a_lease_starts_once_the_sqlite_write_lock_is_held(tmp_path) -> None:
             claim["id"], claim["claim_token"], status="completed", runner_id="r1"))
         _, following = answers["next"]
         assert following["id"] == second["id"] and following["lease_expires_at"] >= released + timedelta(seconds=1)
+        # the reaper waited behind the same lock as the renewals: it requeues nothing, however expired the lease
+        hold_the_lock_while("reap", lambda: store.reap(max_lock_wait=1.0))
+        assert answers["reap"].waited is not None and answers["reap"].waited > 1.0
+        assert (answers["reap"].reclaimed, store.get(second["id"])["status"]) == (0, "running")
+        assert store.reap(max_lock_wait=1.0).reclaimed == 1  # a pass that got the lock at once does its work
     finally:
         held.close()
         engine.dispose()

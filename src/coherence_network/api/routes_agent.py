@@ -403,7 +403,9 @@ class LeaseReaper:
     - when the store answers again after failing a pass of the reaper or any request (heartbeats got 503 meanwhile;
       runners retry them about once a second);
     - after a pass that came late by the loop's own clock (the process was stopped, SIGSTOP, or starved): the store
-      may have been up all along, yet nobody here answered the runners.
+      may have been up all along, yet nobody here answered the runners;
+    - when the pass itself waited for the store's write lock (SQLite: another process held it): the renewals
+      waited behind the same lock, so the pass requeues nothing and holds back instead.
 
     A store outage is logged once when it starts and once when it ends, and passes back off while it lasts (a
     traceback every pass would bury the log); /api/ready says what is wrong meanwhile."""
@@ -448,7 +450,8 @@ class LeaseReaper:
                     down_since, delay = None, self.interval
                 if time.monotonic() < self.hold_until:
                     continue
-                result = await run_in_threadpool(store.reap)
+                result = await run_in_threadpool(lambda: store.reap(max_lock_wait=max(self.interval,
+                                                                                       REAPER_LATE_SECONDS)))
             except Exception as exc:  # a store outage must not kill the loop
                 if down_since is None:
                     down_since = time.monotonic()
@@ -457,6 +460,8 @@ class LeaseReaper:
                               "GET /api/ready tells more)", type(exc).__name__, cause)
                 delay = min(delay * 2, REAPER_MAX_BACKOFF_SECONDS)
                 continue
+            if result.waited is not None:
+                self._hold(f"this pass waited {result.waited:.1f} s for the store's write lock, as renewals did")
             if result.reclaimed or result.failed:
                 self.app.state.metrics.tasks_reclaimed.inc(result.reclaimed)
                 self.app.state.metrics.tasks_lease_failed.inc(result.failed)

@@ -184,6 +184,7 @@ class ReapResult:
 
     reclaimed: int = 0
     failed: int = 0
+    waited: float | None = None  # set when the pass held back: seconds it waited for the store's write lock
 
 
 class TaskStore:
@@ -631,15 +632,23 @@ class TaskStore:
         """Raise unless the store answers (the lease reaper's probe before it trusts leases again)."""
         read_retrying(self.engine, lambda conn: conn.execute(sa.text("SELECT 1")))
 
-    def reap(self, now: datetime | None = None) -> ReapResult:
+    def reap(self, now: datetime | None = None, *, max_lock_wait: float | None = None) -> ReapResult:
         """Return running tasks whose lease expired to pending, or fail them when their attempts are spent.
 
-        An expired lease counts as an attempt (the run ended without a result)."""
-        now = now or utcnow()
-        expired = sa.and_(tasks.c.status == RUNNING, tasks.c.lease_expires_at < now)
-        spent = tasks.c.attempts + 1 >= tasks.c.max_attempts
-        common = {"lease_expires_at": None, "claimed_by": None, "updated_at": now, "attempts": tasks.c.attempts + 1}
+        An expired lease counts as an attempt (the run ended without a result). A pass that waited longer than
+        ``max_lock_wait`` for the store's write lock requeues nothing (``waited`` says how long): the heartbeats
+        that would have renewed those leases waited behind the same lock, and land once it is free."""
         with self._write() as conn:
+            asked = time.monotonic()
+            locked_at = self._lease_clock(conn)
+            waited = time.monotonic() - asked
+            if max_lock_wait is not None and waited > max_lock_wait:
+                return ReapResult(waited=waited)
+            now = now or locked_at
+            expired = sa.and_(tasks.c.status == RUNNING, tasks.c.lease_expires_at < now)
+            spent = tasks.c.attempts + 1 >= tasks.c.max_attempts
+            common = {"lease_expires_at": None, "claimed_by": None, "updated_at": now,
+                      "attempts": tasks.c.attempts + 1}
             failed = conn.execute(
                 tasks.update()
                 .where(expired, spent)
