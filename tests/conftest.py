@@ -1,4 +1,4 @@
-"""Shared fixtures: store URLs for both backends, a throwaway PostgreSQL server, API processes."""
+"""Shared fixtures: store URLs for both backends, a throwaway PostgreSQL server, API processes, supervised pipelines."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.api import ApiProcess
+from tests.support.pipeline import PipelineProcess
 from tests.support.postgres import PostgresServer, find_bindir
 from tests.support.required import missing
 
@@ -43,3 +44,12 @@ def api_process(tmp_path: Path) -> Iterator[ApiProcess]:
     api = ApiProcess(tmp_path / "home").start()
     yield api
     api.stop()
+
+
+@pytest.fixture
+def pipelines() -> Iterator[list[PipelineProcess]]:
+    """Supervised pipelines a test starts (``PipelineProcess.started_in``), each stopped at the end."""
+    started: list[PipelineProcess] = []
+    yield started
+    for pipeline in started:
+        pipeline.stop()

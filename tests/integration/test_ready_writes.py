@@ -5,11 +5,8 @@ port, user) went to anonymous callers."""
 
 from __future__ import annotations
 
-import errno
-import os
 import secrets
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +16,9 @@ import pytest
 
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
+from tests.support.small_disk import fill
+from tests.support.small_disk import small_disk as small_disk_at
 from tests.support.postgres import PostgresServer
-from tests.support.required import IN_CI, missing
 
 TOKEN = secrets.token_urlsafe(24)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -29,34 +27,9 @@ TASK = {"direction": "say hello", "task_type": "run", "command": "echo hello"}
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 48 MiB tmpfs for the API's COHERENCE_HOME (its SQLite store too), unmounted afterwards."""
-    if os.geteuid() != 0 and not IN_CI:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        missing(f"cannot mount a tmpfs (needs root and mount(8)): {done.stderr.strip()}")
-    try:
+    """A 48 MiB tmpfs for the API's COHERENCE_HOME (its SQLite store too)."""
+    with small_disk_at(tmp_path / "small", 48) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Write a file until the file system under ``folder`` has no space left."""
-    filler = folder / "filler"
-    block = b"\0" * 2**20
-    with open(filler, "wb", buffering=0) as out:
-        while True:
-            try:
-                out.write(block)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-                if len(block) == 1:
-                    return filler
-                block = block[: len(block) // 16] or b"\0"
 
 
 def test_a_full_disk_is_not_ready_and_only_the_token_holder_is_told_where(small_disk: Path) -> None:

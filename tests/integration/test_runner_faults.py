@@ -4,9 +4,6 @@ attempts, nor churns the queue, and everything runs once space is back. Real API
 
 from __future__ import annotations
 
-import errno
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +17,9 @@ from coherence_network.settings import Settings
 from tests.integration.test_runner import py
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
+from tests.support.small_disk import fill
+from tests.support.small_disk import small_disk as small_disk_at
 from tests.support.proxy import HoldingProxy
-from tests.support.required import IN_CI, missing
 from tests.support.runner import RunnerProcess
 
 
@@ -162,34 +160,9 @@ def test_a_claim_past_its_window_is_handed_back_and_an_older_one_never_starts(sh
 # --- a full disk -----------------------------------------------------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs for the runner's COHERENCE_HOME, unmounted afterwards."""
-    if os.geteuid() != 0 and not IN_CI:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "runner_home"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        missing(f"cannot mount a tmpfs (needs root and mount(8)): {done.stderr.strip()}")
-    try:
+    """A 2 MiB tmpfs for the runner's COHERENCE_HOME."""
+    with small_disk_at(tmp_path / "runner_home", 2) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Write a file until the file system under ``folder`` has no space left."""
-    filler = folder / "filler"
-    block = b"\0" * 65536
-    with open(filler, "wb", buffering=0) as out:
-        while True:
-            try:
-                out.write(block)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-                if len(block) == 1:
-                    return filler
-                block = block[: len(block) // 16] or b"\0"
 
 
 def claims_of(client: ApiClient, tasks: list[Task]) -> int:

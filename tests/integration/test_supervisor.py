@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,20 +16,6 @@ from coherence_network.logfiles import write_json_atomic
 from tests.runbook.runbook_doc import ROOT
 from tests.support.net import wait_until
 from tests.support.pipeline import PipelineProcess, alive, processes_with_home
-
-
-@pytest.fixture
-def pipelines(tmp_path: Path) -> Iterator[list[PipelineProcess]]:
-    started: list[PipelineProcess] = []
-    yield started
-    for pipeline in started:
-        pipeline.stop()
-
-
-def _start(pipelines: list[PipelineProcess], home: Path, *args: str, **env: str) -> PipelineProcess:
-    pipeline = PipelineProcess(home, *args, env=env).start()
-    pipelines.append(pipeline)
-    return pipeline
 
 
 def _create(pipeline: PipelineProcess, command: str) -> int:
@@ -60,7 +45,7 @@ def _kill_and_wait_for_a_new_one(pipeline: PipelineProcess, component: str, sig:
 
 
 def test_runner_killed_with_sigkill_is_restarted(tmp_path: Path, pipelines: list[PipelineProcess]) -> None:
-    pipeline = _start(pipelines, tmp_path / "home", "--components", "api,agent_runner")
+    pipeline = PipelineProcess.started_in(pipelines, tmp_path / "home", "--components", "api,agent_runner")
     pipeline.wait_started("api", "agent_runner")
     _kill_and_wait_for_a_new_one(pipeline, "agent_runner", signal.SIGKILL)
     _wait_completed(pipeline, _create(pipeline, PY_OK))
@@ -70,7 +55,7 @@ def test_runner_killed_with_sigkill_is_restarted(tmp_path: Path, pipelines: list
 
 def test_restart_request_restarts_the_api_and_tasks_survive(tmp_path: Path,
                                                             pipelines: list[PipelineProcess]) -> None:
-    pipeline = _start(pipelines, tmp_path / "home", "--components", "api,agent_runner")
+    pipeline = PipelineProcess.started_in(pipelines, tmp_path / "home", "--components", "api,agent_runner")
     pipeline.wait_started("api", "agent_runner")
     before = _create(pipeline, PY_OK)
     _wait_completed(pipeline, before)
@@ -97,7 +82,7 @@ def test_stopping_leaves_no_process_behind(tmp_path: Path, pipelines: list[Pipel
     home = tmp_path / "home"
     backlog = tmp_path / "backlog.md"
     backlog.write_text("1. run: sleep 300\n")
-    pipeline = _start(pipelines, home, "--backlog", str(backlog))
+    pipeline = PipelineProcess.started_in(pipelines, home, "--backlog", str(backlog))
     pipeline.wait_started("api", "agent_runner", "project_manager", "monitor", "supervisor")
     running = f"{pipeline.url}/api/agent/tasks?status=running"
     wait_until(lambda: httpx.get(running, timeout=10).json()["total"] == 1, 60, "the task running")
@@ -155,7 +140,7 @@ def test_a_git_failure_in_auto_commit_stops_nothing(tmp_path: Path, pipelines: l
     """No git on the PATH: auto-commit fails, says so, and every component keeps running."""
     no_git = tmp_path / "bin"
     no_git.mkdir()
-    pipeline = _start(pipelines, tmp_path / "home", "--components", "api,agent_runner", PATH=str(no_git),
+    pipeline = PipelineProcess.started_in(pipelines, tmp_path / "home", "--components", "api,agent_runner", PATH=str(no_git),
                       PIPELINE_AUTO_COMMIT="1", COHERENCE_COMMAND_TASK_TYPES="run,impl")  # an impl task is committed
     pipeline.wait_started("api", "agent_runner", "supervisor")
     progress = pipeline.home / "logs" / "commit_progress.log"
@@ -178,14 +163,14 @@ def test_a_sigkilled_supervisor_takes_its_components_with_it_and_a_new_one_start
     """A supervisor that dies (SIGKILL, the OOM killer) must not leave components holding their locks: a new
     supervisor would find them "already running" and crash-loop into a fatal issue."""
     home = tmp_path / "home"
-    first = _start(pipelines, home, "--components", "api,agent_runner")
+    first = PipelineProcess.started_in(pipelines, home, "--components", "api,agent_runner")
     first.wait_started("api", "agent_runner")
     children = [first.pid("api"), first.pid("agent_runner")]
     assert first.proc is not None
     first.proc.kill()  # the supervisor alone, not its children's groups
     first.proc.wait(10)
     wait_until(lambda: not any(alive(pid) for pid in children), 30, "the components to stop with their supervisor")
-    second = _start(pipelines, home, "--components", "api,agent_runner")
+    second = PipelineProcess.started_in(pipelines, home, "--components", "api,agent_runner")
     second.wait_started("api", "agent_runner")
     _wait_completed(second, _create(second, PY_OK))
     log = (home / "logs" / "supervisor.log").read_text(encoding="utf-8")
@@ -198,7 +183,7 @@ def test_the_supervisor_says_where_to_look_and_when_the_backlog_is_done(
     backlog = tmp_path / "backlog.md"
     backlog.write_text(f"1. run: {PY_OK}\n2. run: {PY_OK} # the second\n", encoding="utf-8")
     home = tmp_path / "home"
-    pipeline = _start(pipelines, home, "--components", "api,agent_runner,project_manager", "--backlog", str(backlog),
+    pipeline = PipelineProcess.started_in(pipelines, home, "--components", "api,agent_runner,project_manager", "--backlog", str(backlog),
                       "--pm-arg=--interval", "--pm-arg=0.2")
     log_file = home / "logs" / "supervisor.log"
     wait_until(lambda: log_file.exists() and "backlog done: 2 items (done 2)" in log_file.read_text(encoding="utf-8"),

@@ -9,30 +9,14 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.support.net import wait_until
 from tests.support.pipeline import PipelineProcess, alive
 
 HELD = {"SUPERVISOR_MAX_BACKOFF_SECONDS": "600"}  # a held-back component stays down for the whole test
-
-
-@pytest.fixture
-def pipelines() -> Iterator[list[PipelineProcess]]:
-    started: list[PipelineProcess] = []
-    yield started
-    for pipeline in started:
-        pipeline.stop()
-
-
-def _start(pipelines: list[PipelineProcess], home: Path, *args: str, **env: str) -> PipelineProcess:
-    pipeline = PipelineProcess(home, *args, env=env).start()
-    pipelines.append(pipeline)
-    return pipeline
 
 
 def _issues(home: Path) -> list[dict[str, object]]:
@@ -84,7 +68,7 @@ def test_a_flapping_component_is_held_back_alone_and_clean_exits_are_no_crashes(
     tmp_path: Path, pipelines: list[PipelineProcess]
 ) -> None:
     home = tmp_path / "home"
-    pipeline = _start(pipelines, home, "--components", "api,agent_runner,monitor", **HELD)
+    pipeline = PipelineProcess.started_in(pipelines, home, "--components", "api,agent_runner,monitor", **HELD)
     pipeline.wait_started("api", "agent_runner", "monitor", "supervisor")
     api, supervisor = pipeline.pid("api"), pipeline.pid("supervisor")
 
@@ -143,7 +127,7 @@ def test_a_flapping_api_is_held_back_and_a_clear_with_the_api_down_sticks(
     home = tmp_path / "home"
     home.mkdir()
     (home / "coherence.db").write_text("not a database\n" * 100)
-    pipeline = _start(pipelines, home, "--components", "api,monitor", SUPERVISOR_FATAL_RESTARTS="2", **HELD)
+    pipeline = PipelineProcess.started_in(pipelines, home, "--components", "api,monitor", SUPERVISOR_FATAL_RESTARTS="2", **HELD)
     wait_until(lambda: _held(home, "api"), 60, "the API's fatal issue")
     pipeline.wait_started("monitor", "supervisor")
     assert not pipeline.api_up() and _issues(home)[0]["stored"] is False  # told to the store when it can be
@@ -161,7 +145,7 @@ def test_a_flapping_api_is_held_back_and_a_clear_with_the_api_down_sticks(
     pipeline.stop()
     cleared = pipeline.cli("fatal", "--clear")
     assert cleared.returncode == 0 and "cleared when the API can be reached" in cleared.stdout
-    again = _start(pipelines, home, "--components", "api")
+    again = PipelineProcess.started_in(pipelines, home, "--components", "api")
     again.wait_started("api")
     wait_until(lambda: not (home / "logs" / "fatal_clear_pending.json").exists(), 30, "the clear applied")
     assert _stored(again) == []
