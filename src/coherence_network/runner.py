@@ -225,6 +225,12 @@ class TaskRun:
         env.pop("COHERENCE_DECISION", None)  # only this task's own decision, never one the runner inherited
         if task.decision:
             env["COHERENCE_DECISION"] = task.decision
+        interval = max(0.2, lease_of(task, self.settings.coherence_lease_seconds) / 3)
+        next_beat = self.claimed_at + interval  # the lease runs from the claim, not from this start
+        if time.monotonic() >= next_beat and beat(self.last_line):
+            # A slow way here (a loaded host, a handoff): the lease is renewed before the task starts, so no task
+            # starts on a lease nearly spent; ClaimLost (nothing started) when the claim went meanwhile.
+            next_beat = time.monotonic() + interval
         try:
             self.group = TaskGroup(argv, self.settings, task, self.runner_id,
                                    cwd=self.settings.coherence_workspace, env=env)
@@ -235,8 +241,6 @@ class TaskRun:
         group, proc = self.group, self.group.proc
         pump = threading.Thread(target=self._pump, args=(proc.stdout,), daemon=True)
         pump.start()
-        interval = max(0.2, lease_of(task, self.settings.coherence_lease_seconds) / 3)
-        next_beat = self.claimed_at + interval  # the lease runs from the claim, not from this start
         try:
             while proc.poll() is None:
                 if time.monotonic() - started > self.timeout:
