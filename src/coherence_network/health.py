@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.settings import Settings
 from coherence_network.store.schema import tasks
+from coherence_network.store.ops_issues import list_fatal_issues
 from coherence_network.store.stats import Limits, pipeline_snapshot
 from coherence_network.store.tasks import TaskStore
 
@@ -39,6 +40,7 @@ class HealthSnapshot:
     success_24h: dict[str, Any] | None = None
     runners: list[dict[str, Any]] = field(default_factory=list)  # rows with `seen` and `last_seen_seconds`
     components: dict[str, dict[str, Any]] = field(default_factory=dict)  # likewise, by name
+    fatal: list[dict[str, Any]] = field(default_factory=list)  # fatal issues not cleared, oldest first
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ def gather(store: TaskStore, settings: Settings, now: datetime, limits: Limits |
         runners=[mark_seen(r, now, settings.monitor_runner_seen_seconds) for r in store.runners()],
         components={c["name"]: mark_seen(c, now, settings.monitor_component_seen_seconds)
                     for c in store.components()},
+        fatal=list_fatal_issues(store.engine),
     )
 
 
@@ -148,6 +151,15 @@ def _runner_blocked(s: HealthSnapshot, _: Settings) -> Finding:
     named = "; ".join(f"{r['id']}: {r['info']['slots_blocked']} of {r['info'].get('workers', '?')} slot(s) blocked "
                       f"({r['info'].get('last_error') or 'no error given'})" for r in blocked)
     return Found(f"{len(blocked)} runner(s) cannot run tasks on their host: {named}")
+
+
+def _component_held_back(s: HealthSnapshot, _: Settings) -> Finding:
+    """A component kept crashing: its supervisor holds it back (a fatal issue) while the rest runs on, so nothing
+    else says so until it is cleared."""
+    if not s.fatal:
+        return None
+    named = "; ".join(f"{i['component']} on {i.get('host') or '?'}: {i['reason']}" for i in s.fatal)
+    return Found(f"{len(s.fatal)} fatal issue(s), the component held back: {named}")
 
 
 def _manager_stale(s: HealthSnapshot, cfg: Settings) -> Finding:
@@ -207,6 +219,10 @@ RULES: tuple[HealthRule, ...] = (
                "log or outbox cannot be written: a full or read-only disk); their tasks go back to pending unused",
                "free disk space under the runner's COHERENCE_HOME (df -h; coherence prune), then watch it recover",
                "#a-full-disk", _runner_blocked),
+    HealthRule("component_held_back", "high", "a component crashed SUPERVISOR_FATAL_RESTARTS times within "
+               "SUPERVISOR_FATAL_WINDOW_SECONDS: its supervisor holds it back (a fatal issue) while the rest runs on",
+               "read it: coherence fatal; fix the cause, then coherence fatal --clear (the component starts again)",
+               "#autonomous-pipeline", _component_held_back),
     HealthRule("manager_stale", "medium", "project manager silent for MONITOR_COMPONENT_SEEN_SECONDS with backlog "
                "items unsettled", "start it: coherence pm --backlog <file>", "#pipeline-recovery", _manager_stale,
                restart=MANAGER),

@@ -87,7 +87,9 @@ def test_a_flapping_component_is_held_back_alone_and_clean_exits_are_no_crashes(
     runner = pipeline.pid("agent_runner")
     wait_until(lambda: _stored(pipeline) == ["monitor"], 30, "the fatal issue in the store")
     assert [i["component"] for i in _issues(home)] == ["monitor"]  # recorded once, the runner's exits not at all
-    assert "coherence_fatal_issues 1.0" in httpx.get(f"{pipeline.url}/metrics", timeout=10).text  # the alert's gauge
+    assert "coherence_fatal_issues 1.0" in httpx.get(f"{pipeline.url}/metrics", timeout=10).text
+    status = pipeline.cli("status")  # the rest runs on, so the held-back component must say so itself
+    assert status.returncode == 1 and "monitor crashed 5 times" in status.stdout, status.stdout
     assert pipeline.pid("api") == api and pipeline.pid("supervisor") == supervisor and alive(runner)
     assert pipeline.proc is not None and pipeline.proc.poll() is None
     assert not alive(pipeline.pid("monitor"))  # held back

@@ -73,8 +73,8 @@ def flags(snapshot: HealthSnapshot, cfg: Settings) -> dict[str, dict[str, Any]]:
 def test_every_rule_names_severity_action_and_runbook() -> None:
     assert {r.name for r in RULES} == {"api_unreachable", "api_error", "stale_version", "disk_low", "log_errors"}
     assert {r.code for r in health.RULES} == {
-        "no_runner", "runner_blocked", "manager_stale", "no_task_running", "orphan_running", "stuck",
-        "needs_decision", "repeated_failures", "low_success_rate", "empty_output"}
+        "no_runner", "runner_blocked", "component_held_back", "manager_stale", "no_task_running", "orphan_running",
+        "stuck", "needs_decision", "repeated_failures", "low_success_rate", "empty_output"}
     for rule in (*RULES, *health.RULES):
         assert rule.severity in health.SEVERITIES and rule.action and rule.runbook.startswith("#")
 
@@ -225,3 +225,12 @@ def test_commit_message_shortens_the_direction() -> None:
     subject, _, body = message.partition("\n\n")
     assert subject.startswith("[pipeline] impl 12: Implement the thing") and subject.endswith("...")
     assert len(subject) < 100 and "spec 11: Spec it" in body
+
+
+def test_a_component_held_back_is_named_with_its_host_and_reason(cfg: Settings) -> None:
+    """The supervisor keeps the rest running while it holds a crashing component back: every view says which."""
+    issue = {"component": "monitor", "host": "vm", "reason": "monitor crashed 5 times within 300 s (last exit code -9)"}
+    flag = flags(health_snapshot(fatal=[issue]), cfg)["component_held_back"]
+    assert flag["severity"] == "high" and "monitor on vm: monitor crashed 5 times" in flag["message"]
+    assert "coherence fatal --clear" in flag["action"]
+    assert "component_held_back" not in flags(health_snapshot(), cfg)
