@@ -6,6 +6,8 @@ runbook, ``coherence config`` and the code all use one spelling.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import os
 import re
@@ -34,6 +36,12 @@ _URL_PASSWORD = re.compile(r"(?P<keep>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/?#@]*:)\S*(
 _URL_QUERY_SECRET = re.compile(r"(?P<keep>[?&](?:password|passwd|pwd|secret|token|api_key|apikey)=)[^&#]*", re.IGNORECASE)
 # Settings computed from others when not set themselves (Settings._derive); `coherence config` says so.
 DERIVED_FROM = {"agent_api_base": ("COHERENCE_API_HOST", "COHERENCE_API_PORT")}
+
+
+def derived_key(token: str, purpose: str) -> bytes:
+    """A key for one ``purpose`` derived from COHERENCE_API_TOKEN: never the token itself (a leaked derived key is no
+    token), held in memory only (no file a task could read), and renewed when the token is rotated."""
+    return hmac.new(token.encode(), purpose.encode(), hashlib.sha256).digest()
 
 
 def parse_ids(value: str) -> frozenset[int]:

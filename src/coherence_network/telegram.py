@@ -11,8 +11,6 @@ Bot API delays messages but neither loses, duplicates nor reorders them. What wa
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import logging
 import re
@@ -30,7 +28,7 @@ from coherence_network import health
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
 from coherence_network.contract import AttentionFlag, FatalIssue, MonitorIssue, Task, TaskStatus
 from coherence_network.logfiles import RUN_FILES, shared_secret, write_json_atomic
-from coherence_network.settings import Settings
+from coherence_network.settings import Settings, derived_key
 from coherence_network.status_view import render_task
 
 log = logging.getLogger("coherence.telegram")
@@ -68,8 +66,8 @@ def webhook_secret(settings: Settings, *, create: bool = False) -> str:
     if settings.telegram_webhook_secret:
         return settings.telegram_webhook_secret
     if settings.coherence_api_token:
-        digest = hmac.new(settings.coherence_api_token.encode(), b"coherence-telegram-webhook-v1", hashlib.sha256)
-        return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")  # Telegram's alphabet: A-Za-z0-9_-
+        digest = derived_key(settings.coherence_api_token, "coherence-telegram-webhook-v1")
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")  # Telegram's alphabet: A-Za-z0-9_-
     path = secret_path(settings)
     if not create and not path.exists():
         return ""

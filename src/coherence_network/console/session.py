@@ -17,6 +17,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from coherence_network.settings import derived_key
+
 COOKIE = "coherence_session"
 DEFAULT_IDENTITY = "operator"
 MAX_IDENTITY_CHARS = 64
@@ -24,7 +26,7 @@ MAX_IDENTITY_CHARS = 64
 
 def key_from_token(token: str) -> bytes:
     """The signing key of a token: never the token itself, so a leaked cookie reveals nothing usable as a token."""
-    return hmac.new(token.encode(), b"coherence-console-session-v1", hashlib.sha256).digest()
+    return derived_key(token, "coherence-console-session-v1")
 
 
 @dataclass(frozen=True)
