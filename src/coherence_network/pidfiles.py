@@ -214,7 +214,5 @@ def _exit_now(code: object) -> None:
 
 if __name__ == "__main__":  # python -m coherence_network.pidfiles <component> <parent pid> <coherence command ...>
     from coherence_network.pidfiles import run_as as run_imported  # the module the command imports: one registry
-    from coherence_network.process_hygiene import protect
 
-    protect()  # this process is the component: its secrets leave /proc/<pid>/environ before anything runs
     run_imported(sys.argv[1], sys.argv[3:], parent=int(sys.argv[2]))
