@@ -17,12 +17,11 @@ import httpx
 import pytest
 from markupsafe import escape
 
-from coherence_network import pidfiles
-from coherence_network.client import ApiClient
 import coherence_network.api  # noqa: F401  (first: the app imports the console's routes, not the other way round)
-from coherence_network import restart
-from coherence_network.console import charts
-from coherence_network.console.routes import RESTART_CONSEQUENCES
+from coherence_network import pidfiles, restart
+from coherence_network.client import ApiClient
+from coherence_network.console import charts, routes
+from coherence_network.console.routes import CHART_RANGES, RESTART_CONSEQUENCES, ThroughputFigures
 from coherence_network.console.session import COOKIE, Sessions, key_from_token, local_path
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.logfiles import REGISTRY
@@ -396,6 +395,9 @@ def test_throughput_buckets_follow_the_range(store_url: str) -> None:
             day = throughput(engine, conn, now, timedelta(hours=1), 24)
             week = throughput(engine, conn, now, timedelta(hours=6), 28)
             month = throughput(engine, conn, now, timedelta(days=1), 30)
+        charted = ThroughputFigures(600)  # the overview's: days before today reused, today counted each time
+        assert [charted.read(engine, now, CHART_RANGES[name]) for name in ("24h", "7d", "30d")] == [day, week, month]
+        assert charted.read(engine, now + timedelta(hours=1), CHART_RANGES["24h"])[-3]["completed"] == 1  # moved on
     finally:
         engine.dispose()
     assert len(day) == 24 and day[-1]["start"] == "2026-12-03T15:00:00Z" and day[-2]["completed"] == 1
@@ -406,3 +408,15 @@ def test_throughput_buckets_follow_the_range(store_url: str) -> None:
     assert len(month) == 30 and month[-1]["start"] == "2026-12-03T00:00:00Z"
     assert {b["start"]: b["completed"] for b in month}["2026-11-13T00:00:00Z"] == 1
     assert (sum(b["completed"] for b in month), sum(b["failed"] for b in month)) == (2, 1)
+
+
+def test_a_flag_with_a_command_shows_it_to_copy_next_to_its_console_page() -> None:
+    """Flags carry `command` (to paste) and `console` (the console's own page) once the health rules give them; a flag
+    without them renders as before."""
+    advice = routes._TEMPLATES.get_template("_macros.html").module.advice
+    shown = str(advice({"code": "needs_decision", "command": f"coherence decide 12 {HOSTILE}",
+                        "console": "/decisions"}))
+    assert '<code class="command">coherence decide 12 &lt;script&gt;' in shown
+    assert '<a class="button" href="/decisions">Open in the console</a>' in shown
+    assert "<a " not in str(advice({"command": "coherence fatal --clear", "console": None}))
+    assert str(advice({"code": "stale_runner"})).strip() == ""

@@ -300,8 +300,7 @@ def overview(request: Request, restart_notice: str = "",
     settings, store = _settings(request), _store(request)
     snapshot = request.app.state.metrics.health_snapshot()
     now = snapshot.now
-    with store.engine.connect() as conn:
-        finished = throughput(store.engine, conn, now, span.bucket, span.count)
+    finished = request.app.state.console_throughput.read(store.engine, now, span)
     daily, week = request.app.state.console_week.read(store.engine, now)
     monitor_issues = ops_issues.list_monitor_issues(store.engine, resolved_limit=0)["issues"]
     fatal_issues = ops_issues.list_fatal_issues(store.engine)
@@ -331,6 +330,30 @@ def overview(request: Request, restart_notice: str = "",
         restart_targets=restart.TARGETS, restart_notice=_RESTART_NOTICES.get(restart_notice),
         restart_consequences=RESTART_CONSEQUENCES,
     )
+
+
+class ThroughputFigures:
+    """The throughput chart's buckets. A month of finished tasks costs more to count than the rest of the overview,
+    so the buckets before today are counted once per PAST_DAYS_REUSE_SECONDS for each range; today's are counted on
+    every render (a task finishing now always lands today)."""
+
+    def __init__(self, reuse_seconds: float) -> None:
+        self.reuse = reuse_seconds
+        self._past: dict[str, tuple[float, datetime, list[dict[str, Any]]]] = {}  # range: (counted, today, buckets)
+
+    def read(self, engine: Engine, now: datetime, span: ChartRange) -> list[dict[str, Any]]:
+        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        today_count = min((now - today) // span.bucket + 1, span.count)
+        clock = time.monotonic()
+        with engine.connect() as conn:
+            kept = self._past.get(span.name)
+            if (kept is None or kept[1] != today or len(kept[2]) != span.count - today_count
+                    or clock - kept[0] > self.reuse):
+                before_today = today - timedelta(microseconds=1)
+                past = (throughput(engine, conn, before_today, span.bucket, span.count - today_count)
+                        if span.count > today_count else [])
+                kept = self._past[span.name] = (clock, today, past)
+            return kept[2] + throughput(engine, conn, now, span.bucket, today_count)
 
 
 class WeekFigures:
@@ -522,6 +545,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     # Without a token the key is this home's generated one, so every uvicorn worker accepts the others' cookies.
     key = key_from_token(token or shared_secret(RUN_FILES["console_session_key"].path(settings)))
     app.state.console_week = WeekFigures(PAST_DAYS_REUSE_SECONDS)
+    app.state.console_throughput = ThroughputFigures(PAST_DAYS_REUSE_SECONDS)
     app.state.console_sessions = Sessions(key, settings.coherence_console_session_hours * 3600, token or None)
     app.mount("/console-static", StaticFiles(directory=Path(__file__).parent / "static"), name="console-static")
     app.include_router(router)
