@@ -12,6 +12,7 @@
   const banner = document.getElementById("blind");
   if (!main) return;
   const READ_TIMEOUT_MS = 10000;  // a read that takes longer counts as an API that cannot be reached
+  const BLIND_RETRY_MS = 2000;
   let lastGood = new Date();  // this page was rendered just now
 
   const pad = (n) => String(n).padStart(2, "0");
@@ -119,9 +120,10 @@
   const pause = (ms) => new Promise((done) => setTimeout(done, ms));
 
   // Pages without data-refresh (sign-in, error pages) are not read again; a followed task reads every second.
+  // While blind, the page is read every BLIND_RETRY_MS, so it comes back soon after the API or the store does.
   async function refreshEvery() {
     for (;;) {
-      await pause(Number(main.dataset.refresh || 5) * 1000);
+      await pause(banner && !banner.hidden ? BLIND_RETRY_MS : Number(main.dataset.refresh || 5) * 1000);
       if (document.hidden || !main.dataset.refresh || main.dataset.task) continue;
       await reload();
     }
