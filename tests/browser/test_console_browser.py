@@ -216,14 +216,18 @@ def test_the_graph_search_finds_a_project_and_its_dependents(page: Any, pipeline
 
 def test_overview_and_task_list_pictures(page: Any, pipeline: Any) -> None:
     """Runs after the flows above, so the charts and lists have something to show; one more question waits and
-    one more task fails, so the pictures show the attention flags and a failure too."""
+    one more task fails, so the pictures show the attention flags and a failure too. The task list is open while
+    they are made: it shows them by itself, without a reload."""
     _, client, _ = pipeline
+    page.goto("/tasks")
+    page.evaluate("window.sameDocument = true")  # gone if the page were loaded again
     asks = client.create_task("Choose a licence for the new package", TaskType.SPEC)
     fails = client.create_task("Build the docs", TaskType.RUN, command=f"{PY} -c \"raise SystemExit('no sphinx')\"")
     wait_until(lambda: _status(client, asks.id, TaskStatus.NEEDS_DECISION), 60, "the question")
     wait_until(lambda: _status(client, fails.id, TaskStatus.FAILED), 60, "the failure")
-    page.goto("/tasks")
-    expect(page.get_by_role("heading", name="Tasks")).to_be_visible()
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name=f"#{fails.id}", exact=True))
+    expect(row).to_contain_text("failed", timeout=REFRESH_MS + 5_000)
+    assert page.evaluate("window.sameDocument") is True
     shoot(page, "tasks")
     page.goto("/")
     for layer in ("Goal", "Orchestration", "Tasks", "Attention"):

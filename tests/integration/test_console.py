@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from datetime import datetime, timedelta, timezone
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx

@@ -328,7 +328,6 @@ def overview(request: Request, restart_notice: str = "",
                                          "Queue depth now"),
         success_svg=charts.rate_bars(daily, "Success rate per day, last 7 days"),
         restart_targets=restart.TARGETS, restart_notice=_RESTART_NOTICES.get(restart_notice),
-        restart_consequences=RESTART_CONSEQUENCES,
     )
 
 
@@ -600,7 +599,7 @@ def _error_words(request: Request, answer: Response) -> str:
         return f"The console has no page at {request.url.path[:200]}."
     if answer.status_code == 405:
         return f"{request.url.path[:200]} does not answer {request.method}; it answers {answer.headers.get('allow')}."
-    detail = json.loads(answer.body).get("detail")
+    detail = json.loads(bytes(answer.body)).get("detail")
     reason = detail if isinstance(detail, str) else "the request was refused"
     if answer.status_code == 503:
         return f"The API answers but cannot reach its store ({reason}). Reload once the store is back."

@@ -48,7 +48,7 @@
   };
 
   function blind(why) {
-    if (!banner) return;
+    if (!banner || (!banner.hidden && banner.dataset.why === why)) return;  // said once: an alert is read out
     const [what, after] = BLIND[why];
     const headline = document.createElement("strong");
     headline.textContent = what;
@@ -85,7 +85,7 @@
       blind("store");
       return null;
     }
-    if (answer.ok) seeing();
+    if (answer.status < 500) seeing();  // the API answered from its store (a 404 too: the task is gone)
     return answer;
   }
 
@@ -136,6 +136,9 @@
       await pause(1000);
       if (document.hidden) continue;
       const id = main.dataset.task;
+      // The task first: it comes from the store, the log from a file, so a store outage is not hidden by the log.
+      const task = await read(`/api/agent/tasks/${id}`);
+      if (!task) continue;
       const log = await read(`/api/agent/tasks/${id}/log?tail=${main.dataset.tail}`);
       const pre = document.getElementById("log-text");
       if (log && log.ok && pre) {
@@ -146,8 +149,7 @@
           if (atEnd) pre.scrollTop = pre.scrollHeight;
         }
       }
-      const task = log && await read(`/api/agent/tasks/${id}`);
-      if (task && task.ok && (await task.json()).status !== main.dataset.status) await reload();
+      if (task.ok && (await task.json()).status !== main.dataset.status) await reload();
     }
     following = false;
   }
