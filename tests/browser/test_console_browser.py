@@ -329,6 +329,9 @@ def test_the_console_says_when_the_store_is_gone_and_recovers(browser: Any, tmp_
         server.stop()
         expect(banner).to_contain_text("its store cannot be reached (503)", timeout=REFRESH_MS + 5_000)
         expect(page.locator("main")).to_have_class(re.compile(r"\bstale\b"))
+        plain = page.request.get("/tasks", headers={"Accept": "text/html"})  # a reload, as without JavaScript
+        assert plain.status == 503 and "<h1>Store unavailable</h1>" in plain.text()
+        assert page.request.get("/api/agent/tasks").json()["detail"].startswith("store unavailable")
         server.resume()
         expect(banner).to_be_hidden(timeout=REFRESH_MS + 10_000)
         expect(page.locator("main")).not_to_have_class(re.compile(r"\bstale\b"))
