@@ -52,6 +52,8 @@ def pages(http: httpx.Client, tasks: int) -> dict[str, str]:
     waiting = http.get("/api/agent/tasks", params={"status": "needs_decision", "limit": 1}).json()["items"][0]["id"]
     return {
         "overview": "/",
+        "overview, 7 d chart": "/?range=7d",
+        "overview, 30 d chart": "/?range=30d",
         "tasks": "/tasks",
         "tasks, failed, page 50": "/tasks?status=failed&offset=2450",
         "task detail": f"/tasks/{tasks // 2}",

@@ -2,10 +2,13 @@
 
 An operator's flows end to end: answer a question on Decisions and see the task complete with the answer, who gave
 it and the log; retry a failed task from its page; watch a running task's log grow without a reload; find a project
-and its dependents; and, with a token, be sent to sign in, be refused a wrong token and a form without its CSRF
-token. Each page is photographed at 1280 px (the overview at 390 px too): into the folder SCREENSHOTS_DIR names
-(`make screenshots` sets docs/console/, the README's pictures), else into a temporary folder, so a test run leaves
-the checkout unchanged.
+and its dependents; see the console say it is blind while the API (or its PostgreSQL store) is gone and recover by
+itself; restart a component through its confirmation page without JavaScript; choose the chart's range; read times
+in the browser's zone; the dark theme and the focus ring's contrast; the HTML 404 page; and, with a token, be sent
+to sign in, be refused a wrong token and a form without its CSRF token. Each page is photographed at 1280 px (the
+overview at 390 px and in the dark theme too): into the folder SCREENSHOTS_DIR names (`make screenshots` sets
+docs/console/, the README's pictures), else into a temporary folder, so a test run leaves the checkout unchanged.
+Every request the browser makes to anything but loopback is refused, so no test depends on the internet.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -29,8 +34,11 @@ from coherence_network.store.graph import Dependency, GraphStore, PackageRecord
 from tests.support.required import missing
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
+from tests.support.postgres import PostgresServer
 from tests.support.runner import RunnerProcess
 
+REFRESH_MS = 5_000  # how often the overview and the lists read themselves again
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 SHOTS = Path(os.environ.get("SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "coherence-console-shots")
 TOKEN = "browser-test-token-0123456789"
 PY = sys.executable
@@ -97,9 +105,17 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiProc
         api.stop()
 
 
+def new_context(browser: Any, base_url: str, **options: Any) -> Any:
+    """A browser context on ``base_url`` that refuses every request leaving loopback."""
+    context = browser.new_context(base_url=base_url, **{"viewport": {"width": 1280, "height": 900}, **options})
+    context.route("**/*", lambda route: route.continue_() if urlsplit(route.request.url).hostname in LOOPBACK
+                  else route.abort("blockedbyclient"))
+    return context
+
+
 @pytest.fixture
 def page(browser: Any, pipeline: tuple[ApiProcess, ApiClient, Path]) -> Iterator[Any]:
-    context = browser.new_context(base_url=pipeline[0].url, viewport={"width": 1280, "height": 900})
+    context = new_context(browser, pipeline[0].url)
     opened = context.new_page()
     yield opened
     context.close()
@@ -200,24 +216,188 @@ def test_the_graph_search_finds_a_project_and_its_dependents(page: Any, pipeline
 
 def test_overview_and_task_list_pictures(page: Any, pipeline: Any) -> None:
     """Runs after the flows above, so the charts and lists have something to show; one more question waits and
-    one more task fails, so the pictures show the attention flags and a failure too."""
+    one more task fails, so the pictures show the attention flags and a failure too. The task list is open while
+    they are made: it shows them by itself, without a reload."""
     _, client, _ = pipeline
+    page.goto("/tasks")
+    page.evaluate("window.sameDocument = true")  # gone if the page were loaded again
     asks = client.create_task("Choose a licence for the new package", TaskType.SPEC)
     fails = client.create_task("Build the docs", TaskType.RUN, command=f"{PY} -c \"raise SystemExit('no sphinx')\"")
     wait_until(lambda: _status(client, asks.id, TaskStatus.NEEDS_DECISION), 60, "the question")
     wait_until(lambda: _status(client, fails.id, TaskStatus.FAILED), 60, "the failure")
-    page.goto("/tasks")
-    expect(page.get_by_role("heading", name="Tasks")).to_be_visible()
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name=f"#{fails.id}", exact=True))
+    expect(row).to_contain_text("failed", timeout=REFRESH_MS + 5_000)
+    assert page.evaluate("window.sameDocument") is True
     shoot(page, "tasks")
     page.goto("/")
     for layer in ("Goal", "Orchestration", "Tasks", "Attention"):
         expect(page.get_by_role("heading", name=layer, exact=True)).to_be_visible()
+    headings = page.locator("main h2").all_inner_texts()
+    assert headings[0] == "Attention", headings  # what needs a person comes first
     expect(page.locator("svg.chart")).to_have_count(3)
     expect(page.locator("svg.chart rect.s-rate")).to_have_count(1)  # today's success rate, counted just now
     expect(page.locator("svg.chart rect.s-failed")).to_have_count(1)  # this hour's failure on its bar
     shoot(page, "overview")
     page.set_viewport_size({"width": 390, "height": 844})
+    attention = page.get_by_role("heading", name="Attention", exact=True).bounding_box()
+    assert attention is not None and attention["y"] < 844, attention  # on the first screen of a phone
     shoot(page, "overview-390")
+    page.emulate_media(color_scheme="dark")
+    shoot(page, "overview-dark-390")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    shoot(page, "overview-dark")
+
+
+# The contrast ratio of WCAG 2 between the focus ring and the background around the focused element (the first
+# ancestor with a background colour), both from getComputedStyle.
+FOCUS_CONTRAST = """element => {
+  const rgb = (text) => text.match(/[\\d.]+/g).slice(0, 3).map(Number);
+  const luminance = (c) => {
+    const [r, g, b] = c.map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  let around = element.parentElement;
+  while (around && getComputedStyle(around).backgroundColor.match(/rgba\\(.*, 0\\)$|transparent/)) {
+    around = around.parentElement;
+  }
+  const ring = getComputedStyle(element).outlineColor, background = getComputedStyle(around).backgroundColor;
+  const [a, b] = [luminance(rgb(ring)), luminance(rgb(background))].sort((x, y) => y - x);
+  return {ratio: (a + 0.05) / (b + 0.05), ring, background, width: getComputedStyle(element).outlineWidth,
+          body: getComputedStyle(document.body).backgroundColor};
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_theme_follows_the_system_and_the_focus_ring_stands_out(browser: Any, pipeline: Any, scheme: str) -> None:
+    context = new_context(browser, pipeline[0].url, color_scheme=scheme)
+    page = context.new_page()
+    try:
+        page.goto("/tasks")
+        page.keyboard.press("Tab")  # the skip link, over the page's background
+        skip = page.get_by_role("link", name="Skip to content")
+        expect(skip).to_be_focused()
+        on_page = skip.evaluate(FOCUS_CONTRAST)
+        field = page.locator("main form.card select").first  # a field on a card
+        field.focus()  # after a key press, so :focus-visible holds
+        on_card = field.evaluate(FOCUS_CONTRAST)
+    finally:
+        context.close()
+    body = [int(v) for v in re.findall(r"\d+", on_page["body"])[:3]]
+    assert (sum(body) / 3 < 60) if scheme == "dark" else (sum(body) / 3 > 200), on_page  # dark or light page
+    for measured in (on_page, on_card):
+        assert measured["width"] == "3px" and measured["ratio"] >= 3, measured
+
+
+def test_the_console_says_when_the_api_is_gone_and_recovers_by_itself(page: Any, pipeline: Any) -> None:
+    """Within one refresh of the API going away: a banner with the last good time, the page greyed and labelled
+    stale; within one refresh of the API being back (same port, same COHERENCE_HOME): banner gone, data fresh."""
+    api = pipeline[0]
+    page.goto("/")
+    as_of = page.locator("h1 time").get_attribute("datetime")
+    banner = page.locator("#blind")
+    expect(banner).to_be_hidden()
+    api.stop()
+    try:
+        expect(banner).to_be_visible(timeout=REFRESH_MS + 5_000)
+        expect(banner).to_have_attribute("role", "alert")
+        expect(banner).to_contain_text("The API cannot be reached.")
+        expect(banner).to_contain_text("This page is stale: last good data from")
+        assert banner.locator("time").get_attribute("title").endswith(" UTC")
+        expect(page.locator("main")).to_have_class(re.compile(r"\bstale\b"))
+        expect(page.locator("main .stale-label")).to_have_text("stale")
+        shoot(page, "overview-blind")
+    finally:
+        api.start()
+    expect(banner).to_be_hidden(timeout=REFRESH_MS + 5_000)
+    expect(page.locator("main")).not_to_have_class(re.compile(r"\bstale\b"))
+    expect(page.locator("main .stale-label")).to_have_count(0)
+    assert page.locator("h1 time").get_attribute("datetime") != as_of  # read again, not just unmarked
+
+
+def test_the_console_says_when_the_store_is_gone_and_recovers(browser: Any, tmp_path: Path) -> None:
+    """An API on PostgreSQL whose server stops answers 503: the banner names the store, not the API."""
+    root = Path(tempfile.mkdtemp(prefix="coherence-pg-console-"))
+    server = PostgresServer(root).start()
+    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": server.new_database()})
+    context = None
+    try:
+        api.start()
+        context = new_context(browser, api.url)
+        page = context.new_page()
+        page.goto("/decisions")
+        banner = page.locator("#blind")
+        server.stop()
+        expect(banner).to_contain_text("its store cannot be reached (503)", timeout=REFRESH_MS + 5_000)
+        expect(page.locator("main")).to_have_class(re.compile(r"\bstale\b"))
+        plain = page.request.get("/tasks", headers={"Accept": "text/html"})  # a reload, as without JavaScript
+        assert plain.status == 503 and "<h1>Store unavailable</h1>" in plain.text()
+        assert page.request.get("/api/agent/tasks").json()["detail"].startswith("store unavailable")
+        server.resume()
+        expect(banner).to_be_hidden(timeout=REFRESH_MS + 10_000)
+        expect(page.locator("main")).not_to_have_class(re.compile(r"\bstale\b"))
+        expect(page.locator("h1")).to_contain_text("Decisions")
+    finally:
+        if context is not None:
+            context.close()
+        api.stop()
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_restart_is_confirmed_on_its_own_page_without_javascript(browser: Any, pipeline: Any) -> None:
+    context = new_context(browser, pipeline[0].url, java_script_enabled=False)
+    page = context.new_page()
+    try:
+        page.goto("/")
+        form = page.locator("form[action='/restart']")
+        expect(form.get_by_label("Component")).to_have_value("")  # no component until one is chosen
+        form.get_by_label("Component").select_option("monitor")
+        form.get_by_label("Reason").fill("new settings")
+        form.get_by_role("button", name=re.compile("^Restart")).click()
+        expect(page.locator("h1")).to_have_text("Restart monitor?")
+        expect(page.locator("main")).to_contain_text("The monitor stops and starts again")
+        shoot(page, "restart-confirm")
+        page.get_by_role("button", name="Yes, restart monitor").click()
+        expect(page).to_have_url(re.compile(r"/\?restart_notice=no-supervisor#restart$"))
+        expect(page.get_by_role("status")).to_contain_text("No supervisor runs")  # none in this test's pipeline
+    finally:
+        context.close()
+
+
+def test_the_throughput_chart_takes_a_range(page: Any) -> None:
+    page.goto("/")
+    ranges = page.get_by_role("navigation", name="Range of the throughput chart")
+    expect(ranges.get_by_role("link", name="last 24 h")).to_have_attribute("aria-current", "true")
+    ranges.get_by_role("link", name="last 30 days").click()
+    expect(page).to_have_url(re.compile(r"/\?range=30d$"))
+    expect(page.locator("svg.chart").first).to_have_attribute("aria-label", "Tasks finished per day, last 30 days")
+    expect(page.locator("svg.chart").first.locator("rect.s-completed, rect.s-failed").first).to_be_attached()
+    page.get_by_role("link", name="last 7 days").click()
+    expect(page.locator("figure").first).to_contain_text("Tasks finished per 6 hours (UTC), last 7 days")
+    page.goto("/?range=1y")
+    expect(page.locator("h1")).to_have_text("Unknown range")
+
+
+def test_times_are_shown_in_the_viewers_zone_with_utc_on_hover(browser: Any, pipeline: Any) -> None:
+    context = new_context(browser, pipeline[0].url, timezone_id="Asia/Kolkata")  # UTC+05:30, no summer time
+    page = context.new_page()
+    try:
+        page.goto("/")
+        shown = page.locator("h1 time")
+        utc = datetime.strptime(shown.get_attribute("datetime"), "%Y-%m-%dT%H:%M:%SZ")
+        expect(shown).to_have_text(re.compile("^" + re.escape((utc + timedelta(hours=5, minutes=30))
+                                                              .strftime("%Y-%m-%d %H:%M:%S"))))
+        assert shown.get_attribute("title") == utc.strftime("%Y-%m-%d %H:%M:%S UTC")
+    finally:
+        context.close()
+
+
+def test_an_unknown_console_url_is_an_html_404_with_a_way_home(page: Any) -> None:
+    answer = page.goto("/no-such-page")
+    assert answer is not None and answer.status == 404
+    expect(page.locator("h1")).to_have_text("Page not found")
+    page.get_by_role("link", name="Overview").last.click()
+    expect(page.get_by_role("heading", name="Attention", exact=True)).to_be_visible()
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +408,7 @@ def token_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
 
 
 def test_with_a_token_visitors_sign_in_and_forms_need_their_csrf_token(browser: Any, token_api: ApiProcess) -> None:
-    context = browser.new_context(base_url=token_api.url, viewport={"width": 1280, "height": 900})
+    context = new_context(browser, token_api.url)
     page = context.new_page()
     try:
         page.goto("/tasks?status=failed")

@@ -10,19 +10,25 @@ import json
 import re
 import secrets
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 import pytest
 from markupsafe import escape
 
-from coherence_network import pidfiles
+import coherence_network.api  # noqa: F401  (first: the app imports the console's routes, not the other way round)
+from coherence_network import pidfiles, restart
 from coherence_network.client import ApiClient
-from coherence_network.console import charts
+from coherence_network.console import charts, routes
+from coherence_network.console.routes import CHART_RANGES, RESTART_CONSEQUENCES, ThroughputFigures
 from coherence_network.console.session import COOKIE, Sessions, key_from_token, local_path
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.logfiles import REGISTRY
 from coherence_network.settings import Settings
+from coherence_network.store.db import create_store_engine, migrate
+from coherence_network.store.schema import tasks
+from coherence_network.store.stats import throughput
 from coherence_network.supervisor import SELF as SUPERVISOR
 from tests.support.api import ApiProcess
 
@@ -34,6 +40,14 @@ PAGES = ("/", "/tasks", "/tasks?status=failed&task_type=run", "/decisions", "/gr
 @pytest.fixture
 def open_api(tmp_path: Path) -> Iterator[ApiProcess]:
     api = ApiProcess(tmp_path / "home").start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    """One open API for the tests that neither count tasks nor change settings: an API start is the slow part."""
+    api = ApiProcess(tmp_path_factory.mktemp("console-shared") / "home").start()
     yield api
     api.stop()
 
@@ -106,8 +120,8 @@ def _render_every_page(open_api: ApiProcess) -> None:
         assert overview.count("<svg") == 3
 
 
-def test_a_missing_task_or_project_is_a_404_page(open_api: ApiProcess) -> None:
-    with browser(open_api) as web:
+def test_a_missing_task_or_project_is_a_404_page(shared_api: ApiProcess) -> None:
+    with browser(shared_api) as web:
         for path, words in (("/tasks/424242", "task 424242 not found"), ("/graph/npm/nothing-here", "not indexed")):
             page = web.get(path)
             assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
@@ -116,10 +130,10 @@ def test_a_missing_task_or_project_is_a_404_page(open_api: ApiProcess) -> None:
         assert web.get("/tasks/99999999999999999999").status_code == 422
 
 
-def test_hostile_task_text_is_escaped_everywhere(open_api: ApiProcess) -> None:
-    with ApiClient(open_api.url) as client:
+def test_hostile_task_text_is_escaped_everywhere(shared_api: ApiProcess) -> None:
+    with ApiClient(shared_api.url) as client:
         task_id = needs_decision(client, HOSTILE, HOSTILE, output=HOSTILE)
-    with browser(open_api) as web:
+    with browser(shared_api) as web:
         for path in (f"/tasks/{task_id}", "/tasks", "/decisions", "/"):
             text = web.get(path).text
             assert HOSTILE not in text and "<script>alert" not in text, path
@@ -168,6 +182,7 @@ def test_answering_through_the_form_uses_the_api_contract(open_api: ApiProcess) 
         again = web.post(f"/tasks/{task_id}/decide", data={"csrf": token, "decision": "no"})
         assert again.status_code == 409
         assert f"cannot decide task {task_id}: its status is pending, decide needs needs_decision" in again.text
+        assert f'<a href="/tasks/{task_id}">Back to task #{task_id}</a>' in again.text  # the way back
         retried = web.post(f"/tasks/{task_id}/retry", data={"csrf": token})
         assert retried.status_code == 409 and "retry needs failed" in retried.text
         empty = web.post("/tasks", data={"csrf": token, "direction": "", "task_type": "nonsense"})
@@ -177,18 +192,29 @@ def test_answering_through_the_form_uses_the_api_contract(open_api: ApiProcess) 
 def test_restart_without_a_supervisor_writes_nothing_and_says_so(open_api: ApiProcess) -> None:
     with browser(open_api) as web:
         token = csrf_of(web.get("/"))
-        asked = web.post("/restart", data={"csrf": token, "component": "agent_runner", "reason": "test"})
+        asked = web.post("/restart", data={"csrf": token, "component": "agent_runner", "reason": "test",
+                                           "confirm": "yes"})
         assert asked.status_code == 303
         assert "No supervisor runs" in web.get(asked.headers["location"]).text
         assert not (open_api.home / "logs" / "restart_requested.json").exists()
-        assert web.post("/restart", data={"csrf": token, "component": "nope"}).status_code == 400
+        for component in ("nope", ""):  # the form has no default: a post without a choice names the choices
+            refused = web.post("/restart", data={"csrf": token, "component": component, "confirm": "yes"})
+            assert refused.status_code == 400 and "Choose a component to restart: one of api," in refused.text
 
 
 def test_restart_asks_the_supervisor_like_coherence_restart(open_api: ApiProcess) -> None:
     settings = Settings(coherence_home=open_api.home)
+    request_file = REGISTRY["restart_requested.json"].path(settings)
     with browser(open_api) as web, pidfiles.hold(settings, SUPERVISOR):  # this test process holds its lock
+        overview = web.get("/").text
+        assert '<option value="" selected disabled>choose one</option>' in overview  # no component by default
         token = csrf_of(web.get("/"))
-        asked = web.post("/restart", data={"csrf": token, "component": "agent_runner", "reason": "stuck"})
+        first = web.post("/restart", data={"csrf": token, "component": "agent_runner", "reason": "stuck"})
+        assert first.status_code == 200 and not request_file.exists()  # a page that asks, nothing written
+        assert "<h1>Restart agent_runner?</h1>" in first.text and RESTART_CONSEQUENCES["agent_runner"] in first.text
+        confirm = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', first.text))
+        assert confirm == {"csrf": token, "component": "agent_runner", "reason": "stuck", "confirm": "yes"}
+        asked = web.post("/restart", data=confirm)  # the confirmation page's own form, as a browser posts it
         assert asked.status_code == 303
         assert "Restart requested" in web.get(asked.headers["location"]).text
     request = json.loads(REGISTRY["restart_requested.json"].path(settings).read_text())
@@ -229,11 +255,11 @@ def test_a_wrong_token_is_refused_without_a_cookie(token_api: ApiProcess) -> Non
     assert "console sign-in refused" in log and TOKEN not in log
 
 
-def test_a_sign_in_posted_from_another_site_is_refused(open_api: ApiProcess) -> None:
-    with browser(open_api) as web:
+def test_a_sign_in_posted_from_another_site_is_refused(shared_api: ApiProcess) -> None:
+    with browser(shared_api) as web:
         foreign = web.post("/signin", data={"identity": "mallory"}, headers={"Origin": "http://evil.example"})
         assert foreign.status_code == 403 and COOKIE not in web.cookies
-        own = web.post("/signin", data={"identity": "alice"}, headers={"Origin": open_api.url})
+        own = web.post("/signin", data={"identity": "alice"}, headers={"Origin": shared_api.url})
         assert own.status_code == 303 and COOKIE in web.cookies
         assert "alice" in web.get("/").text
 
@@ -268,8 +294,8 @@ def test_a_session_signs_in_pages_and_json_reads_but_not_api_writes(token_api: A
     assert httpx.get(f"{token_api.url}/api/agent/tasks", headers=headers).json()["total"] == 1  # bearer as before
 
 
-def test_the_host_allow_list_covers_the_console(open_api: ApiProcess) -> None:
-    refused = httpx.get(f"{open_api.url}/", headers={"Host": "rebound.example"})
+def test_the_host_allow_list_covers_the_console(shared_api: ApiProcess) -> None:
+    refused = httpx.get(f"{shared_api.url}/", headers={"Host": "rebound.example"})
     assert refused.status_code == 421
 
 
@@ -298,3 +324,99 @@ def test_charts_escape_their_text_and_scale_to_the_data() -> None:
     assert ">10<" in bars  # the axis top: the tallest stack (7 + 3), a round number
     assert "7 completed, 3 failed over 2 bars" in bars  # the description screen readers get
     assert ">25%<" in rates
+
+
+def test_every_restart_target_has_its_consequence_said() -> None:
+    assert set(RESTART_CONSEQUENCES) == set(restart.TARGETS)
+
+
+def test_unknown_console_urls_answer_a_browser_with_an_html_page(shared_api: ApiProcess) -> None:
+    """A browser gets the console's page (404 with a way home, 405 with Allow); a JSON client and every /api/ path
+    keep JSON."""
+    html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    with browser(shared_api) as web:
+        for path in ("/nope", "/tasks/7/nope", "/console-static/nope.js"):
+            page = web.get(path, headers=html)
+            assert page.status_code == 404 and page.headers["content-type"].startswith("text/html"), path
+            assert "<h1>Page not found</h1>" in page.text and '<a href="/">Overview</a>' in page.text
+            assert page.headers["x-frame-options"] == "DENY"  # the console's headers
+        assert web.get("/nope").json() == {"detail": "Not Found"}  # no text/html asked for
+        assert web.get("/api/nope", headers=html).json() == {"detail": "Not Found"}
+        wrong = web.put("/tasks", headers=html)
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, POST"
+        assert "<h1>Method not allowed</h1>" in wrong.text and "it answers GET, POST" in wrong.text
+        api_wrong = web.put("/api/health", headers=html)
+        assert api_wrong.status_code == 405 and api_wrong.headers["content-type"] == "application/json"
+
+
+def test_times_are_utc_labelled_for_the_script_to_localize(shared_api: ApiProcess) -> None:
+    with browser(shared_api) as web:
+        page = web.get("/").text  # "as of <time>"
+    found = re.search(r'<time datetime="(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)" title="([^"]+)">([^<]+)</time>', page)
+    assert found, "no UTC time element"
+    stamp, title, text = found.groups()
+    assert title == text == stamp.replace("T", " ").replace("Z", " UTC")
+
+
+def test_the_create_form_defaults_to_run_and_says_what_agent_types_need(shared_api: ApiProcess) -> None:
+    with browser(shared_api) as web:  # this API has no COHERENCE_AGENT_COMMAND
+        form = web.get("/tasks").text
+    assert '<option value="run" selected>run</option>' in form
+    assert '<option value="spec">spec (runs the agent: COHERENCE_AGENT_COMMAND is not set here)</option>' in form
+
+
+def test_the_throughput_chart_has_a_range(shared_api: ApiProcess) -> None:
+    with browser(shared_api) as web:
+        for name, title in (("24h", "per hour, last 24 h"), ("7d", "per 6 hours, last 7 days"),
+                            ("30d", "per day, last 30 days")):
+            page = web.get(f"/?range={name}")
+            assert page.status_code == 200 and f"<title>Tasks finished {title}</title>" in page.text
+            assert f'<a href="/?range={name}" aria-current="true">' in page.text
+        assert "<title>Tasks finished per hour, last 24 h</title>" in web.get("/").text  # the default
+        for bad in ("1y", "", "24H"):
+            refused = web.get("/", params={"range": bad})
+            assert refused.status_code == 400 and refused.headers["content-type"].startswith("text/html"), bad
+            assert "range must be one of 24h, 7d, 30d" in refused.text
+
+
+def test_throughput_buckets_follow_the_range(store_url: str) -> None:
+    """Finished tasks land in the bucket of their UTC hour, 6 hours or day; one outside the span is not counted."""
+    engine = create_store_engine(store_url)
+    migrate(engine)
+    now = datetime(2026, 12, 3, 15, 30, tzinfo=timezone.utc)
+    finished = [(now - timedelta(hours=1), "completed"), (now - timedelta(days=2), "failed"),
+                (now - timedelta(days=20), "completed"), (now - timedelta(days=40), "completed")]
+    with engine.begin() as conn:
+        conn.execute(tasks.insert(), [{"direction": "d", "task_type": "run", "status": status, "created_at": at,
+                                       "updated_at": at, "started_at": at, "finished_at": at}
+                                      for at, status in finished])
+    try:
+        with engine.connect() as conn:
+            day = throughput(engine, conn, now, timedelta(hours=1), 24)
+            week = throughput(engine, conn, now, timedelta(hours=6), 28)
+            month = throughput(engine, conn, now, timedelta(days=1), 30)
+        charted = ThroughputFigures(600)  # the overview's: days before today reused, today counted each time
+        assert [charted.read(engine, now, CHART_RANGES[name]) for name in ("24h", "7d", "30d")] == [day, week, month]
+        assert charted.read(engine, now + timedelta(hours=1), CHART_RANGES["24h"])[-3]["completed"] == 1  # moved on
+    finally:
+        engine.dispose()
+    assert len(day) == 24 and day[-1]["start"] == "2026-12-03T15:00:00Z" and day[-2]["completed"] == 1
+    assert (sum(b["completed"] for b in day), sum(b["failed"] for b in day)) == (1, 0)
+    assert len(week) == 28 and (week[0]["start"], week[-1]["start"]) == ("2026-11-26T18:00:00Z", "2026-12-03T12:00:00Z")
+    assert {b["start"]: b["failed"] for b in week}["2026-12-01T12:00:00Z"] == 1
+    assert (sum(b["completed"] for b in week), sum(b["failed"] for b in week)) == (1, 1)
+    assert len(month) == 30 and month[-1]["start"] == "2026-12-03T00:00:00Z"
+    assert {b["start"]: b["completed"] for b in month}["2026-11-13T00:00:00Z"] == 1
+    assert (sum(b["completed"] for b in month), sum(b["failed"] for b in month)) == (2, 1)
+
+
+def test_a_flag_with_a_command_shows_it_to_copy_next_to_its_console_page() -> None:
+    """Flags carry `command` (to paste) and `console` (the console's own page) once the health rules give them; a flag
+    without them renders as before."""
+    advice = routes._TEMPLATES.get_template("_macros.html").module.advice
+    shown = str(advice({"code": "needs_decision", "command": f"coherence decide 12 {HOSTILE}",
+                        "console": "/decisions"}))
+    assert '<code class="command">coherence decide 12 &lt;script&gt;' in shown
+    assert '<a class="button" href="/decisions">Open in the console</a>' in shown
+    assert "<a " not in str(advice({"command": "coherence fatal --clear", "console": None}))
+    assert str(advice({"code": "stale_runner"})).strip() == ""

@@ -49,8 +49,9 @@ def _axis(top: float, plot_height: int, unit: str = "") -> list[str]:
 
 
 def stacked_bars(rows: Sequence[Mapping[str, Any]], key: str, series: Sequence[str], title: str,
-                 label: Callable[[str], str] = str) -> Markup:
-    """One bar per row, its ``series`` values stacked bottom-up; every third bar labelled with ``label(row[key])``."""
+                 label: Callable[[str], str] = str, every: int = 3) -> Markup:
+    """One bar per row, its ``series`` values stacked bottom-up; every ``every``-th bar labelled with
+    ``label(row[key])``."""
     plot_height = HEIGHT - TOP - BOTTOM
     top = _nice_max(max((sum(int(row[s]) for s in series) for row in rows), default=0))
     slot = (WIDTH - LEFT) / max(len(rows), 1)
@@ -66,7 +67,7 @@ def stacked_bars(rows: Sequence[Mapping[str, Any]], key: str, series: Sequence[s
                 body.append(f'<rect class="s-{escape(name)}" x="{x:.1f}" y="{y:.1f}" width="{slot * 0.8:.1f}" '
                             f'height="{height:.1f}"><title>{escape(str(row[key]))}: {value} {escape(name)}</title>'
                             "</rect>")
-        if index % 3 == 0:
+        if index % every == 0:
             body.append(f'<text class="tick" x="{x + slot * 0.4:.1f}" y="{HEIGHT - 6}" text-anchor="middle">'
                         f"{escape(label(str(row[key])))}</text>")
     description = ", ".join(f"{totals[s]} {s}" for s in series) + f" over {len(rows)} bars"

@@ -7,17 +7,19 @@ without JavaScript. The body is read only after the session and its CSRF token a
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from fastapi import APIRouter, FastAPI, Request
+import sqlalchemy as sa
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -25,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Engine
+from starlette.exceptions import HTTPException
 
 from coherence_network import health, restart
 from coherence_network.api.errors import bounded_error
@@ -41,7 +44,7 @@ from coherence_network.logfiles import RUN_FILES, shared_secret, task_log_path
 from coherence_network.settings import Settings
 from coherence_network.store import Conflict, NotFound
 from coherence_network.store import ops_issues
-from coherence_network.store.stats import ALL_TYPES, WINDOWS, hourly_throughput, success_counts
+from coherence_network.store.stats import ALL_TYPES, WINDOWS, success_counts, throughput
 from coherence_network.store.tasks import TaskStore
 
 router = APIRouter(include_in_schema=False)
@@ -53,6 +56,17 @@ MAX_FORM_BYTES = 64 * 1024
 PAST_DAYS_REUSE_SECONDS = 600.0  # how long a full past day's success counts are reused (a retry may change them)
 _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                          autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
+
+
+def _utc(value: datetime) -> datetime:
+    """A stored time in UTC (the store's times are UTC; a naive one is taken as UTC)."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+# A time is rendered in UTC, labelled; the console's JavaScript rewrites the text to the viewer's zone and keeps
+# the UTC text as the element's title (shown on hover).
+_TEMPLATES.filters["utc_iso"] = lambda value: _utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+_TEMPLATES.filters["utc_text"] = lambda value: _utc(value).strftime("%Y-%m-%d %H:%M:%S UTC")
 # Every page: no script, style, image or connection from elsewhere, nothing inline (the console's JavaScript and CSS
 # are files under /console-static), forms post only here, and no other site may frame a page (clickjacking).
 PAGE_HEADERS = {
@@ -62,12 +76,41 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
+# What a restart does to each component: the confirmation page says it before anything is written.
+RESTART_CONSEQUENCES = {
+    "api": "The API and this console stop answering for a second or two while it restarts (pages show a banner "
+           "until it is back); runners, the monitor and the project manager wait and carry on.",
+    "agent_runner": "The runner stops: the tasks it is running are stopped and released, and run again from the "
+                    "start once it (or another runner) claims them.",
+    "project_manager": "The project manager stops and starts again; it keeps its place in the backlog.",
+    "monitor": "The monitor stops and starts again; its checks pause for a moment and its open issues stay open.",
+    "all": "Every component restarts, the API first: all of the above at once.",
+}
 _RESTART_NOTICES = {
     "requested": "Restart requested: the supervisor acts on it within seconds (see coherence status).",
     "no-supervisor": "No supervisor runs for this COHERENCE_HOME, so nothing would act on a restart request; "
                      "nothing was written. Start the pipeline with coherence supervise.",
 }
 
+
+@dataclass(frozen=True)
+class ChartRange:
+    """A span of the throughput chart: its buckets, how it is named and how its bars are labelled."""
+
+    name: str  # what the chart's title says
+    per: str  # the bucket, in words
+    bucket: timedelta
+    count: int
+    label_every: int
+    label: Callable[[str], str]
+
+
+# Bucket sizes keep every span at 24 to 30 bars, so a bar stays wide enough to see and to point at.
+CHART_RANGES = {
+    "24h": ChartRange("last 24 h", "hour", timedelta(hours=1), 24, 3, lambda start: start[11:13]),
+    "7d": ChartRange("last 7 days", "6 hours", timedelta(hours=6), 28, 4, lambda start: start[5:10]),
+    "30d": ChartRange("last 30 days", "day", timedelta(days=1), 30, 5, lambda start: start[5:10]),
+}
 
 _UNSTORABLE_MESSAGE = "Names hold no NUL characters or lone surrogates: no project can have one."
 
@@ -141,12 +184,13 @@ def set_session_cookie(request: Request, response: Response, cookie: str) -> Non
 
 
 def render(request: Request, template: str, visit: Visit | None, code: int = 200, **values: Any) -> HTMLResponse:
-    """A page with the layout's common values (who, CSRF token, whether sign-out makes sense)."""
+    """A page with the layout's common values (who, CSRF token, whether sign-out makes sense, whether agent-phase
+    tasks can run here)."""
     page = _TEMPLATES.get_template(template).render(
         request=request, path=request.url.path, identity=visit.session.identity if visit else None,
         csrf=_sessions(request).csrf_token(visit.session) if visit else "",
         signed=token_required(request), Status=TaskStatus, statuses=list(TaskStatus), types=list(TaskType),
-        **values)
+        agent_command_set=bool(_settings(request).coherence_agent_command), **values)
     response = HTMLResponse(page, status_code=code, headers=PAGE_HEADERS)
     if visit is not None and visit.new_cookie:
         set_session_cookie(request, response, visit.new_cookie)
@@ -154,9 +198,10 @@ def render(request: Request, template: str, visit: Visit | None, code: int = 200
 
 
 def error_page(request: Request, status: int, title: str, message: str | list[str],
-               visit: Visit | None = None) -> HTMLResponse:
+               visit: Visit | None = None, back: tuple[str, str] | None = None) -> HTMLResponse:
+    """The console's error page; ``back`` is (link, words) for the page to return to, besides the overview."""
     messages = [message] if isinstance(message, str) else message
-    return render(request, "error.html", visit, code=status, title=title, messages=messages)
+    return render(request, "error.html", visit, code=status, title=title, messages=messages, back=back)
 
 
 async def _form(request: Request) -> tuple[Visit, dict[str, str]]:
@@ -188,16 +233,18 @@ def _validated(model: type[BaseModel], values: dict[str, Any]) -> BaseModel | li
         return [f"{'.'.join(map(str, e['loc'])) or 'form'}: {e['msg']}" for e in map(bounded_error, exc.errors())]
 
 
-async def _act(request: Request, visit: Visit, action: Callable[[], Any], done: str) -> Response:
-    """Run a store action; 303 to ``done`` on success, the API's 404/409/400 message as a page otherwise."""
+async def _act(request: Request, visit: Visit, action: Callable[[], Any], done: str, task_id: int) -> Response:
+    """Run a store action on a task; 303 to ``done`` on success, the API's 404/409/400 message as a page otherwise,
+    with a link back to the task."""
+    back = (f"/tasks/{task_id}", f"Back to task #{task_id}")
     try:
         await run_in_threadpool(action)
     except NotFound as exc:
         return error_page(request, 404, "Not found", str(exc), visit)
     except Conflict as exc:
-        return error_page(request, 409, "Refused: the task is not in a state for this", str(exc), visit)
+        return error_page(request, 409, "Refused: the task is not in a state for this", str(exc), visit, back)
     except ValueError as exc:
-        return error_page(request, 400, "Refused", str(exc), visit)
+        return error_page(request, 400, "Refused", str(exc), visit, back)
     return RedirectResponse(done, status_code=303)
 
 
@@ -243,13 +290,17 @@ async def signout(request: Request) -> Response:
 
 # --- overview -----------------------------------------------------------------------------------------------------
 @router.get("/")
-def overview(request: Request, restart_notice: str = "") -> HTMLResponse:
+def overview(request: Request, restart_notice: str = "",
+             chart_range: str = Query("24h", alias="range")) -> HTMLResponse:
     visit = _visit(request)
+    span = CHART_RANGES.get(chart_range)
+    if span is None:
+        return error_page(request, 400, "Unknown range", f"range must be one of {', '.join(CHART_RANGES)}; "
+                          f"{chart_range[:40]!r} is not", visit)
     settings, store = _settings(request), _store(request)
     snapshot = request.app.state.metrics.health_snapshot()
     now = snapshot.now
-    with store.engine.connect() as conn:
-        hourly = hourly_throughput(store.engine, conn, now)
+    finished = request.app.state.console_throughput.read(store.engine, now, span)
     daily, week = request.app.state.console_week.read(store.engine, now)
     monitor_issues = ops_issues.list_monitor_issues(store.engine, resolved_limit=0)["issues"]
     fatal_issues = ops_issues.list_fatal_issues(store.engine)
@@ -267,8 +318,10 @@ def overview(request: Request, restart_notice: str = "") -> HTMLResponse:
         pending=snapshot.pending, needs_decision=snapshot.needs_decision, recent=snapshot.recent[:10],
         attention=health.evaluate(snapshot, settings),
         monitor_issues=monitor_issues, fatal_issues=fatal_issues,
-        throughput_svg=charts.stacked_bars(hourly, "hour", (TaskStatus.COMPLETED, TaskStatus.FAILED),
-                                           "Tasks finished per hour, last 24 h", label=lambda key: key[11:13]),
+        throughput_svg=charts.stacked_bars(finished, "start", (TaskStatus.COMPLETED, TaskStatus.FAILED),
+                                           f"Tasks finished per {span.per}, {span.name}", label=span.label,
+                                           every=span.label_every),
+        chart_range=chart_range, chart_ranges=CHART_RANGES, span=span,
         queue_svg=charts.horizontal_bars({TaskStatus.RUNNING: snapshot.by_status.get(TaskStatus.RUNNING, 0),
                                           **{f"pending {t}": n for t, n in pending_by_type.items()},
                                           "needs decision": snapshot.by_status.get(TaskStatus.NEEDS_DECISION, 0)},
@@ -276,6 +329,30 @@ def overview(request: Request, restart_notice: str = "") -> HTMLResponse:
         success_svg=charts.rate_bars(daily, "Success rate per day, last 7 days"),
         restart_targets=restart.TARGETS, restart_notice=_RESTART_NOTICES.get(restart_notice),
     )
+
+
+class ThroughputFigures:
+    """The throughput chart's buckets. A month of finished tasks costs more to count than the rest of the overview,
+    so the buckets before today are counted once per PAST_DAYS_REUSE_SECONDS for each range; today's are counted on
+    every render (a task finishing now always lands today)."""
+
+    def __init__(self, reuse_seconds: float) -> None:
+        self.reuse = reuse_seconds
+        self._past: dict[str, tuple[float, datetime, list[dict[str, Any]]]] = {}  # range: (counted, today, buckets)
+
+    def read(self, engine: Engine, now: datetime, span: ChartRange) -> list[dict[str, Any]]:
+        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        today_count = min((now - today) // span.bucket + 1, span.count)
+        clock = time.monotonic()
+        with engine.connect() as conn:
+            kept = self._past.get(span.name)
+            if (kept is None or kept[1] != today or len(kept[2]) != span.count - today_count
+                    or clock - kept[0] > self.reuse):
+                before_today = today - timedelta(microseconds=1)
+                past = (throughput(engine, conn, before_today, span.bucket, span.count - today_count)
+                        if span.count > today_count else [])
+                kept = self._past[span.name] = (clock, today, past)
+            return kept[2] + throughput(engine, conn, now, span.bucket, today_count)
 
 
 class WeekFigures:
@@ -310,12 +387,22 @@ class WeekFigures:
 
 @router.post("/restart")
 async def request_component_restart(request: Request) -> Response:
-    """The request `coherence restart` writes, for the supervisor of this host's COHERENCE_HOME."""
+    """The request `coherence restart` writes, for the supervisor of this host's COHERENCE_HOME, once confirmed: a
+    post without ``confirm=yes`` answers a page naming the component and what its restart does, whose form (with
+    the CSRF token) posts again with ``confirm=yes``. Works without JavaScript."""
     visit, fields = await _form(request)
-    reason = f"console:{visit.session.identity}: {fields.get('reason', '').strip()[:500] or 'restart from the console'}"
+    component = fields.get("component", "")
+    if component not in restart.TARGETS:
+        return error_page(request, 400, "Restart refused",
+                          f"Choose a component to restart: one of {', '.join(restart.TARGETS)}.", visit,
+                          ("/#restart", "Back to the restart form"))
+    given = fields.get("reason", "").strip()[:500]
+    if fields.get("confirm") != "yes":
+        return render(request, "restart.html", visit, component=component, reason=given,
+                      consequence=RESTART_CONSEQUENCES[component])
+    reason = f"console:{visit.session.identity}: {given or 'restart from the console'}"
     try:
-        result = await run_in_threadpool(restart.request_restart, _settings(request), fields.get("component", ""),
-                                         reason)
+        result = await run_in_threadpool(restart.request_restart, _settings(request), component, reason)
     except ValueError as exc:
         return error_page(request, 400, "Restart refused", str(exc), visit)
     notice = "requested" if result.supervisor_pid is not None else "no-supervisor"
@@ -399,13 +486,13 @@ async def decide(request: Request, task_id: TaskId) -> Response:
     if isinstance(body, list):
         return error_page(request, 422, "The answer was not recorded", body, visit)
     back = local_path(fields.get("back"), f"/tasks/{task_id}")
-    return await _act(request, visit, lambda: _store(request).decide(task_id, body.decision, who), back)
+    return await _act(request, visit, lambda: _store(request).decide(task_id, body.decision, who), back, task_id)
 
 
 @router.post("/tasks/{task_id}/retry")
 async def retry(request: Request, task_id: TaskId) -> Response:
     visit, _ = await _form(request)
-    return await _act(request, visit, lambda: _store(request).retry(task_id), f"/tasks/{task_id}")
+    return await _act(request, visit, lambda: _store(request).retry(task_id), f"/tasks/{task_id}", task_id)
 
 
 @router.get("/decisions")
@@ -457,6 +544,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     # Without a token the key is this home's generated one, so every uvicorn worker accepts the others' cookies.
     key = key_from_token(token or shared_secret(RUN_FILES["console_session_key"].path(settings)))
     app.state.console_week = WeekFigures(PAST_DAYS_REUSE_SECONDS)
+    app.state.console_throughput = ThroughputFigures(PAST_DAYS_REUSE_SECONDS)
     app.state.console_sessions = Sessions(key, settings.coherence_console_session_hours * 3600, token or None)
     app.mount("/console-static", StaticFiles(directory=Path(__file__).parent / "static"), name="console-static")
     app.include_router(router)
@@ -468,3 +556,51 @@ def install(app: FastAPI, settings: Settings) -> None:
     @app.exception_handler(SignInNeeded)
     async def _sign_in(_: Request, exc: SignInNeeded) -> RedirectResponse:
         return RedirectResponse(f"/signin?{urlencode({'next': exc.target})}", status_code=303)
+
+    _html_errors_for_browsers(app)
+
+
+_ERROR_TITLES = {404: "Page not found", 405: "Method not allowed", 503: "Store unavailable"}
+
+
+def _wants_html(request: Request) -> bool:
+    """A browser asking for a page: HTML accepted, and a path outside the JSON API (which always answers JSON)."""
+    path = request.url.path
+    return "text/html" in request.headers.get("accept", "") and not (path == "/api" or path.startswith("/api/"))
+
+
+def _html_errors_for_browsers(app: FastAPI) -> None:
+    """An unknown URL, a method a path does not answer and a store that cannot be reached answer a browser with the
+    console's error page (same status and headers) instead of the JSON a client gets: the JSON API's handlers
+    (api/errors.py) decide the status, this only changes the face."""
+    for kind in (HTTPException, sa.exc.StatementError):
+        json_handler = app.exception_handlers[kind]
+
+        async def handler(request: Request, exc: Exception,
+                          json_handler: Callable[..., Any] = json_handler) -> Response:
+            answer = await json_handler(request, exc)
+            if not _wants_html(request) or answer.status_code < 400:
+                return answer
+            session = _sessions(request).verify(request.cookies.get(COOKIE))
+            status = answer.status_code
+            page = render(request, "error.html", Visit(session) if session else None, code=status,
+                          title=_ERROR_TITLES.get(status, "Error"), messages=[_error_words(request, answer)],
+                          back=None, refresh=5 if status == 503 and request.method == "GET" else None)
+            if "allow" in answer.headers:
+                page.headers["Allow"] = answer.headers["allow"]
+            return page
+
+        app.add_exception_handler(kind, handler)
+
+
+def _error_words(request: Request, answer: Response) -> str:
+    """What the error page says: the path for a 404 and 405; the JSON API's reason otherwise."""
+    if answer.status_code == 404:
+        return f"The console has no page at {request.url.path[:200]}."
+    if answer.status_code == 405:
+        return f"{request.url.path[:200]} does not answer {request.method}; it answers {answer.headers.get('allow')}."
+    detail = json.loads(bytes(answer.body)).get("detail")
+    reason = detail if isinstance(detail, str) else "the request was refused"
+    if answer.status_code == 503:
+        return f"The API answers but cannot reach its store ({reason}). Reload once the store is back."
+    return reason

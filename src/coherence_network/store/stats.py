@@ -111,26 +111,39 @@ def _label(p: float) -> str:
     return f"p{round(p * 100)}"
 
 
+def throughput(engine: Engine, conn: Connection, now: datetime, bucket: timedelta, count: int) -> list[dict[str, Any]]:
+    """Completed and failed tasks per bucket over the last ``count`` buckets up to ``now``, oldest first, empty
+    buckets included. A bucket is one or more whole hours dividing a UTC day, or one UTC day; each is keyed by its
+    start ("start": "YYYY-MM-DDTHH:00:00Z"). The store counts by hour (by day for day buckets) over the
+    finished-window index, so no row is read, and the hours are folded into buckets here."""
+    daily = bucket >= timedelta(days=1)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    first = midnight + bucket * ((now - midnight) // bucket) - bucket * (count - 1)
+    if engine.dialect.name == "sqlite":
+        grain = sa.func.strftime("%Y-%m-%d" if daily else "%Y-%m-%dT%H", tasks.c.finished_at)
+    else:
+        grain = sa.func.to_char(sa.func.timezone("UTC", tasks.c.finished_at),
+                                "YYYY-MM-DD" if daily else 'YYYY-MM-DD"T"HH24')
+    query = (
+        sa.select(grain, tasks.c.status, sa.func.count())
+        .where(_finished_between(first, now))
+        .group_by(grain, tasks.c.status)
+    )
+    starts = [first + bucket * i for i in range(count)]
+    buckets = {start: _no_outcomes() for start in starts}
+    step, pattern = (timedelta(days=1), "%Y-%m-%d") if daily else (timedelta(hours=1), "%Y-%m-%dT%H")
+    slot = {(first + step * i).strftime(pattern): first + bucket * (step * i // bucket)
+            for i in range(count * (bucket // step))}
+    for key, status, n in conn.execute(query):
+        start = slot.get(key)
+        if start is not None and status in buckets[start]:
+            buckets[start][status] += int(n)
+    return [{"start": start.strftime("%Y-%m-%dT%H:00:00Z"), **counts} for start, counts in buckets.items()]
+
+
 def hourly_throughput(engine: Engine, conn: Connection, now: datetime) -> list[dict[str, Any]]:
     """Completed and failed tasks per UTC hour over the last 24 hours, oldest hour first, empty hours included."""
-    first_hour = (now - timedelta(hours=23)).replace(minute=0, second=0, microsecond=0)
-    if engine.dialect.name == "sqlite":
-        hour = sa.func.strftime("%Y-%m-%dT%H:00:00Z", tasks.c.finished_at)
-    else:
-        hour = sa.func.to_char(sa.func.date_trunc("hour", sa.func.timezone("UTC", tasks.c.finished_at)),
-                               'YYYY-MM-DD"T"HH24:00:00"Z"')
-    query = (
-        sa.select(hour, tasks.c.status, sa.func.count())
-        .where(_finished_between(first_hour, now))
-        .group_by(hour, tasks.c.status)
-    )
-    buckets = {
-        (first_hour + timedelta(hours=h)).strftime("%Y-%m-%dT%H:00:00Z"): _no_outcomes() for h in range(24)
-    }
-    for key, status, n in conn.execute(query):
-        if key in buckets and status in buckets[key]:
-            buckets[key][status] += int(n)
-    return [{"hour": key, **counts} for key, counts in buckets.items()]
+    return [{"hour": row.pop("start"), **row} for row in throughput(engine, conn, now, timedelta(hours=1), 24)]
 
 
 def task_metrics(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
