@@ -316,9 +316,10 @@ def _user() -> str:
 
 
 @contextmanager
-def _api(settings: Settings, *, conflict: str = "refused") -> Iterator[ApiClient]:
+def _api(settings: Settings, *, conflict: str = "refused", names: dict[str, str] | None = None) -> Iterator[ApiClient]:
     """The API client of an operator's command: an API error becomes one line on stderr and exit 1 (2 when the API
-    calls the request malformed); ``conflict`` opens the line for a 409."""
+    calls the request malformed); ``conflict`` opens the line for a 409, ``names`` spells a 422's fields as the
+    command's own options."""
     from coherence_network.client import (ApiAuthError, ApiClient, ApiConflict, ApiError, ApiNotFound,
                                           ApiUnavailable, ApiValidationError)
 
@@ -329,14 +330,38 @@ def _api(settings: Settings, *, conflict: str = "refused") -> Iterator[ApiClient
         explained: list[tuple[type[ApiError], str, int]] = [
             (ApiNotFound, f"no such task: {exc.detail}", 1),
             (ApiConflict, f"{conflict}: {exc.detail}", 1),
-            (ApiValidationError, f"the API refused the request as malformed: {exc.detail}", 2),
+            (ApiValidationError, f"the API refused the request as malformed: {invalid_fields(exc.detail, names)}", 2),
             (ApiAuthError, f"the API refused the token (set COHERENCE_API_TOKEN): {exc.detail}", 1),
-            (ApiUnavailable, f"the API at {settings.agent_api_base} is unreachable: {exc.detail}\n"
-                             "read docs/RUNBOOK.md#pipeline-recovery", 1),
+            (ApiUnavailable, f"the API at {settings.agent_api_base} is unreachable ({exc.detail}): see "
+                             "docs/RUNBOOK.md#pipeline-recovery", 1),
         ]
         message, code = next(((m, c) for kind, m, c in explained if isinstance(exc, kind)), (str(exc), 1))
         typer.echo(message, err=True)
         raise typer.Exit(code) from exc
+
+
+SHOWN_INPUT_CHARS = 40  # a refused value longer than this is not repeated (a whole direction, a command)
+
+
+def invalid_fields(detail: object, names: dict[str, str] | None = None) -> str:
+    """A 422's ``detail`` (pydantic's list of errors) as one readable line: ``field: message (got value)`` for each,
+    joined by ``; ``, a field spelled as ``names`` says (the command's option) else by its name in the request."""
+    if not isinstance(detail, list):
+        return " ".join(str(detail).split())
+    parts = []
+    for error in detail:
+        if not isinstance(error, dict):
+            parts.append(str(error))
+            continue
+        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "path", "query", "header")]
+        field = ".".join(loc)
+        field = (names or {}).get(field, field)
+        given = error.get("input")
+        got = (f" (got {given!r})" if isinstance(given, (str, int, float)) and not isinstance(given, bool)
+               and len(repr(given)) <= SHOWN_INPUT_CHARS else "")
+        message = " ".join(str(error.get("msg", "")).removeprefix("Value error, ").split())
+        parts.append(f"{field}: {message}{got}" if field else f"{message}{got}")
+    return "; ".join(parts)
 
 
 @app.command()
@@ -503,6 +528,54 @@ def retry(
         typer.echo(done.model_dump_json(indent=2))
         return
     typer.echo(f"task {done.id}: now {done.status.value} (attempts so far {done.attempts})")
+
+
+CREATE_OPTIONS = {"direction": "DIRECTION", "task_type": "--type", "command": "--command", "priority": "--priority",
+                  "max_attempts": "--max-attempts", "timeout_seconds": "--timeout", "": "the request"}
+
+
+@app.command()
+def create(
+    direction_arg: str = typer.Argument(None, metavar="[DIRECTION]", help="What to do (1-5000 characters); - reads "
+                                        "it from stdin"),
+    direction_opt: str = typer.Option(None, "--direction", "-d", help="The same, as an option"),
+    task_type: TaskType = typer.Option(TaskType.RUN, "--type", help="Task type: run carries a --command (no agent); "
+                                       "spec, test, impl, review and heal run COHERENCE_AGENT_COMMAND"),
+    command: str = typer.Option(None, "--command", help="For a run task: the command line a runner executes (split "
+                                "like a shell would, never run by one; types allowed: COHERENCE_COMMAND_TASK_TYPES)"),
+    priority: int = typer.Option(0, "--priority", help="Higher runs first (-1000..1000)"),
+    max_attempts: int = typer.Option(None, "--max-attempts", help="Claims the task may use (default "
+                                     "COHERENCE_MAX_ATTEMPTS)"),
+    timeout: float = typer.Option(None, "--timeout", help="Seconds it may run (default AGENT_TASK_TIMEOUT)"),
+    key: str = typer.Option(None, "--idempotency-key", help="Names this create: repeating it with the same key "
+                            "returns the task the first one made (default: a fresh random key, printed)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the task as the API returns it"),
+) -> None:
+    """Create a task through the API (with the token when COHERENCE_API_TOKEN is set). Exit 2 when the input is
+    malformed (the API's reason in one line), 1 when the API refuses it otherwise or cannot be reached. A retry
+    after a lost answer is safe: give the printed --idempotency-key again."""
+    import uuid
+
+    given = [d for d in (direction_arg, direction_opt) if d is not None]
+    if len(given) != 1:
+        typer.echo("give the direction once: as the argument or with --direction (- reads it from stdin)", err=True)
+        raise typer.Exit(2)
+    direction = sys.stdin.read().rstrip("\n") if given[0] == "-" else given[0]
+    if task_type is TaskType.RUN and not command:
+        typer.echo("a run task needs --command (the command line a runner executes); an agent task takes --type "
+                   "spec, test, impl, review or heal", err=True)
+        raise typer.Exit(2)
+    key = key or uuid.uuid4().hex
+    fields = {"command": command, "priority": priority, "max_attempts": max_attempts, "timeout_seconds": timeout}
+    settings = get_settings()
+    with _api(settings, conflict="the API refused the create", names=CREATE_OPTIONS) as client:
+        made = client.create_task(direction, task_type, idempotency_key=key,
+                                  **{name: value for name, value in fields.items() if value is not None})
+    if as_json:
+        typer.echo(made.model_dump_json(indent=2))
+        return
+    typer.echo(f"task {made.id}: {made.task_type.value}, {made.status.value}, priority {made.priority} "
+               f"(idempotency key {key}: the same create with --idempotency-key {key} returns this task)")
 
 
 def _restart_targets() -> list[str]:
