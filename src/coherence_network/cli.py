@@ -86,11 +86,13 @@ def migrate() -> None:
     """Upgrade the store's schema to the newest revision (existing data is kept)."""
     from coherence_network.store import open_task_store
     from coherence_network.store.db import migrate as run_migrations
+    from coherence_network.store.db import store_errors_as_config
 
     settings = get_settings()
     settings.ensure_dirs()
     store = open_task_store(settings)
-    before, after = run_migrations(store.engine)
+    with store_errors_as_config(store.engine):
+        before, after = run_migrations(store.engine)
     typer.echo(f"store {store.engine.dialect.name}: schema {before or 'empty'} -> {after}")
 
 
