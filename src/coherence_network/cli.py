@@ -820,8 +820,9 @@ def supervise(
 
 @app.command()
 def stop(
-    grace: float = typer.Option(30.0, "--grace", min=0, help="Seconds each process gets after SIGTERM before "
-                                "SIGKILL"),
+    grace: float = typer.Option(None, "--grace", min=0, help="Seconds each process gets after SIGTERM before "
+                                "SIGKILL (default SUPERVISOR_STOP_GRACE_SECONDS, the grace the supervisor gives its "
+                                "components)"),
     port: int = typer.Option(None, "--port", min=1, max=65535, help="Instead: stop the coherence process of yours "
                              "that listens on this port (a stray API), found by its socket; exit 1 when none is, or "
                              "when the listener is not a coherence process (it is then left alone)"),
@@ -830,11 +831,13 @@ def stop(
     task process left behind; removes stale PID files. With --port: only the process listening on that port."""
     from coherence_network.supervisor import stop_pipeline, stop_port
 
+    settings = get_settings()
+    grace = settings.supervisor_stop_grace_seconds if grace is None else grace
     if port is not None:
         stopped, what = stop_port(port, grace)
         typer.echo(what, err=not stopped)
         raise typer.Exit(0 if stopped else 1)
-    done = stop_pipeline(get_settings(), grace)
+    done = stop_pipeline(settings, grace)
     typer.echo("\n".join(done) if done else "nothing is running (no component holds its lock in var/run/)")
 
 

@@ -340,7 +340,8 @@ class Settings(BaseSettings):
         300.0, gt=0, description="Window in which SUPERVISOR_FATAL_RESTARTS crashes are counted"
     )
     supervisor_stop_grace_seconds: float = Field(
-        45.0, ge=0, description="Seconds a component gets between SIGTERM and SIGKILL when the pipeline stops"
+        45.0, ge=0, description="Seconds a component gets between SIGTERM and SIGKILL when the pipeline stops (by "
+        "the supervisor, or by coherence stop unless --grace says otherwise)"
     )
 
     # --- indexer --------------------------------------------------------------------------------------------
