@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from enum import Enum
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -762,6 +763,39 @@ def monitor(
         raise typer.Exit(watcher.run(interval or settings.monitor_interval, once))
 
 
+class AutoCommit(str, Enum):
+    YES = "yes"
+    NO = "no"
+    ASK = "ask"
+
+
+def _auto_commit_consent(settings: Settings, choice: AutoCommit | None) -> bool:
+    """Whether the pipeline commits the workspace: ``--auto-commit yes|no``, else PIPELINE_AUTO_COMMIT when it is set
+    (or when nothing asks), else the operator's answer on a terminal (default no), else no. git history is the
+    operator's: nothing commits to it unless someone said so."""
+    if choice is AutoCommit.YES or choice is AutoCommit.NO:
+        return choice is AutoCommit.YES
+    if choice is None or settings.source_of("pipeline_auto_commit") in ("environment", ".env"):
+        return settings.pipeline_auto_commit
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    return typer.confirm(f"Commit the workspace {settings.coherence_workspace.resolve()} after each completed "
+                         "spec/test/impl/review task (git commit; PIPELINE_AUTO_COMMIT)?", default=False, err=True)
+
+
+def _say_auto_commit(settings: Settings, choice: AutoCommit | None) -> None:
+    """One line in the supervisor's log (and on its terminal) whenever auto-commit is on, or was asked about."""
+    workspace = settings.coherence_workspace.resolve()
+    log = logging.getLogger("coherence.supervisor")
+    if settings.pipeline_auto_commit:
+        log.warning("AUTO-COMMIT IS ON: every completed spec/test/impl/review task is committed in %s%s "
+                    "(turn it off: --auto-commit no or PIPELINE_AUTO_COMMIT=0)", workspace,
+                    " and pushed" if settings.pipeline_auto_push else "")
+    elif choice is AutoCommit.ASK:
+        log.warning("auto-commit is off: nothing is committed in %s (turn it on: --auto-commit yes or "
+                    "PIPELINE_AUTO_COMMIT=1)", workspace)
+
+
 @app.command()
 def supervise(
     components: str = typer.Option(",".join(("api", "agent_runner", "project_manager", "monitor")), "--components",
@@ -780,6 +814,10 @@ def supervise(
                                            "checks (default MONITOR_INTERVAL)"),
     auto_recover: bool = typer.Option(False, "--auto-recover", help="The monitor requests restarts (also "
                                       "PIPELINE_AUTO_RECOVER=1)"),
+    auto_commit: AutoCommit = typer.Option(None, "--auto-commit", help="Commit the workspace after each completed "
+                                           "spec/test/impl/review task: yes, no, or ask (on a terminal: a question, "
+                                           "default no; elsewhere: no). Default PIPELINE_AUTO_COMMIT, which also "
+                                           "answers ask when it is set"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging"),
 ) -> None:
     """Watchdog: start the API, runner, project manager and monitor; restart whatever exits (exit 0 at once, a crash
@@ -796,7 +834,10 @@ def supervise(
     if unknown or not chosen:
         typer.echo(f"unknown components: {', '.join(sorted(unknown))}; choose from {', '.join(COMPONENTS)}", err=True)
         raise typer.Exit(2)
+    committing = _auto_commit_consent(settings, auto_commit)
+    settings = settings.model_copy(update={"pipeline_auto_commit": committing})
     setup_logging("supervisor", settings, json_lines=Options.log_json, verbose=verbose)
+    _say_auto_commit(settings, auto_commit)
     backlog_file = (backlog or settings.coherence_workspace / "backlog.md").expanduser().resolve()
     if "project_manager" in chosen and backlog is None and not backlog_file.is_file():
         typer.echo(f"no backlog at {backlog_file}: the project manager is not started (give --backlog)", err=True)

@@ -297,7 +297,8 @@ class Settings(BaseSettings):
         False, description="The monitor writes restart_requested.json for conditions a restart fixes"
     )
     pipeline_auto_commit: bool = Field(
-        False, description="Commit the workspace after each completed spec/test/impl/review task"
+        False, description="Commit the workspace after each completed spec/test/impl/review task (make run asks on a "
+        "terminal when it is not set, default no; set, it answers)"
     )
     pipeline_auto_push: bool = Field(
         False, description="Push after each auto-commit (never forced; a failed push goes with the next one)"
