@@ -632,8 +632,8 @@ def cleanup(
         with ApiClient(settings=settings, retries=1) as client:
             report = clean_task_files(task_file_folders(settings), days, client, dry_run=dry_run)
     except ApiError as exc:
-        typer.echo(f"cannot ask the API which tasks are finished, nothing removed: {exc}", err=True)
-        typer.echo("start the API first (docs/RUNBOOK.md#api-restart)", err=True)
+        typer.echo(f"cannot ask the API which tasks are finished, nothing removed: {exc}; start the API first "
+                   "(docs/RUNBOOK.md#api-restart)", err=True)
         raise typer.Exit(1) from exc
     if as_json:
         typer.echo(json.dumps({**asdict(report), "dry_run": dry_run}))
