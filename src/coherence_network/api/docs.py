@@ -4,10 +4,15 @@ swagger-ui-bundle), not from a CDN, so the page works on a host without internet
 
 Only the files the page loads are served (a fixed list, not the package's folder). They are behind the same door as
 /docs and /openapi.json: with COHERENCE_API_TOKEN set, the bearer token or a console session. ReDoc is not served:
-no package ships it, and one reference is enough.
+one reference is enough. /docs has a Content-Security-Policy of its own (the console's would block the inline
+initializer FastAPI writes): nothing from another origin, that one inline script by its hash.
 """
 
 from __future__ import annotations
+
+import base64
+import hashlib
+import re
 
 from fastapi import FastAPI, HTTPException
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -25,12 +30,14 @@ def install(app: FastAPI) -> None:
 
     @app.get(DOCS_PATH, include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - reference",
             swagger_js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js", swagger_css_url=f"{ASSETS_PATH}/swagger-ui.css",
             swagger_favicon_url=f"{ASSETS_PATH}/favicon-32x32.png",
             swagger_ui_parameters={"validatorUrl": None},  # its badge is an image from validator.swagger.io
         )
+        page.headers["Content-Security-Policy"] = _policy(bytes(page.body))
+        return page
 
     @app.get(ASSETS_PATH + "/{name}", include_in_schema=False)
     async def swagger_asset(name: str) -> FileResponse:
@@ -38,3 +45,12 @@ def install(app: FastAPI) -> None:
             raise HTTPException(404, f"no such file: {name[:100]}")
         return FileResponse(swagger_ui_path / name,
                             headers={"Cache-Control": f"private, max-age={ASSET_CACHE_SECONDS}"})
+
+
+def _policy(page: bytes) -> str:
+    """The browser itself refuses anything from elsewhere; the page's one inline script (FastAPI's Swagger UI
+    initializer) runs by its hash. Swagger UI sets inline styles, hence 'unsafe-inline' for styles only."""
+    inline = re.search(rb"<script>(.*?)</script>", page, re.DOTALL)
+    digest = base64.b64encode(hashlib.sha256(inline.group(1) if inline else b"").digest()).decode()
+    return (f"default-src 'none'; script-src 'self' 'sha256-{digest}'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
