@@ -534,7 +534,7 @@ def retry(
 
 
 CREATE_OPTIONS = {"direction": "DIRECTION", "task_type": "--type", "command": "--command", "priority": "--priority",
-                  "max_attempts": "--max-attempts", "timeout_seconds": "--timeout", "": "the request"}
+                  "max_attempts": "--max-attempts", "timeout_seconds": "--timeout"}
 
 
 @app.command()

@@ -47,7 +47,8 @@ MATRIX: list[tuple[tuple[str, ...], dict[str, str], str]] = [
     (("migrate",), {"DATABASE_URL": CLOSED}, "coherence: the store at DATABASE_URL=postgresql+psycopg://me:***@"),
     (("migrate",), {"DATABASE_URL": "postgresql://me:hunter2-secret@127.0.0.1:notaport/x"},
      "coherence: DATABASE_URL=postgresql+psycopg://me:***@127.0.0.1:notaport/x is not a database URL"),
-    (("migrate",), {"COHERENCE_HOME": "/proc/no-such-home"}, "coherence: COHERENCE_HOME=/proc/no-such-home: cannot create"),
+    (("migrate",), {"COHERENCE_HOME": "/proc/no-such-home"},
+     "coherence: COHERENCE_HOME=/proc/no-such-home: cannot create"),
     (("prune", "--dry-run"), {"DATABASE_URL": "postgresql://"}, "coherence: the store at DATABASE_URL="),
     (("api", "--port", str(free_port())), {"DATABASE_URL": CLOSED},  # not "migration failed", then a traceback
      "coherence: the store at DATABASE_URL=postgresql+psycopg://me:***@127.0.0.1:"),

@@ -187,8 +187,9 @@ def test_every_setting_is_a_row_of_the_configuration_table_with_its_default(runb
     missing = set(settings) - set(rows) - UNDOCUMENTED_SETTINGS
     assert not missing, f"settings missing from the runbook's Configuration table: {sorted(missing)}"
     assert not set(rows) - set(settings), f"rows that are no setting: {sorted(set(rows) - set(settings))}"
-    wrong = {name: (shown, settings[name]) for name, shown in rows.items()
-             if name.lower() not in DERIVED_FROM and shown != ("(empty)" if settings[name] == "" else str(settings[name]))}
+    written = {name: "(empty)" if default == "" else str(default) for name, default in settings.items()}
+    wrong = {name: (shown, written[name]) for name, shown in rows.items()
+             if name.lower() not in DERIVED_FROM and shown != written[name]}
     assert not wrong, f"defaults in the table that are not the code's (table, code): {wrong}"
 
 
