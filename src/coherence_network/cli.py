@@ -539,7 +539,7 @@ CREATE_OPTIONS = {"direction": "DIRECTION", "task_type": "--type", "command": "-
 
 @app.command()
 def create(
-    direction_arg: str = typer.Argument(None, metavar="[DIRECTION]", help="What to do (1-5000 characters); - reads "
+    direction_arg: str = typer.Argument(None, metavar="DIRECTION", help="What to do (1-5000 characters); - reads "
                                         "it from stdin"),
     direction_opt: str = typer.Option(None, "--direction", "-d", help="The same, as an option"),
     task_type: TaskType = typer.Option(TaskType.RUN, "--type", help="Task type: run carries a --command (no agent); "
