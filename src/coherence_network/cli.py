@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from enum import Enum
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,11 +87,13 @@ def migrate() -> None:
     """Upgrade the store's schema to the newest revision (existing data is kept)."""
     from coherence_network.store import open_task_store
     from coherence_network.store.db import migrate as run_migrations
+    from coherence_network.store.db import store_errors_as_config
 
     settings = get_settings()
     settings.ensure_dirs()
     store = open_task_store(settings)
-    before, after = run_migrations(store.engine)
+    with store_errors_as_config(store.engine):
+        before, after = run_migrations(store.engine)
     typer.echo(f"store {store.engine.dialect.name}: schema {before or 'empty'} -> {after}")
 
 
@@ -316,9 +319,10 @@ def _user() -> str:
 
 
 @contextmanager
-def _api(settings: Settings, *, conflict: str = "refused") -> Iterator[ApiClient]:
+def _api(settings: Settings, *, conflict: str = "refused", names: dict[str, str] | None = None) -> Iterator[ApiClient]:
     """The API client of an operator's command: an API error becomes one line on stderr and exit 1 (2 when the API
-    calls the request malformed); ``conflict`` opens the line for a 409."""
+    calls the request malformed); ``conflict`` opens the line for a 409, ``names`` spells a 422's fields as the
+    command's own options."""
     from coherence_network.client import (ApiAuthError, ApiClient, ApiConflict, ApiError, ApiNotFound,
                                           ApiUnavailable, ApiValidationError)
 
@@ -329,14 +333,38 @@ def _api(settings: Settings, *, conflict: str = "refused") -> Iterator[ApiClient
         explained: list[tuple[type[ApiError], str, int]] = [
             (ApiNotFound, f"no such task: {exc.detail}", 1),
             (ApiConflict, f"{conflict}: {exc.detail}", 1),
-            (ApiValidationError, f"the API refused the request as malformed: {exc.detail}", 2),
+            (ApiValidationError, f"the API refused the request as malformed: {invalid_fields(exc.detail, names)}", 2),
             (ApiAuthError, f"the API refused the token (set COHERENCE_API_TOKEN): {exc.detail}", 1),
-            (ApiUnavailable, f"the API at {settings.agent_api_base} is unreachable: {exc.detail}\n"
-                             "read docs/RUNBOOK.md#pipeline-recovery", 1),
+            (ApiUnavailable, f"the API at {settings.agent_api_base} is unreachable ({exc.detail}): see "
+                             "docs/RUNBOOK.md#pipeline-recovery", 1),
         ]
         message, code = next(((m, c) for kind, m, c in explained if isinstance(exc, kind)), (str(exc), 1))
         typer.echo(message, err=True)
         raise typer.Exit(code) from exc
+
+
+SHOWN_INPUT_CHARS = 40  # a refused value longer than this is not repeated (a whole direction, a command)
+
+
+def invalid_fields(detail: object, names: dict[str, str] | None = None) -> str:
+    """A 422's ``detail`` (pydantic's list of errors) as one readable line: ``field: message (got value)`` for each,
+    joined by ``; ``, a field spelled as ``names`` says (the command's option) else by its name in the request."""
+    if not isinstance(detail, list):
+        return " ".join(str(detail).split())
+    parts = []
+    for error in detail:
+        if not isinstance(error, dict):
+            parts.append(str(error))
+            continue
+        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "path", "query", "header")]
+        field = ".".join(loc)
+        field = (names or {}).get(field, field)
+        given = error.get("input")
+        got = (f" (got {given!r})" if isinstance(given, (str, int, float)) and not isinstance(given, bool)
+               and len(repr(given)) <= SHOWN_INPUT_CHARS else "")
+        message = " ".join(str(error.get("msg", "")).removeprefix("Value error, ").split())
+        parts.append(f"{field}: {message}{got}" if field else f"{message}{got}")
+    return "; ".join(parts)
 
 
 @app.command()
@@ -505,6 +533,54 @@ def retry(
     typer.echo(f"task {done.id}: now {done.status.value} (attempts so far {done.attempts})")
 
 
+CREATE_OPTIONS = {"direction": "DIRECTION", "task_type": "--type", "command": "--command", "priority": "--priority",
+                  "max_attempts": "--max-attempts", "timeout_seconds": "--timeout"}
+
+
+@app.command()
+def create(
+    direction_arg: str = typer.Argument(None, metavar="DIRECTION", help="What to do (1-5000 characters); - reads "
+                                        "it from stdin"),
+    direction_opt: str = typer.Option(None, "--direction", "-d", help="The same, as an option"),
+    task_type: TaskType = typer.Option(TaskType.RUN, "--type", help="Task type: run carries a --command (no agent); "
+                                       "spec, test, impl, review and heal run COHERENCE_AGENT_COMMAND"),
+    command: str = typer.Option(None, "--command", help="For a run task: the command line a runner executes (split "
+                                "like a shell would, never run by one; types allowed: COHERENCE_COMMAND_TASK_TYPES)"),
+    priority: int = typer.Option(0, "--priority", help="Higher runs first (-1000..1000)"),
+    max_attempts: int = typer.Option(None, "--max-attempts", help="Claims the task may use (default "
+                                     "COHERENCE_MAX_ATTEMPTS)"),
+    timeout: float = typer.Option(None, "--timeout", help="Seconds it may run (default AGENT_TASK_TIMEOUT)"),
+    key: str = typer.Option(None, "--idempotency-key", help="Names this create: repeating it with the same key "
+                            "returns the task the first one made (default: a fresh random key, printed)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the task as the API returns it"),
+) -> None:
+    """Create a task through the API (with the token when COHERENCE_API_TOKEN is set). Exit 2 when the input is
+    malformed (the API's reason in one line), 1 when the API refuses it otherwise or cannot be reached. A retry
+    after a lost answer is safe: give the printed --idempotency-key again."""
+    import uuid
+
+    given = [d for d in (direction_arg, direction_opt) if d is not None]
+    if len(given) != 1:
+        typer.echo("give the direction once: as the argument or with --direction (- reads it from stdin)", err=True)
+        raise typer.Exit(2)
+    direction = sys.stdin.read().rstrip("\n") if given[0] == "-" else given[0]
+    if task_type is TaskType.RUN and not command:
+        typer.echo("a run task needs --command (the command line a runner executes); an agent task takes --type "
+                   "spec, test, impl, review or heal", err=True)
+        raise typer.Exit(2)
+    key = key or uuid.uuid4().hex
+    fields = {"command": command, "priority": priority, "max_attempts": max_attempts, "timeout_seconds": timeout}
+    settings = get_settings()
+    with _api(settings, conflict="the API refused the create", names=CREATE_OPTIONS) as client:
+        made = client.create_task(direction, task_type, idempotency_key=key,
+                                  **{name: value for name, value in fields.items() if value is not None})
+    if as_json:
+        typer.echo(made.model_dump_json(indent=2))
+        return
+    typer.echo(f"task {made.id}: {made.task_type.value}, {made.status.value}, priority {made.priority} "
+               f"(idempotency key {key}: the same create with --idempotency-key {key} returns this task)")
+
+
 def _restart_targets() -> list[str]:
     from coherence_network.restart import TARGETS
 
@@ -556,8 +632,8 @@ def cleanup(
         with ApiClient(settings=settings, retries=1) as client:
             report = clean_task_files(task_file_folders(settings), days, client, dry_run=dry_run)
     except ApiError as exc:
-        typer.echo(f"cannot ask the API which tasks are finished, nothing removed: {exc}", err=True)
-        typer.echo("start the API first (docs/RUNBOOK.md#api-restart)", err=True)
+        typer.echo(f"cannot ask the API which tasks are finished, nothing removed: {exc}; start the API first "
+                   "(docs/RUNBOOK.md#api-restart)", err=True)
         raise typer.Exit(1) from exc
     if as_json:
         typer.echo(json.dumps({**asdict(report), "dry_run": dry_run}))
@@ -687,6 +763,39 @@ def monitor(
         raise typer.Exit(watcher.run(interval or settings.monitor_interval, once))
 
 
+class AutoCommit(str, Enum):
+    YES = "yes"
+    NO = "no"
+    ASK = "ask"
+
+
+def _auto_commit_consent(settings: Settings, choice: AutoCommit | None) -> bool:
+    """Whether the pipeline commits the workspace: ``--auto-commit yes|no``, else PIPELINE_AUTO_COMMIT when it is set
+    (or when nothing asks), else the operator's answer on a terminal (default no), else no. git history is the
+    operator's: nothing commits to it unless someone said so."""
+    if choice is AutoCommit.YES or choice is AutoCommit.NO:
+        return choice is AutoCommit.YES
+    if choice is None or settings.source_of("pipeline_auto_commit") in ("environment", ".env"):
+        return settings.pipeline_auto_commit
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    return typer.confirm(f"Commit the workspace {settings.coherence_workspace.resolve()} after each completed "
+                         "spec/test/impl/review task (git commit; PIPELINE_AUTO_COMMIT)?", default=False, err=True)
+
+
+def _say_auto_commit(settings: Settings, choice: AutoCommit | None) -> None:
+    """One line in the supervisor's log (and on its terminal) whenever auto-commit is on, or was asked about."""
+    workspace = settings.coherence_workspace.resolve()
+    log = logging.getLogger("coherence.supervisor")
+    if settings.pipeline_auto_commit:
+        log.warning("AUTO-COMMIT IS ON: every completed spec/test/impl/review task is committed in %s%s "
+                    "(turn it off: --auto-commit no or PIPELINE_AUTO_COMMIT=0)", workspace,
+                    " and pushed" if settings.pipeline_auto_push else "")
+    elif choice is AutoCommit.ASK:
+        log.warning("auto-commit is off: nothing is committed in %s (turn it on: --auto-commit yes or "
+                    "PIPELINE_AUTO_COMMIT=1)", workspace)
+
+
 @app.command()
 def supervise(
     components: str = typer.Option(",".join(("api", "agent_runner", "project_manager", "monitor")), "--components",
@@ -705,6 +814,10 @@ def supervise(
                                            "checks (default MONITOR_INTERVAL)"),
     auto_recover: bool = typer.Option(False, "--auto-recover", help="The monitor requests restarts (also "
                                       "PIPELINE_AUTO_RECOVER=1)"),
+    auto_commit: AutoCommit = typer.Option(None, "--auto-commit", help="Commit the workspace after each completed "
+                                           "spec/test/impl/review task: yes, no, or ask (on a terminal: a question, "
+                                           "default no; elsewhere: no). Default PIPELINE_AUTO_COMMIT, which also "
+                                           "answers ask when it is set"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging"),
 ) -> None:
     """Watchdog: start the API, runner, project manager and monitor; restart whatever exits (exit 0 at once, a crash
@@ -721,7 +834,10 @@ def supervise(
     if unknown or not chosen:
         typer.echo(f"unknown components: {', '.join(sorted(unknown))}; choose from {', '.join(COMPONENTS)}", err=True)
         raise typer.Exit(2)
+    committing = _auto_commit_consent(settings, auto_commit)
+    settings = settings.model_copy(update={"pipeline_auto_commit": committing})
     setup_logging("supervisor", settings, json_lines=Options.log_json, verbose=verbose)
+    _say_auto_commit(settings, auto_commit)
     backlog_file = (backlog or settings.coherence_workspace / "backlog.md").expanduser().resolve()
     if "project_manager" in chosen and backlog is None and not backlog_file.is_file():
         typer.echo(f"no backlog at {backlog_file}: the project manager is not started (give --backlog)", err=True)
@@ -745,8 +861,9 @@ def supervise(
 
 @app.command()
 def stop(
-    grace: float = typer.Option(30.0, "--grace", min=0, help="Seconds each process gets after SIGTERM before "
-                                "SIGKILL"),
+    grace: float = typer.Option(None, "--grace", min=0, help="Seconds each process gets after SIGTERM before "
+                                "SIGKILL (default SUPERVISOR_STOP_GRACE_SECONDS, the grace the supervisor gives its "
+                                "components)"),
     port: int = typer.Option(None, "--port", min=1, max=65535, help="Instead: stop the coherence process of yours "
                              "that listens on this port (a stray API), found by its socket; exit 1 when none is, or "
                              "when the listener is not a coherence process (it is then left alone)"),
@@ -755,11 +872,13 @@ def stop(
     task process left behind; removes stale PID files. With --port: only the process listening on that port."""
     from coherence_network.supervisor import stop_pipeline, stop_port
 
+    settings = get_settings()
+    grace = settings.supervisor_stop_grace_seconds if grace is None else grace
     if port is not None:
         stopped, what = stop_port(port, grace)
         typer.echo(what, err=not stopped)
         raise typer.Exit(0 if stopped else 1)
-    done = stop_pipeline(get_settings(), grace)
+    done = stop_pipeline(settings, grace)
     typer.echo("\n".join(done) if done else "nothing is running (no component holds its lock in var/run/)")
 
 

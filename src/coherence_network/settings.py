@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coherence_network.contract import TaskType
@@ -59,6 +59,31 @@ def parse_command_types(value: str) -> frozenset[TaskType]:
     if unknown:
         raise ValueError(f"unknown task types {sorted(unknown)}; choose from {', '.join(TaskType)}, or none")
     return frozenset(TaskType(name) for name in names)
+
+
+# The stores this project runs on, with or without a driver named (postgresql+psycopg://, sqlite+pysqlite://).
+_STORE_SCHEME = re.compile(r"(?:sqlite|postgresql)(?:\+[a-z0-9_]+)?://", re.IGNORECASE)
+
+
+def database_url_refusal(url: str, cause: str) -> str:
+    """Why DATABASE_URL cannot be used, in one line (its password hidden): said by Settings for a scheme that is no
+    store of ours, and by the store for a URL SQLAlchemy cannot parse."""
+    return (f"DATABASE_URL={mask_url_secrets(url)} is not a database URL this can use ({cause}); use "
+            "postgresql://user:password@host:5432/coherence, or leave it empty for SQLite")
+
+
+def http_url_refusal(name: str, url: str) -> str | None:
+    """Why a setting that must be an http(s) URL is not one (None when it is): a typo stops a component at start-up
+    with one line, not at its first request with a connection error."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number in 0..65535)
+    except ValueError as exc:
+        return f"{name}={mask_url_secrets(url)} is not a URL: {exc}"
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return (f"{name}={mask_url_secrets(url)} is not an http:// or https:// URL with a host (for example "
+                "http://127.0.0.1:8000)")
+    return None
 
 
 class ConfigError(Exception):
@@ -272,7 +297,8 @@ class Settings(BaseSettings):
         False, description="The monitor writes restart_requested.json for conditions a restart fixes"
     )
     pipeline_auto_commit: bool = Field(
-        False, description="Commit the workspace after each completed spec/test/impl/review task"
+        False, description="Commit the workspace after each completed spec/test/impl/review task (make run asks on a "
+        "terminal when it is not set, default no; set, it answers)"
     )
     pipeline_auto_push: bool = Field(
         False, description="Push after each auto-commit (never forced; a failed push goes with the next one)"
@@ -315,7 +341,8 @@ class Settings(BaseSettings):
         300.0, gt=0, description="Window in which SUPERVISOR_FATAL_RESTARTS crashes are counted"
     )
     supervisor_stop_grace_seconds: float = Field(
-        45.0, ge=0, description="Seconds a component gets between SIGTERM and SIGKILL when the pipeline stops"
+        45.0, ge=0, description="Seconds a component gets between SIGTERM and SIGKILL when the pipeline stops (by "
+        "the supervisor, or by coherence stop unless --grace says otherwise)"
     )
 
     # --- indexer --------------------------------------------------------------------------------------------
@@ -351,6 +378,23 @@ class Settings(BaseSettings):
                 "spaces (got a blank, short or unsendable value); generate one with "
                 "python3 -c 'import secrets; print(secrets.token_urlsafe(32))', or leave it empty for no token"
             )
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_store_of_ours(cls, value: str) -> str:
+        if value and not _STORE_SCHEME.match(value):
+            scheme = value.split("://")[0] if "://" in value else ""
+            raise ValueError(database_url_refusal(value, f"{scheme} is not a supported store" if scheme
+                                                  else "no scheme://"))
+        return value
+
+    @field_validator("agent_api_base", "telegram_api_base", "telegram_webhook_url")
+    @classmethod
+    def _http_url(cls, value: str, info: ValidationInfo) -> str:
+        refusal = value and http_url_refusal(str(info.field_name).upper(), value)
+        if refusal:
+            raise ValueError(refusal)
         return value
 
     @field_validator("coherence_command_task_types")

@@ -66,6 +66,7 @@ COMMIT_POLL_SECONDS = 2.0
 BACKLOG_CHECK_SECONDS = 2.0  # how often the supervisor asks whether the backlog is through
 API_START_SECONDS = 60.0
 STDERR_LINES = 30
+TAIL_CHARS = 2000  # of a child's last output, logged when it exits
 STOPPED_CODES = frozenset({0, -signal.SIGTERM, -signal.SIGINT})  # clean, or stopped by someone before its handler
 CLEAN_RESTART_SECONDS = 1.0  # a component that exits 0 again and again is started at most once in this time
 FATAL_SYNC_SECONDS = 5.0  # how often fatal issues the store has not heard of are told to it while the API runs
@@ -232,7 +233,7 @@ class Supervisor:
         self._reaped(child)
         signal_group(child.proc.pid, signal.SIGKILL)  # whatever the dead leader left in its group
         tail = "\n".join(child.stderr_tail)
-        log.warning("%s exited with %s; last output:\n%s", child.name, code, tail[-2000:] or "(none)")
+        _log_output(child.name, code, tail)
         if child.name == "project_manager" and self.options.stop_when_manager_exits:
             log.info("the project manager is done (exit %s): stopping the pipeline", code)
             self.exit_code = code if code >= 0 else 1
@@ -454,6 +455,16 @@ class Supervisor:
             if child.restart_at is not None and now >= child.restart_at:
                 self.start(child)
         self.handle_restart_request()
+
+
+def _log_output(name: str, code: int, tail: str) -> None:
+    """A child's exit and its last output, each line a record of its own: one clock (ours) opens every line of
+    supervisor.log, so its lines stay in time order; the child's own log lines, quoted after ``name |``, keep theirs
+    (they were written before the exit, some long before)."""
+    lines = tail[-TAIL_CHARS:].splitlines()
+    log.warning("%s exited with %s%s", name, code, "; its last output:" if lines else " (no output)")
+    for line in lines:
+        log.warning("%s | %s", name, line)
 
 
 def _log_lines(lines: list[str]) -> None:

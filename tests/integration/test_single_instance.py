@@ -78,3 +78,31 @@ def test_stop_ignores_a_pid_file_nobody_holds(tmp_path: Path) -> None:
     finally:
         bystander.kill()
         bystander.wait()
+
+
+HOLDS_AND_IGNORES_SIGTERM = """
+import signal, time
+from coherence_network.pidfiles import hold
+from coherence_network.settings import get_settings
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+with hold(get_settings(), "monitor"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_stop_gives_the_supervisors_grace_by_default(tmp_path: Path) -> None:
+    """One setting: coherence stop waits SUPERVISOR_STOP_GRACE_SECONDS before SIGKILL, as the supervisor does (it
+    waited a fixed 30 s while the supervisor gave 45)."""
+    env = {**os.environ, "COHERENCE_HOME": str(tmp_path / "home"), "SUPERVISOR_STOP_GRACE_SECONDS": "0.5"}
+    stubborn = subprocess.Popen([sys.executable, "-c", HOLDS_AND_IGNORES_SIGTERM], env=env, text=True,
+                                stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert stubborn.stdout is not None and stubborn.stdout.readline().strip() == "held"
+        stopped = subprocess.run([sys.executable, "-m", "coherence_network.cli", "stop"], env=env, text=True,
+                                 capture_output=True, timeout=20)
+        assert f"monitor (pid {stubborn.pid}): killed after the grace period" in stopped.stdout, stopped.stderr
+        assert stubborn.wait(10) == -signal.SIGKILL
+    finally:
+        stubborn.kill()
+        stubborn.wait()

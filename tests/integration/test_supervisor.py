@@ -149,8 +149,9 @@ def test_a_git_failure_in_auto_commit_stops_nothing(tmp_path: Path, pipelines: l
     body = {"direction": "write the code", "task_type": "impl", "command": PY_OK}
     task_id = int(httpx.post(f"{pipeline.url}/api/agent/tasks", json=body, timeout=10).json()["id"])
     _wait_completed(pipeline, task_id)
-    wait_until(lambda: progress.exists() and "git cannot run" in progress.read_text(), 30, "the git failure logged")
-    status = json.loads((pipeline.home / "logs" / "auto_commit.json").read_text())
+    recorded = pipeline.home / "logs" / "auto_commit.json"  # written just after the log line
+    wait_until(lambda: recorded.exists() and "git cannot run" in progress.read_text(), 30, "the git failure recorded")
+    status = json.loads(recorded.read_text())
     assert status["failures"] >= 1 and "git cannot run" in status["last_error"]
     assert "auto-commit failed" in (pipeline.home / "logs" / "supervisor.log").read_text()
     _wait_completed(pipeline, _create(pipeline, PY_OK))  # the pipeline carries on

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import httpx
 from tests.support.net import wait_until
 from tests.support.pipeline import PipelineProcess, alive
 
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")  # what opens each line of a component log
 HELD = {"SUPERVISOR_MAX_BACKOFF_SECONDS": "600"}  # a held-back component stays down for the whole test
 
 
@@ -102,6 +104,9 @@ def test_a_flapping_component_is_held_back_alone_and_clean_exits_are_no_crashes(
     assert again < 5 and pipeline.pid("api") != api and alive(pipeline.pid("api"))
     log = (home / "logs" / "supervisor.log").read_text()
     assert "api exited with 0" in log and "restarting api now" in log
+    stamps = [line[:24] for line in log.splitlines()]  # one clock opens every line, in time order
+    assert all(STAMP.fullmatch(stamp) for stamp in stamps) and stamps == sorted(stamps), log[-3000:]
+    assert "api | " in log  # the first API said its last lines, quoted after the exit they came before
     assert "restarting agent_runner now (a clean exit" in log and "agent_runner is held back" not in log
     assert alive(runner) and not alive(pipeline.pid("monitor"))
 

@@ -17,7 +17,7 @@ from coherence_network.api import create_app
 from coherence_network.console.routes import router as console_router
 from coherence_network.logfiles import REGISTRY, RUN_FILES
 from coherence_network.task_env import CREDENTIAL_MARKERS
-from coherence_network.settings import Settings
+from coherence_network.settings import DERIVED_FROM, Settings
 from tests.runbook.runbook_doc import ROOT, Runbook
 from tests.support.api import ApiProcess
 
@@ -178,6 +178,19 @@ def test_every_variable_named_is_a_setting_and_every_setting_is_named(runbook: R
     assert not unknown, f"the runbook names variables that Settings does not declare: {sorted(unknown)}"
     missing = settings - runbook.env_vars - UNDOCUMENTED_SETTINGS
     assert not missing, f"settings an operator may set but the runbook does not name: {sorted(missing)}"
+
+
+def test_every_setting_is_a_row_of_the_configuration_table_with_its_default(runbook: Runbook) -> None:
+    """Named somewhere is not enough: an operator looks a variable up in the table."""
+    rows = {row[0]: row[1] for row in runbook.table("Configuration")}
+    settings = {name.upper(): field.default for name, field in Settings.model_fields.items()}
+    missing = set(settings) - set(rows) - UNDOCUMENTED_SETTINGS
+    assert not missing, f"settings missing from the runbook's Configuration table: {sorted(missing)}"
+    assert not set(rows) - set(settings), f"rows that are no setting: {sorted(set(rows) - set(settings))}"
+    written = {name: "(empty)" if default == "" else str(default) for name, default in settings.items()}
+    wrong = {name: (shown, written[name]) for name, shown in rows.items()
+             if name.lower() not in DERIVED_FROM and shown != written[name]}
+    assert not wrong, f"defaults in the table that are not the code's (table, code): {wrong}"
 
 
 def test_relative_links_and_anchors_resolve(runbook: Runbook) -> None:

@@ -19,6 +19,7 @@ from coherence_network.api import routes_agent, routes_ops, routes_pipeline
 from coherence_network.api import routes_telegram
 from coherence_network.api import routes_ops_issues
 from coherence_network.api import routes_projects
+from coherence_network.api.docs import install as install_docs
 from coherence_network.api.errors import install_error_handlers
 from coherence_network.api.guard import RequestGuard
 from coherence_network.api.metrics import ApiMetrics
@@ -137,7 +138,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.to_thread(listener.stop)
             store.engine.dispose()
 
-    app = FastAPI(title="Coherence Network API", version=__version__, lifespan=lifespan)
+    # /docs is served from the API's own files (api/docs.py): FastAPI's default loads Swagger UI from a CDN
+    app = FastAPI(title="Coherence Network API", version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None)
     app.state.settings = settings
     app.state.store = store
     app.state.graph = GraphStore(store.engine)  # the graph lives in the same database
@@ -155,5 +158,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_telegram.router)
     app.include_router(routes_ops_issues.router)
     app.include_router(routes_projects.router)
+    install_docs(app)  # the reference at /docs, with no file from elsewhere
     install_console(app, settings)  # the ops console's pages at "/"
     return app

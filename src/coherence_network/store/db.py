@@ -17,9 +17,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-from coherence_network.settings import ConfigError, mask_url_secrets
+from coherence_network.settings import ConfigError, database_url_refusal, mask_url_secrets
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+PG_CONNECT_TIMEOUT_SECONDS = 10  # libpq's connect_timeout, per host tried
 _PG_MIGRATION_LOCK = 7_311_001  # advisory lock id: one replica migrates at a time
 # The graph tables first shipped as revision 0002 (commit 5e99590, chain 0001 -> 0002 -> 0003 -> 0004), then were
 # renumbered 0005 (f80794a). A store that ran the old chain records 0002, 0003 or 0004 yet already has them.
@@ -41,9 +42,8 @@ def create_store_engine(url: str) -> Engine:
         parsed = sa.engine.make_url(url)
         if parsed.get_backend_name() not in ("sqlite", "postgresql"):
             raise sa.exc.ArgumentError(f"{parsed.get_backend_name()} is not a supported store")
-    except sa.exc.ArgumentError as exc:
-        raise ConfigError(f"DATABASE_URL={mask_url_secrets(url)} is not a database URL this can use ({exc}); use "
-                          "postgresql://user:password@host:5432/coherence, or leave it empty for SQLite") from exc
+    except (sa.exc.ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+        raise ConfigError(database_url_refusal(url, str(exc))) from exc
     if url.startswith("sqlite"):
         db_path = parsed.database
         if db_path and db_path != ":memory:":
@@ -69,7 +69,10 @@ def create_store_engine(url: str) -> Engine:
     # No pre-ping: it costs a round trip on every checkout. A connection the server dropped (a restart) is found out
     # by its first statement instead: SQLAlchemy then discards every pooled connection made before, busy reads run
     # once more (``read_retrying``), and anything else answers 503, which clients retry when it is safe.
-    return sa.create_engine(url, pool_size=20, max_overflow=20)
+    # A host that drops packets would otherwise hold a connect for the kernel's SYN retries (about 2 minutes): a
+    # command says "cannot be used" within this, unless the URL sets its own ?connect_timeout=.
+    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS}
+    return sa.create_engine(url, pool_size=20, max_overflow=20, connect_args=connect_args)
 
 
 def read_retrying(engine: Engine, read: Callable[[sa.Connection], T]) -> T:
@@ -168,19 +171,27 @@ def _bridge_renumbered_graph(engine: Engine, config: Config, revision: str | Non
     command.stamp(config, _RENUMBERED_GRAPH)
 
 
+@contextmanager
+def store_errors_as_config(engine: Engine) -> Iterator[None]:
+    """Around a command's first use of the store: a store that cannot be reached, or refuses us, is a ConfigError
+    naming DATABASE_URL (its password hidden) and the cause in one line, not a traceback."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        cause = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0][:300]
+        shown = mask_url_secrets(engine.url.render_as_string(hide_password=False))
+        raise ConfigError(f"the store at DATABASE_URL={shown} cannot be used: {cause}") from exc
+
+
 def check_store(engine: Engine, *, upgrade: bool) -> None:
     """Before serving: the store answers and (with ``upgrade``) its schema is migrated to head, else a ConfigError
-    naming DATABASE_URL and the cause in one line, so the API stops at once instead of serving errors."""
-    try:
+    (store_errors_as_config), so the API stops at once instead of serving errors."""
+    with store_errors_as_config(engine):
         if upgrade:
             migrate(engine)
         else:
             with engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
-    except sa.exc.DBAPIError as exc:
-        cause = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0][:300]
-        shown = mask_url_secrets(engine.url.render_as_string(hide_password=False))
-        raise ConfigError(f"the store at DATABASE_URL={shown} cannot be used: {cause}") from exc
 
 
 def readiness(engine: Engine) -> list[dict[str, object]]:

@@ -1,0 +1,77 @@
+"""/docs renders with no network but loopback: Chromium (Debian's, through Playwright) against a real API process,
+every request that leaves 127.0.0.1 refused by route interception. Swagger UI's files come from the API itself, and
+the page's own Content-Security-Policy lets its one inline script run."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.sync_api import Route, expect, sync_playwright
+
+from tests.support.api import ApiProcess
+from tests.support.required import missing
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    started = ApiProcess(tmp_path_factory.mktemp("docs") / "home").start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.access(CHROMIUM, os.X_OK):
+        missing(f"{CHROMIUM} not found (apt-get install chromium)")
+    with sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=str(CHROMIUM))
+        yield launched
+        launched.close()
+
+
+def test_the_reference_renders_with_every_request_off_loopback_refused(api: ApiProcess, browser: Any) -> None:
+    context = browser.new_context(base_url=api.url)
+    refused: list[str] = []
+    loaded: list[str] = []
+
+    def only_loopback(route: Route) -> None:
+        url = route.request.url
+        if _loopback(url) or url.startswith("data:"):
+            loaded.append(url)
+            route.continue_()
+        else:
+            refused.append(url)
+            route.abort("internetdisconnected")
+
+    context.route("**/*", only_loopback)
+    page = context.new_page()
+    try:
+        answer = page.goto("/docs")
+        assert answer is not None and "script-src 'self' 'sha256-" in answer.headers["content-security-policy"]
+        expect(page.locator(".information-container .title")).to_contain_text("Coherence Network API")
+        expect(page.locator(".opblock").first).to_be_visible()
+        operations = page.locator(".opblock").count()
+        paths = page.locator(".opblock-summary-path").all_inner_texts()
+    finally:
+        context.close()
+    assert operations >= 20 and any("/api/agent/tasks/claim" in p.replace("\u200b", "") for p in paths), paths[:10]
+    assert refused == [], f"the page asked for files from elsewhere: {refused}"
+    assert any(url.endswith("/docs/assets/swagger-ui-bundle.js") for url in loaded), loaded
