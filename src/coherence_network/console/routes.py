@@ -38,6 +38,7 @@ from coherence_network.console.session import (
 )
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.logfiles import RUN_FILES, shared_secret, task_log_path
+from coherence_network.monitor import with_command
 from coherence_network.settings import Settings
 from coherence_network.store import Conflict, NotFound
 from coherence_network.store import ops_issues
@@ -251,13 +252,15 @@ def overview(request: Request, restart_notice: str = "") -> HTMLResponse:
     with store.engine.connect() as conn:
         hourly = hourly_throughput(store.engine, conn, now)
     daily, week = request.app.state.console_week.read(store.engine, now)
-    monitor_issues = ops_issues.list_monitor_issues(store.engine, resolved_limit=0)["issues"]
+    attention = health.evaluate(snapshot, settings)  # the rules, live; the monitor adds only its host's facts
+    monitor_issues = [with_command(i) for i in
+                      health.host_issues(ops_issues.list_monitor_issues(store.engine, resolved_limit=0)["issues"])]
     fatal_issues = ops_issues.list_fatal_issues(store.engine)
     # /api/agent/effectiveness's formula over the same inputs, without its per-day throughput (rows, not counts)
     backlog = backlog_progress(store, settings)
     total = sum(snapshot.by_status.values())
     goal = goal_proximity(backlog, {"total": total, "by_status": snapshot.by_status}, week["success_rate"],
-                          len(monitor_issues), len(fatal_issues))
+                          health.health_term([*attention, *monitor_issues], len(fatal_issues)))
     pending_by_type = {t: p["count"] for t, p in sorted(snapshot.pending.items())}
     return render(
         request, "overview.html", visit,
@@ -265,7 +268,7 @@ def overview(request: Request, restart_notice: str = "") -> HTMLResponse:
         manager=snapshot.components.get(health.MANAGER),
         runners=snapshot.runners, components=snapshot.components, running=snapshot.running,
         pending=snapshot.pending, needs_decision=snapshot.needs_decision, recent=snapshot.recent[:10],
-        attention=health.evaluate(snapshot, settings),
+        attention=attention,
         monitor_issues=monitor_issues, fatal_issues=fatal_issues,
         throughput_svg=charts.stacked_bars(hourly, "hour", (TaskStatus.COMPLETED, TaskStatus.FAILED),
                                            "Tasks finished per hour, last 24 h", label=lambda key: key[11:13]),
