@@ -146,10 +146,12 @@ def mark_seen(row: dict[str, Any], now: datetime, limit: float) -> dict[str, Any
 
 
 def runner_seen_limit(row: dict[str, Any], settings: Settings) -> float:
-    """How long a runner may be silent and still count as alive: derived from the heartbeat interval it reports
-    (a runner on another host may use its own), else from this host's settings (MONITOR_RUNNER_SEEN_SECONDS)."""
+    """How long a runner may be silent and still count as alive: MONITOR_RUNNER_SEEN_SECONDS when the operator set
+    it; else derived from the heartbeat interval the runner reports (one on another host may use its own), else
+    from this host's COHERENCE_RUNNER_HEARTBEAT_SECONDS (the setting's derived default)."""
     interval = (row.get("info") or {}).get("heartbeat_seconds")
-    if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval > 0:
+    derived = settings.source_of("monitor_runner_seen_seconds").startswith("derived")
+    if derived and isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval > 0:
         return seen_limit(float(interval))
     return settings.monitor_runner_seen_seconds  # type: ignore[return-value]  # derived: never None
 
