@@ -164,6 +164,9 @@ class AttentionFlag(Returned):
     runbook: str = ""
     command: str = ""
     console: str | None = None
+    source: str = "rule"  # "monitor": a fact of a monitor's host (disk, logs, version on disk), not a health rule
+    host: str | None = None  # the monitor's host, for source "monitor"
+    since: datetime | None = None  # when the monitor first saw it
 
 
 class PipelineStatus(Returned):

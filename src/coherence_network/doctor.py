@@ -50,7 +50,7 @@ def _graded(name: str, items: list[dict[str, Any]], key: str, fallback: Check) -
     """Flags or issues graded as everywhere: any critical or high is an action, a medium one a warning."""
     if not items:
         return fallback
-    first = items[0]  # most serious first
+    first = items[0]  # most serious first (pipeline-status sorts them)
     detail = "; ".join(f"[{i['severity']}] {i[key]}: {i['message']}" for i in items)[:500]
     if health.needs_attention(items):
         return Check(name, False, detail, first.get("command", ""), first["runbook"])
@@ -93,20 +93,18 @@ def _api_part(client: ApiClient, checks: list[Check]) -> None:
     store_writable (the api_ready check, and the rule store_not_ready): doctor writes nothing."""
     metrics, _ = _check_api(client, "metrics", "/api/agent/metrics", "coherence logs api", "#key-endpoints")
     checks.append(metrics)
-    issues_check, issues = _check_api(client, "monitor_issues", "/api/agent/monitor-issues", "coherence monitor "
-                                      "--once", "#pipeline-recovery")
-    if issues is not None:  # the monitor's facts of its host; the health rules are judged live below
-        host = sorted(health.host_issues(issues["issues"]), key=lambda i: health.SEVERITIES.index(i["severity"])
-                      if i["severity"] in health.SEVERITIES else 0)
-        issues_check = _graded("monitor_issues", host, "rule", Check("monitor_issues", True, "none open"))
-    checks.append(issues_check)
     try:
         status = client.pipeline_status().model_dump(mode="json")
     except ApiError as exc:
         checks.append(Check("health", False, f"GET /api/agent/pipeline-status: {exc}"[:300], "coherence logs api",
                             "#api-restart"))
         return
-    checks.append(_graded("health", status["attention"], "code", Check("health", True, "no attention flags")))
+    # one list, graded once: the health rules' flags, then the monitors' facts of their hosts
+    flags = status["attention"]
+    rules = [f for f in flags if not health.from_monitor(f)]
+    checks.append(_graded("health", rules, "code", Check("health", True, "no attention flags")))
+    host = [f for f in flags if health.from_monitor(f)]
+    checks.append(_graded("monitor_issues", host, "code", Check("monitor_issues", True, "none open")))
     components = status["components"]
     checks.append(_alive("runner_seen", status["runners"], "coherence runner   (the whole pipeline: make run)"))
     checks.append(_alive("manager_seen", [components[health.MANAGER]] if health.MANAGER in components else [],

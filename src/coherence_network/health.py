@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.settings import Settings, seen_limit
 from coherence_network.store.schema import tasks
-from coherence_network.store.ops_issues import list_fatal_issues
+from coherence_network.store.ops_issues import list_fatal_issues, list_monitor_issues
 from coherence_network.store.stats import Limits, pipeline_snapshot
 from coherence_network.store.tasks import TaskStore
 
@@ -95,6 +95,7 @@ class HealthSnapshot:
     components: dict[str, dict[str, Any]] = field(default_factory=dict)  # likewise, by name
     fatal: list[dict[str, Any]] = field(default_factory=list)  # fatal issues not cleared, oldest first
     ready: list[dict[str, Any]] = field(default_factory=list)  # /api/ready's checks of this replica
+    host_issues: list[dict[str, Any]] = field(default_factory=list)  # the monitors' open facts of their hosts
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,7 @@ def gather(store: TaskStore, settings: Settings, now: datetime, limits: Limits |
                     for c in store.components() if c["name"] in LONG_LIVED},
         fatal=list_fatal_issues(store.engine),
         ready=ready or [],
+        host_issues=host_issues(list_monitor_issues(store.engine, resolved_limit=0)["issues"]),
     )
 
 
@@ -355,6 +357,22 @@ BY_CODE = {rule.code: rule for rule in RULES}
 
 
 def evaluate(snapshot: HealthSnapshot, settings: Settings) -> list[dict[str, Any]]:
-    """Every rule over one snapshot: the attention flags open now, most serious first."""
+    """Every rule over one snapshot, and the monitors' facts of their hosts: the attention flags open now, each
+    once, most serious first. A host fact is marked ``source: "monitor"`` with its ``host`` and ``since``."""
     flags = [flag for rule in RULES if (flag := rule.flag(snapshot, settings)) is not None]
-    return sorted(flags, key=lambda f: SEVERITIES.index(f["severity"]))
+    flags += [host_flag(issue) for issue in snapshot.host_issues]
+    return sorted(flags, key=lambda f: SEVERITIES.index(f["severity"]) if f["severity"] in SEVERITIES else 1)
+
+
+def host_flag(issue: dict[str, Any]) -> dict[str, Any]:
+    """A monitor's open issue as a flag, graded like the rules' flags, with its rule's pasteable command."""
+    from coherence_network.monitor import with_command  # the monitor's rules know their commands; it imports us
+
+    issue = with_command(issue)
+    return {"code": issue["rule"], "severity": issue["severity"], "message": issue["message"],
+            "action": issue["action"], "runbook": issue["runbook"], "task_ids": [], "command": issue["command"],
+            "console": issue["console"], "source": "monitor", "host": issue["host"], "since": issue["first_seen"]}
+
+
+def from_monitor(flag: dict[str, Any]) -> bool:
+    return flag.get("source") == "monitor"

@@ -175,6 +175,8 @@ def evaluate(snapshot: Snapshot, settings: Settings) -> list[Issue]:
     status, /metrics and Telegram show)."""
     issues = [issue for rule in RULES if (issue := rule.evaluate(snapshot, settings)) is not None]
     for flag in snapshot.part("attention") or []:
+        if health.from_monitor(flag):  # a monitor's own fact coming back: this host's rules above judge it
+            continue
         rule = health.BY_CODE.get(flag["code"])
         issues.append(Issue(flag["code"], flag["severity"], flag["message"], flag["action"], flag["runbook"],
                             {"task_ids": flag["task_ids"]} if flag["task_ids"] else {},

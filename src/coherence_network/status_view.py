@@ -104,7 +104,8 @@ def _attention(status: dict[str, Any]) -> list[str]:
     lines = ["ATTENTION"]
     for f in flags:
         tasks = f" (tasks {', '.join(map(str, f['task_ids'][:10]))})" if f["task_ids"] else ""
-        lines.append(f"  {grade(f['severity']).label} [{f['severity']}] {f['code']}: {f['message']}{tasks}")
+        where = f" (monitor on {f['host']})" if f.get("source") == "monitor" else ""
+        lines.append(f"  {grade(f['severity']).label} [{f['severity']}] {f['code']}: {f['message']}{tasks}{where}")
         if f.get("command"):
             lines.append(f"    run: {f['command']}")
     return lines

@@ -26,7 +26,7 @@ import httpx
 
 from coherence_network import health
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
-from coherence_network.contract import AttentionFlag, FatalIssue, MonitorIssue, Task, TaskStatus
+from coherence_network.contract import AttentionFlag, FatalIssue, Task, TaskStatus
 from coherence_network.logfiles import RUN_FILES, shared_secret, write_json_atomic
 from coherence_network.settings import Settings, derived_key
 from coherence_network.status_view import render_task
@@ -209,11 +209,9 @@ class BotApi:
 LISTED_APART = frozenset({"needs_decision", "component_held_back"})
 
 
-def issue_line(issue: MonitorIssue | FatalIssue) -> str:
-    """One line per issue: a monitor issue by its rule and severity, a fatal issue by its component."""
-    if isinstance(issue, FatalIssue):
-        return f"[{issue.component}] {issue.reason} -> coherence fatal --clear (once fixed)"
-    return f"[{issue.rule}] ({issue.severity}) {issue.message}" + (f" -> {issue.command}" if issue.command else "")
+def issue_line(issue: FatalIssue) -> str:
+    """A fatal issue by its component, and the command that clears it once fixed."""
+    return f"[{issue.component}] {issue.reason} -> coherence fatal --clear (once fixed)"
 
 
 def flag_line(flag: AttentionFlag) -> str:
@@ -341,12 +339,13 @@ class Commands:
         monitor's issues of its own host, then the decisions waiting."""
         fatal_issues = self.client.fatal_issues().items
         lines = [f"Fatal issues: {len(fatal_issues) or 'none'}"] + [f"  {issue_line(i)}" for i in fatal_issues[:SHOWN]]
-        flags = [f for f in self.client.pipeline_status().attention if f.code not in LISTED_APART]
+        attention = self.client.pipeline_status().attention
+        flags = [f for f in attention if f.source != "monitor" and f.code not in LISTED_APART]
         lines.append(f"Health: {len(flags) or 'fine'}")
         lines += [f"  {flag_line(f)}" for f in flags[:SHOWN]]
-        host = [i for i in self.client.monitor_issues().issues if i.rule not in health.BY_CODE]  # host facts
+        host = [f for f in attention if f.source == "monitor"]
         lines.append(f"Monitor host issues: {len(host) or 'none'}")
-        lines += [f"  {issue_line(i)}" for i in host[:SHOWN]]
+        lines += [f"  {flag_line(f)} (on {f.host})" for f in host[:SHOWN]]
         waiting = self.client.list_tasks(status=TaskStatus.NEEDS_DECISION, order="oldest", limit=SHOWN)
         lines.append(f"Waiting for a decision: {waiting.total or 'none'}")
         lines += [f"  {_waiting_line(t)}" for t in waiting.items]
@@ -464,6 +463,13 @@ def _decision_alert(task: Task) -> str:
             f"{task.decision_prompt or '?'}\n\nAnswer with:\n/reply {task.id} <decision>")
 
 
+def _flag_alert(flag: AttentionFlag) -> tuple[str, str]:
+    """(key, text) of a flag: a health rule's by its code, a monitor's host fact by its rule and since when."""
+    if flag.source == "monitor":
+        return f"monitor:{flag.code}:{_when(flag.since)}", f"Monitor issue on {flag.host}: {flag_line(flag)}"
+    return f"health:{flag.code}", f"Health: {flag_line(flag)}"
+
+
 def _failure_alert(task: Task) -> str:
     tail = (task.output or "").strip()[-300:]
     return (f"Task #{task.id} ({task.task_type}: {_about(task)}) failed for good "
@@ -497,11 +503,8 @@ class Notifier:
         found += [(f"fatal:{i.id}:{_when(i.at)}", f"FATAL: {issue_line(i)}") for i in self.client.fatal_issues().items]
         # what needs attention (critical, high: health.GRADES), graded as status and doctor grade it; decisions
         # and fatal issues are alerted above, one by one
-        found += [(f"health:{f.code}", f"Health: {flag_line(f)}") for f in self.client.pipeline_status().attention
+        found += [_flag_alert(f) for f in self.client.pipeline_status().attention
                   if health.grade(f.severity).attention and f.code not in LISTED_APART]
-        found += [(f"monitor:{i.id}:{i.rule}", f"Monitor issue: {issue_line(i)}")
-                  for i in self.client.monitor_issues().issues
-                  if i.rule not in health.BY_CODE and health.grade(i.severity).attention]
         failed = self.client.list_tasks(status=TaskStatus.FAILED, order="newest", limit=50).items
         failures = [(f"failed:{t.id}:{_when(t.finished_at)}", _failure_alert(t)) for t in reversed(failed)]
         if self.state.primed:

@@ -55,7 +55,7 @@ def test_notifier_alerts_once_and_skips_history(client: ApiClient, tmp_path: Pat
     new = _texts(state)[1:]
     assert len(new) == 3, new
     assert new[0] == "FATAL: [agent_runner] crashed 5 times -> coherence fatal --clear (once fixed)"
-    assert new[1] == "Monitor issue: [disk_low] (high) 12 MiB free -> coherence cleanup --days 3"
+    assert new[1] == "Monitor issue on h: [disk_low] (high) 12 MiB free -> coherence cleanup --days 3"
     assert f"Task #{failed.id} (impl: new failure) failed for good (exit 4" in new[2] and f"/task {failed.id}" in new[2]
     assert all(str(old.id) not in text.split()[1] for text in new)
     notifier.run_once()

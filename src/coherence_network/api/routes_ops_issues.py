@@ -116,10 +116,10 @@ def effectiveness(request: Request) -> dict[str, Any]:
 
 
 def open_graded(request: Request) -> list[dict[str, Any]]:
-    """Everything open that has a severity, each once: the health rules' flags (live) and the monitor's facts of its
-    host. The goal figure's health and the serious count are graded over these (health.GRADES)."""
-    flags = health.evaluate(request.app.state.metrics.health_snapshot(), request.app.state.settings)
-    return flags + health.host_issues(ops_issues.list_monitor_issues(_store(request).engine, resolved_limit=0)["issues"])
+    """Everything open that has a severity, each once: the health rules' flags (live) and the monitors' facts of
+    their hosts, as pipeline-status lists them. The goal figure's health and the serious count are graded over these
+    (health.GRADES)."""
+    return health.evaluate(request.app.state.metrics.health_snapshot(), request.app.state.settings)
 
 
 def backlog_progress(store: TaskStore, settings: Settings) -> dict[str, Any] | None:

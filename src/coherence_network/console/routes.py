@@ -252,15 +252,15 @@ def overview(request: Request, restart_notice: str = "") -> HTMLResponse:
     with store.engine.connect() as conn:
         hourly = hourly_throughput(store.engine, conn, now)
     daily, week = request.app.state.console_week.read(store.engine, now)
-    attention = health.evaluate(snapshot, settings)  # the rules, live; the monitor adds only its host's facts
-    monitor_issues = [with_command(i) for i in
-                      health.host_issues(ops_issues.list_monitor_issues(store.engine, resolved_limit=0)["issues"])]
-    fatal_issues = ops_issues.list_fatal_issues(store.engine)
+    flags = health.evaluate(snapshot, settings)  # the rules, live, and the monitors' facts of their hosts: once each
+    attention = [f for f in flags if not health.from_monitor(f)]
+    monitor_issues = [with_command(i) for i in snapshot.host_issues]
+    fatal_issues = snapshot.fatal
     # /api/agent/effectiveness's formula over the same inputs, without its per-day throughput (rows, not counts)
     backlog = backlog_progress(store, settings)
     total = sum(snapshot.by_status.values())
     goal = goal_proximity(backlog, {"total": total, "by_status": snapshot.by_status}, week["success_rate"],
-                          health.health_term([*attention, *monitor_issues], len(fatal_issues)))
+                          health.health_term(flags, len(fatal_issues)))
     pending_by_type = {t: p["count"] for t, p in sorted(snapshot.pending.items())}
     return render(
         request, "overview.html", visit,
