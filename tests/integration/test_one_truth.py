@@ -195,9 +195,10 @@ def test_dead_and_stopped_runners_are_told_apart_and_counted_alike_everywhere(wo
         assert seen["metrics"]["coherence_runners_seen"][""] == 1 and seen["health_pct"] == 100
         assert "exit None" not in seen["status_text"] and "(exit 0, " in seen["status_text"]
     finally:
-        alive.signal(signal.SIGTERM)
+        alive.signal(signal.SIGINT)  # Ctrl-C: the same last word
         alive.wait()
-    assert world.runner_state("alive") == "stopped"
+    row = next(r for r in world.status()["runners"] if r["id"] == "alive")
+    assert (row["state"], row["info"]["stopped"]) == ("stopped", "SIGINT")
 
 
 @pytest.mark.parametrize("severity", ["critical", "high", "medium", "low"])
