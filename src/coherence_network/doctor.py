@@ -11,7 +11,6 @@ from typing import Any
 
 from coherence_network import fatal, health
 from coherence_network.client import ApiClient, ApiError
-from coherence_network.monitor import COMPONENT as MONITOR
 from coherence_network.monitor import read_pipeline_version
 from coherence_network.settings import Settings
 from coherence_network.versioning import source_sha_on_disk
@@ -46,17 +45,18 @@ def _alive(name: str, rows: list[dict[str, Any]], command: str) -> Check:
     return Check(name, True, summary, command, "#pipeline-recovery", warn=True)
 
 
-def _graded(name: str, items: list[dict[str, Any]], key: str, fallback: Check) -> Check:
-    """Flags or issues graded as everywhere: any critical or high is an action, a medium one a warning."""
-    if not items:
-        return fallback
-    first = items[0]  # most serious first (pipeline-status sorts them)
-    detail = "; ".join(f"[{i['severity']}] {i[key]}: {i['message']}" for i in items)[:500]
-    if health.needs_attention(items):
-        return Check(name, False, detail, first.get("command", ""), first["runbook"])
-    shown = [i for i in items if health.grade(i["severity"]).health < 1.0]
-    return Check(name, True, detail, shown[0].get("command", "") if shown else "", shown[0]["runbook"] if shown else "",
-                 warn=bool(shown))
+def _graded(name: str, flags: list[dict[str, Any]], none: str) -> Check:
+    """Flags graded as everywhere (health.GRADES): any critical or high is an action, a medium one a warning, a low
+    one only shown. The command is the most serious flag's (pipeline-status lists them most serious first)."""
+    if not flags:
+        return Check(name, True, none)
+    detail = "; ".join(f"[{f['severity']}] {f['code']}: {f['message']}" for f in flags)[:500]
+    first = flags[0]
+    if health.needs_attention(flags):
+        return Check(name, False, detail, first["command"], first["runbook"])
+    if health.grade(first["severity"]).health < 1.0:  # a medium one
+        return Check(name, True, detail, first["command"], first["runbook"], warn=True)
+    return Check(name, True, detail)
 
 
 def diagnose(settings: Settings, client: ApiClient) -> tuple[list[Check], dict[str, Any] | None]:
@@ -102,14 +102,14 @@ def _api_part(client: ApiClient, checks: list[Check]) -> None:
     # one list, graded once: the health rules' flags, then the monitors' facts of their hosts
     flags = status["attention"]
     rules = [f for f in flags if not health.from_monitor(f)]
-    checks.append(_graded("health", rules, "code", Check("health", True, "no attention flags")))
+    checks.append(_graded("health", rules, "no attention flags"))
     host = [f for f in flags if health.from_monitor(f)]
-    checks.append(_graded("monitor_issues", host, "code", Check("monitor_issues", True, "none open")))
+    checks.append(_graded("monitor_issues", host, "none open"))
     components = status["components"]
     checks.append(_alive("runner_seen", status["runners"], "coherence runner   (the whole pipeline: make run)"))
     checks.append(_alive("manager_seen", [components[health.MANAGER]] if health.MANAGER in components else [],
                          "coherence pm --backlog backlog.md   (the whole pipeline: make run)"))
-    checks.append(_alive("monitor_seen", [components[MONITOR]] if MONITOR in components else [],
+    checks.append(_alive("monitor_seen", [components[health.MONITOR]] if health.MONITOR in components else [],
                          "coherence monitor   (the whole pipeline: make run)"))
 
 
