@@ -1,6 +1,6 @@
 """`coherence doctor`: is the pipeline effective? Each check is OK, a warning, or names the action (a command to run
 and the runbook section); exit 1 when anything needs action. Flags and monitor issues are graded as every view grades
-them (health.GRADES): critical and high need action, medium is a warning, low only shown. Doctor is a one-shot
+them (grading.GRADES): critical and high need action, medium is a warning, low only shown. Doctor is a one-shot
 command: it reads, and never registers as a component."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from coherence_network import fatal, health
+from coherence_network import fatal, grading, health
 from coherence_network.client import ApiClient, ApiError
 from coherence_network.monitor import read_pipeline_version
 from coherence_network.settings import Settings
@@ -39,22 +39,22 @@ def _alive(name: str, rows: list[dict[str, Any]], command: str) -> Check:
     rules say when a missing component matters (no_runner with work waiting, manager_stale with items unsettled)."""
     if not rows:
         return Check(name, True, "never seen", command, "#pipeline-recovery", warn=True)
-    summary = health.count_states(rows)
-    if any(health.state_of(r) == health.ALIVE for r in rows):
+    summary = grading.count_states(rows)
+    if any(grading.state_of(r) == grading.ALIVE for r in rows):
         return Check(name, True, summary)
     return Check(name, True, summary, command, "#pipeline-recovery", warn=True)
 
 
 def _graded(name: str, flags: list[dict[str, Any]], none: str) -> Check:
-    """Flags graded as everywhere (health.GRADES): any critical or high is an action, a medium one a warning, a low
+    """Flags graded as everywhere (grading.GRADES): any critical or high is an action, a medium one a warning, a low
     one only shown. The command is the most serious flag's (pipeline-status lists them most serious first)."""
     if not flags:
         return Check(name, True, none)
     detail = "; ".join(f"[{f['severity']}] {f['code']}: {f['message']}" for f in flags)[:500]
     first = flags[0]
-    if health.needs_attention(flags):
+    if grading.needs_attention(flags):
         return Check(name, False, detail, first["command"], first["runbook"])
-    if health.grade(first["severity"]).health < 1.0:  # a medium one
+    if grading.grade(first["severity"]).health < 1.0:  # a medium one
         return Check(name, True, detail, first["command"], first["runbook"], warn=True)
     return Check(name, True, detail)
 

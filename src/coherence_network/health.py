@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.grading import ALIVE, DEAD, SEVERITIES, STOPPED, count_states, state_of
 from coherence_network.settings import Settings, seen_limit
 from coherence_network.store.schema import tasks
 from coherence_network.store.ops_issues import list_fatal_issues, list_monitor_issues
@@ -34,44 +35,8 @@ MONITOR = "monitor"
 # Components that run until stopped and keep a registry row alive; one-shot commands (doctor, status...) never
 # register, and rows under other names (left by older versions) are not judged.
 LONG_LIVED = (MANAGER, MONITOR)
-# Registry row states: heartbeating; said it stopped on its way out (info.stopped: why); silent past its limit.
-ALIVE, STOPPED, DEAD = "alive", "stopped", "dead"
 # Backlog item states in the project manager's summary that still need it to run.
 UNSETTLED_ITEMS = ("waiting", "in_progress", "needs_decision")
-SEVERITIES = ("critical", "high", "medium", "low")
-
-
-@dataclass(frozen=True)
-class Grade:
-    """What a severity means in every view."""
-
-    attention: bool  # a person must act: status and doctor exit 1, Telegram alerts
-    health: float  # the goal figure's health term while this is the worst open severity
-    label: str  # how status, doctor and the console name it
-
-
-GRADES = {
-    "critical": Grade(True, 0.0, "ATTENTION"),
-    "high": Grade(True, 0.5, "ATTENTION"),
-    "medium": Grade(False, 0.75, "WARNING"),
-    "low": Grade(False, 1.0, "INFO"),
-}
-
-
-def grade(severity: str) -> Grade:
-    """The grade of a severity; an unknown one (a newer monitor's) counts as high rather than being ignored."""
-    return GRADES.get(severity.lower(), GRADES["high"])
-
-
-def needs_attention(items: Iterable[dict[str, Any]]) -> bool:
-    """Whether any flag or issue (anything with a ``severity``) needs a person: the exit code of status and doctor."""
-    return any(grade(i["severity"]).attention for i in items)
-
-
-def health_term(items: Iterable[dict[str, Any]], fatal: int) -> float:
-    """The goal figure's health: 1 with nothing open (or only low), the worst open grade's figure otherwise, 0 with a
-    fatal issue."""
-    return 0.0 if fatal else min((grade(i["severity"]).health for i in items), default=1.0)
 
 
 def host_issues(issues: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -155,17 +120,6 @@ def runner_seen_limit(row: dict[str, Any], settings: Settings) -> float:
     if derived and isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval > 0:
         return seen_limit(float(interval))
     return settings.monitor_runner_seen_seconds  # type: ignore[return-value]  # derived: never None
-
-
-def state_of(row: dict[str, Any]) -> str:
-    """A marked row's state (a row from an older API has only ``seen``)."""
-    return row.get("state") or (ALIVE if row["seen"] else DEAD)
-
-
-def count_states(rows: Iterable[dict[str, Any]]) -> str:
-    """"1 alive, 1 stopped, 1 dead": how status, doctor and Telegram sum up the runners."""
-    states = [state_of(r) for r in rows]
-    return ", ".join(f"{states.count(state)} {state}" for state in (ALIVE, STOPPED, DEAD))
 
 
 def gather(store: TaskStore, settings: Settings, now: datetime, limits: Limits | None = None,

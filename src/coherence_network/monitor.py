@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from coherence_network import __version__, health
+from coherence_network import __version__, grading, health
 from coherence_network.cleanup import append_line, trim_resolutions
 from coherence_network.client import ApiClient, ApiError, ApiNotFound
 from coherence_network.contract import TaskStatus
@@ -459,7 +459,7 @@ class Monitor:
 
     def run(self, interval: float, once: bool) -> int:
         """Check every ``interval`` seconds until stopped; with ``once``, one check: exit 1 when an issue open needs
-        attention (critical or high, health.GRADES)."""
+        attention (critical or high, grading.GRADES)."""
         while True:
             issues: list[Issue] | None = None
             try:
@@ -467,7 +467,7 @@ class Monitor:
             except Exception:  # a bad check must not end the monitor; the next one may succeed
                 log.exception("check failed")
             if once:
-                return 1 if issues is None or health.needs_attention(asdict(i) for i in issues) else 0
+                return 1 if issues is None or grading.needs_attention(asdict(i) for i in issues) else 0
             if self.stop.wait(interval):
                 try:  # the last heartbeat: stopped, not dead
                     self._heartbeat({"open_issues": sorted(self.open), "stopped": "stopped by signal"})

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from coherence_network.contract import Task, TaskPage, TaskStatus
-from coherence_network.health import count_states, grade, state_of
+from coherence_network.grading import count_states, grade, state_of
 
 RECENT_SHOWN = 5
 DIRECTION_SHOWN = 60
@@ -97,7 +97,7 @@ def _tasks(status: dict[str, Any]) -> list[str]:
 
 
 def _attention(status: dict[str, Any]) -> list[str]:
-    """Each flag with its grade (ATTENTION, WARNING, INFO: health.GRADES) and the command to paste."""
+    """Each flag with its grade (ATTENTION, WARNING, INFO: grading.GRADES) and the command to paste."""
     flags = status["attention"]
     if not flags:
         return ["ATTENTION", "  none"]

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from coherence_network import health
+from coherence_network import grading, health
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
 from coherence_network.contract import AttentionFlag, FatalIssue, Task, TaskStatus
 from coherence_network.logfiles import RUN_FILES, shared_secret, write_json_atomic
@@ -292,7 +292,7 @@ class Commands:
         report = self.client.pipeline_status()
         manager = report.project_manager
         state = "never seen" if not manager else manager.state
-        lines.append(f"Runners: {health.count_states(r.model_dump() for r in report.runners)}; "
+        lines.append(f"Runners: {grading.count_states(r.model_dump() for r in report.runners)}; "
                      f"project manager: {state}")
         flags = [f for f in report.attention if f.code != "needs_decision"]  # the decisions are listed above
         lines.append("Attention:" + ("" if flags else " none"))
@@ -501,10 +501,10 @@ class Notifier:
         waiting = self.client.list_tasks(status=TaskStatus.NEEDS_DECISION, order="oldest", limit=500).items
         found += [(f"decision:{t.id}:{_when(t.updated_at)}", _decision_alert(t)) for t in waiting]
         found += [(f"fatal:{i.id}:{_when(i.at)}", f"FATAL: {issue_line(i)}") for i in self.client.fatal_issues().items]
-        # what needs attention (critical, high: health.GRADES), graded as status and doctor grade it; decisions
+        # what needs attention (critical, high: grading.GRADES), graded as status and doctor grade it; decisions
         # and fatal issues are alerted above, one by one
         found += [_flag_alert(f) for f in self.client.pipeline_status().attention
-                  if health.grade(f.severity).attention and f.code not in LISTED_APART]
+                  if grading.grade(f.severity).attention and f.code not in LISTED_APART]
         failed = self.client.list_tasks(status=TaskStatus.FAILED, order="newest", limit=50).items
         failures = [(f"failed:{t.id}:{_when(t.finished_at)}", _failure_alert(t)) for t in reversed(failed)]
         if self.state.primed:

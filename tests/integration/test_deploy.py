@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from coherence_network import health
+from coherence_network import grading, health
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.settings import Settings
 from tests.support.api import ApiProcess
@@ -116,7 +116,7 @@ def test_every_monitor_rule_alerts_with_its_severity() -> None:
                         alerted[code] = rule["labels"]["severity"]
     assert set(alerted) == set(health.BY_CODE)
     for code, severity in alerted.items():
-        assert severity == ("critical" if health.grade(health.BY_CODE[code].severity).attention else "warning"), code
+        assert severity == ("critical" if grading.grade(health.BY_CODE[code].severity).attention else "warning"), code
 
 
 def test_alert_rules_fire_when_their_condition_holds() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from coherence_network import health
+from coherence_network import grading, health
 from coherence_network.api.routes_ops_issues import goal_proximity
 from coherence_network.contract import Task, TaskStatus, TaskType
 from coherence_network.gitops import commit_message
@@ -76,7 +76,7 @@ def test_every_rule_names_severity_action_and_runbook() -> None:
         "store_not_ready", "no_runner", "runner_blocked", "component_held_back", "manager_stale", "no_task_running", "orphan_running",
         "stuck", "needs_decision", "repeated_failures", "low_success_rate", "empty_output"}
     for rule in (*RULES, *health.RULES):
-        assert rule.severity in health.SEVERITIES and rule.action and rule.runbook.startswith("#")
+        assert rule.severity in grading.SEVERITIES and rule.action and rule.runbook.startswith("#")
 
 
 def test_every_action_is_a_command_to_paste_with_the_real_ids(cfg: Settings) -> None:
@@ -104,11 +104,11 @@ def test_every_action_is_a_command_to_paste_with_the_real_ids(cfg: Settings) -> 
 
 def test_grades_are_the_same_everywhere() -> None:
     """critical and high need attention; medium lowers health less; low is shown without lowering it."""
-    assert [health.grade(s).attention for s in health.SEVERITIES] == [True, True, False, False]
-    assert health.health_term([{"severity": "low"}], 0) == 1.0
-    assert health.health_term([{"severity": "low"}, {"severity": "medium"}], 0) == 0.75
-    assert health.health_term([{"severity": "high"}], 0) == 0.5
-    assert health.health_term([{"severity": "critical"}], 0) == 0.0 == health.health_term([], 1)
+    assert [grading.grade(s).attention for s in grading.SEVERITIES] == [True, True, False, False]
+    assert grading.health_term([{"severity": "low"}], 0) == 1.0
+    assert grading.health_term([{"severity": "low"}, {"severity": "medium"}], 0) == 0.75
+    assert grading.health_term([{"severity": "high"}], 0) == 0.5
+    assert grading.health_term([{"severity": "critical"}], 0) == 0.0 == grading.health_term([], 1)
     assert health.host_issues([{"rule": "no_runner"}, {"rule": "disk_low"}]) == [{"rule": "disk_low"}]
 
 

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from coherence_network import health
+from coherence_network import grading, health
 from coherence_network.api.readiness import readiness_checks
 from coherence_network.settings import Settings
 from coherence_network.store.ops_issues import open_fatal_issue_count
@@ -43,7 +43,7 @@ class QueueCollector(Collector):
         )
         states = GaugeMetricFamily("coherence_runners", "Runners in the registry by state: alive, stopped (said so "
                                    "on their way out), dead (silent past their limit)", labels=["state"])
-        for state in (health.ALIVE, health.STOPPED, health.DEAD):
+        for state in (grading.ALIVE, grading.STOPPED, grading.DEAD):
             states.add_metric([state], sum(1 for r in snapshot.runners if r["state"] == state))
         yield states
         open_rules = {flag["code"]: flag["severity"] for flag in health.evaluate(snapshot, settings)}
@@ -54,7 +54,7 @@ class QueueCollector(Collector):
         yield issues
         graded = GaugeMetricFamily("coherence_health_flags", "Open health flags by severity (critical and high need "
                                    "attention, medium is a warning, low information)", labels=["severity"])
-        for severity in health.SEVERITIES:
+        for severity in grading.SEVERITIES:
             graded.add_metric([severity], sum(1 for s in open_rules.values() if s == severity))
         yield graded
         yield GaugeMetricFamily(

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
-from coherence_network import health
+from coherence_network import grading, health
 from coherence_network.api.models import COMMON_ERRORS, JsonObject, Strict, Text, UtcTime
 from coherence_network.contract import FatalIssueList, MonitorIssueList, TaskStatus
 from coherence_network.logfiles import REGISTRY
@@ -101,7 +101,7 @@ def effectiveness(request: Request) -> dict[str, Any]:
     issues = ops_issues.monitor_issue_counts(store.engine, now - timedelta(days=7))
     fatal = len(ops_issues.list_fatal_issues(store.engine))
     graded = open_graded(request)
-    serious = sum(1 for i in graded if health.grade(i["severity"]).attention)
+    serious = sum(1 for i in graded if grading.grade(i["severity"]).attention)
     backlog = backlog_progress(store, request.app.state.settings)
     counts = store.count()
     return {
@@ -111,14 +111,14 @@ def effectiveness(request: Request) -> dict[str, Any]:
         "finished_7d": {"completed": week["completed"], "failed": week["failed"]},
         "issues": {**issues, "serious_open": serious, "fatal": fatal},
         "backlog": backlog,
-        "goal_proximity": goal_proximity(backlog, counts, week["success_rate"], health.health_term(graded, fatal)),
+        "goal_proximity": goal_proximity(backlog, counts, week["success_rate"], grading.health_term(graded, fatal)),
     }
 
 
 def open_graded(request: Request) -> list[dict[str, Any]]:
     """Everything open that has a severity, each once: the health rules' flags (live) and the monitors' facts of
     their hosts, as pipeline-status lists them. The goal figure's health and the serious count are graded over these
-    (health.GRADES)."""
+    (grading.GRADES)."""
     return health.evaluate(request.app.state.metrics.health_snapshot(), request.app.state.settings)
 
 
@@ -148,7 +148,7 @@ def goal_proximity(
     """0.6 x progress + 0.25 x success rate (7 d) + 0.15 x health, each in 0..1.
 
     progress: backlog items done / items (without a backlog: completed tasks / all tasks); success: 1 when nothing
-    finished yet; health: health.health_term over the open flags and host issues (1 with none or only low ones,
+    finished yet; health: grading.health_term over the open flags and host issues (1 with none or only low ones,
     0.75 with a medium, 0.5 with a high, 0 with a critical or a fatal issue)."""
     if backlog and backlog["items"]:
         progress = backlog["done"] / backlog["items"]

@@ -26,7 +26,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Engine
 
-from coherence_network import health, restart
+from coherence_network import grading, health, restart
 from coherence_network.api.errors import bounded_error
 from coherence_network.api.models import TaskCreateItem, TaskId, TaskPatch, refuse_disallowed_commands, storable_text
 from coherence_network.api.routes_agent import read_log_end
@@ -260,7 +260,7 @@ def overview(request: Request, restart_notice: str = "") -> HTMLResponse:
     backlog = backlog_progress(store, settings)
     total = sum(snapshot.by_status.values())
     goal = goal_proximity(backlog, {"total": total, "by_status": snapshot.by_status}, week["success_rate"],
-                          health.health_term(flags, len(fatal_issues)))
+                          grading.health_term(flags, len(fatal_issues)))
     pending_by_type = {t: p["count"] for t, p in sorted(snapshot.pending.items())}
     return render(
         request, "overview.html", visit,
