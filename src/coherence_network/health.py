@@ -211,10 +211,17 @@ def _store_not_ready(s: HealthSnapshot, _: Settings) -> Finding:
     if not failed:
         return None
     return Found("this API is not ready: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failed),
-                 values={"fix": _READY_FIXES.get(failed[0]["name"], "coherence logs api")})
+                 values={"fix": _ready_fix(failed[0])})
 
 
-_READY_FIXES = {"store_writable": "coherence cleanup --days 3", "migrations_current": "coherence migrate"}
+def _ready_fix(check: dict[str, Any]) -> str:
+    """The command for a failed readiness check: old task logs go for a full disk, migrations run; what no command
+    fixes (a read-only PostgreSQL, an unreachable store) doctor names in full."""
+    if check["name"] == "migrations_current":
+        return "coherence migrate"
+    if check["name"] == "store_writable" and "PostgreSQL" not in str(check["detail"]):
+        return "coherence cleanup --days 3"
+    return "coherence doctor"
 
 
 def _manager_stale(s: HealthSnapshot, cfg: Settings) -> Finding:

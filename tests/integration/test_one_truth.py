@@ -21,12 +21,14 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from coherence_network.status_view import render_status
 from tests.support.api import ApiProcess
 from tests.support.fake_telegram import TOKEN, FakeTelegram
 from tests.support.net import wait_until
+from tests.support.postgres import PostgresServer
 from tests.support.runner import RunnerProcess
 from tests.support.small_disk import fill, small_disk
 
@@ -263,3 +265,45 @@ def test_a_store_that_refuses_writes_is_not_ready_in_every_view(world: World) ->
         filler.unlink()
     wait_until(lambda: httpx.get(f"{world.api.url}/api/ready", timeout=10).status_code == 200, 10, "ready again")
     assert "store_not_ready" not in {f["code"] for f in world.status()["attention"]}
+
+
+def test_a_read_only_postgresql_store_is_not_ready_in_every_view(postgres_server: PostgresServer,
+                                                                   tmp_path: Path) -> None:
+    """The same on the scale-out store: PostgreSQL answering but taking no writes (a standby after a failover, or
+    default_transaction_read_only) used to leave /api/ready at 200."""
+    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": postgres_server.new_database()}).start()
+    admin = sa.create_engine(postgres_server.url(), isolation_level="AUTOCOMMIT")
+
+    def read_only(on: bool) -> None:
+        with admin.connect() as conn:
+            conn.execute(sa.text("ALTER SYSTEM SET default_transaction_read_only = on" if on
+                                 else "ALTER SYSTEM RESET default_transaction_read_only"))
+            conn.execute(sa.text("SELECT pg_reload_conf()"))
+
+    def ready() -> int:
+        return httpx.get(f"{api.url}/api/ready", timeout=10).status_code
+
+    try:
+        assert ready() == 200
+        read_only(True)
+        wait_until(lambda: ready() == 503, 10, "not ready once the store takes no writes")
+        refused = httpx.post(f"{api.url}/api/agent/tasks", json={"direction": "d", "task_type": "spec"}, timeout=10)
+        assert refused.status_code == 503, refused.text  # every write fails, as a store outage
+        env = {**os.environ, "COHERENCE_HOME": str(tmp_path / "cli"), "AGENT_API_BASE": api.url}
+        status = subprocess.run([sys.executable, "-m", "coherence_network.cli", "status", "--json"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        (flag,) = json.loads(status.stdout)["attention"]
+        assert status.returncode == 1 and (flag["code"], flag["severity"]) == ("store_not_ready", "critical")
+        assert "PostgreSQL store takes no writes" in flag["message"] and flag["command"] == "coherence doctor"
+        gauge = {s.labels["rule"]: s.value for f in text_string_to_metric_families(
+            httpx.get(f"{api.url}/metrics", timeout=10).text) if f.name == "coherence_health_issues" for s in f.samples}
+        assert gauge["store_not_ready"] == 1
+    finally:
+        read_only(False)
+        admin.dispose()
+    try:
+        wait_until(lambda: ready() == 200, 10, "ready again")
+        assert httpx.post(f"{api.url}/api/agent/tasks", json={"direction": "d", "task_type": "spec"},
+                          timeout=10).status_code == 201
+    finally:
+        api.stop()
