@@ -334,7 +334,8 @@ class ProjectManager:
             self._waiting_for_decision(item, state, task)
         elif status == TaskStatus.FAILED:
             tail = shorten(task.output, 200).splitlines()
-            why = f"{state.phase} task {task.id} failed (exit code {task.exit_code})"
+            why = f"{state.phase} task {task.id} failed" + ("" if task.exit_code is None else
+                                                             f" (exit code {task.exit_code})")
             self._settle(state, "blocked", why + (f": {tail[-1]}" if tail else ""), task)
         elif status == TaskStatus.COMPLETED:
             state.results[state.phase] = shorten(task.output)
