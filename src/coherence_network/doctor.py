@@ -122,7 +122,7 @@ def _version_check(settings: Settings, client: ApiClient | None) -> Check:
         except ApiError:
             pass
     stale = {who: sha for who, sha in running.items() if sha and disk and sha != disk}
-    if stale:
+    if stale and disk:
         return Check("version", False, f"running {_shas(stale)} differs from the source on disk {disk[:12]}",
                      "coherence restart all", "#autonomous-pipeline")
     known = {who: sha for who, sha in running.items() if sha}
