@@ -377,8 +377,9 @@ def status(
     watch: bool = typer.Option(False, "--watch", help="Redraw the status until Ctrl-C"),
     interval: float = typer.Option(2.0, "--interval", min=0.1, help="With --watch: seconds between redraws"),
 ) -> None:
-    """Pipeline status in layers (goal, orchestration, tasks, attention). Exit 0 healthy, 1 attention needed or
-    the API unreachable (--watch: 0 on Ctrl-C)."""
+    """Pipeline status in layers (goal, orchestration, tasks, attention). Exit 0 healthy (or only warnings: medium
+    and low flags), 1 a critical or high flag open or the API unreachable (--watch: 0 on Ctrl-C)."""
+    from coherence_network.grading import needs_attention
     from coherence_network.status_view import render_status, render_task
 
     settings = get_settings()
@@ -397,7 +398,7 @@ def status(
         pipeline = client.pipeline_status()
     report = pipeline.model_dump(mode="json")
     typer.echo(json.dumps(report, indent=2) if as_json else render_status(report, colour=colour), color=colour)
-    raise typer.Exit(1 if pipeline.attention else 0)
+    raise typer.Exit(1 if needs_attention(report["attention"]) else 0)  # critical or high: grading.GRADES
 
 
 def _watch_status(settings: Settings, interval: float, colour: bool) -> None:

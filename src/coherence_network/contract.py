@@ -141,14 +141,20 @@ class RunnerList(Returned):
 
 
 class SeenComponent(RegistryRow):
-    """A runner or component in pipeline-status, with how long ago it was last seen."""
+    """A runner or component in pipeline-status, with how long ago it was last seen and its state: ``alive``
+    (heartbeat within ``seen_limit_seconds``), ``stopped`` (its last heartbeat said so; ``info.stopped`` says why) or
+    ``dead`` (silent past the limit). ``seen`` is ``state == "alive"``."""
 
     last_seen_seconds: float
     seen: bool
+    state: str = "alive"
+    seen_limit_seconds: float | None = None
 
 
 class AttentionFlag(Returned):
-    """Something an operator should look at, named by ``code`` (a rule of coherence_network.health)."""
+    """Something an operator should look at, named by ``code`` (a rule of coherence_network.health). ``severity``
+    grades it the same in every view: critical and high need attention, medium is a warning, low information.
+    ``command`` is pasteable as it is (the real ids in it); ``console`` the console page with its button, if any."""
 
     code: str
     message: str
@@ -156,6 +162,11 @@ class AttentionFlag(Returned):
     severity: str = "medium"
     action: str = ""
     runbook: str = ""
+    command: str = ""
+    console: str | None = None
+    source: str = "rule"  # "monitor": a fact of a monitor's host (disk, logs, version on disk), not a health rule
+    host: str | None = None  # the monitor's host, for source "monitor"
+    since: datetime | None = None  # when the monitor first saw it
 
 
 class PipelineStatus(Returned):
@@ -189,6 +200,8 @@ class MonitorIssue(Returned):
     first_seen: datetime
     last_seen: datetime
     resolved_at: datetime | None = None
+    command: str = ""  # pasteable, as in AttentionFlag
+    console: str | None = None
 
 
 class MonitorIssueList(Returned):

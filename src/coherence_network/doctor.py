@@ -1,17 +1,16 @@
-"""`coherence doctor`: is the pipeline effective? Each check is OK or names the action (a command to run and the
-runbook section); exit 1 when anything needs action."""
+"""`coherence doctor`: is the pipeline effective? Each check is OK, a warning, or names the action (a command to run
+and the runbook section); exit 1 when anything needs action. Flags and monitor issues are graded as every view grades
+them (grading.GRADES): critical and high need action, medium is a warning, low only shown. Doctor is a one-shot
+command: it reads, and never registers as a component."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 from dataclasses import dataclass
 from typing import Any
 
-from coherence_network import __version__, fatal, health
+from coherence_network import fatal, grading, health
 from coherence_network.client import ApiClient, ApiError
-from coherence_network.monitor import COMPONENT as MONITOR
 from coherence_network.monitor import read_pipeline_version
 from coherence_network.settings import Settings
 from coherence_network.versioning import source_sha_on_disk
@@ -24,6 +23,7 @@ class Check:
     detail: str
     command: str = ""
     runbook: str = ""
+    warn: bool = False  # ok, but worth a look (a medium flag, no runner alive while there is no work...)
 
 
 def _check_api(client: ApiClient, name: str, path: str, command: str, runbook: str) -> tuple[Check, Any]:
@@ -34,39 +34,45 @@ def _check_api(client: ApiClient, name: str, path: str, command: str, runbook: s
     return Check(name, True, f"GET {path} answers"), body
 
 
-def _seen(name: str, row: dict[str, Any] | None, setting: str, command: str) -> Check:
-    """Seen or not as the API judged it (pipeline-status, by its ``setting``): the same answer every view gives."""
-    if row is None:
-        return Check(name, False, "never seen", command, "#pipeline-recovery")
-    if not row["seen"]:
-        return Check(name, False, f"last seen {row['last_seen_seconds']:.0f} s ago (limit {setting})", command,
-                     "#pipeline-recovery")
-    return Check(name, True, f"seen {row['last_seen_seconds']:.0f} s ago")
+def _alive(name: str, rows: list[dict[str, Any]], command: str) -> Check:
+    """Who is alive, as the API judged it (pipeline-status: alive, stopped, dead). Not an action by itself: the health
+    rules say when a missing component matters (no_runner with work waiting, manager_stale with items unsettled)."""
+    if not rows:
+        return Check(name, True, "never seen", command, "#pipeline-recovery", warn=True)
+    summary = grading.count_states(rows)
+    if any(grading.state_of(r) == grading.ALIVE for r in rows):
+        return Check(name, True, summary)
+    return Check(name, True, summary, command, "#pipeline-recovery", warn=True)
 
 
-def _health(flags: list[dict[str, Any]]) -> Check:
-    """The health rules the API evaluated: any open flag (a decision waiting included) needs a person."""
+def _graded(name: str, flags: list[dict[str, Any]], none: str) -> Check:
+    """Flags graded as everywhere (grading.GRADES): any critical or high is an action, a medium one a warning, a low
+    one only shown. The command is the most serious flag's (pipeline-status lists them most serious first)."""
     if not flags:
-        return Check("health", True, "no attention flags")
+        return Check(name, True, none)
+    detail = "; ".join(f"[{f['severity']}] {f['code']}: {f['message']}" for f in flags)[:500]
     first = flags[0]
-    return Check("health", False, "; ".join(f"[{f['severity']}] {f['code']}: {f['message']}" for f in flags)[:500],
-                 first["action"], first["runbook"])
+    if grading.needs_attention(flags):
+        return Check(name, False, detail, first["command"], first["runbook"])
+    if grading.grade(first["severity"]).health < 1.0:  # a medium one
+        return Check(name, True, detail, first["command"], first["runbook"], warn=True)
+    return Check(name, True, detail)
 
 
 def diagnose(settings: Settings, client: ApiClient) -> tuple[list[Check], dict[str, Any] | None]:
     """Every check, and the effectiveness figures when the API gave them."""
     checks: list[Check] = []
-    start_api = "coherence supervise   (or only the API: coherence api)"
+    start_api = "make run   (the whole pipeline, as the README starts it; only the API: coherence api)"
     reachable, _ = _check_api(client, "api_reachable", "/api/health", start_api, "#api-restart")
     checks.append(reachable)
     effectiveness = None
     if reachable.ok:
-        ready, _ = _check_api(client, "api_ready", "/api/ready", "coherence migrate; then read var/logs/api.log",
+        ready, _ = _check_api(client, "api_ready", "/api/ready", "coherence migrate   (when migrations are behind; the cause: coherence logs api)",
                               "#api-restart")
         checks.append(ready)
         _api_part(client, checks)
         check, effectiveness = _check_api(client, "effectiveness", "/api/agent/effectiveness",
-                                          "read var/logs/api.log", "#pipeline-effectiveness")
+                                          "coherence logs api", "#pipeline-effectiveness")
         checks.append(check)
     checks.append(_version_check(settings, client if reachable.ok else None))
     free = shutil.disk_usage(settings.logs_dir).free
@@ -83,46 +89,28 @@ def diagnose(settings: Settings, client: ApiClient) -> tuple[list[Check], dict[s
 
 
 def _api_part(client: ApiClient, checks: list[Check]) -> None:
-    """Checks that need an answering API: endpoints, health, components seen, a write through the API."""
-    metrics, _ = _check_api(client, "metrics", "/api/agent/metrics", "read var/logs/api.log", "#key-endpoints")
+    """Checks that need an answering API: endpoints, health, who is alive. Whether writes succeed is /api/ready's
+    store_writable (the api_ready check, and the rule store_not_ready): doctor writes nothing."""
+    metrics, _ = _check_api(client, "metrics", "/api/agent/metrics", "coherence logs api", "#key-endpoints")
     checks.append(metrics)
-    issues_check, issues = _check_api(client, "monitor_issues", "/api/agent/monitor-issues", "coherence monitor "
-                                      "--once", "#pipeline-recovery")
-    if issues is not None:
-        # health rules are judged live below; here only what the monitor saw on its host
-        serious = [i for i in issues["issues"]
-                   if i["severity"] in ("critical", "high") and i["rule"] not in health.BY_CODE]
-        if serious:
-            first = serious[0]
-            issues_check = Check("monitor_issues", False,
-                                 "; ".join(f"{i['rule']}: {i['message']}" for i in serious)[:500], first["action"],
-                                 first["runbook"])
-        else:
-            issues_check.detail = f"{len(issues['issues'])} open issue(s), none serious"
-    checks.append(issues_check)
     try:
         status = client.pipeline_status().model_dump(mode="json")
     except ApiError as exc:
-        checks.append(Check("health", False, f"GET /api/agent/pipeline-status: {exc}"[:300], "read "
-                            "var/logs/api.log", "#api-restart"))
-        return
-    checks.append(_health(status["attention"]))
-    newest = next(iter(status["runners"]), None)  # newest first
-    components = status["components"]
-    runner_limit, component_limit = "MONITOR_RUNNER_SEEN_SECONDS", "MONITOR_COMPONENT_SEEN_SECONDS"
-    checks.append(_seen("runner_seen", newest, runner_limit, "coherence supervise   (or: coherence runner)"))
-    checks.append(_seen("manager_seen", components.get(health.MANAGER), component_limit,
-                        "coherence supervise --backlog backlog.md   (or: coherence pm --backlog backlog.md)"))
-    checks.append(_seen("monitor_seen", components.get(MONITOR), component_limit,
-                        "coherence supervise   (or: coherence monitor)"))
-    try:
-        client.post("/api/agent/components/heartbeat", {"component": "doctor", "host": socket.gethostname(),
-                                                         "pid": os.getpid(), "version": __version__}, retries=0)
-        checks.append(Check("database_writable", True, "a write through the API succeeded"))
-    except ApiError as exc:
-        checks.append(Check("database_writable", False, f"a write through the API failed: {exc.detail}"[:300],
-                            "check the store (DATABASE_URL, disk, permissions); read var/logs/api.log",
+        checks.append(Check("health", False, f"GET /api/agent/pipeline-status: {exc}"[:300], "coherence logs api",
                             "#api-restart"))
+        return
+    # one list, graded once: the health rules' flags, then the monitors' facts of their hosts
+    flags = status["attention"]
+    rules = [f for f in flags if not health.from_monitor(f)]
+    checks.append(_graded("health", rules, "no attention flags"))
+    host = [f for f in flags if health.from_monitor(f)]
+    checks.append(_graded("monitor_issues", host, "none open"))
+    components = status["components"]
+    checks.append(_alive("runner_seen", status["runners"], "coherence runner   (the whole pipeline: make run)"))
+    checks.append(_alive("manager_seen", [components[health.MANAGER]] if health.MANAGER in components else [],
+                         "coherence pm --backlog backlog.md   (the whole pipeline: make run)"))
+    checks.append(_alive("monitor_seen", [components[health.MONITOR]] if health.MONITOR in components else [],
+                         "coherence monitor   (the whole pipeline: make run)"))
 
 
 def _version_check(settings: Settings, client: ApiClient | None) -> Check:
@@ -134,17 +122,27 @@ def _version_check(settings: Settings, client: ApiClient | None) -> Check:
         except ApiError:
             pass
     stale = {who: sha for who, sha in running.items() if sha and disk and sha != disk}
-    if stale:
-        return Check("version", False, f"running {stale} differs from the source on disk {disk}",
-                     "coherence stop && scripts/run_autonomous.sh", "#autonomous-pipeline")
-    known = {who: sha[:12] for who, sha in running.items() if sha}
-    return Check("version", True, f"running {known or 'unknown'} = disk {(disk or 'unknown')[:12]}")
+    if stale and disk:
+        return Check("version", False, f"running {_shas(stale)} differs from the source on disk {disk[:12]}",
+                     "coherence restart all", "#autonomous-pipeline")
+    known = {who: sha for who, sha in running.items() if sha}
+    return Check("version", True, f"running {_shas(known) if known else 'unknown'}; source on disk "
+                 f"{(disk or 'unknown')[:12]}")
+
+
+def _shas(by_who: dict[str, str]) -> str:
+    """"pipeline 1a2b3c4d5e6f, api 1a2b3c4d5e6f": a line for people, not a Python dict."""
+    return ", ".join(f"{who} {sha[:12]}" for who, sha in by_who.items())
 
 
 def render(checks: list[Check], effectiveness: dict[str, Any] | None) -> str:
     lines = []
     for check in checks:
-        if check.ok:
+        if check.ok and check.warn:
+            lines.append(f"[WARN]   {check.name}: {check.detail}")
+            if check.command:
+                lines.append(f"         run: {check.command}")
+        elif check.ok:
             lines.append(f"[OK]     {check.name}: {check.detail}")
         else:
             lines.append(f"[ACTION] {check.name}: {check.detail}")
@@ -162,5 +160,7 @@ def render(checks: list[Check], effectiveness: dict[str, Any] | None) -> str:
                   f"in 7 d, {effectiveness['issues']['fatal']} fatal",
                   f"  backlog: {backlog['done']} of {backlog['items']} done" if backlog else "  backlog: unknown"]
     actions = sum(1 for c in checks if not c.ok)
-    lines += ["", f"{actions} check(s) need action" if actions else "all checks OK"]
+    warnings = sum(1 for c in checks if c.ok and c.warn)
+    verdict = f"{actions} check(s) need action" if actions else "all checks OK"
+    lines += ["", verdict + (f", {warnings} warning(s)" if warnings else "")]
     return "\n".join(lines)

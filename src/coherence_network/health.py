@@ -3,11 +3,19 @@
 pipeline-status's `attention`, `/metrics` (`coherence_health_issues{rule}`), `coherence status`, `coherence doctor`,
 the monitor (its issues and report) and Telegram all read what this module decides, so they cannot disagree. Every
 threshold comes from Settings. The monitor adds only facts of its own host (disk, local logs, version on disk).
+
+Grading (GRADES), the same in every view: critical and high need attention (`coherence status` and doctor exit 1,
+Telegram alerts); medium is a warning (shown everywhere, exit 0); low is information (shown, health unaffected).
+/api/ready fails only for what stops this API replica from serving (store unreachable, migrations behind, writes
+refused): those are the critical rule store_not_ready, so a replica that is not ready says so in every view too.
+Every flag carries a pasteable `command` (a `coherence ...` line with the real ids) and the `console` path of the
+console's own button for it (or None).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shlex
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,16 +23,26 @@ from typing import Any
 import sqlalchemy as sa
 
 from coherence_network.contract import TaskStatus, TaskType
-from coherence_network.settings import Settings
+from coherence_network.grading import ALIVE, DEAD, SEVERITIES, STOPPED, count_states, state_of
+from coherence_network.settings import Settings, seen_limit
 from coherence_network.store.schema import tasks
-from coherence_network.store.ops_issues import list_fatal_issues
+from coherence_network.store.ops_issues import list_fatal_issues, list_monitor_issues
 from coherence_network.store.stats import Limits, pipeline_snapshot
 from coherence_network.store.tasks import TaskStore
 
 MANAGER = "project_manager"
+MONITOR = "monitor"
+# Components that run until stopped and keep a registry row alive; one-shot commands (doctor, status...) never
+# register, and rows under other names (left by older versions) are not judged.
+LONG_LIVED = (MANAGER, MONITOR)
 # Backlog item states in the project manager's summary that still need it to run.
 UNSETTLED_ITEMS = ("waiting", "in_progress", "needs_decision")
-SEVERITIES = ("critical", "high", "medium", "low")
+
+
+def host_issues(issues: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The monitor's issues that are facts of its host: the health rules are evaluated live, so a monitor issue
+    named after one (posted by an older monitor) is not shown twice."""
+    return [i for i in issues if i["rule"] not in BY_CODE]
 
 
 @dataclass
@@ -41,6 +59,8 @@ class HealthSnapshot:
     runners: list[dict[str, Any]] = field(default_factory=list)  # rows with `seen` and `last_seen_seconds`
     components: dict[str, dict[str, Any]] = field(default_factory=dict)  # likewise, by name
     fatal: list[dict[str, Any]] = field(default_factory=list)  # fatal issues not cleared, oldest first
+    ready: list[dict[str, Any]] = field(default_factory=list)  # /api/ready's checks of this replica
+    host_issues: list[dict[str, Any]] = field(default_factory=list)  # the monitors' open facts of their hosts
 
 
 @dataclass(frozen=True)
@@ -50,6 +70,7 @@ class Found:
     message: str
     task_ids: list[int] = field(default_factory=list)
     severity: str | None = None
+    values: dict[str, str] = field(default_factory=dict)  # what the command needs besides the first task id
 
 
 Finding = Found | None
@@ -65,24 +86,46 @@ class HealthRule:
     action: str
     runbook: str
     check: Callable[[HealthSnapshot, Settings], Finding]
+    command: str  # pasteable; {id} is the first task concerned, other {names} come from Found.values
+    console: str | None = None  # the console page whose button does it; {id} likewise
     restart: str | None = None
 
     def flag(self, snapshot: HealthSnapshot, settings: Settings) -> dict[str, Any] | None:
         found = self.check(snapshot, settings)
         if found is None:
             return None
+        values = {"id": str(found.task_ids[0]) if found.task_ids else "", **found.values}
         return {"code": self.code, "severity": found.severity or self.severity, "message": found.message,
-                "action": self.action, "runbook": self.runbook, "task_ids": found.task_ids}
+                "action": self.action, "runbook": self.runbook, "task_ids": found.task_ids,
+                "command": self.command.format(**values),
+                "console": self.console.format(**values) if self.console else None}
 
 
 def mark_seen(row: dict[str, Any], now: datetime, limit: float) -> dict[str, Any]:
-    """A registry row with how long ago it was seen, and whether that is within ``limit`` seconds."""
+    """A registry row with how long ago it was seen and its state: stopped when its last heartbeat said so
+    (info.stopped holds why), else alive within ``limit`` seconds, else dead. Only an alive row counts as seen."""
     age = (now - row["last_seen"]).total_seconds()
-    return {**row, "last_seen_seconds": round(age, 3), "seen": age <= limit}
+    stopped = (row.get("info") or {}).get("stopped")
+    state = STOPPED if stopped else ALIVE if age <= limit else DEAD
+    return {**row, "last_seen_seconds": round(age, 3), "seen": state == ALIVE, "state": state,
+            "seen_limit_seconds": round(limit, 3)}
 
 
-def gather(store: TaskStore, settings: Settings, now: datetime, limits: Limits | None = None) -> HealthSnapshot:
-    """One snapshot from the store; runners forgotten past COHERENCE_RUNNER_FORGET_SECONDS are not in it."""
+def runner_seen_limit(row: dict[str, Any], settings: Settings) -> float:
+    """How long a runner may be silent and still count as alive: MONITOR_RUNNER_SEEN_SECONDS when the operator set
+    it; else derived from the heartbeat interval the runner reports (one on another host may use its own), else
+    from this host's COHERENCE_RUNNER_HEARTBEAT_SECONDS (the setting's derived default)."""
+    interval = (row.get("info") or {}).get("heartbeat_seconds")
+    derived = settings.source_of("monitor_runner_seen_seconds").startswith("derived")
+    if derived and isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval > 0:
+        return seen_limit(float(interval))
+    return settings.monitor_runner_seen_seconds  # type: ignore[return-value]  # derived: never None
+
+
+def gather(store: TaskStore, settings: Settings, now: datetime, limits: Limits | None = None,
+           ready: list[dict[str, Any]] | None = None) -> HealthSnapshot:
+    """One snapshot from the store (and this replica's readiness checks, when given); runners forgotten past
+    COHERENCE_RUNNER_FORGET_SECONDS are not in it."""
     found = pipeline_snapshot(store.engine, now, limits or Limits(), settings.pipeline_failure_streak)
     with store.engine.connect() as conn:  # what orphan_running needs beyond the summary columns
         leases = {r.id: r for r in conn.execute(sa.select(tasks.c.id, tasks.c.lease_expires_at, tasks.c.timeout_seconds)
@@ -94,10 +137,12 @@ def gather(store: TaskStore, settings: Settings, now: datetime, limits: Limits |
     return HealthSnapshot(
         now=now, by_status=store.count()["by_status"], running=found["running"], pending=found["pending"],
         needs_decision=found["needs_decision"], recent=found["recent"], success_24h=found["success_24h"],
-        runners=[mark_seen(r, now, settings.monitor_runner_seen_seconds) for r in store.runners()],
+        runners=[mark_seen(r, now, runner_seen_limit(r, settings)) for r in store.runners()],
         components={c["name"]: mark_seen(c, now, settings.monitor_component_seen_seconds)
-                    for c in store.components()},
+                    for c in store.components() if c["name"] in LONG_LIVED},
         fatal=list_fatal_issues(store.engine),
+        ready=ready or [],
+        host_issues=host_issues(list_monitor_issues(store.engine, resolved_limit=0)["issues"]),
     )
 
 
@@ -137,10 +182,8 @@ def _no_runner(s: HealthSnapshot, cfg: Settings) -> Finding:
     work = s.by_status.get(TaskStatus.PENDING, 0) + s.by_status.get(TaskStatus.RUNNING, 0)
     if not work or live_runners(s):
         return None
-    ages = [r["last_seen_seconds"] for r in s.runners]
-    last = f"last seen {min(ages):.0f} s ago" if ages else "never seen"
-    return Found(f"{work} task(s) pending or running but no runner seen in {cfg.monitor_runner_seen_seconds:.0f} s "
-                 f"({last})")
+    last = f"runners: {count_states(s.runners)}" if s.runners else "none ever seen"
+    return Found(f"{work} task(s) pending or running but no runner alive ({last})")
 
 
 def _runner_blocked(s: HealthSnapshot, _: Settings) -> Finding:
@@ -162,15 +205,36 @@ def _component_held_back(s: HealthSnapshot, _: Settings) -> Finding:
     return Found(f"{len(s.fatal)} fatal issue(s), the component held back: {named}")
 
 
+def _store_not_ready(s: HealthSnapshot, _: Settings) -> Finding:
+    """This API replica's /api/ready fails (its store refuses writes, say): the same checks, so both agree."""
+    failed = [c for c in s.ready if not c["ok"]]
+    if not failed:
+        return None
+    return Found("this API is not ready: " + "; ".join(f"{c['name']}: {c['detail']}" for c in failed),
+                 values={"fix": _ready_fix(failed[0])})
+
+
+def _ready_fix(check: dict[str, Any]) -> str:
+    """The command for a failed readiness check: old task logs go for a full disk, migrations run; what no command
+    fixes (a read-only PostgreSQL, an unreachable store) doctor names in full."""
+    if check["name"] == "migrations_current":
+        return "coherence migrate"
+    if check["name"] == "store_writable" and "PostgreSQL" not in str(check["detail"]):
+        return "coherence cleanup --days 3"
+    return "coherence doctor"
+
+
 def _manager_stale(s: HealthSnapshot, cfg: Settings) -> Finding:
     manager = s.components.get(MANAGER)
     if manager is None or manager["seen"]:
         return None
-    by_status = (manager.get("info") or {}).get("by_status") or {}
-    if not any(by_status.get(k) for k in UNSETTLED_ITEMS):
+    info = manager.get("info") or {}
+    if not any((info.get("by_status") or {}).get(k) for k in UNSETTLED_ITEMS):
         return None  # it finished its backlog; silence is expected
-    return Found(f"the project manager was last seen {manager['last_seen_seconds']:.0f} s ago (limit "
-                 f"{cfg.monitor_component_seen_seconds:.0f} s) with backlog items unsettled")
+    why = f"stopped ({info['stopped']})" if state_of(manager) == STOPPED else \
+        f"silent (limit {cfg.monitor_component_seen_seconds:.0f} s)"
+    return Found(f"the project manager is {why}, last seen {manager['last_seen_seconds']:.0f} s ago, with backlog "
+                 "items unsettled", values={"backlog": shlex.quote(str(info.get("backlog") or "backlog.md"))})
 
 
 def _needs_decision(s: HealthSnapshot, cfg: Settings) -> Finding:
@@ -208,46 +272,68 @@ def _empty_output(s: HealthSnapshot, _: Settings) -> Finding:
     return Found(f"{len(empty)} recently completed agent task(s) produced no output", empty) if empty else None
 
 
-_CURL_DECIDE = ("curl -X PATCH $AGENT_API_BASE/api/agent/tasks/{id} -H 'Content-Type: application/json' "
-                "-d '{\"decision\":\"yes\"}'   (or Telegram: /reply <id> yes)")
-_LOGS = "read the task logs: coherence logs <id>"
 RULES: tuple[HealthRule, ...] = (
-    HealthRule("no_runner", "high", "tasks pending or running but no runner heartbeat within "
-               "MONITOR_RUNNER_SEEN_SECONDS", "start a runner: coherence runner (or coherence supervise)",
-               "#pipeline-recovery", _no_runner, restart="agent_runner"),
+    HealthRule("store_not_ready", "critical", "this API replica's /api/ready fails: its store is unreachable, behind "
+               "on migrations, or refuses writes (a full or read-only disk)", "free disk space under COHERENCE_HOME "
+               "and the store's folder (old task logs: the command), run the migrations, or bring the store back",
+               "#api-restart", _store_not_ready, "{fix}"),
+    HealthRule("no_runner", "high", "tasks pending or running but no runner alive (a heartbeat within two of its "
+               "intervals, MONITOR_RUNNER_SEEN_SECONDS for a runner that does not say its interval)",
+               "start a runner (make run starts the whole pipeline)", "#pipeline-recovery", _no_runner,
+               "coherence runner", restart="agent_runner"),
     HealthRule("runner_blocked", "high", "a live runner reports slots that cannot start tasks on its host (its "
                "log or outbox cannot be written: a full or read-only disk); their tasks go back to pending unused",
-               "free disk space under the runner's COHERENCE_HOME (df -h; coherence prune), then watch it recover",
-               "#a-full-disk", _runner_blocked),
+               "free disk space under the runner's COHERENCE_HOME (df -h), then watch it recover",
+               "#a-full-disk", _runner_blocked, "coherence prune"),
     HealthRule("component_held_back", "high", "a component crashed SUPERVISOR_FATAL_RESTARTS times within "
                "SUPERVISOR_FATAL_WINDOW_SECONDS: its supervisor holds it back (a fatal issue) while the rest runs on",
-               "read it: coherence fatal; fix the cause, then coherence fatal --clear (the component starts again)",
-               "#autonomous-pipeline", _component_held_back),
-    HealthRule("manager_stale", "medium", "project manager silent for MONITOR_COMPONENT_SEEN_SECONDS with backlog "
-               "items unsettled", "start it: coherence pm --backlog <file>", "#pipeline-recovery", _manager_stale,
-               restart=MANAGER),
+               "read it (coherence fatal), fix the cause, then clear it: the component starts again",
+               "#autonomous-pipeline", _component_held_back, "coherence fatal --clear"),
+    HealthRule("manager_stale", "medium", "project manager stopped, or silent for MONITOR_COMPONENT_SEEN_SECONDS, "
+               "with backlog items unsettled", "start it again on its backlog", "#pipeline-recovery", _manager_stale,
+               "coherence pm --backlog {backlog}", restart=MANAGER),
     HealthRule("no_task_running", "high", "tasks pending for MONITOR_IDLE_MINUTES while nothing runs",
-               "check the runners (coherence status); restart one: coherence runner", "#pipeline-recovery",
-               _no_task_running, restart="agent_runner"),
+               "check the runners (coherence status), then restart them", "#pipeline-recovery",
+               _no_task_running, "coherence restart agent_runner", "/#restart", restart="agent_runner"),
     HealthRule("orphan_running", "high", "a running task's lease expired, or its timeout passed, by more than "
                "MONITOR_ORPHAN_GRACE_SECONDS", "restart the API (lease reaper) or the runner holding it",
-               "#orphaned-or-stuck-tasks", _orphan_running, restart="api"),
-    HealthRule("stuck", "medium", "a task has run longer than PIPELINE_STUCK_MINUTES",
-               "read its log: coherence logs <id>", "#orphaned-or-stuck-tasks", _stuck),
+               "#orphaned-or-stuck-tasks", _orphan_running, "coherence restart api", "/#restart", restart="api"),
+    HealthRule("stuck", "medium", "a task has run longer than PIPELINE_STUCK_MINUTES", "read its log",
+               "#orphaned-or-stuck-tasks", _stuck, "coherence logs {id}", "/tasks/{id}"),
     HealthRule("needs_decision", "medium", "a task waits for a decision (a person's turn); high once the oldest "
-               "waited MONITOR_DECISION_WAIT_MINUTES",
-               f"answer it: {_CURL_DECIDE}", "#unblock-a-task-that-needs-a-decision", _needs_decision),
-    HealthRule("repeated_failures", "high", "the last PIPELINE_FAILURE_STREAK finished tasks all failed", _LOGS,
-               "#pipeline-recovery", _repeated_failures),
+               "waited MONITOR_DECISION_WAIT_MINUTES", "answer it (or in Telegram: /reply ID ANSWER)",
+               "#unblock-a-task-that-needs-a-decision", _needs_decision, "coherence decide {id} ANSWER",
+               "/decisions"),
+    HealthRule("repeated_failures", "high", "the last PIPELINE_FAILURE_STREAK finished tasks all failed",
+               "read the newest failure's log", "#pipeline-recovery", _repeated_failures, "coherence logs {id}",
+               "/tasks/{id}"),
     HealthRule("low_success_rate", "medium", "24 h success rate below PIPELINE_MIN_SUCCESS_RATE (once "
-               "PIPELINE_SUCCESS_RATE_MIN_TASKS finished)", _LOGS, "#pipeline-effectiveness", _low_success_rate),
+               "PIPELINE_SUCCESS_RATE_MIN_TASKS finished)", "read the failed tasks' logs", "#pipeline-effectiveness",
+               _low_success_rate, "coherence tasks --status failed", "/tasks?status=failed"),
     HealthRule("empty_output", "medium", "a recently completed agent task (not a `run:` command) produced no output",
-               "check COHERENCE_AGENT_COMMAND and the task's log", "#pipeline-recovery", _empty_output),
+               "check COHERENCE_AGENT_COMMAND and the task's log", "#pipeline-recovery", _empty_output,
+               "coherence logs {id}", "/tasks/{id}"),
 )
 BY_CODE = {rule.code: rule for rule in RULES}
 
 
 def evaluate(snapshot: HealthSnapshot, settings: Settings) -> list[dict[str, Any]]:
-    """Every rule over one snapshot: the attention flags open now, most serious first."""
+    """Every rule over one snapshot, and the monitors' facts of their hosts: the attention flags open now, each
+    once, most serious first. A host fact is marked ``source: "monitor"`` with its ``host`` and ``since``."""
     flags = [flag for rule in RULES if (flag := rule.flag(snapshot, settings)) is not None]
-    return sorted(flags, key=lambda f: SEVERITIES.index(f["severity"]))
+    flags += [host_flag(issue) for issue in snapshot.host_issues]
+    return sorted(flags, key=lambda f: SEVERITIES.index(f["severity"]) if f["severity"] in SEVERITIES else 1)
+
+
+def host_flag(issue: dict[str, Any]) -> dict[str, Any]:
+    """A monitor's open issue as a flag, graded like the rules' flags, with its rule's pasteable command."""
+    from coherence_network.monitor import with_command  # the monitor's rules know their commands; it imports us
+
+    issue = with_command(issue)
+    return {"code": issue["rule"], "severity": issue["severity"], "message": issue["message"],
+            "action": issue["action"], "runbook": issue["runbook"], "task_ids": [], "command": issue["command"],
+            "console": issue["console"], "source": "monitor", "host": issue["host"], "since": issue["first_seen"]}
+
+
+def from_monitor(flag: dict[str, Any]) -> bool:
+    return flag.get("source") == "monitor"

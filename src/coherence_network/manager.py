@@ -232,6 +232,7 @@ class ProjectManager:
         if fresh:
             log.warning("--reset: previous progress in %s is discarded", options.state_file)
         self.stop = threading.Event()
+        self.last_items: list[BacklogItem] | None = None  # the last pass's items, for the heartbeat saying it stopped
 
     @property
     def capacity(self) -> int:
@@ -333,7 +334,8 @@ class ProjectManager:
             self._waiting_for_decision(item, state, task)
         elif status == TaskStatus.FAILED:
             tail = shorten(task.output, 200).splitlines()
-            why = f"{state.phase} task {task.id} failed (exit code {task.exit_code})"
+            why = f"{state.phase} task {task.id} failed" + ("" if task.exit_code is None else
+                                                             f" (exit code {task.exit_code})")
             self._settle(state, "blocked", why + (f": {tail[-1]}" if tail else ""), task)
         elif status == TaskStatus.COMPLETED:
             state.results[state.phase] = shorten(task.output)
@@ -452,9 +454,12 @@ class ProjectManager:
             "state_file": str(self.options.state_file),
         }
 
-    def _heartbeat(self, items: list[BacklogItem]) -> None:
+    def _heartbeat(self, items: list[BacklogItem], *, stopped: str | None = None) -> None:
+        """Its summary for every view; ``stopped`` (why) on the last one, so the row reads stopped, not dead."""
+        self.last_items = items
+        info = self.summary(items) | ({"stopped": stopped} if stopped else {})
         body = {"component": COMPONENT, "host": socket.gethostname(), "pid": os.getpid(), "version": __version__,
-                "info": self.summary(items)}
+                "info": info}
         try:
             self.client.post("/api/agent/components/heartbeat", body, retries=0)
         except ApiError as exc:  # being seen is nice to have; the work itself went through
@@ -482,10 +487,17 @@ class ProjectManager:
 
     # --- the loop ------------------------------------------------------------------------------------------
     def run(self) -> int:
-        """Passes every ``interval`` seconds until stopped, ``hours`` pass, ``--once``, or ``--until-done``.
+        """Passes every ``interval`` seconds until stopped, ``hours`` pass, ``--once``, or ``--until-done``; then a
+        last heartbeat says it stopped and why, so no view takes it for dead.
 
         Exit code: with ``until_done``, 0 when every item is done and 1 when any is blocked or skipped; otherwise 0,
         or 1 when a ``--once`` pass could not reach the API."""
+        code, reason = self._passes()
+        if self.last_items is not None:
+            self._heartbeat(self.last_items, stopped=reason)
+        return code
+
+    def _passes(self) -> tuple[int, str]:
         deadline = time.monotonic() + self.options.hours * 3600 if self.options.hours else None
         log.info("project manager started: backlog %s, state %s, %s", self.options.backlog, self.options.state_file,
                  f"parallel (max {self.options.max_in_flight})" if self.options.parallel else "one item at a time")
@@ -495,21 +507,21 @@ class ProjectManager:
             except ApiError as exc:
                 log.error("pass stopped, API error: %s (state kept; next pass in %g s)", exc, self.options.interval)
                 if self.options.once:
-                    return 1
+                    return 1, "--once: the API did not answer"
             else:
                 if self.options.until_done and self.all_settled(items):
                     states = [self.state.items[i.key] for i in items]
                     failed = [s for s in states if s.status != "done"]
                     log.info("backlog finished: %d done, %d blocked or skipped", len(states) - len(failed), len(failed))
-                    return 1 if failed else 0
+                    return (1 if failed else 0), "backlog settled (--until-done)"
                 if self.options.once:
-                    return 0
+                    return 0, "--once: one pass"
             if deadline is not None and time.monotonic() >= deadline:
                 log.info("--hours %g reached; stopping", self.options.hours)
-                return 0
+                return 0, f"--hours {self.options.hours:g} reached"
             self.stop.wait(self.options.interval)
         log.info("stopped by signal; state saved")
-        return 0
+        return 0, "stopped by signal"
 
     def request_stop(self, *_: object) -> None:
         self.stop.set()

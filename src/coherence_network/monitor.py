@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from coherence_network import __version__, health
+from coherence_network import __version__, grading, health
 from coherence_network.cleanup import append_line, trim_resolutions
 from coherence_network.client import ApiClient, ApiError, ApiNotFound
 from coherence_network.contract import TaskStatus
@@ -34,7 +34,7 @@ from coherence_network.versioning import SOURCE_DIR, source_sha_on_disk
 
 log = logging.getLogger("coherence.monitor")
 
-COMPONENT = "monitor"
+COMPONENT = health.MONITOR
 _ERROR_LINE = re.compile(r'^\S+ (ERROR|CRITICAL) |"level": "(ERROR|CRITICAL)"')
 _SAMPLE_LINES = 5
 
@@ -80,6 +80,8 @@ class Issue:
     runbook: str
     detail: dict[str, Any] = field(default_factory=dict)
     restart: str | None = None  # the component a restart would fix, for auto-recovery
+    command: str = ""  # pasteable: a `coherence ...` line (or `make run`, the README's start)
+    console: str | None = None  # the console page whose button does it
 
 
 @dataclass(frozen=True)
@@ -90,13 +92,16 @@ class Rule:
     action: str
     runbook: str
     check: Callable[[Snapshot, Settings], tuple[str, dict[str, Any], str | None] | None]
+    command: str
+    console: str | None = None
 
     def evaluate(self, snapshot: Snapshot, settings: Settings) -> Issue | None:
         found = self.check(snapshot, settings)
         if found is None:
             return None
         message, detail, restart = found
-        return Issue(self.name, self.severity, message, self.action, self.runbook, detail, restart)
+        return Issue(self.name, self.severity, message, self.action, self.runbook, detail, restart, self.command,
+                     self.console)
 
 
 Finding = tuple[str, dict[str, Any], str | None] | None
@@ -142,17 +147,27 @@ def _log_errors(s: Snapshot, _: Settings) -> Finding:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("api_unreachable", "critical", "GET /api/health fails", "coherence supervise (or start the API: coherence "
-         "api); see var/logs/api.log", "#api-restart", _api_unreachable),
-    Rule("api_error", "high", "the API answers but /api/ready or an endpoint fails", "coherence doctor; read "
-         "var/logs/api.log (store reachable? migrations current: coherence migrate)", "#api-restart", _api_error),
+    Rule("api_unreachable", "critical", "GET /api/health fails", "start the pipeline (the README's make run, which is "
+         "coherence supervise), or only the API (coherence api); see var/logs/api.log", "#api-restart",
+         _api_unreachable, "make run"),
+    Rule("api_error", "high", "the API answers but an endpoint fails", "read var/logs/api.log (store reachable? "
+         "migrations current: coherence migrate)", "#api-restart", _api_error, "coherence doctor"),
     Rule("stale_version", "medium", "running code differs from the package source on disk",
-         "restart the pipeline: coherence stop && scripts/run_autonomous.sh", "#autonomous-pipeline", _stale_version),
+         "restart the pipeline on the new code", "#autonomous-pipeline", _stale_version, "coherence restart all",
+         "/#restart"),
     Rule("disk_low", "high", "free space under var/logs below MONITOR_DISK_MIN_FREE_MB",
-         "free space: coherence cleanup --days 3", "#tests-and-cleanup", _disk_low),
+         "free space: remove old task logs", "#tests-and-cleanup", _disk_low, "coherence cleanup --days 3"),
     Rule("log_errors", "low", "new ERROR lines in component logs since the last check",
-         "read the lines named in the issue's detail", "#log-locations", _log_errors),
+         "read the lines named in the issue's detail", "#log-locations", _log_errors, "coherence logs api"),
 )
+BY_NAME = {rule.name: rule for rule in RULES}
+
+
+def with_command(issue: dict[str, Any]) -> dict[str, Any]:
+    """A stored monitor issue with its rule's pasteable command and console page (kept with the rules, not stored:
+    an older row gets them too)."""
+    rule = BY_NAME.get(issue["rule"])
+    return {**issue, "command": rule.command if rule else "coherence doctor", "console": rule.console if rule else None}
 
 
 def evaluate(snapshot: Snapshot, settings: Settings) -> list[Issue]:
@@ -160,10 +175,12 @@ def evaluate(snapshot: Snapshot, settings: Settings) -> list[Issue]:
     status, /metrics and Telegram show)."""
     issues = [issue for rule in RULES if (issue := rule.evaluate(snapshot, settings)) is not None]
     for flag in snapshot.part("attention") or []:
+        if health.from_monitor(flag):  # a monitor's own fact coming back: this host's rules above judge it
+            continue
         rule = health.BY_CODE.get(flag["code"])
         issues.append(Issue(flag["code"], flag["severity"], flag["message"], flag["action"], flag["runbook"],
                             {"task_ids": flag["task_ids"]} if flag["task_ids"] else {},
-                            rule.restart if rule else None))
+                            rule.restart if rule else None, flag.get("command", ""), flag.get("console")))
     return issues
 
 
@@ -237,10 +254,7 @@ def collect(client: ApiClient, settings: Settings, tailer: LogTailer, source_dir
         s.api_reachable = False
         s.api_errors.append(f"health: {exc.detail}"[:300])
         return s
-    errors = s.api_errors
-    ready = _optional(lambda: client.request("GET", "/api/ready", retries=0).json(), errors, "ready")
-    if ready is not None and not ready.get("ready"):
-        errors.append(f"ready: {ready.get('reason')}")
+    errors = s.api_errors  # a replica that is not ready says so in pipeline-status (the rule store_not_ready)
     s.running_shas["api"] = (_optional(lambda: client.get("/api/version"), errors, "version") or {}).get("git_sha")
     # The snapshot is plain JSON (tests read it as such; the report file is written from it).
     s.pipeline = _optional(lambda: client.pipeline_status().model_dump(mode="json"), errors, "pipeline-status")
@@ -289,7 +303,8 @@ def build_report(s: Snapshot, issues: list[Issue], open_since: dict[str, str]) -
         "generated_at": s.now.isoformat(),
         "layers": layers,
         "going_well": going_well,
-        "needs_attention": [f"[{i.severity}] {i.rule}: {i.message} -> {i.action} (docs/RUNBOOK.md{i.runbook})"
+        "needs_attention": [f"[{i.severity}] {i.rule}: {i.message} -> {i.action}: {i.command} "
+                            f"(docs/RUNBOOK.md{i.runbook})"
                             for i in issues],
     }
 
@@ -351,7 +366,8 @@ class Monitor:
             log.warning("%s unreadable; starting with no open issues", self.path)
             return {}
 
-    def check(self) -> list[Issue]:
+    def check(self, once: bool = False) -> list[Issue]:
+        """One check; with ``once`` (a one-shot command) the monitor does not register as a running component."""
         snapshot = collect(self.client, self.settings, self.tailer, self.source_dir)
         issues = evaluate(snapshot, self.settings)
         now = snapshot.now.isoformat()
@@ -374,7 +390,7 @@ class Monitor:
         text_path = REGISTRY["pipeline_status_report.txt"].path(self.settings)
         text_path.write_text(render_report(report), encoding="utf-8")
         if snapshot.api_reachable:
-            self._tell_api(opened)
+            self._tell_api(opened, once)
         by_status = snapshot.part("counts").get("by_status", {})
         log.info("STATUS %s api=%s running=%s pending=%s needs_decision=%s issues=%s",
                  "attention" if issues else "ok", "up" if snapshot.api_reachable else "down",
@@ -420,29 +436,41 @@ class Monitor:
         write_json_atomic(self.path, {"checked_at": now, "issues": self.open, "restart_requests": self.restarts,
                                       "log_offsets": self.tailer.offsets})
 
-    def _tell_api(self, opened: dict[str, dict[str, Any]]) -> None:
-        issues = [{k: v for k, v in i.items() if k not in ("restart", "last_seen")} for i in opened.values()]
+    def _tell_api(self, opened: dict[str, dict[str, Any]], once: bool) -> None:
+        """Post the facts of this host (the health rules' flags are the API's own, shown live: not twice) and, when
+        running as a component, the heartbeat."""
+        issues = [{k: v for k, v in i.items() if k not in ("restart", "last_seen", "command", "console")}
+                  for i in opened.values() if i["rule"] not in health.BY_CODE]
         try:
             self.client.post("/api/agent/monitor-issues", {"host": socket.gethostname(), "issues": issues},
                              retries=0)
-            self.client.post("/api/agent/components/heartbeat", {
-                "component": COMPONENT, "host": socket.gethostname(), "pid": os.getpid(), "version": __version__,
-                "info": {"open_issues": sorted(opened), "auto_recover": self.auto_recover}}, retries=0)
+            if not once:
+                self._heartbeat({"open_issues": sorted(opened), "auto_recover": self.auto_recover})
         except ApiError as exc:
             log.warning("issues not sent to the API: %s", exc)
+
+    def _heartbeat(self, info: dict[str, Any]) -> None:
+        self.client.post("/api/agent/components/heartbeat", {
+            "component": COMPONENT, "host": socket.gethostname(), "pid": os.getpid(), "version": __version__,
+            "info": info}, retries=0)
 
     def request_stop(self, signum: int = 0, _frame: object = None) -> None:
         self.stop.set()
 
     def run(self, interval: float, once: bool) -> int:
-        """Check every ``interval`` seconds until stopped; with ``once``, one check: exit 1 when issues are open."""
+        """Check every ``interval`` seconds until stopped; with ``once``, one check: exit 1 when an issue open needs
+        attention (critical or high, grading.GRADES)."""
         while True:
             issues: list[Issue] | None = None
             try:
-                issues = self.check()
+                issues = self.check(once)
             except Exception:  # a bad check must not end the monitor; the next one may succeed
                 log.exception("check failed")
             if once:
-                return 0 if issues == [] else 1
+                return 1 if issues is None or grading.needs_attention(asdict(i) for i in issues) else 0
             if self.stop.wait(interval):
+                try:  # the last heartbeat: stopped, not dead
+                    self._heartbeat({"open_issues": sorted(self.open), "stopped": "stopped by signal"})
+                except ApiError as exc:
+                    log.warning("could not tell the API the monitor stopped: %s", exc)
                 return 0

@@ -348,6 +348,7 @@ class Runner:
         self.settled = threading.Condition(self.lock)  # notified when a slot lets go of its task
         self.blocked: dict[int, str] = {}  # slots waiting out a fault of this host (a full disk), with the fault
         self.last_error: str | None = None
+        self.stop_reason: str | None = None  # why it stops, for its last heartbeat (the registry row says "stopped")
         self.slots: list[threading.Thread] = []
         self.slots_done: set[int] = set()  # slots that ended as they should (a stop, or --once with no work left)
         self.client = ApiClient(settings=settings, retries=2)
@@ -669,7 +670,8 @@ class Runner:
         with self.lock:
             return {"workers": self.workers, "busy": len(self.runs), "types": self.types,
                     "slots_alive": sum(1 for t in self.slots if t.is_alive()), "slots_blocked": len(self.blocked),
-                    "blocked": [self.blocked[n] for n in sorted(self.blocked)], "last_error": self.last_error}
+                    "blocked": [self.blocked[n] for n in sorted(self.blocked)], "last_error": self.last_error,
+                    "heartbeat_seconds": self.settings.coherence_runner_heartbeat_seconds}
 
     def heartbeat_loop(self) -> None:
         """Keep this runner visible in the registry (the monitor alerts on silence) and drain the outbox.
@@ -712,7 +714,18 @@ class Runner:
     def request_stop(self, signum: int = signal.SIGTERM, _frame: object = None) -> None:
         if not self.stopping.is_set():
             log.info("signal %s: no new claims; running tasks get %.0fs to finish", signum, self.grace)
+            self.stop_reason = signal.Signals(signum).name
         self.stopping.set()
+
+    def say_stopped(self, reason: str) -> None:
+        """The last heartbeat: the registry row is marked stopped (info.stopped says why), so every view stops
+        counting this runner at once and shows it as stopped, not dead. Best effort: when the API does not answer,
+        the row turns dead once its heartbeat interval has passed."""
+        try:
+            self.client.runner_heartbeat(self.runner_id, socket.gethostname(), os.getpid(), __version__,
+                                         {**self.status(), "stopped": reason})
+        except ApiError as exc:
+            log.warning("could not tell the API this runner stopped: %s", exc)
 
     def _dead_slots(self) -> list[int]:
         with self.lock:
@@ -740,6 +753,7 @@ class Runner:
             dead = self._dead_slots()
             if dead:
                 log.critical("slot(s) %s died; stopping the runner (exit %d) so it is started again", dead, SLOT_DIED)
+                self.stop_reason = f"slot(s) {dead} died (exit {SLOT_DIED})"
                 self.stopping.set()
                 break
             self.stopping.wait(0.5)
@@ -758,6 +772,9 @@ class Runner:
         if self.flush_outbox():
             log.warning("API unreachable: results wait in %s and are delivered by the next runner", self.outbox)
         self._save_unsaved()
+        beats.join(self.settings.coherence_http_timeout)  # no heartbeat of its may land after the one saying stopped
+        self.say_stopped(self.stop_reason or (f"slot(s) {dead} died (exit {SLOT_DIED})" if dead else
+                                              "--once: no work left" if self.once else "ended"))
         self.client.close()
         log.info("runner %s stopped", self.runner_id)
         if dead:

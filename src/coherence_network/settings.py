@@ -35,7 +35,14 @@ WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
 _URL_PASSWORD = re.compile(r"(?P<keep>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/?#@]*:)\S*(?=@)")
 _URL_QUERY_SECRET = re.compile(r"(?P<keep>[?&](?:password|passwd|pwd|secret|token|api_key|apikey)=)[^&#]*", re.IGNORECASE)
 # Settings computed from others when not set themselves (Settings._derive); `coherence config` says so.
-DERIVED_FROM = {"agent_api_base": ("COHERENCE_API_HOST", "COHERENCE_API_PORT")}
+DERIVED_FROM = {"agent_api_base": ("COHERENCE_API_HOST", "COHERENCE_API_PORT"),
+                "monitor_runner_seen_seconds": ("COHERENCE_RUNNER_HEARTBEAT_SECONDS",)}
+
+
+def seen_limit(heartbeat_seconds: float) -> float:
+    """How long a heartbeating process may be silent and still count as alive: two intervals and a second, so one
+    late heartbeat (a slow pass) is not taken for a death."""
+    return 2 * heartbeat_seconds + 1.0
 
 
 def derived_key(token: str, purpose: str) -> bytes:
@@ -230,6 +237,10 @@ class Settings(BaseSettings):
     coherence_runner_forget_seconds: float = Field(
         3600.0, gt=0, description="The API forgets (prunes) a runner registry row not seen for this long"
     )
+    coherence_runner_forget_stopped_seconds: float = Field(
+        600.0, gt=0, description="The API forgets a runner that said it stopped (SIGTERM, SIGINT, end, a slot died) "
+        "this long after; sooner than a dead one, which may still hold a task's files on its host"
+    )
 
     # --- retention ------------------------------------------------------------------------------------------
     coherence_retain_tasks_days: float = Field(
@@ -305,8 +316,10 @@ class Settings(BaseSettings):
     )
     pipeline_git_remote: str = Field("origin", description="Remote that auto-push pushes the current branch to")
     monitor_interval: float = Field(60.0, gt=0, description="Seconds between monitor checks")
-    monitor_runner_seen_seconds: float = Field(
-        120.0, gt=0, description="A runner is seen (live) with a heartbeat this recent; no_runner otherwise"
+    monitor_runner_seen_seconds: float | None = Field(
+        None, gt=0, description="A runner that does not report its heartbeat interval is alive with a heartbeat "
+        "this recent (no_runner otherwise); default 2 x COHERENCE_RUNNER_HEARTBEAT_SECONDS + 1 s, as for a runner "
+        "that reports its interval"
     )
     monitor_component_seen_seconds: float = Field(
         300.0, gt=0, description="The project manager and the monitor are seen with a heartbeat this recent"
@@ -432,6 +445,9 @@ class Settings(BaseSettings):
                 host = f"[{host}]"
             self.agent_api_base = f"http://{host}:{self.coherence_api_port}"
             self._derived.add("agent_api_base")
+        if self.monitor_runner_seen_seconds is None:
+            self.monitor_runner_seen_seconds = seen_limit(self.coherence_runner_heartbeat_seconds)
+            self._derived.add("monitor_runner_seen_seconds")
         return self
 
     # --- derived paths --------------------------------------------------------------------------------------

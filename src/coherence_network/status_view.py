@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from coherence_network.contract import Task, TaskPage, TaskStatus
+from coherence_network.grading import count_states, grade, state_of
 
 RECENT_SHOWN = 5
 DIRECTION_SHOWN = 60
@@ -56,17 +57,22 @@ def _orchestration(status: dict[str, Any]) -> list[str]:
     manager = status.get("project_manager")
     lines = ["ORCHESTRATION"]
     if manager:
-        state = "seen" if manager["seen"] else "STALE"
-        lines.append(f"  project manager: {state}, last {_secs(manager['last_seen_seconds'])} ago "
+        lines.append(f"  project manager: {_state(manager)}, last {_secs(manager['last_seen_seconds'])} ago "
                      f"({manager['host']} pid {manager['pid']})")
     else:
         lines.append("  project manager: never seen")
     runners = status.get("runners", [])
-    seen = sum(1 for r in runners if r["seen"])
-    lines.append(f"  runners: {seen} seen, {len(runners) - seen} stale")
-    lines += [f"    {r['id']} ({r['host']} pid {r['pid']}) {'seen' if r['seen'] else 'STALE'} "
-              f"{_secs(r['last_seen_seconds'])} ago" for r in runners]
+    lines.append(f"  runners: {count_states(runners)}")
+    lines += [f"    {r['id']} ({r['host']} pid {r['pid']}) {_state(r)} {_secs(r['last_seen_seconds'])} ago"
+              for r in runners]
     return lines
+
+
+def _state(row: dict[str, Any]) -> str:
+    """alive, stopped (and why) or DEAD: only a death is shouted."""
+    state = state_of(row)
+    stopped = (row.get("info") or {}).get("stopped")
+    return f"stopped ({stopped})" if state == "stopped" else "DEAD" if state == "dead" else state
 
 
 def _tasks(status: dict[str, Any]) -> list[str]:
@@ -84,19 +90,25 @@ def _tasks(status: dict[str, Any]) -> list[str]:
         lines.append(f"  decision wanted #{task['id']}{_item(task)} ({_secs(task['waiting_seconds'])}): "
                      f"{task['decision_prompt']}")
     for task in status["recent"][:RECENT_SHOWN]:
-        lines.append(f"  finished #{task['id']} {task['task_type']} {task['status']} (exit {task['exit_code']}, "
+        code = "" if task["exit_code"] is None else f"exit {task['exit_code']}, "
+        lines.append(f"  finished #{task['id']} {task['task_type']} {task['status']} ({code}"
                      f"{_secs(task['run_seconds'])}){_item(task)}")
     return lines
 
 
 def _attention(status: dict[str, Any]) -> list[str]:
+    """Each flag with its grade (ATTENTION, WARNING, INFO: grading.GRADES) and the command to paste."""
     flags = status["attention"]
     if not flags:
         return ["ATTENTION", "  none"]
-    return ["ATTENTION"] + [
-        f"  [{f['code']}] {f['message']}" + (f" (tasks {', '.join(map(str, f['task_ids'][:10]))})" if f["task_ids"] else "")
-        for f in flags
-    ]
+    lines = ["ATTENTION"]
+    for f in flags:
+        tasks = f" (tasks {', '.join(map(str, f['task_ids'][:10]))})" if f["task_ids"] else ""
+        where = f" (monitor on {f['host']})" if f.get("source") == "monitor" else ""
+        lines.append(f"  {grade(f['severity']).label} [{f['severity']}] {f['code']}: {f['message']}{tasks}{where}")
+        if f.get("command"):
+            lines.append(f"    run: {f['command']}")
+    return lines
 
 
 def render_status(status: dict[str, Any], *, colour: bool = False) -> str:

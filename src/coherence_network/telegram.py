@@ -24,9 +24,9 @@ from typing import Any
 
 import httpx
 
-from coherence_network import health
+from coherence_network import grading, health
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
-from coherence_network.contract import AttentionFlag, FatalIssue, MonitorIssue, Task, TaskStatus
+from coherence_network.contract import AttentionFlag, FatalIssue, Task, TaskStatus
 from coherence_network.logfiles import RUN_FILES, shared_secret, write_json_atomic
 from coherence_network.settings import Settings, derived_key
 from coherence_network.status_view import render_task
@@ -35,7 +35,6 @@ log = logging.getLogger("coherence.telegram")
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_TEXT = 4000  # Telegram's limit is 4096 UTF-16 units; leave room
-HIGH_SEVERITIES = frozenset({"high", "critical", "fatal"})
 BACKOFF_START = 0.5
 BACKOFF_MAX = 60.0
 REMEMBER_SECONDS = 24 * 3600  # a notified condition unseen this long may be notified again when it returns
@@ -206,16 +205,18 @@ class BotApi:
 
 
 # --- commands -----------------------------------------------------------------------------------------------
-def issue_line(issue: MonitorIssue | FatalIssue) -> str:
-    """One line per issue: a monitor issue by its rule and severity, a fatal issue by its component."""
-    if isinstance(issue, FatalIssue):
-        return f"[{issue.component}] {issue.reason}"
-    return f"[{issue.rule}] ({issue.severity}) {issue.message}"
+# Flags whose items Telegram lists one by one (each decision, each fatal issue): not a second time as a flag.
+LISTED_APART = frozenset({"needs_decision", "component_held_back"})
+
+
+def issue_line(issue: FatalIssue) -> str:
+    """A fatal issue by its component, and the command that clears it once fixed."""
+    return f"[{issue.component}] {issue.reason} -> coherence fatal --clear (once fixed)"
 
 
 def flag_line(flag: AttentionFlag) -> str:
-    """A health flag as a line, like a monitor issue: rule, severity, message."""
-    return f"[{flag.code}] ({flag.severity}) {flag.message}"
+    """A health flag as a line, like a monitor issue: rule, severity, message, and the command to paste."""
+    return f"[{flag.code}] ({flag.severity}) {flag.message}" + (f" -> {flag.command}" if flag.command else "")
 
 
 def _about(task: Task) -> str:
@@ -290,9 +291,9 @@ class Commands:
             lines += [f"  {_waiting_line(t)}" for t in waiting.items]
         report = self.client.pipeline_status()
         manager = report.project_manager
-        seen = sum(1 for r in report.runners if r.seen)
-        state = "never seen" if not manager else "seen" if manager.seen else "STALE"
-        lines.append(f"Runners seen: {seen} of {len(report.runners)}; project manager: {state}")
+        state = "never seen" if not manager else manager.state
+        lines.append(f"Runners: {grading.count_states(r.model_dump() for r in report.runners)}; "
+                     f"project manager: {state}")
         flags = [f for f in report.attention if f.code != "needs_decision"]  # the decisions are listed above
         lines.append("Attention:" + ("" if flags else " none"))
         lines += [f"  {flag_line(f)}" for f in flags]
@@ -338,12 +339,13 @@ class Commands:
         monitor's issues of its own host, then the decisions waiting."""
         fatal_issues = self.client.fatal_issues().items
         lines = [f"Fatal issues: {len(fatal_issues) or 'none'}"] + [f"  {issue_line(i)}" for i in fatal_issues[:SHOWN]]
-        flags = [f for f in self.client.pipeline_status().attention if f.code != "needs_decision"]
+        attention = self.client.pipeline_status().attention
+        flags = [f for f in attention if f.source != "monitor" and f.code not in LISTED_APART]
         lines.append(f"Health: {len(flags) or 'fine'}")
         lines += [f"  {flag_line(f)}" for f in flags[:SHOWN]]
-        host = [i for i in self.client.monitor_issues().issues if i.rule not in health.BY_CODE]
+        host = [f for f in attention if f.source == "monitor"]
         lines.append(f"Monitor host issues: {len(host) or 'none'}")
-        lines += [f"  {issue_line(i)}" for i in host[:SHOWN]]
+        lines += [f"  {flag_line(f)} (on {f.host})" for f in host[:SHOWN]]
         waiting = self.client.list_tasks(status=TaskStatus.NEEDS_DECISION, order="oldest", limit=SHOWN)
         lines.append(f"Waiting for a decision: {waiting.total or 'none'}")
         lines += [f"  {_waiting_line(t)}" for t in waiting.items]
@@ -461,10 +463,18 @@ def _decision_alert(task: Task) -> str:
             f"{task.decision_prompt or '?'}\n\nAnswer with:\n/reply {task.id} <decision>")
 
 
+def _flag_alert(flag: AttentionFlag) -> tuple[str, str]:
+    """(key, text) of a flag: a health rule's by its code, a monitor's host fact by its rule and since when."""
+    if flag.source == "monitor":
+        return f"monitor:{flag.code}:{_when(flag.since)}", f"Monitor issue on {flag.host}: {flag_line(flag)}"
+    return f"health:{flag.code}", f"Health: {flag_line(flag)}"
+
+
 def _failure_alert(task: Task) -> str:
     tail = (task.output or "").strip()[-300:]
     return (f"Task #{task.id} ({task.task_type}: {_about(task)}) failed for good "
-            f"(exit {task.exit_code}, {task.attempts} failed attempt(s) of {task.max_attempts} allowed)."
+            + ("(" if task.exit_code is None else f"(exit {task.exit_code}, ")
+            + f"{task.attempts} failed attempt(s) of {task.max_attempts} allowed)."
             + (f"\nLast output:\n{tail}" if tail else "") + f"\nDetails: /task {task.id}")
 
 
@@ -491,8 +501,10 @@ class Notifier:
         waiting = self.client.list_tasks(status=TaskStatus.NEEDS_DECISION, order="oldest", limit=500).items
         found += [(f"decision:{t.id}:{_when(t.updated_at)}", _decision_alert(t)) for t in waiting]
         found += [(f"fatal:{i.id}:{_when(i.at)}", f"FATAL: {issue_line(i)}") for i in self.client.fatal_issues().items]
-        found += [(f"monitor:{i.id}:{i.rule}", f"Monitor issue: {issue_line(i)}")
-                  for i in self.client.monitor_issues().issues if i.severity.lower() in HIGH_SEVERITIES]
+        # what needs attention (critical, high: grading.GRADES), graded as status and doctor grade it; decisions
+        # and fatal issues are alerted above, one by one
+        found += [_flag_alert(f) for f in self.client.pipeline_status().attention
+                  if grading.grade(f.severity).attention and f.code not in LISTED_APART]
         failed = self.client.list_tasks(status=TaskStatus.FAILED, order="newest", limit=50).items
         failures = [(f"failed:{t.id}:{_when(t.finished_at)}", _failure_alert(t)) for t in reversed(failed)]
         if self.state.primed:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from coherence_network import health
+from coherence_network import grading, health
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.settings import Settings
 from tests.support.api import ApiProcess
@@ -105,7 +105,7 @@ def test_alert_rules_name_only_exported_metrics(store_url: str, tmp_path: Path) 
 
 
 def test_every_monitor_rule_alerts_with_its_severity() -> None:
-    """Each health rule (coherence.health.RULES) is in exactly one alert; high rules page (critical)."""
+    """Each health rule (coherence.health.RULES) is in exactly one alert; critical and high rules page."""
     alerted: dict[str, str] = {}
     for rule in alert_rules():
         for name, matchers in selectors(str(rule["expr"])):
@@ -116,7 +116,7 @@ def test_every_monitor_rule_alerts_with_its_severity() -> None:
                         alerted[code] = rule["labels"]["severity"]
     assert set(alerted) == set(health.BY_CODE)
     for code, severity in alerted.items():
-        assert severity == ("critical" if health.BY_CODE[code].severity == "high" else "warning"), code
+        assert severity == ("critical" if grading.grade(health.BY_CODE[code].severity).attention else "warning"), code
 
 
 def test_alert_rules_fire_when_their_condition_holds() -> None:

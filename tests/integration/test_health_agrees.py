@@ -66,6 +66,12 @@ def open_rules(api: ApiProcess) -> set[str]:
     return {dict(labels)["rule"] for labels, value in gauge.items() if value == 1}
 
 
+def attention_by_metrics(api: ApiProcess) -> int:
+    """1 when a critical or high flag is open (coherence_health_flags{severity}), as status and doctor exit."""
+    graded = {dict(labels)["severity"]: value for labels, value in metrics(api)["coherence_health_flags"].items()}
+    return 1 if graded["critical"] or graded["high"] else 0
+
+
 def heartbeat(api: ApiProcess, runner_id: str) -> None:
     httpx.post(f"{api.url}/api/agent/runners/heartbeat",
                json={"runner_id": runner_id, "host": "h", "pid": 1, "version": "t"}).raise_for_status()
@@ -106,7 +112,7 @@ def every_view(api: ApiProcess) -> dict[str, Any]:
         "doctor": (doctor_code, {code for code in health.BY_CODE if f"{code}:" in check["detail"]}),
         "monitor": (monitor_code, set(issues) & set(health.BY_CODE)),
         "report": (monitor_code, {i["rule"] for i in report["layers"][3]["issues"]} & set(health.BY_CODE)),
-        "metrics": (1 if open_rules(api) else 0, open_rules(api)),
+        "metrics": (attention_by_metrics(api), open_rules(api)),
         "text": (logs / "pipeline_status_report.txt").read_text(),
         "doctor_checks": {c["name"]: c for c in doctor["checks"]},
         "pipeline": status,
@@ -122,9 +128,10 @@ def test_every_view_agrees_on_health(api: ApiProcess) -> None:
         "claim_token": asked["claim_token"], "status": TaskStatus.NEEDS_DECISION, "decision_prompt": "red or blue?"})
 
     views = every_view(api)
-    for name in ("status", "doctor", "monitor", "report", "metrics"):
-        assert views[name] == (1, {"needs_decision"}), name
-    assert not views["doctor_checks"]["health"]["ok"]
+    for name in ("status", "doctor", "monitor", "report", "metrics"):  # medium: a warning everywhere, exit 0
+        assert views[name] == (0, {"needs_decision"}), name
+    assert views["doctor_checks"]["health"]["warn"]
+    assert views["doctor_checks"]["health"]["command"] == f"coherence decide {asked['id']} ANSWER"
     assert "needs_decision: 1 task(s) wait for a decision" in views["text"] and "(nothing)" not in views["text"]
 
     # dead runners (restarts leave old ids) and a stale project manager with work left, a task pending
@@ -141,7 +148,7 @@ def test_every_view_agrees_on_health(api: ApiProcess) -> None:
     expected = {"needs_decision", "no_runner", "manager_stale"}
     for name in ("status", "doctor", "monitor", "report", "metrics"):
         assert views[name] == (1, expected), name
-    assert not views["doctor_checks"]["runner_seen"]["ok"] and not views["doctor_checks"]["manager_seen"]["ok"]
+    assert views["doctor_checks"]["runner_seen"]["warn"] and views["doctor_checks"]["manager_seen"]["warn"]
     assert not views["pipeline"]["project_manager"]["seen"]
     assert "runners seen 0" in views["text"] and "done 4, in_progress 1" in views["text"]
     assert "{'" not in views["text"] and "['" not in views["text"]  # values for people, never a Python repr
@@ -153,8 +160,8 @@ def test_every_view_agrees_on_health(api: ApiProcess) -> None:
         assert [r["id"] for r in httpx.get(f"{base}/runners").json()["items"]] == ["live:1"]
         views = every_view(api)
     for name in ("status", "doctor", "monitor", "report", "metrics"):
-        assert views[name] == (1, {"needs_decision", "manager_stale"}), name
-    assert views["doctor_checks"]["runner_seen"]["ok"] and "runners seen 1" in views["text"]
+        assert views[name] == (0, {"needs_decision", "manager_stale"}), name  # two warnings
+    assert not views["doctor_checks"]["runner_seen"]["warn"] and "runners seen 1" in views["text"]
 
 
 def test_the_health_snapshot_and_pruning_on_both_stores(store_url: str) -> None:
@@ -176,5 +183,16 @@ def test_the_health_snapshot_and_pruning_on_both_stores(store_url: str) -> None:
         assert store.prune_runners(utcnow() + timedelta(seconds=1)) == 2 and store.runners() == []
         store.runner_heartbeat("new", host="h", pid=1, version="t")  # a live runner comes back by itself
         assert health.live_runners(health.gather(store, settings, utcnow())) == 1
+        # a runner that said it stopped: stopped at once (not alive, not dead), and forgotten sooner than a dead one
+        store.runner_heartbeat("done", host="h", pid=2, version="t", info={"stopped": "SIGTERM", "heartbeat_seconds": 1})
+        store.runner_heartbeat("beat", host="h", pid=3, version="t", info={"heartbeat_seconds": 1})
+        derived = Settings(_env_file=None)  # MONITOR_RUNNER_SEEN_SECONDS not set: each runner's own interval counts
+        states = {r["id"]: r["state"] for r in health.gather(store, derived, utcnow()).runners}
+        assert states == {"new": "alive", "done": "stopped", "beat": "alive"}
+        states = {r["id"]: r["state"] for r in health.gather(store, derived, utcnow() + timedelta(seconds=4)).runners}
+        assert states == {"new": "alive", "done": "stopped", "beat": "dead"}  # its own interval: 2 x 1 s + 1 s
+        later = utcnow() + timedelta(seconds=1)
+        assert store.prune_runners(later - timedelta(hours=1), later) == 1
+        assert sorted(r["id"] for r in store.runners()) == ["beat", "new"]
     finally:
         engine.dispose()

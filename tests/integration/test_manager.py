@@ -154,7 +154,9 @@ def test_three_items_to_done_with_a_failed_review_and_a_restart(pipeline: Any) -
         ["add a greeting endpoint", "make the flaky parser robust", "run: echo ran the build"], "done")
     assert state["in_flight"] == [] and state["blocked"] == [] and state["position"] == 3
     manager = p.client.pipeline_status().project_manager
-    assert manager is not None and manager.seen and manager.info["by_status"] == {"done": 3}
+    assert manager is not None and manager.info["by_status"] == {"done": 3}
+    # it ended (--until-done) and said so: stopped, with why, not alive and never dead
+    assert (manager.state, manager.seen, manager.info["stopped"]) == ("stopped", False, "backlog settled (--until-done)")
 
 
 def test_review_failing_every_round_blocks_the_item_and_a_failed_task_blocks_its_item(pipeline: Any) -> None:

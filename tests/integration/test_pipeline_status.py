@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from coherence_network.api import create_app
 from coherence_network.settings import Settings
+from coherence_network.status_view import render_status
 from coherence_network.store.db import create_store_engine, migrate
 from coherence_network.store.schema import tasks
 from coherence_network.store.stats import task_metrics
@@ -136,6 +137,23 @@ def test_attention_flags_and_sections(app_client: TestClient) -> None:
     status = app_client.get("/api/agent/pipeline-status").json()
     assert "no_runner" not in {f["code"] for f in status["attention"]}
     assert status["runners"][0]["id"] == "r2" and status["runners"][0]["seen"]
+
+
+def test_status_text_has_no_exit_none_and_commands_to_paste(app_client: TestClient) -> None:
+    """A task that ended without an exit code (its lease ran out, or the runner gave none) reads without one, never
+    "exit None"; each flag is followed by the command to paste, with the real id."""
+    app_client.post("/api/agent/tasks", json={"direction": "no code", "task_type": "spec"})
+    task = app_client.post("/api/agent/tasks/claim", json={"runner_id": "r1"}).json()
+    app_client.post(f"/api/agent/tasks/{task['id']}/finish", json={"claim_token": task["claim_token"],
+                                                                   "status": "failed"})
+    app_client.post("/api/agent/tasks", json={"direction": "ask", "task_type": "spec"})
+    asked = app_client.post("/api/agent/tasks/claim", json={"runner_id": "r1"}).json()
+    app_client.post(f"/api/agent/tasks/{asked['id']}/finish", json={
+        "claim_token": asked["claim_token"], "status": "needs_decision", "decision_prompt": "red or blue?"})
+    text = render_status(app_client.get("/api/agent/pipeline-status").json())
+    assert f"finished #{task['id']} spec failed (" in text and "exit None" not in text
+    assert "WARNING [medium] needs_decision: 1 task(s) wait for a decision" in text
+    assert f"    run: coherence decide {asked['id']} ANSWER" in text and "$AGENT_API_BASE" not in text
 
 
 def _coherence(*args: str, api: str) -> subprocess.CompletedProcess[str]:

@@ -101,6 +101,9 @@ def test_success_failure_and_logs(api_process: ApiProcess, client: ApiClient) ->
     assert "exit_code=0 duration=" in log and "status=completed" in log
     runner_log = (api_process.home / "logs" / "agent_runner.log").read_text()
     assert f"task {ok.id}: completed" in runner_log and f"task {bad.id}: failed (exit 3)" in runner_log
+    # it ended and said so on its way out: stopped at once, not alive for a while, never dead
+    (row,) = client.pipeline_status().runners
+    assert (row.id, row.state, row.info["stopped"]) == ("test-runner", "stopped", "--once: no work left")
 
 
 def test_once_exits_0_when_everything_completed(api_process: ApiProcess, client: ApiClient) -> None:

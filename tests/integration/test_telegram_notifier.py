@@ -47,14 +47,15 @@ def test_notifier_alerts_once_and_skips_history(client: ApiClient, tmp_path: Pat
 
     failed = _ended(client, "new failure", TaskStatus.FAILED, exit_code=4, output="boom")
     client.post("/api/agent/monitor-issues", {"host": "h", "issues": [
-        {"rule": "stuck", "severity": "high", "message": "stuck 2h"},
+        {"rule": "disk_low", "severity": "high", "message": "12 MiB free"},
+        {"rule": "stuck", "severity": "high", "message": "a health rule's copy (an older monitor's): not twice"},
         {"rule": "slow", "severity": "low", "message": "meh"}]})
     client.post("/api/agent/fatal-issues", {"component": "agent_runner", "reason": "crashed 5 times", "host": "h"})
     notifier.run_once()
     new = _texts(state)[1:]
     assert len(new) == 3, new
-    assert new[0] == "FATAL: [agent_runner] crashed 5 times"
-    assert new[1] == "Monitor issue: [stuck] (high) stuck 2h"
+    assert new[0] == "FATAL: [agent_runner] crashed 5 times -> coherence fatal --clear (once fixed)"
+    assert new[1] == "Monitor issue on h: [disk_low] (high) 12 MiB free -> coherence cleanup --days 3"
     assert f"Task #{failed.id} (impl: new failure) failed for good (exit 4" in new[2] and f"/task {failed.id}" in new[2]
     assert all(str(old.id) not in text.split()[1] for text in new)
     notifier.run_once()

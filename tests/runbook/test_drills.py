@@ -208,7 +208,8 @@ def test_drill_recovery_after_the_runner_is_killed(runbook: Runbook, tmp_path: P
             runner.wait()
             wait_until(lambda: client.get_task(task.id).status == "pending", 30, "lease expired")
             (check,) = runbook.drill("runner-died-check").commands()
-            wait_until(lambda: "[ACTION] runner_seen" in drill.run(check, check=False).stdout, 30, "doctor names it")
+            wait_until(lambda: "no_runner: 1 task(s) pending or running but no runner alive (runners: 0 alive, 0 "
+                       "stopped, 1 dead)" in drill.run(check, check=False).stdout, 30, "doctor names it")
             checked = drill.run(check, check=False)
             assert checked.returncode == 1 and "coherence runner" in checked.stdout
             drill.run_block(runbook.drill("runner-restart"))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from coherence_network import health
+from coherence_network import grading, health
 from coherence_network.api.routes_ops_issues import goal_proximity
 from coherence_network.contract import Task, TaskStatus, TaskType
 from coherence_network.gitops import commit_message
@@ -73,10 +73,43 @@ def flags(snapshot: HealthSnapshot, cfg: Settings) -> dict[str, dict[str, Any]]:
 def test_every_rule_names_severity_action_and_runbook() -> None:
     assert {r.name for r in RULES} == {"api_unreachable", "api_error", "stale_version", "disk_low", "log_errors"}
     assert {r.code for r in health.RULES} == {
-        "no_runner", "runner_blocked", "component_held_back", "manager_stale", "no_task_running", "orphan_running",
+        "store_not_ready", "no_runner", "runner_blocked", "component_held_back", "manager_stale", "no_task_running", "orphan_running",
         "stuck", "needs_decision", "repeated_failures", "low_success_rate", "empty_output"}
     for rule in (*RULES, *health.RULES):
-        assert rule.severity in health.SEVERITIES and rule.action and rule.runbook.startswith("#")
+        assert rule.severity in grading.SEVERITIES and rule.action and rule.runbook.startswith("#")
+
+
+def test_every_action_is_a_command_to_paste_with_the_real_ids(cfg: Settings) -> None:
+    """No curl with $AGENT_API_BASE, no literal {id}: `coherence ...` with the task's id, and the console's page."""
+    for rule in RULES:
+        assert rule.command.startswith(("coherence ", "make run")), rule.name
+    waiting = [{"id": 42, "waiting_seconds": 60.0, "decision_prompt": "?"}]
+    failed = [{"id": n, "status": TaskStatus.FAILED, "task_type": TaskType.RUN, "output_chars": 1} for n in (17, 16, 15)]
+    stopped = {"seen": False, "state": "stopped", "last_seen_seconds": 9.0,
+               "info": {"backlog": "my backlog.md", "by_status": {"in_progress": 1}, "stopped": "SIGTERM"}}
+    ready = [{"name": "store_writable", "ok": False, "detail": "read-only"}]
+    found = flags(health_snapshot(needs_decision=waiting, recent=failed, components={"project_manager": stopped},
+                                  ready=ready), cfg)
+    assert found["needs_decision"]["command"] == "coherence decide 42 ANSWER"
+    assert found["needs_decision"]["console"] == "/decisions"
+    assert (found["repeated_failures"]["command"], found["repeated_failures"]["console"]) == \
+        ("coherence logs 17", "/tasks/17")
+    assert found["manager_stale"]["command"] == "coherence pm --backlog 'my backlog.md'"
+    assert "stopped (SIGTERM)" in found["manager_stale"]["message"]
+    assert found["store_not_ready"]["severity"] == "critical"
+    assert found["store_not_ready"]["command"] == "coherence cleanup --days 3"
+    for flag in found.values():
+        assert flag["command"].startswith("coherence ") and "{" not in flag["command"] and "$" not in flag["command"]
+
+
+def test_grades_are_the_same_everywhere() -> None:
+    """critical and high need attention; medium lowers health less; low is shown without lowering it."""
+    assert [grading.grade(s).attention for s in grading.SEVERITIES] == [True, True, False, False]
+    assert grading.health_term([{"severity": "low"}], 0) == 1.0
+    assert grading.health_term([{"severity": "low"}, {"severity": "medium"}], 0) == 0.75
+    assert grading.health_term([{"severity": "high"}], 0) == 0.5
+    assert grading.health_term([{"severity": "critical"}], 0) == 0.0 == grading.health_term([], 1)
+    assert health.host_issues([{"rule": "no_runner"}, {"rule": "disk_low"}]) == [{"rule": "disk_low"}]
 
 
 def test_a_healthy_snapshot_has_no_issue(cfg: Settings) -> None:
@@ -154,7 +187,7 @@ def test_orphan_running(cfg: Settings) -> None:
 def test_a_waiting_decision_needs_a_person_at_once(cfg: Settings) -> None:
     waiting = [{"id": 4, "waiting_seconds": 1.0}, {"id": 5, "waiting_seconds": 120.0}]
     found = flags(health_snapshot(needs_decision=waiting), cfg)["needs_decision"]
-    assert found["task_ids"] == [4, 5] and "curl -X PATCH" in found["action"] and found["severity"] == "medium"
+    assert found["task_ids"] == [4, 5] and found["command"] == "coherence decide 4 ANSWER" and found["severity"] == "medium"
     overdue = [{"id": 4, "waiting_seconds": cfg.monitor_decision_wait_minutes * 60 + 1}]
     assert flags(health_snapshot(needs_decision=overdue), cfg)["needs_decision"]["severity"] == "high"
 
@@ -207,11 +240,11 @@ def test_report_layers_and_text_for_people(cfg: Settings) -> None:
 
 def test_goal_proximity_formula() -> None:
     counts = {"total": 10, "by_status": {"completed": 5}}
-    full = goal_proximity({"items": 4, "done": 4}, counts, 1.0, 0, 0)
+    full = goal_proximity({"items": 4, "done": 4}, counts, 1.0, 1.0)
     assert full["value"] == 1.0
-    assert goal_proximity({"items": 4, "done": 2}, counts, 0.5, 1, 0)["value"] == round(0.6 * 0.5 + 0.25 * 0.5 +
-                                                                                         0.15 * 0.5, 3)
-    assert goal_proximity(None, counts, None, 0, 1)["value"] == round(0.6 * 0.5 + 0.25, 3)  # fatal: health 0
+    assert goal_proximity({"items": 4, "done": 2}, counts, 0.5, 0.5)["value"] == round(0.6 * 0.5 + 0.25 * 0.5 +
+                                                                                        0.15 * 0.5, 3)
+    assert goal_proximity(None, counts, None, 0.0)["value"] == round(0.6 * 0.5 + 0.25, 3)  # fatal: health 0
 
 
 def test_commit_message_shortens_the_direction() -> None:
@@ -232,5 +265,5 @@ def test_a_component_held_back_is_named_with_its_host_and_reason(cfg: Settings) 
     issue = {"component": "monitor", "host": "vm", "reason": "monitor crashed 5 times within 300 s (last exit code -9)"}
     flag = flags(health_snapshot(fatal=[issue]), cfg)["component_held_back"]
     assert flag["severity"] == "high" and "monitor on vm: monitor crashed 5 times" in flag["message"]
-    assert "coherence fatal --clear" in flag["action"]
+    assert flag["command"] == "coherence fatal --clear"
     assert "component_held_back" not in flags(health_snapshot(), cfg)

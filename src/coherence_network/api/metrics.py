@@ -9,7 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from coherence_network import health
+from coherence_network import grading, health
+from coherence_network.api.readiness import readiness_checks
 from coherence_network.settings import Settings
 from coherence_network.store.ops_issues import open_fatal_issue_count
 from coherence_network.store.tasks import TaskStore, utcnow
@@ -37,16 +38,25 @@ class QueueCollector(Collector):
             "coherence_oldest_pending_age_seconds", "Age of the oldest pending task", value=max(age, 0.0)
         )
         yield GaugeMetricFamily(
-            "coherence_runners_seen",
-            f"Runners that sent a heartbeat in the last {settings.monitor_runner_seen_seconds:g} s "
-            "(MONITOR_RUNNER_SEEN_SECONDS)", value=health.live_runners(snapshot),
+            "coherence_runners_seen", "Runners alive: a heartbeat within two of their intervals (+1 s), not stopped",
+            value=health.live_runners(snapshot),
         )
-        open_rules = {flag["code"] for flag in health.evaluate(snapshot, settings)}
+        states = GaugeMetricFamily("coherence_runners", "Runners in the registry by state: alive, stopped (said so "
+                                   "on their way out), dead (silent past their limit)", labels=["state"])
+        for state in (grading.ALIVE, grading.STOPPED, grading.DEAD):
+            states.add_metric([state], sum(1 for r in snapshot.runners if r["state"] == state))
+        yield states
+        open_rules = {flag["code"]: flag["severity"] for flag in health.evaluate(snapshot, settings)}
         issues = GaugeMetricFamily("coherence_health_issues", "1 while a health rule is open (the attention flags "
                                    "of pipeline-status), else 0", labels=["rule"])
         for rule in health.RULES:
             issues.add_metric([rule.code], 1 if rule.code in open_rules else 0)
         yield issues
+        graded = GaugeMetricFamily("coherence_health_flags", "Open health flags by severity (critical and high need "
+                                   "attention, medium is a warning, low information)", labels=["severity"])
+        for severity in grading.SEVERITIES:
+            graded.add_metric([severity], sum(1 for s in open_rules.values() if s == severity))
+        yield graded
         yield GaugeMetricFamily(
             "coherence_fatal_issues", "Fatal issues not yet cleared (a component the supervisor could not keep "
             "running; coherence fatal)", value=open_fatal_issue_count(self.owner.store.engine),
@@ -88,8 +98,11 @@ class ApiMetrics:
         self.registry.register(QueueCollector(self))
 
     def health_snapshot(self) -> health.HealthSnapshot:
-        """Forget long-gone runners (counted), then read one health snapshot; every view of health starts here."""
+        """Forget long-gone and stopped runners (counted), then read one health snapshot with this replica's
+        readiness checks (the rule store_not_ready); every view of health starts here."""
         now = utcnow()
-        pruned = self.store.prune_runners(now - timedelta(seconds=self.settings.coherence_runner_forget_seconds))
+        pruned = self.store.prune_runners(
+            now - timedelta(seconds=self.settings.coherence_runner_forget_seconds),
+            now - timedelta(seconds=self.settings.coherence_runner_forget_stopped_seconds))
         self.runners_pruned.inc(pruned)
-        return health.gather(self.store, self.settings, now)
+        return health.gather(self.store, self.settings, now, ready=readiness_checks(self.settings, self.store))

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -15,14 +12,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coherence_network.api.models import COMMON_ERRORS, responses
-from coherence_network.settings import Settings
-from coherence_network.store.db import readiness
+from coherence_network.api.readiness import readiness_checks
 from coherence_network.versioning import running_version
 
 router = APIRouter(tags=["ops"])
 log = logging.getLogger("coherence.api")
-READY_MIN_FREE_BYTES = 16 * 2**20  # below this, the SQLite store (its WAL) and the logs are about to fail writing
-_PROBE_BYTES = 4096
 # Checks whose failure detail may name hosts, ports, users or paths: shown only to a caller with the token.
 _PRIVATE_DETAIL = frozenset({"store_reachable", "store_writable"})
 _READY: dict[int | str, dict[str, Any]] = {
@@ -43,8 +37,7 @@ async def ready(request: Request) -> JSONResponse:
     No token is needed, so a failure that could name the store's host, port, user or paths is shown as "see
     var/logs/api.log" unless the caller sends the token (when one is set); the log has it in full."""
     state = request.app.state
-    checks = await run_in_threadpool(readiness, state.store.engine)
-    checks.append(await run_in_threadpool(writable, state.settings, state.store.engine))
+    checks = await run_in_threadpool(readiness_checks, state.settings, state.store)
     _log_failures(state, checks)
     if not getattr(request.state, "token_ok", False):
         checks = [_shown_to_anyone(check) for check in checks]
@@ -53,34 +46,6 @@ async def ready(request: Request) -> JSONResponse:
     if not ok:
         body["reason"] = "; ".join(f"{c['name']}: {c['detail']}" for c in checks if not c["ok"])
     return JSONResponse(body, status_code=200 if ok else 503)
-
-
-def writable(settings: Settings, engine: Any) -> dict[str, object]:
-    """Can the API write? A full disk or a read-only file system fails every write while the store still answers
-    reads: free space (of COHERENCE_HOME and of the SQLite store's folder) against READY_MIN_FREE_BYTES, and a
-    real write of a few KiB to an unnamed file under var/run/ (nothing is left behind, whatever happens)."""
-    folders = {"COHERENCE_HOME": settings.home}
-    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        folders["the SQLite store"] = Path(engine.url.database).resolve().parent
-    problems: list[str] = []
-    for what, folder in folders.items():
-        try:
-            fs = os.statvfs(folder)
-        except OSError as exc:
-            problems.append(f"{what} {folder}: {exc.strerror}")
-            continue
-        free = fs.f_bavail * fs.f_frsize
-        if fs.f_flag & os.ST_RDONLY:
-            problems.append(f"{what} {folder} is on a read-only file system")
-        elif free < READY_MIN_FREE_BYTES:
-            problems.append(f"{what} {folder}: {free} bytes free, below {READY_MIN_FREE_BYTES}")
-    try:
-        with tempfile.TemporaryFile(dir=settings.run_dir) as probe:
-            probe.write(b"\0" * _PROBE_BYTES)
-            probe.flush()
-    except OSError as exc:
-        problems.append(f"cannot write under {settings.run_dir}: {exc.strerror or exc}")
-    return {"name": "store_writable", "ok": not problems, "detail": "; ".join(problems) or "disk space and writes ok"}
 
 
 def _shown_to_anyone(check: dict[str, object]) -> dict[str, object]:

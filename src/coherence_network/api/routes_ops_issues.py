@@ -11,9 +11,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
+from coherence_network import grading, health
 from coherence_network.api.models import COMMON_ERRORS, JsonObject, Strict, Text, UtcTime
 from coherence_network.contract import FatalIssueList, MonitorIssueList, TaskStatus
 from coherence_network.logfiles import REGISTRY
+from coherence_network.monitor import with_command
 from coherence_network.settings import Settings
 from coherence_network.store import ops_issues
 from coherence_network.store.stats import ALL_TYPES, success_counts
@@ -21,7 +23,6 @@ from coherence_network.store.tasks import TaskStore, utcnow
 
 router = APIRouter(prefix="/api/agent", tags=["ops-issues"], responses=COMMON_ERRORS)
 MANAGER_COMPONENT = "project_manager"
-SERIOUS = frozenset({"critical", "high"})
 
 
 class ReportedIssue(Strict):
@@ -63,6 +64,7 @@ async def post_monitor_issues(body: MonitorIssues, request: Request) -> dict[str
 def get_monitor_issues(request: Request) -> dict[str, Any]:
     """Open monitor issues (each with its suggested action and runbook section) and the recently resolved ones."""
     listing = ops_issues.list_monitor_issues(_store(request).engine)
+    listing = {name: [with_command(i) for i in rows] for name, rows in listing.items()}
     return {**listing, "count": len(listing["issues"])}
 
 
@@ -98,8 +100,8 @@ def effectiveness(request: Request) -> dict[str, Any]:
         week = success_counts(conn, now - timedelta(days=7), now)[ALL_TYPES]
     issues = ops_issues.monitor_issue_counts(store.engine, now - timedelta(days=7))
     fatal = len(ops_issues.list_fatal_issues(store.engine))
-    serious = sum(1 for i in ops_issues.list_monitor_issues(store.engine, resolved_limit=0)["issues"]
-                  if i["severity"] in SERIOUS)
+    graded = open_graded(request)
+    serious = sum(1 for i in graded if grading.grade(i["severity"]).attention)
     backlog = backlog_progress(store, request.app.state.settings)
     counts = store.count()
     return {
@@ -109,8 +111,15 @@ def effectiveness(request: Request) -> dict[str, Any]:
         "finished_7d": {"completed": week["completed"], "failed": week["failed"]},
         "issues": {**issues, "serious_open": serious, "fatal": fatal},
         "backlog": backlog,
-        "goal_proximity": goal_proximity(backlog, counts, week["success_rate"], issues["open"], fatal),
+        "goal_proximity": goal_proximity(backlog, counts, week["success_rate"], grading.health_term(graded, fatal)),
     }
+
+
+def open_graded(request: Request) -> list[dict[str, Any]]:
+    """Everything open that has a severity, each once: the health rules' flags (live) and the monitors' facts of
+    their hosts, as pipeline-status lists them. The goal figure's health and the serious count are graded over these
+    (grading.GRADES)."""
+    return health.evaluate(request.app.state.metrics.health_snapshot(), request.app.state.settings)
 
 
 def backlog_progress(store: TaskStore, settings: Settings) -> dict[str, Any] | None:
@@ -134,19 +143,19 @@ def backlog_progress(store: TaskStore, settings: Settings) -> dict[str, Any] | N
 
 
 def goal_proximity(
-    backlog: dict[str, Any] | None, counts: dict[str, Any], success_rate: float | None, open_issues: int, fatal: int
+    backlog: dict[str, Any] | None, counts: dict[str, Any], success_rate: float | None, health_term: float
 ) -> dict[str, Any]:
     """0.6 x progress + 0.25 x success rate (7 d) + 0.15 x health, each in 0..1.
 
     progress: backlog items done / items (without a backlog: completed tasks / all tasks); success: 1 when nothing
-    finished yet; health: 1 with no open issue, 0.5 with open issues, 0 with a fatal issue."""
+    finished yet; health: grading.health_term over the open flags and host issues (1 with none or only low ones,
+    0.75 with a medium, 0.5 with a high, 0 with a critical or a fatal issue)."""
     if backlog and backlog["items"]:
         progress = backlog["done"] / backlog["items"]
     else:
         total = counts.get("total", 0)
         progress = counts.get("by_status", {}).get(TaskStatus.COMPLETED, 0) / total if total else 0.0
     success = 1.0 if success_rate is None else success_rate
-    health = 0.0 if fatal else (0.5 if open_issues else 1.0)
-    value = round(0.6 * progress + 0.25 * success + 0.15 * health, 3)
-    return {"value": value, "progress": round(progress, 4), "success": round(success, 4), "health": health,
+    value = round(0.6 * progress + 0.25 * success + 0.15 * health_term, 3)
+    return {"value": value, "progress": round(progress, 4), "success": round(success, 4), "health": health_term,
             "formula": "0.6*progress + 0.25*success_rate_7d + 0.15*health"}

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException
 
-from coherence_network import health, restart
+from coherence_network import grading, health, restart
 from coherence_network.api.errors import bounded_error
 from coherence_network.api.models import TaskCreateItem, TaskId, TaskPatch, refuse_disallowed_commands, storable_text
 from coherence_network.api.routes_agent import read_log_end
@@ -41,6 +41,7 @@ from coherence_network.console.session import (
 )
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.logfiles import RUN_FILES, shared_secret, task_log_path
+from coherence_network.monitor import with_command
 from coherence_network.settings import Settings
 from coherence_network.store import Conflict, NotFound
 from coherence_network.store import ops_issues
@@ -302,13 +303,15 @@ def overview(request: Request, restart_notice: str = "",
     now = snapshot.now
     finished = request.app.state.console_throughput.read(store.engine, now, span)
     daily, week = request.app.state.console_week.read(store.engine, now)
-    monitor_issues = ops_issues.list_monitor_issues(store.engine, resolved_limit=0)["issues"]
-    fatal_issues = ops_issues.list_fatal_issues(store.engine)
+    flags = health.evaluate(snapshot, settings)  # the rules, live, and the monitors' facts of their hosts: once each
+    attention = [f for f in flags if not health.from_monitor(f)]
+    monitor_issues = [with_command(i) for i in snapshot.host_issues]
+    fatal_issues = snapshot.fatal
     # /api/agent/effectiveness's formula over the same inputs, without its per-day throughput (rows, not counts)
     backlog = backlog_progress(store, settings)
     total = sum(snapshot.by_status.values())
     goal = goal_proximity(backlog, {"total": total, "by_status": snapshot.by_status}, week["success_rate"],
-                          len(monitor_issues), len(fatal_issues))
+                          grading.health_term(flags, len(fatal_issues)))
     pending_by_type = {t: p["count"] for t, p in sorted(snapshot.pending.items())}
     return render(
         request, "overview.html", visit,
@@ -316,7 +319,7 @@ def overview(request: Request, restart_notice: str = "",
         manager=snapshot.components.get(health.MANAGER),
         runners=snapshot.runners, components=snapshot.components, running=snapshot.running,
         pending=snapshot.pending, needs_decision=snapshot.needs_decision, recent=snapshot.recent[:10],
-        attention=health.evaluate(snapshot, settings),
+        attention=attention,
         monitor_issues=monitor_issues, fatal_issues=fatal_issues,
         throughput_svg=charts.stacked_bars(finished, "start", (TaskStatus.COMPLETED, TaskStatus.FAILED),
                                            f"Tasks finished per {span.per}, {span.name}", label=span.label,

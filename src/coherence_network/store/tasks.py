@@ -672,15 +672,20 @@ class TaskStore:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(sa.select(runners).order_by(runners.c.last_seen.desc()))]
 
-    def prune_runners(self, seen_before: datetime) -> int:
-        """Forget runners not seen since ``seen_before`` (restarts leave old ids behind); a live one re-registers
-        with its next heartbeat. Returns how many rows went."""
-        gone = runners.c.last_seen < seen_before
+    def prune_runners(self, seen_before: datetime, stopped_before: datetime | None = None) -> int:
+        """Forget runners not seen since ``seen_before`` (restarts leave old ids behind), and those that said they
+        stopped (info.stopped) before ``stopped_before``; a live one re-registers with its next heartbeat. Returns
+        how many rows went."""
+        stopped_before = stopped_before or seen_before
         with self.engine.connect() as conn:  # every status read asks: most find nothing, and write nothing
-            if conn.execute(sa.select(runners.c.id).where(gone).limit(1)).first() is None:
-                return 0
+            old = conn.execute(sa.select(runners.c.id, runners.c.last_seen, runners.c.info)
+                               .where(runners.c.last_seen < max(seen_before, stopped_before))).all()
+        gone = [r.id for r in old if r.last_seen < seen_before
+                or (r.last_seen < stopped_before and (r.info or {}).get("stopped"))]
+        if not gone:
+            return 0
         with self._write() as conn:
-            return conn.execute(runners.delete().where(gone)).rowcount
+            return conn.execute(runners.delete().where(runners.c.id.in_(gone))).rowcount
 
     def component_heartbeat(
         self, name: str, *, host: str, pid: int, version: str, info: dict[str, Any] | None = None
