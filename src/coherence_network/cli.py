@@ -320,8 +320,9 @@ def _user() -> str:
 
 @contextmanager
 def _api(settings: Settings, *, conflict: str = "refused", names: dict[str, str] | None = None) -> Iterator[ApiClient]:
-    """The API client of an operator's command: an API error becomes one line on stderr and exit 1 (2 when the API
-    calls the request malformed); ``conflict`` opens the line for a 409, ``names`` spells a 422's fields as the
+    """The API client of an operator's command: an API error becomes one line on stderr and exit 1, or 2 when
+    nothing could be done (the API calls the request malformed, or it, or its store, cannot be reached: a connection
+    error, like a configuration error); ``conflict`` opens the line for a 409, ``names`` spells a 422's fields as the
     command's own options."""
     from coherence_network.client import (ApiAuthError, ApiClient, ApiConflict, ApiError, ApiNotFound,
                                           ApiUnavailable, ApiValidationError)
@@ -336,7 +337,7 @@ def _api(settings: Settings, *, conflict: str = "refused", names: dict[str, str]
             (ApiValidationError, f"the API refused the request as malformed: {invalid_fields(exc.detail, names)}", 2),
             (ApiAuthError, f"the API refused the token (set COHERENCE_API_TOKEN): {exc.detail}", 1),
             (ApiUnavailable, f"the API at {settings.agent_api_base} is unreachable ({exc.detail}): see "
-                             "docs/RUNBOOK.md#pipeline-recovery", 1),
+                             "docs/RUNBOOK.md#pipeline-recovery", 2),
         ]
         message, code = next(((m, c) for kind, m, c in explained if isinstance(exc, kind)), (str(exc), 1))
         typer.echo(message, err=True)
@@ -378,7 +379,7 @@ def status(
     interval: float = typer.Option(2.0, "--interval", min=0.1, help="With --watch: seconds between redraws"),
 ) -> None:
     """Pipeline status in layers (goal, orchestration, tasks, attention). Exit 0 healthy (or only warnings: medium
-    and low flags), 1 a critical or high flag open or the API unreachable (--watch: 0 on Ctrl-C)."""
+    and low flags), 1 a critical or high flag open, 2 the API or its store unreachable (--watch: 0 on Ctrl-C)."""
     from coherence_network.grading import needs_attention
     from coherence_network.status_view import render_status, render_task
 

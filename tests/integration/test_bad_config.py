@@ -41,6 +41,7 @@ def test_an_api_whose_port_is_taken_says_by_whom(tmp_path: Path) -> None:
 
 
 CLOSED = f"postgresql://me:hunter2-secret@127.0.0.1:{free_port()}/coherence"  # connect refused at once
+CLOSED_API = f"http://127.0.0.1:{free_port()}"
 # Each command with a bad setting: settings are read by one class before a command does anything, so each bad
 # setting is tried on one command and each command with one; the store's commands also meet a closed port.
 MATRIX: list[tuple[tuple[str, ...], dict[str, str], str]] = [
@@ -65,6 +66,10 @@ MATRIX: list[tuple[tuple[str, ...], dict[str, str], str]] = [
      "not a URL"),
     (("create", "x", "--command", "true"), {"COHERENCE_API_TOKEN": "short"}, "coherence: COHERENCE_API_TOKEN must be"),
     (("tasks",), {"MONITOR_INTERVAL": "soon"}, "coherence: MONITOR_INTERVAL: Input should be a valid number"),
+    (("runner", "--once"), {"AGENT_API_BASE": "not-a-url"}, "coherence: AGENT_API_BASE=not-a-url is not an http"),
+    # a one-shot command that cannot reach the API did nothing, as with a bad setting (long-running ones retry)
+    (("status",), {"AGENT_API_BASE": CLOSED_API}, f"the API at {CLOSED_API} is unreachable (ConnectError"),
+    (("create", "x", "--command", "true"), {"AGENT_API_BASE": CLOSED_API}, f"the API at {CLOSED_API} is unreachable"),
 ]
 
 
