@@ -19,11 +19,12 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, TaskStatus
+from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, SORT_COLUMNS, TaskStatus
 from coherence_network.store.db import read_retrying
 from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.notify import CHANNEL
 from coherence_network.store.schema import UTCDateTime, components, runners, tasks
+from coherence_network.store.search import FTS_TABLE, fts5_match, search_condition
 
 PENDING, RUNNING, FAILED = TaskStatus.PENDING.value, TaskStatus.RUNNING.value, TaskStatus.FAILED.value
 # The fields that make a create the same create: a reused idempotency key with other values is a client bug.
@@ -173,6 +174,16 @@ def _same_create(key: str, earlier: dict[str, Any], values: dict[str, Any], wher
         )
 
 
+def _sort_order(column: str, descending: bool) -> list[sa.UnaryExpression[Any]]:
+    """ORDER BY for a sort, in the order of the index that serves it. Priority breaks ties the claim's way (equal
+    priorities oldest first when the most urgent lead), so its index is the claim's order read either way."""
+    if column == "id":
+        return [tasks.c.id.desc() if descending else tasks.c.id.asc()]
+    first = tasks.c[column].desc() if descending else tasks.c[column].asc()
+    tie_down = descending != (column == "priority")
+    return [first, tasks.c.id.desc() if tie_down else tasks.c.id.asc()]
+
+
 # Inside TaskStore, ``list`` names its method: these spell the builtin's types for its signatures.
 Rows = list[dict[str, Any]]
 Outcomes = list[tuple[dict[str, Any], bool]]
@@ -275,27 +286,52 @@ class TaskStore:
         limit: int = 50,
         offset: int = 0,
         finished_after: datetime | None = None,
+        search: str | None = None,
+        sort: str = "id",
+        descending: bool | None = None,
     ) -> tuple[Rows, int]:
         """A page of tasks and the total that match the filter.
 
+        ``search`` keeps tasks whose direction, output or question hold every word of it (store/search.py).
+        ``sort`` is one of SORT_COLUMNS, ``descending`` its direction (by default ``order``: newest is descending).
         ``finished_after`` keeps tasks finished strictly after that time and orders them by ``finished_at`` (then
-        id), so a reader that remembers the last time it saw can page through what finished since; without it the
-        order is by id."""
+        id), so a reader that remembers the last time it saw can page through what finished since; it takes no other
+        sort. A ValueError names a column that cannot be sorted on, or search text that cannot be searched."""
+        if sort not in SORT_COLUMNS:
+            raise ValueError(f"cannot sort tasks by {sort!r}; sortable: {', '.join(SORT_COLUMNS)}")
         where = []
         if status:
             where.append(tasks.c.status == str(status))
         if task_type:
             where.append(tasks.c.task_type == str(task_type))
-        key: builtins.list[sa.ColumnElement[Any]] = [tasks.c.id]
+        down = order == "newest" if descending is None else descending
         if finished_after is not None:
+            if sort != "id":
+                raise ValueError("finished_after orders by finish time; it takes no other sort")
             where.append(tasks.c.finished_at > finished_after)
-            key = [tasks.c.finished_at, tasks.c.id]
-        ordering = [c.desc() if order == "newest" else c.asc() for c in key]
-        query = sa.select(tasks).where(*where).order_by(*ordering).limit(limit).offset(offset)
+            ordering = [c.desc() if down else c.asc() for c in (tasks.c.finished_at, tasks.c.id)]
+        else:
+            ordering = _sort_order(sort, down)
+        if search is None:
+            page = sa.select(tasks).where(*where).order_by(*ordering)
+            counted = sa.select(sa.func.count()).select_from(tasks).where(*where)
+        elif self._pg or finished_after is not None or sort != "id":
+            matching = [*where, search_condition(self._pg, search)]
+            page = sa.select(tasks).where(*matching).order_by(*ordering)
+            counted = sa.select(sa.func.count()).select_from(tasks).where(*matching)
+        else:  # SQLite, newest or oldest first: FTS5 reads its matches in id order and stops at the page's end
+            match = fts5_match(search)
+            rowid = FTS_TABLE.c.rowid
+            page = (sa.select(tasks).select_from(FTS_TABLE.join(tasks, tasks.c.id == rowid))
+                    .where(match, *where).order_by(rowid.desc() if down else rowid.asc()))
+            counted = (sa.select(sa.func.count()).select_from(FTS_TABLE).where(match) if not where
+                       else sa.select(sa.func.count()).select_from(tasks).where(
+                           *where, search_condition(False, search)))
+        query = page.limit(limit).offset(offset)
 
         def read(conn: sa.Connection) -> tuple[Rows, int]:
             items = [dict(r._mapping) for r in conn.execute(query)]
-            return items, int(conn.execute(sa.select(sa.func.count()).select_from(tasks).where(*where)).scalar_one())
+            return items, int(conn.execute(counted).scalar_one())
 
         return read_retrying(self.engine, read)
 
