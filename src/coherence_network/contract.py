@@ -111,6 +111,9 @@ class TaskPage(Returned):
     total: int
     limit: int
     offset: int
+    # False when a search (q) matched more tasks than it counts (store.search.COUNT_CAP, 1,000): total is then that
+    # cap plus one, i.e. "more than 1,000"; a list without a search always counts exactly.
+    total_exact: bool = True
 
 
 class TaskList(Returned):

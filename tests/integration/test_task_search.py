@@ -19,7 +19,7 @@ from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
 from coherence_network.store.db import create_store_engine, migrate
 from coherence_network.store.retention import prune_store
-from coherence_network.store.search import search_condition
+from coherence_network.store.search import COUNT_CAP, search_condition
 from coherence_network.store.schema import tasks
 from coherence_network.store.tasks import utcnow
 from tests.support.api import ApiProcess
@@ -131,6 +131,21 @@ def test_a_search_reads_the_index_not_the_table(store: TaskStore) -> None:
         assert conn.execute(query).scalars().all() == [1]
 
 
+def test_a_search_counts_its_matches_up_to_the_cap(store: TaskStore) -> None:
+    """Past COUNT_CAP matches a search's total reads "more than COUNT_CAP"; pages still come newest first, and a
+    filter that leaves few matches counts them exactly."""
+    now = utcnow()
+    rows = [{"direction": f"common word {i}", "task_type": "run", "status": "pending" if i % 500 else "failed",
+             "created_at": now, "updated_at": now} for i in range(COUNT_CAP + 5)]
+    with store.engine.begin() as conn:
+        conn.execute(tasks.insert(), rows)
+    page, total = store.list(search="common", limit=3)
+    assert total == COUNT_CAP + 1 and [t["id"] for t in page] == [COUNT_CAP + 5, COUNT_CAP + 4, COUNT_CAP + 3]
+    assert store.list(search="common", sort="id", descending=False, limit=1)[0][0]["id"] == 1
+    assert store.list(search="common", status=TaskStatus.FAILED)[1] == 3  # ids 1, 501, 1001
+    assert store.list(search="word 1004")[1] == 1 and store.list()[1] == COUNT_CAP + 5  # exact below the cap
+
+
 def test_hostile_text_is_read_as_words(store: TaskStore) -> None:
     store.create(direction='a "quoted" OR NEAR(thing) -minus x*y', task_type="run")
     for text in HOSTILE:
@@ -191,7 +206,8 @@ def test_the_api_searches_and_sorts(api: httpx.Client) -> None:
     assert listed(q="backup", sort="id") == [1, 3]
     assert listed(sort="-priority") == [2, 3, 1] and listed(sort="priority") == [1, 3, 2]
     assert listed(q="backup", sort="-priority", limit=1) == [3]
-    assert api.get("/api/agent/tasks", params={"q": "backup"}).json()["total"] == 2
+    answer = api.get("/api/agent/tasks", params={"q": "backup"}).json()
+    assert (answer["total"], answer["total_exact"]) == (2, True)
     for text in HOSTILE:
         assert api.get("/api/agent/tasks", params={"q": text}).status_code == 200, text
         assert api.get("/tasks", params={"q": text}).status_code == 200, text

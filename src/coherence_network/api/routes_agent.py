@@ -51,6 +51,7 @@ from coherence_network.contract import (
     parse_sort,
 )
 from coherence_network.logfiles import task_log_path
+from coherence_network.store.search import COUNT_CAP
 from coherence_network.store.tasks import TaskStore, utcnow
 
 router = APIRouter(prefix="/api/agent", tags=["agent"], responses=COMMON_ERRORS)
@@ -104,7 +105,8 @@ def list_tasks(
                                        "msg": "finished_after orders by finish time; it takes no sort"}])
     items, total = _store(request).list(status=status, task_type=task_type, order=order, limit=limit, offset=offset,
                                         finished_after=finished_after, search=q, sort=column, descending=descending)
-    return {"items": items, "total": total, "limit": limit, "offset": offset}
+    return {"items": items, "total": total, "limit": limit, "offset": offset,
+            "total_exact": q is None or total <= COUNT_CAP}
 
 
 @router.post("/tasks", status_code=201, response_model=Task,

@@ -42,7 +42,7 @@ from coherence_network.settings import Settings
 from coherence_network.store import Conflict, NotFound
 from coherence_network.store import ops_issues
 from coherence_network.store.stats import ALL_TYPES, WINDOWS, hourly_throughput, success_counts
-from coherence_network.store.search import MAX_QUERY_CHARS
+from coherence_network.store.search import COUNT_CAP, MAX_QUERY_CHARS
 from coherence_network.store.tasks import TaskStore
 
 router = APIRouter(include_in_schema=False)
@@ -371,7 +371,9 @@ def tasks_page(request: Request, status: str = "", task_type: str = "", q: str =
     items, total = _store(request).list(status=chosen_status, task_type=chosen_type, search=q or None, sort=column,
                                         descending=descending, limit=PAGE_SIZE, offset=offset)
     params = {"status": status, "task_type": task_type, "q": q}
-    return render(request, "tasks.html", visit, items=items, total=total, offset=offset, status=status,
+    shown_total = f"more than {COUNT_CAP:,}" if q and total > COUNT_CAP else f"{total:,}"
+    return render(request, "tasks.html", visit, items=items, total=total, shown_total=shown_total, offset=offset,
+                  status=status,
                   task_type=task_type, q=q, max_query=MAX_QUERY_CHARS, sort=sort, sort_label=_SORTABLE[column], descending=descending,
                   headers=_sort_headers(params, column, descending),
                   pages=_page_links("/tasks", {**params, "sort": sort}, offset, total),
