@@ -136,7 +136,7 @@ def test_a_search_counts_its_matches_up_to_the_cap(store: TaskStore) -> None:
     filter that leaves few matches counts them exactly."""
     now = utcnow()
     rows = [{"direction": f"common word {i}", "task_type": "run", "status": "pending" if i % 500 else "failed",
-             "created_at": now, "updated_at": now} for i in range(COUNT_CAP + 5)]
+             "priority": i % 7, "created_at": now, "updated_at": now} for i in range(COUNT_CAP + 5)]
     with store.engine.begin() as conn:
         conn.execute(tasks.insert(), rows)
     page, total = store.list(search="common", limit=3)
@@ -144,6 +144,13 @@ def test_a_search_counts_its_matches_up_to_the_cap(store: TaskStore) -> None:
     assert store.list(search="common", sort="id", descending=False, limit=1)[0][0]["id"] == 1
     assert store.list(search="common", status=TaskStatus.FAILED)[1] == 3  # ids 1, 501, 1001
     assert store.list(search="word 1004")[1] == 1 and store.list()[1] == COUNT_CAP + 5  # exact below the cap
+    # a sort of more than COUNT_CAP matches (SQLite walks the sort's index instead of sorting them): the same order
+    urgent = sorted(range(1, COUNT_CAP + 6), key=lambda task_id: (-((task_id - 1) % 7), task_id))
+    assert ids(store, search="common", sort="priority", descending=True)[:60] == urgent[:60]
+    pending = [task_id for task_id in urgent if (task_id - 1) % 500]
+    assert ids(store, status=TaskStatus.PENDING, sort="priority", descending=True)[:60] == pending[:60]
+    least = sorted(pending, key=lambda task_id: ((task_id - 1) % 7, -task_id))
+    assert ids(store, status=TaskStatus.PENDING, search="common", sort="priority", descending=False)[:60] == least[:60]
 
 
 def test_hostile_text_is_read_as_words(store: TaskStore) -> None:

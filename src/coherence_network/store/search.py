@@ -43,16 +43,18 @@ def fts5_query(words: list[str]) -> str:
     return quoted + ("*" if _prefix(words) else "")
 
 
-def search_condition(postgres: bool, text: str) -> sa.ColumnElement[bool]:
-    """A condition on ``tasks``: the tasks whose direction, output or question hold every word of ``text``.
+def search_condition(postgres: bool, text: str, *,
+                     ids: sa.ColumnElement[int] = tasks.c.id) -> sa.ColumnElement[bool]:
+    """A condition on ``tasks``: the tasks whose direction, output or question hold every word of ``text`` (``ids``
+    in them: ``tasks.id`` itself, or an expression of it that keeps SQLite from looking the matches up by id).
 
     Text without a word (only punctuation or spaces) matches nothing."""
     words = search_words(text)
     if not words:
         return sa.false()
     if not postgres:
-        return tasks.c.id.in_(sa.select(FTS_TABLE.c.rowid).where(_fts5_match(words)))
-    return tasks.c.id.in_(pg_matches(words))
+        return ids.in_(sa.select(FTS_TABLE.c.rowid).where(_fts5_match(words)))
+    return ids.in_(pg_matches(words))
 
 
 def pg_matches(words: list[str]) -> sa.Select[tuple[int]]:

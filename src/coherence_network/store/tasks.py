@@ -337,6 +337,18 @@ class TaskStore:
 
         def read(conn: sa.Connection) -> tuple[Rows, int]:
             chosen, count = page, counted
+            if not self._pg and sort != "id" and finished_after is None and (where or search is not None):
+                total = int(conn.execute(count).scalar_one())
+                if total > COUNT_CAP:
+                    # SQLite keeps no statistics: it would read every task the filter or search matches and sort
+                    # them all; with this many, walking the sort's index and skipping the others ends a page
+                    # sooner. Its conditions are written so that no index can serve them (``|| ''``, ``+ 0``).
+                    unindexed = [(tasks.c[name].concat("") == str(value))
+                                 for name, value in (("status", status), ("task_type", task_type)) if value]
+                    if search is not None:
+                        unindexed.append(search_condition(False, search, ids=tasks.c.id + 0))
+                    chosen = sa.select(tasks).where(*unindexed).order_by(*ordering)
+                return [dict(r._mapping) for r in conn.execute(chosen.limit(limit).offset(offset))], total
             if self._pg and search is not None:
                 # At most COUNT_CAP matches: take their ids from the GIN index and look the tasks up by id. The
                 # planner cannot estimate a prefix, and would walk an index of tasks checking each one's text
