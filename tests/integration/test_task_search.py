@@ -19,7 +19,7 @@ from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
 from coherence_network.store.db import create_store_engine, migrate
 from coherence_network.store.retention import prune_store
-from coherence_network.store.search import COUNT_CAP, search_condition
+from coherence_network.store.search import COUNT_CAP, pg_matches, search_condition, search_words
 from coherence_network.store.schema import tasks
 from coherence_network.store.tasks import utcnow
 from tests.support.api import ApiProcess
@@ -115,16 +115,21 @@ def test_the_index_follows_finishes_retries_deletes_and_retention(store: TaskSto
 
 
 def test_a_search_reads_the_index_not_the_table(store: TaskStore) -> None:
-    """The plan of the list's query: SQLite asks the FTS5 table's index; PostgreSQL can serve it from the GIN index
-    (sequential scans off: a table of a few rows is read whole otherwise, which proves nothing)."""
+    """The plans of the store's search queries. SQLite: a page asks the FTS5 table's index. PostgreSQL: the matching
+    ids come from the GIN index (sequential and plain index scans off: a table of a few rows is read whole
+    otherwise, which proves nothing)."""
     store.create(direction="alpha beta", task_type="run")
-    query = sa.select(tasks.c.id).where(search_condition(store._pg, "alpha bet")).order_by(tasks.c.id.desc())
+    if store._pg:
+        query = pg_matches(search_words("alpha bet")).limit(COUNT_CAP + 1)
+    else:
+        query = sa.select(tasks.c.id).where(search_condition(False, "alpha bet")).order_by(tasks.c.id.desc())
     compiled = query.compile(store.engine, compile_kwargs={"literal_binds": True})
     with store.engine.begin() as conn:
         if store._pg:
             conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            conn.execute(sa.text("SET LOCAL enable_indexscan = off"))
             plan = "\n".join(conn.execute(sa.text(f"EXPLAIN {compiled}")).scalars())
-            assert "ix_task_search_document" in plan, plan
+            assert "Bitmap Index Scan on ix_task_search_document" in plan, plan
         else:
             plan = "\n".join(row[-1] for row in conn.execute(sa.text(f"EXPLAIN QUERY PLAN {compiled}")))
             assert "VIRTUAL TABLE INDEX" in plan and "SCAN tasks_fts" in plan, plan
@@ -237,7 +242,8 @@ def test_the_console_searches_sorts_and_keeps_both_in_its_links(api: httpx.Clien
     page = api.get("/tasks", params={"q": "backup", "status": "pending", "sort": "-priority"})
     assert page.status_code == 200
     html = page.text
-    assert "2 matching" in html and 'value="backup"' in html and '<input type="hidden" name="sort" value="-priority">' in html
+    assert "2 matching" in html and 'value="backup"' in html
+    assert '<input type="hidden" name="sort" value="-priority">' in html
     assert html.index('href="/tasks/3"') < html.index('href="/tasks/1"') and 'href="/tasks/2"' not in html
     # the active column says so, and its link flips the direction; the others keep the search and the filter
     assert 'aria-sort="descending"><a href="/tasks?status=pending&amp;q=backup&amp;sort=priority">Priority' in html

@@ -32,7 +32,7 @@ from pydantic import (
 
 from coherence_network.contract import SORT_COLUMNS, TaskStatus, TaskType, parse_sort
 from coherence_network.settings import Settings
-from coherence_network.store.search import MAX_QUERY_CHARS, MIN_PREFIX
+from coherence_network.store.search import COUNT_CAP, MAX_QUERY_CHARS, MIN_PREFIX
 from coherence_network.store.tasks import MAX_BATCH, MAX_CLAIM
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # PostgreSQL INTEGER: the narrowest integer column of either store
@@ -134,9 +134,10 @@ def _search_text(value: str) -> str:
 
 SearchText = Annotated[str, AfterValidator(_search_text)]
 SEARCH_QUERY = Query(
-    None, json_schema_extra={"maxLength": MAX_QUERY_CHARS}, description="Free-text search of the direction, output and question: tasks holding every word (the last "
-    f"also as a prefix of {MIN_PREFIX}+ letters); quotes and operators are read as text. At most {MAX_QUERY_CHARS} "
-    "characters, no NUL",
+    None, json_schema_extra={"maxLength": MAX_QUERY_CHARS},
+    description="Free-text search of the direction, output and question: tasks holding every word (the last also "
+    f"as a prefix of {MIN_PREFIX}+ letters); quotes and operators are read as text. At most {MAX_QUERY_CHARS} "
+    f"characters, no NUL. Its total counts up to {COUNT_CAP + 1} (total_exact false: more than {COUNT_CAP})",
 )
 
 

@@ -373,8 +373,8 @@ def tasks_page(request: Request, status: str = "", task_type: str = "", q: str =
     params = {"status": status, "task_type": task_type, "q": q}
     shown_total = f"more than {COUNT_CAP:,}" if q and total > COUNT_CAP else f"{total:,}"
     return render(request, "tasks.html", visit, items=items, total=total, shown_total=shown_total, offset=offset,
-                  status=status,
-                  task_type=task_type, q=q, max_query=MAX_QUERY_CHARS, sort=sort, sort_label=_SORTABLE[column], descending=descending,
+                  status=status, task_type=task_type, q=q, max_query=MAX_QUERY_CHARS, sort=sort,
+                  sort_label=_SORTABLE[column], descending=descending,
                   headers=_sort_headers(params, column, descending),
                   pages=_page_links("/tasks", {**params, "sort": sort}, offset, total),
                   create_key=f"console:{secrets.token_urlsafe(16)}")

@@ -45,6 +45,8 @@ PG_DDL = (
     "WHEN (OLD.direction IS DISTINCT FROM NEW.direction OR OLD.output IS DISTINCT FROM NEW.output "
     f"OR OLD.decision_prompt IS DISTINCT FROM NEW.decision_prompt) EXECUTE FUNCTION {PG_TABLE}_sync()",
     f"INSERT INTO {PG_TABLE} (task_id, document) SELECT id, {PG_DOCUMENT.replace('NEW.', '')} FROM tasks",
+    # Statistics now, not at autovacuum's next pass: without them a search's plan may read the whole table.
+    f"ANALYZE {PG_TABLE}",
 )
 SORT_INDEXES = {
     "ix_tasks_priority_id": [sa.text("priority DESC"), "id"],
