@@ -5,6 +5,9 @@ the same through GET /api/agent/tasks and the console's /tasks page of one API p
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -236,6 +239,21 @@ def test_the_api_refuses_what_it_cannot_search_or_sort_by(api: httpx.Client, par
                                                            says: str) -> None:
     answer = api.get("/api/agent/tasks", params=params)
     assert answer.status_code == 422 and says in answer.text, answer.text
+
+
+def test_coherence_tasks_searches_and_sorts(api: httpx.Client, tmp_path: Path) -> None:
+    env = {**os.environ, "COHERENCE_HOME": str(tmp_path), "AGENT_API_BASE": str(api.base_url).rstrip("/")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "coherence_network.cli", "tasks", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    listed = cli("--search", "backup", "--sort", "-priority")  # a value with a leading - needs no =
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert [line.split()[0] for line in lines[:-1]] == ["#3", "#1"] and lines[-1] == "1-2 of 2 tasks"
+    refused = cli("--sort=direction")
+    assert refused.returncode == 2 and "sort by one of id, priority" in refused.stderr
 
 
 def test_the_console_searches_sorts_and_keeps_both_in_its_links(api: httpx.Client) -> None:
