@@ -150,6 +150,7 @@ def test_a_search_counts_its_matches_up_to_the_cap(store: TaskStore) -> None:
     page, total = store.list(search="common", limit=3)
     assert total == COUNT_CAP + 1 and [t["id"] for t in page] == [COUNT_CAP + 5, COUNT_CAP + 4, COUNT_CAP + 3]
     assert store.list(search="common", sort="id", descending=False, limit=1)[0][0]["id"] == 1
+    assert [t["id"] for t in store.list(search="common", offset=COUNT_CAP, limit=3)[0]] == [5, 4, 3]  # past the cap
     assert store.list(search="common", status=TaskStatus.FAILED)[1] == 3  # ids 1, 501, 1001
     assert store.list(search="word 1004")[1] == 1 and store.list()[1] == COUNT_CAP + 5  # exact below the cap
     # a sort of more than COUNT_CAP matches (SQLite walks the sort's index instead of sorting them): the same order
