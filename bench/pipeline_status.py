@@ -19,7 +19,7 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -36,8 +36,11 @@ TYPES = ("spec", "test", "impl", "review", "run")
 HISTORY_API_ENV = {"COHERENCE_LOG_LEVEL": "WARNING", "COHERENCE_RETAIN_TASKS_DAYS": "0"}
 
 
-def fill(url: str, n: int, spacing: float) -> None:
-    """``n`` tasks: all but 30 finished (90 % completed), one every ``spacing`` s; 20 pending, 5 running, 5 waiting."""
+def fill(url: str, n: int, spacing: float,
+         describe: Callable[[int, str], tuple[str, str | None]] | None = None) -> None:
+    """``n`` tasks: all but 30 finished (90 % completed), one every ``spacing`` s; 20 pending, 5 running, 5 waiting.
+
+    ``describe(i, status)`` gives task i's direction and output (default: a short direction, 200 bytes of output)."""
     engine = create_store_engine(url)
     migrate(engine)
     now = utcnow()
@@ -52,12 +55,13 @@ def fill(url: str, n: int, spacing: float) -> None:
         status = "completed" if rng.random() < 0.9 else "failed"
         if unfinished:
             status = ("pending", "running", "needs_decision")[0 if i < n - 10 else 1 if i < n - 5 else 2]
+        direction, output = describe(i, status) if describe else (f"bench task {i}", "x" * 200)
         rows.append({
-            "direction": f"bench task {i}", "task_type": TYPES[i % len(TYPES)], "status": status, "command": None,
+            "direction": direction, "task_type": TYPES[i % len(TYPES)], "status": status, "command": None,
             "created_at": created, "updated_at": now,
             "started_at": None if status == "pending" else started,
             "finished_at": finished if status in ("completed", "failed") else None,
-            "output": "x" * 200 if status != "pending" else None, "exit_code": 0 if status == "completed" else None,
+            "output": output if status != "pending" else None, "exit_code": 0 if status == "completed" else None,
             "claimed_by": "bench-runner" if status == "running" else None,
             "decision_prompt": "go on?" if status == "needs_decision" else None,
         })

@@ -16,6 +16,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import argparse  # noqa: E402
 import json
 import multiprocessing
+import random
 import statistics
 import tempfile
 import time
@@ -38,8 +39,24 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
 
 
-def runner_process(url: str, name: str, out: "multiprocessing.Queue[list[float]]") -> None:
-    """Claim and finish until the queue is empty; send back each claim's latency in seconds."""
+def output_text(seed: int, size: int) -> str:
+    """About ``size`` characters of log-like text: varied words, as the search index sees real output."""
+    rng = random.Random(seed)
+    words: list[str] = []
+    length = 0
+    while length < size:
+        word = f"{rng.choice(SYLLABLES)}{rng.choice(SYLLABLES)}{rng.randrange(1000) if rng.random() < 0.2 else ''}"
+        words.append(word)
+        length += len(word) + 1
+    return " ".join(words)[:size]
+
+
+SYLLABLES = ("ka", "lo", "mi", "tes", "run", "pars", "er", "ok", "fail", "tra", "ce", "key", "io", "db", "net")
+
+
+def runner_process(url: str, name: str, out: "multiprocessing.Queue[list[float]]", output_bytes: int) -> None:
+    """Claim and finish (with ``output_bytes`` of output) until the queue is empty; send back each claim's latency
+    in seconds."""
     latencies: list[float] = []
     with httpx.Client(base_url=url, timeout=30) as http:
         while True:
@@ -49,8 +66,10 @@ def runner_process(url: str, name: str, out: "multiprocessing.Queue[list[float]]
             if claim.status_code == 204:
                 break
             task = claim.json()
+            output = output_text(task["id"], output_bytes) if output_bytes else None
             http.post(f"/api/agent/tasks/{task['id']}/finish",
-                      json={"claim_token": task["claim_token"], "status": "completed", "exit_code": 0})
+                      json={"claim_token": task["claim_token"], "status": "completed", "exit_code": 0,
+                            "output": output})
     out.put(latencies)
 
 
@@ -61,7 +80,8 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run_queue(backend: str, url_env: dict[str, str], n: int, k: int, home: Path) -> dict[str, object]:
+def run_queue(backend: str, url_env: dict[str, str], n: int, k: int, home: Path,
+              output_bytes: int = 0) -> dict[str, object]:
     api = ApiProcess(home, env={**url_env, "COHERENCE_LOG_LEVEL": "WARNING"}).start()
     try:
         with httpx.Client(base_url=api.url, timeout=30) as http:
@@ -70,7 +90,7 @@ def run_queue(backend: str, url_env: dict[str, str], n: int, k: int, home: Path)
                 http.post("/api/agent/tasks", json={"direction": f"bench {i}", "task_type": "run", "command": "true"})
             create_rate = n / (time.perf_counter() - created)
         results: multiprocessing.Queue[list[float]] = multiprocessing.Queue()
-        workers = [multiprocessing.Process(target=runner_process, args=(api.url, f"bench-{i}", results))
+        workers = [multiprocessing.Process(target=runner_process, args=(api.url, f"bench-{i}", results, output_bytes))
                    for i in range(k)]
         started = time.perf_counter()
         for worker in workers:
@@ -83,7 +103,7 @@ def run_queue(backend: str, url_env: dict[str, str], n: int, k: int, home: Path)
         with httpx.Client(base_url=api.url) as http:
             done = http.get("/api/agent/tasks/count").json()["by_status"]["completed"]
         return {
-            "backend": backend, "n": n, "k": k, "completed": done,
+            "backend": backend, "n": n, "k": k, "output_bytes": output_bytes, "completed": done,
             "create_per_s": round(create_rate, 1),
             "claim_finish_per_s": round(done / elapsed, 1),
             "claim_p50_ms": round(percentile(latencies, 50) * 1000, 2),
@@ -131,6 +151,8 @@ def main() -> None:
     parser.add_argument("--runners", default="1,4,8", help="comma-separated K values")
     parser.add_argument("--count-rows", type=int, default=100_000, help="tasks stored for the count latency test")
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--output-bytes", type=int, default=0, help="output each finish carries (0: none)")
+    parser.add_argument("--skip-count", action="store_true", help="leave out the count latency test")
     args = parser.parse_args()
     results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="coherence-bench-") as tmp:
@@ -141,8 +163,10 @@ def main() -> None:
                 for k in [int(x) for x in args.runners.split(",")]:
                     home = root / f"{backend}-{k}"
                     env = {"DATABASE_URL": postgres.new_database()} if backend == "postgresql" and postgres else {}
-                    results.append(run_queue(backend, env, args.n, k, home))
+                    results.append(run_queue(backend, env, args.n, k, home, args.output_bytes))
                     print(json.dumps(results[-1]), flush=True)
+                if args.skip_count:
+                    continue
                 home = root / f"{backend}-count"
                 if backend == "postgresql" and postgres:
                     db_url = postgres.new_database()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import click
 import typer
 
-from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.contract import SORT_COLUMNS, TaskStatus, TaskType, parse_sort
 from coherence_network.process_hygiene import protect, start_resource_tracker_without_secrets
 from coherence_network.settings import ConfigError, Settings, config_errors_as_one_line, get_settings
 
@@ -424,20 +424,37 @@ def _watch_status(settings: Settings, interval: float, colour: bool) -> None:
         return
 
 
+def _sort_option(value: str | None) -> str | None:
+    """A usage error (exit 2) for a column the API would refuse, before any request."""
+    if value is not None:
+        try:
+            parse_sort(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 @app.command()
 def tasks(
     status: TaskStatus = typer.Option(None, "--status", help="Only tasks in this status"),
     task_type: TaskType = typer.Option(None, "--type", help="Only tasks of this type"),
     limit: int = typer.Option(20, "--limit", min=1, max=500, help="Tasks shown"),
-    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many (the newest first)"),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many (in the order shown)"),
+    search: str = typer.Option(None, "--search", help="Only tasks whose direction, output or question hold "
+                               "every word of TEXT (the last word also as a prefix)", metavar="TEXT"),
+    sort: str = typer.Option(None, "--sort", callback=_sort_option, metavar="COLUMN",
+                             help=f"Sort by one of {', '.join(SORT_COLUMNS)}; a leading - sorts descending: "
+                             "--sort=-priority (with =, or as --sort -priority). Default: newest first"),
     as_json: bool = typer.Option(False, "--json", help="Print the API's page {items, total, limit, offset} as JSON"),
 ) -> None:
-    """List tasks, newest first: id, type, status, age and the start of the direction, then the total."""
+    """List tasks, newest first unless --sort says otherwise: id, type, status, age and the start of the direction,
+    then the total (of those matching --search and the filters)."""
     from coherence_network.status_view import render_task_page
 
     settings = get_settings()
     with _api(settings) as client:
-        page = client.list_tasks(status=status, task_type=task_type, order="newest", limit=limit, offset=offset)
+        page = client.list_tasks(status=status, task_type=task_type, order="newest", limit=limit, offset=offset,
+                                 q=search, sort=sort)
     colour = _colour()
     typer.echo(page.model_dump_json(indent=2) if as_json else render_task_page(page, colour=colour), color=colour)
 

@@ -45,6 +45,20 @@ LEGAL_MOVES: dict[tuple[TaskStatus, TaskStatus], str] = {
     (TaskStatus.NEEDS_DECISION, TaskStatus.PENDING): "decide",
     (TaskStatus.FAILED, TaskStatus.PENDING): "retry",
 }
+# Columns a page of tasks may be sorted by (GET /api/agent/tasks?sort=, the console, coherence tasks --sort); each
+# has an index that starts with it (store revision 0009), id breaking ties.
+SORT_COLUMNS = ("id", "priority", "status", "task_type", "created_at", "updated_at", "attempts")
+
+
+def parse_sort(text: str) -> tuple[str, bool]:
+    """(column, descending) from ``column`` (ascending) or ``-column`` (descending), as the API and CLI spell it."""
+    column = text.removeprefix("-")
+    if column not in SORT_COLUMNS:
+        raise ValueError(f"sort by one of {', '.join(SORT_COLUMNS)}, with a leading - for descending "
+                         "(e.g. -updated_at)")
+    return column, text.startswith("-")
+
+
 # What a runner may report when it ends its claim.
 FINISH_STATUSES = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.NEEDS_DECISION, TaskStatus.PENDING)
 # Statuses a task leaves only by an operator's action (or never).
@@ -97,6 +111,9 @@ class TaskPage(Returned):
     total: int
     limit: int
     offset: int
+    # False when a search (q) matched more tasks than it counts (store.search.COUNT_CAP, 1,000): total is then that
+    # cap plus one, i.e. "more than 1,000"; a list without a search always counts exactly.
+    total_exact: bool = True
 
 
 class TaskList(Returned):

@@ -143,10 +143,11 @@ def render_task_page(page: TaskPage, *, colour: bool = False) -> str:
     """The listing, newest first, and where this page sits in the total."""
     now = datetime.now(timezone.utc)
     lines = [render_task_line(task, colour=colour, now=now) for task in page.items]
+    total = str(page.total) if page.total_exact else f"more than {page.total - 1}"
     if page.items:
-        lines.append(f"{page.offset + 1}-{page.offset + len(page.items)} of {page.total} tasks")
+        lines.append(f"{page.offset + 1}-{page.offset + len(page.items)} of {total} tasks")
     else:
-        lines.append(f"no tasks on this page ({page.total} match)")
+        lines.append(f"no tasks on this page ({total} match)")
     return "\n".join(lines)
 
 

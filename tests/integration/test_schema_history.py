@@ -2,7 +2,8 @@
 
 The earlier heads (see tests/fixtures/schema_history/README.md): (a) 0001 before the claim index was renamed,
 (b) 0001, (c) 0003, (d) 0004, (e) the renumbered graph chain 0001 -> 0002 (graph) -> 0003 -> 0004, (f) that
-chain's 0002, (g) 0005, (h) 0006; plus (a) later upgraded to 0005 by today's chain, so it still has the old claim index.
+chain's 0002, (g) 0005, (h) 0006, (i) 0008 (before the search index); plus (a) later upgraded to 0005 by today's chain,
+so it still has the old claim index.
 Each is built by running the revisions it really ran, filled with rows, then upgraded by ``migrate()``.
 """
 
@@ -39,6 +40,7 @@ HISTORY = Path(__file__).parents[1] / "fixtures" / "schema_history"
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 GRAPH_TABLES = {"projects", "dependencies", "index_frontier"}
 CLAIM_INDEX = "ix_tasks_claim_order"
+DESC_INDEXES = (CLAIM_INDEX, "ix_tasks_priority_id")  # priority DESC: the claim's order, and sorted pages' by it
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ OLD_HEADS = {
     "f_old_0002": OldHead("e_5e99590", "0002"),
     "g_0005": OldHead(None, "0005"),
     "h_0006": OldHead(None, "0006"),
+    "i_0008": OldHead(None, "0008"),
 }
 
 
@@ -175,8 +178,10 @@ def _snapshot(engine: Engine) -> dict[str, Any]:
 def _schema_differences(engine: Engine) -> list[Any]:
     """What autogenerate would write to bring the store to schema.metadata, less what it cannot see.
 
-    Allowed to differ: Alembic's own table, and on SQLite the claim index, whose DESC column SQLAlchemy's SQLite
-    reflection does not report (autogenerate then sees another index); its SQL is checked instead (_index_sql).
+    Allowed to differ: Alembic's own table, the search index's tables (revision 0009 makes them in each backend's
+    own SQL, outside the metadata; tests/integration/test_task_search.py checks them), and on SQLite the indexes
+    with a DESC column, which SQLAlchemy's SQLite reflection does not report (autogenerate then sees another
+    index); their SQL is checked instead (_index_sql).
     """
     with engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), schema.metadata)
@@ -184,8 +189,10 @@ def _schema_differences(engine: Engine) -> list[Any]:
     def unseen(diff: Any) -> bool:
         kind, item = diff[0], diff[1]
         if kind == "remove_table":
-            return bool(item.name == "alembic_version")
-        return engine.dialect.name == "sqlite" and kind in ("add_index", "remove_index") and item.name == CLAIM_INDEX
+            return bool(item.name == "alembic_version" or item.name in schema.SEARCH_TABLES)
+        if kind == "remove_index" and item.table.name in schema.SEARCH_TABLES:
+            return True
+        return engine.dialect.name == "sqlite" and kind in ("add_index", "remove_index") and item.name in DESC_INDEXES
 
     return [diff for diff in diffs if not unseen(diff)]
 
@@ -212,12 +219,15 @@ def test_a_store_at_an_earlier_head_upgrades_to_head_with_its_rows(store_url: st
 
     indexes = _index_sql(engine)
     assert "ix_tasks_status_priority" not in indexes
-    assert "priority DESC" in indexes[CLAIM_INDEX]
+    assert all("priority DESC" in indexes[name] for name in DESC_INDEXES)
     expected_indexes = {ix.name for table in schema.metadata.tables.values() for ix in table.indexes}
     assert expected_indexes <= set(indexes), f"indexes missing after the upgrade: {expected_indexes - set(indexes)}"
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         conn.execute(sa.text("UPDATE tasks SET status = 'bogus' WHERE id = 1"))
-    assert TaskStore(engine).claim("r2")["id"] == 1  # the highest-priority pending task, through today's code
+    store = TaskStore(engine)
+    # rows stored before the search index existed are found: in the direction, the output and the question
+    assert [[t["id"] for t in store.list(search=word)[0]] for word in ("broke", "ok", "keep")] == [[5], [4], [6]]
+    assert store.claim("r2")["id"] == 1  # the highest-priority pending task, through today's code
 
     snapshot = _snapshot(engine)
     assert migrate(engine) == (head_revision(engine), head_revision(engine))

@@ -30,8 +30,9 @@ from pydantic import (
     model_validator,
 )
 
-from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.contract import SORT_COLUMNS, TaskStatus, TaskType, parse_sort
 from coherence_network.settings import Settings
+from coherence_network.store.search import COUNT_CAP, MAX_QUERY_CHARS, MIN_PREFIX
 from coherence_network.store.tasks import MAX_BATCH, MAX_CLAIM
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # PostgreSQL INTEGER: the narrowest integer column of either store
@@ -125,6 +126,31 @@ UtcTime = Annotated[AwareDatetime, BeforeValidator(_not_a_number), AfterValidato
 # Path and query parameters.
 TaskId = Annotated[int, Path(ge=1, le=INT32_MAX, description="A task id (1 .. 2^31-1)")]
 Offset = Annotated[int, Query(ge=0, le=INT32_MAX, description="Rows to skip")]
+def _search_text(value: str) -> str:
+    if len(value) > MAX_QUERY_CHARS:
+        raise ValueError(f"a search is at most {MAX_QUERY_CHARS} characters, not {len(value)}")
+    return _refuse_unstorable(value)
+
+
+SearchText = Annotated[str, AfterValidator(_search_text)]
+SEARCH_QUERY = Query(
+    None, json_schema_extra={"maxLength": MAX_QUERY_CHARS},
+    description="Free-text search of the direction, output and question: tasks holding every word (the last also "
+    f"as a prefix of {MIN_PREFIX}+ letters); quotes and operators are read as text. At most {MAX_QUERY_CHARS} "
+    f"characters, no NUL. Its total counts up to {COUNT_CAP + 1} (total_exact false: more than {COUNT_CAP})",
+)
+
+
+def _task_sort(value: str) -> str:
+    parse_sort(value)
+    return value
+
+
+TaskSort = Annotated[str, AfterValidator(_task_sort)]
+SORT_QUERY = Query(
+    None, description=f"Sort column, one of {', '.join(SORT_COLUMNS)}; a leading - sorts descending (-updated_at: "
+    "most recently updated first); ties by id. Without it: by id, as order says",
+)
 
 
 class Strict(BaseModel):

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.convertors import Convertor, register_url_convertor
@@ -21,13 +22,17 @@ from coherence_network.api.models import (
     AgentReport,
     ClaimRequest,
     Offset,
+    SEARCH_QUERY,
+    SORT_QUERY,
     RunnerHeartbeat,
+    SearchText,
     TaskBatch,
     TaskCreate,
     TaskFinish,
     TaskHeartbeat,
     TaskId,
     TaskPatch,
+    TaskSort,
     Text,
     UtcTime,
     refuse_disallowed_commands,
@@ -43,8 +48,10 @@ from coherence_network.contract import (
     TaskPage,
     TaskStatus,
     TaskType,
+    parse_sort,
 )
 from coherence_network.logfiles import task_log_path
+from coherence_network.store.search import COUNT_CAP
 from coherence_network.store.tasks import TaskStore, utcnow
 
 router = APIRouter(prefix="/api/agent", tags=["agent"], responses=COMMON_ERRORS)
@@ -89,10 +96,17 @@ def list_tasks(
     finished_after: UtcTime | None = Query(
         None, description="Only tasks finished after this time (ISO 8601 with a zone), ordered by finish time: "
         "a reader that keeps the last finish time it saw pages through what finished since"),
+    q: SearchText | None = SEARCH_QUERY,
+    sort: TaskSort | None = SORT_QUERY,
 ) -> dict[str, Any]:
+    column, descending = parse_sort(sort) if sort else ("id", None)
+    if finished_after is not None and column != "id":
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "sort"), "input": sort,
+                                       "msg": "finished_after orders by finish time; it takes no sort"}])
     items, total = _store(request).list(status=status, task_type=task_type, order=order, limit=limit, offset=offset,
-                                        finished_after=finished_after)
-    return {"items": items, "total": total, "limit": limit, "offset": offset}
+                                        finished_after=finished_after, search=q, sort=column, descending=descending)
+    return {"items": items, "total": total, "limit": limit, "offset": offset,
+            "total_exact": q is None or total <= COUNT_CAP}
 
 
 @router.post("/tasks", status_code=201, response_model=Task,

@@ -39,13 +39,14 @@ from coherence_network.console import charts
 from coherence_network.console.session import (
     COOKIE, Session, Sessions, clean_identity, key_from_token, local_path,
 )
-from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.contract import TaskStatus, TaskType, parse_sort
 from coherence_network.logfiles import RUN_FILES, shared_secret, task_log_path
 from coherence_network.monitor import with_command
 from coherence_network.settings import Settings
 from coherence_network.store import Conflict, NotFound
 from coherence_network.store import ops_issues
 from coherence_network.store.stats import ALL_TYPES, WINDOWS, success_counts, throughput
+from coherence_network.store.search import COUNT_CAP, MAX_QUERY_CHARS
 from coherence_network.store.tasks import TaskStore
 
 router = APIRouter(include_in_schema=False)
@@ -421,19 +422,51 @@ def _page_links(path: str, params: dict[str, Any], offset: int, total: int) -> d
             "next": link(offset + PAGE_SIZE) if offset + PAGE_SIZE < total else None}
 
 
+# The list's sortable columns as its headers name them; a first click sorts text up, numbers and times newest first.
+_SORTABLE = {"id": "Task", "task_type": "Type", "status": "Status", "priority": "Priority",
+             "created_at": "Created", "updated_at": "Updated", "attempts": "Attempts"}
+_FIRST_DESCENDING = frozenset({"id", "priority", "created_at", "updated_at", "attempts"})
+
+
+def _sort_headers(params: dict[str, str], column: str, descending: bool) -> dict[str, dict[str, str | None]]:
+    """Per sortable column: the link that sorts by it (the active one's flips its direction), its aria-sort and
+    its arrow when active. Sorting starts again at the first page, keeping the filter and the search."""
+    headers: dict[str, dict[str, str | None]] = {}
+    for name, label in _SORTABLE.items():
+        active = name == column
+        down = not descending if active else name in _FIRST_DESCENDING
+        key = "" if (name, down) == ("id", True) else f"{'-' if down else ''}{name}"  # the default stays unnamed
+        query = urlencode({k: v for k, v in {**params, "sort": key}.items() if v})
+        headers[name] = {"label": label, "href": f"/tasks?{query}" if query else "/tasks",
+                         "aria": ("descending" if descending else "ascending") if active else None,
+                         "arrow": ("▼" if descending else "▲") if active else None}
+    return headers
+
+
 @router.get("/tasks")
-def tasks_page(request: Request, status: str = "", task_type: str = "", offset: int = 0) -> HTMLResponse:
+def tasks_page(request: Request, status: str = "", task_type: str = "", q: str = "", sort: str = "",
+               offset: int = 0) -> HTMLResponse:
     visit = _visit(request)
     try:
         chosen_status = TaskStatus(status) if status else None
         chosen_type = TaskType(task_type) if task_type else None
+        column, descending = parse_sort(sort) if sort else ("id", True)
     except ValueError as exc:
         return error_page(request, 400, "Unknown filter", str(exc), visit)
+    q = q.strip()
+    if len(q) > MAX_QUERY_CHARS or storable_text(q)[1]:
+        return error_page(request, 400, "Bad search", f"A search is at most {MAX_QUERY_CHARS} characters, without "
+                          "NUL characters or lone surrogates.", visit)
     offset = min(max(offset, 0), 2**31 - 1)
-    items, total = _store(request).list(status=chosen_status, task_type=chosen_type, limit=PAGE_SIZE, offset=offset)
-    return render(request, "tasks.html", visit, items=items, total=total, offset=offset, status=status,
-                  task_type=task_type, pages=_page_links("/tasks", {"status": status, "task_type": task_type},
-                                                         offset, total),
+    items, total = _store(request).list(status=chosen_status, task_type=chosen_type, search=q or None, sort=column,
+                                        descending=descending, limit=PAGE_SIZE, offset=offset)
+    params = {"status": status, "task_type": task_type, "q": q}
+    shown_total = f"more than {COUNT_CAP:,}" if q and total > COUNT_CAP else f"{total:,}"
+    return render(request, "tasks.html", visit, items=items, total=total, shown_total=shown_total, offset=offset,
+                  status=status, task_type=task_type, q=q, max_query=MAX_QUERY_CHARS, sort=sort,
+                  sort_label=_SORTABLE[column], descending=descending,
+                  headers=_sort_headers(params, column, descending),
+                  pages=_page_links("/tasks", {**params, "sort": sort}, offset, total),
                   create_key=f"console:{secrets.token_urlsafe(16)}")
 
 

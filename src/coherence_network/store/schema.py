@@ -84,7 +84,18 @@ tasks = sa.Table(
     sa.Index("ix_tasks_finished_at", "finished_at"),
     sa.Index("ix_tasks_idempotency_key", "idempotency_key", unique=True),
     sa.Index("ix_tasks_claim_request_id", "claim_request_id"),
+    # Sorted pages (contract.SORT_COLUMNS): the first page of a sort walks one of these, id breaking ties.
+    sa.Index("ix_tasks_priority_id", sa.desc("priority"), "id"),
+    sa.Index("ix_tasks_type_id", "task_type", "id"),
+    sa.Index("ix_tasks_created_id", "created_at", "id"),
+    sa.Index("ix_tasks_updated_id", "updated_at", "id"),
+    sa.Index("ix_tasks_attempts_id", "attempts", "id"),
 )
+# Free-text search of tasks (store/search.py), made by revision 0009 in the backend's own SQL and so outside this
+# metadata: on SQLite the FTS5 table, its shadow tables and triggers; on PostgreSQL task_search (a tsvector per
+# task under a GIN index), its trigger function and triggers.
+SEARCH_TABLES = frozenset({"task_search", "tasks_fts",
+                           *(f"tasks_fts_{part}" for part in ("data", "idx", "docsize", "config"))})
 
 def _registry_table(name: str, key: sa.Column[str]) -> sa.Table:
     """A "who is alive" registry: one row per ``key``, with where it runs and when it was first and last seen."""

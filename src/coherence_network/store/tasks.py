@@ -19,11 +19,14 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, TaskStatus
+from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, SORT_COLUMNS, TaskStatus
 from coherence_network.store.db import read_retrying
 from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.notify import CHANNEL
 from coherence_network.store.schema import UTCDateTime, components, runners, tasks
+from coherence_network.store.search import (
+    COUNT_CAP, FTS_TABLE, fts5_match, pg_matches, search_condition, search_words,
+)
 
 PENDING, RUNNING, FAILED = TaskStatus.PENDING.value, TaskStatus.RUNNING.value, TaskStatus.FAILED.value
 # The fields that make a create the same create: a reused idempotency key with other values is a client bug.
@@ -173,6 +176,21 @@ def _same_create(key: str, earlier: dict[str, Any], values: dict[str, Any], wher
         )
 
 
+def _count_capped(matches: sa.Select[Any]) -> sa.Select[tuple[int]]:
+    """How many rows ``matches`` gives, counted up to COUNT_CAP + 1 (a search's total: see store/search.py)."""
+    return sa.select(sa.func.count()).select_from(matches.limit(COUNT_CAP + 1).subquery())
+
+
+def _sort_order(column: str, descending: bool) -> list[sa.UnaryExpression[Any]]:
+    """ORDER BY for a sort, in the order of the index that serves it. Priority breaks ties the claim's way (equal
+    priorities oldest first when the most urgent lead), so its index is the claim's order read either way."""
+    if column == "id":
+        return [tasks.c.id.desc() if descending else tasks.c.id.asc()]
+    first = tasks.c[column].desc() if descending else tasks.c[column].asc()
+    tie_down = descending != (column == "priority")
+    return [first, tasks.c.id.desc() if tie_down else tasks.c.id.asc()]
+
+
 # Inside TaskStore, ``list`` names its method: these spell the builtin's types for its signatures.
 Rows = list[dict[str, Any]]
 Outcomes = list[tuple[dict[str, Any], bool]]
@@ -275,27 +293,85 @@ class TaskStore:
         limit: int = 50,
         offset: int = 0,
         finished_after: datetime | None = None,
+        search: str | None = None,
+        sort: str = "id",
+        descending: bool | None = None,
     ) -> tuple[Rows, int]:
         """A page of tasks and the total that match the filter.
 
+        ``search`` keeps tasks whose direction, output or question hold every word of it (store/search.py); its
+        total is counted up to COUNT_CAP + 1, which reads "more than COUNT_CAP".
+        ``sort`` is one of SORT_COLUMNS, ``descending`` its direction (by default ``order``: newest is descending).
         ``finished_after`` keeps tasks finished strictly after that time and orders them by ``finished_at`` (then
-        id), so a reader that remembers the last time it saw can page through what finished since; without it the
-        order is by id."""
+        id), so a reader that remembers the last time it saw can page through what finished since; it takes no other
+        sort. A ValueError names a column that cannot be sorted on, or search text that cannot be searched."""
+        if sort not in SORT_COLUMNS:
+            raise ValueError(f"cannot sort tasks by {sort!r}; sortable: {', '.join(SORT_COLUMNS)}")
         where = []
         if status:
             where.append(tasks.c.status == str(status))
         if task_type:
             where.append(tasks.c.task_type == str(task_type))
-        key: builtins.list[sa.ColumnElement[Any]] = [tasks.c.id]
+        down = order == "newest" if descending is None else descending
         if finished_after is not None:
+            if sort != "id":
+                raise ValueError("finished_after orders by finish time; it takes no other sort")
             where.append(tasks.c.finished_at > finished_after)
-            key = [tasks.c.finished_at, tasks.c.id]
-        ordering = [c.desc() if order == "newest" else c.asc() for c in key]
-        query = sa.select(tasks).where(*where).order_by(*ordering).limit(limit).offset(offset)
+            ordering = [c.desc() if down else c.asc() for c in (tasks.c.finished_at, tasks.c.id)]
+        else:
+            ordering = _sort_order(sort, down)
+        first_ids: sa.Select[tuple[int]] | None = None
+        if search is None:
+            page = sa.select(tasks).where(*where).order_by(*ordering)
+            counted = sa.select(sa.func.count()).select_from(tasks).where(*where)
+        elif self._pg or finished_after is not None or sort != "id":
+            matching = [*where, search_condition(self._pg, search)]
+            page = sa.select(tasks).where(*matching).order_by(*ordering)
+            counted = _count_capped(sa.select(tasks.c.id).where(*matching))
+        else:  # SQLite, newest or oldest first: FTS5 reads its matches in id order and stops at the page's end
+            match = fts5_match(search)
+            rowid = FTS_TABLE.c.rowid
+            page = (sa.select(tasks).select_from(FTS_TABLE.join(tasks, tasks.c.id == rowid))
+                    .where(match, *where).order_by(rowid.desc() if down else rowid.asc()))
+            counted = _count_capped(sa.select(rowid).where(match) if not where
+                                    else sa.select(tasks.c.id).where(*where, search_condition(False, search)))
+            if not where:  # the first COUNT_CAP + 1 ids in one read give the total and (mostly) the page
+                first_ids = sa.select(rowid).where(match).order_by(rowid.desc() if down else rowid.asc())
 
         def read(conn: sa.Connection) -> tuple[Rows, int]:
-            items = [dict(r._mapping) for r in conn.execute(query)]
-            return items, int(conn.execute(sa.select(sa.func.count()).select_from(tasks).where(*where)).scalar_one())
+            chosen, count = page, counted
+            if first_ids is not None:
+                # One pass over the index instead of two (page, count): a prefix common to many words makes FTS5
+                # merge all of their lists each time (35 ms at 100,000 tasks).
+                ids = conn.execute(first_ids.limit(COUNT_CAP + 1)).scalars().all()
+                if offset + limit <= len(ids) or len(ids) <= COUNT_CAP:
+                    shown = ids[offset:offset + limit]
+                    rows = conn.execute(sa.select(tasks).where(tasks.c.id.in_(shown)).order_by(*ordering))
+                    return [dict(r._mapping) for r in rows], len(ids)
+            if not self._pg and sort != "id" and finished_after is None and (where or search is not None):
+                total = int(conn.execute(count).scalar_one())
+                if total > COUNT_CAP:
+                    # SQLite keeps no statistics: it would read every task the filter or search matches and sort
+                    # them all; with this many, walking the sort's index and skipping the others ends a page
+                    # sooner. Its conditions are written so that no index can serve them (``|| ''``, ``+ 0``).
+                    unindexed = [(tasks.c[name].concat("") == str(value))
+                                 for name, value in (("status", status), ("task_type", task_type)) if value]
+                    if search is not None:
+                        unindexed.append(search_condition(False, search, ids=tasks.c.id + 0))
+                    chosen = sa.select(tasks).where(*unindexed).order_by(*ordering)
+                return [dict(r._mapping) for r in conn.execute(chosen.limit(limit).offset(offset))], total
+            if self._pg and search is not None:
+                # At most COUNT_CAP matches: take their ids from the GIN index and look the tasks up by id. The
+                # planner cannot estimate a prefix, and would walk an index of tasks checking each one's text
+                # (100 ms for a word in 10 tasks of 100,000); more matches than that fill a page from that walk fast.
+                words = search_words(search)
+                ids = conn.execute(pg_matches(words).limit(COUNT_CAP + 1)).scalars().all() if words else []
+                if len(ids) <= COUNT_CAP:
+                    known = [*where, tasks.c.id.in_(ids)]
+                    chosen = sa.select(tasks).where(*known).order_by(*ordering)
+                    count = sa.select(sa.func.count()).select_from(tasks).where(*known)
+            items = [dict(r._mapping) for r in conn.execute(chosen.limit(limit).offset(offset))]
+            return items, int(conn.execute(count).scalar_one())
 
         return read_retrying(self.engine, read)
 
