@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from sqlalchemy.engine import Engine
+
+from coherence_network.store.db import create_store_engine, migrate
+from coherence_network.store.tasks import TaskStore
 from tests.support.api import ApiProcess
 from tests.support.pipeline import PipelineProcess
 from tests.support.postgres import PostgresServer, find_bindir
@@ -36,6 +40,21 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'coherence.db'}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.new_database()
+
+
+@pytest.fixture
+def store_engine(store_url: str) -> Iterator[Engine]:
+    """An engine over a fresh store on each backend, migrated to the newest revision."""
+    engine = create_store_engine(store_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def store(store_engine: Engine) -> TaskStore:
+    """A TaskStore with the default lease and attempts on each backend (a module may ask for other values)."""
+    return TaskStore(store_engine)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ the page's own Content-Security-Policy lets its one inline script run."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Route, expect, sync_playwright
 
+from coherence_network.api.app import is_loopback
 from tests.support.api import ApiProcess
 from tests.support.required import missing
 
@@ -21,13 +21,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 
 def _loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urlsplit(url).hostname or "")
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ cursor and stored run durations, on both stores; then the same shapes over HTTP 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+from sqlalchemy.engine import Engine
 import sqlalchemy as sa
 from alembic import command
 
@@ -21,11 +21,9 @@ RUN = TaskType.RUN
 
 
 @pytest.fixture
-def store(store_url: str) -> Iterator[TaskStore]:
-    engine = create_store_engine(store_url)
-    migrate(engine)
-    yield TaskStore(engine, lease_seconds=30, max_attempts=2)
-    engine.dispose()
+def store(store_engine: Engine) -> TaskStore:
+    """This module's lease and attempts."""
+    return TaskStore(store_engine, lease_seconds=30, max_attempts=2)
 
 
 def _item(direction: str, key: str | None = None, **fields: object) -> dict[str, object]:

@@ -181,12 +181,13 @@ def test_status_command_layers_json_task_and_log(api_process: ApiProcess) -> Non
     assert _coherence("status", "--task-id", "999", api=api_process.url).returncode == 1
 
 
-def test_status_exit_1_with_the_runbook_section_when_the_api_is_down(tmp_path: Path) -> None:
+def test_status_exit_2_in_one_line_with_the_runbook_section_when_the_api_is_down(tmp_path: Path) -> None:
+    """It could not find out: a connection error, like a bad setting (exit 1 says the pipeline needs a person)."""
     script = ROOT / "scripts" / "check_pipeline.py"
     env = {**os.environ, "AGENT_API_BASE": f"http://127.0.0.1:{free_port()}", "COHERENCE_HTTP_TIMEOUT": "2"}
     done = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1
-    assert "docs/RUNBOOK.md#pipeline-recovery" in done.stderr
+    assert done.returncode == 2
+    assert "docs/RUNBOOK.md#pipeline-recovery" in done.stderr and done.stderr.count("\n") == 1
 
 
 def test_prometheus_queue_gauges_are_exposed(app_client: TestClient) -> None:

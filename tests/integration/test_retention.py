@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from coherence_network.client import ApiClient, ApiNotFound
 from coherence_network.contract import TaskStatus
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
-from coherence_network.store.db import create_store_engine, migrate
+from coherence_network.store.db import create_store_engine
 from coherence_network.store.retention import prune_store
 from coherence_network.store.schema import monitor_issues, runners, tasks
 from coherence_network.store.tasks import utcnow
@@ -31,14 +30,6 @@ from tests.support.net import wait_until
 from tests.support.runner import RunnerProcess
 
 DAY = timedelta(days=1)
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[TaskStore]:
-    engine = create_store_engine(store_url)
-    migrate(engine)
-    yield TaskStore(engine)
-    engine.dispose()
 
 
 def settings_for(home: Path, **values: object) -> Settings:

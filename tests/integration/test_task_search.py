@@ -20,7 +20,6 @@ import sqlalchemy as sa
 from coherence_network.contract import SORT_COLUMNS, TaskStatus
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
-from coherence_network.store.db import create_store_engine, migrate
 from coherence_network.store.retention import prune_store
 from coherence_network.store.search import COUNT_CAP, pg_matches, search_condition, search_words
 from coherence_network.store.schema import tasks
@@ -31,14 +30,6 @@ from tests.support.postgres import PostgresServer
 HOSTILE = ['"', '""', "*", "-", "- -x", "OR", "a OR b", "NEAR(", "NEAR(a b", "a:*", "a & b | !c", "'", "(", ")",
            "^", "{x}", "col:word", "\\", "%_", "<->", "AND NOT", "' OR 1=1 --", "😀 emoji", "x" * 500,
            "ab " * 166, "\u200b", "\t\n"]
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[TaskStore]:
-    engine = create_store_engine(store_url)
-    migrate(engine)
-    yield TaskStore(engine)
-    engine.dispose()
 
 
 def ids(store: TaskStore, **query: Any) -> list[int]:

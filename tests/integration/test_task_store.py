@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+from sqlalchemy.engine import Engine
 import sqlalchemy as sa
 
 from coherence_network.store import Conflict, NotFound, TaskStore
@@ -15,11 +16,9 @@ from coherence_network.store.tasks import utcnow
 
 
 @pytest.fixture
-def store(store_url: str) -> TaskStore:
-    engine = create_store_engine(store_url)
-    migrate(engine)
-    yield TaskStore(engine, lease_seconds=30, max_attempts=2, tail_bytes=300)
-    engine.dispose()
+def store(store_engine: Engine) -> TaskStore:
+    """This module's lease and attempts."""
+    return TaskStore(store_engine, lease_seconds=30, max_attempts=2, tail_bytes=300)
 
 
 def make(store: TaskStore, n: int = 1, task_type: str = "run") -> list[dict]:
