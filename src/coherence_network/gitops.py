@@ -20,7 +20,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from coherence_network.client import ApiClient, ApiError
@@ -109,7 +109,7 @@ def record_outcome(settings: Settings, outcome: str, error: str | None = None) -
         status = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
         status = {"failures": 0, "last_error": None, "last_error_at": None}
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
     status.update(last_outcome=outcome, last_outcome_at=now)
     if error is None:
         status["failures"] = 0
@@ -184,7 +184,7 @@ def after_task_completed(task: Task, settings: Settings, busy_count: int) -> str
 # was read: each look reaches back this far before the newest finish seen, and skips the ids it already saw.
 WATCH_OVERLAP = timedelta(seconds=5)
 WATCH_PAGE = 500  # the API's largest page
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class CompletedTaskWatcher:

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ _VERDICT = re.compile(r"^\s*VERDICT:\s*(pass|fail)\b", re.IGNORECASE | re.MULTIL
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def normalise(text: str) -> str:
@@ -160,7 +160,7 @@ class ManagerState:
     updated_at: str = ""
 
     @classmethod
-    def load(cls, path: Path) -> "ManagerState":
+    def load(cls, path: Path) -> ManagerState:
         if not path.exists():
             return cls()
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -15,10 +15,14 @@ from types import FrameType
 from fastapi import FastAPI
 
 from coherence_network import __version__
-from coherence_network.api import routes_agent, routes_ops, routes_pipeline
-from coherence_network.api import routes_telegram
-from coherence_network.api import routes_ops_issues
-from coherence_network.api import routes_projects
+from coherence_network.api import (
+    routes_agent,
+    routes_ops,
+    routes_ops_issues,
+    routes_pipeline,
+    routes_projects,
+    routes_telegram,
+)
 from coherence_network.api.docs import install as install_docs
 from coherence_network.api.errors import install_error_handlers
 from coherence_network.api.guard import RequestGuard

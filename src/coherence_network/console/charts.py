@@ -20,8 +20,8 @@ LEFT, BOTTOM, TOP = 34, 20, 14
 
 
 def _svg(title: str, description: str, body: Iterable[str], height: int = HEIGHT) -> Markup:
-    parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(title)}" '
-             f'preserveAspectRatio="xMidYMid meet" xmlns="http://www.w3.org/2000/svg">',
+    parts = [(f'<svg class="chart" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(title)}" '
+             f'preserveAspectRatio="xMidYMid meet" xmlns="http://www.w3.org/2000/svg">'),
              f"<title>{escape(title)}</title><desc>{escape(description)}</desc>", *body, "</svg>"]
     return Markup("".join(parts))
 

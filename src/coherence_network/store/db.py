@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-
 import fcntl
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator
