@@ -238,10 +238,9 @@ def shared_secret(path: Path) -> str:
 class UTCFormatter(logging.Formatter):
     """``2026-11-25T06:00:00.123Z LEVEL component: message`` — one line format everywhere."""
 
-    converter = time.gmtime
-
     def __init__(self) -> None:
         super().__init__("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+        self.converter = time.gmtime
 
 
 class JSONFormatter(logging.Formatter):

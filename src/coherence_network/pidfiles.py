@@ -198,7 +198,7 @@ def run_as(component: str, argv: list[str], parent: int | None = None) -> None:
         _exit_now(exc.code)
 
 
-def _exit_now(code: object) -> None:
+def _exit_now(code: str | int | None) -> None:
     """Exit with ``code`` without the interpreter's teardown when nothing is left to wait for (no thread but this
     one): freeing every object of the API took 0.4-0.9 s, measured, and its supervisor restarts it only once the
     process is gone, while clients wait. The lock and PID file are released already; the logs are flushed here."""

@@ -86,7 +86,7 @@ def _close_on_shutdown_signal(work: WorkSignal) -> Iterator[None]:
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
 
     def close_then_pass_on(signum: int, frame: FrameType | None) -> None:
-        handler = previous[signum]
+        handler = previous[signal.Signals(signum)]
         # uvicorn stops accepting at its next tick, up to 0.1 s later; a connection accepted meanwhile would be
         # closed unanswered at shutdown, while one left in the backlog is answered by the next API (supervised)
         listening = getattr(getattr(handler, "__self__", None), "servers", [])

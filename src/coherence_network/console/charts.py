@@ -58,7 +58,7 @@ def stacked_bars(rows: Sequence[Mapping[str, Any]], key: str, series: Sequence[s
     body = _axis(top, plot_height)
     totals = {s: sum(int(row[s]) for row in rows) for s in series}
     for index, row in enumerate(rows):
-        x, y = LEFT + index * slot + slot * 0.1, TOP + plot_height
+        x, y = LEFT + index * slot + slot * 0.1, float(TOP + plot_height)
         for name in series:
             value = int(row[name])
             if value:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import sqlalchemy as sa
@@ -231,7 +231,10 @@ async def _form(request: Request) -> tuple[Visit, dict[str, str]]:
     return visit, fields
 
 
-def _validated(model: type[BaseModel], values: dict[str, Any]) -> BaseModel | list[str]:
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _validated(model: type[Model], values: dict[str, Any]) -> Model | list[str]:
     """The API's request model over the form's values, or its messages (the same rules as the JSON API)."""
     try:
         return model.model_validate(values)
@@ -526,7 +529,9 @@ async def decide(request: Request, task_id: TaskId) -> Response:
     if isinstance(body, list):
         return error_page(request, 422, "The answer was not recorded", body, visit)
     back = local_path(fields.get("back"), f"/tasks/{task_id}")
-    return await _act(request, visit, lambda: _store(request).decide(task_id, body.decision, who), back, task_id)
+    decision = body.decision
+    assert decision is not None  # TaskPatch._one_change: without a status, the decision is given
+    return await _act(request, visit, lambda: _store(request).decide(task_id, decision, who), back, task_id)
 
 
 @router.post("/tasks/{task_id}/retry")

@@ -72,7 +72,7 @@ def _fts5_match(words: list[str]) -> sa.TextClause:
     return sa.text("tasks_fts MATCH :b_search").bindparams(b_search=fts5_query(words))
 
 
-def fts5_match(text: str) -> sa.ColumnElement[bool]:
+def fts5_match(text: str) -> sa.TextClause | sa.ColumnElement[bool]:
     """SQLite: the MATCH on the FTS5 table itself, for queries that read it directly (FTS_TABLE in their FROM)."""
     words = search_words(text)
     return _fts5_match(words) if words else sa.false()

@@ -181,7 +181,7 @@ def _same_create(key: str, earlier: dict[str, Any], values: dict[str, Any], wher
         )
 
 
-def _count_capped(matches: sa.Select[Any]) -> sa.Select[tuple[int]]:
+def _count_capped(matches: sa.Select[Any]) -> sa.Select[Any]:
     """How many rows ``matches`` gives, counted up to COUNT_CAP + 1 (a search's total: see store/search.py)."""
     return sa.select(sa.func.count()).select_from(matches.limit(COUNT_CAP + 1).subquery())
 
