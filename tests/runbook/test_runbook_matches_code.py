@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
-from coherence_network.api import create_app
+from coherence_network.api.app import create_app
 from coherence_network.console.routes import router as console_router
 from coherence_network.logfiles import REGISTRY, RUN_FILES
 from coherence_network.task_env import CREDENTIAL_MARKERS
