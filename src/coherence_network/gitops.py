@@ -168,18 +168,6 @@ def push(settings: Settings) -> bool:
     return True
 
 
-def after_task_completed(task: Task, settings: Settings, busy_count: int) -> str:
-    """The runner's hook, called after a task's result was delivered; ``busy_count``: other tasks still running in
-    this workspace. A busy workspace defers the commit: the next idle commit includes these changes."""
-    if (not settings.pipeline_auto_commit or task.status != TaskStatus.COMPLETED
-            or task.task_type not in COMMIT_TYPES):
-        return "skipped"
-    if busy_count:
-        progress_log(settings).info("task %s: %d other task(s) running; commit deferred", task.id, busy_count)
-        return "deferred"
-    return commit_workspace(settings, [task])
-
-
 # A finish is stamped before its transaction commits, so one stamped earlier can become visible after a later one
 # was read: each look reaches back this far before the newest finish seen, and skips the ids it already saw.
 WATCH_OVERLAP = timedelta(seconds=5)

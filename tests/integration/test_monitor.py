@@ -92,7 +92,7 @@ def test_auto_commit_is_not_stale_version_but_a_source_change_is(tmp_path: Path)
     now = datetime.now(timezone.utc)
     task = Task(id=5, task_type="impl", status="completed", direction="Change the notes", created_at=now,
                 updated_at=now)
-    assert gitops.after_task_completed(task, settings, busy_count=0) == "committed"
+    assert gitops.commit_workspace(settings, [task]) == "committed"
     assert _git(repo, "log", "-1", "--format=%s") == "[pipeline] impl 5: Change the notes"
 
     def stale_after() -> bool:
