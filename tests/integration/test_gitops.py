@@ -7,7 +7,7 @@ import os
 import subprocess
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -45,7 +45,7 @@ def settings_for(tmp_path: Path, workspace: Path, **fields: object) -> Settings:
 
 
 def task(task_id: int, task_type: str = "impl") -> Task:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return Task(id=task_id, task_type=task_type, status=TaskStatus.COMPLETED, direction=f"Do step {task_id}",
                 created_at=now, updated_at=now)
 

@@ -130,7 +130,7 @@ def test_reset_applies_to_the_first_start_only(tmp_path: Path, pipelines: list[P
 class AutonomousProcess(PipelineProcess):
     """`scripts/run_autonomous.sh` (auto-commit, auto-recover) instead of a bare `coherence supervise`."""
 
-    def start(self) -> "AutonomousProcess":
+    def start(self) -> AutonomousProcess:
         self.proc = subprocess.Popen([str(ROOT / "scripts" / "run_autonomous.sh"), *self.args], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         return self

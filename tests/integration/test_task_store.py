@@ -7,8 +7,8 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from sqlalchemy.engine import Engine
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from coherence_network.store import Conflict, NotFound, TaskStore
 from coherence_network.store.db import create_store_engine, current_revision, head_revision, migrate, readiness

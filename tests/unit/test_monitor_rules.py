@@ -3,7 +3,7 @@ the goal proximity formula."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from coherence_network.health import HealthSnapshot
 from coherence_network.monitor import RULES, Issue, LogTailer, Snapshot, build_report, evaluate, render_report
 from coherence_network.settings import Settings
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 def ago(seconds: float) -> str:
@@ -251,7 +251,7 @@ def test_goal_proximity_formula() -> None:
 
 
 def test_commit_message_shortens_the_direction() -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     def task(task_id: int, task_type: str, direction: str) -> Task:
         return Task(id=task_id, task_type=task_type, status="completed", direction=direction, created_at=now,

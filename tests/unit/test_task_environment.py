@@ -4,7 +4,7 @@ runs."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,7 @@ def test_the_secrets_of_the_runners_own_environment_count_too(tmp_path: Path) ->
 ])
 def test_a_runner_runs_a_command_only_for_the_types_its_setting_allows(
         tmp_path: Path, allowed: str, task_type: str, refused: str | None) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     task = Task.model_validate({"id": 7, "task_type": task_type, "status": "running", "direction": "d",
                                 "command": "sh -c id", "created_at": now, "updated_at": now})
     conf = settings(tmp_path, coherence_command_task_types=allowed, coherence_agent_command="agent {prompt_file}")
