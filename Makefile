@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run api test screenshots bench clean
+.PHONY: run api test lint screenshots bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ TEST_WORKERS ?= auto
 
 test: $(STAMP)  ## the whole test suite, one worker per core (PostgreSQL tests start their own throwaway server)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+
+lint: $(STAMP)  ## ruff on src, tests and bench, mypy on src (pyproject.toml's settings); .ci/run runs it first
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src
 
 screenshots: $(STAMP)  ## the console's browser tests, keeping their screenshots in docs/console/ (the README's)
 	SCREENSHOTS_DIR=docs/console $(BIN)/python -m pytest -q tests/browser

@@ -55,10 +55,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -550,8 +550,8 @@ def render(report: dict[str, Any]) -> str:
          f"{len(e['ran_to_their_end_after_their_runner_died'])}"),
         (f"OVERLAPPING EXECUTIONS: {o['pairs']} pairs on {o['tasks']} tasks, {o['total_seconds']}s in all, longest "
          f"{o['max_seconds']}s"),
-        f"STALE-CLAIM RUNS: {st['count']} (runs the API could not be asked about and no journal evidence: "
-        f"{st['unchecked']})",
+        (f"STALE-CLAIM RUNS: {st['count']} (runs the API could not be asked about and no journal evidence: "
+         f"{st['unchecked']})"),
         (f"re-runs: {r['total']} ({', '.join(f'{k} {n}' for k, n in r['by_cause'].items()) or 'none'}); "
          f"NOT CAUSED BY A KILLED RUNNER: {r['not_caused_by_a_killed_runner']}"),
         ("ATTEMPTS CHARGED BY THE FULL DISK: " + (str(d["count"]) if d["ran"] else "not measured (disk_full not run)")),
@@ -858,10 +858,10 @@ class Chaos:
             self.postgres.resume()
             return self.api_back("store_outage", start, how="PostgreSQL stopped, then started")
         holder = subprocess.Popen(
-            [sys.executable, "-c", "import sqlite3, sys, time\n"
-             "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-             "db.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(float(sys.argv[2]))\n"
-             "db.execute('ROLLBACK')\n", str(self.api.home / "coherence.db"), str(self.args.outage)],
+            [sys.executable, "-c", ("import sqlite3, sys, time\n"
+              "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+              "db.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(float(sys.argv[2]))\n"
+              "db.execute('ROLLBACK')\n"), str(self.api.home / "coherence.db"), str(self.args.outage)],
             stdout=subprocess.PIPE)
         assert holder.stdout is not None
         locked = holder.stdout.readline().strip() == b"locked"

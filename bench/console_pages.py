@@ -27,11 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if __name__ == "__main__":  # bench/ first on sys.path would let its queue.py shadow the standard library's
     sys.path[0] = str(ROOT)
 
-from bench.pipeline_status import HISTORY_API_ENV, fill, latency  # noqa: E402
-
 import sqlalchemy as sa  # noqa: E402
 from alembic import command  # noqa: E402
 
+from bench.pipeline_status import HISTORY_API_ENV, fill, latency  # noqa: E402
 from coherence_network.store.db import alembic_config, create_store_engine, migrate  # noqa: E402
 from coherence_network.store.graph import Dependency, GraphStore, PackageRecord  # noqa: E402
 from tests.support.api import ApiProcess  # noqa: E402

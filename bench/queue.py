@@ -20,7 +20,7 @@ import random
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import sqlalchemy as sa
@@ -54,7 +54,7 @@ def output_text(seed: int, size: int) -> str:
 SYLLABLES = ("ka", "lo", "mi", "tes", "run", "pars", "er", "ok", "fail", "tra", "ce", "key", "io", "db", "net")
 
 
-def runner_process(url: str, name: str, out: "multiprocessing.Queue[list[float]]", output_bytes: int) -> None:
+def runner_process(url: str, name: str, out: multiprocessing.Queue[list[float]], output_bytes: int) -> None:
     """Claim and finish (with ``output_bytes`` of output) until the queue is empty; send back each claim's latency
     in seconds."""
     latencies: list[float] = []
@@ -118,7 +118,7 @@ def run_count(backend: str, db_url: str, url_env: dict[str, str], rows: int, hom
     """GET /api/agent/tasks/count latency with ``rows`` tasks stored (bulk-inserted straight into the store)."""
     engine = create_store_engine(db_url)
     migrate(engine)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     statuses = ["completed"] * 7 + ["failed", "pending", "running"]
     with engine.begin() as conn:
         for start in range(0, rows, 10_000):

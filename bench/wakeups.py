@@ -22,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -171,7 +171,7 @@ async def dispatch(url_a: str, url_b: str, tasks: int) -> list[float]:
                 await asyncio.sleep(0.05)  # the request is in B's wait before the next task is made
                 waiting.set()
                 response = await call
-                arrived = datetime.now(timezone.utc)
+                arrived = datetime.now(UTC)
                 assert response.status_code == 200, response.text
                 created = datetime.fromisoformat(response.json()["created_at"])
                 latencies.append((arrived - created).total_seconds())

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from sqlalchemy.engine import Engine
 
 from coherence_network.store.db import create_store_engine, migrate

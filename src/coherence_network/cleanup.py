@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
@@ -149,7 +149,7 @@ def _resolved_since(cutoff: datetime) -> Callable[[str], bool]:
         except (ValueError, KeyError, TypeError):
             return True
         if resolved.tzinfo is None:
-            resolved = resolved.replace(tzinfo=timezone.utc)
+            resolved = resolved.replace(tzinfo=UTC)
         return resolved >= cutoff
     return keep
 
@@ -159,7 +159,7 @@ def trim_resolutions(settings: Settings, *, dry_run: bool = False, now: datetime
     days = settings.coherence_retain_resolutions_days
     if days <= 0:
         return TrimReport()
-    cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=days)
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
     path = REGISTRY["monitor_resolutions.jsonl"].path(settings)
     report = trim_jsonl(path, _resolved_since(cutoff), dry_run=dry_run)
     if report.removed and not dry_run:

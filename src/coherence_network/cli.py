@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from functools import partial
 from pathlib import Path
@@ -126,7 +126,8 @@ def api(
     port = port or settings.coherence_api_port
     if not is_loopback(host) and not settings.coherence_api_token:
         typer.echo(
-            f"refusing to bind {host}: a non-loopback address needs COHERENCE_API_TOKEN (see docs/RUNBOOK.md#api-restart)",
+            f"refusing to bind {host}: a non-loopback address needs COHERENCE_API_TOKEN "
+            "(see docs/RUNBOOK.md#api-restart)",
             err=True,
         )
         raise typer.Exit(2)
@@ -267,7 +268,9 @@ def runner(
 @app.command()
 def pm(
     backlog: Path = typer.Option(None, "--backlog", help="Backlog file (default backlog.md in COHERENCE_WORKSPACE)"),
-    state_file: Path = typer.Option(None, "--state-file", help="State file (default var/logs/project_manager_state.json)"),
+    state_file: Path = typer.Option(
+        None, "--state-file", help="State file (default var/logs/project_manager_state.json)"
+    ),
     interval: float = typer.Option(5.0, "--interval", min=0.05, help="Seconds between passes"),
     hours: float = typer.Option(0.0, "--hours", min=0, help="Stop after this many hours (0 = run until stopped)"),
     once: bool = typer.Option(False, "--once", help="One pass: create or advance what can be, then exit"),
@@ -324,8 +327,15 @@ def _api(settings: Settings, *, conflict: str = "refused", names: dict[str, str]
     nothing could be done (the API calls the request malformed, or it, or its store, cannot be reached: a connection
     error, like a configuration error); ``conflict`` opens the line for a 409, ``names`` spells a 422's fields as the
     command's own options."""
-    from coherence_network.client import (ApiAuthError, ApiClient, ApiConflict, ApiError, ApiNotFound,
-                                          ApiUnavailable, ApiValidationError)
+    from coherence_network.client import (
+        ApiAuthError,
+        ApiClient,
+        ApiConflict,
+        ApiError,
+        ApiNotFound,
+        ApiUnavailable,
+        ApiValidationError,
+    )
 
     try:
         with ApiClient(settings=settings, retries=1) as client:
@@ -336,8 +346,8 @@ def _api(settings: Settings, *, conflict: str = "refused", names: dict[str, str]
             (ApiConflict, f"{conflict}: {exc.detail}", 1),
             (ApiValidationError, f"the API refused the request as malformed: {invalid_fields(exc.detail, names)}", 2),
             (ApiAuthError, f"the API refused the token (set COHERENCE_API_TOKEN): {exc.detail}", 1),
-            (ApiUnavailable, f"the API at {settings.agent_api_base} is unreachable ({exc.detail}): see "
-                             "docs/RUNBOOK.md#pipeline-recovery", 2),
+            (ApiUnavailable, (f"the API at {settings.agent_api_base} is unreachable ({exc.detail}): see "
+                             "docs/RUNBOOK.md#pipeline-recovery"), 2),
         ]
         message, code = next(((m, c) for kind, m, c in explained if isinstance(exc, kind)), (str(exc), 1))
         typer.echo(message, err=True)
@@ -417,7 +427,7 @@ def _watch_status(settings: Settings, interval: float, colour: bool) -> None:
                     body = (f"the API at {settings.agent_api_base} is unreachable: {exc.detail}\n"
                             "read docs/RUNBOOK.md#pipeline-recovery")
                 click.clear()  # only on a terminal; piped, each redraw follows the last
-                stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
+                stamp = datetime.now(UTC).strftime("%H:%M:%S")
                 typer.echo(f"{body}\n\n{stamp} UTC, every {interval:g} s; Ctrl-C to stop\n", color=colour)
                 time.sleep(interval)
     except KeyboardInterrupt:

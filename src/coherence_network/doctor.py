@@ -67,7 +67,8 @@ def diagnose(settings: Settings, client: ApiClient) -> tuple[list[Check], dict[s
     checks.append(reachable)
     effectiveness = None
     if reachable.ok:
-        ready, _ = _check_api(client, "api_ready", "/api/ready", "coherence migrate   (when migrations are behind; the cause: coherence logs api)",
+        ready, _ = _check_api(client, "api_ready", "/api/ready",
+                              "coherence migrate   (when migrations are behind; the cause: coherence logs api)",
                               "#api-restart")
         checks.append(ready)
         _api_part(client, checks)
@@ -154,10 +155,10 @@ def render(checks: list[Check], effectiveness: dict[str, Any] | None) -> str:
         backlog = effectiveness["backlog"]
         lines += ["", "Effectiveness:",
                   f"  goal proximity {goal['value']:.2f} ({goal['formula']})",
-                  f"  completed in 7 d: {effectiveness['throughput']['completed_7d']}, success rate 7 d: "
-                  f"{'-' if rate is None else f'{rate:.0%}'}",
-                  f"  issues: {effectiveness['issues']['open']} open, {effectiveness['issues']['resolved']} resolved "
-                  f"in 7 d, {effectiveness['issues']['fatal']} fatal",
+                  (f"  completed in 7 d: {effectiveness['throughput']['completed_7d']}, success rate 7 d: "
+                  f"{'-' if rate is None else f'{rate:.0%}'}"),
+                  (f"  issues: {effectiveness['issues']['open']} open, {effectiveness['issues']['resolved']} resolved "
+                  f"in 7 d, {effectiveness['issues']['fatal']} fatal"),
                   f"  backlog: {backlog['done']} of {backlog['items']} done" if backlog else "  backlog: unknown"]
     actions = sum(1 for c in checks if not c.ok)
     warnings = sum(1 for c in checks if c.ok and c.warn)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +52,14 @@ def pending_clear(settings: Settings) -> str | None:
     except FileNotFoundError:
         return None
     except ValueError:  # a torn or foreign file: clear everything up to now rather than keep an old flag
-        return datetime.now(timezone.utc).isoformat()
+        return datetime.now(UTC).isoformat()
     return str(data.get("before")) if isinstance(data, dict) and data.get("before") else None
 
 
 def record(settings: Settings, component: str, reason: str, detail: str, recovery_tried: str,
            client: ApiClient | None) -> dict[str, Any]:
     """Append to the local file first (always works), then tell the API if it answers (else ``sync`` does later)."""
-    issue = {"at": datetime.now(timezone.utc).isoformat(), "component": component, "reason": reason,
+    issue = {"at": datetime.now(UTC).isoformat(), "component": component, "reason": reason,
              "detail": detail[-20000:], "recovery_tried": recovery_tried, "stored": False}
     write_json_atomic(_path(settings), [*load_local(settings), issue])
     last_line = (detail.strip().splitlines() or ["(no output)"])[-1]
@@ -112,7 +112,7 @@ def clear(settings: Settings, client: ApiClient | None) -> tuple[int, str | None
     """Forget fatal issues here and in the store; returns (cleared here, why the store's copy is not cleared yet:
     then it is cleared by the next ``sync``, so the clear sticks either way)."""
     local = len(load_local(settings))
-    write_json_atomic(_pending_path(settings), {"before": datetime.now(timezone.utc).isoformat()})
+    write_json_atomic(_pending_path(settings), {"before": datetime.now(UTC).isoformat()})
     _path(settings).unlink(missing_ok=True)
     if client is None:
         return local, "not asked"

@@ -20,7 +20,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from coherence_network.client import ApiClient, ApiError
@@ -109,7 +109,7 @@ def record_outcome(settings: Settings, outcome: str, error: str | None = None) -
         status = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
         status = {"failures": 0, "last_error": None, "last_error_at": None}
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
     status.update(last_outcome=outcome, last_outcome_at=now)
     if error is None:
         status["failures"] = 0
@@ -168,23 +168,11 @@ def push(settings: Settings) -> bool:
     return True
 
 
-def after_task_completed(task: Task, settings: Settings, busy_count: int) -> str:
-    """The runner's hook, called after a task's result was delivered; ``busy_count``: other tasks still running in
-    this workspace. A busy workspace defers the commit: the next idle commit includes these changes."""
-    if (not settings.pipeline_auto_commit or task.status != TaskStatus.COMPLETED
-            or task.task_type not in COMMIT_TYPES):
-        return "skipped"
-    if busy_count:
-        progress_log(settings).info("task %s: %d other task(s) running; commit deferred", task.id, busy_count)
-        return "deferred"
-    return commit_workspace(settings, [task])
-
-
 # A finish is stamped before its transaction commits, so one stamped earlier can become visible after a later one
 # was read: each look reaches back this far before the newest finish seen, and skips the ids it already saw.
 WATCH_OVERLAP = timedelta(seconds=5)
 WATCH_PAGE = 500  # the API's largest page
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class CompletedTaskWatcher:

@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.grading import ALIVE, DEAD, SEVERITIES, STOPPED, count_states, state_of
 from coherence_network.settings import Settings, seen_limit
-from coherence_network.store.schema import tasks
 from coherence_network.store.ops_issues import list_fatal_issues, list_monitor_issues
+from coherence_network.store.schema import tasks
 from coherence_network.store.stats import Limits, pipeline_snapshot
 from coherence_network.store.tasks import TaskStore
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,8 @@ REGISTRY: dict[str, LogFile] = {
         LogFile("pipeline_status_report.json", "state", "Layered status report written by the monitor", "none"),
         LogFile("pipeline_status_report.txt", "state", "The same report for humans", "none"),
         LogFile("pipeline_version.json", "state", "Code version (git SHA) the running pipeline started with", "none"),
-        LogFile("restart_requested.json", "state", "Restart request for the supervisor {reason, component, at}", "none"),
+        LogFile("restart_requested.json", "state", "Restart request for the supervisor {reason, component, at}",
+                "none"),
         LogFile("fatal_issues.json", "state", "Fatal issues: components that could not be kept running", "none"),
         LogFile("fatal_clear_pending.json", "state", "A `coherence fatal --clear` the store has not applied yet "
                 "(the API was unreachable) {before}", "none; removed once applied"),
@@ -98,14 +99,15 @@ REGISTRY: dict[str, LogFile] = {
 RUN_FILES: dict[str, LogFile] = {
     f.name: f
     for f in (
-        LogFile("{component}.lock", "run", "Single-instance lock (flock) of a component, held for its life; holds its pid",
-                "none; kept", "run"),
-        LogFile("{component}.pid", "run", "PID of a running component (api, agent_runner, ...), written by its lock holder",
-                "none", "run"),
+        LogFile("{component}.lock", "run",
+                "Single-instance lock (flock) of a component, held for its life; holds its pid", "none; kept", "run"),
+        LogFile("{component}.pid", "run",
+                "PID of a running component (api, agent_runner, ...), written by its lock holder", "none", "run"),
         LogFile("runners/", "run", "One {pid}.lock per running runner, locked (flock) for its life, however it was "
                 "started; `coherence stop` stops each", "none; removed when its runner ends (a killed one's by "
                 "`coherence stop`)", "run"),
-        LogFile("runner_outbox/", "run", "Task results the runner could not deliver yet (API down); sent when it is back",
+        LogFile("runner_outbox/", "run",
+                "Task results the runner could not deliver yet (API down); sent when it is back",
                 "none; emptied on delivery (a killed runner's temp files go at the next start)", "run"),
         LogFile("task_groups/", "run", "One {pgid}.json per running task's process group (task, run, runner, guard); "
                 "a starting runner and `coherence stop` kill groups whose runner is gone",
@@ -115,10 +117,11 @@ RUN_FILES: dict[str, LogFile] = {
         LogFile("telegram_state.json", "run", "Telegram bot: update offset, alerts already sent, outgoing queue",
                 "none", "run"),
         LogFile("console_session_key", "run", "Generated key (mode 0600) that signs console sessions and CSRF tokens "
-                "when COHERENCE_API_TOKEN is unset, shared by the API's workers", "none; delete it to sign everyone out",
-                "run"),
-        LogFile("telegram_webhook_secret", "run", "Generated webhook secret (mode 0600) when TELEGRAM_WEBHOOK_SECRET and "
-                "COHERENCE_API_TOKEN are unset (with a token it is derived from it)", "none", "run"),
+                "when COHERENCE_API_TOKEN is unset, shared by the API's workers",
+                "none; delete it to sign everyone out", "run"),
+        LogFile("telegram_webhook_secret", "run", "Generated webhook secret (mode 0600) when "
+                "TELEGRAM_WEBHOOK_SECRET and COHERENCE_API_TOKEN are unset (with a token it is derived from it)",
+                "none", "run"),
     )
 }
 
@@ -235,10 +238,9 @@ def shared_secret(path: Path) -> str:
 class UTCFormatter(logging.Formatter):
     """``2026-11-25T06:00:00.123Z LEVEL component: message`` — one line format everywhere."""
 
-    converter = time.gmtime
-
     def __init__(self) -> None:
         super().__init__("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+        self.converter = time.gmtime
 
 
 class JSONFormatter(logging.Formatter):
@@ -246,7 +248,7 @@ class JSONFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

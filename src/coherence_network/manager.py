@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +37,12 @@ SETTLED = frozenset({"done", "blocked", "skipped"})
 ACTIVE = frozenset({"in_progress", "needs_decision"})
 # Settled on a task that can still move: an operator's retry of a failed task, a late answer to a skipped question.
 REOPENABLE = frozenset({"blocked", "skipped"})
-# Before settled_on was recorded (state version 1), the task status each reopenable item had settled on.
+# Before settled_on was recorded (the first release's state files), the task status each reopenable item had settled on.
 SETTLED_ON_STATUS = {"blocked": TaskStatus.FAILED, "skipped": TaskStatus.NEEDS_DECISION}
 TIMEOUT_DECIDER = "timeout:default"  # decided_by of a default answer the decision timeout recorded
 COMPONENT = "project_manager"
 RESULT_CHARS = 800  # output tail kept per phase and handed to the next phases' prompts
 DIRECTION_LIMIT = 5000  # the API's limit on a task's direction
-STATE_VERSION = 2  # 2 added ItemState.settled_on; a version 1 file loads with it unset
 
 PHASE_GOALS = {
     "spec": "Write a short specification of this item: behaviour, interface and acceptance criteria.",
@@ -58,7 +57,7 @@ _VERDICT = re.compile(r"^\s*VERDICT:\s*(pass|fail)\b", re.IGNORECASE | re.MULTIL
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def normalise(text: str) -> str:
@@ -160,7 +159,7 @@ class ManagerState:
     updated_at: str = ""
 
     @classmethod
-    def load(cls, path: Path) -> "ManagerState":
+    def load(cls, path: Path) -> ManagerState:
         if not path.exists():
             return cls()
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -189,7 +188,6 @@ class ManagerState:
     def to_json(self) -> dict[str, Any]:
         """The file's shape: the items plus lists derived from them, for readers (status pages, operators)."""
         return {
-            "version": STATE_VERSION,
             "backlog": self.backlog,
             "position": self.position,
             "items": {key: asdict(item) for key, item in self.items.items()},

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ _SAMPLE_LINES = 5
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def age_seconds(now: datetime, when: str | datetime | None) -> float | None:
@@ -133,8 +133,8 @@ def _disk_low(s: Snapshot, cfg: Settings) -> Finding:
     limit = cfg.monitor_disk_min_free_mb * 1024 * 1024
     if s.disk_free_bytes is None or s.disk_free_bytes >= limit:
         return None
-    return f"{s.disk_free_bytes / 2**20:.0f} MiB free under the log folder (minimum " \
-        f"{cfg.monitor_disk_min_free_mb:.0f} MiB)", {"free_bytes": s.disk_free_bytes}, None
+    return (f"{s.disk_free_bytes / 2**20:.0f} MiB free under the log folder (minimum "
+        f"{cfg.monitor_disk_min_free_mb:.0f} MiB)"), {"free_bytes": s.disk_free_bytes}, None
 
 
 def _log_errors(s: Snapshot, _: Settings) -> Finding:

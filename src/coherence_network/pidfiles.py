@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -182,11 +182,10 @@ def die_with_parent(parent: int) -> None:
         sys.exit(f"the supervisor (pid {parent}) is gone; not starting")
 
 
-def run_as(component: str, argv: list[str], parent: int | None = None) -> None:
-    """``coherence <argv>`` as the single instance of ``component``; exits with the command's exit code, or 1
-    (saying who holds the lock) when another process runs it. With ``parent``, it also ends when that dies."""
-    from coherence_network.cli import main
-
+def run_as(component: str, main: Callable[[list[str]], object], argv: list[str], parent: int | None = None) -> None:
+    """``main(argv)`` (the ``coherence`` CLI) as the single instance of ``component``; exits with the command's exit
+    code, or 1 (saying who holds the lock) when another process runs it. With ``parent``, it also ends when that
+    dies. The CLI is passed in, not imported: the CLI imports this module."""
     if parent is not None:
         die_with_parent(parent)
     try:
@@ -198,7 +197,7 @@ def run_as(component: str, argv: list[str], parent: int | None = None) -> None:
         _exit_now(exc.code)
 
 
-def _exit_now(code: object) -> None:
+def _exit_now(code: str | int | None) -> None:
     """Exit with ``code`` without the interpreter's teardown when nothing is left to wait for (no thread but this
     one): freeing every object of the API took 0.4-0.9 s, measured, and its supervisor restarts it only once the
     process is gone, while clients wait. The lock and PID file are released already; the logs are flushed here."""
@@ -213,6 +212,7 @@ def _exit_now(code: object) -> None:
 
 
 if __name__ == "__main__":  # python -m coherence_network.pidfiles <component> <parent pid> <coherence command ...>
+    from coherence_network.cli import main as coherence_main
     from coherence_network.pidfiles import run_as as run_imported  # the module the command imports: one registry
 
-    run_imported(sys.argv[1], sys.argv[3:], parent=int(sys.argv[2]))
+    run_imported(sys.argv[1], coherence_main, sys.argv[3:], parent=int(sys.argv[2]))

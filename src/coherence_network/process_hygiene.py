@@ -25,8 +25,13 @@ import os
 import sys
 from collections.abc import Mapping, MutableMapping
 
-from coherence_network.task_env import (environment_secrets, holds_secret, is_credential_name, is_project_secret,
-                                        secret_values)
+from coherence_network.task_env import (
+    environment_secrets,
+    holds_secret,
+    is_credential_name,
+    is_project_secret,
+    secret_values,
+)
 
 log = logging.getLogger("coherence.process")
 

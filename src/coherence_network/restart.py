@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ def request_restart(settings: Settings, component: str, reason: str) -> RestartR
     if component not in TARGETS:
         raise ValueError(f"unknown component {component!r}; choose from {', '.join(TARGETS)}")
     path = REGISTRY["restart_requested.json"].path(settings)
-    request = {"reason": reason, "component": component, "at": datetime.now(timezone.utc).isoformat()}
+    request = {"reason": reason, "component": component, "at": datetime.now(UTC).isoformat()}
     pid = holder(settings, SELF)
     if pid is None:
         return RestartRequest(path, request, None)

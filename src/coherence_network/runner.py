@@ -25,19 +25,24 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from coherence_network import __version__
+from coherence_network.cleanup import prune_task_files
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
 from coherence_network.contract import Task, TaskStatus
-from coherence_network.cleanup import prune_task_files
 from coherence_network.logfiles import RUN_FILES, remove_dead_writers_temps, task_log_path, write_json_atomic
 from coherence_network.settings import Settings
 from coherence_network.task_env import build_argv, task_environment
-from coherence_network.taskgroups import (NewerRunRecorded, TaskGroup, TaskStartError, kill_orphaned_task_groups,
-                                          stop_previous_runs)
+from coherence_network.taskgroups import (
+    NewerRunRecorded,
+    TaskGroup,
+    TaskStartError,
+    kill_orphaned_task_groups,
+    stop_previous_runs,
+)
 
 log = logging.getLogger("coherence.runner")
 
@@ -73,7 +78,7 @@ class ClaimLost(Exception):
 
 
 def _utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def lease_of(task: Task, default: float) -> float:

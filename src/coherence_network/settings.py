@@ -33,7 +33,9 @@ WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
 # The password of scheme://user:password@host, up to the last @ (SQLAlchemy takes unescaped / and @ in a password:
 # masking too much is better than showing part of it), and secret-looking query values.
 _URL_PASSWORD = re.compile(r"(?P<keep>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/?#@]*:)\S*(?=@)")
-_URL_QUERY_SECRET = re.compile(r"(?P<keep>[?&](?:password|passwd|pwd|secret|token|api_key|apikey)=)[^&#]*", re.IGNORECASE)
+_URL_QUERY_SECRET = re.compile(
+    r"(?P<keep>[?&](?:password|passwd|pwd|secret|token|api_key|apikey)=)[^&#]*", re.IGNORECASE
+)
 # Settings computed from others when not set themselves (Settings._derive); `coherence config` says so.
 DERIVED_FROM = {"agent_api_base": ("COHERENCE_API_HOST", "COHERENCE_API_PORT"),
                 "monitor_runner_seen_seconds": ("COHERENCE_RUNNER_HEARTBEAT_SECONDS",)}
@@ -340,15 +342,17 @@ class Settings(BaseSettings):
         300.0, ge=0, description="Auto-recover asks to restart the same component at most once in this time"
     )
     supervisor_backoff_seconds: float = Field(
-        1.0, gt=0, description="First delay before restarting a crashed component; doubles on each further crash (a clean exit is "
-        "restarted at once)"
+        1.0, gt=0, description="First delay before restarting a crashed component; doubles on each further crash "
+        "(a clean exit is restarted at once)"
     )
     supervisor_max_backoff_seconds: float = Field(
-        60.0, gt=0, description="Longest delay between restarts of a crashing component; a held-back one (a fatal issue) is tried "
-        "again this often"
+        60.0, gt=0, description="Longest delay between restarts of a crashing component; a held-back one "
+        "(a fatal issue) is tried again this often"
     )
     supervisor_fatal_restarts: int = Field(
-        5, ge=1, description="Crashes within SUPERVISOR_FATAL_WINDOW_SECONDS that make a component a fatal issue (held back alone)"
+        5, ge=1,
+        description="Crashes within SUPERVISOR_FATAL_WINDOW_SECONDS that make a component a fatal issue "
+        "(held back alone)",
     )
     supervisor_fatal_window_seconds: float = Field(
         300.0, gt=0, description="Window in which SUPERVISOR_FATAL_RESTARTS crashes are counted"
@@ -425,7 +429,7 @@ class Settings(BaseSettings):
         return level
 
     @model_validator(mode="after")
-    def _finish_fits_the_body_limit(self) -> "Settings":
+    def _finish_fits_the_body_limit(self) -> Settings:
         """A runner's finish carries the output tail, up to 12 bytes a character as JSON (an escaped surrogate
         pair): a body limit it cannot fit under would turn every long output into a lost result."""
         needed = 12 * self.coherence_output_tail_bytes + 16384
@@ -435,7 +439,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _derive(self) -> "Settings":
+    def _derive(self) -> Settings:
         """Settings that follow from others are derived, never repeated: clients talk to the API's own address."""
         if not self.agent_api_base:
             host = self.coherence_api_host

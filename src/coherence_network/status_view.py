@@ -8,7 +8,7 @@ waiting (tasks), and what needs a person (attention). The JSON shape stays the A
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -43,8 +43,8 @@ def _goal(status: dict[str, Any]) -> list[str]:
         return ["GOAL", "  no project manager has reported (start it: coherence pm)"]
     info = manager.get("info") or {}
     counts = ", ".join(f"{n} {s}" for s, n in sorted((info.get("by_status") or {}).items())) or "no items"
-    lines = ["GOAL", f"  backlog {info.get('backlog', '?')}: {info.get('items', 0)} items ({counts}); "
-             f"position {info.get('position', 0)}, {info.get('mode', '')}"]
+    lines = ["GOAL", (f"  backlog {info.get('backlog', '?')}: {info.get('items', 0)} items ({counts}); "
+             f"position {info.get('position', 0)}, {info.get('mode', '')}")]
     lines += [f"  in flight: item {i['number']} {i['phase']} task {i['task_id']} ({i['status']}, round "
               f"{i['iteration']}): {i['item'][:70]}" for i in info.get("in_flight", [])]
     lines += [f"  {kind}: {i['item'][:60]} - {i['reason']}" for kind in ("blocked", "skipped")
@@ -79,8 +79,9 @@ def _tasks(status: dict[str, Any]) -> list[str]:
     by_status = status["counts"]["by_status"]
     lines = ["TASKS", "  " + ", ".join(f"{s} {n}" for s, n in by_status.items())]
     for task in status["running"]:
+        step = f": {task['current_step']}" if task["current_step"] else ""
         lines.append(f"  running #{task['id']} {task['task_type']}{_item(task)} on {task['claimed_by']}, "
-                     f"{_secs(task['elapsed_seconds'])}" + (f": {task['current_step']}" if task["current_step"] else ""))
+                     f"{_secs(task['elapsed_seconds'])}{step}")
     if status.get("oldest_running_log"):
         lines.append(f"  last log lines of #{status['running'][0]['id']}:")
         lines += [f"    | {line}" for line in status["oldest_running_log"][-5:]]
@@ -126,7 +127,7 @@ def paint(text: str, style: TaskStatus | str, colour: bool) -> str:
 
 
 def age(since: datetime, now: datetime | None = None) -> str:
-    return _secs(((now or datetime.now(timezone.utc)) - since).total_seconds())
+    return _secs(((now or datetime.now(UTC)) - since).total_seconds())
 
 
 def render_task_line(task: Task, *, colour: bool = False, now: datetime | None = None) -> str:
@@ -141,7 +142,7 @@ def render_task_line(task: Task, *, colour: bool = False, now: datetime | None =
 
 def render_task_page(page: TaskPage, *, colour: bool = False) -> str:
     """The listing, newest first, and where this page sits in the total."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     lines = [render_task_line(task, colour=colour, now=now) for task in page.items]
     total = str(page.total) if page.total_exact else f"more than {page.total - 1}"
     if page.items:

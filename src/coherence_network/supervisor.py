@@ -38,7 +38,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO
 
 from coherence_network import __version__, fatal
@@ -47,10 +47,18 @@ from coherence_network.fatal import held_issue_cleared
 from coherence_network.gitops import GIT_TIMEOUT_SECONDS, CompletedTaskWatcher
 from coherence_network.logfiles import REGISTRY, write_json_atomic
 from coherence_network.pidfiles import (
-    RUNNERS, AlreadyRunning, components, hold, holder, instances, lock_path, read_pid, remove_pid,
+    RUNNERS,
+    AlreadyRunning,
+    components,
+    hold,
+    holder,
+    instances,
+    lock_path,
+    read_pid,
+    remove_pid,
 )
-from coherence_network.process_hygiene import without_store_secrets
 from coherence_network.ports import listener
+from coherence_network.process_hygiene import without_store_secrets
 from coherence_network.settings import Settings
 from coherence_network.taskgroups import kill_orphaned_task_groups, start_time
 from coherence_network.versioning import running_version, source_sha_on_disk
@@ -98,7 +106,7 @@ class Child:
     stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_LINES))
 
     @classmethod
-    def of(cls, name: str, extra: list[str]) -> "Child":
+    def of(cls, name: str, extra: list[str]) -> Child:
         return cls(name, [CLI_COMMANDS[name], *(a for a in extra if a not in ONE_SHOT_FLAGS)],
                    [a for a in extra if a in ONE_SHOT_FLAGS])
 
@@ -333,7 +341,7 @@ class Supervisor:
     def _write_version(self, git_sha: str | None) -> None:
         """pipeline_version.json: the code the children were started from (the monitor's stale_version input)."""
         write_json_atomic(REGISTRY["pipeline_version.json"].path(self.settings), {
-            "version": __version__, "git_sha": git_sha, "started_at": datetime.now(timezone.utc).isoformat(),
+            "version": __version__, "git_sha": git_sha, "started_at": datetime.now(UTC).isoformat(),
             "supervisor_pid": os.getpid(), "components": list(self.children)})
 
     # --- the loop -------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -208,7 +208,7 @@ class TaskGroup:
             write_json_atomic(self.record, {
                 "pgid": self.pgid, "guard_start": start_time(self.pgid), "task_id": task.id,
                 "claim_token": task.claim_token, "runner_id": runner_id, "runner_pid": os.getpid(),
-                "runner_start": start_time(os.getpid()), "started_at": datetime.now(timezone.utc).isoformat(),
+                "runner_start": start_time(os.getpid()), "started_at": datetime.now(UTC).isoformat(),
             })
             self.lifeline.sendall(GO)
             answer = self._answer()

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from coherence_network import grading, health
+from coherence_network import grading
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
 from coherence_network.contract import AttentionFlag, FatalIssue, Task, TaskStatus
 from coherence_network.logfiles import RUN_FILES, shared_secret, write_json_atomic

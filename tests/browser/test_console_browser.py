@@ -31,10 +31,10 @@ from playwright.sync_api import expect, sync_playwright
 from coherence_network.client import ApiClient
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.store.graph import Dependency, GraphStore, PackageRecord
-from tests.support.required import missing
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
 from tests.support.postgres import PostgresServer
+from tests.support.required import missing
 from tests.support.runner import RunnerProcess
 
 REFRESH_MS = 5_000  # how often the overview and the lists read themselves again

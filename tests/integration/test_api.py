@@ -63,7 +63,8 @@ def test_bad_input_is_422_with_field_messages_and_changes_nothing(http: httpx.Cl
     assert ("body", "direction") in fields and ("body", "task_type") in fields
     assert http.post("/api/agent/tasks", json={**TASK, "direction": "x" * 5001}).status_code == 422
     assert http.post("/api/agent/tasks", json={**TASK, "surprise": 1}).status_code == 422
-    assert http.post("/api/agent/tasks", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    not_json = http.post("/api/agent/tasks", content=b"{not json", headers={"content-type": "application/json"})
+    assert not_json.status_code == 422
     assert http.get("/api/agent/tasks", params={"limit": 0}).status_code == 422
     assert http.get("/api/agent/tasks", params={"status": "sleeping"}).status_code == 422
     assert http.get("/api/agent/tasks/abc").status_code == 404  # no such path: only numbers reach the id
@@ -179,7 +180,8 @@ def _expired_lease_goes_back_to_another_runner(http: httpx.Client) -> None:
     first = http.post("/api/agent/tasks/claim", json={"runner_id": "dies", "lease_seconds": 0.3}).json()
     second = http.post("/api/agent/tasks/claim", json={"runner_id": "lives", "wait_seconds": 10}).json()
     assert second["id"] == task["id"] and second["attempts"] == 1 and second["claim_token"] > first["claim_token"]
-    zombie = http.post(f"/api/agent/tasks/{task['id']}/finish", json={"claim_token": first["claim_token"], "status": "failed"})
+    zombie = http.post(f"/api/agent/tasks/{task['id']}/finish",
+                       json={"claim_token": first["claim_token"], "status": "failed"})
     assert zombie.status_code == 409
     metrics = http.get("/metrics").text
     assert "coherence_tasks_reclaimed_total 1.0" in metrics
@@ -259,7 +261,8 @@ def test_acknowledged_tasks_survive_sigkill(tmp_path: Path) -> None:
     restarted = ApiProcess(home, port=api.port).start()
     try:
         with httpx.Client(base_url=restarted.url, timeout=30) as http:
-            stored = {t["id"] for t in http.get("/api/agent/tasks", params={"limit": 500, "order": "oldest"}).json()["items"]}
+            listed = http.get("/api/agent/tasks", params={"limit": 500, "order": "oldest"}).json()["items"]
+            stored = {t["id"] for t in listed}
             total = http.get("/api/agent/tasks/count").json()["total"]
             for offset in range(500, total, 500):
                 page = http.get("/api/agent/tasks", params={"limit": 500, "offset": offset, "order": "oldest"}).json()

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from starlette.routing import Route
 
-from coherence_network.api import create_app
+from coherence_network.api.app import create_app
 from coherence_network.client import ApiClient
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.settings import Settings

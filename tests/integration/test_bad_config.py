@@ -54,16 +54,16 @@ MATRIX: list[tuple[tuple[str, ...], dict[str, str], str]] = [
     (("api", "--port", str(free_port())), {"DATABASE_URL": CLOSED},  # not "migration failed", then a traceback
      "coherence: the store at DATABASE_URL=postgresql+psycopg://me:***@127.0.0.1:"),
     (("status",), {"DATABASE_URL": "garbage"}, "coherence: DATABASE_URL=garbage is not a database URL this can use"),
-    (("runner", "--once"), {"COHERENCE_LEASE_SECONDS": "-1"}, "coherence: COHERENCE_LEASE_SECONDS: Input should be "
-     "greater than 0"),
+    (("runner", "--once"), {"COHERENCE_LEASE_SECONDS": "-1"}, ("coherence: COHERENCE_LEASE_SECONDS: Input should be "
+      "greater than 0")),
     (("pm", "--once"), {"DATABASE_URL": "mysql://me:hunter2-secret@db/x"},
      "coherence: DATABASE_URL=mysql://me:***@db/x is not a database URL this can use (mysql is not a supported"),
     (("monitor", "--once"), {"AGENT_API_BASE": "not-a-url"},
      "coherence: AGENT_API_BASE=not-a-url is not an http:// or https:// URL with a host"),
     (("telegram",), {"TELEGRAM_API_BASE": "api.telegram.org"}, "coherence: TELEGRAM_API_BASE=api.telegram.org is not"),
     (("supervise",), {"COHERENCE_API_PORT": "abc"}, "coherence: COHERENCE_API_PORT: Input should be a valid integer"),
-    (("doctor",), {"AGENT_API_BASE": "http://127.0.0.1:port"}, "coherence: AGENT_API_BASE=http://127.0.0.1:port is "
-     "not a URL"),
+    (("doctor",), {"AGENT_API_BASE": "http://127.0.0.1:port"}, ("coherence: AGENT_API_BASE=http://127.0.0.1:port is "
+      "not a URL")),
     (("create", "x", "--command", "true"), {"COHERENCE_API_TOKEN": "short"}, "coherence: COHERENCE_API_TOKEN must be"),
     (("tasks",), {"MONITOR_INTERVAL": "soon"}, "coherence: MONITOR_INTERVAL: Input should be a valid number"),
     (("runner", "--once"), {"AGENT_API_BASE": "not-a-url"}, "coherence: AGENT_API_BASE=not-a-url is not an http"),

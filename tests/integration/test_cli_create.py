@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -89,13 +88,13 @@ def test_the_same_key_gives_the_same_task_and_a_lost_answer_makes_one_task(api: 
     (["create", "x", "--command", "true", "--priority", "5000"],
      "the API refused the request as malformed: --priority: Input should be less than or equal to 1000 (got 5000)"),
     (["create", "x", "--command", "true", "--max-attempts", "0", "--timeout", "-1"],
-     "the API refused the request as malformed: --max-attempts: Input should be greater than or equal to 1 (got 0); "
-     "--timeout: Input should be greater than 0 (got -1.0)"),
+     ("the API refused the request as malformed: --max-attempts: Input should be greater than or equal to 1 (got 0); "
+      "--timeout: Input should be greater than 0 (got -1.0)")),
     (["create", "", "--command", "true"],
      "the API refused the request as malformed: DIRECTION: String should have at least 1 character (got '')"),
     (["create", "x", "--type", "spec", "--command", "ls"],
-     "the API refused the request as malformed: --command: a spec task may not carry a command: "
-     "COHERENCE_COMMAND_TASK_TYPES allows commands only for run tasks (got 'ls')"),
+     ("the API refused the request as malformed: --command: a spec task may not carry a command: "
+      "COHERENCE_COMMAND_TASK_TYPES allows commands only for run tasks (got 'ls')")),
     (["create", "x"], "a run task needs --command"),
     (["create"], "give the direction once"),
     (["create", "x", "--direction", "y", "--command", "true"], "give the direction once"),

@@ -9,7 +9,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from coherence_network.client import ApiAuthError, ApiClient, ApiConflict, ApiNotFound, ApiUnavailable, ApiValidationError
+from coherence_network.client import (
+    ApiAuthError,
+    ApiClient,
+    ApiConflict,
+    ApiNotFound,
+    ApiUnavailable,
+    ApiValidationError,
+)
 from coherence_network.contract import Task, TaskStatus
 from tests.support.api import ApiProcess
 from tests.support.lossy_proxy import LossyProxy

@@ -10,7 +10,7 @@ import json
 import re
 import secrets
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -383,7 +383,7 @@ def test_throughput_buckets_follow_the_range(store_url: str) -> None:
     """Finished tasks land in the bucket of their UTC hour, 6 hours or day; one outside the span is not counted."""
     engine = create_store_engine(store_url)
     migrate(engine)
-    now = datetime(2026, 12, 3, 15, 30, tzinfo=timezone.utc)
+    now = datetime(2026, 12, 3, 15, 30, tzinfo=UTC)
     finished = [(now - timedelta(hours=1), "completed"), (now - timedelta(days=2), "failed"),
                 (now - timedelta(days=20), "completed"), (now - timedelta(days=40), "completed")]
     with engine.begin() as conn:

@@ -3,12 +3,12 @@ recorded by then is cleared, a newer issue stays. Both stores: the time comparis
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from coherence_network.store import ops_issues
 from coherence_network.store.db import create_store_engine, migrate
 
-T0 = datetime(2026, 12, 3, 12, 0, 0, 123456, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 3, 12, 0, 0, 123456, tzinfo=UTC)
 
 
 def test_clear_before_a_time_leaves_newer_issues(store_url: str) -> None:

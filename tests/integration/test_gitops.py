@@ -7,7 +7,7 @@ import os
 import subprocess
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -45,7 +45,7 @@ def settings_for(tmp_path: Path, workspace: Path, **fields: object) -> Settings:
 
 
 def task(task_id: int, task_type: str = "impl") -> Task:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return Task(id=task_id, task_type=task_type, status=TaskStatus.COMPLETED, direction=f"Do step {task_id}",
                 created_at=now, updated_at=now)
 
@@ -54,34 +54,28 @@ def test_commit_and_push_with_a_failed_push_retried(tmp_path: Path, repo: Path) 
     settings = settings_for(tmp_path, repo, pipeline_auto_push=True)
     remote = tmp_path / "remote.git"
     (repo / "a.txt").write_text("1\n")
-    assert gitops.after_task_completed(task(1), settings, busy_count=0) == "committed"
+    assert gitops.commit_workspace(settings, [task(1)]) == "committed"
     assert git(repo, "log", "-1", "--format=%s") == "[pipeline] impl 1: Do step 1"
     assert git(remote, "log", "-1", "--format=%s", "main") == "[pipeline] impl 1: Do step 1"
 
     remote.rename(tmp_path / "away.git")  # the remote is unreachable: the commit stays, the push fails
     (repo / "b.txt").write_text("2\n")
-    assert gitops.after_task_completed(task(2, "test"), settings, busy_count=0) == "committed"
+    assert gitops.commit_workspace(settings, [task(2, "test")]) == "committed"
     log = (tmp_path / "home" / "logs" / "commit_progress.log").read_text()
     assert "push to origin failed" in log
 
     (tmp_path / "away.git").rename(remote)
     (repo / "c.txt").write_text("3\n")
-    assert gitops.after_task_completed(task(3, "review"), settings, busy_count=0) == "committed"
+    assert gitops.commit_workspace(settings, [task(3, "review")]) == "committed"
     pushed = git(remote, "log", "--format=%s", "main").splitlines()
     assert pushed[:3] == ["[pipeline] review 3: Do step 3", "[pipeline] test 2: Do step 2",
                           "[pipeline] impl 1: Do step 1"]  # the failed push went with the next one
 
 
-def test_no_commit_while_busy_nor_outside_a_repository(tmp_path: Path, repo: Path) -> None:
-    settings = settings_for(tmp_path, repo)
-    (repo / "a.txt").write_text("1\n")
-    head = git(repo, "rev-parse", "HEAD")
-    assert gitops.after_task_completed(task(1), settings, busy_count=1) == "deferred"
-    assert gitops.after_task_completed(task(2, "run"), settings, busy_count=0) == "skipped"
-    assert git(repo, "rev-parse", "HEAD") == head
+def test_no_commit_outside_a_repository(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
-    assert gitops.after_task_completed(task(3), settings_for(tmp_path, plain), busy_count=0) == "not-a-repo"
+    assert gitops.commit_workspace(settings_for(tmp_path, plain), [task(3)]) == "not-a-repo"
     assert "not a git repository" in (tmp_path / "home" / "logs" / "commit_progress.log").read_text()
 
 
@@ -101,8 +95,16 @@ def test_watcher_commits_tasks_completed_through_the_api(tmp_path: Path, repo: P
         assert watcher.poll() is None  # another task still runs in the workspace
         client.finish(other.id, busy.claim_token, "completed", output="ok")
         assert watcher.poll() == "committed"
-    subject, _, body = git(repo, "log", "-1", "--format=%B").partition("\n\n")
-    assert subject == f"[pipeline] impl {other.id}: Another" and f"spec {created.id}" in body
+        subject, _, body = git(repo, "log", "-1", "--format=%B").partition("\n\n")
+        assert subject == f"[pipeline] impl {other.id}: Another" and f"spec {created.id}" in body
+        head = git(repo, "rev-parse", "HEAD")
+        heal = client.create_task("Heal", "heal")  # a type that is not committed (COMMIT_TYPES)
+        healing = client.claim("t:1")
+        assert healing is not None and healing.id == heal.id
+        (repo / "healed.txt").write_text("heal\n")
+        client.finish(heal.id, healing.claim_token, "completed", output="ok")
+        assert watcher.poll() is None
+    assert git(repo, "rev-parse", "HEAD") == head
 
 
 def _status(tmp_path: Path) -> dict[str, object]:
@@ -115,13 +117,13 @@ def test_git_missing_is_a_failure_reported_not_raised(tmp_path: Path, repo: Path
     (repo / "a.txt").write_text("1\n")
     real_path = os.environ["PATH"]
     monkeypatch.setenv("PATH", str(tmp_path))  # no git here
-    assert gitops.after_task_completed(task(1), settings, busy_count=0) == "failed"
-    assert gitops.after_task_completed(task(2), settings, busy_count=0) == "failed"
+    assert gitops.commit_workspace(settings, [task(1)]) == "failed"
+    assert gitops.commit_workspace(settings, [task(2)]) == "failed"
     status = _status(tmp_path)
     assert status["failures"] == 2 and "git cannot run" in str(status["last_error"])
     assert "auto-commit failed" in (tmp_path / "home" / "logs" / "commit_progress.log").read_text()
     monkeypatch.setenv("PATH", real_path)
-    assert gitops.after_task_completed(task(3), settings, busy_count=0) == "committed"
+    assert gitops.commit_workspace(settings, [task(3)]) == "committed"
     assert _status(tmp_path)["failures"] == 0 and _status(tmp_path)["last_outcome"] == "committed"
 
 
@@ -135,7 +137,7 @@ def test_a_hanging_git_is_killed_with_what_it_started(tmp_path: Path, repo: Path
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     monkeypatch.setattr(gitops, "GIT_TIMEOUT_SECONDS", 1.0)
     begun = time.monotonic()
-    assert gitops.after_task_completed(task(1), settings_for(tmp_path, repo), busy_count=0) == "failed"
+    assert gitops.commit_workspace(settings_for(tmp_path, repo), [task(1)]) == "failed"
     assert time.monotonic() - begun < 10
     assert "timed out after 1 s" in str(_status(tmp_path)["last_error"])
     child = int(started.read_text())
@@ -170,7 +172,7 @@ def test_a_remote_that_asks_for_credentials_never_prompts(tmp_path: Path, repo: 
         git(repo, "remote", "set-url", "origin", f"http://127.0.0.1:{server.server_port}/repo.git")
         settings = settings_for(tmp_path, repo, pipeline_auto_push=True)
         (repo / "a.txt").write_text("1\n")
-        assert gitops.after_task_completed(task(1), settings, busy_count=0) == "committed"  # the commit is made
+        assert gitops.commit_workspace(settings, [task(1)]) == "committed"  # the commit is made
     finally:
         server.shutdown()
     assert not asked.exists()

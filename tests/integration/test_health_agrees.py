@@ -184,7 +184,8 @@ def test_the_health_snapshot_and_pruning_on_both_stores(store_url: str) -> None:
         store.runner_heartbeat("new", host="h", pid=1, version="t")  # a live runner comes back by itself
         assert health.live_runners(health.gather(store, settings, utcnow())) == 1
         # a runner that said it stopped: stopped at once (not alive, not dead), and forgotten sooner than a dead one
-        store.runner_heartbeat("done", host="h", pid=2, version="t", info={"stopped": "SIGTERM", "heartbeat_seconds": 1})
+        store.runner_heartbeat("done", host="h", pid=2, version="t",
+                               info={"stopped": "SIGTERM", "heartbeat_seconds": 1})
         store.runner_heartbeat("beat", host="h", pid=3, version="t", info={"heartbeat_seconds": 1})
         derived = Settings(_env_file=None)  # MONITOR_RUNNER_SEEN_SECONDS not set: each runner's own interval counts
         states = {r["id"]: r["state"] for r in health.gather(store, derived, utcnow()).runners}

@@ -71,7 +71,9 @@ def table_counts(graph: GraphStore, ecosystem: str) -> dict[str, int]:
         def count(query: sa.Select) -> int:
             return int(conn.execute(query).scalar_one())
         return {
-            "projects": count(sa.select(sa.func.count()).select_from(projects).where(projects.c.ecosystem == ecosystem)),
+            "projects": count(
+                sa.select(sa.func.count()).select_from(projects).where(projects.c.ecosystem == ecosystem)
+            ),
             "ok": graph.count(ecosystem),
             "edges": count(sa.select(sa.func.count()).select_from(dependencies)
                            .where(dependencies.c.to_ecosystem == ecosystem)),

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -89,7 +89,7 @@ class Pipeline:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @pytest.fixture
@@ -153,7 +153,8 @@ def test_an_api_frozen_longer_than_the_lease_reruns_nothing(tmp_path: Path) -> N
             pipeline.release(task)
         wait_until(lambda: pipeline.all_completed(tasks), 30, "every task completed")
         pipeline.assert_each_ran_once_and_was_accepted(tasks)
-        assert "late (was the API stopped, starved or its host suspended?)" in (api.home / "logs" / "api.log").read_text(encoding="utf-8")
+        api_log = (api.home / "logs" / "api.log").read_text(encoding="utf-8")
+        assert "late (was the API stopped, starved or its host suspended?)" in api_log
     finally:
         pipeline.close()
         api.stop()

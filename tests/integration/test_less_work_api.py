@@ -108,7 +108,7 @@ def _committed_ids(tmp_path: Path) -> list[list[int]]:
     return [[int(i) for i in ids.split(", ")] for ids in re.findall(r"task ([\d, ]+): committed", text)]
 
 
-def test_the_watcher_commits_every_completion_since_its_last_look(tmp_path: Path, repo: Path,
+def test_the_watcher_commits_every_completion_since_its_last_look(tmp_path: Path, repo: Path,  # noqa: F811
                                                                   api_process: ApiProcess) -> None:
     settings = settings_for(tmp_path, repo, agent_api_base=api_process.url)
     with ApiClient(settings=settings, retries=0) as client:

@@ -7,9 +7,9 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy.engine import Engine
 import sqlalchemy as sa
 from alembic import command
+from sqlalchemy.engine import Engine
 
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.store import Conflict, TaskStore

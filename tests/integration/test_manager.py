@@ -53,7 +53,8 @@ class Pipeline:
         agent.write_text(AGENT)
         self.env = {
             **os.environ, "COHERENCE_HOME": str(api.home), "AGENT_API_BASE": api.url,
-            "COHERENCE_WORKSPACE": str(tmp_path), "COHERENCE_AGENT_COMMAND": f"{sys.executable} {agent} {{prompt_file}}",
+            "COHERENCE_WORKSPACE": str(tmp_path),
+            "COHERENCE_AGENT_COMMAND": f"{sys.executable} {agent} {{prompt_file}}",
             **(settings_env or {}),
         }
         self.backlog = tmp_path / "backlog.md"
@@ -156,7 +157,8 @@ def test_three_items_to_done_with_a_failed_review_and_a_restart(pipeline: Any) -
     manager = p.client.pipeline_status().project_manager
     assert manager is not None and manager.info["by_status"] == {"done": 3}
     # it ended (--until-done) and said so: stopped, with why, not alive and never dead
-    assert (manager.state, manager.seen, manager.info["stopped"]) == ("stopped", False, "backlog settled (--until-done)")
+    assert (manager.state, manager.seen, manager.info["stopped"]) == (
+        "stopped", False, "backlog settled (--until-done)")
 
 
 def test_review_failing_every_round_blocks_the_item_and_a_failed_task_blocks_its_item(pipeline: Any) -> None:

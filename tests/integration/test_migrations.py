@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from multiprocessing.synchronize import Barrier as BarrierType
 from pathlib import Path
 
@@ -19,7 +19,7 @@ def test_upgrade_from_the_first_revision_keeps_every_task(store_url: str) -> Non
     """Rows are written with the first revision's columns only: today's TaskStore needs today's schema."""
     engine = create_store_engine(store_url)
     command.upgrade(alembic_config(engine), "0001")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = [
         {"direction": f"old {i}", "task_type": TaskType.IMPL, "status": TaskStatus.PENDING, "context": {"i": i},
          "decision_prompt": None, "created_at": now, "updated_at": now}

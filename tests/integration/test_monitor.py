@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -89,10 +89,10 @@ def test_auto_commit_is_not_stale_version_but_a_source_change_is(tmp_path: Path)
     settings = Settings(_env_file=None, coherence_home=tmp_path / "home", coherence_workspace=repo / "work",
                         pipeline_auto_commit=True)
     (repo / "work" / "notes.md").write_text("changed by a task\n")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     task = Task(id=5, task_type="impl", status="completed", direction="Change the notes", created_at=now,
                 updated_at=now)
-    assert gitops.after_task_completed(task, settings, busy_count=0) == "committed"
+    assert gitops.commit_workspace(settings, [task]) == "committed"
     assert _git(repo, "log", "-1", "--format=%s") == "[pipeline] impl 5: Change the notes"
 
     def stale_after() -> bool:

@@ -232,8 +232,8 @@ def test_each_severity_of_monitor_issue_is_graded_alike_everywhere(world: World,
         assert seen["ready"] == 200
         if attention:
             wait_until(lambda: alerts(world, rule), 10, "the Telegram alert")
-            assert alerts(world, rule) == [f"Monitor issue on vm1: [{rule}] ({severity}) a {severity} fact of the "
-                                           f"host -> {flag['command']}"]
+            assert alerts(world, rule) == [(f"Monitor issue on vm1: [{rule}] ({severity}) a {severity} fact of the "
+                                            f"host -> {flag['command']}")]
         else:
             notifier_passes(world)
             assert alerts(world, rule) == []

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from coherence_network.api import create_app
+from coherence_network.api.app import create_app
 from coherence_network.settings import Settings
 from coherence_network.status_view import render_status
 from coherence_network.store.db import create_store_engine, migrate

@@ -16,9 +16,9 @@ import pytest
 
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
+from tests.support.postgres import PostgresServer
 from tests.support.small_disk import fill
 from tests.support.small_disk import small_disk as small_disk_at
-from tests.support.postgres import PostgresServer
 
 TOKEN = secrets.token_urlsafe(24)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

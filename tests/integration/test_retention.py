@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -129,7 +129,7 @@ def resolution(at: datetime, n: int) -> str:
 def test_resolutions_trimmed_by_age(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, coherence_retain_resolutions_days=30)
     path = tmp_path / "logs" / "monitor_resolutions.jsonl"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for n, age in enumerate((45, 31, 29, 1)):
         append_line(path, resolution(now - age * DAY, n))
     append_line(path, "not json: kept")
@@ -219,8 +219,8 @@ def test_prune_command_dry_run_then_real(store_url: str, tmp_path: Path) -> None
         old_bytes = sum(path.stat().st_size for path in old_files)
         kept_files = task_files(home, running.id, age=40 * DAY) + task_files(home, fresh[0], age=DAY)
         resolutions = home / "logs" / "monitor_resolutions.jsonl"
-        append_line(resolutions, resolution(datetime.now(timezone.utc) - 40 * DAY, 0))
-        append_line(resolutions, resolution(datetime.now(timezone.utc), 1))
+        append_line(resolutions, resolution(datetime.now(UTC) - 40 * DAY, 0))
+        append_line(resolutions, resolution(datetime.now(UTC), 1))
         engine.dispose()
 
         dry = cli(home, "prune", "--dry-run", "--json", env=env)
@@ -289,7 +289,7 @@ def test_api_and_runner_prune_by_themselves(store_url: str, tmp_path: Path) -> N
 def test_monitor_trims_its_resolutions_when_it_appends(api_process: ApiProcess) -> None:
     api, logs = api_process, api_process.home / "logs"
     resolutions = logs / "monitor_resolutions.jsonl"
-    append_line(resolutions, resolution(datetime.now(timezone.utc) - 40 * DAY, 0))
+    append_line(resolutions, resolution(datetime.now(UTC) - 40 * DAY, 0))
     env = {"AGENT_API_BASE": api.url, "MONITOR_DISK_MIN_FREE_MB": "1", "COHERENCE_RETAIN_RESOLUTIONS_DAYS": "30"}
     with ApiClient(api.url, token="") as client:
         client.create_task("waits for a runner", "run", command="true")

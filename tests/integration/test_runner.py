@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -280,7 +280,7 @@ def test_an_api_outage_longer_than_the_lease_reruns_nothing(tmp_path: Path, stor
             def renewed() -> bool:
                 running = client.get_task(long.id)
                 assert (running.status, running.claim_token) == (TaskStatus.RUNNING, 1)
-                return running.lease_expires_at is not None and running.lease_expires_at > datetime.now(timezone.utc)
+                return running.lease_expires_at is not None and running.lease_expires_at > datetime.now(UTC)
 
             wait_until(renewed, 10, "lease renewed")
             assert time.monotonic() - back < 3

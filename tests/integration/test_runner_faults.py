@@ -17,10 +17,10 @@ from coherence_network.settings import Settings
 from tests.integration.test_runner import py
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
-from tests.support.small_disk import fill
-from tests.support.small_disk import small_disk as small_disk_at
 from tests.support.proxy import HoldingProxy
 from tests.support.runner import RunnerProcess
+from tests.support.small_disk import fill
+from tests.support.small_disk import small_disk as small_disk_at
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import functools
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from coherence_network.store.db import (
 )
 
 HISTORY = Path(__file__).parents[1] / "fixtures" / "schema_history"
-T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 GRAPH_TABLES = {"projects", "dependencies", "index_frontier"}
 CLAIM_INDEX = "ix_tasks_claim_order"
 DESC_INDEXES = (CLAIM_INDEX, "ix_tasks_priority_id")  # priority DESC: the claim's order, and sorted pages' by it

@@ -130,7 +130,7 @@ def test_reset_applies_to_the_first_start_only(tmp_path: Path, pipelines: list[P
 class AutonomousProcess(PipelineProcess):
     """`scripts/run_autonomous.sh` (auto-commit, auto-recover) instead of a bare `coherence supervise`."""
 
-    def start(self) -> "AutonomousProcess":
+    def start(self) -> AutonomousProcess:
         self.proc = subprocess.Popen([str(ROOT / "scripts" / "run_autonomous.sh"), *self.args], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         return self
@@ -140,8 +140,9 @@ def test_a_git_failure_in_auto_commit_stops_nothing(tmp_path: Path, pipelines: l
     """No git on the PATH: auto-commit fails, says so, and every component keeps running."""
     no_git = tmp_path / "bin"
     no_git.mkdir()
-    pipeline = PipelineProcess.started_in(pipelines, tmp_path / "home", "--components", "api,agent_runner", PATH=str(no_git),
-                      PIPELINE_AUTO_COMMIT="1", COHERENCE_COMMAND_TASK_TYPES="run,impl")  # an impl task is committed
+    pipeline = PipelineProcess.started_in(pipelines, tmp_path / "home", "--components", "api,agent_runner",
+                      PATH=str(no_git), PIPELINE_AUTO_COMMIT="1",
+                      COHERENCE_COMMAND_TASK_TYPES="run,impl")  # an impl task is committed
     pipeline.wait_started("api", "agent_runner", "supervisor")
     progress = pipeline.home / "logs" / "commit_progress.log"
     wait_until(lambda: progress.exists() and "auto-commit on" in progress.read_text(), 30, "auto-commit watching")
@@ -184,8 +185,8 @@ def test_the_supervisor_says_where_to_look_and_when_the_backlog_is_done(
     backlog = tmp_path / "backlog.md"
     backlog.write_text(f"1. run: {PY_OK}\n2. run: {PY_OK} # the second\n", encoding="utf-8")
     home = tmp_path / "home"
-    pipeline = PipelineProcess.started_in(pipelines, home, "--components", "api,agent_runner,project_manager", "--backlog", str(backlog),
-                      "--pm-arg=--interval", "--pm-arg=0.2")
+    pipeline = PipelineProcess.started_in(pipelines, home, "--components", "api,agent_runner,project_manager",
+                      "--backlog", str(backlog), "--pm-arg=--interval", "--pm-arg=0.2")
     log_file = home / "logs" / "supervisor.log"
     wait_until(lambda: log_file.exists() and "backlog done: 2 items (done 2)" in log_file.read_text(encoding="utf-8"),
                60, "the done line")

@@ -134,7 +134,8 @@ def test_a_flapping_api_is_held_back_and_a_clear_with_the_api_down_sticks(
     home = tmp_path / "home"
     home.mkdir()
     (home / "coherence.db").write_text("not a database\n" * 100)
-    pipeline = PipelineProcess.started_in(pipelines, home, "--components", "api,monitor", SUPERVISOR_FATAL_RESTARTS="2", **HELD)
+    pipeline = PipelineProcess.started_in(pipelines, home, "--components", "api,monitor",
+                                          SUPERVISOR_FATAL_RESTARTS="2", **HELD)
     wait_until(lambda: _held(home, "api"), 60, "the API's fatal issue")
     pipeline.wait_started("monitor", "supervisor")
     assert not pipeline.api_up() and _issues(home)[0]["stored"] is False  # told to the store when it can be

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -250,7 +250,7 @@ def test_a_claim_never_stops_the_run_of_a_newer_claim_of_its_task(tmp_path: Path
     """Only a run of an older claim is stopped before a task starts; a recorded run of the same or a newer claim is
     the task's current run, and the claim at hand is the stale one: NewerRunRecorded, and the run lives on."""
     settings = Settings(coherence_home=tmp_path / "home", agent_kill_grace_seconds=1)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     task = Task.model_validate({"id": 9, "task_type": "run", "status": "running", "direction": "d",
                                 "claim_token": 2, "created_at": now, "updated_at": now})
     group = TaskGroup(["sleep", "300"], settings, task, "runner", cwd=tmp_path, env=dict(os.environ))

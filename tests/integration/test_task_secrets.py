@@ -285,7 +285,8 @@ def test_a_runner_refuses_a_command_its_setting_does_not_allow(tmp_path: Path) -
     try:
         with ApiClient(api.url, token="", retries=0) as client:
             task = client.create_task("review it", "review", command=f"{PY} -c \"open('{ran}', 'w')\"")
-            heal = httpx.post(f"{api.url}/api/agent/tasks", json={"direction": "d", "task_type": "heal", "command": "x"})
+            heal = httpx.post(f"{api.url}/api/agent/tasks",
+                              json={"direction": "d", "task_type": "heal", "command": "x"})
             done = RunnerProcess(home, api.url, "--once", "--types", "review").run()
             assert done.returncode == 1, done.stdout + done.stderr
             failed = client.get_task(task.id)

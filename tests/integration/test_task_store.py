@@ -7,8 +7,8 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from sqlalchemy.engine import Engine
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from coherence_network.store import Conflict, NotFound, TaskStore
 from coherence_network.store.db import create_store_engine, current_revision, head_revision, migrate, readiness
@@ -64,7 +64,8 @@ def test_list_filters_orders_and_counts_a_real_total(store: TaskStore) -> None:
 
 
 def test_claim_prefers_priority_then_age_and_respects_types(store: TaskStore) -> None:
-    low, high = store.create(direction="low", task_type="run"), store.create(direction="hi", task_type="run", priority=5)
+    low = store.create(direction="low", task_type="run")
+    high = store.create(direction="hi", task_type="run", priority=5)
     review = store.create(direction="r", task_type="review", priority=9)
     assert store.claim("r", types=["run"])["id"] == high["id"]
     assert store.claim("r", types=["run"])["id"] == low["id"]
@@ -131,7 +132,8 @@ def test_release_returns_the_task_to_pending(store: TaskStore) -> None:
 def test_heartbeat_extends_the_lease_and_records_progress(store: TaskStore) -> None:
     (task,) = make(store)
     claim = store.claim("r", lease_seconds=5)
-    beat = store.heartbeat(task["id"], claim["claim_token"], progress_pct=40, current_step="compiling", lease_seconds=600)
+    beat = store.heartbeat(task["id"], claim["claim_token"], progress_pct=40, current_step="compiling",
+                           lease_seconds=600)
     assert beat["progress_pct"] == 40 and beat["current_step"] == "compiling"
     assert beat["lease_expires_at"] > claim["lease_expires_at"] + timedelta(seconds=500)
 

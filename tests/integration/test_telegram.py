@@ -38,7 +38,7 @@ class BotProcess:
         self.log = api.home / "logs" / "telegram.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "BotProcess":
+    def start(self) -> BotProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "coherence_network.cli", "telegram"], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         return self

@@ -193,14 +193,16 @@ def test_drill_report_fatal_before_and_after_a_fatal_issue(runbook: Runbook, dri
 
 
 def test_drill_recovery_after_the_runner_is_killed(runbook: Runbook, tmp_path: Path) -> None:
-    drill = Drill(tmp_path / "home", free_port(), env={"MONITOR_RUNNER_SEEN_SECONDS": "1", "AGENT_KILL_GRACE_SECONDS": "1"})
+    drill = Drill(tmp_path / "home", free_port(),
+                  env={"MONITOR_RUNNER_SEEN_SECONDS": "1", "AGENT_KILL_GRACE_SECONDS": "1"})
     # the API judges who is seen (the health rules), so the short window is its setting
     api = ApiProcess(drill.home, port=drill.port,
                      env={"COHERENCE_LEASE_SECONDS": "2", "MONITOR_RUNNER_SEEN_SECONDS": "1"}).start()
     runner = RunnerProcess(drill.home, api.url, env={"COHERENCE_LEASE_SECONDS": "2"}).start()
     try:
         marker = tmp_path / "runs"
-        code = f"import time; open({str(marker)!r},'a').write('x'); time.sleep(0 if len(open({str(marker)!r}).read())>1 else 300)"
+        code = (f"import time; open({str(marker)!r},'a').write('x'); "
+                f"time.sleep(0 if len(open({str(marker)!r}).read())>1 else 300)")
         with ApiClient(api.url, token="") as client:
             task = client.create_task("survive a dead runner", "run", command=f'{sys.executable} -c "{code}"')
             wait_until(lambda: marker.exists(), 30, "task started")
@@ -283,7 +285,8 @@ def test_drill_secrets_in_proc_shows_only_stars(runbook: Runbook, tmp_path: Path
                    "and the runner's lock")
         (command,) = runbook.drill("secrets-in-proc").commands()
         lines = drill.run(command).stdout.splitlines()
-        assert len(lines) >= 2 and all(line.endswith("COHERENCE_API_TOKEN=" + "*" * len(token)) for line in lines), lines
+        masked = "COHERENCE_API_TOKEN=" + "*" * len(token)
+        assert len(lines) >= 2 and all(line.endswith(masked) for line in lines), lines
         assert token not in "\n".join(lines)
     finally:
         runner.stop()

@@ -6,18 +6,18 @@ import os
 import re
 import shlex
 import subprocess
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.routing import APIRoute
 
-from coherence_network.api import create_app
+from coherence_network.api.app import create_app
 from coherence_network.console.routes import router as console_router
 from coherence_network.logfiles import REGISTRY, RUN_FILES
-from coherence_network.task_env import CREDENTIAL_MARKERS
 from coherence_network.settings import DERIVED_FROM, Settings
+from coherence_network.task_env import CREDENTIAL_MARKERS
 from tests.runbook.runbook_doc import ROOT, Runbook
 from tests.support.api import ApiProcess
 
@@ -113,7 +113,7 @@ def test_key_endpoints_answer_on_a_running_api(runbook: Runbook, api_process: Ap
             assert response.status_code == 200, f"GET {url} -> {response.status_code}: {response.text[:200]}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _help(program: tuple[str, ...]) -> str:
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", "COLUMNS": "200", "TERM": "dumb"}
     done = subprocess.run([*program, "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)

@@ -32,7 +32,7 @@ class ApiProcess:
         except httpx.TransportError:
             return False
 
-    def start(self) -> "ApiProcess":
+    def start(self) -> ApiProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "coherence_network.cli", "api", "--port", str(self.port)],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

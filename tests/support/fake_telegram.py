@@ -43,7 +43,7 @@ class FakeTelegram:
     def base(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self) -> "FakeTelegram":
+    def start(self) -> FakeTelegram:
         self._thread.start()
         return self
 

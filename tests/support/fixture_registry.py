@@ -21,8 +21,8 @@ import re
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
 
@@ -75,7 +75,7 @@ class FixtureRegistry:
         """The simple index URL an operator puts in pip.conf; the JSON API is beside it."""
         return self.url + "simple/"
 
-    def start(self) -> "FixtureRegistry":
+    def start(self) -> FixtureRegistry:
         self._thread.start()
         return self
 

@@ -38,13 +38,13 @@ class PipelineProcess:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    def started_in(cls, pipelines: list["PipelineProcess"], home: Path, *args: str, **env: str) -> "PipelineProcess":
+    def started_in(cls, pipelines: list[PipelineProcess], home: Path, *args: str, **env: str) -> PipelineProcess:
         """Start one and add it to ``pipelines`` (the conftest fixture that stops them all)."""
         pipeline = cls(home, *args, env=env).start()
         pipelines.append(pipeline)
         return pipeline
 
-    def start(self) -> "PipelineProcess":
+    def start(self) -> PipelineProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "coherence_network.cli", "supervise", *self.args], env=self.env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

@@ -39,7 +39,7 @@ class PostgresServer:
     def _run(self, *args: str) -> None:
         subprocess.run([*self.as_user, *args], check=True, capture_output=True, timeout=120)
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         self.root.mkdir(parents=True, exist_ok=True)
         if self.as_user:
             shutil.chown(self.root, "postgres", "postgres")
@@ -51,7 +51,7 @@ class PostgresServer:
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "coherence", "--auth=trust", "-E", "UTF8")
         return self.resume()
 
-    def resume(self) -> "PostgresServer":
+    def resume(self) -> PostgresServer:
         """Start the server on its data folder and port (again, after ``stop``)."""
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "pg.log"),

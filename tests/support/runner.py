@@ -20,7 +20,7 @@ class RunnerProcess:
         }
         self.proc: subprocess.Popen[str] | None = None
 
-    def start(self) -> "RunnerProcess":
+    def start(self) -> RunnerProcess:
         sink = open(self.output, "ab") if self.output else None
         try:
             self.proc = subprocess.Popen(

@@ -3,7 +3,7 @@ the goal proximity formula."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from coherence_network.health import HealthSnapshot
 from coherence_network.monitor import RULES, Issue, LogTailer, Snapshot, build_report, evaluate, render_report
 from coherence_network.settings import Settings
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 def ago(seconds: float) -> str:
@@ -73,8 +73,8 @@ def flags(snapshot: HealthSnapshot, cfg: Settings) -> dict[str, dict[str, Any]]:
 def test_every_rule_names_severity_action_and_runbook() -> None:
     assert {r.name for r in RULES} == {"api_unreachable", "api_error", "stale_version", "disk_low", "log_errors"}
     assert {r.code for r in health.RULES} == {
-        "store_not_ready", "no_runner", "runner_blocked", "component_held_back", "manager_stale", "no_task_running", "orphan_running",
-        "stuck", "needs_decision", "repeated_failures", "low_success_rate", "empty_output"}
+        "store_not_ready", "no_runner", "runner_blocked", "component_held_back", "manager_stale", "no_task_running",
+        "orphan_running", "stuck", "needs_decision", "repeated_failures", "low_success_rate", "empty_output"}
     for rule in (*RULES, *health.RULES):
         assert rule.severity in grading.SEVERITIES and rule.action and rule.runbook.startswith("#")
 
@@ -84,7 +84,8 @@ def test_every_action_is_a_command_to_paste_with_the_real_ids(cfg: Settings) -> 
     for rule in RULES:
         assert rule.command.startswith(("coherence ", "make run")), rule.name
     waiting = [{"id": 42, "waiting_seconds": 60.0, "decision_prompt": "?"}]
-    failed = [{"id": n, "status": TaskStatus.FAILED, "task_type": TaskType.RUN, "output_chars": 1} for n in (17, 16, 15)]
+    failed = [{"id": n, "status": TaskStatus.FAILED, "task_type": TaskType.RUN, "output_chars": 1}
+              for n in (17, 16, 15)]
     stopped = {"seen": False, "state": "stopped", "last_seen_seconds": 9.0,
                "info": {"backlog": "my backlog.md", "by_status": {"in_progress": 1}, "stopped": "SIGTERM"}}
     ready = [{"name": "store_writable", "ok": False, "detail": "read-only"}]
@@ -187,7 +188,8 @@ def test_orphan_running(cfg: Settings) -> None:
 def test_a_waiting_decision_needs_a_person_at_once(cfg: Settings) -> None:
     waiting = [{"id": 4, "waiting_seconds": 1.0}, {"id": 5, "waiting_seconds": 120.0}]
     found = flags(health_snapshot(needs_decision=waiting), cfg)["needs_decision"]
-    assert found["task_ids"] == [4, 5] and found["command"] == "coherence decide 4 ANSWER" and found["severity"] == "medium"
+    assert found["task_ids"] == [4, 5] and found["command"] == "coherence decide 4 ANSWER"
+    assert found["severity"] == "medium"
     overdue = [{"id": 4, "waiting_seconds": cfg.monitor_decision_wait_minutes * 60 + 1}]
     assert flags(health_snapshot(needs_decision=overdue), cfg)["needs_decision"]["severity"] == "high"
 
@@ -216,7 +218,8 @@ def test_log_tailer_reads_only_new_error_lines(tmp_path: Path) -> None:
     with log.open("a") as handle:
         handle.write("2026-01-01T00:00:01Z INFO a: fine\n2026-01-01T00:00:02Z ERROR b: broken\n")
         handle.write('{"level": "ERROR", "message": "json"}\npartial ERROR line without newline')
-    assert tailer.scan() == {"api.log": ["2026-01-01T00:00:02Z ERROR b: broken", '{"level": "ERROR", "message": "json"}']}
+    assert tailer.scan() == {
+        "api.log": ["2026-01-01T00:00:02Z ERROR b: broken", '{"level": "ERROR", "message": "json"}']}
     resumed = LogTailer(tmp_path, tailer.offsets)  # offsets survive a restart
     assert resumed.scan() == {}
     log.write_text("2026-01-01T00:00:03Z ERROR c: after rotation\n")  # shorter: rotated
@@ -248,7 +251,7 @@ def test_goal_proximity_formula() -> None:
 
 
 def test_commit_message_shortens_the_direction() -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     def task(task_id: int, task_type: str, direction: str) -> Task:
         return Task(id=task_id, task_type=task_type, status="completed", direction=direction, created_at=now,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ def settings(tmp_path: Path, **values: Any) -> Settings:
 
 
 def task(**fields: Any) -> Task:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return Task.model_validate({"id": 7, "task_type": "spec", "status": "running", "direction": "Write the spec",
                                 "created_at": now, "updated_at": now, **fields})
 

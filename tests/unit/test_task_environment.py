@@ -4,7 +4,7 @@ runs."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,8 @@ def test_a_secret_inside_another_is_masked_whole() -> None:
 
 def test_a_variable_holding_a_secret_within_a_longer_value_is_never_passed(tmp_path: Path) -> None:
     conf = settings(tmp_path, coherence_api_token="api-token-0123456789",
-                    database_url="postgresql://app:db-password-123@db/app", coherence_task_env_passthrough="HEADER_TOKEN")
+                    database_url="postgresql://app:db-password-123@db/app",
+                    coherence_task_env_passthrough="HEADER_TOKEN")
     environ = {
         "LEAKY_HEADER": "Authorization: Bearer api-token-0123456789", "HEADER_TOKEN": "Bearer api-token-0123456789",
         "REPORTS_DSN": "postgresql://reports:db-password-123@other/reports", "QUOTED": "p=db-password-123;",
@@ -78,15 +79,15 @@ def test_the_secrets_of_the_runners_own_environment_count_too(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(("allowed", "task_type", "refused"), [
-    ("run", "review", "a review task may not carry a command: COHERENCE_COMMAND_TASK_TYPES allows commands only for "
-                      "run tasks"),
+    ("run", "review", ("a review task may not carry a command: COHERENCE_COMMAND_TASK_TYPES allows commands only for "
+                       "run tasks")),
     ("none", "run", "commands are turned off (COHERENCE_COMMAND_TASK_TYPES='none')"),
     ("", "run", "commands are turned off"),
     ("run,review", "review", None),
 ])
 def test_a_runner_runs_a_command_only_for_the_types_its_setting_allows(
         tmp_path: Path, allowed: str, task_type: str, refused: str | None) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     task = Task.model_validate({"id": 7, "task_type": task_type, "status": "running", "direction": "d",
                                 "command": "sh -c id", "created_at": now, "updated_at": now})
     conf = settings(tmp_path, coherence_command_task_types=allowed, coherence_agent_command="agent {prompt_file}")

@@ -1,5 +1,5 @@
-"""The HTTP API: the single source of truth for agent tasks."""
+"""The HTTP API: the single source of truth for agent tasks. The app is built by ``api.app.create_app``.
 
-from coherence_network.api.app import create_app
-
-__all__ = ["create_app"]
+This package imports nothing itself: the console's routes import API modules while ``api.app`` imports the console,
+so a re-export of ``create_app`` here made ``import coherence_network.console.routes`` fail when it came first.
+"""

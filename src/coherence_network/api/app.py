@@ -15,10 +15,14 @@ from types import FrameType
 from fastapi import FastAPI
 
 from coherence_network import __version__
-from coherence_network.api import routes_agent, routes_ops, routes_pipeline
-from coherence_network.api import routes_telegram
-from coherence_network.api import routes_ops_issues
-from coherence_network.api import routes_projects
+from coherence_network.api import (
+    routes_agent,
+    routes_ops,
+    routes_ops_issues,
+    routes_pipeline,
+    routes_projects,
+    routes_telegram,
+)
 from coherence_network.api.docs import install as install_docs
 from coherence_network.api.errors import install_error_handlers
 from coherence_network.api.guard import RequestGuard
@@ -82,7 +86,7 @@ def _close_on_shutdown_signal(work: WorkSignal) -> Iterator[None]:
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
 
     def close_then_pass_on(signum: int, frame: FrameType | None) -> None:
-        handler = previous[signum]
+        handler = previous[signal.Signals(signum)]
         # uvicorn stops accepting at its next tick, up to 0.1 s later; a connection accepted meanwhile would be
         # closed unanswered at shutdown, while one left in the backlog is answered by the next API (supervised)
         listening = getattr(getattr(handler, "__self__", None), "servers", [])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import reprlib
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,7 +51,7 @@ def excerpt(value: Any) -> Any:
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
 
 
-def bounded_error(error: dict[str, Any]) -> dict[str, Any]:
+def bounded_error(error: Mapping[str, Any]) -> dict[str, Any]:
     """One pydantic error with its location, message, input and context cut to excerpts."""
     bounded = {
         "type": error.get("type", ""),

@@ -105,7 +105,9 @@ class RequestGuard:
     def _signed_in(self, headers: Headers) -> bool:
         assert self.sessions is not None
         cookies = headers.get("cookie")
-        return bool(cookies) and self.sessions.verify(cookie_parser(cookies).get(COOKIE)) is not None
+        if not cookies:
+            return False
+        return self.sessions.verify(cookie_parser(cookies).get(COOKIE)) is not None
 
     def _length_refusal(self, headers: Headers) -> JSONResponse | None:
         length = headers.get("content-length")

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import Path, Query
@@ -102,7 +102,7 @@ def _not_a_number(value: Any) -> Any:
 def _in_store_range(value: datetime) -> datetime:
     """Stored as UTC: a time whose UTC form falls outside years 1..9999 cannot be held."""
     try:
-        value.astimezone(timezone.utc)
+        value.astimezone(UTC)
     except OverflowError:
         raise ValueError("out of range once converted to UTC") from None
     return value
@@ -166,7 +166,7 @@ class AgentReport(Strict):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _make_storable(cls, data: Any, handler: ModelWrapValidatorHandler["AgentReport"]) -> "AgentReport":
+    def _make_storable(cls, data: Any, handler: ModelWrapValidatorHandler[AgentReport]) -> AgentReport:
         """Replace before validating: a lone surrogate would not even pass as a string."""
         replaced: dict[str, int] = {}
         if isinstance(data, dict):
@@ -230,7 +230,7 @@ class TaskPatch(Strict):
     status: Literal[TaskStatus.PENDING] | None = Field(None, description="pending retries a failed task")
 
     @model_validator(mode="after")
-    def _one_change(self) -> "TaskPatch":
+    def _one_change(self) -> TaskPatch:
         if (self.decision is None) == (self.status is None):
             raise ValueError("give exactly one of decision or status")
         return self
@@ -276,7 +276,7 @@ class TaskFinish(AgentReport):
     )
 
     @model_validator(mode="after")
-    def _question_for_decision(self) -> "TaskFinish":
+    def _question_for_decision(self) -> TaskFinish:
         if self.status is TaskStatus.NEEDS_DECISION and not self.decision_prompt:
             raise ValueError("status needs_decision requires decision_prompt")
         return self

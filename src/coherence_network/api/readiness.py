@@ -63,5 +63,5 @@ def _postgres_read_only(engine: Any) -> list[str]:
             read_only = conn.execute(sa.text("SHOW transaction_read_only")).scalar() == "on"
     except sa.exc.SQLAlchemyError:
         return []
-    return ["the PostgreSQL store takes no writes (transaction_read_only: a standby, or default_transaction_read_only "
-            "set)"] if read_only else []
+    return [("the PostgreSQL store takes no writes (transaction_read_only: a standby, or default_transaction_read_only "
+            "set)")] if read_only else []

@@ -19,11 +19,11 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from coherence_network.api.models import (
     COMMON_ERRORS,
+    SEARCH_QUERY,
+    SORT_QUERY,
     AgentReport,
     ClaimRequest,
     Offset,
-    SEARCH_QUERY,
-    SORT_QUERY,
     RunnerHeartbeat,
     SearchText,
     TaskBatch,
@@ -209,10 +209,8 @@ async def _claim_waiting(body: ClaimRequest, request: Request, *, looked: bool =
                 return []
             if not looked:
                 claimed = await run_in_threadpool(
-                    lambda: state.store.claim_many(
-                        body.runner_id, body.max_tasks, types=body.types, lease_seconds=body.lease_seconds,
-                        request_id=body.request_id, replay=replay,
-                    )
+                    state.store.claim_many, body.runner_id, body.max_tasks, types=body.types,
+                    lease_seconds=body.lease_seconds, request_id=body.request_id, replay=replay,
                 )
                 replay = False
                 if claimed:

@@ -20,8 +20,8 @@ LEFT, BOTTOM, TOP = 34, 20, 14
 
 
 def _svg(title: str, description: str, body: Iterable[str], height: int = HEIGHT) -> Markup:
-    parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(title)}" '
-             f'preserveAspectRatio="xMidYMid meet" xmlns="http://www.w3.org/2000/svg">',
+    parts = [(f'<svg class="chart" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(title)}" '
+             f'preserveAspectRatio="xMidYMid meet" xmlns="http://www.w3.org/2000/svg">'),
              f"<title>{escape(title)}</title><desc>{escape(description)}</desc>", *body, "</svg>"]
     return Markup("".join(parts))
 
@@ -58,7 +58,7 @@ def stacked_bars(rows: Sequence[Mapping[str, Any]], key: str, series: Sequence[s
     body = _axis(top, plot_height)
     totals = {s: sum(int(row[s]) for row in rows) for s in series}
     for index, row in enumerate(rows):
-        x, y = LEFT + index * slot + slot * 0.1, TOP + plot_height
+        x, y = LEFT + index * slot + slot * 0.1, float(TOP + plot_height)
         for name in series:
             value = int(row[name])
             if value:

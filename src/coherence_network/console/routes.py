@@ -13,9 +13,9 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import sqlalchemy as sa
@@ -37,16 +37,20 @@ from coherence_network.api.routes_ops_issues import backlog_progress, goal_proxi
 from coherence_network.api.routes_projects import _key as stored_project_name
 from coherence_network.console import charts
 from coherence_network.console.session import (
-    COOKIE, Session, Sessions, clean_identity, key_from_token, local_path,
+    COOKIE,
+    Session,
+    Sessions,
+    clean_identity,
+    key_from_token,
+    local_path,
 )
 from coherence_network.contract import TaskStatus, TaskType, parse_sort
 from coherence_network.logfiles import RUN_FILES, shared_secret, task_log_path
 from coherence_network.monitor import with_command
 from coherence_network.settings import Settings
 from coherence_network.store import Conflict, NotFound
-from coherence_network.store import ops_issues
-from coherence_network.store.stats import ALL_TYPES, WINDOWS, success_counts, throughput
 from coherence_network.store.search import COUNT_CAP, MAX_QUERY_CHARS
+from coherence_network.store.stats import ALL_TYPES, WINDOWS, success_counts, throughput
 from coherence_network.store.tasks import TaskStore
 
 router = APIRouter(include_in_schema=False)
@@ -62,7 +66,7 @@ _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templa
 
 def _utc(value: datetime) -> datetime:
     """A stored time in UTC (the store's times are UTC; a naive one is taken as UTC)."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # A time is rendered in UTC, labelled; the console's JavaScript rewrites the text to the viewer's zone and keeps
@@ -227,7 +231,10 @@ async def _form(request: Request) -> tuple[Visit, dict[str, str]]:
     return visit, fields
 
 
-def _validated(model: type[BaseModel], values: dict[str, Any]) -> BaseModel | list[str]:
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _validated(model: type[Model], values: dict[str, Any]) -> Model | list[str]:
     """The API's request model over the form's values, or its messages (the same rules as the JSON API)."""
     try:
         return model.model_validate(values)
@@ -522,7 +529,9 @@ async def decide(request: Request, task_id: TaskId) -> Response:
     if isinstance(body, list):
         return error_page(request, 422, "The answer was not recorded", body, visit)
     back = local_path(fields.get("back"), f"/tasks/{task_id}")
-    return await _act(request, visit, lambda: _store(request).decide(task_id, body.decision, who), back, task_id)
+    decision = body.decision
+    assert decision is not None  # TaskPatch._one_change: without a status, the decision is given
+    return await _act(request, visit, lambda: _store(request).decide(task_id, decision, who), back, task_id)
 
 
 @router.post("/tasks/{task_id}/retry")

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
 
@@ -171,12 +171,12 @@ class Crawler:
         self._flush_task: asyncio.Task[None] | None = None
         self._last_flush = time.monotonic()
         self._writes = 0  # flushes done: a frontier read after a flush may find new entries
-        self._cutoff = datetime.now(timezone.utc)
+        self._cutoff = datetime.now(UTC)
 
     # --- the run -------------------------------------------------------------------------------------------
     async def run(self, seeds: Iterable[str]) -> Summary:
         started = time.monotonic()
-        self._cutoff = datetime.now(timezone.utc) - timedelta(days=self.options.refresh_days)
+        self._cutoff = datetime.now(UTC) - timedelta(days=self.options.refresh_days)
         await asyncio.to_thread(self.store.enqueue_seeds, self.eco, list(seeds))
         requeued = await asyncio.to_thread(self.store.requeue_stale, self.eco, self._cutoff)
         self._ok = self.summary.projects = await asyncio.to_thread(self.store.count, self.eco)

@@ -102,9 +102,9 @@ def discover_npm(environ: Mapping[str, str] | None = None, home: Path | None = N
         if environ.get(variable):
             return Registry("npm", checked_url(environ[variable], "npm registry"), variable)
     for path in _npm_files(environ, home):
-        value = _npmrc_registry(path)
-        if value:
-            return Registry("npm", checked_url(value, f"registry in {path}"), str(path))
+        configured = _npmrc_registry(path)
+        if configured:
+            return Registry("npm", checked_url(configured, f"registry in {path}"), str(path))
     raise RegistryError(
         "no npm registry configured (npm is not installed and neither NPM_CONFIG_REGISTRY nor an npmrc sets "
         "`registry`); configure npm or pass --registry URL"

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-
 import fcntl
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -60,7 +59,7 @@ def create_store_engine(url: str) -> Engine:
         engine = sa.create_engine(url, connect_args={"timeout": 30}, pool_size=20, max_overflow=20)
 
         @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, fsync at checkpoints

@@ -143,7 +143,8 @@ class GraphStore:
             ids = self._upsert_projects(conn, ecosystem, [record for record, _ in fetched], now)
             if ids:
                 conn.execute(dependencies.delete().where(dependencies.c.project_id.in_(list(ids.values()))))
-            edges, children = [], {}
+            edges: list[dict[str, Any]] = []
+            children: dict[str, int] = {}
             for record, depth in fetched:
                 for dep in record.dependencies:
                     edges.append({"project_id": ids[record.name], "to_ecosystem": ecosystem, "to_name": dep.name,

@@ -3,8 +3,9 @@
 The index is revision 0009's (SQLite FTS5; PostgreSQL a table of 'simple' tsvectors under a GIN index). Text is
 never handed to either query language as syntax: on SQLite each word is quoted as an FTS5 string, on PostgreSQL the
 words go to plainto_tsquery as a bound parameter. So quotes, ``*``, ``-``, ``OR`` or ``NEAR(`` are searched as
-words (or, being punctuation, ignored), never obeyed. Every word must match (AND); the last one also matches as a prefix when it has
-at least ``MIN_PREFIX`` letters or digits, so a search finds tasks while the word is still being typed.
+words (or, being punctuation, ignored), never obeyed. Every word must match (AND); the last one also matches as a
+prefix when it has at least ``MIN_PREFIX`` letters or digits, so a search finds tasks while the word is still being
+typed.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _fts5_match(words: list[str]) -> sa.TextClause:
     return sa.text("tasks_fts MATCH :b_search").bindparams(b_search=fts5_query(words))
 
 
-def fts5_match(text: str) -> sa.ColumnElement[bool]:
+def fts5_match(text: str) -> sa.TextClause | sa.ColumnElement[bool]:
     """SQLite: the MATCH on the FTS5 table itself, for queries that read it directly (FTS_TABLE in their FROM)."""
     words = search_words(text)
     return _fts5_match(words) if words else sa.false()

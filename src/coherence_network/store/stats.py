@@ -23,6 +23,7 @@ from coherence_network.contract import SETTLED_STATUSES, TaskStatus
 from coherence_network.store.schema import UTCDateTime, tasks
 from coherence_network.store.tasks import utcnow
 
+
 def _no_outcomes() -> dict[str, Any]:
     """Zero of each outcome that success rates and throughput count (completed, failed)."""
     return {str(status): 0 for status in sorted(SETTLED_STATUSES)}

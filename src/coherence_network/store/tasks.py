@@ -12,8 +12,8 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from functools import lru_cache
+from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -25,7 +25,12 @@ from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.notify import CHANNEL
 from coherence_network.store.schema import UTCDateTime, components, runners, tasks
 from coherence_network.store.search import (
-    COUNT_CAP, FTS_TABLE, fts5_match, pg_matches, search_condition, search_words,
+    COUNT_CAP,
+    FTS_TABLE,
+    fts5_match,
+    pg_matches,
+    search_condition,
+    search_words,
 )
 
 PENDING, RUNNING, FAILED = TaskStatus.PENDING.value, TaskStatus.RUNNING.value, TaskStatus.FAILED.value
@@ -34,7 +39,7 @@ _IDEMPOTENT_FIELDS = ("direction", "task_type", "command")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _row(row: sa.Row[Any] | None) -> dict[str, Any] | None:
@@ -76,13 +81,13 @@ def _pending(typed: bool) -> sa.Select[tuple[int]]:
     return pick
 
 
-@lru_cache(maxsize=None)
+@cache
 def _claimable_statement(typed: bool) -> sa.Select[tuple[int]]:
     """Is any task claimable? A read, so a claim that would find nothing opens no write transaction."""
     return _pending(typed).limit(1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _claim_statement(typed: bool, postgres: bool, several: bool, replayable: bool) -> sa.Update:
     """Built once: statement construction costs more than SQLite's execution of it.
 
@@ -147,7 +152,7 @@ def _claim_order(task: dict[str, Any]) -> tuple[int, int]:
     return -task["priority"], task["id"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _update_statement(
     needed: str, fenced: bool, keys: tuple[str, ...], count_attempt: bool, postgres: bool
 ) -> sa.Update:
@@ -176,7 +181,7 @@ def _same_create(key: str, earlier: dict[str, Any], values: dict[str, Any], wher
         )
 
 
-def _count_capped(matches: sa.Select[Any]) -> sa.Select[tuple[int]]:
+def _count_capped(matches: sa.Select[Any]) -> sa.Select[Any]:
     """How many rows ``matches`` gives, counted up to COUNT_CAP + 1 (a search's total: see store/search.py)."""
     return sa.select(sa.func.count()).select_from(matches.limit(COUNT_CAP + 1).subquery())
 
