@@ -318,7 +318,7 @@ def test_the_console_says_when_the_store_is_gone_and_recovers(browser: Any, tmp_
     """An API on PostgreSQL whose server stops answers 503: the banner names the store, not the API."""
     root = Path(tempfile.mkdtemp(prefix="coherence-pg-console-"))
     server = PostgresServer(root).start()
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": server.new_database()})
+    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": server.new_database(migrated=True)})
     context = None
     try:
         api.start()
