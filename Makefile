@@ -22,7 +22,7 @@ api: $(STAMP)  ## only the API on 127.0.0.1:8000
 TEST_WORKERS ?= auto
 
 test: $(STAMP)  ## the whole test suite, one worker per core (PostgreSQL tests start their own throwaway server)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 screenshots: $(STAMP)  ## the console's browser tests, keeping their screenshots in docs/console/ (the README's)
 	SCREENSHOTS_DIR=docs/console $(BIN)/python -m pytest -q tests/browser

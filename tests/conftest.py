@@ -99,3 +99,13 @@ def pipelines() -> Iterator[list[PipelineProcess]]:
     yield started
     for pipeline in started:
         pipeline.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "long: takes tens of seconds; handed out first (pytest_collection_modifyitems)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked long go first (the order is otherwise kept): xdist hands tests out in this order, so a long one
+    starts while the others still fill the other worker, instead of landing last on one worker while the rest idle."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)

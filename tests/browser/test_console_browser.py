@@ -37,6 +37,8 @@ from tests.support.net import wait_until
 from tests.support.postgres import PostgresServer
 from tests.support.runner import RunnerProcess
 
+pytestmark = pytest.mark.long  # a minute or more in all: started first (tests/conftest.py)
+
 REFRESH_MS = 5_000  # how often the overview and the lists read themselves again
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 SHOTS = Path(os.environ.get("SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "coherence-console-shots")

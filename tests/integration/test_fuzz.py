@@ -104,6 +104,7 @@ def load_operations(api: ApiProcess) -> list[Any]:
     return operations
 
 
+@pytest.mark.long
 def test_fuzz_every_operation_with_and_without_the_token(fuzzed_api: ApiProcess) -> None:
     operations = load_operations(fuzzed_api)
     summary, failures = [], []
