@@ -234,7 +234,9 @@ def test_result_survives_an_api_outage(tmp_path: Path) -> None:
         gate.write_text("go")
         outbox = home / "run" / "runner_outbox"
         wait_until(lambda: any(outbox.glob("task_*.json")), 30, "result kept in the outbox")
-        time.sleep(10)  # the outage itself: the API stays down while the runner keeps retrying
+        # the outage itself: the API stays down until the runner has found it gone and is retrying
+        runner_log = home / "logs" / "agent_runner.log"
+        wait_until(lambda: "runner heartbeat failed" in runner_log.read_text(), 30, "the runner retrying")
         assert proc.proc is not None and proc.proc.poll() is None
         api = ApiProcess(home, port=api.port).start()
         with ApiClient(api.url, token="") as client:
