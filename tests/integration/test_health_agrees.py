@@ -119,6 +119,7 @@ def every_view(api: ApiProcess) -> dict[str, Any]:
     }
 
 
+@pytest.mark.long
 def test_every_view_agrees_on_health(api: ApiProcess) -> None:
     base = f"{api.url}/api/agent"
     # a decision waiting, nothing else: doctor used to say "all checks OK" while status exited 1

@@ -66,6 +66,9 @@ class World:
         return next((r["state"] for r in self.status()["runners"] if r["id"] == name), None)
 
 
+pytestmark = pytest.mark.long  # a minute and a half in all, on one module-wide pipeline: started first
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("one-truth")
