@@ -22,7 +22,7 @@ api: $(STAMP)  ## only the API on 127.0.0.1:8000
 TEST_WORKERS ?= auto
 
 test: $(STAMP)  ## the whole test suite, one worker per core (PostgreSQL tests start their own throwaway server)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lint: $(STAMP)  ## ruff on src, tests and bench, mypy on src (pyproject.toml's settings); .ci/run runs it first
 	$(BIN)/ruff check src tests bench

@@ -32,20 +32,47 @@ def postgres_server() -> Iterator[PostgresServer]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite store migrated to head once per session (per xdist worker), copied by ``migrated_store_url``."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "coherence.db"
+    engine = create_store_engine(f"sqlite:///{path}")
+    migrate(engine)
+    engine.dispose()  # the last connection closing checkpoints the WAL into the file: the file alone is the store
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty database URL on each backend."""
-    if request.param == "sqlite":
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """Each test asking for a store runs on both backends (the test id names it)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store_url(store_backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database URL on each backend (for tests of migration itself)."""
+    if store_backend == "sqlite":
         return f"sqlite:///{tmp_path / 'coherence.db'}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.new_database()
 
 
 @pytest.fixture
-def store_engine(store_url: str) -> Iterator[Engine]:
+def migrated_store_url(store_backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database URL on each backend, already at the newest revision: a copy of a store migrated once per
+    session, which is what running every migration again would give, for a fraction of the time."""
+    if store_backend == "sqlite":
+        path = tmp_path / "coherence.db"
+        shutil.copy(request.getfixturevalue("migrated_sqlite_template"), path)  # with its mode (owner only)
+        return f"sqlite:///{path}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.new_database(migrated=True)
+
+
+@pytest.fixture
+def store_engine(migrated_store_url: str) -> Iterator[Engine]:
     """An engine over a fresh store on each backend, migrated to the newest revision."""
-    engine = create_store_engine(store_url)
-    migrate(engine)
+    engine = create_store_engine(migrated_store_url)
     yield engine
     engine.dispose()
 
@@ -71,3 +98,13 @@ def pipelines() -> Iterator[list[PipelineProcess]]:
     yield started
     for pipeline in started:
         pipeline.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "long: takes tens of seconds; handed out first (pytest_collection_modifyitems)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked long go first (the order is otherwise kept): xdist hands tests out in this order, so a long one
+    starts while the others still fill the other worker, instead of landing last on one worker while the rest idle."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)

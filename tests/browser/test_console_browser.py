@@ -37,6 +37,8 @@ from tests.support.postgres import PostgresServer
 from tests.support.required import missing
 from tests.support.runner import RunnerProcess
 
+pytestmark = pytest.mark.long  # a minute or more in all: started first (tests/conftest.py)
+
 REFRESH_MS = 5_000  # how often the overview and the lists read themselves again
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 SHOTS = Path(os.environ.get("SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "coherence-console-shots")
@@ -318,7 +320,7 @@ def test_the_console_says_when_the_store_is_gone_and_recovers(browser: Any, tmp_
     """An API on PostgreSQL whose server stops answers 503: the banner names the store, not the API."""
     root = Path(tempfile.mkdtemp(prefix="coherence-pg-console-"))
     server = PostgresServer(root).start()
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": server.new_database()})
+    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": server.new_database(migrated=True)})
     context = None
     try:
         api.start()

@@ -38,9 +38,9 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def guarded(tmp_path: Path, store_url: str) -> Iterator[ApiProcess]:
+def guarded(tmp_path: Path, migrated_store_url: str) -> Iterator[ApiProcess]:
     """An API with a token, on each store."""
-    api = ApiProcess(tmp_path / "home", env={"COHERENCE_API_TOKEN": TOKEN, "DATABASE_URL": store_url}).start()
+    api = ApiProcess(tmp_path / "home", env={"COHERENCE_API_TOKEN": TOKEN, "DATABASE_URL": migrated_store_url}).start()
     yield api
     api.stop()
 
@@ -111,9 +111,9 @@ def test_blank_or_short_token_is_refused_at_start(tmp_path: Path, token: str) ->
 
 
 # --- the Host allow-list: DNS rebinding ----------------------------------------------------------------------------
-def test_a_foreign_host_cannot_create_a_task(tmp_path: Path, store_url: str) -> None:
+def test_a_foreign_host_cannot_create_a_task(tmp_path: Path, migrated_store_url: str) -> None:
     """A DNS-rebinding page: the browser sends the attacker's name as Host to our loopback port."""
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": store_url}).start()
+    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
     try:
         with httpx.Client(base_url=api.url, timeout=10) as http:
             for host in ("rebind.attacker.example", f"rebind.attacker.example:{api.port}", "localhost.evil",

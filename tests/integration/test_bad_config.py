@@ -10,6 +10,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from tests.support.net import free_port
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -73,6 +75,7 @@ MATRIX: list[tuple[tuple[str, ...], dict[str, str], str]] = [
 ]
 
 
+@pytest.mark.long
 def test_every_command_says_a_bad_setting_or_an_unreachable_store_in_one_line(tmp_path: Path) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         runs = list(pool.map(lambda case: _run(tmp_path, *COHERENCE, *case[0], **case[1]), MATRIX))

@@ -79,8 +79,8 @@ def needs_decision(client: ApiClient, direction: str, question: str, output: str
     return task.id
 
 
-def test_every_page_renders_on_an_open_console(tmp_path: Path, store_url: str) -> None:
-    open_api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": store_url}).start()
+def test_every_page_renders_on_an_open_console(tmp_path: Path, migrated_store_url: str) -> None:
+    open_api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
     with ApiClient(open_api.url) as client:  # something in every list: a question, a failure, a finished task
         needs_decision(client, "ask", "Which one?")
         failed = client.create_task("fail", TaskType.RUN)
@@ -379,9 +379,9 @@ def test_the_throughput_chart_has_a_range(shared_api: ApiProcess) -> None:
             assert "range must be one of 24h, 7d, 30d" in refused.text
 
 
-def test_throughput_buckets_follow_the_range(store_url: str) -> None:
+def test_throughput_buckets_follow_the_range(migrated_store_url: str) -> None:
     """Finished tasks land in the bucket of their UTC hour, 6 hours or day; one outside the span is not counted."""
-    engine = create_store_engine(store_url)
+    engine = create_store_engine(migrated_store_url)
     migrate(engine)
     now = datetime(2026, 12, 3, 15, 30, tzinfo=UTC)
     finished = [(now - timedelta(hours=1), "completed"), (now - timedelta(days=2), "failed"),

@@ -84,8 +84,8 @@ def scrape(api: ApiProcess) -> dict[str, dict[str, set[str]]]:
     return exported
 
 
-def test_alert_rules_name_only_exported_metrics(store_url: str, tmp_path: Path) -> None:
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": store_url}).start()
+def test_alert_rules_name_only_exported_metrics(migrated_store_url: str, tmp_path: Path) -> None:
+    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
     try:
         exported = scrape(api)
     finally:

@@ -11,8 +11,8 @@ from coherence_network.store.db import create_store_engine, migrate
 T0 = datetime(2026, 12, 3, 12, 0, 0, 123456, tzinfo=UTC)
 
 
-def test_clear_before_a_time_leaves_newer_issues(store_url: str) -> None:
-    engine = create_store_engine(store_url)
+def test_clear_before_a_time_leaves_newer_issues(migrated_store_url: str) -> None:
+    engine = create_store_engine(migrated_store_url)
     try:
         migrate(engine)
         for at, component in ((T0, "monitor"), (T0 + timedelta(seconds=10), "api")):

@@ -91,8 +91,8 @@ def fuzz_operation(
 
 
 @pytest.fixture
-def fuzzed_api(tmp_path: Path, store_url: str) -> Iterator[ApiProcess]:
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": store_url, "COHERENCE_API_TOKEN": TOKEN}).start()
+def fuzzed_api(tmp_path: Path, migrated_store_url: str) -> Iterator[ApiProcess]:
+    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": migrated_store_url, "COHERENCE_API_TOKEN": TOKEN}).start()
     yield api
     api.stop()
 
@@ -104,6 +104,7 @@ def load_operations(api: ApiProcess) -> list[Any]:
     return operations
 
 
+@pytest.mark.long
 def test_fuzz_every_operation_with_and_without_the_token(fuzzed_api: ApiProcess) -> None:
     operations = load_operations(fuzzed_api)
     summary, failures = [], []

@@ -119,6 +119,7 @@ def every_view(api: ApiProcess) -> dict[str, Any]:
     }
 
 
+@pytest.mark.long
 def test_every_view_agrees_on_health(api: ApiProcess) -> None:
     base = f"{api.url}/api/agent"
     # a decision waiting, nothing else: doctor used to say "all checks OK" while status exited 1
@@ -164,9 +165,9 @@ def test_every_view_agrees_on_health(api: ApiProcess) -> None:
     assert not views["doctor_checks"]["runner_seen"]["warn"] and "runners seen 1" in views["text"]
 
 
-def test_the_health_snapshot_and_pruning_on_both_stores(store_url: str) -> None:
+def test_the_health_snapshot_and_pruning_on_both_stores(migrated_store_url: str) -> None:
     """The rules read the same snapshot from SQLite and PostgreSQL; pruning forgets only runners gone too long."""
-    engine = create_store_engine(store_url)
+    engine = create_store_engine(migrated_store_url)
     migrate(engine)
     store = TaskStore(engine, lease_seconds=30, max_attempts=2, tail_bytes=300)
     try:

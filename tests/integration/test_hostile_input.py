@@ -33,8 +33,8 @@ def nested(depth: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def api(tmp_path: Path, store_url: str) -> Iterator[ApiProcess]:
-    process = ApiProcess(tmp_path / "home", env={"DATABASE_URL": store_url}).start()
+def api(tmp_path: Path, migrated_store_url: str) -> Iterator[ApiProcess]:
+    process = ApiProcess(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
     yield process
     process.stop()
 

@@ -68,8 +68,8 @@ def test_an_idle_long_poll_writes_nothing_and_needs_no_write_lock_on_sqlite(tmp_
         api.stop()
 
 
-def test_only_a_write_that_changed_a_task_makes_the_count_cache_stale(store_url: str) -> None:
-    engine = create_store_engine(store_url)
+def test_only_a_write_that_changed_a_task_makes_the_count_cache_stale(migrated_store_url: str) -> None:
+    engine = create_store_engine(migrated_store_url)
     migrate(engine)
     cached = TaskStore(engine, count_cache_seconds=3600)
     other = TaskStore(engine)  # another API replica on the same database

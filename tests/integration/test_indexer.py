@@ -83,8 +83,8 @@ def table_counts(graph: GraphStore, ecosystem: str) -> dict[str, int]:
 
 
 # --- the graph store on both backends ------------------------------------------------------------------------
-def test_graph_store_upserts_and_replaces_edges(store_url: str) -> None:
-    engine = create_store_engine(store_url)
+def test_graph_store_upserts_and_replaces_edges(migrated_store_url: str) -> None:
+    engine = create_store_engine(migrated_store_url)
     migrate(engine)
     graph = GraphStore(engine)
     graph.enqueue_seeds("npm", ["a", "b"])

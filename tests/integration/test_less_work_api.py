@@ -20,8 +20,8 @@ from tests.support.api import ApiProcess
 
 
 @pytest.fixture
-def api(store_url: str, tmp_path: Path) -> Iterator[ApiProcess]:
-    process = ApiProcess(tmp_path / "home", env={"DATABASE_URL": store_url}).start()
+def api(migrated_store_url: str, tmp_path: Path) -> Iterator[ApiProcess]:
+    process = ApiProcess(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
     yield process
     process.stop()
 

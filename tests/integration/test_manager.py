@@ -230,9 +230,9 @@ def test_a_decision_timeout_records_the_default_answer_and_the_item_continues_fr
 
 
 @pytest.fixture
-def api_on_store(store_url: str, tmp_path: Path) -> Any:
+def api_on_store(migrated_store_url: str, tmp_path: Path) -> Any:
     """An API process on the given store (SQLite or PostgreSQL)."""
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": store_url}).start()
+    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
     yield api
     api.stop()
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
 
 from coherence_network import gitops
 from coherence_network.contract import Task
@@ -28,6 +29,7 @@ def monitor_once(api: ApiProcess, **env: str) -> subprocess.CompletedProcess[str
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.long
 def test_issue_opened_reported_and_resolved(api_process: ApiProcess) -> None:
     api, logs = api_process, api_process.home / "logs"
     httpx.post(f"{api.url}/api/agent/tasks", json={"direction": "d", "task_type": "run", "command": "true"})

@@ -66,6 +66,9 @@ class World:
         return next((r["state"] for r in self.status()["runners"] if r["id"] == name), None)
 
 
+pytestmark = pytest.mark.long  # a minute and a half in all, on one module-wide pipeline: started first
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("one-truth")
@@ -271,7 +274,7 @@ def test_a_read_only_postgresql_store_is_not_ready_in_every_view(postgres_server
                                                                    tmp_path: Path) -> None:
     """The same on the scale-out store: PostgreSQL answering but taking no writes (a standby after a failover, or
     default_transaction_read_only) used to leave /api/ready at 200."""
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": postgres_server.new_database()}).start()
+    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": postgres_server.new_database(migrated=True)}).start()
     admin = sa.create_engine(postgres_server.url(), isolation_level="AUTOCOMMIT")
 
     def read_only(on: bool) -> None:

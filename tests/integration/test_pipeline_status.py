@@ -45,8 +45,8 @@ def _percentile(values: list[float], p: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def test_task_metrics_on_both_backends(store_url: str) -> None:
-    engine = create_store_engine(store_url)
+def test_task_metrics_on_both_backends(migrated_store_url: str) -> None:
+    engine = create_store_engine(migrated_store_url)
     migrate(engine)
     now = utcnow()
     recent = [_row(now, "impl", "completed" if i % 4 else "failed", age=timedelta(hours=1), wait=i * 0.5, run=10.0 + i)

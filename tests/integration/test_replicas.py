@@ -34,8 +34,8 @@ class Cluster:
 def cluster(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("replicas")
     commands = {"COHERENCE_COMMAND_TASK_TYPES": "run,review"}  # review tasks here carry commands, not an agent
-    env = {"DATABASE_URL": postgres_server.new_database(), "COHERENCE_CLAIM_RECHECK_SECONDS": str(RECHECK_SECONDS),
-           "COHERENCE_COUNT_CACHE_SECONDS": "3600", **commands}
+    env = {"DATABASE_URL": postgres_server.new_database(migrated=True),
+           "COHERENCE_CLAIM_RECHECK_SECONDS": str(RECHECK_SECONDS), "COHERENCE_COUNT_CACHE_SECONDS": "3600", **commands}
     a = ApiProcess(root / "a", env=env).start()
     b = ApiProcess(root / "b", env=env).start()
     runners = [

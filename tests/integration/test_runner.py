@@ -234,7 +234,9 @@ def test_result_survives_an_api_outage(tmp_path: Path) -> None:
         gate.write_text("go")
         outbox = home / "run" / "runner_outbox"
         wait_until(lambda: any(outbox.glob("task_*.json")), 30, "result kept in the outbox")
-        time.sleep(10)  # the outage itself: the API stays down while the runner keeps retrying
+        # the outage itself: the API stays down until the runner has found it gone and is retrying
+        runner_log = home / "logs" / "agent_runner.log"
+        wait_until(lambda: "runner heartbeat failed" in runner_log.read_text(), 30, "the runner retrying")
         assert proc.proc is not None and proc.proc.poll() is None
         api = ApiProcess(home, port=api.port).start()
         with ApiClient(api.url, token="") as client:
@@ -247,12 +249,12 @@ def test_result_survives_an_api_outage(tmp_path: Path) -> None:
         api.stop()
 
 
-def test_an_api_outage_longer_than_the_lease_reruns_nothing(tmp_path: Path, store_url: str) -> None:
+def test_an_api_outage_longer_than_the_lease_reruns_nothing(tmp_path: Path, migrated_store_url: str) -> None:
     """The API is SIGKILLed for twice the lease while one task runs and another finishes; once it is back the
     runner renews the running task and delivers the finished result within a couple of seconds, not a heartbeat
     interval (15 s) later, and neither task runs again."""
     home, lease = tmp_path / "home", 3.0
-    env = {"DATABASE_URL": store_url, "COHERENCE_LEASE_SECONDS": str(lease)}
+    env = {"DATABASE_URL": migrated_store_url, "COHERENCE_LEASE_SECONDS": str(lease)}
     api = ApiProcess(home, env=env).start()
     proc = None
     try:

@@ -82,8 +82,9 @@ def runner(api: ApiProcess, **env: str) -> RunnerProcess:
 
 
 @pytest.fixture
-def short_lease_api(tmp_path: Path, store_url: str) -> Iterator[ApiProcess]:
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": store_url, "COHERENCE_LEASE_SECONDS": "2"}).start()
+def short_lease_api(tmp_path: Path, migrated_store_url: str) -> Iterator[ApiProcess]:
+    env = {"DATABASE_URL": migrated_store_url, "COHERENCE_LEASE_SECONDS": "2"}
+    api = ApiProcess(tmp_path / "home", env=env).start()
     yield api
     api.stop()
 

@@ -192,7 +192,7 @@ def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     env = {}
     if request.param == "postgresql":
         server: PostgresServer = request.getfixturevalue("postgres_server")
-        env["DATABASE_URL"] = server.new_database()
+        env["DATABASE_URL"] = server.new_database(migrated=True)
     process = ApiProcess(home / "home", env=env).start()
     with httpx.Client(base_url=process.url, timeout=10) as http:
         for i, (direction, priority) in enumerate([("backup the database", 1), ("rotate logs", 5),

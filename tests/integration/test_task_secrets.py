@@ -104,9 +104,9 @@ time.sleep(1.5)  # the last line (an echoed secret) goes out with a heartbeat as
 """
 
 
-def test_a_task_that_prints_its_environment_shows_no_secret(tmp_path: Path, store_url: str) -> None:
+def test_a_task_that_prints_its_environment_shows_no_secret(tmp_path: Path, migrated_store_url: str) -> None:
     home = tmp_path / "home"
-    api = ApiProcess(home, env={"DATABASE_URL": store_url, "COHERENCE_API_TOKEN": API_TOKEN,
+    api = ApiProcess(home, env={"DATABASE_URL": migrated_store_url, "COHERENCE_API_TOKEN": API_TOKEN,
                                 "COHERENCE_LEASE_SECONDS": "1.5"}).start()
     try:
         known = tmp_path / "known.txt"
@@ -219,7 +219,7 @@ def test_a_runner_started_private_runs_tasks_with_the_umask_it_was_handed(api_pr
 def supervised(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineProcess]:
     """A supervised API and runner as an operator runs them: on PostgreSQL with a password in DATABASE_URL (the
     test server trusts any), a token, and variables holding both."""
-    url = urlsplit(postgres_server.new_database())
+    url = urlsplit(postgres_server.new_database(migrated=True))
     database_url = url._replace(netloc=f"{url.username}:{DB_PASSWORD}@{url.hostname}:{url.port}").geturl()
     env = {"COHERENCE_API_TOKEN": API_TOKEN, "DATABASE_URL": database_url, "LEAKY_HEADER": HOLDING["LEAKY_HEADER"],
            "REPORTS_DSN": database_url.replace("+psycopg", "")}

@@ -205,8 +205,8 @@ def test_eight_racing_claimers_claim_each_of_500_tasks_exactly_once(store: TaskS
     assert sum(per_runner.values()) == 500
 
 
-def test_cached_count_follows_this_stores_writes_and_expires_for_others(store_url: str) -> None:
-    engine = create_store_engine(store_url)
+def test_cached_count_follows_this_stores_writes_and_expires_for_others(migrated_store_url: str) -> None:
+    engine = create_store_engine(migrated_store_url)
     migrate(engine)
     cached = TaskStore(engine, count_cache_seconds=3600)
     other = TaskStore(engine)  # another API replica on the same database

@@ -35,6 +35,7 @@ class PostgresServer:
         self.port = free_port()
         # initdb and pg_ctl refuse to run as root: run them as the unprivileged postgres user
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self._template: str | None = None  # a database migrated to head, copied by new_database(migrated=True)
 
     def _run(self, *args: str) -> None:
         subprocess.run([*self.as_user, *args], check=True, capture_output=True, timeout=120)
@@ -67,13 +68,29 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://coherence@127.0.0.1:{self.port}/{database}"
 
-    def new_database(self) -> str:
-        """A fresh empty database on this server; returns its URL."""
+    def new_database(self, *, migrated: bool = False) -> str:
+        """A fresh database on this server; returns its URL. Empty (no tables), or ``migrated`` to the newest
+        revision: a copy of a template migrated once per server (CREATE DATABASE ... TEMPLATE copies files, about
+        20 ms, where running every migration costs about a second)."""
         import sqlalchemy as sa
 
         name = "t_" + uuid.uuid4().hex[:12]
+        template = f' TEMPLATE "{self._migrated_template()}"' if migrated else ""
         engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"{template}'))
         engine.dispose()
         return self.url(name)
+
+    def _migrated_template(self) -> str:
+        """The template's name, migrating it on first use. No connection to it stays open: PostgreSQL copies a
+        template only while nobody is connected to it."""
+        if self._template is None:
+            from coherence_network.store.db import create_store_engine, migrate
+
+            url = self.new_database()
+            engine = create_store_engine(url)
+            migrate(engine)
+            engine.dispose()
+            self._template = url.rsplit("/", 1)[1]
+        return self._template
