@@ -77,6 +77,14 @@ def test_restart_request_restarts_the_api_and_tasks_survive(tmp_path: Path,
     assert json.loads(version_file.read_text())["started_at"] != started  # the restarted code is recorded
 
 
+def _command_line(pid: int) -> bytes:
+    """A process's command line; empty once it has gone (a short-lived child can exit between listing and reading)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 @pytest.mark.parametrize("how", ["sigterm", "coherence stop"])
 def test_stopping_leaves_no_process_behind(tmp_path: Path, pipelines: list[PipelineProcess], how: str) -> None:
     home = tmp_path / "home"
@@ -86,8 +94,8 @@ def test_stopping_leaves_no_process_behind(tmp_path: Path, pipelines: list[Pipel
     pipeline.wait_started("api", "agent_runner", "project_manager", "monitor", "supervisor")
     running = f"{pipeline.url}/api/agent/tasks?status=running"
     wait_until(lambda: httpx.get(running, timeout=10).json()["total"] == 1, 60, "the task running")
-    wait_until(lambda: any(Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"sleep") for p in
-                           processes_with_home(home)), 30, "sleep started")
+    wait_until(lambda: any(_command_line(p).startswith(b"sleep") for p in processes_with_home(home)), 30,
+               "sleep started")
     assert len(processes_with_home(home)) >= 6  # supervisor, api, runner, manager, monitor, the task
     if how == "sigterm":
         assert pipeline.proc is not None
