@@ -167,7 +167,6 @@ QUICK_FAULTS = ["runner_busy", "runner_delivering", "runner_claiming", "api_kill
                 "store_outage", "disk_full"]
 
 
-@pytest.mark.long
 def test_a_quick_chaos_run_on_sqlite_keeps_its_promises() -> None:
     """The real thing, short: 4 runners x 2 slots on their own homes, a 3 s lease, each fault once (about a minute;
     the disk-full fault mounts a tmpfs: root, as in CI)."""
