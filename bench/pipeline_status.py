@@ -27,9 +27,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from coherence_network.clock import utcnow  # noqa: E402
 from coherence_network.store.db import create_store_engine, migrate  # noqa: E402
 from coherence_network.store.schema import tasks  # noqa: E402
-from coherence_network.store.tasks import utcnow  # noqa: E402
 from tests.support.api import ApiProcess  # noqa: E402
 
 TYPES = ("spec", "test", "impl", "review", "run")

@@ -29,12 +29,13 @@ from coherence_network.contract import (
     TaskPage,
     TaskStatus,
 )
+from coherence_network.errors import CoherenceError
 from coherence_network.settings import Settings, get_settings
 
 log = logging.getLogger("coherence.client")
 
 
-class ApiError(Exception):
+class ApiError(CoherenceError):
     """The API answered with an error status; ``status`` and ``detail`` say which and why."""
 
     def __init__(self, status: int, detail: Any, method: str = "", path: str = "") -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from coherence_network.client import ApiClient, ApiError
 from coherence_network.contract import Task, TaskStatus, TaskType
+from coherence_network.errors import CoherenceError
 from coherence_network.logfiles import (
     REGISTRY,
     ROTATE_BACKUPS,
@@ -47,7 +48,7 @@ _FALLBACK_IDENTITY = ("-c", "user.name=Coherence pipeline", "-c", "user.email=pi
 _NO_PROMPTS = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": "", "GCM_INTERACTIVE": "never"}
 
 
-class GitError(Exception):
+class GitError(CoherenceError):
     """git could not run, timed out, or a command failed; the message says which and why."""
 
 

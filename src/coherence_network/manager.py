@@ -19,12 +19,13 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from coherence_network import __version__
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound
+from coherence_network.clock import utcnow
 from coherence_network.contract import ACTIVE_STATUSES, Task, TaskStatus
 from coherence_network.logfiles import REGISTRY, write_json_atomic
 from coherence_network.settings import Settings
@@ -55,9 +56,6 @@ _ITEM = re.compile(r"^\s*(\d+)\.\s+(\S.*?)\s*$")
 _RUN = re.compile(r"^run:\s*(.*)$", re.IGNORECASE)
 _VERDICT = re.compile(r"^\s*VERDICT:\s*(pass|fail)\b", re.IGNORECASE | re.MULTILINE)
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def normalise(text: str) -> str:

@@ -20,13 +20,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from coherence_network import __version__, grading, health
 from coherence_network.cleanup import append_line, trim_resolutions
 from coherence_network.client import ApiClient, ApiError, ApiNotFound
+from coherence_network.clock import utcnow
 from coherence_network.contract import TaskStatus
 from coherence_network.logfiles import REGISTRY, write_json_atomic
 from coherence_network.settings import Settings
@@ -38,9 +39,6 @@ COMPONENT = health.MONITOR
 _ERROR_LINE = re.compile(r'^\S+ (ERROR|CRITICAL) |"level": "(ERROR|CRITICAL)"')
 _SAMPLE_LINES = 5
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def age_seconds(now: datetime, when: str | datetime | None) -> float | None:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from coherence_network.errors import CoherenceError
 from coherence_network.logfiles import RUN_FILES
 from coherence_network.settings import Settings, get_settings
 
@@ -39,7 +40,7 @@ RUNNERS = RUN_FILES["runners/"].name.rstrip("/")  # the instance locks of every 
 _held: dict[str, int] = {}  # component -> the open lock file this process holds until it exits
 
 
-class AlreadyRunning(RuntimeError):
+class AlreadyRunning(CoherenceError, RuntimeError):
     """Another process holds the component's lock."""
 
     def __init__(self, component: str, pid: int | None) -> None:

@@ -33,6 +33,7 @@ from coherence_network import __version__
 from coherence_network.cleanup import prune_task_files
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
 from coherence_network.contract import Task, TaskStatus
+from coherence_network.errors import CoherenceError
 from coherence_network.logfiles import RUN_FILES, remove_dead_writers_temps, task_log_path, write_json_atomic
 from coherence_network.settings import Settings
 from coherence_network.task_env import build_argv, task_environment
@@ -73,7 +74,7 @@ class TaskResult:
         self.status = TaskStatus(self.status)  # read back from an outbox file as a string; a bad one is refused
 
 
-class ClaimLost(Exception):
+class ClaimLost(CoherenceError):
     """The API no longer holds our claim (lease expired and the task went to another runner)."""
 
 
@@ -89,7 +90,7 @@ def lease_of(task: Task, default: float) -> float:
     return granted if granted > 0 else default
 
 
-class RunnerFault(Exception):
+class RunnerFault(CoherenceError):
     """This host could not start the task: its log, prompt file or process-group record could not be written, or the
     guard could not start (a full or read-only disk, no processes left). Not the task's fault: it goes back to pending
     without costing an attempt, and the slot waits before it claims again, so a full disk does not churn the queue."""

@@ -23,6 +23,7 @@ from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coherence_network.contract import TaskType
+from coherence_network.errors import CoherenceError
 
 SECRET_FIELDS = frozenset({"coherence_api_token", "telegram_bot_token", "telegram_webhook_secret"})
 MIN_TOKEN_LENGTH = 16
@@ -95,7 +96,7 @@ def http_url_refusal(name: str, url: str) -> str | None:
     return None
 
 
-class ConfigError(Exception):
+class ConfigError(CoherenceError):
     """A setting that cannot work (a bad database URL, a runtime folder that cannot be created): every command
     shows it as one line naming the variable and the cause, exits 2, and prints no traceback."""
 

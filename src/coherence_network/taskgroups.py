@@ -37,6 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from coherence_network.errors import CoherenceError
+
 if TYPE_CHECKING:  # the guard runs this file as a script and must start fast: standard library only at import
     from coherence_network.contract import Task
     from coherence_network.settings import Settings
@@ -46,11 +48,11 @@ KILL_WAIT_SECONDS = 10.0  # after SIGKILL only a process stuck in the kernel (st
 GO, STARTED, FAILED = b"go\n", "started", "error "
 
 
-class NewerRunRecorded(Exception):
+class NewerRunRecorded(CoherenceError):
     """A run of the same task from a newer claim is recorded on this host: the claim at hand must not start."""
 
 
-class TaskStartError(OSError):
+class TaskStartError(CoherenceError, OSError):
     """The guard could not start the task (for instance the program does not exist); the message is the OS's."""
 
 

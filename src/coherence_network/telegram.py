@@ -27,6 +27,7 @@ import httpx
 from coherence_network import grading
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
 from coherence_network.contract import AttentionFlag, FatalIssue, Task, TaskStatus
+from coherence_network.errors import CoherenceError
 from coherence_network.logfiles import RUN_FILES, shared_secret, write_json_atomic
 from coherence_network.settings import Settings, derived_key
 from coherence_network.status_view import render_task
@@ -144,7 +145,7 @@ class TokenBucket:
 
 
 # --- Bot API ------------------------------------------------------------------------------------------------
-class TelegramError(Exception):
+class TelegramError(CoherenceError):
     """The Bot API failed: ``status`` 0 means it could not be reached; ``retry_after`` comes with 429."""
 
     def __init__(self, method: str, status: int, description: str, retry_after: float | None = None) -> None:

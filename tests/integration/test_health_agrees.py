@@ -22,11 +22,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from coherence_network import health
+from coherence_network.clock import utcnow
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
 from coherence_network.store.db import create_store_engine, migrate
-from coherence_network.store.tasks import utcnow
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
 

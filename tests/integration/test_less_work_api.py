@@ -13,8 +13,8 @@ import pytest
 
 from coherence_network import gitops
 from coherence_network.client import ApiClient, ApiConflict
+from coherence_network.clock import utcnow
 from coherence_network.contract import TaskStatus, TaskType
-from coherence_network.store.tasks import utcnow
 from tests.integration.test_gitops import repo, settings_for  # noqa: F401 - repo is a fixture
 from tests.support.api import ApiProcess
 

@@ -11,11 +11,12 @@ import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.engine import Engine
 
+from coherence_network.clock import utcnow
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.store import Conflict, TaskStore
 from coherence_network.store.db import alembic_config, create_store_engine, migrate
 from coherence_network.store.schema import tasks
-from coherence_network.store.tasks import MAX_BATCH, utcnow
+from coherence_network.store.tasks import MAX_BATCH
 
 RUN = TaskType.RUN
 

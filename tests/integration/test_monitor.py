@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from coherence_network import gitops
+from coherence_network.clock import utcnow
 from coherence_network.contract import Task
-from coherence_network.monitor import Snapshot, evaluate, utcnow
+from coherence_network.monitor import Snapshot, evaluate
 from coherence_network.settings import Settings
 from coherence_network.versioning import SOURCE_DIR, source_sha_on_disk
 from tests.support.api import ApiProcess

@@ -16,12 +16,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from coherence_network.api.app import create_app
+from coherence_network.clock import utcnow
 from coherence_network.settings import Settings
 from coherence_network.status_view import render_status
 from coherence_network.store.db import create_store_engine, migrate
 from coherence_network.store.schema import tasks
 from coherence_network.store.stats import task_metrics
-from coherence_network.store.tasks import utcnow
 from tests.support.api import ApiProcess
 from tests.support.net import free_port
 

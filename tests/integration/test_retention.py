@@ -18,13 +18,13 @@ import sqlalchemy as sa
 
 from coherence_network.cleanup import append_line, trim_jsonl, trim_resolutions
 from coherence_network.client import ApiClient, ApiNotFound
+from coherence_network.clock import utcnow
 from coherence_network.contract import TaskStatus
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
 from coherence_network.store.db import create_store_engine
 from coherence_network.store.retention import prune_store
 from coherence_network.store.schema import monitor_issues, runners, tasks
-from coherence_network.store.tasks import utcnow
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
 from tests.support.runner import RunnerProcess

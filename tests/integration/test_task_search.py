@@ -17,13 +17,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from coherence_network.clock import utcnow
 from coherence_network.contract import SORT_COLUMNS, TaskStatus
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
 from coherence_network.store.retention import prune_store
 from coherence_network.store.schema import tasks
 from coherence_network.store.search import COUNT_CAP, pg_matches, search_condition, search_words
-from coherence_network.store.tasks import utcnow
 from tests.support.api import ApiProcess
 from tests.support.postgres import PostgresServer
 

@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from coherence_network.clock import utcnow
 from coherence_network.store import Conflict, NotFound, TaskStore
 from coherence_network.store.db import create_store_engine, current_revision, head_revision, migrate, readiness
-from coherence_network.store.tasks import utcnow
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ from prometheus_client.registry import Collector
 
 from coherence_network import grading, health
 from coherence_network.api.readiness import readiness_checks
+from coherence_network.clock import utcnow
 from coherence_network.settings import Settings
 from coherence_network.store.ops_issues import open_fatal_issue_count
-from coherence_network.store.tasks import TaskStore, utcnow
+from coherence_network.store.tasks import TaskStore
 
 _DURATION_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400)
 

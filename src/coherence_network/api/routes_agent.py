@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.convertors import Convertor, register_url_convertor
 
+from coherence_network.api.deps import store_of
 from coherence_network.api.models import (
     COMMON_ERRORS,
     SEARCH_QUERY,
@@ -38,6 +39,7 @@ from coherence_network.api.models import (
     refuse_disallowed_commands,
     responses,
 )
+from coherence_network.clock import utcnow
 from coherence_network.contract import (
     FinishAndClaim,
     Runner,
@@ -52,7 +54,6 @@ from coherence_network.contract import (
 )
 from coherence_network.logfiles import task_log_path
 from coherence_network.store.search import COUNT_CAP
-from coherence_network.store.tasks import TaskStore, utcnow
 
 router = APIRouter(prefix="/api/agent", tags=["agent"], responses=COMMON_ERRORS)
 log = logging.getLogger("coherence.api")
@@ -81,9 +82,6 @@ class _IdSegment(Convertor[str]):
 register_url_convertor("id", _IdSegment())
 
 
-def _store(request: Request) -> TaskStore:
-    return request.app.state.store
-
 
 @router.get("/tasks", response_model=TaskPage)
 def list_tasks(
@@ -103,7 +101,7 @@ def list_tasks(
     if finished_after is not None and column != "id":
         raise RequestValidationError([{"type": "value_error", "loc": ("query", "sort"), "input": sort,
                                        "msg": "finished_after orders by finish time; it takes no sort"}])
-    items, total = _store(request).list(status=status, task_type=task_type, order=order, limit=limit, offset=offset,
+    items, total = store_of(request).list(status=status, task_type=task_type, order=order, limit=limit, offset=offset,
                                         finished_after=finished_after, search=q, sort=column, descending=descending)
     return {"items": items, "total": total, "limit": limit, "offset": offset,
             "total_exact": q is None or total <= COUNT_CAP}
@@ -123,7 +121,7 @@ async def create_task(
 ) -> dict[str, Any]:
     refuse_disallowed_commands([body], request.app.state.settings)
     task, created = await run_in_threadpool(
-        lambda: _store(request).create_or_replay(**body.model_dump(), idempotency_key=idempotency_key)
+        lambda: store_of(request).create_or_replay(**body.model_dump(), idempotency_key=idempotency_key)
     )
     if not created:
         response.status_code = 200
@@ -141,7 +139,7 @@ async def create_tasks(body: TaskBatch, request: Request, response: Response) ->
     ``idempotency_key``. A key reused for another task is 409 and nothing of the batch is written."""
     refuse_disallowed_commands(body.tasks, request.app.state.settings, batch=True)
     results = await run_in_threadpool(
-        lambda: _store(request).create_many([item.model_dump() for item in body.tasks])
+        lambda: store_of(request).create_many([item.model_dump() for item in body.tasks])
     )
     made = [task for task, created in results if created]
     for task in made:
@@ -154,7 +152,7 @@ async def create_tasks(body: TaskBatch, request: Request, response: Response) ->
 
 @router.get("/tasks/count", response_model=TaskCount)
 def count_tasks(request: Request) -> dict[str, Any]:
-    return _store(request).count()
+    return store_of(request).count()
 
 
 @router.post("/tasks/claim", responses={200: {"model": Task | TaskList},
@@ -249,13 +247,13 @@ def _count_claims(state: Any, claimed: list[dict[str, Any]]) -> None:
 
 @router.get("/tasks/{task_id:id}", response_model=Task, responses=responses(404))
 def get_task(task_id: TaskId, request: Request) -> dict[str, Any]:
-    return _store(request).get(task_id)
+    return store_of(request).get(task_id)
 
 
 @router.patch("/tasks/{task_id:id}", response_model=Task, responses=responses(404, 409))
 async def patch_task(task_id: TaskId, body: TaskPatch, request: Request) -> dict[str, Any]:
     """Answer a needs_decision task (``{"decision": "yes"}``) or retry a failed one (``{"status": "pending"}``)."""
-    store = _store(request)
+    store = store_of(request)
     if body.decision is not None:
         who = body.decided_by or "api"
         task = await run_in_threadpool(store.decide, task_id, body.decision, who)
@@ -270,7 +268,7 @@ def task_log(task_id: TaskId, request: Request, tail: int = Query(0, ge=0, le=10
 
     At most the file's last LOG_READ_CAP_BYTES are read and returned, whatever the file's size; headers say the
     file's size, the cap and whether the answer was cut (a first line says so too)."""
-    task = _store(request).get(task_id)
+    task = store_of(request).get(task_id)
     path = task_log_path(request.app.state.settings, task_id)
     try:
         end = read_log_end(path, tail)
@@ -333,7 +331,7 @@ async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request)
     """Extend the lease (and report progress); 409 when the claim token is no longer the current claim."""
     _log_replaced(task_id, body)
     return await run_in_threadpool(
-        lambda: _store(request).heartbeat(
+        lambda: store_of(request).heartbeat(
             task_id,
             body.claim_token,
             progress_pct=body.progress_pct,
@@ -352,7 +350,7 @@ async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> An
     With ``claim_next`` the runner's next task is claimed in the same transaction (a refused finish claims
     nothing), waiting up to its ``wait_seconds`` for one; the answer is then ``{"finished": ..., "next": ...}``."""
     _log_replaced(task_id, body)
-    store = _store(request)
+    store = store_of(request)
     ending: dict[str, Any] = {"status": body.status, "output": body.output, "exit_code": body.exit_code,
                               "decision_prompt": body.decision_prompt}
     following = body.claim_next
@@ -393,7 +391,7 @@ def _log_replaced(task_id: int, report: AgentReport) -> None:
 async def runner_heartbeat(body: RunnerHeartbeat, request: Request) -> dict[str, Any]:
     """Register a runner (or refresh it): id, host, pid, version, last_seen."""
     return await run_in_threadpool(
-        lambda: _store(request).runner_heartbeat(
+        lambda: store_of(request).runner_heartbeat(
             body.runner_id, host=body.host, pid=body.pid, version=body.version, info=body.info
         )
     )
@@ -401,7 +399,7 @@ async def runner_heartbeat(body: RunnerHeartbeat, request: Request) -> dict[str,
 
 @router.get("/runners", response_model=RunnerList)
 def list_runners(request: Request) -> dict[str, Any]:
-    return {"items": _store(request).runners()}
+    return {"items": store_of(request).runners()}
 
 
 class LeaseReaper:

@@ -12,14 +12,16 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
 from coherence_network import grading, health
+from coherence_network.api.deps import store_of
 from coherence_network.api.models import COMMON_ERRORS, JsonObject, Strict, Text, UtcTime
+from coherence_network.clock import utcnow
 from coherence_network.contract import FatalIssueList, MonitorIssueList, TaskStatus
 from coherence_network.logfiles import REGISTRY
 from coherence_network.monitor import with_command
 from coherence_network.settings import Settings
 from coherence_network.store import ops_issues
 from coherence_network.store.stats import ALL_TYPES, success_counts
-from coherence_network.store.tasks import TaskStore, utcnow
+from coherence_network.store.tasks import TaskStore
 
 router = APIRouter(prefix="/api/agent", tags=["ops-issues"], responses=COMMON_ERRORS)
 MANAGER_COMPONENT = "project_manager"
@@ -49,21 +51,18 @@ class FatalIssue(Strict):
     at: UtcTime | None = None
 
 
-def _store(request: Request) -> TaskStore:
-    return request.app.state.store
-
 
 @router.post("/monitor-issues")
 async def post_monitor_issues(body: MonitorIssues, request: Request) -> dict[str, int]:
     """The monitor's open issues after a check (the whole set: rules not listed are resolved)."""
     issues = [issue.model_dump() for issue in body.issues]
-    return await run_in_threadpool(ops_issues.replace_monitor_issues, _store(request).engine, issues, body.host)
+    return await run_in_threadpool(ops_issues.replace_monitor_issues, store_of(request).engine, issues, body.host)
 
 
 @router.get("/monitor-issues", response_model=MonitorIssueList)
 def get_monitor_issues(request: Request) -> dict[str, Any]:
     """Open monitor issues (each with its suggested action and runbook section) and the recently resolved ones."""
-    listing = ops_issues.list_monitor_issues(_store(request).engine)
+    listing = ops_issues.list_monitor_issues(store_of(request).engine)
     listing = {name: [with_command(i) for i in rows] for name, rows in listing.items()}
     return {**listing, "count": len(listing["issues"])}
 
@@ -71,12 +70,12 @@ def get_monitor_issues(request: Request) -> dict[str, Any]:
 @router.post("/fatal-issues", status_code=201)
 async def post_fatal_issue(body: FatalIssue, request: Request) -> dict[str, Any]:
     """A component the supervisor could not keep running."""
-    return await run_in_threadpool(ops_issues.add_fatal_issue, _store(request).engine, body.model_dump(), body.host)
+    return await run_in_threadpool(ops_issues.add_fatal_issue, store_of(request).engine, body.model_dump(), body.host)
 
 
 @router.get("/fatal-issues", response_model=FatalIssueList)
 def get_fatal_issues(request: Request) -> dict[str, Any]:
-    items = ops_issues.list_fatal_issues(_store(request).engine)
+    items = ops_issues.list_fatal_issues(store_of(request).engine)
     return {"items": items, "count": len(items)}
 
 
@@ -87,13 +86,13 @@ async def clear_fatal_issues(
                                    "for while the API was unreachable, applied later)"),
 ) -> dict[str, int]:
     """The operator fixed the cause (`coherence fatal --clear`)."""
-    return {"cleared": await run_in_threadpool(ops_issues.clear_fatal_issues, _store(request).engine, before)}
+    return {"cleared": await run_in_threadpool(ops_issues.clear_fatal_issues, store_of(request).engine, before)}
 
 
 @router.get("/effectiveness")
 def effectiveness(request: Request) -> dict[str, Any]:
     """Throughput, success rate, issues, backlog progress and goal proximity; formula in ``goal_proximity``."""
-    store = _store(request)
+    store = store_of(request)
     now = utcnow()
     per_day = ops_issues.completed_per_day(store.engine, now)
     with store.engine.connect() as conn:

@@ -15,12 +15,12 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
 from coherence_network import health
+from coherence_network.api.deps import store_of
 from coherence_network.api.models import COMMON_ERRORS, JsonObject, Pid, Strict, Text
 from coherence_network.contract import PipelineStatus
 from coherence_network.logfiles import task_log_path
 from coherence_network.settings import Settings
 from coherence_network.store.stats import Limits, task_metrics
-from coherence_network.store.tasks import TaskStore
 
 router = APIRouter(prefix="/api/agent", tags=["pipeline"], responses=COMMON_ERRORS)
 LOG_TAIL_LINES = 20
@@ -35,15 +35,12 @@ class ComponentHeartbeat(Strict):
     info: JsonObject | None = Field(None, description="A small summary of the component's state")
 
 
-def _store(request: Request) -> TaskStore:
-    return request.app.state.store
-
 
 @router.post("/components/heartbeat")
 async def component_heartbeat(body: ComponentHeartbeat, request: Request) -> dict[str, Any]:
     """A component (the project manager, the monitor...) says it is alive, with a summary of its state."""
     return await run_in_threadpool(
-        lambda: _store(request).component_heartbeat(
+        lambda: store_of(request).component_heartbeat(
             body.component, host=body.host, pid=body.pid, version=body.version, info=body.info
         )
     )
@@ -52,7 +49,7 @@ async def component_heartbeat(body: ComponentHeartbeat, request: Request) -> dic
 @router.get("/metrics")
 def metrics(request: Request) -> dict[str, Any]:
     """Success rate (24 h, 7 d), run time and queue wait p50/p95 by task type, throughput per hour."""
-    return task_metrics(_store(request).engine)
+    return task_metrics(store_of(request).engine)
 
 
 @router.get("/pipeline-status", response_model=PipelineStatus)

@@ -30,6 +30,7 @@ from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException
 
 from coherence_network import grading, health, restart
+from coherence_network.api.deps import store_of
 from coherence_network.api.errors import bounded_error
 from coherence_network.api.models import TaskCreateItem, TaskId, TaskPatch, refuse_disallowed_commands, storable_text
 from coherence_network.api.routes_agent import read_log_end
@@ -45,13 +46,13 @@ from coherence_network.console.session import (
     local_path,
 )
 from coherence_network.contract import TaskStatus, TaskType, parse_sort
+from coherence_network.errors import CoherenceError
 from coherence_network.logfiles import RUN_FILES, shared_secret, task_log_path
 from coherence_network.monitor import with_command
 from coherence_network.settings import Settings
 from coherence_network.store import Conflict, NotFound
 from coherence_network.store.search import COUNT_CAP, MAX_QUERY_CHARS
 from coherence_network.store.stats import ALL_TYPES, WINDOWS, success_counts, throughput
-from coherence_network.store.tasks import TaskStore
 
 router = APIRouter(include_in_schema=False)
 log = logging.getLogger("coherence.api")
@@ -121,7 +122,7 @@ CHART_RANGES = {
 _UNSTORABLE_MESSAGE = "Names hold no NUL characters or lone surrogates: no project can have one."
 
 
-class FormRefused(Exception):
+class FormRefused(CoherenceError):
     """A posted form that is not acted on; its error page is the answer."""
 
     def __init__(self, page: HTMLResponse) -> None:
@@ -129,7 +130,7 @@ class FormRefused(Exception):
         self.page = page
 
 
-class SignInNeeded(Exception):
+class SignInNeeded(CoherenceError):
     """An unsigned visitor asked for a page while a token is set: answered with 303 to the sign-in page."""
 
     def __init__(self, target: str) -> None:
@@ -148,9 +149,6 @@ class Visit:
 def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
-
-def _store(request: Request) -> TaskStore:
-    return request.app.state.store
 
 
 def _sessions(request: Request) -> Sessions:
@@ -306,7 +304,7 @@ def overview(request: Request, restart_notice: str = "",
     if span is None:
         return error_page(request, 400, "Unknown range", f"range must be one of {', '.join(CHART_RANGES)}; "
                           f"{chart_range[:40]!r} is not", visit)
-    settings, store = _settings(request), _store(request)
+    settings, store = _settings(request), store_of(request)
     snapshot = request.app.state.metrics.health_snapshot()
     now = snapshot.now
     finished = request.app.state.console_throughput.read(store.engine, now, span)
@@ -465,7 +463,7 @@ def tasks_page(request: Request, status: str = "", task_type: str = "", q: str =
         return error_page(request, 400, "Bad search", f"A search is at most {MAX_QUERY_CHARS} characters, without "
                           "NUL characters or lone surrogates.", visit)
     offset = min(max(offset, 0), 2**31 - 1)
-    items, total = _store(request).list(status=chosen_status, task_type=chosen_type, search=q or None, sort=column,
+    items, total = store_of(request).list(status=chosen_status, task_type=chosen_type, search=q or None, sort=column,
                                         descending=descending, limit=PAGE_SIZE, offset=offset)
     params = {"status": status, "task_type": task_type, "q": q}
     shown_total = f"more than {COUNT_CAP:,}" if q and total > COUNT_CAP else f"{total:,}"
@@ -492,7 +490,7 @@ async def create_task(request: Request) -> Response:
     except RequestValidationError as exc:
         return error_page(request, 422, "The task was not created", [e["msg"] for e in exc.errors()], visit)
     try:
-        task, created = await run_in_threadpool(lambda: _store(request).create_or_replay(**body.model_dump()))
+        task, created = await run_in_threadpool(lambda: store_of(request).create_or_replay(**body.model_dump()))
     except Conflict as exc:
         return error_page(request, 409, "The task was not created", str(exc), visit)
     if created:
@@ -512,7 +510,7 @@ def _task_log(settings: Settings, task: dict[str, Any]) -> tuple[str, str]:
 def task_page(request: Request, task_id: TaskId) -> HTMLResponse:
     visit = _visit(request)
     try:
-        task = _store(request).get(task_id)
+        task = store_of(request).get(task_id)
     except NotFound as exc:
         return error_page(request, 404, "Task not found", str(exc), visit)
     text, source = _task_log(_settings(request), task)
@@ -531,20 +529,20 @@ async def decide(request: Request, task_id: TaskId) -> Response:
     back = local_path(fields.get("back"), f"/tasks/{task_id}")
     decision = body.decision
     assert decision is not None  # TaskPatch._one_change: without a status, the decision is given
-    return await _act(request, visit, lambda: _store(request).decide(task_id, decision, who), back, task_id)
+    return await _act(request, visit, lambda: store_of(request).decide(task_id, decision, who), back, task_id)
 
 
 @router.post("/tasks/{task_id}/retry")
 async def retry(request: Request, task_id: TaskId) -> Response:
     visit, _ = await _form(request)
-    return await _act(request, visit, lambda: _store(request).retry(task_id), f"/tasks/{task_id}", task_id)
+    return await _act(request, visit, lambda: store_of(request).retry(task_id), f"/tasks/{task_id}", task_id)
 
 
 @router.get("/decisions")
 def decisions_page(request: Request, offset: int = 0) -> HTMLResponse:
     visit = _visit(request)
     offset = min(max(offset, 0), 2**31 - 1)
-    items, total = _store(request).list(status=TaskStatus.NEEDS_DECISION, order="oldest", limit=PAGE_SIZE,
+    items, total = store_of(request).list(status=TaskStatus.NEEDS_DECISION, order="oldest", limit=PAGE_SIZE,
                                         offset=offset)
     return render(request, "decisions.html", visit, items=items, total=total, offset=offset,
                   pages=_page_links("/decisions", {}, offset, total))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from coherence_network.errors import CoherenceError
 from coherence_network.store.graph import Dependency
 
 MAX_TEXT = 2000
 
 
-class MalformedMetadata(ValueError):
+class MalformedMetadata(CoherenceError, ValueError):
     """The registry answered, but the document is not the shape the ecosystem defines."""
 
 

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from coherence_network.errors import CoherenceError
+
 NPM_TIMEOUT_SECONDS = 15.0
 
 
-class RegistryError(Exception):
+class RegistryError(CoherenceError):
     """No usable registry address: the operator must configure one or pass --registry."""
 
 

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from coherence_network.clock import utcnow
 from coherence_network.store.schema import dependencies, index_frontier, projects
-from coherence_network.store.tasks import utcnow
 
 QUEUED, DONE = "queued", "done"
 

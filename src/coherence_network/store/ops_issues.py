@@ -12,9 +12,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from coherence_network.clock import utcnow
 from coherence_network.contract import TaskStatus
 from coherence_network.store.schema import fatal_issues, monitor_issues, tasks
-from coherence_network.store.tasks import utcnow
 
 _ISSUE_FIELDS = ("severity", "message", "action", "runbook", "detail", "host")
 

@@ -16,10 +16,11 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from coherence_network.clock import utcnow
 from coherence_network.contract import SETTLED_STATUSES
 from coherence_network.settings import Settings
 from coherence_network.store.schema import monitor_issues, runners, tasks
-from coherence_network.store.tasks import TaskStore, utcnow
+from coherence_network.store.tasks import TaskStore
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from coherence_network.clock import utcnow
 from coherence_network.contract import SETTLED_STATUSES, TaskStatus
 from coherence_network.store.schema import UTCDateTime, tasks
-from coherence_network.store.tasks import utcnow
 
 
 def _no_outcomes() -> dict[str, Any]:

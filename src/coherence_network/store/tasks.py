@@ -12,13 +12,14 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from coherence_network.clock import utcnow
 from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, SORT_COLUMNS, TaskStatus
 from coherence_network.store.db import read_retrying
 from coherence_network.store.errors import Conflict, NotFound
@@ -37,9 +38,6 @@ PENDING, RUNNING, FAILED = TaskStatus.PENDING.value, TaskStatus.RUNNING.value, T
 # The fields that make a create the same create: a reused idempotency key with other values is a client bug.
 _IDEMPOTENT_FIELDS = ("direction", "task_type", "command")
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _row(row: sa.Row[Any] | None) -> dict[str, Any] | None:
