@@ -26,7 +26,7 @@ import httpx
 from bench.pipeline_status import HISTORY_API_ENV, fill, latency
 from coherence_network.store.db import create_store_engine
 from coherence_network.store.schema import tasks
-from coherence_network.store.tasks import seconds_between
+from coherence_network.store.statements import seconds_between
 from tests.support.api import ApiProcess
 from tests.support.postgres import PostgresServer
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
+from coherence_network.store import TaskStore
 from coherence_network.store.db import create_store_engine, migrate
-from coherence_network.store.tasks import TaskStore
 from tests.support.api import ApiProcess
 from tests.support.pipeline import PipelineProcess
 from tests.support.postgres import PostgresServer, find_bindir

@@ -86,15 +86,16 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print as JSON")) 
 def migrate() -> None:
     """Upgrade the store's schema to the newest revision (existing data is kept)."""
     from coherence_network.store import open_task_store
-    from coherence_network.store.db import migrate as run_migrations
-    from coherence_network.store.db import store_errors_as_config
 
     settings = get_settings()
     settings.ensure_dirs()
     store = open_task_store(settings)
-    with store_errors_as_config(store.engine):
-        before, after = run_migrations(store.engine)
-    typer.echo(f"store {store.engine.dialect.name}: schema {before or 'empty'} -> {after}")
+    try:
+        with store.errors_as_config():
+            before, after = store.migrate()
+    finally:
+        store.dispose()
+    typer.echo(f"store {store.dialect}: schema {before or 'empty'} -> {after}")
 
 
 @app.command()
@@ -198,7 +199,6 @@ def _fail_fast(settings: Settings, host: str, port: int, fd: int | None) -> sock
 
     from coherence_network.ports import listener
     from coherence_network.store import open_task_store
-    from coherence_network.store.db import check_store
 
     sock = None
     if fd is not None:
@@ -223,11 +223,11 @@ def _fail_fast(settings: Settings, host: str, port: int, fd: int | None) -> sock
                                   f"--port {port}, if it is a stray API of yours) or set COHERENCE_API_PORT") from exc
     store = open_task_store(settings)
     try:
-        check_store(store.engine, upgrade=settings.coherence_auto_migrate)
+        store.check(upgrade=settings.coherence_auto_migrate)
     finally:
-        store.engine.dispose()
+        store.dispose()
     log = logging.getLogger("coherence.api")
-    log.info("store %s ready; serving on %s:%d%s", store.engine.dialect.name, host, port,
+    log.info("store %s ready; serving on %s:%d%s", store.dialect, host, port,
              "" if fd is None else f" (the supervisor's socket, fd {fd})")
     return sock
 
@@ -686,52 +686,31 @@ def prune(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
 ) -> None:
     """Apply retention now (the API, the runner and the monitor also do it every COHERENCE_PRUNE_INTERVAL_SECONDS):
-    completed and failed tasks older than COHERENCE_RETAIN_TASKS_DAYS with their task logs and prompt files,
-    resolved monitor issues older than COHERENCE_RETAIN_RESOLUTIONS_DAYS, runner rows unseen for
-    COHERENCE_RUNNER_FORGET_SECONDS. Needs the store (DATABASE_URL) and, for this host's task files, the API.
-    Exit 1 when the API cannot be reached (the store and the resolutions are pruned anyway)."""
-    from dataclasses import asdict
-
+    the API deletes completed and failed tasks older than its COHERENCE_RETAIN_TASKS_DAYS, resolved monitor issues
+    older than COHERENCE_RETAIN_RESOLUTIONS_DAYS and runner rows unseen for COHERENCE_RUNNER_FORGET_SECONDS (only
+    the API writes the store); this host's task logs and prompt files of those tasks and its resolutions file go
+    here. Exit 2 when the API cannot be reached (nothing is pruned)."""
     from coherence_network.cleanup import prune_task_files, trim_resolutions
-    from coherence_network.client import ApiClient, ApiError
-    from coherence_network.store import open_task_store
-    from coherence_network.store.db import check_store
-    from coherence_network.store.retention import prune_store
 
     settings = get_settings()
-    store = open_task_store(settings)
-    try:
-        check_store(store.engine, upgrade=False)
-        rows = prune_store(store, settings, dry_run=dry_run)
-    finally:
-        store.engine.dispose()
+    with _api(settings) as client:
+        rows = client.prune(dry_run=dry_run)
+        files = prune_task_files(settings, client, dry_run=dry_run)
     resolutions = trim_resolutions(settings, dry_run=dry_run)
-    api_error = None
-    try:
-        with ApiClient(settings=settings, retries=1) as client:
-            files = prune_task_files(settings, client, dry_run=dry_run)
-    except ApiError as exc:
-        files, api_error = None, str(exc)
     if as_json:
         typer.echo(json.dumps({
-            "dry_run": dry_run, "store": asdict(rows),
-            "task_files": None if files is None else {"removed": len(files.removed), "bytes": files.bytes_freed,
-                                                      "kept_unfinished": len(files.kept_unfinished)},
+            "dry_run": dry_run, "store": {key: rows[key] for key in ("tasks", "monitor_issues", "runners")},
+            "task_files": {"removed": len(files.removed), "bytes": files.bytes_freed,
+                           "kept_unfinished": len(files.kept_unfinished)},
             "resolutions": {"removed": resolutions.removed, "bytes": resolutions.bytes_freed},
-            "api_error": api_error,
         }))
-    else:
-        verb = "would remove" if dry_run else "removed"
-        typer.echo(f"store: {verb} {rows.tasks} finished tasks, {rows.monitor_issues} resolved monitor issues, "
-                   f"{rows.runners} runner rows")
-        typer.echo(f"monitor_resolutions.jsonl: {verb} {resolutions.removed} lines, {resolutions.bytes_freed} bytes")
-        if files is not None:
-            typer.echo(f"task logs and prompt files: {verb} {len(files.removed)}, {files.bytes_freed} bytes"
-                       f" ({len(files.kept_unfinished)} kept: task not finished)")
-    if api_error is not None:
-        typer.echo(f"task logs and prompt files not pruned: cannot ask the API which tasks are finished: {api_error}"
-                   " (docs/RUNBOOK.md#api-restart)", err=True)
-        raise typer.Exit(1)
+        return
+    verb = "would remove" if dry_run else "removed"
+    typer.echo(f"store: {verb} {rows['tasks']} finished tasks, {rows['monitor_issues']} resolved monitor issues, "
+               f"{rows['runners']} runner rows")
+    typer.echo(f"monitor_resolutions.jsonl: {verb} {resolutions.removed} lines, {resolutions.bytes_freed} bytes")
+    typer.echo(f"task logs and prompt files: {verb} {len(files.removed)}, {files.bytes_freed} bytes"
+               f" ({len(files.kept_unfinished)} kept: task not finished)")
 
 
 @app.command()

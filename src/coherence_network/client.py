@@ -254,6 +254,12 @@ class ApiClient:
         body = {"runner_id": runner_id, "host": host, "pid": pid, "version": version, "info": info}
         return Runner.model_validate(self.post("/api/agent/runners/heartbeat", body, keyed=True))
 
+    def prune(self, *, dry_run: bool = False) -> dict[str, int | bool]:
+        """One retention pass over the store by the API (``dry_run``: counted only): {dry_run, tasks,
+        monitor_issues, runners}. Safe to repeat, so retried like a read."""
+        answer: dict[str, int | bool] = self.post("/api/agent/prune", {"dry_run": dry_run}, keyed=True)
+        return answer
+
 
 
 def _claim_body(runner_id: str, types: list[str] | None, wait_seconds: float,

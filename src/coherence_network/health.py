@@ -20,15 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.grading import ALIVE, DEAD, SEVERITIES, STOPPED, count_states, state_of
 from coherence_network.settings import Settings, seen_limit
-from coherence_network.store.ops_issues import list_fatal_issues, list_monitor_issues
-from coherence_network.store.schema import tasks
-from coherence_network.store.stats import Limits, pipeline_snapshot
-from coherence_network.store.tasks import TaskStore
+from coherence_network.store import TaskStore
+from coherence_network.store.stats import Limits
 
 MANAGER = "project_manager"
 MONITOR = "monitor"
@@ -122,27 +118,35 @@ def runner_seen_limit(row: dict[str, Any], settings: Settings) -> float:
     return settings.monitor_runner_seen_seconds  # type: ignore[return-value]  # derived: never None
 
 
+def forgotten(row: dict[str, Any], now: datetime, settings: Settings) -> bool:
+    """A runner row past its time: unseen for COHERENCE_RUNNER_FORGET_SECONDS, or stopped and unseen for
+    COHERENCE_RUNNER_FORGET_STOPPED_SECONDS. No view shows it; the API's registry pass deletes it soon after."""
+    age = (now - row["last_seen"]).total_seconds()
+    limit = settings.coherence_runner_forget_stopped_seconds if (row.get("info") or {}).get("stopped") \
+        else settings.coherence_runner_forget_seconds
+    return age > limit
+
+
 def gather(store: TaskStore, settings: Settings, now: datetime, limits: Limits | None = None,
            ready: list[dict[str, Any]] | None = None) -> HealthSnapshot:
-    """One snapshot from the store (and this replica's readiness checks, when given); runners forgotten past
-    COHERENCE_RUNNER_FORGET_SECONDS are not in it."""
-    found = pipeline_snapshot(store.engine, now, limits or Limits(), settings.pipeline_failure_streak)
-    with store.engine.connect() as conn:  # what orphan_running needs beyond the summary columns
-        leases = {r.id: r for r in conn.execute(sa.select(tasks.c.id, tasks.c.lease_expires_at, tasks.c.timeout_seconds)
-                                                .where(tasks.c.status == TaskStatus.RUNNING))}
+    """One snapshot from the store (and this replica's readiness checks, when given); a read, it writes nothing
+    (runners past COHERENCE_RUNNER_FORGET_SECONDS are forgotten by the API's registry pass, api/metrics.py)."""
+    found = store.pipeline_snapshot(now, limits or Limits(), settings.pipeline_failure_streak)
+    leases = store.running_leases()  # what orphan_running needs beyond the summary columns
     for task in found["running"]:
-        lease = leases.get(task["id"])
-        task["lease_expires_at"] = lease.lease_expires_at if lease else None
-        task["timeout_seconds"] = lease.timeout_seconds if lease else None
+        lease = leases.get(task["id"], {})
+        task["lease_expires_at"] = lease.get("lease_expires_at")
+        task["timeout_seconds"] = lease.get("timeout_seconds")
     return HealthSnapshot(
         now=now, by_status=store.count()["by_status"], running=found["running"], pending=found["pending"],
         needs_decision=found["needs_decision"], recent=found["recent"], success_24h=found["success_24h"],
-        runners=[mark_seen(r, now, runner_seen_limit(r, settings)) for r in store.runners()],
+        runners=[mark_seen(r, now, runner_seen_limit(r, settings)) for r in store.runners()
+                 if not forgotten(r, now, settings)],
         components={c["name"]: mark_seen(c, now, settings.monitor_component_seen_seconds)
                     for c in store.components() if c["name"] in LONG_LIVED},
-        fatal=list_fatal_issues(store.engine),
+        fatal=store.list_fatal_issues(),
         ready=ready or [],
-        host_issues=host_issues(list_monitor_issues(store.engine, resolved_limit=0)["issues"]),
+        host_issues=host_issues(store.list_monitor_issues(resolved_limit=0)["issues"]),
     )
 
 

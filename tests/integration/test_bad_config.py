@@ -52,7 +52,6 @@ MATRIX: list[tuple[tuple[str, ...], dict[str, str], str]] = [
      "coherence: DATABASE_URL=postgresql+psycopg://me:***@127.0.0.1:notaport/x is not a database URL"),
     (("migrate",), {"COHERENCE_HOME": "/proc/no-such-home"},
      "coherence: COHERENCE_HOME=/proc/no-such-home: cannot create"),
-    (("prune", "--dry-run"), {"DATABASE_URL": "postgresql://"}, "coherence: the store at DATABASE_URL="),
     (("api", "--port", str(free_port())), {"DATABASE_URL": CLOSED},  # not "migration failed", then a traceback
      "coherence: the store at DATABASE_URL=postgresql+psycopg://me:***@127.0.0.1:"),
     (("status",), {"DATABASE_URL": "garbage"}, "coherence: DATABASE_URL=garbage is not a database URL this can use"),
@@ -72,6 +71,7 @@ MATRIX: list[tuple[tuple[str, ...], dict[str, str], str]] = [
     # a one-shot command that cannot reach the API did nothing, as with a bad setting (long-running ones retry)
     (("status",), {"AGENT_API_BASE": CLOSED_API}, f"the API at {CLOSED_API} is unreachable (ConnectError"),
     (("create", "x", "--command", "true"), {"AGENT_API_BASE": CLOSED_API}, f"the API at {CLOSED_API} is unreachable"),
+    (("prune", "--dry-run"), {"AGENT_API_BASE": CLOSED_API}, f"the API at {CLOSED_API} is unreachable"),  # it prunes
 ]
 
 

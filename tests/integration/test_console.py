@@ -21,11 +21,12 @@ import coherence_network.api  # noqa: F401  (first: the app imports the console'
 from coherence_network import pidfiles, restart
 from coherence_network.client import ApiClient
 from coherence_network.console import charts, routes
-from coherence_network.console.routes import CHART_RANGES, RESTART_CONSEQUENCES, ThroughputFigures
+from coherence_network.console.routes import CHART_RANGES, RESTART_CONSEQUENCES
 from coherence_network.console.session import COOKIE, Sessions, key_from_token, local_path
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.logfiles import REGISTRY
 from coherence_network.settings import Settings
+from coherence_network.store import TaskStore
 from coherence_network.store.db import create_store_engine, migrate
 from coherence_network.store.schema import tasks
 from coherence_network.store.stats import throughput
@@ -392,12 +393,14 @@ def test_throughput_buckets_follow_the_range(migrated_store_url: str) -> None:
                                       for at, status in finished])
     try:
         with engine.connect() as conn:
-            day = throughput(engine, conn, now, timedelta(hours=1), 24)
-            week = throughput(engine, conn, now, timedelta(hours=6), 28)
-            month = throughput(engine, conn, now, timedelta(days=1), 30)
-        charted = ThroughputFigures(600)  # the overview's: days before today reused, today counted each time
-        assert [charted.read(engine, now, CHART_RANGES[name]) for name in ("24h", "7d", "30d")] == [day, week, month]
-        assert charted.read(engine, now + timedelta(hours=1), CHART_RANGES["24h"])[-3]["completed"] == 1  # moved on
+            day = throughput(conn, now, timedelta(hours=1), 24)
+            week = throughput(conn, now, timedelta(hours=6), 28)
+            month = throughput(conn, now, timedelta(days=1), 30)
+        store = TaskStore(engine)  # the overview's: days before today reused, today counted each time
+        charted = [store.throughput(now, CHART_RANGES[name].bucket, CHART_RANGES[name].count)
+                   for name in ("24h", "7d", "30d")]
+        assert charted == [day, week, month]
+        assert store.throughput(now + timedelta(hours=1), timedelta(hours=1), 24)[-3]["completed"] == 1  # moved on
     finally:
         engine.dispose()
     assert len(day) == 24 and day[-1]["start"] == "2026-12-03T15:00:00Z" and day[-2]["completed"] == 1

@@ -13,9 +13,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from coherence_network.api.errors import store_error_status
 from coherence_network.clock import utcnow
 from coherence_network.store.db import create_store_engine, migrate
+from coherence_network.store.errors import store_error_status
 from coherence_network.store.schema import UTCDateTime, runners
 from tests.support.api import ApiProcess
 from tests.support.net import free_port

@@ -12,8 +12,8 @@ import httpx
 
 from coherence_network.api.signals import WorkSignal
 from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.store import TaskStore
 from coherence_network.store.db import create_store_engine, migrate
-from coherence_network.store.tasks import TaskStore
 from tests.support.api import ApiProcess
 
 WAITERS = 8

@@ -67,7 +67,7 @@ def indexer(tmp_path: Path, store_url: str, registry: FixtureRegistry) -> Indexe
 
 
 def table_counts(graph: GraphStore, ecosystem: str) -> dict[str, int]:
-    with graph.engine.connect() as conn:
+    with graph._engine.connect() as conn:
         def count(query: sa.Select) -> int:
             return int(conn.execute(query).scalar_one())
         return {
@@ -124,7 +124,7 @@ def test_target_is_exact_and_grows_breadth_first(indexer: Indexer, ecosystem: st
     second = indexer.run(ecosystem, "--packages", "pkg-0", "--target", "120")
     assert second["projects"] == 120 and graph.count(ecosystem) == 120
     assert second["skipped"] == 1  # the seed is fresh: expanded from the store, not fetched again
-    graph.engine.dispose()
+    graph.dispose()
 
 
 def test_limit_is_exact(indexer: Indexer) -> None:
@@ -134,7 +134,7 @@ def test_limit_is_exact(indexer: Indexer) -> None:
     assert table_counts(graph, "npm")["projects"] == 30
     again = indexer.run("npm", "--packages", "pkg-0", "--target", "1000", "--limit", "30")
     assert again["indexed"] + again["missing"] == 30 and table_counts(graph, "npm")["projects"] == 60
-    graph.engine.dispose()
+    graph.dispose()
 
 
 def test_a_target_beyond_the_reachable_graph_says_so(sqlite_indexer: Indexer) -> None:
@@ -155,7 +155,7 @@ def test_indexing_twice_leaves_the_same_graph(indexer: Indexer) -> None:
     refreshed = indexer.run("npm", "--packages", "pkg-0", "--target", "100000", "--refresh-days", "0")
     assert refreshed["indexed"] == N
     assert table_counts(graph, "npm") == before
-    graph.engine.dispose()
+    graph.dispose()
 
 
 def test_a_killed_run_resumes_where_it_stopped(indexer: Indexer) -> None:
@@ -181,7 +181,7 @@ def test_a_killed_run_resumes_where_it_stopped(indexer: Indexer) -> None:
     assert graph.count("npm") == N and counts["projects"] == N + len(registry.ghosts())
     assert counts["edges"] == sum(len(registry.edges(i)) for i in range(N))
     assert resumed["queued"] == 0 and resumed["failed"] == 0
-    graph.engine.dispose()
+    graph.dispose()
 
 
 def _written(graph: GraphStore) -> int:
@@ -215,7 +215,7 @@ def test_malformed_and_failing_packages_are_recorded_and_exit_1(sqlite_indexer: 
     sqlite_indexer.registry.reset_counts()
     sqlite_indexer.run(ecosystem, "--packages", "bad-root", "--target", "100", code=1)
     assert sqlite_indexer.registry.requests["down-1"] == 3 and "ghost-1" not in sqlite_indexer.registry.requests
-    graph.engine.dispose()
+    graph.dispose()
 
 
 def test_transient_errors_and_429_are_retried(sqlite_indexer: Indexer) -> None:

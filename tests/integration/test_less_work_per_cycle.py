@@ -16,7 +16,7 @@ from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.store import Conflict, TaskStore
 from coherence_network.store.db import alembic_config, create_store_engine, migrate
 from coherence_network.store.schema import tasks
-from coherence_network.store.tasks import MAX_BATCH
+from coherence_network.store.statements import MAX_BATCH
 
 RUN = TaskType.RUN
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from multiprocessing.synchronize import Barrier as BarrierType
 from pathlib import Path
 
@@ -39,6 +39,38 @@ def test_upgrade_from_the_first_revision_keeps_every_task(store_url: str) -> Non
     migrate(engine)  # a second upgrade is a no-op
     assert store.count()["total"] == 25
     engine.dispose()
+
+
+def test_upgrade_to_monitor_issues_by_host_keeps_one_open_row_per_host_and_rule(store_url: str) -> None:
+    """A store at 0009 may hold two open rows of one (host, rule) (two replicas raced: nothing prevented it): 0010
+    resolves all but the newest, at the time each was last seen, and keeps every other row as it was."""
+    engine = create_store_engine(store_url)
+    command.upgrade(alembic_config(engine), "0009")
+    at = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+    def row(host: str, rule: str, seen_minutes: int, resolved: bool = False) -> dict[str, object]:
+        seen = at + timedelta(minutes=seen_minutes)
+        return {"rule": rule, "host": host, "severity": "high", "message": f"{host} {rule} {seen_minutes}",
+                "action": "", "runbook": "", "first_seen": at, "last_seen": seen, "resolved_at": seen if resolved
+                else None}
+
+    rows = [row("a", "disk_full", 1), row("a", "disk_full", 2), row("b", "disk_full", 3), row("a", "log_errors", 4),
+            row("a", "disk_full", 5, resolved=True)]
+    with engine.begin() as conn:
+        ids = [conn.execute(sa.insert(schema.monitor_issues).returning(schema.monitor_issues.c.id), r).scalar_one()
+               for r in rows]
+    migrate(engine)
+    store = TaskStore(engine)
+    try:
+        open_rows = store.list_monitor_issues()["issues"]
+        assert [i["id"] for i in open_rows] == ids[1:4]  # the newest a/disk_full, b/disk_full, a/log_errors
+        with engine.connect() as conn:
+            first = conn.execute(sa.select(schema.monitor_issues).where(schema.monitor_issues.c.id == ids[0])).one()
+        assert first.resolved_at == first.last_seen == at + timedelta(minutes=1)
+        assert store.replace_monitor_issues([], "b") == {"open": 0, "resolved": 1}  # only b's own
+        assert [i["id"] for i in store.list_monitor_issues()["issues"]] == [ids[1], ids[3]]
+    finally:
+        engine.dispose()
 
 
 def _migrate_when_all_are_ready(barrier: BarrierType, url: str) -> None:

@@ -19,9 +19,9 @@ from coherence_network.api.app import create_app
 from coherence_network.clock import utcnow
 from coherence_network.settings import Settings
 from coherence_network.status_view import render_status
+from coherence_network.store import TaskStore
 from coherence_network.store.db import create_store_engine, migrate
 from coherence_network.store.schema import tasks
-from coherence_network.store.stats import task_metrics
 from tests.support.api import ApiProcess
 from tests.support.net import free_port
 
@@ -62,7 +62,7 @@ def test_task_metrics_on_both_backends(migrated_store_url: str) -> None:
         conn.execute(tasks.insert(), recent + older + ancient)
         conn.execute(tasks.insert(), [unfinished])
 
-    result = task_metrics(engine, now)
+    result = TaskStore(engine).task_metrics(now)
     day = result["windows"]["24h"]["by_type"]
     impl_runs = [10.0 + i for i in range(20)]
     assert day["impl"]["completed"] == 15 and day["impl"]["failed"] == 5 and day["impl"]["success_rate"] == 0.75

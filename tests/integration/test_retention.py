@@ -48,13 +48,13 @@ def finished(store: TaskStore, status: TaskStatus, age: timedelta, *, question: 
 
 def backdate(store: TaskStore, task_id: int, age: timedelta) -> None:
     when = utcnow() - age
-    with store.engine.begin() as conn:
+    with store.transaction() as conn:
         conn.execute(tasks.update().where(tasks.c.id == task_id).values(finished_at=when, updated_at=when,
                                                                         created_at=when))
 
 
 def ids(store: TaskStore) -> set[int]:
-    with store.engine.connect() as conn:
+    with store.connection() as conn:
         return set(conn.execute(sa.select(tasks.c.id)).scalars())
 
 
@@ -101,7 +101,7 @@ def test_keep_forever_and_concurrent_passes(store: TaskStore, tmp_path: Path) ->
 def test_resolved_monitor_issues_and_forgotten_runners(store: TaskStore, tmp_path: Path) -> None:
     now = utcnow()
     row = {"severity": "high", "message": "m", "action": "a", "runbook": "#r", "host": "h", "first_seen": now}
-    with store.engine.begin() as conn:
+    with store.transaction() as conn:
         conn.execute(monitor_issues.insert(), [
             {**row, "rule": "old", "last_seen": now, "resolved_at": now - 40 * DAY},
             {**row, "rule": "recent", "last_seen": now, "resolved_at": now - DAY},
@@ -110,13 +110,13 @@ def test_resolved_monitor_issues_and_forgotten_runners(store: TaskStore, tmp_pat
         ])
     store.runner_heartbeat("gone", host="h", pid=1, version="v")
     store.runner_heartbeat("alive", host="h", pid=2, version="v")
-    with store.engine.begin() as conn:
+    with store.transaction() as conn:
         conn.execute(runners.update().where(runners.c.id == "gone").values(last_seen=now - DAY))
     settings = settings_for(tmp_path, coherence_retain_resolutions_days=30, coherence_runner_forget_seconds=3600)
     assert prune_store(store, settings, dry_run=True).monitor_issues == 1
     report = prune_store(store, settings)
     assert (report.monitor_issues, report.runners) == (1, 1)
-    with store.engine.connect() as conn:
+    with store.connection() as conn:
         assert set(conn.execute(sa.select(monitor_issues.c.rule)).scalars()) == {"recent", "open", "old_newest"}
         assert set(conn.execute(sa.select(runners.c.id)).scalars()) == {"alive"}
 

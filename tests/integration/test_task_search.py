@@ -48,8 +48,8 @@ def run_to_end(store: TaskStore, status: TaskStatus, output: str | None = None,
 def index_in_step(store: TaskStore) -> None:
     """The search index holds exactly the stored tasks: SQLite's FTS5 checks itself against the table; on
     PostgreSQL every task has one document and no document outlives its task."""
-    with store.engine.begin() as conn:
-        if store.engine.dialect.name == "sqlite":
+    with store.transaction() as conn:
+        if store.dialect == "sqlite":
             conn.execute(sa.text("INSERT INTO tasks_fts(tasks_fts, rank) VALUES ('integrity-check', 1)"))
             return
         orphans = conn.scalar(sa.text("SELECT count(*) FROM task_search s LEFT JOIN tasks t ON t.id = s.task_id "
@@ -91,7 +91,7 @@ def test_the_index_follows_finishes_retries_deletes_and_retention(store: TaskSto
     assert ids(store, search="segfault") == [] and ids(store, search="green") == [task["id"]]  # re-indexed
     index_in_step(store)
 
-    with store.engine.begin() as conn:
+    with store.transaction() as conn:
         conn.execute(tasks.delete().where(tasks.c.id == task["id"]))
     assert ids(store, search="green") == []
     index_in_step(store)
@@ -100,7 +100,7 @@ def test_the_index_follows_finishes_retries_deletes_and_retention(store: TaskSto
     for _ in old:
         run_to_end(store, TaskStatus.COMPLETED, output="flaky output")
     store.create(direction="newest stays", task_type="run")
-    with store.engine.begin() as conn:
+    with store.transaction() as conn:
         conn.execute(tasks.update().where(tasks.c.id.in_(old)).values(finished_at=utcnow() - timedelta(days=40)))
     report = prune_store(store, Settings(coherence_home=tmp_path, coherence_retain_tasks_days=30))
     assert report.tasks == 3
@@ -117,8 +117,9 @@ def test_a_search_reads_the_index_not_the_table(store: TaskStore) -> None:
         query = pg_matches(search_words("alpha bet")).limit(COUNT_CAP + 1)
     else:
         query = sa.select(tasks.c.id).where(search_condition(False, "alpha bet")).order_by(tasks.c.id.desc())
-    compiled = query.compile(store.engine, compile_kwargs={"literal_binds": True})
-    with store.engine.begin() as conn:
+    with store.connection() as conn:
+        compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
+    with store.transaction() as conn:
         if store._pg:
             conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
             conn.execute(sa.text("SET LOCAL enable_indexscan = off"))
@@ -136,7 +137,7 @@ def test_a_search_counts_its_matches_up_to_the_cap(store: TaskStore) -> None:
     now = utcnow()
     rows = [{"direction": f"common word {i}", "task_type": "run", "status": "pending" if i % 500 else "failed",
              "priority": i % 7, "created_at": now, "updated_at": now} for i in range(COUNT_CAP + 5)]
-    with store.engine.begin() as conn:
+    with store.transaction() as conn:
         conn.execute(tasks.insert(), rows)
     page, total = store.list(search="common", limit=3)
     assert total == COUNT_CAP + 1 and [t["id"] for t in page] == [COUNT_CAP + 5, COUNT_CAP + 4, COUNT_CAP + 3]

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from coherence_network.clock import utcnow
 from coherence_network.store import Conflict, NotFound, TaskStore
-from coherence_network.store.db import create_store_engine, current_revision, head_revision, migrate, readiness
+from coherence_network.store.db import create_store_engine, migrate, readiness
 
 
 @pytest.fixture
@@ -26,8 +26,8 @@ def make(store: TaskStore, n: int = 1, task_type: str = "run") -> list[dict]:
 
 
 def test_migrations_reach_head_and_readiness_passes(store: TaskStore) -> None:
-    assert current_revision(store.engine) == head_revision(store.engine)
-    assert all(check["ok"] for check in readiness(store.engine))
+    assert store.at_head() and store.revision() is not None
+    assert all(check["ok"] for check in store.readiness())
 
 
 def test_unmigrated_store_is_not_ready(store_url: str) -> None:
@@ -170,7 +170,7 @@ def test_runner_registry_upserts(store: TaskStore) -> None:
 
 
 def test_eight_racing_claimers_claim_each_of_500_tasks_exactly_once(store: TaskStore) -> None:
-    with store.engine.begin() as conn:  # bulk insert: the race, not the inserts, is under test
+    with store.transaction() as conn:  # bulk insert: the race, not the inserts, is under test
         from coherence_network.store.schema import tasks
 
         now = utcnow()
@@ -298,7 +298,7 @@ def test_the_same_decision_again_is_a_repeat_not_a_conflict(store: TaskStore) ->
 def test_the_database_refuses_a_status_outside_the_contract(store: TaskStore) -> None:
     (task,) = make(store)
     with pytest.raises(sa.exc.IntegrityError):
-        with store.engine.begin() as conn:
+        with store.transaction() as conn:
             conn.execute(sa.text("UPDATE tasks SET status = 'paused' WHERE id = :id"), {"id": task["id"]})
     assert store.get(task["id"])["status"] == "pending"
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from coherence_network import grading, health
-from coherence_network.api.routes_ops_issues import goal_proximity
+from coherence_network.api.effectiveness import goal_proximity
 from coherence_network.contract import Task, TaskStatus, TaskType
 from coherence_network.gitops import commit_message
 from coherence_network.health import HealthSnapshot

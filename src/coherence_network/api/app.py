@@ -26,16 +26,13 @@ from coherence_network.api import (
 from coherence_network.api.docs import install as install_docs
 from coherence_network.api.errors import install_error_handlers
 from coherence_network.api.guard import RequestGuard
-from coherence_network.api.metrics import ApiMetrics
+from coherence_network.api.metrics import ApiMetrics, forget_runners_loop
 from coherence_network.api.signals import WorkSignal
 from coherence_network.console.routes import install as install_console
 from coherence_network.settings import Settings, get_settings
-from coherence_network.store import open_task_store
-from coherence_network.store.db import migrate
-from coherence_network.store.graph import GraphStore
+from coherence_network.store import TaskStore, open_task_store
 from coherence_network.store.notify import WorkListener
 from coherence_network.store.retention import retention_loop
-from coherence_network.store.tasks import TaskStore
 from coherence_network.versioning import running_version
 
 log = logging.getLogger("coherence.api")
@@ -69,9 +66,7 @@ def _wake_waiters(store: TaskStore, work: WorkSignal) -> WorkListener | None:
         wake_here(work.notify_all)
 
     store.on_work = wake_here
-    if store.engine.dialect.name != "postgresql":
-        return None
-    return WorkListener(store.engine.url, made_elsewhere, reconnected).start()
+    return store.work_listener(made_elsewhere, reconnected)
 
 
 @contextmanager
@@ -119,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         running_version()  # pin the version of the code this process started with
         if settings.coherence_auto_migrate:
             try:
-                before, after = migrate(store.engine)
+                before, after = store.migrate()
                 if before != after:
                     log.info("store migrated from %s to %s", before, after)
             except Exception:  # keep serving /api/health; /api/ready explains the problem
@@ -130,24 +125,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             routes_agent.reaper_loop(app, settings.coherence_reap_interval, settings.coherence_lease_seconds)
         )
         pruner = asyncio.create_task(retention_loop(store, settings))
-        log.info("API started (version %s, store %s)", __version__, store.engine.dialect.name)
+        forgetter = asyncio.create_task(forget_runners_loop(app.state.metrics, settings.coherence_reap_interval))
+        log.info("API started (version %s, store %s)", __version__, store.dialect)
         try:
             with _close_on_shutdown_signal(work):
                 yield
         finally:
             reaper.cancel()
             pruner.cancel()
+            forgetter.cancel()
             store.on_work = None
             if listener is not None:
                 await asyncio.to_thread(listener.stop)
-            store.engine.dispose()
+            store.dispose()
 
     # /docs is served from the API's own files (api/docs.py): FastAPI's default loads Swagger UI from a CDN
     app = FastAPI(title="Coherence Network API", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None)
     app.state.settings = settings
     app.state.store = store
-    app.state.graph = GraphStore(store.engine)  # the graph lives in the same database
+    app.state.graph = store.graph()  # the graph lives in the same database
     app.state.metrics = ApiMetrics(store, settings)
     app.state.started = time.monotonic()
     app.state.log = log

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from coherence_network.store.tasks import TaskStore
+from coherence_network.store import TaskStore
 
 
 def store_of(request: Request) -> TaskStore:

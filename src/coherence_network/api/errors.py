@@ -13,7 +13,6 @@ import reprlib
 from collections.abc import Mapping
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +22,7 @@ from starlette.routing import Match, Mount
 
 from coherence_network.api.models import storable_text
 from coherence_network.store import Conflict, NotFound
+from coherence_network.store.errors import StoreError, store_error_cause, store_error_status
 
 log = logging.getLogger("coherence.api")
 MAX_ERRORS_SHOWN = 10
@@ -30,15 +30,6 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 EXCERPT_CHARS = 200
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxlong = 3, 5, 5, 60, 40
-
-
-def store_error_status(exc: sa.exc.StatementError) -> int:
-    """409 for a constraint the request broke, 422 for a value the store or its driver refused, else 503."""
-    if isinstance(exc, sa.exc.IntegrityError):
-        return 409
-    if isinstance(exc, sa.exc.DataError) or not isinstance(exc, sa.exc.DBAPIError):
-        return 422  # not a DBAPIError: the driver refused to send the value (too large, not encodable...)
-    return 503
 
 
 def excerpt(value: Any) -> Any:
@@ -99,11 +90,10 @@ def install_error_handlers(app: FastAPI) -> None:
             body["errors_not_shown"] = len(errors) - MAX_ERRORS_SHOWN
         return JSONResponse(body, status_code=422)
 
-    @app.exception_handler(sa.exc.StatementError)
-    async def _store_error(request: Request, exc: sa.exc.StatementError) -> JSONResponse:
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
         status = store_error_status(exc)
-        first_line = next(iter(str(exc.orig).strip().splitlines()), "") or type(exc.orig).__name__
-        reason = excerpt(first_line)
+        reason = excerpt(store_error_cause(exc))
         if status == 503:
             log.error("store error on %s %s: %s", request.method, request.url.path, exc.orig)
             reaper = getattr(request.app.state, "reaper", None)  # none while the app runs without its lifespan

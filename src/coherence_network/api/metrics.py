@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -13,8 +15,9 @@ from coherence_network import grading, health
 from coherence_network.api.readiness import readiness_checks
 from coherence_network.clock import utcnow
 from coherence_network.settings import Settings
-from coherence_network.store.ops_issues import open_fatal_issue_count
-from coherence_network.store.tasks import TaskStore
+from coherence_network.store import TaskStore
+
+log = logging.getLogger("coherence.api")
 
 _DURATION_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400)
 
@@ -60,7 +63,7 @@ class QueueCollector(Collector):
         yield graded
         yield GaugeMetricFamily(
             "coherence_fatal_issues", "Fatal issues not yet cleared (a component the supervisor could not keep "
-            "running; coherence fatal)", value=open_fatal_issue_count(self.owner.store.engine),
+            "running; coherence fatal)", value=self.owner.store.open_fatal_issue_count(),
         )
 
 
@@ -99,11 +102,29 @@ class ApiMetrics:
         self.registry.register(QueueCollector(self))
 
     def health_snapshot(self) -> health.HealthSnapshot:
-        """Forget long-gone and stopped runners (counted), then read one health snapshot with this replica's
-        readiness checks (the rule store_not_ready); every view of health starts here."""
+        """One health snapshot with this replica's readiness checks (the rule store_not_ready); every view of
+        health starts here. A read: it writes nothing (``forget_runners`` does, on the API's own schedule)."""
+        return health.gather(self.store, self.settings, utcnow(),
+                             ready=readiness_checks(self.settings, self.store))
+
+    def forget_runners(self) -> int:
+        """Delete the runner rows past COHERENCE_RUNNER_FORGET_SECONDS (stopped ones: ..._STOPPED_SECONDS), counted
+        in coherence_runners_pruned_total; views stop showing them at once (health.forgotten)."""
         now = utcnow()
         pruned = self.store.prune_runners(
             now - timedelta(seconds=self.settings.coherence_runner_forget_seconds),
             now - timedelta(seconds=self.settings.coherence_runner_forget_stopped_seconds))
         self.runners_pruned.inc(pruned)
-        return health.gather(self.store, self.settings, now, ready=readiness_checks(self.settings, self.store))
+        return pruned
+
+
+async def forget_runners_loop(metrics: ApiMetrics, interval: float) -> None:
+    """The API's registry pass, every COHERENCE_REAP_INTERVAL: the only writer of runner deletions outside retention,
+    so no read (pipeline-status, /metrics, the console) writes. A failed pass is tried again at the next one (the
+    lease reaper reports store outages)."""
+    while True:
+        try:
+            await asyncio.to_thread(metrics.forget_runners)
+        except Exception as exc:  # the loop must outlive a store outage
+            log.debug("registry pass failed: %s", exc)
+        await asyncio.sleep(interval)

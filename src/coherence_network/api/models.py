@@ -33,7 +33,7 @@ from pydantic import (
 from coherence_network.contract import SORT_COLUMNS, TaskStatus, TaskType, parse_sort
 from coherence_network.settings import Settings
 from coherence_network.store.search import COUNT_CAP, MAX_QUERY_CHARS, MIN_PREFIX
-from coherence_network.store.tasks import MAX_BATCH, MAX_CLAIM
+from coherence_network.store.statements import MAX_BATCH, MAX_CLAIM
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # PostgreSQL INTEGER: the narrowest integer column of either store
 MAX_JSON_DEPTH = 32  # nesting of objects and arrays in a free-form JSON field

@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from coherence_network.settings import Settings
-from coherence_network.store.db import readiness
-from coherence_network.store.tasks import TaskStore
+from coherence_network.store import TaskStore
 
 READY_MIN_FREE_BYTES = 16 * 2**20  # below this, the SQLite store (its WAL) and the logs are about to fail writing
 _PROBE_BYTES = 4096
@@ -21,17 +17,18 @@ _PROBE_BYTES = 4096
 
 def readiness_checks(settings: Settings, store: TaskStore) -> list[dict[str, Any]]:
     """Store reachable, migrations current, writes possible: each with its result."""
-    return [*readiness(store.engine), writable(settings, store.engine)]
+    return [*store.readiness(), writable(settings, store)]
 
 
-def writable(settings: Settings, engine: Any) -> dict[str, object]:
+def writable(settings: Settings, store: TaskStore) -> dict[str, object]:
     """Can the API write? A full disk or a read-only file system fails every write while the store still answers
     reads: free space (of COHERENCE_HOME and of the SQLite store's folder) against READY_MIN_FREE_BYTES, a
     PostgreSQL store that is read-only, and a real write of a few KiB to an unnamed file under var/run/ (nothing is
     left behind, whatever happens)."""
     folders = {"COHERENCE_HOME": settings.home}
-    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        folders["the SQLite store"] = Path(engine.url.database).resolve().parent
+    sqlite_folder = store.sqlite_folder()
+    if sqlite_folder is not None:
+        folders["the SQLite store"] = sqlite_folder
     problems: list[str] = []
     for what, folder in folders.items():
         try:
@@ -44,8 +41,9 @@ def writable(settings: Settings, engine: Any) -> dict[str, object]:
             problems.append(f"{what} {folder} is on a read-only file system")
         elif free < READY_MIN_FREE_BYTES:
             problems.append(f"{what} {folder}: {free} bytes free, below {READY_MIN_FREE_BYTES}")
-    if engine.dialect.name == "postgresql":
-        problems += _postgres_read_only(engine)
+    if store.refuses_writes():
+        problems.append("the PostgreSQL store takes no writes (transaction_read_only: a standby, or "
+                        "default_transaction_read_only set)")
     try:
         with tempfile.TemporaryFile(dir=settings.run_dir) as probe:
             probe.write(b"\0" * _PROBE_BYTES)
@@ -54,14 +52,3 @@ def writable(settings: Settings, engine: Any) -> dict[str, object]:
         problems.append(f"cannot write under {settings.run_dir}: {exc.strerror or exc}")
     return {"name": "store_writable", "ok": not problems, "detail": "; ".join(problems) or "disk space and writes ok"}
 
-
-def _postgres_read_only(engine: Any) -> list[str]:
-    """A PostgreSQL store that answers but takes no write (a standby after a failover, default_transaction_read_only
-    set): every write would fail while reads go on. Unreachable is store_reachable's to say."""
-    try:
-        with engine.connect() as conn:
-            read_only = conn.execute(sa.text("SHOW transaction_read_only")).scalar() == "on"
-    except sa.exc.SQLAlchemyError:
-        return []
-    return [("the PostgreSQL store takes no writes (transaction_read_only: a standby, or default_transaction_read_only "
-            "set)")] if read_only else []

@@ -1,9 +1,10 @@
-"""Liveness, readiness, version and Prometheus metrics."""
+"""Liveness, readiness, version, Prometheus metrics, and retention on demand (`coherence prune`)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -11,8 +12,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from coherence_network.api.models import COMMON_ERRORS, responses
+from coherence_network.api.deps import store_of
+from coherence_network.api.models import COMMON_ERRORS, Strict, responses
 from coherence_network.api.readiness import readiness_checks
+from coherence_network.store.retention import prune_store
 from coherence_network.versioning import running_version
 
 router = APIRouter(tags=["ops"])
@@ -76,3 +79,16 @@ def version() -> dict[str, str | None]:
 def metrics(request: Request) -> Response:
     """Prometheus text format (text/plain; version=1.0.0)."""
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class PruneRequest(Strict):
+    dry_run: bool = False
+
+
+@router.post("/api/agent/prune", responses=COMMON_ERRORS)
+async def prune(body: PruneRequest, request: Request) -> dict[str, Any]:
+    """One retention pass over the store now, by this API's COHERENCE_RETAIN_* settings (`coherence prune`): finished
+    tasks, resolved monitor issues and forgotten runner rows deleted, or with ``dry_run`` counted. Safe to repeat."""
+    report = await run_in_threadpool(prune_store, store_of(request), request.app.state.settings,
+                                     dry_run=body.dry_run)
+    return {"dry_run": body.dry_run, **asdict(report)}

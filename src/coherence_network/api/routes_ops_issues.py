@@ -1,9 +1,8 @@
-"""Monitor issues, fatal issues and pipeline effectiveness: what the monitor and supervisor report, readable from
-any API replica (the files under var/logs are only on the host that wrote them)."""
+"""Monitor issues, fatal issues and pipeline effectiveness (its formula in api/effectiveness.py): what the monitor
+and supervisor report, readable from any API replica (the files under var/logs are only on the host that wrote them)."""
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import Any
 
@@ -13,18 +12,14 @@ from pydantic import Field
 
 from coherence_network import grading, health
 from coherence_network.api.deps import store_of
+from coherence_network.api.effectiveness import backlog_progress, goal_proximity
 from coherence_network.api.models import COMMON_ERRORS, JsonObject, Strict, Text, UtcTime
 from coherence_network.clock import utcnow
-from coherence_network.contract import FatalIssueList, MonitorIssueList, TaskStatus
-from coherence_network.logfiles import REGISTRY
+from coherence_network.contract import FatalIssueList, MonitorIssueList
 from coherence_network.monitor import with_command
-from coherence_network.settings import Settings
-from coherence_network.store import ops_issues
-from coherence_network.store.stats import ALL_TYPES, success_counts
-from coherence_network.store.tasks import TaskStore
+from coherence_network.store.stats import ALL_TYPES
 
 router = APIRouter(prefix="/api/agent", tags=["ops-issues"], responses=COMMON_ERRORS)
-MANAGER_COMPONENT = "project_manager"
 
 
 class ReportedIssue(Strict):
@@ -56,13 +51,13 @@ class FatalIssue(Strict):
 async def post_monitor_issues(body: MonitorIssues, request: Request) -> dict[str, int]:
     """The monitor's open issues after a check (the whole set: rules not listed are resolved)."""
     issues = [issue.model_dump() for issue in body.issues]
-    return await run_in_threadpool(ops_issues.replace_monitor_issues, store_of(request).engine, issues, body.host)
+    return await run_in_threadpool(store_of(request).replace_monitor_issues, issues, body.host)
 
 
 @router.get("/monitor-issues", response_model=MonitorIssueList)
 def get_monitor_issues(request: Request) -> dict[str, Any]:
     """Open monitor issues (each with its suggested action and runbook section) and the recently resolved ones."""
-    listing = ops_issues.list_monitor_issues(store_of(request).engine)
+    listing = store_of(request).list_monitor_issues()
     listing = {name: [with_command(i) for i in rows] for name, rows in listing.items()}
     return {**listing, "count": len(listing["issues"])}
 
@@ -70,12 +65,12 @@ def get_monitor_issues(request: Request) -> dict[str, Any]:
 @router.post("/fatal-issues", status_code=201)
 async def post_fatal_issue(body: FatalIssue, request: Request) -> dict[str, Any]:
     """A component the supervisor could not keep running."""
-    return await run_in_threadpool(ops_issues.add_fatal_issue, store_of(request).engine, body.model_dump(), body.host)
+    return await run_in_threadpool(store_of(request).add_fatal_issue, body.model_dump(), body.host)
 
 
 @router.get("/fatal-issues", response_model=FatalIssueList)
 def get_fatal_issues(request: Request) -> dict[str, Any]:
-    items = ops_issues.list_fatal_issues(store_of(request).engine)
+    items = store_of(request).list_fatal_issues()
     return {"items": items, "count": len(items)}
 
 
@@ -86,7 +81,7 @@ async def clear_fatal_issues(
                                    "for while the API was unreachable, applied later)"),
 ) -> dict[str, int]:
     """The operator fixed the cause (`coherence fatal --clear`)."""
-    return {"cleared": await run_in_threadpool(ops_issues.clear_fatal_issues, store_of(request).engine, before)}
+    return {"cleared": await run_in_threadpool(store_of(request).clear_fatal_issues, before)}
 
 
 @router.get("/effectiveness")
@@ -94,11 +89,10 @@ def effectiveness(request: Request) -> dict[str, Any]:
     """Throughput, success rate, issues, backlog progress and goal proximity; formula in ``goal_proximity``."""
     store = store_of(request)
     now = utcnow()
-    per_day = ops_issues.completed_per_day(store.engine, now)
-    with store.engine.connect() as conn:
-        week = success_counts(conn, now - timedelta(days=7), now)[ALL_TYPES]
-    issues = ops_issues.monitor_issue_counts(store.engine, now - timedelta(days=7))
-    fatal = len(ops_issues.list_fatal_issues(store.engine))
+    per_day = store.completed_per_day(now)
+    week = store.success_counts(now - timedelta(days=7), now)[ALL_TYPES]
+    issues = store.monitor_issue_counts(now - timedelta(days=7))
+    fatal = len(store.list_fatal_issues())
     graded = open_graded(request)
     serious = sum(1 for i in graded if grading.grade(i["severity"]).attention)
     backlog = backlog_progress(store, request.app.state.settings)
@@ -119,42 +113,3 @@ def open_graded(request: Request) -> list[dict[str, Any]]:
     their hosts, as pipeline-status lists them. The goal figure's health and the serious count are graded over these
     (grading.GRADES)."""
     return health.evaluate(request.app.state.metrics.health_snapshot(), request.app.state.settings)
-
-
-def backlog_progress(store: TaskStore, settings: Settings) -> dict[str, Any] | None:
-    """Backlog items by status: from the project manager's heartbeat (any replica), else its state file here."""
-    manager = next((c for c in store.components() if c["name"] == MANAGER_COMPONENT), None)
-    info = (manager or {}).get("info") or {}
-    if "items" in info and "by_status" in info:
-        by_status, total, source = info["by_status"], int(info["items"]), "heartbeat"
-    else:
-        try:
-            state = json.loads(REGISTRY["project_manager_state.json"].path(settings).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        by_status = {}
-        for item in state.get("items", {}).values():
-            by_status[item["status"]] = by_status.get(item["status"], 0) + 1
-        total, source = len(state.get("items", {})), "state_file"
-    done = int(by_status.get("done", 0))
-    return {"items": total, "by_status": by_status, "done": done,
-            "fraction_done": round(done / total, 4) if total else None, "source": source}
-
-
-def goal_proximity(
-    backlog: dict[str, Any] | None, counts: dict[str, Any], success_rate: float | None, health_term: float
-) -> dict[str, Any]:
-    """0.6 x progress + 0.25 x success rate (7 d) + 0.15 x health, each in 0..1.
-
-    progress: backlog items done / items (without a backlog: completed tasks / all tasks); success: 1 when nothing
-    finished yet; health: grading.health_term over the open flags and host issues (1 with none or only low ones,
-    0.75 with a medium, 0.5 with a high, 0 with a critical or a fatal issue)."""
-    if backlog and backlog["items"]:
-        progress = backlog["done"] / backlog["items"]
-    else:
-        total = counts.get("total", 0)
-        progress = counts.get("by_status", {}).get(TaskStatus.COMPLETED, 0) / total if total else 0.0
-    success = 1.0 if success_rate is None else success_rate
-    value = round(0.6 * progress + 0.25 * success + 0.15 * health_term, 3)
-    return {"value": value, "progress": round(progress, 4), "success": round(success, 4), "health": health_term,
-            "formula": "0.6*progress + 0.25*success_rate_7d + 0.15*health"}

@@ -20,7 +20,7 @@ from coherence_network.api.models import COMMON_ERRORS, JsonObject, Pid, Strict,
 from coherence_network.contract import PipelineStatus
 from coherence_network.logfiles import task_log_path
 from coherence_network.settings import Settings
-from coherence_network.store.stats import Limits, task_metrics
+from coherence_network.store.stats import Limits
 
 router = APIRouter(prefix="/api/agent", tags=["pipeline"], responses=COMMON_ERRORS)
 LOG_TAIL_LINES = 20
@@ -49,7 +49,7 @@ async def component_heartbeat(body: ComponentHeartbeat, request: Request) -> dic
 @router.get("/metrics")
 def metrics(request: Request) -> dict[str, Any]:
     """Success rate (24 h, 7 d), run time and queue wait p50/p95 by task type, throughput per hour."""
-    return task_metrics(store_of(request).engine)
+    return store_of(request).task_metrics()
 
 
 @router.get("/pipeline-status", response_model=PipelineStatus)

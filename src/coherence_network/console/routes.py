@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -26,15 +24,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException
 
 from coherence_network import grading, health, restart
 from coherence_network.api.deps import store_of
+from coherence_network.api.effectiveness import backlog_progress, goal_proximity
 from coherence_network.api.errors import bounded_error
 from coherence_network.api.models import TaskCreateItem, TaskId, TaskPatch, refuse_disallowed_commands, storable_text
 from coherence_network.api.routes_agent import read_log_end
-from coherence_network.api.routes_ops_issues import backlog_progress, goal_proximity
 from coherence_network.api.routes_projects import _key as stored_project_name
 from coherence_network.console import charts
 from coherence_network.console.session import (
@@ -51,8 +48,8 @@ from coherence_network.logfiles import RUN_FILES, shared_secret, task_log_path
 from coherence_network.monitor import with_command
 from coherence_network.settings import Settings
 from coherence_network.store import Conflict, NotFound
+from coherence_network.store.errors import StoreError
 from coherence_network.store.search import COUNT_CAP, MAX_QUERY_CHARS
-from coherence_network.store.stats import ALL_TYPES, WINDOWS, success_counts, throughput
 
 router = APIRouter(include_in_schema=False)
 log = logging.getLogger("coherence.api")
@@ -60,7 +57,6 @@ PAGE_SIZE = 50
 LOG_LINES_SHOWN = 400
 ECOSYSTEMS = ("npm", "pypi")
 MAX_FORM_BYTES = 64 * 1024
-PAST_DAYS_REUSE_SECONDS = 600.0  # how long a full past day's success counts are reused (a retry may change them)
 _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                          autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
 
@@ -307,8 +303,8 @@ def overview(request: Request, restart_notice: str = "",
     settings, store = _settings(request), store_of(request)
     snapshot = request.app.state.metrics.health_snapshot()
     now = snapshot.now
-    finished = request.app.state.console_throughput.read(store.engine, now, span)
-    daily, week = request.app.state.console_week.read(store.engine, now)
+    finished = store.throughput(now, span.bucket, span.count)  # the days before today's counts reused
+    daily, week = store.week_success(now)
     flags = health.evaluate(snapshot, settings)  # the rules, live, and the monitors' facts of their hosts: once each
     attention = [f for f in flags if not health.from_monitor(f)]
     monitor_issues = [with_command(i) for i in snapshot.host_issues]
@@ -338,60 +334,6 @@ def overview(request: Request, restart_notice: str = "",
         success_svg=charts.rate_bars(daily, "Success rate per day, last 7 days"),
         restart_targets=restart.TARGETS, restart_notice=_RESTART_NOTICES.get(restart_notice),
     )
-
-
-class ThroughputFigures:
-    """The throughput chart's buckets. A month of finished tasks costs more to count than the rest of the overview,
-    so the buckets before today are counted once per PAST_DAYS_REUSE_SECONDS for each range; today's are counted on
-    every render (a task finishing now always lands today)."""
-
-    def __init__(self, reuse_seconds: float) -> None:
-        self.reuse = reuse_seconds
-        self._past: dict[str, tuple[float, datetime, list[dict[str, Any]]]] = {}  # range: (counted, today, buckets)
-
-    def read(self, engine: Engine, now: datetime, span: ChartRange) -> list[dict[str, Any]]:
-        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        today_count = min((now - today) // span.bucket + 1, span.count)
-        clock = time.monotonic()
-        with engine.connect() as conn:
-            kept = self._past.get(span.name)
-            if (kept is None or kept[1] != today or len(kept[2]) != span.count - today_count
-                    or clock - kept[0] > self.reuse):
-                before_today = today - timedelta(microseconds=1)
-                past = (throughput(engine, conn, before_today, span.bucket, span.count - today_count)
-                        if span.count > today_count else [])
-                kept = self._past[span.name] = (clock, today, past)
-            return kept[2] + throughput(engine, conn, now, span.bucket, today_count)
-
-
-class WeekFigures:
-    """Success counts per UTC day of the last 7, and over the last 7 x 24 h (the goal's success rate, as
-    /api/agent/effectiveness computes it). A week of finished tasks costs more to count than the rest of the
-    overview, so the six full days before today are counted once per PAST_DAYS_REUSE_SECONDS; today, and the slice of
-    the eighth day that the 7 x 24 h window still covers, are counted on every render."""
-
-    def __init__(self, reuse_seconds: float) -> None:
-        self.reuse = reuse_seconds
-        self._days: dict[datetime, tuple[float, dict[str, Any]]] = {}
-
-    def read(self, engine: Engine, now: datetime) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        starts = [today - timedelta(days=n) for n in range(6, 0, -1)]
-        clock = time.monotonic()
-        with engine.connect() as conn:
-            for start in starts:
-                if start not in self._days or clock - self._days[start][0] > self.reuse:
-                    self._days[start] = (clock, success_counts(conn, start, start + timedelta(days=1))[ALL_TYPES])
-            counted = [self._days[start][1] for start in starts]
-            counted.append(success_counts(conn, today, now)[ALL_TYPES])
-            edge = success_counts(conn, now - WINDOWS["7d"], starts[0])[ALL_TYPES]
-        self._days = {start: self._days[start] for start in starts}  # older days are out of the window
-        daily = [{"day": start.strftime("%m-%d"), **counts} for start, counts in zip([*starts, today], counted)]
-        outcomes = (TaskStatus.COMPLETED, TaskStatus.FAILED)
-        week: dict[str, Any] = {status: sum(c[status] for c in [edge, *counted]) for status in outcomes}
-        finished = week[TaskStatus.COMPLETED] + week[TaskStatus.FAILED]
-        week["success_rate"] = round(week[TaskStatus.COMPLETED] / finished, 4) if finished else None
-        return daily, week
 
 
 @router.post("/restart")
@@ -586,8 +528,6 @@ def install(app: FastAPI, settings: Settings) -> None:
     token = settings.coherence_api_token
     # Without a token the key is this home's generated one, so every uvicorn worker accepts the others' cookies.
     key = key_from_token(token or shared_secret(RUN_FILES["console_session_key"].path(settings)))
-    app.state.console_week = WeekFigures(PAST_DAYS_REUSE_SECONDS)
-    app.state.console_throughput = ThroughputFigures(PAST_DAYS_REUSE_SECONDS)
     app.state.console_sessions = Sessions(key, settings.coherence_console_session_hours * 3600, token or None)
     app.mount("/console-static", StaticFiles(directory=Path(__file__).parent / "static"), name="console-static")
     app.include_router(router)
@@ -616,7 +556,7 @@ def _html_errors_for_browsers(app: FastAPI) -> None:
     """An unknown URL, a method a path does not answer and a store that cannot be reached answer a browser with the
     console's error page (same status and headers) instead of the JSON a client gets: the JSON API's handlers
     (api/errors.py) decide the status, this only changes the face."""
-    for kind in (HTTPException, sa.exc.StatementError):
+    for kind in (HTTPException, StoreError):
         json_handler = app.exception_handlers[kind]
 
         async def handler(request: Request, exc: Exception,

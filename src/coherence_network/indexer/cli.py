@@ -51,17 +51,17 @@ def read_seeds(ecosystem: str, packages: str | None, packages_file: Path | None)
 
 def _open_store(settings: Settings) -> GraphStore:
     """The graph store on the configured database, its schema brought up to date (or exit 1 when it may not)."""
-    from coherence_network.store.db import create_store_engine, current_revision, head_revision, migrate
-    from coherence_network.store.graph import GraphStore
+    from coherence_network.store import open_task_store
 
-    engine = create_store_engine(settings.store_url)
+    store = open_task_store(settings)
     if settings.coherence_auto_migrate:
-        migrate(engine)
-    elif current_revision(engine) != head_revision(engine):
+        store.migrate()
+    elif not store.at_head():
+        store.dispose()
         typer.echo("the store's schema is not current and COHERENCE_AUTO_MIGRATE is off: run `coherence migrate`",
                    err=True)
         raise typer.Exit(1)
-    return GraphStore(engine)
+    return store.graph()
 
 
 def _progress_bar(total: int, label: str, by_projects: bool) -> tuple[Callable[[Summary], None], Callable[[], None]]:
@@ -165,7 +165,7 @@ def _command(ecosystem: str) -> Callable[..., None]:
             summary = asyncio.run(Crawler(store, found, options, update).run(seeds))
         finally:
             close()
-            store.engine.dispose()
+            store.dispose()
         _print_summary(summary, as_json)
         raise typer.Exit(1 if summary.failed or summary.interrupted else 0)
 

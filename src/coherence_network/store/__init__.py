@@ -1,13 +1,13 @@
-"""The store: tables, migrations and the task store on SQLite or PostgreSQL."""
+"""The store: tables, migrations and the one gateway to them (TaskStore) on SQLite or PostgreSQL."""
 
 from coherence_network.settings import Settings
 from coherence_network.store.db import create_store_engine
 from coherence_network.store.errors import Conflict, NotFound
-from coherence_network.store.tasks import TaskStore
+from coherence_network.store.gateway import TaskStore
 
 
 def open_task_store(settings: Settings) -> TaskStore:
-    """A TaskStore on the configured database (the schema is not touched; see db.migrate)."""
+    """A TaskStore on the configured database (the schema is not touched; see TaskStore.migrate)."""
     engine = create_store_engine(settings.store_url)
     return TaskStore(
         engine,

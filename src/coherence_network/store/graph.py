@@ -63,8 +63,12 @@ class GraphStore:
     """Graph reads for the API and batched, idempotent writes for the indexers."""
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        self._engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    def dispose(self) -> None:
+        """Close the pool's connections (an indexer that is done)."""
+        self._engine.dispose()
 
     # --- frontier ------------------------------------------------------------------------------------------
     def enqueue_seeds(self, ecosystem: str, names: Iterable[str]) -> None:
@@ -76,7 +80,7 @@ class GraphStore:
         stmt = stmt.on_conflict_do_update(
             index_elements=["ecosystem", "name"], set_={"depth": 0, "state": QUEUED}
         )
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             conn.execute(stmt, rows)
 
     def requeue_stale(self, ecosystem: str, older_than: datetime) -> int:
@@ -91,7 +95,7 @@ class GraphStore:
                    index_frontier.c.name.in_(stale))
             .values(state=QUEUED)
         )
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             return conn.execute(stmt).rowcount
 
     def frontier_page(
@@ -117,7 +121,7 @@ class GraphStore:
         if max_depth is not None:
             query = query.where(index_frontier.c.depth <= max_depth)
         skip = set(exclude)
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             rows = conn.execute(query).all()
         return [FrontierEntry(r.name, r.depth, r.status, r.indexed_at) for r in rows if r.name not in skip][:limit]
 
@@ -125,7 +129,7 @@ class GraphStore:
         query = sa.select(sa.func.count()).select_from(index_frontier).where(
             index_frontier.c.ecosystem == ecosystem, index_frontier.c.state == QUEUED
         )
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
     # --- batched writes ------------------------------------------------------------------------------------
@@ -139,7 +143,7 @@ class GraphStore:
         queue the packages they depend on (dev edges are not followed), and mark the batch done in the frontier.
         ``skipped`` are fresh packages not fetched again: they are expanded from their stored edges."""
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             ids = self._upsert_projects(conn, ecosystem, [record for record, _ in fetched], now)
             if ids:
                 conn.execute(dependencies.delete().where(dependencies.c.project_id.in_(list(ids.values()))))
@@ -216,12 +220,12 @@ class GraphStore:
         query = sa.select(sa.func.count()).select_from(projects).where(
             projects.c.ecosystem == ecosystem, projects.c.status == status
         )
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
     def project(self, ecosystem: str, name: str) -> dict[str, Any] | None:
         """One project with its dependencies (runtime first), or None when it was never indexed."""
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             row = conn.execute(
                 sa.select(projects).where(projects.c.ecosystem == ecosystem, projects.c.name == name)
             ).first()
@@ -244,7 +248,7 @@ class GraphStore:
         """Indexed projects whose latest version depends on ``name``, with the real total."""
         where = (dependencies.c.to_ecosystem == ecosystem, dependencies.c.to_name == name)
         joined = dependencies.join(projects, projects.c.id == dependencies.c.project_id)
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(dependencies).where(*where)).scalar_one()
             rows = conn.execute(
                 sa.select(projects.c.ecosystem, projects.c.name, projects.c.version, dependencies.c.requirement,
@@ -263,7 +267,7 @@ class GraphStore:
             where.append(projects.c.ecosystem == ecosystem)
         if q:
             where.append(sa.func.lower(projects.c.name).contains(q.lower(), autoescape=True))
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(projects).where(*where)).scalar_one()
             rows = conn.execute(
                 sa.select(projects).where(*where)
@@ -274,7 +278,7 @@ class GraphStore:
     def stats(self, ecosystems: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
         """Per ecosystem (each of ``ecosystems`` even when empty, and any other stored): projects by status,
         dependency edges, and when a package was last indexed."""
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             by_status = conn.execute(
                 sa.select(projects.c.ecosystem, projects.c.status, sa.func.count(), sa.func.max(projects.c.indexed_at))
                 .group_by(projects.c.ecosystem, projects.c.status)

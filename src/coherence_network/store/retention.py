@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from coherence_network.clock import utcnow
 from coherence_network.contract import SETTLED_STATUSES
 from coherence_network.settings import Settings
-from coherence_network.store.schema import monitor_issues, runners, tasks
-from coherence_network.store.tasks import TaskStore
+from coherence_network.store.gateway import TaskStore
+from coherence_network.store.schema import monitor_issues, tasks
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +56,18 @@ def _delete_in_batches(store: TaskStore, table: sa.Table, condition: sa.ColumnEl
     id_column = table.c.id
     condition = sa.and_(condition, _below_newest(id_column))
     if dry_run:
-        with store.engine.connect() as conn:
+        with store.connection() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(table).where(condition)).scalar_one())
     deleted = 0
     while True:
-        with store.engine.connect() as conn:
+        with store.connection() as conn:
             ids = list(conn.execute(sa.select(id_column).where(condition).order_by(id_column).limit(batch)).scalars())
         if not ids:
             return deleted
-        with store._write() as conn:  # the condition again: a row may have changed since it was read
+        with store.transaction() as conn:  # the condition again: a row may have changed since it was read
             gone = conn.execute(table.delete().where(id_column.in_(ids), condition)).rowcount
             if gone and table is tasks:
-                store._changed(conn)  # the task counts are stale once this commits
+                store.tasks_changed(conn)  # the task counts are stale once this commits
             deleted += gone
         if len(ids) < batch:
             return deleted
@@ -88,13 +88,7 @@ def prune_store(store: TaskStore, settings: Settings, *, now: datetime | None = 
         resolved = monitor_issues.c.resolved_at < issue_cutoff
         report.monitor_issues = _delete_in_batches(store, monitor_issues, resolved, batch, dry_run)
     forget_before = now - timedelta(seconds=settings.coherence_runner_forget_seconds)
-    if dry_run:
-        with store.engine.connect() as conn:
-            report.runners = int(conn.execute(
-                sa.select(sa.func.count()).select_from(runners).where(runners.c.last_seen < forget_before)
-            ).scalar_one())
-    else:
-        report.runners = store.prune_runners(forget_before)
+    report.runners = store.prune_runners(forget_before, dry_run=dry_run)
     if report.total and not dry_run:
         log.info("retention: deleted %d finished tasks, %d resolved monitor issues, %d runner rows",
                  report.tasks, report.monitor_issues, report.runners)

@@ -139,6 +139,9 @@ monitor_issues = sa.Table(
     sa.Column("last_seen", UTCDateTime, nullable=False),
     sa.Column("resolved_at", UTCDateTime, nullable=True),
     sa.Index("ix_monitor_issues_open", "resolved_at", "rule"),
+    # the open set is keyed by (host, rule): one open row each (revision 0010)
+    sa.Index("ix_monitor_issues_open_host_rule", "host", "rule", unique=True,
+             sqlite_where=sa.text("resolved_at IS NULL"), postgresql_where=sa.text("resolved_at IS NULL")),
 )
 fatal_issues = sa.Table(
     "fatal_issues",

@@ -17,9 +17,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
-from coherence_network.clock import utcnow
 from coherence_network.contract import SETTLED_STATUSES, TaskStatus
 from coherence_network.store.schema import UTCDateTime, tasks
 
@@ -71,13 +70,13 @@ Percentiles = dict[str, dict[str, float | int]]  # {task_type | "all": {"n", "p5
 
 
 def duration_percentiles(
-    engine: Engine, conn: Connection, since: datetime, until: datetime, durations: dict[str, sa.Column[Any]]
+    conn: Connection, since: datetime, until: datetime, durations: dict[str, sa.Column[Any]]
 ) -> dict[str, Percentiles]:
     """Percentiles of each stored duration (by name) for tasks finished in [since, until], by task type and
     over all types, from one read of the window."""
     window = _finished_between(since, until)
     result: dict[str, Percentiles] = {name: {} for name in durations}
-    if engine.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql":
         aggregates = [
             aggregate
             for column in durations.values()
@@ -112,7 +111,7 @@ def _label(p: float) -> str:
     return f"p{round(p * 100)}"
 
 
-def throughput(engine: Engine, conn: Connection, now: datetime, bucket: timedelta, count: int) -> list[dict[str, Any]]:
+def throughput(conn: Connection, now: datetime, bucket: timedelta, count: int) -> list[dict[str, Any]]:
     """Completed and failed tasks per bucket over the last ``count`` buckets up to ``now``, oldest first, empty
     buckets included. A bucket is one or more whole hours dividing a UTC day, or one UTC day; each is keyed by its
     start ("start": "YYYY-MM-DDTHH:00:00Z"). The store counts by hour (by day for day buckets) over the
@@ -120,7 +119,7 @@ def throughput(engine: Engine, conn: Connection, now: datetime, bucket: timedelt
     daily = bucket >= timedelta(days=1)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     first = midnight + bucket * ((now - midnight) // bucket) - bucket * (count - 1)
-    if engine.dialect.name == "sqlite":
+    if conn.dialect.name == "sqlite":
         grain = sa.func.strftime("%Y-%m-%d" if daily else "%Y-%m-%dT%H", tasks.c.finished_at)
     else:
         grain = sa.func.to_char(sa.func.timezone("UTC", tasks.c.finished_at),
@@ -142,32 +141,30 @@ def throughput(engine: Engine, conn: Connection, now: datetime, bucket: timedelt
     return [{"start": start.strftime("%Y-%m-%dT%H:00:00Z"), **counts} for start, counts in buckets.items()]
 
 
-def hourly_throughput(engine: Engine, conn: Connection, now: datetime) -> list[dict[str, Any]]:
+def hourly_throughput(conn: Connection, now: datetime) -> list[dict[str, Any]]:
     """Completed and failed tasks per UTC hour over the last 24 hours, oldest hour first, empty hours included."""
-    return [{"hour": row.pop("start"), **row} for row in throughput(engine, conn, now, timedelta(hours=1), 24)]
+    return [{"hour": row.pop("start"), **row} for row in throughput(conn, now, timedelta(hours=1), 24)]
 
 
-def task_metrics(engine: Engine, now: datetime | None = None) -> dict[str, Any]:
+def task_metrics(conn: Connection, now: datetime) -> dict[str, Any]:
     """Success rates, run time and queue wait percentiles by task type over 24 h and 7 d, and throughput."""
-    now = now or utcnow()
     windows: dict[str, Any] = {}
-    with engine.connect() as conn:
-        for name, span in WINDOWS.items():
-            since = now - span
-            counts = success_counts(conn, since, now)
-            durations = duration_percentiles(engine, conn, since, now,
-                                             {"run": tasks.c.run_seconds, "wait": tasks.c.queue_seconds})
-            run, wait = durations["run"], durations["wait"]
-            by_type = {
-                key: {
-                    **counts.get(key, {**_no_outcomes(), "success_rate": None}),
-                    "run_seconds": run.get(key),
-                    "queue_wait_seconds": wait.get(key),
-                }
-                for key in sorted(set(counts) | set(run) | set(wait))
+    for name, span in WINDOWS.items():
+        since = now - span
+        counts = success_counts(conn, since, now)
+        durations = duration_percentiles(conn, since, now,
+                                         {"run": tasks.c.run_seconds, "wait": tasks.c.queue_seconds})
+        run, wait = durations["run"], durations["wait"]
+        by_type = {
+            key: {
+                **counts.get(key, {**_no_outcomes(), "success_rate": None}),
+                "run_seconds": run.get(key),
+                "queue_wait_seconds": wait.get(key),
             }
-            windows[name] = {"since": since, "by_type": by_type}
-        hourly = hourly_throughput(engine, conn, now)
+            for key in sorted(set(counts) | set(run) | set(wait))
+        }
+        windows[name] = {"since": since, "by_type": by_type}
+    hourly = hourly_throughput(conn, now)
     completed_24h = sum(h[TaskStatus.COMPLETED] for h in hourly)
     return {
         "generated_at": now,
@@ -197,47 +194,46 @@ def _age(now: datetime, then: datetime | None) -> float | None:
     return None if then is None else round(max((now - then).total_seconds(), 0.0), 3)
 
 
-def pipeline_snapshot(engine: Engine, now: datetime, limits: Limits, recent_at_least: int) -> dict[str, Any]:
+def pipeline_snapshot(conn: Connection, now: datetime, limits: Limits, recent_at_least: int) -> dict[str, Any]:
     """Running, pending-by-type, needs_decision and recently finished tasks, each list bounded by an index."""
-    with engine.connect() as conn:
-        running = [
-            dict(r._mapping)
-            for r in conn.execute(
-                sa.select(*_SUMMARY_COLUMNS)
-                .where(tasks.c.status == TaskStatus.RUNNING)
-                .order_by(tasks.c.started_at.asc())
-                .limit(limits.running)
-            )
-        ]
-        oldest_created = sa.func.min(tasks.c.created_at, type_=UTCDateTime)
-        pending = {
-            task_type: {"count": int(n), "oldest_wait_seconds": _age(now, oldest)}
-            for task_type, n, oldest in conn.execute(
-                sa.select(tasks.c.task_type, sa.func.count(), oldest_created)
-                .where(tasks.c.status == TaskStatus.PENDING)
-                .group_by(tasks.c.task_type)
-            )
-        }
-        waiting = [
-            dict(r._mapping)
-            for r in conn.execute(
-                sa.select(*_SUMMARY_COLUMNS, tasks.c.decision_prompt)
-                .where(tasks.c.status == TaskStatus.NEEDS_DECISION)
-                .order_by(tasks.c.id.asc())
-                .limit(limits.needs_decision)
-            )
-        ]
-        output_chars = sa.func.length(sa.func.trim(sa.func.coalesce(tasks.c.output, ""))).label("output_chars")
-        recent = [
-            dict(r._mapping)
-            for r in conn.execute(
-                sa.select(*_SUMMARY_COLUMNS, tasks.c.run_seconds, output_chars)
-                .where(tasks.c.finished_at.is_not(None))
-                .order_by(tasks.c.finished_at.desc())
-                .limit(max(limits.recent, recent_at_least))
-            )
-        ]
-        success_24h = success_counts(conn, now - WINDOWS["24h"], now)[ALL_TYPES]
+    running = [
+        dict(r._mapping)
+        for r in conn.execute(
+            sa.select(*_SUMMARY_COLUMNS)
+            .where(tasks.c.status == TaskStatus.RUNNING)
+            .order_by(tasks.c.started_at.asc())
+            .limit(limits.running)
+        )
+    ]
+    oldest_created = sa.func.min(tasks.c.created_at, type_=UTCDateTime)
+    pending = {
+        task_type: {"count": int(n), "oldest_wait_seconds": _age(now, oldest)}
+        for task_type, n, oldest in conn.execute(
+            sa.select(tasks.c.task_type, sa.func.count(), oldest_created)
+            .where(tasks.c.status == TaskStatus.PENDING)
+            .group_by(tasks.c.task_type)
+        )
+    }
+    waiting = [
+        dict(r._mapping)
+        for r in conn.execute(
+            sa.select(*_SUMMARY_COLUMNS, tasks.c.decision_prompt)
+            .where(tasks.c.status == TaskStatus.NEEDS_DECISION)
+            .order_by(tasks.c.id.asc())
+            .limit(limits.needs_decision)
+        )
+    ]
+    output_chars = sa.func.length(sa.func.trim(sa.func.coalesce(tasks.c.output, ""))).label("output_chars")
+    recent = [
+        dict(r._mapping)
+        for r in conn.execute(
+            sa.select(*_SUMMARY_COLUMNS, tasks.c.run_seconds, output_chars)
+            .where(tasks.c.finished_at.is_not(None))
+            .order_by(tasks.c.finished_at.desc())
+            .limit(max(limits.recent, recent_at_least))
+        )
+    ]
+    success_24h = success_counts(conn, now - WINDOWS["24h"], now)[ALL_TYPES]
     for task in running:
         task["elapsed_seconds"] = _age(now, task["started_at"])
     for task in waiting:
@@ -247,3 +243,19 @@ def pipeline_snapshot(engine: Engine, now: datetime, limits: Limits, recent_at_l
             task["run_seconds"] = round(max(task["run_seconds"], 0.0), 3)
     return {"running": running, "pending": pending, "needs_decision": waiting, "recent": recent,
             "success_24h": success_24h}
+
+
+def completed_per_day(conn: Connection, now: datetime, days: int = 7) -> list[dict[str, Any]]:
+    """Tasks completed on each of the last ``days`` UTC days (oldest first), read through the finished_at index."""
+    start = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    counts = {(start + timedelta(days=n)).date().isoformat(): 0 for n in range(days)}
+    rows = conn.execute(
+        sa.select(tasks.c.finished_at).where(
+            tasks.c.finished_at.between(start, now), tasks.c.status == TaskStatus.COMPLETED
+        )
+    )
+    for (finished,) in rows:
+        day = finished.date().isoformat()
+        if day in counts:
+            counts[day] += 1
+    return [{"day": day, "completed": n} for day, n in counts.items()]

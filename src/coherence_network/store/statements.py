@@ -1,0 +1,184 @@
+"""The task queries' named statements: each built once (building a statement costs more than SQLite runs it),
+keyed by the shape it takes, and shared by the task reads and moves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import sqlalchemy as sa
+
+from coherence_network.contract import TaskStatus
+from coherence_network.store.errors import Conflict
+from coherence_network.store.schema import UTCDateTime, tasks
+from coherence_network.store.search import COUNT_CAP
+
+PENDING, RUNNING, FAILED = TaskStatus.PENDING.value, TaskStatus.RUNNING.value, TaskStatus.FAILED.value
+# The fields that make a create the same create: a reused idempotency key with other values is a client bug.
+_IDEMPOTENT_FIELDS = ("direction", "task_type", "command")
+
+
+def row_dict(row: sa.Row[Any] | None) -> dict[str, Any] | None:
+    return None if row is None else dict(row._mapping)
+
+
+INSERT_TASKS = tasks.insert().returning(*tasks.c, sort_by_parameter_order=True)
+MAX_BATCH = 1000  # tasks in one batch create (one transaction)
+MAX_CLAIM = 100  # tasks in one claim
+
+
+def seconds_between(
+    postgres: bool, start: sa.ColumnElement[Any], end: sa.ColumnElement[Any]
+) -> sa.ColumnElement[float]:
+    """``end - start`` in seconds as a float, in the backend's own date arithmetic."""
+    if postgres:
+        return sa.cast(sa.func.extract("epoch", end - start), sa.Float)
+    return (sa.func.julianday(end) - sa.func.julianday(start)) * 86400.0
+
+
+def durations(postgres: bool, finished: sa.ColumnElement[Any]) -> dict[str, sa.ColumnElement[float]]:
+    """The stored durations of a run that ends at ``finished`` (set in the UPDATE that ends it), so metrics read
+    them from an index instead of computing them row by row."""
+    return {
+        "run_seconds": seconds_between(postgres, tasks.c.started_at, finished),
+        "queue_seconds": seconds_between(postgres, tasks.c.created_at, tasks.c.started_at),
+    }
+
+
+def _pending(typed: bool) -> sa.Select[tuple[int]]:
+    """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``)."""
+    pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING)
+    if typed:
+        pick = pick.where(tasks.c.task_type.in_(sa.bindparam("b_types", expanding=True)))
+    return pick
+
+
+@cache
+def claimable_statement(typed: bool) -> sa.Select[tuple[int]]:
+    """Is any task claimable? A read, so a claim that would find nothing opens no write transaction."""
+    return _pending(typed).limit(1)
+
+
+@cache
+def claim_statement(typed: bool, postgres: bool, several: bool, replayable: bool) -> sa.Update:
+    """Built once: statement construction costs more than SQLite's execution of it.
+
+    ``several`` picks up to ``b_limit`` tasks (``id IN``); one task keeps ``id =``, which both planners like best.
+    ``replayable`` claims only if this request id got nothing yet, in the same statement (a retried claim then
+    updates nothing and reads what it got), so a first claim costs no separate look-up."""
+    pick = _pending(typed).order_by(tasks.c.priority.desc(), tasks.c.id.asc())
+    pick = pick.limit(sa.bindparam("b_limit", type_=sa.Integer)) if several else pick.limit(1)
+    if postgres:
+        pick = pick.with_for_update(skip_locked=True)
+    chosen: sa.ColumnElement[bool]
+    if several:
+        # A materialized CTE runs the pick once: as a plain IN subquery PostgreSQL may run it again, and with
+        # SKIP LOCKED a second run skips the rows the first locked and picks others (more than the limit).
+        picked = pick.cte("picked").prefix_with("MATERIALIZED") if postgres else pick.subquery()
+        chosen = tasks.c.id.in_(sa.select(picked.c.id))
+    else:
+        chosen = tasks.c.id == pick.scalar_subquery()
+    condition: list[sa.ColumnElement[bool]] = [chosen, tasks.c.status == PENDING]
+    if replayable:
+        earlier = tasks.alias("earlier")
+        condition.append(~sa.exists().where(
+            earlier.c.claim_request_id == sa.bindparam("b_request"),
+            earlier.c.claimed_by == sa.bindparam("b_runner"),
+            earlier.c.status == RUNNING,
+        ))
+    return (
+        tasks.update()
+        .where(*condition)
+        .values(
+            status=RUNNING,
+            claimed_by=sa.bindparam("b_runner"),
+            claim_request_id=sa.bindparam("b_request"),
+            claim_token=tasks.c.claim_token + 1,
+            lease_expires_at=sa.bindparam("b_lease", type_=UTCDateTime),
+            started_at=sa.bindparam("b_now", type_=UTCDateTime),
+            finished_at=None,
+            exit_code=None,
+            progress_pct=None,
+            current_step=None,
+            run_seconds=None,
+            queue_seconds=None,
+            updated_at=sa.bindparam("b_now", type_=UTCDateTime),
+        )
+        .returning(*tasks.c)
+    )
+
+
+CLAIMED_BY_REQUEST = (
+    sa.select(tasks)
+    .where(
+        tasks.c.claim_request_id == sa.bindparam("b_request"),
+        tasks.c.claimed_by == sa.bindparam("b_runner"),
+        tasks.c.status == RUNNING,
+    )
+    .order_by(tasks.c.priority.desc(), tasks.c.id.asc())
+)
+
+
+def claim_order(task: dict[str, Any]) -> tuple[int, int]:
+    """The claim's own order (most urgent first): RETURNING gives rows in no promised order."""
+    return -task["priority"], task["id"]
+
+
+@cache
+def update_statement(
+    needed: str, fenced: bool, keys: tuple[str, ...], count_attempt: bool, postgres: bool
+) -> sa.Update:
+    """``UPDATE tasks SET <keys> WHERE id = ? AND status = <needed> [AND claim_token = ?]``, built once per shape.
+
+    ``count_attempt`` adds one to ``attempts`` in the same statement (an attempt that ended in failure); a run that
+    ends (``finished_at`` set) stores its durations in it too."""
+    condition = [tasks.c.id == sa.bindparam("b_id"), tasks.c.status == needed]
+    if fenced:
+        condition.append(tasks.c.claim_token == sa.bindparam("b_token"))
+    values: dict[str, Any] = {key: sa.bindparam(f"v_{key}", type_=tasks.c[key].type) for key in keys}
+    if count_attempt:
+        values["attempts"] = tasks.c.attempts + 1
+    if "finished_at" in keys and "run_seconds" not in keys:
+        values.update(durations(postgres, values["finished_at"]))
+    return tasks.update().where(*condition).values(values).returning(*tasks.c)
+
+
+def same_create(key: str, earlier: dict[str, Any], values: dict[str, Any], where: str) -> None:
+    """A reused idempotency key must name the same create: another direction, type or command is a client bug."""
+    if any(earlier[f] != values[f] for f in _IDEMPOTENT_FIELDS):
+        raise Conflict(
+            f"idempotency key {key!r} was already used by {where} with a different direction, type or command; "
+            "use a new key for a new task",
+            earlier.get("status"),
+        )
+
+
+def count_capped(matches: sa.Select[Any]) -> sa.Select[Any]:
+    """How many rows ``matches`` gives, counted up to COUNT_CAP + 1 (a search's total: see store/search.py)."""
+    return sa.select(sa.func.count()).select_from(matches.limit(COUNT_CAP + 1).subquery())
+
+
+def sort_order(column: str, descending: bool) -> list[sa.UnaryExpression[Any]]:
+    """ORDER BY for a sort, in the order of the index that serves it. Priority breaks ties the claim's way (equal
+    priorities oldest first when the most urgent lead), so its index is the claim's order read either way."""
+    if column == "id":
+        return [tasks.c.id.desc() if descending else tasks.c.id.asc()]
+    first = tasks.c[column].desc() if descending else tasks.c[column].asc()
+    tie_down = descending != (column == "priority")
+    return [first, tasks.c.id.desc() if tie_down else tasks.c.id.asc()]
+
+
+# Inside TaskStore, ``list`` names its method: these spell the builtin's types for its signatures.
+Rows = list[dict[str, Any]]
+Outcomes = list[tuple[dict[str, Any], bool]]
+
+
+@dataclass
+class ReapResult:
+    """Expired leases handled by one reaper pass."""
+
+    reclaimed: int = 0
+    failed: int = 0
+    waited: float | None = None  # set when the pass held back: seconds it waited for the store's write lock
+

@@ -1,0 +1,445 @@
+"""Task moves: create, claim, heartbeat, finish, decide, retry and the lease reaper, each one short transaction.
+
+State changes are single conditional UPDATEs (``WHERE status = ...``), so two writers can never both win; when the
+UPDATE matches nothing the row is read to say why (404 or a conflict naming the current status). Only the moves in
+contract.LEGAL_MOVES are made.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from coherence_network.clock import utcnow
+from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, TaskStatus
+from coherence_network.store.errors import Conflict, NotFound
+from coherence_network.store.schema import UTCDateTime, tasks
+from coherence_network.store.statements import (
+    CLAIMED_BY_REQUEST,
+    FAILED,
+    INSERT_TASKS,
+    MAX_BATCH,
+    MAX_CLAIM,
+    PENDING,
+    RUNNING,
+    Outcomes,
+    ReapResult,
+    Rows,
+    claim_order,
+    claim_statement,
+    claimable_statement,
+    durations,
+    row_dict,
+    same_create,
+    update_statement,
+)
+from coherence_network.store.task_reads import TaskReads
+
+
+class TaskMoves(TaskReads):
+    """Writes to the tasks table, each a legal move (contract.LEGAL_MOVES)."""
+
+    # --- writes ---------------------------------------------------------------------------------------------
+    def create(self, **fields: Any) -> dict[str, Any]:
+        """Add a pending task (see ``create_or_replay`` for the fields)."""
+        return self.create_or_replay(**fields)[0]
+
+    def create_or_replay(self, **fields: Any) -> tuple[dict[str, Any], bool]:
+        """Add a pending task; returns (task, created). See ``create_many`` for the fields and the key's rules."""
+        return self.create_many([fields])[0]
+
+    def create_many(self, items: Rows) -> Outcomes:
+        """Add pending tasks in one transaction; returns (task, created) for each item, in order.
+
+        Each item holds ``direction`` and ``task_type`` and may hold ``command``, ``priority``, ``max_attempts``,
+        ``timeout_seconds``, ``context`` and ``idempotency_key``. With a key, a repeated create (a client retrying
+        after a lost response) returns the task the first one made, with created False; the same key with another
+        direction, type or command is a Conflict and nothing of the batch is written."""
+        if not 1 <= len(items) <= MAX_BATCH:
+            raise ValueError(f"a batch holds 1..{MAX_BATCH} tasks, not {len(items)}")
+        now = utcnow()
+        rows = [self._new_task(now, **item) for item in items]
+        for last_try in (False, True):
+            try:
+                with self.transaction() as conn:
+                    return self._create_in(conn, rows)
+            except sa.exc.IntegrityError:
+                # a concurrent create with one of these keys won the insert: the next pass replays it
+                if last_try or not any(row["idempotency_key"] for row in rows):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _new_task(
+        self,
+        now: datetime,
+        *,
+        direction: str,
+        task_type: str,
+        command: str | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        timeout_seconds: float | None = None,
+        context: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "direction": direction,
+            "task_type": str(task_type),
+            "status": PENDING,
+            "command": command,
+            "priority": priority,
+            "max_attempts": max_attempts or self.max_attempts,
+            "timeout_seconds": timeout_seconds,
+            "context": context,
+            "idempotency_key": idempotency_key,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def _create_in(self, conn: sa.Connection, rows: Rows) -> Outcomes:
+        """Replays from the keys already stored (one look-up for the batch), then one multi-row INSERT."""
+        keys = {row["idempotency_key"] for row in rows} - {None}
+        stored: dict[str, dict[str, Any]] = {}
+        if keys:
+            found = conn.execute(sa.select(tasks).where(tasks.c.idempotency_key.in_(sorted(keys))))
+            stored = {r.idempotency_key: dict(r._mapping) for r in found}
+        fresh: Rows = []
+        first_of_key: dict[str, int] = {}  # a key's first fresh row, by its place in ``fresh``
+        plan: builtins.list[tuple[str, Any]] = []  # per item: ("stored", task), ("fresh" | "again", place in fresh)
+        for row in rows:
+            key = row["idempotency_key"]
+            if key in stored:
+                same_create(key, stored[key], row, f"task {stored[key]['id']}")
+                plan.append(("stored", stored[key]))
+            elif key in first_of_key:
+                same_create(key, fresh[first_of_key[key]], row, "an earlier item of this batch")
+                plan.append(("again", first_of_key[key]))
+            else:
+                if key is not None:
+                    first_of_key[key] = len(fresh)
+                plan.append(("fresh", len(fresh)))
+                fresh.append(row)
+        made = [dict(r._mapping) for r in conn.execute(INSERT_TASKS, fresh)] if fresh else []
+        if made:
+            self._wake(conn)
+        return [
+            (what, False) if how == "stored" else (made[what], how == "fresh")
+            for how, what in plan
+        ]
+
+    def claim(
+        self,
+        runner_id: str,
+        *,
+        types: Iterable[str] | None = None,
+        lease_seconds: float | None = None,
+        request_id: str | None = None,
+        replay: bool = True,
+    ) -> dict[str, Any] | None:
+        """Atomically move the most urgent pending task to running for ``runner_id``; None when there is none.
+
+        ``request_id`` names one logical claim: if that claim already got a task (its response was lost and the
+        client retried), the same task and claim token are returned instead of a second task. ``replay=False``
+        skips that look-up (a long poll's rechecks within one request cannot have been answered yet)."""
+        claimed = self.claim_many(runner_id, 1, types=types, lease_seconds=lease_seconds, request_id=request_id,
+                                  replay=replay)
+        return claimed[0] if claimed else None
+
+    def claim_many(
+        self,
+        runner_id: str,
+        max_tasks: int,
+        *,
+        types: Iterable[str] | None = None,
+        lease_seconds: float | None = None,
+        request_id: str | None = None,
+        replay: bool = True,
+    ) -> Rows:
+        """Claim up to ``max_tasks`` of the most urgent pending tasks for ``runner_id`` in one statement, most
+        urgent first; each gets its own claim token. A retried ``request_id`` returns what that claim got.
+
+        On SQLite a read first: finding nothing costs no write transaction (the file stays untouched). On PostgreSQL
+        the UPDATE ... SKIP LOCKED is itself one transaction, as cheap as the read would be."""
+        if not 1 <= max_tasks <= MAX_CLAIM:
+            raise ValueError(f"max_tasks must be 1..{MAX_CLAIM}")
+        if not self._pg:
+            type_list = [str(t) for t in types or []]
+            params: dict[str, Any] = {"b_request": request_id, "b_runner": runner_id}
+            if type_list:
+                params["b_types"] = type_list
+            with self.connection() as conn:
+                if conn.execute(claimable_statement(bool(type_list)), params).first() is None:
+                    if request_id is None or not replay:
+                        return []
+                    return [dict(r._mapping) for r in conn.execute(CLAIMED_BY_REQUEST, params)]
+        with self.transaction() as conn:
+            now = self._lease_clock(conn)
+            return self._claim_in(conn, now, runner_id, max_tasks, types, lease_seconds, request_id, replay)
+
+    def _claim_in(
+        self,
+        conn: sa.Connection,
+        now: datetime,
+        runner_id: str,
+        max_tasks: int,
+        types: Iterable[str] | None,
+        lease_seconds: float | None,
+        request_id: str | None,
+        replay: bool,
+    ) -> Rows:
+        """The claim inside the caller's transaction. Only a claim that took nothing looks for what its request id
+        got before (a retry after a lost response): the UPDATE itself refuses to claim for a request that has."""
+        replayable = request_id is not None and replay
+        type_list = [str(t) for t in types or []]
+        params: dict[str, Any] = {
+            "b_runner": runner_id,
+            "b_request": request_id,
+            "b_now": now,
+            "b_lease": now + timedelta(seconds=lease_seconds or self.lease_seconds),
+        }
+        if type_list:
+            params["b_types"] = type_list
+        if max_tasks > 1:
+            params["b_limit"] = max_tasks
+        statement = claim_statement(bool(type_list), self._pg, max_tasks > 1, replayable)
+        claimed = [dict(r._mapping) for r in conn.execute(statement, params)]
+        if claimed:
+            self.tasks_changed(conn)
+        elif replayable:
+            claimed = [dict(r._mapping) for r in conn.execute(CLAIMED_BY_REQUEST, params)]
+        return sorted(claimed, key=claim_order)
+
+    def heartbeat(
+        self,
+        task_id: int,
+        claim_token: int,
+        *,
+        progress_pct: float | None = None,
+        current_step: str | None = None,
+        lease_seconds: float | None = None,
+    ) -> dict[str, Any]:
+        """Extend the lease of a running task (and record progress); only the current claim may do so."""
+        with self.transaction() as conn:
+            now = self._lease_clock(conn)
+            values: dict[str, Any] = {
+                "lease_expires_at": now + timedelta(seconds=lease_seconds or self.lease_seconds),
+                "updated_at": now,
+            }
+            if progress_pct is not None:
+                values["progress_pct"] = progress_pct
+            if current_step is not None:
+                values["current_step"] = current_step
+            return self._update_in(conn, task_id, TaskStatus.RUNNING, values, "heartbeat", claim_token)
+
+    def finish(
+        self,
+        task_id: int,
+        claim_token: int,
+        *,
+        status: str,
+        output: str | None = None,
+        exit_code: int | None = None,
+        decision_prompt: str | None = None,
+    ) -> dict[str, Any]:
+        """End the current claim: completed, failed, needs_decision (with a question) or pending (released).
+
+        A failure counts as an attempt; a question or a release does not. Finishing again with the same claim
+        token and status (a retry after a lost response) returns the stored result."""
+        status = self._finish_status(status, decision_prompt)
+        with self.transaction() as conn:
+            return self._finish_in(conn, utcnow(), task_id, claim_token, status, output, exit_code, decision_prompt)
+
+    def finish_and_claim(
+        self,
+        task_id: int,
+        claim_token: int,
+        *,
+        status: str,
+        output: str | None = None,
+        exit_code: int | None = None,
+        decision_prompt: str | None = None,
+        runner_id: str,
+        types: Iterable[str] | None = None,
+        lease_seconds: float | None = None,
+        request_id: str | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """``finish`` and then ``claim`` for the runner in one transaction: (finished task, next task or None).
+
+        A finish that is refused (stale claim token, wrong status) claims nothing. Both halves are safe to retry:
+        the finish by its claim token, the claim by its request id."""
+        status = self._finish_status(status, decision_prompt)
+        with self.transaction() as conn:
+            now = self._lease_clock(conn)  # one moment: the next run starts when this one finished
+            finished = self._finish_in(conn, now, task_id, claim_token, status, output, exit_code, decision_prompt)
+            claimed = self._claim_in(conn, now, runner_id, 1, types, lease_seconds, request_id, True)
+        return finished, (claimed[0] if claimed else None)
+
+    @staticmethod
+    def _finish_status(status: str, decision_prompt: str | None) -> TaskStatus:
+        status = TaskStatus(status)
+        if status not in FINISH_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(s.value for s in FINISH_STATUSES)}")
+        if status is TaskStatus.NEEDS_DECISION and not decision_prompt:
+            raise ValueError("needs_decision requires decision_prompt")
+        return status
+
+    def _finish_in(
+        self,
+        conn: sa.Connection,
+        now: datetime,
+        task_id: int,
+        claim_token: int,
+        status: TaskStatus,
+        output: str | None,
+        exit_code: int | None,
+        decision_prompt: str | None,
+    ) -> dict[str, Any]:
+        values: dict[str, Any] = {"status": status.value, "lease_expires_at": None, "updated_at": now}
+        if output is not None:
+            values["output"] = self._tail(output)
+        if exit_code is not None:
+            values["exit_code"] = exit_code
+        if status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
+            values["finished_at"] = now
+        if status is TaskStatus.NEEDS_DECISION:
+            values.update(decision_prompt=decision_prompt, decision=None, decided_by=None, decided_at=None)
+        if status is TaskStatus.PENDING:
+            values["claimed_by"] = None
+        try:
+            return self._update_in(conn, task_id, TaskStatus.RUNNING, values, "finish", claim_token,
+                                   count_attempt=status is TaskStatus.FAILED)
+        except Conflict:
+            stored = row_dict(conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first())
+            if stored is not None and stored["claim_token"] == claim_token and stored["status"] == status.value:
+                return stored  # this very finish was already recorded
+            raise
+
+    def decide(self, task_id: int, decision: str, decided_by: str) -> dict[str, Any]:
+        """Store a decision on a needs_decision task and return it to pending, so the next run sees it.
+
+        The same decision by the same person again (a retry after a lost response) returns the task as it is."""
+        now = utcnow()
+        values = {
+            "status": PENDING,
+            "decision": decision,
+            "decided_by": decided_by,
+            "decided_at": now,
+            "claimed_by": None,
+            "updated_at": now,
+        }
+        try:
+            return self._conditional_update(task_id, TaskStatus.NEEDS_DECISION, values, "decide")
+        except Conflict:
+            stored = self.get(task_id)
+            if stored["decision"] == decision and stored["decided_by"] == decided_by:
+                return stored
+            raise
+
+    def retry(self, task_id: int) -> dict[str, Any]:
+        """Operator retry of a failed task: back to pending with a fresh set of attempts."""
+        now = utcnow()
+        values = {
+            "status": PENDING,
+            "attempts": 0,
+            "claimed_by": None,
+            "finished_at": None,
+            "run_seconds": None,
+            "queue_seconds": None,
+            "exit_code": None,
+            "updated_at": now,
+        }
+        return self._conditional_update(task_id, TaskStatus.FAILED, values, "retry")
+
+    def reap(self, now: datetime | None = None, *, max_lock_wait: float | None = None) -> ReapResult:
+        """Return running tasks whose lease expired to pending, or fail them when their attempts are spent.
+
+        An expired lease counts as an attempt (the run ended without a result). A pass that waited longer than
+        ``max_lock_wait`` for the store's write lock requeues nothing (``waited`` says how long): the heartbeats
+        that would have renewed those leases waited behind the same lock, and land once it is free."""
+        with self.transaction() as conn:
+            asked = time.monotonic()
+            locked_at = self._lease_clock(conn)
+            waited = time.monotonic() - asked
+            if max_lock_wait is not None and waited > max_lock_wait:
+                return ReapResult(waited=waited)
+            now = now or locked_at
+            expired = sa.and_(tasks.c.status == RUNNING, tasks.c.lease_expires_at < now)
+            spent = tasks.c.attempts + 1 >= tasks.c.max_attempts
+            common = {"lease_expires_at": None, "claimed_by": None, "updated_at": now,
+                      "attempts": tasks.c.attempts + 1}
+            failed = conn.execute(
+                tasks.update()
+                .where(expired, spent)
+                .values(status=FAILED, finished_at=now, current_step="lease expired; attempts spent", **common,
+                        **durations(self._pg, sa.literal(now, UTCDateTime)))
+            ).rowcount
+            reclaimed = conn.execute(tasks.update().where(expired, ~spent).values(status=PENDING, **common)).rowcount
+            if failed:
+                self.tasks_changed(conn)
+            if reclaimed:
+                self._wake(conn)
+        return ReapResult(reclaimed=reclaimed, failed=failed)
+
+    # --- helpers --------------------------------------------------------------------------------------------
+    def _tail(self, output: str) -> str:
+        encoded = output.encode("utf-8", errors="replace")
+        if len(encoded) <= self.tail_bytes:
+            return output
+        return encoded[-self.tail_bytes :].decode("utf-8", errors="ignore")
+
+    def _conditional_update(
+        self,
+        task_id: int,
+        needed: TaskStatus,
+        values: dict[str, Any],
+        action: str,
+        claim_token: int | None = None,
+    ) -> dict[str, Any]:
+        """``_update_in`` in a transaction of its own."""
+        with self.transaction() as conn:
+            return self._update_in(conn, task_id, needed, values, action, claim_token)
+
+    def _update_in(
+        self,
+        conn: sa.Connection,
+        task_id: int,
+        needed: TaskStatus,
+        values: dict[str, Any],
+        action: str,
+        claim_token: int | None = None,
+        *,
+        count_attempt: bool = False,
+    ) -> dict[str, Any]:
+        """One UPDATE that applies only in status ``needed`` (and the current claim); the move must be legal.
+        When it matches nothing, the row is read in the same transaction to say why (NotFound or Conflict)."""
+        new = values.get("status")
+        if new is not None and (needed, TaskStatus(new)) not in LEGAL_MOVES:
+            raise ValueError(f"{needed.value} -> {new} is not a legal move")
+        keys = tuple(sorted(values))
+        statement = update_statement(needed.value, claim_token is not None, keys, count_attempt, self._pg)
+        params = {"b_id": task_id, "b_token": claim_token, **{f"v_{k}": values[k] for k in keys}}
+        row = conn.execute(statement, params).first()
+        if row is not None:
+            if new == PENDING:
+                self._wake(conn)
+            elif new is not None:
+                self.tasks_changed(conn)
+            return dict(row._mapping)
+        current = conn.execute(sa.select(tasks.c.status, tasks.c.claim_token).where(tasks.c.id == task_id)).first()
+        if current is None:
+            raise NotFound(f"task {task_id} not found")
+        status, token = current
+        if claim_token is not None and status == RUNNING and token != claim_token:
+            raise Conflict(
+                f"cannot {action} task {task_id}: claim token {claim_token} is stale (current claim {token}); "
+                "the lease expired and the task was claimed again",
+                status,
+            )
+        raise Conflict(
+            f"cannot {action} task {task_id}: its status is {status}, {action} needs {needed.value}", status
+        )

@@ -1,0 +1,189 @@
+"""The task's moves as a state machine, on both stores: random sequences of create, claim, heartbeat, finish (each
+status), finish-and-claim, decide, retry and lease expiry, checked against a model built from contract.LEGAL_MOVES.
+
+After every step each task's stored status is the model's, every change of status was a legal move, and a move the
+table does not allow raised Conflict naming the current status (a repeated finish or decision, which the store
+answers with what it recorded, excepted: a retry after a lost response must be safe)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from coherence_network.clock import utcnow
+from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, TaskStatus, TaskType
+from coherence_network.store import Conflict, TaskStore
+from coherence_network.store.schema import tasks
+
+LEASE = 30.0
+PENDING, RUNNING, FAILED = TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.FAILED
+NEEDS_DECISION, COMPLETED = TaskStatus.NEEDS_DECISION, TaskStatus.COMPLETED
+
+
+@dataclass
+class Model:
+    """What the table of legal moves says one task is."""
+
+    status: TaskStatus
+    priority: int
+    max_attempts: int
+    attempts: int = 0
+    token: int = 0  # the current claim token (0: never claimed)
+    decision: str | None = None
+
+
+class TaskMoves(RuleBasedStateMachine):
+    ids = Bundle("ids")
+
+    def __init__(self, store: TaskStore) -> None:
+        super().__init__()
+        self.store = store
+        self.model: dict[int, Model] = {}
+
+    def teardown(self) -> None:
+        """The next run starts from an empty queue: its claims must pick only its own tasks."""
+        with self.store.transaction() as conn:
+            conn.execute(tasks.delete().where(tasks.c.id.in_(list(self.model))))
+
+    # --- helpers ------------------------------------------------------------------------------------------------
+    def moved(self, task_id: int, new: TaskStatus) -> None:
+        """Record a move in the model, which must be in the table."""
+        old = self.model[task_id].status
+        assert old == new or (old, new) in LEGAL_MOVES, f"{old} -> {new} is not a legal move"
+        self.model[task_id].status = new
+
+    def refused(self, task_id: int, exc: Conflict) -> None:
+        assert exc.current_status == self.model[task_id].status.value
+
+    def claimed(self, task: dict[str, Any] | None) -> None:
+        pending = [(-m.priority, i) for i, m in self.model.items() if m.status is PENDING]
+        if not pending:
+            assert task is None
+            return
+        assert task is not None and task["id"] == min(pending)[1], "the most urgent, then the oldest, is claimed"
+        model = self.model[task["id"]]
+        assert task["claim_token"] > model.token
+        self.moved(task["id"], RUNNING)
+        model.token = task["claim_token"]
+
+    def finish_model(self, task_id: int, token: int, status: TaskStatus) -> bool:
+        """Apply a finish to the model; False when the store must refuse it."""
+        model = self.model[task_id]
+        if model.status is status and model.token == token:
+            return True  # the store takes it for a replay (this token, this status): answered as stored, no move
+        if model.status is not RUNNING or token != model.token:
+            return False
+        self.moved(task_id, status)
+        if status is FAILED:
+            model.attempts += 1
+        if status is NEEDS_DECISION:
+            model.decision = None
+        return True
+
+    # --- rules --------------------------------------------------------------------------------------------------
+    @rule(target=ids, priority=st.integers(0, 2), max_attempts=st.integers(1, 3))
+    def create(self, priority: int, max_attempts: int) -> int:
+        task = self.store.create(direction="move me", task_type=TaskType.RUN, command="true", priority=priority,
+                                 max_attempts=max_attempts)
+        assert task["status"] == PENDING
+        self.model[task["id"]] = Model(PENDING, priority, max_attempts)
+        return int(task["id"])
+
+    @rule()
+    def claim(self) -> None:
+        self.claimed(self.store.claim("runner", lease_seconds=LEASE))
+
+    @rule(task_id=ids, stale=st.booleans())
+    def heartbeat(self, task_id: int, stale: bool) -> None:
+        model = self.model[task_id]
+        token = model.token - 1 if stale else model.token
+        try:
+            self.store.heartbeat(task_id, token, progress_pct=50.0)
+        except Conflict as exc:
+            assert model.status is not RUNNING or stale
+            self.refused(task_id, exc)
+        else:
+            assert model.status is RUNNING and not stale
+
+    @rule(task_id=ids, status=st.sampled_from(FINISH_STATUSES), stale=st.booleans(), then_claim=st.booleans())
+    def finish(self, task_id: int, status: TaskStatus, stale: bool, then_claim: bool) -> None:
+        model = self.model[task_id]
+        token = model.token - 1 if stale else model.token
+        fields: dict[str, Any] = {"status": status.value, "output": "out", "exit_code": 0 if status is COMPLETED else 1,
+                                  "decision_prompt": "which?" if status is NEEDS_DECISION else None}
+        try:
+            if then_claim:
+                done, nxt = self.store.finish_and_claim(task_id, token, runner_id="runner", lease_seconds=LEASE,
+                                                        **fields)
+            else:
+                done, nxt = self.store.finish(task_id, token, **fields), None
+        except Conflict as exc:
+            assert not self.finish_model(task_id, token, status), "a legal finish was refused"
+            self.refused(task_id, exc)
+            return
+        assert self.finish_model(task_id, token, status), f"finish {model.status} -> {status} was allowed"
+        assert done["status"] == status
+        if then_claim:
+            self.claimed(nxt)
+
+    @rule(task_id=ids, decision=st.sampled_from(["yes", "no"]))
+    def decide(self, task_id: int, decision: str) -> None:
+        model = self.model[task_id]
+        try:
+            task = self.store.decide(task_id, decision, "operator")
+        except Conflict as exc:
+            assert model.status is not NEEDS_DECISION and model.decision != decision
+            self.refused(task_id, exc)
+            return
+        if model.status is NEEDS_DECISION:
+            self.moved(task_id, PENDING)
+            model.decision = decision
+        else:
+            assert model.decision == decision  # the same decision again: a replay
+        assert task["decision"] == decision
+
+    @rule(task_id=ids)
+    def retry(self, task_id: int) -> None:
+        model = self.model[task_id]
+        try:
+            self.store.retry(task_id)
+        except Conflict as exc:
+            assert model.status is not FAILED
+            self.refused(task_id, exc)
+            return
+        self.moved(task_id, PENDING)
+        model.attempts = 0
+
+    @rule()
+    def leases_expire(self) -> None:
+        result = self.store.reap(utcnow() + timedelta(seconds=LEASE + 5))
+        failed = reclaimed = 0
+        for task_id, model in self.model.items():
+            if model.status is RUNNING:
+                model.attempts += 1
+                spent = model.attempts >= model.max_attempts
+                failed, reclaimed = failed + spent, reclaimed + (not spent)
+                self.moved(task_id, FAILED if spent else PENDING)
+        assert (result.failed, result.reclaimed) == (failed, reclaimed)
+
+    @invariant()
+    def the_store_agrees(self) -> None:
+        if not self.model:
+            return
+        with self.store.connection() as conn:
+            rows = conn.execute(sa.select(tasks.c.id, tasks.c.status, tasks.c.attempts)
+                                .where(tasks.c.id.in_(list(self.model)))).all()
+        stored = {row.id: (row.status, row.attempts) for row in rows}
+        assert stored == {i: (m.status.value, m.attempts) for i, m in self.model.items()}
+
+
+def test_task_moves_follow_the_table(store: TaskStore) -> None:
+    run_state_machine_as_test(lambda: TaskMoves(store), settings=settings(
+        max_examples=12, stateful_step_count=25, deadline=None, derandomize=True,
+        suppress_health_check=list(HealthCheck)))
