@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from coherence_network.clock import utcnow
 from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, TaskStatus, TaskType
@@ -39,8 +39,6 @@ class Model:
 
 
 class TaskMoves(RuleBasedStateMachine):
-    ids = Bundle("ids")
-
     def __init__(self, store: TaskStore) -> None:
         super().__init__()
         self.store = store
@@ -57,6 +55,12 @@ class TaskMoves(RuleBasedStateMachine):
         old = self.model[task_id].status
         assert old == new or (old, new) in LEGAL_MOVES, f"{old} -> {new} is not a legal move"
         self.model[task_id].status = new
+
+    def pick(self, data: st.DataObject, wanted: TaskStatus) -> int:
+        """A task, most often one in ``wanted`` (the status the move needs), else any: legal and illegal moves both."""
+        fitting = sorted(i for i, m in self.model.items() if m.status is wanted)
+        focused = bool(fitting) and data.draw(st.integers(0, 3), label="focused") > 0
+        return data.draw(st.sampled_from(fitting if focused else sorted(self.model)), label="task")
 
     def refused(self, task_id: int, exc: Conflict) -> None:
         assert exc.current_status == self.model[task_id].status.value
@@ -87,32 +91,35 @@ class TaskMoves(RuleBasedStateMachine):
         return True
 
     # --- rules --------------------------------------------------------------------------------------------------
-    @rule(target=ids, priority=st.integers(0, 2), max_attempts=st.integers(1, 3))
-    def create(self, priority: int, max_attempts: int) -> int:
+    @rule(priority=st.integers(0, 2), max_attempts=st.integers(1, 3))
+    def create(self, priority: int, max_attempts: int) -> None:
         task = self.store.create(direction="move me", task_type=TaskType.RUN, command="true", priority=priority,
                                  max_attempts=max_attempts)
         assert task["status"] == PENDING
         self.model[task["id"]] = Model(PENDING, priority, max_attempts)
-        return int(task["id"])
 
     @rule()
     def claim(self) -> None:
         self.claimed(self.store.claim("runner", lease_seconds=LEASE))
 
-    @rule(task_id=ids, stale=st.booleans())
-    def heartbeat(self, task_id: int, stale: bool) -> None:
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), stale=st.booleans())
+    def heartbeat(self, data: st.DataObject, stale: bool) -> None:
+        task_id = self.pick(data, RUNNING)
         model = self.model[task_id]
         token = model.token - 1 if stale else model.token
         try:
-            self.store.heartbeat(task_id, token, progress_pct=50.0)
+            self.store.heartbeat(task_id, token, progress_pct=50.0, lease_seconds=LEASE)
         except Conflict as exc:
             assert model.status is not RUNNING or stale
             self.refused(task_id, exc)
         else:
             assert model.status is RUNNING and not stale
 
-    @rule(task_id=ids, status=st.sampled_from(FINISH_STATUSES), stale=st.booleans(), then_claim=st.booleans())
-    def finish(self, task_id: int, status: TaskStatus, stale: bool, then_claim: bool) -> None:
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), status=st.sampled_from(FINISH_STATUSES), stale=st.booleans(), then_claim=st.booleans())
+    def finish(self, data: st.DataObject, status: TaskStatus, stale: bool, then_claim: bool) -> None:
+        task_id = self.pick(data, RUNNING)
         model = self.model[task_id]
         token = model.token - 1 if stale else model.token
         fields: dict[str, Any] = {"status": status.value, "output": "out", "exit_code": 0 if status is COMPLETED else 1,
@@ -132,8 +139,10 @@ class TaskMoves(RuleBasedStateMachine):
         if then_claim:
             self.claimed(nxt)
 
-    @rule(task_id=ids, decision=st.sampled_from(["yes", "no"]))
-    def decide(self, task_id: int, decision: str) -> None:
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), decision=st.sampled_from(["yes", "no"]))
+    def decide(self, data: st.DataObject, decision: str) -> None:
+        task_id = self.pick(data, NEEDS_DECISION)
         model = self.model[task_id]
         try:
             task = self.store.decide(task_id, decision, "operator")
@@ -148,8 +157,10 @@ class TaskMoves(RuleBasedStateMachine):
             assert model.decision == decision  # the same decision again: a replay
         assert task["decision"] == decision
 
-    @rule(task_id=ids)
-    def retry(self, task_id: int) -> None:
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        task_id = self.pick(data, FAILED)
         model = self.model[task_id]
         try:
             self.store.retry(task_id)
@@ -185,5 +196,5 @@ class TaskMoves(RuleBasedStateMachine):
 
 def test_task_moves_follow_the_table(store: TaskStore) -> None:
     run_state_machine_as_test(lambda: TaskMoves(store), settings=settings(
-        max_examples=12, stateful_step_count=25, deadline=None, derandomize=True,
+        max_examples=20, stateful_step_count=30, deadline=None, derandomize=True,
         suppress_health_check=list(HealthCheck)))
