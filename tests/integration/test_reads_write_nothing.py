@@ -60,7 +60,7 @@ def test_reads_leave_the_store_unchanged_and_the_registry_pass_forgets(app: Any)
     scraped = client.get("/metrics").text
     assert 'coherence_runners{state="alive"} 1.0' in scraped and 'coherence_runners{state="dead"} 0.0' in scraped
     overview = client.get("/")
-    assert overview.status_code == 200 and "waiting" in overview.text
+    assert overview.status_code == 200
     assert every_row(store) == before  # ...and not one row changed
 
     assert app.state.metrics.forget_runners() == 2  # the API's registry pass deletes them, counted
