@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Mount
 
-from coherence_network.api.models import storable_text
+from coherence_network.request_bodies import storable_text
 from coherence_network.store import Conflict, NotFound
 
 log = logging.getLogger("coherence.api")
