@@ -5,10 +5,12 @@ every client method, run against the API in this process, sends what its endpoin
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
+import coherence_network
 from coherence_network import request_bodies
 from coherence_network.api.app import create_app
 from coherence_network.client import ENDPOINTS, ApiClient, Endpoint
@@ -201,3 +204,17 @@ def test_every_client_method_sends_what_its_endpoint_documents(app_client: TestC
 def test_a_field_the_request_model_lacks_is_refused_before_sending(app_client: TestClient) -> None:
     with pytest.raises(TypeError, match="TaskCreate has no field colour"):
         ApiClient(http=app_client, retries=0).create_task("d", TaskType.RUN, colour="red")
+
+
+def test_no_path_of_the_api_is_spelled_outside_the_client_and_the_api() -> None:
+    """Components call the API through the typed client only: a path of it in their code would bypass the contract."""
+    root = Path(coherence_network.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        where = path.relative_to(root).as_posix()
+        if where == "client.py" or where.startswith("api/"):
+            continue
+        found += [f"{where}:{node.lineno} {node.value}" for node in ast.walk(ast.parse(path.read_text("utf-8")))
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                  and re.match(r"/api/[a-z]", node.value)]
+    assert found == []
