@@ -1,5 +1,7 @@
-"""The HTTP client every component uses to talk to the API: base URL, token, timeouts, safe retries, typed errors
-and typed results (the models of coherence_network.contract).
+"""The HTTP client every component uses to talk to the API: base URL, token, timeouts, safe retries, typed errors,
+typed results (the models of coherence_network.contract) and bodies built from the request models
+(coherence_network.request_bodies). Every route it calls is an Endpoint below: no other module outside the API spells
+a path (tests/integration/test_contract.py holds them against the API's OpenAPI document).
 
 A retry must be safe to repeat. A request that never reached the API (connection refused) is always retried; one
 that may have reached it (a timeout, a 5xx) is retried only when repeating it cannot do the work twice: reads, and
@@ -70,8 +72,7 @@ class Endpoint:
         return f"{self.method} {self.path}"
 
 
-# Every route the client calls; the only place outside the API that spells a path (tests/unit/test_contract.py
-# holds them against the API's OpenAPI document).
+# Every route the client calls.
 LIST_TASKS = Endpoint("GET", "/api/agent/tasks")
 CREATE_TASK = Endpoint("POST", "/api/agent/tasks", TaskCreate)
 CREATE_TASKS = Endpoint("POST", "/api/agent/tasks/batch", TaskBatch)

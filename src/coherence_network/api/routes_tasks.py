@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,6 @@ from coherence_network.request_bodies import TaskBatch, TaskCreate, TaskPatch, T
 from coherence_network.store.search import COUNT_CAP
 
 router = APIRouter(prefix="/api/agent", tags=["agent"], responses=COMMON_ERRORS)
-log = logging.getLogger("coherence.api")
 REPLAYED_HEADER = "Idempotent-Replayed"
 LOG_READ_CAP_BYTES = 4 * 2**20  # a log answer holds at most the file's last 4 MiB, whatever its size
 _LOG_BLOCK_BYTES = 64 * 1024
