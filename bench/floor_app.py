@@ -21,8 +21,8 @@ from fastapi import FastAPI, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
-from coherence_network.api.models import ClaimRequest, TaskCreate, TaskFinish
 from coherence_network.contract import Task, TaskStatus
+from coherence_network.request_bodies import ClaimRequest, TaskCreate, TaskFinish
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (

@@ -732,7 +732,7 @@ def telegram(
     if check_api:
         try:
             with ApiClient(settings=settings, retries=0, timeout=2) as client:
-                client.get("/api/health")
+                client.health()
         except ApiError as exc:
             typer.echo(f"the API at {settings.agent_api_base} does not answer: {exc.detail}", err=True)
             raise typer.Exit(1) from exc

@@ -1,5 +1,7 @@
-"""The HTTP client every component uses to talk to the API: base URL, token, timeouts, safe retries, typed errors
-and typed results (the models of coherence_network.contract).
+"""The HTTP client every component uses to talk to the API: base URL, token, timeouts, safe retries, typed errors,
+typed results (the models of coherence_network.contract) and bodies built from the request models
+(coherence_network.request_bodies). Every route it calls is an Endpoint below: no other module outside the API spells
+a path (tests/integration/test_contract.py holds them against the API's OpenAPI document).
 
 A retry must be safe to repeat. A request that never reached the API (connection refused) is always retried; one
 that may have reached it (a timeout, a 5xx) is retried only when repeating it cannot do the work twice: reads, and
@@ -13,26 +15,92 @@ import logging
 import random
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
 from coherence_network.contract import (
+    Component,
     FatalIssueList,
     FinishAndClaim,
+    Health,
     MonitorIssueList,
     PipelineStatus,
+    Readiness,
     Runner,
+    RunnerList,
     Task,
     TaskCount,
     TaskList,
     TaskPage,
     TaskStatus,
+    VersionInfo,
 )
 from coherence_network.errors import CoherenceError
+from coherence_network.request_bodies import (
+    ClaimNext,
+    ClaimRequest,
+    ComponentHeartbeat,
+    FatalIssueReport,
+    MonitorIssues,
+    PruneRequest,
+    ReportedIssue,
+    RunnerHeartbeat,
+    TaskBatch,
+    TaskCreate,
+    TaskCreateItem,
+    TaskFinish,
+    TaskHeartbeat,
+    TaskPatch,
+)
 from coherence_network.settings import Settings, get_settings
 
 log = logging.getLogger("coherence.client")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A route of the API as the client calls it: ``path`` as the OpenAPI document spells it (``{task_id}`` filled
+    in per call), ``body`` the request model it is sent (coherence_network.request_bodies)."""
+
+    method: str
+    path: str
+    body: type[BaseModel] | None = None
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+# Every route the client calls.
+LIST_TASKS = Endpoint("GET", "/api/agent/tasks")
+CREATE_TASK = Endpoint("POST", "/api/agent/tasks", TaskCreate)
+CREATE_TASKS = Endpoint("POST", "/api/agent/tasks/batch", TaskBatch)
+COUNT_TASKS = Endpoint("GET", "/api/agent/tasks/count")
+GET_TASK = Endpoint("GET", "/api/agent/tasks/{task_id}")
+PATCH_TASK = Endpoint("PATCH", "/api/agent/tasks/{task_id}", TaskPatch)
+TASK_LOG = Endpoint("GET", "/api/agent/tasks/{task_id}/log")
+CLAIM = Endpoint("POST", "/api/agent/tasks/claim", ClaimRequest)
+CLAIM_MANY = Endpoint("POST", "/api/agent/tasks/claims", ClaimRequest)
+TASK_HEARTBEAT = Endpoint("POST", "/api/agent/tasks/{task_id}/heartbeat", TaskHeartbeat)
+FINISH = Endpoint("POST", "/api/agent/tasks/{task_id}/finish", TaskFinish)
+RUNNER_HEARTBEAT = Endpoint("POST", "/api/agent/runners/heartbeat", RunnerHeartbeat)
+RUNNERS = Endpoint("GET", "/api/agent/runners")
+COMPONENT_HEARTBEAT = Endpoint("POST", "/api/agent/components/heartbeat", ComponentHeartbeat)
+PIPELINE_STATUS = Endpoint("GET", "/api/agent/pipeline-status")
+TASK_METRICS = Endpoint("GET", "/api/agent/metrics")
+EFFECTIVENESS = Endpoint("GET", "/api/agent/effectiveness")
+MONITOR_ISSUES = Endpoint("GET", "/api/agent/monitor-issues")
+REPORT_MONITOR_ISSUES = Endpoint("POST", "/api/agent/monitor-issues", MonitorIssues)
+FATAL_ISSUES = Endpoint("GET", "/api/agent/fatal-issues")
+REPORT_FATAL_ISSUE = Endpoint("POST", "/api/agent/fatal-issues", FatalIssueReport)
+CLEAR_FATAL_ISSUES = Endpoint("DELETE", "/api/agent/fatal-issues")
+HEALTH = Endpoint("GET", "/api/health")
+READY = Endpoint("GET", "/api/ready")
+VERSION = Endpoint("GET", "/api/version")
+PRUNE = Endpoint("POST", "/api/agent/prune", PruneRequest)
+ENDPOINTS = tuple(value for value in tuple(globals().values()) if isinstance(value, Endpoint))  # every one above
 
 
 class ApiError(CoherenceError):
@@ -82,7 +150,10 @@ class ApiClient:
         backoff: float = 0.5,
         max_backoff: float = 10.0,
         settings: Settings | None = None,
+        http: httpx.Client | None = None,
     ) -> None:
+        """``http``: the connection to send through instead of one of its own (a test's TestClient over an app in
+        this process); base URL and token are then that client's."""
         settings = settings or get_settings()
         self.base_url = (base_url or settings.agent_api_base).rstrip("/")
         self.retries = settings.coherence_http_retries if retries is None else retries
@@ -91,7 +162,7 @@ class ApiClient:
         self.timeout = settings.coherence_http_timeout if timeout is None else timeout
         token = settings.coherence_api_token if token is None else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=self.timeout)
+        self._http = http or httpx.Client(base_url=self.base_url, headers=headers, timeout=self.timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -148,30 +219,38 @@ class ApiClient:
         response = self.request("POST", path, json=body, **kwargs)
         return response.json() if response.content else None
 
+    def call(self, endpoint: Endpoint, body: BaseModel | None = None, *, timeout: float | None = None,
+             retries: int | None = None, keyed: bool = False, params: dict[str, Any] | None = None,
+             headers: dict[str, str] | None = None, **path: Any) -> httpx.Response:
+        """Send ``body`` to ``endpoint`` (its ``{name}`` parts filled from ``path``)."""
+        return self.request(endpoint.method, endpoint.path.format(**path), json=_json(body), params=params,
+                            timeout=timeout, retries=retries, keyed=keyed, headers=headers)
+
     # --- tasks ----------------------------------------------------------------------------------------------
     def create_task(self, direction: str, task_type: str, *, idempotency_key: str | None = None,
                     **fields: Any) -> Task:
         """Create a task. One key per logical create (a fresh one unless given), so a retry never makes two."""
         key = idempotency_key or uuid.uuid4().hex
-        body = {"direction": direction, "task_type": str(task_type), **fields}
-        response = self.request("POST", "/api/agent/tasks", json=body, keyed=True, headers={"Idempotency-Key": key})
-        return Task.model_validate(response.json())
+        body = _body(TaskCreate, direction=direction, task_type=str(task_type), **fields)
+        return Task.model_validate(self.call(CREATE_TASK, body, keyed=True, headers={"Idempotency-Key": key}).json())
 
     def create_tasks(self, items: list[dict[str, Any]]) -> list[Task]:
         """Create many tasks in one call and one transaction, in order. Every item gets an idempotency key (a fresh
         one unless it has its own), so a retried batch returns the tasks the first one made."""
-        body = {"tasks": [{**item, "task_type": str(item["task_type"]),
-                           "idempotency_key": item.get("idempotency_key") or uuid.uuid4().hex} for item in items]}
-        return TaskList.model_validate(self.post("/api/agent/tasks/batch", body, keyed=True)).tasks
+        body = _body(TaskBatch, tasks=[
+            _body(TaskCreateItem, **{**item, "task_type": str(item["task_type"]),
+                                     "idempotency_key": item.get("idempotency_key") or uuid.uuid4().hex})
+            for item in items])
+        return TaskList.model_validate(self.call(CREATE_TASKS, body, keyed=True).json()).tasks
 
     def get_task(self, task_id: int) -> Task:
-        return Task.model_validate(self.get(f"/api/agent/tasks/{task_id}"))
+        return Task.model_validate(self.call(GET_TASK, task_id=task_id).json())
 
     def list_tasks(self, **filters: Any) -> TaskPage:
-        return TaskPage.model_validate(self.get("/api/agent/tasks", **filters))
+        return TaskPage.model_validate(self.call(LIST_TASKS, params=_present(filters)).json())
 
     def count_tasks(self) -> TaskCount:
-        return TaskCount.model_validate(self.get("/api/agent/tasks/count"))
+        return TaskCount.model_validate(self.call(COUNT_TASKS).json())
 
     def claim(
         self, runner_id: str, *, types: list[str] | None = None, wait_seconds: float = 0.0,
@@ -181,9 +260,8 @@ class ApiClient:
 
         The claim carries a fresh request id, so a retry after a lost response gets the task this claim already
         got instead of leaving it claimed by a runner that never learns of it."""
-        body = _claim_body(runner_id, types, wait_seconds, lease_seconds)
-        response = self.request("POST", "/api/agent/tasks/claim", json=body, timeout=self.timeout + wait_seconds,
-                                keyed=True)
+        body = _claim(ClaimRequest, runner_id, types, wait_seconds, lease_seconds)
+        response = self.call(CLAIM, body, timeout=self.timeout + wait_seconds, keyed=True)
         return None if response.status_code == 204 else Task.model_validate(response.json())
 
     def claim_many(
@@ -192,20 +270,19 @@ class ApiClient:
     ) -> list[Task]:
         """Claim up to ``max_tasks`` tasks in one call (most urgent first), waiting up to ``wait_seconds`` for any;
         retried as safely as ``claim`` (one request id names the whole claim)."""
-        body = {**_claim_body(runner_id, types, wait_seconds, lease_seconds), "max_tasks": max_tasks}
-        response = self.request("POST", "/api/agent/tasks/claims", json=body, timeout=self.timeout + wait_seconds,
-                                keyed=True)
+        body = _claim(ClaimRequest, runner_id, types, wait_seconds, lease_seconds, max_tasks=max_tasks)
+        response = self.call(CLAIM_MANY, body, timeout=self.timeout + wait_seconds, keyed=True)
         return TaskList.model_validate(response.json()).tasks
 
     def heartbeat(self, task_id: int, claim_token: int, **fields: Any) -> Task:
         """Extend the lease; fenced by the claim token, so repeating it is safe."""
-        body = {"claim_token": claim_token, **fields}
-        return Task.model_validate(self.post(f"/api/agent/tasks/{task_id}/heartbeat", body, keyed=True))
+        body = _body(TaskHeartbeat, claim_token=claim_token, **fields)
+        return Task.model_validate(self.call(TASK_HEARTBEAT, body, keyed=True, task_id=task_id).json())
 
     def finish(self, task_id: int, claim_token: int, status: TaskStatus | str, **fields: Any) -> Task:
         """End a claim; the API returns the stored result when this exact finish was already recorded."""
-        return Task.model_validate(self.post(f"/api/agent/tasks/{task_id}/finish",
-                                             _finish_body(claim_token, status, fields), keyed=True))
+        body = _body(TaskFinish, claim_token=claim_token, status=str(status), **fields)
+        return Task.model_validate(self.call(FINISH, body, keyed=True, task_id=task_id).json())
 
     def finish_and_claim(
         self, task_id: int, claim_token: int, status: TaskStatus | str, *, runner_id: str,
@@ -215,63 +292,130 @@ class ApiClient:
         """End a claim and claim the runner's next task in one call: (finished, next or None).
 
         Safe to retry like its two halves: the finish is fenced by its claim token, the claim has a request id."""
-        body = {**_finish_body(claim_token, status, fields),
-                "claim_next": _claim_body(runner_id, types, wait_seconds, lease_seconds)}
-        response = self.request("POST", f"/api/agent/tasks/{task_id}/finish", json=body,
-                                timeout=self.timeout + wait_seconds, keyed=True)
+        body = _body(TaskFinish, claim_token=claim_token, status=str(status), **fields,
+                     claim_next=_claim(ClaimNext, runner_id, types, wait_seconds, lease_seconds))
+        response = self.call(FINISH, body, timeout=self.timeout + wait_seconds, keyed=True, task_id=task_id)
         answer = FinishAndClaim.model_validate(response.json())
         return answer.finished, answer.next
 
     def decide(self, task_id: int, decision: str, decided_by: str) -> Task:
         """Answer a task's question; the same answer by the same person again is accepted as a repeat."""
-        body = {"decision": decision, "decided_by": decided_by}
-        return Task.model_validate(self.request("PATCH", f"/api/agent/tasks/{task_id}", json=body, keyed=True).json())
+        body = _body(TaskPatch, decision=decision, decided_by=decided_by)
+        return Task.model_validate(self.call(PATCH_TASK, body, keyed=True, task_id=task_id).json())
 
     def retry_task(self, task_id: int) -> Task:
         """Send a failed task back to pending (never repeated: a second retry could restart a later failure)."""
-        body = {"status": TaskStatus.PENDING.value}
-        return Task.model_validate(self.request("PATCH", f"/api/agent/tasks/{task_id}", json=body).json())
+        body = _body(TaskPatch, status=TaskStatus.PENDING)
+        return Task.model_validate(self.call(PATCH_TASK, body, task_id=task_id).json())
 
     def task_log(self, task_id: int, tail: int = 0) -> str:
-        return self.request("GET", f"/api/agent/tasks/{task_id}/log", params={"tail": tail}).text
+        return self.call(TASK_LOG, params={"tail": tail}, task_id=task_id).text
 
+    # --- the pipeline ---------------------------------------------------------------------------------------
     def pipeline_status(self) -> PipelineStatus:
-        return PipelineStatus.model_validate(self.get("/api/agent/pipeline-status"))
+        return PipelineStatus.model_validate(self.call(PIPELINE_STATUS).json())
 
-    def task_metrics(self) -> dict[str, Any]:
-        return self.get("/api/agent/metrics")
+    def task_metrics(self, *, retries: int | None = None) -> dict[str, Any]:
+        """Success rates, run time and queue wait by task type, throughput per hour."""
+        answer: dict[str, Any] = self.call(TASK_METRICS, retries=retries).json()
+        return answer
 
-    def monitor_issues(self) -> MonitorIssueList:
-        return MonitorIssueList.model_validate(self.get("/api/agent/monitor-issues"))
-
-    def fatal_issues(self) -> FatalIssueList:
-        return FatalIssueList.model_validate(self.get("/api/agent/fatal-issues"))
+    def effectiveness(self, *, retries: int | None = None) -> dict[str, Any]:
+        """Throughput, success rate, issues, backlog progress and the goal figure (``coherence doctor``)."""
+        answer: dict[str, Any] = self.call(EFFECTIVENESS, retries=retries).json()
+        return answer
 
     def runner_heartbeat(
         self, runner_id: str, host: str, pid: int, version: str, info: dict[str, Any] | None = None
     ) -> Runner:
         """Register or refresh a runner: an upsert, safe to repeat."""
-        body = {"runner_id": runner_id, "host": host, "pid": pid, "version": version, "info": info}
-        return Runner.model_validate(self.post("/api/agent/runners/heartbeat", body, keyed=True))
+        body = _body(RunnerHeartbeat, runner_id=runner_id, host=host, pid=pid, version=version, info=info)
+        return Runner.model_validate(self.call(RUNNER_HEARTBEAT, body, keyed=True).json())
+
+    def runners(self) -> list[Runner]:
+        """Every runner in the registry, with when it was first and last seen."""
+        return RunnerList.model_validate(self.call(RUNNERS).json()).items
+
+    def component_heartbeat(self, component: Component | str, host: str, pid: int, version: str,
+                            info: dict[str, Any] | None = None) -> None:
+        """Say a component (the project manager, the monitor...) is alive, with a summary of its state. Tried once:
+        a component heartbeats again soon, and being seen is not worth holding up its work."""
+        body = _body(ComponentHeartbeat, component=str(component), host=host, pid=pid, version=version, info=info)
+        self.call(COMPONENT_HEARTBEAT, body, retries=0)
+
+    # --- issues ---------------------------------------------------------------------------------------------
+    def monitor_issues(self) -> MonitorIssueList:
+        return MonitorIssueList.model_validate(self.call(MONITOR_ISSUES).json())
+
+    def report_monitor_issues(self, host: str, issues: list[dict[str, Any]]) -> None:
+        """A monitor's open issues on ``host`` (the whole set: the host's issues not listed are resolved)."""
+        body = _body(MonitorIssues, host=host, issues=[_body(ReportedIssue, **issue) for issue in issues])
+        self.call(REPORT_MONITOR_ISSUES, body, retries=0)
+
+    def fatal_issues(self) -> FatalIssueList:
+        return FatalIssueList.model_validate(self.call(FATAL_ISSUES).json())
+
+    def report_fatal_issue(self, *, component: str, reason: str, detail: str, recovery_tried: str, host: str,
+                           at: str | None = None) -> None:
+        """A component the supervisor could not keep running (tried once: ``fatal.sync`` tries again later)."""
+        body = _body(FatalIssueReport, component=component, reason=reason, detail=detail,
+                     recovery_tried=recovery_tried, host=host, at=at)
+        self.call(REPORT_FATAL_ISSUE, body, retries=0)
+
+    def clear_fatal_issues(self, before: str | None = None) -> int:
+        """Clear the fatal issues recorded up to ``before`` (ISO 8601; all without it); how many were cleared."""
+        answer = self.call(CLEAR_FATAL_ISSUES, params=_present({"before": before}), retries=0).json()
+        return int(answer["cleared"])
+
+    # --- the API process ------------------------------------------------------------------------------------
+    def health(self, *, retries: int | None = None) -> Health:
+        """Liveness: the API process answers (it never touches the store)."""
+        return Health.model_validate(self.call(HEALTH, retries=retries).json())
+
+    def ready(self, *, retries: int | None = None) -> Readiness:
+        """Readiness: every check passed (a failed one is an ApiUnavailable whose detail lists the checks)."""
+        return Readiness.model_validate(self.call(READY, retries=retries).json())
+
+    def version(self) -> VersionInfo:
+        """The version and git SHA of the code the API process runs."""
+        return VersionInfo.model_validate(self.call(VERSION).json())
 
     def prune(self, *, dry_run: bool = False) -> dict[str, int | bool]:
         """One retention pass over the store by the API (``dry_run``: counted only): {dry_run, tasks,
         monitor_issues, runners}. Safe to repeat, so retried like a read."""
-        answer: dict[str, int | bool] = self.post("/api/agent/prune", {"dry_run": dry_run}, keyed=True)
+        answer: dict[str, int | bool] = self.call(PRUNE, _body(PruneRequest, dry_run=dry_run), keyed=True).json()
         return answer
 
 
-
-def _claim_body(runner_id: str, types: list[str] | None, wait_seconds: float,
-                lease_seconds: float | None) -> dict[str, Any]:
-    """A claim request with a fresh request id: one id per logical claim, kept by every retry of it."""
-    body = {"runner_id": runner_id, "types": [str(t) for t in types] if types else None,
-            "wait_seconds": wait_seconds, "lease_seconds": lease_seconds, "request_id": uuid.uuid4().hex}
-    return {k: v for k, v in body.items() if v is not None}
+def _json(body: BaseModel | None) -> Any:
+    """A body as sent: its fields, without those left unset (None)."""
+    return None if body is None else body.model_dump(mode="json", exclude_none=True, warnings=False)
 
 
-def _finish_body(claim_token: int, status: TaskStatus | str, fields: dict[str, Any]) -> dict[str, Any]:
-    return {"claim_token": claim_token, "status": str(status), **{k: v for k, v in fields.items() if v is not None}}
+_Body = TypeVar("_Body", bound=BaseModel)
+_Claim = TypeVar("_Claim", bound=ClaimRequest)
+
+
+def _body(model: type[_Body], **values: Any) -> _Body:
+    """A request body built from its contract model, not validated here: the API is the one judge of what it
+    accepts and answers 422 (ApiValidationError) for what it refuses. A field the model lacks is a programming
+    error, refused at once."""
+    unknown = values.keys() - model.model_fields.keys()
+    if unknown:
+        raise TypeError(f"{model.__name__} has no field {', '.join(sorted(unknown))}")
+    return model.model_construct(**values)
+
+
+def _claim(model: type[_Claim], runner_id: str, types: list[str] | None, wait_seconds: float,
+           lease_seconds: float | None, **more: Any) -> _Claim:
+    """A claim with a fresh request id: one id per logical claim, kept by every retry of it."""
+    return _body(model, runner_id=runner_id, types=[str(t) for t in types] if types else None,
+                 wait_seconds=wait_seconds, lease_seconds=lease_seconds, request_id=uuid.uuid4().hex, **more)
+
+
+def _present(values: dict[str, Any]) -> dict[str, Any]:
+    """Query parameters that were given."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _detail(response: httpx.Response) -> Any:

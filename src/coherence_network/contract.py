@@ -1,5 +1,6 @@
-"""The one contract every side imports: task statuses and types, the legal moves between statuses, and the typed
-models the API returns and the client reads.
+"""The one contract every side imports: task statuses and types, the legal moves between statuses, the names of
+components, severities and states, and the typed models the API returns and the client reads (what it accepts is
+in coherence_network.request_bodies).
 
 Components used to agree on these only by convention (status strings spelled out in many modules, a payload field
 guessed); with one module the store, the API, the client and every component cannot drift apart.
@@ -35,6 +36,55 @@ class TaskType(StrEnum):
     RUN = "run"
 
 
+
+class Component(StrEnum):
+    """The parts of the pipeline by the name they go by everywhere: component heartbeats, logs, the supervisor's
+    children, restart requests."""
+
+    API = "api"
+    RUNNER = "agent_runner"
+    MANAGER = "project_manager"
+    MONITOR = "monitor"
+    SUPERVISOR = "supervisor"
+    TELEGRAM = "telegram"
+    INDEXER = "indexer"
+
+
+class Severity(StrEnum):
+    """How serious a flag or an issue is, most serious first (what each means: grading.GRADES)."""
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+class ItemStatus(StrEnum):
+    """Where a backlog item is in the project manager's hands; DONE, BLOCKED and SKIPPED settle it."""
+
+    WAITING = "waiting"
+    IN_PROGRESS = "in_progress"
+    NEEDS_DECISION = "needs_decision"
+    DONE = "done"
+    BLOCKED = "blocked"
+    SKIPPED = "skipped"
+
+
+class Ecosystem(StrEnum):
+    """The package registries the indexers read."""
+
+    NPM = "npm"
+    PYPI = "pypi"
+
+
+class ProjectStatus(StrEnum):
+    """What the last fetch of an indexed project found: its metadata, no such package, or an error (retried)."""
+
+    OK = "ok"
+    MISSING = "missing"
+    FAILED = "failed"
+
+
 # Every legal move, and the action that makes it. Anything else is a conflict naming the current status.
 LEGAL_MOVES: dict[tuple[TaskStatus, TaskStatus], str] = {
     (TaskStatus.PENDING, TaskStatus.RUNNING): "claim",
@@ -58,6 +108,9 @@ def parse_sort(text: str) -> tuple[str, bool]:
                          "(e.g. -updated_at)")
     return column, text.startswith("-")
 
+
+MAX_BATCH = 1000  # tasks in one batch create (one transaction)
+MAX_CLAIM = 100  # tasks in one claim
 
 # What a runner may report when it ends its claim.
 FINISH_STATUSES = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.NEEDS_DECISION, TaskStatus.PENDING)
@@ -243,3 +296,31 @@ class FatalIssue(Returned):
 class FatalIssueList(Returned):
     items: list[FatalIssue]
     count: int
+
+
+class Health(Returned):
+    """``GET /api/health``: the process answers (liveness; the store is not asked)."""
+
+    status: str
+    uptime_seconds: float
+
+
+class ReadyCheck(Returned):
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+class Readiness(Returned):
+    """``GET /api/ready``: every check with its result; ``reason`` names the failed ones."""
+
+    ready: bool
+    checks: list[ReadyCheck]
+    reason: str | None = None
+
+
+class VersionInfo(Returned):
+    """``GET /api/version``: the package version and git SHA of the code the API process runs."""
+
+    version: str
+    git_sha: str | None = None

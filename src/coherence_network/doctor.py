@@ -6,11 +6,13 @@ command: it reads, and never registers as a component."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from coherence_network import fatal, grading, health
-from coherence_network.client import ApiClient, ApiError
+from coherence_network.client import EFFECTIVENESS, HEALTH, READY, TASK_METRICS, ApiClient, ApiError, Endpoint
+from coherence_network.contract import Component
 from coherence_network.monitor import read_pipeline_version
 from coherence_network.settings import Settings
 from coherence_network.versioning import source_sha_on_disk
@@ -26,12 +28,14 @@ class Check:
     warn: bool = False  # ok, but worth a look (a medium flag, no runner alive while there is no work...)
 
 
-def _check_api(client: ApiClient, name: str, path: str, command: str, runbook: str) -> tuple[Check, Any]:
+def _check_api(call: Callable[[], Any], endpoint: Endpoint, name: str, command: str,
+               runbook: str) -> tuple[Check, Any]:
+    """One read of the API (``call``, a typed client method of ``endpoint``) as a check, tried once."""
     try:
-        body = client.request("GET", path, retries=0).json()
+        body = call()
     except ApiError as exc:
-        return Check(name, False, f"GET {path}: {exc.status} {exc.detail}"[:300], command, runbook), None
-    return Check(name, True, f"GET {path} answers"), body
+        return Check(name, False, f"{endpoint}: {exc.status} {exc.detail}"[:300], command, runbook), None
+    return Check(name, True, f"{endpoint} answers"), body
 
 
 def _alive(name: str, rows: list[dict[str, Any]], command: str) -> Check:
@@ -63,16 +67,16 @@ def diagnose(settings: Settings, client: ApiClient) -> tuple[list[Check], dict[s
     """Every check, and the effectiveness figures when the API gave them."""
     checks: list[Check] = []
     start_api = "make run   (the whole pipeline, as the README starts it; only the API: coherence api)"
-    reachable, _ = _check_api(client, "api_reachable", "/api/health", start_api, "#api-restart")
+    reachable, _ = _check_api(lambda: client.health(retries=0), HEALTH, "api_reachable", start_api, "#api-restart")
     checks.append(reachable)
     effectiveness = None
     if reachable.ok:
-        ready, _ = _check_api(client, "api_ready", "/api/ready",
+        ready, _ = _check_api(lambda: client.ready(retries=0), READY, "api_ready",
                               "coherence migrate   (when migrations are behind; the cause: coherence logs api)",
                               "#api-restart")
         checks.append(ready)
         _api_part(client, checks)
-        check, effectiveness = _check_api(client, "effectiveness", "/api/agent/effectiveness",
+        check, effectiveness = _check_api(lambda: client.effectiveness(retries=0), EFFECTIVENESS, "effectiveness",
                                           "coherence logs api", "#pipeline-effectiveness")
         checks.append(check)
     checks.append(_version_check(settings, client if reachable.ok else None))
@@ -92,7 +96,8 @@ def diagnose(settings: Settings, client: ApiClient) -> tuple[list[Check], dict[s
 def _api_part(client: ApiClient, checks: list[Check]) -> None:
     """Checks that need an answering API: endpoints, health, who is alive. Whether writes succeed is /api/ready's
     store_writable (the api_ready check, and the rule store_not_ready): doctor writes nothing."""
-    metrics, _ = _check_api(client, "metrics", "/api/agent/metrics", "coherence logs api", "#key-endpoints")
+    metrics, _ = _check_api(lambda: client.task_metrics(retries=0), TASK_METRICS, "metrics", "coherence logs api",
+                            "#key-endpoints")
     checks.append(metrics)
     try:
         status = client.pipeline_status().model_dump(mode="json")
@@ -108,9 +113,9 @@ def _api_part(client: ApiClient, checks: list[Check]) -> None:
     checks.append(_graded("monitor_issues", host, "none open"))
     components = status["components"]
     checks.append(_alive("runner_seen", status["runners"], "coherence runner   (the whole pipeline: make run)"))
-    checks.append(_alive("manager_seen", [components[health.MANAGER]] if health.MANAGER in components else [],
+    checks.append(_alive("manager_seen", [components[Component.MANAGER]] if Component.MANAGER in components else [],
                          "coherence pm --backlog backlog.md   (the whole pipeline: make run)"))
-    checks.append(_alive("monitor_seen", [components[health.MONITOR]] if health.MONITOR in components else [],
+    checks.append(_alive("monitor_seen", [components[Component.MONITOR]] if Component.MONITOR in components else [],
                          "coherence monitor   (the whole pipeline: make run)"))
 
 
@@ -119,7 +124,7 @@ def _version_check(settings: Settings, client: ApiClient | None) -> Check:
     running = {"pipeline": (read_pipeline_version(settings) or {}).get("git_sha")}
     if client is not None:
         try:
-            running["api"] = client.get("/api/version").get("git_sha")
+            running[Component.API] = client.version().git_sha
         except ApiError:
             pass
     stale = {who: sha for who, sha in running.items() if sha and disk and sha != disk}

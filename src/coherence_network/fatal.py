@@ -22,7 +22,6 @@ from coherence_network.logfiles import REGISTRY, write_json_atomic
 from coherence_network.settings import Settings
 
 log = logging.getLogger("coherence.fatal")
-PATH_API = "/api/agent/fatal-issues"
 
 
 def _path(settings: Settings) -> Path:
@@ -76,15 +75,16 @@ def sync(settings: Settings, client: ApiClient) -> str | None:
     before = pending_clear(settings)
     try:
         if before is not None:
-            client.request("DELETE", PATH_API, params={"before": before}, retries=0)
+            client.clear_fatal_issues(before)
             _pending_path(settings).unlink(missing_ok=True)
             log.info("fatal issues recorded up to %s cleared in the store (the clear asked for while the API was "
                      "unreachable)", before)
         issues = load_local(settings)
         for issue in issues:
             if issue.get("stored") is False:
-                client.post(PATH_API, {**{k: v for k, v in issue.items() if k != "stored"},
-                                       "host": socket.gethostname()}, retries=0)
+                client.report_fatal_issue(component=issue["component"], reason=issue["reason"],
+                                          detail=issue["detail"], recovery_tried=issue["recovery_tried"],
+                                          host=socket.gethostname(), at=issue["at"])
                 issue["stored"] = True
                 write_json_atomic(_path(settings), issues)  # one by one: a failure never posts one twice
     except ApiError as exc:
@@ -100,7 +100,7 @@ def gather(settings: Settings, client: ApiClient | None) -> tuple[list[dict[str,
     api_error = sync(settings, client)
     issues = load_local(settings)
     try:
-        remote = client.get(PATH_API)["items"]
+        remote = [i.model_dump(mode="json") for i in client.fatal_issues().items]
     except ApiError as exc:
         return issues, f"API unreachable: {exc.detail}"
     seen = {(i.get("component"), str(i.get("at"))[:19]) for i in issues}

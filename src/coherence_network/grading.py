@@ -7,10 +7,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from coherence_network.contract import Severity
+
 # Registry row states: heartbeating; said it stopped on its way out (info.stopped: why); silent past its limit.
 ALIVE, STOPPED, DEAD = "alive", "stopped", "dead"
 
-SEVERITIES = ("critical", "high", "medium", "low")
+SEVERITIES = tuple(Severity)  # most serious first
 
 
 @dataclass(frozen=True)
@@ -22,17 +24,17 @@ class Grade:
     label: str  # how status, doctor and the console name it
 
 
-GRADES = {
-    "critical": Grade(True, 0.0, "ATTENTION"),
-    "high": Grade(True, 0.5, "ATTENTION"),
-    "medium": Grade(False, 0.75, "WARNING"),
-    "low": Grade(False, 1.0, "INFO"),
+GRADES: dict[str, Grade] = {  # by Severity; keyed by text, as flags and issues carry it
+    Severity.CRITICAL: Grade(True, 0.0, "ATTENTION"),
+    Severity.HIGH: Grade(True, 0.5, "ATTENTION"),
+    Severity.MEDIUM: Grade(False, 0.75, "WARNING"),
+    Severity.LOW: Grade(False, 1.0, "INFO"),
 }
 
 
 def grade(severity: str) -> Grade:
     """The grade of a severity; an unknown one (a newer monitor's) counts as high rather than being ignored."""
-    return GRADES.get(severity.lower(), GRADES["high"])
+    return GRADES.get(severity.lower(), GRADES[Severity.HIGH])
 
 
 def needs_attention(items: Iterable[dict[str, Any]]) -> bool:

@@ -454,10 +454,8 @@ class ProjectManager:
         """Its summary for every view; ``stopped`` (why) on the last one, so the row reads stopped, not dead."""
         self.last_items = items
         info = self.summary(items) | ({"stopped": stopped} if stopped else {})
-        body = {"component": COMPONENT, "host": socket.gethostname(), "pid": os.getpid(), "version": __version__,
-                "info": info}
         try:
-            self.client.post("/api/agent/components/heartbeat", body, retries=0)
+            self.client.component_heartbeat(COMPONENT, socket.gethostname(), os.getpid(), __version__, info)
         except ApiError as exc:  # being seen is nice to have; the work itself went through
             log.warning("heartbeat not delivered: %s", exc)
 

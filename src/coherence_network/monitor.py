@@ -28,14 +28,15 @@ from coherence_network import __version__, grading, health
 from coherence_network.cleanup import append_line, trim_resolutions
 from coherence_network.client import ApiClient, ApiError, ApiNotFound
 from coherence_network.clock import utcnow
-from coherence_network.contract import TaskStatus
+from coherence_network.contract import Component, Severity, TaskStatus
 from coherence_network.logfiles import REGISTRY, write_json_atomic
+from coherence_network.monitor_report import build_report, render_report
 from coherence_network.settings import Settings
 from coherence_network.versioning import SOURCE_DIR, source_sha_on_disk
 
 log = logging.getLogger("coherence.monitor")
 
-COMPONENT = health.MONITOR
+COMPONENT = Component.MONITOR
 _ERROR_LINE = re.compile(r'^\S+ (ERROR|CRITICAL) |"level": "(ERROR|CRITICAL)"')
 _SAMPLE_LINES = 5
 
@@ -108,7 +109,7 @@ Finding = tuple[str, dict[str, Any], str | None] | None
 def _api_unreachable(s: Snapshot, _: Settings) -> Finding:
     if s.api_reachable:
         return None
-    return "the API does not answer", {"errors": s.api_errors}, "api"
+    return "the API does not answer", {"errors": s.api_errors}, Component.API
 
 
 def _api_error(s: Snapshot, _: Settings) -> Finding:
@@ -145,17 +146,17 @@ def _log_errors(s: Snapshot, _: Settings) -> Finding:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("api_unreachable", "critical", "GET /api/health fails", "start the pipeline (the README's make run, which is "
-         "coherence supervise), or only the API (coherence api); see var/logs/api.log", "#api-restart",
+    Rule("api_unreachable", Severity.CRITICAL, "GET /api/health fails", "start the pipeline (the README's make run, "
+         "which is coherence supervise), or only the API (coherence api); see var/logs/api.log", "#api-restart",
          _api_unreachable, "make run"),
-    Rule("api_error", "high", "the API answers but an endpoint fails", "read var/logs/api.log (store reachable? "
+    Rule("api_error", Severity.HIGH, "the API answers but an endpoint fails", "read var/logs/api.log (store reachable? "
          "migrations current: coherence migrate)", "#api-restart", _api_error, "coherence doctor"),
-    Rule("stale_version", "medium", "running code differs from the package source on disk",
+    Rule("stale_version", Severity.MEDIUM, "running code differs from the package source on disk",
          "restart the pipeline on the new code", "#autonomous-pipeline", _stale_version, "coherence restart all",
          "/#restart"),
-    Rule("disk_low", "high", "free space under var/logs below MONITOR_DISK_MIN_FREE_MB",
+    Rule("disk_low", Severity.HIGH, "free space under var/logs below MONITOR_DISK_MIN_FREE_MB",
          "free space: remove old task logs", "#tests-and-cleanup", _disk_low, "coherence cleanup --days 3"),
-    Rule("log_errors", "low", "new ERROR lines in component logs since the last check",
+    Rule("log_errors", Severity.LOW, "new ERROR lines in component logs since the last check",
          "read the lines named in the issue's detail", "#log-locations", _log_errors, "coherence logs api"),
 )
 BY_NAME = {rule.name: rule for rule in RULES}
@@ -247,94 +248,17 @@ def collect(client: ApiClient, settings: Settings, tailer: LogTailer, source_dir
     s.disk_free_bytes = shutil.disk_usage(settings.logs_dir).free
     s.log_errors = tailer.scan()
     try:
-        client.request("GET", "/api/health", retries=0)
+        client.health(retries=0)
     except ApiError as exc:
         s.api_reachable = False
         s.api_errors.append(f"health: {exc.detail}"[:300])
         return s
     errors = s.api_errors  # a replica that is not ready says so in pipeline-status (the rule store_not_ready)
-    s.running_shas["api"] = (_optional(lambda: client.get("/api/version"), errors, "version") or {}).get("git_sha")
+    version = _optional(client.version, errors, "version")
+    s.running_shas[Component.API] = version.git_sha if version else None
     # The snapshot is plain JSON (tests read it as such; the report file is written from it).
     s.pipeline = _optional(lambda: client.pipeline_status().model_dump(mode="json"), errors, "pipeline-status")
     return s
-
-
-# --- report -------------------------------------------------------------------------------------------------
-def build_report(s: Snapshot, issues: list[Issue], open_since: dict[str, str]) -> dict[str, Any]:
-    """The layered status report: 0 goal, 1 orchestration, 2 execution, 3 attention; going well / needs attention.
-
-    Who counts as seen is the API's answer (pipeline-status, by MONITOR_*_SEEN_SECONDS), never a figure of its own."""
-    manager = s.part("project_manager")
-    info = manager.get("info") or {}
-    seen_runners = [r["id"] for r in s.part("runners") if r["seen"]]
-    by_status = s.part("counts").get("by_status", {})
-    running = s.part("running")
-    success = s.part("success_24h")
-    going_well: list[str] = []
-    if s.api_reachable and not s.api_errors:
-        going_well.append("API reachable and ready")
-    if seen_runners:
-        going_well.append(f"{len(seen_runners)} runner(s) seen")
-    if running:
-        going_well.append(f"{len(running)} task(s) running")
-    if success.get("completed"):
-        going_well.append(f"{success['completed']} task(s) completed in 24 h")
-    if info.get("by_status", {}).get("done"):
-        going_well.append(f"{info['by_status']['done']} of {info.get('items')} backlog item(s) done")
-    if not issues:
-        going_well.append("no open issues")
-    layers = [
-        {"layer": 0, "name": "goal", "backlog": info.get("backlog"), "items": info.get("items"),
-         "by_status": info.get("by_status"), "position": info.get("position")},
-        {"layer": 1, "name": "orchestration", "api_reachable": s.api_reachable, "api_errors": s.api_errors,
-         "running_shas": s.running_shas, "disk_sha": s.disk_sha, "runners_seen": seen_runners,
-         "project_manager_seen_seconds": manager.get("last_seen_seconds"),
-         "project_manager_seen": manager.get("seen")},
-        {"layer": 2, "name": "execution", "by_status": by_status,
-         "running": [{"id": t["id"], "task_type": t["task_type"], "claimed_by": t.get("claimed_by"),
-                      "elapsed_seconds": t.get("elapsed_seconds")} for t in running],
-         "success_24h": success or None},
-        {"layer": 3, "name": "attention",
-         "issues": [{**asdict(i), "first_seen": open_since.get(i.rule)} for i in issues]},
-    ]
-    return {
-        "generated_at": s.now.isoformat(),
-        "layers": layers,
-        "going_well": going_well,
-        "needs_attention": [f"[{i.severity}] {i.rule}: {i.message} -> {i.action}: {i.command} "
-                            f"(docs/RUNBOOK.md{i.runbook})"
-                            for i in issues],
-    }
-
-
-def for_people(value: Any) -> str:
-    """A value as a person reads it, never a Python repr: {'done': 4} -> "done 4", lists joined, None -> "-"."""
-    if value is None or value == {} or value == []:
-        return "-"
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {for_people(v)}" for k, v in value.items() if v is not None) or "-"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(for_people(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def render_report(report: dict[str, Any]) -> str:
-    goal, orchestration, execution, attention = report["layers"]
-    shas = {who: sha[:12] for who, sha in orchestration["running_shas"].items() if sha}
-    disk = (orchestration["disk_sha"] or "")[:12] or None
-    lines = [f"Pipeline status report {report['generated_at']}", ""]
-    lines.append(f"0 goal: backlog {for_people(goal['backlog'])}: {goal['items'] or 0} item(s) "
-                 f"({for_people(goal['by_status'])})")
-    lines.append(f"1 orchestration: API {'up' if orchestration['api_reachable'] else 'DOWN'}, runners seen "
-                 f"{len(orchestration['runners_seen'])}, code {for_people(shas)} vs disk {for_people(disk)}")
-    lines.append(f"2 execution: {for_people({k: v for k, v in execution['by_status'].items() if v})}, "
-                 f"{len(execution['running'])} running")
-    lines.append(f"3 attention: {len(attention['issues'])} issue(s)")
-    lines += ["", "Going well:"] + [f"  + {g}" for g in report["going_well"] or ["(nothing yet)"]]
-    lines += ["", "Needs attention:"] + [f"  ! {n}" for n in report["needs_attention"] or ["(nothing)"]]
-    return "\n".join(lines) + "\n"
 
 
 # --- the monitor loop -----------------------------------------------------------------------------------------
@@ -440,17 +364,14 @@ class Monitor:
         issues = [{k: v for k, v in i.items() if k not in ("restart", "last_seen", "command", "console")}
                   for i in opened.values() if i["rule"] not in health.BY_CODE]
         try:
-            self.client.post("/api/agent/monitor-issues", {"host": socket.gethostname(), "issues": issues},
-                             retries=0)
+            self.client.report_monitor_issues(socket.gethostname(), issues)
             if not once:
                 self._heartbeat({"open_issues": sorted(opened), "auto_recover": self.auto_recover})
         except ApiError as exc:
             log.warning("issues not sent to the API: %s", exc)
 
     def _heartbeat(self, info: dict[str, Any]) -> None:
-        self.client.post("/api/agent/components/heartbeat", {
-            "component": COMPONENT, "host": socket.gethostname(), "pid": os.getpid(), "version": __version__,
-            "info": info}, retries=0)
+        self.client.component_heartbeat(COMPONENT, socket.gethostname(), os.getpid(), __version__, info)
 
     def request_stop(self, signum: int = 0, _frame: object = None) -> None:
         self.stop.set()

@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from coherence_network.contract import Task, TaskPage, TaskStatus
-from coherence_network.grading import count_states, grade, state_of
+from coherence_network.contract import ItemStatus, Task, TaskPage, TaskStatus
+from coherence_network.grading import DEAD, STOPPED, count_states, grade, state_of
 
 RECENT_SHOWN = 5
 DIRECTION_SHOWN = 60
@@ -47,7 +47,7 @@ def _goal(status: dict[str, Any]) -> list[str]:
              f"position {info.get('position', 0)}, {info.get('mode', '')}")]
     lines += [f"  in flight: item {i['number']} {i['phase']} task {i['task_id']} ({i['status']}, round "
               f"{i['iteration']}): {i['item'][:70]}" for i in info.get("in_flight", [])]
-    lines += [f"  {kind}: {i['item'][:60]} - {i['reason']}" for kind in ("blocked", "skipped")
+    lines += [f"  {kind}: {i['item'][:60]} - {i['reason']}" for kind in (ItemStatus.BLOCKED, ItemStatus.SKIPPED)
               for i in info.get(kind, [])]
     lines += [f"  backlog problem: {p}" for p in info.get("problems", [])]
     return lines
@@ -72,7 +72,7 @@ def _state(row: dict[str, Any]) -> str:
     """alive, stopped (and why) or DEAD: only a death is shouted."""
     state = state_of(row)
     stopped = (row.get("info") or {}).get("stopped")
-    return f"stopped ({stopped})" if state == "stopped" else "DEAD" if state == "dead" else state
+    return f"stopped ({stopped})" if state == STOPPED else "DEAD" if state == DEAD else state
 
 
 def _tasks(status: dict[str, Any]) -> list[str]:

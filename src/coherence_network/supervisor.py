@@ -164,7 +164,7 @@ class Supervisor:
     # --- children -------------------------------------------------------------------------------------------
     def api_answers(self) -> bool:
         try:
-            self.client.request("GET", "/api/health", retries=0)
+            self.client.health(retries=0)
         except ApiError:
             return False
         return True

@@ -12,11 +12,10 @@ from alembic import command
 from sqlalchemy.engine import Engine
 
 from coherence_network.clock import utcnow
-from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.contract import MAX_BATCH, TaskStatus, TaskType
 from coherence_network.store import Conflict, TaskStore
 from coherence_network.store.db import alembic_config, create_store_engine, migrate
 from coherence_network.store.schema import tasks
-from coherence_network.store.statements import MAX_BATCH
 
 RUN = TaskType.RUN
 

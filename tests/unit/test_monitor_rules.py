@@ -14,7 +14,8 @@ from coherence_network.api.effectiveness import goal_proximity
 from coherence_network.contract import Task, TaskStatus, TaskType
 from coherence_network.gitops import commit_message
 from coherence_network.health import HealthSnapshot
-from coherence_network.monitor import RULES, Issue, LogTailer, Snapshot, build_report, evaluate, render_report
+from coherence_network.monitor import RULES, Issue, LogTailer, Snapshot, evaluate
+from coherence_network.monitor_report import build_report, render_report
 from coherence_network.settings import Settings
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -16,17 +16,20 @@ from fastapi import FastAPI
 
 from coherence_network import __version__
 from coherence_network.api import (
-    routes_agent,
+    routes_claims,
     routes_ops,
     routes_ops_issues,
     routes_pipeline,
     routes_projects,
+    routes_runners,
+    routes_tasks,
     routes_telegram,
 )
 from coherence_network.api.docs import install as install_docs
 from coherence_network.api.errors import install_error_handlers
 from coherence_network.api.guard import RequestGuard
 from coherence_network.api.metrics import ApiMetrics, forget_runners_loop
+from coherence_network.api.reaper import reaper_loop
 from coherence_network.api.signals import WorkSignal
 from coherence_network.console.routes import install as install_console
 from coherence_network.settings import Settings, get_settings
@@ -122,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.work = work = WorkSignal()
         listener = _wake_waiters(store, work)
         reaper = asyncio.create_task(
-            routes_agent.reaper_loop(app, settings.coherence_reap_interval, settings.coherence_lease_seconds)
+            reaper_loop(app, settings.coherence_reap_interval, settings.coherence_lease_seconds)
         )
         pruner = asyncio.create_task(retention_loop(store, settings))
         forgetter = asyncio.create_task(forget_runners_loop(app.state.metrics, settings.coherence_reap_interval))
@@ -154,7 +157,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_error_handlers(app)
     app.include_router(routes_ops.router)
-    app.include_router(routes_agent.router)
+    app.include_router(routes_tasks.router)
+    app.include_router(routes_claims.router)
+    app.include_router(routes_runners.router)
     app.include_router(routes_pipeline.router)
     app.include_router(routes_telegram.router)
     app.include_router(routes_ops_issues.router)

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Mount
 
-from coherence_network.api.models import storable_text
+from coherence_network.request_bodies import storable_text
 from coherence_network.store import Conflict, NotFound
 from coherence_network.store.errors import StoreError, store_error_cause, store_error_status
 

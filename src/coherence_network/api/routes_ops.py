@@ -13,8 +13,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coherence_network.api.deps import store_of
-from coherence_network.api.models import COMMON_ERRORS, Strict, responses
+from coherence_network.api.models import COMMON_ERRORS, responses
 from coherence_network.api.readiness import readiness_checks
+from coherence_network.contract import Health, Readiness, VersionInfo
+from coherence_network.request_bodies import PruneRequest
 from coherence_network.store.retention import prune_store
 from coherence_network.versioning import running_version
 
@@ -23,11 +25,12 @@ log = logging.getLogger("coherence.api")
 # Checks whose failure detail may name hosts, ports, users or paths: shown only to a caller with the token.
 _PRIVATE_DETAIL = frozenset({"store_reachable", "store_writable"})
 _READY: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Every check passed"}, 503: {"description": "A check failed (each is listed)"},
+    200: {"model": Readiness, "description": "Every check passed"},
+    503: {"model": Readiness, "description": "A check failed (each is listed)"},
 }
 
 
-@router.get("/api/health", responses=responses(400, 413))
+@router.get("/api/health", response_model=Health, responses=responses(400, 413))
 def health(request: Request) -> dict[str, object]:
     """Liveness: the process answers. Never touches the database, so an outage cannot cause a restart storm."""
     return {"status": "ok", "uptime_seconds": round(time.monotonic() - request.app.state.started, 3)}
@@ -69,7 +72,7 @@ def _log_failures(state: Any, checks: list[dict[str, object]]) -> None:
     state.ready_failures = failures
 
 
-@router.get("/api/version", responses=responses(400, 401, 413))
+@router.get("/api/version", response_model=VersionInfo, responses=responses(400, 401, 413))
 def version() -> dict[str, str | None]:
     """Package version and git SHA of the code this process runs."""
     return running_version()
@@ -80,9 +83,6 @@ def metrics(request: Request) -> Response:
     """Prometheus text format (text/plain; version=1.0.0)."""
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-
-class PruneRequest(Strict):
-    dry_run: bool = False
 
 
 @router.post("/api/agent/prune", responses=COMMON_ERRORS)

@@ -8,43 +8,18 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import Field
 
 from coherence_network import grading, health
 from coherence_network.api.deps import store_of
 from coherence_network.api.effectiveness import backlog_progress, goal_proximity
-from coherence_network.api.models import COMMON_ERRORS, JsonObject, Strict, Text, UtcTime
+from coherence_network.api.models import COMMON_ERRORS
 from coherence_network.clock import utcnow
 from coherence_network.contract import FatalIssueList, MonitorIssueList
 from coherence_network.monitor import with_command
+from coherence_network.request_bodies import FatalIssueReport, MonitorIssues, UtcTime
 from coherence_network.store.stats import ALL_TYPES
 
 router = APIRouter(prefix="/api/agent", tags=["ops-issues"], responses=COMMON_ERRORS)
-
-
-class ReportedIssue(Strict):
-    rule: Text = Field(min_length=1, max_length=64)
-    severity: Text = Field(min_length=1, max_length=16)
-    message: Text = Field(min_length=1, max_length=5000)
-    action: Text = Field("", max_length=5000)
-    runbook: Text = Field("", max_length=200)
-    detail: JsonObject | None = None
-    first_seen: UtcTime | None = None
-
-
-class MonitorIssues(Strict):
-    host: Text = Field(min_length=1, max_length=255)
-    issues: list[ReportedIssue] = Field(max_length=100, description="Every issue open now; others are resolved")
-
-
-class FatalIssue(Strict):
-    component: Text = Field(min_length=1, max_length=100)
-    reason: Text = Field(min_length=1, max_length=5000)
-    detail: Text = Field("", max_length=20000)
-    recovery_tried: Text = Field("", max_length=5000)
-    host: Text = Field(min_length=1, max_length=255)
-    at: UtcTime | None = None
-
 
 
 @router.post("/monitor-issues")
@@ -63,7 +38,7 @@ def get_monitor_issues(request: Request) -> dict[str, Any]:
 
 
 @router.post("/fatal-issues", status_code=201)
-async def post_fatal_issue(body: FatalIssue, request: Request) -> dict[str, Any]:
+async def post_fatal_issue(body: FatalIssueReport, request: Request) -> dict[str, Any]:
     """A component the supervisor could not keep running."""
     return await run_in_threadpool(store_of(request).add_fatal_issue, body.model_dump(), body.host)
 

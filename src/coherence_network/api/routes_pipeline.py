@@ -12,28 +12,19 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import Field
 
 from coherence_network import health
 from coherence_network.api.deps import store_of
-from coherence_network.api.models import COMMON_ERRORS, JsonObject, Pid, Strict, Text
+from coherence_network.api.models import COMMON_ERRORS
 from coherence_network.contract import PipelineStatus
 from coherence_network.logfiles import task_log_path
+from coherence_network.request_bodies import ComponentHeartbeat
 from coherence_network.settings import Settings
 from coherence_network.store.stats import Limits
 
 router = APIRouter(prefix="/api/agent", tags=["pipeline"], responses=COMMON_ERRORS)
 LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES = 16 * 1024
-
-
-class ComponentHeartbeat(Strict):
-    component: Text = Field(min_length=1, max_length=100, description="Component name, e.g. project_manager")
-    host: Text = Field(min_length=1, max_length=255)
-    pid: Pid
-    version: Text = Field("unknown", min_length=1, max_length=100)
-    info: JsonObject | None = Field(None, description="A small summary of the component's state")
-
 
 
 @router.post("/components/heartbeat")

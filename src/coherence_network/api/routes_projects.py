@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from coherence_network.api.models import COMMON_ERRORS, Offset, Text, responses
+from coherence_network.api.models import COMMON_ERRORS, Offset, responses
+from coherence_network.contract import Ecosystem
 from coherence_network.indexer.pypi import normalize as pypi_name
+from coherence_network.request_bodies import Text
 from coherence_network.store.graph import GraphStore
 
 router = APIRouter(prefix="/api", tags=["projects"], responses=COMMON_ERRORS)
-Ecosystem = Literal["npm", "pypi"]
 # npm allows 214 characters; the stored name is at most 255
 ProjectName = Annotated[Text, Path(min_length=1, max_length=214, description="Package name, e.g. @scope/name")]
 
@@ -23,7 +24,7 @@ def _graph(request: Request) -> GraphStore:
 
 def _key(ecosystem: str, name: str) -> str:
     """The stored name: PEP 503 for PyPI (so ``Django`` finds ``django``), as given for npm."""
-    return (pypi_name(name) or name) if ecosystem == "pypi" else name
+    return (pypi_name(name) or name) if ecosystem == Ecosystem.PYPI else name
 
 
 # Declared before the project route: both match ``/npm/@scope/name/dependents``, this one must win.
@@ -36,7 +37,7 @@ async def get_dependents(
     offset: Offset = 0,
 ) -> dict[str, Any]:
     """Indexed projects whose latest version depends on this one (real total; 404 when it was never indexed)."""
-    if ecosystem == "npm" and name.startswith("@") and "/" not in name:
+    if ecosystem == Ecosystem.NPM and name.startswith("@") and "/" not in name:
         return await get_project(ecosystem, f"{name}/dependents", request)  # the package "@scope/dependents"
     graph, key = _graph(request), _key(ecosystem, name)
     if await run_in_threadpool(graph.project, ecosystem, key) is None:
@@ -72,8 +73,8 @@ async def list_projects(
 @router.get("/graph/stats")
 async def graph_stats(request: Request) -> dict[str, Any]:
     """Projects (by status) and dependency edges per ecosystem, and when each was last indexed."""
-    stored = await run_in_threadpool(_graph(request).stats, ("npm", "pypi"))
-    ecosystems = {eco: stored[eco] for eco in ("npm", "pypi")}
+    stored = await run_in_threadpool(_graph(request).stats, tuple(Ecosystem))
+    ecosystems = {eco.value: stored[eco] for eco in Ecosystem}
     return {
         "ecosystems": ecosystems,
         "projects": sum(e["projects"] for e in ecosystems.values()),

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from coherence_network.api.models import responses
 from coherence_network.client import ApiClient
 from coherence_network.logfiles import ROTATE_BACKUPS, ROTATE_BYTES, JSONFormatter, UTCFormatter, component_log
+from coherence_network.request_bodies import TelegramUpdate
 from coherence_network.settings import Settings
 from coherence_network.telegram import SECRET_HEADER, Commands, webhook_secret
 
@@ -56,9 +57,15 @@ def _run_command(settings: Settings, base_url: str, update: Any) -> tuple[int, s
         return Commands(settings, client).handle(update)
 
 
-@router.post("/webhook", responses={401: {"description": "Missing or wrong X-Telegram-Bot-Api-Secret-Token"}})
+# The body is documented, not validated up front: the secret is checked first (401), and an update the bot cannot
+# read still gets 200 so that Telegram does not send it again forever.
+_UPDATE_BODY = {"required": True, "content": {"application/json": {"schema": TelegramUpdate.model_json_schema()}}}
+
+
+@router.post("/webhook", openapi_extra={"requestBody": _UPDATE_BODY},
+             responses={401: {"description": "Missing or wrong X-Telegram-Bot-Api-Secret-Token"}})
 async def telegram_webhook(request: Request) -> JSONResponse:
-    """One update from Telegram; the answer is the reply (a sendMessage) or empty."""
+    """One update from Telegram (a TelegramUpdate); the answer is the reply (a sendMessage) or empty."""
     settings: Settings = request.app.state.settings
     _log_to_telegram_log(request.app)
     expected = webhook_secret(settings)

@@ -30,9 +30,9 @@ from coherence_network import grading, health, restart
 from coherence_network.api.deps import store_of
 from coherence_network.api.effectiveness import backlog_progress, goal_proximity
 from coherence_network.api.errors import bounded_error
-from coherence_network.api.models import TaskCreateItem, TaskId, TaskPatch, refuse_disallowed_commands, storable_text
-from coherence_network.api.routes_agent import read_log_end
+from coherence_network.api.models import TaskId, refuse_disallowed_commands
 from coherence_network.api.routes_projects import _key as stored_project_name
+from coherence_network.api.routes_tasks import read_log_end
 from coherence_network.console import charts
 from coherence_network.console.session import (
     COOKIE,
@@ -46,6 +46,7 @@ from coherence_network.contract import TaskStatus, TaskType, parse_sort
 from coherence_network.errors import CoherenceError
 from coherence_network.logfiles import RUN_FILES, shared_secret, task_log_path
 from coherence_network.monitor import with_command
+from coherence_network.request_bodies import TaskCreateItem, TaskPatch, storable_text
 from coherence_network.settings import Settings
 from coherence_network.store import Conflict, NotFound
 from coherence_network.store.errors import StoreError

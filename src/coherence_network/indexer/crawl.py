@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from coherence_network import __version__
+from coherence_network.contract import ProjectStatus
 from coherence_network.indexer import npm, pypi
 from coherence_network.indexer.metadata import MalformedMetadata
 from coherence_network.indexer.registry import Registry
@@ -125,15 +126,16 @@ class Fetcher:
                 reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
             else:
                 if response.status_code in (404, 410):
-                    return PackageRecord(name, "missing", error=f"HTTP {response.status_code}")
+                    return PackageRecord(name, ProjectStatus.MISSING, error=f"HTTP {response.status_code}")
                 if response.status_code == 200:
                     return self._parse(name, response)
                 reason = f"HTTP {response.status_code}"
                 if response.status_code != 429 and response.status_code < 500:
-                    return PackageRecord(name, "failed", error=reason)
+                    return PackageRecord(name, ProjectStatus.FAILED, error=reason)
             if attempt < self.options.retries:
                 await asyncio.sleep(retry_delay(response, attempt, self.options.backoff_seconds))
-        return PackageRecord(name, "failed", error=f"gave up after {self.options.retries + 1} attempts: {reason}")
+        return PackageRecord(name, ProjectStatus.FAILED,
+                             error=f"gave up after {self.options.retries + 1} attempts: {reason}")
 
     def _parse(self, name: str, response: httpx.Response) -> PackageRecord:
         try:
@@ -141,7 +143,7 @@ class Fetcher:
         except (MalformedMetadata, ValueError, TypeError, AttributeError) as exc:
             reason = f"malformed metadata: {exc}"[:500]
             log.warning("%s %s: %s", self.adapter.ECOSYSTEM, name, reason)
-            return PackageRecord(name, "failed", error=reason)
+            return PackageRecord(name, ProjectStatus.FAILED, error=reason)
 
 
 class Crawler:
@@ -227,7 +229,7 @@ class Crawler:
         return self.options.target is None or self._ok + self._inflight_new < self.options.target
 
     def _fresh(self, entry: FrontierEntry) -> bool:
-        return (entry.status in ("ok", "missing") and entry.indexed_at is not None
+        return (entry.status in (ProjectStatus.OK, ProjectStatus.MISSING) and entry.indexed_at is not None
                 and entry.indexed_at >= self._cutoff)
 
     async def _crawl(self, fetcher: Fetcher, started: float) -> None:
@@ -259,7 +261,7 @@ class Crawler:
                 task = asyncio.create_task(fetcher.fetch(entry.name))
                 inflight[task] = entry
                 self._started += 1
-                self._inflight_new += entry.status != "ok"
+                self._inflight_new += entry.status != ProjectStatus.OK
             if not inflight:
                 if self._may_start() and (self._fetched or self._skipped or self._flush_task is not None):
                     await self._flush(wait=True)  # what is written may queue new packages
@@ -281,12 +283,12 @@ class Crawler:
 
     def _record(self, entry: FrontierEntry, record: PackageRecord) -> None:
         s = self.summary
-        self._inflight_new -= entry.status != "ok"
-        self._ok += (record.status == "ok") - (entry.status == "ok")
+        self._inflight_new -= entry.status != ProjectStatus.OK
+        self._ok += (record.status == ProjectStatus.OK) - (entry.status == ProjectStatus.OK)
         s.projects = self._ok
-        if record.status == "ok":
+        if record.status == ProjectStatus.OK:
             s.indexed += 1
-        elif record.status == "missing":
+        elif record.status == ProjectStatus.MISSING:
             s.missing += 1
             log.info("%s %s: missing (%s)", self.eco, record.name, record.error)
         else:

@@ -12,10 +12,11 @@ import re
 from typing import Any
 from urllib.parse import quote
 
+from coherence_network.contract import Ecosystem, ProjectStatus
 from coherence_network.indexer.metadata import MalformedMetadata, first_text, merge_edges, text_field
 from coherence_network.store.graph import Dependency, PackageRecord
 
-ECOSYSTEM = "npm"
+ECOSYSTEM = Ecosystem.NPM
 # Lowercase and legacy mixed-case names, optionally scoped; no spaces, no leading dot or underscore.
 _NAME = re.compile(r"^(?:@[A-Za-z0-9][\w.~-]*/)?[A-Za-z0-9][\w.~-]*$")
 _KINDS = (("dependencies", "runtime"), ("optionalDependencies", "optional"), ("devDependencies", "dev"))
@@ -58,7 +59,7 @@ def parse(name: str, document: Any) -> PackageRecord:
         raise MalformedMetadata("document is not a JSON object")
     versions = document.get("versions")
     if not versions and isinstance(document.get("time"), dict) and "unpublished" in document["time"]:
-        return PackageRecord(name, "missing", error="unpublished")
+        return PackageRecord(name, ProjectStatus.MISSING, error="unpublished")
     tags = document.get("dist-tags")
     latest = tags.get("latest") if isinstance(tags, dict) else None
     if not isinstance(latest, str) or not isinstance(versions, dict):
@@ -79,7 +80,7 @@ def parse(name: str, document: Any) -> PackageRecord:
             edges.append(Dependency(target, str(requirement), kind))
     return PackageRecord(
         name,
-        "ok",
+        ProjectStatus.OK,
         version=first_text(latest, 255),
         description=text_field(manifest.get("description") or document.get("description")),
         license=_license(manifest),

@@ -13,10 +13,11 @@ from urllib.parse import quote
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from coherence_network.contract import Ecosystem, ProjectStatus
 from coherence_network.indexer.metadata import MalformedMetadata, first_text, merge_edges, text_field
 from coherence_network.store.graph import Dependency, PackageRecord
 
-ECOSYSTEM = "pypi"
+ECOSYSTEM = Ecosystem.PYPI
 _VALID = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)  # PEP 508 names
 _HOMEPAGE_KEYS = ("homepage", "home", "home page", "home-page", "source", "repository")
 log = logging.getLogger("coherence.indexer.pypi")
@@ -82,7 +83,7 @@ def parse(name: str, document: Any) -> PackageRecord:
     edges = [edge for edge in (_edge(name, line) for line in requires) if edge is not None and edge.name != name]
     return PackageRecord(
         name,
-        "ok",
+        ProjectStatus.OK,
         version=first_text(info["version"], 255),
         description=text_field(info.get("summary")),
         license=_license(info),

@@ -24,8 +24,6 @@ def row_dict(row: sa.Row[Any] | None) -> dict[str, Any] | None:
 
 
 INSERT_TASKS = tasks.insert().returning(*tasks.c, sort_by_parameter_order=True)
-MAX_BATCH = 1000  # tasks in one batch create (one transaction)
-MAX_CLAIM = 100  # tasks in one claim
 
 
 def seconds_between(

@@ -16,15 +16,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from coherence_network.clock import utcnow
-from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, TaskStatus
+from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, MAX_BATCH, MAX_CLAIM, TaskStatus
 from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.schema import UTCDateTime, tasks
 from coherence_network.store.statements import (
     CLAIMED_BY_REQUEST,
     FAILED,
     INSERT_TASKS,
-    MAX_BATCH,
-    MAX_CLAIM,
     PENDING,
     RUNNING,
     Outcomes,

@@ -1,0 +1,174 @@
+"""Claims: a runner claims tasks (a long poll), renews its lease and finishes, perhaps claiming its next task in
+the same call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from coherence_network.api.deps import store_of
+from coherence_network.api.models import COMMON_ERRORS, TaskId, responses
+from coherence_network.clock import utcnow
+from coherence_network.contract import FinishAndClaim, Task, TaskList, TaskStatus
+from coherence_network.request_bodies import AgentReport, ClaimRequest, TaskFinish, TaskHeartbeat
+
+router = APIRouter(prefix="/api/agent", tags=["agent"], responses=COMMON_ERRORS)
+log = logging.getLogger("coherence.api")
+
+
+@router.post("/tasks/claim", responses={200: {"model": Task | TaskList},
+                                         204: {"description": "No task was claimable within wait_seconds"}})
+async def claim_task(body: ClaimRequest, request: Request) -> Response:
+    """Claim the most urgent pending task; with ``wait_seconds`` wait for one, so dispatch is immediate.
+
+    With ``request_id``, a retried claim returns the task the first one got (same claim token). With
+    ``max_tasks`` above 1 the answer is ``{"tasks": [...]}``, as from /tasks/claims."""
+    claimed = await _claim_waiting(body, request)
+    headers = _closing(request)
+    if body.max_tasks > 1:
+        return _answer(TaskList, {"tasks": claimed}, headers)
+    return _answer(Task, claimed[0]) if claimed else Response(status_code=204, headers=headers)
+
+
+def _answer(model: type[BaseModel], value: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    """An answer whose shape depends on the request, serialized by its contract model as routes with a
+    ``response_model`` are (times end in Z, as everywhere else; jsonable_encoder would write +00:00)."""
+    return JSONResponse(model.model_validate(value).model_dump(mode="json"), headers=headers)
+
+
+@router.post("/tasks/claims", response_model=TaskList)
+async def claim_tasks(body: ClaimRequest, request: Request, response: Response) -> dict[str, Any]:
+    """Claim up to ``max_tasks`` tasks in one call, most urgent first; an empty list when none came within
+    ``wait_seconds``."""
+    claimed = await _claim_waiting(body, request)
+    response.headers.update(_closing(request))
+    return {"tasks": claimed}
+
+
+def _closing(request: Request) -> dict[str, str]:
+    """While the server shuts down a claim's answer closes its connection: the runner's next claim then reaches
+    the API that replaces this one, not this one again."""
+    return {"Connection": "close"} if request.app.state.work.closed else {}
+
+
+async def _claim_waiting(body: ClaimRequest, request: Request, *, looked: bool = False) -> list[dict[str, Any]]:
+    """The long poll behind every claim: claim at once (unless the caller just ``looked``), else wait up to
+    ``wait_seconds``, looking at the store again only when woken (a task was made claimable here or, on
+    PostgreSQL, on any replica) or every COHERENCE_CLAIM_RECHECK_SECONDS (the safety net), so an idle long poll
+    costs next to nothing. Once the server shuts down it answers at once and claims nothing (see api/signals.py)."""
+    state = request.app.state
+    deadline = time.monotonic() + body.wait_seconds
+    recheck = state.settings.coherence_claim_recheck_seconds
+    gone: asyncio.Future[None] | None = None
+    hops: int | None = None  # set while this claim holds a wake-up (see api/signals.py)
+    replay = not looked  # only the first look can be a retry of a claim that was answered
+    try:
+        while True:
+            if state.work.closed:
+                return []
+            if not looked:
+                claimed = await run_in_threadpool(
+                    state.store.claim_many, body.runner_id, body.max_tasks, types=body.types,
+                    lease_seconds=body.lease_seconds, request_id=body.request_id, replay=replay,
+                )
+                replay = False
+                if claimed:
+                    if hops is not None:
+                        state.work.notify()  # there may be more: the next waiter looks too
+                    _count_claims(state, claimed)
+                    return claimed
+                if hops and body.types:
+                    state.work.notify(hops - 1)  # nothing of these types: maybe something for another waiter
+            looked = False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            gone = gone or asyncio.ensure_future(_client_gone(request))
+            hops = await state.work.wait(min(remaining, recheck), gone)
+            if gone.done():  # nobody would receive a task claimed now: the wake-up goes to another waiter
+                if hops is not None:
+                    state.work.notify(hops)
+                return []
+    finally:
+        if gone is not None:
+            gone.cancel()
+
+
+async def _client_gone(request: Request) -> None:
+    """Return when the client disconnects: its body is read, so the next message the server gives is that."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _count_claims(state: Any, claimed: list[dict[str, Any]]) -> None:
+    state.metrics.tasks_claimed.inc(len(claimed))
+    for task in claimed:
+        state.metrics.queue_wait.observe(max((task["started_at"] - task["created_at"]).total_seconds(), 0.0))
+
+
+@router.post("/tasks/{task_id:id}/heartbeat", response_model=Task, responses=responses(404, 409))
+async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request) -> dict[str, Any]:
+    """Extend the lease (and report progress); 409 when the claim token is no longer the current claim."""
+    _log_replaced(task_id, body)
+    return await run_in_threadpool(
+        lambda: store_of(request).heartbeat(
+            task_id,
+            body.claim_token,
+            progress_pct=body.progress_pct,
+            current_step=body.current_step,
+            lease_seconds=body.lease_seconds,
+        )
+    )
+
+
+@router.post("/tasks/{task_id:id}/finish", response_model=None, responses={
+    200: {"model": Task | FinishAndClaim, "description": "The finished task; {finished, next} with claim_next"},
+    **responses(404, 409)})
+async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> Any:
+    """End a claim: completed, failed, needs_decision (with its question) or pending (release).
+
+    With ``claim_next`` the runner's next task is claimed in the same transaction (a refused finish claims
+    nothing), waiting up to its ``wait_seconds`` for one; the answer is then ``{"finished": ..., "next": ...}``."""
+    _log_replaced(task_id, body)
+    store = store_of(request)
+    ending: dict[str, Any] = {"status": body.status, "output": body.output, "exit_code": body.exit_code,
+                              "decision_prompt": body.decision_prompt}
+    following = body.claim_next
+    if following is None:
+        task = await run_in_threadpool(lambda: store.finish(task_id, body.claim_token, **ending))
+        _count_finish(request, task)
+        return task
+    task, following_task = await run_in_threadpool(
+        lambda: store.finish_and_claim(
+            task_id, body.claim_token, **ending, runner_id=following.runner_id, types=following.types,
+            lease_seconds=following.lease_seconds, request_id=following.request_id,
+        )
+    )
+    _count_finish(request, task)
+    if following_task is not None:
+        _count_claims(request.app.state, [following_task])
+    elif following.wait_seconds > 0:
+        following_task = next(iter(await _claim_waiting(following, request, looked=True)), None)
+    return _answer(FinishAndClaim, {"finished": task, "next": following_task})
+
+
+def _count_finish(request: Request, task: dict[str, Any]) -> None:
+    metrics = request.app.state.metrics
+    metrics.tasks_finished.labels(task["status"]).inc()
+    if task["started_at"] is not None and task["status"] != TaskStatus.PENDING:
+        metrics.task_run.labels(task["task_type"]).observe((utcnow() - task["started_at"]).total_seconds())
+
+
+def _log_replaced(task_id: int, report: AgentReport) -> None:
+    """Agent output is kept even when the store cannot hold some of its characters; the log says what changed."""
+    if report.replaced:
+        fields = ", ".join(f"{name}: {count}" for name, count in report.replaced.items())
+        log.warning("task %s: characters the store cannot hold (NUL, lone surrogates) replaced with U+FFFD (%s)",
+                    task_id, fields)

@@ -1,0 +1,301 @@
+"""Request bodies: what the API accepts, shared by its routers and the client (which builds its bodies from these),
+and the bounds every input meets at the edge.
+
+Pydantic turns bad input into 422 with field-level messages. Whatever is accepted must also be storable and
+readable back on both stores: integers within the narrowest column (PostgreSQL INTEGER, 32 bits), text without
+NUL (PostgreSQL refuses it) or lone surrogates (not UTF-8), free-form JSON bounded in depth and size (one stored
+row nested too deep once made every listing that included it fail). Text people type is refused when it holds
+what the store cannot; agent output is binary-ish and is kept, with those characters replaced.
+
+Free of FastAPI and the store, so every component imports it cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    model_validator,
+)
+
+from coherence_network.contract import MAX_BATCH, MAX_CLAIM, Component, TaskStatus, TaskType
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # PostgreSQL INTEGER: the narrowest integer column of either store
+MAX_JSON_DEPTH = 32  # nesting of objects and arrays in a free-form JSON field
+MAX_JSON_BYTES = 64 * 1024  # a free-form JSON field, serialized
+_NUMBER = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates (json.loads joins valid pairs)
+REPLACEMENT = "\ufffd"
+
+FinishStatus = Literal[
+    TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.NEEDS_DECISION, TaskStatus.PENDING
+]
+
+
+def refuse_unstorable(value: str) -> str:
+    found = _UNSTORABLE.search(value)
+    if found is not None:
+        what = "NUL (\\u0000)" if found.group() == "\x00" else "a lone surrogate (not valid Unicode)"
+        raise ValueError(f"must not contain {what}: the store cannot hold it")
+    return value
+
+
+def storable_text(value: str) -> tuple[str, int]:
+    """``value`` with NUL and lone surrogates replaced by U+FFFD, and how many were replaced."""
+    return _UNSTORABLE.subn(REPLACEMENT, value)
+
+
+def _bounded_json(value: Any) -> Any:
+    """Free-form JSON the store holds and every reader can serialize again: bounded depth and size, text without
+    NUL or lone surrogates, finite numbers (json.loads accepts NaN, which no JSON answer can carry)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                if isinstance(key, str):
+                    refuse_unstorable(key)
+                pending.append((child, depth + 1))
+        elif isinstance(item, str):
+            refuse_unstorable(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite (no NaN or Infinity)")
+        elif isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > 64:
+            raise ValueError("integers must fit in 64 bits")
+    if len(json.dumps(value)) > MAX_JSON_BYTES:
+        raise ValueError(f"larger than {MAX_JSON_BYTES} bytes of JSON")
+    return value
+
+
+def _not_bool(value: Any) -> Any:
+    """JSON true and false are not numbers, though pydantic would read them as 1 and 0."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+def _not_a_number(value: Any) -> Any:
+    """A time is ISO 8601 text; pydantic would read a number (or text like "0.5") as seconds since 1970."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("must be an ISO 8601 time with a zone, e.g. 2026-11-25T06:00:00Z, not a number")
+    return value
+
+
+def _in_store_range(value: datetime) -> datetime:
+    """Stored as UTC: a time whose UTC form falls outside years 1..9999 cannot be held."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range once converted to UTC") from None
+    return value
+
+
+# Text a person or a program types (directions, commands, decisions, names): refused when unstorable.
+Text = Annotated[str, AfterValidator(refuse_unstorable)]
+# Free-form JSON objects (a task's context, a heartbeat's info, an issue's detail).
+JsonObject = Annotated[
+    dict[str, Any],
+    AfterValidator(_bounded_json),
+    Field(description=f"Free-form JSON: at most {MAX_JSON_DEPTH} levels deep and {MAX_JSON_BYTES} bytes"),
+]
+# Numbers in request bodies: true and false are refused (else "priority": false would be 0).
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+Int32 = Annotated[Int, Field(ge=INT32_MIN, le=INT32_MAX)]
+Pid = Annotated[Int, Field(ge=1, le=INT32_MAX)]
+ClaimToken = Annotated[Int, Field(ge=1, le=INT32_MAX)]
+UtcTime = Annotated[AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_in_store_range)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentReport(Strict):
+    """A runner's report that carries agent output: NUL and lone surrogates in it are replaced, not refused (the
+    agent's bytes are what they are, and refusing them would lose the result); ``replaced`` says how many."""
+
+    agent_text: ClassVar[tuple[str, ...]] = ()
+    _replaced: dict[str, int] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _make_storable(cls, data: Any, handler: ModelWrapValidatorHandler[AgentReport]) -> AgentReport:
+        """Replace before validating: a lone surrogate would not even pass as a string."""
+        replaced: dict[str, int] = {}
+        if isinstance(data, dict):
+            data = dict(data)
+            for name in cls.agent_text:
+                if isinstance(data.get(name), str):
+                    data[name], count = storable_text(data[name])
+                    if count:
+                        replaced[name] = count
+        report = handler(data)
+        report._replaced = replaced
+        return report
+
+    @property
+    def replaced(self) -> dict[str, int]:
+        """Characters replaced with U+FFFD, by field."""
+        return dict(self._replaced)
+
+
+class TaskCreate(Strict):
+    direction: Text = Field(min_length=1, max_length=5000, description="What to do")
+    task_type: TaskType
+    command: Text | None = Field(None, max_length=20000, description="Command line the runner executes")
+    priority: Int = Field(0, ge=-1000, le=1000, description="Higher runs first")
+    max_attempts: Int | None = Field(None, ge=1, le=100)
+    timeout_seconds: Float | None = Field(None, gt=0, le=7 * 86400, description="Overrides AGENT_TASK_TIMEOUT")
+    context: JsonObject | None = None
+
+
+
+class TaskCreateItem(TaskCreate):
+    """One task of a batch create; its own key plays the Idempotency-Key header's part."""
+
+    idempotency_key: Text | None = Field(
+        None, min_length=1, max_length=200,
+        description="Makes this item safe to retry: the same key returns the task the first create made",
+    )
+
+
+class TaskBatch(Strict):
+    tasks: list[TaskCreateItem] = Field(min_length=1, max_length=MAX_BATCH, description="Created in one transaction")
+
+
+class TaskPatch(Strict):
+    """An operator's change: a decision for a needs_decision task, or ``status: pending`` to retry a failed one."""
+
+    decision: Text | None = Field(None, min_length=1, max_length=5000)
+    decided_by: Text | None = Field(None, min_length=1, max_length=200, description="Who answered, e.g. api:alice")
+    status: Literal[TaskStatus.PENDING] | None = Field(None, description="pending retries a failed task")
+
+    @model_validator(mode="after")
+    def _one_change(self) -> TaskPatch:
+        if (self.decision is None) == (self.status is None):
+            raise ValueError("give exactly one of decision or status")
+        return self
+
+
+class ClaimRequest(Strict):
+    runner_id: Text = Field(min_length=1, max_length=200)
+    types: list[TaskType] | None = Field(None, max_length=len(TaskType))
+    wait_seconds: Float = Field(0.0, ge=0, le=60, description="Wait this long for work before answering 204")
+    lease_seconds: Float | None = Field(None, gt=0, le=86400)
+    request_id: Text | None = Field(
+        None, min_length=1, max_length=100,
+        description="Names this claim: a retry with the same id returns the task this claim already got",
+    )
+    max_tasks: Int = Field(1, ge=1, le=MAX_CLAIM, description="Claim up to this many tasks at once")
+
+
+class ClaimNext(ClaimRequest):
+    """The claim a finish makes right after it: one task (``next``)."""
+
+    max_tasks: Literal[1] = Field(1, description="A finish claims at most one next task")
+
+
+class TaskHeartbeat(AgentReport):
+    agent_text = ("current_step",)
+
+    claim_token: ClaimToken
+    progress_pct: Float | None = Field(None, ge=0, le=100)
+    current_step: str | None = Field(None, max_length=500, description="Agent output: NUL etc. become U+FFFD")
+    lease_seconds: Float | None = Field(None, gt=0, le=86400)
+
+
+class TaskFinish(AgentReport):
+    agent_text = ("output", "decision_prompt")
+
+    claim_token: ClaimToken
+    status: FinishStatus
+    output: str | None = Field(None, max_length=2_000_000, description="Agent output: NUL etc. become U+FFFD")
+    exit_code: Int32 | None = None
+    decision_prompt: str | None = Field(None, min_length=1, max_length=5000, description="The agent's question")
+    claim_next: ClaimNext | None = Field(
+        None, description="Claim the runner's next task in the same call: the answer is {finished, next}"
+    )
+
+    @model_validator(mode="after")
+    def _question_for_decision(self) -> TaskFinish:
+        if self.status is TaskStatus.NEEDS_DECISION and not self.decision_prompt:
+            raise ValueError("status needs_decision requires decision_prompt")
+        return self
+
+
+class RunnerHeartbeat(Strict):
+    runner_id: Text = Field(min_length=1, max_length=200)
+    host: Text = Field(min_length=1, max_length=255)
+    pid: Pid
+    version: Text = Field(min_length=1, max_length=100)
+    info: JsonObject | None = None
+
+
+class ComponentHeartbeat(Strict):
+    component: Text = Field(min_length=1, max_length=100, description="Component name (contract.Component), e.g. "
+                            f"{Component.MANAGER}; a name this API does not know yet is kept as given")
+    host: Text = Field(min_length=1, max_length=255)
+    pid: Pid
+    version: Text = Field("unknown", min_length=1, max_length=100)
+    info: JsonObject | None = Field(None, description="A small summary of the component's state")
+
+
+class ReportedIssue(Strict):
+    """One fact a monitor found on its host. ``severity`` is a contract.Severity; one this API does not know (a
+    newer monitor's) is kept and graded high."""
+
+    rule: Text = Field(min_length=1, max_length=64)
+    severity: Text = Field(min_length=1, max_length=16)
+    message: Text = Field(min_length=1, max_length=5000)
+    action: Text = Field("", max_length=5000)
+    runbook: Text = Field("", max_length=200)
+    detail: JsonObject | None = None
+    first_seen: UtcTime | None = None
+
+
+class MonitorIssues(Strict):
+    host: Text = Field(min_length=1, max_length=255)
+    issues: list[ReportedIssue] = Field(max_length=100, description="Every issue open now; others are resolved")
+
+
+class FatalIssueReport(Strict):
+    """A component the supervisor could not keep running, as a host reports it."""
+
+    component: Text = Field(min_length=1, max_length=100)
+    reason: Text = Field(min_length=1, max_length=5000)
+    detail: Text = Field("", max_length=20000)
+    recovery_tried: Text = Field("", max_length=5000)
+    host: Text = Field(min_length=1, max_length=255)
+    at: UtcTime | None = None
+
+
+class TelegramUpdate(BaseModel):
+    """What Telegram posts to the webhook (an Update of the Bot API): the fields the bot reads (a new text message:
+    telegram.read_update); the others are Telegram's and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    update_id: int
+    message: dict[str, Any] | None = Field(None, description="A new message: from.id, chat.id, chat.type, text")
+
+
+class PruneRequest(Strict):
+    """``POST /api/agent/prune``: retention run now, by the API (the only writer of tasks)."""
+
+    dry_run: bool = False
