@@ -66,7 +66,7 @@ def browser(api: ApiProcess) -> httpx.Client:
 
 
 def csrf_of(page: httpx.Response) -> str:
-    found = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+    found = re.search(r'name="csrf" value="([A-Za-z0-9_-]+)"', page.text)
     assert found, "the page carries no CSRF token"
     return found.group(1)
 
