@@ -198,6 +198,20 @@ def test_webhook_needs_the_secret(tmp_path: Path, fake: FakeTelegram, bots: list
         assert f"Decision recorded for task #{task_id} by telegram:{USER}: yes" in body["text"]
         task = client.get_task(task_id)
         assert (task.status, task.decision, task.decided_by) == ("pending", "yes", f"telegram:{USER}")
+
+        def answer_to(text: str) -> str:
+            """The webhook's reply to USER's command, run in the API's process over its own store."""
+            update = {"update_id": 3, "message": {**reply["message"], "text": text}}
+            answered = httpx.post(hook, json=update, headers=right)
+            assert answered.status_code == 200 and answered.json()["chat_id"] == USER
+            return str(answered.json()["text"])
+
+        assert answer_to("/status").startswith("Tasks: 1 (pending 1)")
+        assert "Fatal issues: none" in answer_to("/attention")
+        assert answer_to("/tasks pending").startswith("1 tasks pending") and "Unknown status" in answer_to("/tasks x")
+        assert f"decided_by: telegram:{USER}" in answer_to(f"/task {task_id}")
+        assert answer_to("/reply 99999 yes") == "No task #99999; nothing changed."
+        assert "does not wait for a decision (its status is pending)" in answer_to(f"/reply {task_id} no")
         assert fake.calls_of("getUpdates") == []
         # The webhook logs to its own process's log; telegram.log has one writer, the bot's process.
         log = (api.home / "logs" / "api.log").read_text()
