@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
 import os
 import signal
 import subprocess
@@ -26,19 +25,9 @@ from pathlib import Path
 from coherence_network.client import ApiClient, ApiError
 from coherence_network.contract import Task, TaskStatus, TaskType
 from coherence_network.errors import CoherenceError
-from coherence_network.logfiles import (
-    REGISTRY,
-    ROTATE_BACKUPS,
-    ROTATE_BYTES,
-    UTCFormatter,
-    component_log,
-    operator_umask,
-    write_json_atomic,
-)
+from coherence_network.logfiles import REGISTRY, open_log, operator_umask, write_json_atomic
 from coherence_network.settings import Settings, get_settings
 from coherence_network.task_env import task_environment
-
-log = logging.getLogger("coherence.gitops")
 
 COMMIT_TYPES = frozenset({TaskType.SPEC, TaskType.TEST, TaskType.IMPL, TaskType.REVIEW})
 SUBJECT_DIRECTION_CHARS = 60
@@ -53,16 +42,9 @@ class GitError(CoherenceError):
 
 
 def progress_log(settings: Settings) -> logging.Logger:
-    """The gitops logger, writing (also) to commit_progress.log, whichever component's log the process has."""
-    path = component_log("commit_progress").path(settings)
-    if not any(getattr(h, "baseFilename", None) == str(path) for h in log.handlers):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=ROTATE_BYTES, backupCount=ROTATE_BACKUPS,
-                                                       encoding="utf-8")
-        handler.setFormatter(UTCFormatter())
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-    return log
+    """The gitops logger, writing (also) to commit_progress.log: its registered writer is the supervisor, the one
+    process that runs auto-commit (CompletedTaskWatcher), which has these lines in its own log too."""
+    return open_log(REGISTRY["commit_progress.log"], settings)
 
 
 def _git_env() -> dict[str, str]:

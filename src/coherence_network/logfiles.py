@@ -1,7 +1,9 @@
 """Registry of every file under ``var/logs`` and the one logging setup all components share.
 
 A file that any component writes is declared here once, with its purpose; the runbook's Log Locations table is
-checked against this registry by a test, so adding a file here is how it gets documented.
+checked against this registry by a test, so adding a file here is how it gets documented. A log names its one
+writer: the component whose process opens it (through ``open_log``, the one place a log file is opened), and the
+logger whose records it takes; no other process writes or rotates it.
 
 Everything under ``COHERENCE_HOME`` is private to its owner (it holds task output): each component, as it sets up
 its logging, takes umask 077 for itself, so whatever it creates later (rotated logs, task logs, the outbox, PID
@@ -50,13 +52,17 @@ _swept: set[Path] = set()  # folders whose dead writers' temp files this process
 
 @dataclass(frozen=True)
 class LogFile:
-    """One file under var/: its name (a pattern for per-task logs), kind, purpose, rotation and folder."""
+    """One file under var/: its name (a pattern for per-task logs), kind, purpose, rotation and folder; a log also
+    names its writer (the component, as ``setup_logging`` names it, whose process alone opens it) and the logger
+    whose records it takes ("" for the root: everything that process logs)."""
 
     name: str
     kind: str  # "log" (component log), "task" (per-task output), "state" (JSON state/report) or "run" (host-local)
     purpose: str
     rotation: str
     folder: str = "logs"
+    writer: str = ""
+    logger: str = ""
 
     def path(self, settings: Settings, **fields: Any) -> Path:
         return settings.home / self.folder / self.name.format(**fields)
@@ -67,14 +73,23 @@ _ROTATED = f"{ROTATE_BYTES // (1024 * 1024)} MiB, {ROTATE_BACKUPS} backups"
 REGISTRY: dict[str, LogFile] = {
     f.name: f
     for f in (
-        LogFile("api.log", "log", "API server: startup, failed requests, store errors", _ROTATED),
-        LogFile("agent_runner.log", "log", "Agent runner: claims, task starts and results, API outages", _ROTATED),
-        LogFile("project_manager.log", "log", "Project manager: backlog parsing, phase tasks created", _ROTATED),
-        LogFile("monitor.log", "log", "Monitor: one STATUS line per check, issues opened and resolved", _ROTATED),
-        LogFile("supervisor.log", "log", "Supervisor: child starts, exits, restarts, fatal issues", _ROTATED),
-        LogFile("telegram.log", "log", "Telegram bot: commands received, refused senders, messages sent", _ROTATED),
-        LogFile("commit_progress.log", "log", "Auto-commit and auto-push of the workspace", _ROTATED),
-        LogFile("indexer.log", "log", "npm and PyPI indexers: progress lines, failures, summaries", _ROTATED),
+        LogFile("api.log", "log", "API server: startup, failed requests, store errors, Telegram webhook calls",
+                _ROTATED, writer="api"),
+        LogFile("agent_runner.log", "log", "Agent runner: claims, task starts and results, API outages", _ROTATED,
+                writer="agent_runner"),
+        LogFile("project_manager.log", "log", "Project manager: backlog parsing, phase tasks created", _ROTATED,
+                writer="project_manager"),
+        LogFile("monitor.log", "log", "Monitor: one STATUS line per check, issues opened and resolved", _ROTATED,
+                writer="monitor"),
+        LogFile("supervisor.log", "log", "Supervisor: child starts, exits, restarts, fatal issues", _ROTATED,
+                writer="supervisor"),
+        LogFile("telegram.log", "log", "Telegram bot (`coherence telegram`): commands it polled, refused senders, "
+                "messages sent; in webhook mode the webhook's commands are in api.log", _ROTATED, writer="telegram"),
+        LogFile("commit_progress.log", "log", "Auto-commit and auto-push of the workspace (written by the supervisor, "
+                "which also has these lines in supervisor.log)", _ROTATED, writer="supervisor",
+                logger="coherence.gitops"),
+        LogFile("indexer.log", "log", "npm and PyPI indexers: progress lines, failures, summaries", _ROTATED,
+                writer="indexer"),
         LogFile("task_{id}.log", "task", "Full output of one task, with header and footer",
                 "none; removed with its task (COHERENCE_RETAIN_TASKS_DAYS)"),
         LogFile("project_manager_state.json", "state", "Project manager state: backlog position, items", "none"),
@@ -258,6 +273,31 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+_opened: dict[Path, logging.Handler] = {}  # the file handler of each log this process writes: one per file
+
+
+def _formatter(json_lines: bool) -> logging.Formatter:
+    return JSONFormatter() if json_lines else UTCFormatter()
+
+
+def open_log(log_file: LogFile, settings: Settings, *, json_lines: bool | None = None) -> logging.Logger:
+    """Attach ``log_file``'s rotated file handler to its logger, once per process and file (a second call returns
+    the logger as it is), and return the logger. The one place a log file is opened: call it only in the process of
+    the file's registered writer, so that each file has one writer and one rotation."""
+    path = log_file.path(settings)
+    logger = logging.getLogger(log_file.logger or None)
+    if _opened.get(path) not in logger.handlers:  # never opened, or its handler was taken off (setup_logging)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=ROTATE_BYTES, backupCount=ROTATE_BACKUPS,
+                                                       encoding="utf-8")
+        handler.setFormatter(_formatter(settings.coherence_log_json if json_lines is None else json_lines))
+        logger.addHandler(handler)
+        if log_file.logger and logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)  # its own file gets INFO and up, whatever the root's level
+        _opened[path] = handler
+    return logger
+
+
 def setup_logging(
     component: str, settings: Settings, *, json_lines: bool | None = None, verbose: bool = False, console: bool = True
 ) -> Path:
@@ -265,25 +305,20 @@ def setup_logging(
 
     Every component calls this first, so this is where its files under COHERENCE_HOME become private."""
     keep_private(settings)
-    path = component_log(component).path(settings)
+    log_file = component_log(component)
     use_json = settings.coherence_log_json if json_lines is None else json_lines
-    formatter: logging.Formatter = JSONFormatter() if use_json else UTCFormatter()
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    file_handler = logging.handlers.RotatingFileHandler(
-        path, maxBytes=ROTATE_BYTES, backupCount=ROTATE_BACKUPS, encoding="utf-8"
-    )
-    file_handler.setFormatter(formatter)
-    root.addHandler(file_handler)
+    open_log(log_file, settings, json_lines=use_json)
     if console:
         stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(formatter)
+        stream.setFormatter(_formatter(use_json))
         root.addHandler(stream)
     root.setLevel(logging.DEBUG if verbose else settings.coherence_log_level)
     # Alembic says "Context impl ..." each time a revision is read (every /api/ready): only with -v; the API and
     # `coherence migrate` say themselves what a migration changed.
     for noisy in ("httpx", "httpcore", *(() if verbose else ("alembic",))):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return path
+    return log_file.path(settings)

@@ -20,8 +20,9 @@ from markupsafe import escape
 import coherence_network.api  # noqa: F401  (first: the app imports the console's routes, not the other way round)
 from coherence_network import pidfiles, restart
 from coherence_network.client import ApiClient
-from coherence_network.console import charts, routes
-from coherence_network.console.routes import CHART_RANGES, RESTART_CONSEQUENCES
+from coherence_network.console import charts, pages
+from coherence_network.console.figures import CHART_RANGES
+from coherence_network.console.overview import RESTART_CONSEQUENCES
 from coherence_network.console.session import COOKIE, Sessions, key_from_token, local_path
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.logfiles import REGISTRY
@@ -66,7 +67,7 @@ def browser(api: ApiProcess) -> httpx.Client:
 
 
 def csrf_of(page: httpx.Response) -> str:
-    found = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+    found = re.search(r'name="csrf" value="([A-Za-z0-9_-]+)"', page.text)
     assert found, "the page carries no CSRF token"
     return found.group(1)
 
@@ -416,7 +417,7 @@ def test_throughput_buckets_follow_the_range(migrated_store_url: str) -> None:
 def test_a_flag_with_a_command_shows_it_to_copy_next_to_its_console_page() -> None:
     """Flags carry `command` (to paste) and `console` (the console's own page) once the health rules give them; a flag
     without them renders as before."""
-    advice = routes._TEMPLATES.get_template("_macros.html").module.advice
+    advice = pages._TEMPLATES.get_template("_macros.html").module.advice
     shown = str(advice({"code": "needs_decision", "command": f"coherence decide 12 {HOSTILE}",
                         "console": "/decisions"}))
     assert '<code class="command">coherence decide 12 &lt;script&gt;' in shown

@@ -146,6 +146,18 @@ def test_decision_answered_from_telegram_reruns_the_task(api_process: ApiProcess
     assert "sent to chat" in log and TOKEN not in log
 
 
+def _opened_by(path: Path) -> set[int]:
+    """The processes that hold ``path`` open (from /proc: Linux)."""
+    holders = set()
+    for fds in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) == str(path) for fd in fds.iterdir()):
+                holders.add(int(fds.parent.name))
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+    return holders
+
+
 def test_webhook_needs_the_secret(tmp_path: Path, fake: FakeTelegram, bots: list[BotProcess]) -> None:
     api = ApiProcess(tmp_path / "home", env=ACCESS).start()
     client = ApiClient(api.url, token="", retries=0)
@@ -186,10 +198,29 @@ def test_webhook_needs_the_secret(tmp_path: Path, fake: FakeTelegram, bots: list
         assert f"Decision recorded for task #{task_id} by telegram:{USER}: yes" in body["text"]
         task = client.get_task(task_id)
         assert (task.status, task.decision, task.decided_by) == ("pending", "yes", f"telegram:{USER}")
+
+        def answer_to(text: str) -> str:
+            """The webhook's reply to USER's command, run in the API's process over its own store."""
+            update = {"update_id": 3, "message": {**reply["message"], "text": text}}
+            answered = httpx.post(hook, json=update, headers=right)
+            assert answered.status_code == 200 and answered.json()["chat_id"] == USER
+            return str(answered.json()["text"])
+
+        assert answer_to("/status").startswith("Tasks: 1 (pending 1)")
+        assert "Fatal issues: none" in answer_to("/attention")
+        assert answer_to("/tasks pending").startswith("1 tasks pending") and "Unknown status" in answer_to("/tasks x")
+        assert f"decided_by: telegram:{USER}" in answer_to(f"/task {task_id}")
+        assert answer_to("/reply 99999 yes") == "No task #99999; nothing changed."
+        assert "does not wait for a decision (its status is pending)" in answer_to(f"/reply {task_id} no")
         assert fake.calls_of("getUpdates") == []
-        log = (api.home / "logs" / "telegram.log").read_text()
+        # The webhook logs to its own process's log; telegram.log has one writer, the bot's process.
+        log = (api.home / "logs" / "api.log").read_text()
         assert "webhook call from 127.0.0.1 refused: wrong secret" in log and "refused: missing secret" in log
         assert f"command from user {USER} in chat {USER}: /reply" in log
+        bot = bots[0].proc
+        assert bot is not None and api.proc is not None
+        assert _opened_by(api.home / "logs" / "telegram.log") == {bot.pid}
+        assert _opened_by(api.home / "logs" / "api.log") == {api.proc.pid}
     finally:
         client.close()
         for bot in bots:

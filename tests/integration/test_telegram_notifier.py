@@ -12,7 +12,9 @@ import pytest
 from coherence_network.client import ApiClient
 from coherence_network.contract import Task, TaskStatus
 from coherence_network.settings import Settings
-from coherence_network.telegram import REMEMBER_SECONDS, BotState, Notifier, TokenBucket
+from coherence_network.telegram.notifier import REMEMBER_SECONDS, Notifier
+from coherence_network.telegram.outbox import BotState
+from coherence_network.telegram.ratelimit import TokenBucket
 from tests.support.api import ApiProcess
 
 
@@ -83,6 +85,6 @@ def test_notifier_rate_limit_defers_alerts_and_forgets_old_conditions(
     for task in asked:
         client.decide(task.id, "yes", "api:test")
     clock = [time.time() + REMEMBER_SECONDS + 1]
-    monkeypatch.setattr("coherence_network.telegram.time.time", lambda: clock[0])
+    monkeypatch.setattr("coherence_network.telegram.notifier.time.time", lambda: clock[0])
     notifier.run_once()
     assert state.notified == {}

@@ -9,18 +9,10 @@ from typing import Any
 import pytest
 
 from coherence_network.settings import Settings
-from coherence_network.telegram import (
-    BotApi,
-    BotState,
-    Command,
-    Commands,
-    Incoming,
-    TelegramError,
-    TokenBucket,
-    parse_command,
-    read_update,
-    webhook_secret,
-)
+from coherence_network.telegram.botapi import BotApi, TelegramError, webhook_secret
+from coherence_network.telegram.commands import Command, Commands, Incoming, parse_command, read_update
+from coherence_network.telegram.outbox import BotState
+from coherence_network.telegram.ratelimit import TokenBucket
 
 
 @pytest.mark.parametrize(

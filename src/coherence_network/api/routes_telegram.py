@@ -2,59 +2,89 @@
 polling for them.
 
 Only a request carrying the webhook secret in ``X-Telegram-Bot-Api-Secret-Token`` is acted on (401 otherwise;
-the bearer-token middleware exempts this path because Telegram cannot send one). Commands run exactly as in long
-polling, through the API's own HTTP interface, and the reply goes back as the webhook's answer (Telegram's
-"reply in the webhook response"), so the API needs no outgoing connection of its own. Anything else that carries
-the secret gets 200, so Telegram never retries it forever.
+the bearer-token middleware exempts this path because Telegram cannot send one). Commands run as in long polling
+(the same ``Commands``), in-process over this API's own store and rules (``StorePipeline``), and the reply goes
+back as the webhook's answer (Telegram's "reply in the webhook response"), so the API needs no outgoing connection
+of its own. Anything else that carries the secret gets 200, so Telegram never retries it forever. What the webhook
+logs goes to this process's log, api.log (logger ``coherence.telegram``): telegram.log is the bot process's.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import logging.handlers
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
+from coherence_network.api.deps import store_of
+from coherence_network.api.errors import bounded_error
 from coherence_network.api.models import responses
-from coherence_network.client import ApiClient
-from coherence_network.logfiles import ROTATE_BACKUPS, ROTATE_BYTES, JSONFormatter, UTCFormatter, component_log
-from coherence_network.request_bodies import TelegramUpdate
+from coherence_network.api.routes_ops_issues import get_fatal_issues
+from coherence_network.api.routes_pipeline import pipeline_status
+from coherence_network.client import ApiConflict, ApiNotFound, ApiValidationError
+from coherence_network.contract import FatalIssueList, PipelineStatus, Task, TaskCount, TaskPage
+from coherence_network.request_bodies import TaskPatch, TelegramUpdate
 from coherence_network.settings import Settings
-from coherence_network.telegram import SECRET_HEADER, Commands, webhook_secret
+from coherence_network.store import Conflict, NotFound
+from coherence_network.telegram.botapi import SECRET_HEADER, webhook_secret
+from coherence_network.telegram.commands import Commands
 
 router = APIRouter(prefix="/api/agent/telegram", tags=["telegram"], responses=responses(400, 413))
 log = logging.getLogger("coherence.telegram")
+Result = TypeVar("Result")
 
 
-def _log_to_telegram_log(app: FastAPI) -> None:
-    """Webhook commands belong in telegram.log like polled ones (they also reach api.log); attached once per app."""
-    if getattr(app.state, "telegram_log", None) is not None:
-        return
-    settings: Settings = app.state.settings
-    handler = logging.handlers.RotatingFileHandler(
-        component_log("telegram").path(settings), maxBytes=ROTATE_BYTES, backupCount=ROTATE_BACKUPS, encoding="utf-8"
-    )
-    handler.setFormatter(JSONFormatter() if settings.coherence_log_json else UTCFormatter())
-    log.addHandler(handler)
-    app.state.telegram_log = handler
+class StorePipeline:
+    """The commands' ``Pipeline`` in this process: the store and the read models the JSON API answers with, and
+    the client's errors where the JSON API would answer 404, 409 or 422, so every reply reads as in long polling."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.store = store_of(request)
+
+    @staticmethod
+    def _as_answered(call: Callable[[], Result]) -> Result:
+        try:
+            return call()
+        except NotFound as exc:
+            raise ApiNotFound(404, str(exc)) from exc
+        except Conflict as exc:
+            raise ApiConflict(409, str(exc)) from exc
+
+    def count_tasks(self) -> TaskCount:
+        return TaskCount.model_validate(self._as_answered(self.store.count))
+
+    def list_tasks(self, *, status: str | None = None, order: str = "newest", limit: int = 50) -> TaskPage:
+        items, total = self._as_answered(
+            lambda: self.store.list(status=status, order="oldest" if order == "oldest" else "newest", limit=limit))
+        return TaskPage.model_validate({"items": items, "total": total, "limit": limit, "offset": 0,
+                                        "total_exact": True})
+
+    def get_task(self, task_id: int) -> Task:
+        return Task.model_validate(self._as_answered(lambda: self.store.get(task_id)))
+
+    def decide(self, task_id: int, decision: str, decided_by: str) -> Task:
+        """PATCH /api/agent/tasks/{id}'s rules (TaskPatch), then the store's decide."""
+        try:
+            TaskPatch.model_validate({"decision": decision, "decided_by": decided_by})
+        except ValidationError as exc:
+            raise ApiValidationError(422, [bounded_error(e) for e in exc.errors()]) from None
+        return Task.model_validate(self._as_answered(lambda: self.store.decide(task_id, decision, decided_by)))
+
+    def pipeline_status(self) -> PipelineStatus:
+        return PipelineStatus.model_validate(pipeline_status(self.request))
+
+    def fatal_issues(self) -> FatalIssueList:
+        return FatalIssueList.model_validate(get_fatal_issues(self.request))
 
 
-def _own_address(request: Request, settings: Settings) -> str:
-    """This server as the socket the request came in on, so commands reach this very API."""
-    server = request.scope.get("server")
-    if not server or server[1] is None:
-        return settings.agent_api_base
-    host, port = server
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _run_command(settings: Settings, base_url: str, update: Any) -> tuple[int, str] | None:
-    with ApiClient(base_url, settings=settings, retries=1) as client:
-        return Commands(settings, client).handle(update)
+def _run_command(request: Request, update: Any) -> tuple[int, str] | None:
+    return Commands(request.app.state.settings, StorePipeline(request)).handle(update)
 
 
 # The body is documented, not validated up front: the secret is checked first (401), and an update the bot cannot
@@ -67,7 +97,6 @@ _UPDATE_BODY = {"required": True, "content": {"application/json": {"schema": Tel
 async def telegram_webhook(request: Request) -> JSONResponse:
     """One update from Telegram (a TelegramUpdate); the answer is the reply (a sendMessage) or empty."""
     settings: Settings = request.app.state.settings
-    _log_to_telegram_log(request.app)
     expected = webhook_secret(settings)
     given = request.headers.get(SECRET_HEADER, "")
     if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
@@ -79,7 +108,7 @@ async def telegram_webhook(request: Request) -> JSONResponse:
     except ValueError:
         log.warning("webhook body is not JSON; ignored")
         return JSONResponse({})
-    reply = await run_in_threadpool(_run_command, settings, _own_address(request, settings), update)
+    reply = await run_in_threadpool(_run_command, request, update)
     if reply is None:
         return JSONResponse({})
     chat_id, text = reply

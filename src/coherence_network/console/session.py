@@ -1,4 +1,5 @@
-"""Console sessions: a signed cookie holding who signed in and until when, and the CSRF token derived from it.
+"""Console sessions: a signed cookie holding who signed in and until when, and the CSRF token derived from it,
+both signed by itsdangerous (HMAC-SHA256, a salt per purpose, constant-time checks).
 
 With COHERENCE_API_TOKEN set, the signing key is derived from the token, so rotating the token signs everyone out
 and every API replica with the same token accepts the same cookie. Without a token (a loopback-only API) the key is
@@ -9,13 +10,13 @@ is open, but forms still carry a CSRF token, since any web page the operator vis
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import json
 import secrets
 import time
 from dataclasses import dataclass
+
+from itsdangerous import BadData, Signer, URLSafeSerializer
 
 from coherence_network.settings import derived_key
 
@@ -45,12 +46,16 @@ def clean_identity(typed: str) -> str:
 
 
 class Sessions:
-    """Issues and verifies session cookies and CSRF tokens with one key."""
+    """Issues and verifies session cookies and CSRF tokens with one key (a salt apiece, so neither passes for the
+    other)."""
 
     def __init__(self, key: bytes, lifetime_seconds: float, token: str | None = None) -> None:
         self.key = key
         self.lifetime = lifetime_seconds
         self._token_digest = hashlib.sha256(token.encode()).digest() if token else None
+        self._cookies = URLSafeSerializer(key, salt="coherence-console-session",
+                                          signer_kwargs={"digest_method": hashlib.sha256})
+        self._csrf = Signer(key, salt="coherence-console-csrf", digest_method=hashlib.sha256)
 
     def token_ok(self, given: bytes) -> bool:
         """The token check of sign-in and of the API's bearer header: compared as digests, so the time taken says
@@ -59,42 +64,34 @@ class Sessions:
             return True
         return hmac.compare_digest(hashlib.sha256(given).digest(), self._token_digest)
 
-    def _sign(self, purpose: bytes, payload: bytes) -> str:
-        return hmac.new(self.key, purpose + b"\0" + payload, hashlib.sha256).hexdigest()
-
-    @staticmethod
-    def _same(given: str, expected: str) -> bool:
-        """Constant-time equality of what a client sent (any text, as a cookie or form delivers it) and a hex
-        signature: compared as bytes, since compare_digest refuses a str with non-ASCII characters."""
-        return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
-
     def issue(self, identity: str, now: float | None = None) -> str:
-        """A cookie value: base64(JSON payload) "." HMAC of it."""
-        payload = {"who": clean_identity(identity), "exp": int((now or time.time()) + self.lifetime),
-                   "nonce": secrets.token_hex(8)}
-        raw = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
-        return f"{raw}.{self._sign(b'session', raw.encode())}"
+        """A cookie value: the signed payload (who, expiry, a random nonce)."""
+        return self._cookies.dumps({"who": clean_identity(identity), "exp": int((now or time.time()) + self.lifetime),
+                                    "nonce": secrets.token_hex(8)})
 
     def verify(self, cookie: str | None, now: float | None = None) -> Session | None:
         """The session of a cookie, or None if it is missing, forged, signed with another key or expired."""
-        if not cookie or cookie.count(".") != 1:
-            return None
-        raw, signature = cookie.split(".")
-        if not self._same(signature, self._sign(b"session", raw.encode())):
+        if not cookie:
             return None
         try:
-            payload = json.loads(base64.urlsafe_b64decode(raw.encode()))
+            payload = self._cookies.loads(cookie)
             session = Session(identity=str(payload["who"]), expires=int(payload["exp"]), nonce=str(payload["nonce"]))
-        except (ValueError, KeyError, TypeError):
+        except (BadData, ValueError, KeyError, TypeError):
             return None
         return session if session.expires > (now or time.time()) else None
 
+    @staticmethod
+    def _csrf_value(session: Session) -> str:
+        return f"{session.nonce}:{session.expires}"
+
     def csrf_token(self, session: Session) -> str:
         """Per session: a page rendered for one session is useless to another (or to a forged form)."""
-        return self._sign(b"csrf", f"{session.nonce}:{session.expires}".encode())
+        return self._csrf.get_signature(self._csrf_value(session)).decode()
 
     def csrf_ok(self, session: Session, given: str | None) -> bool:
-        return given is not None and self._same(given, self.csrf_token(session))
+        """Whatever text a form delivers (non-ASCII too) is checked in constant time, never raises."""
+        return given is not None and self._csrf.verify_signature(self._csrf_value(session),
+                                                                 given.encode("utf-8", "replace"))
 
 
 def local_path(target: str | None, default: str = "/") -> str:

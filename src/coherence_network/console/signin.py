@@ -1,0 +1,63 @@
+"""Sign-in and sign-out: the API token (when one is set) and a name in, a signed session cookie out."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qs, urlsplit
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from coherence_network.console.forms import MAX_FORM_BYTES, posted_form
+from coherence_network.console.pages import (
+    error_page,
+    render,
+    sessions_of,
+    set_session_cookie,
+    settings_of,
+    token_required,
+)
+from coherence_network.console.session import COOKIE, clean_identity, local_path
+
+router = APIRouter(include_in_schema=False)
+log = logging.getLogger("coherence.api")
+
+
+@router.get("/signin")
+def signin_page(request: Request, next: str = "/") -> HTMLResponse:
+    return render(request, "signin.html", None, next=local_path(next), error=None)
+
+
+@router.post("/signin")
+async def signin(request: Request) -> Response:
+    """Token (when one is set) and an optional name in, a session cookie out; a wrong token is a logged 401.
+
+    The sign-in form has no CSRF token (there is no session yet), so a post another site's page makes is refused by
+    its Origin: it could otherwise swap the operator's session for one under a name of its choosing."""
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):  # scheme: a TLS proxy
+        log.warning("console sign-in refused: posted from another origin (%s)", origin[:100])
+        return error_page(request, 403, "Sign-in refused", "The sign-in form was posted from another site.")
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return error_page(request, 413, "Sign-in refused", "The form is too large.")
+    fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8", errors="replace")).items()}
+    target = local_path(fields.get("next"))
+    token = settings_of(request).coherence_api_token
+    if token and not sessions_of(request).token_ok(fields.get("token", "").encode("utf-8", "replace")):
+        client = request.client.host if request.client else "?"
+        log.warning("console sign-in refused from %s: wrong token", client)
+        return render(request, "signin.html", None, code=401, next=target,
+                      error="That is not the API token (COHERENCE_API_TOKEN). Nothing was signed in.")
+    response = RedirectResponse(target, status_code=303)
+    set_session_cookie(request, response, sessions_of(request).issue(clean_identity(fields.get("identity", ""))))
+    return response
+
+
+@router.post("/signout")
+async def signout(request: Request) -> Response:
+    await posted_form(request)  # a sign-out is a form too: another site cannot sign the operator out
+    response = RedirectResponse("/signin" if token_required(request) else "/", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
