@@ -222,11 +222,12 @@ class SeenComponent(RegistryRow):
 
 
 class AttentionFlag(Returned):
-    """Something an operator should look at, named by ``code`` (a rule of coherence_network.health). ``severity``
-    grades it the same in every view: critical and high need attention, medium is a warning, low information.
+    """Something an operator should look at, named by ``rule`` (a rule of coherence_network.health, or a monitor's on
+    its host). ``severity`` grades it the same in every view: critical and high need attention, medium is a warning,
+    low information.
     ``command`` is pasteable as it is (the real ids in it); ``console`` the console page with its button, if any."""
 
-    code: str
+    rule: str
     message: str
     task_ids: list[int] = []
     severity: str = "medium"
@@ -257,7 +258,7 @@ class PipelineStatus(Returned):
 
 
 class MonitorIssue(Returned):
-    """An open or resolved monitor issue: ``rule`` names it (there is no ``code`` field)."""
+    """An open or resolved monitor issue: ``rule`` names it, as it names an attention flag."""
 
     id: int
     rule: str

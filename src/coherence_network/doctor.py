@@ -54,7 +54,7 @@ def _graded(name: str, flags: list[dict[str, Any]], none: str) -> Check:
     one only shown. The command is the most serious flag's (pipeline-status lists them most serious first)."""
     if not flags:
         return Check(name, True, none)
-    detail = "; ".join(f"[{f['severity']}] {f['code']}: {f['message']}" for f in flags)[:500]
+    detail = "; ".join(f"[{f['severity']}] {f['rule']}: {f['message']}" for f in flags)[:500]
     first = flags[0]
     if grading.needs_attention(flags):
         return Check(name, False, detail, first["command"], first["runbook"])

@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.contract import Component, Severity, TaskStatus, TaskType
 from coherence_network.grading import ALIVE, DEAD, SEVERITIES, STOPPED, count_states, state_of
 from coherence_network.settings import Settings, seen_limit
 from coherence_network.store import TaskStore
 from coherence_network.store.stats import Limits
 
-MANAGER = "project_manager"
-MONITOR = "monitor"
+MANAGER = Component.MANAGER
+MONITOR = Component.MONITOR
 # Components that run until stopped and keep a registry row alive; one-shot commands (doctor, status...) never
 # register, and rows under other names (left by older versions) are not judged.
 LONG_LIVED = (MANAGER, MONITOR)
@@ -38,7 +38,7 @@ UNSETTLED_ITEMS = ("waiting", "in_progress", "needs_decision")
 def host_issues(issues: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The monitor's issues that are facts of its host: the health rules are evaluated live, so a monitor issue
     named after one (posted by an older monitor) is not shown twice."""
-    return [i for i in issues if i["rule"] not in BY_CODE]
+    return [i for i in issues if i["rule"] not in BY_NAME]
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Found:
 
     message: str
     task_ids: list[int] = field(default_factory=list)
-    severity: str | None = None
+    severity: Severity | None = None
     values: dict[str, str] = field(default_factory=dict)  # what the command needs besides the first task id
 
 
@@ -76,22 +76,22 @@ Finding = Found | None
 class HealthRule:
     """A condition, how serious it is, what a person does about it, and which component a restart would fix."""
 
-    code: str
-    severity: str
+    name: str
+    severity: Severity
     condition: str
     action: str
     runbook: str
     check: Callable[[HealthSnapshot, Settings], Finding]
     command: str  # pasteable; {id} is the first task concerned, other {names} come from Found.values
     console: str | None = None  # the console page whose button does it; {id} likewise
-    restart: str | None = None
+    restart: Component | None = None
 
     def flag(self, snapshot: HealthSnapshot, settings: Settings) -> dict[str, Any] | None:
         found = self.check(snapshot, settings)
         if found is None:
             return None
         values = {"id": str(found.task_ids[0]) if found.task_ids else "", **found.values}
-        return {"code": self.code, "severity": found.severity or self.severity, "message": found.message,
+        return {"rule": self.name, "severity": found.severity or self.severity, "message": found.message,
                 "action": self.action, "runbook": self.runbook, "task_ids": found.task_ids,
                 "command": self.command.format(**values),
                 "console": self.console.format(**values) if self.console else None}
@@ -248,7 +248,7 @@ def _needs_decision(s: HealthSnapshot, cfg: Settings) -> Finding:
     oldest = max(t["waiting_seconds"] or 0.0 for t in s.needs_decision)
     overdue = oldest >= cfg.monitor_decision_wait_minutes * 60  # a person's turn from the start; urgent after this
     return Found(f"{len(waiting)} task(s) wait for a decision; the oldest for {oldest / 60:.0f} min", waiting,
-                 "high" if overdue else None)
+                 Severity.HIGH if overdue else None)
 
 
 def _repeated_failures(s: HealthSnapshot, cfg: Settings) -> Finding:
@@ -277,48 +277,52 @@ def _empty_output(s: HealthSnapshot, _: Settings) -> Finding:
 
 
 RULES: tuple[HealthRule, ...] = (
-    HealthRule("store_not_ready", "critical", "this API replica's /api/ready fails: its store is unreachable, behind "
-               "on migrations, or refuses writes (a full or read-only disk)", "free disk space under COHERENCE_HOME "
-               "and the store's folder (old task logs: the command), run the migrations, or bring the store back",
+    HealthRule("store_not_ready", Severity.CRITICAL, "this API replica's /api/ready fails: its store is unreachable, "
+               "behind on migrations, or refuses writes (a full or read-only disk)", "free disk space under "
+               "COHERENCE_HOME and the store's folder (old task logs: the command), run the migrations, or bring the "
+               "store back",
                "#api-restart", _store_not_ready, "{fix}"),
-    HealthRule("no_runner", "high", "tasks pending or running but no runner alive (a heartbeat within two of its "
-               "intervals, MONITOR_RUNNER_SEEN_SECONDS for a runner that does not say its interval)",
+    HealthRule("no_runner", Severity.HIGH, "tasks pending or running but no runner alive (a heartbeat within two of "
+               "its intervals, MONITOR_RUNNER_SEEN_SECONDS for a runner that does not say its interval)",
                "start a runner (make run starts the whole pipeline)", "#pipeline-recovery", _no_runner,
-               "coherence runner", restart="agent_runner"),
-    HealthRule("runner_blocked", "high", "a live runner reports slots that cannot start tasks on its host (its "
+               "coherence runner", restart=Component.RUNNER),
+    HealthRule("runner_blocked", Severity.HIGH, "a live runner reports slots that cannot start tasks on its host (its "
                "log or outbox cannot be written: a full or read-only disk); their tasks go back to pending unused",
                "free disk space under the runner's COHERENCE_HOME (df -h), then watch it recover",
                "#a-full-disk", _runner_blocked, "coherence prune"),
-    HealthRule("component_held_back", "high", "a component crashed SUPERVISOR_FATAL_RESTARTS times within "
+    HealthRule("component_held_back", Severity.HIGH, "a component crashed SUPERVISOR_FATAL_RESTARTS times within "
                "SUPERVISOR_FATAL_WINDOW_SECONDS: its supervisor holds it back (a fatal issue) while the rest runs on",
                "read it (coherence fatal), fix the cause, then clear it: the component starts again",
                "#autonomous-pipeline", _component_held_back, "coherence fatal --clear"),
-    HealthRule("manager_stale", "medium", "project manager stopped, or silent for MONITOR_COMPONENT_SEEN_SECONDS, "
-               "with backlog items unsettled", "start it again on its backlog", "#pipeline-recovery", _manager_stale,
+    HealthRule("manager_stale", Severity.MEDIUM, "project manager stopped, or silent for "
+               "MONITOR_COMPONENT_SEEN_SECONDS, with backlog items unsettled", "start it again on its backlog",
+               "#pipeline-recovery", _manager_stale,
                "coherence pm --backlog {backlog}", restart=MANAGER),
-    HealthRule("no_task_running", "high", "tasks pending for MONITOR_IDLE_MINUTES while nothing runs",
+    HealthRule("no_task_running", Severity.HIGH, "tasks pending for MONITOR_IDLE_MINUTES while nothing runs",
                "check the runners (coherence status), then restart them", "#pipeline-recovery",
-               _no_task_running, "coherence restart agent_runner", "/#restart", restart="agent_runner"),
-    HealthRule("orphan_running", "high", "a running task's lease expired, or its timeout passed, by more than "
+               _no_task_running, "coherence restart agent_runner", "/#restart", restart=Component.RUNNER),
+    HealthRule("orphan_running", Severity.HIGH, "a running task's lease expired, or its timeout passed, by more than "
                "MONITOR_ORPHAN_GRACE_SECONDS", "restart the API (lease reaper) or the runner holding it",
-               "#orphaned-or-stuck-tasks", _orphan_running, "coherence restart api", "/#restart", restart="api"),
-    HealthRule("stuck", "medium", "a task has run longer than PIPELINE_STUCK_MINUTES", "read its log",
+               "#orphaned-or-stuck-tasks", _orphan_running, "coherence restart api", "/#restart",
+               restart=Component.API),
+    HealthRule("stuck", Severity.MEDIUM, "a task has run longer than PIPELINE_STUCK_MINUTES", "read its log",
                "#orphaned-or-stuck-tasks", _stuck, "coherence logs {id}", "/tasks/{id}"),
-    HealthRule("needs_decision", "medium", "a task waits for a decision (a person's turn); high once the oldest "
+    HealthRule("needs_decision", Severity.MEDIUM, "a task waits for a decision (a person's turn); high once the oldest "
                "waited MONITOR_DECISION_WAIT_MINUTES", "answer it (or in Telegram: /reply ID ANSWER)",
                "#unblock-a-task-that-needs-a-decision", _needs_decision, "coherence decide {id} ANSWER",
                "/decisions"),
-    HealthRule("repeated_failures", "high", "the last PIPELINE_FAILURE_STREAK finished tasks all failed",
+    HealthRule("repeated_failures", Severity.HIGH, "the last PIPELINE_FAILURE_STREAK finished tasks all failed",
                "read the newest failure's log", "#pipeline-recovery", _repeated_failures, "coherence logs {id}",
                "/tasks/{id}"),
-    HealthRule("low_success_rate", "medium", "24 h success rate below PIPELINE_MIN_SUCCESS_RATE (once "
+    HealthRule("low_success_rate", Severity.MEDIUM, "24 h success rate below PIPELINE_MIN_SUCCESS_RATE (once "
                "PIPELINE_SUCCESS_RATE_MIN_TASKS finished)", "read the failed tasks' logs", "#pipeline-effectiveness",
                _low_success_rate, "coherence tasks --status failed", "/tasks?status=failed"),
-    HealthRule("empty_output", "medium", "a recently completed agent task (not a `run:` command) produced no output",
+    HealthRule("empty_output", Severity.MEDIUM, "a recently completed agent task (not a `run:` command) produced no "
+               "output",
                "check COHERENCE_AGENT_COMMAND and the task's log", "#pipeline-recovery", _empty_output,
                "coherence logs {id}", "/tasks/{id}"),
 )
-BY_CODE = {rule.code: rule for rule in RULES}
+BY_NAME = {rule.name: rule for rule in RULES}
 
 
 def evaluate(snapshot: HealthSnapshot, settings: Settings) -> list[dict[str, Any]]:
@@ -334,7 +338,7 @@ def host_flag(issue: dict[str, Any]) -> dict[str, Any]:
     from coherence_network.monitor import with_command  # the monitor's rules know their commands; it imports us
 
     issue = with_command(issue)
-    return {"code": issue["rule"], "severity": issue["severity"], "message": issue["message"],
+    return {"rule": issue["rule"], "severity": issue["severity"], "message": issue["message"],
             "action": issue["action"], "runbook": issue["runbook"], "task_ids": [], "command": issue["command"],
             "console": issue["console"], "source": "monitor", "host": issue["host"], "since": issue["first_seen"]}
 

@@ -176,8 +176,8 @@ def evaluate(snapshot: Snapshot, settings: Settings) -> list[Issue]:
     for flag in snapshot.part("attention") or []:
         if health.from_monitor(flag):  # a monitor's own fact coming back: this host's rules above judge it
             continue
-        rule = health.BY_CODE.get(flag["code"])
-        issues.append(Issue(flag["code"], flag["severity"], flag["message"], flag["action"], flag["runbook"],
+        rule = health.BY_NAME.get(flag["rule"])
+        issues.append(Issue(flag["rule"], flag["severity"], flag["message"], flag["action"], flag["runbook"],
                             {"task_ids": flag["task_ids"]} if flag["task_ids"] else {},
                             rule.restart if rule else None, flag.get("command", ""), flag.get("console")))
     return issues
@@ -362,7 +362,7 @@ class Monitor:
         """Post the facts of this host (the health rules' flags are the API's own, shown live: not twice) and, when
         running as a component, the heartbeat."""
         issues = [{k: v for k, v in i.items() if k not in ("restart", "last_seen", "command", "console")}
-                  for i in opened.values() if i["rule"] not in health.BY_CODE]
+                  for i in opened.values() if i["rule"] not in health.BY_NAME]
         try:
             self.client.report_monitor_issues(socket.gethostname(), issues)
             if not once:

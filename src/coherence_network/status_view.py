@@ -106,7 +106,7 @@ def _attention(status: dict[str, Any]) -> list[str]:
     for f in flags:
         tasks = f" (tasks {', '.join(map(str, f['task_ids'][:10]))})" if f["task_ids"] else ""
         where = f" (monitor on {f['host']})" if f.get("source") == "monitor" else ""
-        lines.append(f"  {grade(f['severity']).label} [{f['severity']}] {f['code']}: {f['message']}{tasks}{where}")
+        lines.append(f"  {grade(f['severity']).label} [{f['severity']}] {f['rule']}: {f['message']}{tasks}{where}")
         if f.get("command"):
             lines.append(f"    run: {f['command']}")
     return lines

@@ -418,9 +418,9 @@ def test_a_flag_with_a_command_shows_it_to_copy_next_to_its_console_page() -> No
     """Flags carry `command` (to paste) and `console` (the console's own page) once the health rules give them; a flag
     without them renders as before."""
     advice = pages._TEMPLATES.get_template("_macros.html").module.advice
-    shown = str(advice({"code": "needs_decision", "command": f"coherence decide 12 {HOSTILE}",
+    shown = str(advice({"rule": "needs_decision", "command": f"coherence decide 12 {HOSTILE}",
                         "console": "/decisions"}))
     assert '<code class="command">coherence decide 12 &lt;script&gt;' in shown
     assert '<a class="button" href="/decisions">Open in the console</a>' in shown
     assert "<a " not in str(advice({"command": "coherence fatal --clear", "console": None}))
-    assert str(advice({"code": "stale_runner"})).strip() == ""
+    assert str(advice({"rule": "stale_runner"})).strip() == ""

@@ -114,9 +114,9 @@ def test_every_monitor_rule_alerts_with_its_severity() -> None:
                     for code in value.split("|"):
                         assert code not in alerted, f"health rule {code} is in two alerts"
                         alerted[code] = rule["labels"]["severity"]
-    assert set(alerted) == set(health.BY_CODE)
+    assert set(alerted) == set(health.BY_NAME)
     for code, severity in alerted.items():
-        assert severity == ("critical" if grading.grade(health.BY_CODE[code].severity).attention else "warning"), code
+        assert severity == ("critical" if grading.grade(health.BY_NAME[code].severity).attention else "warning"), code
 
 
 def test_alert_rules_fire_when_their_condition_holds() -> None:

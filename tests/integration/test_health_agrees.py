@@ -62,7 +62,7 @@ def metrics(api: ApiProcess) -> dict[str, dict[tuple[tuple[str, str], ...], floa
 
 def open_rules(api: ApiProcess) -> set[str]:
     gauge = metrics(api)["coherence_health_issues"]
-    assert {dict(labels)["rule"] for labels in gauge} == set(health.BY_CODE)  # every rule, 0 or 1
+    assert {dict(labels)["rule"] for labels in gauge} == set(health.BY_NAME)  # every rule, 0 or 1
     return {dict(labels)["rule"] for labels, value in gauge.items() if value == 1}
 
 
@@ -108,10 +108,10 @@ def every_view(api: ApiProcess) -> dict[str, Any]:
     report = json.loads((logs / "pipeline_status_report.json").read_text())
     check = next(c for c in doctor["checks"] if c["name"] == "health")
     return {
-        "status": (status_code, {f["code"] for f in status["attention"]}),
-        "doctor": (doctor_code, {code for code in health.BY_CODE if f"{code}:" in check["detail"]}),
-        "monitor": (monitor_code, set(issues) & set(health.BY_CODE)),
-        "report": (monitor_code, {i["rule"] for i in report["layers"][3]["issues"]} & set(health.BY_CODE)),
+        "status": (status_code, {f["rule"] for f in status["attention"]}),
+        "doctor": (doctor_code, {code for code in health.BY_NAME if f"{code}:" in check["detail"]}),
+        "monitor": (monitor_code, set(issues) & set(health.BY_NAME)),
+        "report": (monitor_code, {i["rule"] for i in report["layers"][3]["issues"]} & set(health.BY_NAME)),
         "metrics": (attention_by_metrics(api), open_rules(api)),
         "text": (logs / "pipeline_status_report.txt").read_text(),
         "doctor_checks": {c["name"]: c for c in doctor["checks"]},
@@ -180,7 +180,7 @@ def test_the_health_snapshot_and_pruning_on_both_stores(migrated_store_url: str)
         now = utcnow() + timedelta(seconds=120)  # both runners past the seen window, the lease expired
         snapshot = health.gather(store, settings, now)
         assert health.live_runners(snapshot) == 0 and snapshot.running[0]["lease_expires_at"] is not None
-        assert {f["code"] for f in health.evaluate(snapshot, settings)} == {"no_runner"}
+        assert {f["rule"] for f in health.evaluate(snapshot, settings)} == {"no_runner"}
         assert store.prune_runners(utcnow() + timedelta(seconds=1)) == 2 and store.runners() == []
         store.runner_heartbeat("new", host="h", pid=1, version="t")  # a live runner comes back by itself
         assert health.live_runners(health.gather(store, settings, utcnow())) == 1

@@ -185,7 +185,7 @@ def test_a_decision_holds_only_its_own_item_in_parallel_mode(pipeline: Any) -> N
     status = p.client.pipeline_status()
     [waiting] = status.needs_decision
     assert waiting["decision_prompt"] == "which colour should it be?"
-    assert "needs_decision" in {f.code for f in status.attention}
+    assert "needs_decision" in {f.rule for f in status.attention}
     p.client.decide(waiting["id"], "blue", "test:operator")
     code, out = _finish(proc)
     assert code == 0, out

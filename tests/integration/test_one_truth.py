@@ -128,7 +128,7 @@ def views(world: World) -> dict[str, Any]:
     rows = re.findall(r'<th scope="row">([^<]+)</th><td>runner</td>.*?<span class="badge[^"]*">(\w+)</span>',
                       section(page, "orch"), re.S)
     return {
-        "status": (status_run.returncode, {f["code"]: f["severity"] for f in status["attention"]}),
+        "status": (status_run.returncode, {f["rule"]: f["severity"] for f in status["attention"]}),
         "status_json": status,
         "status_text": render_status(status),  # what `coherence status` prints, from the same JSON
         "doctor": (doctor_run.returncode, {c["name"]: c for c in doctor["checks"]}),
@@ -172,7 +172,7 @@ def test_dead_and_stopped_runners_are_told_apart_and_counted_alike_everywhere(wo
     # a runner that is stopped says so on its way out: stopped at once, not "seen" for a while, never red
     stopped = world.runner("stopped", "--types", "spec")  # takes no `run` task: the work stays pending
     wait_until(lambda: world.runner_state("stopped") == "alive", 30, "the second runner registered")
-    assert "no_runner" not in {f["code"] for f in world.status()["attention"]}  # a live runner, whatever its types
+    assert "no_runner" not in {f["rule"] for f in world.status()["attention"]}  # a live runner, whatever its types
     stopped.signal(signal.SIGTERM)
     assert stopped.wait() == 0
     row = next(r for r in world.status()["runners"] if r["id"] == "stopped")  # the first read after its exit
@@ -267,7 +267,7 @@ def test_a_store_that_refuses_writes_is_not_ready_in_every_view(world: World) ->
     finally:
         filler.unlink()
     wait_until(lambda: httpx.get(f"{world.api.url}/api/ready", timeout=10).status_code == 200, 10, "ready again")
-    assert "store_not_ready" not in {f["code"] for f in world.status()["attention"]}
+    assert "store_not_ready" not in {f["rule"] for f in world.status()["attention"]}
 
 
 def test_a_read_only_postgresql_store_is_not_ready_in_every_view(postgres_server: PostgresServer,
@@ -296,7 +296,7 @@ def test_a_read_only_postgresql_store_is_not_ready_in_every_view(postgres_server
         status = subprocess.run([sys.executable, "-m", "coherence_network.cli", "status", "--json"], env=env,
                                 capture_output=True, text=True, timeout=60)
         (flag,) = json.loads(status.stdout)["attention"]
-        assert status.returncode == 1 and (flag["code"], flag["severity"]) == ("store_not_ready", "critical")
+        assert status.returncode == 1 and (flag["rule"], flag["severity"]) == ("store_not_ready", "critical")
         assert "PostgreSQL store takes no writes" in flag["message"] and flag["command"] == "coherence doctor"
         gauge = {s.labels["rule"]: s.value for f in text_string_to_metric_families(
             httpx.get(f"{api.url}/metrics", timeout=10).text) if f.name == "coherence_health_issues" for s in f.samples}

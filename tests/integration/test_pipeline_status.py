@@ -122,7 +122,7 @@ def test_attention_flags_and_sections(app_client: TestClient) -> None:
         "component": "project_manager", "host": "h1", "pid": 42, "info": {"items": 3, "by_status": {"done": 1}}})
 
     status = app_client.get("/api/agent/pipeline-status").json()
-    flags = {f["code"]: f for f in status["attention"]}
+    flags = {f["rule"]: f for f in status["attention"]}
     assert set(flags) == {"stuck", "repeated_failures", "empty_output", "low_success_rate", "no_runner",
                           "needs_decision"}
     assert flags["stuck"]["task_ids"] == [running["id"]]
@@ -135,7 +135,7 @@ def test_attention_flags_and_sections(app_client: TestClient) -> None:
 
     app_client.post("/api/agent/runners/heartbeat", json={"runner_id": "r2", "host": "h", "pid": 7, "version": "1"})
     status = app_client.get("/api/agent/pipeline-status").json()
-    assert "no_runner" not in {f["code"] for f in status["attention"]}
+    assert "no_runner" not in {f["rule"] for f in status["attention"]}
     assert status["runners"][0]["id"] == "r2" and status["runners"][0]["seen"]
 
 

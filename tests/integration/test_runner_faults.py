@@ -206,7 +206,7 @@ def test_a_full_disk_blocks_slots_without_killing_them_or_costing_attempts(
             seconds = time.monotonic() - began
             info = blocked()
             assert info is not None and info["slots_alive"] == 2 and "No space left" in str(info["last_error"])
-            flags = {f["code"]: f for f in client.get("/api/agent/pipeline-status")["attention"]}
+            flags = {f["rule"]: f for f in client.get("/api/agent/pipeline-status")["attention"]}
             assert "runner_blocked" in flags and "No space left" in flags["runner_blocked"]["message"]
             assert claimed <= 2 * (seconds / 1 + 1), f"{claimed} claims in {seconds:.1f}s"
             snapshot = [client.get_task(t.id) for t in tasks]
@@ -220,7 +220,7 @@ def test_a_full_disk_blocks_slots_without_killing_them_or_costing_attempts(
             assert [(t.attempts, t.output) for t in done] == [(0, f"task {i}\n") for i in range(6)]
             wait_until(lambda: client.get("/api/agent/runners")["items"][0]["info"]["slots_blocked"] == 0, 10,
                        "slots no longer blocked")
-            assert "runner_blocked" not in {f["code"] for f in client.get("/api/agent/pipeline-status")["attention"]}
+            assert "runner_blocked" not in {f["rule"] for f in client.get("/api/agent/pipeline-status")["attention"]}
         assert proc.proc is not None and proc.proc.poll() is None
     finally:
         proc.stop()

@@ -68,12 +68,12 @@ def health_snapshot(**changes: object) -> HealthSnapshot:
 
 
 def flags(snapshot: HealthSnapshot, cfg: Settings) -> dict[str, dict[str, Any]]:
-    return {f["code"]: f for f in health.evaluate(snapshot, cfg)}
+    return {f["rule"]: f for f in health.evaluate(snapshot, cfg)}
 
 
 def test_every_rule_names_severity_action_and_runbook() -> None:
     assert {r.name for r in RULES} == {"api_unreachable", "api_error", "stale_version", "disk_low", "log_errors"}
-    assert {r.code for r in health.RULES} == {
+    assert {r.name for r in health.RULES} == {
         "store_not_ready", "no_runner", "runner_blocked", "component_held_back", "manager_stale", "no_task_running",
         "orphan_running", "stuck", "needs_decision", "repeated_failures", "low_success_rate", "empty_output"}
     for rule in (*RULES, *health.RULES):
@@ -135,7 +135,7 @@ def test_stale_version_only_when_the_package_source_changed(cfg: Settings) -> No
 
 
 def test_the_monitor_takes_the_apis_health_flags_with_their_restart(cfg: Settings) -> None:
-    flag = {"code": "no_runner", "severity": "high", "message": "m", "action": "a", "runbook": "#pipeline-recovery",
+    flag = {"rule": "no_runner", "severity": "high", "message": "m", "action": "a", "runbook": "#pipeline-recovery",
             "task_ids": []}
     issue = rules(healthy(attention=[flag]), cfg)["no_runner"]
     assert (issue.severity, issue.action, issue.restart) == ("high", "a", "agent_runner")
@@ -166,7 +166,7 @@ def test_manager_stale_only_with_unsettled_items(cfg: Settings) -> None:
     assert "manager_stale" in flags(health_snapshot(components={"project_manager": stale}), cfg)
     done = {"seen": False, "last_seen_seconds": 3600.0, "info": {"by_status": {"done": 4}}}
     assert "manager_stale" not in flags(health_snapshot(components={"project_manager": done}), cfg)
-    assert health.BY_CODE["manager_stale"].restart == "project_manager"
+    assert health.BY_NAME["manager_stale"].restart == "project_manager"
 
 
 def test_no_task_running(cfg: Settings) -> None:
@@ -183,7 +183,7 @@ def test_orphan_running(cfg: Settings) -> None:
     overtime = {"id": 2, "elapsed_seconds": 100 + cfg.monitor_orphan_grace_seconds + 5, "timeout_seconds": 100,
                 "lease_expires_at": NOW + timedelta(seconds=30)}
     found = flags(health_snapshot(running=[lease, overtime]), cfg)["orphan_running"]
-    assert found["task_ids"] == [1, 2] and health.BY_CODE["orphan_running"].restart == "api"
+    assert found["task_ids"] == [1, 2] and health.BY_NAME["orphan_running"].restart == "api"
 
 
 def test_a_waiting_decision_needs_a_person_at_once(cfg: Settings) -> None:
@@ -228,7 +228,7 @@ def test_log_tailer_reads_only_new_error_lines(tmp_path: Path) -> None:
 
 
 def test_report_layers_and_text_for_people(cfg: Settings) -> None:
-    flag = {"code": "needs_decision", "severity": "medium", "message": "1 task(s) wait for a decision", "action": "a",
+    flag = {"rule": "needs_decision", "severity": "medium", "message": "1 task(s) wait for a decision", "action": "a",
             "runbook": "#unblock-a-task-that-needs-a-decision", "task_ids": [4]}
     snapshot = healthy(attention=[flag])
     issues = evaluate(snapshot, cfg)

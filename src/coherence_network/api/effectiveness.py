@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from coherence_network.contract import TaskStatus
+from coherence_network.contract import ItemStatus, TaskStatus
 from coherence_network.health import MANAGER
 from coherence_network.logfiles import REGISTRY
 from coherence_network.settings import Settings
@@ -28,7 +28,7 @@ def backlog_progress(store: TaskStore, settings: Settings) -> dict[str, Any] | N
         for item in state.get("items", {}).values():
             by_status[item["status"]] = by_status.get(item["status"], 0) + 1
         total, source = len(state.get("items", {})), "state_file"
-    done = int(by_status.get("done", 0))
+    done = int(by_status.get(ItemStatus.DONE, 0))
     return {"items": total, "by_status": by_status, "done": done,
             "fraction_done": round(done / total, 4) if total else None, "source": source}
 

@@ -50,11 +50,11 @@ class QueueCollector(Collector):
         for state in (grading.ALIVE, grading.STOPPED, grading.DEAD):
             states.add_metric([state], sum(1 for r in snapshot.runners if r["state"] == state))
         yield states
-        open_rules = {flag["code"]: flag["severity"] for flag in health.evaluate(snapshot, settings)}
+        open_rules = {flag["rule"]: flag["severity"] for flag in health.evaluate(snapshot, settings)}
         issues = GaugeMetricFamily("coherence_health_issues", "1 while a health rule is open (the attention flags "
                                    "of pipeline-status), else 0", labels=["rule"])
         for rule in health.RULES:
-            issues.add_metric([rule.code], 1 if rule.code in open_rules else 0)
+            issues.add_metric([rule.name], 1 if rule.name in open_rules else 0)
         yield issues
         graded = GaugeMetricFamily("coherence_health_flags", "Open health flags by severity (critical and high need "
                                    "attention, medium is a warning, low information)", labels=["severity"])

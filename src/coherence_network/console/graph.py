@@ -7,10 +7,11 @@ from fastapi.responses import HTMLResponse
 
 from coherence_network.api.routes_projects import _key as stored_project_name
 from coherence_network.console.pages import PAGE_SIZE, error_page, page_links, render, visit_of
+from coherence_network.contract import Ecosystem
 from coherence_network.request_bodies import storable_text
 
 router = APIRouter(include_in_schema=False)
-ECOSYSTEMS = ("npm", "pypi")
+ECOSYSTEMS = tuple(Ecosystem)
 _UNSTORABLE_MESSAGE = "Names hold no NUL characters or lone surrogates: no project can have one."
 
 

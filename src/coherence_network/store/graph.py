@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from coherence_network.clock import utcnow
+from coherence_network.contract import ProjectStatus
 from coherence_network.store.schema import dependencies, index_frontier, projects
 
 QUEUED, DONE = "queued", "done"
@@ -87,7 +88,7 @@ class GraphStore:
         """Queue again the finished entries whose package is older than ``older_than`` or failed last time."""
         stale = sa.select(projects.c.name).where(
             projects.c.ecosystem == ecosystem,
-            sa.or_(projects.c.indexed_at < older_than, projects.c.status == "failed"),
+            sa.or_(projects.c.indexed_at < older_than, projects.c.status == ProjectStatus.FAILED),
         )
         stmt = (
             index_frontier.update()
@@ -216,7 +217,7 @@ class GraphStore:
         return children
 
     # --- reads ---------------------------------------------------------------------------------------------
-    def count(self, ecosystem: str, status: str = "ok") -> int:
+    def count(self, ecosystem: str, status: str = ProjectStatus.OK) -> int:
         query = sa.select(sa.func.count()).select_from(projects).where(
             projects.c.ecosystem == ecosystem, projects.c.status == status
         )

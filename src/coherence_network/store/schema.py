@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.contract import Ecosystem, TaskStatus, TaskType
 
 metadata = sa.MetaData()
 
@@ -158,7 +158,7 @@ fatal_issues = sa.Table(
 )
 
 # --- dependency graph (indexers) -----------------------------------------------------------------------------
-ECOSYSTEMS = ("npm", "pypi")
+ECOSYSTEMS = tuple(Ecosystem)
 PROJECT_STATUSES = ("ok", "missing", "failed")  # missing: the registry said 404; failed: error kept in `error`
 DEPENDENCY_KINDS = ("runtime", "optional", "dev")
 

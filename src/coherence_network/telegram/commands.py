@@ -159,7 +159,7 @@ class Commands:
         state = "never seen" if not manager else manager.state
         lines.append(f"Runners: {grading.count_states(r.model_dump() for r in report.runners)}; "
                      f"project manager: {state}")
-        flags = [f for f in report.attention if f.code != "needs_decision"]  # the decisions are listed above
+        flags = [f for f in report.attention if f.rule != "needs_decision"]  # the decisions are listed above
         lines.append("Attention:" + ("" if flags else " none"))
         lines += [f"  {flag_line(f)}" for f in flags]
         return "\n".join(lines)
@@ -205,7 +205,7 @@ class Commands:
         fatal_issues = self.pipeline.fatal_issues().items
         lines = [f"Fatal issues: {len(fatal_issues) or 'none'}"] + [f"  {issue_line(i)}" for i in fatal_issues[:SHOWN]]
         attention = self.pipeline.pipeline_status().attention
-        flags = [f for f in attention if f.source != "monitor" and f.code not in LISTED_APART]
+        flags = [f for f in attention if f.source != "monitor" and f.rule not in LISTED_APART]
         lines.append(f"Health: {len(flags) or 'fine'}")
         lines += [f"  {flag_line(f)}" for f in flags[:SHOWN]]
         host = [f for f in attention if f.source == "monitor"]

@@ -28,8 +28,8 @@ def _decision_alert(task: Task) -> str:
 def _flag_alert(flag: AttentionFlag) -> tuple[str, str]:
     """(key, text) of a flag: a health rule's by its code, a monitor's host fact by its rule and since when."""
     if flag.source == "monitor":
-        return f"monitor:{flag.code}:{when(flag.since)}", f"Monitor issue on {flag.host}: {flag_line(flag)}"
-    return f"health:{flag.code}", f"Health: {flag_line(flag)}"
+        return f"monitor:{flag.rule}:{when(flag.since)}", f"Monitor issue on {flag.host}: {flag_line(flag)}"
+    return f"health:{flag.rule}", f"Health: {flag_line(flag)}"
 
 
 def _failure_alert(task: Task) -> str:
@@ -64,7 +64,7 @@ class Notifier:
         # what needs attention (critical, high: grading.GRADES), graded as status and doctor grade it; decisions
         # and fatal issues are alerted above, one by one
         found += [_flag_alert(f) for f in self.client.pipeline_status().attention
-                  if grading.grade(f.severity).attention and f.code not in LISTED_APART]
+                  if grading.grade(f.severity).attention and f.rule not in LISTED_APART]
         failed = self.client.list_tasks(status=TaskStatus.FAILED, order="newest", limit=50).items
         failures = [(f"failed:{t.id}:{when(t.finished_at)}", _failure_alert(t)) for t in reversed(failed)]
         if self.state.primed:

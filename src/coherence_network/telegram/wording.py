@@ -22,7 +22,7 @@ def issue_line(issue: FatalIssue) -> str:
 
 def flag_line(flag: AttentionFlag) -> str:
     """A health flag as a line, like a monitor issue: rule, severity, message, and the command to paste."""
-    return f"[{flag.code}] ({flag.severity}) {flag.message}" + (f" -> {flag.command}" if flag.command else "")
+    return f"[{flag.rule}] ({flag.severity}) {flag.message}" + (f" -> {flag.command}" if flag.command else "")
 
 
 def about(task: Task) -> str:
