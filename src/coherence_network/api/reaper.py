@@ -4,10 +4,13 @@ API could not have heard a runner renew its lease."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
+
+from coherence_network.outage import Outage
 
 REAPER_MAX_BACKOFF_SECONDS = 30.0  # the longest pause between reaper passes while the store is unavailable
 REAPER_LATE_SECONDS = 1.0  # a pass this much later than planned (or an interval, if longer) means nobody answered
@@ -51,7 +54,7 @@ class LeaseReaper:
 
     async def run(self) -> None:
         store, log = self.app.state.store, self.app.state.log
-        down_since: float | None = None
+        outage = Outage(log, first_delay=2 * self.interval, max_delay=REAPER_MAX_BACKOFF_SECONDS)
         delay = self.interval
         while True:
             asleep, asleep_wall = time.monotonic(), time.time()
@@ -61,25 +64,23 @@ class LeaseReaper:
             if late > max(self.interval, REAPER_LATE_SECONDS):
                 self._hold(f"this pass came {late:.1f} s late (was the API stopped, starved or its host suspended?)")
             try:
-                if down_since is not None or self.store_suspect:
+                if outage.down or self.store_suspect:
                     self.store_suspect = False  # before the probe: a failure reported during it is not lost
                     await run_in_threadpool(store.ping)
-                    if down_since is not None:
-                        self._hold(f"store available again after {time.monotonic() - down_since:.0f} s")
+                    if outage.down:
+                        self._hold(f"store available again after {outage.lasted():.0f} s")
                     else:
                         self._hold("a request found the store unavailable", quiet_if_holding=True)
-                    down_since, delay = None, self.interval
+                    outage.recovered()
+                    delay = self.interval
                 if time.monotonic() < self.hold_until:
                     continue
                 result = await run_in_threadpool(lambda: store.reap(max_lock_wait=max(self.interval,
                                                                                        REAPER_LATE_SECONDS)))
             except Exception as exc:  # a store outage must not kill the loop
-                if down_since is None:
-                    down_since = time.monotonic()
-                    cause = (str(exc).strip().splitlines() or [""])[0][:300]
-                    log.error("store unavailable to the lease reaper: %s: %s (retrying with backoff; "
-                              "GET /api/ready tells more)", type(exc).__name__, cause)
-                delay = min(delay * 2, REAPER_MAX_BACKOFF_SECONDS)
+                cause = (str(exc).strip().splitlines() or [""])[0][:300]
+                delay = outage.failed("store unavailable to the lease reaper: %s: %s (retrying with backoff; "
+                                      "GET /api/ready tells more)", type(exc).__name__, cause, level=logging.ERROR)
                 continue
             if result.waited is not None:
                 self._hold(f"this pass waited {result.waited:.1f} s for the store's write lock, as renewals did")

@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import URL
 
+from coherence_network.outage import Outage
+
 CHANNEL = "coherence_work"
 FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0  # the longest pause between reconnection attempts while the database is away
@@ -58,25 +60,20 @@ class WorkListener:
     def _run(self) -> None:
         import psycopg  # the PostgreSQL driver is an optional extra; only a PostgreSQL store gets here
 
-        delay, lost_since_logged = FIRST_BACKOFF_SECONDS, False
+        outage = Outage(log, first_delay=FIRST_BACKOFF_SECONDS, max_delay=MAX_BACKOFF_SECONDS)
         while not self._stopping.is_set():
             try:
                 # TCP keepalives: a database gone without closing the socket (a cut network) is noticed in ~1 min
                 with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10, keepalives=1,
                                      keepalives_idle=30, keepalives_interval=10, keepalives_count=3) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
-                    if lost_since_logged:
-                        log.warning("wake-up listener connected again")
-                    delay, lost_since_logged = FIRST_BACKOFF_SECONDS, False
+                    outage.recovered("wake-up listener connected again")
                     self._on_connect()
                     while not self._stopping.is_set():
                         for notice in conn.notifies(timeout=_POLL_SECONDS):
                             self._on_notice(notice.payload)
             except psycopg.Error as exc:
-                if not lost_since_logged:  # once per outage, not once per attempt
-                    cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-                    log.error("wake-up listener lost the database: %s (reconnecting with backoff; claims recheck "
-                              "every COHERENCE_CLAIM_RECHECK_SECONDS meanwhile)", cause)
-                    lost_since_logged = True
-            self._stopping.wait(delay)
-            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                self._stopping.wait(outage.failed(
+                    "wake-up listener lost the database: %s (reconnecting with backoff; claims recheck every "
+                    "COHERENCE_CLAIM_RECHECK_SECONDS meanwhile)", cause, level=logging.ERROR))
