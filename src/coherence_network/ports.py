@@ -36,7 +36,7 @@ def coherence_command(argv: tuple[str, ...] | list[str]) -> list[str] | None:
     """The `coherence` arguments a process was started with (["api", "--port", "8000"]), or None when it is not a
     coherence process. Recognised, word by word: ``coherence ARGS`` and ``python .../coherence ARGS`` (the console
     script, as the runbook starts it), ``python -m coherence_network.cli ARGS``, the supervisor's ``python -m
-    coherence_network.pidfiles COMPONENT PARENT ARGS``, and ``uvicorn coherence_network.api.app:create_app ...``
+    coherence_network.cli.supervised COMPONENT PARENT ARGS``, and ``uvicorn coherence_network.api.app:create_app ...``
     (the API, as ``api``). A word merely containing "coherence" is not enough."""
     words = list(argv)
     if words and _PYTHON.fullmatch(Path(words[0]).name):
@@ -45,7 +45,7 @@ def coherence_command(argv: tuple[str, ...] | list[str]) -> list[str] | None:
             module, words = words[1], words[2:]
             if module in ("coherence_network", "coherence_network.cli"):
                 return words
-            if module == "coherence_network.pidfiles":
+            if module == "coherence_network.cli.supervised":
                 return words[2:] if len(words) > 2 else None
             return ["api"] if module == "uvicorn" and _APP_FACTORY in words else None
     if not words:

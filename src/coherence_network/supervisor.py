@@ -16,7 +16,7 @@ The supervisor binds the API's port itself and hands the listening socket to eac
 --fd``): while one API exits and the next starts, connections wait in the kernel's backlog instead of being
 refused.
 
-Each child is ``python -m coherence_network.pidfiles <component> <supervisor pid> <coherence command>`` in its own
+Each child is ``python -m coherence_network.cli.supervised <component> <supervisor pid> <coherence command>`` in its own
 process group: the child takes its single-instance lock, writes its own PID file and ends when the supervisor dies
 (see pidfiles), and stopping its group stops everything it spawned. The supervisor holds its own lock, so two
 supervisors never run at once. Auto-commit runs on a thread of its own: git can be slow or fail, and supervision
@@ -188,7 +188,7 @@ class Supervisor:
         if child.name == "api" and self.api_socket is not None:
             inherited = (self.api_socket.fileno(),)
             args = [*args, "--fd", str(inherited[0])]
-        child.proc = subprocess.Popen([sys.executable, "-m", "coherence_network.pidfiles", child.name,
+        child.proc = subprocess.Popen([sys.executable, "-m", "coherence_network.cli.supervised", child.name,
                                        str(os.getpid()), *args],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                       start_new_session=True, pass_fds=inherited,

@@ -1,0 +1,20 @@
+"""The ``coherence`` command line: every operator command lives in this package (scripts/ only hand over to it).
+
+``app`` is the Typer app (``app.py``); each module here holds one group of verbs and registers them on it when
+imported, in the order ``coherence --help`` lists them:
+
+- ``ops``: version, config, migrate, restart, stop, fatal, doctor (setting up, stopping, diagnosing);
+- ``server``: api (the uvicorn server, its lock and fast failures);
+- ``components``: runner, pm, telegram, monitor, supervise (the long-running components);
+- ``tasks``: status, tasks, task, logs, decide, retry, create (tasks and decisions, through the API);
+- ``retention``: cleanup, prune (removing what is old);
+- ``index``: the indexers' sub-app (coherence_network.indexer.cli).
+"""
+
+from coherence_network.cli import components, ops, retention, server, tasks
+from coherence_network.cli.app import app, main
+from coherence_network.indexer.cli import index_app
+
+app.add_typer(index_app, name="index", help="Index npm or PyPI packages into the dependency graph (--target, --limit).")
+
+__all__ = ["app", "components", "main", "ops", "retention", "server", "tasks"]

@@ -1,0 +1,99 @@
+"""Removing what is old: ``cleanup`` (task logs and prompt files by age, nothing else) and ``prune`` (the retention
+settings applied to everything: the store's finished tasks and their files, resolved monitor issues, old runner
+rows)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from coherence_network.cli.app import app
+from coherence_network.settings import get_settings
+
+
+@app.command()
+def cleanup(
+    days: float = typer.Option(7.0, "--days", min=0, help="Remove task logs not written for this many days"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed, remove nothing"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
+) -> None:
+    """Remove old task logs (var/logs/task_{id}.log) and prompt files (var/run/prompts/prompt_{id}.md) of finished
+    tasks; never those of a running task. `coherence prune` applies the retention settings to everything."""
+    from dataclasses import asdict
+
+    from coherence_network.cleanup import clean_task_files, task_file_folders
+    from coherence_network.client import ApiClient, ApiError
+
+    settings = get_settings()
+    try:
+        with ApiClient(settings=settings, retries=1) as client:
+            report = clean_task_files(task_file_folders(settings), days, client, dry_run=dry_run)
+    except ApiError as exc:
+        typer.echo(f"cannot ask the API which tasks are finished, nothing removed: {exc}; start the API first "
+                   "(docs/RUNBOOK.md#api-restart)", err=True)
+        raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(json.dumps({**asdict(report), "dry_run": dry_run}))
+        return
+    verb = "would remove" if dry_run else "removed"
+    for name in report.removed:
+        typer.echo(f"{verb} {name}")
+    for name in report.kept_unfinished:
+        typer.echo(f"kept {name} (task not finished)")
+    typer.echo(f"{verb} {len(report.removed)} task logs and prompt files, {report.bytes_freed} bytes")
+
+
+@app.command()
+def prune(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be removed, remove nothing"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
+) -> None:
+    """Apply retention now (the API, the runner and the monitor also do it every COHERENCE_PRUNE_INTERVAL_SECONDS):
+    completed and failed tasks older than COHERENCE_RETAIN_TASKS_DAYS with their task logs and prompt files,
+    resolved monitor issues older than COHERENCE_RETAIN_RESOLUTIONS_DAYS, runner rows unseen for
+    COHERENCE_RUNNER_FORGET_SECONDS. Needs the store (DATABASE_URL) and, for this host's task files, the API.
+    Exit 1 when the API cannot be reached (the store and the resolutions are pruned anyway)."""
+    from dataclasses import asdict
+
+    from coherence_network.cleanup import prune_task_files, trim_resolutions
+    from coherence_network.client import ApiClient, ApiError
+    from coherence_network.store import open_task_store
+    from coherence_network.store.db import check_store
+    from coherence_network.store.retention import prune_store
+
+    settings = get_settings()
+    store = open_task_store(settings)
+    try:
+        check_store(store.engine, upgrade=False)
+        rows = prune_store(store, settings, dry_run=dry_run)
+    finally:
+        store.engine.dispose()
+    resolutions = trim_resolutions(settings, dry_run=dry_run)
+    api_error = None
+    try:
+        with ApiClient(settings=settings, retries=1) as client:
+            files = prune_task_files(settings, client, dry_run=dry_run)
+    except ApiError as exc:
+        files, api_error = None, str(exc)
+    if as_json:
+        typer.echo(json.dumps({
+            "dry_run": dry_run, "store": asdict(rows),
+            "task_files": None if files is None else {"removed": len(files.removed), "bytes": files.bytes_freed,
+                                                      "kept_unfinished": len(files.kept_unfinished)},
+            "resolutions": {"removed": resolutions.removed, "bytes": resolutions.bytes_freed},
+            "api_error": api_error,
+        }))
+    else:
+        verb = "would remove" if dry_run else "removed"
+        typer.echo(f"store: {verb} {rows.tasks} finished tasks, {rows.monitor_issues} resolved monitor issues, "
+                   f"{rows.runners} runner rows")
+        typer.echo(f"monitor_resolutions.jsonl: {verb} {resolutions.removed} lines, {resolutions.bytes_freed} bytes")
+        if files is not None:
+            typer.echo(f"task logs and prompt files: {verb} {len(files.removed)}, {files.bytes_freed} bytes"
+                       f" ({len(files.kept_unfinished)} kept: task not finished)")
+    if api_error is not None:
+        typer.echo(f"task logs and prompt files not pruned: cannot ask the API which tasks are finished: {api_error}"
+                   " (docs/RUNBOOK.md#api-restart)", err=True)
+        raise typer.Exit(1)
+
