@@ -37,6 +37,7 @@ from coherence_network.settings import Settings, get_settings
 PROBE_TOLERANCE_SECONDS = 0.2
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 RUNNERS = RUN_FILES["runners/"].name.rstrip("/")  # the instance locks of every runner on this host
+SUPERVISOR = "supervisor"  # the lock of the supervisor (one per COHERENCE_HOME)
 
 _held: dict[str, int] = {}  # component -> the open lock file this process holds until it exits
 

@@ -78,7 +78,8 @@ def pm(
     var/logs/project_manager.log."""
     protect()  # no secret in /proc/<pid>/environ, memory not dumpable (process_hygiene)
     from coherence_network.client import ApiClient
-    from coherence_network.manager import ManagerOptions, ProjectManager, default_state_file
+    from coherence_network.manager import ManagerOptions, ProjectManager
+    from coherence_network.manager_state import default_state_file
 
     settings = get_settings()
     options = ManagerOptions(

@@ -90,7 +90,7 @@ def stop(
 ) -> None:
     """Stop a running pipeline: every component holding its lock in var/run/ (supervisor first, API last), then any
     task process left behind; removes stale PID files. With --port: only the process listening on that port."""
-    from coherence_network.supervisor import stop_pipeline, stop_port
+    from coherence_network.stopping import stop_pipeline, stop_port
 
     settings = get_settings()
     grace = settings.supervisor_stop_grace_seconds if grace is None else grace
