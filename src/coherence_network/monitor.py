@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from coherence_network import __version__, grading, health
-from coherence_network.cleanup import append_line, trim_resolutions
+from coherence_network.file_retention import append_line, trim_resolutions
 from coherence_network.client import ApiClient, ApiError, ApiNotFound
 from coherence_network.clock import utcnow
 from coherence_network.contract import TaskStatus

@@ -1,16 +1,15 @@
-"""Which process listens on a TCP port, by identity: the socket's inode in /proc/net/tcp{,6} and the process whose
-file descriptors hold it (Linux). Only the operator's own processes can be inspected, so this can never point at,
-let alone stop, another user's process; `pkill -f` matched command lines of everyone's processes."""
+"""Which process listens on a TCP port, by identity: the processes whose open sockets listen on it (psutil's
+net_connections, which matches the kernel's socket table to their file descriptors). Only the operator's own
+processes can be inspected, so this can never point at, let alone stop, another user's process; `pkill -f` matched
+command lines of everyone's processes."""
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-_LISTEN = "0A"  # TCP state code of a listening socket in /proc/net/tcp
-
+import psutil
 
 _PYTHON = re.compile(r"python(?:[0-9]+(?:\.[0-9]+)*)?")
 _APP_FACTORY = "coherence_network.api.app:create_app"  # what plain uvicorn is given (the runbook shows it)
@@ -56,40 +55,20 @@ def coherence_command(argv: tuple[str, ...] | list[str]) -> list[str] | None:
     return ["api"] if name == "uvicorn" and _APP_FACTORY in words[1:] else None
 
 
-def _listening_inodes(port: int) -> set[str]:
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 9 and fields[3] == _LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(fields[9])
-    return inodes
-
-
 def listener(port: int) -> Listener | None:
     """The process of this user that listens on ``port``, or None (nobody, or someone we may not look at). When
     several hold the socket (an API with --workers: its workers inherit it), the one that started the others. A
     supervisor holds its API's socket across restarts without serving it: the API it started is the listener."""
-    sockets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
-    if not sockets:
-        return None
+    pids = {c.pid for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid is not None}
     holders: dict[int, tuple[Listener, int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in pids:
         try:
-            held = {os.readlink(fd) for fd in (entry / "fd").iterdir()}
-            if not held & sockets:
-                continue
-            argv = tuple(word.decode(errors="replace") for word in (entry / "cmdline").read_bytes().split(b"\0")[:-1])
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):  # gone meanwhile, or another user's
+            process = psutil.Process(pid)
+            with process.oneshot():
+                holders[pid] = (Listener(pid, tuple(process.cmdline())), process.ppid())
+        except psutil.Error:  # gone meanwhile, or another user's
             continue
-        holders[int(entry.name)] = (Listener(int(entry.name), argv), parent)
     serving = {pid: held for pid, held in holders.items()
                if (coherence_command(held[0].argv) or [""])[:1] != ["supervise"]}
     holders = serving or holders

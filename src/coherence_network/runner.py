@@ -23,7 +23,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from coherence_network import __version__
-from coherence_network.cleanup import prune_task_files
+from coherence_network.file_retention import prune_task_files
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound
 from coherence_network.contract import TaskStatus
 from coherence_network.result_outbox import ResultOutbox

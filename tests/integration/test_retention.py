@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from coherence_network.cleanup import append_line, trim_jsonl, trim_resolutions
+from coherence_network.file_retention import append_line, trim_jsonl, trim_resolutions
 from coherence_network.client import ApiClient, ApiNotFound
 from coherence_network.clock import utcnow
 from coherence_network.contract import TaskStatus

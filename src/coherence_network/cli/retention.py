@@ -22,7 +22,7 @@ def cleanup(
     tasks; never those of a running task. `coherence prune` applies the retention settings to everything."""
     from dataclasses import asdict
 
-    from coherence_network.cleanup import clean_task_files, task_file_folders
+    from coherence_network.file_retention import clean_task_files, task_file_folders
     from coherence_network.client import ApiClient, ApiError
 
     settings = get_settings()
@@ -56,7 +56,7 @@ def prune(
     Exit 1 when the API cannot be reached (the store and the resolutions are pruned anyway)."""
     from dataclasses import asdict
 
-    from coherence_network.cleanup import prune_task_files, trim_resolutions
+    from coherence_network.file_retention import prune_task_files, trim_resolutions
     from coherence_network.client import ApiClient, ApiError
     from coherence_network.store import open_task_store
     from coherence_network.store.db import check_store
