@@ -23,9 +23,9 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from coherence_network import __version__
-from coherence_network.file_retention import prune_task_files
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound
 from coherence_network.contract import TaskStatus
+from coherence_network.file_retention import prune_task_files
 from coherence_network.result_outbox import ResultOutbox
 from coherence_network.settings import Settings
 from coherence_network.task_run import RETRY_SECONDS, Claim, ClaimLost, RunnerFault, TaskResult, TaskRun, utc_stamp

@@ -22,8 +22,8 @@ def cleanup(
     tasks; never those of a running task. `coherence prune` applies the retention settings to everything."""
     from dataclasses import asdict
 
-    from coherence_network.file_retention import clean_task_files, task_file_folders
     from coherence_network.client import ApiClient, ApiError
+    from coherence_network.file_retention import clean_task_files, task_file_folders
 
     settings = get_settings()
     try:
@@ -56,8 +56,8 @@ def prune(
     Exit 1 when the API cannot be reached (the store and the resolutions are pruned anyway)."""
     from dataclasses import asdict
 
-    from coherence_network.file_retention import prune_task_files, trim_resolutions
     from coherence_network.client import ApiClient, ApiError
+    from coherence_network.file_retention import prune_task_files, trim_resolutions
     from coherence_network.store import open_task_store
     from coherence_network.store.db import check_store
     from coherence_network.store.retention import prune_store
