@@ -18,8 +18,10 @@ def cleanup(
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed, remove nothing"),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
 ) -> None:
-    """Remove old task logs (var/logs/task_{id}.log) and prompt files (var/run/prompts/prompt_{id}.md) of finished
-    tasks; never those of a running task. `coherence prune` applies the retention settings to everything."""
+    """Free disk now, by age alone: remove this host's task logs (var/logs/task_{id}.log) and prompt files
+    (var/run/prompts/prompt_{id}.md) not written for --days days whose task is finished; never those of a running
+    task, and nothing in the store (the tasks stay, with their output tail). `coherence prune` is the other one: it
+    applies the retention settings (COHERENCE_RETAIN_*) to everything, the store's finished tasks included."""
     from dataclasses import asdict
 
     from coherence_network.client import ApiClient, ApiError
