@@ -38,6 +38,7 @@ DEFAULT_CLAIM_WAIT = 30.0  # an idle slot's long poll: the API answers at once w
 STARTED_MEMORY = 10_000  # tasks whose newest started claim token a runner remembers (never to start an older one)
 SLOT_DIED = 3  # the runner's exit code when a slot thread died
 
+
 class Backoff:
     """A slot's wait after a failure: from RETRY_SECONDS, doubling up to ``limit``, until a success resets it."""
 
@@ -56,17 +57,9 @@ class Backoff:
 class Runner:
     """Worker slots, the runner heartbeat, the outbox and the graceful stop."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        workers: int = 1,
-        interval: float = DEFAULT_CLAIM_WAIT,
-        once: bool = False,
-        types: list[str] | None = None,
-        runner_id: str | None = None,
-        grace: float | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, *, workers: int = 1, interval: float = DEFAULT_CLAIM_WAIT,
+                 once: bool = False, types: list[str] | None = None, runner_id: str | None = None,
+                 grace: float | None = None) -> None:
         self.settings = settings
         self.workers = workers
         self.interval = interval
