@@ -2,7 +2,7 @@
 
 A circle makes the import order matter: the module imported first sees the other one half-initialized, and a
 name it takes from it at import time is not there yet ("partially initialized module"). Which module a process
-imports first depends on its entry point (the CLI, uvicorn's app factory, the pidfiles wrapper, a test), so a
+imports first depends on its entry point (the CLI, uvicorn's app factory, the supervised wrapper, a test), so a
 circle fails in one of them and not the others.
 
 The graph is read from the source with ``ast``, without importing anything. It holds the imports that run when the
