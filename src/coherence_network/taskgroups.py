@@ -19,8 +19,8 @@ Why this mechanism:
   exit code, or dies of the task's signal.
 
 Processes are looked at through psutil (imported when first needed: the guard starts with the standard library
-only); a zombie counts as gone. A process that leaves the group on purpose (``setsid``) is out of reach, as it is
-for any process-group kill.
+only), start times excepted (``start_time``); a zombie counts as gone. A process that leaves the group on purpose
+(``setsid``) is out of reach, as it is for any process-group kill.
 """
 
 from __future__ import annotations
@@ -58,18 +58,20 @@ class TaskStartError(CoherenceError, OSError):
     """The guard could not start the task (for instance the program does not exist); the message is the OS's."""
 
 
-# --- processes, through psutil ----------------------------------------------------------------------------------
-def start_time(pid: int) -> float | None:
-    """When a live process started (psutil's create_time, the same figure on every reading): with the pid, what
-    identifies it. None when it is gone or a zombie."""
-    import psutil
+# --- processes -------------------------------------------------------------------------------------------------
+def start_time(pid: int) -> int | None:
+    """When a live process started, in clock ticks since boot: with the pid, what identifies it. None when it is
+    gone or a zombie.
 
+    Read from /proc/<pid>/stat, the one place psutil does not replace here: its public create_time adds the boot
+    time, which follows the wall clock (an NTP step moves it), while a start time is compared with one recorded by
+    another process, possibly long before, and must match exactly."""
     try:
-        process = psutil.Process(pid)
-        with process.oneshot():
-            return None if process.status() in GONE else process.create_time()
-    except psutil.NoSuchProcess:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return None
+    return None if fields[0].decode() in "ZX" else int(fields[19])
 
 
 def members(pgids: Iterable[int], *, spare: int = 0) -> list[int]:
