@@ -1,7 +1,8 @@
 """Which process listens on a TCP port, by identity: the processes whose open sockets listen on it (psutil's
-net_connections, which matches the kernel's socket table to their file descriptors). Only the operator's own
-processes can be inspected, so this can never point at, let alone stop, another user's process; `pkill -f` matched
-command lines of everyone's processes."""
+net_connections of each process, which matches the kernel's socket table to its file descriptors; the system-wide
+one names a single process per socket, and an API's workers share theirs). Only the operator's own processes can be
+inspected, so this can never point at, let alone stop, another user's process; `pkill -f` matched command lines of
+everyone's processes."""
 
 from __future__ import annotations
 
@@ -59,14 +60,13 @@ def listener(port: int) -> Listener | None:
     """The process of this user that listens on ``port``, or None (nobody, or someone we may not look at). When
     several hold the socket (an API with --workers: its workers inherit it), the one that started the others. A
     supervisor holds its API's socket across restarts without serving it: the API it started is the listener."""
-    pids = {c.pid for c in psutil.net_connections(kind="tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid is not None}
     holders: dict[int, tuple[Listener, int]] = {}
-    for pid in pids:
+    for process in psutil.process_iter():
         try:
-            process = psutil.Process(pid)
             with process.oneshot():
-                holders[pid] = (Listener(pid, tuple(process.cmdline())), process.ppid())
+                if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                       for c in process.net_connections(kind="tcp")):
+                    holders[process.pid] = (Listener(process.pid, tuple(process.cmdline())), process.ppid())
         except psutil.Error:  # gone meanwhile, or another user's
             continue
     serving = {pid: held for pid, held in holders.items()
