@@ -14,7 +14,8 @@ from coherence_network.settings import get_settings
 
 @app.command()
 def cleanup(
-    days: float = typer.Option(7.0, "--days", min=0, help="Remove task logs and prompt files not written for this many days"),
+    days: float = typer.Option(7.0, "--days", min=0, help="Remove task logs and prompt files not written for this "
+                               "many days"),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed, remove nothing"),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
 ) -> None:
