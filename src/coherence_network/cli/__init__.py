@@ -1,7 +1,7 @@
 """The ``coherence`` command line: every operator command lives in this package (scripts/ only hand over to it).
 
 ``app`` is the Typer app (``app.py``); each module here holds one group of verbs and registers them on it when
-imported, in the order ``coherence --help`` lists them:
+imported; ``coherence --help`` lists them in this order:
 
 - ``ops``: version, config, migrate, restart, stop, fatal, doctor (setting up, stopping, diagnosing);
 - ``server``: api (the uvicorn server, its lock and fast failures);
@@ -11,7 +11,14 @@ imported, in the order ``coherence --help`` lists them:
 - ``index``: the indexers' sub-app (coherence_network.indexer.cli).
 """
 
-from coherence_network.cli import components, ops, retention, server, tasks
+# The command modules are imported in the order `coherence --help` lists their commands.
+# isort: off
+from coherence_network.cli import ops
+from coherence_network.cli import server
+from coherence_network.cli import components
+from coherence_network.cli import tasks
+from coherence_network.cli import retention
+# isort: on
 from coherence_network.cli.app import app, main
 from coherence_network.indexer.cli import index_app
 
