@@ -9,6 +9,10 @@ imported; ``coherence --help`` lists them in this order:
 - ``tasks``: status, tasks, task, logs, decide, retry, create (tasks and decisions, through the API);
 - ``retention``: cleanup, prune (removing what is old);
 - ``index``: the indexers' sub-app (coherence_network.indexer.cli).
+
+Beside them: ``startup`` (the start-up the long-running components share), ``api_access`` (the API client of an
+operator's command, its errors as one line and an exit code), ``supervised`` (how the supervisor runs each child)
+and ``__main__`` (``python -m coherence_network.cli``).
 """
 
 # The command modules are imported in the order `coherence --help` lists their commands.
