@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # bench/queue.py is named like the standard library's `queue` (psycopg imports it): keep bench/ off the path.
 sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent)]
 
-from coherence_network.cleanup import TASK_FILE  # noqa: E402
+from coherence_network.file_retention import TASK_FILE  # noqa: E402
 from coherence_network.store.db import create_store_engine  # noqa: E402
 from tests.support.api import ApiProcess  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402

@@ -11,31 +11,28 @@ API replica.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from coherence_network import __version__
+from coherence_network.backlog import PHASES, RUN_PHASE, BacklogItem, parse_backlog
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound
 from coherence_network.clock import utcnow
 from coherence_network.contract import ACTIVE_STATUSES, Task, TaskStatus
-from coherence_network.logfiles import REGISTRY, write_json_atomic
+from coherence_network.logfiles import write_json_atomic
+from coherence_network.manager_state import ACTIVE, SETTLED, ItemState, ManagerState
 from coherence_network.settings import Settings
 
 log = logging.getLogger("coherence.manager")
 
-PHASES = ("spec", "test", "impl", "review")
-RUN_PHASE = "run"
-SETTLED = frozenset({"done", "blocked", "skipped"})
-ACTIVE = frozenset({"in_progress", "needs_decision"})
 # Settled on a task that can still move: an operator's retry of a failed task, a late answer to a skipped question.
 REOPENABLE = frozenset({"blocked", "skipped"})
 # Before settled_on was recorded (the first release's state files), the task status each reopenable item had settled on.
@@ -52,67 +49,7 @@ PHASE_GOALS = {
     "review": "Review the implementation against the specification and the tests. Say what is wrong, if anything, "
     "and end with one line `VERDICT: pass` or `VERDICT: fail`.",
 }
-_ITEM = re.compile(r"^\s*(\d+)\.\s+(\S.*?)\s*$")
-_RUN = re.compile(r"^run:\s*(.*)$", re.IGNORECASE)
 _VERDICT = re.compile(r"^\s*VERDICT:\s*(pass|fail)\b", re.IGNORECASE | re.MULTILINE)
-
-
-
-def normalise(text: str) -> str:
-    """The identity of an item: case, spacing and a trailing full stop do not make it another item."""
-    return " ".join(text.lower().split()).rstrip(".")
-
-
-# --- backlog ---------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BacklogItem:
-    number: int
-    line: int
-    text: str
-    command: str | None  # the command of a `run:` item
-
-    @property
-    def key(self) -> str:
-        return normalise(self.text)
-
-    @property
-    def phases(self) -> tuple[str, ...]:
-        return (RUN_PHASE,) if self.command is not None else PHASES
-
-
-@dataclass
-class Backlog:
-    items: list[BacklogItem]
-    problems: list[str]  # "line N: why", for lines that were skipped
-
-
-def parse_backlog(path: Path) -> Backlog:
-    """Numbered items ``N. text``; headings and blank lines are fine; anything else is reported and skipped.
-
-    Raises FileNotFoundError when the file is missing."""
-    items: list[BacklogItem] = []
-    problems: list[str] = []
-    seen: dict[str, int] = {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not raw.strip() or raw.lstrip().startswith("#"):
-            continue
-        match = _ITEM.match(raw)
-        if not match:
-            problems.append(f"line {number}: not an item `N. text`: {raw.strip()[:120]!r}")
-            continue
-        text = match.group(2)
-        run = _RUN.match(text)
-        command = run.group(1).strip() if run else None
-        if run and not command:
-            problems.append(f"line {number}: `run:` without a command")
-            continue
-        item = BacklogItem(int(match.group(1)), number, text, command)
-        if item.key in seen:
-            problems.append(f"line {number}: same item as line {seen[item.key]}")
-            continue
-        seen[item.key] = number
-        items.append(item)
-    return Backlog(items, problems)
 
 
 def verdict(output: str | None) -> str | None:
@@ -125,81 +62,6 @@ def shorten(text: str | None, limit: int = RESULT_CHARS) -> str:
     """The end of an output (where results and verdicts are), at most ``limit`` characters."""
     text = (text or "").strip()
     return text if len(text) <= limit else "..." + text[-(limit - 3):]
-
-
-# --- state -----------------------------------------------------------------------------------------------------
-@dataclass
-class ItemState:
-    """Progress of one backlog item. ``status``: waiting, in_progress, needs_decision, done, blocked, skipped."""
-
-    key: str
-    number: int
-    text: str
-    status: str = "waiting"
-    phase: str | None = None
-    iteration: int = 1
-    task_id: int | None = None
-    tasks: dict[str, list[int]] = field(default_factory=dict)
-    results: dict[str, str] = field(default_factory=dict)
-    reason: str | None = None
-    decision_since: str | None = None
-    settled_on: str | None = None  # the task's updated_at when the item settled on it; a later change reopens it
-    updated_at: str = field(default_factory=lambda: utcnow().isoformat())
-
-
-@dataclass
-class ManagerState:
-    backlog: str = ""
-    position: int = 0  # backlog items, from the top, that are settled (done, blocked or skipped)
-    items: dict[str, ItemState] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-    started_at: str = field(default_factory=lambda: utcnow().isoformat())
-    updated_at: str = ""
-
-    @classmethod
-    def load(cls, path: Path) -> ManagerState:
-        if not path.exists():
-            return cls()
-        data = json.loads(path.read_text(encoding="utf-8"))
-        known = {f.name for f in fields(ItemState)}  # older files lack newer fields; a newer file's extras are left
-        items = {
-            key: ItemState(**{k: v for k, v in value.items() if k in known})
-            for key, value in data.get("items", {}).items()
-        }
-        return cls(
-            backlog=data.get("backlog", ""),
-            position=data.get("position", 0),
-            items=items,
-            problems=data.get("problems", []),
-            started_at=data.get("started_at", utcnow().isoformat()),
-            updated_at=data.get("updated_at", ""),
-        )
-
-    def listed(self, status: str) -> list[dict[str, Any]]:
-        return [
-            {"item": i.key, "number": i.number, "reason": i.reason} for i in self.items.values() if i.status == status
-        ]
-
-    def in_flight(self) -> list[int]:
-        return [i.task_id for i in self.items.values() if i.status in ACTIVE and i.task_id is not None]
-
-    def to_json(self) -> dict[str, Any]:
-        """The file's shape: the items plus lists derived from them, for readers (status pages, operators)."""
-        return {
-            "backlog": self.backlog,
-            "position": self.position,
-            "items": {key: asdict(item) for key, item in self.items.items()},
-            "in_flight": self.in_flight(),
-            "blocked": self.listed("blocked"),
-            "skipped": self.listed("skipped"),
-            "problems": self.problems,
-            "started_at": self.started_at,
-            "updated_at": self.updated_at,
-        }
-
-
-def default_state_file(settings: Settings) -> Path:
-    return REGISTRY["project_manager_state.json"].path(settings)
 
 
 # --- the manager -----------------------------------------------------------------------------------------------

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from coherence_network import __version__, grading, health
-from coherence_network.cleanup import append_line, trim_resolutions
 from coherence_network.client import ApiClient, ApiError, ApiNotFound
 from coherence_network.clock import utcnow
 from coherence_network.contract import Component, Severity, TaskStatus
+from coherence_network.file_retention import append_line, trim_resolutions
 from coherence_network.logfiles import REGISTRY, write_json_atomic
 from coherence_network.monitor_report import build_report, render_report
 from coherence_network.settings import Settings

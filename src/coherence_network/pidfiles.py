@@ -7,10 +7,11 @@ a task left running never keeps a dead runner's lock. Only the holder writes ``<
 so a loser neither runs nor touches the winner's PID file. What runs is decided by the lock, never by a pid read
 from a file: a pid in a stale file may belong to any process by now.
 
-The supervisor starts each child as ``python -m coherence_network.pidfiles <component> <supervisor pid> <coherence
-command ...>``: the child itself takes its lock and owns its PID file, whatever command it runs, and ends with its
-supervisor. Several runners may run per home: only the supervised runner holds ``agent_runner``, and every runner,
-however started, holds its own ``runners/<pid>.lock`` (``hold_instance``), so `coherence stop` finds them all.
+The supervisor starts each child as ``python -m coherence_network.cli.supervised <component> <supervisor pid>
+<coherence command ...>`` (``run_as``): the child itself takes its lock and owns its PID file, whatever command it
+runs, and ends with its supervisor. Several runners may run per home: only the supervised runner holds
+``agent_runner``, and every runner, however started, holds its own ``runners/<pid>.lock`` (``hold_instance``), so
+`coherence stop` finds them all.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from coherence_network.settings import Settings, get_settings
 PROBE_TOLERANCE_SECONDS = 0.2
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 RUNNERS = RUN_FILES["runners/"].name.rstrip("/")  # the instance locks of every runner on this host
+SUPERVISOR = "supervisor"  # the lock of the supervisor (one per COHERENCE_HOME)
 
 _held: dict[str, int] = {}  # component -> the open lock file this process holds until it exits
 
@@ -186,7 +188,7 @@ def die_with_parent(parent: int) -> None:
 def run_as(component: str, main: Callable[[list[str]], object], argv: list[str], parent: int | None = None) -> None:
     """``main(argv)`` (the ``coherence`` CLI) as the single instance of ``component``; exits with the command's exit
     code, or 1 (saying who holds the lock) when another process runs it. With ``parent``, it also ends when that
-    dies. The CLI is passed in, not imported: the CLI imports this module."""
+    dies. The CLI is passed in (by coherence_network.cli.supervised), not imported: the CLI imports this module."""
     if parent is not None:
         die_with_parent(parent)
     try:
@@ -210,10 +212,3 @@ def _exit_now(code: str | int | None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code if isinstance(code, int) else 0 if code is None else 1)
-
-
-if __name__ == "__main__":  # python -m coherence_network.pidfiles <component> <parent pid> <coherence command ...>
-    from coherence_network.cli import main as coherence_main
-    from coherence_network.pidfiles import run_as as run_imported  # the module the command imports: one registry
-
-    run_imported(sys.argv[1], coherence_main, sys.argv[3:], parent=int(sys.argv[2]))

@@ -1,16 +1,16 @@
-"""Which process listens on a TCP port, by identity: the socket's inode in /proc/net/tcp{,6} and the process whose
-file descriptors hold it (Linux). Only the operator's own processes can be inspected, so this can never point at,
-let alone stop, another user's process; `pkill -f` matched command lines of everyone's processes."""
+"""Which process listens on a TCP port, by identity: the processes whose open sockets listen on it (psutil's
+net_connections of each process, which matches the kernel's socket table to its file descriptors; the system-wide
+one names a single process per socket, and an API's workers share theirs). Only the operator's own processes can be
+inspected, so this can never point at, let alone stop, another user's process; `pkill -f` matched command lines of
+everyone's processes."""
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-_LISTEN = "0A"  # TCP state code of a listening socket in /proc/net/tcp
-
+import psutil
 
 _PYTHON = re.compile(r"python(?:[0-9]+(?:\.[0-9]+)*)?")
 _APP_FACTORY = "coherence_network.api.app:create_app"  # what plain uvicorn is given (the runbook shows it)
@@ -36,7 +36,7 @@ def coherence_command(argv: tuple[str, ...] | list[str]) -> list[str] | None:
     """The `coherence` arguments a process was started with (["api", "--port", "8000"]), or None when it is not a
     coherence process. Recognised, word by word: ``coherence ARGS`` and ``python .../coherence ARGS`` (the console
     script, as the runbook starts it), ``python -m coherence_network.cli ARGS``, the supervisor's ``python -m
-    coherence_network.pidfiles COMPONENT PARENT ARGS``, and ``uvicorn coherence_network.api.app:create_app ...``
+    coherence_network.cli.supervised COMPONENT PARENT ARGS``, and ``uvicorn coherence_network.api.app:create_app ...``
     (the API, as ``api``). A word merely containing "coherence" is not enough."""
     words = list(argv)
     if words and _PYTHON.fullmatch(Path(words[0]).name):
@@ -45,7 +45,7 @@ def coherence_command(argv: tuple[str, ...] | list[str]) -> list[str] | None:
             module, words = words[1], words[2:]
             if module in ("coherence_network", "coherence_network.cli"):
                 return words
-            if module == "coherence_network.pidfiles":
+            if module == "coherence_network.cli.supervised":
                 return words[2:] if len(words) > 2 else None
             return ["api"] if module == "uvicorn" and _APP_FACTORY in words else None
     if not words:
@@ -56,40 +56,19 @@ def coherence_command(argv: tuple[str, ...] | list[str]) -> list[str] | None:
     return ["api"] if name == "uvicorn" and _APP_FACTORY in words[1:] else None
 
 
-def _listening_inodes(port: int) -> set[str]:
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 9 and fields[3] == _LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(fields[9])
-    return inodes
-
-
 def listener(port: int) -> Listener | None:
     """The process of this user that listens on ``port``, or None (nobody, or someone we may not look at). When
     several hold the socket (an API with --workers: its workers inherit it), the one that started the others. A
     supervisor holds its API's socket across restarts without serving it: the API it started is the listener."""
-    sockets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
-    if not sockets:
-        return None
     holders: dict[int, tuple[Listener, int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for process in psutil.process_iter():
         try:
-            held = {os.readlink(fd) for fd in (entry / "fd").iterdir()}
-            if not held & sockets:
-                continue
-            argv = tuple(word.decode(errors="replace") for word in (entry / "cmdline").read_bytes().split(b"\0")[:-1])
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):  # gone meanwhile, or another user's
+            with process.oneshot():
+                if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                       for c in process.net_connections(kind="tcp")):
+                    holders[process.pid] = (Listener(process.pid, tuple(process.cmdline())), process.ppid())
+        except psutil.Error:  # gone meanwhile, or another user's
             continue
-        holders[int(entry.name)] = (Listener(int(entry.name), argv), parent)
     serving = {pid: held for pid, held in holders.items()
                if (coherence_command(held[0].argv) or [""])[:1] != ["supervise"]}
     holders = serving or holders

@@ -43,7 +43,7 @@ FILLER = ord("*")
 def protect(environ: MutableMapping[str, str] = os.environ) -> list[str]:
     """Make this process non-dumpable and blank its secrets in its original environment block (see the module
     docstring); returns the names blanked. Every long-running command calls it first thing, also when the supervisor's
-    ``python -m coherence_network.pidfiles`` wrapper runs it (in the same process). Safe to call again."""
+    ``python -m coherence_network.cli.supervised`` wrapper runs it (in the same process). Safe to call again."""
     if not sys.platform.startswith("linux"):
         return []
     libc = ctypes.CDLL(None, use_errno=True)

@@ -2,303 +2,41 @@
 
 Each worker slot is a thread that claims (long-polling, so dispatch is immediate), runs the task's command in its
 own process group with a timeout, streams the output to ``var/logs/task_{id}.log``, heartbeats the lease, and
-delivers the result. The process group never outlives the runner (see ``taskgroups``). A result that cannot be
-delivered (API down) waits in ``var/run/runner_outbox/`` and is delivered when the API is back, also by a restarted
-runner; nothing a task produced is lost. While the API is down, heartbeats and deliveries are retried about once a
-second, so leases are renewed and results delivered as soon as it answers again.
+delivers the result. One run of a task is ``task_run``; the process group never outlives the runner (see
+``taskgroups``). A result that cannot be delivered (API down) waits in ``var/run/runner_outbox/`` and is delivered
+when the API is back, also by a restarted runner; nothing a task produced is lost (``result_outbox``). While the
+API is down, heartbeats and deliveries are retried about once a second, so leases are renewed and results delivered
+as soon as it answers again.
 
 A task never sees the runner's secrets: what it is started with is decided in ``task_env``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-import shlex
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from coherence_network import __version__
-from coherence_network.cleanup import prune_task_files
-from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound, ApiUnavailable
-from coherence_network.contract import Task, TaskStatus
-from coherence_network.errors import CoherenceError
-from coherence_network.logfiles import RUN_FILES, remove_dead_writers_temps, task_log_path, write_json_atomic
+from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound
+from coherence_network.contract import TaskStatus
+from coherence_network.file_retention import prune_task_files
+from coherence_network.result_outbox import ResultOutbox
 from coherence_network.settings import Settings
-from coherence_network.task_env import build_argv, task_environment
-from coherence_network.taskgroups import (
-    NewerRunRecorded,
-    TaskGroup,
-    TaskStartError,
-    kill_orphaned_task_groups,
-    stop_previous_runs,
-)
+from coherence_network.task_run import RETRY_SECONDS, Claim, ClaimLost, RunnerFault, TaskResult, TaskRun, utc_stamp
+from coherence_network.taskgroups import kill_orphaned_task_groups
 
 log = logging.getLogger("coherence.runner")
 
-DECISION_MARKER = "NEEDS_DECISION:"
 MAX_CLAIM_WAIT = 60.0  # the API's limit on one long-poll claim
 DEFAULT_CLAIM_WAIT = 30.0  # an idle slot's long poll: the API answers at once when work comes, so long costs nothing
-STEP_CHARS = 200
-COMMAND_CHARS = 500
-WATCH_SECONDS = 0.2
-RETRY_SECONDS = 1.0  # pace of heartbeats and deliveries while the API does not answer
-CLAIM_MARGIN = 0.25  # a claim starts only within the first 3/4 of its lease, counted from when its answer arrived
 STARTED_MEMORY = 10_000  # tasks whose newest started claim token a runner remembers (never to start an older one)
 SLOT_DIED = 3  # the runner's exit code when a slot thread died
-
-
-@dataclass
-class TaskResult:
-    """What a run produced; persisted in the outbox until the API has it."""
-
-    task_id: int
-    claim_token: int
-    status: TaskStatus
-    exit_code: int | None
-    output: str
-    decision_prompt: str | None = None
-
-    def __post_init__(self) -> None:
-        self.status = TaskStatus(self.status)  # read back from an outbox file as a string; a bad one is refused
-
-
-class ClaimLost(CoherenceError):
-    """The API no longer holds our claim (lease expired and the task went to another runner)."""
-
-
-def _utc() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def lease_of(task: Task, default: float) -> float:
-    """The lease the API granted with this claim (the API's setting, not ours), so heartbeats keep pace with it."""
-    if task.lease_expires_at is None or task.started_at is None:
-        return default
-    granted = (task.lease_expires_at - task.started_at).total_seconds()
-    return granted if granted > 0 else default
-
-
-class RunnerFault(CoherenceError):
-    """This host could not start the task: its log, prompt file or process-group record could not be written, or the
-    guard could not start (a full or read-only disk, no processes left). Not the task's fault: it goes back to pending
-    without costing an attempt, and the slot waits before it claims again, so a full disk does not churn the queue."""
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A claimed task and when the claim's answer arrived, by this host's monotonic clock (never compared with
-    another host's clock): the lease the API granted runs out about a lease after that."""
-
-    task: Task
-    arrived: float
-
-    def usable_until(self, default_lease: float) -> float:
-        """The last moment this claim may start: its lease less a quarter (CLAIM_MARGIN), for the time the answer
-        took to arrive. Later, the lease may have run out and the task may be running elsewhere."""
-        return self.arrived + lease_of(self.task, default_lease) * (1 - CLAIM_MARGIN)
-
-
-class TaskLog:
-    """A task's log file. Until the task starts, a write that fails is a RunnerFault (nothing has run: the task is
-    released); once it runs, a failed write (the disk filled up) is noted once and the run goes on, its output still
-    reaching the tail the API gets."""
-
-    def __init__(self, path: Path, task_id: int) -> None:
-        self.task_id = task_id
-        self.error: OSError | None = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.file: IO[str] = open(path, "a", encoding="utf-8")
-        except OSError as exc:
-            raise RunnerFault(f"cannot open the task log {path}: {exc}") from exc
-
-    def write(self, text: str, *, strict: bool = False) -> None:
-        if self.error is not None:
-            return
-        try:
-            self.file.write(text)
-            self.file.flush()
-        except OSError as exc:
-            self.error = exc
-            if strict:
-                raise RunnerFault(f"cannot write the task log: {exc}") from exc
-            log.warning("task %s: its log cannot be written (%s); the run goes on, its output reaches the API only",
-                        self.task_id, exc)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):  # what a full disk did not take is dropped; the file is closed anyway
-            self.file.close()
-
-
-class TaskRun:
-    """One run of one task: process group, log file, output tail, decision question."""
-
-    def __init__(self, claim: Claim, settings: Settings, runner_id: str) -> None:
-        self.task = claim.task
-        self.claimed_at = claim.arrived
-        self.settings = settings
-        self.runner_id = runner_id
-        self.tail: deque[str] = deque()
-        self.tail_bytes = 0
-        self.last_line = ""
-        self.question: str | None = None
-        self.group: TaskGroup | None = None
-        self.logfile: TaskLog | None = None
-        self.timed_out = False
-        self.stopped = False  # killed because the runner is shutting down: the task is released, not failed
-        self.output_lock = threading.Lock()  # the pump thread and the watching thread both write the log
-        self.environment = task_environment(settings, os.environ)
-
-    @property
-    def timeout(self) -> float:
-        return float(self.task.timeout_seconds or self.settings.agent_task_timeout)
-
-    def _keep(self, line: str) -> None:
-        self.tail.append(line)
-        self.tail_bytes += len(line)
-        limit = self.settings.coherence_output_tail_bytes
-        while self.tail_bytes > limit and len(self.tail) > 1:
-            self.tail_bytes -= len(self.tail.popleft())
-        if self.tail_bytes > limit:  # one line longer than the tail: its end, so the finish fits the body limit
-            self.tail[0] = self.tail[0][-limit:]
-            self.tail_bytes = limit
-        if line.strip():
-            self.last_line = line.strip()[:STEP_CHARS]
-        if line.lstrip().startswith(DECISION_MARKER):
-            self.question = line.lstrip()[len(DECISION_MARKER):].strip() or "(no question given)"
-
-    def _output(self, line: str) -> None:
-        """One line of the task's output (or the runner's note about it), masked: to the log file and the tail."""
-        line = self.environment.mask(line)
-        with self.output_lock:
-            if self.logfile is not None:
-                self.logfile.write(line)
-            self._keep(line)
-
-    def _pump(self, stream: IO[bytes]) -> None:
-        for raw in iter(stream.readline, b""):
-            self._output(raw.decode("utf-8", errors="replace"))
-
-    def execute(self, beat: Callable[[str], bool], stop_now: threading.Event,
-                logged: Callable[[], None] = lambda: None) -> TaskResult:
-        """Run the task to its end; ``beat()`` is called every heartbeat interval and may raise ClaimLost, and
-        ``logged()`` once the log's header is written (this host takes writes).
-
-        RunnerFault when this host cannot start it; ClaimLost (nothing started) when a newer run of the task is
-        recorded on this host. A beat that returns False (the API did not answer) is tried again after
-        RETRY_SECONDS, not a whole interval later, so a lease is renewed as soon as the API is back."""
-        self.logfile = TaskLog(task_log_path(self.settings, self.task.id), self.task.id)
-        try:
-            return self._execute(self.logfile, beat, stop_now, logged)
-        finally:
-            self.logfile.close()
-
-    def _execute(self, logfile: TaskLog, beat: Callable[[str], bool], stop_now: threading.Event,
-                 logged: Callable[[], None]) -> TaskResult:
-        task = self.task
-        started = time.monotonic()
-        logfile.write(f"=== task {task.id} type={task.task_type} run={task.claim_token} runner={self.runner_id}\n"
-                      f"=== start: {_utc()}\n", strict=True)
-        logged()
-        try:  # never two runs of one task at once, and never an older claim's run after a newer one
-            previous = stop_previous_runs(self.settings, task.id, task.claim_token)
-        except NewerRunRecorded as exc:
-            logfile.write(f"=== not started: {exc}\n")
-            raise ClaimLost(str(exc)) from exc
-        for line in previous:
-            log.warning("task %s: stopped the previous run first: %s", task.id, line)
-            logfile.write(f"=== stopped the previous run first: {line}\n")
-        try:
-            argv = build_argv(task, self.settings, RUN_FILES["prompts/"].path(self.settings))
-        except ValueError as exc:  # the task's own fault: it fails
-            return self._not_started(exc, started)
-        except OSError as exc:
-            raise RunnerFault(f"cannot write the task's prompt file: {exc}") from exc
-        logfile.write(f"=== command: {self.environment.mask(shlex.join(argv))[:COMMAND_CHARS]}\n", strict=True)
-        env = {**self.environment.env, "COHERENCE_TASK_ID": str(task.id), "COHERENCE_TASK_TYPE": task.task_type}
-        env.pop("COHERENCE_DECISION", None)  # only this task's own decision, never one the runner inherited
-        if task.decision:
-            env["COHERENCE_DECISION"] = task.decision
-        interval = max(0.2, lease_of(task, self.settings.coherence_lease_seconds) / 3)
-        next_beat = self.claimed_at + interval  # the lease runs from the claim, not from this start
-        if time.monotonic() >= next_beat and beat(self.last_line):
-            # A slow way here (a loaded host, a handoff): the lease is renewed before the task starts, so no task
-            # starts on a lease nearly spent; ClaimLost (nothing started) when the claim went meanwhile.
-            next_beat = time.monotonic() + interval
-        try:
-            self.group = TaskGroup(argv, self.settings, task, self.runner_id,
-                                   cwd=self.settings.coherence_workspace, env=env)
-        except TaskStartError as exc:  # the guard ran but the task's program could not start: the task's fault
-            return self._not_started(exc, started)
-        except OSError as exc:
-            raise RunnerFault(f"cannot start the task's guard: {exc}") from exc
-        group, proc = self.group, self.group.proc
-        pump = threading.Thread(target=self._pump, args=(proc.stdout,), daemon=True)
-        pump.start()
-        try:
-            while proc.poll() is None:
-                if time.monotonic() - started > self.timeout:
-                    self.timed_out = True
-                    self._output(f"timed out after {self.timeout:g}s; stopping the process group\n")
-                    group.stop(self.settings.agent_kill_grace_seconds)
-                    break
-                if stop_now.is_set():
-                    self.stopped = True
-                    self._output("runner is stopping: process group stopped, task back to pending\n")
-                    group.stop(self.settings.agent_kill_grace_seconds)
-                    break
-                try:
-                    proc.wait(WATCH_SECONDS)  # short, so a timeout or a stop is acted on promptly
-                except subprocess.TimeoutExpired:
-                    if time.monotonic() >= next_beat:
-                        renewed = beat(self.last_line)
-                        next_beat = time.monotonic() + (interval if renewed else min(interval, RETRY_SECONDS))
-        except ClaimLost as exc:
-            self._output(f"=== claim lost ({exc}): process group stopped, result dropped\n")
-            group.stop(self.settings.agent_kill_grace_seconds)
-            raise
-        finally:
-            proc.wait()
-            group.close()  # whatever the task left running in its group goes with it
-            pump.join(10)
-        return self._finish(started, proc.returncode)
-
-    def _not_started(self, exc: Exception, started: float) -> TaskResult:
-        self._output(f"cannot start the task: {exc}\n")
-        return self._finish(started, None)
-
-    def _finish(self, started: float, returncode: int | None) -> TaskResult:
-        if self.stopped:
-            status = TaskStatus.PENDING
-        elif self.timed_out:
-            status = TaskStatus.FAILED
-        elif self.question is not None:  # the agent asked: its exit code only says it stopped to wait
-            status = TaskStatus.NEEDS_DECISION
-        else:
-            status = TaskStatus.COMPLETED if returncode == 0 else TaskStatus.FAILED
-        duration = time.monotonic() - started
-        if self.logfile is not None:
-            self.logfile.write(f"=== end: {_utc()} exit_code={returncode} duration={duration:.3f}s status={status}\n")
-        return TaskResult(
-            task_id=self.task.id,
-            claim_token=self.task.claim_token,
-            status=status,
-            exit_code=returncode,
-            output="".join(self.tail),
-            decision_prompt=self.question if status is TaskStatus.NEEDS_DECISION else None,
-        )
 
 
 class Backoff:
@@ -319,17 +57,9 @@ class Backoff:
 class Runner:
     """Worker slots, the runner heartbeat, the outbox and the graceful stop."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        workers: int = 1,
-        interval: float = DEFAULT_CLAIM_WAIT,
-        once: bool = False,
-        types: list[str] | None = None,
-        runner_id: str | None = None,
-        grace: float | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, *, workers: int = 1, interval: float = DEFAULT_CLAIM_WAIT,
+                 once: bool = False, types: list[str] | None = None, runner_id: str | None = None,
+                 grace: float | None = None) -> None:
         self.settings = settings
         self.workers = workers
         self.interval = interval
@@ -339,12 +69,9 @@ class Runner:
         self.grace = settings.coherence_runner_stop_grace_seconds if grace is None else grace
         self.stopping = threading.Event()  # no new claims
         self.kill_now = threading.Event()  # running tasks are stopped and released
-        self.outbox = RUN_FILES["runner_outbox/"].path(settings)
-        self.unsaved: dict[str, TaskResult] = {}  # results the outbox could not store (disk full): sent from memory
         self.runs: dict[int, TaskRun] = {}
         self.failed = 0
         self.lock = threading.Lock()
-        self.delivering = threading.Lock()  # one delivery at a time, so a slot and the outbox flush never race
         self.attention = threading.Event()  # a result waits in the outbox: the heartbeat loop goes at once
         self.claiming = threading.Lock()  # one claim in flight per runner, for every free slot
         self.handoff: deque[Claim] = deque()  # claimed for a free slot that has not taken it yet
@@ -358,85 +85,13 @@ class Runner:
         self.slots: list[threading.Thread] = []
         self.slots_done: set[int] = set()  # slots that ended as they should (a stop, or --once with no work left)
         self.client = ApiClient(settings=settings, retries=2)
+        self.results = ResultOutbox(settings, self.client, self.runner_id, self.types, self._note)
         self.pruned_at: float | None = None  # monotonic time of the last retention pass over task files
 
-    # --- results ----------------------------------------------------------------------------------------
-    def _outbox_path(self, result: TaskResult) -> Path:
-        return self.outbox / f"task_{result.task_id}_{result.claim_token}.json"
-
-    def deliver(self, result: TaskResult) -> bool:
-        """Send a result; True when the API has it (or rejected it for good), False to try again later."""
-        return self._deliver(result, claim_next=False)[0]
-
-    def _deliver(self, result: TaskResult, *, claim_next: bool) -> tuple[bool, Claim | None]:
-        """``deliver``; with ``claim_next`` the same call claims this runner's next task: (delivered, next claim)."""
-        path = self._outbox_path(result)
-        with self.delivering:
-            if path.name not in self.unsaved and not path.exists():
-                return True, None  # delivered meanwhile by another thread
-            return self._send(result, claim_next)
-
-    def _send(self, result: TaskResult, claim_next: bool) -> tuple[bool, Claim | None]:
-        following = None
-        fields: dict[str, Any] = {"output": result.output, "exit_code": result.exit_code,
-                                  "decision_prompt": result.decision_prompt}
-        try:
-            if claim_next:
-                _, task = self.client.finish_and_claim(result.task_id, result.claim_token, result.status,
-                                                       runner_id=self.runner_id, types=self.types, **fields)
-                following = Claim(task, time.monotonic()) if task is not None else None
-            else:
-                self.client.finish(result.task_id, result.claim_token, result.status, **fields)
-        except (ApiConflict, ApiNotFound) as exc:
-            log.warning("task %s: result dropped, the claim is no longer ours: %s", result.task_id, exc.detail)
-        except ApiUnavailable as exc:
-            log.warning("task %s: API unavailable, result kept in the outbox (%s)", result.task_id, exc.detail)
-            return False, None
-        except ApiError as exc:
-            log.error("task %s: result rejected: %s", result.task_id, exc)
-        else:
-            log.info("task %s: %s (exit %s)", result.task_id, result.status, result.exit_code)
-        path = self._outbox_path(result)
-        with self.lock:
-            self.unsaved.pop(path.name, None)
-        try:
-            path.unlink(missing_ok=True)
-        except OSError as exc:  # a read-only disk: the next delivery of it is answered as already recorded
-            self._note(f"outbox file {path.name} cannot be removed: {exc}")
-        return True, following
-
-    def flush_outbox(self) -> int:
-        """Deliver every stored result (and those only in memory); returns how many are still waiting."""
-        waiting = 0
-        with self.lock:
-            results = list(self.unsaved.values())
-        for path in sorted(self.outbox.glob("task_*.json")):
-            try:
-                results.append(TaskResult(**json.loads(path.read_text())))
-            except FileNotFoundError:
-                continue  # delivered by its slot since the folder was listed
-            except (ValueError, TypeError) as exc:
-                log.error("outbox file %s is unreadable (%s); moved aside", path.name, exc)
-                path.rename(path.with_suffix(".bad"))
-        for result in results:
-            if not self.deliver(result):
-                waiting += 1
-        return waiting
-
     def keep(self, result: TaskResult, *, claim_next: bool = False) -> Claim | None:
-        """Persist a result before sending it, so neither an API outage nor a runner restart can lose it; with
-        ``claim_next`` the delivery also claims this slot's next task (one call), returned when one came.
-
-        When the outbox cannot be written (a full or read-only disk) the result is kept in memory and sent all the
-        same: it is lost only if the runner also stops before the API answers."""
-        path = self._outbox_path(result)
-        try:
-            write_json_atomic(path, asdict(result))
-        except OSError as exc:
-            self._note(f"task {result.task_id}: result not stored in the outbox ({exc}); kept in memory")
-            with self.lock:
-                self.unsaved[path.name] = result
-        delivered, following = self._deliver(result, claim_next=claim_next)
+        """Keep a result in the outbox and send it (result_outbox); one not delivered wakes the heartbeat loop, which
+        retries about once a second. With ``claim_next``, the slot's next claim when the delivery brought one."""
+        delivered, following = self.results.keep(result, claim_next=claim_next)
         if not delivered:
             self.attention.set()
         return following
@@ -644,7 +299,7 @@ class Runner:
     def _note(self, message: str) -> None:
         """Remember the last error for the runner heartbeat (``coherence status``, the runner_blocked rule)."""
         with self.lock:
-            self.last_error = f"{_utc()} {message}"
+            self.last_error = f"{utc_stamp()} {message}"
 
     def _hold(self, number: int, holding: bool) -> None:
         """Mark slot ``number`` as holding a task or not; a stop waits only for the slots that hold one."""
@@ -694,7 +349,7 @@ class Runner:
                 if failing:
                     log.info("the API answers again")
                 failing, answered = False, True
-                still = self.flush_outbox()
+                still = self.results.flush()
                 if still and still != waiting:
                     log.info("%d results wait in the outbox for the API", still)
                 waiting = still
@@ -741,9 +396,7 @@ class Runner:
         """Run until stopped (exit 0) or, with ``once``, until the queue is empty (1 when any task failed); exit
         SLOT_DIED when a slot thread died, so the supervisor starts a whole runner again rather than one that
         heartbeats with fewer slots than it says."""
-        self.outbox.mkdir(parents=True, exist_ok=True)
-        for path in remove_dead_writers_temps(self.outbox):
-            log.warning("removed %s, left by a runner that died while writing it", path.name)
+        self.results.open()
         for line in kill_orphaned_task_groups(self.settings):
             log.warning("left behind by a runner that is gone: %s", line)
         log.info("runner %s: %d workers, types %s, workspace %s", self.runner_id, self.workers,
@@ -775,9 +428,10 @@ class Runner:
         self.release_handoff()
         self.kill_now.set()
         self.attention.set()  # the heartbeat loop ends now, not an interval later
-        if self.flush_outbox():
-            log.warning("API unreachable: results wait in %s and are delivered by the next runner", self.outbox)
-        self._save_unsaved()
+        if self.results.flush():
+            log.warning("API unreachable: results wait in %s and are delivered by the next runner",
+                        self.results.folder)
+        self.results.save_unsaved()
         beats.join(self.settings.coherence_http_timeout)  # no heartbeat of its may land after the one saying stopped
         self.say_stopped(self.stop_reason or (f"slot(s) {dead} died (exit {SLOT_DIED})" if dead else
                                               "--once: no work left" if self.once else "ended"))
@@ -786,15 +440,3 @@ class Runner:
         if dead:
             return SLOT_DIED
         return 1 if self.once and self.failed else 0
-
-    def _save_unsaved(self) -> None:
-        """On the way out: results that are only in memory get one more try at the outbox (the disk may have space
-        again); what still cannot be written is named in the log, the only trace left of it."""
-        with self.lock:
-            results = list(self.unsaved.values())
-        for result in results:
-            try:
-                write_json_atomic(self._outbox_path(result), asdict(result))
-            except OSError as exc:
-                log.error("task %s: result lost (run %s, %s, exit %s): neither the API nor the outbox took it (%s)",
-                          result.task_id, result.claim_token, result.status, result.exit_code, exc)

@@ -1,16 +1,13 @@
 """The one Settings class: every environment variable the project reads is declared here and nowhere else.
 
 A field's name is its environment variable in lower case (``coherence_home`` is ``COHERENCE_HOME``), so the
-runbook, ``coherence config`` and the code all use one spelling.
+runbook, ``coherence config`` and the code all use one spelling. What a value may be is checked by its field's type
+(setting_values); checks across settings, and settings derived from others, are here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,81 +16,40 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coherence_network.contract import TaskType
 from coherence_network.errors import CoherenceError
+from coherence_network.setting_values import (
+    LOOPBACK_HOSTS,
+    MIN_TOKEN_LENGTH,
+    WILDCARD_BINDS,
+    ApiToken,
+    CommandTaskTypes,
+    DatabaseUrl,
+    HttpUrl,
+    IdList,
+    LogLevel,
+    database_url_refusal,
+    derived_key,
+    host_name,
+    invalid_settings,
+    mask_url_secrets,
+    parse_command_types,
+    parse_ids,
+    seen_limit,
+)
+
+# What other modules take from here; the checks and parsers of values live in setting_values.
+__all__ = ["DERIVED_FROM", "SECRET_FIELDS", "ConfigError", "Settings", "config_errors_as_one_line",
+           "database_url_refusal", "derived_key", "get_settings", "host_name",
+           "mask_url_secrets", "seen_limit"]
 
 SECRET_FIELDS = frozenset({"coherence_api_token", "telegram_bot_token", "telegram_webhook_secret"})
-MIN_TOKEN_LENGTH = 16
-# Printable ASCII without spaces: what an Authorization header carries unchanged (HTTP strips outer whitespace).
-_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
-# The password of scheme://user:password@host, up to the last @ (SQLAlchemy takes unescaped / and @ in a password:
-# masking too much is better than showing part of it), and secret-looking query values.
-_URL_PASSWORD = re.compile(r"(?P<keep>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/?#@]*:)\S*(?=@)")
-_URL_QUERY_SECRET = re.compile(
-    r"(?P<keep>[?&](?:password|passwd|pwd|secret|token|api_key|apikey)=)[^&#]*", re.IGNORECASE
-)
 # Settings computed from others when not set themselves (Settings._derive); `coherence config` says so.
 DERIVED_FROM = {"agent_api_base": ("COHERENCE_API_HOST", "COHERENCE_API_PORT"),
                 "monitor_runner_seen_seconds": ("COHERENCE_RUNNER_HEARTBEAT_SECONDS",)}
-
-
-def seen_limit(heartbeat_seconds: float) -> float:
-    """How long a heartbeating process may be silent and still count as alive: two intervals and a second, so one
-    late heartbeat (a slow pass) is not taken for a death."""
-    return 2 * heartbeat_seconds + 1.0
-
-
-def derived_key(token: str, purpose: str) -> bytes:
-    """A key for one ``purpose`` derived from COHERENCE_API_TOKEN: never the token itself (a leaked derived key is no
-    token), held in memory only (no file a task could read), and renewed when the token is rotated."""
-    return hmac.new(token.encode(), purpose.encode(), hashlib.sha256).digest()
-
-
-def parse_ids(value: str) -> frozenset[int]:
-    """Comma-separated Telegram ids (chat ids may be negative); a typo fails at start-up, not silently."""
-    try:
-        return frozenset(int(part) for part in value.split(",") if part.strip())
-    except ValueError:
-        raise ValueError(f"expected comma-separated integer ids, got {value!r}") from None
-
-
-def parse_command_types(value: str) -> frozenset[TaskType]:
-    """COHERENCE_COMMAND_TASK_TYPES: task types by name, comma-separated; empty or ``none`` is no type at all."""
-    names = {part.strip().lower() for part in value.split(",") if part.strip()} - {"none"}
-    unknown = names - set(TaskType)
-    if unknown:
-        raise ValueError(f"unknown task types {sorted(unknown)}; choose from {', '.join(TaskType)}, or none")
-    return frozenset(TaskType(name) for name in names)
-
-
-# The stores this project runs on, with or without a driver named (postgresql+psycopg://, sqlite+pysqlite://).
-_STORE_SCHEME = re.compile(r"(?:sqlite|postgresql)(?:\+[a-z0-9_]+)?://", re.IGNORECASE)
-
-
-def database_url_refusal(url: str, cause: str) -> str:
-    """Why DATABASE_URL cannot be used, in one line (its password hidden): said by Settings for a scheme that is no
-    store of ours, and by the store for a URL SQLAlchemy cannot parse."""
-    return (f"DATABASE_URL={mask_url_secrets(url)} is not a database URL this can use ({cause}); use "
-            "postgresql://user:password@host:5432/coherence, or leave it empty for SQLite")
-
-
-def http_url_refusal(name: str, url: str) -> str | None:
-    """Why a setting that must be an http(s) URL is not one (None when it is): a typo stops a component at start-up
-    with one line, not at its first request with a connection error."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError for a port that is not a number in 0..65535)
-    except ValueError as exc:
-        return f"{name}={mask_url_secrets(url)} is not a URL: {exc}"
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        return (f"{name}={mask_url_secrets(url)} is not an http:// or https:// URL with a host (for example "
-                "http://127.0.0.1:8000)")
-    return None
 
 
 class ConfigError(CoherenceError):
@@ -114,30 +70,6 @@ def config_errors_as_one_line(prog: str = "coherence") -> Iterator[None]:
         raise SystemExit(2) from None
 
 
-def invalid_settings(exc: ValidationError) -> list[str]:
-    """One line per bad variable, named as the operator spells it; never the value, which may be a secret."""
-    lines = []
-    for error in exc.errors():
-        name = ".".join(str(part) for part in error["loc"]).upper()  # empty for a check across settings
-        message = error["msg"].removeprefix("Value error, ")
-        lines.append(message if message.startswith(name) else f"{name}: {message}")
-    return lines
-
-
-def host_name(host: str) -> str:
-    """One spelling per host for comparisons: lower case, no brackets or trailing dot, IP addresses compressed."""
-    name = host.strip().lower().removeprefix("[").removesuffix("]").rstrip(".")
-    try:
-        return ipaddress.ip_address(name).compressed
-    except ValueError:
-        return name
-
-
-def mask_url_secrets(value: str) -> str:
-    """``postgresql://user:secret@db/x`` -> ``postgresql://user:***@db/x``; ``?token=abc`` -> ``?token=***``."""
-    return _URL_QUERY_SECRET.sub(r"\g<keep>***", _URL_PASSWORD.sub(r"\g<keep>***", value))
-
-
 class Settings(BaseSettings):
     """Configuration read from the environment (and an optional ``.env`` file in the working directory)."""
 
@@ -146,14 +78,14 @@ class Settings(BaseSettings):
 
     # --- runtime folder and store -------------------------------------------------------------------------
     coherence_home: Path = Field(Path("var"), description="Runtime folder holding logs/, run/ and the SQLite db")
-    database_url: str = Field(
+    database_url: DatabaseUrl = Field(
         "", description="SQLAlchemy URL of the store; empty means SQLite at $COHERENCE_HOME/coherence.db"
     )
 
     # --- API ------------------------------------------------------------------------------------------------
     coherence_api_host: str = Field("127.0.0.1", description="Address the API binds to")
     coherence_api_port: int = Field(8000, ge=1, le=65535, description="Port the API listens on")
-    coherence_api_token: str = Field(
+    coherence_api_token: ApiToken = Field(
         "", description=f"Bearer token every route but /api/health and /api/ready needs when set; at least "
         f"{MIN_TOKEN_LENGTH} characters; required for a non-loopback bind"
     )
@@ -165,7 +97,7 @@ class Settings(BaseSettings):
         4 * 1024 * 1024, ge=65536, description="Largest request body the API reads; bigger ones get 413 unread (at "
         "least 12 x COHERENCE_OUTPUT_TAIL_BYTES + 16 KiB, so a runner's finish always fits)"
     )
-    agent_api_base: str = Field(
+    agent_api_base: HttpUrl = Field(
         "", description="Base URL clients use to reach the API; empty = derived from COHERENCE_API_HOST and "
         "COHERENCE_API_PORT (so moving the API's port moves every client)"
     )
@@ -178,7 +110,7 @@ class Settings(BaseSettings):
     )
 
     # --- logging --------------------------------------------------------------------------------------------
-    coherence_log_level: str = Field("INFO", description="Log level of component logs (DEBUG, INFO, WARNING...)")
+    coherence_log_level: LogLevel = Field("INFO", description="Log level of component logs (DEBUG, INFO, WARNING...)")
     coherence_log_json: bool = Field(False, description="Write component logs as JSON lines instead of text")
     no_color: str = Field(
         "", description="Any non-empty value turns off colour in command output (https://no-color.org)"
@@ -228,7 +160,7 @@ class Settings(BaseSettings):
         "ANTHROPIC_API_KEY,GH_TOKEN (their values are still masked in task output; the project's own secrets "
         "never pass)"
     )
-    coherence_command_task_types: str = Field(
+    coherence_command_task_types: CommandTaskTypes = Field(
         "run", description="Task types that may carry a `command` (run by every runner as its user, no agent): "
         "comma-separated; empty or none = no task may. Checked by the API on create and again by each runner"
     )
@@ -285,13 +217,14 @@ class Settings(BaseSettings):
 
     # --- telegram -----------------------------------------------------------------------------------------
     telegram_bot_token: str = Field("", description="Bot API token from @BotFather; empty disables the bot")
-    telegram_chat_ids: str = Field("", description="Chat ids alerts go to, comma-separated (commands work there too)")
-    telegram_allowed_user_ids: str = Field(
+    telegram_chat_ids: IdList = Field("", description="Chat ids alerts go to, comma-separated (commands work there "
+                                      "too)")
+    telegram_allowed_user_ids: IdList = Field(
         "", description="User ids that may command the bot, comma-separated; empty means nobody"
     )
-    telegram_api_base: str = Field("https://api.telegram.org", description="Bot API base address (tests point it "
+    telegram_api_base: HttpUrl = Field("https://api.telegram.org", description="Bot API base address (tests point it "
                                    "at a local fake)")
-    telegram_webhook_url: str = Field(
+    telegram_webhook_url: HttpUrl = Field(
         "", description="Public URL of POST /api/agent/telegram/webhook; set = webhook mode, empty = long polling"
     )
     telegram_webhook_secret: str = Field(
@@ -377,57 +310,6 @@ class Settings(BaseSettings):
         0.5, ge=0, description="First retry delay of a registry request; doubles per retry, with jitter"
     )
     coherence_index_timeout: float = Field(30.0, gt=0, description="Seconds one registry request may take")
-
-    @field_validator("telegram_chat_ids", "telegram_allowed_user_ids")
-    @classmethod
-    def _id_list(cls, value: str) -> str:
-        parse_ids(value)
-        return value
-
-    @field_validator("coherence_api_token")
-    @classmethod
-    def _usable_token(cls, value: str) -> str:
-        """A blank, short or unsendable token is a mistake to stop at start-up, not a lock anyone can open.
-
-        The message never repeats the value: it is a secret, and it ends up on a terminal or in a log."""
-        if value and (len(value) < MIN_TOKEN_LENGTH or not _TOKEN_CHARS.fullmatch(value)):
-            raise ValueError(
-                f"COHERENCE_API_TOKEN must be at least {MIN_TOKEN_LENGTH} characters of printable ASCII without "
-                "spaces (got a blank, short or unsendable value); generate one with "
-                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))', or leave it empty for no token"
-            )
-        return value
-
-    @field_validator("database_url")
-    @classmethod
-    def _a_store_of_ours(cls, value: str) -> str:
-        if value and not _STORE_SCHEME.match(value):
-            scheme = value.split("://")[0] if "://" in value else ""
-            raise ValueError(database_url_refusal(value, f"{scheme} is not a supported store" if scheme
-                                                  else "no scheme://"))
-        return value
-
-    @field_validator("agent_api_base", "telegram_api_base", "telegram_webhook_url")
-    @classmethod
-    def _http_url(cls, value: str, info: ValidationInfo) -> str:
-        refusal = value and http_url_refusal(str(info.field_name).upper(), value)
-        if refusal:
-            raise ValueError(refusal)
-        return value
-
-    @field_validator("coherence_command_task_types")
-    @classmethod
-    def _known_types(cls, value: str) -> str:
-        parse_command_types(value)
-        return value
-
-    @field_validator("coherence_log_level")
-    @classmethod
-    def _known_level(cls, value: str) -> str:
-        level = value.upper()
-        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ValueError(f"unknown log level {value!r}")
-        return level
 
     @model_validator(mode="after")
     def _finish_fits_the_body_limit(self) -> Settings:

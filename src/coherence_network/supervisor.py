@@ -16,7 +16,7 @@ The supervisor binds the API's port itself and hands the listening socket to eac
 --fd``): while one API exits and the next starts, connections wait in the kernel's backlog instead of being
 refused.
 
-Each child is ``python -m coherence_network.pidfiles <component> <supervisor pid> <coherence command>`` in its own
+Each child is ``python -m coherence_network.cli.supervised <component> <supervisor pid> <coherence command>`` in its own
 process group: the child takes its single-instance lock, writes its own PID file and ends when the supervisor dies
 (see pidfiles), and stopping its group stops everything it spawned. The supervisor holds its own lock, so two
 supervisors never run at once. Auto-commit runs on a thread of its own: git can be slow or fail, and supervision
@@ -46,21 +46,12 @@ from coherence_network.client import ApiClient, ApiError
 from coherence_network.fatal import held_issue_cleared
 from coherence_network.gitops import GIT_TIMEOUT_SECONDS, CompletedTaskWatcher
 from coherence_network.logfiles import REGISTRY, write_json_atomic
-from coherence_network.pidfiles import (
-    RUNNERS,
-    AlreadyRunning,
-    components,
-    hold,
-    holder,
-    instances,
-    lock_path,
-    read_pid,
-    remove_pid,
-)
+from coherence_network.pidfiles import SUPERVISOR, AlreadyRunning, hold, remove_pid
 from coherence_network.ports import listener
 from coherence_network.process_hygiene import without_store_secrets
 from coherence_network.settings import Settings
-from coherence_network.taskgroups import kill_orphaned_task_groups, start_time
+from coherence_network.stopping import signal_group, stop_groups
+from coherence_network.taskgroups import kill_orphaned_task_groups
 from coherence_network.versioning import running_version, source_sha_on_disk
 
 log = logging.getLogger("coherence.supervisor")
@@ -68,7 +59,7 @@ log = logging.getLogger("coherence.supervisor")
 COMPONENTS = ("api", "agent_runner", "project_manager", "monitor")
 CLI_COMMANDS = {"api": "api", "agent_runner": "runner", "project_manager": "pm", "monitor": "monitor"}
 ONE_SHOT_FLAGS = frozenset({"--reset"})  # given to a child's first start only: a restart must not redo them
-SELF = "supervisor"
+SELF = SUPERVISOR  # the supervisor's own lock
 TICK_SECONDS = 0.2
 COMMIT_POLL_SECONDS = 2.0
 BACKLOG_CHECK_SECONDS = 2.0  # how often the supervisor asks whether the backlog is through
@@ -125,26 +116,6 @@ def _drain(stream: IO[bytes], tail: deque[str]) -> None:
     stream.close()
 
 
-def signal_group(pgid: int, sig: int) -> bool:
-    """Signal a whole process group; False when it no longer exists."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def wait_group_gone(proc: subprocess.Popen[bytes], deadline: float) -> bool:
-    """Wait until no process of the child's group is left (the leader reaped, whatever it spawned gone too)."""
-    while True:
-        proc.poll()  # reap the leader, or its zombie keeps the group alive
-        if not signal_group(proc.pid, 0):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-
-
 class Supervisor:
     def __init__(self, settings: Settings, options: SupervisorOptions) -> None:
         self.settings = settings
@@ -188,7 +159,7 @@ class Supervisor:
         if child.name == "api" and self.api_socket is not None:
             inherited = (self.api_socket.fileno(),)
             args = [*args, "--fd", str(inherited[0])]
-        child.proc = subprocess.Popen([sys.executable, "-m", "coherence_network.pidfiles", child.name,
+        child.proc = subprocess.Popen([sys.executable, "-m", "coherence_network.cli.supervised", child.name,
                                        str(os.getpid()), *args],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                       start_new_session=True, pass_fds=inherited,
@@ -216,22 +187,13 @@ class Supervisor:
         remove_pid(self.settings, child.name, child.proc.pid)
 
     def stop_children(self, children: list[Child]) -> None:
-        """SIGTERM to each group, SIGKILL to what is left after the grace period; reaps."""
-        running = [c for c in children if c.alive]
-        for child in running:
-            assert child.proc is not None
-            log.info("stopping %s (pid %d)", child.name, child.proc.pid)
-            signal_group(child.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.supervisor_stop_grace_seconds
-        for child in running:
-            assert child.proc is not None
-            if not wait_group_gone(child.proc, deadline):
-                log.warning("%s did not stop within %.0f s: SIGKILL", child.name,
-                            self.settings.supervisor_stop_grace_seconds)
-                signal_group(child.proc.pid, signal.SIGKILL)
-                wait_group_gone(child.proc, time.monotonic() + 10)
-            child.proc.wait()
-            self._reaped(child)
+        """Stop each running child's process group (stopping.stop_groups: SIGTERM, SIGKILL after the grace period);
+        reaps."""
+        running = {c.name: c.proc for c in children if c.alive and c.proc is not None}
+        stop_groups(running, self.settings.supervisor_stop_grace_seconds)
+        for child in children:
+            if child.name in running:
+                self._reaped(child)
 
     def _exited(self, child: Child) -> None:
         """A child exited on its own: restart it (any exit code: the pipeline is not stopping). A clean exit at once;
@@ -478,88 +440,3 @@ def _log_output(name: str, code: int, tail: str) -> None:
 def _log_lines(lines: list[str]) -> None:
     for line in lines:
         log.warning("%s", line)
-
-
-# --- coherence stop ---------------------------------------------------------------------------------------------
-def _terminate(settings: Settings, name: str, pid: int, grace: float) -> str:
-    """SIGTERM (to the group when ``pid`` leads one), SIGKILL after ``grace``; done when the lock is released."""
-    try:
-        group = os.getpgid(pid) == pid
-    except ProcessLookupError:
-        return "already gone"
-    send = (lambda sig: signal_group(pid, sig)) if group else (lambda sig: os.kill(pid, sig))
-    send(signal.SIGTERM)
-    if _lock_released(settings, name, time.monotonic() + grace):
-        return "stopped"
-    send(signal.SIGKILL)
-    _lock_released(settings, name, time.monotonic() + 10)
-    return "killed after the grace period"
-
-
-def _lock_released(settings: Settings, name: str, deadline: float) -> bool:
-    while holder(settings, name) is not None:
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def stop_pipeline(settings: Settings, grace: float) -> list[str]:
-    """Stop every component whose lock is held in var/run/: the supervisor first (it stops its children), then every
-    runner still running (started by hand: each holds its own lock under var/run/runners/), the API last (runners
-    release their tasks through it); then kill every recorded task process group (no runner is left to own one).
-    Only lock holders are signalled; a PID file or runner lock nobody holds is stale and removed."""
-    names = sorted(components(settings) - {"api"}, key=lambda n: (n != SELF, n))
-    done = [line for name in names if (line := _stop_component(settings, name, grace))]
-    done += _stop_runners(settings, grace)
-    api = _stop_component(settings, "api", grace)
-    return done + ([api] if api else []) + kill_orphaned_task_groups(settings, all_groups=True)
-
-
-def _stop_component(settings: Settings, name: str, grace: float) -> str | None:
-    """Stop the holder of ``name``'s lock; what happened, or None when nothing ran and nothing was stale."""
-    pid = holder(settings, name)
-    if pid is None:
-        stale = read_pid(settings, name)
-        if stale is None:
-            return None
-        remove_pid(settings, name, stale)  # unless a starting holder has just written its own
-        return f"{name}: stale PID file removed"
-    if pid == 0:
-        return f"{name}: starting (its pid is not recorded yet); run coherence stop again"
-    wait = grace + settings.supervisor_stop_grace_seconds + 15 if name == SELF else grace
-    line = f"{name} (pid {pid}): {_terminate(settings, name, pid, wait)}"
-    remove_pid(settings, name, pid)  # left behind only by a SIGKILL
-    return line
-
-
-def _stop_runners(settings: Settings, grace: float) -> list[str]:
-    """Every runner still holding its instance lock (the supervised one has gone with its supervisor by now)."""
-    done: list[str] = []
-    for name in instances(settings, RUNNERS):
-        pid = holder(settings, name)
-        if pid is None:
-            lock_path(settings, name).unlink(missing_ok=True)  # its runner was killed: nobody holds it
-        elif pid:
-            done.append(f"runner (pid {pid}): {_terminate(settings, name, pid, grace)}")
-    return done
-
-
-def stop_port(port: int, grace: float) -> tuple[bool, str]:
-    """Stop the coherence process of this user that listens on ``port`` (a stray API): found by the socket it
-    holds, never by a name pattern; a process that is not ours is reported, not signalled. (stopped?, what happened)"""
-    found = listener(port)
-    if found is None:
-        return False, f"nothing of yours listens on port {port}"
-    if not found.is_ours:
-        return False, (f"port {port} is held by pid {found.pid} ({found.command[:160]}), not a coherence process: "
-                       "not stopped")
-    os.kill(found.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while start_time(found.pid) is not None and time.monotonic() < deadline:  # None: gone, or a zombie
-        time.sleep(0.1)
-    if start_time(found.pid) is None:
-        return True, f"port {port}: pid {found.pid} ({found.command[:160]}) stopped"
-    os.kill(found.pid, signal.SIGKILL)
-    return True, f"port {port}: pid {found.pid} ({found.command[:160]}) killed after the grace period"
-

@@ -89,7 +89,7 @@ def environment_secrets(environ: Mapping[str, str]) -> set[str]:
 def project_secrets(settings: Settings) -> set[str]:
     """Values of the project's own secrets: the secret settings (the generated webhook secret included),
     DATABASE_URL and the password inside it."""
-    from coherence_network.telegram import webhook_secret
+    from coherence_network.telegram.botapi import webhook_secret
 
     return secret_values([*(getattr(settings, name) for name in SECRET_FIELDS), webhook_secret(settings),
                           settings.database_url])

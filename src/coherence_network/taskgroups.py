@@ -18,7 +18,8 @@ Why this mechanism:
 - The guard passes the task through unchanged: its stdout and stderr are the task's, and it exits with the task's
   exit code, or dies of the task's signal.
 
-Processes are read from /proc (Linux), where a zombie counts as gone. A process that leaves the group on purpose
+Processes are looked at through psutil (imported when first needed: the guard starts with the standard library
+only), start times excepted (``start_time``); a zombie counts as gone. A process that leaves the group on purpose
 (``setsid``) is out of reach, as it is for any process-group kill.
 """
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # the guard runs this file as a script and must start fast: s
 POLL_SECONDS = 0.05
 KILL_WAIT_SECONDS = 10.0  # after SIGKILL only a process stuck in the kernel (state D) can linger
 GO, STARTED, FAILED = b"go\n", "started", "error "
+GONE = frozenset({"zombie", "dead"})  # psutil.STATUS_ZOMBIE and STATUS_DEAD: a process that no longer runs
 
 
 class NewerRunRecorded(CoherenceError):
@@ -56,32 +58,36 @@ class TaskStartError(CoherenceError, OSError):
     """The guard could not start the task (for instance the program does not exist); the message is the OS's."""
 
 
-# --- processes, from /proc --------------------------------------------------------------------------------------
-def _stat(pid: int | str) -> tuple[str, int, int] | None:
-    """(state, process group, start time in clock ticks since boot) of a process, None when there is none."""
+# --- processes -------------------------------------------------------------------------------------------------
+def start_time(pid: int) -> int | None:
+    """When a live process started, in clock ticks since boot: with the pid, what identifies it. None when it is
+    gone or a zombie.
+
+    Read from /proc/<pid>/stat, the one place psutil does not replace here: its public create_time adds the boot
+    time, which follows the wall clock (an NTP step moves it), while a start time is compared with one recorded by
+    another process, possibly long before, and must match exactly."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             fields = handle.read().rsplit(b")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return None
-    return fields[0].decode(), int(fields[2]), int(fields[19])
-
-
-def start_time(pid: int) -> int | None:
-    """When a live process started (clock ticks since boot): with the pid, what identifies it. None when gone."""
-    stat = _stat(pid)
-    return None if stat is None or stat[0] in "ZX" else stat[2]
+    return None if fields[0].decode() in "ZX" else int(fields[19])
 
 
 def members(pgids: Iterable[int], *, spare: int = 0) -> list[int]:
     """Live (non-zombie) processes in any of these process groups, except ``spare``."""
+    import psutil
+
     wanted = set(pgids)
     found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != spare:
-            stat = _stat(entry)
-            if stat is not None and stat[1] in wanted and stat[0] not in "ZX":
-                found.append(int(entry))
+    for process in psutil.process_iter():
+        if process.pid == spare:
+            continue
+        try:
+            if os.getpgid(process.pid) in wanted and process.status() not in GONE:
+                found.append(process.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):  # gone meanwhile
+            continue
     return found
 
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from coherence_network.backlog import PHASES
 from coherence_network.client import ApiClient
 from coherence_network.contract import Task, TaskStatus, TaskType
-from coherence_network.manager import PHASES
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until
 from tests.support.runner import RunnerProcess

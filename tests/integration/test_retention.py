@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from coherence_network.cleanup import append_line, trim_jsonl, trim_resolutions
 from coherence_network.client import ApiClient, ApiNotFound
 from coherence_network.clock import utcnow
 from coherence_network.contract import TaskStatus
+from coherence_network.file_retention import append_line, trim_jsonl, trim_resolutions
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
 from coherence_network.store.db import create_store_engine

@@ -12,8 +12,9 @@ import pytest
 
 from coherence_network.client import ApiClient
 from coherence_network.contract import Task, TaskStatus, TaskType
-from coherence_network.runner import CLAIM_MARGIN, Claim, Runner
+from coherence_network.runner import Runner
 from coherence_network.settings import Settings
+from coherence_network.task_run import CLAIM_MARGIN, Claim
 from tests.integration.test_runner import py
 from tests.support.api import ApiProcess
 from tests.support.net import wait_until

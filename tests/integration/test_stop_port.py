@@ -70,7 +70,7 @@ def _answers(port: int) -> bool:
 
 @pytest.mark.parametrize("how", [
     [str(BIN / "coherence"), "api"],  # as the runbook starts it: python runs the console script
-    [sys.executable, "-m", "coherence_network.pidfiles", "api", str(os.getpid()), "api"],  # as the supervisor does
+    [sys.executable, "-m", "coherence_network.cli.supervised", "api", str(os.getpid()), "api"],  # the supervisor
     [str(BIN / "uvicorn"), "coherence_network.api.app:create_app", "--factory", "--workers", "2"],  # plain uvicorn
 ], ids=["console-script", "supervisor-wrapper", "uvicorn-workers"])
 def test_an_api_started_as_the_runbook_shows_is_recognised_and_stopped(tmp_path: Path, how: list[str]) -> None:
@@ -94,7 +94,7 @@ def test_a_command_line_that_only_mentions_coherence_is_not_ours() -> None:
     assert coherence_command(["/usr/bin/python3", "-m", "coherence_network.cli", "api"]) == ["api"]
     assert coherence_command(["/opt/c/.venv/bin/python3", "/opt/c/.venv/bin/coherence", "api", "--port", "1"]) == [
         "api", "--port", "1"]
-    assert coherence_command(["python3", "-m", "coherence_network.pidfiles", "api", "12", "api"]) == ["api"]
+    assert coherence_command(["python3", "-m", "coherence_network.cli.supervised", "api", "12", "api"]) == ["api"]
     for foreign in (["python3", "-c", "serve()", "coherence_network.cli", "api"], ["vim", "coherence_network/cli.py"],
                     ["python3", "-m", "http.server", "coherence"], ["/usr/bin/coherence-other", "api"],
                     ["uvicorn", "someone_else:app", "coherence_network.api"], ["python3"], []):

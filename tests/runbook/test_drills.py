@@ -54,7 +54,7 @@ def test_drill_api_restart_keeps_the_data(runbook: Runbook, drill: Drill, api: A
     results = [result for step in ("api-stop", "api-start", "api-verify") for result in
                drill.run_block(runbook.drill(step))]
     assert json.loads(results[-1].stdout)["ready"] is True
-    assert api.proc.wait(30) == 0  # the old API was stopped gracefully by its PID file
+    assert api.proc.wait(30) == 0  # the old API was stopped gracefully, found by its socket
     new_pid = int((drill.home / "run" / "api.pid").read_text())
     assert new_pid != old_pid
     with ApiClient(api.url, token="") as client:

@@ -2,7 +2,7 @@
 
 A circle makes the import order matter: the module imported first sees the other one half-initialized, and a
 name it takes from it at import time is not there yet ("partially initialized module"). Which module a process
-imports first depends on its entry point (the CLI, uvicorn's app factory, the pidfiles wrapper, a test), so a
+imports first depends on its entry point (the CLI, uvicorn's app factory, the supervised wrapper, a test), so a
 circle fails in one of them and not the others.
 
 The graph is read from the source with ``ast``, without importing anything. It holds the imports that run when the
@@ -11,7 +11,7 @@ module is imported: the module's own body and its class bodies, inside ``if``/``
   imports, e.g. the CLI importing httpx only for the commands that call the API);
 - imports under ``if TYPE_CHECKING:``: they never run; a type checker resolves them lazily;
 - imports under ``if __name__ == "__main__":``: they run only in ``python -m <module>``, whose module is
-  ``__main__``, a different module object from the one others import (pidfiles' wrapper imports the CLI there).
+  ``__main__``, a different module object from the one others import.
 Importing ``a.b.c`` runs ``a/__init__.py`` and ``a/b/__init__.py`` first, so those packages count as imported too,
 except the importer's own enclosing packages (they are already being imported when it runs).
 """
@@ -127,10 +127,17 @@ def test_the_graph_sees_the_imports_that_run_at_import_time() -> None:
     graph = import_graph()
     assert "coherence_network.settings" in graph["coherence_network.api.app"]
     assert "coherence_network.store" in graph["coherence_network.health"]  # the package of store.schema
-    # not edges: an import inside a function (the CLI imports the pidfiles module in its commands), under
-    # TYPE_CHECKING (the CLI's client), under __main__ (the pidfiles wrapper imports the CLI)
-    assert not {"coherence_network.pidfiles", "coherence_network.client"} & graph["coherence_network.cli"]
-    assert "coherence_network.cli" not in graph["coherence_network.pidfiles"]
+    # not edges: an import inside a function (the CLI's commands import the pidfiles module), under TYPE_CHECKING
+    # (the CLI's client); the package's own modules and the packages they are in are edges
+    cli = {name for name in graph if name == "coherence_network.cli" or name.startswith("coherence_network.cli.")}
+    assert cli > {"coherence_network.cli", "coherence_network.cli.app", "coherence_network.cli.supervised"}
+    for module in cli - {"coherence_network.cli.supervised", "coherence_network.cli.__main__"}:
+        assert not {"coherence_network.pidfiles", "coherence_network.client"} & graph[module], module
+    assert "coherence_network.cli.app" in graph["coherence_network.cli"]
+    # the supervised wrapper imports both; pidfiles imports no part of the CLI, not even under __main__
+    assert {"coherence_network.pidfiles", "coherence_network.cli.app"} <= graph["coherence_network.cli.supervised"]
+    assert not cli & graph["coherence_network.pidfiles"]
+    assert "__main__" not in (Path(coherence_network.__file__).parent / "pidfiles.py").read_text(encoding="utf-8")
 
 
 def test_src_has_no_import_circle() -> None:

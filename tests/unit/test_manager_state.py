@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from coherence_network.manager import ItemState, ManagerState
+from coherence_network.manager_state import ItemState, ManagerState
 
 VERSION_1 = {  # as the first release wrote it: no settled_on on items
     "version": 1, "backlog": "backlog.md", "position": 1,

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from coherence_network.contract import Task
-from coherence_network.runner import CLAIM_MARGIN, Claim, TaskRun, build_argv, lease_of
 from coherence_network.settings import Settings
+from coherence_network.task_env import build_argv
+from coherence_network.task_run import CLAIM_MARGIN, Claim, TaskRun, lease_of
 
 
 def settings(tmp_path: Path, **values: Any) -> Settings:

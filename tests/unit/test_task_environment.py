@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from coherence_network.contract import Task
 from coherence_network.settings import Settings
 from coherence_network.task_env import SecretMask, build_argv, task_environment
-from coherence_network.telegram import secret_path, webhook_secret
+from coherence_network.telegram.botapi import secret_path, webhook_secret
 
 
 def settings(tmp_path: Path, **values: Any) -> Settings:

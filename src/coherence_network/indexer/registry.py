@@ -2,15 +2,16 @@
 
 No registry address is built in. npm is asked (``npm config get registry``, which reads its environment variables
 and npmrc files); without npm, the variables and npmrc files npm reads are read here. PyPI's address is pip's
-``index-url`` (``PIP_INDEX_URL`` or the pip configuration files, in pip's order), else the default the installed
-pip itself uses. The environment read here is npm's and pip's, not this project's, which is why it is not part of
-Settings.
+``index-url`` (``PIP_INDEX_URL``, or the pip configuration files as ``pip config debug`` lists them, in pip's order
+of precedence), else the default the installed pip itself says it uses (``pip download --help``): pip is asked
+through its command line, never through its internals. The environment read here is npm's and pip's, not this
+project's, which is why it is not part of Settings.
 """
 
 from __future__ import annotations
 
-import configparser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -114,27 +115,50 @@ def discover_npm(environ: Mapping[str, str] | None = None, home: Path | None = N
 
 
 # --- PyPI --------------------------------------------------------------------------------------------------
-def _pip_files(environ: Mapping[str, str], home: Path) -> list[Path]:
-    """pip configuration files, lowest precedence first, the way pip loads them."""
-    config_dirs = environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(":")
-    files = [Path(d) / "pip" / "pip.conf" for d in reversed(config_dirs) if d] + [Path("/etc/pip.conf")]
-    chosen = environ.get("PIP_CONFIG_FILE")
-    if not (chosen and Path(chosen).exists()):
-        xdg_home = Path(environ.get("XDG_CONFIG_HOME") or home / ".config")
-        files += [home / ".pip" / "pip.conf", xdg_home / "pip" / "pip.conf"]
-    files.append(Path(sys.prefix) / "pip.conf")
-    if chosen:
-        files = [] if chosen == os.devnull else [*files, Path(chosen)]
-    return files
+PIP_TIMEOUT_SECONDS = 60.0
+PIP_PRECEDENCE = ("global", "user", "site", "env")  # pip's configuration variants, lowest precedence first
+_PIP_DEFAULT_INDEX = re.compile(r"--index-url <url> Base URL of the Python Package Index \(default (\S+?)\)")
 
 
-def _pip_default_index() -> str | None:
-    """The index pip uses when nothing is configured, asked of pip itself (so no address is written here)."""
+def _pip(args: list[str], environ: Mapping[str, str], home: Path) -> str | None:
+    """What ``python -m pip ARGS`` prints, run in the given environment (pip reads its own variables and files);
+    None when pip is not installed or fails."""
+    env = {**environ, "HOME": str(home), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     try:
-        from pip._internal.models.index import PyPI
-    except ImportError:
+        done = subprocess.run([sys.executable, "-m", "pip", *args], env=env, capture_output=True, text=True,
+                              timeout=PIP_TIMEOUT_SECONDS, check=False)
+    except (OSError, subprocess.TimeoutExpired):
         return None
-    return str(PyPI.simple_url)
+    return done.stdout if done.returncode == 0 else None
+
+
+def pip_config_files(environ: Mapping[str, str], home: Path) -> list[tuple[Path, dict[str, str]]]:
+    """pip's configuration files that it loads, lowest precedence first, each with its values
+    (``global.index-url``: names as pip normalises them), read from ``pip config debug``."""
+    if environ.get("PIP_CONFIG_FILE") == os.devnull:  # pip's documented switch: it loads no file at all
+        return []
+    listed = _pip(["config", "debug"], environ, home) or ""
+    variants: dict[str, list[tuple[Path, dict[str, str]]]] = {}
+    current: tuple[Path, dict[str, str]] | None
+    variant, current = "", None  # current: the file whose values follow
+    for line in listed.splitlines():
+        if not line.startswith(" "):  # a variant: "global:", "user:", "site:", "env:", "env_var:"
+            variant, current = line.strip().rstrip(":"), None
+        elif line.startswith("    ") and current is not None:  # "    section.key: value"
+            key, _, value = line.strip().partition(": ")
+            current[1][key] = value
+        elif ", exists: " in line:  # "  /path/pip.conf, exists: True"
+            current = (Path(line.strip().rsplit(", exists: ", 1)[0]), {})
+            variants.setdefault(variant, []).append(current)
+        else:
+            current = None
+    return [found for name in PIP_PRECEDENCE for found in variants.get(name, [])]
+
+
+def _pip_default_index(environ: Mapping[str, str], home: Path) -> str | None:
+    """The index pip uses when nothing is configured, as pip's own help says it (so no address is written here)."""
+    found = _PIP_DEFAULT_INDEX.search(" ".join((_pip(["download", "--help"], environ, home) or "").split()))
+    return found.group(1) if found else None
 
 
 def _truthy(value: str) -> bool:
@@ -142,33 +166,27 @@ def _truthy(value: str) -> bool:
 
 
 def discover_pypi(environ: Mapping[str, str] | None = None, home: Path | None = None) -> Registry:
-    """pip's index-url (``PIP_INDEX_URL``, else the last pip config file that sets it, else pip's own default);
-    the JSON API is beside it. pip configured with no index at all is an error: there is nothing to read."""
+    """pip's index-url (``PIP_INDEX_URL``, else the pip configuration file of highest precedence that sets it,
+    else pip's own default); the JSON API is beside it. pip configured with no index at all is an error: there is
+    nothing to read."""
     environ = os.environ if environ is None else environ
     home = Path.home() if home is None else home
     no_index = _truthy(environ.get("PIP_NO_INDEX", ""))
     if environ.get("PIP_INDEX_URL") and not no_index:
         return Registry("pypi", pypi_json_base(environ["PIP_INDEX_URL"]), "PIP_INDEX_URL")
     found: tuple[str, Path] | None = None
-    for path in _pip_files(environ, home):
-        parser = configparser.RawConfigParser()
-        try:
-            parser.read(path, encoding="utf-8")
-        except (configparser.Error, UnicodeDecodeError):
-            continue
+    for path, values in pip_config_files(environ, home):
         for section in ("global", "install"):  # [install] overrides [global] for `pip install`
-            for key in ("index-url", "index_url"):
-                if parser.has_option(section, key) and parser.get(section, key).strip():
-                    found = (parser.get(section, key), path)
-            for key in ("no-index", "no_index"):
-                if parser.has_option(section, key) and not environ.get("PIP_NO_INDEX"):
-                    no_index = _truthy(parser.get(section, key))
+            if values.get(f"{section}.index-url", "").strip():
+                found = (values[f"{section}.index-url"], path)
+            if f"{section}.no-index" in values and not environ.get("PIP_NO_INDEX"):
+                no_index = _truthy(values[f"{section}.no-index"])
     if no_index:
         raise RegistryError("pip is configured with no index (PIP_NO_INDEX or no-index in a pip configuration "
                             "file); pass --registry URL")
     if found is not None:
         return Registry("pypi", pypi_json_base(found[0]), f"index-url in {found[1]}")
-    default = _pip_default_index()
+    default = _pip_default_index(environ, home)
     if default is None:
         raise RegistryError(
             "no PyPI index configured (neither PIP_INDEX_URL nor index-url in a pip configuration file, and pip "

@@ -9,8 +9,3 @@ through one persisted outbox (``outbox``), delivered per chat in order with back
 (``ratelimit``). What was notified is remembered in ``var/run/telegram_state.json`` (with the update offset and the
 outbox), so a restart resends nothing. ``bot`` is the process (``coherence telegram``) that runs them all.
 """
-
-from coherence_network.telegram.bot import Bot
-from coherence_network.telegram.botapi import secret_path, webhook_secret
-
-__all__ = ["Bot", "secret_path", "webhook_secret"]

@@ -1,7 +1,10 @@
-"""Removal of old host-local files under var/: task logs and prompt files of finished tasks, old monitor resolutions.
+"""Retention of this host's files under var/: task logs and prompt files of finished tasks, old monitor resolutions
+(the store's rows: store/retention.py).
 
-Each host's files are pruned by the process that owns them (the runner: task logs and prompts; the monitor: its
-resolutions), and by ``coherence prune`` / ``coherence cleanup``; the store's rows by store/retention.py.
+Each host's files are pruned by the process that owns them (the runner: task logs and prompts, by
+COHERENCE_RETAIN_TASKS_DAYS; the monitor: its resolutions), and by ``coherence prune`` (the same settings, now).
+``coherence cleanup --days N`` removes task logs and prompt files by age alone, whatever the settings say, and
+leaves the store alone.
 """
 
 from __future__ import annotations

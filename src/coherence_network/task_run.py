@@ -1,0 +1,283 @@
+"""One run of one claimed task on this host: its log file, its process group (``taskgroups``) with a timeout, the
+output tail and the decision question it asks, and the result it ends with.
+
+What the task is started with (its arguments, its environment without secrets) is decided in ``task_env``; the
+runner (``runner``) claims the tasks, heartbeats their leases and delivers the results (``result_outbox``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from coherence_network.clock import utcnow
+from coherence_network.contract import Task, TaskStatus
+from coherence_network.errors import CoherenceError
+from coherence_network.logfiles import RUN_FILES, task_log_path
+from coherence_network.settings import Settings
+from coherence_network.task_env import build_argv, task_environment
+from coherence_network.taskgroups import NewerRunRecorded, TaskGroup, TaskStartError, stop_previous_runs
+
+log = logging.getLogger("coherence.runner")
+
+DECISION_MARKER = "NEEDS_DECISION:"
+STEP_CHARS = 200
+COMMAND_CHARS = 500
+WATCH_SECONDS = 0.2
+RETRY_SECONDS = 1.0  # pace of heartbeats and deliveries while the API does not answer
+CLAIM_MARGIN = 0.25  # a claim starts only within the first 3/4 of its lease, counted from when its answer arrived
+
+
+@dataclass
+class TaskResult:
+    """What a run produced; persisted in the outbox until the API has it."""
+
+    task_id: int
+    claim_token: int
+    status: TaskStatus
+    exit_code: int | None
+    output: str
+    decision_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        self.status = TaskStatus(self.status)  # read back from an outbox file as a string; a bad one is refused
+
+
+class ClaimLost(CoherenceError):
+    """The API no longer holds our claim (lease expired and the task went to another runner)."""
+
+
+def utc_stamp() -> str:
+    """Now, to the second, for the lines a runner writes (task log header and footer, its last error)."""
+    return utcnow().isoformat(timespec="seconds")
+
+
+def lease_of(task: Task, default: float) -> float:
+    """The lease the API granted with this claim (the API's setting, not ours), so heartbeats keep pace with it."""
+    if task.lease_expires_at is None or task.started_at is None:
+        return default
+    granted = (task.lease_expires_at - task.started_at).total_seconds()
+    return granted if granted > 0 else default
+
+
+class RunnerFault(CoherenceError):
+    """This host could not start the task: its log, prompt file or process-group record could not be written, or the
+    guard could not start (a full or read-only disk, no processes left). Not the task's fault: it goes back to pending
+    without costing an attempt, and the slot waits before it claims again, so a full disk does not churn the queue."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claimed task and when the claim's answer arrived, by this host's monotonic clock (never compared with
+    another host's clock): the lease the API granted runs out about a lease after that."""
+
+    task: Task
+    arrived: float
+
+    def usable_until(self, default_lease: float) -> float:
+        """The last moment this claim may start: its lease less a quarter (CLAIM_MARGIN), for the time the answer
+        took to arrive. Later, the lease may have run out and the task may be running elsewhere."""
+        return self.arrived + lease_of(self.task, default_lease) * (1 - CLAIM_MARGIN)
+
+
+class TaskLog:
+    """A task's log file. Until the task starts, a write that fails is a RunnerFault (nothing has run: the task is
+    released); once it runs, a failed write (the disk filled up) is noted once and the run goes on, its output still
+    reaching the tail the API gets."""
+
+    def __init__(self, path: Path, task_id: int) -> None:
+        self.task_id = task_id
+        self.error: OSError | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file: IO[str] = open(path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise RunnerFault(f"cannot open the task log {path}: {exc}") from exc
+
+    def write(self, text: str, *, strict: bool = False) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.file.write(text)
+            self.file.flush()
+        except OSError as exc:
+            self.error = exc
+            if strict:
+                raise RunnerFault(f"cannot write the task log: {exc}") from exc
+            log.warning("task %s: its log cannot be written (%s); the run goes on, its output reaches the API only",
+                        self.task_id, exc)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # what a full disk did not take is dropped; the file is closed anyway
+            self.file.close()
+
+
+class TaskRun:
+    """One run of one task: process group, log file, output tail, decision question."""
+
+    def __init__(self, claim: Claim, settings: Settings, runner_id: str) -> None:
+        self.task = claim.task
+        self.claimed_at = claim.arrived
+        self.settings = settings
+        self.runner_id = runner_id
+        self.tail: deque[str] = deque()
+        self.tail_bytes = 0
+        self.last_line = ""
+        self.question: str | None = None
+        self.group: TaskGroup | None = None
+        self.logfile: TaskLog | None = None
+        self.timed_out = False
+        self.stopped = False  # killed because the runner is shutting down: the task is released, not failed
+        self.output_lock = threading.Lock()  # the pump thread and the watching thread both write the log
+        self.environment = task_environment(settings, os.environ)
+
+    @property
+    def timeout(self) -> float:
+        return float(self.task.timeout_seconds or self.settings.agent_task_timeout)
+
+    def _keep(self, line: str) -> None:
+        self.tail.append(line)
+        self.tail_bytes += len(line)
+        limit = self.settings.coherence_output_tail_bytes
+        while self.tail_bytes > limit and len(self.tail) > 1:
+            self.tail_bytes -= len(self.tail.popleft())
+        if self.tail_bytes > limit:  # one line longer than the tail: its end, so the finish fits the body limit
+            self.tail[0] = self.tail[0][-limit:]
+            self.tail_bytes = limit
+        if line.strip():
+            self.last_line = line.strip()[:STEP_CHARS]
+        if line.lstrip().startswith(DECISION_MARKER):
+            self.question = line.lstrip()[len(DECISION_MARKER):].strip() or "(no question given)"
+
+    def _output(self, line: str) -> None:
+        """One line of the task's output (or the runner's note about it), masked: to the log file and the tail."""
+        line = self.environment.mask(line)
+        with self.output_lock:
+            if self.logfile is not None:
+                self.logfile.write(line)
+            self._keep(line)
+
+    def _pump(self, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            self._output(raw.decode("utf-8", errors="replace"))
+
+    def execute(self, beat: Callable[[str], bool], stop_now: threading.Event,
+                logged: Callable[[], None] = lambda: None) -> TaskResult:
+        """Run the task to its end; ``beat()`` is called every heartbeat interval and may raise ClaimLost, and
+        ``logged()`` once the log's header is written (this host takes writes).
+
+        RunnerFault when this host cannot start it; ClaimLost (nothing started) when a newer run of the task is
+        recorded on this host. A beat that returns False (the API did not answer) is tried again after
+        RETRY_SECONDS, not a whole interval later, so a lease is renewed as soon as the API is back."""
+        self.logfile = TaskLog(task_log_path(self.settings, self.task.id), self.task.id)
+        try:
+            return self._execute(self.logfile, beat, stop_now, logged)
+        finally:
+            self.logfile.close()
+
+    def _execute(self, logfile: TaskLog, beat: Callable[[str], bool], stop_now: threading.Event,
+                 logged: Callable[[], None]) -> TaskResult:
+        task = self.task
+        started = time.monotonic()
+        logfile.write(f"=== task {task.id} type={task.task_type} run={task.claim_token} runner={self.runner_id}\n"
+                      f"=== start: {utc_stamp()}\n", strict=True)
+        logged()
+        try:  # never two runs of one task at once, and never an older claim's run after a newer one
+            previous = stop_previous_runs(self.settings, task.id, task.claim_token)
+        except NewerRunRecorded as exc:
+            logfile.write(f"=== not started: {exc}\n")
+            raise ClaimLost(str(exc)) from exc
+        for line in previous:
+            log.warning("task %s: stopped the previous run first: %s", task.id, line)
+            logfile.write(f"=== stopped the previous run first: {line}\n")
+        try:
+            argv = build_argv(task, self.settings, RUN_FILES["prompts/"].path(self.settings))
+        except ValueError as exc:  # the task's own fault: it fails
+            return self._not_started(exc, started)
+        except OSError as exc:
+            raise RunnerFault(f"cannot write the task's prompt file: {exc}") from exc
+        logfile.write(f"=== command: {self.environment.mask(shlex.join(argv))[:COMMAND_CHARS]}\n", strict=True)
+        env = {**self.environment.env, "COHERENCE_TASK_ID": str(task.id), "COHERENCE_TASK_TYPE": task.task_type}
+        env.pop("COHERENCE_DECISION", None)  # only this task's own decision, never one the runner inherited
+        if task.decision:
+            env["COHERENCE_DECISION"] = task.decision
+        interval = max(0.2, lease_of(task, self.settings.coherence_lease_seconds) / 3)
+        next_beat = self.claimed_at + interval  # the lease runs from the claim, not from this start
+        if time.monotonic() >= next_beat and beat(self.last_line):
+            # A slow way here (a loaded host, a handoff): the lease is renewed before the task starts, so no task
+            # starts on a lease nearly spent; ClaimLost (nothing started) when the claim went meanwhile.
+            next_beat = time.monotonic() + interval
+        try:
+            self.group = TaskGroup(argv, self.settings, task, self.runner_id,
+                                   cwd=self.settings.coherence_workspace, env=env)
+        except TaskStartError as exc:  # the guard ran but the task's program could not start: the task's fault
+            return self._not_started(exc, started)
+        except OSError as exc:
+            raise RunnerFault(f"cannot start the task's guard: {exc}") from exc
+        group, proc = self.group, self.group.proc
+        pump = threading.Thread(target=self._pump, args=(proc.stdout,), daemon=True)
+        pump.start()
+        try:
+            while proc.poll() is None:
+                if time.monotonic() - started > self.timeout:
+                    self.timed_out = True
+                    self._output(f"timed out after {self.timeout:g}s; stopping the process group\n")
+                    group.stop(self.settings.agent_kill_grace_seconds)
+                    break
+                if stop_now.is_set():
+                    self.stopped = True
+                    self._output("runner is stopping: process group stopped, task back to pending\n")
+                    group.stop(self.settings.agent_kill_grace_seconds)
+                    break
+                try:
+                    proc.wait(WATCH_SECONDS)  # short, so a timeout or a stop is acted on promptly
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() >= next_beat:
+                        renewed = beat(self.last_line)
+                        next_beat = time.monotonic() + (interval if renewed else min(interval, RETRY_SECONDS))
+        except ClaimLost as exc:
+            self._output(f"=== claim lost ({exc}): process group stopped, result dropped\n")
+            group.stop(self.settings.agent_kill_grace_seconds)
+            raise
+        finally:
+            proc.wait()
+            group.close()  # whatever the task left running in its group goes with it
+            pump.join(10)
+        return self._finish(started, proc.returncode)
+
+    def _not_started(self, exc: Exception, started: float) -> TaskResult:
+        self._output(f"cannot start the task: {exc}\n")
+        return self._finish(started, None)
+
+    def _finish(self, started: float, returncode: int | None) -> TaskResult:
+        if self.stopped:
+            status = TaskStatus.PENDING
+        elif self.timed_out:
+            status = TaskStatus.FAILED
+        elif self.question is not None:  # the agent asked: its exit code only says it stopped to wait
+            status = TaskStatus.NEEDS_DECISION
+        else:
+            status = TaskStatus.COMPLETED if returncode == 0 else TaskStatus.FAILED
+        duration = time.monotonic() - started
+        if self.logfile is not None:
+            self.logfile.write(f"=== end: {utc_stamp()} exit_code={returncode} duration={duration:.3f}s "
+                               f"status={status}\n")
+        return TaskResult(
+            task_id=self.task.id,
+            claim_token=self.task.claim_token,
+            status=status,
+            exit_code=returncode,
+            output="".join(self.tail),
+            decision_prompt=self.question if status is TaskStatus.NEEDS_DECISION else None,
+        )
+
