@@ -211,20 +211,34 @@ class TaskRun:
         env.pop("COHERENCE_DECISION", None)  # only this task's own decision, never one the runner inherited
         if task.decision:
             env["COHERENCE_DECISION"] = task.decision
-        interval = max(0.2, lease_of(task, self.settings.coherence_lease_seconds) / 3)
-        next_beat = self.claimed_at + interval  # the lease runs from the claim, not from this start
-        if time.monotonic() >= next_beat and beat(self.last_line):
-            # A slow way here (a loaded host, a handoff): the lease is renewed before the task starts, so no task
-            # starts on a lease nearly spent; ClaimLost (nothing started) when the claim went meanwhile.
-            next_beat = time.monotonic() + interval
+        lease = lease_of(task, self.settings.coherence_lease_seconds)
+        interval = max(0.2, lease / 3)
+        confirmed = self.claimed_at  # when the API last confirmed our lease: the lease runs from the claim
+
+        def lease_fresh() -> None:
+            """Called at the last moment before the guard starts the task (its own start-up, a process, may be
+            slow on a loaded host): a lease older than a beat interval is renewed first, so no task starts on a
+            lease nearly spent. ClaimLost (nothing started) when the claim went meanwhile, or when the API did
+            not answer and the lease may be out by now (it may run elsewhere; the API hands it out again)."""
+            nonlocal confirmed
+            if time.monotonic() - confirmed < interval:
+                return
+            asked = time.monotonic()
+            if beat(self.last_line):
+                confirmed = asked
+            elif time.monotonic() - confirmed > lease * (1 - CLAIM_MARGIN):
+                raise ClaimLost("the lease could not be renewed before the start (the API did not answer) and "
+                                "may have run out")
+
         try:
             self.group = TaskGroup(argv, self.settings, task, self.runner_id,
-                                   cwd=self.settings.coherence_workspace, env=env)
+                                   cwd=self.settings.coherence_workspace, env=env, before_start=lease_fresh)
         except TaskStartError as exc:  # the guard ran but the task's program could not start: the task's fault
             return self._not_started(exc, started)
         except OSError as exc:
             raise RunnerFault(f"cannot start the task's guard: {exc}") from exc
         group, proc = self.group, self.group.proc
+        next_beat = confirmed + interval
         pump = threading.Thread(target=self._pump, args=(proc.stdout,), daemon=True)
         pump.start()
         try:

@@ -190,8 +190,10 @@ class TaskGroup:
 
     def __init__(
         self, argv: list[str], settings: Settings, task: Task, runner_id: str, *,
-        cwd: Path, env: dict[str, str],
+        cwd: Path, env: dict[str, str], before_start: Callable[[], None] = lambda: None,
     ) -> None:
+        """Start the guard, record the group, then (``before_start()`` permitting: it raises to call the start
+        off, and the guard goes without starting anything) tell the guard to start the task."""
         from coherence_network.logfiles import RUN_FILES, operator_umask, write_json_atomic
 
         records = RUN_FILES["task_groups/"].path(settings)
@@ -218,6 +220,7 @@ class TaskGroup:
                 "claim_token": task.claim_token, "runner_id": runner_id, "runner_pid": os.getpid(),
                 "runner_start": start_time(os.getpid()), "started_at": datetime.now(UTC).isoformat(),
             })
+            before_start()
             self.lifeline.sendall(GO)
             answer = self._answer()
         except BaseException:

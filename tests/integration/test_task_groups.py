@@ -17,6 +17,7 @@ import pytest
 from coherence_network.client import ApiClient
 from coherence_network.contract import Task, TaskStatus
 from coherence_network.settings import Settings
+from coherence_network.task_run import ClaimLost
 from coherence_network.taskgroups import NewerRunRecorded, TaskGroup, kill_orphaned_task_groups, stop_previous_runs
 from tests.integration.test_runner import process_gone, program, py
 from tests.support.api import ApiProcess
@@ -289,3 +290,27 @@ def test_a_guard_whose_runner_dies_right_after_its_go_stops_the_task(tmp_path: P
     finally:
         if taskgroups.members([guard.pid]):
             os.killpg(guard.pid, signal.SIGKILL)
+
+
+def test_a_start_called_off_at_the_last_moment_starts_nothing(tmp_path: Path) -> None:
+    """The runner renews a stale lease in ``before_start``, after the guard (a process, slow on a loaded host) is
+    up and just before it is told to start the task: a lease that cannot be renewed calls the start off."""
+    settings = Settings(coherence_home=tmp_path / "home")
+    now = datetime.now(UTC)
+    task = Task.model_validate({"id": 5, "task_type": "run", "status": "running", "direction": "d",
+                                "claim_token": 1, "created_at": now, "updated_at": now})
+    marker = tmp_path / "ran"
+    seen: list[tuple[int, bool]] = []
+
+    def lease_gone() -> None:
+        (record,) = records(settings.coherence_home)
+        seen.append((int(str(record["pgid"])), process_gone(int(str(record["pgid"])))))
+        raise ClaimLost("the claim went to another runner")
+
+    with pytest.raises(ClaimLost, match="another runner"):
+        TaskGroup([PY, "-c", f"open({str(marker)!r}, 'w').close()"], settings, task, "runner", cwd=tmp_path,
+                  env=dict(os.environ), before_start=lease_gone)
+    (guard_pid, guard_gone), = seen
+    assert not guard_gone  # asked at the last moment: the guard was already running
+    wait_until(lambda: process_gone(guard_pid), 10, "the guard to go")
+    assert not marker.exists() and records(settings.coherence_home) == []
