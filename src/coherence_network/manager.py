@@ -26,7 +26,7 @@ from coherence_network import __version__
 from coherence_network.backlog import PHASES, RUN_PHASE, BacklogItem, parse_backlog
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound
 from coherence_network.clock import utcnow
-from coherence_network.contract import ACTIVE_STATUSES, Task, TaskStatus
+from coherence_network.contract import ACTIVE_STATUSES, Component, ItemStatus, Task, TaskStatus
 from coherence_network.logfiles import write_json_atomic
 from coherence_network.manager_state import ACTIVE, SETTLED, ItemState, ManagerState
 from coherence_network.settings import Settings
@@ -34,11 +34,13 @@ from coherence_network.settings import Settings
 log = logging.getLogger("coherence.manager")
 
 # Settled on a task that can still move: an operator's retry of a failed task, a late answer to a skipped question.
-REOPENABLE = frozenset({"blocked", "skipped"})
+REOPENABLE = frozenset({ItemStatus.BLOCKED, ItemStatus.SKIPPED})
 # Before settled_on was recorded (the first release's state files), the task status each reopenable item had settled on.
-SETTLED_ON_STATUS = {"blocked": TaskStatus.FAILED, "skipped": TaskStatus.NEEDS_DECISION}
+SETTLED_ON_STATUS: dict[str, TaskStatus] = {
+    ItemStatus.BLOCKED: TaskStatus.FAILED, ItemStatus.SKIPPED: TaskStatus.NEEDS_DECISION,
+}
 TIMEOUT_DECIDER = "timeout:default"  # decided_by of a default answer the decision timeout recorded
-COMPONENT = "project_manager"
+COMPONENT = Component.MANAGER
 RESULT_CHARS = 800  # output tail kept per phase and handed to the next phases' prompts
 DIRECTION_LIMIT = 5000  # the API's limit on a task's direction
 
@@ -128,7 +130,7 @@ class ProjectManager:
             if active >= self.capacity:
                 break
             state = self.state.items[item.key]
-            if state.status == "waiting":
+            if state.status == ItemStatus.WAITING:
                 self._start(item, state, item.phases[0])
                 active += 1
         self.state.position = next(
@@ -140,9 +142,9 @@ class ProjectManager:
 
     def _holds_slot(self, state: ItemState) -> bool:
         """An item waiting for a decision holds only itself in parallel mode; one at a time holds everything."""
-        if state.status == "in_progress":
+        if state.status == ItemStatus.IN_PROGRESS:
             return True
-        return state.status == "needs_decision" and not self.options.parallel
+        return state.status == ItemStatus.NEEDS_DECISION and not self.options.parallel
 
     def all_settled(self, items: list[BacklogItem]) -> bool:
         return all(self.state.items[i.key].status in SETTLED for i in items)
@@ -156,7 +158,7 @@ class ProjectManager:
             task = self.client.get_task(state.task_id)
         except ApiNotFound:
             if state.status in ACTIVE:
-                self._settle(state, "blocked", f"{state.phase} task {state.task_id} is no longer in the store")
+                self._settle(state, ItemStatus.BLOCKED, f"{state.phase} task {state.task_id} is no longer in the store")
             state.task_id = None  # ids are never reused: there is nothing left to follow
             return
         if state.status in REOPENABLE:
@@ -164,7 +166,7 @@ class ProjectManager:
                 return
             log.info("item %d resumed: %s task %d is now %s (the item was %s: %s)", item.number, state.phase,
                      task.id, task.status, state.status, state.reason)
-            state.status, state.reason, state.settled_on = "in_progress", None, None
+            state.status, state.reason, state.settled_on = ItemStatus.IN_PROGRESS, None, None
         self._advance(item, state, task)
 
     @staticmethod
@@ -185,25 +187,25 @@ class ProjectManager:
         assert state.phase is not None
         status = task.status
         if status in ACTIVE_STATUSES:
-            if state.status == "needs_decision":
+            if state.status == ItemStatus.NEEDS_DECISION:
                 log.info("item %d: decision on task %d arrived; running again", item.number, task.id)
-            state.status, state.decision_since = "in_progress", None
+            state.status, state.decision_since = ItemStatus.IN_PROGRESS, None
         elif status == TaskStatus.NEEDS_DECISION:
             self._waiting_for_decision(item, state, task)
         elif status == TaskStatus.FAILED:
             tail = shorten(task.output, 200).splitlines()
             why = f"{state.phase} task {task.id} failed" + ("" if task.exit_code is None else
                                                              f" (exit code {task.exit_code})")
-            self._settle(state, "blocked", why + (f": {tail[-1]}" if tail else ""), task)
+            self._settle(state, ItemStatus.BLOCKED, why + (f": {tail[-1]}" if tail else ""), task)
         elif status == TaskStatus.COMPLETED:
             state.results[state.phase] = shorten(task.output)
             self._next_phase(item, state, task)
 
     def _waiting_for_decision(self, item: BacklogItem, state: ItemState, task: Task) -> None:
         now = utcnow()
-        if state.status != "needs_decision":
+        if state.status != ItemStatus.NEEDS_DECISION:
             log.info("item %d: task %d asks: %s", item.number, task.id, task.decision_prompt)
-            state.status, state.decision_since = "needs_decision", now.isoformat()
+            state.status, state.decision_since = ItemStatus.NEEDS_DECISION, now.isoformat()
             return
         timeout_hours = self.settings.pipeline_needs_decision_timeout_hours
         since = datetime.fromisoformat(state.decision_since or now.isoformat())
@@ -218,26 +220,26 @@ class ProjectManager:
                f"{self.settings.pipeline_needs_decision_timeout_hours:g} h: {task.decision_prompt}")
         default = self.settings.pipeline_needs_decision_default
         if not default:
-            self._settle(state, "skipped", why, task)
+            self._settle(state, ItemStatus.SKIPPED, why, task)
             return
         try:
             self.client.decide(task.id, default, TIMEOUT_DECIDER)
         except ApiConflict:  # answered meanwhile (or our own answer, its response lost): the next pass reads it
             return
         log.warning("item %d: %s; recorded the default answer %r as %s", item.number, why, default, TIMEOUT_DECIDER)
-        state.status, state.decision_since = "in_progress", None
+        state.status, state.decision_since = ItemStatus.IN_PROGRESS, None
 
     def _next_phase(self, item: BacklogItem, state: ItemState, task: Task) -> None:
         phase = state.phase
         if phase == "review":
             said = verdict(task.output)
             if said == "pass":
-                self._settle(state, "done", None)
+                self._settle(state, ItemStatus.DONE, None)
                 return
             why = "review said VERDICT: fail" if said == "fail" else "review gave no VERDICT line"
             if state.iteration >= self.options.max_iterations:
-                self._settle(state, "blocked", f"{why} in round {state.iteration} of {self.options.max_iterations}",
-                             task)
+                self._settle(state, ItemStatus.BLOCKED,
+                             f"{why} in round {state.iteration} of {self.options.max_iterations}", task)
                 return
             log.info("item %d: %s (task %d); back to impl", item.number, why, task.id)
             state.iteration += 1
@@ -245,7 +247,7 @@ class ProjectManager:
             return
         following = item.phases.index(phase) + 1
         if following >= len(item.phases):
-            self._settle(state, "done", None)
+            self._settle(state, ItemStatus.DONE, None)
         else:
             self._start(item, state, item.phases[following])
 
@@ -254,7 +256,7 @@ class ProjectManager:
         state.status, state.reason, state.decision_since = status, reason, None
         state.settled_on = task.updated_at.isoformat() if task else None
         state.updated_at = utcnow().isoformat()
-        logger = log.info if status == "done" else log.warning
+        logger = log.info if status == ItemStatus.DONE else log.warning
         logger("item %d %s%s", state.number, status, f": {reason}" if reason else "")
 
     def _start(self, item: BacklogItem, state: ItemState, phase: str) -> None:
@@ -264,7 +266,7 @@ class ProjectManager:
             task = self.client.create_task(item.text, RUN_PHASE, command=item.command, context=context)
         else:  # no command: the runner fills the agent template with this prompt (as a file or one argument)
             task = self.client.create_task(self.prompt(item, state, phase), phase, context=context)
-        state.status, state.phase, state.task_id = "in_progress", phase, task.id
+        state.status, state.phase, state.task_id = ItemStatus.IN_PROGRESS, phase, task.id
         state.tasks.setdefault(phase, []).append(task.id)
         state.updated_at = utcnow().isoformat()
         self.save()
@@ -305,8 +307,8 @@ class ProjectManager:
             "position": self.state.position,
             "by_status": counts,
             "in_flight": in_flight,
-            "blocked": self.state.listed("blocked"),
-            "skipped": self.state.listed("skipped"),
+            "blocked": self.state.listed(ItemStatus.BLOCKED),
+            "skipped": self.state.listed(ItemStatus.SKIPPED),
             "problems": self.state.problems,
             "mode": f"parallel (max {self.options.max_in_flight})" if self.options.parallel else "one at a time",
             "state_file": str(self.options.state_file),
@@ -367,7 +369,7 @@ class ProjectManager:
             else:
                 if self.options.until_done and self.all_settled(items):
                     states = [self.state.items[i.key] for i in items]
-                    failed = [s for s in states if s.status != "done"]
+                    failed = [s for s in states if s.status != ItemStatus.DONE]
                     log.info("backlog finished: %d done, %d blocked or skipped", len(states) - len(failed), len(failed))
                     return (1 if failed else 0), "backlog settled (--until-done)"
                 if self.options.once:

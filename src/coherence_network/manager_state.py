@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from coherence_network.clock import utcnow
+from coherence_network.contract import ItemStatus
 from coherence_network.logfiles import REGISTRY
 from coherence_network.settings import Settings
 
-SETTLED = frozenset({"done", "blocked", "skipped"})
-ACTIVE = frozenset({"in_progress", "needs_decision"})
+SETTLED = frozenset({ItemStatus.DONE, ItemStatus.BLOCKED, ItemStatus.SKIPPED})
+ACTIVE = frozenset({ItemStatus.IN_PROGRESS, ItemStatus.NEEDS_DECISION})
 
 
 @dataclass
@@ -23,7 +24,7 @@ class ItemState:
     key: str
     number: int
     text: str
-    status: str = "waiting"
+    status: str = ItemStatus.WAITING
     phase: str | None = None
     iteration: int = 1
     task_id: int | None = None
@@ -78,8 +79,8 @@ class ManagerState:
             "position": self.position,
             "items": {key: asdict(item) for key, item in self.items.items()},
             "in_flight": self.in_flight(),
-            "blocked": self.listed("blocked"),
-            "skipped": self.listed("skipped"),
+            "blocked": self.listed(ItemStatus.BLOCKED),
+            "skipped": self.listed(ItemStatus.SKIPPED),
             "problems": self.problems,
             "started_at": self.started_at,
             "updated_at": self.updated_at,

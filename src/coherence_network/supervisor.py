@@ -43,6 +43,7 @@ from typing import IO
 
 from coherence_network import __version__, fatal
 from coherence_network.client import ApiClient, ApiError
+from coherence_network.contract import Component
 from coherence_network.fatal import held_issue_cleared
 from coherence_network.gitops import GIT_TIMEOUT_SECONDS, CompletedTaskWatcher
 from coherence_network.logfiles import REGISTRY, write_json_atomic
@@ -56,8 +57,10 @@ from coherence_network.versioning import running_version, source_sha_on_disk
 
 log = logging.getLogger("coherence.supervisor")
 
-COMPONENTS = ("api", "agent_runner", "project_manager", "monitor")
-CLI_COMMANDS = {"api": "api", "agent_runner": "runner", "project_manager": "pm", "monitor": "monitor"}
+COMPONENTS = (Component.API, Component.RUNNER, Component.MANAGER, Component.MONITOR)
+CLI_COMMANDS: dict[str, str] = {
+    Component.API: "api", Component.RUNNER: "runner", Component.MANAGER: "pm", Component.MONITOR: "monitor",
+}
 ONE_SHOT_FLAGS = frozenset({"--reset"})  # given to a child's first start only: a restart must not redo them
 SELF = SUPERVISOR  # the supervisor's own lock
 TICK_SECONDS = 0.2
@@ -148,7 +151,8 @@ class Supervisor:
 
     def start(self, child: Child) -> None:
         child.restart_at = None
-        if child.name == "api" and self.api_socket is None and self.api_answers():  # found before the supervisor
+        # an API found before the supervisor started
+        if child.name == Component.API and self.api_socket is None and self.api_answers():
             log.warning("an API already answers at %s: using it, not starting one (it is not supervised: restart it "
                         "where it runs)", self.client.base_url)
             self.api_external, child.finished = True, True
@@ -156,20 +160,20 @@ class Supervisor:
         child.stderr_tail.clear()
         args = child.next_args()
         inherited: tuple[int, ...] = ()
-        if child.name == "api" and self.api_socket is not None:
+        if child.name == Component.API and self.api_socket is not None:
             inherited = (self.api_socket.fileno(),)
             args = [*args, "--fd", str(inherited[0])]
         child.proc = subprocess.Popen([sys.executable, "-m", "coherence_network.cli.supervised", child.name,
                                        str(os.getpid()), *args],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                       start_new_session=True, pass_fds=inherited,
-                                      env=None if child.name == "api" else without_store_secrets(os.environ))
+                                      env=None if child.name == Component.API else without_store_secrets(os.environ))
         child.starts += 1
         child.started_at = time.monotonic()
         assert child.proc.stderr is not None
         threading.Thread(target=_drain, args=(child.proc.stderr, child.stderr_tail), daemon=True).start()
         log.info("started %s (pid %d): %s", child.name, child.proc.pid, " ".join(args))
-        if child.name == "api":
+        if child.name == Component.API:
             self._wait_api(child)
 
     def _wait_api(self, child: Child) -> None:
@@ -204,7 +208,7 @@ class Supervisor:
         signal_group(child.proc.pid, signal.SIGKILL)  # whatever the dead leader left in its group
         tail = "\n".join(child.stderr_tail)
         _log_output(child.name, code, tail)
-        if child.name == "project_manager" and self.options.stop_when_manager_exits:
+        if child.name == Component.MANAGER and self.options.stop_when_manager_exits:
             log.info("the project manager is done (exit %s): stopping the pipeline", code)
             self.exit_code = code if code >= 0 else 1
             self.stopping.set()
@@ -249,7 +253,7 @@ class Supervisor:
             detail=tail or "(no output)",
             recovery_tried=f"{len(child.crashes) - 1} restarts with exponential backoff from "
                            f"{self.settings.supervisor_backoff_seconds:g} s",
-            client=self.client if child.name != "api" and self.api_running() else None,
+            client=self.client if child.name != Component.API and self.api_running() else None,
         )
 
     def _release_cleared(self) -> None:
@@ -286,7 +290,7 @@ class Supervisor:
         if not targets:
             log.warning("%s is not supervised here; request ignored", component)
         for child in targets:  # children are in COMPONENTS order: the API first
-            if child.name == "api" and self.api_external:
+            if child.name == Component.API and self.api_external:
                 log.warning("the API was not started by this supervisor; restart it where it runs")
                 continue
             if child.held is not None:
@@ -348,8 +352,8 @@ class Supervisor:
                 self.stopping.wait(TICK_SECONDS)
         finally:
             self.stopping.set()  # also when every component finished: ends the auto-commit thread
-            api = [c for c in self.children.values() if c.name == "api"]
-            self.stop_children([c for c in self.children.values() if c.name != "api"])
+            api = [c for c in self.children.values() if c.name == Component.API]
+            self.stop_children([c for c in self.children.values() if c.name != Component.API])
             self.stop_children(api)  # last: the others release their tasks through it
             if self.api_socket is not None:
                 self.api_socket.close()
@@ -387,7 +391,7 @@ class Supervisor:
 
     def _announce_backlog_done(self) -> None:
         """One line when the project manager reports every backlog item settled (again after the backlog grows)."""
-        if "project_manager" not in self.children or time.monotonic() < self._next_backlog_check \
+        if Component.MANAGER not in self.children or time.monotonic() < self._next_backlog_check \
                 or not self.api_running():
             return
         self._next_backlog_check = time.monotonic() + BACKLOG_CHECK_SECONDS
