@@ -26,6 +26,7 @@ from coherence_network import __version__
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound
 from coherence_network.contract import TaskStatus
 from coherence_network.file_retention import prune_task_files
+from coherence_network.outage import Outage
 from coherence_network.result_outbox import ResultOutbox
 from coherence_network.settings import Settings
 from coherence_network.task_run import RETRY_SECONDS, Claim, ClaimLost, RunnerFault, TaskResult, TaskRun, utc_stamp
@@ -171,24 +172,19 @@ class Runner:
         with self.lock:
             self.runs[task.id] = run
         log.info("task %s: claimed (%s, run %s)", task.id, task.task_type, task.claim_token)
-        failing = False
+        api = Outage(log, first_delay=RETRY_SECONDS, max_delay=RETRY_SECONDS)
 
         def beat(step: str) -> bool:
             """Renew the lease; False when the API did not answer (the run goes on, the beat is retried soon)."""
-            nonlocal failing
             try:
                 self.client.heartbeat(task.id, task.claim_token, current_step=step or None)
             except (ApiConflict, ApiNotFound) as exc:
                 raise ClaimLost(str(exc.detail)) from exc
             except ApiError as exc:
-                if not failing:  # once per outage, not once a second
-                    log.warning("task %s: heartbeat failed (%s); still running, retrying every %gs",
-                                task.id, exc, RETRY_SECONDS)
-                failing = True
+                api.failed("task %s: heartbeat failed (%s); still running, retrying every %gs", task.id, exc,
+                           RETRY_SECONDS)
                 return False
-            if failing:
-                log.info("task %s: heartbeat renewed the lease again", task.id)
-            failing = False
+            api.recovered("task %s: heartbeat renewed the lease again", task.id)
             return True
 
         def unblock() -> None:
@@ -339,25 +335,22 @@ class Runner:
 
         At its normal interval while all is delivered; about once a second while results wait or the API does not
         answer, so the outbox is delivered as soon as the API is back."""
-        failing, waiting = False, 0
+        api, waiting = Outage(log, first_delay=RETRY_SECONDS, max_delay=RETRY_SECONDS), 0
         while not self.kill_now.is_set():
             self.attention.clear()
             answered = False
             try:
                 self.client.runner_heartbeat(self.runner_id, socket.gethostname(), os.getpid(), __version__,
                                              self.status())
-                if failing:
-                    log.info("the API answers again")
-                failing, answered = False, True
+                api.recovered("the API answers again")
+                answered = True
                 still = self.results.flush()
                 if still and still != waiting:
                     log.info("%d results wait in the outbox for the API", still)
                 waiting = still
                 self._prune_files()
             except ApiError as exc:
-                if not failing:  # once per outage, not once a second
-                    log.warning("runner heartbeat failed: %s; retrying every %gs", exc, RETRY_SECONDS)
-                failing = True
+                api.failed("runner heartbeat failed: %s; retrying every %gs", exc, RETRY_SECONDS)
             except Exception:  # the heartbeat also flushes the outbox: it must outlive any one failure
                 log.exception("runner heartbeat pass failed")
             normal = self.settings.coherence_runner_heartbeat_seconds
