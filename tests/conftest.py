@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from coherence_network.store.db import create_store_engine, migrate
 from coherence_network.store.tasks import TaskStore
-from tests.support.api import ApiProcess
+from tests.support.api import ApiProcess, ServedApi
 from tests.support.pipeline import PipelineProcess
 from tests.support.postgres import PostgresServer, find_bindir
 from tests.support.required import missing
@@ -87,6 +87,15 @@ def store(store_engine: Engine) -> TaskStore:
 def api_process(tmp_path: Path) -> Iterator[ApiProcess]:
     """A started API on SQLite in a temporary COHERENCE_HOME."""
     api = ApiProcess(tmp_path / "home").start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def served_api(tmp_path: Path) -> Iterator[ServedApi]:
+    """The API's app served on a thread of this process, on SQLite in a temporary COHERENCE_HOME: for tests of the
+    HTTP contract (a process costs ten times the CPU to start; see tests/support/api.py)."""
+    api = ServedApi(tmp_path / "home").start()
     yield api
     api.stop()
 

@@ -1,23 +1,39 @@
-"""The API as a real process (``coherence api``) on an ephemeral loopback port."""
+"""The API for a test, two ways: as a real process (``coherence api``, ``ApiProcess``) or as the same application
+served by uvicorn on a thread of the test process (``ServedApi``). Both listen on an ephemeral loopback port and
+answer real HTTP; both keep their files in a COHERENCE_HOME of the test's and write ``logs/api.log`` there.
+
+A process costs about a second of CPU to start (its imports); a served app, about 0.1 s. Use ``ApiProcess`` for what
+is about the process (signals, restarts, replicas, exit codes, its memory, the command line end to end) and
+``ServedApi`` for what is about the HTTP contract.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
+import uvicorn
+from fastapi import FastAPI
 
 from tests.support.net import free_port, wait_until
+
+# What `coherence api` gets from tests, unless a test says otherwise: the reaper looks often, so leases expire on time.
+TEST_ENV = {"COHERENCE_REAP_INTERVAL": "0.2"}
 
 
 class ApiProcess:
     def __init__(self, home: Path, *, env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.home = home
         self.port = port or free_port()
-        self.env = {**os.environ, "COHERENCE_HOME": str(home), "COHERENCE_REAP_INTERVAL": "0.2", **(env or {})}
+        self.env = {**os.environ, "COHERENCE_HOME": str(home), **TEST_ENV, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -52,3 +68,90 @@ class ApiProcess:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+class ServedApi:
+    """``create_app(settings)`` served by uvicorn on a thread: the settings come from the test process's environment
+    and ``env`` (variable names as in ``ApiProcess``), the log goes to ``logs/api.log`` as the process's does.
+
+    Stopping it does what SIGTERM does to the process: waiting long-poll claims are answered at once, then uvicorn
+    shuts down. While two are served at once in one process, each one's log also holds the other's lines."""
+
+    def __init__(self, home: Path, *, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.home = home
+        self.env = {"COHERENCE_HOME": str(home), **TEST_ENV, **(env or {})}
+        self._socket = socket.create_server(("127.0.0.1", port or 0))  # bound now: no other test can take the port
+        self.port = int(self._socket.getsockname()[1])
+        self.app: FastAPI | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._log: logging.Handler | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServedApi:
+        from coherence_network.api.app import create_app
+        from coherence_network.settings import Settings
+
+        settings = Settings(**{name.lower(): value for name, value in self.env.items()})  # type: ignore[arg-type]
+        self.app = app = create_app(settings)  # makes logs/ among the home's folders
+        self._start_log(settings.coherence_home / "logs" / "api.log")
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5))
+        self._server = server
+        failed: list[BaseException] = []
+
+        async def serve() -> None:
+            self._loop = asyncio.get_running_loop()
+            await server.serve(sockets=[self._socket])
+
+        def run() -> None:
+            try:
+                asyncio.run(serve())
+            except BaseException as exc:  # noqa: BLE001  (said by start, or by stop's join)
+                failed.append(exc)
+
+        self._thread = threading.Thread(target=run, name=f"api:{self.port}", daemon=True)
+        self._thread.start()
+
+        def started() -> bool:
+            if failed or not self._thread or not self._thread.is_alive():
+                raise RuntimeError(f"the served API stopped before it started: {failed}")
+            return bool(server.started)
+
+        wait_until(started, 30, "API start")
+        return self
+
+    def stop(self) -> None:
+        """What SIGTERM does to ``coherence api``: every waiting claim answered, then a graceful shutdown."""
+        if self._thread is None:
+            return
+        assert self._server is not None and self.app is not None
+        work = getattr(self.app.state, "work", None)  # set by the app's lifespan
+        if self._loop is not None and work is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(work.close)
+        self._server.should_exit = True
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the served API did not stop within 30 s"
+        self._thread = None
+        self._socket.close()
+        self._stop_log()
+
+    def _start_log(self, path: Path) -> None:
+        """The API's logger to its file, at INFO (as the process's root logger is set up)."""
+        self._log = logging.FileHandler(path, encoding="utf-8")
+        self._log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger = logging.getLogger("coherence.api")
+        logger.addHandler(self._log)
+        logger.setLevel(logging.INFO)
+
+    def _stop_log(self) -> None:
+        if self._log is not None:
+            logger = logging.getLogger("coherence.api")
+            logger.removeHandler(self._log)
+            self._log.close()
+            if not any(isinstance(h, logging.FileHandler) for h in logger.handlers):
+                logger.setLevel(logging.NOTSET)
+            self._log = None
