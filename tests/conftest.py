@@ -54,7 +54,9 @@ def store_url(store_backend: str, request: pytest.FixtureRequest, tmp_path: Path
     if store_backend == "sqlite":
         return f"sqlite:///{tmp_path / 'coherence.db'}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.new_database()
+    url = server.new_database()
+    request.addfinalizer(lambda: server.drop_database(url))
+    return url
 
 
 @pytest.fixture
@@ -66,7 +68,9 @@ def migrated_store_url(store_backend: str, request: pytest.FixtureRequest, tmp_p
         shutil.copy(request.getfixturevalue("migrated_sqlite_template"), path)  # with its mode (owner only)
         return f"sqlite:///{path}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.new_database(migrated=True)
+    url = server.new_database(migrated=True)
+    request.addfinalizer(lambda: server.drop_database(url))
+    return url
 
 
 @pytest.fixture
