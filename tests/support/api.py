@@ -99,8 +99,8 @@ class ServedApi:
         settings = Settings(**{name.lower(): value for name, value in self.env.items()})  # type: ignore[arg-type]
         self.app = app = create_app(settings)  # makes logs/ among the home's folders
         self._start_log(settings.coherence_home / "logs" / "api.log")
-        server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5))
-        self._server = server
+        config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+        self._server = server = uvicorn.Server(config)
         failed: list[BaseException] = []
 
         async def serve() -> None:
@@ -108,8 +108,9 @@ class ServedApi:
             await server.serve(sockets=[self._socket])
 
         def run() -> None:
-            try:
-                asyncio.run(serve())
+            try:  # on uvicorn's event loop, as `coherence api` (uvloop: TCP_NODELAY, or each answer waits 40 ms)
+                with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+                    runner.run(serve())
             except BaseException as exc:  # noqa: BLE001  (said by start, or by stop's join)
                 failed.append(exc)
 
