@@ -13,12 +13,12 @@ from coherence_network.client import ApiClient
 from coherence_network.contract import Task, TaskStatus
 from coherence_network.settings import Settings
 from coherence_network.telegram import REMEMBER_SECONDS, BotState, Notifier, TokenBucket
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 
 
 @pytest.fixture
-def client(api_process: ApiProcess) -> Iterator[ApiClient]:
-    with ApiClient(api_process.url, token="", retries=0) as api:
+def client(served_api: ServedApi) -> Iterator[ApiClient]:
+    with ApiClient(served_api.url, token="", retries=0) as api:
         yield api
 
 

@@ -25,6 +25,7 @@ from fastapi import FastAPI
 
 from tests.support.net import free_port, wait_until
 
+QUIET_LOGGERS = ("alembic", "httpx", "httpcore")  # at WARNING in the API's log, as logfiles.setup_logging sets them
 # What `coherence api` gets from tests, unless a test says otherwise: the reaper looks often, so leases expire on time.
 TEST_ENV = {"COHERENCE_REAP_INTERVAL": "0.2"}
 
@@ -87,6 +88,7 @@ class ServedApi:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._log: logging.Handler | None = None
+        self._levels: dict[str, int] = {}
 
     @property
     def url(self) -> str:
@@ -141,18 +143,23 @@ class ServedApi:
         self._stop_log()
 
     def _start_log(self, path: Path) -> None:
-        """The API's logger to its file, at INFO (as the process's root logger is set up)."""
+        """The root logger also to the API's file, at the levels `coherence api` sets (logfiles.setup_logging):
+        INFO, with alembic, httpx and httpcore at WARNING. pytest's own handlers stay; the levels are put back at
+        ``stop``. Whatever else this process logs meanwhile (the test's own client) goes to the file too."""
         self._log = logging.FileHandler(path, encoding="utf-8")
         self._log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger = logging.getLogger("coherence.api")
-        logger.addHandler(self._log)
-        logger.setLevel(logging.INFO)
+        self._levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS + ("",)}
+        root = logging.getLogger()
+        root.addHandler(self._log)
+        root.setLevel(logging.INFO)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
     def _stop_log(self) -> None:
         if self._log is not None:
-            logger = logging.getLogger("coherence.api")
-            logger.removeHandler(self._log)
+            logging.getLogger().removeHandler(self._log)
             self._log.close()
-            if not any(isinstance(h, logging.FileHandler) for h in logger.handlers):
-                logger.setLevel(logging.NOTSET)
             self._log = None
+            if not any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers):  # none served now
+                for name, level in self._levels.items():
+                    logging.getLogger(name).setLevel(level)
