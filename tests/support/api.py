@@ -81,7 +81,7 @@ class ServedApi:
     def __init__(self, home: Path, *, env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.home = home
         self.env = {"COHERENCE_HOME": str(home), **TEST_ENV, **(env or {})}
-        self._socket = socket.create_server(("127.0.0.1", port or 0))  # bound now: no other test can take the port
+        self._socket: socket.socket | None = socket.create_server(("127.0.0.1", port or 0))  # no other test takes it
         self.port = int(self._socket.getsockname()[1])
         self.app: FastAPI | None = None
         self._server: uvicorn.Server | None = None
@@ -95,25 +95,27 @@ class ServedApi:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServedApi:
+        """Serve (again, after ``stop``: on the same port and home, as a restarted process would)."""
         from coherence_network.api.app import create_app
         from coherence_network.settings import Settings
 
         settings = Settings(**{name.lower(): value for name, value in self.env.items()})  # type: ignore[arg-type]
         self.app = app = create_app(settings)  # makes logs/ among the home's folders
         self._start_log(settings.coherence_home / "logs" / "api.log")
+        listening = self._socket = self._socket or socket.create_server(("127.0.0.1", self.port))
         config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5)
         self._server = server = uvicorn.Server(config)
         failed: list[BaseException] = []
 
         async def serve() -> None:
             self._loop = asyncio.get_running_loop()
-            await server.serve(sockets=[self._socket])
+            await server.serve(sockets=[listening])
 
         def run() -> None:
             try:  # on uvicorn's event loop, as `coherence api` (uvloop: TCP_NODELAY, or each answer waits 40 ms)
                 with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
                     runner.run(serve())
-            except BaseException as exc:  # noqa: BLE001  (said by start, or by stop's join)
+            except BaseException as exc:  # said by start below
                 failed.append(exc)
 
         self._thread = threading.Thread(target=run, name=f"api:{self.port}", daemon=True)
@@ -124,7 +126,12 @@ class ServedApi:
                 raise RuntimeError(f"the served API stopped before it started: {failed}")
             return bool(server.started)
 
-        wait_until(started, 30, "API start")
+        try:
+            wait_until(started, 30, "API start")
+        except BaseException:
+            self._thread = None
+            self._stop_log()
+            raise
         return self
 
     def stop(self) -> None:
@@ -139,7 +146,9 @@ class ServedApi:
         self._thread.join(30)
         assert not self._thread.is_alive(), "the served API did not stop within 30 s"
         self._thread = None
-        self._socket.close()
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
         self._stop_log()
 
     def _start_log(self, path: Path) -> None:
