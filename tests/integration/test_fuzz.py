@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,16 +136,21 @@ def test_fuzz_every_operation_on_both_stores(fuzzed_apis: dict[str, ServedApi], 
     assert [op.label for op in load_operations(fuzzed_apis["postgresql"])] == [op.label for op in operations]
     tally, started = Tally(), time.monotonic()
     sessions = {store: requests.Session() for store in fuzzed_apis}
+    both = ThreadPoolExecutor(len(fuzzed_apis))  # at once: a claim's long poll waits on both stores together
+
+    def call(store: str, case: Any) -> tuple[str, requests.Response]:
+        return store, case.call(base_url=fuzzed_apis[store].url, session=sessions[store],
+                                headers=AUTH if with_token else None, timeout=30)
 
     def send(case: Any) -> list[tuple[str, requests.Response]]:
-        return [(store, case.call(base_url=api.url, session=sessions[store], headers=AUTH if with_token else None,
-                                  timeout=30)) for store, api in fuzzed_apis.items()]
+        return list(both.map(call, fuzzed_apis, [case] * len(fuzzed_apis)))
 
     try:
         for operation in operations:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                 fuzz_operation(operation, mode, send, tally, EXAMPLES if with_token else EXAMPLES_WITHOUT_TOKEN)
     finally:
+        both.shutdown()
         for session in sessions.values():
             session.close()
     summary = (f"token={with_token}: {tally.requests} requests over {len(operations)} operations and both stores in "
