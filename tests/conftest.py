@@ -117,7 +117,7 @@ def pipelines() -> Iterator[list[PipelineProcess]]:
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """``-n auto``: two workers per core. Half the suite's time is waiting (leases running out, outages, processes
     starting and stopping): with one worker per core the cores sat idle half the time (530 s of CPU in 534 s on 2
-    cores). xdist's PYTEST_XDIST_AUTO_NUM_WORKERS still decides when set; ``make test TEST_WORKERS=2`` too."""
+    cores). xdist's PYTEST_XDIST_AUTO_NUM_WORKERS still decides when set, and ``-n 2`` as ever."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None
     return 2 * len(os.sched_getaffinity(0))
