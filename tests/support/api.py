@@ -3,8 +3,8 @@ served by uvicorn on a thread of the test process (``ServedApi``). Both listen o
 answer real HTTP; both keep their files in a COHERENCE_HOME of the test's and write ``logs/api.log`` there.
 
 A process costs about a second of CPU to start (its imports); a served app, about 0.1 s. Use ``ApiProcess`` for what
-is about the process (signals, restarts, replicas, exit codes, its memory, the command line end to end) and
-``ServedApi`` for what is about the HTTP contract.
+is about the process (signals, restarts, replicas, exit codes, its memory and files, the command line end to end) and
+``ServedApi`` for the HTTP contract and for an API that runners, CLI commands and bots only talk to.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import uvicorn
@@ -88,7 +89,6 @@ class ServedApi:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._log: logging.Handler | None = None
-        self._levels: dict[str, int] = {}
 
     @property
     def url(self) -> str:
@@ -151,24 +151,30 @@ class ServedApi:
             self._socket = None
         self._stop_log()
 
+    _logging: ClassVar[list[ServedApi]] = []  # those serving now, and the levels from before the first one
+    _levels_before: ClassVar[dict[str, int]] = {}
+
     def _start_log(self, path: Path) -> None:
         """The root logger also to the API's file, at the levels `coherence api` sets (logfiles.setup_logging):
-        INFO, with alembic, httpx and httpcore at WARNING. pytest's own handlers stay; the levels are put back at
-        ``stop``. Whatever else this process logs meanwhile (the test's own client) goes to the file too."""
+        INFO, with alembic, httpx and httpcore at WARNING. pytest's own handlers stay; the levels are put back once
+        the last served API stops. Whatever else this process logs meanwhile (the test's own client) goes there too."""
+        if not ServedApi._logging:
+            ServedApi._levels_before = {name: logging.getLogger(name).level for name in ("", *QUIET_LOGGERS)}
+        ServedApi._logging.append(self)
         self._log = logging.FileHandler(path, encoding="utf-8")
         self._log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        self._levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS + ("",)}
-        root = logging.getLogger()
-        root.addHandler(self._log)
-        root.setLevel(logging.INFO)
+        logging.getLogger().addHandler(self._log)
+        logging.getLogger().setLevel(logging.INFO)
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
 
     def _stop_log(self) -> None:
-        if self._log is not None:
-            logging.getLogger().removeHandler(self._log)
-            self._log.close()
-            self._log = None
-            if not any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers):  # none served now
-                for name, level in self._levels.items():
-                    logging.getLogger(name).setLevel(level)
+        if self._log is None:
+            return
+        logging.getLogger().removeHandler(self._log)
+        self._log.close()
+        self._log = None
+        ServedApi._logging.remove(self)
+        if not ServedApi._logging:
+            for name, level in ServedApi._levels_before.items():
+                logging.getLogger(name).setLevel(level)
