@@ -1,4 +1,4 @@
-"""/docs renders with no network but loopback: Chromium (Debian's, through Playwright) against a real API process,
+"""/docs renders with no network but loopback: Chromium (Debian's, through Playwright) against the API over loopback,
 every request that leaves 127.0.0.1 refused by route interception. Swagger UI's files come from the API itself, and
 the page's own Content-Security-Policy lets its one inline script run."""
 

@@ -1,4 +1,5 @@
-"""The API over real HTTP: a uvicorn process on an ephemeral loopback port, every error status, durability."""
+"""The API over real HTTP on an ephemeral loopback port, every error status, durability (a `coherence api` process
+where the process is the subject: SIGKILL, exit codes at start, its logging set-up)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The API's front door over real HTTP: the token on every route, the Host allow-list, the body limit.
 
-Each test starts a real `coherence api` process and talks to it over loopback, with httpx or a raw socket where a
-client library would hide what is sent (a body that is announced but never sent, a Host header of our choosing).
+Each test serves the API (a real `coherence api` process where that is the subject: its memory, its start-up checks,
+--host) and talks to it over loopback, with httpx or a raw socket where a client library would hide what is sent (a
+body that is announced but never sent, a Host header of our choosing).
 """
 
 from __future__ import annotations

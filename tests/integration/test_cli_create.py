@@ -1,4 +1,4 @@
-"""`coherence create` against a real API process with a token: the task it makes, its idempotency key (a retried
+"""`coherence create` against the API, with a token: the task it makes, its idempotency key (a retried
 create, or an answer lost on the way back, makes one task), and one-line errors with exit 2 for bad input, 1 for
 other refusals."""
 

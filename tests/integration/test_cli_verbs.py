@@ -1,5 +1,5 @@
-"""The operator's verbs (`coherence tasks`, `task`, `logs`, `decide`, `retry`, `restart`, `status --watch`) against a
-real API process: output, exit codes (0 ok, 1 needs attention or refused, 2 usage), colour and help."""
+"""The operator's verbs (`coherence tasks`, `task`, `logs`, `decide`, `retry`, `restart`, `status --watch`) against the
+API over HTTP: output, exit codes (0 ok, 1 needs attention or refused, 2 usage), colour and help."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The ops console over real HTTP: pages render, sessions and CSRF, no open redirect, hostile text escaped.
 
-Each test starts a real `coherence api` process; httpx plays the browser (cookies, forms, redirects not followed,
+Each test serves the API over real HTTP; httpx plays the browser (cookies, forms, redirects not followed,
 so every 303 and its Location are seen). The browser-driven flows are in tests/browser/.
 """
 

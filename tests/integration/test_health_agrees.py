@@ -1,7 +1,7 @@
 """Doctor, status, the monitor's report and /metrics say the same thing, in the states where they used to disagree:
 a decision waiting, dead runners (not seen past the setting, then forgotten), a stale project manager.
 
-The thresholds are set on the API process only: the commands run with the defaults, so a view that judged health
+The thresholds are set on the API only: the commands run with the defaults, so a view that judged health
 with its own settings (or a hard-coded window) would disagree with the API here."""
 
 from __future__ import annotations

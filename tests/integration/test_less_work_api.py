@@ -1,4 +1,4 @@
-"""Less work per cycle over HTTP (issue 14): the shapes other components rely on, through a real API process on
+"""Less work per cycle over HTTP (issue 14): the shapes other components rely on, through the API over HTTP on
 both stores and the shared client; and the auto-commit watcher's cursor, which must miss no completion."""
 
 from __future__ import annotations

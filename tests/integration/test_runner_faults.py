@@ -1,6 +1,6 @@
 """Faults stay local (issue 18): a runner slot that is busy delivering a result is not claimed for, so no claim
 waits past its lease to run as a stale second copy; and a full disk neither kills the runner's slots, nor charges
-attempts, nor churns the queue, and everything runs once space is back. Real API and runner processes."""
+attempts, nor churns the queue, and everything runs once space is back. Real runner processes, the API over HTTP."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Nothing outlives its owner: a task's processes (grandchildren included) die with their runner, and no task runs
-twice at once on one host. Real runner processes, real API processes, real task process trees."""
+twice at once on one host. Real runner processes, the API over HTTP, real task process trees."""
 
 from __future__ import annotations
 
