@@ -18,10 +18,11 @@ run: $(STAMP)  ## the autonomous pipeline (API, runner, manager, monitor) on the
 api: $(STAMP)  ## only the API on 127.0.0.1:8000
 	$(BIN)/coherence api
 
-# Tests mostly wait on real servers and subprocesses: one pytest worker per core keeps both cores busy.
+# Tests mostly wait on real servers and subprocesses: two pytest workers per core (tests/conftest.py) keep both
+# cores busy.
 TEST_WORKERS ?= auto
 
-test: $(STAMP)  ## the whole test suite, one worker per core (PostgreSQL tests start their own throwaway server)
+test: $(STAMP)  ## the whole test suite, two workers per core (PostgreSQL tests start their own throwaway server)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lint: $(STAMP)  ## ruff on src, tests and bench, mypy on src (pyproject.toml's settings); .ci/run runs it first

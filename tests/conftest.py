@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from coherence_network.store import TaskStore
 from coherence_network.store.db import create_store_engine, migrate
-from tests.support.api import ApiProcess
+from tests.support.api import ApiProcess, ServedApi
 from tests.support.pipeline import PipelineProcess
 from tests.support.postgres import PostgresServer, find_bindir
 from tests.support.required import missing
@@ -54,7 +55,9 @@ def store_url(store_backend: str, request: pytest.FixtureRequest, tmp_path: Path
     if store_backend == "sqlite":
         return f"sqlite:///{tmp_path / 'coherence.db'}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.new_database()
+    url = server.new_database()
+    request.addfinalizer(lambda: server.drop_database(url))
+    return url
 
 
 @pytest.fixture
@@ -66,7 +69,9 @@ def migrated_store_url(store_backend: str, request: pytest.FixtureRequest, tmp_p
         shutil.copy(request.getfixturevalue("migrated_sqlite_template"), path)  # with its mode (owner only)
         return f"sqlite:///{path}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.new_database(migrated=True)
+    url = server.new_database(migrated=True)
+    request.addfinalizer(lambda: server.drop_database(url))
+    return url
 
 
 @pytest.fixture
@@ -92,12 +97,30 @@ def api_process(tmp_path: Path) -> Iterator[ApiProcess]:
 
 
 @pytest.fixture
+def served_api(tmp_path: Path) -> Iterator[ServedApi]:
+    """The API's app served on a thread of this process, on SQLite in a temporary COHERENCE_HOME: for tests of the
+    HTTP contract (a process costs ten times the CPU to start; see tests/support/api.py)."""
+    api = ServedApi(tmp_path / "home").start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
 def pipelines() -> Iterator[list[PipelineProcess]]:
     """Supervised pipelines a test starts (``PipelineProcess.started_in``), each stopped at the end."""
     started: list[PipelineProcess] = []
     yield started
     for pipeline in started:
         pipeline.stop()
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: two workers per core. Half the suite's time is waiting (leases running out, outages, processes
+    starting and stopping): with one worker per core the cores sat idle half the time (530 s of CPU in 534 s on 2
+    cores). xdist's PYTEST_XDIST_AUTO_NUM_WORKERS still decides when set, and ``-n 2`` as ever."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    return 2 * len(os.sched_getaffinity(0))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -31,7 +31,7 @@ from playwright.sync_api import expect, sync_playwright
 from coherence_network.client import ApiClient
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.store.graph import Dependency, GraphStore, PackageRecord
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.net import wait_until
 from tests.support.postgres import PostgresServer
 from tests.support.required import missing
@@ -91,10 +91,10 @@ def _program(folder: Path, name: str, code: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApiProcess, ApiClient, Path]]:
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServedApi, ApiClient, Path]]:
     """An open API on SQLite and one runner whose agent asks a question until it has an answer."""
     folder = tmp_path_factory.mktemp("console")
-    api = ApiProcess(folder / "home").start()
+    api = ServedApi(folder / "home").start()
     agent = _program(folder, "agent.py", AGENT)
     runner = RunnerProcess(api.home, api.url, env={"COHERENCE_AGENT_COMMAND": f"{PY} {agent} {{prompt_file}}",
                                                    "AGENT_KILL_GRACE_SECONDS": "1"}).start()
@@ -116,7 +116,7 @@ def new_context(browser: Any, base_url: str, **options: Any) -> Any:
 
 
 @pytest.fixture
-def page(browser: Any, pipeline: tuple[ApiProcess, ApiClient, Path]) -> Iterator[Any]:
+def page(browser: Any, pipeline: tuple[ServedApi, ApiClient, Path]) -> Iterator[Any]:
     context = new_context(browser, pipeline[0].url)
     opened = context.new_page()
     yield opened
@@ -320,7 +320,7 @@ def test_the_console_says_when_the_store_is_gone_and_recovers(browser: Any, tmp_
     """An API on PostgreSQL whose server stops answers 503: the banner names the store, not the API."""
     root = Path(tempfile.mkdtemp(prefix="coherence-pg-console-"))
     server = PostgresServer(root).start()
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": server.new_database(migrated=True)})
+    api = ServedApi(tmp_path / "home", env={"DATABASE_URL": server.new_database(migrated=True)})
     context = None
     try:
         api.start()
@@ -403,13 +403,13 @@ def test_an_unknown_console_url_is_an_html_404_with_a_way_home(page: Any) -> Non
 
 
 @pytest.fixture(scope="module")
-def token_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
-    api = ApiProcess(tmp_path_factory.mktemp("console-token") / "home", env={"COHERENCE_API_TOKEN": TOKEN}).start()
+def token_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApi]:
+    api = ServedApi(tmp_path_factory.mktemp("console-token") / "home", env={"COHERENCE_API_TOKEN": TOKEN}).start()
     yield api
     api.stop()
 
 
-def test_with_a_token_visitors_sign_in_and_forms_need_their_csrf_token(browser: Any, token_api: ApiProcess) -> None:
+def test_with_a_token_visitors_sign_in_and_forms_need_their_csrf_token(browser: Any, token_api: ServedApi) -> None:
     context = new_context(browser, token_api.url)
     page = context.new_page()
     try:

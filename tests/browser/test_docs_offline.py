@@ -1,4 +1,4 @@
-"""/docs renders with no network but loopback: Chromium (Debian's, through Playwright) against a real API process,
+"""/docs renders with no network but loopback: Chromium (Debian's, through Playwright) against the API over loopback,
 every request that leaves 127.0.0.1 refused by route interception. Swagger UI's files come from the API itself, and
 the page's own Content-Security-Policy lets its one inline script run."""
 
@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import Route, expect, sync_playwright
 
 from coherence_network.api.app import is_loopback
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.required import missing
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -25,8 +25,8 @@ def _loopback(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
-    started = ApiProcess(tmp_path_factory.mktemp("docs") / "home").start()
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApi]:
+    started = ServedApi(tmp_path_factory.mktemp("docs") / "home").start()
     yield started
     started.stop()
 
@@ -41,7 +41,7 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
-def test_the_reference_renders_with_every_request_off_loopback_refused(api: ApiProcess, browser: Any) -> None:
+def test_the_reference_renders_with_every_request_off_loopback_refused(api: ServedApi, browser: Any) -> None:
     context = browser.new_context(base_url=api.url)
     refused: list[str] = []
     loaded: list[str] = []

@@ -14,12 +14,12 @@ from playwright.sync_api import expect
 from coherence_network.client import ApiClient
 from coherence_network.contract import TaskType
 from tests.browser.test_console_browser import browser, shoot  # noqa: F401  (browser: the shared fixture)
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
-    process = ApiProcess(Path(tmp_path_factory.mktemp("search")) / "home").start()
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApi]:
+    process = ServedApi(Path(tmp_path_factory.mktemp("search")) / "home").start()
     with ApiClient(process.url, retries=0) as client:
         for direction, priority in (("Backup the wiki", 1), ("Backup the database", 5), ("Rotate the logs", 9)):
             client.create_task(direction, TaskType.SPEC, priority=priority)
@@ -27,7 +27,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
     process.stop()
 
 
-def test_search_then_sort_by_a_column_and_flip_it(browser: Any, api: ApiProcess) -> None:  # noqa: F811
+def test_search_then_sort_by_a_column_and_flip_it(browser: Any, api: ServedApi) -> None:  # noqa: F811
     context = browser.new_context(base_url=api.url, viewport={"width": 1280, "height": 900})
     page = context.new_page()
     try:

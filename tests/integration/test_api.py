@@ -1,4 +1,5 @@
-"""The API over real HTTP: a uvicorn process on an ephemeral loopback port, every error status, durability."""
+"""The API over real HTTP on an ephemeral loopback port, every error status, durability (a `coherence api` process
+where the process is the subject: SIGKILL, exit codes at start, its logging set-up)."""
 
 from __future__ import annotations
 
@@ -12,21 +13,22 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.api import ApiProcess
+from tests.support.api import ApiProcess, ServedApi
 from tests.support.net import free_port
 
 TASK = {"direction": "say hello", "task_type": "run", "command": "echo hello"}
 
 
 @pytest.fixture
-def http(api_process: ApiProcess) -> httpx.Client:
-    with httpx.Client(base_url=api_process.url, timeout=30) as client:
+def http(served_api: ServedApi) -> httpx.Client:
+    with httpx.Client(base_url=served_api.url, timeout=30) as client:
         yield client
 
 
-def test_readiness_checks_do_not_fill_the_log(http: httpx.Client, api_process: ApiProcess) -> None:
+def test_readiness_checks_do_not_fill_the_log(api_process: ApiProcess) -> None:
+    """The process's own logging set-up (logfiles.setup_logging) is what keeps alembic quiet: a process, here."""
     for _ in range(5):
-        assert http.get("/api/ready").status_code == 200
+        assert httpx.get(f"{api_process.url}/api/ready", timeout=30).status_code == 200
     log = (api_process.home / "logs" / "api.log").read_text(encoding="utf-8")
     assert "alembic" not in log and "API started" in log  # two alembic lines per /api/ready before
 
@@ -124,12 +126,12 @@ def test_retry_of_a_failed_task(http: httpx.Client) -> None:
     assert http.patch(f"/api/agent/tasks/{task['id']}", json={"status": "pending"}).status_code == 409
 
 
-def test_claim_long_poll_wakes_when_a_task_is_created(http: httpx.Client, api_process: ApiProcess) -> None:
+def test_claim_long_poll_wakes_when_a_task_is_created(http: httpx.Client, served_api: ServedApi) -> None:
     assert http.post("/api/agent/tasks/claim", json={"runner_id": "r", "wait_seconds": 0}).status_code == 204
     result: dict[str, object] = {}
 
     def wait_for_work() -> None:
-        with httpx.Client(base_url=api_process.url, timeout=30) as other:
+        with httpx.Client(base_url=served_api.url, timeout=30) as other:
             started = time.monotonic()
             response = other.post("/api/agent/tasks/claim", json={"runner_id": "waiter", "wait_seconds": 20})
             result.update(status=response.status_code, task=response.json(), waited=time.monotonic() - started)
@@ -167,7 +169,7 @@ def test_heartbeat_and_runner_registry(http: httpx.Client) -> None:
 
 
 def test_expired_lease_goes_back_to_another_runner(tmp_path: Path) -> None:
-    api = ApiProcess(tmp_path / "home", env={"COHERENCE_LEASE_SECONDS": "1"}).start()  # the reaper's grace: 1 s
+    api = ServedApi(tmp_path / "home", env={"COHERENCE_LEASE_SECONDS": "1"}).start()  # the reaper's grace: 1 s
     try:
         with httpx.Client(base_url=api.url, timeout=30) as http:
             _expired_lease_goes_back_to_another_runner(http)
@@ -187,14 +189,14 @@ def _expired_lease_goes_back_to_another_runner(http: httpx.Client) -> None:
     assert "coherence_tasks_reclaimed_total 1.0" in metrics
 
 
-def test_task_log_serves_the_file_or_the_stored_tail(http: httpx.Client, api_process: ApiProcess) -> None:
+def test_task_log_serves_the_file_or_the_stored_tail(http: httpx.Client, served_api: ServedApi) -> None:
     task = http.post("/api/agent/tasks", json=TASK).json()
     claim = http.post("/api/agent/tasks/claim", json={"runner_id": "r"}).json()
     http.post(f"/api/agent/tasks/{task['id']}/finish",
               json={"claim_token": claim["claim_token"], "status": "completed", "output": "tail only"})
     fallback = http.get(f"/api/agent/tasks/{task['id']}/log")
     assert fallback.text == "tail only" and fallback.headers["x-log-source"] == "stored-output-tail"
-    log = api_process.home / "logs" / f"task_{task['id']}.log"
+    log = served_api.home / "logs" / f"task_{task['id']}.log"
     log.write_text("line 1\nline 2\nline 3\n")
     assert http.get(f"/api/agent/tasks/{task['id']}/log").text == "line 1\nline 2\nline 3\n"
     assert http.get(f"/api/agent/tasks/{task['id']}/log", params={"tail": 1}).text == "line 3\n"

@@ -1,7 +1,8 @@
 """The API's front door over real HTTP: the token on every route, the Host allow-list, the body limit.
 
-Each test starts a real `coherence api` process and talks to it over loopback, with httpx or a raw socket where a
-client library would hide what is sent (a body that is announced but never sent, a Host header of our choosing).
+Each test serves the API (a real `coherence api` process where that is the subject: its memory, its start-up checks,
+--host) and talks to it over loopback, with httpx or a raw socket where a client library would hide what is sent (a
+body that is announced but never sent, a Host header of our choosing).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from coherence_network.api.app import create_app
 from coherence_network.client import ApiClient
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.settings import Settings
-from tests.support.api import ApiProcess
+from tests.support.api import ApiProcess, ServedApi
 from tests.support.net import free_port, wait_until
 from tests.support.runner import RunnerProcess
 
@@ -38,9 +39,9 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def guarded(tmp_path: Path, migrated_store_url: str) -> Iterator[ApiProcess]:
+def guarded(tmp_path: Path, migrated_store_url: str) -> Iterator[ServedApi]:
     """An API with a token, on each store."""
-    api = ApiProcess(tmp_path / "home", env={"COHERENCE_API_TOKEN": TOKEN, "DATABASE_URL": migrated_store_url}).start()
+    api = ServedApi(tmp_path / "home", env={"COHERENCE_API_TOKEN": TOKEN, "DATABASE_URL": migrated_store_url}).start()
     yield api
     api.stop()
 
@@ -55,7 +56,7 @@ def _every_route(tmp_path: Path) -> list[tuple[str, str]]:
     return found
 
 
-def test_with_a_token_every_route_but_health_and_ready_needs_it(guarded: ApiProcess, tmp_path: Path) -> None:
+def test_with_a_token_every_route_but_health_and_ready_needs_it(guarded: ServedApi, tmp_path: Path) -> None:
     # A connection per request: a route's own server error (not this test's subject) ends its connection.
     with httpx.Client(base_url=guarded.url, timeout=30, headers={"Connection": "close"}) as http:
         created = http.post("/api/agent/tasks", json=TASK, headers=AUTH)
@@ -79,7 +80,7 @@ def test_with_a_token_every_route_but_health_and_ready_needs_it(guarded: ApiProc
 
 
 def test_bearer_scheme_is_case_insensitive_and_the_credential_exact(tmp_path: Path) -> None:
-    api = ApiProcess(tmp_path / "home", env={"COHERENCE_API_TOKEN": TOKEN}).start()
+    api = ServedApi(tmp_path / "home", env={"COHERENCE_API_TOKEN": TOKEN}).start()
     try:
         with httpx.Client(base_url=api.url, timeout=10) as http:
             for scheme in ("Bearer", "bearer", "BEARER", "bEaReR"):
@@ -113,7 +114,7 @@ def test_blank_or_short_token_is_refused_at_start(tmp_path: Path, token: str) ->
 # --- the Host allow-list: DNS rebinding ----------------------------------------------------------------------------
 def test_a_foreign_host_cannot_create_a_task(tmp_path: Path, migrated_store_url: str) -> None:
     """A DNS-rebinding page: the browser sends the attacker's name as Host to our loopback port."""
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
+    api = ServedApi(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
     try:
         with httpx.Client(base_url=api.url, timeout=10) as http:
             for host in ("rebind.attacker.example", f"rebind.attacker.example:{api.port}", "localhost.evil",
@@ -129,15 +130,15 @@ def test_a_foreign_host_cannot_create_a_task(tmp_path: Path, migrated_store_url:
         api.stop()
 
 
-def test_a_request_without_host_is_refused(api_process: ApiProcess) -> None:
-    head = _raw_exchange(api_process.port, b"GET /api/agent/tasks/count HTTP/1.0\r\n\r\n")
+def test_a_request_without_host_is_refused(served_api: ServedApi) -> None:
+    head = _raw_exchange(served_api.port, b"GET /api/agent/tasks/count HTTP/1.0\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400"), head[:100]
 
 
 def test_allowed_hosts_setting_and_the_webhook_host(tmp_path: Path) -> None:
     env = {"COHERENCE_ALLOWED_HOSTS": "api.example.org, Other.Example",
            "TELEGRAM_WEBHOOK_URL": "https://bot.example.net/api/agent/telegram/webhook"}
-    api = ApiProcess(tmp_path / "home", env=env).start()
+    api = ServedApi(tmp_path / "home", env=env).start()
     try:
         with httpx.Client(base_url=api.url, timeout=10) as http:
             for host in ("api.example.org", "api.example.org:8443", "other.example", "bot.example.net", "localhost"):
@@ -173,7 +174,7 @@ def test_the_name_given_to_api_host_is_allowed(tmp_path: Path) -> None:
 
 
 def test_the_host_is_checked_before_the_token(tmp_path: Path) -> None:
-    api = ApiProcess(tmp_path / "home", env={"COHERENCE_API_TOKEN": TOKEN}).start()
+    api = ServedApi(tmp_path / "home", env={"COHERENCE_API_TOKEN": TOKEN}).start()
     try:
         answer = httpx.get(f"{api.url}/api/agent/tasks/count", headers={**AUTH, "Host": "evil.example"})
         assert answer.status_code == 421
@@ -225,9 +226,10 @@ def _post_head(port: int, length: int | None, auth: bool) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-@pytest.fixture
-def small_limit(tmp_path: Path) -> Iterator[ApiProcess]:
-    api = ApiProcess(tmp_path / "home", env={"COHERENCE_API_TOKEN": TOKEN,
+@pytest.fixture(scope="module")
+def small_limit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    """A process (its memory is measured), one for the module: no test of it needs a store the others left empty."""
+    api = ApiProcess(tmp_path_factory.mktemp("small-limit") / "home", env={"COHERENCE_API_TOKEN": TOKEN,
                                              "COHERENCE_MAX_BODY_BYTES": str(MiB)}).start()
     yield api
     api.stop()
@@ -274,7 +276,7 @@ def test_bodies_within_the_limit_still_work(small_limit: ApiProcess) -> None:
 def test_a_runner_with_the_token_delivers_one_output_line_longer_than_the_body_limit(tmp_path: Path) -> None:
     """The runner's finish carries the output tail: one line with no newline must not make it too large to send."""
     home = tmp_path / "home"
-    api = ApiProcess(home, env={"COHERENCE_API_TOKEN": TOKEN, "COHERENCE_MAX_BODY_BYTES": str(128 * 1024)}).start()
+    api = ServedApi(home, env={"COHERENCE_API_TOKEN": TOKEN, "COHERENCE_MAX_BODY_BYTES": str(128 * 1024)}).start()
     try:
         with ApiClient(api.url, token=TOKEN, retries=0) as client:
             command = f"{sys.executable} -c \"import sys; sys.stdout.write('x' * 300000 + 'END')\""
@@ -287,17 +289,17 @@ def test_a_runner_with_the_token_delivers_one_output_line_longer_than_the_body_l
         api.stop()
 
 
-def test_a_refused_host_is_logged_and_bounded(api_process: ApiProcess) -> None:
+def test_a_refused_host_is_logged_and_bounded(served_api: ServedApi) -> None:
     long_name = "a" * 300 + ".example"
-    answer = httpx.get(f"{api_process.url}/api/agent/tasks/count", headers={"Host": long_name})
+    answer = httpx.get(f"{served_api.url}/api/agent/tasks/count", headers={"Host": long_name})
     assert answer.status_code == 421 and len(answer.text) < 300
-    log = (api_process.home / "logs" / "api.log").read_text()
+    log = (served_api.home / "logs" / "api.log").read_text()
     assert "refused Host 'aaaa" in log and "COHERENCE_ALLOWED_HOSTS" in log and long_name not in log
 
 
-def test_a_websocket_upgrade_meets_the_same_host_check(api_process: ApiProcess) -> None:
+def test_a_websocket_upgrade_meets_the_same_host_check(served_api: ServedApi) -> None:
     upgrade = (b"GET /api/agent/tasks HTTP/1.1\r\nHost: rebind.attacker.example\r\nUpgrade: websocket\r\n"
                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                b"Sec-WebSocket-Version: 13\r\n\r\n")
-    assert _raw_exchange(api_process.port, upgrade).startswith(b"HTTP/1.1 403")
-    assert "refused Host 'rebind.attacker.example'" in (api_process.home / "logs" / "api.log").read_text()
+    assert _raw_exchange(served_api.port, upgrade).startswith(b"HTTP/1.1 403")
+    assert "refused Host 'rebind.attacker.example'" in (served_api.home / "logs" / "api.log").read_text()

@@ -1,4 +1,4 @@
-"""`coherence create` against a real API process with a token: the task it makes, its idempotency key (a retried
+"""`coherence create` against the API, with a token: the task it makes, its idempotency key (a retried
 create, or an answer lost on the way back, makes one task), and one-line errors with exit 2 for bad input, 1 for
 other refusals."""
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from coherence_network.client import ApiClient
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.lossy_proxy import LossyProxy
 
 CLI = [sys.executable, "-m", "coherence_network.cli"]
@@ -21,13 +21,13 @@ TOKEN = "create-test-token-0123456789"
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
-    started = ApiProcess(tmp_path_factory.mktemp("create") / "home", env={"COHERENCE_API_TOKEN": TOKEN}).start()
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApi]:
+    started = ServedApi(tmp_path_factory.mktemp("create") / "home", env={"COHERENCE_API_TOKEN": TOKEN}).start()
     yield started
     started.stop()
 
 
-def _coherence(api: ApiProcess, *args: str, stdin: str | None = None, url: str | None = None,
+def _coherence(api: ServedApi, *args: str, stdin: str | None = None, url: str | None = None,
                **extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COHERENCE_HOME": str(api.home), "AGENT_API_BASE": url or api.url,
            "COHERENCE_API_TOKEN": TOKEN, "COHERENCE_HTTP_TIMEOUT": "5", **extra}
@@ -40,7 +40,7 @@ def _one_line_error(done: subprocess.CompletedProcess[str], code: int) -> str:
     return done.stderr.strip()
 
 
-def test_create_makes_the_task_with_its_fields_and_prints_its_key(api: ApiProcess) -> None:
+def test_create_makes_the_task_with_its_fields_and_prints_its_key(api: ServedApi) -> None:
     command = "sh -c 'echo \"$HOME\"; exit 3' ; rm -rf /nowhere"  # stored as given: nothing here runs a shell
     done = _coherence(api, "create", "report the home folder", "--command", command, "--priority", "7",
                       "--max-attempts", "2", "--timeout", "90")
@@ -61,7 +61,7 @@ def test_create_makes_the_task_with_its_fields_and_prints_its_key(api: ApiProces
     assert piped["direction"] == "a direction\nof two lines"
 
 
-def test_the_same_key_gives_the_same_task_and_a_lost_answer_makes_one_task(api: ApiProcess) -> None:
+def test_the_same_key_gives_the_same_task_and_a_lost_answer_makes_one_task(api: ServedApi) -> None:
     first = _coherence(api, "create", "nightly report", "--command", "true", "--idempotency-key", "nightly-1", "--json")
     again = _coherence(api, "create", "nightly report", "--command", "true", "--idempotency-key", "nightly-1", "--json")
     assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
@@ -102,11 +102,11 @@ def test_the_same_key_gives_the_same_task_and_a_lost_answer_makes_one_task(api: 
      "the API refused the request as malformed: task_id: Input should be greater than or equal to 1 (got '-1')"),
 ], ids=["priority", "attempts-and-timeout", "empty-direction", "command-not-allowed", "run-without-command",
         "no-direction", "two-directions", "negative-task-id"])
-def test_bad_input_is_one_readable_line_and_exit_2(api: ApiProcess, args: list[str], expected: str) -> None:
+def test_bad_input_is_one_readable_line_and_exit_2(api: ServedApi, args: list[str], expected: str) -> None:
     assert _one_line_error(_coherence(api, *args), 2).startswith(expected)
 
 
-def test_a_wrong_token_is_one_line_and_exit_1(api: ApiProcess) -> None:
+def test_a_wrong_token_is_one_line_and_exit_1(api: ServedApi) -> None:
     refused = _one_line_error(_coherence(api, "create", "x", "--command", "true",
                                          COHERENCE_API_TOKEN="wrong-token-0123456789"), 1)
     assert refused.startswith("the API refused the token")

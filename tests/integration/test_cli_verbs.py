@@ -1,5 +1,5 @@
-"""The operator's verbs (`coherence tasks`, `task`, `logs`, `decide`, `retry`, `restart`, `status --watch`) against a
-real API process: output, exit codes (0 ok, 1 needs attention or refused, 2 usage), colour and help."""
+"""The operator's verbs (`coherence tasks`, `task`, `logs`, `decide`, `retry`, `restart`, `status --watch`) against the
+API over HTTP: output, exit codes (0 ok, 1 needs attention or refused, 2 usage), colour and help."""
 
 from __future__ import annotations
 
@@ -17,20 +17,20 @@ import pytest
 
 from coherence_network.client import ApiClient
 from coherence_network.contract import Task, TaskStatus
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.net import wait_until
 
 CLI = [sys.executable, "-m", "coherence_network.cli"]
 ANSI = "\x1b["
 
 
-def _env(api: ApiProcess, **extra: str) -> dict[str, str]:
+def _env(api: ServedApi, **extra: str) -> dict[str, str]:
     inherited = {name: value for name, value in os.environ.items() if name != "NO_COLOR"}
     return {**inherited, "COHERENCE_HOME": str(api.home), "AGENT_API_BASE": api.url, "COHERENCE_HTTP_TIMEOUT": "5",
             **extra}
 
 
-def _coherence(api: ApiProcess, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+def _coherence(api: ServedApi, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], env=_env(api, **extra), capture_output=True, text=True, timeout=60)
 
 
@@ -99,81 +99,81 @@ def _failed(client: ApiClient, direction: str) -> Task:
     return client.finish(task.id, claim.claim_token, TaskStatus.FAILED, exit_code=3, output="boom\n")
 
 
-def test_tasks_lists_newest_first_filters_pages_and_totals(api_process: ApiProcess) -> None:
-    with ApiClient(api_process.url, token="") as client:
+def test_tasks_lists_newest_first_filters_pages_and_totals(served_api: ServedApi) -> None:
+    with ApiClient(served_api.url, token="") as client:
         failed = _failed(client, "a task that fails")
         spec = client.create_task("write the spec " + "x" * 200, "spec")
         newest = client.create_task("the newest one", "run", command="true")
-    listed = _coherence(api_process, "tasks")
+    listed = _coherence(served_api, "tasks")
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert [line.split()[0] for line in lines[:3]] == [f"#{newest.id}", f"#{spec.id}", f"#{failed.id}"]
     assert lines[-1] == "1-3 of 3 tasks"
     assert "spec" in lines[1] and "pending" in lines[1] and len(lines[1]) < 120  # a long direction is cut short
     assert ANSI not in listed.stdout  # piped: no colour
-    only_failed = _coherence(api_process, "tasks", "--status", "failed").stdout.splitlines()
+    only_failed = _coherence(served_api, "tasks", "--status", "failed").stdout.splitlines()
     assert len(only_failed) == 2 and only_failed[0].startswith(f"#{failed.id}") and "failed" in only_failed[0]
-    assert _coherence(api_process, "tasks", "--type", "spec").stdout.splitlines()[0].startswith(f"#{spec.id}")
-    page = _coherence(api_process, "tasks", "--limit", "1", "--offset", "1").stdout.splitlines()
+    assert _coherence(served_api, "tasks", "--type", "spec").stdout.splitlines()[0].startswith(f"#{spec.id}")
+    page = _coherence(served_api, "tasks", "--limit", "1", "--offset", "1").stdout.splitlines()
     assert page[0].startswith(f"#{spec.id}") and page[-1] == "2-2 of 3 tasks"
-    as_json = json.loads(_coherence(api_process, "tasks", "--json", "--status", "pending").stdout)
+    as_json = json.loads(_coherence(served_api, "tasks", "--json", "--status", "pending").stdout)
     assert as_json["total"] == 2 and [t["id"] for t in as_json["items"]] == [newest.id, spec.id]
-    assert _coherence(api_process, "tasks", "--status", "bogus").returncode == 2
+    assert _coherence(served_api, "tasks", "--status", "bogus").returncode == 2
 
 
-def test_task_decide_and_the_decision_trail(api_process: ApiProcess) -> None:
-    with ApiClient(api_process.url, token="") as client:
+def test_task_decide_and_the_decision_trail(served_api: ServedApi) -> None:
+    with ApiClient(served_api.url, token="") as client:
         waiting = _waiting(client, "Deploy to prod?")
         other = _waiting(client, "Which colour?")
-    before = _coherence(api_process, "task", str(waiting.id))
+    before = _coherence(served_api, "task", str(waiting.id))
     assert before.returncode == 0, before.stderr
     assert "status: needs_decision" in before.stdout and "decision_prompt: Deploy to prod?" in before.stdout
     assert f"coherence decide {waiting.id}" in before.stdout  # it says how to answer
     assert "run: 1 (claim token), attempts: 0 of 3" in before.stdout
 
-    decided = _coherence(api_process, "decide", str(waiting.id), "yes")
+    decided = _coherence(served_api, "decide", str(waiting.id), "yes")
     user = pwd.getpwuid(os.getuid()).pw_name
     assert decided.returncode == 0, decided.stderr
     assert decided.stdout.strip() == f"task {waiting.id}: decision 'yes' recorded by cli:{user}; now pending"
-    after = _coherence(api_process, "task", str(waiting.id)).stdout
+    after = _coherence(served_api, "task", str(waiting.id)).stdout
     assert "decision: yes" in after and f"decided_by: cli:{user}" in after and "decided_at: 20" in after
-    stored = json.loads(_coherence(api_process, "task", str(waiting.id), "--json").stdout)
+    stored = json.loads(_coherence(served_api, "task", str(waiting.id), "--json").stdout)
     assert stored["decided_by"] == f"cli:{user}" and stored["status"] == "pending"
 
-    refused = _coherence(api_process, "decide", str(waiting.id), "no")
+    refused = _coherence(served_api, "decide", str(waiting.id), "no")
     assert refused.returncode == 1
     assert f"task {waiting.id} does not wait for a decision" in refused.stderr and "pending" in refused.stderr
     assert "Traceback" not in refused.stderr
-    by = json.loads(_coherence(api_process, "decide", str(other.id), "blue", "--by", "alice", "--json").stdout)
+    by = json.loads(_coherence(served_api, "decide", str(other.id), "blue", "--by", "alice", "--json").stdout)
     assert by["decided_by"] == "alice" and by["decision"] == "blue"
-    assert _coherence(api_process, "task", "999").returncode == 1
-    assert _coherence(api_process, "decide", "999", "yes").returncode == 1
-    assert _coherence(api_process, "decide", str(other.id)).returncode == 2  # no answer: usage error
+    assert _coherence(served_api, "task", "999").returncode == 1
+    assert _coherence(served_api, "decide", "999", "yes").returncode == 1
+    assert _coherence(served_api, "decide", str(other.id)).returncode == 2  # no answer: usage error
 
 
-def test_retry_sends_a_failed_task_back_and_refuses_any_other(api_process: ApiProcess) -> None:
-    with ApiClient(api_process.url, token="") as client:
+def test_retry_sends_a_failed_task_back_and_refuses_any_other(served_api: ServedApi) -> None:
+    with ApiClient(served_api.url, token="") as client:
         failed = _failed(client, "flaky")
-    detail = _coherence(api_process, "task", str(failed.id)).stdout
+    detail = _coherence(served_api, "task", str(failed.id)).stdout
     assert "exit_code: 3" in detail and "output (tail):\nboom" in detail
-    retried = _coherence(api_process, "retry", str(failed.id))
+    retried = _coherence(served_api, "retry", str(failed.id))
     assert retried.returncode == 0 and f"task {failed.id}: now pending" in retried.stdout
-    again = _coherence(api_process, "retry", str(failed.id))
+    again = _coherence(served_api, "retry", str(failed.id))
     assert again.returncode == 1 and "cannot be retried (only a failed task can)" in again.stderr
     assert "Traceback" not in again.stderr
 
 
-def test_logs_of_a_task_and_following_it_until_it_is_settled(api_process: ApiProcess) -> None:
-    with ApiClient(api_process.url, token="") as client:
+def test_logs_of_a_task_and_following_it_until_it_is_settled(served_api: ServedApi) -> None:
+    with ApiClient(served_api.url, token="") as client:
         task = client.create_task("log lines", "run", command="true")
         claim = client.claim("verbs")
         assert claim is not None
-        log = api_process.home / "logs" / f"task_{task.id}.log"
+        log = served_api.home / "logs" / f"task_{task.id}.log"
         log.write_text("one\ntwo\nthree\n")
-        tail = _coherence(api_process, "logs", str(task.id), "--lines", "2")
+        tail = _coherence(served_api, "logs", str(task.id), "--lines", "2")
         assert tail.returncode == 0 and tail.stdout == "two\nthree\n"
 
-        follower = Streamed([*CLI, "logs", str(task.id), "--follow", "--lines", "1"], _env(api_process))
+        follower = Streamed([*CLI, "logs", str(task.id), "--follow", "--lines", "1"], _env(served_api))
         follower.wait_for("three")
         with log.open("a") as handle:
             handle.write("four\n")
@@ -186,11 +186,11 @@ def test_logs_of_a_task_and_following_it_until_it_is_settled(api_process: ApiPro
     assert follower.lines == ["three", "four", "footer: exit 0"]
 
 
-def test_logs_of_a_component_follow_through_rotation(api_process: ApiProcess) -> None:
-    log = api_process.home / "logs" / "monitor.log"
+def test_logs_of_a_component_follow_through_rotation(served_api: ServedApi) -> None:
+    log = served_api.home / "logs" / "monitor.log"
     log.write_text("one\ntwo\nthree\n")
-    assert _coherence(api_process, "logs", "monitor", "-n", "1").stdout == "three\n"
-    follower = Streamed([*CLI, "logs", "monitor", "--follow", "--lines", "2"], _env(api_process))
+    assert _coherence(served_api, "logs", "monitor", "-n", "1").stdout == "three\n"
+    follower = Streamed([*CLI, "logs", "monitor", "--follow", "--lines", "2"], _env(served_api))
     follower.wait_for("three")
     with log.open("a") as handle:
         handle.write("four\n")
@@ -202,45 +202,45 @@ def test_logs_of_a_component_follow_through_rotation(api_process: ApiProcess) ->
     assert code == 0 and "Traceback" not in err and "Aborted" not in err
     assert follower.lines == ["two", "three", "four", "five"]
 
-    unknown = _coherence(api_process, "logs", "nonsense")
+    unknown = _coherence(served_api, "logs", "nonsense")
     assert unknown.returncode == 2 and "agent_runner" in unknown.stderr and "supervisor" in unknown.stderr
-    missing = _coherence(api_process, "logs", "telegram")
+    missing = _coherence(served_api, "logs", "telegram")
     assert missing.returncode == 1 and "no log yet" in missing.stderr
 
 
-def test_restart_needs_a_supervisor_and_a_known_component(api_process: ApiProcess) -> None:
-    request = api_process.home / "logs" / "restart_requested.json"
-    alone = _coherence(api_process, "restart", "agent_runner")
+def test_restart_needs_a_supervisor_and_a_known_component(served_api: ServedApi) -> None:
+    request = served_api.home / "logs" / "restart_requested.json"
+    alone = _coherence(served_api, "restart", "agent_runner")
     assert alone.returncode == 1 and "no supervisor runs" in alone.stderr and "nothing would act" in alone.stderr
     assert not request.exists()
-    unknown = _coherence(api_process, "restart", "telegram")
+    unknown = _coherence(served_api, "restart", "telegram")
     assert unknown.returncode == 2 and "api, agent_runner, project_manager, monitor, all" in unknown.stderr
     # a supervisor that runs and acts on the request: tests/runbook/test_drills.py (restart-component)
 
 
-def test_status_watch_redraws_until_ctrl_c(api_process: ApiProcess) -> None:
-    watcher = Streamed([*CLI, "status", "--watch", "--interval", "0.2"], _env(api_process))
+def test_status_watch_redraws_until_ctrl_c(served_api: ServedApi) -> None:
+    watcher = Streamed([*CLI, "status", "--watch", "--interval", "0.2"], _env(served_api))
     watcher.wait_for("ATTENTION", count=2)
     code, err = watcher.interrupt()
     assert code == 0 and "Traceback" not in err and "Aborted" not in err
 
 
-def test_colour_on_a_terminal_only_and_never_with_no_color(api_process: ApiProcess) -> None:
-    with ApiClient(api_process.url, token="") as client:
+def test_colour_on_a_terminal_only_and_never_with_no_color(served_api: ServedApi) -> None:
+    with ApiClient(served_api.url, token="") as client:
         _failed(client, "red on a terminal")
-    coloured = _on_terminal([*CLI, "tasks"], _env(api_process))
+    coloured = _on_terminal([*CLI, "tasks"], _env(served_api))
     assert ANSI in coloured and "red on a terminal" in coloured
-    plain = _on_terminal([*CLI, "tasks"], _env(api_process, NO_COLOR="1"))
+    plain = _on_terminal([*CLI, "tasks"], _env(served_api, NO_COLOR="1"))
     assert ANSI not in plain and "red on a terminal" in plain
 
 
-def test_help_shows_whole_defaults_and_offers_completion(api_process: ApiProcess) -> None:
-    narrow = _coherence(api_process, "runner", "--help", COLUMNS="80")
+def test_help_shows_whole_defaults_and_offers_completion(served_api: ServedApi) -> None:
+    narrow = _coherence(served_api, "runner", "--help", COLUMNS="80")
     assert narrow.returncode == 0 and "COHERENCE_RUNNER_STOP_GRACE_SECONDS" in narrow.stdout
     assert "…" not in narrow.stdout
-    assert "--install-completion" in _coherence(api_process, "--help").stdout
+    assert "--install-completion" in _coherence(served_api, "--help").stdout
     for verb in ("tasks", "task", "logs", "decide", "retry", "restart", "status"):
-        assert _coherence(api_process, verb, "--help").returncode == 0
+        assert _coherence(served_api, verb, "--help").returncode == 0
 
 
 @pytest.mark.parametrize("args", [["tasks", "--limit", "0"], ["logs"], ["retry", "x"], ["restart"]])

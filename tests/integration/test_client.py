@@ -18,7 +18,7 @@ from coherence_network.client import (
     ApiValidationError,
 )
 from coherence_network.contract import Task, TaskStatus
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.lossy_proxy import LossyProxy
 from tests.support.net import free_port
 
@@ -75,8 +75,8 @@ def test_connection_refused_is_api_unavailable() -> None:
             client.count_tasks()
 
 
-def test_typed_errors_from_the_real_api(api_process: ApiProcess) -> None:
-    with ApiClient(api_process.url, token="", retries=0) as client:
+def test_typed_errors_from_the_real_api(served_api: ServedApi) -> None:
+    with ApiClient(served_api.url, token="", retries=0) as client:
         with pytest.raises(ApiNotFound):
             client.get_task(12345)
         with pytest.raises(ApiValidationError):
@@ -89,7 +89,7 @@ def test_typed_errors_from_the_real_api(api_process: ApiProcess) -> None:
 
 
 def test_wrong_token_is_an_auth_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    api = ApiProcess(tmp_path / "home", env={"COHERENCE_API_TOKEN": "right-token-of-16-chars"}).start()
+    api = ServedApi(tmp_path / "home", env={"COHERENCE_API_TOKEN": "right-token-of-16-chars"}).start()
     try:
         with ApiClient(api.url, token="wrong", retries=0) as client, pytest.raises(ApiAuthError):
             client.create_task("x", "run")
@@ -99,23 +99,23 @@ def test_wrong_token_is_an_auth_error(tmp_path) -> None:  # type: ignore[no-unty
 
 # --- lost responses (issue 10): a retry is safe, or it is not made -------------------------------------------------
 @pytest.fixture
-def lossy(api_process: ApiProcess) -> Iterator[LossyProxy]:
-    proxy = LossyProxy(api_process.port)
+def lossy(served_api: ServedApi) -> Iterator[LossyProxy]:
+    proxy = LossyProxy(served_api.port)
     yield proxy
     proxy.close()
 
 
-def test_a_create_whose_response_is_lost_makes_one_task(lossy: LossyProxy, api_process: ApiProcess) -> None:
+def test_a_create_whose_response_is_lost_makes_one_task(lossy: LossyProxy, served_api: ServedApi) -> None:
     with ApiClient(lossy.url, token="", retries=3, backoff=0.01) as client:
         lossy.lose_next(2)
         task = client.create_task("only once", "run", command="true")
         assert lossy.lost == 2 and isinstance(task, Task) and task.status is TaskStatus.PENDING
-    with ApiClient(api_process.url, token="", retries=0) as direct:
+    with ApiClient(served_api.url, token="", retries=0) as direct:
         assert direct.count_tasks().total == 1
 
 
-def test_a_claim_whose_response_is_lost_gets_that_same_task(lossy: LossyProxy, api_process: ApiProcess) -> None:
-    with ApiClient(api_process.url, token="", retries=0) as direct:
+def test_a_claim_whose_response_is_lost_gets_that_same_task(lossy: LossyProxy, served_api: ServedApi) -> None:
+    with ApiClient(served_api.url, token="", retries=0) as direct:
         first, second = (direct.create_task(f"task {i}", "run", command="true") for i in range(2))
     with ApiClient(lossy.url, token="", retries=3, backoff=0.01) as client:
         lossy.lose_next(1)
@@ -124,13 +124,13 @@ def test_a_claim_whose_response_is_lost_gets_that_same_task(lossy: LossyProxy, a
         lossy.lose_next(1)
         done = client.finish(claimed.id, claimed.claim_token, TaskStatus.COMPLETED, exit_code=0, output="ok")
         assert lossy.lost == 2 and done.status is TaskStatus.COMPLETED
-    with ApiClient(api_process.url, token="", retries=0) as direct:
+    with ApiClient(served_api.url, token="", retries=0) as direct:
         assert direct.get_task(second.id).status is TaskStatus.PENDING  # nobody holds task 2 unknowingly
         assert direct.count_tasks().by_status[TaskStatus.RUNNING] == 0
 
 
-def test_an_unkeyed_write_whose_response_is_lost_is_not_repeated(lossy: LossyProxy, api_process: ApiProcess) -> None:
-    with ApiClient(api_process.url, token="", retries=0) as direct:
+def test_an_unkeyed_write_whose_response_is_lost_is_not_repeated(lossy: LossyProxy, served_api: ServedApi) -> None:
+    with ApiClient(served_api.url, token="", retries=0) as direct:
         task = direct.create_task("fails", "run", command="false")
         claimed = direct.claim("r", wait_seconds=0)
         direct.finish(task.id, claimed.claim_token, TaskStatus.FAILED, exit_code=1)
@@ -138,20 +138,20 @@ def test_an_unkeyed_write_whose_response_is_lost_is_not_repeated(lossy: LossyPro
         lossy.lose_next(1)
         with pytest.raises(ApiUnavailable):
             client.retry_task(task.id)  # the retry happened; the client says it does not know, and stops
-    with ApiClient(api_process.url, token="", retries=0) as direct:
+    with ApiClient(served_api.url, token="", retries=0) as direct:
         assert direct.get_task(task.id).status is TaskStatus.PENDING
 
 
-def test_an_idempotency_key_given_with_curl_returns_the_first_task(api_process: ApiProcess) -> None:
+def test_an_idempotency_key_given_with_curl_returns_the_first_task(served_api: ServedApi) -> None:
     import httpx
 
     body = {"direction": "scripted", "task_type": "run", "command": "true"}
     headers = {"Idempotency-Key": "nightly-2026-11-25"}
-    first = httpx.post(f"{api_process.url}/api/agent/tasks", json=body, headers=headers)
-    again = httpx.post(f"{api_process.url}/api/agent/tasks", json=body, headers=headers)
+    first = httpx.post(f"{served_api.url}/api/agent/tasks", json=body, headers=headers)
+    again = httpx.post(f"{served_api.url}/api/agent/tasks", json=body, headers=headers)
     assert (first.status_code, again.status_code) == (201, 200)
     assert again.json()["id"] == first.json()["id"] and again.headers["Idempotent-Replayed"] == "true"
-    other = httpx.post(f"{api_process.url}/api/agent/tasks", json={**body, "command": "false"}, headers=headers)
+    other = httpx.post(f"{served_api.url}/api/agent/tasks", json={**body, "command": "false"}, headers=headers)
     assert other.status_code == 409 and "already used" in other.json()["detail"]
 
 

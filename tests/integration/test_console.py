@@ -1,6 +1,6 @@
 """The ops console over real HTTP: pages render, sessions and CSRF, no open redirect, hostile text escaped.
 
-Each test starts a real `coherence api` process; httpx plays the browser (cookies, forms, redirects not followed,
+Each test serves the API over real HTTP; httpx plays the browser (cookies, forms, redirects not followed,
 so every 303 and its Location are seen). The browser-driven flows are in tests/browser/.
 """
 
@@ -32,7 +32,7 @@ from coherence_network.store.db import create_store_engine, migrate
 from coherence_network.store.schema import tasks
 from coherence_network.store.stats import throughput
 from coherence_network.supervisor import SELF as SUPERVISOR
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 
 TOKEN = secrets.token_urlsafe(24)
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
@@ -40,28 +40,28 @@ PAGES = ("/", "/tasks", "/tasks?status=failed&task_type=run", "/decisions", "/gr
 
 
 @pytest.fixture
-def open_api(tmp_path: Path) -> Iterator[ApiProcess]:
-    api = ApiProcess(tmp_path / "home").start()
+def open_api(tmp_path: Path) -> Iterator[ServedApi]:
+    api = ServedApi(tmp_path / "home").start()
     yield api
     api.stop()
 
 
 @pytest.fixture(scope="module")
-def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
-    """One open API for the tests that neither count tasks nor change settings: an API start is the slow part."""
-    api = ApiProcess(tmp_path_factory.mktemp("console-shared") / "home").start()
+def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApi]:
+    """One open API for the tests that neither count tasks nor change settings."""
+    api = ServedApi(tmp_path_factory.mktemp("console-shared") / "home").start()
     yield api
     api.stop()
 
 
 @pytest.fixture
-def token_api(tmp_path: Path) -> Iterator[ApiProcess]:
-    api = ApiProcess(tmp_path / "home", env={"COHERENCE_API_TOKEN": TOKEN}).start()
+def token_api(tmp_path: Path) -> Iterator[ServedApi]:
+    api = ServedApi(tmp_path / "home", env={"COHERENCE_API_TOKEN": TOKEN}).start()
     yield api
     api.stop()
 
 
-def browser(api: ApiProcess) -> httpx.Client:
+def browser(api: ServedApi) -> httpx.Client:
     """A cookie-keeping client that shows each redirect instead of following it."""
     return httpx.Client(base_url=api.url, follow_redirects=False, timeout=10)
 
@@ -82,7 +82,7 @@ def needs_decision(client: ApiClient, direction: str, question: str, output: str
 
 
 def test_every_page_renders_on_an_open_console(tmp_path: Path, migrated_store_url: str) -> None:
-    open_api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
+    open_api = ServedApi(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
     with ApiClient(open_api.url) as client:  # something in every list: a question, a failure, a finished task
         needs_decision(client, "ask", "Which one?")
         failed = client.create_task("fail", TaskType.RUN)
@@ -98,7 +98,7 @@ def test_every_page_renders_on_an_open_console(tmp_path: Path, migrated_store_ur
         open_api.stop()
 
 
-def _render_every_page(open_api: ApiProcess) -> None:
+def _render_every_page(open_api: ServedApi) -> None:
     with browser(open_api) as web:
         for path in PAGES:
             page = web.get(path)
@@ -122,7 +122,7 @@ def _render_every_page(open_api: ApiProcess) -> None:
         assert overview.count("<svg") == 3
 
 
-def test_a_missing_task_or_project_is_a_404_page(shared_api: ApiProcess) -> None:
+def test_a_missing_task_or_project_is_a_404_page(shared_api: ServedApi) -> None:
     with browser(shared_api) as web:
         for path, words in (("/tasks/424242", "task 424242 not found"), ("/graph/npm/nothing-here", "not indexed")):
             page = web.get(path)
@@ -132,7 +132,7 @@ def test_a_missing_task_or_project_is_a_404_page(shared_api: ApiProcess) -> None
         assert web.get("/tasks/99999999999999999999").status_code == 422
 
 
-def test_hostile_task_text_is_escaped_everywhere(shared_api: ApiProcess) -> None:
+def test_hostile_task_text_is_escaped_everywhere(shared_api: ServedApi) -> None:
     with ApiClient(shared_api.url) as client:
         task_id = needs_decision(client, HOSTILE, HOSTILE, output=HOSTILE)
     with browser(shared_api) as web:
@@ -142,7 +142,7 @@ def test_hostile_task_text_is_escaped_everywhere(shared_api: ApiProcess) -> None
         assert str(escape(HOSTILE)) in web.get(f"/tasks/{task_id}").text
 
 
-def test_forms_without_their_csrf_token_are_refused(open_api: ApiProcess) -> None:
+def test_forms_without_their_csrf_token_are_refused(open_api: ServedApi) -> None:
     with ApiClient(open_api.url) as client, browser(open_api) as web:
         token = csrf_of(web.get("/tasks"))
         task = {"direction": "from the console", "task_type": "run", "command": "echo hi"}
@@ -158,7 +158,7 @@ def test_forms_without_their_csrf_token_are_refused(open_api: ApiProcess) -> Non
         assert client.get_task(task_id).direction == "from the console"
 
 
-def test_submitting_the_create_form_again_makes_no_second_task(open_api: ApiProcess) -> None:
+def test_submitting_the_create_form_again_makes_no_second_task(open_api: ServedApi) -> None:
     with ApiClient(open_api.url) as client, browser(open_api) as web:
         form = web.get("/tasks").text
         key = re.search(r'name="idempotency_key" value="([^"]+)"', form)
@@ -173,7 +173,7 @@ def test_submitting_the_create_form_again_makes_no_second_task(open_api: ApiProc
         assert other.status_code == 409 and client.count_tasks().total == 1
 
 
-def test_answering_through_the_form_uses_the_api_contract(open_api: ApiProcess) -> None:
+def test_answering_through_the_form_uses_the_api_contract(open_api: ServedApi) -> None:
     with ApiClient(open_api.url) as client, browser(open_api) as web:
         task_id = needs_decision(client, "ship it?", "Ship it?")
         token = csrf_of(web.get("/decisions"))
@@ -191,7 +191,7 @@ def test_answering_through_the_form_uses_the_api_contract(open_api: ApiProcess) 
         assert empty.status_code == 422 and "task_type" in empty.text and "Traceback" not in empty.text
 
 
-def test_restart_without_a_supervisor_writes_nothing_and_says_so(open_api: ApiProcess) -> None:
+def test_restart_without_a_supervisor_writes_nothing_and_says_so(open_api: ServedApi) -> None:
     with browser(open_api) as web:
         token = csrf_of(web.get("/"))
         asked = web.post("/restart", data={"csrf": token, "component": "agent_runner", "reason": "test",
@@ -204,7 +204,7 @@ def test_restart_without_a_supervisor_writes_nothing_and_says_so(open_api: ApiPr
             assert refused.status_code == 400 and "Choose a component to restart: one of api," in refused.text
 
 
-def test_restart_asks_the_supervisor_like_coherence_restart(open_api: ApiProcess) -> None:
+def test_restart_asks_the_supervisor_like_coherence_restart(open_api: ServedApi) -> None:
     settings = Settings(coherence_home=open_api.home)
     request_file = REGISTRY["restart_requested.json"].path(settings)
     with browser(open_api) as web, pidfiles.hold(settings, SUPERVISOR):  # this test process holds its lock
@@ -223,7 +223,7 @@ def test_restart_asks_the_supervisor_like_coherence_restart(open_api: ApiProcess
     assert request["component"] == "agent_runner" and request["reason"] == "console:operator: stuck"
 
 
-def test_with_a_token_pages_need_a_session(token_api: ApiProcess) -> None:
+def test_with_a_token_pages_need_a_session(token_api: ServedApi) -> None:
     with browser(token_api) as web:
         for path in PAGES:
             sent = web.get(path)
@@ -237,7 +237,7 @@ def test_with_a_token_pages_need_a_session(token_api: ApiProcess) -> None:
         assert web.get("/api/agent/tasks").status_code == 401
 
 
-def test_a_forged_cookie_with_non_ascii_bytes_is_no_session(token_api: ApiProcess) -> None:
+def test_a_forged_cookie_with_non_ascii_bytes_is_no_session(token_api: ServedApi) -> None:
     """A cookie header arrives as latin-1 text: its signature is compared as bytes, never as a str that
     hmac.compare_digest refuses (a 500 before)."""
     forged = {"Cookie": f"{COOKIE}=eyJ3aG8iOiJ4In0.{'é' * 64}".encode("latin-1")}
@@ -247,7 +247,7 @@ def test_a_forged_cookie_with_non_ascii_bytes_is_no_session(token_api: ApiProces
     assert wrong.status_code == 401
 
 
-def test_a_wrong_token_is_refused_without_a_cookie(token_api: ApiProcess) -> None:
+def test_a_wrong_token_is_refused_without_a_cookie(token_api: ServedApi) -> None:
     with browser(token_api) as web:
         refused = web.post("/signin", data={"token": "not-the-token-at-all", "next": "/tasks"})
         assert refused.status_code == 401 and "not the API token" in refused.text
@@ -257,7 +257,7 @@ def test_a_wrong_token_is_refused_without_a_cookie(token_api: ApiProcess) -> Non
     assert "console sign-in refused" in log and TOKEN not in log
 
 
-def test_a_sign_in_posted_from_another_site_is_refused(shared_api: ApiProcess) -> None:
+def test_a_sign_in_posted_from_another_site_is_refused(shared_api: ServedApi) -> None:
     with browser(shared_api) as web:
         foreign = web.post("/signin", data={"identity": "mallory"}, headers={"Origin": "http://evil.example"})
         assert foreign.status_code == 403 and COOKIE not in web.cookies
@@ -268,14 +268,14 @@ def test_a_sign_in_posted_from_another_site_is_refused(shared_api: ApiProcess) -
 
 @pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:x",
                                     "/%0d%0aSet-Cookie:x=1"])
-def test_sign_in_never_redirects_off_the_site(token_api: ApiProcess, target: str) -> None:
+def test_sign_in_never_redirects_off_the_site(token_api: ServedApi, target: str) -> None:
     with browser(token_api) as web:
         signed = web.post("/signin", data={"token": TOKEN, "next": target})
         assert signed.status_code == 303
         assert signed.headers["location"] == "/"
 
 
-def test_a_session_signs_in_pages_and_json_reads_but_not_api_writes(token_api: ApiProcess) -> None:
+def test_a_session_signs_in_pages_and_json_reads_but_not_api_writes(token_api: ServedApi) -> None:
     with browser(token_api) as web:
         signed = web.post("/signin", data={"token": TOKEN, "identity": "alice", "next": "/decisions?offset=0"})
         assert signed.status_code == 303 and signed.headers["location"] == "/decisions?offset=0"
@@ -296,7 +296,7 @@ def test_a_session_signs_in_pages_and_json_reads_but_not_api_writes(token_api: A
     assert httpx.get(f"{token_api.url}/api/agent/tasks", headers=headers).json()["total"] == 1  # bearer as before
 
 
-def test_the_host_allow_list_covers_the_console(shared_api: ApiProcess) -> None:
+def test_the_host_allow_list_covers_the_console(shared_api: ServedApi) -> None:
     refused = httpx.get(f"{shared_api.url}/", headers={"Host": "rebound.example"})
     assert refused.status_code == 421
 
@@ -332,7 +332,7 @@ def test_every_restart_target_has_its_consequence_said() -> None:
     assert set(RESTART_CONSEQUENCES) == set(restart.TARGETS)
 
 
-def test_unknown_console_urls_answer_a_browser_with_an_html_page(shared_api: ApiProcess) -> None:
+def test_unknown_console_urls_answer_a_browser_with_an_html_page(shared_api: ServedApi) -> None:
     """A browser gets the console's page (404 with a way home, 405 with Allow); a JSON client and every /api/ path
     keep JSON."""
     html = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
@@ -351,7 +351,7 @@ def test_unknown_console_urls_answer_a_browser_with_an_html_page(shared_api: Api
         assert api_wrong.status_code == 405 and api_wrong.headers["content-type"] == "application/json"
 
 
-def test_times_are_utc_labelled_for_the_script_to_localize(shared_api: ApiProcess) -> None:
+def test_times_are_utc_labelled_for_the_script_to_localize(shared_api: ServedApi) -> None:
     with browser(shared_api) as web:
         page = web.get("/").text  # "as of <time>"
     found = re.search(r'<time datetime="(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)" title="([^"]+)">([^<]+)</time>', page)
@@ -360,14 +360,14 @@ def test_times_are_utc_labelled_for_the_script_to_localize(shared_api: ApiProces
     assert title == text == stamp.replace("T", " ").replace("Z", " UTC")
 
 
-def test_the_create_form_defaults_to_run_and_says_what_agent_types_need(shared_api: ApiProcess) -> None:
+def test_the_create_form_defaults_to_run_and_says_what_agent_types_need(shared_api: ServedApi) -> None:
     with browser(shared_api) as web:  # this API has no COHERENCE_AGENT_COMMAND
         form = web.get("/tasks").text
     assert '<option value="run" selected>run</option>' in form
     assert '<option value="spec">spec (runs the agent: COHERENCE_AGENT_COMMAND is not set here)</option>' in form
 
 
-def test_the_throughput_chart_has_a_range(shared_api: ApiProcess) -> None:
+def test_the_throughput_chart_has_a_range(shared_api: ServedApi) -> None:
     with browser(shared_api) as web:
         for name, title in (("24h", "per hour, last 24 h"), ("7d", "per 6 hours, last 7 days"),
                             ("30d", "per day, last 30 days")):

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from coherence_network import grading, health
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.settings import Settings
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.required import missing
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -66,7 +66,7 @@ def test_selector_parser_reads_what_the_rules_use() -> None:
                                ("c", [])]
 
 
-def scrape(api: ApiProcess) -> dict[str, dict[str, set[str]]]:
+def scrape(api: ServedApi) -> dict[str, dict[str, set[str]]]:
     """Sample name -> label name -> values seen, after one task of each finish status the rules count."""
     with httpx.Client(base_url=api.url, timeout=10) as http:
         for status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
@@ -85,7 +85,7 @@ def scrape(api: ApiProcess) -> dict[str, dict[str, set[str]]]:
 
 
 def test_alert_rules_name_only_exported_metrics(migrated_store_url: str, tmp_path: Path) -> None:
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
+    api = ServedApi(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
     try:
         exported = scrape(api)
     finally:

@@ -1,16 +1,19 @@
 """Property-based fuzzing of the real API over its own OpenAPI schema (schemathesis), on both stores.
 
 Every operation gets schema-valid and schema-violating examples, with the token and without it. Nothing may
-answer 5xx, and every answer must be a status code and a content type the schema documents. The example count is
-bounded so the test takes about a minute per store; the seed is fixed so CI is repeatable (``COHERENCE_FUZZ_SEED``
-explores other inputs, ``COHERENCE_FUZZ_EXAMPLES`` changes the count).
+answer 5xx, and every answer must be a status code and a content type the schema documents. Each example goes to an
+API on SQLite and to one on PostgreSQL (making the examples is most of the cost: made once, they are checked on both
+stores). The example count is bounded so the test takes about a minute; the seed is fixed so CI is repeatable
+(``COHERENCE_FUZZ_SEED`` explores other inputs, ``COHERENCE_FUZZ_EXAMPLES`` changes the count).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
+from tests.support.postgres import PostgresServer
 
 TOKEN = "fuzz-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -64,7 +68,8 @@ def _short_poll(case: Any) -> Any:
 
 
 def fuzz_operation(
-    operation: Any, mode: GenerationMode, send: Callable[[Any], requests.Response], tally: Tally, examples: int
+    operation: Any, mode: GenerationMode, send: Callable[[Any], list[tuple[str, requests.Response]]], tally: Tally,
+    examples: int,
 ) -> None:
     """``examples`` cases of one operation in one generation mode; failures are tallied, not raised, so one run
     reports every distinct problem at once."""
@@ -75,14 +80,15 @@ def fuzz_operation(
               suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy(generation_mode=mode).map(_short_poll))
     def run(case: Any) -> None:
-        response = send(case)
-        tally.requests += 1
-        if response.status_code >= 500:
-            tally.server_errors += 1
-        try:
-            case.validate_response(response, checks=CHECKS)
-        except FailureGroup as exc:  # one per distinct problem and operation
-            tally.record(f"{label} {response.status_code} {type(exc).__name__}", f"{label}: {exc}")
+        for store, response in send(case):
+            tally.requests += 1
+            if response.status_code >= 500:
+                tally.server_errors += 1
+            try:
+                case.validate_response(response, checks=CHECKS)
+            except FailureGroup as exc:  # one per distinct problem, operation and store
+                tally.record(f"{store} {label} {response.status_code} {type(exc).__name__}",
+                             f"{store}: {label}: {exc}")
 
     try:
         run()
@@ -90,14 +96,33 @@ def fuzz_operation(
         assert mode is GenerationMode.NEGATIVE, label
 
 
+def _fuzzed(home: Path, store_url: str) -> ServedApi:
+    return ServedApi(home, env={"DATABASE_URL": store_url, "COHERENCE_API_TOKEN": TOKEN}).start()
+
+
 @pytest.fixture
-def fuzzed_api(tmp_path: Path, migrated_store_url: str) -> Iterator[ApiProcess]:
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": migrated_store_url, "COHERENCE_API_TOKEN": TOKEN}).start()
+def fuzzed_api(tmp_path: Path, migrated_store_url: str) -> Iterator[ServedApi]:
+    api = _fuzzed(tmp_path / "home", migrated_store_url)
     yield api
     api.stop()
 
 
-def load_operations(api: ApiProcess) -> list[Any]:
+@pytest.fixture
+def fuzzed_apis(tmp_path: Path, migrated_sqlite_template: Path, postgres_server: PostgresServer
+                ) -> Iterator[dict[str, ServedApi]]:
+    """One API on each store, each on a store of its own at the newest revision."""
+    sqlite = tmp_path / "coherence.db"
+    shutil.copy(migrated_sqlite_template, sqlite)
+    postgresql = postgres_server.new_database(migrated=True)
+    apis = {"sqlite": _fuzzed(tmp_path / "sqlite", f"sqlite:///{sqlite}"),
+            "postgresql": _fuzzed(tmp_path / "postgresql", postgresql)}
+    yield apis
+    for api in apis.values():
+        api.stop()
+    postgres_server.drop_database(postgresql)
+
+
+def load_operations(api: ServedApi) -> list[Any]:
     document = httpx.get(f"{api.url}/openapi.json", headers=AUTH, timeout=30).json()
     operations = [result.ok() for result in schemathesis.openapi.from_dict(document).get_all_operations()]
     assert len(operations) >= 20, "the schema lost its operations"
@@ -105,29 +130,37 @@ def load_operations(api: ApiProcess) -> list[Any]:
 
 
 @pytest.mark.long
-def test_fuzz_every_operation_with_and_without_the_token(fuzzed_api: ApiProcess) -> None:
-    operations = load_operations(fuzzed_api)
-    summary, failures = [], []
-    for with_token in (True, False):
-        tally, started = Tally(), time.monotonic()
-        with requests.Session() as session:
-            def send(case: Any) -> requests.Response:
-                return case.call(base_url=fuzzed_api.url, session=session, headers=AUTH if with_token else None,
-                                 timeout=30)
+@pytest.mark.parametrize("with_token", [True, False], ids=["with-token", "without-token"])
+def test_fuzz_every_operation_on_both_stores(fuzzed_apis: dict[str, ServedApi], with_token: bool) -> None:
+    operations = load_operations(fuzzed_apis["sqlite"])
+    assert [op.label for op in load_operations(fuzzed_apis["postgresql"])] == [op.label for op in operations]
+    tally, started = Tally(), time.monotonic()
+    sessions = {store: requests.Session() for store in fuzzed_apis}
+    both = ThreadPoolExecutor(len(fuzzed_apis))  # at once: a claim's long poll waits on both stores together
 
-            for operation in operations:
-                for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                    fuzz_operation(operation, mode, send, tally,
-                                   EXAMPLES if with_token else EXAMPLES_WITHOUT_TOKEN)
-        summary.append(f"token={with_token}: {tally.requests} requests over {len(operations)} operations in "
-                       f"{time.monotonic() - started:.1f} s, {tally.server_errors} server errors, "
-                       f"{len(tally.failures)} distinct failures")
-        print(summary[-1])
-        failures += tally.failures.values()
-    assert not failures, "\n".join([*summary, *failures])
+    def call(store: str, case: Any) -> tuple[str, requests.Response]:
+        return store, case.call(base_url=fuzzed_apis[store].url, session=sessions[store],
+                                headers=AUTH if with_token else None, timeout=30)
+
+    def send(case: Any) -> list[tuple[str, requests.Response]]:
+        return list(both.map(call, fuzzed_apis, [case] * len(fuzzed_apis)))
+
+    try:
+        for operation in operations:
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                fuzz_operation(operation, mode, send, tally, EXAMPLES if with_token else EXAMPLES_WITHOUT_TOKEN)
+    finally:
+        both.shutdown()
+        for session in sessions.values():
+            session.close()
+    summary = (f"token={with_token}: {tally.requests} requests over {len(operations)} operations and both stores in "
+               f"{time.monotonic() - started:.1f} s, {tally.server_errors} server errors, "
+               f"{len(tally.failures)} distinct failures")
+    print(summary)
+    assert not tally.failures, "\n".join([summary, *tally.failures.values()])
 
 
-def test_without_the_token_every_protected_operation_answers_401(fuzzed_api: ApiProcess) -> None:
+def test_without_the_token_every_protected_operation_answers_401(fuzzed_api: ServedApi) -> None:
     """With and without a well-formed body: the token is checked before anything else is looked at."""
     open_routes = []
     with httpx.Client(base_url=fuzzed_api.url, timeout=30) as http:

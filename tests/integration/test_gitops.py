@@ -17,7 +17,7 @@ from coherence_network import gitops
 from coherence_network.client import ApiClient
 from coherence_network.contract import Task, TaskStatus
 from coherence_network.settings import Settings
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.net import wait_until
 
 
@@ -80,8 +80,8 @@ def test_no_commit_outside_a_repository(tmp_path: Path) -> None:
 
 
 def test_watcher_commits_tasks_completed_through_the_api(tmp_path: Path, repo: Path,
-                                                          api_process: ApiProcess) -> None:
-    settings = settings_for(tmp_path, repo, agent_api_base=api_process.url)
+                                                          served_api: ServedApi) -> None:
+    settings = settings_for(tmp_path, repo, agent_api_base=served_api.url)
     with ApiClient(settings=settings, retries=0) as client:
         watcher = gitops.CompletedTaskWatcher(settings, client)
         assert watcher.poll() is None  # baseline: nothing older is committed

@@ -1,7 +1,7 @@
 """Doctor, status, the monitor's report and /metrics say the same thing, in the states where they used to disagree:
 a decision waiting, dead runners (not seen past the setting, then forgotten), a stale project manager.
 
-The thresholds are set on the API process only: the commands run with the defaults, so a view that judged health
+The thresholds are set on the API only: the commands run with the defaults, so a view that judged health
 with its own settings (or a hard-coded window) would disagree with the API here."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
 from coherence_network.store.db import create_store_engine, migrate
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.net import wait_until
 
 SEEN_SECONDS = 3
@@ -35,15 +35,15 @@ FORGET_SECONDS = 6
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[ApiProcess]:
-    api = ApiProcess(tmp_path / "home", env={
+def api(tmp_path: Path) -> Iterator[ServedApi]:
+    api = ServedApi(tmp_path / "home", env={
         "MONITOR_RUNNER_SEEN_SECONDS": str(SEEN_SECONDS), "MONITOR_COMPONENT_SEEN_SECONDS": str(SEEN_SECONDS),
         "COHERENCE_RUNNER_FORGET_SECONDS": str(FORGET_SECONDS)}).start()
     yield api
     api.stop()
 
 
-def coherence(api: ApiProcess, *args: str) -> tuple[int, Any]:
+def coherence(api: ServedApi, *args: str) -> tuple[int, Any]:
     """A command as an operator runs it, with default settings; its exit code and its --json answer."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MONITOR_", "COHERENCE_RUNNER_"))}
     env.update({"COHERENCE_HOME": str(api.home), "AGENT_API_BASE": api.url, "MONITOR_DISK_MIN_FREE_MB": "1"})
@@ -52,7 +52,7 @@ def coherence(api: ApiProcess, *args: str) -> tuple[int, Any]:
     return done.returncode, json.loads(done.stdout) if "--json" in args else done.stdout
 
 
-def metrics(api: ApiProcess) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+def metrics(api: ServedApi) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for family in text_string_to_metric_families(httpx.get(f"{api.url}/metrics").text):
         for sample in family.samples:
@@ -60,25 +60,25 @@ def metrics(api: ApiProcess) -> dict[str, dict[tuple[tuple[str, str], ...], floa
     return found
 
 
-def open_rules(api: ApiProcess) -> set[str]:
+def open_rules(api: ServedApi) -> set[str]:
     gauge = metrics(api)["coherence_health_issues"]
     assert {dict(labels)["rule"] for labels in gauge} == set(health.BY_NAME)  # every rule, 0 or 1
     return {dict(labels)["rule"] for labels, value in gauge.items() if value == 1}
 
 
-def attention_by_metrics(api: ApiProcess) -> int:
+def attention_by_metrics(api: ServedApi) -> int:
     """1 when a critical or high flag is open (coherence_health_flags{severity}), as status and doctor exit."""
     graded = {dict(labels)["severity"]: value for labels, value in metrics(api)["coherence_health_flags"].items()}
     return 1 if graded["critical"] or graded["high"] else 0
 
 
-def heartbeat(api: ApiProcess, runner_id: str) -> None:
+def heartbeat(api: ServedApi, runner_id: str) -> None:
     httpx.post(f"{api.url}/api/agent/runners/heartbeat",
                json={"runner_id": runner_id, "host": "h", "pid": 1, "version": "t"}).raise_for_status()
 
 
 @contextmanager
-def live_runner(api: ApiProcess, runner_id: str) -> Iterator[None]:
+def live_runner(api: ServedApi, runner_id: str) -> Iterator[None]:
     """A runner's heartbeats, well inside the seen window, for as long as the block runs."""
     stop = threading.Event()
 
@@ -98,7 +98,7 @@ def live_runner(api: ApiProcess, runner_id: str) -> Iterator[None]:
         thread.join()
 
 
-def every_view(api: ApiProcess) -> dict[str, Any]:
+def every_view(api: ServedApi) -> dict[str, Any]:
     """What each view says needs attention (health rules only), and its exit code."""
     status_code, status = coherence(api, "status", "--json")
     doctor_code, doctor = coherence(api, "doctor", "--json")
@@ -120,7 +120,7 @@ def every_view(api: ApiProcess) -> dict[str, Any]:
 
 
 @pytest.mark.long
-def test_every_view_agrees_on_health(api: ApiProcess) -> None:
+def test_every_view_agrees_on_health(api: ServedApi) -> None:
     base = f"{api.url}/api/agent"
     # a decision waiting, nothing else: doctor used to say "all checks OK" while status exited 1
     httpx.post(f"{base}/tasks", json={"direction": "ask", "task_type": TaskType.SPEC})

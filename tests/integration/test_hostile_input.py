@@ -17,7 +17,7 @@ from coherence_network.clock import utcnow
 from coherence_network.store.db import create_store_engine, migrate
 from coherence_network.store.errors import store_error_status
 from coherence_network.store.schema import UTCDateTime, runners
-from tests.support.api import ApiProcess
+from tests.support.api import ApiProcess, ServedApi
 from tests.support.net import free_port
 
 TASK = {"direction": "say hello", "task_type": "run", "command": "echo hello"}
@@ -33,16 +33,24 @@ def nested(depth: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def api(tmp_path: Path, migrated_store_url: str) -> Iterator[ApiProcess]:
-    process = ApiProcess(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
-    yield process
-    process.stop()
+def api(tmp_path: Path, migrated_store_url: str) -> Iterator[ServedApi]:
+    served = ServedApi(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
+    yield served
+    served.stop()
 
 
 @pytest.fixture
-def http(api: ApiProcess) -> Iterator[httpx.Client]:
+def http(api: ServedApi) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=api.url, timeout=60) as client:
         yield client
+
+
+@pytest.fixture
+def api_process_on_store(tmp_path: Path, migrated_store_url: str) -> Iterator[ApiProcess]:
+    """A process, for what measures its memory."""
+    process = ApiProcess(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
+    yield process
+    process.stop()
 
 
 def send(http: httpx.Client, method: str, path: str, body: Any) -> httpx.Response:
@@ -107,7 +115,7 @@ def test_nul_and_lone_surrogates_in_typed_fields_are_422(http: httpx.Client, bad
 
 
 def test_agent_output_with_nul_and_lone_surrogates_is_kept_and_the_log_says_so(
-    http: httpx.Client, api: ApiProcess
+    http: httpx.Client, api: ServedApi
 ) -> None:
     claim = running_task(http)
     beat = send(http, "POST", f"/api/agent/tasks/{claim['id']}/heartbeat",
@@ -241,7 +249,13 @@ def test_store_errors_are_mapped_by_whose_fault_they_are(store_url: str) -> None
     engine.dispose()
 
 
-def test_log_reads_are_bounded_in_memory(http: httpx.Client, api: ApiProcess) -> None:
+def test_log_reads_are_bounded_in_memory(api_process_on_store: ApiProcess) -> None:
+    api = api_process_on_store
+    with httpx.Client(base_url=api.url, timeout=60) as http:
+        _log_reads_are_bounded_in_memory(http, api)
+
+
+def _log_reads_are_bounded_in_memory(http: httpx.Client, api: ApiProcess) -> None:
     task = http.post("/api/agent/tasks", json=TASK).json()
     path = api.home / "logs" / f"task_{task['id']}.log"
     line = "a log line of some length, repeated to make a large file " * 2 + "\n"

@@ -14,7 +14,7 @@ from coherence_network.api.signals import WorkSignal
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.store import TaskStore
 from coherence_network.store.db import create_store_engine, migrate
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 
 WAITERS = 8
 
@@ -47,7 +47,7 @@ def _long_polls(url: str, seconds: float) -> list[int]:
 
 def test_an_idle_long_poll_writes_nothing_and_needs_no_write_lock_on_sqlite(tmp_path: Path) -> None:
     # Rechecking the store ten times a second makes any write a recheck does show up within the test.
-    api = ApiProcess(tmp_path / "home", env={"COHERENCE_CLAIM_RECHECK_SECONDS": "0.1"}).start()
+    api = ServedApi(tmp_path / "home", env={"COHERENCE_CLAIM_RECHECK_SECONDS": "0.1"}).start()
     try:
         with httpx.Client(base_url=api.url, timeout=30) as http:
             http.post("/api/agent/tasks", json={"direction": "not for these waiters", "task_type": TaskType.SPEC})
@@ -86,7 +86,7 @@ def test_only_a_write_that_changed_a_task_makes_the_count_cache_stale(migrated_s
 
 
 def test_a_waiting_claim_whose_client_went_away_claims_nothing(tmp_path: Path) -> None:
-    api = ApiProcess(tmp_path / "home", env={"COHERENCE_CLAIM_RECHECK_SECONDS": "60"}).start()
+    api = ServedApi(tmp_path / "home", env={"COHERENCE_CLAIM_RECHECK_SECONDS": "60"}).start()
     try:
         with httpx.Client(base_url=api.url, timeout=1) as gone:
             try:

@@ -20,7 +20,7 @@ from coherence_network.indexer.registry import RegistryError, discover_npm, disc
 from coherence_network.store.db import create_store_engine, migrate
 from coherence_network.store.graph import Dependency, GraphStore, PackageRecord
 from coherence_network.store.schema import dependencies, index_frontier, projects
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.fixture_registry import FixtureRegistry, npm_name
 from tests.support.net import wait_until
 
@@ -319,7 +319,7 @@ def _has_npm() -> bool:
 def test_read_api(sqlite_indexer: Indexer) -> None:
     sqlite_indexer.run("npm", "--packages", "pkg-0", "--target", "100000")
     sqlite_indexer.run("pypi", "--packages", "pkg-0", "--target", "20")
-    api = ApiProcess(sqlite_indexer.home).start()
+    api = ServedApi(sqlite_indexer.home).start()
     try:
         with httpx.Client(base_url=api.url, timeout=30) as http:
             one = http.get("/api/projects/npm/pkg-1")

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.api import ApiProcess
+from tests.support.api import ApiProcess, ServedApi
 from tests.support.net import wait_until
 from tests.support.postgres import PostgresServer
 from tests.support.runner import RunnerProcess
@@ -41,7 +41,7 @@ print("done " + task)
 class Pipeline:
     """An API and one runner with several slots, running tasks that each wait for their release file."""
 
-    def __init__(self, folder: Path, api: ApiProcess) -> None:
+    def __init__(self, folder: Path, api: ApiProcess | ServedApi) -> None:
         self.folder, self.api = folder, api
         self.program = folder / "task.py"
         self.program.write_text(TASK_PROGRAM)
@@ -103,8 +103,8 @@ def pg_server() -> Iterator[PostgresServer]:
 
 
 def test_a_store_outage_longer_than_the_lease_reruns_nothing(tmp_path: Path, pg_server: PostgresServer) -> None:
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": pg_server.new_database(),
-                                             "COHERENCE_LEASE_SECONDS": str(LEASE)}).start()
+    api = ServedApi(tmp_path / "home", env={"DATABASE_URL": pg_server.new_database(),
+                                            "COHERENCE_LEASE_SECONDS": str(LEASE)}).start()
     pipeline = Pipeline(tmp_path, api)
     try:
         finishes_in_outage, *outlive_it = tasks = pipeline.create(3)

@@ -1,4 +1,4 @@
-"""Less work per cycle over HTTP (issue 14): the shapes other components rely on, through a real API process on
+"""Less work per cycle over HTTP (issue 14): the shapes other components rely on, through the API over HTTP on
 both stores and the shared client; and the auto-commit watcher's cursor, which must miss no completion."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from coherence_network.client import ApiClient, ApiConflict
 from coherence_network.clock import utcnow
 from coherence_network.contract import TaskStatus, TaskType
 from tests.integration.test_gitops import repo, settings_for  # noqa: F401 - repo is a fixture
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 
 
 @pytest.fixture
-def api(migrated_store_url: str, tmp_path: Path) -> Iterator[ApiProcess]:
-    process = ApiProcess(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
+def api(migrated_store_url: str, tmp_path: Path) -> Iterator[ServedApi]:
+    process = ServedApi(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
     yield process
     process.stop()
 
@@ -30,11 +30,11 @@ def _item(direction: str, key: str | None = None, task_type: str = TaskType.RUN)
     return {"direction": direction, "task_type": task_type, **({"idempotency_key": key} if key else {})}
 
 
-def _total(api: ApiProcess) -> int:
+def _total(api: ServedApi) -> int:
     return httpx.get(f"{api.url}/api/agent/tasks/count").json()["total"]
 
 
-def test_batch_create_answers_in_order_replays_and_writes_nothing_when_refused(api: ApiProcess) -> None:
+def test_batch_create_answers_in_order_replays_and_writes_nothing_when_refused(api: ServedApi) -> None:
     url = f"{api.url}/api/agent/tasks/batch"
     first = httpx.post(url, json={"tasks": [_item("a", "k-a"), _item("b")]})
     assert first.status_code == 201
@@ -57,7 +57,7 @@ def test_batch_create_answers_in_order_replays_and_writes_nothing_when_refused(a
         assert made[0].idempotency_key  # the client keys every item, so a retried batch makes nothing twice
 
 
-def test_claims_of_several_and_finish_with_claim_next(api: ApiProcess) -> None:
+def test_claims_of_several_and_finish_with_claim_next(api: ServedApi) -> None:
     claims = f"{api.url}/api/agent/tasks/claims"
     assert httpx.post(claims, json={"runner_id": "r", "max_tasks": 5}).json() == {"tasks": []}
     assert httpx.post(f"{api.url}/api/agent/tasks/claim", json={"runner_id": "r"}).status_code == 204
@@ -90,7 +90,7 @@ def test_claims_of_several_and_finish_with_claim_next(api: ApiProcess) -> None:
         assert httpx.post(f"{api.url}/api/agent/tasks/{one['id']}/finish", json=body).status_code == 422
 
 
-def test_finished_after_over_http(api: ApiProcess) -> None:
+def test_finished_after_over_http(api: ServedApi) -> None:
     with ApiClient(api.url, token="", retries=0) as client:
         made = client.create_tasks([_item(f"t{i}") for i in range(3)])
         for task in reversed(client.claim_many("r", 3)):
@@ -109,8 +109,8 @@ def _committed_ids(tmp_path: Path) -> list[list[int]]:
 
 
 def test_the_watcher_commits_every_completion_since_its_last_look(tmp_path: Path, repo: Path,  # noqa: F811
-                                                                  api_process: ApiProcess) -> None:
-    settings = settings_for(tmp_path, repo, agent_api_base=api_process.url)
+                                                                  served_api: ServedApi) -> None:
+    settings = settings_for(tmp_path, repo, agent_api_base=served_api.url)
     with ApiClient(settings=settings, retries=0) as client:
         def complete(n: int) -> list[int]:
             made = [t for start in range(0, n, 1000) for t in client.create_tasks(

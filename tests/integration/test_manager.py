@@ -22,7 +22,7 @@ import pytest
 from coherence_network.backlog import PHASES
 from coherence_network.client import ApiClient
 from coherence_network.contract import Task, TaskStatus, TaskType
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.net import wait_until
 from tests.support.runner import RunnerProcess
 
@@ -46,7 +46,7 @@ if phase == "review":
 class Pipeline:
     """API (fixture), one runner process and project manager processes, all on one temporary COHERENCE_HOME."""
 
-    def __init__(self, api: ApiProcess, tmp_path: Path, settings_env: dict[str, str] | None = None) -> None:
+    def __init__(self, api: ServedApi, tmp_path: Path, settings_env: dict[str, str] | None = None) -> None:
         self.api = api
         self.workspace = tmp_path
         agent = tmp_path / "agent.py"
@@ -94,11 +94,11 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipeline(api_process: ApiProcess, tmp_path: Path) -> Any:
+def pipeline(served_api: ServedApi, tmp_path: Path) -> Any:
     made: list[Pipeline] = []
 
     def make(settings_env: dict[str, str] | None = None) -> Pipeline:
-        made.append(Pipeline(api_process, tmp_path, settings_env))
+        made.append(Pipeline(served_api, tmp_path, settings_env))
         return made[-1]
 
     yield make
@@ -232,7 +232,7 @@ def test_a_decision_timeout_records_the_default_answer_and_the_item_continues_fr
 @pytest.fixture
 def api_on_store(migrated_store_url: str, tmp_path: Path) -> Any:
     """An API process on the given store (SQLite or PostgreSQL)."""
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
+    api = ServedApi(tmp_path / "home", env={"DATABASE_URL": migrated_store_url}).start()
     yield api
     api.stop()
 
@@ -247,7 +247,7 @@ def _as_older_release_wrote_it(state_file: Path) -> None:
     state_file.write_text(json.dumps(data))
 
 
-def test_a_retried_run_task_unblocks_its_item_after_a_restart(api_on_store: ApiProcess, tmp_path: Path) -> None:
+def test_a_retried_run_task_unblocks_its_item_after_a_restart(api_on_store: ServedApi, tmp_path: Path) -> None:
     p = Pipeline(api_on_store, tmp_path)
     try:
         flag = tmp_path / "ready.flag"

@@ -20,10 +20,10 @@ from coherence_network.contract import Task
 from coherence_network.monitor import Snapshot, evaluate
 from coherence_network.settings import Settings
 from coherence_network.versioning import SOURCE_DIR, source_sha_on_disk
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 
 
-def monitor_once(api: ApiProcess, **env: str) -> subprocess.CompletedProcess[str]:
+def monitor_once(api: ServedApi, **env: str) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "COHERENCE_HOME": str(api.home), "AGENT_API_BASE": api.url, "MONITOR_DISK_MIN_FREE_MB": "1",
             **env}
     return subprocess.run([sys.executable, "-m", "coherence_network.cli", "monitor", "--once"], env=full,
@@ -31,8 +31,8 @@ def monitor_once(api: ApiProcess, **env: str) -> subprocess.CompletedProcess[str
 
 
 @pytest.mark.long
-def test_issue_opened_reported_and_resolved(api_process: ApiProcess) -> None:
-    api, logs = api_process, api_process.home / "logs"
+def test_issue_opened_reported_and_resolved(served_api: ServedApi) -> None:
+    api, logs = served_api, served_api.home / "logs"
     httpx.post(f"{api.url}/api/agent/tasks", json={"direction": "d", "task_type": "run", "command": "true"})
     (logs / "agent_runner.log").write_text("2026-01-01T00:00:00Z INFO x: start\n")
 

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from coherence_network.status_view import render_status
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.fake_telegram import TOKEN, FakeTelegram
 from tests.support.net import wait_until
 from tests.support.postgres import PostgresServer
@@ -41,7 +41,7 @@ HEALTH_BY_GRADE = {"critical": 0, "high": 50, "medium": 75, "low": 100}
 
 @dataclass
 class World:
-    api: ApiProcess
+    api: ServedApi
     disk: Path
     root: Path
     fake: FakeTelegram
@@ -73,7 +73,7 @@ pytestmark = pytest.mark.long  # a minute and a half in all, on one module-wide 
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("one-truth")
     with small_disk(root / "disk", 48) as disk:
-        api = ApiProcess(disk / "home").start()
+        api = ServedApi(disk / "home").start()
         fake = FakeTelegram().start()
         bot_home = root / "bot"
         bot = subprocess.Popen(
@@ -274,7 +274,7 @@ def test_a_read_only_postgresql_store_is_not_ready_in_every_view(postgres_server
                                                                    tmp_path: Path) -> None:
     """The same on the scale-out store: PostgreSQL answering but taking no writes (a standby after a failover, or
     default_transaction_read_only) used to leave /api/ready at 200."""
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": postgres_server.new_database(migrated=True)}).start()
+    api = ServedApi(tmp_path / "home", env={"DATABASE_URL": postgres_server.new_database(migrated=True)}).start()
     admin = sa.create_engine(postgres_server.url(), isolation_level="AUTOCOMMIT")
 
     def read_only(on: bool) -> None:

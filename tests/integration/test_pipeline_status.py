@@ -22,7 +22,7 @@ from coherence_network.status_view import render_status
 from coherence_network.store import TaskStore
 from coherence_network.store.db import create_store_engine, migrate
 from coherence_network.store.schema import tasks
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,23 +162,23 @@ def _coherence(*args: str, api: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60)
 
 
-def test_status_command_layers_json_task_and_log(api_process: ApiProcess) -> None:
-    healthy = _coherence("status", api=api_process.url)
+def test_status_command_layers_json_task_and_log(served_api: ServedApi) -> None:
+    healthy = _coherence("status", api=served_api.url)
     assert healthy.returncode == 0, healthy.stderr
     assert [line for line in healthy.stdout.splitlines() if line.isupper()] == [
         "GOAL", "ORCHESTRATION", "TASKS", "ATTENTION"]
-    task = httpx.post(f"{api_process.url}/api/agent/tasks",
+    task = httpx.post(f"{served_api.url}/api/agent/tasks",
                       json={"direction": "say hi", "task_type": "run", "command": "echo hi"}).json()
-    as_json = _coherence("status", "--json", api=api_process.url)
+    as_json = _coherence("status", "--json", api=served_api.url)
     assert as_json.returncode == 1  # a pending task and no runner: attention
     assert json.loads(as_json.stdout)["pending"]["run"]["count"] == 1
-    one = _coherence("status", "--task-id", str(task["id"]), api=api_process.url)
+    one = _coherence("status", "--task-id", str(task["id"]), api=served_api.url)
     assert one.returncode == 0 and "status: pending" in one.stdout and "say hi" in one.stdout
-    log_path = api_process.home / "logs" / f"task_{task['id']}.log"
+    log_path = served_api.home / "logs" / f"task_{task['id']}.log"
     log_path.write_text("line 1\nline 2\nline 3\n")
-    log = _coherence("status", "--task-id", str(task["id"]), "--log", "--lines", "2", api=api_process.url)
+    log = _coherence("status", "--task-id", str(task["id"]), "--log", "--lines", "2", api=served_api.url)
     assert log.returncode == 0 and log.stdout == "line 2\nline 3\n"
-    assert _coherence("status", "--task-id", "999", api=api_process.url).returncode == 1
+    assert _coherence("status", "--task-id", "999", api=served_api.url).returncode == 1
 
 
 def test_status_exit_2_in_one_line_with_the_runbook_section_when_the_api_is_down(tmp_path: Path) -> None:

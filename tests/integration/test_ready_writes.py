@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.net import wait_until
 from tests.support.postgres import PostgresServer
 from tests.support.small_disk import fill
@@ -33,7 +33,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_full_disk_is_not_ready_and_only_the_token_holder_is_told_where(small_disk: Path) -> None:
-    api = ApiProcess(small_disk / "home", env={"COHERENCE_API_TOKEN": TOKEN}).start()
+    api = ServedApi(small_disk / "home", env={"COHERENCE_API_TOKEN": TOKEN}).start()
     try:
         with httpx.Client(base_url=api.url, timeout=10) as http:
             assert http.get("/api/ready").status_code == 200
@@ -59,7 +59,7 @@ def test_a_full_disk_is_not_ready_and_only_the_token_holder_is_told_where(small_
 def test_a_store_outage_names_no_host_port_or_user_to_anonymous_callers(tmp_path: Path) -> None:
     root = Path(tempfile.mkdtemp(prefix="coherence-pg-ready-"))
     server = PostgresServer(root).start()
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": server.new_database(),
+    api = ServedApi(tmp_path / "home", env={"DATABASE_URL": server.new_database(),
                                               "COHERENCE_API_TOKEN": TOKEN}).start()
     try:
         server.stop()

@@ -25,7 +25,7 @@ from coherence_network.store import TaskStore
 from coherence_network.store.db import create_store_engine
 from coherence_network.store.retention import prune_store
 from coherence_network.store.schema import monitor_issues, runners, tasks
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.net import wait_until
 from tests.support.runner import RunnerProcess
 
@@ -202,7 +202,7 @@ def test_prune_command_dry_run_then_real(store_url: str, tmp_path: Path) -> None
     home = tmp_path / "home"
     env = {"DATABASE_URL": "" if store_url.startswith("sqlite") else store_url,
            "COHERENCE_RETAIN_TASKS_DAYS": "30", "COHERENCE_RETAIN_RESOLUTIONS_DAYS": "30"}
-    api = ApiProcess(home, env=env).start()
+    api = ServedApi(home, env=env).start()
     env["AGENT_API_BASE"] = api.url
     try:
         engine = create_store_engine(env["DATABASE_URL"] or f"sqlite:///{home / 'coherence.db'}")
@@ -253,7 +253,7 @@ def test_api_and_runner_prune_by_themselves(store_url: str, tmp_path: Path) -> N
     home = tmp_path / "home"
     env = {"DATABASE_URL": "" if store_url.startswith("sqlite") else store_url, "COHERENCE_RETAIN_TASKS_DAYS": "30",
            "COHERENCE_PRUNE_INTERVAL_SECONDS": "0.5"}
-    api = ApiProcess(home, env=env).start()
+    api = ServedApi(home, env=env).start()
     runner = None
     try:
         engine = create_store_engine(env["DATABASE_URL"] or f"sqlite:///{home / 'coherence.db'}")
@@ -286,8 +286,8 @@ def test_api_and_runner_prune_by_themselves(store_url: str, tmp_path: Path) -> N
         api.stop()
 
 
-def test_monitor_trims_its_resolutions_when_it_appends(api_process: ApiProcess) -> None:
-    api, logs = api_process, api_process.home / "logs"
+def test_monitor_trims_its_resolutions_when_it_appends(served_api: ServedApi) -> None:
+    api, logs = served_api, served_api.home / "logs"
     resolutions = logs / "monitor_resolutions.jsonl"
     append_line(resolutions, resolution(datetime.now(UTC) - 40 * DAY, 0))
     env = {"AGENT_API_BASE": api.url, "MONITOR_DISK_MIN_FREE_MB": "1", "COHERENCE_RETAIN_RESOLUTIONS_DAYS": "30"}

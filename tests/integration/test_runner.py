@@ -15,7 +15,7 @@ import pytest
 
 from coherence_network.client import ApiClient
 from coherence_network.contract import TaskStatus
-from tests.support.api import ApiProcess
+from tests.support.api import ApiProcess, ServedApi
 from tests.support.net import wait_until
 from tests.support.runner import RunnerProcess
 
@@ -78,86 +78,86 @@ def process_gone(pid: int) -> bool:
 
 
 @pytest.fixture
-def client(api_process: ApiProcess) -> Iterator[ApiClient]:
-    with ApiClient(api_process.url, token="", retries=0) as c:
+def client(served_api: ServedApi) -> Iterator[ApiClient]:
+    with ApiClient(served_api.url, token="", retries=0) as c:
         yield c
 
 
-def runner(api: ApiProcess, *args: str, **env: str) -> RunnerProcess:
+def runner(api: ApiProcess | ServedApi, *args: str, **env: str) -> RunnerProcess:
     return RunnerProcess(api.home, api.url, *args, env={"AGENT_KILL_GRACE_SECONDS": "1", **env})
 
 
-def test_success_failure_and_logs(api_process: ApiProcess, client: ApiClient) -> None:
+def test_success_failure_and_logs(served_api: ServedApi, client: ApiClient) -> None:
     ok = client.create_task("greet", "run", command=py("print('hello from the task')"))
     bad = client.create_task("break", "run", command=py("import sys; print('oops'); sys.exit(3)"))
-    done = runner(api_process, "--once", "--runner-id", "test-runner").run()
+    done = runner(served_api, "--once", "--runner-id", "test-runner").run()
     assert done.returncode == 1  # one task failed
     ok, bad = client.get_task(ok.id), client.get_task(bad.id)
     assert (ok.status, ok.exit_code, ok.output) == ("completed", 0, "hello from the task\n")
     assert (bad.status, bad.exit_code, bad.output) == ("failed", 3, "oops\n")
-    log = (api_process.home / "logs" / f"task_{ok.id}.log").read_text()
+    log = (served_api.home / "logs" / f"task_{ok.id}.log").read_text()
     assert f"=== task {ok.id} type=run run=1 runner=test-runner" in log
     assert "=== start: " in log and f"=== command: {PY} -c" in log and "hello from the task" in log
     assert "exit_code=0 duration=" in log and "status=completed" in log
-    runner_log = (api_process.home / "logs" / "agent_runner.log").read_text()
+    runner_log = (served_api.home / "logs" / "agent_runner.log").read_text()
     assert f"task {ok.id}: completed" in runner_log and f"task {bad.id}: failed (exit 3)" in runner_log
     # it ended and said so on its way out: stopped at once, not alive for a while, never dead
     (row,) = client.pipeline_status().runners
     assert (row.id, row.state, row.info["stopped"]) == ("test-runner", "stopped", "--once: no work left")
 
 
-def test_once_exits_0_when_everything_completed(api_process: ApiProcess, client: ApiClient) -> None:
+def test_once_exits_0_when_everything_completed(served_api: ServedApi, client: ApiClient) -> None:
     tasks = [client.create_task(f"task {i}", "run", command=py(f"print({i})")) for i in range(3)]
-    assert runner(api_process, "--once", "--workers", "2").run().returncode == 0
+    assert runner(served_api, "--once", "--workers", "2").run().returncode == 0
     assert [client.get_task(t.id).status for t in tasks] == ["completed"] * 3
 
 
-def test_timeout_kills_the_whole_process_group(api_process: ApiProcess, client: ApiClient, tmp_path: Path) -> None:
+def test_timeout_kills_the_whole_process_group(served_api: ServedApi, client: ApiClient, tmp_path: Path) -> None:
     hang = program(tmp_path, "hang.sh", HANG_WITH_GRANDCHILDREN)
     task = client.create_task("hang", "run", command=f"sh {hang}", timeout_seconds=2)
-    runner(api_process, "--once").run()
+    runner(served_api, "--once").run()
     task = client.get_task(task.id)
     assert task.status == "failed" and task.exit_code in (-15, -9)
     assert "timed out after 2s" in task.output
-    assert "timed out after 2s" in (api_process.home / "logs" / f"task_{task.id}.log").read_text()
+    assert "timed out after 2s" in (served_api.home / "logs" / f"task_{task.id}.log").read_text()
     pids = [int(line.split()[1]) for line in task.output.splitlines() if line.startswith("pid ")]
     assert len(pids) == 3, task.output
     for pid in pids:
         assert process_gone(pid), f"process {pid} of the timed-out task is still running"
 
 
-def test_decision_round_trip_through_the_api(api_process: ApiProcess, client: ApiClient, tmp_path: Path) -> None:
+def test_decision_round_trip_through_the_api(served_api: ServedApi, client: ApiClient, tmp_path: Path) -> None:
     agent = program(tmp_path, "agent.py", AGENT)
     template = f"{PY} {agent} {{prompt_file}}"
     task = client.create_task("Decide whether to ship", "spec")
-    runner(api_process, "--once", COHERENCE_AGENT_COMMAND=template).run()
+    runner(served_api, "--once", COHERENCE_AGENT_COMMAND=template).run()
     waiting = client.get_task(task.id)
     assert waiting.status == "needs_decision" and waiting.decision_prompt == "Ship it?"
     # exactly what an operator types: PATCH {"decision": "yes"}
     client.request("PATCH", f"/api/agent/tasks/{task.id}", json={"decision": "yes"})
-    runner(api_process, "--once", COHERENCE_AGENT_COMMAND=template).run()
+    runner(served_api, "--once", COHERENCE_AGENT_COMMAND=template).run()
     done = client.get_task(task.id)
     assert done.status == "completed" and done.exit_code == 0
     assert "env decision: yes" in done.output
     assert "Decide whether to ship" in done.output and "The operator decided: yes" in done.output
 
 
-def test_agent_template_passes_the_prompt_as_one_argument(api_process: ApiProcess, client: ApiClient) -> None:
+def test_agent_template_passes_the_prompt_as_one_argument(served_api: ServedApi, client: ApiClient) -> None:
     direction = "Write the spec for item 1; $(rm -rf /) and `x` stay text"
     as_file = client.create_task(direction, "spec")
-    runner(api_process, "--once", COHERENCE_AGENT_COMMAND=f"{PY} -c \"import sys; print(open(sys.argv[1]).read())\" "
+    runner(served_api, "--once", COHERENCE_AGENT_COMMAND=f"{PY} -c \"import sys; print(open(sys.argv[1]).read())\" "
            "{prompt_file}").run()
     assert client.get_task(as_file.id).output == direction + "\n"
     as_arg = client.create_task(direction, "impl")
     as_argument = f"{PY} -c \"import sys; print(sys.argv[1:])\" {{prompt}}"
-    runner(api_process, "--once", COHERENCE_AGENT_COMMAND=as_argument).run()
+    runner(served_api, "--once", COHERENCE_AGENT_COMMAND=as_argument).run()
     assert client.get_task(as_arg.id).output == repr([direction]) + "\n"
 
 
-def test_a_task_without_a_command_fails_with_the_reason(api_process: ApiProcess, client: ApiClient) -> None:
+def test_a_task_without_a_command_fails_with_the_reason(served_api: ServedApi, client: ApiClient) -> None:
     spec = client.create_task("no template configured", "spec")
     run = client.create_task("a run task never uses the template", "run")
-    done = runner(api_process, "--once", COHERENCE_AGENT_COMMAND="").run()
+    done = runner(served_api, "--once", COHERENCE_AGENT_COMMAND="").run()
     assert done.returncode == 1
     spec, run = client.get_task(spec.id), client.get_task(run.id)
     assert spec.status == "failed" and "COHERENCE_AGENT_COMMAND is not set" in spec.output
@@ -165,7 +165,7 @@ def test_a_task_without_a_command_fails_with_the_reason(api_process: ApiProcess,
 
 
 def test_killed_runner_task_is_finished_by_another_after_the_lease(tmp_path: Path) -> None:
-    api = ApiProcess(tmp_path / "home", env={"COHERENCE_LEASE_SECONDS": "2"}).start()
+    api = ServedApi(tmp_path / "home", env={"COHERENCE_LEASE_SECONDS": "2"}).start()
     first = second = None
     try:
         with ApiClient(api.url, token="") as client:
@@ -192,7 +192,7 @@ def test_killed_runner_task_is_finished_by_another_after_the_lease(tmp_path: Pat
 
 def test_lost_claim_stops_the_task_and_drops_its_result(tmp_path: Path) -> None:
     """A runner that froze past its lease (a zombie) gets 409 on its next heartbeat: it kills its run, drops it."""
-    api = ApiProcess(tmp_path / "home", env={"COHERENCE_LEASE_SECONDS": "2"}).start()
+    api = ServedApi(tmp_path / "home", env={"COHERENCE_LEASE_SECONDS": "2"}).start()
     proc = None
     try:
         with ApiClient(api.url, token="") as client:
@@ -219,7 +219,7 @@ def test_lost_claim_stops_the_task_and_drops_its_result(tmp_path: Path) -> None:
 
 def test_result_survives_an_api_outage(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    api = ApiProcess(home).start()
+    api = ServedApi(home).start()
     proc = None
     try:
         gate = tmp_path / "gate"
@@ -238,7 +238,7 @@ def test_result_survives_an_api_outage(tmp_path: Path) -> None:
         runner_log = home / "logs" / "agent_runner.log"
         wait_until(lambda: "runner heartbeat failed" in runner_log.read_text(), 30, "the runner retrying")
         assert proc.proc is not None and proc.proc.poll() is None
-        api = ApiProcess(home, port=api.port).start()
+        api = ServedApi(home, port=api.port).start()
         with ApiClient(api.url, token="") as client:
             wait_until(lambda: client.get_task(task.id).status == "completed", 60, "result delivered")
             assert client.get_task(task.id).output == "finished while the API was down\n"
@@ -298,7 +298,7 @@ def test_an_api_outage_longer_than_the_lease_reruns_nothing(tmp_path: Path, migr
 
 def test_a_restarted_runner_delivers_what_its_predecessor_kept(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    api = ApiProcess(home).start()
+    api = ServedApi(home).start()
     first = second = None
     try:
         gate = tmp_path / "gate"
@@ -313,7 +313,7 @@ def test_a_restarted_runner_delivers_what_its_predecessor_kept(tmp_path: Path) -
         wait_until(lambda: any(outbox.glob("task_*.json")), 30, "result kept in the outbox")
         first.signal(signal.SIGKILL)
         first.wait()
-        api = ApiProcess(home, port=api.port).start()
+        api = ServedApi(home, port=api.port).start()
         second = runner(api).start()
         with ApiClient(api.url, token="") as client:
             wait_until(lambda: client.get_task(task.id).status == "completed", 60, "result delivered")
@@ -342,9 +342,9 @@ write_json_atomic(Path(sys.argv[1]), {"output": "a result"})
 """
 
 
-def test_a_starting_runner_removes_the_temp_files_of_dead_writers(api_process: ApiProcess, client: ApiClient,
+def test_a_starting_runner_removes_the_temp_files_of_dead_writers(served_api: ServedApi, client: ApiClient,
                                                                   tmp_path: Path) -> None:
-    outbox = api_process.home / "run" / "runner_outbox"
+    outbox = served_api.home / "run" / "runner_outbox"
     writers = {}
     for name in ("killed", "alive"):
         marker = tmp_path / name
@@ -354,7 +354,7 @@ def test_a_starting_runner_removes_the_temp_files_of_dead_writers(api_process: A
     writers["killed"].wait()
     temps = {name: [p for p in outbox.iterdir() if p.name.startswith(f".task_{name}.json.")] for name in writers}
     assert [len(found) for found in temps.values()] == [1, 1]
-    proc = runner(api_process).start()
+    proc = runner(served_api).start()
     try:
         wait_until(lambda: client.get("/api/agent/runners")["items"] != [], 30, "runner started")
         assert not temps["killed"][0].exists()  # its writer is dead: nobody will ever rename it
@@ -366,11 +366,11 @@ def test_a_starting_runner_removes_the_temp_files_of_dead_writers(api_process: A
         writers["alive"].wait()
 
 
-def test_sigterm_releases_a_long_task(api_process: ApiProcess, client: ApiClient, tmp_path: Path) -> None:
+def test_sigterm_releases_a_long_task(served_api: ServedApi, client: ApiClient, tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     sleeper = program(tmp_path, "sleeper.py", SLEEPER)
     task = client.create_task("long", "run", command=f"{PY} {sleeper} {pids}")
-    proc = runner(api_process, "--grace", "0.5").start()
+    proc = runner(served_api, "--grace", "0.5").start()
     try:
         wait_until(lambda: client.get_task(task.id).status == "running" and pids.exists(), 30, "task running")
         proc.signal(signal.SIGTERM)
@@ -378,17 +378,17 @@ def test_sigterm_releases_a_long_task(api_process: ApiProcess, client: ApiClient
         released = client.get_task(task.id)
         assert released.status == "pending" and released.claimed_by is None
         assert process_gone(int(pids.read_text()))
-        log = (api_process.home / "logs" / f"task_{task.id}.log").read_text()
+        log = (served_api.home / "logs" / f"task_{task.id}.log").read_text()
         assert "runner is stopping" in log and "status=pending" in log
     finally:
         proc.stop()
 
 
-def test_idle_runner_stops_promptly_on_sigterm(api_process: ApiProcess, client: ApiClient) -> None:
+def test_idle_runner_stops_promptly_on_sigterm(served_api: ServedApi, client: ApiClient) -> None:
     """A stopped runner exits 0 even after a task failed (only --once reports failures in its exit code), and
     does not wait for the long poll its idle slot has parked on the API (30 s by default)."""
     task = client.create_task("break", "run", command=py("raise SystemExit(2)"))
-    proc = runner(api_process).start()
+    proc = runner(served_api).start()
     try:
         wait_until(lambda: client.get_task(task.id).status == "failed", 30, "task failed")
         proc.signal(signal.SIGTERM)
@@ -397,8 +397,8 @@ def test_idle_runner_stops_promptly_on_sigterm(api_process: ApiProcess, client: 
         proc.stop()
 
 
-def test_idle_runner_starts_a_new_task_well_under_a_second(api_process: ApiProcess, client: ApiClient) -> None:
-    proc = runner(api_process).start()
+def test_idle_runner_starts_a_new_task_well_under_a_second(served_api: ServedApi, client: ApiClient) -> None:
+    proc = runner(served_api).start()
     try:
         wait_until(lambda: client.get("/api/agent/runners")["items"] != [], 30, "runner registered")
         time.sleep(0.5)  # nothing observable marks the parked long poll: give the idle runner time to park it

@@ -1,6 +1,6 @@
 """Faults stay local (issue 18): a runner slot that is busy delivering a result is not claimed for, so no claim
 waits past its lease to run as a stale second copy; and a full disk neither kills the runner's slots, nor charges
-attempts, nor churns the queue, and everything runs once space is back. Real API and runner processes."""
+attempts, nor churns the queue, and everything runs once space is back. Real runner processes, the API over HTTP."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from coherence_network.runner import Runner
 from coherence_network.settings import Settings
 from coherence_network.task_run import CLAIM_MARGIN, Claim
 from tests.integration.test_runner import py
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.net import wait_until
 from tests.support.proxy import HoldingProxy
 from tests.support.runner import RunnerProcess
@@ -25,9 +25,9 @@ from tests.support.small_disk import small_disk as small_disk_at
 
 
 @pytest.fixture(scope="module")
-def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApi]:
     """One API (SQLite, the default lease) for the tests here that need no lease of their own."""
-    api = ApiProcess(tmp_path_factory.mktemp("api") / "home").start()
+    api = ServedApi(tmp_path_factory.mktemp("api") / "home").start()
     yield api
     api.stop()
 
@@ -51,7 +51,7 @@ def test_a_slot_delivering_its_result_is_not_claimed_for(tmp_path: Path) -> None
     finish claimed), ran again elsewhere, and the stale claim, started when A was free, killed the current run:
     the task failed with attempts left. Now B claims for itself only and every task runs once, no attempt used."""
     home, lease = tmp_path / "home", 3.0
-    api = ApiProcess(home, env={"COHERENCE_LEASE_SECONDS": str(lease)}).start()
+    api = ServedApi(home, env={"COHERENCE_LEASE_SECONDS": str(lease)}).start()
     proxy = HoldingProxy(api.url).start()
     proc = RunnerProcess(home, proxy.url, "--workers", "2", "--interval", "1",
                          env={"AGENT_KILL_GRACE_SECONDS": "1", "COHERENCE_HTTP_TIMEOUT": "20"})
@@ -101,7 +101,7 @@ def test_a_slot_waiting_out_a_failed_claim_is_not_claimed_for(tmp_path: Path) ->
     lease, was reaped (an attempt used) and then run anyway on a claim that was no longer the runner's. Now the
     claim is for the claiming slot alone and the waiting slot claims its own when its wait is over."""
     home, lease = tmp_path / "home", 2.0
-    api = ApiProcess(home, env={"COHERENCE_LEASE_SECONDS": str(lease)}).start()
+    api = ServedApi(home, env={"COHERENCE_LEASE_SECONDS": str(lease)}).start()
     proxy = HoldingProxy(api.url).start()
     proc = RunnerProcess(home, proxy.url, "--workers", "2", "--interval", "1", env={"AGENT_KILL_GRACE_SECONDS": "1"})
     runner_log = home / "logs" / "agent_runner.log"
@@ -134,7 +134,7 @@ def test_a_slot_waiting_out_a_failed_claim_is_not_claimed_for(tmp_path: Path) ->
         api.stop()
 
 
-def test_a_claim_past_its_window_is_handed_back_and_an_older_one_never_starts(shared_api: ApiProcess,
+def test_a_claim_past_its_window_is_handed_back_and_an_older_one_never_starts(shared_api: ServedApi,
                                                                                tmp_path: Path) -> None:
     """The runner's last guard before it starts a claim, against a real API: a claim older (by this host's clock)
     than 3/4 of the lease the API granted is released, at no attempt's cost; a claim of a task this runner already
@@ -172,7 +172,7 @@ def claims_of(client: ApiClient, tasks: list[Task]) -> int:
 
 
 def test_a_full_disk_blocks_slots_without_killing_them_or_costing_attempts(
-    shared_api: ApiProcess, small_disk: Path, tmp_path: Path
+    shared_api: ServedApi, small_disk: Path, tmp_path: Path
 ) -> None:
     """The runner's COHERENCE_HOME fills up while a task runs: its result, which the outbox cannot store, is
     delivered from memory. Tasks claimed then cannot start (their log cannot be written): each goes back to pending

@@ -11,12 +11,12 @@ import pytest
 from coherence_network.client import ApiClient
 from coherence_network.contract import Task, TaskStatus, TaskType
 from tests.integration.test_runner import py, runner
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 
 
 @pytest.fixture
-def client(api_process: ApiProcess) -> Iterator[ApiClient]:
-    with ApiClient(api_process.url, token="", retries=0) as c:
+def client(served_api: ServedApi) -> Iterator[ApiClient]:
+    with ApiClient(served_api.url, token="", retries=0) as c:
         yield c
 
 
@@ -25,18 +25,18 @@ def _make(client: ApiClient, n: int) -> list[Task]:
                                 for i in range(n)])
 
 
-def test_three_idle_slots_claim_three_tasks_in_one_call(api_process: ApiProcess, client: ApiClient) -> None:
+def test_three_idle_slots_claim_three_tasks_in_one_call(served_api: ServedApi, client: ApiClient) -> None:
     made = _make(client, 3)
-    assert runner(api_process, "--once", "--workers", "3").run().returncode == 0
+    assert runner(served_api, "--once", "--workers", "3").run().returncode == 0
     done = [client.get_task(t.id) for t in made]
     assert [t.status for t in done] == [TaskStatus.COMPLETED] * 3
     assert len({t.model_extra["claim_request_id"] for t in done}) == 1
 
 
-def test_a_slot_claims_its_next_task_with_the_result_of_the_last(api_process: ApiProcess,
+def test_a_slot_claims_its_next_task_with_the_result_of_the_last(served_api: ServedApi,
                                                                  client: ApiClient) -> None:
     made = _make(client, 3)
-    assert runner(api_process, "--once", "--workers", "1").run().returncode == 0
+    assert runner(served_api, "--once", "--workers", "1").run().returncode == 0
     done = [client.get_task(t.id) for t in made]
     assert [t.status for t in done] == [TaskStatus.COMPLETED] * 3
     assert [t.started_at for t in done[1:]] == [t.finished_at for t in done[:-1]]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.net import wait_until
 from tests.support.postgres import PostgresServer
 
@@ -17,7 +17,7 @@ from tests.support.postgres import PostgresServer
 def test_a_store_outage_is_two_log_lines_and_the_api_recovers(tmp_path: Path) -> None:
     root = Path(tempfile.mkdtemp(prefix="coherence-pg-outage-"))
     server = PostgresServer(root).start()
-    api = ApiProcess(tmp_path / "home", env={"DATABASE_URL": server.new_database(), "COHERENCE_LEASE_SECONDS": "1"})
+    api = ServedApi(tmp_path / "home", env={"DATABASE_URL": server.new_database(), "COHERENCE_LEASE_SECONDS": "1"})
     try:
         api.start()
         log = tmp_path / "home" / "logs" / "api.log"

@@ -1,5 +1,5 @@
 """Nothing outlives its owner: a task's processes (grandchildren included) die with their runner, and no task runs
-twice at once on one host. Real runner processes, real API processes, real task process trees."""
+twice at once on one host. Real runner processes, the API over HTTP, real task process trees."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from coherence_network.settings import Settings
 from coherence_network.task_run import ClaimLost
 from coherence_network.taskgroups import NewerRunRecorded, TaskGroup, kill_orphaned_task_groups, stop_previous_runs
 from tests.integration.test_runner import process_gone, program, py
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.net import wait_until
 from tests.support.runner import RunnerProcess
 
@@ -78,14 +78,14 @@ def records(home: Path) -> list[dict[str, object]]:
     return [json.loads(p.read_text()) for p in sorted((home / "run" / "task_groups").glob("*.json"))]
 
 
-def runner(api: ApiProcess, **env: str) -> RunnerProcess:
+def runner(api: ServedApi, **env: str) -> RunnerProcess:
     return RunnerProcess(api.home, api.url, env={"AGENT_KILL_GRACE_SECONDS": "1", **env})
 
 
 @pytest.fixture
-def short_lease_api(tmp_path: Path, migrated_store_url: str) -> Iterator[ApiProcess]:
+def short_lease_api(tmp_path: Path, migrated_store_url: str) -> Iterator[ServedApi]:
     env = {"DATABASE_URL": migrated_store_url, "COHERENCE_LEASE_SECONDS": "2"}
-    api = ApiProcess(tmp_path / "home", env=env).start()
+    api = ServedApi(tmp_path / "home", env=env).start()
     yield api
     api.stop()
 
@@ -105,7 +105,7 @@ def start(procs: list[RunnerProcess], proc: RunnerProcess) -> RunnerProcess:
 
 
 def test_a_killed_runners_task_dies_with_it_and_never_runs_twice_at_once(
-    short_lease_api: ApiProcess, started: list[RunnerProcess], tmp_path: Path
+    short_lease_api: ServedApi, started: list[RunnerProcess], tmp_path: Path
 ) -> None:
     api, runs = short_lease_api, tmp_path / "runs"
     script = program(tmp_path, "task.py", RUN)
@@ -130,7 +130,7 @@ def test_a_new_runner_stops_a_previous_run_of_its_task_first(
 ) -> None:
     """A frozen runner (SIGSTOP: alive, its lease lost) still has its task running on this host; the runner that
     claims the task next stops that run before it starts its own, even though the task ignores SIGTERM."""
-    api = ApiProcess(tmp_path / "home", env={"COHERENCE_LEASE_SECONDS": "2"}).start()
+    api = ServedApi(tmp_path / "home", env={"COHERENCE_LEASE_SECONDS": "2"}).start()
     try:
         runs = tmp_path / "runs"
         script = program(tmp_path, "task.py", RUN)
@@ -156,11 +156,11 @@ def test_a_new_runner_stops_a_previous_run_of_its_task_first(
 
 
 def test_kill_orphaned_task_groups_kills_groups_whose_runner_is_gone(
-    api_process: ApiProcess, started: list[RunnerProcess], tmp_path: Path
+    served_api: ServedApi, started: list[RunnerProcess], tmp_path: Path
 ) -> None:
     """The guard and the runner both SIGKILLed at once leave the task and its grandchild behind, still recorded:
     ``kill_orphaned_task_groups`` (called by a starting runner, ``coherence stop`` and the supervisor) ends them."""
-    api, runs = api_process, tmp_path / "runs"
+    api, runs = served_api, tmp_path / "runs"
     script = program(tmp_path, "task.py", RUN)
     settings = Settings(coherence_home=api.home, agent_kill_grace_seconds=1)
     with ApiClient(api.url, token="") as client:
@@ -212,7 +212,7 @@ def test_a_record_of_a_recycled_pid_is_never_signalled(tmp_path: Path) -> None:
         stranger.wait()
 
 
-def test_exit_codes_and_output_pass_through_unchanged(api_process: ApiProcess, tmp_path: Path) -> None:
+def test_exit_codes_and_output_pass_through_unchanged(served_api: ServedApi, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     code = {
         "three": "import sys; print('oops'); sys.exit(3)",
@@ -221,12 +221,12 @@ def test_exit_codes_and_output_pass_through_unchanged(api_process: ApiProcess, t
         "streamed": f"import os, time\nprint('first', flush=True)\nwhile not os.path.exists({str(gate)!r}): "
                     "time.sleep(0.05)\nprint('second')",
     }
-    with ApiClient(api_process.url, token="") as client:
+    with ApiClient(served_api.url, token="") as client:
         tasks = {name: client.create_task(name, "run", command=py(text)) for name, text in code.items()}
         missing = client.create_task("missing", "run", command="no-such-command-anywhere --flag")
-        proc = RunnerProcess(api_process.home, api_process.url, "--workers", "5").start()
+        proc = RunnerProcess(served_api.home, served_api.url, "--workers", "5").start()
         try:
-            streamed = api_process.home / "logs" / f"task_{tasks['streamed'].id}.log"
+            streamed = served_api.home / "logs" / f"task_{tasks['streamed'].id}.log"
             wait_until(lambda: streamed.exists() and "first\n" in streamed.read_text(), 30, "first line in the log")
             assert client.get_task(tasks["streamed"].id).status == TaskStatus.RUNNING
             gate.write_text("go")
@@ -245,7 +245,7 @@ def test_exit_codes_and_output_pass_through_unchanged(api_process: ApiProcess, t
         assert (missing.status, missing.exit_code) == (TaskStatus.FAILED, None)
         reason = "[Errno 2] No such file or directory: 'no-such-command-anywhere'"
         assert missing.output == f"cannot start the task: {reason}\n"
-    assert "exit_code=-9 duration=" in (api_process.home / "logs" / f"task_{got['killed'].id}.log").read_text()
+    assert "exit_code=-9 duration=" in (served_api.home / "logs" / f"task_{got['killed'].id}.log").read_text()
 
 
 def test_a_claim_never_stops_the_run_of_a_newer_claim_of_its_task(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from coherence_network.store import TaskStore
 from coherence_network.store.retention import prune_store
 from coherence_network.store.schema import tasks
 from coherence_network.store.search import COUNT_CAP, pg_matches, search_condition, search_words
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 from tests.support.postgres import PostgresServer
 
 HOSTILE = ['"', '""', "*", "-", "- -x", "OR", "a OR b", "NEAR(", "NEAR(a b", "a:*", "a & b | !c", "'", "(", ")",
@@ -194,7 +194,7 @@ def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     if request.param == "postgresql":
         server: PostgresServer = request.getfixturevalue("postgres_server")
         env["DATABASE_URL"] = server.new_database(migrated=True)
-    process = ApiProcess(home / "home", env=env).start()
+    process = ServedApi(home / "home", env=env).start()
     with httpx.Client(base_url=process.url, timeout=10) as http:
         for i, (direction, priority) in enumerate([("backup the database", 1), ("rotate logs", 5),
                                                    ("backup the wiki", 3)]):

@@ -23,7 +23,7 @@ import pytest
 
 from coherence_network.client import ApiClient
 from coherence_network.contract import TaskStatus
-from tests.support.api import ApiProcess
+from tests.support.api import ApiProcess, ServedApi
 from tests.support.net import wait_until
 from tests.support.pipeline import PipelineProcess
 from tests.support.postgres import PostgresServer
@@ -199,15 +199,15 @@ def test_rotated_logs_are_private(tmp_path: Path, operator_umask: int) -> None:
     assert _not_private(tmp_path / "home") == []
 
 
-def test_a_runner_started_private_runs_tasks_with_the_umask_it_was_handed(api_process: ApiProcess,
+def test_a_runner_started_private_runs_tasks_with_the_umask_it_was_handed(served_api: ServedApi,
                                                                            tmp_path: Path) -> None:
     """A supervisor's children inherit its private umask, and the operator's in COHERENCE_TASK_UMASK."""
     made = tmp_path / "made_by_task.txt"
-    with ApiClient(api_process.url, token="", retries=0) as client:
+    with ApiClient(served_api.url, token="", retries=0) as client:
         task = client.create_task("write a file", "run", command=f"{PY} -c \"open('{made}', 'w').write('x')\"")
         previous = os.umask(0o077)
         try:
-            done = RunnerProcess(api_process.home, api_process.url, "--once", env={"COHERENCE_TASK_UMASK": "027"}).run()
+            done = RunnerProcess(served_api.home, served_api.url, "--once", env={"COHERENCE_TASK_UMASK": "027"}).run()
         finally:
             os.umask(previous)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -280,7 +280,7 @@ def test_a_runner_refuses_a_command_its_setting_does_not_allow(tmp_path: Path) -
     """The API allows review commands, this runner (`--types review`, the default setting) does not: the task fails
     once, saying why, and the command never runs."""
     home = tmp_path / "home"
-    api = ApiProcess(home, env={"COHERENCE_COMMAND_TASK_TYPES": "run,review"}).start()
+    api = ServedApi(home, env={"COHERENCE_COMMAND_TASK_TYPES": "run,review"}).start()
     ran = tmp_path / "ran"
     try:
         with ApiClient(api.url, token="", retries=0) as client:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from coherence_network.client import ApiClient
-from tests.support.api import ApiProcess
+from tests.support.api import ApiProcess, ServedApi
 from tests.support.fake_telegram import TOKEN, FakeTelegram
 from tests.support.net import free_port, wait_until
 from tests.support.runner import RunnerProcess
@@ -29,7 +29,7 @@ ACCESS = {"TELEGRAM_ALLOWED_USER_IDS": str(USER), "TELEGRAM_CHAT_IDS": str(GROUP
 class BotProcess:
     """``python -m coherence_network.cli telegram`` against an API and the fake Bot API."""
 
-    def __init__(self, api: ApiProcess, fake: FakeTelegram, **env: str) -> None:
+    def __init__(self, api: ServedApi, fake: FakeTelegram, **env: str) -> None:
         self.env = {
             **os.environ, "COHERENCE_HOME": str(api.home), "AGENT_API_BASE": api.url, "TELEGRAM_BOT_TOKEN": TOKEN,
             "TELEGRAM_API_BASE": fake.base, "TELEGRAM_POLL_TIMEOUT": "1", "TELEGRAM_NOTIFY_INTERVAL": "0.2",
@@ -72,7 +72,7 @@ def bots() -> Iterator[list[BotProcess]]:
         bot.stop()
 
 
-def start_bot(bots: list[BotProcess], api: ApiProcess, fake: FakeTelegram, **env: str) -> BotProcess:
+def start_bot(bots: list[BotProcess], api: ServedApi, fake: FakeTelegram, **env: str) -> BotProcess:
     bot = BotProcess(api, fake, **env).start()
     bots.append(bot)
     return bot
@@ -96,13 +96,13 @@ def seen_by_bot(fake: FakeTelegram, update: dict[str, Any]) -> bool:
     return any(c.params.get("offset", 0) > update["update_id"] for c in fake.calls_of("getUpdates"))
 
 
-def test_decision_answered_from_telegram_reruns_the_task(api_process: ApiProcess, fake: FakeTelegram,
+def test_decision_answered_from_telegram_reruns_the_task(served_api: ServedApi, fake: FakeTelegram,
                                                         bots: list[BotProcess]) -> None:
-    client = ApiClient(api_process.url, token="", retries=0)
-    runner = RunnerProcess(api_process.home, api_process.url, "--interval", "0.1").start()
+    client = ApiClient(served_api.url, token="", retries=0)
+    runner = RunnerProcess(served_api.home, served_api.url, "--interval", "0.1").start()
     try:
         task_id = client.create_task("ask before shipping", "run", command=ASK).id
-        bot = start_bot(bots, api_process, fake)
+        bot = start_bot(bots, served_api, fake)
         wait_until(lambda: has_text(fake, GROUP, "Ship it?", f"/reply {task_id} <decision>"), 30, "the question")
 
         # Not allowed: a stranger, an allowed user in a chat that is not allowed; ignored: plain text, an edit,
@@ -159,7 +159,7 @@ def _opened_by(path: Path) -> set[int]:
 
 
 def test_webhook_needs_the_secret(tmp_path: Path, fake: FakeTelegram, bots: list[BotProcess]) -> None:
-    api = ApiProcess(tmp_path / "home", env=ACCESS).start()
+    api = ServedApi(tmp_path / "home", env=ACCESS).start()
     client = ApiClient(api.url, token="", retries=0)
     hook = f"{api.url}/api/agent/telegram/webhook"
     try:
@@ -228,15 +228,15 @@ def test_webhook_needs_the_secret(tmp_path: Path, fake: FakeTelegram, bots: list
         api.stop()
 
 
-def test_bot_api_outage_delays_messages_but_keeps_them_in_order_once(api_process: ApiProcess, fake: FakeTelegram,
+def test_bot_api_outage_delays_messages_but_keeps_them_in_order_once(served_api: ServedApi, fake: FakeTelegram,
                                                                      bots: list[BotProcess]) -> None:
-    client = ApiClient(api_process.url, token="", retries=0)
+    client = ApiClient(served_api.url, token="", retries=0)
     questions = [f"Question {n}?" for n in range(1, 4)]
     ids = [ask_as_runner(client, q) for q in questions]
     fake.fail_next("getUpdates", 2, 500)
     fake.fail_next("sendMessage", 2, 429, retry_after=1)
     fake.fail_next("sendMessage", 1, 500)
-    bot = start_bot(bots, api_process, fake)
+    bot = start_bot(bots, served_api, fake)
     wait_until(lambda: len(fake.texts(GROUP)) >= 3, 40, "three alerts after the outage")
     texts = fake.texts(GROUP)
     assert [q in t for q, t in zip(questions, texts)] == [True, True, True], texts
@@ -247,7 +247,7 @@ def test_bot_api_outage_delays_messages_but_keeps_them_in_order_once(api_process
 
     # A restart resends nothing; the next new question still arrives, after the first three, once.
     bot.stop()
-    start_bot(bots, api_process, fake)
+    start_bot(bots, served_api, fake)
     fourth = ask_as_runner(client, "Question 4?")
     wait_until(lambda: has_text(fake, GROUP, "Question 4?", f"/reply {fourth} <decision>"), 30, "the fourth alert")
     texts = fake.texts(GROUP)
@@ -276,7 +276,7 @@ def _answers(url: str) -> bool:
 
 @pytest.mark.parametrize("api_running", [True, False], ids=["api-already-running", "api-started-by-script"])
 def test_start_script_stops_only_what_it_started(tmp_path: Path, fake: FakeTelegram, api_running: bool) -> None:
-    api = ApiProcess(tmp_path / "home")
+    api = ApiProcess(tmp_path / "home")  # a process, or the port the script's own API takes
     if api_running:
         api.start()
     script = _run_script(api.home, api.url, fake)

@@ -15,12 +15,12 @@ from coherence_network.settings import Settings
 from coherence_network.telegram.notifier import REMEMBER_SECONDS, Notifier
 from coherence_network.telegram.outbox import BotState
 from coherence_network.telegram.ratelimit import TokenBucket
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 
 
 @pytest.fixture
-def client(api_process: ApiProcess) -> Iterator[ApiClient]:
-    with ApiClient(api_process.url, token="", retries=0) as api:
+def client(served_api: ServedApi) -> Iterator[ApiClient]:
+    with ApiClient(served_api.url, token="", retries=0) as api:
         yield api
 
 

@@ -19,7 +19,7 @@ from coherence_network.logfiles import REGISTRY, RUN_FILES
 from coherence_network.settings import DERIVED_FROM, Settings
 from coherence_network.task_env import CREDENTIAL_MARKERS
 from tests.runbook.runbook_doc import ROOT, Runbook
-from tests.support.api import ApiProcess
+from tests.support.api import ServedApi
 
 SECTIONS = [
     "Log Locations", "API Restart", "Pipeline Recovery", "Autonomous Pipeline", "Pipeline Effectiveness",
@@ -100,8 +100,8 @@ def test_every_ops_endpoint_is_in_the_table(runbook: Runbook) -> None:
             assert path in documented, f"GET {path} is a route but missing from the runbook's Key Endpoints"
 
 
-def test_key_endpoints_answer_on_a_running_api(runbook: Runbook, api_process: ApiProcess) -> None:
-    with httpx.Client(base_url=api_process.url, timeout=30) as http:
+def test_key_endpoints_answer_on_a_running_api(runbook: Runbook, served_api: ServedApi) -> None:
+    with httpx.Client(base_url=served_api.url, timeout=30) as http:
         task = http.post("/api/agent/tasks", json={"direction": "d", "task_type": "run", "command": "true"}).json()
         for method, path in _endpoints(runbook):
             if "GET" not in method.split("|"):

@@ -136,7 +136,10 @@ class FakeTelegram:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the bot stopped while its long poll waited here
+                    pass
 
             def log_message(self, *_: Any) -> None:
                 pass

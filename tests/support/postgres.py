@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 from tests.support.net import free_port
 
@@ -36,6 +37,7 @@ class PostgresServer:
         # initdb and pg_ctl refuse to run as root: run them as the unprivileged postgres user
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         self._template: str | None = None  # a database migrated to head, copied by new_database(migrated=True)
+        self._version_num: int | None = None
 
     def _run(self, *args: str) -> None:
         subprocess.run([*self.as_user, *args], check=True, capture_output=True, timeout=120)
@@ -49,7 +51,9 @@ class PostgresServer:
                 if parent == Path("/"):
                     break
                 os.chmod(parent, os.stat(parent).st_mode | 0o011)
-        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "coherence", "--auth=trust", "-E", "UTF8")
+        # --no-sync: a throwaway cluster needs no fsync of its files (3 of initdb's 5 s)
+        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "coherence", "--auth=trust", "-E", "UTF8",
+                  "--no-sync")
         return self.resume()
 
     def resume(self) -> PostgresServer:
@@ -71,16 +75,37 @@ class PostgresServer:
     def new_database(self, *, migrated: bool = False) -> str:
         """A fresh database on this server; returns its URL. Empty (no tables), or ``migrated`` to the newest
         revision: a copy of a template migrated once per server (CREATE DATABASE ... TEMPLATE copies files, about
-        20 ms, where running every migration costs about a second)."""
-        import sqlalchemy as sa
-
+        50 ms, where running every migration costs about a second)."""
         name = "t_" + uuid.uuid4().hex[:12]
         template = f' TEMPLATE "{self._migrated_template()}"' if migrated else ""
-        engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"{template}'))
-        engine.dispose()
+        # PostgreSQL 15 copies a database block by block through the WAL by default: three times slower than
+        # copying its files, for a durability a throwaway server does not need
+        strategy = " STRATEGY FILE_COPY" if self._version() >= 150000 else ""
+        self._admin(f'CREATE DATABASE "{name}"{template}{strategy}')
         return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        """Drop a database ``new_database`` made, whoever is still connected: the server's folder stays small (about
+        8 MB a database), so that neither the disk nor the removal at the end pays for every test's."""
+        name = url.rsplit("/", 1)[1]
+        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def _admin(self, statement: str) -> Any:
+        """Run one statement on the server's own database, outside a transaction; its one value, if it has one."""
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                result = conn.execute(sa.text(statement))
+                return result.scalar() if result.returns_rows else None
+        finally:
+            engine.dispose()
+
+    def _version(self) -> int:
+        if self._version_num is None:
+            self._version_num = int(self._admin("SHOW server_version_num"))
+        return self._version_num
 
     def _migrated_template(self) -> str:
         """The template's name, migrating it on first use. No connection to it stays open: PostgreSQL copies a
