@@ -159,7 +159,7 @@ def _opened_by(path: Path) -> set[int]:
 
 
 def test_webhook_needs_the_secret(tmp_path: Path, fake: FakeTelegram, bots: list[BotProcess]) -> None:
-    api = ServedApi(tmp_path / "home", env=ACCESS).start()
+    api = ApiProcess(tmp_path / "home", env=ACCESS).start()  # a process: the test asks which process holds which log
     client = ApiClient(api.url, token="", retries=0)
     hook = f"{api.url}/api/agent/telegram/webhook"
     try:
