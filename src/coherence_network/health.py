@@ -22,7 +22,8 @@ from typing import Any
 
 from coherence_network.contract import Component, Severity, TaskStatus, TaskType
 from coherence_network.grading import ALIVE, DEAD, SEVERITIES, STOPPED, count_states, state_of
-from coherence_network.settings import Settings, seen_limit
+from coherence_network.setting_values import seen_limit
+from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
 from coherence_network.store.stats import Limits
 

@@ -31,8 +31,6 @@ from coherence_network.setting_values import (
     HttpUrl,
     IdList,
     LogLevel,
-    database_url_refusal,
-    derived_key,
     host_name,
     invalid_settings,
     mask_url_secrets,
@@ -42,10 +40,6 @@ from coherence_network.setting_values import (
 )
 
 # What other modules take from here; the checks and parsers of values live in setting_values.
-__all__ = ["DERIVED_FROM", "SECRET_FIELDS", "ConfigError", "Settings", "config_errors_as_one_line",
-           "database_url_refusal", "derived_key", "get_settings", "host_name",
-           "mask_url_secrets", "seen_limit"]
-
 SECRET_FIELDS = frozenset({"coherence_api_token", "telegram_bot_token", "telegram_webhook_secret"})
 # Settings computed from others when not set themselves (Settings._derive); `coherence config` says so.
 DERIVED_FROM = {"agent_api_base": ("COHERENCE_API_HOST", "COHERENCE_API_PORT"),

@@ -24,7 +24,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coherence_network.console import is_console_path
 from coherence_network.console.session import COOKIE, Sessions, key_from_token
-from coherence_network.settings import Settings, host_name
+from coherence_network.setting_values import host_name
+from coherence_network.settings import Settings
 
 OPEN_PATHS = frozenset({"/api/health", "/api/ready"})  # probes: a load balancer or watchdog carries no token
 WEBHOOK_PATH = "/api/agent/telegram/webhook"  # Telegram cannot send our token; the route checks its own secret

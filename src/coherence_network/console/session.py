@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from itsdangerous import BadData, Signer, URLSafeSerializer
 
-from coherence_network.settings import derived_key
+from coherence_network.setting_values import derived_key
 
 COOKIE = "coherence_session"
 DEFAULT_IDENTITY = "operator"

@@ -18,7 +18,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-from coherence_network.settings import ConfigError, database_url_refusal, mask_url_secrets
+from coherence_network.setting_values import database_url_refusal, mask_url_secrets
+from coherence_network.settings import ConfigError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 PG_CONNECT_TIMEOUT_SECONDS = 10  # libpq's connect_timeout, per host tried

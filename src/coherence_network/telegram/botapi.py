@@ -10,7 +10,8 @@ import httpx
 
 from coherence_network.errors import CoherenceError
 from coherence_network.logfiles import RUN_FILES, shared_secret
-from coherence_network.settings import Settings, derived_key
+from coherence_network.setting_values import derived_key
+from coherence_network.settings import Settings
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
