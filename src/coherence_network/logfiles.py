@@ -23,6 +23,7 @@ import secrets
 import stat
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -280,16 +281,21 @@ def _formatter(json_lines: bool) -> logging.Formatter:
     return JSONFormatter() if json_lines else UTCFormatter()
 
 
-def open_log(log_file: LogFile, settings: Settings, *, json_lines: bool | None = None) -> logging.Logger:
+def open_log(log_file: LogFile, settings: Settings, *, json_lines: bool | None = None,
+             rotate: bool = True) -> logging.Logger:
     """Attach ``log_file``'s rotated file handler to its logger, once per process and file (a second call returns
     the logger as it is), and return the logger. The one place a log file is opened: call it only in the process of
-    the file's registered writer, so that each file has one writer and one rotation."""
+    the file's registered writer, so that each file has one writer and one rotation. ``rotate=False``: the file is
+    appended to and reopened once someone else rotated it (``RotateWhenFull``), for processes that share one log
+    (the API's workers) and leave its rotation to one of them."""
     path = log_file.path(settings)
     logger = logging.getLogger(log_file.logger or None)
     if _opened.get(path) not in logger.handlers:  # never opened, or its handler was taken off (setup_logging)
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=ROTATE_BYTES, backupCount=ROTATE_BACKUPS,
-                                                       encoding="utf-8")
+        handler: logging.FileHandler = (
+            logging.handlers.RotatingFileHandler(path, maxBytes=ROTATE_BYTES, backupCount=ROTATE_BACKUPS,
+                                                 encoding="utf-8")
+            if rotate else logging.handlers.WatchedFileHandler(path, encoding="utf-8"))
         handler.setFormatter(_formatter(settings.coherence_log_json if json_lines is None else json_lines))
         logger.addHandler(handler)
         if log_file.logger and logger.level == logging.NOTSET:
@@ -299,9 +305,11 @@ def open_log(log_file: LogFile, settings: Settings, *, json_lines: bool | None =
 
 
 def setup_logging(
-    component: str, settings: Settings, *, json_lines: bool | None = None, verbose: bool = False, console: bool = True
+    component: str, settings: Settings, *, json_lines: bool | None = None, verbose: bool = False, console: bool = True,
+    rotate: bool = True,
 ) -> Path:
-    """Send the root logger to the component's rotated log file (and stderr); returns the log path.
+    """Send the root logger to the component's rotated log file (and stderr); returns the log path. ``rotate``: see
+    ``open_log``.
 
     Every component calls this first, so this is where its files under COHERENCE_HOME become private."""
     keep_private(settings)
@@ -311,7 +319,7 @@ def setup_logging(
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    open_log(log_file, settings, json_lines=use_json)
+    open_log(log_file, settings, json_lines=use_json, rotate=rotate)
     if console:
         stream = logging.StreamHandler(sys.stderr)
         stream.setFormatter(_formatter(use_json))
@@ -322,3 +330,41 @@ def setup_logging(
     for noisy in ("httpx", "httpcore", *(() if verbose else ("alembic",))):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return log_file.path(settings)
+
+
+class RotateWhenFull:
+    """The one rotator of a log several processes append to (``open_log(rotate=False)``): every ``every`` seconds,
+    once the file holds ``max_bytes``, it shifts ``name.1`` .. ``name.N`` up (the oldest goes) and renames the file to
+    ``name.1``; the writers notice the new file at their next line and reopen it, so a line lands in the old file or
+    the new one, never nowhere, and no two processes rotate one file."""
+
+    def __init__(self, path: Path, *, max_bytes: int = ROTATE_BYTES, backups: int = ROTATE_BACKUPS,
+                 every: float = 5.0) -> None:
+        self.path, self.max_bytes, self.backups, self.every = path, max_bytes, backups, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="coherence-log-rotation", daemon=True)
+
+    def start(self) -> RotateWhenFull:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.every + 1)
+
+    def rotate_if_full(self) -> bool:
+        try:
+            if self.path.stat().st_size < self.max_bytes:
+                return False
+            for number in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{number}")
+                if older.exists():
+                    older.replace(self.path.with_name(f"{self.path.name}.{number + 1}"))
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        except OSError:
+            return False  # gone or unreadable now: tried again at the next look
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.rotate_if_full()

@@ -40,7 +40,7 @@ def api(
     import uvicorn
 
     from coherence_network.api.app import is_loopback
-    from coherence_network.logfiles import setup_logging
+    from coherence_network.logfiles import RotateWhenFull, setup_logging
     from coherence_network.pidfiles import AlreadyRunning, _exit_now, hold, holder
 
     settings = get_settings()
@@ -59,7 +59,8 @@ def api(
             err=True,
         )
         raise typer.Exit(2)
-    setup_logging("api", settings, json_lines=Options.log_json)
+    # With workers, every worker appends to api.log and this process alone rotates it (RotateWhenFull).
+    log_path = setup_logging("api", settings, json_lines=Options.log_json, rotate=workers == 1)
     if Options.log_json:  # spawned workers (--workers N) read their settings from the environment
         os.environ["COHERENCE_LOG_JSON"] = "true"
     # uvicorn shuts down gracefully, then re-raises the signal to the handler it found: make that one exit cleanly
@@ -67,6 +68,7 @@ def api(
         signal.signal(signum, _exit_after_shutdown)
     if workers > 1:
         start_resource_tracker_without_secrets()  # the workers' helper process: it lives as long as the API
+        RotateWhenFull(log_path).start()
     wrapped = holder(settings, "api") == os.getpid()  # the supervisor's wrapper holds the lock and exits fast itself
     try:
         with hold(settings, "api"):
@@ -109,7 +111,7 @@ def api_worker_app() -> FastAPI:
     settings = get_settings()
     if multiprocessing.parent_process() is not None:
         protect()  # a spawned worker starts with the secrets in its own environment block
-        setup_logging("api", settings)
+        setup_logging("api", settings, rotate=False)  # the parent (`coherence api`) alone rotates api.log
         logging.getLogger("coherence.api").info("API worker pid %d (parent %d)", os.getpid(), os.getppid())
     return create_app(settings)
 
