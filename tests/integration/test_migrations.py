@@ -73,6 +73,27 @@ def test_upgrade_to_monitor_issues_by_host_keeps_one_open_row_per_host_and_rule(
         engine.dispose()
 
 
+def test_upgrade_to_pauses_starts_with_nothing_paused_and_pending_work_claimable(store_url: str) -> None:
+    """0011 adds the pauses table empty: a store's pending tasks stay claimable after the upgrade, and a pause
+    then holds them."""
+    engine = create_store_engine(store_url)
+    command.upgrade(alembic_config(engine), "0010")
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(schema.tasks), [
+            {"direction": f"old {i}", "task_type": TaskType.SPEC, "status": TaskStatus.PENDING, "created_at": now,
+             "updated_at": now} for i in range(2)
+        ])
+    migrate(engine)
+    store = TaskStore(engine)
+    try:
+        assert store.pauses() == [] and store.claim("r1") is not None
+        store.pause("spec", "cli:ops", "after the upgrade")
+        assert store.claim("r1") is None and store.count()["total"] == 2
+    finally:
+        engine.dispose()
+
+
 def _migrate_when_all_are_ready(barrier: BarrierType, url: str) -> None:
     """One API worker's start-up: open the store, wait for the others, migrate."""
     engine = create_store_engine(url)

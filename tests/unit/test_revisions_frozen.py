@@ -23,6 +23,7 @@ FROZEN = {
     "0008_status_list_index.py": "53bb1d25621e35fb4fe2efc95a7c0d16cc9eff8bba5942ff02eddcf92ff487ee",
     "0009_task_search.py": "63b37ea59b5c268e5e4b792c2648b74b9517ad6fd925220d7d00ab0cce98af0f",
     "0010_monitor_issues_by_host.py": "1140e0ecff6ba8fb065c9d7dc226d208b3dd1d010e473b31f0657891b70c7424",
+    "0011_pauses.py": "7ca4998e3a06960062614a23d6c292ba36f607c259fa71297681b1dca72e1baa",
 }
 
 

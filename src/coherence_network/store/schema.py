@@ -157,6 +157,18 @@ fatal_issues = sa.Table(
     sa.Index("ix_fatal_issues_open", "cleared_at", "at"),
 )
 
+# Paused work (revision 0011): one row per paused scope, "all" (the whole pipeline) or a task type. The claim hands
+# out nothing of a paused scope; resuming deletes the row. Kept in the store so a restart of the API keeps it.
+PAUSE_ALL = "all"
+pauses = sa.Table(
+    "pauses",
+    metadata,
+    sa.Column("scope", sa.String(16), primary_key=True),
+    sa.Column("since", UTCDateTime, nullable=False),
+    sa.Column("paused_by", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+)
+
 # --- dependency graph (indexers) -----------------------------------------------------------------------------
 ECOSYSTEMS = tuple(Ecosystem)
 PROJECT_STATUSES = ("ok", "missing", "failed")  # missing: the registry said 404; failed: error kept in `error`

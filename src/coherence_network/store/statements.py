@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from coherence_network.contract import TaskStatus
 from coherence_network.store.errors import Conflict
-from coherence_network.store.schema import UTCDateTime, tasks
+from coherence_network.store.schema import PAUSE_ALL, UTCDateTime, pauses, tasks
 from coherence_network.store.search import COUNT_CAP
 
 PENDING, RUNNING, FAILED = TaskStatus.PENDING.value, TaskStatus.RUNNING.value, TaskStatus.FAILED.value
@@ -44,9 +44,14 @@ def durations(postgres: bool, finished: sa.ColumnElement[Any]) -> dict[str, sa.C
     }
 
 
+# A task is held while the whole pipeline or its type is paused: part of every claim's own statement, so a claim
+# reads the pauses in its own transaction (a pause committed before the claim began is always seen).
+_NOT_PAUSED = ~sa.exists().where(pauses.c.scope.in_([sa.literal(PAUSE_ALL), tasks.c.task_type]))
+
+
 def _pending(typed: bool) -> sa.Select[tuple[int]]:
-    """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``)."""
-    pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING)
+    """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``): pending and not paused."""
+    pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING, _NOT_PAUSED)
     if typed:
         pick = pick.where(tasks.c.task_type.in_(sa.bindparam("b_types", expanding=True)))
     return pick

@@ -1,0 +1,61 @@
+"""Pauses: hold the whole pipeline or one task type. The claim hands out nothing of a paused scope (its own
+statement reads the pauses, store/statements.py); running tasks finish (drain). Stored, so a restart keeps it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from coherence_network.clock import utcnow
+from coherence_network.contract import TaskType
+from coherence_network.store.core import StoreCore
+from coherence_network.store.schema import PAUSE_ALL, pauses
+
+PAUSE_SCOPES = (PAUSE_ALL, *(t.value for t in TaskType))
+_ALL_PAUSES = sa.select(pauses).order_by(pauses.c.since, pauses.c.scope)
+_ONE_PAUSE = sa.select(pauses).where(pauses.c.scope == sa.bindparam("b_scope"))
+
+
+def _scope(scope: str) -> str:
+    if scope not in PAUSE_SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(PAUSE_SCOPES)}, not {scope!r}")
+    return scope
+
+
+class PauseBook(StoreCore):
+    """Which scopes are paused, since when, by whom and why."""
+
+    def pause(self, scope: str, by: str, reason: str) -> tuple[dict[str, Any], bool]:
+        """Pause ``scope`` ("all" or a task type); (the pause, created). Pausing what is paused keeps the first
+        pause (its since, by and reason) and says so with created False: a repeated call is safe."""
+        scope = _scope(scope)
+        for last_try in (False, True):
+            try:
+                with self.transaction() as conn:
+                    stored = conn.execute(_ONE_PAUSE, {"b_scope": scope}).first()
+                    if stored is not None:
+                        return dict(stored._mapping), False
+                    row = {"scope": scope, "since": utcnow(), "paused_by": by, "reason": reason}
+                    conn.execute(pauses.insert().values(row))
+                    return row, True
+            except sa.exc.IntegrityError:
+                if last_try:  # a concurrent pause of this scope won the insert: the next pass reads it
+                    raise
+        raise AssertionError("unreachable")
+
+    def resume(self, scope: str) -> dict[str, Any] | None:
+        """Resume ``scope``; the pause it ended (None: it was not paused, and nothing changes). Waiting claims
+        look again once it commits, on every replica."""
+        scope = _scope(scope)
+        with self.transaction() as conn:
+            stored = conn.execute(_ONE_PAUSE, {"b_scope": scope}).first()
+            if stored is None:
+                return None
+            conn.execute(pauses.delete().where(pauses.c.scope == scope))
+            self._wake(conn)
+            return dict(stored._mapping)
+
+    def pauses(self) -> list[dict[str, Any]]:
+        """The scopes paused now, oldest first."""
+        return self._read(lambda conn: [dict(r._mapping) for r in conn.execute(_ALL_PAUSES)])
