@@ -27,6 +27,8 @@ from coherence_network.contract import (
     FinishAndClaim,
     Health,
     MonitorIssueList,
+    PauseChange,
+    PauseList,
     PipelineStatus,
     Readiness,
     Runner,
@@ -45,8 +47,10 @@ from coherence_network.request_bodies import (
     ComponentHeartbeat,
     FatalIssueReport,
     MonitorIssues,
+    PauseRequest,
     PruneRequest,
     ReportedIssue,
+    ResumeRequest,
     RunnerHeartbeat,
     TaskBatch,
     TaskCreate,
@@ -100,6 +104,9 @@ HEALTH = Endpoint("GET", "/api/health")
 READY = Endpoint("GET", "/api/ready")
 VERSION = Endpoint("GET", "/api/version")
 PRUNE = Endpoint("POST", "/api/agent/prune", PruneRequest)
+PAUSE = Endpoint("POST", "/api/agent/pause", PauseRequest)
+RESUME = Endpoint("POST", "/api/agent/resume", ResumeRequest)
+PAUSES = Endpoint("GET", "/api/agent/pauses")
 ENDPOINTS = tuple(value for value in tuple(globals().values()) if isinstance(value, Endpoint))  # every one above
 
 
@@ -385,6 +392,20 @@ class ApiClient:
         monitor_issues, runners}. Safe to repeat, so retried like a read."""
         answer: dict[str, int | bool] = self.call(PRUNE, _body(PruneRequest, dry_run=dry_run), keyed=True).json()
         return answer
+
+    def pause(self, by: str, reason: str, *, task_type: str | None = None) -> PauseChange:
+        """Pause a task type (none: the whole pipeline); a repeat keeps the first pause, so it is retried."""
+        body = _body(PauseRequest, type=task_type, by=by, reason=reason)
+        return PauseChange.model_validate(self.call(PAUSE, body, keyed=True).json())
+
+    def resume(self, by: str, *, task_type: str | None = None) -> PauseChange:
+        """Resume a task type (none: the whole pipeline); waiting claims wake. Safe to repeat."""
+        return PauseChange.model_validate(self.call(RESUME, _body(ResumeRequest, type=task_type, by=by),
+                                                    keyed=True).json())
+
+    def pauses(self) -> PauseList:
+        """The scopes paused now: since when, by whom and why."""
+        return PauseList.model_validate(self.call(PAUSES).json())
 
 
 def _json(body: BaseModel | None) -> Any:

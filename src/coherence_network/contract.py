@@ -240,6 +240,34 @@ class AttentionFlag(Returned):
     since: datetime | None = None  # when the monitor first saw it
 
 
+PAUSE_ALL = "all"  # the scope of a pause of the whole pipeline (any other scope is a task type)
+PAUSE_SCOPES = (PAUSE_ALL, *(t.value for t in TaskType))
+
+
+class Pause(Returned):
+    """A paused scope: ``all`` (the whole pipeline) or a task type. Claims hand out nothing of it; running tasks
+    finish."""
+
+    scope: str
+    since: datetime
+    by: str  # the actor, e.g. cli:alice
+    reason: str
+
+
+class PauseList(Returned):
+    """``GET /api/agent/pauses``: the scopes paused now, oldest first."""
+
+    pauses: list[Pause]
+
+
+class PauseChange(Returned):
+    """The answer to a pause or a resume: ``changed`` False when it was already so (a pause then shows the first
+    pause, kept as it was; a resume of what was not paused shows none)."""
+
+    changed: bool
+    pause: Pause | None = None
+
+
 class PipelineStatus(Returned):
     """``GET /api/agent/pipeline-status``: tasks by state, the project manager, runners and attention flags."""
 
@@ -255,6 +283,7 @@ class PipelineStatus(Returned):
     runners: list[SeenComponent]
     components: dict[str, SeenComponent]
     attention: list[AttentionFlag]
+    pauses: list[Pause] = []
 
 
 class MonitorIssue(Returned):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from coherence_network.contract import Component, Severity, TaskStatus, TaskType
+from coherence_network.contract import PAUSE_ALL, Component, Severity, TaskStatus, TaskType
 from coherence_network.grading import ALIVE, DEAD, SEVERITIES, STOPPED, count_states, state_of
 from coherence_network.setting_values import seen_limit
 from coherence_network.settings import Settings
@@ -58,6 +58,7 @@ class HealthSnapshot:
     fatal: list[dict[str, Any]] = field(default_factory=list)  # fatal issues not cleared, oldest first
     ready: list[dict[str, Any]] = field(default_factory=list)  # /api/ready's checks of this replica
     host_issues: list[dict[str, Any]] = field(default_factory=list)  # the monitors' open facts of their hosts
+    pauses: list[dict[str, Any]] = field(default_factory=list)  # paused scopes ("all" or a type), oldest first
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ def gather(store: TaskStore, settings: Settings, now: datetime, limits: Limits |
         fatal=store.list_fatal_issues(),
         ready=ready or [],
         host_issues=host_issues(store.list_monitor_issues(resolved_limit=0)["issues"]),
+        pauses=store.pauses(),
     )
 
 
@@ -175,11 +177,32 @@ def _orphan_running(s: HealthSnapshot, cfg: Settings) -> Finding:
                  f"expired, {len(overtime)} past their timeout, by over {grace:.0f} s)", lease_gone + overtime)
 
 
+def _paused(s: HealthSnapshot, _: Settings) -> Finding:
+    """A deliberate hold (an operator paused the pipeline or a type): a warning on every signal, with who and why,
+    so nobody takes the idle queue for a fault and nobody forgets to resume it."""
+    if not s.pauses:
+        return None
+    named = "; ".join(f"{p['scope']} since {p['since']:%Y-%m-%d %H:%M:%S} UTC by {p['by']}: {p['reason']}"
+                      for p in s.pauses)
+    first = s.pauses[0]["scope"]
+    return Found(f"paused ({named}); claims hand out nothing of it, running tasks finish",
+                 values={"type": "" if first == PAUSE_ALL else f" --type {first}"})
+
+
+def _held_types(s: HealthSnapshot) -> set[str] | None:
+    """The task types a pause holds (None: the whole pipeline is paused)."""
+    scopes = {p["scope"] for p in s.pauses}
+    return None if PAUSE_ALL in scopes else scopes
+
+
 def _no_task_running(s: HealthSnapshot, cfg: Settings) -> Finding:
-    waits = [p["oldest_wait_seconds"] or 0.0 for p in s.pending.values()]
+    held = _held_types(s)
+    if held is None:
+        return None  # a paused pipeline runs nothing on purpose: the rule paused says so
+    waits = [p["oldest_wait_seconds"] or 0.0 for kind, p in s.pending.items() if kind not in held]
     if s.running or not waits or max(waits) < cfg.monitor_idle_minutes * 60:
         return None
-    pending = sum(p["count"] for p in s.pending.values())
+    pending = sum(p["count"] for kind, p in s.pending.items() if kind not in held)
     return Found(f"{pending} task(s) pending, nothing running; the oldest waits {max(waits) / 60:.0f} min")
 
 
@@ -306,6 +329,9 @@ RULES: tuple[HealthRule, ...] = (
                "MONITOR_ORPHAN_GRACE_SECONDS", "restart the API (lease reaper) or the runner holding it",
                "#orphaned-or-stuck-tasks", _orphan_running, "coherence restart api", "/#restart",
                restart=Component.API),
+    HealthRule("paused", Severity.MEDIUM, "an operator paused the whole pipeline or a task type (coherence pause): "
+               "claims hand out nothing of it while running tasks finish", "resume it once the cause is gone",
+               "#pause-and-resume", _paused, "coherence resume{type}"),
     HealthRule("stuck", Severity.MEDIUM, "a task has run longer than PIPELINE_STUCK_MINUTES", "read its log",
                "#orphaned-or-stuck-tasks", _stuck, "coherence logs {id}", "/tasks/{id}"),
     HealthRule("needs_decision", Severity.MEDIUM, "a task waits for a decision (a person's turn); high once the oldest "

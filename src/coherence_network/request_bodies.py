@@ -299,3 +299,18 @@ class PruneRequest(Strict):
     """``POST /api/agent/prune``: retention run now, by the API (the only writer of tasks)."""
 
     dry_run: bool = False
+
+
+class PauseRequest(Strict):
+    """``POST /api/agent/pause``: hold the whole pipeline (no ``type``) or one task type; running tasks finish."""
+
+    type: TaskType | None = Field(None, description="The task type to pause; none: the whole pipeline")
+    by: Text = Field(min_length=1, max_length=200, description="Who pauses, e.g. cli:alice")
+    reason: Text = Field(min_length=1, max_length=1000, description="Why: shown on every signal while paused")
+
+
+class ResumeRequest(Strict):
+    """``POST /api/agent/resume``: hand out the paused scope's tasks again (waiting claims wake at once)."""
+
+    type: TaskType | None = Field(None, description="The task type to resume; none: the whole pipeline")
+    by: Text = Field(min_length=1, max_length=200, description="Who resumes, e.g. cli:alice")

@@ -169,6 +169,9 @@ def _drive(client: ApiClient) -> dict[str, Callable[[], Any]]:
         "ready": client.ready,
         "version": client.version,
         "prune": lambda: client.prune(dry_run=True),
+        "pause": lambda: client.pause("test:contract", "hold the specs", task_type=TaskType.SPEC),
+        "pauses": client.pauses,
+        "resume": lambda: client.resume("test:contract", task_type=TaskType.SPEC),
     }
 
 

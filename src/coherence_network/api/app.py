@@ -22,6 +22,7 @@ from coherence_network.api import (
     routes_pipeline,
     routes_projects,
     routes_runners,
+    routes_steering,
     routes_tasks,
     routes_telegram,
 )
@@ -164,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_telegram.router)
     app.include_router(routes_ops_issues.router)
     app.include_router(routes_projects.router)
+    app.include_router(routes_steering.router)
     install_docs(app)  # the reference at /docs, with no file from elsewhere
     install_console(app, settings)  # the ops console's pages at "/"
     return app

@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 from coherence_network import grading, health
 from coherence_network.api.readiness import readiness_checks
 from coherence_network.clock import utcnow
+from coherence_network.contract import PAUSE_SCOPES
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
 
@@ -24,8 +25,8 @@ _DURATION_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 720
 
 class QueueCollector(Collector):
     """Gauges computed from the store on each scrape: tasks by status, oldest pending age, live runners, the
-    health rules (coherence_network.health) that are open (the same evaluation pipeline-status shows), and the
-    fatal issues not yet cleared."""
+    health rules (coherence_network.health) that are open (the same evaluation pipeline-status shows), the
+    fatal issues not yet cleared, and the pauses in force."""
 
     def __init__(self, owner: ApiMetrics) -> None:
         self.owner = owner
@@ -65,6 +66,12 @@ class QueueCollector(Collector):
             "coherence_fatal_issues", "Fatal issues not yet cleared (a component the supervisor could not keep "
             "running; coherence fatal)", value=self.owner.store.open_fatal_issue_count(),
         )
+        paused = {p["scope"] for p in snapshot.pauses}
+        pauses = GaugeMetricFamily("coherence_paused", "1 while an operator's pause holds the task type (type \"all\": "
+                                   "the whole pipeline; coherence pause), else 0", labels=["type"])
+        for scope in PAUSE_SCOPES:
+            pauses.add_metric([scope], 1 if scope in paused else 0)
+        yield pauses
 
 
 class ApiMetrics:

@@ -45,7 +45,8 @@ def metrics(request: Request) -> dict[str, Any]:
 
 @router.get("/pipeline-status", response_model=PipelineStatus)
 def pipeline_status(request: Request) -> dict[str, Any]:
-    """Running, pending, waiting and recent tasks, the project manager, runners and the health rules' flags."""
+    """Running, pending, waiting and recent tasks, the project manager, runners, the health rules' flags and the
+    pauses in force."""
     settings: Settings = request.app.state.settings
     limits = Limits()
     snapshot = request.app.state.metrics.health_snapshot()
@@ -64,6 +65,7 @@ def pipeline_status(request: Request) -> dict[str, Any]:
         "runners": snapshot.runners,
         "components": snapshot.components,
         "attention": health.evaluate(snapshot, settings),
+        "pauses": snapshot.pauses,
     }
 
 

@@ -7,6 +7,7 @@ imported; ``coherence --help`` lists them in this order:
 - ``server``: api (the uvicorn server, its lock and fast failures);
 - ``components``: runner, pm, telegram, monitor, supervise (the long-running components);
 - ``tasks``: status, tasks, task, logs, decide, retry, create (tasks and decisions, through the API);
+- ``steering``: pause, resume (holding the pipeline or a task type, through the API);
 - ``retention``: cleanup, prune (removing what is old);
 - ``index``: the indexers' sub-app (coherence_network.indexer.cli).
 
@@ -21,6 +22,7 @@ from coherence_network.cli import ops
 from coherence_network.cli import server
 from coherence_network.cli import components
 from coherence_network.cli import tasks
+from coherence_network.cli import steering
 from coherence_network.cli import retention
 # isort: on
 from coherence_network.cli.app import app, main
@@ -28,4 +30,4 @@ from coherence_network.indexer.cli import index_app
 
 app.add_typer(index_app, name="index", help="Index npm or PyPI packages into the dependency graph (--target, --limit).")
 
-__all__ = ["app", "components", "main", "ops", "retention", "server", "tasks"]
+__all__ = ["app", "components", "main", "ops", "retention", "server", "steering", "tasks"]

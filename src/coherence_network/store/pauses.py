@@ -8,13 +8,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from coherence_network.clock import utcnow
-from coherence_network.contract import TaskType
+from coherence_network.contract import PAUSE_SCOPES
 from coherence_network.store.core import StoreCore
-from coherence_network.store.schema import PAUSE_ALL, pauses
+from coherence_network.store.schema import pauses
 
-PAUSE_SCOPES = (PAUSE_ALL, *(t.value for t in TaskType))
-_ALL_PAUSES = sa.select(pauses).order_by(pauses.c.since, pauses.c.scope)
-_ONE_PAUSE = sa.select(pauses).where(pauses.c.scope == sa.bindparam("b_scope"))
+_SHOWN = sa.select(pauses.c.scope, pauses.c.since, pauses.c.paused_by.label("by"), pauses.c.reason)
+_ALL_PAUSES = _SHOWN.order_by(pauses.c.since, pauses.c.scope)
+_ONE_PAUSE = _SHOWN.where(pauses.c.scope == sa.bindparam("b_scope"))
 
 
 def _scope(scope: str) -> str:
@@ -27,8 +27,8 @@ class PauseBook(StoreCore):
     """Which scopes are paused, since when, by whom and why."""
 
     def pause(self, scope: str, by: str, reason: str) -> tuple[dict[str, Any], bool]:
-        """Pause ``scope`` ("all" or a task type); (the pause, created). Pausing what is paused keeps the first
-        pause (its since, by and reason) and says so with created False: a repeated call is safe."""
+        """Pause ``scope`` ("all" or a task type); (the pause: scope, since, by, reason; created). Pausing what is
+        paused keeps the first pause (its since, by and reason) and says so with created False: safe to repeat."""
         scope = _scope(scope)
         for last_try in (False, True):
             try:
@@ -36,8 +36,8 @@ class PauseBook(StoreCore):
                     stored = conn.execute(_ONE_PAUSE, {"b_scope": scope}).first()
                     if stored is not None:
                         return dict(stored._mapping), False
-                    row = {"scope": scope, "since": utcnow(), "paused_by": by, "reason": reason}
-                    conn.execute(pauses.insert().values(row))
+                    row = {"scope": scope, "since": utcnow(), "by": by, "reason": reason}
+                    conn.execute(pauses.insert().values(scope=scope, since=row["since"], paused_by=by, reason=reason))
                     return row, True
             except sa.exc.IntegrityError:
                 if last_try:  # a concurrent pause of this scope won the insert: the next pass reads it

@@ -159,7 +159,6 @@ fatal_issues = sa.Table(
 
 # Paused work (revision 0011): one row per paused scope, "all" (the whole pipeline) or a task type. The claim hands
 # out nothing of a paused scope; resuming deletes the row. Kept in the store so a restart of the API keeps it.
-PAUSE_ALL = "all"
 pauses = sa.Table(
     "pauses",
     metadata,

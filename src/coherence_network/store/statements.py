@@ -9,9 +9,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from coherence_network.contract import TaskStatus
+from coherence_network.contract import PAUSE_ALL, TaskStatus
 from coherence_network.store.errors import Conflict
-from coherence_network.store.schema import PAUSE_ALL, UTCDateTime, pauses, tasks
+from coherence_network.store.schema import UTCDateTime, pauses, tasks
 from coherence_network.store.search import COUNT_CAP
 
 PENDING, RUNNING, FAILED = TaskStatus.PENDING.value, TaskStatus.RUNNING.value, TaskStatus.FAILED.value

@@ -1,0 +1,47 @@
+"""Steering: pause the whole pipeline or one task type, and resume it. A pause is stored (a restart keeps it) and
+read by every claim in its own transaction; running tasks finish (drain). A resume wakes waiting claims."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+
+from coherence_network.api.deps import store_of
+from coherence_network.api.models import COMMON_ERRORS
+from coherence_network.contract import PAUSE_ALL, PauseChange, PauseList
+from coherence_network.request_bodies import PauseRequest, ResumeRequest
+
+router = APIRouter(prefix="/api/agent", tags=["steering"], responses=COMMON_ERRORS)
+log = logging.getLogger("coherence.api")
+
+
+@router.post("/pause", response_model=PauseChange)
+async def pause(body: PauseRequest, request: Request) -> dict[str, Any]:
+    """Pause the whole pipeline (no ``type``) or one task type: claims hand out nothing of it, running tasks
+    finish. Pausing what is paused keeps the first pause (``changed`` false): safe to repeat."""
+    scope = body.type.value if body.type else PAUSE_ALL
+    stored, created = await run_in_threadpool(store_of(request).pause, scope, body.by, body.reason)
+    if created:
+        log.warning("paused %s by %s: %s", scope, body.by, body.reason)
+    return {"changed": created, "pause": stored}
+
+
+@router.post("/resume", response_model=PauseChange)
+async def resume(body: ResumeRequest, request: Request) -> dict[str, Any]:
+    """Resume what a pause held (no ``type``: the whole pipeline's pause; a type's own pause stays until it is
+    resumed too). Waiting claims look again at once. Resuming what is not paused changes nothing."""
+    scope = body.type.value if body.type else PAUSE_ALL
+    ended = await run_in_threadpool(store_of(request).resume, scope)
+    if ended is not None:
+        log.warning("resumed %s by %s (paused since %s by %s: %s)", scope, body.by, ended["since"].isoformat(),
+                    ended["by"], ended["reason"])
+    return {"changed": ended is not None, "pause": ended}
+
+
+@router.get("/pauses", response_model=PauseList)
+def pauses(request: Request) -> dict[str, Any]:
+    """The scopes paused now (``all`` or a task type), oldest first: since when, by whom and why."""
+    return {"pauses": store_of(request).pauses()}
