@@ -292,3 +292,19 @@ def test_drill_secrets_in_proc_shows_only_stars(runbook: Runbook, tmp_path: Path
         runner.stop()
         api.stop()
         drill.close()
+
+
+def test_drill_pause_and_resume_a_type_across_an_api_restart(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
+    pause, status, resume = runbook.drill("pause-resume").commands()
+    with ApiClient(api.url, token="") as client:
+        held = client.create_task("held", "impl")
+        assert drill.run(pause).stdout.startswith("paused impl since")
+        api.stop()
+        api.start()  # the pause is stored: the restarted API keeps it
+        assert client.claim("drill") is None
+        client.runner_heartbeat("drill", "host", os.getpid(), "1.0", {"workers": 1})  # a runner is there
+        shown = drill.run(status)  # a deliberate pause is a warning: exit 0
+        assert "paused (impl since" in shown.stdout and "coherence resume --type impl" in shown.stdout
+        assert drill.run(resume).stdout.startswith("resumed impl")
+        claimed = client.claim("drill")
+        assert claimed is not None and claimed.id == held.id

@@ -178,6 +178,23 @@ def test_no_task_running(cfg: Settings) -> None:
     assert "no_task_running" not in flags(health_snapshot(running=[], pending=fresh), cfg)
 
 
+def test_paused_is_a_warning_naming_who_why_and_since_and_paused_work_is_not_idle(cfg: Settings) -> None:
+    waiting = {"run": {"count": 2, "oldest_wait_seconds": cfg.monitor_idle_minutes * 60 + 1}}
+    held_run = [{"scope": "run", "since": NOW, "by": "cli:alice", "reason": "provider down"}]
+    found = flags(health_snapshot(running=[], pending=waiting, pauses=held_run), cfg)
+    assert "no_task_running" not in found  # the paused type waits on purpose
+    paused = found["paused"]
+    assert paused["severity"] == "medium" and not grading.needs_attention([paused])
+    assert paused["command"] == "coherence resume --type run"
+    assert "run since 2026-11-25 12:00:00 UTC by cli:alice: provider down" in paused["message"]
+    other = {**waiting, "spec": waiting["run"]}  # another type waits too, unpaused: that one is idle
+    assert "no_task_running" in flags(health_snapshot(running=[], pending=other, pauses=held_run), cfg)
+    held_all = [{"scope": "all", "since": NOW, "by": "cli:bob", "reason": "maintenance"}]
+    found = flags(health_snapshot(running=[], pending=other, pauses=held_all), cfg)
+    assert "no_task_running" not in found and found["paused"]["command"] == "coherence resume"
+    assert "paused" not in flags(health_snapshot(), cfg)
+
+
 def test_orphan_running(cfg: Settings) -> None:
     lease = {"id": 1, "elapsed_seconds": 700.0, "timeout_seconds": None,
              "lease_expires_at": NOW - timedelta(seconds=cfg.monitor_orphan_grace_seconds + 5)}
