@@ -117,12 +117,18 @@ def test_pause_drain_resume_over_http_and_a_restart_keeps_it(migrated_store_url:
         assert 'coherence_paused{type="impl"} 1.0' in metrics and 'coherence_paused{type="all"} 0.0' in metrics
 
         client.pause("cli:alice", "maintenance")  # the whole pipeline: the running task still finishes (drain)
-        assert client.finish(running.id, running.claim_token, TaskStatus.COMPLETED).status == TaskStatus.COMPLETED
+        client.create_task("spec 2", TaskType.SPEC)
+        assert client.claim_many("r1", 3) == []
+        finished, following = client.finish_and_claim(running.id, running.claim_token, TaskStatus.COMPLETED,
+                                                       runner_id="r1")
+        assert finished.status == TaskStatus.COMPLETED and following is None
         api.stop()
         api.start()  # a restart keeps the pauses
         assert [p.scope for p in client.pauses().pauses] == ["impl", "all"]
         assert client.claim("r1") is None
         assert client.resume("cli:alice").changed
+        spec = client.claim("r1")  # the pipeline runs again; impl stays held by its own pause
+        assert spec is not None and spec.direction == "spec 2" and client.claim("r1") is None
 
         got: list[Task | None] = []
         waiting = threading.Thread(target=lambda: got.append(client.claim("r2", types=[TaskType.IMPL],
