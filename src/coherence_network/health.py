@@ -17,7 +17,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from coherence_network.contract import PAUSE_ALL, Component, Severity, TaskStatus, TaskType
@@ -25,6 +25,7 @@ from coherence_network.grading import ALIVE, DEAD, SEVERITIES, STOPPED, count_st
 from coherence_network.setting_values import seen_limit
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
+from coherence_network.store.registry import forgotten_runner
 from coherence_network.store.stats import Limits
 
 MANAGER = Component.MANAGER
@@ -123,10 +124,9 @@ def runner_seen_limit(row: dict[str, Any], settings: Settings) -> float:
 def forgotten(row: dict[str, Any], now: datetime, settings: Settings) -> bool:
     """A runner row past its time: unseen for COHERENCE_RUNNER_FORGET_SECONDS, or stopped and unseen for
     COHERENCE_RUNNER_FORGET_STOPPED_SECONDS. No view shows it; the API's registry pass deletes it soon after."""
-    age = (now - row["last_seen"]).total_seconds()
-    limit = settings.coherence_runner_forget_stopped_seconds if (row.get("info") or {}).get("stopped") \
-        else settings.coherence_runner_forget_seconds
-    return age > limit
+    return forgotten_runner(row["last_seen"], row.get("info"),
+                            now - timedelta(seconds=settings.coherence_runner_forget_seconds),
+                            now - timedelta(seconds=settings.coherence_runner_forget_stopped_seconds))
 
 
 def gather(store: TaskStore, settings: Settings, now: datetime, limits: Limits | None = None,

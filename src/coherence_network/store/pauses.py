@@ -30,19 +30,19 @@ class PauseBook(StoreCore):
         """Pause ``scope`` ("all" or a task type); (the pause: scope, since, by, reason; created). Pausing what is
         paused keeps the first pause (its since, by and reason) and says so with created False: safe to repeat."""
         scope = _scope(scope)
-        for last_try in (False, True):
-            try:
-                with self.transaction() as conn:
-                    stored = conn.execute(_ONE_PAUSE, {"b_scope": scope}).first()
-                    if stored is not None:
-                        return dict(stored._mapping), False
-                    row = {"scope": scope, "since": utcnow(), "by": by, "reason": reason}
-                    conn.execute(pauses.insert().values(scope=scope, since=row["since"], paused_by=by, reason=reason))
+        with self.transaction() as conn:
+            stored = conn.execute(_ONE_PAUSE, {"b_scope": scope}).first()
+            if stored is None:
+                row = {"scope": scope, "since": utcnow(), "by": by, "reason": reason}
+                try:
+                    with conn.begin_nested():  # as the registry's upsert: a savepoint, so a lost race keeps the rest
+                        conn.execute(pauses.insert().values(scope=scope, since=row["since"], paused_by=by,
+                                                            reason=reason))
                     return row, True
-            except sa.exc.IntegrityError:
-                if last_try:  # a concurrent pause of this scope won the insert: the next pass reads it
-                    raise
-        raise AssertionError("unreachable")
+                except sa.exc.IntegrityError:  # a concurrent pause of this scope won the insert: it is the pause
+                    stored = conn.execute(_ONE_PAUSE, {"b_scope": scope}).first()
+            assert stored is not None
+            return dict(stored._mapping), False
 
     def resume(self, scope: str) -> dict[str, Any] | None:
         """Resume ``scope``; the pause it ended (None: it was not paused, and nothing changes). Waiting claims

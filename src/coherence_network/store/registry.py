@@ -14,6 +14,13 @@ from coherence_network.store.schema import components, runners
 from coherence_network.store.statements import Rows
 
 
+def forgotten_runner(last_seen: datetime, info: dict[str, Any] | None, seen_before: datetime,
+                     stopped_before: datetime) -> bool:
+    """A runner row past its time: unseen since ``seen_before``, or stopped (info.stopped) and unseen since
+    ``stopped_before``. The one rule: the registry pass deletes such rows, and the views hide them until it does."""
+    return last_seen < seen_before or (last_seen < stopped_before and bool((info or {}).get("stopped")))
+
+
 class Registry(StoreCore):
     """Runner and component rows."""
 
@@ -35,8 +42,7 @@ class Registry(StoreCore):
         with self.connection() as conn:  # the API asks every few seconds: most passes find nothing, write nothing
             old = conn.execute(sa.select(runners.c.id, runners.c.last_seen, runners.c.info)
                                .where(runners.c.last_seen < max(seen_before, stopped_before))).all()
-        gone = [r.id for r in old if r.last_seen < seen_before
-                or (r.last_seen < stopped_before and (r.info or {}).get("stopped"))]
+        gone = [r.id for r in old if forgotten_runner(r.last_seen, r.info, seen_before, stopped_before)]
         if not gone or dry_run:
             return len(gone)
         with self.transaction() as conn:
