@@ -1,7 +1,6 @@
 """The HTTP client every component uses to talk to the API: base URL, token, timeouts, safe retries, typed errors,
 typed results (the models of coherence_network.contract) and bodies built from the request models
-(coherence_network.request_bodies). Every route it calls is an Endpoint below: no other module outside the API spells
-a path (tests/integration/test_contract.py holds them against the API's OpenAPI document).
+(coherence_network.request_bodies). Every route it calls is an Endpoint of coherence_network.endpoints.
 
 A retry must be safe to repeat. A request that never reached the API (connection refused) is always retried; one
 that may have reached it (a timeout, a 5xx) is retried only when repeating it cannot do the work twice: reads, and
@@ -15,20 +14,18 @@ import logging
 import random
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
+from coherence_network.client_steering import SteeringCalls
 from coherence_network.contract import (
     Component,
     FatalIssueList,
     FinishAndClaim,
     Health,
     MonitorIssueList,
-    PauseChange,
-    PauseList,
     PipelineStatus,
     Readiness,
     Runner,
@@ -40,6 +37,38 @@ from coherence_network.contract import (
     TaskStatus,
     VersionInfo,
 )
+from coherence_network.endpoints import (
+    ACTOR_HEADER,
+    CLAIM,
+    CLAIM_MANY,
+    CLEAR_FATAL_ISSUES,
+    COMPONENT_HEARTBEAT,
+    COUNT_TASKS,
+    CREATE_TASK,
+    CREATE_TASKS,
+    EFFECTIVENESS,
+    FATAL_ISSUES,
+    FINISH,
+    GET_TASK,
+    HEALTH,
+    LIST_TASKS,
+    MONITOR_ISSUES,
+    PATCH_TASK,
+    PIPELINE_STATUS,
+    READY,
+    REPORT_FATAL_ISSUE,
+    REPORT_MONITOR_ISSUES,
+    RUNNER_HEARTBEAT,
+    RUNNERS,
+    TASK_HEARTBEAT,
+    TASK_LOG,
+    TASK_METRICS,
+    VERSION,
+    Endpoint,
+    body_of,
+    json_of,
+    present,
+)
 from coherence_network.errors import CoherenceError
 from coherence_network.request_bodies import (
     ClaimNext,
@@ -47,10 +76,7 @@ from coherence_network.request_bodies import (
     ComponentHeartbeat,
     FatalIssueReport,
     MonitorIssues,
-    PauseRequest,
-    PruneRequest,
     ReportedIssue,
-    ResumeRequest,
     RunnerHeartbeat,
     TaskBatch,
     TaskCreate,
@@ -64,50 +90,6 @@ from coherence_network.settings import Settings, get_settings
 log = logging.getLogger("coherence.client")
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """A route of the API as the client calls it: ``path`` as the OpenAPI document spells it (``{task_id}`` filled
-    in per call), ``body`` the request model it is sent (coherence_network.request_bodies)."""
-
-    method: str
-    path: str
-    body: type[BaseModel] | None = None
-
-    def __str__(self) -> str:
-        return f"{self.method} {self.path}"
-
-
-# Every route the client calls.
-LIST_TASKS = Endpoint("GET", "/api/agent/tasks")
-CREATE_TASK = Endpoint("POST", "/api/agent/tasks", TaskCreate)
-CREATE_TASKS = Endpoint("POST", "/api/agent/tasks/batch", TaskBatch)
-COUNT_TASKS = Endpoint("GET", "/api/agent/tasks/count")
-GET_TASK = Endpoint("GET", "/api/agent/tasks/{task_id}")
-PATCH_TASK = Endpoint("PATCH", "/api/agent/tasks/{task_id}", TaskPatch)
-TASK_LOG = Endpoint("GET", "/api/agent/tasks/{task_id}/log")
-CLAIM = Endpoint("POST", "/api/agent/tasks/claim", ClaimRequest)
-CLAIM_MANY = Endpoint("POST", "/api/agent/tasks/claims", ClaimRequest)
-TASK_HEARTBEAT = Endpoint("POST", "/api/agent/tasks/{task_id}/heartbeat", TaskHeartbeat)
-FINISH = Endpoint("POST", "/api/agent/tasks/{task_id}/finish", TaskFinish)
-RUNNER_HEARTBEAT = Endpoint("POST", "/api/agent/runners/heartbeat", RunnerHeartbeat)
-RUNNERS = Endpoint("GET", "/api/agent/runners")
-COMPONENT_HEARTBEAT = Endpoint("POST", "/api/agent/components/heartbeat", ComponentHeartbeat)
-PIPELINE_STATUS = Endpoint("GET", "/api/agent/pipeline-status")
-TASK_METRICS = Endpoint("GET", "/api/agent/metrics")
-EFFECTIVENESS = Endpoint("GET", "/api/agent/effectiveness")
-MONITOR_ISSUES = Endpoint("GET", "/api/agent/monitor-issues")
-REPORT_MONITOR_ISSUES = Endpoint("POST", "/api/agent/monitor-issues", MonitorIssues)
-FATAL_ISSUES = Endpoint("GET", "/api/agent/fatal-issues")
-REPORT_FATAL_ISSUE = Endpoint("POST", "/api/agent/fatal-issues", FatalIssueReport)
-CLEAR_FATAL_ISSUES = Endpoint("DELETE", "/api/agent/fatal-issues")
-HEALTH = Endpoint("GET", "/api/health")
-READY = Endpoint("GET", "/api/ready")
-VERSION = Endpoint("GET", "/api/version")
-PRUNE = Endpoint("POST", "/api/agent/prune", PruneRequest)
-PAUSE = Endpoint("POST", "/api/agent/pause", PauseRequest)
-RESUME = Endpoint("POST", "/api/agent/resume", ResumeRequest)
-PAUSES = Endpoint("GET", "/api/agent/pauses")
-ENDPOINTS = tuple(value for value in tuple(globals().values()) if isinstance(value, Endpoint))  # every one above
 
 
 class ApiError(CoherenceError):
@@ -144,7 +126,7 @@ _REPEATABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})  # 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)  # the API never saw the request: always safe to send again
 
 
-class ApiClient:
+class ApiClient(SteeringCalls):
     """A small synchronous client. Retries (exponential backoff, jitter) only what is safe to repeat."""
 
     def __init__(
@@ -158,9 +140,12 @@ class ApiClient:
         max_backoff: float = 10.0,
         settings: Settings | None = None,
         http: httpx.Client | None = None,
+        actor: str | None = None,
     ) -> None:
         """``http``: the connection to send through instead of one of its own (a test's TestClient over an app in
-        this process); base URL and token are then that client's."""
+        this process); base URL and token are then that client's. ``actor`` names who acts in the audit trail
+        (cli:alice; component:<name> for the pipeline's own parts, whose acts are not an operator's); without it
+        the API records "api"."""
         settings = settings or get_settings()
         self.base_url = (base_url or settings.agent_api_base).rstrip("/")
         self.retries = settings.coherence_http_retries if retries is None else retries
@@ -169,7 +154,11 @@ class ApiClient:
         self.timeout = settings.coherence_http_timeout if timeout is None else timeout
         token = settings.coherence_api_token if token is None else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if actor:
+            headers[ACTOR_HEADER] = actor
         self._http = http or httpx.Client(base_url=self.base_url, headers=headers, timeout=self.timeout)
+        if http is not None and actor:
+            self._http.headers[ACTOR_HEADER] = actor
 
     def close(self) -> None:
         self._http.close()
@@ -230,7 +219,7 @@ class ApiClient:
              retries: int | None = None, keyed: bool = False, params: dict[str, Any] | None = None,
              headers: dict[str, str] | None = None, **path: Any) -> httpx.Response:
         """Send ``body`` to ``endpoint`` (its ``{name}`` parts filled from ``path``)."""
-        return self.request(endpoint.method, endpoint.path.format(**path), json=_json(body), params=params,
+        return self.request(endpoint.method, endpoint.path.format(**path), json=json_of(body), params=params,
                             timeout=timeout, retries=retries, keyed=keyed, headers=headers)
 
     # --- tasks ----------------------------------------------------------------------------------------------
@@ -238,14 +227,14 @@ class ApiClient:
                     **fields: Any) -> Task:
         """Create a task. One key per logical create (a fresh one unless given), so a retry never makes two."""
         key = idempotency_key or uuid.uuid4().hex
-        body = _body(TaskCreate, direction=direction, task_type=str(task_type), **fields)
+        body = body_of(TaskCreate, direction=direction, task_type=str(task_type), **fields)
         return Task.model_validate(self.call(CREATE_TASK, body, keyed=True, headers={"Idempotency-Key": key}).json())
 
     def create_tasks(self, items: list[dict[str, Any]]) -> list[Task]:
         """Create many tasks in one call and one transaction, in order. Every item gets an idempotency key (a fresh
         one unless it has its own), so a retried batch returns the tasks the first one made."""
-        body = _body(TaskBatch, tasks=[
-            _body(TaskCreateItem, **{**item, "task_type": str(item["task_type"]),
+        body = body_of(TaskBatch, tasks=[
+            body_of(TaskCreateItem, **{**item, "task_type": str(item["task_type"]),
                                      "idempotency_key": item.get("idempotency_key") or uuid.uuid4().hex})
             for item in items])
         return TaskList.model_validate(self.call(CREATE_TASKS, body, keyed=True).json()).tasks
@@ -254,7 +243,7 @@ class ApiClient:
         return Task.model_validate(self.call(GET_TASK, task_id=task_id).json())
 
     def list_tasks(self, **filters: Any) -> TaskPage:
-        return TaskPage.model_validate(self.call(LIST_TASKS, params=_present(filters)).json())
+        return TaskPage.model_validate(self.call(LIST_TASKS, params=present(filters)).json())
 
     def count_tasks(self) -> TaskCount:
         return TaskCount.model_validate(self.call(COUNT_TASKS).json())
@@ -283,12 +272,12 @@ class ApiClient:
 
     def heartbeat(self, task_id: int, claim_token: int, **fields: Any) -> Task:
         """Extend the lease; fenced by the claim token, so repeating it is safe."""
-        body = _body(TaskHeartbeat, claim_token=claim_token, **fields)
+        body = body_of(TaskHeartbeat, claim_token=claim_token, **fields)
         return Task.model_validate(self.call(TASK_HEARTBEAT, body, keyed=True, task_id=task_id).json())
 
     def finish(self, task_id: int, claim_token: int, status: TaskStatus | str, **fields: Any) -> Task:
         """End a claim; the API returns the stored result when this exact finish was already recorded."""
-        body = _body(TaskFinish, claim_token=claim_token, status=str(status), **fields)
+        body = body_of(TaskFinish, claim_token=claim_token, status=str(status), **fields)
         return Task.model_validate(self.call(FINISH, body, keyed=True, task_id=task_id).json())
 
     def finish_and_claim(
@@ -299,7 +288,7 @@ class ApiClient:
         """End a claim and claim the runner's next task in one call: (finished, next or None).
 
         Safe to retry like its two halves: the finish is fenced by its claim token, the claim has a request id."""
-        body = _body(TaskFinish, claim_token=claim_token, status=str(status), **fields,
+        body = body_of(TaskFinish, claim_token=claim_token, status=str(status), **fields,
                      claim_next=_claim(ClaimNext, runner_id, types, wait_seconds, lease_seconds))
         response = self.call(FINISH, body, timeout=self.timeout + wait_seconds, keyed=True, task_id=task_id)
         answer = FinishAndClaim.model_validate(response.json())
@@ -307,12 +296,12 @@ class ApiClient:
 
     def decide(self, task_id: int, decision: str, decided_by: str) -> Task:
         """Answer a task's question; the same answer by the same person again is accepted as a repeat."""
-        body = _body(TaskPatch, decision=decision, decided_by=decided_by)
+        body = body_of(TaskPatch, decision=decision, decided_by=decided_by)
         return Task.model_validate(self.call(PATCH_TASK, body, keyed=True, task_id=task_id).json())
 
     def retry_task(self, task_id: int) -> Task:
         """Send a failed task back to pending (never repeated: a second retry could restart a later failure)."""
-        body = _body(TaskPatch, status=TaskStatus.PENDING)
+        body = body_of(TaskPatch, status=TaskStatus.PENDING)
         return Task.model_validate(self.call(PATCH_TASK, body, task_id=task_id).json())
 
     def task_log(self, task_id: int, tail: int = 0) -> str:
@@ -336,7 +325,7 @@ class ApiClient:
         self, runner_id: str, host: str, pid: int, version: str, info: dict[str, Any] | None = None
     ) -> Runner:
         """Register or refresh a runner: an upsert, safe to repeat."""
-        body = _body(RunnerHeartbeat, runner_id=runner_id, host=host, pid=pid, version=version, info=info)
+        body = body_of(RunnerHeartbeat, runner_id=runner_id, host=host, pid=pid, version=version, info=info)
         return Runner.model_validate(self.call(RUNNER_HEARTBEAT, body, keyed=True).json())
 
     def runners(self) -> list[Runner]:
@@ -347,7 +336,7 @@ class ApiClient:
                             info: dict[str, Any] | None = None) -> None:
         """Say a component (the project manager, the monitor...) is alive, with a summary of its state. Tried once:
         a component heartbeats again soon, and being seen is not worth holding up its work."""
-        body = _body(ComponentHeartbeat, component=str(component), host=host, pid=pid, version=version, info=info)
+        body = body_of(ComponentHeartbeat, component=str(component), host=host, pid=pid, version=version, info=info)
         self.call(COMPONENT_HEARTBEAT, body, retries=0)
 
     # --- issues ---------------------------------------------------------------------------------------------
@@ -356,7 +345,7 @@ class ApiClient:
 
     def report_monitor_issues(self, host: str, issues: list[dict[str, Any]]) -> None:
         """A monitor's open issues on ``host`` (the whole set: the host's issues not listed are resolved)."""
-        body = _body(MonitorIssues, host=host, issues=[_body(ReportedIssue, **issue) for issue in issues])
+        body = body_of(MonitorIssues, host=host, issues=[body_of(ReportedIssue, **issue) for issue in issues])
         self.call(REPORT_MONITOR_ISSUES, body, retries=0)
 
     def fatal_issues(self) -> FatalIssueList:
@@ -365,13 +354,13 @@ class ApiClient:
     def report_fatal_issue(self, *, component: str, reason: str, detail: str, recovery_tried: str, host: str,
                            at: str | None = None) -> None:
         """A component the supervisor could not keep running (tried once: ``fatal.sync`` tries again later)."""
-        body = _body(FatalIssueReport, component=component, reason=reason, detail=detail,
+        body = body_of(FatalIssueReport, component=component, reason=reason, detail=detail,
                      recovery_tried=recovery_tried, host=host, at=at)
         self.call(REPORT_FATAL_ISSUE, body, retries=0)
 
     def clear_fatal_issues(self, before: str | None = None) -> int:
         """Clear the fatal issues recorded up to ``before`` (ISO 8601; all without it); how many were cleared."""
-        answer = self.call(CLEAR_FATAL_ISSUES, params=_present({"before": before}), retries=0).json()
+        answer = self.call(CLEAR_FATAL_ISSUES, params=present({"before": before}), retries=0).json()
         return int(answer["cleared"])
 
     # --- the API process ------------------------------------------------------------------------------------
@@ -387,56 +376,15 @@ class ApiClient:
         """The version and git SHA of the code the API process runs."""
         return VersionInfo.model_validate(self.call(VERSION).json())
 
-    def prune(self, *, dry_run: bool = False) -> dict[str, int | bool]:
-        """One retention pass over the store by the API (``dry_run``: counted only): {dry_run, tasks,
-        monitor_issues, runners}. Safe to repeat, so retried like a read."""
-        answer: dict[str, int | bool] = self.call(PRUNE, _body(PruneRequest, dry_run=dry_run), keyed=True).json()
-        return answer
 
-    def pause(self, by: str, reason: str, *, task_type: str | None = None) -> PauseChange:
-        """Pause a task type (none: the whole pipeline); a repeat keeps the first pause, so it is retried."""
-        body = _body(PauseRequest, type=task_type, by=by, reason=reason)
-        return PauseChange.model_validate(self.call(PAUSE, body, keyed=True).json())
-
-    def resume(self, by: str, *, task_type: str | None = None) -> PauseChange:
-        """Resume a task type (none: the whole pipeline); waiting claims wake. Safe to repeat."""
-        return PauseChange.model_validate(self.call(RESUME, _body(ResumeRequest, type=task_type, by=by),
-                                                    keyed=True).json())
-
-    def pauses(self) -> PauseList:
-        """The scopes paused now: since when, by whom and why."""
-        return PauseList.model_validate(self.call(PAUSES).json())
-
-
-def _json(body: BaseModel | None) -> Any:
-    """A body as sent: its fields, without those left unset (None)."""
-    return None if body is None else body.model_dump(mode="json", exclude_none=True, warnings=False)
-
-
-_Body = TypeVar("_Body", bound=BaseModel)
 _Claim = TypeVar("_Claim", bound=ClaimRequest)
-
-
-def _body(model: type[_Body], **values: Any) -> _Body:
-    """A request body built from its contract model, not validated here: the API is the one judge of what it
-    accepts and answers 422 (ApiValidationError) for what it refuses. A field the model lacks is a programming
-    error, refused at once."""
-    unknown = values.keys() - model.model_fields.keys()
-    if unknown:
-        raise TypeError(f"{model.__name__} has no field {', '.join(sorted(unknown))}")
-    return model.model_construct(**values)
 
 
 def _claim(model: type[_Claim], runner_id: str, types: list[str] | None, wait_seconds: float,
            lease_seconds: float | None, **more: Any) -> _Claim:
     """A claim with a fresh request id: one id per logical claim, kept by every retry of it."""
-    return _body(model, runner_id=runner_id, types=[str(t) for t in types] if types else None,
+    return body_of(model, runner_id=runner_id, types=[str(t) for t in types] if types else None,
                  wait_seconds=wait_seconds, lease_seconds=lease_seconds, request_id=uuid.uuid4().hex, **more)
-
-
-def _present(values: dict[str, Any]) -> dict[str, Any]:
-    """Query parameters that were given."""
-    return {k: v for k, v in values.items() if v is not None}
 
 
 def _detail(response: httpx.Response) -> Any:

@@ -23,6 +23,25 @@ class TaskStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     NEEDS_DECISION = "needs_decision"
+    CANCELLED = "cancelled"
+
+
+class ErrorCategory(StrEnum):
+    """Why a run failed, recorded with every failure: it decides whether a retry could ever succeed."""
+
+    NONZERO_EXIT = "nonzero_exit"  # the command ran and said no
+    TIMEOUT = "timeout"  # the task's timeout_seconds ran out
+    KILLED = "killed"  # a signal ended it (out of memory, an operator's kill)
+    LEASE_EXPIRED = "lease_expired"  # its runner went silent (died, lost the network)
+    CANCELLED = "cancelled"  # an operator cancelled it
+    CONFIG_ERROR = "config_error"  # the agent command is missing or refused: no retry can succeed
+    AGENT_ERROR = "agent_error"  # the agent CLI failed before doing the work (bad flags, no credentials)
+    PUSH_FAILED = "push_failed"  # the work was done but could not be pushed
+
+
+# Categories whose failure a later attempt may heal (the others need an operator's change first).
+RETRIABLE_CATEGORIES = frozenset({ErrorCategory.NONZERO_EXIT, ErrorCategory.TIMEOUT, ErrorCategory.KILLED,
+                                  ErrorCategory.LEASE_EXPIRED, ErrorCategory.PUSH_FAILED})
 
 
 class TaskType(StrEnum):
@@ -94,6 +113,10 @@ LEGAL_MOVES: dict[tuple[TaskStatus, TaskStatus], str] = {
     (TaskStatus.RUNNING, TaskStatus.PENDING): "release or lease expiry",
     (TaskStatus.NEEDS_DECISION, TaskStatus.PENDING): "decide",
     (TaskStatus.FAILED, TaskStatus.PENDING): "retry",
+    (TaskStatus.PENDING, TaskStatus.CANCELLED): "cancel",
+    (TaskStatus.NEEDS_DECISION, TaskStatus.CANCELLED): "cancel",
+    (TaskStatus.RUNNING, TaskStatus.CANCELLED): "finish after a cancel request",
+    (TaskStatus.CANCELLED, TaskStatus.PENDING): "retry",
 }
 # Columns a page of tasks may be sorted by (GET /api/agent/tasks?sort=, the console, coherence tasks --sort); each
 # has an index that starts with it (store revision 0009), id breaking ties.
@@ -113,9 +136,12 @@ MAX_BATCH = 1000  # tasks in one batch create (one transaction)
 MAX_CLAIM = 100  # tasks in one claim
 
 # What a runner may report when it ends its claim.
-FINISH_STATUSES = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.NEEDS_DECISION, TaskStatus.PENDING)
+FINISH_STATUSES = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.NEEDS_DECISION, TaskStatus.PENDING,
+                   TaskStatus.CANCELLED)
+# What a failed or cancelled run keeps of why: the rest of a finish clears it.
+ENDED_BADLY = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
 # Statuses a task leaves only by an operator's action (or never).
-SETTLED_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED})
+SETTLED_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 ACTIVE_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})
 
 
@@ -151,6 +177,12 @@ class Task(Returned):
     decided_at: datetime | None = None
     context: dict[str, Any] | None = None
     idempotency_key: str | None = None
+    error_category: ErrorCategory | None = None  # why the last run failed (None when it did not)
+    error_summary: str | None = None  # one line on the last failure, shown wherever a failed task is
+    not_before: datetime | None = None  # no claim before this time (an automatic retry's backoff)
+    cancel_requested_at: datetime | None = None  # an operator asked to cancel this running task; its runner stops it
+    cancelled_by: str | None = None  # the actor who cancelled (or asked to), e.g. cli:alice
+    cancel_reason: str | None = None
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -347,6 +379,33 @@ class Readiness(Returned):
     ready: bool
     checks: list[ReadyCheck]
     reason: str | None = None
+
+
+AUDIT_CHANNELS = ("cli", "console", "telegram", "api")  # where an operator's action came from
+
+
+def channel_of(actor: str) -> str:
+    """The channel an actor spells before its colon (``cli:alice`` -> cli); anything else came through the API."""
+    head = actor.split(":", 1)[0]
+    return head if head in AUDIT_CHANNELS else "api"
+
+
+class AuditRecord(Returned):
+    """One operator action, kept in the append-only audit trail: who (``actor``) through which ``channel`` did
+    ``action`` to what (a task, or a ``target`` such as a pause scope or a component), why, and the task's status
+    before and after."""
+
+    id: int
+    at: datetime
+    actor: str
+    channel: str
+    action: str
+    task_id: int | None = None
+    target: str | None = None
+    reason: str | None = None
+    status_before: str | None = None
+    status_after: str | None = None
+    detail: dict[str, Any] | None = None
 
 
 class VersionInfo(Returned):

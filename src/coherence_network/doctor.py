@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from coherence_network import fatal, grading, health
-from coherence_network.client import EFFECTIVENESS, HEALTH, READY, TASK_METRICS, ApiClient, ApiError, Endpoint
+from coherence_network.client import ApiClient, ApiError
 from coherence_network.contract import Component
+from coherence_network.endpoints import EFFECTIVENESS, HEALTH, READY, TASK_METRICS, Endpoint
 from coherence_network.monitor import read_pipeline_version
 from coherence_network.settings import Settings
 from coherence_network.versioning import source_sha_on_disk

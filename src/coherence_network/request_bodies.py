@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from coherence_network.contract import MAX_BATCH, MAX_CLAIM, Component, TaskStatus, TaskType
+from coherence_network.contract import MAX_BATCH, MAX_CLAIM, Component, ErrorCategory, TaskStatus, TaskType
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # PostgreSQL INTEGER: the narrowest integer column of either store
 MAX_JSON_DEPTH = 32  # nesting of objects and arrays in a free-form JSON field
@@ -40,7 +40,7 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates (json
 REPLACEMENT = "\ufffd"
 
 FinishStatus = Literal[
-    TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.NEEDS_DECISION, TaskStatus.PENDING
+    TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.NEEDS_DECISION, TaskStatus.PENDING, TaskStatus.CANCELLED
 ]
 
 
@@ -221,12 +221,14 @@ class TaskHeartbeat(AgentReport):
 
 
 class TaskFinish(AgentReport):
-    agent_text = ("output", "decision_prompt")
+    agent_text = ("output", "decision_prompt", "error_summary")
 
     claim_token: ClaimToken
     status: FinishStatus
     output: str | None = Field(None, max_length=2_000_000, description="Agent output: NUL etc. become U+FFFD")
     exit_code: Int32 | None = None
+    error_category: ErrorCategory | None = Field(None, description="Why the run failed (failed or cancelled only)")
+    error_summary: str | None = Field(None, max_length=500, description="One line on the failure")
     decision_prompt: str | None = Field(None, min_length=1, max_length=5000, description="The agent's question")
     claim_next: ClaimNext | None = Field(
         None, description="Claim the runner's next task in the same call: the answer is {finished, next}"

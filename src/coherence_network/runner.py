@@ -24,7 +24,8 @@ from typing import Any
 
 from coherence_network import __version__
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound
-from coherence_network.contract import TaskStatus
+from coherence_network.contract import Component, TaskStatus
+from coherence_network.endpoints import COMPONENT_ACTOR
 from coherence_network.file_retention import prune_task_files
 from coherence_network.outage import Outage
 from coherence_network.result_outbox import ResultOutbox
@@ -85,7 +86,7 @@ class Runner:
         self.stop_reason: str | None = None  # why it stops, for its last heartbeat (the registry row says "stopped")
         self.slots: list[threading.Thread] = []
         self.slots_done: set[int] = set()  # slots that ended as they should (a stop, or --once with no work left)
-        self.client = ApiClient(settings=settings, retries=2)
+        self.client = ApiClient(settings=settings, retries=2, actor=f"{COMPONENT_ACTOR}{Component.RUNNER}")
         self.results = ResultOutbox(settings, self.client, self.runner_id, self.types, self._note)
         self.pruned_at: float | None = None  # monotonic time of the last retention pass over task files
 

@@ -55,7 +55,8 @@ def test_create_get_list_count(http: httpx.Client) -> None:
     page = http.get("/api/agent/tasks", params={"task_type": "spec", "limit": 3, "offset": 0, "order": "oldest"}).json()
     assert page["total"] == 4 and [t["direction"] for t in page["items"]] == ["s0", "s1", "s2"]
     assert http.get("/api/agent/tasks/count").json() == {
-        "total": 5, "by_status": {"pending": 5, "running": 0, "completed": 0, "failed": 0, "needs_decision": 0}}
+        "total": 5,
+        "by_status": {"pending": 5, "running": 0, "completed": 0, "failed": 0, "needs_decision": 0, "cancelled": 0}}
 
 
 def test_bad_input_is_422_with_field_messages_and_changes_nothing(http: httpx.Client) -> None:

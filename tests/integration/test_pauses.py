@@ -45,7 +45,7 @@ def test_a_paused_type_is_claimed_by_no_path_while_others_are(store: TaskStore) 
     done, following = store.finish_and_claim(other["id"], 1, status="completed", runner_id="r1", types=["impl"])
     assert done["status"] == "completed" and following is None
     assert store.get(impl["id"])["status"] == "pending"
-    assert store.resume("impl") is not None
+    assert store.resume("impl", "test:op") is not None
     assert store.claim("r2")["id"] == impl["id"]
 
 
@@ -59,7 +59,7 @@ def test_pause_all_holds_every_type_and_running_work_drains(store: TaskStore) ->
     assert store.claim_many("r2", 3) == []
     assert store.heartbeat(running["id"], claimed["claim_token"])["status"] == "running"
     assert store.finish(running["id"], claimed["claim_token"], status="completed")["status"] == "completed"
-    assert store.resume("all")["reason"] == "maintenance"
+    assert store.resume("all", "test:op")["reason"] == "maintenance"
     assert store.claim("r2")["direction"] == "waits"
 
 
@@ -69,14 +69,15 @@ def test_pausing_again_keeps_the_first_pause_and_resume_is_idempotent(store: Tas
     assert created and not created_again
     assert (again["since"], again["by"], again["reason"]) == (first["since"], "cli:a", "first")
     assert [p["scope"] for p in store.pauses()] == ["spec"]
-    assert store.resume("spec") is not None and store.resume("spec") is None and store.pauses() == []
+    assert store.resume("spec", "test:op") is not None
+    assert store.resume("spec", "test:op") is None and store.pauses() == []
 
 
 def test_an_unknown_scope_is_refused(store: TaskStore) -> None:
     with pytest.raises(ValueError, match="scope must be one of"):
         store.pause("bogus", "cli:a", "why")
     with pytest.raises(ValueError):
-        store.resume("bogus")
+        store.resume("bogus", "test:op")
 
 
 def test_the_pause_is_stored_for_another_store_on_the_database(store: TaskStore, store_engine: Engine) -> None:
@@ -89,7 +90,7 @@ def test_a_resume_wakes_waiting_claims(store: TaskStore) -> None:
     store.on_work = lambda: woke.append(True)
     store.pause("run", "cli:a", "hold")
     assert woke == []
-    store.resume("run")
+    store.resume("run", "test:op")
     assert woke == [True]
 
 

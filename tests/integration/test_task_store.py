@@ -60,7 +60,8 @@ def test_list_filters_orders_and_counts_a_real_total(store: TaskStore) -> None:
     assert total == 1 and running[0]["task_type"] == "impl"
     counts = store.count()
     assert counts["total"] == 8
-    assert counts["by_status"] == {"pending": 7, "running": 1, "completed": 0, "failed": 0, "needs_decision": 0}
+    assert counts["by_status"] == {"pending": 7, "running": 1, "completed": 0, "failed": 0, "needs_decision": 0,
+                                   "cancelled": 0}
 
 
 def test_claim_prefers_priority_then_age_and_respects_types(store: TaskStore) -> None:

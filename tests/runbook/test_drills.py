@@ -172,7 +172,7 @@ def test_drill_check_pipeline_json_is_parsed_by_jq(runbook: Runbook, drill: Dril
         client.finish(claim.id, claim.claim_token, "failed", exit_code=1)
     (command,) = runbook.drill("check-pipeline-json").commands()
     counts = json.loads(drill.run(command).stdout)
-    assert counts == {"pending": 2, "running": 0, "completed": 0, "failed": 1, "needs_decision": 0}
+    assert counts == {"pending": 2, "running": 0, "completed": 0, "failed": 1, "needs_decision": 0, "cancelled": 0}
 
 
 def test_drill_report_fatal_before_and_after_a_fatal_issue(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:

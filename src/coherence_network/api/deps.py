@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from coherence_network.endpoints import ACTOR_HEADER, COMPONENT_ACTOR
 from coherence_network.store import TaskStore
+
+MAX_ACTOR_CHARS = 200
 
 
 def store_of(request: Request) -> TaskStore:
     """The store this app was built with (set once in ``create_app``)."""
     return request.app.state.store
+
+
+def actor_of(request: Request) -> str | None:
+    """Who makes this write, for the audit trail: the X-Coherence-Actor header (cli:alice, telegram:bob), "api"
+    without one; None for the pipeline's own components (component:<name>), whose work is not an operator's act."""
+    actor = request.headers.get(ACTOR_HEADER, "").strip()[:MAX_ACTOR_CHARS]
+    if actor.startswith(COMPONENT_ACTOR):
+        return None
+    return actor or "api"

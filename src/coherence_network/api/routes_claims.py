@@ -139,7 +139,8 @@ async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> An
     _log_replaced(task_id, body)
     store = store_of(request)
     ending: dict[str, Any] = {"status": body.status, "output": body.output, "exit_code": body.exit_code,
-                              "decision_prompt": body.decision_prompt}
+                              "decision_prompt": body.decision_prompt, "error_category": body.error_category,
+                              "error_summary": body.error_summary}
     following = body.claim_next
     if following is None:
         task = await run_in_threadpool(lambda: store.finish(task_id, body.claim_token, **ending))

@@ -34,7 +34,7 @@ async def resume(body: ResumeRequest, request: Request) -> dict[str, Any]:
     """Resume what a pause held (no ``type``: the whole pipeline's pause; a type's own pause stays until it is
     resumed too). Waiting claims look again at once. Resuming what is not paused changes nothing."""
     scope = body.type.value if body.type else PAUSE_ALL
-    ended = await run_in_threadpool(store_of(request).resume, scope)
+    ended = await run_in_threadpool(store_of(request).resume, scope, body.by)
     if ended is not None:
         log.warning("resumed %s by %s (paused since %s by %s: %s)", scope, body.by, ended["since"].isoformat(),
                     ended["by"], ended["reason"])

@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 
-from coherence_network.api.deps import store_of
+from coherence_network.api.deps import actor_of, store_of
 from coherence_network.api.models import (
     COMMON_ERRORS,
     SEARCH_QUERY,
@@ -73,7 +73,8 @@ async def create_task(
 ) -> dict[str, Any]:
     refuse_disallowed_commands([body], request.app.state.settings)
     task, created = await run_in_threadpool(
-        lambda: store_of(request).create_or_replay(**body.model_dump(), idempotency_key=idempotency_key)
+        lambda: store_of(request).create_or_replay(**body.model_dump(), idempotency_key=idempotency_key,
+                                                   actor=actor_of(request))
     )
     if not created:
         response.status_code = 200
@@ -91,7 +92,7 @@ async def create_tasks(body: TaskBatch, request: Request, response: Response) ->
     ``idempotency_key``. A key reused for another task is 409 and nothing of the batch is written."""
     refuse_disallowed_commands(body.tasks, request.app.state.settings, batch=True)
     results = await run_in_threadpool(
-        lambda: store_of(request).create_many([item.model_dump() for item in body.tasks])
+        lambda: store_of(request).create_many([item.model_dump() for item in body.tasks], actor=actor_of(request))
     )
     made = [task for task, created in results if created]
     for task in made:
@@ -117,10 +118,10 @@ async def patch_task(task_id: TaskId, body: TaskPatch, request: Request) -> dict
     """Answer a needs_decision task (``{"decision": "yes"}``) or retry a failed one (``{"status": "pending"}``)."""
     store = store_of(request)
     if body.decision is not None:
-        who = body.decided_by or "api"
+        who = body.decided_by or actor_of(request) or "api"
         task = await run_in_threadpool(store.decide, task_id, body.decision, who)
     else:
-        task = await run_in_threadpool(store.retry, task_id)
+        task = await run_in_threadpool(lambda: store.retry(task_id, actor=actor_of(request)))
     return task
 
 

@@ -46,7 +46,7 @@ def command_client(settings: Settings, *, conflict: str = "refused",
     )
 
     try:
-        with ApiClient(settings=settings, retries=1) as client:
+        with ApiClient(settings=settings, retries=1, actor=f"cli:{os_user()}") as client:
             yield client
     except ApiError as exc:
         explained: list[tuple[type[ApiError], str, int]] = [

@@ -15,6 +15,8 @@ import typer
 
 from coherence_network.cli.app import app
 from coherence_network.cli.startup import StopHandler, run_component
+from coherence_network.contract import Component
+from coherence_network.endpoints import COMPONENT_ACTOR
 from coherence_network.process_hygiene import protect
 from coherence_network.settings import Settings, get_settings
 
@@ -92,7 +94,8 @@ def pm(
         raise typer.Exit(2)
 
     def build(stack: ExitStack) -> tuple[StopHandler, Callable[[], int]]:
-        manager = ProjectManager(settings, stack.enter_context(ApiClient(settings=settings)), options, fresh=reset)
+        client = stack.enter_context(ApiClient(settings=settings, actor=f"{COMPONENT_ACTOR}{Component.MANAGER}"))
+        manager = ProjectManager(settings, client, options, fresh=reset)
         if dry_run:
             typer.echo("\n".join(manager.plan()))
             raise typer.Exit(0)

@@ -137,7 +137,9 @@ async def decide(request: Request, task_id: TaskId) -> Response:
 @router.post("/tasks/{task_id}/retry")
 async def retry(request: Request, task_id: TaskId) -> Response:
     visit, _ = await posted_form(request)
-    return await act_on_task(request, visit, lambda: store_of(request).retry(task_id), f"/tasks/{task_id}", task_id)
+    who = f"console:{visit.session.identity}"
+    return await act_on_task(request, visit, lambda: store_of(request).retry(task_id, actor=who),
+                             f"/tasks/{task_id}", task_id)
 
 
 @router.get("/decisions")

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from coherence_network.clock import utcnow
 from coherence_network.contract import PAUSE_SCOPES
-from coherence_network.store.core import StoreCore
+from coherence_network.store.audit import AuditBook
 from coherence_network.store.schema import pauses
 
 _SHOWN = sa.select(pauses.c.scope, pauses.c.since, pauses.c.paused_by.label("by"), pauses.c.reason)
@@ -23,7 +23,7 @@ def _scope(scope: str) -> str:
     return scope
 
 
-class PauseBook(StoreCore):
+class PauseBook(AuditBook):
     """Which scopes are paused, since when, by whom and why."""
 
     def pause(self, scope: str, by: str, reason: str) -> tuple[dict[str, Any], bool]:
@@ -38,21 +38,24 @@ class PauseBook(StoreCore):
                     with conn.begin_nested():  # as the registry's upsert: a savepoint, so a lost race keeps the rest
                         conn.execute(pauses.insert().values(scope=scope, since=row["since"], paused_by=by,
                                                             reason=reason))
+                        self._audit_in(conn, by, "pause", target=scope, reason=reason)
                     return row, True
                 except sa.exc.IntegrityError:  # a concurrent pause of this scope won the insert: it is the pause
                     stored = conn.execute(_ONE_PAUSE, {"b_scope": scope}).first()
             assert stored is not None
             return dict(stored._mapping), False
 
-    def resume(self, scope: str) -> dict[str, Any] | None:
+    def resume(self, scope: str, by: str) -> dict[str, Any] | None:
         """Resume ``scope``; the pause it ended (None: it was not paused, and nothing changes). Waiting claims
-        look again once it commits, on every replica."""
+        look again once it commits, on every replica. ``by`` is the actor in the audit trail."""
         scope = _scope(scope)
         with self.transaction() as conn:
             stored = conn.execute(_ONE_PAUSE, {"b_scope": scope}).first()
             if stored is None:
                 return None
             conn.execute(pauses.delete().where(pauses.c.scope == scope))
+            self._audit_in(conn, by, "resume", target=scope,
+                           detail={"paused_since": stored.since.isoformat(), "paused_by": stored.by})
             self._wake(conn)
             return dict(stored._mapping)
 

@@ -75,6 +75,13 @@ tasks = sa.Table(
     # created_at, so the metrics read durations from an index instead of computing them row by row.
     sa.Column("run_seconds", sa.Float, nullable=True),
     sa.Column("queue_seconds", sa.Float, nullable=True),
+    # Steering (revision 0012): why the last run failed, when an automatic retry may be claimed, and a cancel.
+    sa.Column("error_category", sa.String(32), nullable=True),
+    sa.Column("error_summary", sa.Text, nullable=True),
+    sa.Column("not_before", UTCDateTime, nullable=True),
+    sa.Column("cancel_requested_at", UTCDateTime, nullable=True),
+    sa.Column("cancelled_by", sa.String(200), nullable=True),
+    sa.Column("cancel_reason", sa.Text, nullable=True),
     sa.CheckConstraint(_one_of("status", TaskStatus), name="ck_tasks_status"),
     sa.CheckConstraint(_one_of("task_type", TaskType), name="ck_tasks_task_type"),
     sa.Index("ix_tasks_claim_order", "status", sa.desc("priority"), "id"),  # the claim's ORDER BY, no sort
@@ -166,6 +173,43 @@ pauses = sa.Table(
     sa.Column("since", UTCDateTime, nullable=False),
     sa.Column("paused_by", sa.String(200), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
+)
+
+# What each task type may do (revision 0012): a row per type an operator set something for; a NULL column takes the
+# setting's default. max_running: tasks of the type running at once across all runners (the claim enforces it);
+# retry_delay_seconds / retry_max_delay_seconds: the automatic retry's first and largest backoff;
+# breaker_failures: failures in a row that pause the type (the circuit breaker).
+type_policies = sa.Table(
+    "type_policies",
+    metadata,
+    sa.Column("task_type", sa.String(16), primary_key=True),
+    sa.Column("max_running", sa.Integer, nullable=True),
+    sa.Column("retry_delay_seconds", sa.Float, nullable=True),
+    sa.Column("retry_max_delay_seconds", sa.Float, nullable=True),
+    sa.Column("breaker_failures", sa.Integer, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("updated_by", sa.String(200), nullable=False),
+)
+
+# The audit trail (revision 0012): one row per operator action, appended in the action's own transaction and never
+# updated. task_id is not a foreign key: the trail outlives the tasks it names (its own retention, longer).
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("task_id", sa.Integer, nullable=True),
+    sa.Column("target", sa.String(200), nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("status_before", sa.String(16), nullable=True),
+    sa.Column("status_after", sa.String(16), nullable=True),
+    sa.Column("detail", sa.JSON, nullable=True),
+    sa.Index("ix_audit_at", "at"),
+    sa.Index("ix_audit_task", "task_id", "id"),
+    sa.Index("ix_audit_action", "action", "id"),
 )
 
 # --- dependency graph (indexers) -----------------------------------------------------------------------------

@@ -49,9 +49,13 @@ def durations(postgres: bool, finished: sa.ColumnElement[Any]) -> dict[str, sa.C
 _NOT_PAUSED = ~sa.exists().where(pauses.c.scope.in_([sa.literal(PAUSE_ALL), tasks.c.task_type]))
 
 
+# An automatic retry waits out its backoff: no claim before its not_before (``b_now`` is the claim's moment).
+_DUE = sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= sa.bindparam("b_now", type_=UTCDateTime))
+
+
 def _pending(typed: bool) -> sa.Select[tuple[int]]:
-    """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``): pending and not paused."""
-    pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING, _NOT_PAUSED)
+    """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``): pending, due and not paused."""
+    pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING, _DUE, _NOT_PAUSED)
     if typed:
         pick = pick.where(tasks.c.task_type.in_(sa.bindparam("b_types", expanding=True)))
     return pick

@@ -7,25 +7,30 @@ contract.LEGAL_MOVES are made.
 
 from __future__ import annotations
 
-import builtins
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from coherence_network.clock import utcnow
-from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, MAX_BATCH, MAX_CLAIM, TaskStatus
+from coherence_network.contract import (
+    ENDED_BADLY,
+    FINISH_STATUSES,
+    LEGAL_MOVES,
+    MAX_CLAIM,
+    SETTLED_STATUSES,
+    TaskStatus,
+)
 from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.schema import UTCDateTime, tasks
 from coherence_network.store.statements import (
     CLAIMED_BY_REQUEST,
     FAILED,
-    INSERT_TASKS,
     PENDING,
     RUNNING,
-    Outcomes,
     ReapResult,
     Rows,
     claim_order,
@@ -33,103 +38,27 @@ from coherence_network.store.statements import (
     claimable_statement,
     durations,
     row_dict,
-    same_create,
     update_statement,
 )
-from coherence_network.store.task_reads import TaskReads
+from coherence_network.store.task_creates import TaskCreates
 
 
-class TaskMoves(TaskReads):
+@dataclass(frozen=True)
+class Ending:
+    """How a runner ends its claim (a finish's fields)."""
+
+    status: TaskStatus
+    output: str | None
+    exit_code: int | None
+    decision_prompt: str | None
+    error_category: str | None
+    error_summary: str | None
+
+
+class TaskMoves(TaskCreates):
     """Writes to the tasks table, each a legal move (contract.LEGAL_MOVES)."""
 
     # --- writes ---------------------------------------------------------------------------------------------
-    def create(self, **fields: Any) -> dict[str, Any]:
-        """Add a pending task (see ``create_or_replay`` for the fields)."""
-        return self.create_or_replay(**fields)[0]
-
-    def create_or_replay(self, **fields: Any) -> tuple[dict[str, Any], bool]:
-        """Add a pending task; returns (task, created). See ``create_many`` for the fields and the key's rules."""
-        return self.create_many([fields])[0]
-
-    def create_many(self, items: Rows) -> Outcomes:
-        """Add pending tasks in one transaction; returns (task, created) for each item, in order.
-
-        Each item holds ``direction`` and ``task_type`` and may hold ``command``, ``priority``, ``max_attempts``,
-        ``timeout_seconds``, ``context`` and ``idempotency_key``. With a key, a repeated create (a client retrying
-        after a lost response) returns the task the first one made, with created False; the same key with another
-        direction, type or command is a Conflict and nothing of the batch is written."""
-        if not 1 <= len(items) <= MAX_BATCH:
-            raise ValueError(f"a batch holds 1..{MAX_BATCH} tasks, not {len(items)}")
-        now = utcnow()
-        rows = [self._new_task(now, **item) for item in items]
-        for last_try in (False, True):
-            try:
-                with self.transaction() as conn:
-                    return self._create_in(conn, rows)
-            except sa.exc.IntegrityError:
-                # a concurrent create with one of these keys won the insert: the next pass replays it
-                if last_try or not any(row["idempotency_key"] for row in rows):
-                    raise
-        raise AssertionError("unreachable")
-
-    def _new_task(
-        self,
-        now: datetime,
-        *,
-        direction: str,
-        task_type: str,
-        command: str | None = None,
-        priority: int = 0,
-        max_attempts: int | None = None,
-        timeout_seconds: float | None = None,
-        context: dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
-        return {
-            "direction": direction,
-            "task_type": str(task_type),
-            "status": PENDING,
-            "command": command,
-            "priority": priority,
-            "max_attempts": max_attempts or self.max_attempts,
-            "timeout_seconds": timeout_seconds,
-            "context": context,
-            "idempotency_key": idempotency_key,
-            "created_at": now,
-            "updated_at": now,
-        }
-
-    def _create_in(self, conn: sa.Connection, rows: Rows) -> Outcomes:
-        """Replays from the keys already stored (one look-up for the batch), then one multi-row INSERT."""
-        keys = {row["idempotency_key"] for row in rows} - {None}
-        stored: dict[str, dict[str, Any]] = {}
-        if keys:
-            found = conn.execute(sa.select(tasks).where(tasks.c.idempotency_key.in_(sorted(keys))))
-            stored = {r.idempotency_key: dict(r._mapping) for r in found}
-        fresh: Rows = []
-        first_of_key: dict[str, int] = {}  # a key's first fresh row, by its place in ``fresh``
-        plan: builtins.list[tuple[str, Any]] = []  # per item: ("stored", task), ("fresh" | "again", place in fresh)
-        for row in rows:
-            key = row["idempotency_key"]
-            if key in stored:
-                same_create(key, stored[key], row, f"task {stored[key]['id']}")
-                plan.append(("stored", stored[key]))
-            elif key in first_of_key:
-                same_create(key, fresh[first_of_key[key]], row, "an earlier item of this batch")
-                plan.append(("again", first_of_key[key]))
-            else:
-                if key is not None:
-                    first_of_key[key] = len(fresh)
-                plan.append(("fresh", len(fresh)))
-                fresh.append(row)
-        made = [dict(r._mapping) for r in conn.execute(INSERT_TASKS, fresh)] if fresh else []
-        if made:
-            self._wake(conn)
-        return [
-            (what, False) if how == "stored" else (made[what], how == "fresh")
-            for how, what in plan
-        ]
-
     def claim(
         self,
         runner_id: str,
@@ -167,7 +96,7 @@ class TaskMoves(TaskReads):
             raise ValueError(f"max_tasks must be 1..{MAX_CLAIM}")
         if not self._pg:
             type_list = [str(t) for t in types or []]
-            params: dict[str, Any] = {"b_request": request_id, "b_runner": runner_id}
+            params: dict[str, Any] = {"b_request": request_id, "b_runner": runner_id, "b_now": utcnow()}
             if type_list:
                 params["b_types"] = type_list
             with self.connection() as conn:
@@ -243,14 +172,18 @@ class TaskMoves(TaskReads):
         output: str | None = None,
         exit_code: int | None = None,
         decision_prompt: str | None = None,
+        error_category: str | None = None,
+        error_summary: str | None = None,
     ) -> dict[str, Any]:
-        """End the current claim: completed, failed, needs_decision (with a question) or pending (released).
+        """End the current claim: completed, failed (why: ``error_category``, ``error_summary``), needs_decision
+        (with a question), pending (released) or cancelled (after an operator's cancel request).
 
         A failure counts as an attempt; a question or a release does not. Finishing again with the same claim
         token and status (a retry after a lost response) returns the stored result."""
         status = self._finish_status(status, decision_prompt)
+        ending = Ending(status, output, exit_code, decision_prompt, error_category, error_summary)
         with self.transaction() as conn:
-            return self._finish_in(conn, utcnow(), task_id, claim_token, status, output, exit_code, decision_prompt)
+            return self._finish_in(conn, utcnow(), task_id, claim_token, ending)
 
     def finish_and_claim(
         self,
@@ -261,6 +194,8 @@ class TaskMoves(TaskReads):
         output: str | None = None,
         exit_code: int | None = None,
         decision_prompt: str | None = None,
+        error_category: str | None = None,
+        error_summary: str | None = None,
         runner_id: str,
         types: Iterable[str] | None = None,
         lease_seconds: float | None = None,
@@ -271,9 +206,10 @@ class TaskMoves(TaskReads):
         A finish that is refused (stale claim token, wrong status) claims nothing. Both halves are safe to retry:
         the finish by its claim token, the claim by its request id."""
         status = self._finish_status(status, decision_prompt)
+        ending = Ending(status, output, exit_code, decision_prompt, error_category, error_summary)
         with self.transaction() as conn:
             now = self._lease_clock(conn)  # one moment: the next run starts when this one finished
-            finished = self._finish_in(conn, now, task_id, claim_token, status, output, exit_code, decision_prompt)
+            finished = self._finish_in(conn, now, task_id, claim_token, ending)
             claimed = self._claim_in(conn, now, runner_id, 1, types, lease_seconds, request_id, True)
         return finished, (claimed[0] if claimed else None)
 
@@ -292,20 +228,21 @@ class TaskMoves(TaskReads):
         now: datetime,
         task_id: int,
         claim_token: int,
-        status: TaskStatus,
-        output: str | None,
-        exit_code: int | None,
-        decision_prompt: str | None,
+        ending: Ending,
     ) -> dict[str, Any]:
+        status = ending.status
         values: dict[str, Any] = {"status": status.value, "lease_expires_at": None, "updated_at": now}
-        if output is not None:
-            values["output"] = self._tail(output)
-        if exit_code is not None:
-            values["exit_code"] = exit_code
-        if status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
+        if ending.output is not None:
+            values["output"] = self._tail(ending.output)
+        if ending.exit_code is not None:
+            values["exit_code"] = ending.exit_code
+        bad = status in ENDED_BADLY
+        values["error_category"] = str(ending.error_category) if bad and ending.error_category else None
+        values["error_summary"] = ending.error_summary if bad else None
+        if status in SETTLED_STATUSES:
             values["finished_at"] = now
         if status is TaskStatus.NEEDS_DECISION:
-            values.update(decision_prompt=decision_prompt, decision=None, decided_by=None, decided_at=None)
+            values.update(decision_prompt=ending.decision_prompt, decision=None, decided_by=None, decided_at=None)
         if status is TaskStatus.PENDING:
             values["claimed_by"] = None
         try:
@@ -318,7 +255,8 @@ class TaskMoves(TaskReads):
             raise
 
     def decide(self, task_id: int, decision: str, decided_by: str) -> dict[str, Any]:
-        """Store a decision on a needs_decision task and return it to pending, so the next run sees it.
+        """Store a decision on a needs_decision task and return it to pending, so the next run sees it; the
+        decider (e.g. telegram:alice) is the actor in the audit trail.
 
         The same decision by the same person again (a retry after a lost response) returns the task as it is."""
         now = utcnow()
@@ -331,15 +269,20 @@ class TaskMoves(TaskReads):
             "updated_at": now,
         }
         try:
-            return self._conditional_update(task_id, TaskStatus.NEEDS_DECISION, values, "decide")
+            with self.transaction() as conn:
+                task = self._update_in(conn, task_id, TaskStatus.NEEDS_DECISION, values, "decide")
+                self._audit_in(conn, decided_by, "decide", task_id=task_id, before=TaskStatus.NEEDS_DECISION.value,
+                               after=PENDING, detail={"decision": decision[:500]})
+                return task
         except Conflict:
             stored = self.get(task_id)
             if stored["decision"] == decision and stored["decided_by"] == decided_by:
                 return stored
             raise
 
-    def retry(self, task_id: int) -> dict[str, Any]:
-        """Operator retry of a failed task: back to pending with a fresh set of attempts."""
+    def retry(self, task_id: int, *, actor: str | None = None, reason: str | None = None) -> dict[str, Any]:
+        """Operator retry of a failed task: back to pending with a fresh set of attempts (in the audit trail when
+        ``actor`` is given)."""
         now = utcnow()
         values = {
             "status": PENDING,
@@ -351,7 +294,11 @@ class TaskMoves(TaskReads):
             "exit_code": None,
             "updated_at": now,
         }
-        return self._conditional_update(task_id, TaskStatus.FAILED, values, "retry")
+        with self.transaction() as conn:
+            task = self._update_in(conn, task_id, TaskStatus.FAILED, values, "retry")
+            if actor is not None:
+                self._audit_in(conn, actor, "retry", task_id=task_id, reason=reason, before=FAILED, after=PENDING)
+            return task
 
     def reap(self, now: datetime | None = None, *, max_lock_wait: float | None = None) -> ReapResult:
         """Return running tasks whose lease expired to pending, or fail them when their attempts are spent.
