@@ -211,6 +211,9 @@ def test_a_waiting_decision_needs_a_person_at_once(cfg: Settings) -> None:
     assert found["severity"] == "medium"
     overdue = [{"id": 4, "waiting_seconds": cfg.monitor_decision_wait_minutes * 60 + 1}]
     assert flags(health_snapshot(needs_decision=overdue), cfg)["needs_decision"]["severity"] == "high"
+    # the oldest may be past the listed ones: the store's figure over all waiting tasks counts
+    unlisted = health_snapshot(needs_decision=waiting, oldest_decision_seconds=cfg.monitor_decision_wait_minutes * 60)
+    assert flags(unlisted, cfg)["needs_decision"]["severity"] == "high"
 
 
 def test_repeated_failures_low_success_rate_and_empty_output(cfg: Settings) -> None:
