@@ -214,9 +214,6 @@ def pipeline_snapshot(conn: Connection, now: datetime, limits: Limits, recent_at
             .group_by(tasks.c.task_type)
         )
     }
-    # a task enters needs_decision by its finish, which sets updated_at; nothing else writes it while it waits
-    asked_first = conn.execute(sa.select(sa.func.min(tasks.c.updated_at, type_=UTCDateTime))
-                               .where(tasks.c.status == TaskStatus.NEEDS_DECISION)).scalar()
     waiting = [
         dict(r._mapping)
         for r in conn.execute(
@@ -245,7 +242,16 @@ def pipeline_snapshot(conn: Connection, now: datetime, limits: Limits, recent_at
         if task["run_seconds"] is not None:
             task["run_seconds"] = round(max(task["run_seconds"], 0.0), 3)
     return {"running": running, "pending": pending, "needs_decision": waiting, "recent": recent,
-            "success_24h": success_24h, "oldest_decision_seconds": _age(now, asked_first)}
+            "success_24h": success_24h, "oldest_decision_seconds": _age(now, first_asked(conn))}
+
+
+def first_asked(conn: Connection) -> datetime | None:
+    """When the longest-waiting decision was asked: a task enters needs_decision by its finish, which sets
+    updated_at, and nothing else writes it while the task waits. None when no decision waits."""
+    query = sa.select(sa.func.min(tasks.c.updated_at, type_=UTCDateTime)).where(
+        tasks.c.status == TaskStatus.NEEDS_DECISION)
+    asked: datetime | None = conn.execute(query).scalar()
+    return asked
 
 
 def out_of_attempts(conn: Connection) -> dict[str, int]:
