@@ -32,6 +32,9 @@ def _secs(value: float | None) -> str:
     return f"{value / 3600:.1f} h"
 
 
+duration = _secs  # public: Telegram words a duration as status does
+
+
 def _item(task: dict[str, Any]) -> str:
     context = task.get("context") or {}
     return f" [{context['item'][:60]}]" if context.get("item") else ""
