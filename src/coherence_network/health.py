@@ -334,7 +334,7 @@ RULES: tuple[HealthRule, ...] = (
                restart=Component.API),
     HealthRule("paused", Severity.MEDIUM, "an operator paused the whole pipeline or a task type (coherence pause): "
                "claims hand out nothing of it while running tasks finish", "resume it once the cause is gone",
-               "#pause-and-resume", _paused, "coherence resume{type}"),
+               "#pause-and-resume", _paused, "coherence resume{type}", "/pauses"),
     HealthRule("stuck", Severity.MEDIUM, "a task has run longer than PIPELINE_STUCK_MINUTES", "read its log",
                "#orphaned-or-stuck-tasks", _stuck, "coherence logs {id}", "/tasks/{id}"),
     HealthRule("needs_decision", Severity.MEDIUM, "a task waits for a decision (a person's turn); high once the oldest "

@@ -185,7 +185,7 @@ def test_paused_is_a_warning_naming_who_why_and_since_and_paused_work_is_not_idl
     assert "no_task_running" not in found  # the paused type waits on purpose
     paused = found["paused"]
     assert paused["severity"] == "medium" and not grading.needs_attention([paused])
-    assert paused["command"] == "coherence resume --type run"
+    assert paused["command"] == "coherence resume --type run" and paused["console"] == "/pauses"  # its buttons
     assert "run since 2026-11-25 12:00:00 UTC by cli:alice: provider down" in paused["message"]
     other = {**waiting, "spec": waiting["run"]}  # another type waits too, unpaused: that one is idle
     assert "no_task_running" in flags(health_snapshot(running=[], pending=other, pauses=held_run), cfg)
