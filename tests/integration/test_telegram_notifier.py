@@ -3,6 +3,7 @@ client (a monitor issue is named by its ``rule``)."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -68,6 +69,12 @@ def test_notifier_alerts_once_and_skips_history(client: ApiClient, tmp_path: Pat
     notifier.run_once()
     assert len(state.outbox) == 4
     assert BotState(tmp_path / "state.json").notified.keys() == state.notified.keys()  # persisted
+
+    client.pause("cli:alice", "provider down", task_type="impl")  # each pause is told once: who, why, how to resume
+    notifier.run_once()
+    notifier.run_once()
+    assert len(state.outbox) == 5
+    assert re.fullmatch(r"Paused impl since \S+ \S+ UTC by cli:alice: provider down -> /resume impl", _texts(state)[4])
 
 
 def test_notifier_rate_limit_defers_alerts_and_forgets_old_conditions(client: ApiClient, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
-"""Alerts: what a person must hear about (waiting decisions, fatal issues, health flags that need attention, tasks
-that failed for good), queued once per chat within the chat's rate limit; and reminders of decisions still waiting
-(reminders.py)."""
+"""Alerts: what a person must hear about (waiting decisions, fatal issues, health flags that need attention, pauses,
+tasks that failed for good), queued once per chat within the chat's rate limit; and reminders of decisions still
+waiting (reminders.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from coherence_network.settings import Settings
 from coherence_network.telegram.outbox import BotState
 from coherence_network.telegram.ratelimit import TokenBucket
 from coherence_network.telegram.reminders import default_deadline, remind_delay, reminder_text
+from coherence_network.telegram.steering import pause_line
 from coherence_network.telegram.wording import LISTED_APART, about, flag_line, issue_line, when
 
 log = logging.getLogger("coherence.telegram")
@@ -73,8 +74,11 @@ class Notifier:
         found += [(f"fatal:{i.id}:{when(i.at)}", f"FATAL: {issue_line(i)}") for i in self.client.fatal_issues().items]
         # what needs attention (critical, high: grading.GRADES), graded as status and doctor grade it; decisions
         # and fatal issues are alerted above, one by one
-        found += [_flag_alert(f) for f in self.client.pipeline_status().attention
+        report = self.client.pipeline_status()
+        found += [_flag_alert(f) for f in report.attention
                   if grading.grade(f.severity).attention and f.rule not in LISTED_APART]
+        # a pause is a warning, yet the chats hear of each one once: who holds what and why, and how to resume
+        found += [(f"pause:{p.scope}:{when(p.since)}", f"Paused {pause_line(p)}") for p in report.pauses]
         failed = self.client.list_tasks(status=TaskStatus.FAILED, order="newest", limit=50).items
         failures = [(f"failed:{t.id}:{when(t.finished_at)}", _failure_alert(t)) for t in reversed(failed)]
         if self.state.primed:

@@ -71,8 +71,13 @@ def resume_reply(steering: Steering, args: str, who: str) -> str:
     return f"Resumed {scope} by {who} (it was paused {pause_shown(answer.pause)}); waiting runners get it at once."
 
 
+def pause_line(pause: Pause) -> str:
+    """A pause and the command that resumes it."""
+    return f"{pause_shown(pause)} -> /resume {_resume_args(pause.scope)}".rstrip()
+
+
 def paused_lines(pauses: list[Pause]) -> list[str]:
     """What /status says about pauses: each one, or that nothing is paused."""
     if not pauses:
         return ["Paused: nothing"]
-    return ["Paused:"] + [f"  {pause_shown(p)} -> /resume {_resume_args(p.scope)}".rstrip() for p in pauses]
+    return ["Paused:"] + [f"  {pause_line(p)}" for p in pauses]
