@@ -316,6 +316,7 @@ class PipelineStatus(Returned):
     components: dict[str, SeenComponent]
     attention: list[AttentionFlag]
     pauses: list[Pause] = []
+    oldest_decision_seconds: float | None = None  # how long the longest-waiting decision has waited; None: none
 
 
 class MonitorIssue(Returned):

@@ -60,6 +60,7 @@ class HealthSnapshot:
     ready: list[dict[str, Any]] = field(default_factory=list)  # /api/ready's checks of this replica
     host_issues: list[dict[str, Any]] = field(default_factory=list)  # the monitors' open facts of their hosts
     pauses: list[dict[str, Any]] = field(default_factory=list)  # paused scopes ("all" or a type), oldest first
+    oldest_decision_seconds: float | None = None  # how long the longest-waiting decision has waited (None: none)
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ def gather(store: TaskStore, settings: Settings, now: datetime, limits: Limits |
         ready=ready or [],
         host_issues=host_issues(store.list_monitor_issues(resolved_limit=0)["issues"]),
         pauses=store.pauses(),
+        oldest_decision_seconds=found["oldest_decision_seconds"],
     )
 
 
@@ -269,7 +271,8 @@ def _needs_decision(s: HealthSnapshot, cfg: Settings) -> Finding:
     waiting = [t["id"] for t in s.needs_decision]
     if not waiting:
         return None
-    oldest = max(t["waiting_seconds"] or 0.0 for t in s.needs_decision)
+    # over every waiting task (the store's figure), not only the ones listed
+    oldest = max([s.oldest_decision_seconds or 0.0, *(t["waiting_seconds"] or 0.0 for t in s.needs_decision)])
     overdue = oldest >= cfg.monitor_decision_wait_minutes * 60  # a person's turn from the start; urgent after this
     return Found(f"{len(waiting)} task(s) wait for a decision; the oldest for {oldest / 60:.0f} min", waiting,
                  Severity.HIGH if overdue else None)
@@ -331,7 +334,7 @@ RULES: tuple[HealthRule, ...] = (
                restart=Component.API),
     HealthRule("paused", Severity.MEDIUM, "an operator paused the whole pipeline or a task type (coherence pause): "
                "claims hand out nothing of it while running tasks finish", "resume it once the cause is gone",
-               "#pause-and-resume", _paused, "coherence resume{type}"),
+               "#pause-and-resume", _paused, "coherence resume{type}", "/pauses"),
     HealthRule("stuck", Severity.MEDIUM, "a task has run longer than PIPELINE_STUCK_MINUTES", "read its log",
                "#orphaned-or-stuck-tasks", _stuck, "coherence logs {id}", "/tasks/{id}"),
     HealthRule("needs_decision", Severity.MEDIUM, "a task waits for a decision (a person's turn); high once the oldest "

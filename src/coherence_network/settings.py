@@ -232,6 +232,11 @@ class Settings(BaseSettings):
     telegram_rate_per_minute: float = Field(
         6.0, gt=0, description="Alerts per minute a chat gets after the burst; the rest wait their turn"
     )
+    telegram_remind_after_hours: float = Field(1.0, ge=0, description="Remind a chat of a decision still waiting "
+                                               "this long after its alert, then after twice as long each time; "
+                                               "0: never")
+    telegram_remind_max_hours: float = Field(24.0, gt=0,
+                                             description="Longest delay between two reminders of a decision")
 
     # --- monitor and supervisor ---------------------------------------------------------------------------
     pipeline_auto_recover: bool = Field(

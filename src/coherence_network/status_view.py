@@ -32,6 +32,9 @@ def _secs(value: float | None) -> str:
     return f"{value / 3600:.1f} h"
 
 
+duration = _secs  # public: Telegram words a duration as status does
+
+
 def _item(task: dict[str, Any]) -> str:
     context = task.get("context") or {}
     return f" [{context['item'][:60]}]" if context.get("item") else ""
@@ -87,6 +90,9 @@ def _tasks(status: dict[str, Any]) -> list[str]:
         lines += [f"    | {line}" for line in status["oldest_running_log"][-5:]]
     for task_type, pending in sorted(status["pending"].items()):
         lines.append(f"  pending {task_type}: {pending['count']}, oldest waits {_secs(pending['oldest_wait_seconds'])}")
+    if status.get("oldest_decision_seconds") is not None:
+        lines.append(f"  decisions waiting: {by_status.get(TaskStatus.NEEDS_DECISION, 0)}, the oldest for "
+                     f"{_secs(status['oldest_decision_seconds'])} (answer: coherence decide ID ANSWER)")
     for task in status["needs_decision"]:
         lines.append(f"  decision wanted #{task['id']}{_item(task)} ({_secs(task['waiting_seconds'])}): "
                      f"{task['decision_prompt']}")

@@ -3,11 +3,12 @@
 An operator's flows end to end: answer a question on Decisions and see the task complete with the answer, who gave
 it and the log; retry a failed task from its page; watch a running task's log grow without a reload; find a project
 and its dependents; see the console say it is blind while the API (or its PostgreSQL store) is gone and recover by
-itself; restart a component through its confirmation page without JavaScript; choose the chart's range; read times
-in the browser's zone; the dark theme and the focus ring's contrast; the HTML 404 page; and, with a token, be sent
-to sign in, be refused a wrong token and a form without its CSRF token. Each page is photographed at 1280 px (the
-overview at 390 px and in the dark theme too): into the folder SCREENSHOTS_DIR names (`make screenshots` sets
-docs/console/, the README's pictures), else into a temporary folder, so a test run leaves the checkout unchanged.
+itself; restart a component through its confirmation page without JavaScript; pause a task type with a reason
+and resume it; choose the chart's range; read times in the browser's zone; the dark theme and the focus ring's
+contrast; the HTML 404 page; and, with a token, be sent to sign in, be refused a wrong token and a form without its
+CSRF token. Each page is photographed at 1280 px (the overview at 390 px and in the dark theme too): into the
+folder SCREENSHOTS_DIR names (`make screenshots` sets docs/console/, the README's pictures), else into a temporary
+folder, so a test run leaves the checkout unchanged.
 Every request the browser makes to anything but loopback is refused, so no test depends on the internet.
 """
 
@@ -364,6 +365,36 @@ def test_a_restart_is_confirmed_on_its_own_page_without_javascript(browser: Any,
         expect(page.get_by_role("status")).to_contain_text("No supervisor runs")  # none in this test's pipeline
     finally:
         context.close()
+
+
+def test_a_type_is_paused_with_a_reason_and_resumed(page: Any, pipeline: Any) -> None:
+    """Pause one task type from the console (the reason is required), see the pause on the overview with who and
+    why, and resume it from there: its waiting task then runs."""
+    _, client, _ = pipeline
+    page.goto("/signin")
+    page.get_by_label("Your name").fill("carol")
+    page.get_by_role("button", name="Sign in").click()
+    page.goto("/pauses")
+    form = page.locator("form[action='/pauses']")
+    form.get_by_label("What").select_option("run")
+    form.get_by_role("button", name="Pause").click()
+    assert client.pauses().pauses == []  # the browser refuses the form without its required reason
+    form.get_by_label("Reason").fill("provider down")
+    form.get_by_role("button", name="Pause").click()
+    expect(page.get_by_role("status")).to_contain_text("Paused: runners get nothing of it now")
+    [held] = client.pauses().pauses
+    assert (held.scope, held.by, held.reason) == ("run", "console:carol", "provider down")
+    task = client.create_task("Wait out the pause", TaskType.RUN, command="true")
+    page.goto("/")
+    row = page.locator("table.pauses").get_by_role("row").filter(has_text="provider down")
+    expect(row).to_contain_text("console:carol")
+    expect(page.locator("article.flag").filter(has_text="provider down")).to_contain_text("paused")
+    shoot(page, "overview-paused")
+    assert _status(client, task.id, TaskStatus.PENDING)  # held while paused (the runner polls all along)
+    row.get_by_role("button", name="Resume run").click()
+    expect(page.get_by_role("status")).to_contain_text("Resumed")
+    assert client.pauses().pauses == []
+    wait_until(lambda: _status(client, task.id, TaskStatus.COMPLETED), 60, "the held task to run once resumed")
 
 
 def test_the_throughput_chart_takes_a_range(page: Any) -> None:

@@ -36,7 +36,8 @@ from tests.support.api import ServedApi
 
 TOKEN = secrets.token_urlsafe(24)
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
-PAGES = ("/", "/tasks", "/tasks?status=failed&task_type=run", "/decisions", "/graph", "/graph?q=a&ecosystem=npm")
+PAGES = ("/", "/tasks", "/tasks?status=failed&task_type=run", "/decisions", "/graph", "/graph?q=a&ecosystem=npm",
+         "/pauses")
 
 
 @pytest.fixture
@@ -189,6 +190,34 @@ def test_answering_through_the_form_uses_the_api_contract(open_api: ServedApi) -
         assert retried.status_code == 409 and "retry needs failed" in retried.text
         empty = web.post("/tasks", data={"csrf": token, "direction": "", "task_type": "nonsense"})
         assert empty.status_code == 422 and "task_type" in empty.text and "Traceback" not in empty.text
+
+
+def test_pause_forms_need_a_scope_and_a_reason_and_say_what_they_did(open_api: ServedApi) -> None:
+    """The console's pause and resume go through the API's request models (a reason is required, 422 without) and
+    its pause_scope/resume_scope: the same pause as `coherence pause`, with the actor console:<name>."""
+    with ApiClient(open_api.url) as client, browser(open_api) as web:
+        token = csrf_of(web.get("/pauses"))
+        assert web.post("/pauses", data={"scope": "impl", "reason": "x"}).status_code == 403  # no CSRF token
+        for refused, code, said in (({"scope": "impl", "reason": "  "}, 422, "reason"),
+                                    ({"scope": "nonsense", "reason": "why"}, 400, "Choose what to pause"),
+                                    ({"reason": "why"}, 400, "Choose what to pause")):
+            answer = web.post("/pauses", data={"csrf": token, **refused})
+            assert answer.status_code == code and said in answer.text and "Traceback" not in answer.text, refused
+        assert client.pauses().pauses == []
+        done = web.post("/pauses", data={"csrf": token, "scope": "all", "reason": "maintenance <b>window</b>"})
+        assert done.status_code == 303 and done.headers["location"] == "/pauses?notice=paused"
+        again = web.post("/pauses", data={"csrf": token, "scope": "all", "reason": "another reason"})
+        assert again.headers["location"] == "/pauses?notice=kept"
+        [held] = client.pauses().pauses
+        assert (held.scope, held.by, held.reason) == ("all", "console:operator", "maintenance <b>window</b>")
+        overview = web.get("/").text
+        assert "maintenance &lt;b&gt;window&lt;/b&gt;" in overview and 'action="/pauses/all/resume"' in overview
+        assert web.post("/pauses/all/resume", data={"csrf": ""}).status_code == 403
+        assert web.post("/pauses/nonsense/resume", data={"csrf": token}).status_code == 404
+        resumed = web.post("/pauses/all/resume", data={"csrf": token})
+        assert resumed.headers["location"] == "/pauses?notice=resumed" and client.pauses().pauses == []
+        assert "Nothing is paused." in web.get(resumed.headers["location"]).text
+        assert web.post("/pauses/all/resume", data={"csrf": token}).headers["location"] == "/pauses?notice=not-paused"
 
 
 def test_restart_without_a_supervisor_writes_nothing_and_says_so(open_api: ServedApi) -> None:

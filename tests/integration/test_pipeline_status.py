@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from coherence_network.api.app import create_app
 from coherence_network.clock import utcnow
@@ -194,3 +195,52 @@ def test_prometheus_queue_gauges_are_exposed(app_client: TestClient) -> None:
     text = app_client.get("/metrics").text
     for name in ("coherence_tasks{", "coherence_oldest_pending_age_seconds", "coherence_runners_seen"):
         assert name in text
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, its labels) -> value, as Prometheus reads /metrics."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_queue_health_in_metrics_and_status_on_both_backends(migrated_store_url: str, tmp_path: Path) -> None:
+    """The oldest pending task per type, the oldest waiting decision (since it started waiting: updated_at, not
+    created_at), failed tasks out of attempts per type, and the queue wait by type as tasks are claimed."""
+    now = utcnow()
+
+    def row(task_type: str, status: str, *, created: float, updated: float | None = None, attempts: int = 0,
+            max_attempts: int = 3) -> dict[str, Any]:
+        return {"direction": "d", "task_type": task_type, "status": status, "attempts": attempts,
+                "max_attempts": max_attempts, "created_at": now - timedelta(seconds=created),
+                "updated_at": now - timedelta(seconds=updated if updated is not None else created),
+                "decision_prompt": "?" if status == "needs_decision" else None}
+
+    engine = create_store_engine(migrated_store_url)
+    with engine.begin() as conn:
+        conn.execute(tasks.insert(), [
+            row("impl", "pending", created=7200), row("impl", "pending", created=60),
+            row("spec", "pending", created=600),
+            row("test", "needs_decision", created=50000, updated=1800),  # asked late: waits since its last run
+            row("review", "needs_decision", created=9000, updated=3 * 3600),
+            row("impl", "failed", created=99, attempts=3), row("impl", "failed", created=99, attempts=4),
+            row("impl", "failed", created=99, attempts=1),  # attempts left: not out of them
+            row("test", "failed", created=99, attempts=2, max_attempts=2), row("test", "completed", created=99)])
+    engine.dispose()
+    settings = Settings(coherence_home=tmp_path / "home", database_url=migrated_store_url)
+    with TestClient(create_app(settings)) as client:
+        status = client.get("/api/agent/pipeline-status").json()
+        assert status["oldest_decision_seconds"] == pytest.approx(3 * 3600, abs=60)
+        assert "decisions waiting: 2, the oldest for 3.0 h" in render_status(status)
+        claimed = client.post("/api/agent/tasks/claim", json={"runner_id": "r", "types": ["spec"]}).json()
+        assert claimed["task_type"] == "spec"
+        found = _samples(client.get("/metrics").text)
+    oldest = {labels[0][1]: value for (name, labels), value in found.items()
+              if name == "coherence_oldest_pending_age_seconds"}
+    assert oldest["impl"] == pytest.approx(7200, abs=60) and oldest["spec"] == 0 and oldest["run"] == 0
+    assert found[("coherence_oldest_decision_age_seconds", ())] == pytest.approx(3 * 3600, abs=60)
+    spent = {labels[0][1]: value for (name, labels), value in found.items()
+             if name == "coherence_tasks_out_of_attempts"}
+    assert spent == {"spec": 0, "test": 1, "impl": 2, "review": 0, "heal": 0, "run": 0}
+    assert found[("coherence_queue_wait_seconds_count", (("task_type", "spec"),))] == 1
+    assert found[("coherence_queue_wait_seconds_bucket", (("le", "300.0"), ("task_type", "spec")))] == 0
+    assert found[("coherence_queue_wait_seconds_bucket", (("le", "900.0"), ("task_type", "spec")))] == 1

@@ -137,6 +137,23 @@ def test_decision_answered_from_telegram_reruns_the_task(served_api: ServedApi, 
         wait_until(lambda: has_text(fake, USER, "No task #99999"), 20, "no such task")
         fake.message(USER, f"/task {task_id}")
         wait_until(lambda: has_text(fake, USER, "status: completed", f"decided_by: telegram:{USER}"), 20, "/task")
+
+        # Pause and resume, through the API as coherence pause does, as telegram:<username>; only allowed users.
+        refused = fake.message(STRANGER, "/pause run not yours to pause")
+        wait_until(lambda: seen_by_bot(fake, refused), 20, "the bot to read the stranger's /pause")
+        assert client.pauses().pauses == [] and fake.texts(STRANGER) == []
+        fake.push({"message": {"message_id": 2, "text": "/pause run provider down",
+                               "from": {"id": USER, "is_bot": False, "username": "ops_alice"},
+                               "chat": {"id": USER, "type": "private"}}})
+        wait_until(lambda: has_text(fake, USER, "Paused run since", "by telegram:ops_alice: provider down",
+                                    "Resume with: /resume run"), 20, "the pause's confirmation")
+        [held] = client.pauses().pauses
+        assert (held.scope, held.by, held.reason) == ("run", "telegram:ops_alice", "provider down")
+        fake.message(USER, "/status")
+        wait_until(lambda: has_text(fake, USER, "Paused:\n  run since", "-> /resume run"), 20, "/status's pauses")
+        fake.message(USER, "/resume run")
+        wait_until(lambda: has_text(fake, USER, f"Resumed run by telegram:{USER}"), 20, "the resume")
+        assert client.pauses().pauses == []
     finally:
         runner.stop()
         client.close()
@@ -211,6 +228,19 @@ def test_webhook_needs_the_secret(tmp_path: Path, fake: FakeTelegram, bots: list
         assert answer_to("/tasks pending").startswith("1 tasks pending") and "Unknown status" in answer_to("/tasks x")
         assert f"decided_by: telegram:{USER}" in answer_to(f"/task {task_id}")
         assert answer_to("/reply 99999 yes") == "No task #99999; nothing changed."
+        # pause and resume in-process over the API's own store: the same replies and the same pause as the CLI's
+        assert answer_to("/pause").startswith("Usage: /pause [type] <reason>")
+        assert answer_to("/pause impl").startswith("Usage:")  # a reason is required
+        assert "Paused all since" in answer_to("/pause maintenance window")
+        assert answer_to("/pause all another reason").startswith("Already paused, kept as it was: all since")
+        assert "Paused impl since" in answer_to("/pause impl provider down")
+        assert [(p.scope, p.by) for p in client.pauses().pauses] == [("all", f"telegram:{USER}"),
+                                                                      ("impl", f"telegram:{USER}")]
+        assert "Paused:\n  all since" in answer_to("/status") and "Unknown type 'x'" in answer_to("/resume x")
+        assert answer_to("/resume").startswith(f"Resumed all by telegram:{USER}")
+        assert answer_to("/resume impl").startswith("Resumed impl") and client.pauses().pauses == []
+        assert answer_to("/resume") == "all was not paused; nothing changed."
+        assert "Paused: nothing" in answer_to("/status")
         assert "does not wait for a decision (its status is pending)" in answer_to(f"/reply {task_id} no")
         assert fake.calls_of("getUpdates") == []
         # The webhook logs to its own process's log; telegram.log has one writer, the bot's process.

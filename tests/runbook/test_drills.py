@@ -112,10 +112,16 @@ def test_drill_cleanup_removes_only_old_logs_of_finished_tasks(runbook: Runbook,
 
 
 def test_drill_unblock_decision_with_the_documented_verbs(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
+    """The waiting-decisions drill first (the oldest decision's age in status and on /metrics), then the answer."""
     with ApiClient(api.url, token="") as client:
         task = client.create_task("deploy", "run", command="true")
         claim = client.claim("drill")
         client.finish(task.id, claim.claim_token, TaskStatus.NEEDS_DECISION, decision_prompt="Deploy to prod?")
+        status, waiting, gauge = runbook.drill("waiting-decisions").commands()  # how old the oldest is, everywhere
+        assert "decisions waiting: 1, the oldest for " in drill.run(status, check=False).stdout
+        assert drill.run(waiting).stdout.startswith(f"#{task.id} ")
+        (sample,) = drill.run(gauge).stdout.splitlines()
+        assert sample.startswith("coherence_oldest_decision_age_seconds ") and float(sample.split()[1]) > 0
         listing, answer = runbook.drill("unblock-decision").commands()
         (line, total) = drill.run(listing).stdout.splitlines()
         assert line.startswith(f"#{task.id} ") and line.endswith("asks: Deploy to prod?") and total == "1-1 of 1 tasks"

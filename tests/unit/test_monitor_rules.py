@@ -185,7 +185,7 @@ def test_paused_is_a_warning_naming_who_why_and_since_and_paused_work_is_not_idl
     assert "no_task_running" not in found  # the paused type waits on purpose
     paused = found["paused"]
     assert paused["severity"] == "medium" and not grading.needs_attention([paused])
-    assert paused["command"] == "coherence resume --type run"
+    assert paused["command"] == "coherence resume --type run" and paused["console"] == "/pauses"  # its buttons
     assert "run since 2026-11-25 12:00:00 UTC by cli:alice: provider down" in paused["message"]
     other = {**waiting, "spec": waiting["run"]}  # another type waits too, unpaused: that one is idle
     assert "no_task_running" in flags(health_snapshot(running=[], pending=other, pauses=held_run), cfg)
@@ -211,6 +211,9 @@ def test_a_waiting_decision_needs_a_person_at_once(cfg: Settings) -> None:
     assert found["severity"] == "medium"
     overdue = [{"id": 4, "waiting_seconds": cfg.monitor_decision_wait_minutes * 60 + 1}]
     assert flags(health_snapshot(needs_decision=overdue), cfg)["needs_decision"]["severity"] == "high"
+    # the oldest may be past the listed ones: the store's figure over all waiting tasks counts
+    unlisted = health_snapshot(needs_decision=waiting, oldest_decision_seconds=cfg.monitor_decision_wait_minutes * 60)
+    assert flags(unlisted, cfg)["needs_decision"]["severity"] == "high"
 
 
 def test_repeated_failures_low_success_rate_and_empty_output(cfg: Settings) -> None:

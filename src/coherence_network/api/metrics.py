@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 from coherence_network import grading, health
 from coherence_network.api.readiness import readiness_checks
 from coherence_network.clock import utcnow
-from coherence_network.contract import PAUSE_SCOPES
+from coherence_network.contract import PAUSE_SCOPES, TaskType
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
 
@@ -24,9 +24,10 @@ _DURATION_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 720
 
 
 class QueueCollector(Collector):
-    """Gauges computed from the store on each scrape: tasks by status, oldest pending age, live runners, the
-    health rules (coherence_network.health) that are open (the same evaluation pipeline-status shows), the
-    fatal issues not yet cleared, and the pauses in force."""
+    """Gauges computed from the store on each scrape: tasks by status, the oldest pending task's age by type, the
+    oldest waiting decision's age, failed tasks out of attempts by type, live runners, the health rules
+    (coherence_network.health) that are open (the same evaluation pipeline-status shows), the fatal issues not yet
+    cleared, and the pauses in force."""
 
     def __init__(self, owner: ApiMetrics) -> None:
         self.owner = owner
@@ -38,10 +39,22 @@ class QueueCollector(Collector):
         for status, n in snapshot.by_status.items():
             by_status.add_metric([status], n)
         yield by_status
-        age = max((p["oldest_wait_seconds"] or 0.0 for p in snapshot.pending.values()), default=0.0)
+        oldest = GaugeMetricFamily("coherence_oldest_pending_age_seconds", "Age of the oldest pending task of the "
+                                   "type (0: none pending); max() over types is the whole queue's", labels=["type"])
+        for kind in TaskType:
+            pending = snapshot.pending.get(kind.value) or {}
+            oldest.add_metric([kind.value], max(pending.get("oldest_wait_seconds") or 0.0, 0.0))
+        yield oldest
         yield GaugeMetricFamily(
-            "coherence_oldest_pending_age_seconds", "Age of the oldest pending task", value=max(age, 0.0)
+            "coherence_oldest_decision_age_seconds", "How long the longest-waiting decision (a task in "
+            "needs_decision) has waited (0: none waits)", value=snapshot.oldest_decision_seconds or 0.0,
         )
+        spent = self.owner.store.out_of_attempts()
+        out = GaugeMetricFamily("coherence_tasks_out_of_attempts", "Failed tasks whose attempts are spent "
+                                "(attempts >= max_attempts): only an operator's retry runs them again", labels=["type"])
+        for kind in TaskType:
+            out.add_metric([kind.value], spent.get(kind.value, 0))
+        yield out
         yield GaugeMetricFamily(
             "coherence_runners_seen", "Runners alive: a heartbeat within two of their intervals (+1 s), not stopped",
             value=health.live_runners(snapshot),
@@ -95,8 +108,8 @@ class ApiMetrics:
             "coherence_tasks_lease_failed_total", "Expired leases that failed the task", registry=self.registry
         )
         self.queue_wait = Histogram(
-            "coherence_queue_wait_seconds", "Time from creation to claim", registry=self.registry,
-            buckets=_DURATION_BUCKETS,
+            "coherence_queue_wait_seconds", "Time from creation to claim, counted as tasks are claimed",
+            ["task_type"], registry=self.registry, buckets=_DURATION_BUCKETS,
         )
         self.task_run = Histogram(
             "coherence_task_run_seconds", "Time from claim to finish", ["task_type"], registry=self.registry,

@@ -110,7 +110,8 @@ async def _client_gone(request: Request) -> None:
 def _count_claims(state: Any, claimed: list[dict[str, Any]]) -> None:
     state.metrics.tasks_claimed.inc(len(claimed))
     for task in claimed:
-        state.metrics.queue_wait.observe(max((task["started_at"] - task["created_at"]).total_seconds(), 0.0))
+        waited = max((task["started_at"] - task["created_at"]).total_seconds(), 0.0)
+        state.metrics.queue_wait.labels(task["task_type"]).observe(waited)
 
 
 @router.post("/tasks/{task_id:id}/heartbeat", response_model=Task, responses=responses(404, 409))

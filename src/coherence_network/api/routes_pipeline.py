@@ -66,6 +66,7 @@ def pipeline_status(request: Request) -> dict[str, Any]:
         "components": snapshot.components,
         "attention": health.evaluate(snapshot, settings),
         "pauses": snapshot.pauses,
+        "oldest_decision_seconds": snapshot.oldest_decision_seconds,
     }
 
 

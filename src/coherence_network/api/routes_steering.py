@@ -13,9 +13,28 @@ from coherence_network.api.deps import store_of
 from coherence_network.api.models import COMMON_ERRORS
 from coherence_network.contract import PAUSE_ALL, PauseChange, PauseList
 from coherence_network.request_bodies import PauseRequest, ResumeRequest
+from coherence_network.store import TaskStore
 
 router = APIRouter(prefix="/api/agent", tags=["steering"], responses=COMMON_ERRORS)
 log = logging.getLogger("coherence.api")
+
+
+def pause_scope(store: TaskStore, scope: str, by: str, reason: str) -> dict[str, Any]:
+    """Pause ``scope`` as ``by`` and log it: the one way every channel pauses (this API, the console, the Telegram
+    webhook), so each does the same. A PauseChange's fields."""
+    stored, created = store.pause(scope, by, reason)
+    if created:
+        log.warning("paused %s by %s: %s", scope, by, reason)
+    return {"changed": created, "pause": stored}
+
+
+def resume_scope(store: TaskStore, scope: str, by: str) -> dict[str, Any]:
+    """Resume ``scope`` as ``by`` and log it (every channel, as pause_scope). A PauseChange's fields."""
+    ended = store.resume(scope, by)
+    if ended is not None:
+        log.warning("resumed %s by %s (paused since %s by %s: %s)", scope, by, ended["since"].isoformat(),
+                    ended["by"], ended["reason"])
+    return {"changed": ended is not None, "pause": ended}
 
 
 @router.post("/pause", response_model=PauseChange)
@@ -23,10 +42,7 @@ async def pause(body: PauseRequest, request: Request) -> dict[str, Any]:
     """Pause the whole pipeline (no ``type``) or one task type: claims hand out nothing of it, running tasks
     finish. Pausing what is paused keeps the first pause (``changed`` false): safe to repeat."""
     scope = body.type.value if body.type else PAUSE_ALL
-    stored, created = await run_in_threadpool(store_of(request).pause, scope, body.by, body.reason)
-    if created:
-        log.warning("paused %s by %s: %s", scope, body.by, body.reason)
-    return {"changed": created, "pause": stored}
+    return await run_in_threadpool(pause_scope, store_of(request), scope, body.by, body.reason)
 
 
 @router.post("/resume", response_model=PauseChange)
@@ -34,11 +50,7 @@ async def resume(body: ResumeRequest, request: Request) -> dict[str, Any]:
     """Resume what a pause held (no ``type``: the whole pipeline's pause; a type's own pause stays until it is
     resumed too). Waiting claims look again at once. Resuming what is not paused changes nothing."""
     scope = body.type.value if body.type else PAUSE_ALL
-    ended = await run_in_threadpool(store_of(request).resume, scope, body.by)
-    if ended is not None:
-        log.warning("resumed %s by %s (paused since %s by %s: %s)", scope, body.by, ended["since"].isoformat(),
-                    ended["by"], ended["reason"])
-    return {"changed": ended is not None, "pause": ended}
+    return await run_in_threadpool(resume_scope, store_of(request), scope, body.by)
 
 
 @router.get("/pauses", response_model=PauseList)

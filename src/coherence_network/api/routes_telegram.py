@@ -19,16 +19,26 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from coherence_network.api.deps import store_of
 from coherence_network.api.errors import bounded_error
 from coherence_network.api.models import responses
 from coherence_network.api.routes_ops_issues import get_fatal_issues
 from coherence_network.api.routes_pipeline import pipeline_status
+from coherence_network.api.routes_steering import pause_scope, resume_scope
 from coherence_network.client import ApiConflict, ApiNotFound, ApiValidationError
-from coherence_network.contract import FatalIssueList, PipelineStatus, Task, TaskCount, TaskPage
-from coherence_network.request_bodies import TaskPatch, TelegramUpdate
+from coherence_network.contract import (
+    PAUSE_ALL,
+    FatalIssueList,
+    PauseChange,
+    PipelineStatus,
+    Task,
+    TaskCount,
+    TaskPage,
+    TaskType,
+)
+from coherence_network.request_bodies import PauseRequest, ResumeRequest, TaskPatch, TelegramUpdate
 from coherence_network.settings import Settings
 from coherence_network.store import Conflict, NotFound
 from coherence_network.telegram.botapi import SECRET_HEADER, webhook_secret
@@ -37,6 +47,7 @@ from coherence_network.telegram.commands import Commands
 router = APIRouter(prefix="/api/agent/telegram", tags=["telegram"], responses=responses(400, 413))
 log = logging.getLogger("coherence.telegram")
 Result = TypeVar("Result")
+Body = TypeVar("Body", bound=BaseModel)
 
 
 class StorePipeline:
@@ -70,17 +81,36 @@ class StorePipeline:
 
     def decide(self, task_id: int, decision: str, decided_by: str) -> Task:
         """PATCH /api/agent/tasks/{id}'s rules (TaskPatch), then the store's decide."""
+        self._valid(TaskPatch, {"decision": decision, "decided_by": decided_by})
+        return Task.model_validate(self._as_answered(lambda: self.store.decide(task_id, decision, decided_by)))
+
+    def pause(self, by: str, reason: str, *, task_type: str | None = None) -> PauseChange:
+        """POST /api/agent/pause's rules (PauseRequest), then the API's own pause_scope."""
+        body = self._valid(PauseRequest, {"type": task_type, "by": by, "reason": reason})
+        return PauseChange.model_validate(pause_scope(self.store, _scope(body.type), body.by, body.reason))
+
+    def resume(self, by: str, *, task_type: str | None = None) -> PauseChange:
+        """POST /api/agent/resume's rules (ResumeRequest), then the API's own resume_scope."""
+        body = self._valid(ResumeRequest, {"type": task_type, "by": by})
+        return PauseChange.model_validate(resume_scope(self.store, _scope(body.type), body.by))
+
+    @staticmethod
+    def _valid(model: type[Body], values: dict[str, Any]) -> Body:
+        """The JSON API's request model over ``values``; its 422 as the client raises it."""
         try:
-            TaskPatch.model_validate({"decision": decision, "decided_by": decided_by})
+            return model.model_validate(values)
         except ValidationError as exc:
             raise ApiValidationError(422, [bounded_error(e) for e in exc.errors()]) from None
-        return Task.model_validate(self._as_answered(lambda: self.store.decide(task_id, decision, decided_by)))
 
     def pipeline_status(self) -> PipelineStatus:
         return PipelineStatus.model_validate(pipeline_status(self.request))
 
     def fatal_issues(self) -> FatalIssueList:
         return FatalIssueList.model_validate(get_fatal_issues(self.request))
+
+
+def _scope(task_type: TaskType | None) -> str:
+    return task_type.value if task_type else PAUSE_ALL
 
 
 def _run_command(request: Request, update: Any) -> tuple[int, str] | None:

@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from coherence_network.api.deps import store_of
 from coherence_network.api.models import TaskId, refuse_disallowed_commands
 from coherence_network.api.routes_tasks import read_log_end
+from coherence_network.clock import utcnow
 from coherence_network.console.forms import act_on_task, posted_form, validated
 from coherence_network.console.pages import PAGE_SIZE, error_page, page_links, render, settings_of, visit_of
 from coherence_network.console.session import local_path
@@ -149,5 +150,6 @@ def decisions_page(request: Request, offset: int = 0) -> HTMLResponse:
     items, total = store_of(request).list(status=TaskStatus.NEEDS_DECISION, order="oldest", limit=PAGE_SIZE,
                                         offset=offset)
     return render(request, "decisions.html", visit, items=items, total=total, offset=offset,
-                  pages=page_links("/decisions", {}, offset, total))
+                  pages=page_links("/decisions", {}, offset, total),
+                  oldest=store_of(request).oldest_decision_seconds(utcnow()))
 

@@ -66,6 +66,17 @@ class StoreFigures(StoreCore):
         with self.connection() as conn:
             return stats.pipeline_snapshot(conn, now, limits, recent_at_least)
 
+    def oldest_decision_seconds(self, now: datetime) -> float | None:
+        """How long the longest-waiting decision has waited at ``now`` (None: none waits)."""
+        with self.connection() as conn:
+            asked = stats.first_asked(conn)
+        return None if asked is None else round(max((now - asked).total_seconds(), 0.0), 3)
+
+    def out_of_attempts(self) -> dict[str, int]:
+        """Failed tasks out of attempts, by task type (stats.out_of_attempts)."""
+        with self.connection() as conn:
+            return stats.out_of_attempts(conn)
+
     def success_counts(self, since: datetime, until: datetime) -> dict[str, dict[str, Any]]:
         """{task_type | "all": {completed, failed, success_rate}} for tasks finished in [since, until]."""
         with self.connection() as conn:

@@ -242,7 +242,24 @@ def pipeline_snapshot(conn: Connection, now: datetime, limits: Limits, recent_at
         if task["run_seconds"] is not None:
             task["run_seconds"] = round(max(task["run_seconds"], 0.0), 3)
     return {"running": running, "pending": pending, "needs_decision": waiting, "recent": recent,
-            "success_24h": success_24h}
+            "success_24h": success_24h, "oldest_decision_seconds": _age(now, first_asked(conn))}
+
+
+def first_asked(conn: Connection) -> datetime | None:
+    """When the longest-waiting decision was asked: a task enters needs_decision by its finish, which sets
+    updated_at, and nothing else writes it while the task waits. None when no decision waits."""
+    query = sa.select(sa.func.min(tasks.c.updated_at, type_=UTCDateTime)).where(
+        tasks.c.status == TaskStatus.NEEDS_DECISION)
+    asked: datetime | None = conn.execute(query).scalar()
+    return asked
+
+
+def out_of_attempts(conn: Connection) -> dict[str, int]:
+    """Failed tasks whose attempts are spent (attempts >= max_attempts), by task type: nothing retries them but an
+    operator. Read through the (task_type, status) index, then the failed rows only."""
+    spent = sa.and_(tasks.c.status == TaskStatus.FAILED, tasks.c.attempts >= tasks.c.max_attempts)
+    query = sa.select(tasks.c.task_type, sa.func.count()).where(spent).group_by(tasks.c.task_type)
+    return {task_type: int(n) for task_type, n in conn.execute(query)}
 
 
 def completed_per_day(conn: Connection, now: datetime, days: int = 7) -> list[dict[str, Any]]:

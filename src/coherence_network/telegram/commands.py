@@ -17,7 +17,8 @@ from coherence_network import grading
 from coherence_network.client import ApiConflict, ApiError, ApiNotFound, ApiUnavailable
 from coherence_network.contract import FatalIssueList, PipelineStatus, Task, TaskCount, TaskPage, TaskStatus
 from coherence_network.settings import Settings
-from coherence_network.status_view import render_task
+from coherence_network.status_view import duration, render_task
+from coherence_network.telegram.steering import Steering, actor, pause_reply, paused_lines, resume_reply
 from coherence_network.telegram.wording import LISTED_APART, about, clip, flag_line, issue_line, waiting_line
 
 log = logging.getLogger("coherence.telegram")
@@ -29,11 +30,13 @@ HELP = """Commands:
 /tasks [status] - newest tasks (status: pending, running, needs_decision, completed, failed)
 /task <id> - one task
 /reply <id> <decision> - answer a task that waits for a decision
+/pause [type] <reason> - hold a task type (no type: the whole pipeline); running tasks finish
+/resume [type] - hand it out again (no type: the whole pipeline's pause)
 /attention - open monitor issues, fatal issues and waiting decisions
 /help - this text"""
 
 
-class Pipeline(Protocol):
+class Pipeline(Steering, Protocol):
     """What the commands read and do; ``ApiClient`` is one (see the module docstring)."""
 
     def count_tasks(self) -> TaskCount: ...
@@ -75,6 +78,7 @@ class Incoming:
     chat_id: int
     chat_type: str
     text: str
+    username: str = ""  # the sender's Telegram username, when they have one
 
 
 def read_update(update: Any) -> Incoming | None:
@@ -90,7 +94,9 @@ def read_update(update: Any) -> Incoming | None:
     user_id, chat_id = sender.get("id"), chat.get("id")
     if not (isinstance(user_id, int) and isinstance(chat_id, int)):
         return None
-    return Incoming(update["update_id"], user_id, chat_id, str(chat.get("type", "")), text)
+    username = sender.get("username")
+    return Incoming(update["update_id"], user_id, chat_id, str(chat.get("type", "")), text,
+                    username if isinstance(username, str) else "")
 
 
 class Commands:
@@ -102,6 +108,8 @@ class Commands:
         self._handlers: dict[str, Callable[[str, Incoming], str]] = {
             "status": self._status, "tasks": self._tasks, "task": self._task, "reply": self._reply,
             "attention": self._attention, "help": self._help, "start": self._help,
+            "pause": lambda args, msg: pause_reply(self.pipeline, args, actor(msg.user_id, msg.username)),
+            "resume": lambda args, msg: resume_reply(self.pipeline, args, actor(msg.user_id, msg.username)),
         }
 
     def is_allowed(self, msg: Incoming) -> bool:
@@ -151,15 +159,18 @@ class Commands:
         running = self.pipeline.list_tasks(status=TaskStatus.RUNNING, order="oldest", limit=SHOWN).items
         lines += [f"Running #{t.id} {t.task_type}: {t.current_step or about(t)}" for t in running]
         waiting = self.pipeline.list_tasks(status=TaskStatus.NEEDS_DECISION, order="oldest", limit=SHOWN)
-        if waiting.total:
-            lines.append(f"Waiting for a decision: {waiting.total}")
-            lines += [f"  {waiting_line(t)}" for t in waiting.items]
         report = self.pipeline.pipeline_status()
+        if waiting.total:
+            oldest = report.oldest_decision_seconds
+            lines.append(f"Waiting for a decision: {waiting.total}"
+                         + (f", the oldest for {duration(oldest)}" if oldest is not None else ""))
+            lines += [f"  {waiting_line(t)}" for t in waiting.items]
+        lines += paused_lines(report.pauses)
         manager = report.project_manager
         state = "never seen" if not manager else manager.state
         lines.append(f"Runners: {grading.count_states(r.model_dump() for r in report.runners)}; "
                      f"project manager: {state}")
-        flags = [f for f in report.attention if f.rule != "needs_decision"]  # the decisions are listed above
+        flags = [f for f in report.attention if f.rule not in ("needs_decision", "paused")]  # listed above
         lines.append("Attention:" + ("" if flags else " none"))
         lines += [f"  {flag_line(f)}" for f in flags]
         return "\n".join(lines)

@@ -27,8 +27,9 @@ def state_path(settings: Settings) -> Path:
 
 
 class BotState:
-    """Update offset, what was notified (key -> last time the condition was seen) and the outbox, saved atomically
-    on every change, so a restart neither resends an alert nor loses a message that was waiting to go out."""
+    """Update offset, what was notified (key -> last time the condition was seen), when each waiting decision is
+    to be reminded of, and the outbox, saved atomically on every change, so a restart neither resends an alert,
+    nor reminds early, nor loses a message that was waiting to go out."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -45,12 +46,15 @@ class BotState:
         self.notified: dict[str, float] = dict(data.get("notified", {}))
         self.primed: bool = bool(data.get("primed", False))
         self.outbox: list[dict[str, Any]] = list(data.get("outbox", []))
+        # "chat|decision key" -> {"next": when the next reminder is due (epoch s), "sent": reminders sent so far}
+        self.reminders: dict[str, dict[str, float]] = dict(data.get("reminders", {}))
         self._seq = max((m["seq"] for m in self.outbox), default=0)
 
     def save(self) -> None:
         with self.lock:
             write_json_atomic(self.path, {"update_offset": self.offset, "notified": self.notified,
-                                          "primed": self.primed, "outbox": self.outbox})
+                                          "primed": self.primed, "outbox": self.outbox,
+                                          "reminders": self.reminders})
 
     def advance(self, offset: int) -> None:
         with self.lock:
