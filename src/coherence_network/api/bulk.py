@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import time
 from datetime import UTC, datetime
@@ -29,6 +30,8 @@ from coherence_network.setting_values import derived_key
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
 from coherence_network.store.bulk import Selection
+
+log = logging.getLogger("coherence.api")
 
 
 class BulkRefused(CoherenceError):
@@ -116,4 +119,8 @@ def act(store: TaskStore, tokens: BulkTokens, body: BulkActRequest, actor: str) 
     claims = tokens.verify(body)
     result = store.bulk_act(body.action.value, selection_of(body), claims["m"], actor=actor, reason=body.reason,
                             key=claims["k"], previewed=claims["n"], detail={"filter": filter_terms(body.filter)})
+    if not result["repeated"]:
+        log.warning("bulk %s by %s of %s: acted on %d of %d previewed (%d skipped): %s", body.action.value, actor,
+                    json.dumps(filter_terms(body.filter)), result["acted"], result["previewed"], result["skipped"],
+                    body.reason)
     return {"action": body.action, **result}

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -17,7 +16,6 @@ from coherence_network.contract_bulk import BulkPreview, BulkResult
 from coherence_network.request_bodies import BulkActRequest, BulkPreviewRequest
 
 router = APIRouter(prefix="/api/agent/tasks/bulk", tags=["steering"], responses=COMMON_ERRORS)
-log = logging.getLogger("coherence.api")
 
 
 def tokens_of(request: Request) -> bulk.BulkTokens:
@@ -45,7 +43,4 @@ async def act(body: BulkActRequest, request: Request) -> dict[str, Any]:
             raise HTTPException(409, exc.message) from None
         raise RequestValidationError([{"type": "value_error", "loc": ("body", "token"), "msg": exc.message,
                                        "input": None}]) from None
-    if not result["repeated"]:
-        log.warning("bulk %s by %s: acted on %d of %d previewed (%d skipped): %s", body.action.value, actor,
-                    result["acted"], result["previewed"], result["skipped"], body.reason)
     return result
