@@ -19,6 +19,8 @@ from coherence_network.request_bodies import (
     ResumeRequest,
 )
 
+BULK_ACT_TIMEOUT = 600.0  # seconds a bulk act may take to answer
+
 
 class SteeringCalls:
     """Mixed into ApiClient, which sends through its ``call``."""
@@ -56,7 +58,9 @@ class SteeringCalls:
 
     def bulk_act(self, action: str, token: str, reason: str, **task_filter: Any) -> BulkResult:
         """Do what the preview of the same action and filter counted. A token acts once (a repeat answers the
-        first act's counts), so a retry after a lost answer is safe."""
+        first act's counts), so a retry after a lost answer is safe. Each task is its own move (PostgreSQL: about
+        2.5 ms apiece), so the answer may take minutes for a hundred thousand: the timeout is BULK_ACT_TIMEOUT."""
         body = body_of(BulkActRequest, action=action, filter=body_of(BulkFilter, **task_filter), token=token,
                        reason=reason)
-        return BulkResult.model_validate(self.call(BULK_ACT, body, keyed=True).json())
+        answer = self.call(BULK_ACT, body, keyed=True, timeout=BULK_ACT_TIMEOUT)
+        return BulkResult.model_validate(answer.json())
