@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import subprocess
 import sys
 import time
@@ -34,10 +35,14 @@ def _failed(store: TaskStore, directions: list[str], task_type: str = "run") -> 
     """Tasks that failed as a runner fails them (a category no automatic retry takes)."""
     made = [t["id"] for t, _ in store.create_many([{"direction": d, "task_type": task_type, "command": "false"}
                                                    for d in directions])]
-    while claimed := store.claim_many("r1", 100, types=[task_type]):
-        for task in claimed:
+    claimed = store.claim_many("r1", 100, types=[task_type])
+    for task in claimed:  # another test's pending tasks of this type are released as they were
+        if task["id"] in made:
             store.finish(task["id"], task["claim_token"], status="failed", exit_code=1, error_category="config_error",
                          error_summary="no agent command")
+        else:
+            store.finish(task["id"], task["claim_token"], status="pending")
+    assert {t["id"] for t in claimed} >= set(made)
     return made
 
 
@@ -223,6 +228,51 @@ def test_coherence_bulk_previews_without_a_terminal_and_acts_with_yes(api: Serve
     assert re.fullmatch(r"cli:\S+", user)
     nothing = _coherence(api, "bulk", "retry", "--text", "quokka", "--reason", "again", "--json")
     assert nothing.returncode == 0 and '"count": 0' in nothing.stdout and '"result": null' in nothing.stdout
+
+
+def test_on_a_terminal_coherence_bulk_asks_and_acts_only_on_yes(api: ServedApi) -> None:
+    ids = _failed(_store(api), ["platypus one", "platypus two"], "spec")
+
+    def typed(answer: bytes) -> str:
+        """Run the command on a pseudo-terminal, answer its question, and return what it showed."""
+        controller, terminal = os.openpty()
+        env = {**os.environ, "COHERENCE_HOME": str(api.home), "AGENT_API_BASE": api.url, "NO_COLOR": "1"}
+        proc = subprocess.Popen([*CLI, "bulk", "retry", "--text", "platypus", "--reason", "asked"], env=env,
+                                stdin=terminal, stdout=terminal, stderr=terminal)
+        os.close(terminal)
+        shown = b""
+        try:
+            while b"[y/N]" not in shown:
+                ready, _, _ = select.select([controller], [], [], 30)
+                assert ready, f"no question asked: {shown!r}"
+                shown += os.read(controller, 4096)
+            os.write(controller, answer)
+            assert proc.wait(30) == 0
+            while select.select([controller], [], [], 0.5)[0]:
+                try:
+                    shown += os.read(controller, 4096)
+                except OSError:  # the terminal closed with the command
+                    break
+        finally:
+            os.close(controller)
+        return shown.decode()
+
+    declined = typed(b"n\n")
+    assert "retry would take 2 tasks" in declined and "Retry these 2 tasks? [y/N]" in declined
+    assert "Nothing was done." in declined and {_store(api).get(i)["status"] for i in ids} == {"failed"}
+    assert "retried 2 of the 2 tasks previewed" in typed(b"y\n")
+    assert {_store(api).get(i)["status"] for i in ids} == {"pending"}
+
+
+def test_a_cancel_preview_counts_what_can_be_cancelled(api: ServedApi) -> None:
+    store = _store(api)
+    waiting = [t["id"] for t, _ in store.create_many([{"direction": f"echidna {i}", "task_type": "spec"}
+                                                      for i in range(2)])]
+    _failed(store, ["echidna failed"], "spec")
+    preview = _post(api, "preview", {"action": "cancel", "filter": {"text": "echidna"}}).json()
+    assert (preview["count"], preview["max_id"]) == (2, waiting[-1])  # a failed task is not cancellable
+    assert {t["status"] for t in preview["sample"]} == {"pending"}
+    assert _post(api, "preview", {"action": "cancel", "filter": {"status": "failed"}}).status_code == 422
 
 
 def test_the_console_previews_then_acts_with_the_confirmations_token(api: ServedApi) -> None:
