@@ -22,7 +22,7 @@ from coherence_network.clock import utcnow
 from coherence_network.request_bodies import BulkPreviewRequest
 from coherence_network.store import TaskStore
 from coherence_network.store.bulk import BulkBook, Selection
-from coherence_network.store.schema import audit
+from coherence_network.store.schema import audit, tasks
 from tests.support.api import ServedApi
 
 CLI = [sys.executable, "-m", "coherence_network.cli"]
@@ -99,6 +99,12 @@ def test_the_filters_match_on_both_stores(store: TaskStore) -> None:
         "count": 0, "max_id": None, "sample": []}
     assert store.bulk_preview(Selection(statuses=("pending",), text="certif"), 5)["max_id"] == pending["id"]
     assert store.bulk_preview(Selection(statuses=FAILED, text="!!"), 5)["count"] == 0  # no word: nothing
+    running = store.claim("r1", types=["run"])
+    cancellable = Selection(statuses=("pending", "needs_decision", "running"), text="certif")
+    assert running is not None and store.bulk_preview(cancellable, 5)["max_id"] == running["id"]
+    with store.transaction() as conn:  # its cancel was requested (store.cancel): nothing left for a bulk cancel
+        conn.execute(sa.update(tasks).where(tasks.c.id == running["id"]).values(cancel_requested_at=utcnow()))
+    assert store.bulk_preview(cancellable, 5)["count"] == 0
     nothing = store.bulk_act("retry", Selection(statuses=FAILED, text="zzz"), None, actor="api", reason="r",
                              key="k0", previewed=0, detail={})
     assert nothing == {"previewed": 0, "acted": 0, "skipped": 0, "changed": False, "repeated": False}

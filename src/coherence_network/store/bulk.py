@@ -21,6 +21,7 @@ from coherence_network.store.audit import AuditBook
 from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.schema import audit, tasks
 from coherence_network.store.search import search_condition
+from coherence_network.store.statements import RUNNING
 
 CHUNK = 500  # ids read per query while acting
 _SAMPLE_COLUMNS = (tasks.c.id, tasks.c.task_type, tasks.c.status, tasks.c.direction, tasks.c.created_at)
@@ -55,6 +56,8 @@ class BulkBook(AuditBook):
 
     def _where(self, selection: Selection, max_id: int | None) -> list[sa.ColumnElement[bool]]:
         where: list[sa.ColumnElement[bool]] = [tasks.c.status.in_(selection.statuses)]
+        if RUNNING in selection.statuses:  # a running task whose cancel was requested has nothing left to take
+            where.append(sa.or_(tasks.c.status != RUNNING, tasks.c.cancel_requested_at.is_(None)))
         if selection.task_type is not None:
             where.append(tasks.c.task_type == selection.task_type)
         if selection.created_before is not None:
