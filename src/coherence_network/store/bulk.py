@@ -72,7 +72,7 @@ class BulkBook(AuditBook):
 
     def bulk_preview(self, selection: Selection, sample: int) -> dict[str, Any]:
         """{count, max_id, sample}: how many tasks match now, the newest one's id (None: none) and the newest
-        ``sample`` of them (id, task_type, status, direction cut short, created_at). One snapshot for all three."""
+        ``sample`` of them (id, task_type, status, direction cut short, created_at)."""
         where = self._where(selection, None)
         counted = sa.select(sa.func.count(), sa.func.max(tasks.c.id)).where(*where)
         newest = sa.select(*_SAMPLE_COLUMNS).where(*where).order_by(tasks.c.id.desc()).limit(sample)
