@@ -8,8 +8,18 @@ import httpx
 from pydantic import BaseModel
 
 from coherence_network.contract import PauseChange, PauseList
-from coherence_network.endpoints import PAUSE, PAUSES, PRUNE, RESUME, Endpoint, body_of
-from coherence_network.request_bodies import PauseRequest, PruneRequest, ResumeRequest
+from coherence_network.contract_bulk import BulkPreview, BulkResult
+from coherence_network.endpoints import BULK_ACT, BULK_PREVIEW, PAUSE, PAUSES, PRUNE, RESUME, Endpoint, body_of
+from coherence_network.request_bodies import (
+    BulkActRequest,
+    BulkFilter,
+    BulkPreviewRequest,
+    PauseRequest,
+    PruneRequest,
+    ResumeRequest,
+)
+
+BULK_ACT_TIMEOUT = 600.0  # seconds a bulk act may take to answer
 
 
 class SteeringCalls:
@@ -39,3 +49,18 @@ class SteeringCalls:
     def pauses(self) -> PauseList:
         """The scopes paused now: since when, by whom and why."""
         return PauseList.model_validate(self.call(PAUSES).json())
+
+    def bulk_preview(self, action: str, **task_filter: Any) -> BulkPreview:
+        """How many tasks ``action`` (cancel, retry) would take by ``task_filter`` (status, type, created_before,
+        created_after, text), the newest few, and the token one act needs. Changes nothing, so retried."""
+        body = body_of(BulkPreviewRequest, action=action, filter=body_of(BulkFilter, **task_filter))
+        return BulkPreview.model_validate(self.call(BULK_PREVIEW, body, keyed=True).json())
+
+    def bulk_act(self, action: str, token: str, reason: str, **task_filter: Any) -> BulkResult:
+        """Do what the preview of the same action and filter counted. A token acts once (a repeat answers the
+        first act's counts), so a retry after a lost answer is safe. Each task is its own move (PostgreSQL: about
+        2.5 ms apiece), so the answer may take minutes for a hundred thousand: the timeout is BULK_ACT_TIMEOUT."""
+        body = body_of(BulkActRequest, action=action, filter=body_of(BulkFilter, **task_filter), token=token,
+                       reason=reason)
+        answer = self.call(BULK_ACT, body, keyed=True, timeout=BULK_ACT_TIMEOUT)
+        return BulkResult.model_validate(answer.json())

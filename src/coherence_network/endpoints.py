@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from coherence_network.request_bodies import (
+    BulkActRequest,
+    BulkPreviewRequest,
     ClaimRequest,
     ComponentHeartbeat,
     FatalIssueReport,
@@ -73,6 +75,8 @@ PRUNE = Endpoint("POST", "/api/agent/prune", PruneRequest)
 PAUSE = Endpoint("POST", "/api/agent/pause", PauseRequest)
 RESUME = Endpoint("POST", "/api/agent/resume", ResumeRequest)
 PAUSES = Endpoint("GET", "/api/agent/pauses")
+BULK_PREVIEW = Endpoint("POST", "/api/agent/tasks/bulk/preview", BulkPreviewRequest)
+BULK_ACT = Endpoint("POST", "/api/agent/tasks/bulk/act", BulkActRequest)
 ENDPOINTS = tuple(value for value in tuple(globals().values()) if isinstance(value, Endpoint))  # every one above
 
 

@@ -132,8 +132,8 @@ RUN_FILES: dict[str, LogFile] = {
                 "none; removed with their task (COHERENCE_RETAIN_TASKS_DAYS)", "run"),
         LogFile("telegram_state.json", "run", "Telegram bot: update offset, alerts already sent, outgoing queue",
                 "none", "run"),
-        LogFile("console_session_key", "run", "Generated key (mode 0600) that signs console sessions and CSRF tokens "
-                "when COHERENCE_API_TOKEN is unset, shared by the API's workers",
+        LogFile("console_session_key", "run", "Generated key (mode 0600) that signs console sessions, CSRF tokens and "
+                "bulk-action tokens when COHERENCE_API_TOKEN is unset, shared by the API's workers",
                 "none; delete it to sign everyone out", "run"),
         LogFile("telegram_webhook_secret", "run", "Generated webhook secret (mode 0600) when "
                 "TELEGRAM_WEBHOOK_SECRET and COHERENCE_API_TOKEN are unset (with a token it is derived from it)",

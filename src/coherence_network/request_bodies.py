@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from coherence_network.contract import MAX_BATCH, MAX_CLAIM, Component, ErrorCategory, TaskStatus, TaskType
+from coherence_network.contract_bulk import BULK_STATUSES, BulkAction
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # PostgreSQL INTEGER: the narrowest integer column of either store
 MAX_JSON_DEPTH = 32  # nesting of objects and arrays in a free-form JSON field
@@ -316,3 +317,50 @@ class ResumeRequest(Strict):
 
     type: TaskType | None = Field(None, description="The task type to resume; none: the whole pipeline")
     by: Text = Field(min_length=1, max_length=200, description="Who resumes, e.g. cli:alice")
+
+
+class BulkFilter(Strict):
+    """Which tasks a bulk action takes: every condition given must hold, and one at least is needed (an empty
+    filter would take every task)."""
+
+    status: TaskStatus | None = Field(None, description="Only tasks in this status (one the action can move)")
+    type: TaskType | None = Field(None, description="Only tasks of this type")
+    created_before: UtcTime | None = Field(None, description="Only tasks created before this time")
+    created_after: UtcTime | None = Field(None, description="Only tasks created after this time")
+    # the list's search (store/search.py MAX_QUERY_CHARS): tasks holding every word
+    text: Text | None = Field(None, max_length=500, description="Only tasks holding every word (the list's search)")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> BulkFilter:
+        if self.text is not None and not self.text.strip():
+            self.text = None
+        if all(value is None for value in (self.status, self.type, self.created_before, self.created_after,
+                                           self.text)):
+            raise ValueError("an empty filter is refused: give at least one of status, type, created_before, "
+                             "created_after, text (an empty filter would take every task)")
+        return self
+
+
+class BulkPreviewRequest(Strict):
+    """``POST /api/agent/tasks/bulk/preview``: count what a bulk action would take now; its token lets one act."""
+
+    action: BulkAction
+    filter: BulkFilter
+
+    @model_validator(mode="after")
+    def _status_fits(self) -> BulkPreviewRequest:
+        takes = BULK_STATUSES[self.action]
+        if self.filter.status is not None and self.filter.status not in takes:
+            raise ValueError(f"{self.action.value} takes {' or '.join(takes)} tasks, not {self.filter.status.value} "
+                             "ones")
+        return self
+
+
+class BulkActRequest(BulkPreviewRequest):
+    """``POST /api/agent/tasks/bulk/act``: do what the preview of the same action and filter counted."""
+
+    token: str = Field(min_length=1, max_length=1000, pattern=r"^[A-Za-z0-9_.\-]+$",
+                       description="The preview's token (it expires; one act per token)")
+    reason: Text = Field(min_length=1, max_length=500, description="Why: kept in each task's audit record")
+    by: Text | None = Field(None, min_length=1, max_length=200,
+                            description="Who acts, e.g. cli:alice (default: the X-Coherence-Actor header)")

@@ -171,6 +171,23 @@ def test_a_failed_task_is_retried_from_its_page(page: Any, pipeline: Any) -> Non
     expect(page.locator("#log-text")).to_contain_text("second attempt: done")
 
 
+def test_retry_all_matching_shows_the_count_and_acts_only_once_confirmed(page: Any, pipeline: Any) -> None:
+    api, client, folder = pipeline
+    script = _program(folder, "fails_once.py", FAILS_ONCE)
+    ids = [client.create_task(f"Load shard {n} (bulkdrill)", TaskType.RUN, max_attempts=1,
+                              command=f"{PY} {script} {folder / f'shard-{n}'}").id for n in range(3)]
+    wait_until(lambda: all(_status(client, i, TaskStatus.FAILED) for i in ids), 60, "every shard to fail once")
+    page.goto(f"/tasks?status={TaskStatus.FAILED}&q=bulkdrill")
+    page.get_by_role("button", name="Retry all matching…").click()
+    expect(page.locator("#bulk-count")).to_contain_text("Retry would take 3 tasks now")
+    assert all(_status(client, i, TaskStatus.FAILED) for i in ids)  # the preview moved nothing
+    page.get_by_label("Reason (kept in each task's audit record)").fill("the shards' database is there now")
+    shoot(page, "bulk-retry")
+    page.get_by_role("button", name="Confirm: retry 3 tasks").click()
+    expect(page.locator("#bulk-result")).to_contain_text("Retried 3 of the 3 tasks previewed")
+    wait_until(lambda: all(_status(client, i, TaskStatus.COMPLETED) for i in ids), 60, "the retried shards")
+
+
 def test_a_running_tasks_log_grows_without_a_reload(page: Any, pipeline: Any) -> None:
     api, client, folder = pipeline
     script = _program(folder, "ticks.py", TICKS)

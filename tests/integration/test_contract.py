@@ -173,6 +173,10 @@ def _drive(client: ApiClient) -> dict[str, Callable[[], Any]]:
         "pause": lambda: client.pause("test:contract", "hold the specs", task_type=TaskType.SPEC),
         "pauses": client.pauses,
         "resume": lambda: client.resume("test:contract", task_type=TaskType.SPEC),
+        "bulk_preview": lambda: keep("bulk", client.bulk_preview("retry", status=TaskStatus.FAILED,
+                                                                 type=TaskType.RUN)),
+        "bulk_act": lambda: client.bulk_act("retry", seen["bulk"].token, "contract", status=TaskStatus.FAILED,
+                                            type=TaskType.RUN),
     }
 
 

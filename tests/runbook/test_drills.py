@@ -314,3 +314,17 @@ def test_drill_pause_and_resume_a_type_across_an_api_restart(runbook: Runbook, d
         assert drill.run(resume).stdout.startswith("resumed impl")
         claimed = client.claim("drill")
         assert claimed is not None and claimed.id == held.id
+
+
+def test_drill_bulk_retry_previews_then_acts_with_yes(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
+    preview, act = runbook.drill("bulk-retry").commands()
+    with ApiClient(api.url, token="") as client:
+        made = client.create_tasks([{"direction": f"failed {i}", "task_type": "run", "command": "false"}
+                                    for i in range(3)])
+        for task in client.claim_many("drill", 3):
+            client.finish(task.id, task.claim_token, TaskStatus.FAILED, exit_code=1, error_category="config_error")
+        shown = drill.run(preview)  # no terminal, no --yes: the preview only
+        assert shown.stdout.startswith("retry would take 3 tasks") and "Nothing was done" in shown.stdout
+        assert {client.get_task(t.id).status for t in made} == {TaskStatus.FAILED}
+        assert drill.run(act).stdout.strip().endswith("retried 3 of the 3 tasks previewed")
+        assert {client.get_task(t.id).status for t in made} == {TaskStatus.PENDING}

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from coherence_network import __version__
 from coherence_network.api import (
+    routes_bulk,
     routes_claims,
     routes_ops,
     routes_ops_issues,
@@ -26,6 +27,7 @@ from coherence_network.api import (
     routes_tasks,
     routes_telegram,
 )
+from coherence_network.api.bulk import BulkTokens
 from coherence_network.api.docs import install as install_docs
 from coherence_network.api.errors import install_error_handlers
 from coherence_network.api.guard import RequestGuard
@@ -152,6 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ApiMetrics(store, settings)
     app.state.started = time.monotonic()
     app.state.log = log
+    app.state.bulk_tokens = BulkTokens.for_settings(settings)
 
     # Host, token and body size are checked before FastAPI reads the body (see guard.py for why not a dependency).
     app.add_middleware(RequestGuard, settings=settings)
@@ -166,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_ops_issues.router)
     app.include_router(routes_projects.router)
     app.include_router(routes_steering.router)
+    app.include_router(routes_bulk.router)
     install_docs(app)  # the reference at /docs, with no file from elsewhere
     install_console(app, settings)  # the ops console's pages at "/"
     return app

@@ -4,6 +4,7 @@ one engine that nothing outside store/ sees."""
 
 from __future__ import annotations
 
+from coherence_network.store.bulk import BulkBook
 from coherence_network.store.figures import StoreFigures
 from coherence_network.store.issues import IssueBook
 from coherence_network.store.pauses import PauseBook
@@ -11,5 +12,5 @@ from coherence_network.store.registry import Registry
 from coherence_network.store.task_moves import TaskMoves
 
 
-class TaskStore(TaskMoves, Registry, IssueBook, PauseBook, StoreFigures):
+class TaskStore(TaskMoves, Registry, IssueBook, PauseBook, StoreFigures, BulkBook):
     """Tasks, the runner and component registry, monitor and fatal issues, pauses and the figures, on one engine."""
