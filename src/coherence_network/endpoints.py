@@ -15,6 +15,7 @@ from coherence_network.request_bodies import (
     MonitorIssues,
     PauseRequest,
     PruneRequest,
+    RestartNote,
     ResumeRequest,
     RunnerHeartbeat,
     TaskBatch,
@@ -73,6 +74,8 @@ PRUNE = Endpoint("POST", "/api/agent/prune", PruneRequest)
 PAUSE = Endpoint("POST", "/api/agent/pause", PauseRequest)
 RESUME = Endpoint("POST", "/api/agent/resume", ResumeRequest)
 PAUSES = Endpoint("GET", "/api/agent/pauses")
+AUDIT = Endpoint("GET", "/api/audit")
+NOTE_RESTART = Endpoint("POST", "/api/audit/restarts", RestartNote)
 ENDPOINTS = tuple(value for value in tuple(globals().values()) if isinstance(value, Endpoint))  # every one above
 
 

@@ -173,6 +173,9 @@ def _drive(client: ApiClient) -> dict[str, Callable[[], Any]]:
         "pause": lambda: client.pause("test:contract", "hold the specs", task_type=TaskType.SPEC),
         "pauses": client.pauses,
         "resume": lambda: client.resume("test:contract", task_type=TaskType.SPEC),
+        "note_restart": lambda: client.note_restart("monitor", "contract", "host"),
+        "audit": lambda: client.audit(limit=5, before_id=10**6, actor="test:contract", channel="api", action="pause",
+                                      task_id=None, since="2026-01-01T00:00:00+00:00", until="2099-01-01T00:00:00Z"),
     }
 
 

@@ -7,7 +7,7 @@ import json
 import typer
 
 from coherence_network.cli.app import app
-from coherence_network.settings import get_settings
+from coherence_network.settings import Settings, get_settings
 
 
 @app.command()
@@ -78,6 +78,23 @@ def restart(
                    f"({done.replaced.get('reason')})")
     typer.echo(f"restart of {component} requested ({done.path}); the supervisor (pid {done.supervisor_pid or '?'}) "
                "acts on it within a second: see var/logs/supervisor.log")
+    _note_restart(settings, component, reason)
+
+
+def _note_restart(settings: Settings, component: str, reason: str) -> None:
+    """The restart in the audit trail, through the API; the restart itself never waits on it (it may be the API
+    that is being restarted), so an API that cannot be reached is said, not an error."""
+    import socket
+
+    from coherence_network.cli.api_access import os_user
+    from coherence_network.client import ApiClient, ApiError
+
+    try:
+        with ApiClient(settings=settings, retries=0, timeout=3, actor=f"cli:{os_user()}") as client:
+            client.note_restart(component, reason, socket.gethostname())
+    except ApiError as exc:
+        typer.echo(f"not in the audit trail (the API did not take it: {exc.detail}); the restart goes ahead",
+                   err=True)
 
 
 @app.command()
@@ -113,12 +130,14 @@ def fatal(
     """Fatal issues: components the supervisor could not keep running (held back until cleared). Exit 1 when any,
     0 when none."""
     from coherence_network import fatal as fatal_issues
+    from coherence_network.cli.api_access import os_user
     from coherence_network.client import ApiClient
 
     settings = get_settings()
-    with ApiClient(settings=settings, retries=0, timeout=3) as client:
+    actor = f"cli:{os_user()}"
+    with ApiClient(settings=settings, retries=0, timeout=3, actor=actor) as client:
         if clear:
-            cleared, api_error = fatal_issues.clear(settings, client)
+            cleared, api_error = fatal_issues.clear(settings, client, actor)
             typer.echo(f"cleared {cleared} local fatal issue(s)" + (
                 f"; the store's are cleared when the API can be reached (now: {api_error}): by the supervisor, or "
                 "the next coherence fatal" if api_error else " and those stored via the API"))

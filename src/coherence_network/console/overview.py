@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
@@ -100,6 +101,10 @@ async def request_component_restart(request: Request) -> Response:
         result = await run_in_threadpool(restart.request_restart, settings_of(request), component, reason)
     except ValueError as exc:
         return error_page(request, 400, "Restart refused", str(exc), visit)
+    if result.supervisor_pid is not None:
+        await run_in_threadpool(store_of(request).audit_note, f"console:{visit.session.identity}", "restart",
+                                target=component, reason=given or "restart from the console",
+                                detail={"host": socket.gethostname()})
     notice = "requested" if result.supervisor_pid is not None else "no-supervisor"
     return RedirectResponse(f"/?{urlencode({'restart_notice': notice})}#restart", status_code=303)
 

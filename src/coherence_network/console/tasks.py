@@ -91,8 +91,10 @@ async def create_task(request: Request) -> Response:
         refuse_disallowed_commands([body], settings_of(request))
     except RequestValidationError as exc:
         return error_page(request, 422, "The task was not created", [e["msg"] for e in exc.errors()], visit)
+    actor = f"console:{visit.session.identity}"
     try:
-        task, created = await run_in_threadpool(lambda: store_of(request).create_or_replay(**body.model_dump()))
+        task, created = await run_in_threadpool(lambda: store_of(request).create_or_replay(actor=actor,
+                                                                                          **body.model_dump()))
     except Conflict as exc:
         return error_page(request, 409, "The task was not created", str(exc), visit)
     if created:
