@@ -301,3 +301,20 @@ def test_the_audit_retention_outlives_the_tasks() -> None:
     with pytest.raises(ValueError, match="forever"):
         audit_days(400, 0)
     assert Settings(coherence_retain_tasks_days=500).coherence_retain_audit_days == 500
+
+
+def test_the_console_audit_page_pages_by_the_cursor(trail: Trail) -> None:
+    with trail.client("cli:many") as many:
+        made = many.create_tasks([{"direction": f"many {n}", "task_type": "spec"} for n in range(51)])
+    with httpx.Client(base_url=trail.api.url, follow_redirects=False, timeout=10) as web:
+        assert web.post("/signin", data={"token": TOKEN, "identity": "reader"}).status_code == 303
+        first = web.get("/audit", params={"actor": "cli:many", "action": "create"})
+        assert first.status_code == 200 and first.text.count("<td>create</td>") == 50
+        assert f'href="/tasks/{made[-1].id}"' in first.text and f'href="/tasks/{made[0].id}"' not in first.text
+        older = re.search(r'<a href="([^"]+)" rel="next">Older</a>', first.text)
+        assert older is not None
+        second = web.get(older.group(1).replace("&amp;", "&"))
+        assert second.text.count("<td>create</td>") == 1 and f'href="/tasks/{made[0].id}"' in second.text
+        assert 'rel="next">Older' not in second.text and ">Newest</a>" in second.text
+        assert web.get("/audit", params={"task_id": str(2**31)}).status_code == 400
+        assert web.get("/audit", params={"actor": "a\x00b"}).status_code == 400
