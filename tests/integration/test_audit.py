@@ -23,9 +23,11 @@ from typing import Any
 
 import httpx
 import pytest
+import typer
 
 import coherence_network.api  # noqa: F401  (first: the app imports the console's routes, not the other way round)
 from coherence_network import pidfiles
+from coherence_network.cli.audit import since_time
 from coherence_network.client import ApiClient, ApiConflict, ApiNotFound
 from coherence_network.clock import utcnow
 from coherence_network.contract import AuditRecord, TaskStatus, TaskType
@@ -36,6 +38,7 @@ from coherence_network.store.db import create_store_engine
 from coherence_network.store.schema import audit, tasks
 from coherence_network.supervisor import SELF as SUPERVISOR
 from tests.support.api import ServedApi
+from tests.support.net import free_port
 from tests.support.postgres import PostgresServer
 
 TOKEN = secrets.token_urlsafe(24)
@@ -59,8 +62,8 @@ class Trail:
         with self.client() as client:
             return client.audit(limit=500, **filters).items
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "COHERENCE_HOME": str(self.api.home), "AGENT_API_BASE": self.api.url,
+    def cli(self, *args: str, api_url: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "COHERENCE_HOME": str(self.api.home), "AGENT_API_BASE": api_url or self.api.url,
                "COHERENCE_API_TOKEN": TOKEN, "COHERENCE_HTTP_TIMEOUT": "5", "NO_COLOR": "1"}
         env.pop("DATABASE_URL", None)
         return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=60)
@@ -206,7 +209,11 @@ def test_the_cli_records_restart_and_fatal_clear_as_its_user_and_reads_the_trail
     settings = Settings(coherence_home=trail.api.home)
     with pidfiles.hold(settings, SUPERVISOR):  # this test process is the supervisor the request is for
         restarted = trail.cli("restart", "monitor", "--reason", "audit drill")
-    assert restarted.returncode == 0, restarted.stderr
+        unrecorded = trail.cli("restart", "agent_runner", "--reason", "API away", api_url=f"http://127.0.0.1:{free_port()}")
+    assert restarted.returncode == 0 and restarted.stderr == "", restarted.stderr
+    assert unrecorded.returncode == 0 and "not in the audit trail" in unrecorded.stderr  # the restart goes ahead
+    request_file = trail.api.home / "logs" / "restart_requested.json"
+    assert json.loads(request_file.read_text())["component"] == "agent_runner"
     with trail.client("component:supervisor") as supervisor:
         supervisor.report_fatal_issue(component="project_manager", reason="crash loop", detail="", recovery_tried="",
                                       host="h2")
@@ -225,8 +232,9 @@ def test_the_cli_records_restart_and_fatal_clear_as_its_user_and_reads_the_trail
     assert len(lines) == 2 and re.search(rf"cli:{USER}\s+cli\s+restart\s+monitor\s+-\s+audit drill$", lines[1])
     as_json = trail.cli("audit", "--actor", f"cli:{USER}", "--json", "--limit", "1")
     assert json.loads(as_json.stdout)["items"][0]["action"] == "clear_fatal"  # the newest
-    bad = trail.cli("audit", "--since", "yesterday-ish")
-    assert bad.returncode == 2 and "--since" in bad.stderr
+    with pytest.raises(typer.BadParameter, match="neither a time ago"):  # a usage error: exit 2, naming --since
+        since_time("yesterday-ish")
+    assert since_time("2026-01-02T03:04:05") == "2026-01-02T03:04:05+00:00"  # no zone named: UTC
     refused = trail.cli("audit", "--channel", "carrier-pigeon")
     assert refused.returncode == 2 and "--channel" in refused.stderr
 

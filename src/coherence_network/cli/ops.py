@@ -67,7 +67,7 @@ def restart(
         typer.echo(f"unknown component {component!r}: choose from {', '.join(TARGETS)}", err=True)
         raise typer.Exit(2)
     settings = get_settings()
-    done = request_restart(settings, component, reason)
+    done = request_restart(settings, component, reason, lambda: _note_restart(settings, component, reason))
     if done.supervisor_pid is None:
         typer.echo(f"no supervisor runs for COHERENCE_HOME={settings.home}: nothing would act on a restart request, "
                    "so none was written. Start the component by hand (docs/RUNBOOK.md#autonomous-pipeline).",
@@ -78,12 +78,11 @@ def restart(
                    f"({done.replaced.get('reason')})")
     typer.echo(f"restart of {component} requested ({done.path}); the supervisor (pid {done.supervisor_pid or '?'}) "
                "acts on it within a second: see var/logs/supervisor.log")
-    _note_restart(settings, component, reason)
 
 
 def _note_restart(settings: Settings, component: str, reason: str) -> None:
-    """The restart in the audit trail, through the API; the restart itself never waits on it (it may be the API
-    that is being restarted), so an API that cannot be reached is said, not an error."""
+    """The restart in the audit trail, through the API, before the request is written (the API may be what
+    restarts); the restart never depends on it: an API that cannot be reached is said, not an error."""
     import socket
 
     from coherence_network.cli.api_access import os_user
