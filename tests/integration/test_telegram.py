@@ -137,6 +137,8 @@ def test_decision_answered_from_telegram_reruns_the_task(served_api: ServedApi, 
         wait_until(lambda: has_text(fake, USER, "No task #99999"), 20, "no such task")
         fake.message(USER, f"/task {task_id}")
         wait_until(lambda: has_text(fake, USER, "status: completed", f"decided_by: telegram:{USER}"), 20, "/task")
+        trail = [(r.actor, r.channel, r.action) for r in client.audit(task_id=task_id, action="decide").items]
+        assert trail == [(f"telegram:{USER}", "telegram", "decide")]  # the refused second answer: none
     finally:
         runner.stop()
         client.close()
@@ -212,6 +214,8 @@ def test_webhook_needs_the_secret(tmp_path: Path, fake: FakeTelegram, bots: list
         assert f"decided_by: telegram:{USER}" in answer_to(f"/task {task_id}")
         assert answer_to("/reply 99999 yes") == "No task #99999; nothing changed."
         assert "does not wait for a decision (its status is pending)" in answer_to(f"/reply {task_id} no")
+        trail = [(r.actor, r.channel, r.action) for r in client.audit(task_id=task_id, action="decide").items]
+        assert trail == [(f"telegram:{USER}", "telegram", "decide")]
         assert fake.calls_of("getUpdates") == []
         # The webhook logs to its own process's log; telegram.log has one writer, the bot's process.
         log = (api.home / "logs" / "api.log").read_text()
