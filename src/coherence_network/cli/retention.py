@@ -8,7 +8,7 @@ import json
 
 import typer
 
-from coherence_network.cli.api_access import command_client
+from coherence_network.cli.api_access import command_client, os_user
 from coherence_network.cli.app import app
 from coherence_network.settings import get_settings
 
@@ -31,7 +31,7 @@ def cleanup(
 
     settings = get_settings()
     try:
-        with ApiClient(settings=settings, retries=1) as client:
+        with ApiClient(settings=settings, retries=1, actor=f"cli:{os_user()}") as client:
             report = clean_task_files(task_file_folders(settings), days, client, dry_run=dry_run)
     except ApiError as exc:
         typer.echo(f"cannot ask the API which tasks are finished, nothing removed: {exc}; start the API first "
