@@ -358,9 +358,11 @@ class ApiClient(SteeringCalls):
                      recovery_tried=recovery_tried, host=host, at=at)
         self.call(REPORT_FATAL_ISSUE, body, retries=0)
 
-    def clear_fatal_issues(self, before: str | None = None) -> int:
-        """Clear the fatal issues recorded up to ``before`` (ISO 8601; all without it); how many were cleared."""
-        answer = self.call(CLEAR_FATAL_ISSUES, params=present({"before": before}), retries=0).json()
+    def clear_fatal_issues(self, before: str | None = None, *, by: str | None = None) -> int:
+        """Clear the fatal issues recorded up to ``before`` (ISO 8601; all without it); how many were cleared.
+        ``by``: the operator who asked (a clear the supervisor applies later is still theirs in the audit trail)."""
+        headers = {ACTOR_HEADER: by} if by else None
+        answer = self.call(CLEAR_FATAL_ISSUES, params=present({"before": before}), retries=0, headers=headers).json()
         return int(answer["cleared"])
 
     # --- the API process ------------------------------------------------------------------------------------

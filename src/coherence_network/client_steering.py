@@ -1,4 +1,5 @@
-"""The client's steering calls: retention, pause and resume (an operator's acts, each safe to repeat)."""
+"""The client's steering calls: retention, pause and resume (an operator's acts, each safe to repeat), and the audit
+trail (read it; note a restart requested on a host)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,28 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from coherence_network.contract import PauseChange, PauseList
+from coherence_network.contract import AuditPage, PauseChange, PauseList
 from coherence_network.contract_bulk import BulkPreview, BulkResult
-from coherence_network.endpoints import BULK_ACT, BULK_PREVIEW, PAUSE, PAUSES, PRUNE, RESUME, Endpoint, body_of
+from coherence_network.endpoints import (
+    AUDIT,
+    BULK_ACT,
+    BULK_PREVIEW,
+    NOTE_RESTART,
+    PAUSE,
+    PAUSES,
+    PRUNE,
+    RESUME,
+    Endpoint,
+    body_of,
+    present,
+)
 from coherence_network.request_bodies import (
     BulkActRequest,
     BulkFilter,
     BulkPreviewRequest,
     PauseRequest,
     PruneRequest,
+    RestartNote,
     ResumeRequest,
 )
 
@@ -32,7 +46,7 @@ class SteeringCalls:
 
     def prune(self, *, dry_run: bool = False) -> dict[str, int | bool]:
         """One retention pass over the store by the API (``dry_run``: counted only): {dry_run, tasks,
-        monitor_issues, runners}. Safe to repeat, so retried like a read."""
+        monitor_issues, runners, audit}. Safe to repeat, so retried like a read."""
         answer: dict[str, int | bool] = self.call(PRUNE, body_of(PruneRequest, dry_run=dry_run), keyed=True).json()
         return answer
 
@@ -64,3 +78,18 @@ class SteeringCalls:
                        reason=reason)
         answer = self.call(BULK_ACT, body, keyed=True, timeout=BULK_ACT_TIMEOUT)
         return BulkResult.model_validate(answer.json())
+
+    def audit(self, *, limit: int = 50, before_id: int | None = None, actor: str | None = None,
+              channel: str | None = None, action: str | None = None, task_id: int | None = None,
+              since: str | None = None, until: str | None = None) -> AuditPage:
+        """A page of the audit trail, newest first (every filter given must match; ``since``/``until`` ISO 8601);
+        the next page is ``before_id=page.next_before_id``."""
+        params = present({"limit": limit, "before_id": before_id, "actor": actor, "channel": channel,
+                          "action": action, "task_id": task_id, "since": since, "until": until})
+        return AuditPage.model_validate(self.call(AUDIT, params=params).json())
+
+    def note_restart(self, component: str, reason: str, host: str) -> bool:
+        """Put a restart requested on ``host`` in the audit trail (as this client's actor); whether it was recorded.
+        Sent once: a retry after a lost answer could record it twice."""
+        body = body_of(RestartNote, component=component, reason=reason, host=host)
+        return bool(self.call(NOTE_RESTART, body, retries=0).json()["recorded"])

@@ -409,6 +409,15 @@ class AuditRecord(Returned):
     detail: dict[str, Any] | None = None
 
 
+class AuditPage(Returned):
+    """A page of ``GET /api/audit``, newest first; ``next_before_id`` asks for the next (older) page, None at the
+    end. A cursor, not an offset: records appended meanwhile never shift a page."""
+
+    items: list[AuditRecord]
+    limit: int
+    next_before_id: int | None = None
+
+
 class VersionInfo(Returned):
     """``GET /api/version``: the package version and git SHA of the code the API process runs."""
 

@@ -17,6 +17,7 @@ from coherence_network.request_bodies import (
     MonitorIssues,
     PauseRequest,
     PruneRequest,
+    RestartNote,
     ResumeRequest,
     RunnerHeartbeat,
     TaskBatch,
@@ -77,6 +78,8 @@ RESUME = Endpoint("POST", "/api/agent/resume", ResumeRequest)
 PAUSES = Endpoint("GET", "/api/agent/pauses")
 BULK_PREVIEW = Endpoint("POST", "/api/agent/tasks/bulk/preview", BulkPreviewRequest)
 BULK_ACT = Endpoint("POST", "/api/agent/tasks/bulk/act", BulkActRequest)
+AUDIT = Endpoint("GET", "/api/audit")
+NOTE_RESTART = Endpoint("POST", "/api/audit/restarts", RestartNote)
 ENDPOINTS = tuple(value for value in tuple(globals().values()) if isinstance(value, Endpoint))  # every one above
 
 

@@ -44,15 +44,18 @@ def load_local(settings: Settings) -> list[dict[str, Any]]:
     return data if isinstance(data, list) else []
 
 
-def pending_clear(settings: Settings) -> str | None:
-    """The time of a clear the store has not applied yet (ISO 8601), or None."""
+def pending_clear(settings: Settings) -> tuple[str, str | None] | None:
+    """A clear the store has not applied yet: its time (ISO 8601) and who asked for it (the actor of the audit
+    trail, e.g. cli:alice); None when there is none."""
     try:
         data = json.loads(_pending_path(settings).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except ValueError:  # a torn or foreign file: clear everything up to now rather than keep an old flag
-        return datetime.now(UTC).isoformat()
-    return str(data.get("before")) if isinstance(data, dict) and data.get("before") else None
+        return datetime.now(UTC).isoformat(), None
+    if not isinstance(data, dict) or not data.get("before"):
+        return None
+    return str(data["before"]), str(data["by"]) if data.get("by") else None
 
 
 def record(settings: Settings, component: str, reason: str, detail: str, recovery_tried: str,
@@ -72,10 +75,11 @@ def record(settings: Settings, component: str, reason: str, detail: str, recover
 def sync(settings: Settings, client: ApiClient) -> str | None:
     """Tell the store what it has not heard: a pending clear first, then the issues recorded while it was away.
     None when the store is up to date, else why not (it stays pending here; safe to call again)."""
-    before = pending_clear(settings)
+    pending = pending_clear(settings)
     try:
-        if before is not None:
-            client.clear_fatal_issues(before)
+        if pending is not None:
+            before, by = pending
+            client.clear_fatal_issues(before, by=by)
             _pending_path(settings).unlink(missing_ok=True)
             log.info("fatal issues recorded up to %s cleared in the store (the clear asked for while the API was "
                      "unreachable)", before)
@@ -108,11 +112,11 @@ def gather(settings: Settings, client: ApiClient | None) -> tuple[list[dict[str,
     return issues, api_error and f"not synced with the API: {api_error}"
 
 
-def clear(settings: Settings, client: ApiClient | None) -> tuple[int, str | None]:
+def clear(settings: Settings, client: ApiClient | None, by: str) -> tuple[int, str | None]:
     """Forget fatal issues here and in the store; returns (cleared here, why the store's copy is not cleared yet:
-    then it is cleared by the next ``sync``, so the clear sticks either way)."""
+    then it is cleared by the next ``sync``, so the clear sticks either way, in the audit trail as ``by``'s)."""
     local = len(load_local(settings))
-    write_json_atomic(_pending_path(settings), {"before": datetime.now(UTC).isoformat()})
+    write_json_atomic(_pending_path(settings), {"before": datetime.now(UTC).isoformat(), "by": by})
     _path(settings).unlink(missing_ok=True)
     if client is None:
         return local, "not asked"

@@ -104,7 +104,7 @@ REGISTRY: dict[str, LogFile] = {
                 "none"),
         LogFile("fatal_issues.json", "state", "Fatal issues: components that could not be kept running", "none"),
         LogFile("fatal_clear_pending.json", "state", "A `coherence fatal --clear` the store has not applied yet "
-                "(the API was unreachable) {before}", "none; removed once applied"),
+                "(the API was unreachable) {before, by}", "none; removed once applied"),
         LogFile("auto_commit.json", "state", "Auto-commit health: git failures in a row, the last error, last outcome",
                 "none"),
     )

@@ -288,6 +288,16 @@ class FatalIssueReport(Strict):
     at: UtcTime | None = None
 
 
+class RestartNote(Strict):
+    """``POST /api/audit/restarts``: a restart an operator requested on a host (`coherence restart` wrote the
+    supervisor's request file there), for the audit trail."""
+
+    component: Literal["api", "agent_runner", "project_manager", "monitor", "all"] = Field(
+        description="What was restarted (restart.TARGETS)")
+    reason: Text = Field(min_length=1, max_length=1000, description="Why, as the request file says")
+    host: Text = Field(min_length=1, max_length=255, description="The host whose supervisor acts on it")
+
+
 class TelegramUpdate(BaseModel):
     """What Telegram posts to the webhook (an Update of the Bot API): the fields the bot reads (a new text message:
     telegram.read_update); the others are Telegram's and ignored."""

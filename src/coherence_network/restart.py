@@ -5,6 +5,7 @@ one way a reader never sees half of it, so operators no longer hand-write JSON f
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,9 +29,12 @@ class RestartRequest:
     replaced: dict[str, Any] | None = None  # an earlier request the supervisor had not acted on yet
 
 
-def request_restart(settings: Settings, component: str, reason: str) -> RestartRequest:
+def request_restart(settings: Settings, component: str, reason: str,
+                    announce: Callable[[], None] | None = None) -> RestartRequest:
     """Write {reason, component, at} for the supervisor of this COHERENCE_HOME. Without a running supervisor nothing
-    would act on it (and the next one would restart what it had just started), so nothing is written then."""
+    would act on it (and the next one would restart what it had just started), so nothing is written then.
+    ``announce`` runs once a supervisor is there, before the request is written: the audit trail's record, made
+    while the API (which may be what restarts) still answers."""
     if component not in TARGETS:
         raise ValueError(f"unknown component {component!r}; choose from {', '.join(TARGETS)}")
     path = REGISTRY["restart_requested.json"].path(settings)
@@ -38,6 +42,8 @@ def request_restart(settings: Settings, component: str, reason: str) -> RestartR
     pid = holder(settings, SELF)
     if pid is None:
         return RestartRequest(path, request, None)
+    if announce is not None:
+        announce()
     replaced = _read(path)
     write_json_atomic(path, request)
     return RestartRequest(path, request, pid, replaced)

@@ -41,6 +41,21 @@ def derived_key(token: str, purpose: str) -> bytes:
     return hmac.new(token.encode(), purpose.encode(), hashlib.sha256).digest()
 
 
+DEFAULT_AUDIT_DAYS = 365.0
+
+
+def audit_days(audit: float | None, tasks: float) -> float:
+    """COHERENCE_RETAIN_AUDIT_DAYS as it applies: the trail outlives the tasks it names (0 is forever). Unset: 365,
+    or the tasks' retention when longer; set shorter than the tasks' retention: a configuration error."""
+    if audit is None:
+        return 0.0 if tasks == 0 else max(DEFAULT_AUDIT_DAYS, tasks)
+    if audit != 0 and (tasks == 0 or audit < tasks):
+        raise ValueError(f"COHERENCE_RETAIN_AUDIT_DAYS={audit:g} would delete audit records before the tasks they name "
+                         f"(COHERENCE_RETAIN_TASKS_DAYS={tasks:g}{', forever' if tasks == 0 else ''}): set it to 0 "
+                         f"(forever){'' if tasks == 0 else f' or at least {tasks:g}'}, or leave it unset")
+    return audit
+
+
 def parse_ids(value: str) -> frozenset[int]:
     """Comma-separated Telegram ids (chat ids may be negative); a typo fails at start-up, not silently."""
     try:

@@ -31,6 +31,7 @@ from coherence_network.setting_values import (
     HttpUrl,
     IdList,
     LogLevel,
+    audit_days,
     host_name,
     invalid_settings,
     mask_url_secrets,
@@ -43,7 +44,8 @@ from coherence_network.setting_values import (
 SECRET_FIELDS = frozenset({"coherence_api_token", "telegram_bot_token", "telegram_webhook_secret"})
 # Settings computed from others when not set themselves (Settings._derive); `coherence config` says so.
 DERIVED_FROM = {"agent_api_base": ("COHERENCE_API_HOST", "COHERENCE_API_PORT"),
-                "monitor_runner_seen_seconds": ("COHERENCE_RUNNER_HEARTBEAT_SECONDS",)}
+                "monitor_runner_seen_seconds": ("COHERENCE_RUNNER_HEARTBEAT_SECONDS",),
+                "coherence_retain_audit_days": ("COHERENCE_RETAIN_TASKS_DAYS",)}
 
 
 class ConfigError(CoherenceError):
@@ -179,6 +181,10 @@ class Settings(BaseSettings):
     coherence_retain_resolutions_days: float = Field(
         30.0, ge=0, description="Resolved monitor issues (monitor_resolutions.jsonl and the store's rows) older "
         "than this are deleted; 0 keeps them forever"
+    )
+    coherence_retain_audit_days: float | None = Field(
+        None, ge=0, description="Audit records older than this are deleted; 0 keeps them forever. Never shorter than "
+        "the tasks' retention: default 365, or COHERENCE_RETAIN_TASKS_DAYS when longer (0, forever, when it is 0)"
     )
     coherence_prune_interval_seconds: float = Field(
         3600.0, gt=0, description="Seconds between the automatic retention passes of the API (store), the runner "
@@ -334,6 +340,10 @@ class Settings(BaseSettings):
         if self.monitor_runner_seen_seconds is None:
             self.monitor_runner_seen_seconds = seen_limit(self.coherence_runner_heartbeat_seconds)
             self._derived.add("monitor_runner_seen_seconds")
+        if self.coherence_retain_audit_days is None:
+            self._derived.add("coherence_retain_audit_days")
+        self.coherence_retain_audit_days = audit_days(self.coherence_retain_audit_days,
+                                                      self.coherence_retain_tasks_days)
         return self
 
     # --- derived paths --------------------------------------------------------------------------------------

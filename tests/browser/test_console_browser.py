@@ -487,3 +487,46 @@ def test_with_a_token_visitors_sign_in_and_forms_need_their_csrf_token(browser: 
             assert client.count_tasks().total == 1
     finally:
         context.close()
+
+
+def test_the_audit_page_and_a_tasks_own_records_show_who_acted(browser: Any, token_api: ServedApi) -> None:
+    context = new_context(browser, token_api.url)
+    page = context.new_page()
+    try:
+        page.goto("/signin")
+        page.get_by_label("API token").fill(TOKEN)
+        page.get_by_label("Your name").fill("carol")
+        page.get_by_role("button", name="Sign in").click()
+        page.goto("/tasks")
+        page.get_by_label("Direction").fill("audited from the console")
+        page.get_by_label("Command").fill("echo audited")
+        page.get_by_role("button", name="Create task").click()
+        expect(page).to_have_url(re.compile(r"/tasks/\d+$"))
+        task_id = int(page.url.rsplit("/", 1)[1])
+        own = page.get_by_role("region", name=re.compile("^Audit trail"))
+        expect(own.locator("tbody tr")).to_have_count(1)
+        expect(own.locator("tbody tr")).to_contain_text("console:carol")
+        expect(own.locator("tbody tr")).to_contain_text("create")
+        expect(own.locator("tbody tr")).to_contain_text("- → pending")
+
+        page.get_by_role("link", name="Audit").click()
+        expect(page.locator("h1")).to_contain_text("Audit trail")
+        page.get_by_label("Actor").fill("console:carol")
+        page.get_by_role("button", name="Filter").click()
+        expect(page).to_have_url(re.compile(r"/audit\?action=&actor=console%3Acarol&task_id=$"))
+        rows = page.locator("table.audit tbody tr")
+        expect(rows).to_have_count(2)  # newest first: the create, then the sign-in
+        expect(rows.first).to_contain_text("create")
+        expect(rows.nth(1)).to_contain_text("sign_in")
+        shoot(page, "audit")
+        page.get_by_label("Action").fill("sign_in")
+        page.get_by_role("button", name="Filter").click()
+        expect(rows).to_have_count(1)
+        expect(rows.first).to_contain_text("console")
+        page.goto("/audit?task_id=nope")
+        expect(page.locator("h1")).to_have_text("Unknown filter")
+        page.goto(f"/audit?task_id={task_id}")
+        rows.first.get_by_role("link", name=f"#{task_id}").click()
+        expect(page).to_have_url(re.compile(rf"/tasks/{task_id}$"))
+    finally:
+        context.close()

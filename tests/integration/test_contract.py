@@ -177,6 +177,9 @@ def _drive(client: ApiClient) -> dict[str, Callable[[], Any]]:
                                                                  type=TaskType.RUN)),
         "bulk_act": lambda: client.bulk_act("retry", seen["bulk"].token, "contract", status=TaskStatus.FAILED,
                                             type=TaskType.RUN),
+        "note_restart": lambda: client.note_restart("monitor", "contract", "host"),
+        "audit": lambda: client.audit(limit=5, before_id=10**6, actor="test:contract", channel="api", action="pause",
+                                      task_id=None, since="2026-01-01T00:00:00+00:00", until="2099-01-01T00:00:00Z"),
     }
 
 

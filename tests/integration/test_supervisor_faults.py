@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import re
 import signal
 import time
@@ -157,5 +158,8 @@ def test_a_flapping_api_is_held_back_and_a_clear_with_the_api_down_sticks(
     again.wait_started("api")
     wait_until(lambda: not (home / "logs" / "fatal_clear_pending.json").exists(), 30, "the clear applied")
     assert _stored(again) == []
+    trail = httpx.get(f"{again.url}/api/audit", params={"action": "clear_fatal"}, timeout=10).json()["items"]
+    applied = [(r["actor"], r["channel"]) for r in trail if r["target"] == "agent_runner"]
+    assert applied == [(f"cli:{pwd.getpwuid(os.getuid()).pw_name}", "cli")]  # the operator's, applied by the supervisor
     shown = again.cli("fatal")
     assert shown.returncode == 0 and "No fatal issues." in shown.stdout

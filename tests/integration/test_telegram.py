@@ -154,6 +154,8 @@ def test_decision_answered_from_telegram_reruns_the_task(served_api: ServedApi, 
         fake.message(USER, "/resume run")
         wait_until(lambda: has_text(fake, USER, f"Resumed run by telegram:{USER}"), 20, "the resume")
         assert client.pauses().pauses == []
+        trail = [(r.actor, r.channel, r.action) for r in client.audit(task_id=task_id, action="decide").items]
+        assert trail == [(f"telegram:{USER}", "telegram", "decide")]  # the refused second answer: none
     finally:
         runner.stop()
         client.close()
@@ -242,6 +244,8 @@ def test_webhook_needs_the_secret(tmp_path: Path, fake: FakeTelegram, bots: list
         assert answer_to("/resume") == "all was not paused; nothing changed."
         assert "Paused: nothing" in answer_to("/status")
         assert "does not wait for a decision (its status is pending)" in answer_to(f"/reply {task_id} no")
+        trail = [(r.actor, r.channel, r.action) for r in client.audit(task_id=task_id, action="decide").items]
+        assert trail == [(f"telegram:{USER}", "telegram", "decide")]
         assert fake.calls_of("getUpdates") == []
         # The webhook logs to its own process's log; telegram.log has one writer, the bot's process.
         log = (api.home / "logs" / "api.log").read_text()

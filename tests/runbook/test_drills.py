@@ -20,7 +20,7 @@ from coherence_network.contract import TaskStatus
 from coherence_network.settings import Settings
 from tests.runbook.drill import Drill
 from tests.runbook.runbook_doc import ROOT, Runbook
-from tests.support.api import ApiProcess
+from tests.support.api import ApiProcess, ServedApi
 from tests.support.fixture_registry import FixtureRegistry
 from tests.support.net import free_port, wait_until
 from tests.support.pipeline import PipelineProcess, alive
@@ -328,3 +328,23 @@ def test_drill_bulk_retry_previews_then_acts_with_yes(runbook: Runbook, drill: D
         assert {client.get_task(t.id).status for t in made} == {TaskStatus.FAILED}
         assert drill.run(act).stdout.strip().endswith("retried 3 of the 3 tasks previewed")
         assert {client.get_task(t.id).status for t in made} == {TaskStatus.PENDING}
+def test_drill_read_the_audit_trail(runbook: Runbook, drill: Drill) -> None:
+    api = ServedApi(drill.home, port=drill.port).start()  # the drill is the CLI's: the API may be served in-process
+    try:
+        with ApiClient(api.url, token="", actor="cli:ops") as client:
+            task = client.create_task("flaky", "run", command="false")
+            with ApiClient(api.url, token="", actor="component:agent_runner") as runner:
+                claim = runner.claim("drill")
+                runner.finish(task.id, claim.claim_token, TaskStatus.FAILED, exit_code=1)
+            client.retry_task(task.id)
+        recent, one_task, as_json = (c.replace("{id}", str(task.id)) for c in runbook.drill("audit-trail").commands())
+        table = drill.run(recent).stdout.splitlines()
+        assert table[0].startswith("time (UTC)") and len(table) == 3
+        assert "cli:ops" in table[1] and "retry" in table[1] and "failed->pending" in table[1]
+        assert "create" in table[2] and f"#{task.id}" in table[2] and "->pending" in table[2]
+        assert len(drill.run(one_task).stdout.splitlines()) == 3
+        [retried] = json.loads(drill.run(as_json).stdout)["items"]
+        assert (retried["actor"], retried["channel"], retried["task_id"]) == ("cli:ops", "cli", task.id)
+        assert (retried["status_before"], retried["status_after"]) == ("failed", "pending")
+    finally:
+        api.stop()

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from coherence_network import __version__
 from coherence_network.api import (
+    routes_audit,
     routes_bulk,
     routes_claims,
     routes_ops,
@@ -170,6 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_projects.router)
     app.include_router(routes_steering.router)
     app.include_router(routes_bulk.router)
+    app.include_router(routes_audit.router)
     install_docs(app)  # the reference at /docs, with no file from elsewhere
     install_console(app, settings)  # the ops console's pages at "/"
     return app

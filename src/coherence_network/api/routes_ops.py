@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from coherence_network.api.deps import store_of
+from coherence_network.api.deps import actor_of, store_of
 from coherence_network.api.models import COMMON_ERRORS, responses
 from coherence_network.api.readiness import readiness_checks
 from coherence_network.contract import Health, Readiness, VersionInfo
@@ -88,7 +88,8 @@ def metrics(request: Request) -> Response:
 @router.post("/api/agent/prune", responses=COMMON_ERRORS)
 async def prune(body: PruneRequest, request: Request) -> dict[str, Any]:
     """One retention pass over the store now, by this API's COHERENCE_RETAIN_* settings (`coherence prune`): finished
-    tasks, resolved monitor issues and forgotten runner rows deleted, or with ``dry_run`` counted. Safe to repeat."""
-    report = await run_in_threadpool(prune_store, store_of(request), request.app.state.settings,
-                                     dry_run=body.dry_run)
+    tasks, resolved monitor issues, forgotten runner rows and old audit records deleted, or with ``dry_run``
+    counted. Safe to repeat; a pass that deleted anything is in the audit trail."""
+    report = await run_in_threadpool(lambda: prune_store(store_of(request), request.app.state.settings,
+                                                         dry_run=body.dry_run, actor=actor_of(request)))
     return {"dry_run": body.dry_run, **asdict(report)}

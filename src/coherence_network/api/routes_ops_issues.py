@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from coherence_network import grading, health
-from coherence_network.api.deps import store_of
+from coherence_network.api.deps import actor_of, store_of
 from coherence_network.api.effectiveness import backlog_progress, goal_proximity
 from coherence_network.api.models import COMMON_ERRORS
 from coherence_network.clock import utcnow
@@ -55,8 +55,9 @@ async def clear_fatal_issues(
     before: UtcTime | None = Query(None, description="Only those recorded at or before this time (a clear asked "
                                    "for while the API was unreachable, applied later)"),
 ) -> dict[str, int]:
-    """The operator fixed the cause (`coherence fatal --clear`)."""
-    return {"cleared": await run_in_threadpool(store_of(request).clear_fatal_issues, before)}
+    """The operator fixed the cause (`coherence fatal --clear`); a clear that cleared any is in the audit trail."""
+    clear = store_of(request).clear_fatal_issues
+    return {"cleared": await run_in_threadpool(lambda: clear(before, actor=actor_of(request)))}
 
 
 @router.get("/effectiveness")

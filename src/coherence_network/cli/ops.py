@@ -7,7 +7,7 @@ import json
 import typer
 
 from coherence_network.cli.app import app
-from coherence_network.settings import get_settings
+from coherence_network.settings import Settings, get_settings
 
 
 @app.command()
@@ -67,7 +67,7 @@ def restart(
         typer.echo(f"unknown component {component!r}: choose from {', '.join(TARGETS)}", err=True)
         raise typer.Exit(2)
     settings = get_settings()
-    done = request_restart(settings, component, reason)
+    done = request_restart(settings, component, reason, lambda: _note_restart(settings, component, reason))
     if done.supervisor_pid is None:
         typer.echo(f"no supervisor runs for COHERENCE_HOME={settings.home}: nothing would act on a restart request, "
                    "so none was written. Start the component by hand (docs/RUNBOOK.md#autonomous-pipeline).",
@@ -78,6 +78,22 @@ def restart(
                    f"({done.replaced.get('reason')})")
     typer.echo(f"restart of {component} requested ({done.path}); the supervisor (pid {done.supervisor_pid or '?'}) "
                "acts on it within a second: see var/logs/supervisor.log")
+
+
+def _note_restart(settings: Settings, component: str, reason: str) -> None:
+    """The restart in the audit trail, through the API, before the request is written (the API may be what
+    restarts); the restart never depends on it: an API that cannot be reached is said, not an error."""
+    import socket
+
+    from coherence_network.cli.api_access import os_user
+    from coherence_network.client import ApiClient, ApiError
+
+    try:
+        with ApiClient(settings=settings, retries=0, timeout=3, actor=f"cli:{os_user()}") as client:
+            client.note_restart(component, reason, socket.gethostname())
+    except ApiError as exc:
+        typer.echo(f"not in the audit trail (the API did not take it: {exc.detail}); the restart goes ahead",
+                   err=True)
 
 
 @app.command()
@@ -113,12 +129,14 @@ def fatal(
     """Fatal issues: components the supervisor could not keep running (held back until cleared). Exit 1 when any,
     0 when none."""
     from coherence_network import fatal as fatal_issues
+    from coherence_network.cli.api_access import os_user
     from coherence_network.client import ApiClient
 
     settings = get_settings()
-    with ApiClient(settings=settings, retries=0, timeout=3) as client:
+    actor = f"cli:{os_user()}"
+    with ApiClient(settings=settings, retries=0, timeout=3, actor=actor) as client:
         if clear:
-            cleared, api_error = fatal_issues.clear(settings, client)
+            cleared, api_error = fatal_issues.clear(settings, client, actor)
             typer.echo(f"cleared {cleared} local fatal issue(s)" + (
                 f"; the store's are cleared when the API can be reached (now: {api_error}): by the supervisor, or "
                 "the next coherence fatal" if api_error else " and those stored via the API"))

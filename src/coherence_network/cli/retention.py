@@ -8,7 +8,7 @@ import json
 
 import typer
 
-from coherence_network.cli.api_access import command_client
+from coherence_network.cli.api_access import command_client, os_user
 from coherence_network.cli.app import app
 from coherence_network.settings import get_settings
 
@@ -31,7 +31,7 @@ def cleanup(
 
     settings = get_settings()
     try:
-        with ApiClient(settings=settings, retries=1) as client:
+        with ApiClient(settings=settings, retries=1, actor=f"cli:{os_user()}") as client:
             report = clean_task_files(task_file_folders(settings), days, client, dry_run=dry_run)
     except ApiError as exc:
         typer.echo(f"cannot ask the API which tasks are finished, nothing removed: {exc}; start the API first "
@@ -55,7 +55,8 @@ def prune(
 ) -> None:
     """Apply retention now (the API, the runner and the monitor also do it every COHERENCE_PRUNE_INTERVAL_SECONDS):
     the API deletes completed and failed tasks older than its COHERENCE_RETAIN_TASKS_DAYS, resolved monitor issues
-    older than COHERENCE_RETAIN_RESOLUTIONS_DAYS and runner rows unseen for COHERENCE_RUNNER_FORGET_SECONDS (only
+    older than COHERENCE_RETAIN_RESOLUTIONS_DAYS, audit records older than COHERENCE_RETAIN_AUDIT_DAYS and runner
+    rows unseen for COHERENCE_RUNNER_FORGET_SECONDS (only
     the API writes the store); this host's task logs and prompt files of those tasks and its resolutions file go
     here. Exit 2 when the API cannot be reached (nothing is pruned)."""
     from coherence_network.file_retention import prune_task_files, trim_resolutions
@@ -67,7 +68,7 @@ def prune(
     resolutions = trim_resolutions(settings, dry_run=dry_run)
     if as_json:
         typer.echo(json.dumps({
-            "dry_run": dry_run, "store": {key: rows[key] for key in ("tasks", "monitor_issues", "runners")},
+            "dry_run": dry_run, "store": {key: rows[key] for key in ("tasks", "monitor_issues", "runners", "audit")},
             "task_files": {"removed": len(files.removed), "bytes": files.bytes_freed,
                            "kept_unfinished": len(files.kept_unfinished)},
             "resolutions": {"removed": resolutions.removed, "bytes": resolutions.bytes_freed},
@@ -75,7 +76,7 @@ def prune(
         return
     verb = "would remove" if dry_run else "removed"
     typer.echo(f"store: {verb} {rows['tasks']} finished tasks, {rows['monitor_issues']} resolved monitor issues, "
-               f"{rows['runners']} runner rows")
+               f"{rows['runners']} runner rows, {rows['audit']} audit records")
     typer.echo(f"monitor_resolutions.jsonl: {verb} {resolutions.removed} lines, {resolutions.bytes_freed} bytes")
     typer.echo(f"task logs and prompt files: {verb} {len(files.removed)}, {files.bytes_freed} bytes"
                f" ({len(files.kept_unfinished)} kept: task not finished)")

@@ -4,7 +4,8 @@ Pages, forms and the little JavaScript that keeps them live call the same store 
 JSON API, so a move the API refuses is refused here with the same message."""
 
 # The console's paths: the request guard lets these through to the console, which checks its own session.
-PAGE_PREFIXES = ("/tasks", "/decisions", "/graph", "/signin", "/signout", "/restart", "/pauses", "/console-static")
+PAGE_PREFIXES = ("/tasks", "/decisions", "/graph", "/signin", "/signout", "/restart", "/pauses", "/console-static",
+                 "/audit")
 
 
 def is_console_path(path: str) -> bool:

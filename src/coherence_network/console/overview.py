@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
@@ -96,9 +97,15 @@ async def request_component_restart(request: Request) -> Response:
     if fields.get("confirm") != "yes":
         return render(request, "restart.html", visit, component=component, reason=given,
                       consequence=RESTART_CONSEQUENCES[component])
-    reason = f"console:{visit.session.identity}: {given or 'restart from the console'}"
+    actor, why = f"console:{visit.session.identity}", given or "restart from the console"
+    reason = f"{actor}: {why}"
+
+    def announce() -> None:  # in the audit trail before the request is written: this API may be what restarts
+        store_of(request).audit_note(actor, "restart", target=component, reason=why,
+                                     detail={"host": socket.gethostname()})
+
     try:
-        result = await run_in_threadpool(restart.request_restart, settings_of(request), component, reason)
+        result = await run_in_threadpool(restart.request_restart, settings_of(request), component, reason, announce)
     except ValueError as exc:
         return error_page(request, 400, "Restart refused", str(exc), visit)
     notice = "requested" if result.supervisor_pid is not None else "no-supervisor"

@@ -28,6 +28,7 @@ from coherence_network.store.search import COUNT_CAP, MAX_QUERY_CHARS
 
 router = APIRouter(include_in_schema=False)
 LOG_LINES_SHOWN = 400
+AUDIT_SHOWN = 20  # a task's newest audit records on its page; the audit page has them all
 
 
 # The list's sortable columns as its headers name them; a first click sorts text up, numbers and times newest first.
@@ -92,8 +93,10 @@ async def create_task(request: Request) -> Response:
         refuse_disallowed_commands([body], settings_of(request))
     except RequestValidationError as exc:
         return error_page(request, 422, "The task was not created", [e["msg"] for e in exc.errors()], visit)
+    actor = f"console:{visit.session.identity}"
     try:
-        task, created = await run_in_threadpool(lambda: store_of(request).create_or_replay(**body.model_dump()))
+        task, created = await run_in_threadpool(lambda: store_of(request).create_or_replay(actor=actor,
+                                                                                          **body.model_dump()))
     except Conflict as exc:
         return error_page(request, 409, "The task was not created", str(exc), visit)
     if created:
@@ -117,8 +120,10 @@ def task_page(request: Request, task_id: TaskId) -> HTMLResponse:
     except NotFound as exc:
         return error_page(request, 404, "Task not found", str(exc), visit)
     text, source = _task_log(settings_of(request), task)
+    trail, more = store_of(request).audit_page(task_id=task_id, limit=AUDIT_SHOWN)
     return render(request, "task.html", visit, task=task, log_text=text, log_source=source,
-                  live=task["status"] in (TaskStatus.PENDING, TaskStatus.RUNNING), log_lines=LOG_LINES_SHOWN)
+                  live=task["status"] in (TaskStatus.PENDING, TaskStatus.RUNNING), log_lines=LOG_LINES_SHOWN,
+                  trail=trail, more_trail=more is not None)
 
 
 @router.post("/tasks/{task_id}/decide")

@@ -1,9 +1,11 @@
 """The audit trail: an append-only record of every operator action. Each record is written in the action's own
 transaction, so an action that commits has exactly one record and one that rolls back has none; a replayed action
-(the same create, decision or pause again) changes nothing and records nothing."""
+(the same create, decision or pause again) changes nothing and records nothing. Read newest first, by pages whose
+cursor is an id (``before_id``), so a page stays the same while new records are appended."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,10 +16,11 @@ from coherence_network.store.core import StoreCore
 from coherence_network.store.schema import audit
 
 _APPEND = audit.insert()
+_NEWEST_FIRST = sa.select(audit).order_by(audit.c.id.desc())
 
 
 class AuditBook(StoreCore):
-    """Appends to the audit trail (reads of it are in the same room)."""
+    """Appends to the audit trail, and reads it."""
 
     def _audit_in(
         self,
@@ -43,3 +46,40 @@ class AuditBook(StoreCore):
         if records:
             common = {"at": utcnow(), "actor": actor, "channel": channel_of(actor), "action": action}
             conn.execute(_APPEND, [{**common, **record} for record in records])
+
+    def audit_note(self, actor: str, action: str, *, target: str | None = None, reason: str | None = None,
+                   detail: dict[str, Any] | None = None) -> None:
+        """Record an act the store did not carry out itself (a restart request written on a host, a console
+        sign-in), in a transaction of its own."""
+        with self.transaction() as conn:
+            self._audit_in(conn, actor, action, target=target, reason=reason, detail=detail)
+
+    def audit_page(
+        self,
+        *,
+        limit: int,
+        before_id: int | None = None,
+        actor: str | None = None,
+        channel: str | None = None,
+        action: str | None = None,
+        task_id: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Records matching every filter given, newest first, older than ``before_id`` when given; and the
+        ``before_id`` of the next (older) page, None when this one is the last. Served by the indexes on (task_id,
+        id), (action, id) and at; the actor and channel filters read along the newest records."""
+        conditions = [column == value for column, value in ((audit.c.actor, actor), (audit.c.channel, channel),
+                                                             (audit.c.action, action), (audit.c.task_id, task_id))
+                      if value is not None]
+        if before_id is not None:
+            conditions.append(audit.c.id < before_id)
+        if since is not None:
+            conditions.append(audit.c.at >= since)
+        if until is not None:
+            conditions.append(audit.c.at < until)
+        query = _NEWEST_FIRST.where(*conditions).limit(limit + 1)
+        rows = self._read(lambda conn: [dict(row._mapping) for row in conn.execute(query)])
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, rows[-1]["id"] if more else None

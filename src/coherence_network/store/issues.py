@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from coherence_network.clock import utcnow
-from coherence_network.store.core import StoreCore
+from coherence_network.store.audit import AuditBook
 from coherence_network.store.schema import fatal_issues, monitor_issues
 
 _ISSUE_FIELDS = ("severity", "message", "action", "runbook", "detail")
@@ -26,7 +26,7 @@ _OPEN_FATAL = sa.select(fatal_issues).where(fatal_issues.c.cleared_at.is_(None))
 _OPEN_FATAL_COUNT = sa.select(sa.func.count()).select_from(fatal_issues).where(fatal_issues.c.cleared_at.is_(None))
 
 
-class IssueBook(StoreCore):
+class IssueBook(AuditBook):
     """Monitor issues by (host, rule), and fatal issues until an operator clears them."""
 
     def replace_monitor_issues(self, issues: list[dict[str, Any]], host: str) -> dict[str, int]:
@@ -107,11 +107,16 @@ class IssueBook(StoreCore):
         with self.connection() as conn:
             return int(conn.execute(_OPEN_FATAL_COUNT).scalar_one())
 
-    def clear_fatal_issues(self, before: datetime | None = None) -> int:
-        """Clear the open fatal issues (with ``before``: only those recorded at or before then)."""
+    def clear_fatal_issues(self, before: datetime | None = None, *, actor: str | None = None) -> int:
+        """Clear the open fatal issues (with ``before``: only those recorded at or before then); a clear that
+        cleared any is in the audit trail when ``actor`` is given (its components and count in the detail)."""
         query = fatal_issues.update().where(fatal_issues.c.cleared_at.is_(None))
         if before is not None:
             query = query.where(fatal_issues.c.at <= before)
         with self.transaction() as conn:
-            result = conn.execute(query.values(cleared_at=utcnow()))
-        return int(result.rowcount or 0)
+            cleared = list(conn.execute(query.values(cleared_at=utcnow()).returning(fatal_issues.c.component)))
+            if cleared and actor is not None:
+                components = sorted({row.component for row in cleared})
+                self._audit_in(conn, actor, "clear_fatal", target=",".join(components)[:200],
+                               detail={"cleared": len(cleared), "before": before and before.isoformat()})
+        return len(cleared)

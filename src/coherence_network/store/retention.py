@@ -1,17 +1,18 @@
-"""Retention in the store: finished tasks, resolved monitor issues and forgotten runners, deleted in short batches.
+"""Retention in the store: finished tasks, resolved monitor issues, forgotten runners and old audit records, deleted in
+short batches.
 
 Every delete is conditional on the row still qualifying (a failed task retried meanwhile is pending again and
-stays), so two API replicas running a pass at once only share the work. The newest row of ``tasks`` and
-``monitor_issues`` always stays: SQLite gives a table without AUTOINCREMENT the next id after the largest one in
-it, so deleting the newest row would hand its id out again (a task id names its log file and its idempotent
-retries; it must never be reused).
+stays), so two API replicas running a pass at once only share the work. The newest row of ``tasks``,
+``monitor_issues`` and ``audit`` always stays: SQLite gives a table without AUTOINCREMENT the next id after the
+largest one in it, so deleting the newest row would hand its id out again (a task id names its log file and its
+idempotent retries, an audit id is the cursor of the trail's pages; neither may be reused).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -20,7 +21,7 @@ from coherence_network.clock import utcnow
 from coherence_network.contract import SETTLED_STATUSES
 from coherence_network.settings import Settings
 from coherence_network.store.gateway import TaskStore
-from coherence_network.store.schema import monitor_issues, tasks
+from coherence_network.store.schema import audit, monitor_issues, tasks
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,11 @@ class StorePruneReport:
     tasks: int = 0
     monitor_issues: int = 0
     runners: int = 0
+    audit: int = 0
 
     @property
     def total(self) -> int:
-        return self.tasks + self.monitor_issues + self.runners
+        return self.tasks + self.monitor_issues + self.runners + self.audit
 
 
 def _cutoff(now: datetime, days: float) -> datetime | None:
@@ -73,9 +75,11 @@ def _delete_in_batches(store: TaskStore, table: sa.Table, condition: sa.ColumnEl
             return deleted
 
 
-def prune_store(store: TaskStore, settings: Settings, *, now: datetime | None = None,
-                dry_run: bool = False) -> StorePruneReport:
-    """One retention pass over the store, by the COHERENCE_RETAIN_* settings and COHERENCE_RUNNER_FORGET_SECONDS."""
+def prune_store(store: TaskStore, settings: Settings, *, now: datetime | None = None, dry_run: bool = False,
+                actor: str | None = None) -> StorePruneReport:
+    """One retention pass over the store, by the COHERENCE_RETAIN_* settings and COHERENCE_RUNNER_FORGET_SECONDS.
+    A pass an operator asked for (``actor``) that deleted anything is in the audit trail, with what it deleted (in a
+    transaction of its own: the pass is many short ones); the API's automatic passes are not."""
     now = now or utcnow()
     report = StorePruneReport()
     batch = settings.coherence_prune_batch
@@ -89,9 +93,16 @@ def prune_store(store: TaskStore, settings: Settings, *, now: datetime | None = 
         report.monitor_issues = _delete_in_batches(store, monitor_issues, resolved, batch, dry_run)
     forget_before = now - timedelta(seconds=settings.coherence_runner_forget_seconds)
     report.runners = store.prune_runners(forget_before, dry_run=dry_run)
+    audit_days = settings.coherence_retain_audit_days
+    assert audit_days is not None  # Settings._derive
+    audit_cutoff = _cutoff(now, audit_days)
+    if audit_cutoff is not None:
+        report.audit = _delete_in_batches(store, audit, audit.c.at < audit_cutoff, batch, dry_run)
     if report.total and not dry_run:
-        log.info("retention: deleted %d finished tasks, %d resolved monitor issues, %d runner rows",
-                 report.tasks, report.monitor_issues, report.runners)
+        log.info("retention: deleted %d finished tasks, %d resolved monitor issues, %d runner rows, %d audit records",
+                 report.tasks, report.monitor_issues, report.runners, report.audit)
+        if actor is not None:
+            store.audit_note(actor, "prune", detail=asdict(report))
     return report
 
 
