@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from coherence_network.contract import TaskType
 from coherence_network.errors import CoherenceError
@@ -29,16 +29,15 @@ from coherence_network.setting_values import (
     CommandTaskTypes,
     DatabaseUrl,
     HttpUrl,
-    IdList,
     LogLevel,
     audit_days,
     host_name,
     invalid_settings,
     mask_url_secrets,
     parse_command_types,
-    parse_ids,
     seen_limit,
 )
+from coherence_network.settings_telegram import TelegramSettings
 
 # What other modules take from here; the checks and parsers of values live in setting_values.
 SECRET_FIELDS = frozenset({"coherence_api_token", "telegram_bot_token", "telegram_webhook_secret"})
@@ -66,8 +65,9 @@ def config_errors_as_one_line(prog: str = "coherence") -> Iterator[None]:
         raise SystemExit(2) from None
 
 
-class Settings(BaseSettings):
-    """Configuration read from the environment (and an optional ``.env`` file in the working directory)."""
+class Settings(TelegramSettings):
+    """Configuration read from the environment (and an optional ``.env`` file in the working directory); the
+    Telegram bot's fields are declared in settings_telegram."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
     _derived: set[str] = PrivateAttr(default_factory=set)
@@ -215,35 +215,6 @@ class Settings(BaseSettings):
         5, ge=1, description="Finished tasks in 24 h needed before the success rate is judged at all"
     )
 
-    # --- telegram -----------------------------------------------------------------------------------------
-    telegram_bot_token: str = Field("", description="Bot API token from @BotFather; empty disables the bot")
-    telegram_chat_ids: IdList = Field("", description="Chat ids alerts go to, comma-separated (commands work there "
-                                      "too)")
-    telegram_allowed_user_ids: IdList = Field(
-        "", description="User ids that may command the bot, comma-separated; empty means nobody"
-    )
-    telegram_api_base: HttpUrl = Field("https://api.telegram.org", description="Bot API base address (tests point it "
-                                   "at a local fake)")
-    telegram_webhook_url: HttpUrl = Field(
-        "", description="Public URL of POST /api/agent/telegram/webhook; set = webhook mode, empty = long polling"
-    )
-    telegram_webhook_secret: str = Field(
-        "", description="Secret Telegram sends with each webhook call; empty = generated in var/run/"
-    )
-    telegram_poll_timeout: float = Field(25.0, gt=0, description="Seconds one getUpdates long poll may wait")
-    telegram_notify_interval: float = Field(
-        15.0, gt=0, description="Seconds between the bot's polls of the API for things to notify"
-    )
-    telegram_rate_burst: int = Field(10, ge=1, description="Alerts a chat may get at once before the rate limit")
-    telegram_rate_per_minute: float = Field(
-        6.0, gt=0, description="Alerts per minute a chat gets after the burst; the rest wait their turn"
-    )
-    telegram_remind_after_hours: float = Field(1.0, ge=0, description="Remind a chat of a decision still waiting "
-                                               "this long after its alert, then after twice as long each time; "
-                                               "0: never")
-    telegram_remind_max_hours: float = Field(24.0, gt=0,
-                                             description="Longest delay between two reminders of a decision")
-
     # --- monitor and supervisor ---------------------------------------------------------------------------
     pipeline_auto_recover: bool = Field(
         False, description="The monitor writes restart_requested.json for conditions a restart fixes"
@@ -358,14 +329,6 @@ class Settings(BaseSettings):
     @property
     def run_dir(self) -> Path:
         return self.home / "run"
-
-    @property
-    def telegram_chats(self) -> frozenset[int]:
-        return parse_ids(self.telegram_chat_ids)
-
-    @property
-    def telegram_allowed_users(self) -> frozenset[int]:
-        return parse_ids(self.telegram_allowed_user_ids)
 
     @property
     def command_task_types(self) -> frozenset[TaskType]:
