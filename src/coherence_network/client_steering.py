@@ -1,4 +1,4 @@
-"""The client's steering calls: retention, pause and resume (an operator's acts, each safe to repeat)."""
+"""The client's steering calls: retention, pause, resume and cancel (an operator's acts, each safe to repeat)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from coherence_network.contract import PauseChange, PauseList
-from coherence_network.endpoints import PAUSE, PAUSES, PRUNE, RESUME, Endpoint, body_of
-from coherence_network.request_bodies import PauseRequest, PruneRequest, ResumeRequest
+from coherence_network.contract import PauseChange, PauseList, Task
+from coherence_network.endpoints import CANCEL, PAUSE, PAUSES, PRUNE, RESUME, Endpoint, body_of
+from coherence_network.request_bodies import CancelRequest, PauseRequest, PruneRequest, ResumeRequest
 
 
 class SteeringCalls:
@@ -39,3 +39,9 @@ class SteeringCalls:
     def pauses(self) -> PauseList:
         """The scopes paused now: since when, by whom and why."""
         return PauseList.model_validate(self.call(PAUSES).json())
+
+    def cancel(self, task_id: int, reason: str, *, by: str | None = None) -> Task:
+        """Cancel a task (``by``: the actor, else this client's own); a repeat returns the task as it is, so it is
+        retried. A running task stays running until its runner stops it (``cancel_requested_at`` is set)."""
+        body = body_of(CancelRequest, reason=reason, by=by)
+        return Task.model_validate(self.call(CANCEL, body, keyed=True, task_id=task_id).json())

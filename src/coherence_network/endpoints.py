@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from coherence_network.request_bodies import (
+    CancelRequest,
     ClaimRequest,
     ComponentHeartbeat,
     FatalIssueReport,
@@ -73,6 +74,7 @@ PRUNE = Endpoint("POST", "/api/agent/prune", PruneRequest)
 PAUSE = Endpoint("POST", "/api/agent/pause", PauseRequest)
 RESUME = Endpoint("POST", "/api/agent/resume", ResumeRequest)
 PAUSES = Endpoint("GET", "/api/agent/pauses")
+CANCEL = Endpoint("POST", "/api/agent/tasks/{task_id}/cancel", CancelRequest)
 ENDPOINTS = tuple(value for value in tuple(globals().values()) if isinstance(value, Endpoint))  # every one above
 
 

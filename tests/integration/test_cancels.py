@@ -3,17 +3,33 @@ runner, a settled one is a conflict naming its status, a repeat is safe, and eac
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from coherence_network.cli.api_access import os_user
+from coherence_network.client import ApiClient
 from coherence_network.clock import utcnow
 from coherence_network.store import TaskStore
+from coherence_network.store.db import create_store_engine
 from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.schema import audit
+from tests.support.api import ServedApi
+from tests.support.net import wait_until
+from tests.support.runner import RunnerProcess
+
+CLI = [sys.executable, "-m", "coherence_network.cli"]
 
 
 def audit_rows(engine: Engine, task_id: int) -> list[dict[str, Any]]:
@@ -21,6 +37,16 @@ def audit_rows(engine: Engine, task_id: int) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(
             sa.select(audit).where(audit.c.task_id == task_id).order_by(audit.c.id))]
+
+
+def served_audit_rows(api: ServedApi, task_id: int) -> list[dict[str, Any]]:
+    """``audit_rows`` of a served API's store."""
+    assert api.app is not None
+    engine = create_store_engine(api.app.state.settings.store_url)
+    try:
+        return audit_rows(engine, task_id)
+    finally:
+        engine.dispose()
 
 
 def test_a_pending_task_is_cancelled_at_once_once(store: TaskStore, store_engine: Engine) -> None:
@@ -109,3 +135,98 @@ def test_a_dead_runners_cancelled_task_is_reaped_as_cancelled_not_requeued(store
     reaped = store.get(asked["id"])
     assert (reaped["status"], reaped["error_category"], reaped["attempts"]) == ("cancelled", "cancelled", 0)
     assert store.get(plain["id"])["status"] == "pending"
+
+
+# --- end to end: a real runner, the CLI ------------------------------------------------------------------------
+LEASE, GRACE = 3.0, 2.0  # the runner renews every LEASE / 3 s: a cancel reaches it within that
+
+
+@pytest.fixture(scope="module")
+def cancel_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApi]:
+    """One served API on SQLite for the module's runner and CLI checks, with a short lease."""
+    api = ServedApi(tmp_path_factory.mktemp("cancels") / "home", env={"COHERENCE_LEASE_SECONDS": str(LEASE)}).start()
+    yield api
+    api.stop()
+
+
+def group_of(home: Path, task_id: int) -> int | None:
+    """The process group the runner recorded for the task (var/run/task_groups), None before it started."""
+    for record in (home / "run" / "task_groups").glob("*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(record.read_text())["task_id"] == task_id:
+                return int(json.loads(record.read_text())["pgid"])
+    return None
+
+
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def cli(api: ServedApi, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COHERENCE_HOME": str(api.home), "AGENT_API_BASE": api.url}
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_running_sleep_cancelled_from_the_cli_is_gone_within_the_grace(cancel_api: ServedApi) -> None:
+    """The issue's "done when": the whole group is gone within a lease renewal plus the kill grace, the task is
+    cancelled with its output so far, and the audit trail names the operator and the reason."""
+    client = ApiClient(cancel_api.url, retries=0)
+    task = client.create_task("sleep by mistake", "run", command="sleep 300")
+    proc = RunnerProcess(cancel_api.home, cancel_api.url, env={"AGENT_KILL_GRACE_SECONDS": str(GRACE)}).start()
+    try:
+        wait_until(lambda: group_of(cancel_api.home, task.id) is not None, 30, "task running")
+        pgid = group_of(cancel_api.home, task.id)
+        assert pgid is not None and not group_gone(pgid)
+        asked = cli(cancel_api, "cancel", str(task.id), "--reason", "sleep 300 by mistake")
+        assert asked.returncode == 0, asked.stderr
+        assert f"task {task.id} is running: cancel requested by cli:{os_user()}" in asked.stdout
+        wait_until(lambda: group_gone(pgid), LEASE / 3 + GRACE + 2, "process group gone")
+        wait_until(lambda: client.get_task(task.id).status == "cancelled", 10, "task cancelled")
+        done = client.get_task(task.id)
+        assert (done.cancelled_by, done.cancel_reason, done.error_category) == (
+            f"cli:{os_user()}", "sleep 300 by mistake", "cancelled")
+        assert done.exit_code == -15 and done.attempts == 0
+        assert f"=== cancelled by cli:{os_user()}: sleep 300 by mistake: stopping the process group" in done.output
+        log = (cancel_api.home / "logs" / f"task_{task.id}.log").read_text()
+        assert "status=cancelled" in log
+        [record] = [r for r in served_audit_rows(cancel_api, task.id) if r["action"] == "cancel"]
+        assert (record["actor"], record["reason"], record["status_before"]) == (
+            f"cli:{os_user()}", "sleep 300 by mistake", "running")
+        again = cli(cancel_api, "cancel", str(task.id), "--reason", "again", "--json")
+        assert again.returncode == 0 and json.loads(again.stdout)["status"] == "cancelled"
+        assert proc.proc is not None and proc.proc.poll() is None  # the runner goes on
+    finally:
+        proc.stop()
+        client.close()
+
+
+def test_the_cli_refuses_a_cancel_without_reason_and_of_a_settled_task(cancel_api: ServedApi) -> None:
+    with ApiClient(cancel_api.url, retries=0) as client:
+        task = client.create_task("done already", "spec")
+        client.cancel(task.id, "first", by="test:op")
+    missing = cli(cancel_api, "cancel", str(task.id))
+    assert missing.returncode == 2 and "--reason" in missing.stderr
+    with ApiClient(cancel_api.url, retries=0) as client:
+        client.retry_task(task.id)
+        claimed = client.claim("r1", types=["spec"])
+        assert claimed is not None and claimed.id == task.id
+        client.finish(task.id, claimed.claim_token, "completed")
+    refused = cli(cancel_api, "cancel", str(task.id), "--reason", "too late")
+    assert refused.returncode == 1 and "not cancelled: cannot cancel" in refused.stderr
+    assert "its status is completed" in refused.stderr
+
+
+def test_the_endpoint_takes_the_actor_header_and_bounds_the_reason(cancel_api: ServedApi) -> None:
+    with ApiClient(cancel_api.url, retries=0, actor="telegram:42") as client:
+        task = client.create_task("by header", "spec")
+        assert client.cancel(task.id, "no longer needed").cancelled_by == "telegram:42"
+    with httpx.Client(base_url=cancel_api.url) as http:
+        other = http.post("/api/agent/tasks", json={"direction": "plain", "task_type": "spec"}).json()
+        assert http.post(f"/api/agent/tasks/{other['id']}/cancel", json={"reason": ""}).status_code == 422
+        assert http.post(f"/api/agent/tasks/{other['id']}/cancel", json={"reason": "x" * 501}).status_code == 422
+        answer = http.post(f"/api/agent/tasks/{other['id']}/cancel", json={"reason": "plain"})
+        assert answer.status_code == 200 and answer.json()["cancelled_by"] == "api"

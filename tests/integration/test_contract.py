@@ -173,6 +173,7 @@ def _drive(client: ApiClient) -> dict[str, Callable[[], Any]]:
         "pause": lambda: client.pause("test:contract", "hold the specs", task_type=TaskType.SPEC),
         "pauses": client.pauses,
         "resume": lambda: client.resume("test:contract", task_type=TaskType.SPEC),
+        "cancel": lambda: client.cancel(seen["one"].id, "not needed", by="test:contract"),
     }
 
 

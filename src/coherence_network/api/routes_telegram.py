@@ -28,7 +28,7 @@ from coherence_network.api.routes_ops_issues import get_fatal_issues
 from coherence_network.api.routes_pipeline import pipeline_status
 from coherence_network.client import ApiConflict, ApiNotFound, ApiValidationError
 from coherence_network.contract import FatalIssueList, PipelineStatus, Task, TaskCount, TaskPage
-from coherence_network.request_bodies import TaskPatch, TelegramUpdate
+from coherence_network.request_bodies import CancelRequest, TaskPatch, TelegramUpdate
 from coherence_network.settings import Settings
 from coherence_network.store import Conflict, NotFound
 from coherence_network.telegram.botapi import SECRET_HEADER, webhook_secret
@@ -75,6 +75,14 @@ class StorePipeline:
         except ValidationError as exc:
             raise ApiValidationError(422, [bounded_error(e) for e in exc.errors()]) from None
         return Task.model_validate(self._as_answered(lambda: self.store.decide(task_id, decision, decided_by)))
+
+    def cancel(self, task_id: int, reason: str, *, by: str | None = None) -> Task:
+        """POST /api/agent/tasks/{id}/cancel's rules (CancelRequest), then the store's cancel."""
+        try:
+            CancelRequest.model_validate({"reason": reason, "by": by})
+        except ValidationError as exc:
+            raise ApiValidationError(422, [bounded_error(e) for e in exc.errors()]) from None
+        return Task.model_validate(self._as_answered(lambda: self.store.cancel(task_id, by or "api", reason)))
 
     def pipeline_status(self) -> PipelineStatus:
         return PipelineStatus.model_validate(pipeline_status(self.request))
