@@ -3,14 +3,12 @@ runner, a settled one is a conflict naming its status, a repeat is safe, and eac
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +25,7 @@ from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.schema import audit
 from tests.support.api import ServedApi
 from tests.support.net import wait_until
-from tests.support.runner import RunnerProcess
+from tests.support.runner import RunnerProcess, group_gone, task_group
 
 CLI = [sys.executable, "-m", "coherence_network.cli"]
 
@@ -149,23 +147,6 @@ def cancel_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApi]:
     api.stop()
 
 
-def group_of(home: Path, task_id: int) -> int | None:
-    """The process group the runner recorded for the task (var/run/task_groups), None before it started."""
-    for record in (home / "run" / "task_groups").glob("*.json"):
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(record.read_text())["task_id"] == task_id:
-                return int(json.loads(record.read_text())["pgid"])
-    return None
-
-
-def group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def cli(api: ServedApi, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COHERENCE_HOME": str(api.home), "AGENT_API_BASE": api.url}
     return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=60)
@@ -178,8 +159,8 @@ def test_a_running_sleep_cancelled_from_the_cli_is_gone_within_the_grace(cancel_
     task = client.create_task("sleep by mistake", "run", command="sleep 300")
     proc = RunnerProcess(cancel_api.home, cancel_api.url, env={"AGENT_KILL_GRACE_SECONDS": str(GRACE)}).start()
     try:
-        wait_until(lambda: group_of(cancel_api.home, task.id) is not None, 30, "task running")
-        pgid = group_of(cancel_api.home, task.id)
+        wait_until(lambda: task_group(cancel_api.home, task.id) is not None, 30, "task running")
+        pgid = task_group(cancel_api.home, task.id)
         assert pgid is not None and not group_gone(pgid)
         asked = cli(cancel_api, "cancel", str(task.id), "--reason", "sleep 300 by mistake")
         assert asked.returncode == 0, asked.stderr
