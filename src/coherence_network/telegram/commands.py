@@ -26,7 +26,7 @@ SHOWN = 10  # items listed per section of a reply
 
 HELP = """Commands:
 /status - counts, running tasks, waiting decisions, attention
-/tasks [status] - newest tasks (status: pending, running, needs_decision, completed, failed)
+/tasks [status] - newest tasks (status: pending, running, needs_decision, completed, failed, cancelled)
 /task <id> - one task
 /reply <id> <decision> - answer a task that waits for a decision
 /cancel <id> <reason> - cancel a task (a running one: its runner stops it)
