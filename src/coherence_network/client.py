@@ -300,7 +300,8 @@ class ApiClient(SteeringCalls):
         return Task.model_validate(self.call(PATCH_TASK, body, keyed=True, task_id=task_id).json())
 
     def retry_task(self, task_id: int) -> Task:
-        """Send a failed task back to pending (never repeated: a second retry could restart a later failure)."""
+        """Send a failed or cancelled task back to pending (never repeated: a second retry could restart a later
+        failure)."""
         body = body_of(TaskPatch, status=TaskStatus.PENDING)
         return Task.model_validate(self.call(PATCH_TASK, body, task_id=task_id).json())
 

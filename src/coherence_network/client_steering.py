@@ -1,5 +1,5 @@
-"""The client's steering calls: retention, pause and resume (an operator's acts, each safe to repeat), and the audit
-trail (read it; note a restart requested on a host)."""
+"""The client's steering calls: retention, pause, resume and cancel (an operator's acts, each safe to repeat),
+bulk acts, and the audit trail (read it; note a restart requested on a host)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from coherence_network.contract import AuditPage, PauseChange, PauseList
+from coherence_network.contract import AuditPage, PauseChange, PauseList, Task
 from coherence_network.contract_bulk import BulkPreview, BulkResult
 from coherence_network.endpoints import (
     AUDIT,
     BULK_ACT,
     BULK_PREVIEW,
+    CANCEL,
     NOTE_RESTART,
     PAUSE,
     PAUSES,
@@ -27,6 +28,7 @@ from coherence_network.request_bodies import (
     BulkActRequest,
     BulkFilter,
     BulkPreviewRequest,
+    CancelRequest,
     PauseRequest,
     PruneRequest,
     RestartNote,
@@ -93,3 +95,9 @@ class SteeringCalls:
         Sent once: a retry after a lost answer could record it twice."""
         body = body_of(RestartNote, component=component, reason=reason, host=host)
         return bool(self.call(NOTE_RESTART, body, retries=0).json()["recorded"])
+
+    def cancel(self, task_id: int, reason: str, *, by: str | None = None) -> Task:
+        """Cancel a task (``by``: the actor, else this client's own); a repeat returns the task as it is, so it is
+        retried. A running task stays running until its runner stops it (``cancel_requested_at`` is set)."""
+        body = body_of(CancelRequest, reason=reason, by=by)
+        return Task.model_validate(self.call(CANCEL, body, keyed=True, task_id=task_id).json())

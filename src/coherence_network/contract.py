@@ -79,7 +79,7 @@ class Severity(StrEnum):
 
 
 class ItemStatus(StrEnum):
-    """Where a backlog item is in the project manager's hands; DONE, BLOCKED and SKIPPED settle it."""
+    """Where a backlog item is in the project manager's hands; DONE, BLOCKED, SKIPPED and CANCELLED settle it."""
 
     WAITING = "waiting"
     IN_PROGRESS = "in_progress"
@@ -87,6 +87,7 @@ class ItemStatus(StrEnum):
     DONE = "done"
     BLOCKED = "blocked"
     SKIPPED = "skipped"
+    CANCELLED = "cancelled"  # an operator cancelled its phase's task; a retry of that task takes it up again
 
 
 class Ecosystem(StrEnum):

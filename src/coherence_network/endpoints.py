@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from coherence_network.request_bodies import (
     BulkActRequest,
     BulkPreviewRequest,
+    CancelRequest,
     ClaimRequest,
     ComponentHeartbeat,
     FatalIssueReport,
@@ -80,6 +81,7 @@ BULK_PREVIEW = Endpoint("POST", "/api/agent/tasks/bulk/preview", BulkPreviewRequ
 BULK_ACT = Endpoint("POST", "/api/agent/tasks/bulk/act", BulkActRequest)
 AUDIT = Endpoint("GET", "/api/audit")
 NOTE_RESTART = Endpoint("POST", "/api/audit/restarts", RestartNote)
+CANCEL = Endpoint("POST", "/api/agent/tasks/{task_id}/cancel", CancelRequest)
 ENDPOINTS = tuple(value for value in tuple(globals().values()) if isinstance(value, Endpoint))  # every one above
 
 

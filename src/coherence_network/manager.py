@@ -33,11 +33,13 @@ from coherence_network.settings import Settings
 
 log = logging.getLogger("coherence.manager")
 
-# Settled on a task that can still move: an operator's retry of a failed task, a late answer to a skipped question.
-REOPENABLE = frozenset({ItemStatus.BLOCKED, ItemStatus.SKIPPED})
+# Settled on a task that can still move: an operator's retry of a failed or cancelled task, a late answer to a skipped
+# question.
+REOPENABLE = frozenset({ItemStatus.BLOCKED, ItemStatus.SKIPPED, ItemStatus.CANCELLED})
 # Before settled_on was recorded (the first release's state files), the task status each reopenable item had settled on.
 SETTLED_ON_STATUS: dict[str, TaskStatus] = {
     ItemStatus.BLOCKED: TaskStatus.FAILED, ItemStatus.SKIPPED: TaskStatus.NEEDS_DECISION,
+    ItemStatus.CANCELLED: TaskStatus.CANCELLED,
 }
 TIMEOUT_DECIDER = "timeout:default"  # decided_by of a default answer the decision timeout recorded
 COMPONENT = Component.MANAGER
@@ -197,6 +199,9 @@ class ProjectManager:
             why = f"{state.phase} task {task.id} failed" + ("" if task.exit_code is None else
                                                              f" (exit code {task.exit_code})")
             self._settle(state, ItemStatus.BLOCKED, why + (f": {tail[-1]}" if tail else ""), task)
+        elif status == TaskStatus.CANCELLED:
+            self._settle(state, ItemStatus.CANCELLED, f"{state.phase} task {task.id} cancelled by "
+                         f"{task.cancelled_by or 'an operator'}: {task.cancel_reason or '-'}", task)
         elif status == TaskStatus.COMPLETED:
             state.results[state.phase] = shorten(task.output)
             self._next_phase(item, state, task)

@@ -13,13 +13,14 @@ from coherence_network.contract import ItemStatus
 from coherence_network.logfiles import REGISTRY
 from coherence_network.settings import Settings
 
-SETTLED = frozenset({ItemStatus.DONE, ItemStatus.BLOCKED, ItemStatus.SKIPPED})
+SETTLED = frozenset({ItemStatus.DONE, ItemStatus.BLOCKED, ItemStatus.SKIPPED, ItemStatus.CANCELLED})
 ACTIVE = frozenset({ItemStatus.IN_PROGRESS, ItemStatus.NEEDS_DECISION})
 
 
 @dataclass
 class ItemState:
-    """Progress of one backlog item. ``status``: waiting, in_progress, needs_decision, done, blocked, skipped."""
+    """Progress of one backlog item. ``status``: waiting, in_progress, needs_decision, done, blocked, skipped,
+    cancelled."""
 
     key: str
     number: int

@@ -322,6 +322,14 @@ class PauseRequest(Strict):
     reason: Text = Field(min_length=1, max_length=1000, description="Why: shown on every signal while paused")
 
 
+class CancelRequest(Strict):
+    """``POST /api/agent/tasks/{id}/cancel``: stop a task (pending or waiting: at once; running: by its runner)."""
+
+    reason: Text = Field(min_length=1, max_length=500, description="Why: kept on the task and in the audit trail")
+    by: Text | None = Field(None, min_length=1, max_length=200,
+                            description="Who cancels, e.g. cli:alice; default: the X-Coherence-Actor header, else api")
+
+
 class ResumeRequest(Strict):
     """``POST /api/agent/resume``: hand out the paused scope's tasks again (waiting claims wake at once)."""
 

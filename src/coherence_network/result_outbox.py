@@ -76,7 +76,8 @@ class ResultOutbox:
     def _send(self, result: TaskResult, claim_next: bool) -> tuple[bool, Claim | None]:
         following = None
         fields: dict[str, Any] = {"output": result.output, "exit_code": result.exit_code,
-                                  "decision_prompt": result.decision_prompt}
+                                  "decision_prompt": result.decision_prompt,
+                                  "error_category": result.error_category, "error_summary": result.error_summary}
         try:
             if claim_next:
                 _, task = self.client.finish_and_claim(result.task_id, result.claim_token, result.status,

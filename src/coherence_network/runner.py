@@ -24,7 +24,7 @@ from typing import Any
 
 from coherence_network import __version__
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound
-from coherence_network.contract import Component, TaskStatus
+from coherence_network.contract import Component, Task, TaskStatus
 from coherence_network.endpoints import COMPONENT_ACTOR
 from coherence_network.file_retention import prune_task_files
 from coherence_network.outage import Outage
@@ -175,18 +175,19 @@ class Runner:
         log.info("task %s: claimed (%s, run %s)", task.id, task.task_type, task.claim_token)
         api = Outage(log, first_delay=RETRY_SECONDS, max_delay=RETRY_SECONDS)
 
-        def beat(step: str) -> bool:
-            """Renew the lease; False when the API did not answer (the run goes on, the beat is retried soon)."""
+        def beat(step: str) -> Task | None:
+            """Renew the lease: the task as the API has it (a cancel request shows on it); None when the API did not
+            answer (the run goes on, the beat is retried soon)."""
             try:
-                self.client.heartbeat(task.id, task.claim_token, current_step=step or None)
+                renewed = self.client.heartbeat(task.id, task.claim_token, current_step=step or None)
             except (ApiConflict, ApiNotFound) as exc:
                 raise ClaimLost(str(exc.detail)) from exc
             except ApiError as exc:
                 api.failed("task %s: heartbeat failed (%s); still running, retrying every %gs", task.id, exc,
                            RETRY_SECONDS)
-                return False
+                return None
             api.recovered("task %s: heartbeat renewed the lease again", task.id)
-            return True
+            return renewed
 
         def unblock() -> None:
             with self.lock:

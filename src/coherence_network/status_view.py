@@ -170,6 +170,9 @@ def render_task(task: Task | dict[str, Any], *, colour: bool = False) -> str:
               ("current_step", task.current_step))
     lines += [f"{name}: {_plain(value)}" for name, value in fields if value is not None]
     lines.append(f"run: {task.claim_token} (claim token), attempts: {task.attempts} of {task.max_attempts}")
+    cancel = (("cancel_requested_at", task.cancel_requested_at), ("cancelled_by", task.cancelled_by),
+              ("cancel_reason", task.cancel_reason))
+    lines += [f"{name}: {_plain(value)}" for name, value in cancel if value is not None]
     if task.context:
         lines.append(f"context: {json.dumps(task.context, default=str)}")
     if task.decision_prompt or task.decision:

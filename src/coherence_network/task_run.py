@@ -24,6 +24,7 @@ from coherence_network.clock import utcnow
 from coherence_network.contract import Task, TaskStatus
 from coherence_network.errors import CoherenceError
 from coherence_network.logfiles import RUN_FILES, task_log_path
+from coherence_network.run_outcome import RunEnd, failure_of
 from coherence_network.settings import Settings
 from coherence_network.task_env import build_argv, task_environment
 from coherence_network.taskgroups import NewerRunRecorded, TaskGroup, TaskStartError, stop_previous_runs
@@ -48,6 +49,8 @@ class TaskResult:
     exit_code: int | None
     output: str
     decision_prompt: str | None = None
+    error_category: str | None = None  # why a failed or cancelled run ended so (run_outcome)
+    error_summary: str | None = None
 
     def __post_init__(self) -> None:
         self.status = TaskStatus(self.status)  # read back from an outbox file as a string; a bad one is refused
@@ -55,6 +58,11 @@ class TaskResult:
 
 class ClaimLost(CoherenceError):
     """The API no longer holds our claim (lease expired and the task went to another runner)."""
+
+
+class CancelRequested(CoherenceError):
+    """An operator cancelled the running task (its lease renewal said so): its group is stopped, the run finishes
+    as cancelled with its output so far."""
 
 
 def utc_stamp() -> str:
@@ -138,6 +146,9 @@ class TaskRun:
         self.logfile: TaskLog | None = None
         self.timed_out = False
         self.stopped = False  # killed because the runner is shutting down: the task is released, not failed
+        self.cancelled: str | None = None  # an operator's cancel request stopped it (its words)
+        self.not_started: str | None = None  # why it could not start (a configuration error)
+        self.task_line = ""  # the task's own last non-empty line (the runner's notes are not the task's)
         self.output_lock = threading.Lock()  # the pump thread and the watching thread both write the log
         self.environment = task_environment(settings, os.environ)
 
@@ -145,7 +156,7 @@ class TaskRun:
     def timeout(self) -> float:
         return float(self.task.timeout_seconds or self.settings.agent_task_timeout)
 
-    def _keep(self, line: str) -> None:
+    def _keep(self, line: str, *, own: bool = True) -> None:
         self.tail.append(line)
         self.tail_bytes += len(line)
         limit = self.settings.coherence_output_tail_bytes
@@ -156,32 +167,44 @@ class TaskRun:
             self.tail_bytes = limit
         if line.strip():
             self.last_line = line.strip()[:STEP_CHARS]
+            if own:
+                self.task_line = self.last_line
         if line.lstrip().startswith(DECISION_MARKER):
             self.question = line.lstrip()[len(DECISION_MARKER):].strip() or "(no question given)"
 
-    def _output(self, line: str) -> None:
-        """One line of the task's output (or the runner's note about it), masked: to the log file and the tail."""
+    def _output(self, line: str, *, own: bool = False) -> None:
+        """One line of the task's output (``own``) or the runner's note about it, masked: to the log file and the
+        tail."""
         line = self.environment.mask(line)
         with self.output_lock:
             if self.logfile is not None:
                 self.logfile.write(line)
-            self._keep(line)
+            self._keep(line, own=own)
 
     def _pump(self, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
-            self._output(raw.decode("utf-8", errors="replace"))
+            self._output(raw.decode("utf-8", errors="replace"), own=True)
 
-    def execute(self, beat: Callable[[str], bool], stop_now: threading.Event,
+    def execute(self, beat: Callable[[str], Task | None], stop_now: threading.Event,
                 logged: Callable[[], None] = lambda: None) -> TaskResult:
         """Run the task to its end; ``beat()`` is called every heartbeat interval and may raise ClaimLost, and
-        ``logged()`` once the log's header is written (this host takes writes).
+        ``logged()`` once the log's header is written (this host takes writes). A beat's answer that carries a cancel
+        request stops the process group and ends the run as cancelled.
 
         RunnerFault when this host cannot start it; ClaimLost (nothing started) when a newer run of the task is
         recorded on this host. A beat that returns False (the API did not answer) is tried again after
         RETRY_SECONDS, not a whole interval later, so a lease is renewed as soon as the API is back."""
         self.logfile = TaskLog(task_log_path(self.settings, self.task.id), self.task.id)
+
+        def renew(step: str) -> bool:
+            """``beat``: True when the API renewed the lease; CancelRequested when its answer says so."""
+            renewed = beat(step)
+            if renewed is not None and renewed.cancel_requested_at is not None:
+                raise CancelRequested(f"cancelled by {renewed.cancelled_by}: {renewed.cancel_reason}")
+            return renewed is not None
+
         try:
-            return self._execute(self.logfile, beat, stop_now, logged)
+            return self._execute(self.logfile, renew, stop_now, logged)
         finally:
             self.logfile.close()
 
@@ -235,6 +258,10 @@ class TaskRun:
                                    cwd=self.settings.coherence_workspace, env=env, before_start=lease_fresh)
         except TaskStartError as exc:  # the guard ran but the task's program could not start: the task's fault
             return self._not_started(exc, started)
+        except CancelRequested as exc:  # the lease renewal before the start said so: nothing was started
+            self.cancelled = str(exc)
+            self._output(f"=== {exc}: not started\n")
+            return self._finish(started, None)
         except OSError as exc:
             raise RunnerFault(f"cannot start the task's guard: {exc}") from exc
         group, proc = self.group, self.group.proc
@@ -263,6 +290,10 @@ class TaskRun:
             self._output(f"=== claim lost ({exc}): process group stopped, result dropped\n")
             group.stop(self.settings.agent_kill_grace_seconds)
             raise
+        except CancelRequested as exc:
+            self.cancelled = str(exc)
+            self._output(f"=== {exc}: stopping the process group\n")
+            group.stop(self.settings.agent_kill_grace_seconds)
         finally:
             proc.wait()
             group.close()  # whatever the task left running in its group goes with it
@@ -270,12 +301,15 @@ class TaskRun:
         return self._finish(started, proc.returncode)
 
     def _not_started(self, exc: Exception, started: float) -> TaskResult:
+        self.not_started = str(exc)
         self._output(f"cannot start the task: {exc}\n")
         return self._finish(started, None)
 
     def _finish(self, started: float, returncode: int | None) -> TaskResult:
         if self.stopped:
             status = TaskStatus.PENDING
+        elif self.cancelled is not None:
+            status = TaskStatus.CANCELLED
         elif self.timed_out:
             status = TaskStatus.FAILED
         elif self.question is not None:  # the agent asked: its exit code only says it stopped to wait
@@ -286,6 +320,10 @@ class TaskRun:
         if self.logfile is not None:
             self.logfile.write(f"=== end: {utc_stamp()} exit_code={returncode} duration={duration:.3f}s "
                                f"status={status}\n")
+        why = None
+        if status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+            why = failure_of(RunEnd(returncode, self.task_line, self.timed_out, self.timeout, self.cancelled,
+                                    self.not_started, agent=not self.task.command))
         return TaskResult(
             task_id=self.task.id,
             claim_token=self.task.claim_token,
@@ -293,5 +331,7 @@ class TaskRun:
             exit_code=returncode,
             output="".join(self.tail),
             decision_prompt=self.question if status is TaskStatus.NEEDS_DECISION else None,
+            error_category=why[0].value if why else None,
+            error_summary=why[1] if why else None,
         )
 

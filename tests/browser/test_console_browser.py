@@ -10,6 +10,15 @@ CSRF token. Each page is photographed at 1280 px (the overview at 390 px and in 
 folder SCREENSHOTS_DIR names (`make screenshots` sets docs/console/, the README's pictures), else into a temporary
 folder, so a test run leaves the checkout unchanged.
 Every request the browser makes to anything but loopback is refused, so no test depends on the internet.
+it and the log; retry a failed task from its page; cancel a running one after a confirmation; watch a running task's
+log grow without a reload; find a project and its dependents; see the console say it is blind while the API (or its
+PostgreSQL store) is gone and recover by itself; restart a component through its confirmation page without
+JavaScript; choose the chart's range; read times in the browser's zone; the dark theme and the focus ring's
+contrast; the HTML 404 page; and, with a token, be sent to sign in, be refused a wrong token and a form without its
+CSRF token. Each page is photographed at 1280 px (the overview at 390 px and in the dark theme too): into the folder
+SCREENSHOTS_DIR names (`make screenshots` sets docs/console/, the README's pictures), else into a temporary folder,
+so a test run leaves the checkout unchanged. Every request the browser makes to anything but loopback is refused, so
+no test depends on the internet.
 """
 
 from __future__ import annotations
@@ -36,11 +45,12 @@ from tests.support.api import ServedApi
 from tests.support.net import wait_until
 from tests.support.postgres import PostgresServer
 from tests.support.required import missing
-from tests.support.runner import RunnerProcess
+from tests.support.runner import RunnerProcess, group_gone, task_group
 
 pytestmark = pytest.mark.long  # a minute or more in all: started first (tests/conftest.py)
 
 REFRESH_MS = 5_000  # how often the overview and the lists read themselves again
+LEASE = 6.0  # the runner renews every LEASE / 3 s, which is when it learns of a cancel
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 SHOTS = Path(os.environ.get("SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "coherence-console-shots")
 TOKEN = "browser-test-token-0123456789"
@@ -95,7 +105,7 @@ def _program(folder: Path, name: str, code: str) -> Path:
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServedApi, ApiClient, Path]]:
     """An open API on SQLite and one runner whose agent asks a question until it has an answer."""
     folder = tmp_path_factory.mktemp("console")
-    api = ServedApi(folder / "home").start()
+    api = ServedApi(folder / "home", env={"COHERENCE_LEASE_SECONDS": str(LEASE)}).start()
     agent = _program(folder, "agent.py", AGENT)
     runner = RunnerProcess(api.home, api.url, env={"COHERENCE_AGENT_COMMAND": f"{PY} {agent} {{prompt_file}}",
                                                    "AGENT_KILL_GRACE_SECONDS": "1"}).start()
@@ -186,6 +196,29 @@ def test_retry_all_matching_shows_the_count_and_acts_only_once_confirmed(page: A
     page.get_by_role("button", name="Confirm: retry 3 tasks").click()
     expect(page.locator("#bulk-result")).to_contain_text("Retried 3 of the 3 tasks previewed")
     wait_until(lambda: all(_status(client, i, TaskStatus.COMPLETED) for i in ids), 60, "the retried shards")
+def test_a_running_task_is_cancelled_from_its_page_after_a_confirmation(page: Any, pipeline: Any) -> None:
+    api, client, _ = pipeline
+    task = client.create_task("Sleep by mistake", TaskType.RUN, command="sleep 300")
+    wait_until(lambda: task_group(api.home, task.id) is not None, 60, "the task to run")
+    pgid = task_group(api.home, task.id)
+    assert pgid is not None
+    page.goto("/signin")
+    page.get_by_label("Your name").fill("carol")
+    page.get_by_role("button", name="Sign in").click()
+    page.goto(f"/tasks/{task.id}")
+    confirm = page.get_by_role("button", name=f"Confirm: cancel task #{task.id}")
+    expect(confirm).to_be_hidden()  # asked only once the operator opened the confirmation
+    page.get_by_text("Cancel this task").click()
+    page.get_by_label(f"Why cancel task #{task.id}?").fill("sleeping by mistake")
+    confirm.click()
+    expect(page.locator("#cancel-requested")).to_contain_text("console:carol")
+    wait_until(lambda: group_gone(pgid), LEASE / 3 + 5, "the task's process group to be gone")
+    wait_until(lambda: _status(client, task.id, TaskStatus.CANCELLED), 30, "the task to be cancelled")
+    page.reload()
+    expect(page.locator("h1")).to_contain_text("cancelled")
+    expect(page.get_by_role("button", name="Retry this task")).to_be_visible()
+    done = client.get_task(task.id)
+    assert (done.cancelled_by, done.cancel_reason) == ("console:carol", "sleeping by mistake")
 
 
 def test_a_running_tasks_log_grows_without_a_reload(page: Any, pipeline: Any) -> None:

@@ -21,14 +21,13 @@ from coherence_network.api.bulk import BulkTokens
 from coherence_network.clock import utcnow
 from coherence_network.request_bodies import BulkPreviewRequest
 from coherence_network.store import TaskStore
-from coherence_network.store.bulk import BulkBook, Selection
+from coherence_network.store.bulk import Selection
 from coherence_network.store.schema import audit, tasks
 from tests.support.api import ServedApi
 
 CLI = [sys.executable, "-m", "coherence_network.cli"]
 FAILED = ("failed", "cancelled")
 # The cancel room's store.cancel (issue 21 item 1) lands on another branch: its bulk act runs once it is merged.
-CANCEL_MERGED = TaskStore.cancel is not BulkBook.cancel
 
 
 def _failed(store: TaskStore, directions: list[str], task_type: str = "run") -> list[int]:
@@ -110,7 +109,6 @@ def test_the_filters_match_on_both_stores(store: TaskStore) -> None:
     assert nothing == {"previewed": 0, "acted": 0, "skipped": 0, "changed": False, "repeated": False}
 
 
-@pytest.mark.skipif(not CANCEL_MERGED, reason="store.cancel (issue 21 item 1) is not in this branch yet")
 def test_a_bulk_cancel_settles_waiting_tasks_and_records_each(store: TaskStore) -> None:
     waiting = [t["id"] for t, _ in store.create_many([{"direction": f"w{i}", "task_type": "spec"} for i in range(3)])]
     selection = Selection(statuses=("pending", "needs_decision", "running"), task_type="spec")

@@ -159,7 +159,7 @@ def test_retry_sends_a_failed_task_back_and_refuses_any_other(served_api: Served
     retried = _coherence(served_api, "retry", str(failed.id))
     assert retried.returncode == 0 and f"task {failed.id}: now pending" in retried.stdout
     again = _coherence(served_api, "retry", str(failed.id))
-    assert again.returncode == 1 and "cannot be retried (only a failed task can)" in again.stderr
+    assert again.returncode == 1 and "cannot be retried (only a failed or cancelled task can)" in again.stderr
     assert "Traceback" not in again.stderr
 
 

@@ -180,6 +180,7 @@ def _drive(client: ApiClient) -> dict[str, Callable[[], Any]]:
         "note_restart": lambda: client.note_restart("monitor", "contract", "host"),
         "audit": lambda: client.audit(limit=5, before_id=10**6, actor="test:contract", channel="api", action="pause",
                                       task_id=None, since="2026-01-01T00:00:00+00:00", until="2099-01-01T00:00:00Z"),
+        "cancel": lambda: client.cancel(seen["one"].id, "not needed", by="test:contract"),
     }
 
 

@@ -300,6 +300,26 @@ def test_a_retried_phase_resumes_its_item_under_a_running_manager(pipeline: Any)
     assert p.state()["blocked"] == []
 
 
+def test_a_cancelled_phase_settles_its_item_as_cancelled_and_a_retry_takes_it_up(pipeline: Any) -> None:
+    p: Pipeline = pipeline()
+    key = "ask about the font"
+    p.backlog.write_text("1. ask about the font\n")
+    p.runner.start()
+    proc = p.pm()
+    wait_until(lambda: p.item(key).get("status") == "needs_decision", 60, "item 1 waits")
+    task_id = p.item(key)["task_id"]
+    p.client.cancel(task_id, "not this release", by="test:operator")
+    wait_until(lambda: p.item(key).get("status") == "cancelled", 30, "item 1 cancelled")
+    assert p.item(key)["reason"] == f"spec task {task_id} cancelled by test:operator: not this release"
+    p.client.retry_task(task_id)
+    wait_until(lambda: p.item(key).get("status") == "needs_decision", 60, "item 1 taken up again")
+    p.client.decide(task_id, "serif", "test:operator")
+    wait_until(lambda: p.item(key).get("status") == "done", 60, "item 1 done")
+    proc.send_signal(signal.SIGTERM)
+    code, out = _finish(proc)
+    assert code == 0 and f"item 1 resumed: spec task {task_id}" in out, out
+
+
 def test_renumbered_items_keep_their_progress_and_dry_run_creates_nothing(pipeline: Any) -> None:
     p: Pipeline = pipeline()
     p.backlog.write_text("1. run: echo one\n")

@@ -90,11 +90,18 @@ def runner(api: ApiProcess | ServedApi, *args: str, **env: str) -> RunnerProcess
 def test_success_failure_and_logs(served_api: ServedApi, client: ApiClient) -> None:
     ok = client.create_task("greet", "run", command=py("print('hello from the task')"))
     bad = client.create_task("break", "run", command=py("import sys; print('oops'); sys.exit(3)"))
+    dies = py("import os; print('bye', flush=True); os.kill(os.getpid(), 9)")
+    killed = client.create_task("die", "run", command=dies)
     done = runner(served_api, "--once", "--runner-id", "test-runner").run()
-    assert done.returncode == 1  # one task failed
+    assert done.returncode == 1  # tasks failed
     ok, bad = client.get_task(ok.id), client.get_task(bad.id)
     assert (ok.status, ok.exit_code, ok.output) == ("completed", 0, "hello from the task\n")
     assert (bad.status, bad.exit_code, bad.output) == ("failed", 3, "oops\n")
+    assert (bad.error_category, bad.error_summary) == ("nonzero_exit", "exit 3: oops")
+    assert (ok.error_category, ok.error_summary) == (None, None)
+    killed = client.get_task(killed.id)
+    assert (killed.status, killed.exit_code, killed.error_category) == ("failed", -9, "killed")
+    assert killed.error_summary == "killed by SIGKILL: bye"
     log = (served_api.home / "logs" / f"task_{ok.id}.log").read_text()
     assert f"=== task {ok.id} type=run run=1 runner=test-runner" in log
     assert "=== start: " in log and f"=== command: {PY} -c" in log and "hello from the task" in log
@@ -119,6 +126,7 @@ def test_timeout_kills_the_whole_process_group(served_api: ServedApi, client: Ap
     task = client.get_task(task.id)
     assert task.status == "failed" and task.exit_code in (-15, -9)
     assert "timed out after 2s" in task.output
+    assert task.error_category == "timeout" and task.error_summary.startswith("timed out after 2s: pid ")
     assert "timed out after 2s" in (served_api.home / "logs" / f"task_{task.id}.log").read_text()
     pids = [int(line.split()[1]) for line in task.output.splitlines() if line.startswith("pid ")]
     assert len(pids) == 3, task.output
@@ -162,6 +170,8 @@ def test_a_task_without_a_command_fails_with_the_reason(served_api: ServedApi, c
     spec, run = client.get_task(spec.id), client.get_task(run.id)
     assert spec.status == "failed" and "COHERENCE_AGENT_COMMAND is not set" in spec.output
     assert run.status == "failed" and "a run task needs a command" in run.output
+    assert (spec.error_category, run.error_category) == ("config_error", "config_error")
+    assert spec.error_summary == "not started: task has no command and COHERENCE_AGENT_COMMAND is not set"
 
 
 def test_killed_runner_task_is_finished_by_another_after_the_lease(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The task's moves as a state machine, on both stores: random sequences of create, claim, heartbeat, finish (each
-status), finish-and-claim, decide, retry and lease expiry, checked against a model built from contract.LEGAL_MOVES.
+status), finish-and-claim, decide, retry, cancel and lease expiry, checked against a model built from
+contract.LEGAL_MOVES.
 
 After every step each task's stored status is the model's, every change of status was a legal move, and a move the
 table does not allow raised Conflict naming the current status (a repeated finish or decision, which the store
@@ -24,6 +25,7 @@ from coherence_network.store.schema import tasks
 LEASE = 30.0
 PENDING, RUNNING, FAILED = TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.FAILED
 NEEDS_DECISION, COMPLETED = TaskStatus.NEEDS_DECISION, TaskStatus.COMPLETED
+CANCELLED = TaskStatus.CANCELLED
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Model:
     attempts: int = 0
     token: int = 0  # the current claim token (0: never claimed)
     decision: str | None = None
+    cancel_asked: bool = False  # a cancel was requested while it ran (until a retry)
 
 
 class TaskMoves(RuleBasedStateMachine):
@@ -76,19 +79,22 @@ class TaskMoves(RuleBasedStateMachine):
         self.moved(task["id"], RUNNING)
         model.token = task["claim_token"]
 
-    def finish_model(self, task_id: int, token: int, status: TaskStatus) -> bool:
-        """Apply a finish to the model; False when the store must refuse it."""
+    def finish_model(self, task_id: int, token: int, status: TaskStatus) -> TaskStatus | None:
+        """Apply a finish to the model; the status it ends in, None when the store must refuse it. A run whose
+        cancel was requested ends cancelled unless it completed; one whose cancel was not may not end cancelled."""
         model = self.model[task_id]
+        if status is not COMPLETED and model.cancel_asked and token == model.token:
+            status = CANCELLED
         if model.status is status and model.token == token:
-            return True  # the store takes it for a replay (this token, this status): answered as stored, no move
-        if model.status is not RUNNING or token != model.token:
-            return False
+            return status  # the store takes it for a replay (this token, this status): answered as stored, no move
+        if model.status is not RUNNING or token != model.token or (status is CANCELLED and not model.cancel_asked):
+            return None
         self.moved(task_id, status)
         if status is FAILED:
             model.attempts += 1
         if status is NEEDS_DECISION:
             model.decision = None
-        return True
+        return status
 
     # --- rules --------------------------------------------------------------------------------------------------
     @rule(priority=st.integers(0, 2), max_attempts=st.integers(1, 3))
@@ -131,11 +137,12 @@ class TaskMoves(RuleBasedStateMachine):
             else:
                 done, nxt = self.store.finish(task_id, token, **fields), None
         except Conflict as exc:
-            assert not self.finish_model(task_id, token, status), "a legal finish was refused"
+            assert self.finish_model(task_id, token, status) is None, "a legal finish was refused"
             self.refused(task_id, exc)
             return
-        assert self.finish_model(task_id, token, status), f"finish {model.status} -> {status} was allowed"
-        assert done["status"] == status
+        ended = self.finish_model(task_id, token, status)
+        assert ended is not None, f"finish {model.status} -> {status} was allowed"
+        assert done["status"] == ended
         if then_claim:
             self.claimed(nxt)
 
@@ -160,28 +167,48 @@ class TaskMoves(RuleBasedStateMachine):
     @precondition(lambda self: self.model)
     @rule(data=st.data())
     def retry(self, data: st.DataObject) -> None:
-        task_id = self.pick(data, FAILED)
+        task_id = self.pick(data, FAILED if data.draw(st.booleans(), label="failed") else CANCELLED)
         model = self.model[task_id]
         try:
             self.store.retry(task_id)
         except Conflict as exc:
-            assert model.status is not FAILED
+            assert model.status not in (FAILED, CANCELLED)
             self.refused(task_id, exc)
             return
         self.moved(task_id, PENDING)
-        model.attempts = 0
+        model.attempts, model.cancel_asked = 0, False
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        task_id = self.pick(data, RUNNING if data.draw(st.booleans(), label="running") else PENDING)
+        model = self.model[task_id]
+        try:
+            task = self.store.cancel(task_id, "cli:operator", "test")
+        except Conflict as exc:
+            assert model.status in (COMPLETED, FAILED)
+            self.refused(task_id, exc)
+            return
+        if model.status is RUNNING:
+            model.cancel_asked = True
+        elif model.status is not CANCELLED:
+            self.moved(task_id, CANCELLED)
+        assert task["status"] == model.status
 
     @rule()
     def leases_expire(self) -> None:
         result = self.store.reap(utcnow() + timedelta(seconds=LEASE + 5))
-        failed = reclaimed = 0
+        failed = reclaimed = cancelled = 0
         for task_id, model in self.model.items():
-            if model.status is RUNNING:
+            if model.status is RUNNING and model.cancel_asked:
+                cancelled += 1
+                self.moved(task_id, CANCELLED)
+            elif model.status is RUNNING:
                 model.attempts += 1
                 spent = model.attempts >= model.max_attempts
                 failed, reclaimed = failed + spent, reclaimed + (not spent)
                 self.moved(task_id, FAILED if spent else PENDING)
-        assert (result.failed, result.reclaimed) == (failed, reclaimed)
+        assert (result.failed, result.reclaimed, result.cancelled) == (failed, reclaimed, cancelled)
 
     @invariant()
     def the_store_agrees(self) -> None:

@@ -18,12 +18,13 @@ from coherence_network.client import ApiClient
 from tests.support.api import ApiProcess, ServedApi
 from tests.support.fake_telegram import TOKEN, FakeTelegram
 from tests.support.net import free_port, wait_until
-from tests.support.runner import RunnerProcess
+from tests.support.runner import RunnerProcess, group_gone, task_group
 
 USER, STRANGER, GROUP = 4242, 777, -100123
 ASK = (f"{sys.executable} -c \"import os; d=os.environ.get('COHERENCE_DECISION'); "
        f"print('decided: '+d if d else 'NEEDS_DECISION: Ship it?')\"")
 ACCESS = {"TELEGRAM_ALLOWED_USER_IDS": str(USER), "TELEGRAM_CHAT_IDS": str(GROUP)}
+LEASE = 3.0  # a runner renews every LEASE / 3 s: when it learns of a cancel
 
 
 class BotProcess:
@@ -96,10 +97,13 @@ def seen_by_bot(fake: FakeTelegram, update: dict[str, Any]) -> bool:
     return any(c.params.get("offset", 0) > update["update_id"] for c in fake.calls_of("getUpdates"))
 
 
-def test_decision_answered_from_telegram_reruns_the_task(served_api: ServedApi, fake: FakeTelegram,
+def test_decision_answered_from_telegram_reruns_the_task(tmp_path: Path, fake: FakeTelegram,
                                                         bots: list[BotProcess]) -> None:
+    """Then a running `sleep 300` cancelled with /cancel: its group is gone within a lease renewal and the grace."""
+    served_api = ServedApi(tmp_path / "home", env={"COHERENCE_LEASE_SECONDS": str(LEASE)}).start()
     client = ApiClient(served_api.url, token="", retries=0)
-    runner = RunnerProcess(served_api.home, served_api.url, "--interval", "0.1").start()
+    runner = RunnerProcess(served_api.home, served_api.url, "--interval", "0.1",
+                           env={"AGENT_KILL_GRACE_SECONDS": "1"}).start()
     try:
         task_id = client.create_task("ask before shipping", "run", command=ASK).id
         bot = start_bot(bots, served_api, fake)
@@ -156,9 +160,22 @@ def test_decision_answered_from_telegram_reruns_the_task(served_api: ServedApi, 
         assert client.pauses().pauses == []
         trail = [(r.actor, r.channel, r.action) for r in client.audit(task_id=task_id, action="decide").items]
         assert trail == [(f"telegram:{USER}", "telegram", "decide")]  # the refused second answer: none
+        sleeping = client.create_task("sleep by mistake", "run", command="sleep 300").id
+        wait_until(lambda: task_group(served_api.home, sleeping) is not None, 30, "the sleep to run")
+        pgid = task_group(served_api.home, sleeping)
+        assert pgid is not None
+        fake.message(USER, f"/cancel {sleeping} started   by mistake")
+        wait_until(lambda: has_text(fake, USER, f"Cancel requested for task #{sleeping} by telegram:{USER}: "
+                                    "started by mistake"), 20, "the cancel's answer")
+        wait_until(lambda: group_gone(pgid), LEASE / 3 + 4, "the sleep's process group to be gone")
+        wait_until(lambda: client.get_task(sleeping).status == "cancelled", 20, "the sleep cancelled")
+        assert client.get_task(sleeping).cancelled_by == f"telegram:{USER}"
+        fake.message(USER, f"/cancel {task_id} too late")
+        wait_until(lambda: has_text(fake, USER, f"Task #{task_id} is completed: only pending"), 20, "the refusal")
     finally:
         runner.stop()
         client.close()
+        served_api.stop()
     bot.stop()
     log = bot.log.read_text()
     assert f"refused sender: user {STRANGER}" in log and f"command from user {USER} in chat {USER}: /reply" in log
@@ -246,6 +263,10 @@ def test_webhook_needs_the_secret(tmp_path: Path, fake: FakeTelegram, bots: list
         assert "does not wait for a decision (its status is pending)" in answer_to(f"/reply {task_id} no")
         trail = [(r.actor, r.channel, r.action) for r in client.audit(task_id=task_id, action="decide").items]
         assert trail == [(f"telegram:{USER}", "telegram", "decide")]
+        assert answer_to(f"/cancel {task_id} not now") == f"Task #{task_id} cancelled by telegram:{USER}: not now"
+        assert answer_to(f"/cancel {task_id} again") == f"Task #{task_id} cancelled by telegram:{USER}: not now"
+        assert answer_to("/cancel 99999 x") == "No task #99999; nothing changed."
+        assert answer_to(f"/cancel {task_id}").startswith("Usage: /cancel <id> <reason>")
         assert fake.calls_of("getUpdates") == []
         # The webhook logs to its own process's log; telegram.log has one writer, the bot's process.
         log = (api.home / "logs" / "api.log").read_text()

@@ -138,7 +138,10 @@ def test_drill_unblock_decision_with_the_documented_verbs(runbook: Runbook, dril
         assert client.get_task(task.id).decision == "yes"
 
 
-def test_drill_retry_a_failed_task(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
+def test_drill_retry_a_failed_task_then_cancel_it_and_bring_it_back(runbook: Runbook, drill: Drill,
+                                                                     api: ApiProcess) -> None:
+    """Two procedures on one API: retry a failed task, then the cancel drill on it (pending now)."""
+    user = pwd.getpwuid(os.getuid()).pw_name
     with ApiClient(api.url, token="") as client:
         task = client.create_task("flaky", "run", command="false")
         claim = client.claim("drill")
@@ -148,7 +151,17 @@ def test_drill_retry_a_failed_task(runbook: Runbook, drill: Drill, api: ApiProce
         assert "exit_code: 2" in drill.run(detail).stdout
         assert f"task {task.id}: now pending" in drill.run(retry).stdout
         assert client.get_task(task.id).status == TaskStatus.PENDING
-        assert drill.run(retry, check=False).returncode == 1  # only a failed task is retried
+        assert drill.run(retry, check=False).returncode == 1  # only a failed (or cancelled) task is retried
+
+        cancel, detail, retry = (c.replace("{id}", str(task.id)) for c in runbook.drill("cancel-task").commands())
+        assert drill.run(cancel).stdout == f"task {task.id} cancelled by cli:{user}: started by mistake\n"
+        shown = drill.run(detail).stdout
+        assert "status: cancelled" in shown and f"cancelled_by: cli:{user}" in shown
+        assert "cancel_reason: started by mistake" in shown
+        assert drill.run(cancel).returncode == 0  # a repeat is safe
+        assert f"task {task.id}: now pending" in drill.run(retry).stdout
+        back = client.get_task(task.id)
+        assert (back.status, back.cancelled_by) == (TaskStatus.PENDING, None)
 
 
 def test_drill_restart_one_component_under_the_supervisor(runbook: Runbook, tmp_path: Path) -> None:

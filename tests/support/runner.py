@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -52,3 +54,22 @@ class RunnerProcess:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(30)
+
+
+def task_group(home: Path, task_id: int) -> int | None:
+    """The process group a runner on ``home`` recorded for the task (run/task_groups), None while it has none."""
+    for record in (home / "run" / "task_groups").glob("*.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            recorded = json.loads(record.read_text())
+            if recorded["task_id"] == task_id:
+                return int(recorded["pgid"])
+    return None
+
+
+def group_gone(pgid: int) -> bool:
+    """No process is left in the group (every member ended and was reaped)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False

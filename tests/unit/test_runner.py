@@ -1,4 +1,5 @@
-"""The runner's pure parts: the argv it builds, the lease it keeps pace with, the output it keeps."""
+"""The runner's pure parts: the argv it builds, the lease it keeps pace with, the output it keeps, how it names a
+failure."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from coherence_network.contract import Task
+from coherence_network.run_outcome import SUMMARY_CHARS, RunEnd, failure_of
 from coherence_network.settings import Settings
 from coherence_network.task_env import build_argv
 from coherence_network.task_run import CLAIM_MARGIN, Claim, TaskRun, lease_of
@@ -73,3 +75,21 @@ def test_the_output_tail_is_bounded_and_the_question_found(tmp_path: Path) -> No
     run._keep("  NEEDS_DECISION: Which database?\n")
     assert run.tail_bytes <= 256 and "".join(run.tail).endswith("NEEDS_DECISION: Which database?\n")
     assert run.question == "Which database?" and run.last_line == "NEEDS_DECISION: Which database?"
+
+
+@pytest.mark.parametrize(("end", "expected"), [
+    (RunEnd(2, "error: no such file"), ("nonzero_exit", "exit 2: error: no such file")),
+    (RunEnd(1, ""), ("nonzero_exit", "exit 1")),
+    (RunEnd(1, "", agent=True), ("agent_error", "the agent exited 1 without output")),
+    (RunEnd(-9, "working"), ("killed", "killed by SIGKILL: working")),
+    (RunEnd(-15, "half", timed_out=True, timeout=2.5), ("timeout", "timed out after 2.5s: half")),
+    (RunEnd(None, "", not_started="no such program"), ("config_error", "not started: no such program")),
+    (RunEnd(-15, "x", cancelled="cancelled by cli:a:  too\nlong"), ("cancelled", "cancelled by cli:a: too long")),
+])
+def test_every_failure_has_a_category_and_one_line(end: RunEnd, expected: tuple[str, str]) -> None:
+    assert failure_of(end) == expected
+
+
+def test_a_summary_stays_one_short_line() -> None:
+    category, summary = failure_of(RunEnd(3, "x" * 2000))
+    assert category == "nonzero_exit" and len(summary) == SUMMARY_CHARS and "\n" not in summary

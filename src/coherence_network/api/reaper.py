@@ -88,6 +88,9 @@ class LeaseReaper:
                 self.app.state.metrics.tasks_reclaimed.inc(result.reclaimed)
                 self.app.state.metrics.tasks_lease_failed.inc(result.failed)
                 log.warning("reaper: %d expired leases back to pending, %d failed", result.reclaimed, result.failed)
+            if result.cancelled:
+                log.warning("reaper: %d expired leases of tasks whose cancel was requested: cancelled",
+                            result.cancelled)
 
 
 async def reaper_loop(app: Any, interval: float, grace: float) -> None:

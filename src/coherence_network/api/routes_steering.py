@@ -1,5 +1,6 @@
-"""Steering: pause the whole pipeline or one task type, and resume it. A pause is stored (a restart keeps it) and
-read by every claim in its own transaction; running tasks finish (drain). A resume wakes waiting claims."""
+"""Steering: pause the whole pipeline or one task type, and resume it; cancel a task. A pause is stored (a restart
+keeps it) and read by every claim in its own transaction; running tasks finish (drain). A resume wakes waiting
+claims. A cancelled running task is stopped by its runner, told by its next lease renewal."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from coherence_network.api.deps import store_of
-from coherence_network.api.models import COMMON_ERRORS
-from coherence_network.contract import PAUSE_ALL, PauseChange, PauseList
-from coherence_network.request_bodies import PauseRequest, ResumeRequest
+from coherence_network.api.deps import actor_of, store_of
+from coherence_network.api.models import COMMON_ERRORS, TaskId, responses
+from coherence_network.contract import PAUSE_ALL, PauseChange, PauseList, Task
+from coherence_network.request_bodies import CancelRequest, PauseRequest, ResumeRequest
 from coherence_network.store import TaskStore
 
 router = APIRouter(prefix="/api/agent", tags=["steering"], responses=COMMON_ERRORS)
@@ -57,3 +58,14 @@ async def resume(body: ResumeRequest, request: Request) -> dict[str, Any]:
 def pauses(request: Request) -> dict[str, Any]:
     """The scopes paused now (``all`` or a task type), oldest first: since when, by whom and why."""
     return {"pauses": store_of(request).pauses()}
+
+
+@router.post("/tasks/{task_id:id}/cancel", response_model=Task, responses=responses(404, 409))
+async def cancel_task(task_id: TaskId, body: CancelRequest, request: Request) -> dict[str, Any]:
+    """Cancel a task: pending or needs_decision settle as cancelled at once; a running one gets
+    ``cancel_requested_at`` and its runner stops its process group (SIGTERM, then SIGKILL after the grace) and
+    finishes it as cancelled. 409 naming the status when it is completed or failed; a repeat returns the task."""
+    by = body.by or actor_of(request) or "api"
+    task = await run_in_threadpool(store_of(request).cancel, task_id, by, body.reason)
+    log.warning("task %s: cancel by %s (%s): %s", task_id, by, task["status"], body.reason)
+    return task

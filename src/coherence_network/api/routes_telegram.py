@@ -38,7 +38,7 @@ from coherence_network.contract import (
     TaskPage,
     TaskType,
 )
-from coherence_network.request_bodies import PauseRequest, ResumeRequest, TaskPatch, TelegramUpdate
+from coherence_network.request_bodies import CancelRequest, PauseRequest, ResumeRequest, TaskPatch, TelegramUpdate
 from coherence_network.settings import Settings
 from coherence_network.store import Conflict, NotFound
 from coherence_network.telegram.botapi import SECRET_HEADER, webhook_secret
@@ -101,6 +101,14 @@ class StorePipeline:
             return model.model_validate(values)
         except ValidationError as exc:
             raise ApiValidationError(422, [bounded_error(e) for e in exc.errors()]) from None
+
+    def cancel(self, task_id: int, reason: str, *, by: str | None = None) -> Task:
+        """POST /api/agent/tasks/{id}/cancel's rules (CancelRequest), then the store's cancel."""
+        try:
+            CancelRequest.model_validate({"reason": reason, "by": by})
+        except ValidationError as exc:
+            raise ApiValidationError(422, [bounded_error(e) for e in exc.errors()]) from None
+        return Task.model_validate(self._as_answered(lambda: self.store.cancel(task_id, by or "api", reason)))
 
     def pipeline_status(self) -> PipelineStatus:
         return PipelineStatus.model_validate(pipeline_status(self.request))

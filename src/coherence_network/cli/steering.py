@@ -1,5 +1,6 @@
 """Steering verbs, through the API: pause the whole pipeline or one task type (claims hand out nothing of it,
-running tasks finish) and resume it. The actor is ``cli:<OS user>``; the pause is stored, so a restart keeps it."""
+running tasks finish) and resume it; cancel a task. The actor is ``cli:<OS user>``; the pause is stored, so a
+restart keeps it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import typer
 
 from coherence_network.cli.api_access import command_client, os_user
 from coherence_network.cli.app import app
-from coherence_network.contract import PAUSE_ALL, TaskType
+from coherence_network.contract import PAUSE_ALL, TaskStatus, TaskType
 from coherence_network.settings import get_settings
 
 if TYPE_CHECKING:
@@ -54,3 +55,23 @@ def resume(
         typer.echo(f"resumed {answer.pause.scope} (it was paused {_shown(answer.pause)})")
     else:
         typer.echo(f"{task_type or PAUSE_ALL} was not paused: nothing changed")
+
+
+@app.command()
+def cancel(
+    task_id: int = typer.Argument(..., help="The task to cancel"),
+    reason: str = typer.Option(..., "--reason", help="Why (required: kept on the task and in the audit trail)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the task as the API answers it"),
+) -> None:
+    """Cancel a task: pending or needs_decision at once; a running one is stopped by its runner (its whole process
+    group: SIGTERM, then SIGKILL after AGENT_KILL_GRACE_SECONDS) at its next lease renewal. Exit 1 when the task
+    is completed or failed (or unknown). Undo with coherence retry ID."""
+    with command_client(get_settings(), conflict="not cancelled", names=_NAMES) as client:
+        task = client.cancel(task_id, reason)
+    if as_json:
+        typer.echo(task.model_dump_json(indent=2))
+    elif task.status == TaskStatus.CANCELLED:
+        typer.echo(f"task {task.id} cancelled by {task.cancelled_by}: {task.cancel_reason}")
+    else:
+        typer.echo(f"task {task.id} is running: cancel requested by {task.cancelled_by} "
+                   f"({task.cancel_reason}); its runner stops it at its next lease renewal")

@@ -189,11 +189,11 @@ def decide(
 
 @app.command()
 def retry(
-    task_id: int = typer.Argument(..., help="A failed task (coherence tasks --status failed)"),
+    task_id: int = typer.Argument(..., help="A failed or cancelled task (coherence tasks --status failed)"),
     as_json: bool = typer.Option(False, "--json", help="Print the task as it is now"),
 ) -> None:
-    """Send a failed task back to pending, to run again. Exit 1 when it has not failed."""
-    refused = f"task {task_id} cannot be retried (only a failed task can)"
+    """Send a failed or cancelled task back to pending, to run again. Exit 1 when it is neither."""
+    refused = f"task {task_id} cannot be retried (only a failed or cancelled task can)"
     with command_client(get_settings(), conflict=refused) as client:
         done = client.retry_task(task_id)
     if as_json:

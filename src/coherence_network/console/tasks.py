@@ -1,5 +1,5 @@
-"""The task pages: the list (filter, search, sort), one task with its log, creating a task, answering and retrying
-one, and the decisions waiting."""
+"""The task pages: the list (filter, search, sort), one task with its log, creating a task, answering, cancelling
+and retrying one, and the decisions waiting."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from coherence_network.console.pages import PAGE_SIZE, error_page, page_links, r
 from coherence_network.console.session import local_path
 from coherence_network.contract import TaskStatus, TaskType, parse_sort
 from coherence_network.logfiles import task_log_path
-from coherence_network.request_bodies import TaskCreateItem, TaskPatch, storable_text
+from coherence_network.request_bodies import CancelRequest, TaskCreateItem, TaskPatch, storable_text
 from coherence_network.settings import Settings
 from coherence_network.store import Conflict, NotFound
 from coherence_network.store.search import COUNT_CAP, MAX_QUERY_CHARS
@@ -145,6 +145,18 @@ async def retry(request: Request, task_id: TaskId) -> Response:
     visit, _ = await posted_form(request)
     who = f"console:{visit.session.identity}"
     return await act_on_task(request, visit, lambda: store_of(request).retry(task_id, actor=who),
+                             f"/tasks/{task_id}", task_id)
+
+
+@router.post("/tasks/{task_id}/cancel")
+async def cancel(request: Request, task_id: TaskId) -> Response:
+    """Cancel a task as ``console:<identity>`` with the reason typed in the confirmation (CancelRequest rules)."""
+    visit, fields = await posted_form(request)
+    who = f"console:{visit.session.identity}"
+    body = validated(CancelRequest, {"reason": fields.get("reason", "").strip(), "by": who})
+    if isinstance(body, list):
+        return error_page(request, 422, "The task was not cancelled", body, visit)
+    return await act_on_task(request, visit, lambda: store_of(request).cancel(task_id, who, body.reason),
                              f"/tasks/{task_id}", task_id)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from coherence_network.store.audit import AuditBook
+from coherence_network.store.cancels import CancelBook
 from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.schema import audit, tasks
 from coherence_network.store.search import search_condition
@@ -44,15 +44,8 @@ class Selection:
     text: str | None = None
 
 
-class BulkBook(AuditBook):
-    """Match, count and act on many tasks. The moves are the task rooms' (composed before this class in TaskStore);
-    the declarations below only name them for the type checker."""
-
-    def retry(self, task_id: int, *, actor: str | None = None, reason: str | None = None) -> dict[str, Any]:
-        raise NotImplementedError  # TaskMoves.retry
-
-    def cancel(self, task_id: int, actor: str, reason: str) -> dict[str, Any]:
-        raise NotImplementedError  # the cancel room's move (issue 21 item 1)
+class BulkBook(CancelBook):
+    """Match, count and act on many tasks, each with the single-task moves it inherits (retry, cancel)."""
 
     def _where(self, selection: Selection, max_id: int | None) -> list[sa.ColumnElement[bool]]:
         where: list[sa.ColumnElement[bool]] = [tasks.c.status.in_(selection.statuses)]

@@ -187,5 +187,6 @@ class ReapResult:
 
     reclaimed: int = 0
     failed: int = 0
+    cancelled: int = 0  # runs whose cancel was requested and whose runner went silent: settled as cancelled
     waited: float | None = None  # set when the pass held back: seconds it waited for the store's write lock
 

@@ -22,6 +22,7 @@ from coherence_network.contract import (
     LEGAL_MOVES,
     MAX_CLAIM,
     SETTLED_STATUSES,
+    ErrorCategory,
     TaskStatus,
 )
 from coherence_network.store.errors import Conflict, NotFound
@@ -281,10 +282,10 @@ class TaskMoves(TaskCreates):
             raise
 
     def retry(self, task_id: int, *, actor: str | None = None, reason: str | None = None) -> dict[str, Any]:
-        """Operator retry of a failed task: back to pending with a fresh set of attempts (in the audit trail when
-        ``actor`` is given)."""
+        """Operator retry of a failed or cancelled task: back to pending with a fresh set of attempts and no cancel
+        (in the audit trail when ``actor`` is given)."""
         now = utcnow()
-        values = {
+        values: dict[str, Any] = {
             "status": PENDING,
             "attempts": 0,
             "claimed_by": None,
@@ -292,12 +293,18 @@ class TaskMoves(TaskCreates):
             "run_seconds": None,
             "queue_seconds": None,
             "exit_code": None,
+            "cancel_requested_at": None,
+            "cancelled_by": None,
+            "cancel_reason": None,
             "updated_at": now,
         }
         with self.transaction() as conn:
-            task = self._update_in(conn, task_id, TaskStatus.FAILED, values, "retry")
+            current = conn.execute(sa.select(tasks.c.status).where(tasks.c.id == task_id)).scalar()
+            settled = TaskStatus.CANCELLED if current == TaskStatus.CANCELLED.value else TaskStatus.FAILED
+            task = self._update_in(conn, task_id, settled, values, "retry")
             if actor is not None:
-                self._audit_in(conn, actor, "retry", task_id=task_id, reason=reason, before=FAILED, after=PENDING)
+                self._audit_in(conn, actor, "retry", task_id=task_id, reason=reason, before=settled.value,
+                               after=PENDING)
             return task
 
     def reap(self, now: datetime | None = None, *, max_lock_wait: float | None = None) -> ReapResult:
@@ -314,6 +321,8 @@ class TaskMoves(TaskCreates):
                 return ReapResult(waited=waited)
             now = now or locked_at
             expired = sa.and_(tasks.c.status == RUNNING, tasks.c.lease_expires_at < now)
+            cancelled = self._reap_cancelled_in(conn, now, expired)  # its runner died after a cancel request
+            expired = sa.and_(expired, tasks.c.cancel_requested_at.is_(None))
             spent = tasks.c.attempts + 1 >= tasks.c.max_attempts
             common = {"lease_expires_at": None, "claimed_by": None, "updated_at": now,
                       "attempts": tasks.c.attempts + 1}
@@ -324,11 +333,24 @@ class TaskMoves(TaskCreates):
                         **durations(self._pg, sa.literal(now, UTCDateTime)))
             ).rowcount
             reclaimed = conn.execute(tasks.update().where(expired, ~spent).values(status=PENDING, **common)).rowcount
-            if failed:
+            if failed or cancelled:
                 self.tasks_changed(conn)
             if reclaimed:
                 self._wake(conn)
-        return ReapResult(reclaimed=reclaimed, failed=failed)
+        return ReapResult(reclaimed=reclaimed, failed=failed, cancelled=cancelled)
+
+    def _reap_cancelled_in(self, conn: sa.Connection, now: datetime, expired: sa.ColumnElement[bool]) -> int:
+        """Settle as cancelled the expired runs whose cancel was requested (store/cancels.py): never back to
+        pending, and no attempt counted."""
+        return conn.execute(
+            tasks.update()
+            .where(expired, tasks.c.cancel_requested_at.is_not(None))
+            .values(status=TaskStatus.CANCELLED.value, finished_at=now, lease_expires_at=None, claimed_by=None,
+                    updated_at=now, error_category=ErrorCategory.CANCELLED.value,
+                    error_summary="cancel requested; the runner went silent before it stopped the task",
+                    current_step="lease expired after a cancel request",
+                    **durations(self._pg, sa.literal(now, UTCDateTime)))
+        ).rowcount
 
     # --- helpers --------------------------------------------------------------------------------------------
     def _tail(self, output: str) -> str:

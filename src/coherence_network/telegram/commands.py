@@ -27,11 +27,12 @@ SHOWN = 10  # items listed per section of a reply
 
 HELP = """Commands:
 /status - counts, running tasks, waiting decisions, attention
-/tasks [status] - newest tasks (status: pending, running, needs_decision, completed, failed)
+/tasks [status] - newest tasks (status: pending, running, needs_decision, completed, failed, cancelled)
 /task <id> - one task
 /reply <id> <decision> - answer a task that waits for a decision
 /pause [type] <reason> - hold a task type (no type: the whole pipeline); running tasks finish
 /resume [type] - hand it out again (no type: the whole pipeline's pause)
+/cancel <id> <reason> - cancel a task (a running one: its runner stops it)
 /attention - open monitor issues, fatal issues and waiting decisions
 /help - this text"""
 
@@ -46,6 +47,8 @@ class Pipeline(Steering, Protocol):
     def get_task(self, task_id: int) -> Task: ...
 
     def decide(self, task_id: int, decision: str, decided_by: str) -> Task: ...
+
+    def cancel(self, task_id: int, reason: str, *, by: str | None = ...) -> Task: ...
 
     def pipeline_status(self) -> PipelineStatus: ...
 
@@ -110,6 +113,7 @@ class Commands:
             "attention": self._attention, "help": self._help, "start": self._help,
             "pause": lambda args, msg: pause_reply(self.pipeline, args, actor(msg.user_id, msg.username)),
             "resume": lambda args, msg: resume_reply(self.pipeline, args, actor(msg.user_id, msg.username)),
+            "cancel": self._cancel,
         }
 
     def is_allowed(self, msg: Incoming) -> bool:
@@ -209,6 +213,25 @@ class Commands:
         log.info("decision recorded for task %s by %s", task_id, who)
         return (f"Decision recorded for task #{task_id} by {who}: {decision}\n"
                 "The task is pending and runs again with it.")
+
+    def _cancel(self, args: str, msg: Incoming) -> str:
+        match = re.match(r"^(\d+)\s+(\S.*)$", args, re.DOTALL)
+        if not match:
+            return "Usage: /cancel <id> <reason>, e.g. /cancel 12 started by mistake"
+        task_id, reason = int(match.group(1)), " ".join(match.group(2).split())
+        who = f"telegram:{msg.user_id}"
+        try:
+            task = self.pipeline.cancel(task_id, reason, by=who)
+        except ApiNotFound:
+            return f"No task #{task_id}; nothing changed."
+        except ApiConflict:
+            status = self.pipeline.get_task(task_id).status
+            return f"Task #{task_id} is {status}: only pending, running or waiting tasks can be cancelled."
+        log.info("cancel of task %s by %s: %s", task_id, who, reason)
+        if task.status == TaskStatus.RUNNING:
+            return (f"Cancel requested for task #{task_id} by {task.cancelled_by}: {task.cancel_reason}\n"
+                    "Its runner stops it at its next lease renewal.")
+        return f"Task #{task_id} cancelled by {task.cancelled_by}: {task.cancel_reason}"
 
     def _attention(self, _args: str, _msg: Incoming) -> str:
         """Fatal issues, the health rules' flags as the API evaluates them now (what `coherence status` shows), the
