@@ -1,4 +1,4 @@
-"""The client's steering calls: retention, pause and resume (an operator's acts, each safe to repeat)."""
+"""The client's steering calls: retention, pause and resume, type policies (an operator's acts, each safe to repeat)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from coherence_network.contract import PauseChange, PauseList
-from coherence_network.endpoints import PAUSE, PAUSES, PRUNE, RESUME, Endpoint, body_of
-from coherence_network.request_bodies import PauseRequest, PruneRequest, ResumeRequest
+from coherence_network.contract import PauseChange, PauseList, TypePolicyChange, TypePolicyList
+from coherence_network.endpoints import PAUSE, PAUSES, POLICIES, PRUNE, RESUME, SET_POLICY, Endpoint, body_of
+from coherence_network.request_bodies import PauseRequest, PruneRequest, ResumeRequest, TypePolicyRequest
 
 
 class SteeringCalls:
@@ -39,3 +39,15 @@ class SteeringCalls:
     def pauses(self) -> PauseList:
         """The scopes paused now: since when, by whom and why."""
         return PauseList.model_validate(self.call(PAUSES).json())
+
+    def policies(self) -> TypePolicyList:
+        """Every task type's policy (None where the default applies), its running count, and the defaults."""
+        return TypePolicyList.model_validate(self.call(POLICIES).json())
+
+    def set_policy(self, task_type: str, *, by: str | None = None, clear: list[str] | None = None,
+                   **fields: float | None) -> TypePolicyChange:
+        """Change a task type's policy: ``fields`` given (max_running, retry_delay_seconds,
+        retry_max_delay_seconds, breaker_failures) take their values, those in ``clear`` go back to the default.
+        Setting what is so changes nothing, so it is retried."""
+        body = body_of(TypePolicyRequest, by=by, clear=clear or [], **fields)
+        return TypePolicyChange.model_validate(self.call(SET_POLICY, body, keyed=True, task_type=task_type).json())

@@ -22,6 +22,7 @@ from coherence_network.request_bodies import (
     TaskFinish,
     TaskHeartbeat,
     TaskPatch,
+    TypePolicyRequest,
 )
 
 _Body = TypeVar("_Body", bound=BaseModel)
@@ -73,6 +74,8 @@ PRUNE = Endpoint("POST", "/api/agent/prune", PruneRequest)
 PAUSE = Endpoint("POST", "/api/agent/pause", PauseRequest)
 RESUME = Endpoint("POST", "/api/agent/resume", ResumeRequest)
 PAUSES = Endpoint("GET", "/api/agent/pauses")
+POLICIES = Endpoint("GET", "/api/agent/policies")
+SET_POLICY = Endpoint("PUT", "/api/agent/policies/{task_type}", TypePolicyRequest)
 ENDPOINTS = tuple(value for value in tuple(globals().values()) if isinstance(value, Endpoint))  # every one above
 
 
