@@ -349,10 +349,10 @@ class TypePolicyRequest(Strict):
 
     @model_validator(mode="after")
     def _one_change_each(self) -> TypePolicyRequest:
-        given = self.changes()
-        if not given:
+        given = {name for name in POLICY_FIELDS if getattr(self, name) is not None}
+        if not given and not self.clear:
             raise ValueError("nothing to change: give a field's new value or name it in clear")
-        both = sorted(set(self.clear) & {name for name, value in given.items() if value is not None})
+        both = sorted(given & set(self.clear))
         if both:
             raise ValueError(f"{', '.join(both)} both set and cleared: give one")
         low, high = self.retry_delay_seconds, self.retry_max_delay_seconds

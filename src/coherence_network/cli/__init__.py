@@ -8,6 +8,7 @@ imported; ``coherence --help`` lists them in this order:
 - ``components``: runner, pm, telegram, monitor, supervise (the long-running components);
 - ``tasks``: status, tasks, task, logs, decide, retry, create (tasks and decisions, through the API);
 - ``steering``: pause, resume (holding the pipeline or a task type, through the API);
+- ``policies``: policy, policy set (each task type's limit, retry delays and breaker, through the API);
 - ``retention``: cleanup, prune (removing what is old);
 - ``index``: the indexers' sub-app (coherence_network.indexer.cli).
 
@@ -23,6 +24,7 @@ from coherence_network.cli import server
 from coherence_network.cli import components
 from coherence_network.cli import tasks
 from coherence_network.cli import steering
+from coherence_network.cli import policies
 from coherence_network.cli import retention
 # isort: on
 from coherence_network.cli.app import app, main
@@ -30,4 +32,4 @@ from coherence_network.indexer.cli import index_app
 
 app.add_typer(index_app, name="index", help="Index npm or PyPI packages into the dependency graph (--target, --limit).")
 
-__all__ = ["app", "components", "main", "ops", "retention", "server", "steering", "tasks"]
+__all__ = ["app", "components", "main", "ops", "policies", "retention", "server", "steering", "tasks"]
