@@ -66,6 +66,7 @@ _FULL_TYPES = sa.select(type_policies.c.task_type).where(
     ).scalar_subquery(),
 )
 _UNDER_LIMIT = tasks.c.task_type.not_in(_FULL_TYPES)
+_HAS_LIMIT = sa.exists().where(type_policies.c.task_type == tasks.c.task_type, type_policies.c.max_running.is_not(None))
 
 
 def _limits(typed: bool) -> sa.Select[tuple[str]]:
@@ -103,16 +104,22 @@ def claimable_statement(typed: bool) -> sa.Select[tuple[int]]:
     return _pending(typed).limit(1)
 
 
+# How a claim statement treats limits (store/limited_claims.py): FILTERED leaves out the types at their limit (the
+# count in its own statement); UNLIMITED_ONLY picks as if there were no limits and claims only what it picked of types
+# without one (a limited pick is left for a claim that takes the limits' lock first).
+FILTERED, UNLIMITED_ONLY = "filtered", "unlimited_only"
+_UNLIMITED = ~_HAS_LIMIT
+
+
 @cache
-def claim_statement(typed: bool, postgres: bool, several: bool, replayable: bool, limited: bool) -> sa.Update:
+def claim_statement(typed: bool, postgres: bool, several: bool, replayable: bool, limits: str) -> sa.Update:
     """Built once: statement construction costs more than SQLite's execution of it.
 
     ``several`` picks up to ``b_limit`` tasks (``id IN``); one task keeps ``id =``, which both planners like best.
     ``replayable`` claims only if this request id got nothing yet, in the same statement (a retried claim then
-    updates nothing and reads what it got), so a first claim costs no separate look-up. ``limited`` leaves out the
-    types at their limit (a claim of several with a limited type among its own claims one task per statement:
-    store/limited_claims.py)."""
-    pick = _pending(typed, limited).order_by(tasks.c.priority.desc(), tasks.c.id.asc())
+    updates nothing and reads what it got), so a first claim costs no separate look-up. ``limits``: FILTERED or
+    UNLIMITED_ONLY (above)."""
+    pick = _pending(typed, limits == FILTERED).order_by(tasks.c.priority.desc(), tasks.c.id.asc())
     pick = pick.limit(sa.bindparam("b_limit", type_=sa.Integer)) if several else pick.limit(1)
     if postgres:
         pick = pick.with_for_update(skip_locked=True)
@@ -125,6 +132,8 @@ def claim_statement(typed: bool, postgres: bool, several: bool, replayable: bool
     else:
         chosen = tasks.c.id == pick.scalar_subquery()
     condition: list[sa.ColumnElement[bool]] = [chosen, tasks.c.status == PENDING]
+    if limits == UNLIMITED_ONLY:
+        condition.append(_UNLIMITED)
     if replayable:
         earlier = tasks.alias("earlier")
         condition.append(~sa.exists().where(
@@ -173,9 +182,7 @@ def claim_order(task: dict[str, Any]) -> tuple[int, int]:
 # Returned by a move out of running: whether the task's type has a limit, so the move wakes the claims waiting for
 # a slot of it (a move of an unlimited type wakes nobody, as before).
 FREES_SLOT = "frees_limited_slot"
-_FREES_SLOT = sa.exists().where(
-    type_policies.c.task_type == tasks.c.task_type, type_policies.c.max_running.is_not(None)
-).label(FREES_SLOT)
+_FREES_SLOT = _HAS_LIMIT.label(FREES_SLOT)
 
 
 @cache
