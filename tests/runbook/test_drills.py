@@ -308,3 +308,20 @@ def test_drill_pause_and_resume_a_type_across_an_api_restart(runbook: Runbook, d
         assert drill.run(resume).stdout.startswith("resumed impl")
         claimed = client.claim("drill")
         assert claimed is not None and claimed.id == held.id
+
+
+def test_drill_limits_set_see_and_clear(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
+    limit, show, clear = runbook.drill("limits").commands()
+    with ApiClient(api.url, token="") as client:
+        first, second = client.create_task("first", "impl"), client.create_task("second", "impl")
+        assert drill.run(limit).stdout.startswith("impl: changed: max_running=1")
+        running = client.claim("drill")
+        assert running is not None and running.id == first.id
+        assert client.claim("drill") is None  # at its limit
+        impl = next(line for line in drill.run(show).stdout.splitlines() if line.startswith("impl "))
+        assert impl.split()[1:3] == ["1", "1"]  # one running, a limit of one
+        assert "max_running=no limit (default)" in drill.run(clear).stdout
+        claimed = client.claim("drill")
+        assert claimed is not None and claimed.id == second.id
+        client.finish(running.id, running.claim_token, "completed")
+        client.finish(claimed.id, claimed.claim_token, "completed")
