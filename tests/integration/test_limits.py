@@ -157,6 +157,17 @@ def test_set_type_policy_changes_only_what_it_is_given_and_records_each_change(
         ("impl", 5, "cli:alice"), ("spec", None, None)]
 
 
+def test_first_sets_racing_on_one_type_keep_every_field(store: TaskStore, store_engine: sa.Engine) -> None:
+    """Four first changes of one type at once (on PostgreSQL all but one lose the insert and update instead): every
+    field is kept, and each change is one audit record."""
+    values: list[dict[str, Any]] = [{"max_running": 3}, {"retry_delay_seconds": 7.0},
+                                    {"retry_max_delay_seconds": 70.0}, {"breaker_failures": 6}]
+    _race(4, lambda n: store.set_type_policy("heal", f"cli:op{n}", **values[n]))
+    (policy,) = store.type_policies()
+    assert {name: policy[name] for one in values for name in one} == {k: v for one in values for k, v in one.items()}
+    assert sorted(r["actor"] for r in _audit(store_engine)) == [f"cli:op{n}" for n in range(4)]
+
+
 @pytest.mark.parametrize(("fields", "message"), [
     ({"max_running": 0}, "at least 1"),
     ({"max_running": 2.5}, "whole number"),

@@ -5,6 +5,7 @@ the claim enforces the limit in its own statement (store/limited_claims.py) and 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -57,28 +58,34 @@ class PolicyBook(AuditBook):
         fields = _checked(task_type, fields)
         with self.transaction() as conn:
             now = self._lease_clock(conn)  # SQLite: the write lock first, so the read below is the latest
-            stored = conn.execute(_ONE.with_for_update(), {"b_type": task_type}).first()
-            before = dict(stored._mapping) if stored is not None else dict.fromkeys(POLICY_FIELDS)
-            after = {**{name: before[name] for name in POLICY_FIELDS}, **fields}
-            low, high = after["retry_delay_seconds"], after["retry_max_delay_seconds"]
-            if low is not None and high is not None and high < low:
-                raise ValueError(f"retry_max_delay_seconds ({high}) must not be below retry_delay_seconds ({low})")
-            changes = {name: [before[name], value] for name, value in fields.items() if before[name] != value}
-            if not changes:
-                return self._shown(conn, task_type, stored), False
-            row = {**after, "updated_at": now, "updated_by": by}
-            if stored is None:
-                try:
-                    with conn.begin_nested():  # a concurrent first set of this type may win the insert
-                        conn.execute(type_policies.insert().values(task_type=task_type, **row))
-                except sa.exc.IntegrityError:
-                    conn.execute(type_policies.update().where(type_policies.c.task_type == task_type).values(row))
-            else:
-                conn.execute(type_policies.update().where(type_policies.c.task_type == task_type).values(row))
-            self._audit_in(conn, by, "policy", target=task_type, detail=changes)
-            if "max_running" in changes:
-                self._wake(conn)  # a limit raised or cleared frees slots; a lowered one wakes for nothing
-            return self._shown(conn, task_type, conn.execute(_ONE, {"b_type": task_type}).first()), True
+            return self._set_in(conn, now, task_type, by, fields)
+
+    def _set_in(
+        self, conn: sa.Connection, now: datetime, task_type: str, by: str, fields: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool]:
+        stored = conn.execute(_ONE.with_for_update(), {"b_type": task_type}).first()
+        before = dict(stored._mapping) if stored is not None else dict.fromkeys(POLICY_FIELDS)
+        after = {**{name: before[name] for name in POLICY_FIELDS}, **fields}
+        low, high = after["retry_delay_seconds"], after["retry_max_delay_seconds"]
+        if low is not None and high is not None and high < low:
+            raise ValueError(f"retry_max_delay_seconds ({high}) must not be below retry_delay_seconds ({low})")
+        changes = {name: [before[name], value] for name, value in fields.items() if before[name] != value}
+        if not changes:
+            return self._shown(conn, task_type, stored), False
+        row = {**after, "updated_at": now, "updated_by": by}
+        if stored is None:
+            try:
+                with conn.begin_nested():  # as the pauses: a savepoint, so a lost race keeps the rest
+                    conn.execute(type_policies.insert().values(task_type=task_type, **row))
+            except sa.exc.IntegrityError:  # a concurrent first set of this type won: change its row instead
+                return self._set_in(conn, now, task_type, by, fields)
+        else:
+            conn.execute(type_policies.update().where(type_policies.c.task_type == task_type).values(row))
+        self._audit_in(conn, by, "policy", target=task_type, detail=changes)
+        old, new = changes.get("max_running", (None, None))
+        if "max_running" in changes and (new is None or (old is not None and new > old)):
+            self._wake(conn)  # a limit raised or cleared frees slots: waiting claims look again
+        return self._shown(conn, task_type, conn.execute(_ONE, {"b_type": task_type}).first()), True
 
     def type_policies(self, every_type: Iterable[str] = ()) -> list[dict[str, Any]]:
         """Every stored policy row (and, for each of ``every_type`` with none, its unset fields), by type, each with
