@@ -57,7 +57,7 @@ _DUE = sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= sa.bindparam("
 # claimed row, so it runs once per statement (one count per limited type, from ix_tasks_type_status), and on an
 # empty policy table it costs one look at nothing. Inside the claim's own statement it counts what that statement's
 # snapshot holds: atomic on SQLite (the claim holds the write lock), on PostgreSQL once the claim has locked the
-# limited types' policy rows in an earlier statement (LOCK_LIMITS), so the count sees every claim committed before.
+# limited types' policy rows in an earlier statement (limits_statement), so the count sees every claim committed before.
 _running = tasks.alias("running")
 _FULL_TYPES = sa.select(type_policies.c.task_type).where(
     type_policies.c.max_running.is_not(None),
@@ -205,7 +205,6 @@ def update_statement(
     if needed == RUNNING and "status" in keys:
         returned.append(_FREES_SLOT)
     return tasks.update().where(*condition).values(values).returning(*returned)
-
 
 
 def same_create(key: str, earlier: dict[str, Any], values: dict[str, Any], where: str) -> None:
