@@ -112,8 +112,8 @@ def _steered(store: TaskStore, condition: str) -> None:
         store.pause("impl", "bench", "bench")
 
 
-def steering_round(url: str, condition: str, tasks: int) -> dict[str, tuple[float, float]]:
-    """(cycles per second, round trips per task) of both cycle shapes under ``condition``, on the store at ``url``."""
+def steering_round(url: str, condition: str, tasks: int) -> dict[str, tuple[float, float, float]]:
+    """``timed``'s figures for both cycle shapes under ``condition``, on the store at ``url``."""
     engine = create_store_engine(url)
     migrate(engine)
     store = TaskStore(engine)
@@ -121,7 +121,7 @@ def steering_round(url: str, condition: str, tasks: int) -> dict[str, tuple[floa
     _steered(store, condition)
 
     def two_calls(i: int) -> None:
-        task = store.claim("bench", request_id=f"two-{i}", types=["run"] if "leading" in condition else None)
+        task = store.claim("bench", request_id=f"two-{i}")
         assert task is not None and task["task_type"] == "run", task
         store.finish(task["id"], task["claim_token"], status="completed", output="ok", exit_code=0)
 
@@ -137,28 +137,28 @@ def steering_round(url: str, condition: str, tasks: int) -> dict[str, tuple[floa
                                               exit_code=0, runner_id="bench", request_id=f"one-{i}")
         held.append(following)
 
-    before, started = trips.count, time.perf_counter()
-    for i in range(tasks):
-        one_call(i)
-    result["finish with claim_next (one call)"] = (tasks / (time.perf_counter() - started),
-                                                    (trips.count - before) / tasks)
+    result["finish with claim_next (one call)"] = timed(store, trips, tasks, one_call, create=False)
     engine.dispose()
     return result
 
 
-def timed(store: TaskStore, trips: RoundTrips, tasks: int, cycle: Callable[[int], None]) -> tuple[float, float]:
-    """(cycles per second, round trips per task) of ``cycle`` over ``tasks`` tasks created beforehand."""
-    for i in range(tasks):
+def timed(store: TaskStore, trips: RoundTrips, tasks: int, cycle: Callable[[int], None], *,
+          create: bool = True) -> tuple[float, float, float]:
+    """(cycles per second, round trips per task, this process's CPU microseconds per task) of ``cycle`` over
+    ``tasks`` tasks (created first unless ``create`` is false). The CPU time is all of SQLite's work and the client's
+    side of PostgreSQL's, and moves less than the wall clock with other load on the machine."""
+    for i in range(tasks if create else 0):
         store.create(direction=f"cycle {i}", task_type="run")
-    before, started = trips.count, time.perf_counter()
+    before, started, cpu = trips.count, time.perf_counter(), time.process_time()
     for i in range(tasks):
         cycle(i)
-    return tasks / (time.perf_counter() - started), (trips.count - before) / tasks
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return tasks / wall, (trips.count - before) / tasks, cpu / tasks * 1e6
 
 
 def steering(stores: dict[str, Callable[[], str]], tasks: int, rounds: int) -> None:
     """Print the steering table: per store, condition and cycle shape, the median cycles/s and the round trips."""
-    runs: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    runs: dict[tuple[str, str, str], list[tuple[float, float, float]]] = {}
     limits = hasattr(TaskStore, "set_type_policy")  # an older tree measures the conditions it has
     conditions = [c for c in CONDITIONS if limits or not c.startswith("limit")]
     for _ in range(rounds):
@@ -167,8 +167,9 @@ def steering(stores: dict[str, Callable[[], str]], tasks: int, rounds: int) -> N
                 for shape, figures in steering_round(fresh(), condition, tasks).items():
                     runs.setdefault((name, condition, shape), []).append(figures)
     for (name, condition, shape), figures in runs.items():
-        rate = statistics.median(f[0] for f in figures)
-        print(f"{name:10s} {condition:32s} {shape:34s} {rate:7.0f} cycles/s {figures[0][1]:5.2f} round trips")
+        rate, cpu = statistics.median(f[0] for f in figures), statistics.median(f[2] for f in figures)
+        print(f"{name:10s} {condition:32s} {shape:34s} {rate:7.0f} cycles/s {figures[0][1]:5.2f} round trips "
+              f"{cpu:6.0f} us CPU")
 
 
 def main() -> int:
