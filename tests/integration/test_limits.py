@@ -65,7 +65,7 @@ def test_a_type_at_its_limit_is_passed_over_and_other_types_still_claimed(store:
                                           runner_id="r1", types=["impl"])
     assert following is not None and following["id"] == impl[2]
     assert _running(store, "impl") == LIMIT
-    # a limit raised frees slots at once; cleared, the type has none
+    # a limit raised frees a slot at once
     store.set_type_policy("impl", "cli:ops", max_running=LIMIT + 1)
     assert store.claim("r3")["id"] == impl[3]
     assert _running(store, "impl") == LIMIT + 1
