@@ -1,5 +1,5 @@
-"""The client's steering calls: retention, pause, resume and cancel (an operator's acts, each safe to repeat),
-bulk acts, and the audit trail (read it; note a restart requested on a host)."""
+"""The client's steering calls: retention, pause, resume, cancel and type policies (an operator's acts, each safe
+to repeat), bulk acts, and the audit trail (read it; note a restart requested on a host)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from coherence_network.contract import AuditPage, PauseChange, PauseList, Task
+from coherence_network.contract import AuditPage, PauseChange, PauseList, Task, TypePolicyChange, TypePolicyList
 from coherence_network.contract_bulk import BulkPreview, BulkResult
 from coherence_network.endpoints import (
     AUDIT,
@@ -18,8 +18,10 @@ from coherence_network.endpoints import (
     NOTE_RESTART,
     PAUSE,
     PAUSES,
+    POLICIES,
     PRUNE,
     RESUME,
+    SET_POLICY,
     Endpoint,
     body_of,
     present,
@@ -33,6 +35,7 @@ from coherence_network.request_bodies import (
     PruneRequest,
     RestartNote,
     ResumeRequest,
+    TypePolicyRequest,
 )
 
 BULK_ACT_TIMEOUT = 600.0  # seconds a bulk act may take to answer
@@ -101,3 +104,15 @@ class SteeringCalls:
         retried. A running task stays running until its runner stops it (``cancel_requested_at`` is set)."""
         body = body_of(CancelRequest, reason=reason, by=by)
         return Task.model_validate(self.call(CANCEL, body, keyed=True, task_id=task_id).json())
+
+    def policies(self) -> TypePolicyList:
+        """Every task type's policy (None where the default applies), its running count, and the defaults."""
+        return TypePolicyList.model_validate(self.call(POLICIES).json())
+
+    def set_policy(self, task_type: str, *, by: str | None = None, clear: list[str] | None = None,
+                   **fields: float | None) -> TypePolicyChange:
+        """Change a task type's policy: ``fields`` given (max_running, retry_delay_seconds,
+        retry_max_delay_seconds, breaker_failures) take their values, those in ``clear`` go back to the default.
+        Setting what is so changes nothing, so it is retried."""
+        body = body_of(TypePolicyRequest, by=by, clear=clear or [], **fields)
+        return TypePolicyChange.model_validate(self.call(SET_POLICY, body, keyed=True, task_type=task_type).json())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -299,6 +299,39 @@ class PauseChange(Returned):
 
     changed: bool
     pause: Pause | None = None
+
+
+# The fields of a type policy (table type_policies); a field not set (None) takes the setting's default.
+PolicyField = Literal["max_running", "retry_delay_seconds", "retry_max_delay_seconds", "breaker_failures"]
+POLICY_FIELDS: tuple[str, ...] = get_args(PolicyField)
+
+
+class TypePolicy(Returned):
+    """One task type's policy: each field as an operator set it, None where the setting's default applies
+    (``max_running`` None: no limit). ``running`` is how many of its tasks run now."""
+
+    task_type: str
+    max_running: int | None = None
+    retry_delay_seconds: float | None = None
+    retry_max_delay_seconds: float | None = None
+    breaker_failures: int | None = None
+    running: int = 0
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+
+class TypePolicyList(Returned):
+    """``GET /api/agent/policies``: every task type's policy, and the defaults that apply where a field is None."""
+
+    policies: list[TypePolicy]
+    defaults: dict[str, float | int | None]
+
+
+class TypePolicyChange(Returned):
+    """The answer to ``PUT /api/agent/policies/{task_type}``: ``changed`` False when it was already so."""
+
+    changed: bool
+    policy: TypePolicy
 
 
 class PipelineStatus(Returned):

@@ -26,6 +26,7 @@ from coherence_network.request_bodies import (
     TaskFinish,
     TaskHeartbeat,
     TaskPatch,
+    TypePolicyRequest,
 )
 
 _Body = TypeVar("_Body", bound=BaseModel)
@@ -82,6 +83,8 @@ BULK_ACT = Endpoint("POST", "/api/agent/tasks/bulk/act", BulkActRequest)
 AUDIT = Endpoint("GET", "/api/audit")
 NOTE_RESTART = Endpoint("POST", "/api/audit/restarts", RestartNote)
 CANCEL = Endpoint("POST", "/api/agent/tasks/{task_id}/cancel", CancelRequest)
+POLICIES = Endpoint("GET", "/api/agent/policies")
+SET_POLICY = Endpoint("PUT", "/api/agent/policies/{task_type}", TypePolicyRequest)
 ENDPOINTS = tuple(value for value in tuple(globals().values()) if isinstance(value, Endpoint))  # every one above
 
 

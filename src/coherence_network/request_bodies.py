@@ -30,7 +30,16 @@ from pydantic import (
     model_validator,
 )
 
-from coherence_network.contract import MAX_BATCH, MAX_CLAIM, Component, ErrorCategory, TaskStatus, TaskType
+from coherence_network.contract import (
+    MAX_BATCH,
+    MAX_CLAIM,
+    POLICY_FIELDS,
+    Component,
+    ErrorCategory,
+    PolicyField,
+    TaskStatus,
+    TaskType,
+)
 from coherence_network.contract_bulk import BULK_STATUSES, BulkAction
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # PostgreSQL INTEGER: the narrowest integer column of either store
@@ -382,3 +391,42 @@ class BulkActRequest(BulkPreviewRequest):
     reason: Text = Field(min_length=1, max_length=500, description="Why: kept in each task's audit record")
     by: Text | None = Field(None, min_length=1, max_length=200,
                             description="Who acts, e.g. cli:alice (default: the X-Coherence-Actor header)")
+
+
+MAX_POLICY_COUNT = 10_000  # a type's limit of running tasks, or its breaker's failures in a row
+MAX_POLICY_DELAY_SECONDS = 7 * 86400.0  # a retry delay
+
+
+class TypePolicyRequest(Strict):
+    """``PUT /api/agent/policies/{task_type}``: change the fields given, put those in ``clear`` back to the setting's
+    default, leave the rest as they are."""
+
+    by: Text | None = Field(None, min_length=1, max_length=200,
+                            description="Who changes it, e.g. cli:alice; none: the X-Coherence-Actor header")
+    max_running: int | None = Field(None, ge=1, le=MAX_POLICY_COUNT,
+                                    description="At most this many of the type run at once (to hold it, pause it)")
+    retry_delay_seconds: float | None = Field(None, gt=0, le=MAX_POLICY_DELAY_SECONDS,
+                                              description="The first automatic retry's delay")
+    retry_max_delay_seconds: float | None = Field(None, gt=0, le=MAX_POLICY_DELAY_SECONDS,
+                                                  description="The longest delay between automatic retries")
+    breaker_failures: int | None = Field(None, ge=0, le=MAX_POLICY_COUNT,
+                                         description="Failures in a row that pause the type")
+    clear: list[PolicyField] = Field(default_factory=list, description="Fields back to the setting's default")
+
+    @model_validator(mode="after")
+    def _one_change_each(self) -> TypePolicyRequest:
+        given = {name for name in POLICY_FIELDS if getattr(self, name) is not None}
+        if not given and not self.clear:
+            raise ValueError("nothing to change: give a field's new value or name it in clear")
+        both = sorted(given & set(self.clear))
+        if both:
+            raise ValueError(f"{', '.join(both)} both set and cleared: give one")
+        low, high = self.retry_delay_seconds, self.retry_max_delay_seconds
+        if low is not None and high is not None and high < low:
+            raise ValueError("retry_max_delay_seconds must not be below retry_delay_seconds")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        """The fields to change: the values given, and None for each cleared."""
+        given = {name: getattr(self, name) for name in POLICY_FIELDS if getattr(self, name) is not None}
+        return {**given, **dict.fromkeys(self.clear)}

@@ -116,8 +116,10 @@ def test_every_agent_endpoint_has_a_client_method_or_a_reason(openapi: dict[str,
 
 
 def _template(endpoint: Endpoint) -> re.Pattern[str]:
-    """The endpoint's path as a pattern: its ``{task_id}`` is a number, as the API's routes read it."""
-    return re.compile(re.sub(r"\\\{[a-z_]+\\\}", "[0-9]+", re.escape(endpoint.path)) + "$")
+    """The endpoint's path as a pattern: its ``{task_id}`` is a number, as the API's routes read it (a
+    ``{task_type}`` a word)."""
+    path = re.escape(endpoint.path).replace(r"\{task_type\}", "[a-z]+")
+    return re.compile(re.sub(r"\\\{[a-z_]+\\\}", "[0-9]+", path) + "$")
 
 
 def _drive(client: ApiClient) -> dict[str, Callable[[], Any]]:
@@ -181,6 +183,8 @@ def _drive(client: ApiClient) -> dict[str, Callable[[], Any]]:
         "audit": lambda: client.audit(limit=5, before_id=10**6, actor="test:contract", channel="api", action="pause",
                                       task_id=None, since="2026-01-01T00:00:00+00:00", until="2099-01-01T00:00:00Z"),
         "cancel": lambda: client.cancel(seen["one"].id, "not needed", by="test:contract"),
+        "set_policy": lambda: client.set_policy(TaskType.SPEC, by="test:contract", max_running=2),
+        "policies": client.policies,
     }
 
 

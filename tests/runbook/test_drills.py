@@ -361,3 +361,18 @@ def test_drill_read_the_audit_trail(runbook: Runbook, drill: Drill) -> None:
         assert (retried["status_before"], retried["status_after"]) == ("failed", "pending")
     finally:
         api.stop()
+def test_drill_limits_set_see_and_clear(runbook: Runbook, drill: Drill, api: ApiProcess) -> None:
+    limit, show, clear = runbook.drill("limits").commands()
+    with ApiClient(api.url, token="") as client:
+        first, second = client.create_task("first", "impl"), client.create_task("second", "impl")
+        assert drill.run(limit).stdout.startswith("impl: changed: max_running=1")
+        running = client.claim("drill")
+        assert running is not None and running.id == first.id
+        assert client.claim("drill") is None  # at its limit
+        impl = next(line for line in drill.run(show).stdout.splitlines() if line.startswith("impl "))
+        assert impl.split()[1:3] == ["1", "1"]  # one running, a limit of one
+        assert "max_running=no limit (default)" in drill.run(clear).stdout
+        claimed = client.claim("drill")
+        assert claimed is not None and claimed.id == second.id
+        client.finish(running.id, running.claim_token, "completed")
+        client.finish(claimed.id, claimed.claim_token, "completed")

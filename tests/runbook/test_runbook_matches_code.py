@@ -143,8 +143,8 @@ def _invocations(runbook: Runbook) -> list[tuple[tuple[str, ...], list[str]]]:
             elif head == "coherence":
                 subcommands = [w for w in words[1:3] if not w.startswith("-")]
                 program = ("coherence", *subcommands[:1])
-                if subcommands[:1] == ["index"] and len(subcommands) > 1:
-                    program = ("coherence", "index", subcommands[1])
+                if subcommands[:1] in (["index"], ["policy"]) and len(subcommands) > 1:  # a sub-app's verb
+                    program = ("coherence", *subcommands[:2])
                 rest = words[1 + len(program) - 1:]
             else:
                 continue

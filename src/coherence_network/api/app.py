@@ -22,6 +22,7 @@ from coherence_network.api import (
     routes_ops,
     routes_ops_issues,
     routes_pipeline,
+    routes_policies,
     routes_projects,
     routes_runners,
     routes_steering,
@@ -172,6 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_steering.router)
     app.include_router(routes_bulk.router)
     app.include_router(routes_audit.router)
+    app.include_router(routes_policies.router)
     install_docs(app)  # the reference at /docs, with no file from elsewhere
     install_console(app, settings)  # the ops console's pages at "/"
     return app

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from coherence_network.contract import PAUSE_ALL, TaskStatus
 from coherence_network.store.errors import Conflict
-from coherence_network.store.schema import UTCDateTime, pauses, tasks
+from coherence_network.store.schema import UTCDateTime, pauses, tasks, type_policies
 from coherence_network.store.search import COUNT_CAP
 
 PENDING, RUNNING, FAILED = TaskStatus.PENDING.value, TaskStatus.RUNNING.value, TaskStatus.FAILED.value
@@ -53,9 +53,45 @@ _NOT_PAUSED = ~sa.exists().where(pauses.c.scope.in_([sa.literal(PAUSE_ALL), task
 _DUE = sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= sa.bindparam("b_now", type_=UTCDateTime))
 
 
-def _pending(typed: bool) -> sa.Select[tuple[int]]:
-    """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``): pending, due and not paused."""
+# Limits (type_policies.max_running): the types whose running tasks have reached their limit. Uncorrelated with the
+# claimed row, so it runs once per statement (one count per limited type, from ix_tasks_type_status), and on an
+# empty policy table it costs one look at nothing. Inside the claim's own statement it counts what that statement's
+# snapshot holds: atomic on SQLite (the claim holds the write lock), on PostgreSQL once the claim has locked the
+# limited types' policy rows in an earlier statement (limits_statement), so the count sees every claim committed before.
+_running = tasks.alias("running")
+_FULL_TYPES = sa.select(type_policies.c.task_type).where(
+    type_policies.c.max_running.is_not(None),
+    type_policies.c.max_running <= sa.select(sa.func.count()).where(
+        _running.c.status == RUNNING, _running.c.task_type == type_policies.c.task_type
+    ).scalar_subquery(),
+)
+_UNDER_LIMIT = tasks.c.task_type.not_in(_FULL_TYPES)
+_HAS_LIMIT = sa.exists().where(type_policies.c.task_type == tasks.c.task_type, type_policies.c.max_running.is_not(None))
+
+
+def _limits(typed: bool) -> sa.Select[tuple[str]]:
+    """The limited types a claim (of the types bound as ``b_types`` when ``typed``) could hand out."""
+    pick = sa.select(type_policies.c.task_type).where(type_policies.c.max_running.is_not(None))
+    if typed:
+        pick = pick.where(type_policies.c.task_type.in_(sa.bindparam("b_types", expanding=True)))
+    return pick.order_by(type_policies.c.task_type)
+
+
+@cache
+def limits_statement(typed: bool, lock: bool) -> sa.Select[tuple[str]]:
+    """The limited types among a claim's; with ``lock`` (PostgreSQL) their policy rows are locked until the claim
+    commits, in a statement before the claim's own, so claims of a limited type take turns and each one's count
+    (a fresh snapshot per statement under READ COMMITTED) sees the claims committed before it. Locked in type order,
+    so two claims never wait on each other crosswise."""
+    return _limits(typed).with_for_update() if lock else _limits(typed).limit(1)
+
+
+def _pending(typed: bool, limited: bool = True) -> sa.Select[tuple[int]]:
+    """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``): pending, due, not paused and,
+    when ``limited``, of a type below its limit."""
     pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING, _DUE, _NOT_PAUSED)
+    if limited:
+        pick = pick.where(_UNDER_LIMIT)
     if typed:
         pick = pick.where(tasks.c.task_type.in_(sa.bindparam("b_types", expanding=True)))
     return pick
@@ -63,18 +99,27 @@ def _pending(typed: bool) -> sa.Select[tuple[int]]:
 
 @cache
 def claimable_statement(typed: bool) -> sa.Select[tuple[int]]:
-    """Is any task claimable? A read, so a claim that would find nothing opens no write transaction."""
+    """Is any task claimable? A read, so a claim that would find nothing opens no write transaction (tasks of a type
+    at its limit are not claimable: a runner that can take nothing else waits for a slot without writing)."""
     return _pending(typed).limit(1)
 
 
+# How a claim statement treats limits (store/limited_claims.py): FILTERED leaves out the types at their limit (the
+# count in its own statement); UNLIMITED_ONLY picks as if there were no limits and claims only what it picked of types
+# without one (a limited pick is left for a claim that takes the limits' lock first).
+FILTERED, UNLIMITED_ONLY = "filtered", "unlimited_only"
+_UNLIMITED = ~_HAS_LIMIT
+
+
 @cache
-def claim_statement(typed: bool, postgres: bool, several: bool, replayable: bool) -> sa.Update:
+def claim_statement(typed: bool, postgres: bool, several: bool, replayable: bool, limits: str) -> sa.Update:
     """Built once: statement construction costs more than SQLite's execution of it.
 
     ``several`` picks up to ``b_limit`` tasks (``id IN``); one task keeps ``id =``, which both planners like best.
     ``replayable`` claims only if this request id got nothing yet, in the same statement (a retried claim then
-    updates nothing and reads what it got), so a first claim costs no separate look-up."""
-    pick = _pending(typed).order_by(tasks.c.priority.desc(), tasks.c.id.asc())
+    updates nothing and reads what it got), so a first claim costs no separate look-up. ``limits``: FILTERED or
+    UNLIMITED_ONLY (above)."""
+    pick = _pending(typed, limits == FILTERED).order_by(tasks.c.priority.desc(), tasks.c.id.asc())
     pick = pick.limit(sa.bindparam("b_limit", type_=sa.Integer)) if several else pick.limit(1)
     if postgres:
         pick = pick.with_for_update(skip_locked=True)
@@ -87,6 +132,8 @@ def claim_statement(typed: bool, postgres: bool, several: bool, replayable: bool
     else:
         chosen = tasks.c.id == pick.scalar_subquery()
     condition: list[sa.ColumnElement[bool]] = [chosen, tasks.c.status == PENDING]
+    if limits == UNLIMITED_ONLY:
+        condition.append(_UNLIMITED)
     if replayable:
         earlier = tasks.alias("earlier")
         condition.append(~sa.exists().where(
@@ -132,6 +179,12 @@ def claim_order(task: dict[str, Any]) -> tuple[int, int]:
     return -task["priority"], task["id"]
 
 
+# Returned by a move out of running: whether the task's type has a limit, so the move wakes the claims waiting for
+# a slot of it (a move of an unlimited type wakes nobody, as before).
+FREES_SLOT = "frees_limited_slot"
+_FREES_SLOT = _HAS_LIMIT.label(FREES_SLOT)
+
+
 @cache
 def update_statement(
     needed: str, fenced: bool, keys: tuple[str, ...], count_attempt: bool, postgres: bool
@@ -148,7 +201,10 @@ def update_statement(
         values["attempts"] = tasks.c.attempts + 1
     if "finished_at" in keys and "run_seconds" not in keys:
         values.update(durations(postgres, values["finished_at"]))
-    return tasks.update().where(*condition).values(values).returning(*tasks.c)
+    returned: list[sa.ColumnElement[Any]] = list(tasks.c)
+    if needed == RUNNING and "status" in keys:
+        returned.append(_FREES_SLOT)
+    return tasks.update().where(*condition).values(values).returning(*returned)
 
 
 def same_create(key: str, earlier: dict[str, Any], values: dict[str, Any], where: str) -> None:

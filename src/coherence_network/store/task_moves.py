@@ -26,16 +26,17 @@ from coherence_network.contract import (
     TaskStatus,
 )
 from coherence_network.store.errors import Conflict, NotFound
+from coherence_network.store.limited_claims import claim_rows
 from coherence_network.store.schema import UTCDateTime, tasks
 from coherence_network.store.statements import (
     CLAIMED_BY_REQUEST,
     FAILED,
+    FREES_SLOT,
     PENDING,
     RUNNING,
     ReapResult,
     Rows,
     claim_order,
-    claim_statement,
     claimable_statement,
     durations,
     row_dict,
@@ -134,8 +135,7 @@ class TaskMoves(TaskCreates):
             params["b_types"] = type_list
         if max_tasks > 1:
             params["b_limit"] = max_tasks
-        statement = claim_statement(bool(type_list), self._pg, max_tasks > 1, replayable)
-        claimed = [dict(r._mapping) for r in conn.execute(statement, params)]
+        claimed = claim_rows(conn, self._pg, max_tasks, bool(type_list), replayable, params)
         if claimed:
             self.tasks_changed(conn)
         elif replayable:
@@ -333,9 +333,7 @@ class TaskMoves(TaskCreates):
                         **durations(self._pg, sa.literal(now, UTCDateTime)))
             ).rowcount
             reclaimed = conn.execute(tasks.update().where(expired, ~spent).values(status=PENDING, **common)).rowcount
-            if failed or cancelled:
-                self.tasks_changed(conn)
-            if reclaimed:
+            if reclaimed or failed or cancelled:  # a run's slot is free, should its type be limited
                 self._wake(conn)
         return ReapResult(reclaimed=reclaimed, failed=failed, cancelled=cancelled)
 
@@ -392,11 +390,12 @@ class TaskMoves(TaskCreates):
         params = {"b_id": task_id, "b_token": claim_token, **{f"v_{k}": values[k] for k in keys}}
         row = conn.execute(statement, params).first()
         if row is not None:
-            if new == PENDING:
+            task = dict(row._mapping)
+            if task.pop(FREES_SLOT, False) or new == PENDING:  # a freed slot of a limited type: its waiters look
                 self._wake(conn)
             elif new is not None:
                 self.tasks_changed(conn)
-            return dict(row._mapping)
+            return task
         current = conn.execute(sa.select(tasks.c.status, tasks.c.claim_token).where(tasks.c.id == task_id)).first()
         if current is None:
             raise NotFound(f"task {task_id} not found")
