@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from coherence_network.contract import AuditPage, PauseChange, PauseList, Task, TypePolicyChange, TypePolicyList
-from coherence_network.contract_bulk import BulkPreview, BulkResult
+from coherence_network.contract import PauseChange, PauseList, Task
+from coherence_network.contract_steering import AuditPage, BulkPreview, BulkResult, TypePolicyChange, TypePolicyList
 from coherence_network.endpoints import (
     AUDIT,
     BULK_ACT,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal, get_args
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -301,39 +301,6 @@ class PauseChange(Returned):
     pause: Pause | None = None
 
 
-# The fields of a type policy (table type_policies); a field not set (None) takes the setting's default.
-PolicyField = Literal["max_running", "retry_delay_seconds", "retry_max_delay_seconds", "breaker_failures"]
-POLICY_FIELDS: tuple[str, ...] = get_args(PolicyField)
-
-
-class TypePolicy(Returned):
-    """One task type's policy: each field as an operator set it, None where the setting's default applies
-    (``max_running`` None: no limit). ``running`` is how many of its tasks run now."""
-
-    task_type: str
-    max_running: int | None = None
-    retry_delay_seconds: float | None = None
-    retry_max_delay_seconds: float | None = None
-    breaker_failures: int | None = None
-    running: int = 0
-    updated_at: datetime | None = None
-    updated_by: str | None = None
-
-
-class TypePolicyList(Returned):
-    """``GET /api/agent/policies``: every task type's policy, and the defaults that apply where a field is None."""
-
-    policies: list[TypePolicy]
-    defaults: dict[str, float | int | None]
-
-
-class TypePolicyChange(Returned):
-    """The answer to ``PUT /api/agent/policies/{task_type}``: ``changed`` False when it was already so."""
-
-    changed: bool
-    policy: TypePolicy
-
-
 class PipelineStatus(Returned):
     """``GET /api/agent/pipeline-status``: tasks by state, the project manager, runners and attention flags."""
 
@@ -414,42 +381,6 @@ class Readiness(Returned):
     ready: bool
     checks: list[ReadyCheck]
     reason: str | None = None
-
-
-AUDIT_CHANNELS = ("cli", "console", "telegram", "api")  # where an operator's action came from
-
-
-def channel_of(actor: str) -> str:
-    """The channel an actor spells before its colon (``cli:alice`` -> cli); anything else came through the API."""
-    head = actor.split(":", 1)[0]
-    return head if head in AUDIT_CHANNELS else "api"
-
-
-class AuditRecord(Returned):
-    """One operator action, kept in the append-only audit trail: who (``actor``) through which ``channel`` did
-    ``action`` to what (a task, or a ``target`` such as a pause scope or a component), why, and the task's status
-    before and after."""
-
-    id: int
-    at: datetime
-    actor: str
-    channel: str
-    action: str
-    task_id: int | None = None
-    target: str | None = None
-    reason: str | None = None
-    status_before: str | None = None
-    status_after: str | None = None
-    detail: dict[str, Any] | None = None
-
-
-class AuditPage(Returned):
-    """A page of ``GET /api/audit``, newest first; ``next_before_id`` asks for the next (older) page, None at the
-    end. A cursor, not an offset: records appended meanwhile never shift a page."""
-
-    items: list[AuditRecord]
-    limit: int
-    next_before_id: int | None = None
 
 
 class VersionInfo(Returned):

@@ -30,17 +30,8 @@ from pydantic import (
     model_validator,
 )
 
-from coherence_network.contract import (
-    MAX_BATCH,
-    MAX_CLAIM,
-    POLICY_FIELDS,
-    Component,
-    ErrorCategory,
-    PolicyField,
-    TaskStatus,
-    TaskType,
-)
-from coherence_network.contract_bulk import BULK_STATUSES, BulkAction
+from coherence_network.contract import MAX_BATCH, MAX_CLAIM, Component, ErrorCategory, TaskStatus, TaskType
+from coherence_network.contract_steering import BULK_STATUSES, POLICY_FIELDS, BulkAction, PolicyField
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # PostgreSQL INTEGER: the narrowest integer column of either store
 MAX_JSON_DEPTH = 32  # nesting of objects and arrays in a free-form JSON field

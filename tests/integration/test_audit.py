@@ -30,7 +30,8 @@ from coherence_network import pidfiles
 from coherence_network.cli.audit import since_time
 from coherence_network.client import ApiClient, ApiConflict, ApiNotFound
 from coherence_network.clock import utcnow
-from coherence_network.contract import AuditRecord, TaskStatus, TaskType
+from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.contract_steering import AuditRecord
 from coherence_network.setting_values import audit_days
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore

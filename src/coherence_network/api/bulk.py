@@ -22,7 +22,7 @@ from typing import Any
 
 from itsdangerous import BadData, URLSafeSerializer
 
-from coherence_network.contract_bulk import BULK_SAMPLE, BULK_STATUSES, BULK_TOKEN_SECONDS, BulkAction
+from coherence_network.contract_steering import BULK_SAMPLE, BULK_STATUSES, BULK_TOKEN_SECONDS, BulkAction
 from coherence_network.errors import CoherenceError
 from coherence_network.logfiles import RUN_FILES, shared_secret
 from coherence_network.request_bodies import BulkActRequest, BulkFilter, BulkPreviewRequest

@@ -12,7 +12,7 @@ from pydantic import AfterValidator
 
 from coherence_network.api.deps import MAX_ACTOR_CHARS, actor_of, store_of
 from coherence_network.api.models import COMMON_ERRORS
-from coherence_network.contract import AUDIT_CHANNELS, AuditPage
+from coherence_network.contract_steering import AUDIT_CHANNELS, AuditPage
 from coherence_network.request_bodies import INT32_MAX, RestartNote, Text, UtcTime
 
 router = APIRouter(prefix="/api/audit", tags=["audit"], responses=COMMON_ERRORS)

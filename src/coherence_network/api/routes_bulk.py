@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from coherence_network.api import bulk
 from coherence_network.api.deps import actor_of, store_of
 from coherence_network.api.models import COMMON_ERRORS, responses
-from coherence_network.contract_bulk import BulkPreview, BulkResult
+from coherence_network.contract_steering import BulkPreview, BulkResult
 from coherence_network.request_bodies import BulkActRequest, BulkPreviewRequest
 
 router = APIRouter(prefix="/api/agent/tasks/bulk", tags=["steering"], responses=COMMON_ERRORS)

@@ -11,7 +11,8 @@ from fastapi.exceptions import RequestValidationError
 
 from coherence_network.api.deps import actor_of, store_of
 from coherence_network.api.models import COMMON_ERRORS
-from coherence_network.contract import TaskType, TypePolicyChange, TypePolicyList
+from coherence_network.contract import TaskType
+from coherence_network.contract_steering import TypePolicyChange, TypePolicyList
 from coherence_network.request_bodies import TypePolicyRequest
 
 router = APIRouter(prefix="/api/agent", tags=["steering"], responses=COMMON_ERRORS)

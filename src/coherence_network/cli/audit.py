@@ -15,7 +15,7 @@ from coherence_network.clock import utcnow
 from coherence_network.settings import get_settings
 
 if TYPE_CHECKING:
-    from coherence_network.contract import AuditRecord
+    from coherence_network.contract_steering import AuditRecord
 
 _NAMES = {"task_id": "--task", "actor": "--actor", "action": "--action", "since": "--since", "limit": "--limit",
           "before_id": "--before-id", "channel": "--channel"}

@@ -13,11 +13,11 @@ import typer
 from coherence_network.cli.api_access import command_client
 from coherence_network.cli.app import app
 from coherence_network.contract import TaskStatus, TaskType
-from coherence_network.contract_bulk import BulkAction
+from coherence_network.contract_steering import BulkAction
 from coherence_network.settings import get_settings
 
 if TYPE_CHECKING:
-    from coherence_network.contract_bulk import BulkPreview, BulkResult
+    from coherence_network.contract_steering import BulkPreview, BulkResult
 
 _NAMES = {"filter.status": "--status", "filter.type": "--type", "filter.created_before": "--created-before",
           "filter.created_after": "--created-after", "filter.text": "--text", "reason": "--reason",

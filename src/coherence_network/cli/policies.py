@@ -9,7 +9,8 @@ import typer
 
 from coherence_network.cli.api_access import command_client, os_user
 from coherence_network.cli.app import app
-from coherence_network.contract import POLICY_FIELDS, TaskType, TypePolicy
+from coherence_network.contract import TaskType
+from coherence_network.contract_steering import POLICY_FIELDS, TypePolicy
 from coherence_network.settings import get_settings
 
 policy_app = typer.Typer(help="Show every task type's policy, or change one (policy set TYPE ...).",

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from coherence_network.clock import utcnow
-from coherence_network.contract import channel_of
+from coherence_network.contract_steering import channel_of
 from coherence_network.store.core import StoreCore
 from coherence_network.store.schema import audit
 

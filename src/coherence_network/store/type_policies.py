@@ -10,7 +10,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from coherence_network.contract import POLICY_FIELDS, TaskType
+from coherence_network.contract import TaskType
+from coherence_network.contract_steering import POLICY_FIELDS
 from coherence_network.store.audit import AuditBook
 from coherence_network.store.schema import tasks, type_policies
 from coherence_network.store.statements import RUNNING
