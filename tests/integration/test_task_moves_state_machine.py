@@ -1,5 +1,7 @@
 """The task's moves as a state machine, on both stores: random sequences of create, claim, heartbeat, finish (each
 status), finish-and-claim, decide, retry and lease expiry, checked against a model built from contract.LEGAL_MOVES.
+A retriable failure (a finish's nonzero_exit, a lease expiry) with attempts left goes back to pending in its backoff,
+which outlasts the test: such a task is pending but not claimable; any other failure stays failed.
 
 After every step each task's stored status is the model's, every change of status was a legal move, and a move the
 table does not allow raised Conflict naming the current status (a repeated finish or decision, which the store
@@ -19,6 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from coherence_network.clock import utcnow
 from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, TaskStatus, TaskType
 from coherence_network.store import Conflict, TaskStore
+from coherence_network.store.failures import TypeDefaults
 from coherence_network.store.schema import tasks
 
 LEASE = 30.0
@@ -36,6 +39,8 @@ class Model:
     attempts: int = 0
     token: int = 0  # the current claim token (0: never claimed)
     decision: str | None = None
+    waiting: bool = False  # pending in an automatic retry's backoff: not claimable
+    retried: str | None = None  # the category of the failed finish (this token) that sent it back to pending
 
 
 class TaskMoves(RuleBasedStateMachine):
@@ -52,9 +57,9 @@ class TaskMoves(RuleBasedStateMachine):
     # --- helpers ------------------------------------------------------------------------------------------------
     def moved(self, task_id: int, new: TaskStatus) -> None:
         """Record a move in the model, which must be in the table."""
-        old = self.model[task_id].status
-        assert old == new or (old, new) in LEGAL_MOVES, f"{old} -> {new} is not a legal move"
-        self.model[task_id].status = new
+        model = self.model[task_id]
+        assert model.status == new or (model.status, new) in LEGAL_MOVES, f"{model.status} -> {new} is not legal"
+        model.status, model.waiting, model.retried = new, False, None
 
     def pick(self, data: st.DataObject, wanted: TaskStatus) -> int:
         """A task, most often one in ``wanted`` (the status the move needs), else any: legal and illegal moves both."""
@@ -66,7 +71,7 @@ class TaskMoves(RuleBasedStateMachine):
         assert exc.current_status == self.model[task_id].status.value
 
     def claimed(self, task: dict[str, Any] | None) -> None:
-        pending = [(-m.priority, i) for i, m in self.model.items() if m.status is PENDING]
+        pending = [(-m.priority, i) for i, m in self.model.items() if m.status is PENDING and not m.waiting]
         if not pending:
             assert task is None
             return
@@ -76,19 +81,31 @@ class TaskMoves(RuleBasedStateMachine):
         self.moved(task["id"], RUNNING)
         model.token = task["claim_token"]
 
-    def finish_model(self, task_id: int, token: int, status: TaskStatus) -> bool:
+    def finish_model(self, task_id: int, token: int, status: TaskStatus, category: str | None) -> bool:
         """Apply a finish to the model; False when the store must refuse it."""
         model = self.model[task_id]
-        if model.status is status and model.token == token:
+        replayed = model.status is status or (status is FAILED and category is not None and model.retried == category)
+        if replayed and model.token == token:
             return True  # the store takes it for a replay (this token, this status): answered as stored, no move
         if model.status is not RUNNING or token != model.token:
             return False
-        self.moved(task_id, status)
         if status is FAILED:
-            model.attempts += 1
+            self.failed(task_id, retriable=category == "nonzero_exit")
+            model.retried = category if model.waiting else None
+            return True
+        self.moved(task_id, status)
         if status is NEEDS_DECISION:
             model.decision = None
         return True
+
+    def failed(self, task_id: int, *, retriable: bool) -> None:
+        """A failed run: one attempt more, then pending in its backoff when it may heal and attempts are left, else
+        failed."""
+        model = self.model[task_id]
+        model.attempts += 1
+        settles = not retriable or model.attempts >= model.max_attempts
+        self.moved(task_id, FAILED if settles else PENDING)
+        model.waiting = not settles
 
     # --- rules --------------------------------------------------------------------------------------------------
     @rule(priority=st.integers(0, 2), max_attempts=st.integers(1, 3))
@@ -117,13 +134,16 @@ class TaskMoves(RuleBasedStateMachine):
             assert model.status is RUNNING and not stale
 
     @precondition(lambda self: self.model)
-    @rule(data=st.data(), status=st.sampled_from(FINISH_STATUSES), stale=st.booleans(), then_claim=st.booleans())
-    def finish(self, data: st.DataObject, status: TaskStatus, stale: bool, then_claim: bool) -> None:
+    @rule(data=st.data(), status=st.sampled_from(FINISH_STATUSES), stale=st.booleans(), then_claim=st.booleans(),
+          category=st.sampled_from([None, "nonzero_exit", "config_error"]))
+    def finish(self, data: st.DataObject, status: TaskStatus, stale: bool, then_claim: bool,
+               category: str | None) -> None:
         task_id = self.pick(data, RUNNING)
         model = self.model[task_id]
         token = model.token - 1 if stale else model.token
         fields: dict[str, Any] = {"status": status.value, "output": "out", "exit_code": 0 if status is COMPLETED else 1,
-                                  "decision_prompt": "which?" if status is NEEDS_DECISION else None}
+                                  "decision_prompt": "which?" if status is NEEDS_DECISION else None,
+                                  "error_category": category}
         try:
             if then_claim:
                 done, nxt = self.store.finish_and_claim(task_id, token, runner_id="runner", lease_seconds=LEASE,
@@ -131,11 +151,11 @@ class TaskMoves(RuleBasedStateMachine):
             else:
                 done, nxt = self.store.finish(task_id, token, **fields), None
         except Conflict as exc:
-            assert not self.finish_model(task_id, token, status), "a legal finish was refused"
+            assert not self.finish_model(task_id, token, status, category), "a legal finish was refused"
             self.refused(task_id, exc)
             return
-        assert self.finish_model(task_id, token, status), f"finish {model.status} -> {status} was allowed"
-        assert done["status"] == status
+        assert self.finish_model(task_id, token, status, category), f"finish {model.status} -> {status} allowed"
+        assert done["status"] == model.status
         if then_claim:
             self.claimed(nxt)
 
@@ -177,10 +197,8 @@ class TaskMoves(RuleBasedStateMachine):
         failed = reclaimed = 0
         for task_id, model in self.model.items():
             if model.status is RUNNING:
-                model.attempts += 1
-                spent = model.attempts >= model.max_attempts
-                failed, reclaimed = failed + spent, reclaimed + (not spent)
-                self.moved(task_id, FAILED if spent else PENDING)
+                self.failed(task_id, retriable=True)  # lease_expired
+                failed, reclaimed = failed + (not model.waiting), reclaimed + model.waiting
         assert (result.failed, result.reclaimed) == (failed, reclaimed)
 
     @invariant()
@@ -195,6 +213,8 @@ class TaskMoves(RuleBasedStateMachine):
 
 
 def test_task_moves_follow_the_table(store: TaskStore) -> None:
+    # backoffs longer than the test; no circuit breaker (every task is a run task: it would pause them all)
+    store.type_defaults = TypeDefaults(retry_delay_seconds=3600, breaker_failures=0)
     run_state_machine_as_test(lambda: TaskMoves(store), settings=settings(
         max_examples=20, stateful_step_count=30, deadline=None, derandomize=True,
         suppress_health_check=list(HealthCheck)))

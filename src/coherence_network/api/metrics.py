@@ -86,7 +86,8 @@ class ApiMetrics:
         )
         self.tasks_claimed = Counter("coherence_tasks_claimed_total", "Claims handed out", registry=self.registry)
         self.tasks_finished = Counter(
-            "coherence_tasks_finished_total", "Claims ended, by resulting status", ["status"], registry=self.registry
+            "coherence_tasks_finished_total", "Claims ended, by the status the run ended with (a failure retried "
+            "automatically: failed)", ["status"], registry=self.registry
         )
         self.tasks_reclaimed = Counter(
             "coherence_tasks_reclaimed_total", "Expired leases returned to pending", registry=self.registry

@@ -53,6 +53,11 @@ _NOT_PAUSED = ~sa.exists().where(pauses.c.scope.in_([sa.literal(PAUSE_ALL), task
 _DUE = sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= sa.bindparam("b_now", type_=UTCDateTime))
 
 
+# A failed task whose attempts are spent: nothing retries it but an operator (the "out of attempts" view).
+SPENT = tasks.c.attempts >= tasks.c.max_attempts
+OUT_OF_ATTEMPTS = sa.and_(tasks.c.status == FAILED, SPENT)
+
+
 def _pending(typed: bool) -> sa.Select[tuple[int]]:
     """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``): pending, due and not paused."""
     pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING, _DUE, _NOT_PAUSED)
