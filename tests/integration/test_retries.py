@@ -4,6 +4,7 @@ per-type policy, and the breaker that pauses a type after its failures in a row.
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -168,3 +169,31 @@ def test_a_breaker_of_zero_never_pauses(store: TaskStore) -> None:
         task = store.create(direction=f"fails {i}", task_type=RUN, command="false")
         _fail(store, task["id"], exit_code=1)
     assert store.pauses() == []
+
+
+def test_failures_finishing_at_once_count_each_and_pause_once(store: TaskStore) -> None:
+    """Several runners failing the same type at the same moment (the first failure of the type among them): every
+    failure counts, none is refused, and the type is paused once."""
+    store.type_defaults = TypeDefaults(retry_delay_seconds=3600, breaker_failures=4)
+    for i in range(8):
+        store.create(direction=f"fails {i}", task_type=SPEC)
+    claimed = store.claim_many("r", 8)
+    start = threading.Barrier(len(claimed))
+    errors: list[BaseException] = []
+
+    def fail(task: dict) -> None:
+        start.wait()
+        try:
+            store.finish(task["id"], task["claim_token"], status="failed", exit_code=1, error_category="timeout")
+        except BaseException as exc:  # said below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fail, args=(task,)) for task in claimed]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert [t["status"] for t in store.list(task_type=SPEC)[0]] == [TaskStatus.PENDING] * 8
+    (pause,) = store.pauses()
+    assert pause["scope"] == SPEC and pause["by"] == BREAKER

@@ -16,7 +16,6 @@ _ADD_ONE = (type_failures.update().where(type_failures.c.task_type == sa.bindpar
 # Only a count that is not already nothing is written: the common finish (a success, no streak) changes no row.
 _ENDS = (type_failures.update().where(type_failures.c.task_type == sa.bindparam("b_type"), type_failures.c.failures > 0)
          .values(failures=0))
-_COUNT = sa.select(type_failures.c.failures).where(type_failures.c.task_type == sa.bindparam("b_type"))
 
 
 def failed_again(conn: sa.Connection, task_type: str, at: datetime) -> int:
@@ -35,7 +34,3 @@ def failed_again(conn: sa.Connection, task_type: str, at: datetime) -> int:
 def streak_ends(conn: sa.Connection, task_type: str) -> None:
     """A success of ``task_type``, or an operator resumed it: the next failure is the first in a row."""
     conn.execute(_ENDS, {"b_type": task_type})
-
-
-def failures_in_a_row(conn: sa.Connection, task_type: str) -> int:
-    return int(conn.execute(_COUNT, {"b_type": task_type}).scalar() or 0)
