@@ -343,12 +343,12 @@ RULES: tuple[HealthRule, ...] = (
     HealthRule("paused", Severity.MEDIUM, "an operator paused the whole pipeline or a task type (coherence pause): "
                "claims hand out nothing of it while running tasks finish", "resume it once the cause is gone",
                "#pause-and-resume", _paused, "coherence resume{type}"),
+    HealthRule("stuck", Severity.MEDIUM, "a task has run longer than PIPELINE_STUCK_MINUTES", "read its log",
+               "#orphaned-or-stuck-tasks", _stuck, "coherence logs {id}", "/tasks/{id}"),
     HealthRule("breaker_open", Severity.HIGH, "a task type's runs failed COHERENCE_BREAKER_FAILURES (or its "
                "type_policies breaker_failures) times in a row, and the circuit breaker paused the type",
                "read the type's last failures and fix the cause, then resume it (an operator's act)",
                "#the-circuit-breaker", _breaker_open, "coherence resume --type {type}"),
-    HealthRule("stuck", Severity.MEDIUM, "a task has run longer than PIPELINE_STUCK_MINUTES", "read its log",
-               "#orphaned-or-stuck-tasks", _stuck, "coherence logs {id}", "/tasks/{id}"),
     HealthRule("needs_decision", Severity.MEDIUM, "a task waits for a decision (a person's turn); high once the oldest "
                "waited MONITOR_DECISION_WAIT_MINUTES", "answer it (or in Telegram: /reply ID ANSWER)",
                "#unblock-a-task-that-needs-a-decision", _needs_decision, "coherence decide {id} ANSWER",

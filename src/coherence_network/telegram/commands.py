@@ -17,7 +17,7 @@ from coherence_network import grading
 from coherence_network.client import ApiConflict, ApiError, ApiNotFound, ApiUnavailable
 from coherence_network.contract import FatalIssueList, PipelineStatus, Task, TaskCount, TaskPage, TaskStatus
 from coherence_network.settings import Settings
-from coherence_network.status_view import failure_note, render_task
+from coherence_network.status_view import render_task
 from coherence_network.telegram.wording import LISTED_APART, about, clip, flag_line, issue_line, waiting_line
 
 log = logging.getLogger("coherence.telegram")
@@ -172,8 +172,7 @@ class Commands:
         if not page.items:
             return "No tasks" + (f" with status {status}." if status else ".")
         head = f"{page.total} tasks" + (f" {status}" if status else "") + " (newest first):"
-        return "\n".join([head] + [f"#{t.id} {t.task_type} {t.status}: {about(t)}"
-                                   + (f" ({why})" if (why := failure_note(t)) else "") for t in page.items])
+        return "\n".join([head] + [f"#{t.id} {t.task_type} {t.status}: {about(t)}" for t in page.items])
 
     def _task(self, args: str, _msg: Incoming) -> str:
         if not args.isdigit():
