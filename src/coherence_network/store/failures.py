@@ -22,7 +22,7 @@ from coherence_network.contract import RETRIABLE_CATEGORIES, ErrorCategory, Task
 from coherence_network.store.pauses import PauseBook
 from coherence_network.store.schema import UTCDateTime, tasks, type_policies
 from coherence_network.store.statements import FAILED, PENDING, RUNNING, update_statement
-from coherence_network.store.streaks import failed_again, streak_ends
+from coherence_network.store.streaks import failed_again
 
 BREAKER = "breaker"  # the actor of a pause the circuit breaker made
 POLICY_FIELDS = ("max_running", "retry_delay_seconds", "retry_max_delay_seconds", "breaker_failures")
@@ -121,11 +121,9 @@ class FailureBook(PauseBook):
                 and stored["error_category"] == category != ErrorCategory.LEASE_EXPIRED)
 
     def _count_run_in(self, conn: sa.Connection, now: datetime, task: dict[str, Any], ended: TaskStatus) -> None:
-        """The circuit breaker sees a run end: a success ends its type's failures in a row; a failure (retried
-        or not) adds one, and the one that reaches the type's ``breaker_failures`` pauses the type."""
-        if ended is TaskStatus.COMPLETED:
-            streak_ends(conn, task["task_type"])
-            return
+        """The circuit breaker sees a run end: a failure (retried or not) adds one to its type's failures in a row
+        (store/streaks.py: a completion in between starts the count again), and the one that reaches the type's
+        ``breaker_failures`` pauses the type. Any other ending writes nothing."""
         if ended is not TaskStatus.FAILED:
             return
         failures = failed_again(conn, task["task_type"], now)

@@ -1,6 +1,10 @@
-"""The circuit breaker's count: each task type's failed runs in a row (table ``type_failures``). A failure adds one,
-a success or an operator's resume of the type starts it again from nothing. Statements on the caller's connection,
-inside its transaction, so the count moves with the finish (or the resume) that moves it."""
+"""The circuit breaker's count: each task type's failed runs in a row (table ``type_failures``).
+
+A failure adds one; the count starts again from one when a run of the type completed since the type's last failure,
+and from nothing when an operator resumes the type. A success writes nothing: whether one came between two failures
+is read when the second failure counts, from the finished-tasks index, so the common finish costs no statement
+more. Statements on the caller's connection, inside its transaction, so the count moves with the finish (or the
+resume) that moves it."""
 
 from __future__ import annotations
 
@@ -8,18 +12,27 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from coherence_network.store.schema import type_failures
+from coherence_network.contract import TaskStatus
+from coherence_network.store.schema import tasks, type_failures
 
+# A completion of the type since its last failure, read from ix_tasks_finished_durations (finished_at first): the
+# type and status are compared so that no other index serves them, else SQLite (no statistics) would walk every
+# completed task of the type instead of those finished since the last failure.
+_SUCCEEDED_SINCE = sa.exists().where(
+    tasks.c.finished_at > type_failures.c.last_failed_at,
+    tasks.c.task_type.concat("") == type_failures.c.task_type,
+    tasks.c.status.concat("") == TaskStatus.COMPLETED.value,
+)
 _ADD_ONE = (type_failures.update().where(type_failures.c.task_type == sa.bindparam("b_type"))
-            .values(failures=type_failures.c.failures + 1, last_failed_at=sa.bindparam("b_at"))
+            .values(failures=sa.case((_SUCCEEDED_SINCE, 1), else_=type_failures.c.failures + 1),
+                    last_failed_at=sa.bindparam("b_at"))
             .returning(type_failures.c.failures))
-# Only a count that is not already nothing is written: the common finish (a success, no streak) changes no row.
 _ENDS = (type_failures.update().where(type_failures.c.task_type == sa.bindparam("b_type"), type_failures.c.failures > 0)
          .values(failures=0))
 
 
 def failed_again(conn: sa.Connection, task_type: str, at: datetime) -> int:
-    """Count one more failure of ``task_type`` in a row; how many there are now."""
+    """Count one more failure of ``task_type`` at ``at``; how many there are in a row now."""
     found = conn.execute(_ADD_ONE, {"b_type": task_type, "b_at": at}).scalar()
     if found is not None:
         return int(found)
@@ -32,5 +45,5 @@ def failed_again(conn: sa.Connection, task_type: str, at: datetime) -> int:
 
 
 def streak_ends(conn: sa.Connection, task_type: str) -> None:
-    """A success of ``task_type``, or an operator resumed it: the next failure is the first in a row."""
+    """An operator resumed ``task_type``: its next failure is the first in a row."""
     conn.execute(_ENDS, {"b_type": task_type})
