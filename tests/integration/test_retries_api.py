@@ -4,6 +4,7 @@ is shown (CLI, console), the out-of-attempts view, and the breaker on every sign
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from coherence_network.clock import utcnow
 from coherence_network.contract import Task, TaskStatus
 from tests.support.api import ServedApi
 from tests.support.net import wait_until
+from tests.support.runner import RunnerProcess
 
 CLI = [sys.executable, "-m", "coherence_network.cli"]
 RECHECK = 30.0  # a waiting claim's safety-net look: only the due time can answer it sooner
@@ -112,3 +114,31 @@ def test_the_breaker_pauses_a_type_and_says_so_on_every_signal(api: ServedApi) -
     assert resumed.returncode == 0, resumed.stderr
     with ApiClient(api.url, token="") as client:
         assert "breaker_open" not in {f.rule for f in client.pipeline_status().attention}
+
+
+def test_a_task_whose_runner_died_heals_on_another_runner_after_its_backoff(tmp_path: Path) -> None:
+    """Real runners: the one running the task is killed; the reaper fails the run as lease_expired, the task waits
+    out its backoff and the other runner, waiting in its long poll, completes it. Nobody acts."""
+    lease = {"COHERENCE_LEASE_SECONDS": "2"}
+    served = ServedApi(tmp_path / "home", env={**lease, "COHERENCE_CLAIM_RECHECK_SECONDS": str(RECHECK)}).start()
+    marker = tmp_path / "runs"
+    code = (f"import time; open({str(marker)!r},'a').write('x'); "
+            f"time.sleep(0 if len(open({str(marker)!r}).read())>1 else 20)")
+    doomed = RunnerProcess(served.home, served.url, env=lease).start()
+    survivor: RunnerProcess | None = None
+    try:
+        with ApiClient(served.url, token="") as client:
+            task = client.create_task("outlives its runner", "run", command=f'{sys.executable} -c "{code}"')
+            wait_until(marker.exists, 30, "the first run started")
+            survivor = RunnerProcess(served.home, served.url, env=lease).start()
+            doomed.signal(signal.SIGKILL)
+            doomed.wait()
+            wait_until(lambda: client.get_task(task.id).status == TaskStatus.COMPLETED, 30, "healed on its own")
+            healed = client.get_task(task.id)
+        assert (healed.attempts, healed.claim_token, healed.error_category) == (1, 2, None)
+        assert marker.read_text() == "xx"
+    finally:
+        for runner in (doomed, survivor):
+            if runner is not None:
+                runner.stop()
+        served.stop()
