@@ -109,7 +109,10 @@ def test_the_breaker_pauses_a_type_and_says_so_on_every_signal(api: ServedApi) -
         assert client.claim("r1", types=["review"]) is None  # the retries wait, paused
     status = _coherence(api, "status")
     assert status.returncode == 1 and "breaker_open: the circuit breaker paused review" in status.stdout
-    assert 'coherence_health_issues{rule="breaker_open"} 1.0' in httpx.get(f"{api.url}/metrics").text
+    metrics = httpx.get(f"{api.url}/metrics").text
+    assert 'coherence_health_issues{rule="breaker_open"} 1.0' in metrics
+    assert 'coherence_breaker_open{type="review"} 1.0' in metrics
+    assert 'coherence_breaker_open{type="run"} 0.0' in metrics
     resumed = _coherence(api, "resume", "--type", "review")
     assert resumed.returncode == 0, resumed.stderr
     with ApiClient(api.url, token="") as client:

@@ -14,9 +14,10 @@ from prometheus_client.registry import Collector
 from coherence_network import grading, health
 from coherence_network.api.readiness import readiness_checks
 from coherence_network.clock import utcnow
-from coherence_network.contract import PAUSE_SCOPES
+from coherence_network.contract import PAUSE_SCOPES, TaskType
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
+from coherence_network.store.failures import BREAKER
 
 log = logging.getLogger("coherence.api")
 
@@ -72,6 +73,13 @@ class QueueCollector(Collector):
         for scope in PAUSE_SCOPES:
             pauses.add_metric([scope], 1 if scope in paused else 0)
         yield pauses
+        tripped = {p["scope"] for p in snapshot.pauses if p["by"] == BREAKER}
+        breaker = GaugeMetricFamily("coherence_breaker_open", "1 while the circuit breaker holds the task type paused "
+                                    "(its runs failed its breaker_failures times in a row; an operator resumes it), "
+                                    "else 0", labels=["type"])
+        for kind in TaskType:
+            breaker.add_metric([kind.value], 1 if kind.value in tripped else 0)
+        yield breaker
 
 
 class ApiMetrics:
