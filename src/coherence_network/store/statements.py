@@ -53,11 +53,6 @@ _NOT_PAUSED = ~sa.exists().where(pauses.c.scope.in_([sa.literal(PAUSE_ALL), task
 _DUE = sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= sa.bindparam("b_now", type_=UTCDateTime))
 
 
-# A failed task whose attempts are spent: nothing retries it but an operator (the "out of attempts" view).
-SPENT = tasks.c.attempts >= tasks.c.max_attempts
-OUT_OF_ATTEMPTS = sa.and_(tasks.c.status == FAILED, SPENT)
-
-
 def _pending(typed: bool) -> sa.Select[tuple[int]]:
     """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``): pending, due and not paused."""
     pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING, _DUE, _NOT_PAUSED)
@@ -164,6 +159,11 @@ def same_create(key: str, earlier: dict[str, Any], values: dict[str, Any], where
             "use a new key for a new task",
             earlier.get("status"),
         )
+
+
+# A failed task whose attempts are spent: nothing retries it but an operator (the "out of attempts" view).
+SPENT = tasks.c.attempts >= tasks.c.max_attempts
+OUT_OF_ATTEMPTS = sa.and_(tasks.c.status == FAILED, SPENT)
 
 
 def count_capped(matches: sa.Select[Any]) -> sa.Select[Any]:
