@@ -25,6 +25,7 @@ from coherence_network.grading import ALIVE, DEAD, SEVERITIES, STOPPED, count_st
 from coherence_network.setting_values import seen_limit
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
+from coherence_network.store.failures import BREAKER
 from coherence_network.store.registry import forgotten_runner
 from coherence_network.store.stats import Limits
 
@@ -191,6 +192,16 @@ def _paused(s: HealthSnapshot, _: Settings) -> Finding:
                  values={"type": "" if first == PAUSE_ALL else f" --type {first}"})
 
 
+def _breaker_open(s: HealthSnapshot, _: Settings) -> Finding:
+    """A task type failed its breaker_failures times in a row and paused itself (store/failures.py): only an
+    operator resumes it, so this needs attention where a deliberate pause is a warning."""
+    tripped = [p for p in s.pauses if p["by"] == BREAKER]
+    if not tripped:
+        return None
+    named = "; ".join(f"{p['scope']} since {p['since']:%Y-%m-%d %H:%M:%S} UTC ({p['reason']})" for p in tripped)
+    return Found(f"the circuit breaker paused {named}", values={"type": tripped[0]["scope"]})
+
+
 def _held_types(s: HealthSnapshot) -> set[str] | None:
     """The task types a pause holds (None: the whole pipeline is paused)."""
     scopes = {p["scope"] for p in s.pauses}
@@ -337,6 +348,10 @@ RULES: tuple[HealthRule, ...] = (
                "#pause-and-resume", _paused, "coherence resume{type}", "/pauses"),
     HealthRule("stuck", Severity.MEDIUM, "a task has run longer than PIPELINE_STUCK_MINUTES", "read its log",
                "#orphaned-or-stuck-tasks", _stuck, "coherence logs {id}", "/tasks/{id}"),
+    HealthRule("breaker_open", Severity.HIGH, "a task type's runs failed COHERENCE_BREAKER_FAILURES (or its "
+               "type_policies breaker_failures) times in a row, and the circuit breaker paused the type",
+               "read the type's last failures and fix the cause, then resume it (an operator's act)",
+               "#the-circuit-breaker", _breaker_open, "coherence resume --type {type}"),
     HealthRule("needs_decision", Severity.MEDIUM, "a task waits for a decision (a person's turn); high once the oldest "
                "waited MONITOR_DECISION_WAIT_MINUTES", "answer it (or in Telegram: /reply ID ANSWER)",
                "#unblock-a-task-that-needs-a-decision", _needs_decision, "coherence decide {id} ANSWER",

@@ -120,7 +120,13 @@ class Settings(TelegramSettings):
         5.0, gt=0, description="Seconds between the API's passes over expired leases"
     )
     coherence_auto_migrate: bool = Field(True, description="The API upgrades the schema at start-up")
-    coherence_max_attempts: int = Field(3, ge=1, description="Claims a task may use before lease expiry fails it")
+    coherence_max_attempts: int = Field(3, ge=1, description="Failed runs (lease expiries included) a task may have; "
+                                        "a retriable failure before the last returns after a backoff")
+    coherence_retry_delay_seconds: float = Field(30.0, ge=0, description="First backoff of an automatic retry "
+                                                 "(doubled per attempt, equal jitter); type_policies may override")
+    coherence_retry_max_delay_seconds: float = Field(3600.0, ge=0, description="Largest backoff of an automatic retry")
+    coherence_breaker_failures: int = Field(5, ge=0, description="Failures in a row that pause a task type (the "
+                                            "circuit breaker); 0 turns it off")
     coherence_count_cache_seconds: float = Field(
         1.0, ge=0, description="How stale /api/agent/tasks/count may be for writes made through other API replicas"
     )

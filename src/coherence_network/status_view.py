@@ -8,6 +8,7 @@ waiting (tasks), and what needs a person (attention). The JSON shape stays the A
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -136,14 +137,32 @@ def age(since: datetime, now: datetime | None = None) -> str:
     return _secs(((now or datetime.now(UTC)) - since).total_seconds())
 
 
+def failure_note(task: Task | Mapping[str, Any], now: datetime | None = None) -> str:
+    """Why the task's last run failed, as every view shows it: ``<category>: <summary>``, and while an automatic
+    retry waits out its backoff ``retrying at HH:MM:SS UTC after <category>: <summary>``; empty when it did not."""
+    fields = task if isinstance(task, Mapping) else task.model_dump()
+    category, summary = fields.get("error_category"), fields.get("error_summary")
+    if not category and not summary:
+        return ""
+    why = f"{category or 'unknown'}" + (f": {' '.join(str(summary).split())}" if summary else "")
+    due = fields.get("not_before")
+    if fields.get("status") == TaskStatus.PENDING and due is not None and due > (now or datetime.now(UTC)):
+        return f"retrying at {due:%H:%M:%S} UTC after {why}"
+    return why
+
+
 def render_task_line(task: Task, *, colour: bool = False, now: datetime | None = None) -> str:
-    """One line of `coherence tasks`: id, type, status, age, the start of the direction (of the question, for a
-    task waiting for a decision: that is what the operator has to answer)."""
+    """One line of `coherence tasks`: id, type, status, age, why its last run failed (its error category, and
+    "retry" while an automatic retry waits), the start of the direction (of the question, for a task waiting for a
+    decision: that is what the operator has to answer)."""
     asks = task.status == TaskStatus.NEEDS_DECISION and task.decision_prompt
     direction = " ".join(f"asks: {task.decision_prompt}".split() if asks else task.direction.split())
     short = direction if len(direction) <= DIRECTION_SHOWN else direction[:DIRECTION_SHOWN - 1] + "…"
     status = paint(f"{task.status.value:<14}", task.status, colour)
-    return f"#{task.id:<6} {task.task_type.value:<6} {status} {age(task.created_at, now):>7}  {short}"
+    now = now or datetime.now(UTC)
+    waits = task.status == TaskStatus.PENDING and task.not_before is not None and task.not_before > now
+    why = f"{'retry ' if waits else ''}{task.error_category.value if task.error_category else ''}"
+    return f"#{task.id:<6} {task.task_type.value:<6} {status} {age(task.created_at, now):>7}  {why:<19} {short}"
 
 
 def render_task_page(page: TaskPage, *, colour: bool = False) -> str:
@@ -173,6 +192,8 @@ def render_task(task: Task | dict[str, Any], *, colour: bool = False) -> str:
     cancel = (("cancel_requested_at", task.cancel_requested_at), ("cancelled_by", task.cancelled_by),
               ("cancel_reason", task.cancel_reason))
     lines += [f"{name}: {_plain(value)}" for name, value in cancel if value is not None]
+    if note := failure_note(task):
+        lines.append(f"last failure: {note}")
     if task.context:
         lines.append(f"context: {json.dumps(task.context, default=str)}")
     if task.decision_prompt or task.decision:

@@ -15,6 +15,7 @@ from coherence_network.clock import utcnow
 from coherence_network.contract import MAX_BATCH, TaskStatus, TaskType
 from coherence_network.store import Conflict, TaskStore
 from coherence_network.store.db import alembic_config, create_store_engine, migrate
+from coherence_network.store.failures import TypeDefaults
 from coherence_network.store.schema import tasks
 
 RUN = TaskType.RUN
@@ -22,8 +23,10 @@ RUN = TaskType.RUN
 
 @pytest.fixture
 def store(store_engine: Engine) -> TaskStore:
-    """This module's lease and attempts."""
-    return TaskStore(store_engine, lease_seconds=30, max_attempts=2)
+    """This module's lease and attempts; an automatic retry is due at once."""
+    store = TaskStore(store_engine, lease_seconds=30, max_attempts=2)
+    store.type_defaults = TypeDefaults(retry_delay_seconds=0)
+    return store
 
 
 def _item(direction: str, key: str | None = None, **fields: object) -> dict[str, object]:

@@ -89,9 +89,9 @@ def runner(api: ApiProcess | ServedApi, *args: str, **env: str) -> RunnerProcess
 
 def test_success_failure_and_logs(served_api: ServedApi, client: ApiClient) -> None:
     ok = client.create_task("greet", "run", command=py("print('hello from the task')"))
-    bad = client.create_task("break", "run", command=py("import sys; print('oops'); sys.exit(3)"))
+    bad = client.create_task("break", "run", command=py("import sys; print('oops'); sys.exit(3)"), max_attempts=1)
     dies = py("import os; print('bye', flush=True); os.kill(os.getpid(), 9)")
-    killed = client.create_task("die", "run", command=dies)
+    killed = client.create_task("die", "run", command=dies, max_attempts=1)  # one run: no automatic retry
     done = runner(served_api, "--once", "--runner-id", "test-runner").run()
     assert done.returncode == 1  # tasks failed
     ok, bad = client.get_task(ok.id), client.get_task(bad.id)
@@ -121,7 +121,7 @@ def test_once_exits_0_when_everything_completed(served_api: ServedApi, client: A
 
 def test_timeout_kills_the_whole_process_group(served_api: ServedApi, client: ApiClient, tmp_path: Path) -> None:
     hang = program(tmp_path, "hang.sh", HANG_WITH_GRANDCHILDREN)
-    task = client.create_task("hang", "run", command=f"sh {hang}", timeout_seconds=2)
+    task = client.create_task("hang", "run", command=f"sh {hang}", timeout_seconds=2, max_attempts=1)
     runner(served_api, "--once").run()
     task = client.get_task(task.id)
     assert task.status == "failed" and task.exit_code in (-15, -9)

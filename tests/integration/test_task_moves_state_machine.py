@@ -1,6 +1,8 @@
 """The task's moves as a state machine, on both stores: random sequences of create, claim, heartbeat, finish (each
 status), finish-and-claim, decide, retry, cancel and lease expiry, checked against a model built from
-contract.LEGAL_MOVES.
+contract.LEGAL_MOVES. A retriable failure (a finish's nonzero_exit, a lease expiry) with attempts left goes back to
+pending in its backoff, which outlasts the test: such a task is pending but not claimable; any other failure stays
+failed.
 
 After every step each task's stored status is the model's, every change of status was a legal move, and a move the
 table does not allow raised Conflict naming the current status (a repeated finish or decision, which the store
@@ -20,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from coherence_network.clock import utcnow
 from coherence_network.contract import FINISH_STATUSES, LEGAL_MOVES, TaskStatus, TaskType
 from coherence_network.store import Conflict, TaskStore
+from coherence_network.store.failures import TypeDefaults
 from coherence_network.store.schema import tasks
 
 LEASE = 30.0
@@ -39,6 +42,8 @@ class Model:
     token: int = 0  # the current claim token (0: never claimed)
     decision: str | None = None
     cancel_asked: bool = False  # a cancel was requested while it ran (until a retry)
+    waiting: bool = False  # pending in an automatic retry's backoff: not claimable
+    retried: str | None = None  # the category of the failed finish (this token) that sent it back to pending
 
 
 class TaskMoves(RuleBasedStateMachine):
@@ -55,9 +60,9 @@ class TaskMoves(RuleBasedStateMachine):
     # --- helpers ------------------------------------------------------------------------------------------------
     def moved(self, task_id: int, new: TaskStatus) -> None:
         """Record a move in the model, which must be in the table."""
-        old = self.model[task_id].status
-        assert old == new or (old, new) in LEGAL_MOVES, f"{old} -> {new} is not a legal move"
-        self.model[task_id].status = new
+        model = self.model[task_id]
+        assert model.status == new or (model.status, new) in LEGAL_MOVES, f"{model.status} -> {new} is not legal"
+        model.status, model.waiting, model.retried = new, False, None
 
     def pick(self, data: st.DataObject, wanted: TaskStatus) -> int:
         """A task, most often one in ``wanted`` (the status the move needs), else any: legal and illegal moves both."""
@@ -69,7 +74,7 @@ class TaskMoves(RuleBasedStateMachine):
         assert exc.current_status == self.model[task_id].status.value
 
     def claimed(self, task: dict[str, Any] | None) -> None:
-        pending = [(-m.priority, i) for i, m in self.model.items() if m.status is PENDING]
+        pending = [(-m.priority, i) for i, m in self.model.items() if m.status is PENDING and not m.waiting]
         if not pending:
             assert task is None
             return
@@ -79,22 +84,34 @@ class TaskMoves(RuleBasedStateMachine):
         self.moved(task["id"], RUNNING)
         model.token = task["claim_token"]
 
-    def finish_model(self, task_id: int, token: int, status: TaskStatus) -> TaskStatus | None:
+    def finish_model(self, task_id: int, token: int, status: TaskStatus, category: str | None) -> TaskStatus | None:
         """Apply a finish to the model; the status it ends in, None when the store must refuse it. A run whose
         cancel was requested ends cancelled unless it completed; one whose cancel was not may not end cancelled."""
         model = self.model[task_id]
         if status is not COMPLETED and model.cancel_asked and token == model.token:
             status = CANCELLED
-        if model.status is status and model.token == token:
-            return status  # the store takes it for a replay (this token, this status): answered as stored, no move
+        replayed = model.status is status or (status is FAILED and category is not None and model.retried == category)
+        if replayed and model.token == token:
+            return model.status  # the store takes it for a replay (this token, this outcome): as stored, no move
         if model.status is not RUNNING or token != model.token or (status is CANCELLED and not model.cancel_asked):
             return None
-        self.moved(task_id, status)
         if status is FAILED:
-            model.attempts += 1
+            self.failed(task_id, retriable=category == "nonzero_exit")
+            model.retried = category if model.waiting else None
+            return model.status
+        self.moved(task_id, status)
         if status is NEEDS_DECISION:
             model.decision = None
         return status
+
+    def failed(self, task_id: int, *, retriable: bool) -> None:
+        """A failed run: one attempt more, then pending in its backoff when it may heal and attempts are left, else
+        failed."""
+        model = self.model[task_id]
+        model.attempts += 1
+        settles = not retriable or model.attempts >= model.max_attempts
+        self.moved(task_id, FAILED if settles else PENDING)
+        model.waiting = not settles
 
     # --- rules --------------------------------------------------------------------------------------------------
     @rule(priority=st.integers(0, 2), max_attempts=st.integers(1, 3))
@@ -123,13 +140,16 @@ class TaskMoves(RuleBasedStateMachine):
             assert model.status is RUNNING and not stale
 
     @precondition(lambda self: self.model)
-    @rule(data=st.data(), status=st.sampled_from(FINISH_STATUSES), stale=st.booleans(), then_claim=st.booleans())
-    def finish(self, data: st.DataObject, status: TaskStatus, stale: bool, then_claim: bool) -> None:
+    @rule(data=st.data(), status=st.sampled_from(FINISH_STATUSES), stale=st.booleans(), then_claim=st.booleans(),
+          category=st.sampled_from([None, "nonzero_exit", "config_error"]))
+    def finish(self, data: st.DataObject, status: TaskStatus, stale: bool, then_claim: bool,
+               category: str | None) -> None:
         task_id = self.pick(data, RUNNING)
         model = self.model[task_id]
         token = model.token - 1 if stale else model.token
         fields: dict[str, Any] = {"status": status.value, "output": "out", "exit_code": 0 if status is COMPLETED else 1,
-                                  "decision_prompt": "which?" if status is NEEDS_DECISION else None}
+                                  "decision_prompt": "which?" if status is NEEDS_DECISION else None,
+                                  "error_category": category}
         try:
             if then_claim:
                 done, nxt = self.store.finish_and_claim(task_id, token, runner_id="runner", lease_seconds=LEASE,
@@ -137,10 +157,10 @@ class TaskMoves(RuleBasedStateMachine):
             else:
                 done, nxt = self.store.finish(task_id, token, **fields), None
         except Conflict as exc:
-            assert self.finish_model(task_id, token, status) is None, "a legal finish was refused"
+            assert self.finish_model(task_id, token, status, category) is None, "a legal finish was refused"
             self.refused(task_id, exc)
             return
-        ended = self.finish_model(task_id, token, status)
+        ended = self.finish_model(task_id, token, status, category)
         assert ended is not None, f"finish {model.status} -> {status} was allowed"
         assert done["status"] == ended
         if then_claim:
@@ -204,10 +224,8 @@ class TaskMoves(RuleBasedStateMachine):
                 cancelled += 1
                 self.moved(task_id, CANCELLED)
             elif model.status is RUNNING:
-                model.attempts += 1
-                spent = model.attempts >= model.max_attempts
-                failed, reclaimed = failed + spent, reclaimed + (not spent)
-                self.moved(task_id, FAILED if spent else PENDING)
+                self.failed(task_id, retriable=True)  # lease_expired
+                failed, reclaimed = failed + (not model.waiting), reclaimed + model.waiting
         assert (result.failed, result.reclaimed, result.cancelled) == (failed, reclaimed, cancelled)
 
     @invariant()
@@ -222,6 +240,8 @@ class TaskMoves(RuleBasedStateMachine):
 
 
 def test_task_moves_follow_the_table(store: TaskStore) -> None:
+    # backoffs longer than the test; no circuit breaker (every task is a run task: it would pause them all)
+    store.type_defaults = TypeDefaults(retry_delay_seconds=3600, breaker_failures=0)
     run_state_machine_as_test(lambda: TaskMoves(store), settings=settings(
         max_examples=20, stateful_step_count=30, deadline=None, derandomize=True,
         suppress_health_check=list(HealthCheck)))

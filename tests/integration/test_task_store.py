@@ -13,12 +13,16 @@ from sqlalchemy.engine import Engine
 from coherence_network.clock import utcnow
 from coherence_network.store import Conflict, NotFound, TaskStore
 from coherence_network.store.db import create_store_engine, migrate, readiness
+from coherence_network.store.failures import TypeDefaults
 
 
 @pytest.fixture
 def store(store_engine: Engine) -> TaskStore:
-    """This module's lease and attempts."""
-    return TaskStore(store_engine, lease_seconds=30, max_attempts=2, tail_bytes=300)
+    """This module's lease and attempts; an automatic retry is due at once (backoffs: tests/integration/
+    test_retries.py)."""
+    store = TaskStore(store_engine, lease_seconds=30, max_attempts=2, tail_bytes=300)
+    store.type_defaults = TypeDefaults(retry_delay_seconds=0)
+    return store
 
 
 def make(store: TaskStore, n: int = 1, task_type: str = "run") -> list[dict]:
@@ -116,7 +120,7 @@ def test_illegal_moves_conflict_and_name_the_current_status(store: TaskStore) ->
 def test_failed_task_can_be_retried_by_an_operator(store: TaskStore) -> None:
     (task,) = make(store)
     claim = store.claim("r")
-    store.finish(task["id"], claim["claim_token"], status="failed", exit_code=3)
+    store.finish(task["id"], claim["claim_token"], status="failed", exit_code=3, error_category="config_error")
     retried = store.retry(task["id"])
     assert retried["status"] == "pending" and retried["attempts"] == 0 and retried["exit_code"] is None
     assert store.claim("r")["claim_token"] == 2  # fencing tokens keep growing across retries

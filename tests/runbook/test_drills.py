@@ -376,3 +376,30 @@ def test_drill_limits_set_see_and_clear(runbook: Runbook, drill: Drill, api: Api
         assert claimed is not None and claimed.id == second.id
         client.finish(running.id, running.claim_token, "completed")
         client.finish(claimed.id, claimed.claim_token, "completed")
+
+
+def test_drill_the_circuit_breaker_opens_is_seen_and_resumed(runbook: Runbook, drill: Drill) -> None:
+    status, out_of_attempts, resume = runbook.drill("breaker").commands()
+    api = ApiProcess(drill.home, port=drill.port, env={"COHERENCE_BREAKER_FAILURES": "2"}).start()
+    try:
+        with ApiClient(api.url, token="") as client:
+            failed = []
+            for n in range(2):  # one attempt each: out of attempts at once, and two failures in a row
+                task = client.create_task(f"provider down {n}", "run", command="false", max_attempts=1)
+                claimed = client.claim("drill")
+                assert claimed is not None and claimed.id == task.id
+                failed.append(client.finish(task.id, claimed.claim_token, TaskStatus.FAILED, exit_code=1,
+                                            error_category="nonzero_exit", error_summary="exit 1: 503"))
+            held = client.create_task("waits for the resume", "run", command="true")
+            assert client.claim("drill") is None
+            shown = drill.run(status, check=False)
+            assert shown.returncode == 1 and "breaker_open: the circuit breaker paused run" in shown.stdout
+            assert "coherence resume --type run" in shown.stdout
+            listed = drill.run(out_of_attempts).stdout.splitlines()
+            assert [line.split()[0] for line in listed[:2]] == [f"#{failed[1].id}", f"#{failed[0].id}"]
+            assert "nonzero_exit" in listed[0]
+            assert drill.run(resume).stdout.startswith("resumed run")
+            claimed = client.claim("drill")
+            assert claimed is not None and claimed.id == held.id
+    finally:
+        api.stop()

@@ -27,8 +27,9 @@ from fastapi import FastAPI
 from tests.support.net import free_port, wait_until
 
 QUIET_LOGGERS = ("alembic", "httpx", "httpcore")  # at WARNING in the API's log, as logfiles.setup_logging sets them
-# What `coherence api` gets from tests, unless a test says otherwise: the reaper looks often, so leases expire on time.
-TEST_ENV = {"COHERENCE_REAP_INTERVAL": "0.2"}
+# What `coherence api` gets from tests, unless a test says otherwise: the reaper looks often, so leases expire on time,
+# and an automatic retry (a lease expiry's too) is due within a fifth of a second.
+TEST_ENV = {"COHERENCE_REAP_INTERVAL": "0.2", "COHERENCE_RETRY_DELAY_SECONDS": "0.2"}
 
 
 class ApiProcess:

@@ -75,7 +75,7 @@ def test_every_rule_names_severity_action_and_runbook() -> None:
     assert {r.name for r in RULES} == {"api_unreachable", "api_error", "stale_version", "disk_low", "log_errors"}
     assert {r.name for r in health.RULES} == {
         "store_not_ready", "no_runner", "runner_blocked", "component_held_back", "manager_stale", "no_task_running",
-        "orphan_running", "paused", "stuck", "needs_decision", "repeated_failures", "low_success_rate",
+        "orphan_running", "paused", "breaker_open", "stuck", "needs_decision", "repeated_failures", "low_success_rate",
         "empty_output"}
     for rule in (*RULES, *health.RULES):
         assert rule.severity in grading.SEVERITIES and rule.action and rule.runbook.startswith("#")
@@ -193,6 +193,19 @@ def test_paused_is_a_warning_naming_who_why_and_since_and_paused_work_is_not_idl
     found = flags(health_snapshot(running=[], pending=other, pauses=held_all), cfg)
     assert "no_task_running" not in found and found["paused"]["command"] == "coherence resume"
     assert "paused" not in flags(health_snapshot(), cfg)
+
+
+def test_breaker_open_needs_attention_and_says_how_to_resume(cfg: Settings) -> None:
+    tripped = [{"scope": "spec", "since": NOW, "by": "breaker",
+                "reason": "circuit breaker: 5 failed runs of spec in a row (the last: task 9, timeout: 60 s)"}]
+    found = flags(health_snapshot(pauses=tripped), cfg)
+    breaker = found["breaker_open"]
+    assert breaker["severity"] == "high" and grading.needs_attention([breaker])
+    assert breaker["command"] == "coherence resume --type spec" and breaker["runbook"] == "#the-circuit-breaker"
+    assert "spec since 2026-11-25 12:00:00 UTC (circuit breaker: 5 failed runs" in breaker["message"]
+    assert "paused" in found  # a pause all the same
+    operator = [{"scope": "spec", "since": NOW, "by": "cli:alice", "reason": "provider down"}]
+    assert "breaker_open" not in flags(health_snapshot(pauses=operator), cfg)
 
 
 def test_orphan_running(cfg: Settings) -> None:

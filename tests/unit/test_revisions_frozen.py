@@ -25,6 +25,7 @@ FROZEN = {
     "0010_monitor_issues_by_host.py": "1140e0ecff6ba8fb065c9d7dc226d208b3dd1d010e473b31f0657891b70c7424",
     "0011_pauses.py": "7ca4998e3a06960062614a23d6c292ba36f607c259fa71297681b1dca72e1baa",
     "0012_steering.py": "a3cd7d77d3cdfc72fc830d42b032d152dcf1ce1135dbe74ed4b78408d8e8d192",
+    "0013_retries.py": "4acd945fe35c4dd59576a79e5ed5856f93e6c40d699bbc9aafa46e6e74996276",
 }
 
 

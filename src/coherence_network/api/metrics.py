@@ -17,6 +17,7 @@ from coherence_network.clock import utcnow
 from coherence_network.contract import PAUSE_SCOPES, TaskType
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
+from coherence_network.store.failures import BREAKER
 
 log = logging.getLogger("coherence.api")
 
@@ -85,6 +86,13 @@ class QueueCollector(Collector):
         for scope in PAUSE_SCOPES:
             pauses.add_metric([scope], 1 if scope in paused else 0)
         yield pauses
+        tripped = {p["scope"] for p in snapshot.pauses if p["by"] == BREAKER}
+        breaker = GaugeMetricFamily("coherence_breaker_open", "1 while the circuit breaker holds the task type paused "
+                                    "(its runs failed its breaker_failures times in a row; an operator resumes it), "
+                                    "else 0", labels=["type"])
+        for kind in TaskType:
+            breaker.add_metric([kind.value], 1 if kind.value in tripped else 0)
+        yield breaker
 
 
 class ApiMetrics:
@@ -99,7 +107,8 @@ class ApiMetrics:
         )
         self.tasks_claimed = Counter("coherence_tasks_claimed_total", "Claims handed out", registry=self.registry)
         self.tasks_finished = Counter(
-            "coherence_tasks_finished_total", "Claims ended, by resulting status", ["status"], registry=self.registry
+            "coherence_tasks_finished_total", "Claims ended, by the status the run ended with (a failure retried "
+            "automatically: failed)", ["status"], registry=self.registry
         )
         self.tasks_reclaimed = Counter(
             "coherence_tasks_reclaimed_total", "Expired leases returned to pending", registry=self.registry

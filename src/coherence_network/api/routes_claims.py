@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -16,11 +17,13 @@ from pydantic import BaseModel
 from coherence_network.api.deps import store_of
 from coherence_network.api.models import COMMON_ERRORS, TaskId, responses
 from coherence_network.clock import utcnow
-from coherence_network.contract import FinishAndClaim, Task, TaskList, TaskStatus
+from coherence_network.contract import FinishAndClaim, Task, TaskList, TaskStatus, TaskType
 from coherence_network.request_bodies import AgentReport, ClaimRequest, TaskFinish, TaskHeartbeat
+from coherence_network.store import TaskStore
 
 router = APIRouter(prefix="/api/agent", tags=["agent"], responses=COMMON_ERRORS)
 log = logging.getLogger("coherence.api")
+DUE_MARGIN_SECONDS = 0.01
 
 
 @router.post("/tasks/claim", responses={200: {"model": Task | TaskList},
@@ -61,8 +64,10 @@ def _closing(request: Request) -> dict[str, str]:
 async def _claim_waiting(body: ClaimRequest, request: Request, *, looked: bool = False) -> list[dict[str, Any]]:
     """The long poll behind every claim: claim at once (unless the caller just ``looked``), else wait up to
     ``wait_seconds``, looking at the store again only when woken (a task was made claimable here or, on
-    PostgreSQL, on any replica) or every COHERENCE_CLAIM_RECHECK_SECONDS (the safety net), so an idle long poll
-    costs next to nothing. Once the server shuts down it answers at once and claims nothing (see api/signals.py)."""
+    PostgreSQL, on any replica), when the first automatic retry in its backoff becomes due (no write wakes anyone
+    then: one index seek before each wait says when), or every COHERENCE_CLAIM_RECHECK_SECONDS (the safety net), so
+    an idle long poll costs next to nothing. Once the server shuts down it answers at once and claims nothing (see
+    api/signals.py)."""
     state = request.app.state
     deadline = time.monotonic() + body.wait_seconds
     recheck = state.settings.coherence_claim_recheck_seconds
@@ -91,7 +96,7 @@ async def _claim_waiting(body: ClaimRequest, request: Request, *, looked: bool =
             if remaining <= 0:
                 return []
             gone = gone or asyncio.ensure_future(_client_gone(request))
-            hops = await state.work.wait(min(remaining, recheck), gone)
+            hops = await state.work.wait(min(remaining, recheck, await _until_due(state.store, body.types)), gone)
             if gone.done():  # nobody would receive a task claimed now: the wake-up goes to another waiter
                 if hops is not None:
                     state.work.notify(hops)
@@ -99,6 +104,14 @@ async def _claim_waiting(body: ClaimRequest, request: Request, *, looked: bool =
     finally:
         if gone is not None:
             gone.cancel()
+
+
+async def _until_due(store: TaskStore, types: list[TaskType] | None) -> float:
+    """Seconds until the first task of ``types`` waiting out a retry's backoff is due (inf: none waits), and a
+    hair more, so the look then finds it due."""
+    now = utcnow()
+    due = await run_in_threadpool(store.next_due, now, types)
+    return math.inf if due is None else (due - now).total_seconds() + DUE_MARGIN_SECONDS
 
 
 async def _client_gone(request: Request) -> None:
@@ -145,7 +158,7 @@ async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> An
     following = body.claim_next
     if following is None:
         task = await run_in_threadpool(lambda: store.finish(task_id, body.claim_token, **ending))
-        _count_finish(request, task)
+        _count_finish(request, task, body.status)
         return task
     task, following_task = await run_in_threadpool(
         lambda: store.finish_and_claim(
@@ -153,7 +166,7 @@ async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> An
             lease_seconds=following.lease_seconds, request_id=following.request_id,
         )
     )
-    _count_finish(request, task)
+    _count_finish(request, task, body.status)
     if following_task is not None:
         _count_claims(request.app.state, [following_task])
     elif following.wait_seconds > 0:
@@ -161,10 +174,11 @@ async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> An
     return _answer(FinishAndClaim, {"finished": task, "next": following_task})
 
 
-def _count_finish(request: Request, task: dict[str, Any]) -> None:
+def _count_finish(request: Request, task: dict[str, Any], ended: TaskStatus) -> None:
+    """Counted as the run ended (a failure an automatic retry sends back to pending counts as failed)."""
     metrics = request.app.state.metrics
-    metrics.tasks_finished.labels(task["status"]).inc()
-    if task["started_at"] is not None and task["status"] != TaskStatus.PENDING:
+    metrics.tasks_finished.labels(ended).inc()
+    if task["started_at"] is not None and ended != TaskStatus.PENDING:
         metrics.task_run.labels(task["task_type"]).observe((utcnow() - task["started_at"]).total_seconds())
 
 

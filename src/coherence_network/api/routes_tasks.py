@@ -48,13 +48,16 @@ def list_tasks(
         "a reader that keeps the last finish time it saw pages through what finished since"),
     q: SearchText | None = SEARCH_QUERY,
     sort: TaskSort | None = SORT_QUERY,
+    out_of_attempts: bool = Query(False, description="Only failed tasks whose attempts are spent (attempts >= "
+                                  "max_attempts): nothing retries them but an operator"),
 ) -> dict[str, Any]:
     column, descending = parse_sort(sort) if sort else ("id", None)
     if finished_after is not None and column != "id":
         raise RequestValidationError([{"type": "value_error", "loc": ("query", "sort"), "input": sort,
                                        "msg": "finished_after orders by finish time; it takes no sort"}])
     items, total = store_of(request).list(status=status, task_type=task_type, order=order, limit=limit, offset=offset,
-                                        finished_after=finished_after, search=q, sort=column, descending=descending)
+                                        finished_after=finished_after, search=q, sort=column, descending=descending,
+                                        out_of_attempts=out_of_attempts)
     return {"items": items, "total": total, "limit": limit, "offset": offset,
             "total_exact": q is None or total <= COUNT_CAP}
 

@@ -94,16 +94,18 @@ def tasks(
     sort: str = typer.Option(None, "--sort", callback=_sort_option, metavar="COLUMN",
                              help=f"Sort by one of {', '.join(SORT_COLUMNS)}; a leading - sorts descending: "
                              "--sort=-priority (with =, or as --sort -priority). Default: newest first"),
+    out_of_attempts: bool = typer.Option(False, "--out-of-attempts", help="Only failed tasks whose attempts are "
+                                         "spent: nothing retries them but coherence retry ID"),
     as_json: bool = typer.Option(False, "--json", help="Print the API's page {items, total, limit, offset} as JSON"),
 ) -> None:
-    """List tasks, newest first unless --sort says otherwise: id, type, status, age and the start of the direction,
-    then the total (of those matching --search and the filters)."""
+    """List tasks, newest first unless --sort says otherwise: id, type, status, age, why the last run failed and
+    the start of the direction, then the total (of those matching --search and the filters)."""
     from coherence_network.status_view import render_task_page
 
     settings = get_settings()
     with command_client(settings) as client:
         page = client.list_tasks(status=status, task_type=task_type, order="newest", limit=limit, offset=offset,
-                                 q=search, sort=sort)
+                                 q=search, sort=sort, out_of_attempts=out_of_attempts or None)
     colour = colour_on()
     typer.echo(page.model_dump_json(indent=2) if as_json else render_task_page(page, colour=colour), color=colour)
 

@@ -54,7 +54,7 @@ def _sort_headers(params: dict[str, str], column: str, descending: bool) -> dict
 
 @router.get("/tasks")
 def tasks_page(request: Request, status: str = "", task_type: str = "", q: str = "", sort: str = "",
-               offset: int = 0) -> HTMLResponse:
+               offset: int = 0, out_of_attempts: bool = False) -> HTMLResponse:
     visit = visit_of(request)
     try:
         chosen_status = TaskStatus(status) if status else None
@@ -68,11 +68,13 @@ def tasks_page(request: Request, status: str = "", task_type: str = "", q: str =
                           "NUL characters or lone surrogates.", visit)
     offset = min(max(offset, 0), 2**31 - 1)
     items, total = store_of(request).list(status=chosen_status, task_type=chosen_type, search=q or None, sort=column,
-                                        descending=descending, limit=PAGE_SIZE, offset=offset)
-    params = {"status": status, "task_type": task_type, "q": q}
+                                        descending=descending, limit=PAGE_SIZE, offset=offset,
+                                        out_of_attempts=out_of_attempts)
+    params = {"status": status, "task_type": task_type, "q": q, "out_of_attempts": "true" if out_of_attempts else ""}
     shown_total = f"more than {COUNT_CAP:,}" if q and total > COUNT_CAP else f"{total:,}"
     return render(request, "tasks.html", visit, items=items, total=total, shown_total=shown_total, offset=offset,
                   status=status, task_type=task_type, q=q, max_query=MAX_QUERY_CHARS, sort=sort,
+                  out_of_attempts=out_of_attempts,
                   sort_label=_SORTABLE[column], descending=descending,
                   headers=_sort_headers(params, column, descending),
                   pages=page_links("/tasks", {**params, "sort": sort}, offset, total),

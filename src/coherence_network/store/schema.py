@@ -97,6 +97,8 @@ tasks = sa.Table(
     sa.Index("ix_tasks_created_id", "created_at", "id"),
     sa.Index("ix_tasks_updated_id", "updated_at", "id"),
     sa.Index("ix_tasks_attempts_id", "attempts", "id"),
+    # When the next automatic retry is due (revision 0013): a waiting claim reads the earliest in one index seek.
+    sa.Index("ix_tasks_status_not_before", "status", "not_before"),
 )
 # Free-text search of tasks (store/search.py), made by revision 0009 in the backend's own SQL and so outside this
 # metadata: on SQLite the FTS5 table, its shadow tables and triggers; on PostgreSQL task_search (a tsvector per
@@ -189,6 +191,16 @@ type_policies = sa.Table(
     sa.Column("breaker_failures", sa.Integer, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("updated_by", sa.String(200), nullable=False),
+)
+
+# The circuit breaker's count (revision 0013): each task type's failed runs in a row since its last success or an
+# operator's resume of it; the failure that reaches the type's breaker_failures pauses the type.
+type_failures = sa.Table(
+    "type_failures",
+    metadata,
+    sa.Column("task_type", sa.String(16), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("last_failed_at", UTCDateTime, nullable=False),
 )
 
 # The audit trail (revision 0012): one row per operator action, appended in the action's own transaction and never

@@ -217,6 +217,11 @@ def same_create(key: str, earlier: dict[str, Any], values: dict[str, Any], where
         )
 
 
+# A failed task whose attempts are spent: nothing retries it but an operator (the "out of attempts" view).
+SPENT = tasks.c.attempts >= tasks.c.max_attempts
+OUT_OF_ATTEMPTS = sa.and_(tasks.c.status == FAILED, SPENT)
+
+
 def count_capped(matches: sa.Select[Any]) -> sa.Select[Any]:
     """How many rows ``matches`` gives, counted up to COUNT_CAP + 1 (a search's total: see store/search.py)."""
     return sa.select(sa.func.count()).select_from(matches.limit(COUNT_CAP + 1).subquery())

@@ -26,11 +26,11 @@ from coherence_network.contract import (
     TaskStatus,
 )
 from coherence_network.store.errors import Conflict, NotFound
+from coherence_network.store.failures import FailureBook
 from coherence_network.store.limited_claims import claim_rows
 from coherence_network.store.schema import UTCDateTime, tasks
 from coherence_network.store.statements import (
     CLAIMED_BY_REQUEST,
-    FAILED,
     FREES_SLOT,
     PENDING,
     RUNNING,
@@ -57,7 +57,7 @@ class Ending:
     error_summary: str | None
 
 
-class TaskMoves(TaskCreates):
+class TaskMoves(TaskCreates, FailureBook):
     """Writes to the tasks table, each a legal move (contract.LEGAL_MOVES)."""
 
     # --- writes ---------------------------------------------------------------------------------------------
@@ -246,14 +246,19 @@ class TaskMoves(TaskCreates):
             values.update(decision_prompt=ending.decision_prompt, decision=None, decided_by=None, decided_at=None)
         if status is TaskStatus.PENDING:
             values["claimed_by"] = None
+        if status is TaskStatus.FAILED:  # back to pending after a backoff when it may heal (store/failures.py)
+            values = self._failed_finish_in(conn, now, task_id, claim_token, values)
         try:
-            return self._update_in(conn, task_id, TaskStatus.RUNNING, values, "finish", claim_token,
+            task = self._update_in(conn, task_id, TaskStatus.RUNNING, values, "finish", claim_token,
                                    count_attempt=status is TaskStatus.FAILED)
         except Conflict:
             stored = row_dict(conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first())
-            if stored is not None and stored["claim_token"] == claim_token and stored["status"] == status.value:
+            if stored is not None and stored["claim_token"] == claim_token and (
+                    stored["status"] == status.value or self._retried_by(stored, values)):
                 return stored  # this very finish was already recorded
             raise
+        self._count_run_in(conn, now, task, status)  # the circuit breaker
+        return task
 
     def decide(self, task_id: int, decision: str, decided_by: str) -> dict[str, Any]:
         """Store a decision on a needs_decision task and return it to pending, so the next run sees it; the
@@ -296,6 +301,7 @@ class TaskMoves(TaskCreates):
             "cancel_requested_at": None,
             "cancelled_by": None,
             "cancel_reason": None,
+            "not_before": None,
             "updated_at": now,
         }
         with self.transaction() as conn:
@@ -308,9 +314,9 @@ class TaskMoves(TaskCreates):
             return task
 
     def reap(self, now: datetime | None = None, *, max_lock_wait: float | None = None) -> ReapResult:
-        """Return running tasks whose lease expired to pending, or fail them when their attempts are spent.
-
-        An expired lease counts as an attempt (the run ended without a result). A pass that waited longer than
+        """Fail the runs whose lease expired before ``now`` (default: the store's clock) with ``lease_expired``: an
+        attempt; the task returns to pending after its backoff, or stays failed once attempts are spent
+        (store/failures.py). A pass that waited longer than
         ``max_lock_wait`` for the store's write lock requeues nothing (``waited`` says how long): the heartbeats
         that would have renewed those leases waited behind the same lock, and land once it is free."""
         with self.transaction() as conn:
@@ -322,17 +328,8 @@ class TaskMoves(TaskCreates):
             now = now or locked_at
             expired = sa.and_(tasks.c.status == RUNNING, tasks.c.lease_expires_at < now)
             cancelled = self._reap_cancelled_in(conn, now, expired)  # its runner died after a cancel request
-            expired = sa.and_(expired, tasks.c.cancel_requested_at.is_(None))
-            spent = tasks.c.attempts + 1 >= tasks.c.max_attempts
-            common = {"lease_expires_at": None, "claimed_by": None, "updated_at": now,
-                      "attempts": tasks.c.attempts + 1}
-            failed = conn.execute(
-                tasks.update()
-                .where(expired, spent)
-                .values(status=FAILED, finished_at=now, current_step="lease expired; attempts spent", **common,
-                        **durations(self._pg, sa.literal(now, UTCDateTime)))
-            ).rowcount
-            reclaimed = conn.execute(tasks.update().where(expired, ~spent).values(status=PENDING, **common)).rowcount
+            # the others fail as lease_expired (store/failures.py); the cancelled ones are no longer running
+            reclaimed, failed = self._expire_leases_in(conn, now, locked_at)
             if reclaimed or failed or cancelled:  # a run's slot is free, should its type be limited
                 self._wake(conn)
         return ReapResult(reclaimed=reclaimed, failed=failed, cancelled=cancelled)

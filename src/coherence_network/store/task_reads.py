@@ -14,7 +14,15 @@ from coherence_network.store.core import StoreCore
 from coherence_network.store.errors import NotFound
 from coherence_network.store.schema import tasks
 from coherence_network.store.search import COUNT_CAP, FTS_TABLE, fts5_match, pg_matches, search_condition, search_words
-from coherence_network.store.statements import Rows, count_capped, row_dict, sort_order
+from coherence_network.store.statements import (
+    FAILED,
+    OUT_OF_ATTEMPTS,
+    SPENT,
+    Rows,
+    count_capped,
+    row_dict,
+    sort_order,
+)
 
 
 class TaskReads(StoreCore):
@@ -41,6 +49,7 @@ class TaskReads(StoreCore):
         search: str | None = None,
         sort: str = "id",
         descending: bool | None = None,
+        out_of_attempts: bool = False,
     ) -> tuple[Rows, int]:
         """A page of tasks and the total that match the filter.
 
@@ -49,7 +58,8 @@ class TaskReads(StoreCore):
         ``sort`` is one of SORT_COLUMNS, ``descending`` its direction (by default ``order``: newest is descending).
         ``finished_after`` keeps tasks finished strictly after that time and orders them by ``finished_at`` (then
         id), so a reader that remembers the last time it saw can page through what finished since; it takes no other
-        sort. A ValueError names a column that cannot be sorted on, or search text that cannot be searched."""
+        sort. ``out_of_attempts`` keeps failed tasks whose attempts are spent (only an operator's retry runs them).
+        A ValueError names a column that cannot be sorted on, or search text that cannot be searched."""
         if sort not in SORT_COLUMNS:
             raise ValueError(f"cannot sort tasks by {sort!r}; sortable: {', '.join(SORT_COLUMNS)}")
         where = []
@@ -57,6 +67,8 @@ class TaskReads(StoreCore):
             where.append(tasks.c.status == str(status))
         if task_type:
             where.append(tasks.c.task_type == str(task_type))
+        if out_of_attempts:
+            where.append(OUT_OF_ATTEMPTS)
         down = order == "newest" if descending is None else descending
         if finished_after is not None:
             if sort != "id":
@@ -101,6 +113,8 @@ class TaskReads(StoreCore):
                     # sooner. Its conditions are written so that no index can serve them (``|| ''``, ``+ 0``).
                     unindexed = [(tasks.c[name].concat("") == str(value))
                                  for name, value in (("status", status), ("task_type", task_type)) if value]
+                    if out_of_attempts:
+                        unindexed += [tasks.c.status.concat("") == FAILED, SPENT]
                     if search is not None:
                         unindexed.append(search_condition(False, search, ids=tasks.c.id + 0))
                     chosen = sa.select(tasks).where(*unindexed).order_by(*ordering)

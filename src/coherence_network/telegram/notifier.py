@@ -14,6 +14,7 @@ from coherence_network.client import ApiClient, ApiError
 from coherence_network.contract import AttentionFlag, Task, TaskStatus
 from coherence_network.outage import Outage
 from coherence_network.settings import Settings
+from coherence_network.status_view import failure_note
 from coherence_network.telegram.outbox import BotState
 from coherence_network.telegram.ratelimit import TokenBucket
 from coherence_network.telegram.reminders import default_deadline, remind_delay, reminder_text
@@ -48,6 +49,7 @@ def _failure_alert(task: Task) -> str:
     return (f"Task #{task.id} ({task.task_type}: {about(task)}) failed for good "
             + ("(" if task.exit_code is None else f"(exit {task.exit_code}, ")
             + f"{task.attempts} failed attempt(s) of {task.max_attempts} allowed)."
+            + (f"\nWhy: {failure_note(task)}" if task.error_category or task.error_summary else "")
             + (f"\nLast output:\n{tail}" if tail else "") + f"\nDetails: /task {task.id}")
 
 
