@@ -3,6 +3,7 @@ delays, the breaker's threshold), read and changed over HTTP; every change is in
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -16,8 +17,6 @@ from coherence_network.contract_steering import TypePolicyChange, TypePolicyList
 from coherence_network.request_bodies import TypePolicyRequest
 
 router = APIRouter(prefix="/api/agent", tags=["steering"], responses=COMMON_ERRORS)
-# The defaults a policy field takes while it is not set (None: no limit).
-DEFAULTS: dict[str, float | int | None] = {"max_running": None}
 
 
 @router.get("/policies", response_model=TypePolicyList)
@@ -26,7 +25,7 @@ def policies(request: Request) -> dict[str, Any]:
     now, and the defaults."""
     return {
         "policies": store_of(request).type_policies(every_type=[t.value for t in TaskType]),
-        "defaults": DEFAULTS,
+        "defaults": asdict(store_of(request).type_defaults),  # from the settings (max_running None: no limit)
     }
 
 
