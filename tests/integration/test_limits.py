@@ -262,7 +262,8 @@ def test_coherence_policy_shows_sets_and_clears(http_api: ServedApi) -> None:
     shown = _coherence(http_api, "policy")
     assert shown.returncode == 0, shown.stderr
     lines = {line.split()[0]: line for line in shown.stdout.splitlines()}
-    assert lines["heal"].split()[1:4] == ["0", "2", "default"] and f"by cli:{user}" in lines["heal"]
+    # running, limit, then the retry delay nobody set: the settings' default (0.2 s in the tests), marked as such
+    assert lines["heal"].split()[1:5] == ["0", "2", "0.2", "(default)"] and f"by cli:{user}" in lines["heal"]
     assert "no limit (default)" in lines["spec"] and lines["spec"].rstrip().endswith("-")
     cleared = _coherence(http_api, "policy", "set", "heal", "--max-running", "none", "--json")
     assert cleared.returncode == 0 and json.loads(cleared.stdout)["policy"]["max_running"] is None

@@ -145,3 +145,24 @@ def test_a_task_whose_runner_died_heals_on_another_runner_after_its_backoff(tmp_
             if runner is not None:
                 runner.stop()
         served.stop()
+
+
+def test_a_real_runner_heals_a_nonzero_exit_and_leaves_a_config_error_failed(api: ServedApi, tmp_path: Path) -> None:
+    """The runner's own categories drive the retry: a command that exits 3 once (nonzero_exit, retriable) comes back
+    after its backoff and completes on its second run; a program that cannot start (config_error) stays failed."""
+    marker = tmp_path / "ran"
+    code = (f"import os, sys; p = {str(marker)!r}; first = not os.path.exists(p); open(p, 'a').close(); "
+            "sys.exit(3 if first else 0)")
+    runner = RunnerProcess(api.home, api.url).start()
+    try:
+        with ApiClient(api.url, token="") as client:
+            flaky = client.create_task("fails once", "run", command=f'{sys.executable} -c "{code}"')
+            broken = client.create_task("cannot start", "run", command=str(tmp_path / "no-such-program"))
+            wait_until(lambda: client.get_task(flaky.id).status == TaskStatus.COMPLETED, 60, "healed on its own")
+            wait_until(lambda: client.get_task(broken.id).status == TaskStatus.FAILED, 60, "the broken one settled")
+            healed, failed = client.get_task(flaky.id), client.get_task(broken.id)
+        assert (healed.attempts, healed.claim_token, healed.error_category) == (1, 2, None)
+        assert (failed.error_category, failed.attempts, failed.not_before) == ("config_error", 1, None)
+        assert failed.error_summary
+    finally:
+        runner.stop()
