@@ -182,12 +182,14 @@ def _orphan_running(s: HealthSnapshot, cfg: Settings) -> Finding:
 
 def _paused(s: HealthSnapshot, _: Settings) -> Finding:
     """A deliberate hold (an operator paused the pipeline or a type): a warning on every signal, with who and why,
-    so nobody takes the idle queue for a fault and nobody forgets to resume it."""
-    if not s.pauses:
+    so nobody takes the idle queue for a fault and nobody forgets to resume it. The breaker's own pauses are
+    breaker_open's (high), not repeated here."""
+    held = [p for p in s.pauses if p["by"] != BREAKER]
+    if not held:
         return None
     named = "; ".join(f"{p['scope']} since {p['since']:%Y-%m-%d %H:%M:%S} UTC by {p['by']}: {p['reason']}"
-                      for p in s.pauses)
-    first = s.pauses[0]["scope"]
+                      for p in held)
+    first = held[0]["scope"]
     return Found(f"paused ({named}); claims hand out nothing of it, running tasks finish",
                  values={"type": "" if first == PAUSE_ALL else f" --type {first}"})
 

@@ -256,7 +256,7 @@ def test_coherence_policy_shows_sets_and_clears(http_api: ServedApi) -> None:
     user = pwd.getpwuid(os.getuid()).pw_name
     done = _coherence(http_api, "policy", "set", "heal", "--max-running", "2", "--breaker-failures", "4")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("heal: changed: max_running=2,") and "breaker_failures=4" in done.stdout
+    assert done.stdout.startswith("heal: changed; now max_running=2,") and "breaker_failures=4" in done.stdout
     again = _coherence(http_api, "policy", "set", "heal", "--max-running", "2")
     assert again.returncode == 0 and "already so, nothing changed" in again.stdout
     shown = _coherence(http_api, "policy")

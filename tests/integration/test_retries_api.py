@@ -73,6 +73,8 @@ def test_a_failure_shows_why_and_a_spent_one_is_out_of_attempts(api: ServedApi) 
     with ApiClient(api.url, token="") as client:
         broken = _claim_fail(client, client.create_task("no agent here", "impl"), "config_error",
                              "agent command not found: claude")
+        # a backoff of minutes for this type, so the page is read within it however loaded the machine is
+        client.set_policy("test", by="test:retries", retry_delay_seconds=600, retry_max_delay_seconds=600)
         waiting = _claim_fail(client, client.create_task("flaky", "test", max_attempts=3), "timeout",
                               "timed out after 60 s")
         spent = _claim_fail(client, client.create_task("one go only", "heal", max_attempts=1), "killed",
@@ -83,6 +85,7 @@ def test_a_failure_shows_why_and_a_spent_one_is_out_of_attempts(api: ServedApi) 
         page = client.list_tasks(out_of_attempts=True)
         assert [t.id for t in page.items] == [spent.id] and page.total == 1
         assert client.list_tasks(out_of_attempts=True, task_type="impl").total == 0
+        client.set_policy("test", by="test:retries", clear=["retry_delay_seconds", "retry_max_delay_seconds"])
     assert broken.status == TaskStatus.FAILED and waiting.status == TaskStatus.PENDING
     shown = _coherence(api, "task", str(broken.id)).stdout
     assert "last failure: config_error: agent command not found: claude" in shown

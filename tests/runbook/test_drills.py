@@ -365,7 +365,7 @@ def test_drill_limits_set_see_and_clear(runbook: Runbook, drill: Drill, api: Api
     limit, show, clear = runbook.drill("limits").commands()
     with ApiClient(api.url, token="") as client:
         first, second = client.create_task("first", "impl"), client.create_task("second", "impl")
-        assert drill.run(limit).stdout.startswith("impl: changed: max_running=1")
+        assert drill.run(limit).stdout.startswith("impl: changed; now max_running=1")
         running = client.claim("drill")
         assert running is not None and running.id == first.id
         assert client.claim("drill") is None  # at its limit

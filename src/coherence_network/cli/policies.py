@@ -102,4 +102,4 @@ def set_policy(
         return
     shown = ", ".join(f"{name}={_field(answer.policy, name, {})}" for name in POLICY_FIELDS)
     verb = "changed" if answer.changed else "already so, nothing changed"
-    typer.echo(f"{task_type.value}: {verb}: {shown} ({answer.policy.running} running)")
+    typer.echo(f"{task_type.value}: {verb}; now {shown} ({answer.policy.running} running)")
