@@ -37,6 +37,7 @@ from coherence_network.setting_values import (
     parse_command_types,
     seen_limit,
 )
+from coherence_network.settings_agent import AgentSettings
 from coherence_network.settings_telegram import TelegramSettings
 
 # What other modules take from here; the checks and parsers of values live in setting_values.
@@ -65,9 +66,9 @@ def config_errors_as_one_line(prog: str = "coherence") -> Iterator[None]:
         raise SystemExit(2) from None
 
 
-class Settings(TelegramSettings):
+class Settings(AgentSettings, TelegramSettings):
     """Configuration read from the environment (and an optional ``.env`` file in the working directory); the
-    Telegram bot's fields are declared in settings_telegram."""
+    Telegram bot's fields are declared in settings_telegram, the coding agent's in settings_agent."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
     _derived: set[str] = PrivateAttr(default_factory=set)
