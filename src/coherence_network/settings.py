@@ -141,9 +141,6 @@ class Settings(AgentSettings, TelegramSettings):
 
     # --- runner ---------------------------------------------------------------------------------------------
     coherence_workspace: Path = Field(Path("."), description="Folder tasks run in (the project the agents work on)")
-    coherence_agent_command: str = Field(
-        "", description="Agent command template for tasks without a command, e.g. 'claude -p {prompt_file}'"
-    )
     agent_task_timeout: float = Field(3600.0, gt=0, description="Seconds a task may run before it is killed")
     agent_kill_grace_seconds: float = Field(
         10.0, ge=0, description="Seconds between SIGTERM and SIGKILL when a task's process group is stopped"

@@ -33,6 +33,9 @@ class AgentSettings(BaseSettings):
         CUSTOM, description="Coding agent for tasks without a command: claude, codex, aider, gemini, opencode, or "
         "custom (COHERENCE_AGENT_COMMAND)"
     )
+    coherence_agent_command: str = Field(
+        "", description="Agent command template for tasks without a command, e.g. 'claude -p {prompt_file}'"
+    )
     coherence_agent_model: str = Field("", description="Model the agent is given (its --model); empty = the agent's "
                                        "own default; custom ignores it")
     coherence_agent_spec: AgentName = Field("", description=_PHASE_AGENT.format("spec"))
@@ -53,6 +56,12 @@ class AgentSettings(BaseSettings):
         if not model and agent == self.coherence_agent:
             model = self.coherence_agent_model
         return agent, model
+
+    @property
+    def agentless_types(self) -> frozenset[str]:
+        """The agent task types that cannot run here: their agent is custom and COHERENCE_AGENT_COMMAND is empty."""
+        return frozenset(t for t in (*AGENT_PHASES, "heal")
+                         if self.agent_for(t)[0] == CUSTOM and not self.coherence_agent_command)
 
     @property
     def agents_configured(self) -> dict[str, list[str]]:

@@ -91,6 +91,10 @@ def test_each_phase_may_run_its_own_agent_and_model(tmp_path: Path) -> None:
     assert conf.agent_for("test") == ("aider", "")  # claude's model means nothing to aider
     assert conf.agent_for("heal") == ("claude", "sonnet")
     assert conf.agents_configured == {"claude": ["spec", "impl", "heal"], "aider": ["test"], "codex": ["review"]}
+    assert conf.agentless_types == frozenset()
+    # only the types left to an unset template cannot run here (the console's create form says so)
+    assert settings(tmp_path, coherence_agent_review="claude").agentless_types == {"spec", "test", "impl", "heal"}
+    assert settings(tmp_path, coherence_agent_command="agent").agentless_types == frozenset()
     review = build_argv(task(task_type="review"), conf, tmp_path)
     assert review[:2] == ["codex", "exec"] and review[review.index("--model") + 1] == "gpt-5"
 
