@@ -1,5 +1,5 @@
 """Agent presets end to end: a real runner (two slots) starts stub executables named like the CLIs, first on PATH,
-which record the argv and environment they got and answer in their CLI's output format; `coherence doctor` names
+which record the argv, environment and stdin they got and answer in their CLI's output format; `coherence doctor` names
 the agent that is missing and how to install it."""
 
 from __future__ import annotations
@@ -15,23 +15,38 @@ from coherence_network.client import ApiClient
 from tests.support.api import ServedApi
 from tests.support.runner import RunnerProcess
 
-# A stub CLI: records what it was started with, then prints what Claude Code (-p --output-format json) or Codex
-# (exec --json) print. The record goes to a file beside it, one JSON line per run.
+# A stub CLI: records what it was started with (argv, working folder, environment, stdin, the message file aider
+# reads), then answers as its CLI does: Claude Code's one JSON result, Codex's and opencode's JSON Lines, Gemini CLI's
+# pretty-printed JSON, aider's text. The record goes to a file beside it, one JSON line per run.
 STUB = """#!{python}
 import json, os, sys
 from pathlib import Path
-me = Path(sys.argv[0])
+me, args = Path(sys.argv[0]), sys.argv[1:]
+message = Path(args[args.index("--message-file") + 1]).read_text() if "--message-file" in args else None
 with open(me.parent / "calls.jsonl", "a") as calls:
-    calls.write(json.dumps({{"agent": me.name, "argv": sys.argv[1:], "cwd": os.getcwd(),
-                            "task": os.environ.get("COHERENCE_TASK_ID")}}) + "\\n")
-if me.name == "claude":
-    print(json.dumps({{"type": "result", "subtype": "success", "is_error": False, "num_turns": 2,
-                      "result": "Wrote spec.md", "total_cost_usd": 0.0123,
-                      "usage": {{"input_tokens": 1200, "output_tokens": 340, "cache_read_input_tokens": 0}},
-                      "modelUsage": {{"claude-sonnet-4-5": {{"costUSD": 0.0123}}}}}}))
+    calls.write(json.dumps({{"agent": me.name, "argv": args, "cwd": os.getcwd(), "stdin": sys.stdin.read(),
+                            "message_file": message, "env": {{k: os.environ.get(k) for k in
+                            ("COHERENCE_TASK_ID", "COHERENCE_TASK_TYPE", "ANTHROPIC_API_KEY", "OPENAI_API_KEY")}}}})
+                 + "\\n")
+answers = {{
+    "claude": [{{"type": "result", "subtype": "success", "is_error": False, "num_turns": 2, "result": "Wrote spec.md",
+                "total_cost_usd": 0.0123, "usage": {{"input_tokens": 1200, "output_tokens": 340,
+                "cache_read_input_tokens": 0}}, "modelUsage": {{"claude-sonnet-4-5": {{"costUSD": 0.0123}}}}}}],
+    "codex": [{{"type": "thread.started", "thread_id": "t1"}},
+              {{"type": "turn.completed", "usage": {{"input_tokens": 50, "output_tokens": 7}}}}],
+    "opencode": [{{"type": "step_finish", "part": {{"cost": 0.5, "tokens": {{"input": 30, "output": 4}}}}}}],
+}}
+if me.name == "gemini":
+    print("Loaded cached credentials.")
+    tokens = {{"prompt": 90, "candidates": 9}}
+    print(json.dumps({{"response": "ok", "stats": {{"models": {{"gemini-2.5-pro": {{"tokens": tokens}}}}}}}}, indent=2))
+elif me.name == "aider":
+    print("Tokens: 1.2k sent, 300 received.")
 else:
-    print(json.dumps({{"type": "turn.completed", "usage": {{"input_tokens": 50, "output_tokens": 7}}}}))
+    for event in answers[me.name]:
+        print(json.dumps(event))
 """
+AGENTS = ("claude", "codex", "aider", "gemini", "opencode")
 
 
 def stubs(folder: Path, *names: str) -> Path:
@@ -43,30 +58,46 @@ def stubs(folder: Path, *names: str) -> Path:
     return folder
 
 
-def test_a_runner_runs_the_phase_agents_presets(served_api: ServedApi, tmp_path: Path) -> None:
-    bin_dir = stubs(tmp_path / "bin", "claude", "codex")
+def test_a_runner_runs_each_phase_with_its_agents_preset(served_api: ServedApi, tmp_path: Path) -> None:
+    bin_dir = stubs(tmp_path / "bin", *AGENTS)
     direction = "Write the spec; keep 'quotes', \"these\" and $(rm -rf /) as text\n--help is no flag"
     with ApiClient(served_api.url, token="", retries=0) as client:
-        spec = client.create_task(direction, "spec")
-        review = client.create_task("Review the spec", "review")
+        tasks = {t: client.create_task(direction if t == "spec" else f"Do the {t}", t)
+                 for t in ("spec", "test", "impl", "review", "heal")}
         done = RunnerProcess(served_api.home, served_api.url, "--once", "--workers", "2", env={
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "COHERENCE_AGENT": "claude",
-            "COHERENCE_AGENT_MODEL": "sonnet", "COHERENCE_AGENT_REVIEW": "codex",
-            "COHERENCE_AGENT_COMMAND": "must-not-run {prompt_file}"}).run()
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "COHERENCE_AGENT": "codex",
+            "COHERENCE_AGENT_SPEC": "claude", "COHERENCE_AGENT_MODEL_SPEC": "sonnet", "COHERENCE_AGENT_TEST": "aider",
+            "COHERENCE_AGENT_IMPL": "gemini", "COHERENCE_AGENT_REVIEW": "opencode", "COHERENCE_AGENT_MODEL": "gpt-5",
+            "COHERENCE_AGENT_COMMAND": "must-not-run {prompt_file}", "ANTHROPIC_API_KEY": "sk-test-passed-on",
+            "OPENAI_API_KEY": "sk-test-kept-back", "COHERENCE_TASK_ENV_PASSTHROUGH": "ANTHROPIC_API_KEY"}).run()
         assert done.returncode == 0, done.stdout + done.stderr
-        spec, review = client.get_task(spec.id), client.get_task(review.id)
-    assert (spec.status, review.status) == ("completed", "completed")
+        tasks = {t: client.get_task(task.id) for t, task in tasks.items()}
+    assert {t: task.status for t, task in tasks.items()} == dict.fromkeys(tasks, "completed")
     calls = {c["agent"]: c for c in map(json.loads, (bin_dir / "calls.jsonl").read_text().splitlines())}
-    assert calls["claude"]["argv"] == ["-p", "--output-format", "json", "--permission-mode", "acceptEdits", "--model",
-                                       "sonnet", "--allowedTools", "Read", "Edit", "Write", "Bash", "Glob", "Grep",
-                                       "--", direction]
-    assert calls["codex"]["argv"] == ["exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check", "--",
-                                      "Review the spec"]  # claude's model is not codex's
-    assert (calls["claude"]["task"], calls["codex"]["task"]) == (str(spec.id), str(review.id))
-    assert calls["claude"]["cwd"] == str(served_api.home.parent)  # COHERENCE_WORKSPACE
+    assert set(calls) == set(AGENTS)
+    prompt_file = served_api.home / "run" / "prompts" / f"prompt_{tasks['test'].id}.md"
+    assert {a: c["argv"] for a, c in calls.items()} == {
+        "claude": ["-p", "--output-format", "json", "--permission-mode", "acceptEdits", "--model", "sonnet",
+                   "--allowedTools", "Read", "Edit", "Write", "Bash", "Glob", "Grep", "--", direction],
+        "codex": ["exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check", "--model", "gpt-5", "--",
+                  "Do the heal"],  # heal runs COHERENCE_AGENT, with its model
+        "aider": ["--message-file", str(prompt_file), "--yes-always", "--no-pretty", "--no-stream", "--no-auto-commits",
+                  "--no-check-update", "--no-show-release-notes", "--analytics-disable"],  # gpt-5 is codex's model
+        "gemini": ["--prompt=Do the impl", "--output-format", "json", "--approval-mode", "auto_edit"],
+        "opencode": ["run", "--format", "json", "--", "Do the review"],
+    }
+    assert calls["aider"]["message_file"] == "Do the test"
+    by_type = {"claude": "spec", "aider": "test", "gemini": "impl", "opencode": "review", "codex": "heal"}
+    for agent, call in calls.items():
+        task = tasks[by_type[agent]]
+        assert call["env"]["COHERENCE_TASK_ID"] == str(task.id) and call["env"]["COHERENCE_TASK_TYPE"] == task.task_type
+        assert call["env"]["ANTHROPIC_API_KEY"] == "sk-test-passed-on"  # named in COHERENCE_TASK_ENV_PASSTHROUGH
+        assert call["env"]["OPENAI_API_KEY"] is None  # named like a credential, not passed
+        assert call["stdin"] == "" and call["cwd"] == str(served_api.home.parent)  # COHERENCE_WORKSPACE
     # what the runner kept of each run is enough to read its usage
-    assert read_usage("claude", spec.output) == Usage(1200, 340, 0.0123)
-    assert read_usage("codex", review.output) == Usage(50, 7, None)
+    assert {a: read_usage(a, tasks[t].output) for a, t in by_type.items()} == {
+        "claude": Usage(1200, 340, 0.0123), "codex": Usage(50, 7, None), "aider": None,
+        "gemini": Usage(90, 9, None), "opencode": Usage(30, 4, 0.5)}
 
 
 def test_doctor_names_a_missing_agent_and_its_install_command(served_api: ServedApi, tmp_path: Path) -> None:
