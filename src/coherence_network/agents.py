@@ -6,7 +6,9 @@ the prompt file for a CLI that reads one. ``custom`` is the ``COHERENCE_AGENT_CO
 
 Sources of the flags (checked 2026-12): Claude Code, notes/issue22.md (a probe of 2.1.197: ``-p`` with
 ``--output-format json`` prints one JSON result with total_cost_usd and usage; as root only ``--permission-mode
-acceptEdits`` with ``--allowedTools`` works, ``--dangerously-skip-permissions`` is refused); Codex,
+acceptEdits`` with ``--allowedTools`` works, ``--dangerously-skip-permissions`` is refused; this preset's exact argv,
+with a prompt starting ``--help`` and holding quotes and newlines, was run against that version and a scripted model
+server: the prompt arrived whole, the file was written, the usage read); Codex,
 developers.openai.com/codex/noninteractive (``codex exec``, ``--json`` prints JSONL events whose turn.completed
 carries usage, ``--sandbox workspace-write`` lets it edit); aider, aider.chat/docs/scripting (``--message-file``,
 ``--yes-always``; ``--no-auto-commits``: the pipeline commits per phase, with the task id); Gemini CLI,

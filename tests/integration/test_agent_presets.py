@@ -111,3 +111,11 @@ def test_doctor_names_a_missing_agent_and_its_install_command(served_api: Served
     missing, found = "impl: aider not installed (aider is not on PATH)", f"spec/test/review/heal: claude at {bin_dir}"
     assert f"[ACTION] agent: {missing}; {found}" in run.stdout
     assert "run: pip install aider-chat" in run.stdout and "see: docs/RUNBOOK.md#coding-agents" in run.stdout
+
+
+def test_an_unknown_agent_stops_the_runner_at_start_naming_the_setting(tmp_path: Path) -> None:
+    done = RunnerProcess(tmp_path / "home", "http://127.0.0.1:9", "--once",
+                         env={"COHERENCE_AGENT_REVIEW": "cursor"}).run(timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr == ("coherence: COHERENCE_AGENT_REVIEW: unknown agent 'cursor'; one of: claude, codex, aider, "
+                           "gemini, opencode, custom\n")
