@@ -11,7 +11,8 @@ with a prompt starting ``--help`` and holding quotes and newlines, was run again
 server: the prompt arrived whole, the file was written, the usage read); Codex,
 developers.openai.com/codex/noninteractive (``codex exec``, ``--json`` prints JSONL events whose turn.completed
 carries usage, ``--sandbox workspace-write`` lets it edit); aider, aider.chat/docs/scripting (``--message-file``,
-``--yes-always``; ``--no-auto-commits``: the pipeline commits per phase, with the task id); Gemini CLI,
+``--yes-always``; ``--no-auto-commits``: the pipeline commits per phase, with the task id; its usage is the text
+line of aider/coders/base_coder.py, tokens rounded by aider/utils.format_tokens); Gemini CLI,
 geminicli.com/docs/cli/headless (``--prompt``, ``--output-format json``: one JSON with stats.models.*.tokens);
 opencode, opencode.ai/docs/cli (``opencode run``, ``--format json``: JSONL whose step_finish parts carry tokens and
 cost).
@@ -167,6 +168,36 @@ def opencode_usage(output: str) -> Usage | None:
                     for p in parts])
 
 
+_AIDER_RE = re.compile(r"^Tokens: ([\d.]+k?) sent(?:, [\d.]+k? cache (?:write|hit))*, ([\d.]+k?) received\."
+                       r"(?: Cost: \$[\d.]+ message, \$([\d.]+) session\.)?", re.MULTILINE)
+
+
+def _aider_number(text: str) -> float | None:
+    """A figure as aider prints it: 950, 1.2k, 12k, 0.0123."""
+    try:
+        return float(text[:-1]) * 1000 if text.endswith("k") else float(text)
+    except ValueError:
+        return None
+
+
+def _aider_tokens(text: str) -> int | None:
+    value = _aider_number(text)
+    return None if value is None else round(value)
+
+
+def aider_usage(output: str) -> Usage | None:
+    """aider's text report after each message (``Tokens: 1.2k sent, 300 received. Cost: $0.01 message, $0.02
+    session.``): tokens summed over the messages, as aider rounds them (1.2k is 1200), and the session's cost from
+    the last report (aider's session is this run)."""
+    reports = _AIDER_RE.findall(output)
+    if not reports:
+        return None
+    tokens = _summed([(_aider_tokens(sent), _aider_tokens(received), None) for sent, received, _ in reports])
+    session = reports[-1][2]
+    return _usage(tokens.input_tokens if tokens else None, tokens.output_tokens if tokens else None,
+                  _aider_number(session) if session else None)
+
+
 def line_usage(output: str) -> Usage | None:
     """The last ``COHERENCE_USAGE {...}`` line: input_tokens, output_tokens, cost_usd (any may be left out)."""
     for found in reversed(_USAGE_RE.findall(output)):
@@ -182,7 +213,7 @@ def line_usage(output: str) -> Usage | None:
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("claude", "claude", "npm install -g @anthropic-ai/claude-code", _claude_args, claude_usage),
     Preset("codex", "codex", "npm install -g @openai/codex", _codex_args, codex_usage),
-    Preset("aider", "aider", "pip install aider-chat   (or: pipx install aider-chat)", _aider_args),
+    Preset("aider", "aider", "pip install aider-chat   (or: pipx install aider-chat)", _aider_args, aider_usage),
     Preset("gemini", "gemini", "npm install -g @google/gemini-cli", _gemini_args, gemini_usage),
     Preset("opencode", "opencode", "npm install -g opencode-ai", _opencode_args, opencode_usage),
 )}

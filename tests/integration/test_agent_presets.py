@@ -17,7 +17,7 @@ from tests.support.runner import RunnerProcess
 
 # A stub CLI: records what it was started with (argv, working folder, environment, stdin, the message file aider
 # reads), then answers as its CLI does: Claude Code's one JSON result, Codex's and opencode's JSON Lines, Gemini CLI's
-# pretty-printed JSON, aider's text. The record goes to a file beside it, one JSON line per run.
+# pretty-printed JSON, aider's text report. The record goes to a file beside it, one JSON line per run.
 STUB = """#!{python}
 import json, os, sys
 from pathlib import Path
@@ -41,7 +41,7 @@ if me.name == "gemini":
     tokens = {{"prompt": 90, "candidates": 9}}
     print(json.dumps({{"response": "ok", "stats": {{"models": {{"gemini-2.5-pro": {{"tokens": tokens}}}}}}}}, indent=2))
 elif me.name == "aider":
-    print("Tokens: 1.2k sent, 300 received.")
+    print("Tokens: 1.2k sent, 300 received. Cost: $0.0042 message, $0.0042 session.")
 else:
     for event in answers[me.name]:
         print(json.dumps(event))
@@ -96,7 +96,7 @@ def test_a_runner_runs_each_phase_with_its_agents_preset(served_api: ServedApi, 
         assert call["stdin"] == "" and call["cwd"] == str(served_api.home.parent)  # COHERENCE_WORKSPACE
     # what the runner kept of each run is enough to read its usage
     assert {a: read_usage(a, tasks[t].output) for a, t in by_type.items()} == {
-        "claude": Usage(1200, 340, 0.0123), "codex": Usage(50, 7, None), "aider": None,
+        "claude": Usage(1200, 340, 0.0123), "codex": Usage(50, 7, None), "aider": Usage(1200, 300, 0.0042),
         "gemini": Usage(90, 9, None), "opencode": Usage(30, 4, 0.5)}
 
 

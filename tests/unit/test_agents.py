@@ -125,7 +125,12 @@ def test_the_other_clis_structured_output_is_summed() -> None:
         {"type": "step_finish", "part": {"cost": 0.01, "tokens": {"input": 300, "output": 40}}},
         {"type": "step_finish", "part": {"cost": 0.02, "tokens": {"input": 200, "output": 60}}}))
     assert read_usage("opencode", opencode) == Usage(500, 100, pytest.approx(0.03))
-    assert read_usage("aider", "Tokens: 2.1k sent, 151 received.") is None  # text only
+    # aider's text report, one per message: tokens as aider rounds them, summed; the session's cost from the last
+    aider = ("Applied edit to spec.md\nTokens: 2.1k sent, 151 received. Cost: $0.0094 message, $0.0094 session.\n"
+             "Tokens: 12k sent, 1.5k cache write, 900 cache hit, 1.2k received. "
+             "Cost: $0.05 message, $0.0594 session.\n")
+    assert read_usage("aider", aider) == Usage(14100, 1351, 0.0594)
+    assert read_usage("aider", "Tokens: 950 sent, 12 received.\n") == Usage(950, 12, None)  # a model without prices
 
 
 def test_the_usage_line_works_for_any_agent_and_the_last_one_counts() -> None:
@@ -144,6 +149,7 @@ def test_the_usage_line_works_for_any_agent_and_the_last_one_counts() -> None:
     '{"type": "result", "usage": "many", "total_cost_usd": null}', '{"type": "result", "usage": [1]}',
     '{"stats": {"models": {"m": "x"}}}', '{"stats": 3}', '{"type": "turn.completed", "usage": 7}',
     '{"type": "step_finish", "part": {"tokens": null, "cost": -4}}', '{"type": "step_finish", "part": 1}',
+    "Tokens: 1.2.3k sent, .k received. Cost: $1.2.3 message, $... session.", "Tokens: sent, received.",
 ])
 def test_garbage_gives_none_never_an_exception(output: str) -> None:
     for agent in AGENT_NAMES:
