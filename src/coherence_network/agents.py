@@ -54,7 +54,7 @@ class Preset:
     executable: str
     install: str
     args: Callable[[str, Path, str], list[str]]  # (prompt, prompt file, model or "") -> the arguments after the name
-    usage: Callable[[str], Usage | None] | None = None  # None: the CLI reports no usage in a structured form
+    usage: Callable[[str], Usage | None]  # what the CLI itself prints of its usage; None when nothing readable
 
     def argv(self, prompt: str, prompt_file: Path, model: str = "") -> list[str]:
         """The argument list to start the agent with; a prompt no argument can carry is refused."""
@@ -112,7 +112,7 @@ def _objects(output: str) -> Iterator[dict[str, Any]]:
     for match in re.finditer(r"^\{", output, re.MULTILINE):
         try:
             value, _ = decoder.raw_decode(output, match.start())
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to read
             continue
         if isinstance(value, dict):
             yield value
@@ -203,7 +203,7 @@ def line_usage(output: str) -> Usage | None:
     for found in reversed(_USAGE_RE.findall(output)):
         try:
             value = json.loads(found)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to read
             continue
         if isinstance(value, dict):
             return _usage(value.get("input_tokens"), value.get("output_tokens"), value.get("cost_usd"))
@@ -224,5 +224,5 @@ def read_usage(agent: str, output: str) -> Usage | None:
     """What a run of ``agent`` reports it used: the CLI's structured output where it has one, else the
     COHERENCE_USAGE line; None when neither says anything readable. Never raises on what an agent printed."""
     preset = PRESETS.get(agent)
-    found = preset.usage(output) if preset and preset.usage else None
+    found = preset.usage(output) if preset else None
     return found or line_usage(output)

@@ -150,6 +150,7 @@ def test_the_usage_line_works_for_any_agent_and_the_last_one_counts() -> None:
     '{"stats": {"models": {"m": "x"}}}', '{"stats": 3}', '{"type": "turn.completed", "usage": 7}',
     '{"type": "step_finish", "part": {"tokens": null, "cost": -4}}', '{"type": "step_finish", "part": 1}',
     "Tokens: 1.2.3k sent, .k received. Cost: $1.2.3 message, $... session.", "Tokens: sent, received.",
+    '{"type": "result", "usage": ' + "[" * 100_000, "COHERENCE_USAGE {\"a\": " + "[" * 100_000 + "]" * 100_000 + "}",
 ])
 def test_garbage_gives_none_never_an_exception(output: str) -> None:
     for agent in AGENT_NAMES:
