@@ -5,12 +5,14 @@ command: it reads, and never registers as a component."""
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from coherence_network import fatal, grading, health
+from coherence_network.agents import CUSTOM, PRESETS
 from coherence_network.client import ApiClient, ApiError
 from coherence_network.contract import Component
 from coherence_network.endpoints import EFFECTIVENESS, HEALTH, READY, TASK_METRICS, Endpoint
@@ -81,6 +83,7 @@ def diagnose(settings: Settings, client: ApiClient) -> tuple[list[Check], dict[s
                                           "coherence logs api", "#pipeline-effectiveness")
         checks.append(check)
     checks.append(_version_check(settings, client if reachable.ok else None))
+    checks.append(agent_check(settings))
     free = shutil.disk_usage(settings.logs_dir).free
     minimum = settings.monitor_disk_min_free_mb * 2**20
     checks.append(Check("disk_space", free >= minimum, f"{free / 2**20:.0f} MiB free under {settings.logs_dir}",
@@ -135,6 +138,40 @@ def _version_check(settings: Settings, client: ApiClient | None) -> Check:
     known = {who: sha for who, sha in running.items() if sha}
     return Check("version", True, f"running {_shas(known) if known else 'unknown'}; source on disk "
                  f"{(disk or 'unknown')[:12]}")
+
+
+def agent_check(settings: Settings) -> Check:
+    """Every agent some task type runs (COHERENCE_AGENT and the phases' own) is installed here: found on this
+    process's PATH, as a runner started the same way finds it; when one is missing, how to install it."""
+    found, missing, install = [], [], []
+    for agent, types in settings.agents_configured.items():
+        phases = "/".join(types)
+        if agent == CUSTOM:
+            try:
+                words = shlex.split(settings.coherence_agent_command)
+            except ValueError as exc:
+                missing.append(f"{phases}: custom, COHERENCE_AGENT_COMMAND cannot be split: {exc}")
+                install.append("fix the quoting of COHERENCE_AGENT_COMMAND")
+                continue
+            if not words:
+                found.append(f"{phases}: custom, COHERENCE_AGENT_COMMAND not set (only run tasks can run)")
+            elif shutil.which(words[0]):
+                found.append(f"{phases}: custom, {words[0]} at {shutil.which(words[0])}")
+            else:
+                missing.append(f"{phases}: custom, {words[0]} (COHERENCE_AGENT_COMMAND) not found")
+                install.append(f"install {words[0]} or fix COHERENCE_AGENT_COMMAND")
+            continue
+        preset = PRESETS[agent]
+        where = shutil.which(preset.executable)
+        if where:
+            found.append(f"{phases}: {agent} at {where}")
+        else:
+            missing.append(f"{phases}: {agent} not installed ({preset.executable} is not on PATH)")
+            install.append(preset.install)
+    detail = "; ".join(missing + found)
+    if missing:
+        return Check("agent", False, detail, "; ".join(install), "#coding-agents")
+    return Check("agent", True, detail)
 
 
 def _shas(by_who: dict[str, str]) -> str:

@@ -37,6 +37,7 @@ from coherence_network.setting_values import (
     parse_command_types,
     seen_limit,
 )
+from coherence_network.settings_agent import AgentSettings
 from coherence_network.settings_telegram import TelegramSettings
 
 # What other modules take from here; the checks and parsers of values live in setting_values.
@@ -65,9 +66,9 @@ def config_errors_as_one_line(prog: str = "coherence") -> Iterator[None]:
         raise SystemExit(2) from None
 
 
-class Settings(TelegramSettings):
+class Settings(AgentSettings, TelegramSettings):
     """Configuration read from the environment (and an optional ``.env`` file in the working directory); the
-    Telegram bot's fields are declared in settings_telegram."""
+    Telegram bot's fields are declared in settings_telegram, the coding agent's in settings_agent."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
     _derived: set[str] = PrivateAttr(default_factory=set)
@@ -140,9 +141,6 @@ class Settings(TelegramSettings):
 
     # --- runner ---------------------------------------------------------------------------------------------
     coherence_workspace: Path = Field(Path("."), description="Folder tasks run in (the project the agents work on)")
-    coherence_agent_command: str = Field(
-        "", description="Agent command template for tasks without a command, e.g. 'claude -p {prompt_file}'"
-    )
     agent_task_timeout: float = Field(3600.0, gt=0, description="Seconds a task may run before it is killed")
     agent_kill_grace_seconds: float = Field(
         10.0, ge=0, description="Seconds between SIGTERM and SIGKILL when a task's process group is stopped"

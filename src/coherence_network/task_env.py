@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from coherence_network.agents import CUSTOM, PRESETS
 from coherence_network.contract import Task, TaskType
 from coherence_network.settings import SECRET_FIELDS, Settings
 
@@ -30,7 +31,8 @@ MASK_MIN_CHARS = 8  # a shorter value would mask ordinary words all over the out
 
 
 def build_argv(task: Task, settings: Settings, prompt_dir: Path) -> list[str]:
-    """The argument list to run: the task's own command, or the agent template with the prompt filled in.
+    """The argument list to run: the task's own command, or the phase's agent preset (agents.PRESETS; ``custom`` is
+    the COHERENCE_AGENT_COMMAND template with the prompt filled in).
 
     A command is run only for a type this runner's COHERENCE_COMMAND_TASK_TYPES allows (the API checks it at create;
     this runner may be configured stricter). Nothing is ever joined into a shell string: the prompt is one argument
@@ -42,8 +44,9 @@ def build_argv(task: Task, settings: Settings, prompt_dir: Path) -> list[str]:
         return shlex.split(task.command)
     if task.task_type is TaskType.RUN:
         raise ValueError("a run task needs a command (run tasks never use the agent template)")
+    agent, model = settings.agent_for(task.task_type)
     template = settings.coherence_agent_command
-    if not template:
+    if agent == CUSTOM and not template:
         raise ValueError("task has no command and COHERENCE_AGENT_COMMAND is not set")
     prompt = task.direction
     if task.decision:
@@ -51,6 +54,8 @@ def build_argv(task: Task, settings: Settings, prompt_dir: Path) -> list[str]:
     prompt_dir.mkdir(parents=True, exist_ok=True)
     prompt_file = prompt_dir / f"prompt_{task.id}.md"
     prompt_file.write_text(prompt, encoding="utf-8")
+    if agent != CUSTOM:
+        return PRESETS[agent].argv(prompt, prompt_file, model)
     return [arg.replace("{prompt_file}", str(prompt_file)).replace("{prompt}", prompt) for arg in shlex.split(template)]
 
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
+from coherence_network.agents import USAGE_LINE
 from coherence_network.api.app import create_app
 from coherence_network.console.routes import router as console_router
 from coherence_network.logfiles import REGISTRY, RUN_FILES
@@ -30,7 +31,7 @@ SECTIONS = [
 FOREIGN_VARIABLES = {"PIP_INDEX_URL", "PIP_CONFIG_FILE", "PIP_NO_INDEX", "NPM_CONFIG_REGISTRY",
                      "ANTHROPIC_API_KEY", "GH_TOKEN", "AWS_SECRET_ACCESS_KEY"}
 # What the runner hands to each task (the agent protocol), and the protocol's own markers: not settings.
-PROTOCOL_NAMES = {"COHERENCE_DECISION", "COHERENCE_TASK_ID", "COHERENCE_TASK_TYPE", "NEEDS_DECISION"}
+PROTOCOL_NAMES = {"COHERENCE_DECISION", "COHERENCE_TASK_ID", "COHERENCE_TASK_TYPE", "NEEDS_DECISION", USAGE_LINE}
 # Settings that exist for tests or internals only need not be in the runbook.
 UNDOCUMENTED_SETTINGS: set[str] = set()
 DOC_ROUTES = {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}

@@ -214,7 +214,7 @@ def create(
                                         "it from stdin"),
     direction_opt: str = typer.Option(None, "--direction", "-d", help="The same, as an option"),
     task_type: TaskType = typer.Option(TaskType.RUN, "--type", help="Task type: run carries a --command (no agent); "
-                                       "spec, test, impl, review and heal run COHERENCE_AGENT_COMMAND"),
+                                       "spec, test, impl, review and heal run the agent (COHERENCE_AGENT)"),
     command: str = typer.Option(None, "--command", help="For a run task: the command line a runner executes (split "
                                 "like a shell would, never run by one; types allowed: COHERENCE_COMMAND_TASK_TYPES)"),
     priority: int = typer.Option(0, "--priority", help="Higher runs first (-1000..1000)"),

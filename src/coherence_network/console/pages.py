@@ -108,7 +108,7 @@ def render(request: Request, template: str, visit: Visit | None, code: int = 200
         request=request, path=request.url.path, identity=visit.session.identity if visit else None,
         csrf=sessions_of(request).csrf_token(visit.session) if visit else "",
         signed=token_required(request), Status=TaskStatus, statuses=list(TaskStatus), types=list(TaskType),
-        agent_command_set=bool(settings_of(request).coherence_agent_command), **values)
+        agentless=settings_of(request).agentless_types, **values)
     response = HTMLResponse(page, status_code=code, headers=PAGE_HEADERS)
     if visit is not None and visit.new_cookie:
         set_session_cookie(request, response, visit.new_cookie)

@@ -1,0 +1,72 @@
+"""The coding agent's settings, declared apart so settings.py stays one screenful per part; Settings inherits them,
+so they are read, described and checked like every other field."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+from pydantic_settings import BaseSettings
+
+from coherence_network.agents import AGENT_NAMES, CUSTOM
+
+AGENT_PHASES = ("spec", "test", "impl", "review")  # the phases that may have an agent of their own
+
+
+def _known_agent(value: str) -> str:
+    value = value.strip().lower()
+    if value and value not in AGENT_NAMES:
+        raise ValueError(f"unknown agent {value!r}; one of: {', '.join(AGENT_NAMES)}")
+    return value
+
+
+AgentName = Annotated[str, AfterValidator(_known_agent)]
+_PHASE_AGENT = "Agent for {} tasks; empty = COHERENCE_AGENT"
+_PHASE_MODEL = ("Model for {} tasks; empty = COHERENCE_AGENT_MODEL when the phase runs COHERENCE_AGENT, else the "
+                "agent's own default")
+
+
+class AgentSettings(BaseSettings):
+    """Which coding-agent CLI runs the agent tasks (agents.PRESETS), with which model, per phase."""
+
+    coherence_agent: AgentName = Field(
+        CUSTOM, description="Coding agent for tasks without a command: claude, codex, aider, gemini, opencode, or "
+        "custom (COHERENCE_AGENT_COMMAND)"
+    )
+    coherence_agent_command: str = Field(
+        "", description="Agent command template for tasks without a command, e.g. 'claude -p {prompt_file}'"
+    )
+    coherence_agent_model: str = Field("", description="Model the agent is given (its --model); empty = the agent's "
+                                       "own default; custom ignores it")
+    coherence_agent_spec: AgentName = Field("", description=_PHASE_AGENT.format("spec"))
+    coherence_agent_test: AgentName = Field("", description=_PHASE_AGENT.format("test"))
+    coherence_agent_impl: AgentName = Field("", description=_PHASE_AGENT.format("impl"))
+    coherence_agent_review: AgentName = Field("", description=_PHASE_AGENT.format("review"))
+    coherence_agent_model_spec: str = Field("", description=_PHASE_MODEL.format("spec"))
+    coherence_agent_model_test: str = Field("", description=_PHASE_MODEL.format("test"))
+    coherence_agent_model_impl: str = Field("", description=_PHASE_MODEL.format("impl"))
+    coherence_agent_model_review: str = Field("", description=_PHASE_MODEL.format("review"))
+
+    def agent_for(self, task_type: str) -> tuple[str, str]:
+        """(agent, model) a task of this type runs: the phase's own when set, else COHERENCE_AGENT's. The default
+        model goes only with the default agent: a model of one CLI means nothing to another."""
+        phase = task_type if task_type in AGENT_PHASES else None
+        agent = (getattr(self, f"coherence_agent_{phase}") if phase else "") or self.coherence_agent
+        model = getattr(self, f"coherence_agent_model_{phase}") if phase else ""
+        if not model and agent == self.coherence_agent:
+            model = self.coherence_agent_model
+        return agent, model
+
+    @property
+    def agentless_types(self) -> frozenset[str]:
+        """The agent task types that cannot run here: their agent is custom and COHERENCE_AGENT_COMMAND is empty."""
+        return frozenset(t for t in (*AGENT_PHASES, "heal")
+                         if self.agent_for(t)[0] == CUSTOM and not self.coherence_agent_command)
+
+    @property
+    def agents_configured(self) -> dict[str, list[str]]:
+        """Each agent some task type runs, with those types (heal runs COHERENCE_AGENT)."""
+        used: dict[str, list[str]] = {}
+        for task_type in (*AGENT_PHASES, "heal"):
+            used.setdefault(self.agent_for(task_type)[0], []).append(task_type)
+        return used
