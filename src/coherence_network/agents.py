@@ -4,7 +4,7 @@
 shell string: the prompt is one argument after ``--`` (so a prompt starting with ``-`` is never read as a flag), or
 the prompt file for a CLI that reads one. ``custom`` is the ``COHERENCE_AGENT_COMMAND`` template (task_env).
 
-Sources of the flags (checked 2026-12): Claude Code, notes/issue22.md (a probe of 2.1.197: ``-p`` with
+Sources of the flags (checked 2026-12): Claude Code, a probe of 2.1.197 (``-p`` with
 ``--output-format json`` prints one JSON result with total_cost_usd and usage; as root only ``--permission-mode
 acceptEdits`` with ``--allowedTools`` works, ``--dangerously-skip-permissions`` is refused; this preset's exact argv,
 with a prompt starting ``--help`` and holding quotes and newlines, was run against that version and a scripted model
