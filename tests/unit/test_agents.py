@@ -19,7 +19,7 @@ from coherence_network.task_env import build_argv
 
 HOSTILE = "--help\n'quoted' \"double\" $(rm -rf /) `reboot`; && | > x\n\ttab ünïcode"
 
-# What Claude Code 2.1.197 printed for `-p ... --output-format json` in a probe against a scripted model server, one line.
+# What Claude Code 2.1.197 printed for `-p ... --output-format json` against a scripted model server, one line.
 CLAUDE_RESULT = {
     "type": "result", "subtype": "success", "is_error": False, "duration_ms": 231, "num_turns": 2,
     "result": "Wrote spec.md", "session_id": "5f0c", "total_cost_usd": 0.0123,
