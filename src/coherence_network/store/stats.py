@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 
 from coherence_network.contract import SETTLED_STATUSES, TaskStatus
 from coherence_network.store.schema import UTCDateTime, tasks
+from coherence_network.store.statements import OUT_OF_ATTEMPTS
 
 
 def _no_outcomes() -> dict[str, Any]:
@@ -257,8 +258,7 @@ def first_asked(conn: Connection) -> datetime | None:
 def out_of_attempts(conn: Connection) -> dict[str, int]:
     """Failed tasks whose attempts are spent (attempts >= max_attempts), by task type: nothing retries them but an
     operator. Read through the (task_type, status) index, then the failed rows only."""
-    spent = sa.and_(tasks.c.status == TaskStatus.FAILED, tasks.c.attempts >= tasks.c.max_attempts)
-    query = sa.select(tasks.c.task_type, sa.func.count()).where(spent).group_by(tasks.c.task_type)
+    query = sa.select(tasks.c.task_type, sa.func.count()).where(OUT_OF_ATTEMPTS).group_by(tasks.c.task_type)
     return {task_type: int(n) for task_type, n in conn.execute(query)}
 
 
