@@ -22,3 +22,9 @@ def actor_of(request: Request) -> str | None:
     if actor.startswith(COMPONENT_ACTOR):
         return None
     return actor or "api"
+
+
+def acting_as(request: Request, given: str | None) -> str:
+    """The name an act that must have one is recorded under (a cancel, a decision, a policy, a bulk act): the one the
+    body gives (``by``, ``decided_by``), else the X-Coherence-Actor header's, else "api"."""
+    return given or actor_of(request) or "api"

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
 from coherence_network.api import bulk
-from coherence_network.api.deps import actor_of, store_of
+from coherence_network.api.deps import acting_as, store_of
 from coherence_network.api.models import COMMON_ERRORS, responses
 from coherence_network.contract_steering import BulkPreview, BulkResult
 from coherence_network.request_bodies import BulkActRequest, BulkPreviewRequest
@@ -35,7 +35,7 @@ async def act(body: BulkActRequest, request: Request) -> dict[str, Any]:
     """Cancel or retry what the preview of the same action and filter counted: the tasks that match now and are
     no newer than the preview's newest, each moved as a single cancel or retry would be (one audit record apiece).
     A token acts once: the same token again answers that act's counts and moves nothing more."""
-    actor = body.by or actor_of(request) or "api"
+    actor = acting_as(request, body.by)
     try:
         result = await run_in_threadpool(bulk.act, store_of(request), tokens_of(request), body, actor)
     except bulk.BulkRefused as exc:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
-from coherence_network.api.deps import actor_of, store_of
+from coherence_network.api.deps import acting_as, store_of
 from coherence_network.api.models import COMMON_ERRORS
 from coherence_network.contract import TaskType
 from coherence_network.contract_steering import TypePolicyChange, TypePolicyList
@@ -35,7 +35,7 @@ async def set_policy(task_type: TaskType, body: TypePolicyRequest, request: Requ
     default, the rest stay. A new or raised limit hands the freed slots to waiting claims at once; a lowered one
     stops nothing that runs (the type then waits until it is under its limit). Setting what is already so changes
     nothing (``changed`` false): safe to repeat."""
-    by = body.by or actor_of(request) or "api"
+    by = acting_as(request, body.by)
     try:
         stored, changed = await run_in_threadpool(store_of(request).set_type_policy, task_type.value, by,
                                                   **body.changes())

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from coherence_network.api.deps import actor_of, store_of
+from coherence_network.api.deps import acting_as, store_of
 from coherence_network.api.models import COMMON_ERRORS, TaskId, responses
 from coherence_network.contract import PAUSE_ALL, PauseChange, PauseList, Task
 from coherence_network.request_bodies import CancelRequest, PauseRequest, ResumeRequest
@@ -65,7 +65,7 @@ async def cancel_task(task_id: TaskId, body: CancelRequest, request: Request) ->
     """Cancel a task: pending or needs_decision settle as cancelled at once; a running one gets
     ``cancel_requested_at`` and its runner stops its process group (SIGTERM, then SIGKILL after the grace) and
     finishes it as cancelled. 409 naming the status when it is completed or failed; a repeat returns the task."""
-    by = body.by or actor_of(request) or "api"
+    by = acting_as(request, body.by)
     task = await run_in_threadpool(store_of(request).cancel, task_id, by, body.reason)
     log.warning("task %s: cancel by %s (%s): %s", task_id, by, task["status"], body.reason)
     return task

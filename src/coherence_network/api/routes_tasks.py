@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 
-from coherence_network.api.deps import actor_of, store_of
+from coherence_network.api.deps import acting_as, actor_of, store_of
 from coherence_network.api.models import (
     COMMON_ERRORS,
     SEARCH_QUERY,
@@ -121,7 +121,7 @@ async def patch_task(task_id: TaskId, body: TaskPatch, request: Request) -> dict
     """Answer a needs_decision task (``{"decision": "yes"}``) or retry a failed one (``{"status": "pending"}``)."""
     store = store_of(request)
     if body.decision is not None:
-        who = body.decided_by or actor_of(request) or "api"
+        who = acting_as(request, body.decided_by)
         task = await run_in_threadpool(store.decide, task_id, body.decision, who)
     else:
         task = await run_in_threadpool(lambda: store.retry(task_id, actor=actor_of(request)))
