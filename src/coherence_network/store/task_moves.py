@@ -89,8 +89,9 @@ class TaskMoves(TaskCreates, FailureBook):
         request_id: str | None = None,
         replay: bool = True,
     ) -> Rows:
-        """Claim up to ``max_tasks`` of the most urgent pending tasks for ``runner_id`` in one statement, most
-        urgent first; each gets its own claim token. A retried ``request_id`` returns what that claim got.
+        """Claim up to ``max_tasks`` of the most urgent pending tasks for ``runner_id``, most urgent first; each gets
+        its own claim token (one statement unless a limited type is among them: store/limited_claims.py). A
+        retried ``request_id`` returns what that claim got.
 
         On SQLite a read first: finding nothing costs no write transaction (the file stays untouched). On PostgreSQL
         the UPDATE ... SKIP LOCKED is itself one transaction, as cheap as the read would be."""
