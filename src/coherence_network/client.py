@@ -11,10 +11,11 @@ token, a decision its own value.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 import uuid
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -40,6 +41,7 @@ from coherence_network.contract import (
 from coherence_network.endpoints import (
     ACTOR_HEADER,
     CLAIM,
+    CLAIM_HELD_HEADER,
     CLAIM_MANY,
     CLEAR_FATAL_ISSUES,
     COMPONENT_HEARTBEAT,
@@ -88,6 +90,23 @@ from coherence_network.request_bodies import (
 from coherence_network.settings import Settings, get_settings
 
 log = logging.getLogger("coherence.client")
+
+
+class HeldClaim(NamedTuple):
+    """A claim's tasks and how long the API held it before the look that claimed them (CLAIM_HELD_HEADER)."""
+
+    tasks: list[Task]
+    held: float
+
+
+def held_seconds(response: httpx.Response) -> float:
+    """CLAIM_HELD_HEADER's value; 0 when absent or not a finite, non-negative number (an older API): the lease is
+    then counted from when the claim was sent, which is early, never late."""
+    try:
+        held = float(response.headers.get(CLAIM_HELD_HEADER, "0"))
+    except ValueError:
+        return 0.0
+    return held if math.isfinite(held) and held > 0 else 0.0
 
 
 
@@ -266,9 +285,18 @@ class ApiClient(SteeringCalls):
     ) -> list[Task]:
         """Claim up to ``max_tasks`` tasks in one call (most urgent first), waiting up to ``wait_seconds`` for any;
         retried as safely as ``claim`` (one request id names the whole claim)."""
+        return self.claim_held(runner_id, max_tasks, types=types, wait_seconds=wait_seconds,
+                               lease_seconds=lease_seconds).tasks
+
+    def claim_held(
+        self, runner_id: str, max_tasks: int, *, types: list[str] | None = None, wait_seconds: float = 0.0,
+        lease_seconds: float | None = None,
+    ) -> HeldClaim:
+        """``claim_many``, with how long the API held the claim before the look that claimed: a runner counts the
+        lease from when it sent the claim plus that (never later than the grant), not from when the answer came."""
         body = _claim(ClaimRequest, runner_id, types, wait_seconds, lease_seconds, max_tasks=max_tasks)
         response = self.call(CLAIM_MANY, body, timeout=self.timeout + wait_seconds, keyed=True)
-        return TaskList.model_validate(response.json()).tasks
+        return HeldClaim(TaskList.model_validate(response.json()).tasks, held_seconds(response))
 
     def heartbeat(self, task_id: int, claim_token: int, **fields: Any) -> Task:
         """Extend the lease; fenced by the claim token, so repeating it is safe."""

@@ -33,6 +33,10 @@ _Body = TypeVar("_Body", bound=BaseModel)
 # Who acts, for the audit trail: cli:alice, console:bob, telegram:carol; component:<name> for the pipeline's own parts.
 ACTOR_HEADER = "X-Coherence-Actor"
 COMPONENT_ACTOR = "component:"
+# How long a long-poll claim waited in the API before the look that claimed (seconds, the API's monotonic clock; 0 when
+# it claimed at once): the runner counts the lease from when it sent the claim plus this, a moment never later than
+# the grant, however late the answer arrives (a stalled API, a slow network).
+CLAIM_HELD_HEADER = "X-Coherence-Claim-Held"
 
 
 @dataclass(frozen=True)

@@ -79,10 +79,11 @@ class ResultOutbox:
                                   "decision_prompt": result.decision_prompt,
                                   "error_category": result.error_category, "error_summary": result.error_summary}
         try:
-            if claim_next:
+            if claim_next:  # it claims at once (no wait): its lease counts from when it was sent
+                sent = time.monotonic()
                 _, task = self.client.finish_and_claim(result.task_id, result.claim_token, result.status,
                                                        runner_id=self.runner_id, types=self.types, **fields)
-                following = Claim(task, time.monotonic()) if task is not None else None
+                following = Claim(task, sent) if task is not None else None
             else:
                 self.client.finish(result.task_id, result.claim_token, result.status, **fields)
         except (ApiConflict, ApiNotFound) as exc:

@@ -120,13 +120,9 @@ class Runner:
             if self.stopping.is_set():
                 return None
             wait = 0.0 if self.once else min(self.interval, MAX_CLAIM_WAIT)
-            if free <= 1:
-                tasks = [task] if (task := self.client.claim(self.runner_id, types=self.types,
-                                                             wait_seconds=wait)) else []
-            else:
-                tasks = self.client.claim_many(self.runner_id, free, types=self.types, wait_seconds=wait)
-            arrived = time.monotonic()
-            claims = [Claim(task, arrived) for task in tasks]
+            sent = time.monotonic()
+            answer = self.client.claim_held(self.runner_id, max(free, 1), types=self.types, wait_seconds=wait)
+            claims = [Claim(task, sent + answer.held) for task in answer.tasks]
             with self.lock:
                 self.handoff.extend(claims[1:])
                 if claims:

@@ -36,7 +36,7 @@ STEP_CHARS = 200
 COMMAND_CHARS = 500
 WATCH_SECONDS = 0.2
 RETRY_SECONDS = 1.0  # pace of heartbeats and deliveries while the API does not answer
-CLAIM_MARGIN = 0.25  # a claim starts only within the first 3/4 of its lease, counted from when its answer arrived
+CLAIM_MARGIN = 0.25  # a claim starts only within the first 3/4 of its lease, counted from no later than its grant
 
 
 @dataclass
@@ -86,16 +86,18 @@ class RunnerFault(CoherenceError):
 
 @dataclass(frozen=True)
 class Claim:
-    """A claimed task and when the claim's answer arrived, by this host's monotonic clock (never compared with
-    another host's clock): the lease the API granted runs out about a lease after that."""
+    """A claimed task and ``granted``, a moment on this host's monotonic clock (never compared with another host's
+    clock) no later than the API's grant: when the claim was sent, plus how long the API said it held it. Not when
+    the answer arrived: an API stalled between the grant and its answer (SIGSTOP, a slow network) would make a lease
+    already spent look fresh. The lease the API granted runs out no sooner than a lease after ``granted``."""
 
     task: Task
-    arrived: float
+    granted: float
 
     def usable_until(self, default_lease: float) -> float:
-        """The last moment this claim may start: its lease less a quarter (CLAIM_MARGIN), for the time the answer
-        took to arrive. Later, the lease may have run out and the task may be running elsewhere."""
-        return self.arrived + lease_of(self.task, default_lease) * (1 - CLAIM_MARGIN)
+        """The last moment this claim may start: its lease less a quarter (CLAIM_MARGIN), for the time its guard
+        takes to start. Later, the lease may have run out and the task may be running elsewhere."""
+        return self.granted + lease_of(self.task, default_lease) * (1 - CLAIM_MARGIN)
 
 
 class TaskLog:
@@ -135,7 +137,7 @@ class TaskRun:
 
     def __init__(self, claim: Claim, settings: Settings, runner_id: str) -> None:
         self.task = claim.task
-        self.claimed_at = claim.arrived
+        self.claimed_at = claim.granted
         self.settings = settings
         self.runner_id = runner_id
         self.tail: deque[str] = deque()

@@ -147,6 +147,7 @@ def _drive(client: ApiClient) -> dict[str, Callable[[], Any]]:
                                         decision_prompt="Ship it?", exit_code=0),
         "decide": lambda: client.decide(seen["claimed"].id, "yes", "test:contract"),
         "claim_many": claimed_pair,
+        "claim_held": lambda: client.claim_held("r1", 2, types=[TaskType.RUN], wait_seconds=0.05),
         "finish_and_claim": lambda: keep("next", client.finish_and_claim(
             seen["pair"][0].id, seen["pair"][0].claim_token, TaskStatus.FAILED, runner_id="r1", types=["spec"],
             exit_code=1, output="it broke\n")),

@@ -4,6 +4,7 @@ attempts, nor churns the queue, and everything runs once space is back. Real run
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,3 +226,48 @@ def test_a_full_disk_blocks_slots_without_killing_them_or_costing_attempts(
         assert proc.proc is not None and proc.proc.poll() is None
     finally:
         proc.stop()
+
+
+def test_a_claim_answered_late_counts_its_lease_from_before_the_grant(shared_api: ServedApi, tmp_path: Path) -> None:
+    """The stale claim the chaos bench found under load (a run started 2 s after its lease ran out): the API granted
+    a claim, then stalled (SIGSTOP) before its answer left. Counted from when the answer arrived, the lease looked
+    fresh and the task started on a lease already spent. The runner counts it from when it sent the claim, plus how
+    long the API says it held a long poll before the look that claimed: never later than the grant, and a long
+    poll's wait is not mistaken for age."""
+    proxy = HoldingProxy(shared_api.url).start()
+    runner = Runner(Settings(coherence_home=tmp_path / "home", agent_api_base=proxy.url), runner_id="late-answers",
+                    interval=10)
+    claims: list[Claim | None] = []
+    try:
+        with ApiClient(shared_api.url, token="") as client:
+            stalled = client.create_task("answered late", "run", command="true")
+            proxy.hold_answers("claims")
+            sent = time.monotonic()
+            claiming = threading.Thread(target=lambda: claims.append(runner._claim(0)))
+            claiming.start()
+            wait_until(lambda: proxy.held == 1, 10, "the claim granted, its answer held")
+            assert client.get_task(stalled.id).status == TaskStatus.RUNNING
+            time.sleep(1.0)  # the stall itself, not a wait for an event
+            proxy.release()
+            claiming.join(10)
+            late = claims.pop()
+            assert late is not None and late.task.id == stalled.id
+            assert late.granted - sent < 0.5, "counted from the late answer, not from before the grant"
+
+            polls = proxy.count("claims")
+            sent = time.monotonic()
+            claiming = threading.Thread(target=lambda: claims.append(runner._claim(1)))
+            claiming.start()
+            wait_until(lambda: proxy.count("claims") > polls, 10, "the long poll reached the API")
+            time.sleep(0.5)  # the poll waits in the API for this long before any work exists
+            waited = client.create_task("after a wait", "run", command="true")
+            created = time.monotonic()
+            claiming.join(10)
+            polled = claims.pop()
+            assert polled is not None and polled.task.id == waited.id
+            assert sent + 0.4 < polled.granted < created, "the API's hold counts; the grant came after the create"
+            for claim in (late, polled):
+                client.finish(claim.task.id, claim.task.claim_token, TaskStatus.COMPLETED)
+    finally:
+        proxy.stop()
+        runner.client.close()

@@ -1,5 +1,6 @@
 """A loopback HTTP proxy in front of the API that can hold one kind of request (a slow network, or an API that is
-slow to answer one call) until the test releases it, or answer it 503 (an API that cannot serve it); everything
+slow to answer one call) or its answer (the API acted, its answer is late: a stalled API or network) until the
+test releases it, or answer it 503 (an API that cannot serve it); everything
 else passes straight through, long polls included. It counts the requests it sees by their path's last segment, so
 a test can wait for a runner's next call."""
 
@@ -25,6 +26,7 @@ class HoldingProxy:
         self.seen: Counter[str] = Counter()  # requests by their path's last segment ("claim", "finish"...)
         self.held = 0  # requests waiting for release() now
         self.holding: str | None = None  # last path segment of the requests to hold
+        self.holding_answers: str | None = None  # last path segment of the requests whose answers to hold
         self.failing: set[str] = set()  # last path segments of the requests answered 503
         self.released = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
@@ -44,12 +46,18 @@ class HoldingProxy:
         self.released.clear()
         self.holding = segment
 
+    def hold_answers(self, segment: str) -> None:
+        """From now on, pass requests whose path ends in ``/segment`` to the API but hold its answers until
+        ``release`` (``held`` counts them)."""
+        self.released.clear()
+        self.holding_answers = segment
+
     def fail(self, *segments: str) -> None:
         """Answer requests whose path ends in one of ``/segments`` with 503 (none: pass everything again)."""
         self.failing = set(segments)
 
     def release(self) -> None:
-        self.holding = None
+        self.holding = self.holding_answers = None
         self.released.set()
 
     def start(self) -> HoldingProxy:
@@ -94,6 +102,12 @@ class HoldingProxy:
                 except httpx.HTTPError:  # the proxy is stopping (its client closed) or the API went away
                     self.close_connection = True
                     return
+                if proxy.holding_answers == segment:
+                    with proxy.lock:
+                        proxy.held += 1
+                    proxy.released.wait()
+                    with proxy.lock:
+                        proxy.held -= 1
                 self.send_response(answer.status_code)
                 for key, value in answer.headers.items():
                     if key.lower() not in HOP_BY_HOP:

@@ -18,6 +18,7 @@ from coherence_network.api.deps import store_of
 from coherence_network.api.models import COMMON_ERRORS, TaskId, responses
 from coherence_network.clock import utcnow
 from coherence_network.contract import FinishAndClaim, Task, TaskList, TaskStatus, TaskType
+from coherence_network.endpoints import CLAIM_HELD_HEADER
 from coherence_network.request_bodies import AgentReport, ClaimRequest, TaskFinish, TaskHeartbeat
 from coherence_network.store import TaskStore
 
@@ -33,11 +34,11 @@ async def claim_task(body: ClaimRequest, request: Request) -> Response:
 
     With ``request_id``, a retried claim returns the task the first one got (same claim token). With
     ``max_tasks`` above 1 the answer is ``{"tasks": [...]}``, as from /tasks/claims."""
-    claimed = await _claim_waiting(body, request)
-    headers = _closing(request)
+    claimed, held = await _claim_waiting(body, request)
+    headers = {**_closing(request), CLAIM_HELD_HEADER: held}
     if body.max_tasks > 1:
         return _answer(TaskList, {"tasks": claimed}, headers)
-    return _answer(Task, claimed[0]) if claimed else Response(status_code=204, headers=headers)
+    return _answer(Task, claimed[0], headers) if claimed else Response(status_code=204, headers=headers)
 
 
 def _answer(model: type[BaseModel], value: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
@@ -50,8 +51,8 @@ def _answer(model: type[BaseModel], value: dict[str, Any], headers: dict[str, st
 async def claim_tasks(body: ClaimRequest, request: Request, response: Response) -> dict[str, Any]:
     """Claim up to ``max_tasks`` tasks in one call, most urgent first; an empty list when none came within
     ``wait_seconds``."""
-    claimed = await _claim_waiting(body, request)
-    response.headers.update(_closing(request))
+    claimed, held = await _claim_waiting(body, request)
+    response.headers.update({**_closing(request), CLAIM_HELD_HEADER: held})
     return {"tasks": claimed}
 
 
@@ -61,15 +62,22 @@ def _closing(request: Request) -> dict[str, str]:
     return {"Connection": "close"} if request.app.state.work.closed else {}
 
 
-async def _claim_waiting(body: ClaimRequest, request: Request, *, looked: bool = False) -> list[dict[str, Any]]:
+async def _claim_waiting(
+    body: ClaimRequest, request: Request, *, looked: bool = False,
+) -> tuple[list[dict[str, Any]], str]:
     """The long poll behind every claim: claim at once (unless the caller just ``looked``), else wait up to
     ``wait_seconds``, looking at the store again only when woken (a task was made claimable here or, on
     PostgreSQL, on any replica), when the first automatic retry in its backoff becomes due (no write wakes anyone
     then: one index seek before each wait says when), or every COHERENCE_CLAIM_RECHECK_SECONDS (the safety net), so
     an idle long poll costs next to nothing. Once the server shuts down it answers at once and claims nothing (see
-    api/signals.py)."""
+    api/signals.py).
+
+    Also how long it waited before the look that claimed (CLAIM_HELD_HEADER's value): "0" when it claimed without
+    waiting, so a retried claim's replay, granted before this request, never counts as held."""
     state = request.app.state
-    deadline = time.monotonic() + body.wait_seconds
+    received = time.monotonic()
+    deadline = received + body.wait_seconds
+    waited = False
     recheck = state.settings.coherence_claim_recheck_seconds
     gone: asyncio.Future[None] | None = None
     hops: int | None = None  # set while this claim holds a wake-up (see api/signals.py)
@@ -77,8 +85,9 @@ async def _claim_waiting(body: ClaimRequest, request: Request, *, looked: bool =
     try:
         while True:
             if state.work.closed:
-                return []
+                return [], "0"
             if not looked:
+                held = f"{time.monotonic() - received:.3f}" if waited else "0"
                 claimed = await run_in_threadpool(
                     state.store.claim_many, body.runner_id, body.max_tasks, types=body.types,
                     lease_seconds=body.lease_seconds, request_id=body.request_id, replay=replay,
@@ -88,19 +97,20 @@ async def _claim_waiting(body: ClaimRequest, request: Request, *, looked: bool =
                     if hops is not None:
                         state.work.notify()  # there may be more: the next waiter looks too
                     _count_claims(state, claimed)
-                    return claimed
+                    return claimed, held
                 if hops and body.types:
                     state.work.notify(hops - 1)  # nothing of these types: maybe something for another waiter
             looked = False
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return []
+                return [], "0"
             gone = gone or asyncio.ensure_future(_client_gone(request))
             hops = await state.work.wait(min(remaining, recheck, await _until_due(state.store, body.types)), gone)
+            waited = True
             if gone.done():  # nobody would receive a task claimed now: the wake-up goes to another waiter
                 if hops is not None:
                     state.work.notify(hops)
-                return []
+                return [], "0"
     finally:
         if gone is not None:
             gone.cancel()
@@ -170,7 +180,9 @@ async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> An
     if following_task is not None:
         _count_claims(request.app.state, [following_task])
     elif following.wait_seconds > 0:
-        following_task = next(iter(await _claim_waiting(following, request, looked=True)), None)
+        claimed, held = await _claim_waiting(following, request, looked=True)
+        return _answer(FinishAndClaim, {"finished": task, "next": next(iter(claimed), None)},
+                       {CLAIM_HELD_HEADER: held})
     return _answer(FinishAndClaim, {"finished": task, "next": following_task})
 
 
