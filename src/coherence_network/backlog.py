@@ -4,6 +4,7 @@ reordering the backlog keeps their progress."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,8 @@ PHASES = ("spec", "test", "impl", "review")
 RUN_PHASE = "run"
 _ITEM = re.compile(r"^\s*(\d+)\.\s+(\S.*?)\s*$")
 _RUN = re.compile(r"^run:\s*(.*)$", re.IGNORECASE)
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+SLUG_WORDS_CHARS = 40
 
 
 def normalise(text: str) -> str:
@@ -29,6 +32,13 @@ class BacklogItem:
     @property
     def key(self) -> str:
         return normalise(self.text)
+
+    @property
+    def slug(self) -> str:
+        """A short name for the item that is safe in a branch, a folder and a URL, and as stable as its key: its
+        first words and 8 hex digits of the key's hash (``add-a-login-page-3f2a9c1b``)."""
+        words = _NOT_SLUG.sub("-", self.key)[:SLUG_WORDS_CHARS].strip("-") or "item"
+        return f"{words}-{hashlib.sha256(self.key.encode()).hexdigest()[:8]}"
 
     @property
     def phases(self) -> tuple[str, ...]:

@@ -37,11 +37,16 @@ class ErrorCategory(StrEnum):
     CONFIG_ERROR = "config_error"  # the agent command is missing or refused: no retry can succeed
     AGENT_ERROR = "agent_error"  # the agent CLI failed before doing the work (bad flags, no credentials)
     PUSH_FAILED = "push_failed"  # the work was done but could not be pushed
+    NO_CHANGE = "no_change"  # a spec, test or impl phase left no commit with a diff (or not in the files it must touch)
+    NO_VERDICT = "no_verdict"  # a review ended without a `VERDICT: pass|fail` line
+    STALLED = "stalled"  # the agent printed nothing for COHERENCE_STALL_STOP_SECONDS and was stopped
+    OVER_BUDGET = "over_budget"  # the task passed its cost cap (COHERENCE_COST_CAP_TASK_USD) and was stopped
 
 
 # Categories whose failure a later attempt may heal (the others need an operator's change first).
 RETRIABLE_CATEGORIES = frozenset({ErrorCategory.NONZERO_EXIT, ErrorCategory.TIMEOUT, ErrorCategory.KILLED,
-                                  ErrorCategory.LEASE_EXPIRED, ErrorCategory.PUSH_FAILED})
+                                  ErrorCategory.LEASE_EXPIRED, ErrorCategory.PUSH_FAILED, ErrorCategory.NO_CHANGE,
+                                  ErrorCategory.NO_VERDICT, ErrorCategory.STALLED})
 
 
 class TaskType(StrEnum):
@@ -184,6 +189,14 @@ class Task(Returned):
     cancel_requested_at: datetime | None = None  # an operator asked to cancel this running task; its runner stops it
     cancelled_by: str | None = None  # the actor who cancelled (or asked to), e.g. cli:alice
     cancel_reason: str | None = None
+    item: str | None = None  # the backlog item a phase task belongs to (its context's "item"), for the item's views
+    agent: str | None = None  # the agent preset that ran it (agents.PRESETS), as its runner reported
+    model: str | None = None
+    tokens_in: int | None = None  # usage as the agent reported it (None: it reported none)
+    tokens_out: int | None = None
+    cost_usd: float | None = None
+    last_output_at: datetime | None = None  # a running task's last line of output, as its runner's heartbeat says
+    evidence: dict[str, Any] | None = None  # what a phase left: branch, commit, diffstat, files, verdict, merge, push
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

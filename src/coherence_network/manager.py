@@ -45,6 +45,7 @@ TIMEOUT_DECIDER = "timeout:default"  # decided_by of a default answer the decisi
 COMPONENT = Component.MANAGER
 RESULT_CHARS = 800  # output tail kept per phase and handed to the next phases' prompts
 DIRECTION_LIMIT = 5000  # the API's limit on a task's direction
+TITLE_CHARS = 200  # of the item's text, in each phase task's context (what views show for the item)
 
 PHASE_GOALS = {
     "spec": "Write a short specification of this item: behaviour, interface and acceptance criteria.",
@@ -266,7 +267,7 @@ class ProjectManager:
 
     def _start(self, item: BacklogItem, state: ItemState, phase: str) -> None:
         """Create the phase's task and record it at once, so a crash right after cannot create it twice."""
-        context = {"item": item.key, "phase": phase, "iteration": state.iteration}
+        context = {"item": item.slug, "title": item.text[:TITLE_CHARS], "phase": phase, "iteration": state.iteration}
         if item.command is not None:
             task = self.client.create_task(item.text, RUN_PHASE, command=item.command, context=context)
         else:  # no command: the runner fills the agent template with this prompt (as a file or one argument)

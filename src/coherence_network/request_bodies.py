@@ -34,6 +34,7 @@ from coherence_network.contract import MAX_BATCH, MAX_CLAIM, Component, ErrorCat
 from coherence_network.contract_steering import BULK_STATUSES, POLICY_FIELDS, BulkAction, PolicyField
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # PostgreSQL INTEGER: the narrowest integer column of either store
+INT64_MAX = 2**63 - 1  # BIGINT: token counts
 MAX_JSON_DEPTH = 32  # nesting of objects and arrays in a free-form JSON field
 MAX_JSON_BYTES = 64 * 1024  # a free-form JSON field, serialized
 _NUMBER = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*")
@@ -219,6 +220,7 @@ class TaskHeartbeat(AgentReport):
     progress_pct: Float | None = Field(None, ge=0, le=100)
     current_step: str | None = Field(None, max_length=500, description="Agent output: NUL etc. become U+FFFD")
     lease_seconds: Float | None = Field(None, gt=0, le=86400)
+    silent_seconds: Float | None = Field(None, ge=0, le=10**7, description="Seconds since the task last printed")
 
 
 class TaskFinish(AgentReport):
@@ -231,6 +233,12 @@ class TaskFinish(AgentReport):
     error_category: ErrorCategory | None = Field(None, description="Why the run failed (failed or cancelled only)")
     error_summary: str | None = Field(None, max_length=500, description="One line on the failure")
     decision_prompt: str | None = Field(None, min_length=1, max_length=5000, description="The agent's question")
+    agent: Text | None = Field(None, min_length=1, max_length=32, description="The agent preset that ran it")
+    model: Text | None = Field(None, min_length=1, max_length=200)
+    tokens_in: Int | None = Field(None, ge=0, le=INT64_MAX, description="Tokens the agent reported reading")
+    tokens_out: Int | None = Field(None, ge=0, le=INT64_MAX, description="Tokens the agent reported writing")
+    cost_usd: Float | None = Field(None, ge=0, le=1e9, description="What the agent reported the run cost")
+    evidence: JsonObject | None = Field(None, description="What the phase left: branch, commit, diffstat, verdict")
     claim_next: ClaimNext | None = Field(
         None, description="Claim the runner's next task in the same call: the answer is {finished, next}"
     )

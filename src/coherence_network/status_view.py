@@ -38,7 +38,8 @@ duration = _secs  # public: Telegram words a duration as status does
 
 def _item(task: dict[str, Any]) -> str:
     context = task.get("context") or {}
-    return f" [{context['item'][:60]}]" if context.get("item") else ""
+    item = context.get("title") or context.get("item")
+    return f" [{str(item)[:60]}]" if item else ""
 
 
 def _goal(status: dict[str, Any]) -> list[str]:

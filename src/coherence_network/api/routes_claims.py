@@ -21,6 +21,7 @@ from coherence_network.contract import FinishAndClaim, Task, TaskList, TaskStatu
 from coherence_network.endpoints import CLAIM_HELD_HEADER
 from coherence_network.request_bodies import AgentReport, ClaimRequest, TaskFinish, TaskHeartbeat
 from coherence_network.store import TaskStore
+from coherence_network.store.task_moves import Usage
 
 router = APIRouter(prefix="/api/agent", tags=["agent"], responses=COMMON_ERRORS)
 log = logging.getLogger("coherence.api")
@@ -148,6 +149,7 @@ async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request)
             progress_pct=body.progress_pct,
             current_step=body.current_step,
             lease_seconds=body.lease_seconds,
+            silent_seconds=body.silent_seconds,
         )
     )
 
@@ -164,7 +166,8 @@ async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> An
     store = store_of(request)
     ending: dict[str, Any] = {"status": body.status, "output": body.output, "exit_code": body.exit_code,
                               "decision_prompt": body.decision_prompt, "error_category": body.error_category,
-                              "error_summary": body.error_summary}
+                              "error_summary": body.error_summary, "evidence": body.evidence,
+                              "usage": Usage(body.agent, body.model, body.tokens_in, body.tokens_out, body.cost_usd)}
     following = body.claim_next
     if following is None:
         task = await run_in_threadpool(lambda: store.finish(task_id, body.claim_token, **ending))

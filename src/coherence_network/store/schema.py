@@ -82,6 +82,16 @@ tasks = sa.Table(
     sa.Column("cancel_requested_at", UTCDateTime, nullable=True),
     sa.Column("cancelled_by", sa.String(200), nullable=True),
     sa.Column("cancel_reason", sa.Text, nullable=True),
+    # Real agents (revision 0014): the item a phase belongs to, what its agent reported using, its last output,
+    # and the evidence it left (branch, commit, diffstat, verdict, merge, push).
+    sa.Column("item", sa.String(200), nullable=True),
+    sa.Column("agent", sa.String(32), nullable=True),
+    sa.Column("model", sa.String(200), nullable=True),
+    sa.Column("tokens_in", sa.BigInteger, nullable=True),
+    sa.Column("tokens_out", sa.BigInteger, nullable=True),
+    sa.Column("cost_usd", sa.Float, nullable=True),
+    sa.Column("last_output_at", UTCDateTime, nullable=True),
+    sa.Column("evidence", sa.JSON, nullable=True),
     sa.CheckConstraint(_one_of("status", TaskStatus), name="ck_tasks_status"),
     sa.CheckConstraint(_one_of("task_type", TaskType), name="ck_tasks_task_type"),
     sa.Index("ix_tasks_claim_order", "status", sa.desc("priority"), "id"),  # the claim's ORDER BY, no sort
@@ -97,6 +107,9 @@ tasks = sa.Table(
     sa.Index("ix_tasks_created_id", "created_at", "id"),
     sa.Index("ix_tasks_updated_id", "updated_at", "id"),
     sa.Index("ix_tasks_attempts_id", "attempts", "id"),
+    # An item's tasks in order (revision 0014); only tasks of a backlog item are in it.
+    sa.Index("ix_tasks_item_id", "item", "id", sqlite_where=sa.text("item IS NOT NULL"),
+             postgresql_where=sa.text("item IS NOT NULL")),
     # When the next automatic retry is due (revision 0013): a waiting claim reads the earliest in one index seek.
     sa.Index("ix_tasks_status_not_before", "status", "not_before"),
 )

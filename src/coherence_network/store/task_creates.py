@@ -16,6 +16,14 @@ from coherence_network.store.schema import tasks
 from coherence_network.store.statements import INSERT_TASKS, PENDING, Outcomes, Rows, same_create
 from coherence_network.store.task_reads import TaskReads
 
+ITEM_CHARS = 200  # the item column's width
+
+
+def item_of(context: dict[str, Any] | None) -> str | None:
+    """The backlog item a task belongs to: its context's ``item`` (the project manager sets it), when it fits."""
+    item = (context or {}).get("item")
+    return item if isinstance(item, str) and 0 < len(item) <= ITEM_CHARS else None
+
 
 class TaskCreates(TaskReads, AuditBook):
     """Adds pending tasks."""
@@ -79,6 +87,7 @@ class TaskCreates(TaskReads, AuditBook):
             "max_attempts": max_attempts or self.max_attempts,
             "timeout_seconds": timeout_seconds,
             "context": context,
+            "item": item_of(context),
             "idempotency_key": idempotency_key,
             "created_at": now,
             "updated_at": now,

@@ -55,6 +55,23 @@ class Ending:
     decision_prompt: str | None
     error_category: str | None
     error_summary: str | None
+    usage: Usage | None = None
+    evidence: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a run's agent reported using (any part may be unknown)."""
+
+    agent: str | None = None
+    model: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost_usd: float | None = None
+
+    def values(self) -> dict[str, Any]:
+        return {"agent": self.agent, "model": self.model, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+                "cost_usd": self.cost_usd}
 
 
 class TaskMoves(TaskCreates, FailureBook):
@@ -151,8 +168,10 @@ class TaskMoves(TaskCreates, FailureBook):
         progress_pct: float | None = None,
         current_step: str | None = None,
         lease_seconds: float | None = None,
+        silent_seconds: float | None = None,
     ) -> dict[str, Any]:
-        """Extend the lease of a running task (and record progress); only the current claim may do so."""
+        """Extend the lease of a running task (and record progress, and when it last printed: ``silent_seconds``
+        ago); only the current claim may do so."""
         with self.transaction() as conn:
             now = self._lease_clock(conn)
             values: dict[str, Any] = {
@@ -163,6 +182,8 @@ class TaskMoves(TaskCreates, FailureBook):
                 values["progress_pct"] = progress_pct
             if current_step is not None:
                 values["current_step"] = current_step
+            if silent_seconds is not None:
+                values["last_output_at"] = now - timedelta(seconds=silent_seconds)
             return self._update_in(conn, task_id, TaskStatus.RUNNING, values, "heartbeat", claim_token)
 
     def finish(
@@ -176,6 +197,8 @@ class TaskMoves(TaskCreates, FailureBook):
         decision_prompt: str | None = None,
         error_category: str | None = None,
         error_summary: str | None = None,
+        usage: Usage | None = None,
+        evidence: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """End the current claim: completed, failed (why: ``error_category``, ``error_summary``), needs_decision
         (with a question), pending (released) or cancelled (after an operator's cancel request).
@@ -183,7 +206,7 @@ class TaskMoves(TaskCreates, FailureBook):
         A failure counts as an attempt; a question or a release does not. Finishing again with the same claim
         token and status (a retry after a lost response) returns the stored result."""
         status = self._finish_status(status, decision_prompt)
-        ending = Ending(status, output, exit_code, decision_prompt, error_category, error_summary)
+        ending = Ending(status, output, exit_code, decision_prompt, error_category, error_summary, usage, evidence)
         with self.transaction() as conn:
             return self._finish_in(conn, utcnow(), task_id, claim_token, ending)
 
@@ -198,6 +221,8 @@ class TaskMoves(TaskCreates, FailureBook):
         decision_prompt: str | None = None,
         error_category: str | None = None,
         error_summary: str | None = None,
+        usage: Usage | None = None,
+        evidence: dict[str, Any] | None = None,
         runner_id: str,
         types: Iterable[str] | None = None,
         lease_seconds: float | None = None,
@@ -208,7 +233,7 @@ class TaskMoves(TaskCreates, FailureBook):
         A finish that is refused (stale claim token, wrong status) claims nothing. Both halves are safe to retry:
         the finish by its claim token, the claim by its request id."""
         status = self._finish_status(status, decision_prompt)
-        ending = Ending(status, output, exit_code, decision_prompt, error_category, error_summary)
+        ending = Ending(status, output, exit_code, decision_prompt, error_category, error_summary, usage, evidence)
         with self.transaction() as conn:
             now = self._lease_clock(conn)  # one moment: the next run starts when this one finished
             finished = self._finish_in(conn, now, task_id, claim_token, ending)
@@ -241,6 +266,10 @@ class TaskMoves(TaskCreates, FailureBook):
         bad = status in ENDED_BADLY
         values["error_category"] = str(ending.error_category) if bad and ending.error_category else None
         values["error_summary"] = ending.error_summary if bad else None
+        if ending.usage is not None:
+            values.update({k: v for k, v in ending.usage.values().items() if v is not None})
+        if ending.evidence is not None:
+            values["evidence"] = ending.evidence
         if status in SETTLED_STATUSES:
             values["finished_at"] = now
         if status is TaskStatus.NEEDS_DECISION:

@@ -27,8 +27,8 @@ def flag_line(flag: AttentionFlag) -> str:
 
 def about(task: Task) -> str:
     """What a task is about, on one short line: its backlog item, else its direction."""
-    item = (task.context or {}).get("item")
-    return " ".join(str(item or task.direction).split())[:80]
+    context = task.context or {}
+    return " ".join(str(context.get("title") or context.get("item") or task.direction).split())[:80]
 
 
 def waiting_line(task: Task) -> str:
