@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from coherence_network.agents import Usage
 from coherence_network.api.deps import store_of
 from coherence_network.api.models import COMMON_ERRORS, TaskId, responses
 from coherence_network.clock import utcnow
@@ -21,7 +22,7 @@ from coherence_network.contract import FinishAndClaim, Task, TaskList, TaskStatu
 from coherence_network.endpoints import CLAIM_HELD_HEADER
 from coherence_network.request_bodies import AgentReport, ClaimRequest, TaskFinish, TaskHeartbeat
 from coherence_network.store import TaskStore
-from coherence_network.store.task_moves import Usage
+from coherence_network.store.task_moves import AgentRun
 
 router = APIRouter(prefix="/api/agent", tags=["agent"], responses=COMMON_ERRORS)
 log = logging.getLogger("coherence.api")
@@ -167,7 +168,8 @@ async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> An
     ending: dict[str, Any] = {"status": body.status, "output": body.output, "exit_code": body.exit_code,
                               "decision_prompt": body.decision_prompt, "error_category": body.error_category,
                               "error_summary": body.error_summary, "evidence": body.evidence,
-                              "usage": Usage(body.agent, body.model, body.tokens_in, body.tokens_out, body.cost_usd)}
+                              "usage": AgentRun(body.agent, body.model,
+                                                Usage(body.tokens_in, body.tokens_out, body.cost_usd))}
     following = body.claim_next
     if following is None:
         task = await run_in_threadpool(lambda: store.finish(task_id, body.claim_token, **ending))

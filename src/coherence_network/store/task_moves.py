@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from coherence_network.agents import Usage
 from coherence_network.clock import utcnow
 from coherence_network.contract import (
     ENDED_BADLY,
@@ -55,23 +56,22 @@ class Ending:
     decision_prompt: str | None
     error_category: str | None
     error_summary: str | None
-    usage: Usage | None = None
+    usage: AgentRun | None = None
     evidence: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
-class Usage:
-    """What a run's agent reported using (any part may be unknown)."""
+class AgentRun:
+    """Which agent ran it and what it reported using (any part may be unknown)."""
 
     agent: str | None = None
     model: str | None = None
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    cost_usd: float | None = None
+    usage: Usage | None = None
 
     def values(self) -> dict[str, Any]:
-        return {"agent": self.agent, "model": self.model, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
-                "cost_usd": self.cost_usd}
+        used = self.usage or Usage()
+        return {"agent": self.agent, "model": self.model, "tokens_in": used.input_tokens,
+                "tokens_out": used.output_tokens, "cost_usd": used.cost_usd}
 
 
 class TaskMoves(TaskCreates, FailureBook):
@@ -197,7 +197,7 @@ class TaskMoves(TaskCreates, FailureBook):
         decision_prompt: str | None = None,
         error_category: str | None = None,
         error_summary: str | None = None,
-        usage: Usage | None = None,
+        usage: AgentRun | None = None,
         evidence: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """End the current claim: completed, failed (why: ``error_category``, ``error_summary``), needs_decision
@@ -221,7 +221,7 @@ class TaskMoves(TaskCreates, FailureBook):
         decision_prompt: str | None = None,
         error_category: str | None = None,
         error_summary: str | None = None,
-        usage: Usage | None = None,
+        usage: AgentRun | None = None,
         evidence: dict[str, Any] | None = None,
         runner_id: str,
         types: Iterable[str] | None = None,
