@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from coherence_network.backlog import PHASES
+from coherence_network.backlog import PHASES, normalise
 from coherence_network.client import ApiClient
 from coherence_network.contract import Task, TaskStatus, TaskType
 from tests.support.api import ServedApi
@@ -106,6 +106,11 @@ def pipeline(served_api: ServedApi, tmp_path: Path) -> Any:
         one.close()
 
 
+def key_of(task: Task) -> str:
+    """The backlog item a phase task belongs to, by its key (the context names it by slug and title)."""
+    return normalise((task.context or {})["title"])
+
+
 def _finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str]:
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
@@ -123,13 +128,13 @@ def test_three_items_to_done_with_a_failed_review_and_a_restart(pipeline: Any) -
     first.send_signal(signal.SIGTERM)
     code, out = _finish(first)
     assert code == 0, out
-    before = Counter((t.context["item"], t.context["phase"]) for t in p.tasks())
+    before = Counter((key_of(t), t.context["phase"]) for t in p.tasks())
 
     code, out = _finish(p.pm("--parallel", "--until-done"))
     assert code == 0, out
 
     tasks = p.tasks()
-    by_phase = Counter((t.context["item"], t.context["phase"]) for t in tasks)
+    by_phase = Counter((key_of(t), t.context["phase"]) for t in tasks)
     assert by_phase == {
         ("add a greeting endpoint", "spec"): 1, ("add a greeting endpoint", "test"): 1,
         ("add a greeting endpoint", "impl"): 1, ("add a greeting endpoint", "review"): 1,
@@ -142,7 +147,7 @@ def test_three_items_to_done_with_a_failed_review_and_a_restart(pipeline: Any) -
     run_task = next(t for t in tasks if t.task_type == "run")
     assert run_task.command == "echo ran the build" and "ran the build" in run_task.output
 
-    flaky = [t for t in tasks if t.context["item"] == "make the flaky parser robust"]
+    flaky = [t for t in tasks if key_of(t) == "make the flaky parser robust"]
     second_impl = [t for t in flaky if t.task_type == "impl"][1]
     assert second_impl.context["iteration"] == 2
     assert "VERDICT: fail" in second_impl.direction  # the failed review's result reaches the next impl
@@ -211,7 +216,7 @@ def test_an_unanswered_decision_times_out_skips_its_item_and_a_late_answer_resum
     assert code == 0, out
     item = p.item("ask before starting")
     assert item["status"] == "done" and item["reason"] is None
-    assert [t.task_type for t in p.tasks() if t.context["item"] == "ask before starting"] == list(PHASES)
+    assert [t.task_type for t in p.tasks() if key_of(t) == "ask before starting"] == list(PHASES)
 
 
 def test_a_decision_timeout_records_the_default_answer_and_the_item_continues_from_it(pipeline: Any) -> None:
@@ -267,7 +272,7 @@ def test_a_retried_run_task_unblocks_its_item_after_a_restart(api_on_store: Serv
         assert code == 0, out
         state = p.state()
         assert state["items"][key]["status"] == "done" and state["blocked"] == [] and "version" not in state
-        [task] = [t for t in p.tasks() if t.context["item"] == key]  # the same task ran again, none was added
+        [task] = [t for t in p.tasks() if key_of(t) == key]  # the same task ran again, none was added
         assert task.id == blocked["task_id"] and task.status == TaskStatus.COMPLETED
     finally:
         p.close()
@@ -293,7 +298,7 @@ def test_a_retried_phase_resumes_its_item_under_a_running_manager(pipeline: Any)
     assert code == 0, out
     assert f"item 1 resumed: impl task {blocked['task_id']}" in out
 
-    by_phase = Counter(t.task_type for t in p.tasks() if t.context["item"] == key)
+    by_phase = Counter(t.task_type for t in p.tasks() if key_of(t) == key)
     assert by_phase == dict.fromkeys(PHASES, 1)  # the later phase followed; nothing finished was repeated
     code, out = _finish(p.pm("--until-done"))
     assert code == 0, out
