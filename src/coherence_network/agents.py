@@ -220,6 +220,27 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 AGENT_NAMES = (*PRESETS, CUSTOM)
 
 
+def _message(event: dict[str, Any]) -> Any:
+    """The agent's own words in one event of its CLI's JSON: Claude Code's result, Gemini CLI's response, a Codex
+    agent_message item, an opencode text part (the sources in this module's docstring); anything else None."""
+    item, part = _dict(event.get("item")), _dict(event.get("part"))
+    if event.get("type") == "result":
+        return event.get("result")
+    if event.get("type") == "item.completed" and item.get("type") == "agent_message":
+        return item.get("text")
+    if event.get("type") == "text":
+        return part.get("text")
+    return event.get("response")
+
+
+def said(output: str) -> str:
+    """The output with what the agent said inside its CLI's JSON appended as plain lines: a CLI that reports in JSON
+    carries the agent's last message as a JSON string, where a line of the agent protocol (``VERDICT: pass``) sits
+    behind an escaped newline and never starts a line of the output."""
+    messages = [m for m in map(_message, _objects(output)) if isinstance(m, str) and m]
+    return "\n".join([output, *messages])
+
+
 def read_usage(agent: str, output: str) -> Usage | None:
     """What a run of ``agent`` reports it used: the CLI's structured output where it has one, else the
     COHERENCE_USAGE line; None when neither says anything readable. Never raises on what an agent printed."""

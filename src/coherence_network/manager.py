@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from coherence_network import __version__
+from coherence_network.agents import said
 from coherence_network.backlog import PHASES, RUN_PHASE, BacklogItem, parse_backlog
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound
 from coherence_network.clock import utcnow
@@ -58,8 +59,9 @@ _VERDICT = re.compile(r"^\s*VERDICT:\s*(pass|fail)\b", re.IGNORECASE | re.MULTIL
 
 
 def verdict(output: str | None) -> str | None:
-    """``pass`` or ``fail`` from the last VERDICT line of a review's output; None when there is none."""
-    found = _VERDICT.findall(output or "")
+    """``pass`` or ``fail`` from the last VERDICT line of a review's output, or of the agent's words its CLI put in
+    JSON (agents.said); None when there is none."""
+    found = _VERDICT.findall(said(output or ""))
     return found[-1].lower() if found else None
 
 

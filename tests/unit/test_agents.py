@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from coherence_network.agents import AGENT_NAMES, PRESETS, Usage, line_usage, read_usage
+from coherence_network.agents import AGENT_NAMES, PRESETS, Usage, line_usage, read_usage, said
 from coherence_network.contract import Task
 from coherence_network.doctor import agent_check
+from coherence_network.manager import verdict
 from coherence_network.settings import Settings
 from coherence_network.task_env import build_argv
 
@@ -181,3 +182,18 @@ def test_doctor_says_whether_each_agent_is_installed(tmp_path: Path, monkeypatch
     assert not custom.ok and "no-such-agent (COHERENCE_AGENT_COMMAND) not found" in custom.detail
     unset = agent_check(settings(tmp_path))
     assert unset.ok and "COHERENCE_AGENT_COMMAND not set" in unset.detail
+
+
+def test_what_the_agent_said_inside_its_clis_json_reaches_the_line_protocol() -> None:
+    claude = json.dumps({**CLAUDE_RESULT, "result": "Reviewed the parser.\nVERDICT: pass"})
+    assert "\nVERDICT: pass" not in claude  # escaped inside the JSON string: no line of the output starts with it
+    assert verdict(claude) == "pass"
+    codex = "\n".join(json.dumps(e) for e in (
+        {"type": "item.completed", "item": {"type": "reasoning", "text": "VERDICT: pass"}},  # not its word
+        {"type": "item.completed", "item": {"type": "agent_message", "text": "The test fails.\nVERDICT: fail"}}))
+    assert verdict(codex) == "fail"
+    assert verdict(json.dumps({"response": "ok\nVERDICT: pass", "stats": {}}, indent=2)) == "pass"  # gemini
+    opencode = {"type": "text", "part": {"type": "text", "text": "VERDICT: fail"}}
+    assert verdict(json.dumps(opencode)) == "fail"
+    assert said("plain text\nVERDICT: pass\n") == "plain text\nVERDICT: pass\n"  # a plain output as it is
+    assert verdict('{"type": "result", "result": 3}\n{"response": ["VERDICT: pass"]}') is None  # not a message
