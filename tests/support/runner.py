@@ -8,16 +8,18 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 
 class RunnerProcess:
     def __init__(self, home: Path, api_url: str, *args: str, env: dict[str, str] | None = None,
-                 output: Path | None = None) -> None:
+                 output: Path | None = None, base_env: Mapping[str, str] = os.environ) -> None:
+        """``base_env``: the environment it starts from (``env`` added on top), by default this process's."""
         self.args = args
         self.output = output  # where its stdout and stderr go when started (default: a pipe)
         self.env = {
-            **os.environ, "COHERENCE_HOME": str(home), "AGENT_API_BASE": api_url,
+            **base_env, "COHERENCE_HOME": str(home), "AGENT_API_BASE": api_url,
             "COHERENCE_WORKSPACE": str(home.parent), "COHERENCE_HTTP_TIMEOUT": "5", **(env or {}),
         }
         self.proc: subprocess.Popen[str] | None = None
