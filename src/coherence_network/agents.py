@@ -230,15 +230,19 @@ def _message(event: dict[str, Any]) -> Any:
         return item.get("text")
     if event.get("type") == "text":
         return part.get("text")
-    return event.get("response")
+    return event.get("response") if "stats" in event else None
+
+
+def messages(output: str) -> list[str]:
+    """What the agent said, in order, when its CLI reports in JSON; empty for a CLI that prints plain text."""
+    return [m for m in map(_message, _objects(output)) if isinstance(m, str) and m]
 
 
 def said(output: str) -> str:
     """The output with what the agent said inside its CLI's JSON appended as plain lines: a CLI that reports in JSON
     carries the agent's last message as a JSON string, where a line of the agent protocol (``VERDICT: pass``) sits
     behind an escaped newline and never starts a line of the output."""
-    messages = [m for m in map(_message, _objects(output)) if isinstance(m, str) and m]
-    return "\n".join([output, *messages])
+    return "\n".join([output, *messages(output)])
 
 
 def read_usage(agent: str, output: str) -> Usage | None:

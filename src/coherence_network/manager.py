@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from coherence_network import __version__
-from coherence_network.agents import said
+from coherence_network.agents import messages, said
 from coherence_network.backlog import PHASES, RUN_PHASE, BacklogItem, parse_backlog
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound
 from coherence_network.clock import utcnow
@@ -205,8 +205,8 @@ class ProjectManager:
         elif status == TaskStatus.CANCELLED:
             self._settle(state, ItemStatus.CANCELLED, f"{state.phase} task {task.id} cancelled by "
                          f"{task.cancelled_by or 'an operator'}: {task.cancel_reason or '-'}", task)
-        elif status == TaskStatus.COMPLETED:
-            state.results[state.phase] = shorten(task.output)
+        elif status == TaskStatus.COMPLETED:  # the agent's words, not the JSON around them, go to the next phases
+            state.results[state.phase] = shorten("\n".join(messages(task.output or "")) or task.output)
             self._next_phase(item, state, task)
 
     def _waiting_for_decision(self, item: BacklogItem, state: ItemState, task: Task) -> None:

@@ -121,6 +121,9 @@ def test_the_pipeline_takes_two_items_through_every_phase_to_done(agent: str, se
     assert all(t.status == "completed" and not t.command for t in tasks)  # the agent ran each phase, no command
     reviews = [t for t in tasks if t.task_type == "review"]
     assert all("VERDICT: pass" in (t.output or "") for t in reviews)
+    for item in items:  # what each phase said reaches the later phases' prompts
+        review = next(t for t in reviews if t.context["item"] == item.slug)
+        assert f"impl: wrote {module_name(item.text)}.py" in review.direction
     assert all(read_usage("claude" if agent == "claude" else "custom", t.output or "") not in (None, Usage())
                for t in tasks)
     if agent == "claude":

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from coherence_network.agents import AGENT_NAMES, PRESETS, Usage, line_usage, read_usage, said
+from coherence_network.agents import AGENT_NAMES, PRESETS, Usage, line_usage, messages, read_usage, said
 from coherence_network.contract import Task
 from coherence_network.doctor import agent_check
 from coherence_network.manager import verdict
@@ -196,4 +196,6 @@ def test_what_the_agent_said_inside_its_clis_json_reaches_the_line_protocol() ->
     opencode = {"type": "text", "part": {"type": "text", "text": "VERDICT: fail"}}
     assert verdict(json.dumps(opencode)) == "fail"
     assert said("plain text\nVERDICT: pass\n") == "plain text\nVERDICT: pass\n"  # a plain output as it is
-    assert verdict('{"type": "result", "result": 3}\n{"response": ["VERDICT: pass"]}') is None  # not a message
+    assert verdict('{"type": "result", "result": 3}\n{"response": ["VERDICT: pass"], "stats": {}}') is None
+    assert messages('{"response": "VERDICT: pass"}\n') == []  # some JSON a plain-text agent printed: not its message
+    assert messages(claude + "\n" + codex) == ["Reviewed the parser.\nVERDICT: pass", "The test fails.\nVERDICT: fail"]
