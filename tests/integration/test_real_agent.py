@@ -26,7 +26,7 @@ from coherence_network.contract import Task
 from tests.support.api import ServedApi
 from tests.support.claude_code import claude_env, claude_or_missing
 from tests.support.runner import RunnerProcess
-from tests.support.scripted_model import ScriptedModel, prompt_of
+from tests.support.scripted_model import CHECK_ID, ScriptedModel, prompt_of
 from tests.support.stub_agent import module_name, plan
 
 STUB_AGENT = Path(__file__).parents[1] / "support" / "stub_agent.py"
@@ -127,7 +127,12 @@ def test_the_pipeline_takes_two_items_through_every_phase_to_done(agent: str, se
     assert all(read_usage("claude" if agent == "claude" else "custom", t.output or "") not in (None, Usage())
                for t in tasks)
     if agent == "claude":
-        assert scripted_model.refused == [] and len(scripted_model.of_kind("turn")) == 2 * len(tasks)
+        turns = scripted_model.of_kind("turn")
+        assert scripted_model.refused == [] and len(turns) == 2 * len(tasks)
+        checks = [r for t in turns for r in t.tool_results if r["tool_use_id"].startswith(CHECK_ID)]
+        assert len(checks) == len(items) and not any(r.get("is_error") for r in checks)  # each review ran its test
+    else:
+        assert all("Ran 1 test" in (t.output or "") for t in reviews)
     assert_work_on_target(repo, items=[i.text for i in items], tasks=tasks)
 
 

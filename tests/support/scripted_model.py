@@ -3,7 +3,8 @@
 Claude Code is pointed at it with ANTHROPIC_BASE_URL. A request offering tools is one turn of the agent's loop: the
 prompt (all user text of the conversation) goes to the test's script (``prompt -> stub_agent.Work``), and the answer
 is one ``Write`` tool call per file of that work (its path made absolute in the working folder the agent names in its
-system prompt) until the tool results come back, then the work's text as the final message. A request without tools
+system prompt) and a ``Bash`` call running its check, if it has one; once the tool results come back, the work's last
+words (with the verdict the check's result gives) as the final message. A request without tools
 (Claude Code's small side requests: a title, a quota check) gets a short text answer; ``count_tokens`` a count. Both
 streaming (server-sent events, as the SDK reads them) and plain JSON answers are served.
 
@@ -28,6 +29,7 @@ from tests.support.stub_agent import Work
 
 Script = Callable[[str], Work | None]  # the prompt -> the work to do, None: not scripted
 _WORKDIR = re.compile(r"^[\s-]*(?:Primary )?[Ww]orking directory: (/\S.*?)\s*$", re.MULTILINE)
+CHECK_ID = "toolu_check_"  # the id of a Bash call running a work's check
 SIDE_ANSWER = "Scripted answer"  # a request without tools: a title, a topic, a quota check
 
 
@@ -133,15 +135,29 @@ class ScriptedModel:
         work = self.script(prompt_of(body))
         if work is None:
             raise Refusal(400, f"the script has no answer for this prompt: {prompt_of(body)[-300:]!r}")
-        if record.tool_results or not work.files:  # the edits are done: the final word
-            return self._message(body, [{"type": "text", "text": work.text}], "end_turn")
+        if record.tool_results or not (work.files or work.check):  # the work is done: the final word
+            return self._message(body, [{"type": "text", "text": work.final(self._check_passed(record, work))}],
+                                 "end_turn")
         found = _WORKDIR.search(_text(body.get("system")))
         if found is None:
             raise Refusal(400, "no 'Working directory:' in the system prompt to resolve the script's paths against")
         calls = [{"type": "tool_use", "id": f"toolu_{next(self._ids):06d}", "name": "Write",
                   "input": {"file_path": str(PurePosixPath(found.group(1)) / relative), "content": content}}
                  for relative, content in work.files.items()]
+        if work.check:
+            calls.append({"type": "tool_use", "id": f"{CHECK_ID}{next(self._ids):06d}", "name": "Bash",
+                          "input": {"command": work.check, "description": "Run the check"}})
         return self._message(body, calls, "tool_use")
+
+    @staticmethod
+    def _check_passed(record: Recorded, work: Work) -> bool | None:
+        """Whether the check's Bash call succeeded (Claude Code marks a non-zero exit is_error); None: no check."""
+        if not work.check:
+            return None
+        results = [r for r in record.tool_results if str(r.get("tool_use_id", "")).startswith(CHECK_ID)]
+        if not results:
+            raise Refusal(400, f"the result of the check {work.check!r} did not come back")
+        return not results[-1].get("is_error")
 
     def _message(self, body: dict[str, Any], content: list[dict[str, Any]], stop: str) -> dict[str, Any]:
         return {"id": f"msg_scripted_{next(self._ids):06d}", "type": "message", "role": "assistant",

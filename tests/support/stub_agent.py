@@ -2,13 +2,15 @@
 folder, as a real agent would, in milliseconds.
 
 ``plan(prompt)`` is what a phase's prompt (manager.ProjectManager.prompt) calls for: a spec, a unittest, the module
-that passes it, a review ending in ``VERDICT: pass``. The fast pipeline test runs this file as the agent
-(COHERENCE_AGENT=custom, ``COHERENCE_AGENT_COMMAND="python stub_agent.py --file {prompt_file}"``); the real-agent test
-hands the same plan to the scripted model server, which has Claude Code write the same files. So both tests expect
-the same repository at the end: one module per item, whose test passes.
+that passes it, a review that runs the item's test and ends in ``VERDICT: pass`` when it passes. The fast pipeline
+test runs this file as the agent (COHERENCE_AGENT=custom, ``COHERENCE_AGENT_COMMAND="python stub_agent.py --file
+{prompt_file}"``); the real-agent test hands the same plan to the scripted model server, which has Claude Code write
+the same files and run the same check. So both tests expect the same repository at the end: one module per item,
+whose test passes.
 
-Run as a script it writes the plan's files (relative to its working folder), prints the plan's text and a
-``COHERENCE_USAGE`` line (tokens counted as characters / 4, cost 0), and exits 2 on a prompt it has no plan for.
+Run as a script it writes the plan's files (relative to its working folder), runs its check, prints its last words
+and a ``COHERENCE_USAGE`` line (tokens counted as characters / 4, cost 0), and exits 2 on a prompt it has no plan
+for.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import argparse
 import json
 import os
 import re
+import shlex
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -28,11 +32,16 @@ _PHASE = re.compile(r"^Phase: (spec|test|impl|review)\b", re.MULTILINE)
 
 @dataclass(frozen=True)
 class Work:
-    """What an agent does for one prompt: the files it writes (path relative to its working folder -> content) and
-    what it says at the end."""
+    """What an agent does for one prompt: the files it writes (path relative to its working folder -> content), a
+    command it then runs there whose success is its verdict (a review running the item's test), and what it says."""
 
     files: dict[str, str]
     text: str
+    check: str = ""  # split like a shell would, run without one
+
+    def final(self, check_passed: bool | None = None) -> str:
+        """Its last words: the text, and the verdict when it ran a check."""
+        return self.text + ("" if check_passed is None else f"\nVERDICT: {'pass' if check_passed else 'fail'}")
 
 
 def module_name(item: str) -> str:
@@ -57,8 +66,8 @@ def plan(prompt: str) -> Work | None:
         "review": {f"docs/reviews/{name}.md": f"# Review: {text}\n\n{name}.py does what the spec says; its test "
                    f"checks it.\n"},
     }[phase.group(1)]
-    said = f"{phase.group(1)}: wrote {', '.join(files)}"
-    return Work(files, said + ("\nVERDICT: pass" if phase.group(1) == "review" else ""))
+    check = f"python3 -m unittest discover -s tests -p test_{name}.py" if phase.group(1) == "review" else ""
+    return Work(files, f"{phase.group(1)}: wrote {', '.join(files)}", check)
 
 
 def write(root: Path, relative: str, content: str) -> None:
@@ -87,7 +96,12 @@ def main(argv: list[str]) -> int:
         return 2
     for relative, content in work.files.items():
         write(Path.cwd(), relative, content)
-    print(work.text)
+    passed = None
+    if work.check:
+        checked = subprocess.run(shlex.split(work.check), capture_output=True, text=True, timeout=60)
+        print(checked.stdout + checked.stderr, end="")
+        passed = checked.returncode == 0
+    print(work.final(passed))
     usage = {"input_tokens": len(prompt) // 4, "output_tokens": sum(len(c) for c in work.files.values()) // 4,
              "cost_usd": 0}
     print(f"COHERENCE_USAGE {json.dumps(usage)}")
