@@ -144,11 +144,15 @@ def assert_work_on_target(repo: Path, items: list[str], tasks: list[Task]) -> No
     names branch ``coherence/<slug>``, a commit touching its files, the review's verdict ``pass`` and its merge
     ``{"into": "main", "commit": ...}``; read the files from ``git show main:<path>`` and run the tests in a fresh
     checkout of main."""
+    written = set()
     for task in tasks:
         work = plan(task.direction)
         assert work is not None, task.direction
         for relative, content in work.files.items():
             assert (repo / relative).read_text() == content, f"{task.task_type} task {task.id}: {relative}"
+        written |= set(work.files)
+    changed = {line[3:] for line in git(repo, "status", "--porcelain", "--untracked-files=all").splitlines()}
+    assert {path for path in changed if "__pycache__" not in path} == written  # and nothing else (no agent's state)
     assert {p.name for p in repo.glob("*.py")} == {f"{module_name(item)}.py" for item in items}
     tests = subprocess.run([sys.executable, "-m", "unittest", "discover", "-s", "tests", "-v"], cwd=repo,
                            capture_output=True, text=True, timeout=60)
