@@ -23,6 +23,7 @@ from coherence_network.agents import Usage, read_usage
 from coherence_network.backlog import PHASES, parse_backlog
 from coherence_network.client import ApiClient
 from coherence_network.contract import Task
+from coherence_network.manager import verdict
 from tests.support.api import ServedApi
 from tests.support.claude_code import claude_env, claude_or_missing
 from tests.support.runner import RunnerProcess
@@ -103,7 +104,8 @@ def test_the_pipeline_takes_two_items_through_every_phase_to_done(agent: str, se
     backlog.write_text(BACKLOG)
     env = {**agent_env(agent, tmp_path, scripted_model), "COHERENCE_HOME": str(served_api.home),
            "AGENT_API_BASE": served_api.url, "COHERENCE_WORKSPACE": str(repo)}
-    runner = RunnerProcess(served_api.home, served_api.url, "--workers", "2", base_env=env, env=env).start()
+    runner = RunnerProcess(served_api.home, served_api.url, "--workers", "2", base_env=env,
+                           env={"COHERENCE_WORKSPACE": str(repo)}).start()
     try:
         manager = subprocess.run(
             [sys.executable, "-m", "coherence_network.cli", "pm", "--backlog", str(backlog), "--parallel",
@@ -120,7 +122,7 @@ def test_the_pipeline_takes_two_items_through_every_phase_to_done(agent: str, se
     assert {slug: [t.task_type for t in ts] for slug, ts in by_item.items()} == dict.fromkeys(by_item, list(PHASES))
     assert all(t.status == "completed" and not t.command for t in tasks)  # the agent ran each phase, no command
     reviews = [t for t in tasks if t.task_type == "review"]
-    assert all("VERDICT: pass" in (t.output or "") for t in reviews)
+    assert [verdict(t.output) for t in reviews] == ["pass"] * len(items)
     for item in items:  # what each phase said reaches the later phases' prompts
         review = next(t for t in reviews if t.context["item"] == item.slug)
         assert f"impl: wrote {module_name(item.text)}.py" in review.direction
