@@ -73,16 +73,21 @@ def test_claude_code_does_an_impl_task_for_a_real_runner(served_api: ServedApi, 
     env = agent_env("claude", tmp_path, scripted_model)
     with ApiClient(served_api.url, token="", retries=0) as client:
         created = client.create_task(direction, "impl")
-        done = RunnerProcess(served_api.home, served_api.url, "--once", base_env=env,
+        unscripted = client.create_task("Do something the model has no script for", "impl", max_attempts=1)
+        done = RunnerProcess(served_api.home, served_api.url, "--once", "--workers", "2", base_env=env,
                              env={"COHERENCE_WORKSPACE": str(repo)}).run(timeout=120)
-        assert done.returncode == 0, done.stdout + done.stderr
-        task = client.get_task(created.id)
+        assert done.returncode == 1, done.stdout + done.stderr  # one task failed
+        task, refused = client.get_task(created.id), client.get_task(unscripted.id)
     assert task.status == "completed", task.output
+    # the model's refusal fails the task, and its reason reaches the output
+    assert (refused.status, refused.exit_code, refused.error_category) == ("failed", 1, "nonzero_exit")
+    assert "API Error: 400 the script has no answer for this prompt" in (refused.output or "")
+    assert [r.why[:41] for r in scripted_model.refused] == ["the script has no answer for this prompt:"]
     work = plan(direction)
     assert work is not None and list(work.files) == ["greet_the_operator_by_name.py"]
     assert (repo / "greet_the_operator_by_name.py").read_text() == work.files["greet_the_operator_by_name.py"]
     turns = scripted_model.of_kind("turn")
-    assert scripted_model.refused == [] and len(turns) == 2  # the Write call, then the final word after its result
+    assert len(turns) == 2  # the Write call, then the final word after its result
     assert direction in prompt_of(turns[0].body or {})  # the prompt arrived whole
     assert all(t.headers.get("x-api-key") == "sk-test-scripted-model" for t in turns)  # passed on to the agent
     [result] = turns[1].tool_results
