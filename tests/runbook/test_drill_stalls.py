@@ -19,7 +19,7 @@ from tests.support.api import ServedApi
 from tests.support.net import wait_until
 from tests.support.runner import RunnerProcess, group_gone, task_group
 
-LEASE = 1.5  # the runner renews every LEASE / 3 s, each renewal carrying the task's silence
+LEASE = 3.0  # the runner renews every LEASE / 3 s, each renewal carrying the task's silence
 WARN = "1"
 # Prints one line, then waits silently on a child of its own (the process group holds both).
 SILENT = "sh -c 'echo started; sleep 300 & wait'"
@@ -63,6 +63,9 @@ def test_drill_a_task_flagged_stalled_is_seen_then_cancelled(api: ServedApi) -> 
         assert gauge is not None and float(gauge.group(1)) > 1
         pgid = task_group(api.home, task.id)
         assert pgid is not None
+        console = httpx.get(f"{api.url}/tasks/{task.id}").text
+        assert re.search(r'id="silence">Output: silent for \d+ s \(STALLED\)', console)
+        assert re.search(r'class="stalled">silent for \d+ s \(STALLED\)</td>', httpx.get(f"{api.url}/").text)
 
         status, detail, logs, cancel = (c.replace("{id}", str(task.id))
                                         for c in Runbook().drill("stalled-task").commands())

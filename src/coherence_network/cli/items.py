@@ -16,7 +16,11 @@ if TYPE_CHECKING:
 
 
 def _usage(tokens_in: int | None, tokens_out: int | None, cost: float | None) -> str:
-    parts = [f"{tokens_in or 0} in / {tokens_out or 0} out tokens" if tokens_in or tokens_out else "",
+    def count(n: int | None) -> str:
+        return "-" if n is None else str(n)
+
+    parts = [f"{count(tokens_in)} in / {count(tokens_out)} out tokens" if tokens_in is not None or
+             tokens_out is not None else "",
              f"${cost:.4f}" if cost is not None else ""]
     return ", ".join(p for p in parts if p) or "-"
 
