@@ -290,6 +290,8 @@ class TaskRun:
                 silent = self.silent_seconds() or 0.0
                 if stall_limit and silent > stall_limit:
                     self.stalled = silent
+                    log.warning("task %s: silent for %.0fs (COHERENCE_STALL_STOP_SECONDS=%g): stopped as stalled",
+                                self.task.id, silent, stall_limit)
                     self._output(f"silent for {silent:.0f}s (COHERENCE_STALL_STOP_SECONDS={stall_limit:g}); "
                                  "stopping the process group\n")
                     group.stop(self.settings.agent_kill_grace_seconds)
