@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, TypeVar
 import httpx
 from pydantic import BaseModel
 
+from coherence_network.client_items import ItemCalls
 from coherence_network.client_steering import SteeringCalls
 from coherence_network.contract import (
     Component,
@@ -145,7 +146,7 @@ _REPEATABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})  # 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)  # the API never saw the request: always safe to send again
 
 
-class ApiClient(SteeringCalls):
+class ApiClient(ItemCalls, SteeringCalls):
     """A small synchronous client. Retries (exponential backoff, jitter) only what is safe to repeat."""
 
     def __init__(

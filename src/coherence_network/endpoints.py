@@ -89,6 +89,8 @@ NOTE_RESTART = Endpoint("POST", "/api/audit/restarts", RestartNote)
 CANCEL = Endpoint("POST", "/api/agent/tasks/{task_id}/cancel", CancelRequest)
 POLICIES = Endpoint("GET", "/api/agent/policies")
 SET_POLICY = Endpoint("PUT", "/api/agent/policies/{task_type}", TypePolicyRequest)
+ITEMS = Endpoint("GET", "/api/agent/items")
+ITEM = Endpoint("GET", "/api/agent/items/{item}")
 ENDPOINTS = tuple(value for value in tuple(globals().values()) if isinstance(value, Endpoint))  # every one above
 
 

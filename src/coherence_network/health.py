@@ -167,6 +167,19 @@ def _stuck(s: HealthSnapshot, cfg: Settings) -> Finding:
         else None
 
 
+def _stalled_task(s: HealthSnapshot, cfg: Settings) -> Finding:
+    """A running task that printed nothing for COHERENCE_STALL_WARN_SECONDS (its runner's heartbeats say how long):
+    an agent waiting on a prompt or hung. Its runner stops it at COHERENCE_STALL_STOP_SECONDS (when set)."""
+    silent = sorted(((t["silent_seconds"], t["id"]) for t in s.running
+                     if (t.get("silent_seconds") or 0) > cfg.coherence_stall_warn_seconds), reverse=True)
+    if not silent:
+        return None
+    stop = cfg.coherence_stall_stop_seconds
+    then = f"; stopped at {stop / 60:.0f} min" if stop else ""
+    return Found(f"{len(silent)} running task(s) printed nothing for over {cfg.coherence_stall_warn_seconds / 60:.0f} "
+                 f"min (the longest {silent[0][0] / 60:.0f} min{then})", [i for _, i in silent])
+
+
 def _orphan_running(s: HealthSnapshot, cfg: Settings) -> Finding:
     """A lease long expired means the API's reaper is not running; a task far past its timeout, a hung runner."""
     grace = cfg.monitor_orphan_grace_seconds
@@ -345,6 +358,9 @@ RULES: tuple[HealthRule, ...] = (
                "MONITOR_ORPHAN_GRACE_SECONDS", "restart the API (lease reaper) or the runner holding it",
                "#orphaned-or-stuck-tasks", _orphan_running, "coherence restart api", "/#restart",
                restart=Component.API),
+    HealthRule("stalled_task", Severity.MEDIUM, "a running task printed nothing for COHERENCE_STALL_WARN_SECONDS (its "
+               "runner stops it at COHERENCE_STALL_STOP_SECONDS)", "read its log; cancel it if it waits on "
+               "something that will not come", "#stalls", _stalled_task, "coherence logs {id}", "/tasks/{id}"),
     HealthRule("paused", Severity.MEDIUM, "an operator paused the whole pipeline or a task type (coherence pause): "
                "claims hand out nothing of it while running tasks finish", "resume it once the cause is gone",
                "#pause-and-resume", _paused, "coherence resume{type}", "/pauses"),

@@ -175,7 +175,8 @@ class Runner:
             """Renew the lease: the task as the API has it (a cancel request shows on it); None when the API did not
             answer (the run goes on, the beat is retried soon)."""
             try:
-                renewed = self.client.heartbeat(task.id, task.claim_token, current_step=step or None)
+                renewed = self.client.heartbeat(task.id, task.claim_token, current_step=step or None,
+                                                 silent_seconds=run.silent_seconds())
             except (ApiConflict, ApiNotFound) as exc:
                 raise ClaimLost(str(exc.detail)) from exc
             except ApiError as exc:

@@ -37,7 +37,7 @@ from coherence_network.setting_values import (
     parse_command_types,
     seen_limit,
 )
-from coherence_network.settings_agent import AgentSettings
+from coherence_network.settings_agent import AgentSettings, StallSettings
 from coherence_network.settings_telegram import TelegramSettings
 
 # What other modules take from here; the checks and parsers of values live in setting_values.
@@ -66,7 +66,7 @@ def config_errors_as_one_line(prog: str = "coherence") -> Iterator[None]:
         raise SystemExit(2) from None
 
 
-class Settings(AgentSettings, TelegramSettings):
+class Settings(AgentSettings, StallSettings, TelegramSettings):
     """Configuration read from the environment (and an optional ``.env`` file in the working directory); the
     Telegram bot's fields are declared in settings_telegram, the coding agent's in settings_agent."""
 

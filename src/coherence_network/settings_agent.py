@@ -70,3 +70,17 @@ class AgentSettings(BaseSettings):
         for task_type in (*AGENT_PHASES, "heal"):
             used.setdefault(self.agent_for(task_type)[0], []).append(task_type)
         return used
+
+
+class StallSettings(BaseSettings):
+    """When a running task that prints nothing is flagged (health rule stalled_task) and when its runner stops it
+    (error category stalled): an agent waiting on a prompt nobody answers, or hung on the network, holds a slot."""
+
+    coherence_stall_warn_seconds: float = Field(
+        600.0, gt=0, description="A running task silent (no line of output) this long is flagged: health rule "
+        "stalled_task"
+    )
+    coherence_stall_stop_seconds: float = Field(
+        1800.0, ge=0, description="A running task silent this long is stopped by its runner and fails as stalled; "
+        "0 = never"
+    )

@@ -42,6 +42,19 @@ def _item(task: dict[str, Any]) -> str:
     return f" [{str(item)[:60]}]" if item else ""
 
 
+def silence(seconds: float | None, flagged: bool) -> str:
+    """How long a running task has printed nothing, as every view words it ("silent for 12 min"), and "STALLED"
+    past COHERENCE_STALL_WARN_SECONDS (the rule stalled_task); empty until its runner has said."""
+    if seconds is None:
+        return ""
+    return f"silent for {_secs(seconds)}" + (" (STALLED)" if flagged else "")
+
+
+def stalled_ids(flags: list[dict[str, Any]]) -> set[int]:
+    """The running tasks the rule stalled_task flags in these attention flags."""
+    return {i for f in flags if f["rule"] == "stalled_task" for i in f["task_ids"]}
+
+
 def _goal(status: dict[str, Any]) -> list[str]:
     manager = status.get("project_manager")
     if not manager:
@@ -83,10 +96,12 @@ def _state(row: dict[str, Any]) -> str:
 def _tasks(status: dict[str, Any]) -> list[str]:
     by_status = status["counts"]["by_status"]
     lines = ["TASKS", "  " + ", ".join(f"{s} {n}" for s, n in by_status.items())]
+    stalled = stalled_ids(status["attention"])
     for task in status["running"]:
         step = f": {task['current_step']}" if task["current_step"] else ""
+        quiet = silence(task.get("silent_seconds"), task["id"] in stalled)
         lines.append(f"  running #{task['id']} {task['task_type']}{_item(task)} on {task['claimed_by']}, "
-                     f"{_secs(task['elapsed_seconds'])}{step}")
+                     f"{_secs(task['elapsed_seconds'])}{', ' + quiet if quiet else ''}{step}")
     if status.get("oldest_running_log"):
         lines.append(f"  last log lines of #{status['running'][0]['id']}:")
         lines += [f"    | {line}" for line in status["oldest_running_log"][-5:]]
@@ -178,9 +193,10 @@ def render_task_page(page: TaskPage, *, colour: bool = False) -> str:
     return "\n".join(lines)
 
 
-def render_task(task: Task | dict[str, Any], *, colour: bool = False) -> str:
-    """One task as an operator asks about it: what and where it is, its runs, the decision trail (question, answer,
-    who, when), the output tail. Fields read ``name: value`` (Telegram's /task shows the same text)."""
+def render_task(task: Task | dict[str, Any], *, colour: bool = False, stall_warn: float | None = None) -> str:
+    """One task as an operator asks about it: what and where it is, its runs, how long a running one has been
+    silent (flagged past ``stall_warn`` seconds), the decision trail (question, answer, who, when), the output tail.
+    Fields read ``name: value`` (Telegram's /task shows the same text)."""
     task = task if isinstance(task, Task) else Task.model_validate(task)
     lines = [paint(f"task #{task.id} {task.task_type.value}", "bold", colour),
              "status: " + paint(task.status.value, task.status, colour),
@@ -190,6 +206,9 @@ def render_task(task: Task | dict[str, Any], *, colour: bool = False) -> str:
               ("current_step", task.current_step))
     lines += [f"{name}: {_plain(value)}" for name, value in fields if value is not None]
     lines.append(f"run: {task.claim_token} (claim token), attempts: {task.attempts} of {task.max_attempts}")
+    if task.status == TaskStatus.RUNNING and task.last_output_at is not None:
+        quiet = (datetime.now(UTC) - task.last_output_at).total_seconds()
+        lines.append(f"output: {silence(quiet, stall_warn is not None and quiet > stall_warn)}")
     cancel = (("cancel_requested_at", task.cancel_requested_at), ("cancelled_by", task.cancelled_by),
               ("cancel_reason", task.cancel_reason))
     lines += [f"{name}: {_plain(value)}" for name, value in cancel if value is not None]

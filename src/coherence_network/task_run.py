@@ -151,6 +151,8 @@ class TaskRun:
         self.cancelled: str | None = None  # an operator's cancel request stopped it (its words)
         self.not_started: str | None = None  # why it could not start (a configuration error)
         self.task_line = ""  # the task's own last non-empty line (the runner's notes are not the task's)
+        self.printed_at: float | None = None  # monotonic: the task's last line of output (its start until it prints)
+        self.stalled: float | None = None  # stopped after this many silent seconds (COHERENCE_STALL_STOP_SECONDS)
         self.output_lock = threading.Lock()  # the pump thread and the watching thread both write the log
         self.environment = task_environment(settings, os.environ)
 
@@ -185,7 +187,13 @@ class TaskRun:
 
     def _pump(self, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
+            self.printed_at = time.monotonic()
             self._output(raw.decode("utf-8", errors="replace"), own=True)
+
+    def silent_seconds(self) -> float | None:
+        """How long the task has printed nothing (counted from its start until its first line); None before it
+        starts. Sent with every lease renewal: the API's views and the stalled_task rule read it."""
+        return None if self.printed_at is None else round(max(time.monotonic() - self.printed_at, 0.0), 3)
 
     def execute(self, beat: Callable[[str], Task | None], stop_now: threading.Event,
                 logged: Callable[[], None] = lambda: None) -> TaskResult:
@@ -267,7 +275,9 @@ class TaskRun:
         except OSError as exc:
             raise RunnerFault(f"cannot start the task's guard: {exc}") from exc
         group, proc = self.group, self.group.proc
+        self.printed_at = time.monotonic()
         next_beat = confirmed + interval
+        stall_limit = self.settings.coherence_stall_stop_seconds
         pump = threading.Thread(target=self._pump, args=(proc.stdout,), daemon=True)
         pump.start()
         try:
@@ -275,6 +285,15 @@ class TaskRun:
                 if time.monotonic() - started > self.timeout:
                     self.timed_out = True
                     self._output(f"timed out after {self.timeout:g}s; stopping the process group\n")
+                    group.stop(self.settings.agent_kill_grace_seconds)
+                    break
+                silent = self.silent_seconds() or 0.0
+                if stall_limit and silent > stall_limit:
+                    self.stalled = silent
+                    log.warning("task %s: silent for %.0fs (COHERENCE_STALL_STOP_SECONDS=%g): stopped as stalled",
+                                self.task.id, silent, stall_limit)
+                    self._output(f"silent for {silent:.0f}s (COHERENCE_STALL_STOP_SECONDS={stall_limit:g}); "
+                                 "stopping the process group\n")
                     group.stop(self.settings.agent_kill_grace_seconds)
                     break
                 if stop_now.is_set():
@@ -312,7 +331,7 @@ class TaskRun:
             status = TaskStatus.PENDING
         elif self.cancelled is not None:
             status = TaskStatus.CANCELLED
-        elif self.timed_out:
+        elif self.timed_out or self.stalled is not None:
             status = TaskStatus.FAILED
         elif self.question is not None:  # the agent asked: its exit code only says it stopped to wait
             status = TaskStatus.NEEDS_DECISION
@@ -325,7 +344,7 @@ class TaskRun:
         why = None
         if status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
             why = failure_of(RunEnd(returncode, self.task_line, self.timed_out, self.timeout, self.cancelled,
-                                    self.not_started, agent=not self.task.command))
+                                    self.not_started, agent=not self.task.command, stalled=self.stalled))
         return TaskResult(
             task_id=self.task.id,
             claim_token=self.task.claim_token,

@@ -118,7 +118,7 @@ def test_every_agent_endpoint_has_a_client_method_or_a_reason(openapi: dict[str,
 def _template(endpoint: Endpoint) -> re.Pattern[str]:
     """The endpoint's path as a pattern: its ``{task_id}`` is a number, as the API's routes read it (a
     ``{task_type}`` a word)."""
-    path = re.escape(endpoint.path).replace(r"\{task_type\}", "[a-z]+")
+    path = re.escape(endpoint.path).replace(r"\{task_type\}", "[a-z]+").replace(r"\{item\}", "[a-z0-9.-]+")
     return re.compile(re.sub(r"\\\{[a-z_]+\\\}", "[0-9]+", path) + "$")
 
 
@@ -136,7 +136,8 @@ def _drive(client: ApiClient) -> dict[str, Callable[[], Any]]:
     return {
         "create_task": lambda: keep("one", client.create_task("one", TaskType.RUN, priority=1, context={"k": None})),
         "create_tasks": lambda: client.create_tasks([{"direction": "two", "task_type": TaskType.RUN},
-                                                     {"direction": "three", "task_type": "spec", "priority": -1}]),
+                                                     {"direction": "three", "task_type": "spec", "priority": -1,
+                                                      "context": {"item": "contract-item-1a2b3c4d"}}]),
         "get_task": lambda: client.get_task(seen["one"].id),
         "list_tasks": lambda: client.list_tasks(status=TaskStatus.PENDING, limit=10, sort="-priority"),
         "count_tasks": client.count_tasks,
@@ -186,6 +187,8 @@ def _drive(client: ApiClient) -> dict[str, Callable[[], Any]]:
         "cancel": lambda: client.cancel(seen["one"].id, "not needed", by="test:contract"),
         "set_policy": lambda: client.set_policy(TaskType.SPEC, by="test:contract", max_running=2),
         "policies": client.policies,
+        "get_item": lambda: client.get_item("contract-item-1a2b3c4d"),
+        "list_items": lambda: client.list_items(limit=5, offset=0),
     }
 
 

@@ -76,7 +76,7 @@ def test_every_rule_names_severity_action_and_runbook() -> None:
     assert {r.name for r in health.RULES} == {
         "store_not_ready", "no_runner", "runner_blocked", "component_held_back", "manager_stale", "no_task_running",
         "orphan_running", "paused", "breaker_open", "stuck", "needs_decision", "repeated_failures", "low_success_rate",
-        "empty_output"}
+        "empty_output", "stalled_task"}
     for rule in (*RULES, *health.RULES):
         assert rule.severity in grading.SEVERITIES and rule.action and rule.runbook.startswith("#")
 
@@ -103,6 +103,19 @@ def test_every_action_is_a_command_to_paste_with_the_real_ids(cfg: Settings) -> 
     assert found["store_not_ready"]["command"] == "coherence cleanup --days 3"
     for flag in found.values():
         assert flag["command"].startswith("coherence ") and "{" not in flag["command"] and "$" not in flag["command"]
+
+
+def test_stalled_task_flags_running_tasks_silent_past_the_warn_limit_longest_first(cfg: Settings) -> None:
+    cfg = cfg.model_copy(update={"coherence_stall_warn_seconds": 600.0, "coherence_stall_stop_seconds": 1800.0})
+    running = [{"id": n, "task_type": TaskType.IMPL, "elapsed_seconds": 2000.0, "lease_expires_at": NOW,
+                "timeout_seconds": None, "silent_seconds": silent} for n, silent in ((3, 700.0), (4, 1500.0),
+                                                                                     (5, 599.0), (6, None))]
+    flag = flags(health_snapshot(running=running), cfg)["stalled_task"]
+    assert flag["task_ids"] == [4, 3] and flag["severity"] == "medium"
+    assert (flag["command"], flag["console"]) == ("coherence logs 4", "/tasks/4")
+    assert "2 running task(s) printed nothing for over 10 min (the longest 25 min; stopped at 30 min)" == \
+        flag["message"]
+    assert "stalled_task" not in flags(health_snapshot(running=running[2:]), cfg)
 
 
 def test_grades_are_the_same_everywhere() -> None:

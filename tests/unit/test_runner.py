@@ -84,6 +84,7 @@ def test_the_output_tail_is_bounded_and_the_question_found(tmp_path: Path) -> No
     (RunEnd(-9, "working"), ("killed", "killed by SIGKILL: working")),
     (RunEnd(-15, "half", timed_out=True, timeout=2.5), ("timeout", "timed out after 2.5s: half")),
     (RunEnd(None, "", not_started="no such program"), ("config_error", "not started: no such program")),
+    (RunEnd(-15, "Continue?", stalled=1800.4), ("stalled", "stalled: no output for 1800s, stopped: Continue?")),
     (RunEnd(-15, "x", cancelled="cancelled by cli:a:  too\nlong"), ("cancelled", "cancelled by cli:a: too long")),
 ])
 def test_every_failure_has_a_category_and_one_line(end: RunEnd, expected: tuple[str, str]) -> None:

@@ -26,9 +26,9 @@ _DURATION_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 720
 
 class QueueCollector(Collector):
     """Gauges computed from the store on each scrape: tasks by status, the oldest pending task's age by type, the
-    oldest waiting decision's age, failed tasks out of attempts by type, live runners, the health rules
-    (coherence_network.health) that are open (the same evaluation pipeline-status shows), the fatal issues not yet
-    cleared, and the pauses in force."""
+    longest silence of a running task by type, the oldest waiting decision's age, failed tasks out of attempts by
+    type, live runners, the health rules (coherence_network.health) that are open (the same evaluation
+    pipeline-status shows), the fatal issues not yet cleared, and the pauses in force."""
 
     def __init__(self, owner: ApiMetrics) -> None:
         self.owner = owner
@@ -50,6 +50,7 @@ class QueueCollector(Collector):
             "coherence_oldest_decision_age_seconds", "How long the longest-waiting decision (a task in "
             "needs_decision) has waited (0: none waits)", value=snapshot.oldest_decision_seconds or 0.0,
         )
+        yield silence_gauge(snapshot)
         spent = self.owner.store.out_of_attempts()
         out = GaugeMetricFamily("coherence_tasks_out_of_attempts", "Failed tasks whose attempts are spent "
                                 "(attempts >= max_attempts): only an operator's retry runs them again", labels=["type"])
@@ -93,6 +94,19 @@ class QueueCollector(Collector):
         for kind in TaskType:
             breaker.add_metric([kind.value], 1 if kind.value in tripped else 0)
         yield breaker
+
+
+def silence_gauge(snapshot: health.HealthSnapshot) -> GaugeMetricFamily:
+    """The longest silence (no line of output, as runners' heartbeats say) among running tasks of each type: the
+    stalled_task rule's measure, without task ids."""
+    longest = {kind.value: 0.0 for kind in TaskType}
+    for task in snapshot.running:
+        longest[task["task_type"]] = max(longest.get(task["task_type"], 0.0), task.get("silent_seconds") or 0.0)
+    gauge = GaugeMetricFamily("coherence_task_silence_seconds", "Longest time a running task of the type has printed "
+                              "nothing (0: none running, or none has said yet)", labels=["task_type"])
+    for kind, seconds in longest.items():
+        gauge.add_metric([kind], seconds)
+    return gauge
 
 
 class ApiMetrics:

@@ -12,6 +12,7 @@ imported; ``coherence --help`` lists them in this order:
 - ``policies``: policy, policy set (each task type's limit, retry delays and breaker, through the API);
 - ``retention``: cleanup, prune (removing what is old);
 - ``audit``: audit (the audit trail of operators' actions, through the API);
+- ``items``: item, items (backlog items with their phase tasks, commits and decisions, through the API);
 - ``index``: the indexers' sub-app (coherence_network.indexer.cli).
 
 Beside them: ``startup`` (the start-up the long-running components share), ``api_access`` (the API client of an
@@ -30,10 +31,12 @@ from coherence_network.cli import bulk
 from coherence_network.cli import policies
 from coherence_network.cli import retention
 from coherence_network.cli import audit
+from coherence_network.cli import items
 # isort: on
 from coherence_network.cli.app import app, main
 from coherence_network.indexer.cli import index_app
 
 app.add_typer(index_app, name="index", help="Index npm or PyPI packages into the dependency graph (--target, --limit).")
 
-__all__ = ["app", "audit", "bulk", "components", "main", "ops", "policies", "retention", "server", "steering", "tasks"]
+__all__ = ["app", "audit", "bulk", "components", "items", "main", "ops", "policies", "retention", "server", "steering",
+           "tasks"]

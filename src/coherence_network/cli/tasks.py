@@ -43,7 +43,8 @@ def status(
                 typer.echo(client.task_log(task_id, tail=lines), nl=False)
                 return
             task = client.get_task(task_id)
-            typer.echo(task.model_dump_json(indent=2) if as_json else render_task(task, colour=colour), color=colour)
+            shown = render_task(task, colour=colour, stall_warn=settings.coherence_stall_warn_seconds)
+            typer.echo(task.model_dump_json(indent=2) if as_json else shown, color=colour)
             return
         pipeline = client.pipeline_status()
     report = pipeline.model_dump(mode="json")
@@ -119,10 +120,12 @@ def task(
     and the output tail. Its whole log: coherence logs ID."""
     from coherence_network.status_view import render_task
 
-    with command_client(get_settings()) as client:
+    settings = get_settings()
+    with command_client(settings) as client:
         found = client.get_task(task_id)
     colour = colour_on()
-    typer.echo(found.model_dump_json(indent=2) if as_json else render_task(found, colour=colour), color=colour)
+    shown = render_task(found, colour=colour, stall_warn=settings.coherence_stall_warn_seconds)
+    typer.echo(found.model_dump_json(indent=2) if as_json else shown, color=colour)
 
 
 def _log_names() -> list[str]:

@@ -18,6 +18,7 @@ from coherence_network.console.forms import posted_form
 from coherence_network.console.pages import error_page, render, settings_of, visit_of
 from coherence_network.contract import TaskStatus
 from coherence_network.monitor import with_command
+from coherence_network.status_view import stalled_ids
 
 router = APIRouter(include_in_schema=False)
 # What a restart does to each component: the confirmation page says it before anything is written.
@@ -65,6 +66,7 @@ def overview(request: Request, restart_notice: str = "",
         now=now, counts=snapshot.by_status, total=total, goal=goal, backlog=backlog,
         manager=snapshot.components.get(health.MANAGER),
         runners=snapshot.runners, components=snapshot.components, running=snapshot.running,
+        stalled=stalled_ids(flags),
         pending=snapshot.pending, needs_decision=snapshot.needs_decision, recent=snapshot.recent[:10],
         pauses=snapshot.pauses, oldest_decision=snapshot.oldest_decision_seconds,
         attention=attention,

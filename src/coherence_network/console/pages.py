@@ -17,7 +17,7 @@ from coherence_network.console.session import COOKIE, Session, Sessions, local_p
 from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.errors import CoherenceError
 from coherence_network.settings import Settings
-from coherence_network.status_view import failure_note
+from coherence_network.status_view import failure_note, silence
 
 PAGE_SIZE = 50
 _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -34,6 +34,7 @@ def _utc(value: datetime) -> datetime:
 _TEMPLATES.filters["utc_iso"] = lambda value: _utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
 _TEMPLATES.filters["utc_text"] = lambda value: _utc(value).strftime("%Y-%m-%d %H:%M:%S UTC")
 _TEMPLATES.filters["failure_note"] = failure_note  # why a task's last run failed, as every view words it
+_TEMPLATES.globals["silence"] = silence  # how long a running task printed nothing, as every view words it
 # Every page: no script, style, image or connection from elsewhere, nothing inline (the console's JavaScript and CSS
 # are files under /console-static), forms post only here, and no other site may frame a page (clickjacking).
 PAGE_HEADERS = {

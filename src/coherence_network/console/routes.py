@@ -5,8 +5,8 @@ on the page.
 Forms post ``application/x-www-form-urlencoded`` and answer 303 to the page that shows the result, so they work
 without JavaScript. The body is read only after the session and its CSRF token are known, never before
 (``forms``). One module per noun: ``pages`` (what every page shares), ``signin``, ``overview`` (and its restart
-form), ``tasks``, ``bulk``, ``steering`` (pauses), ``graph``, ``audit``, ``error_pages``; ``figures`` names the
-throughput chart's ranges.
+form), ``tasks``, ``bulk``, ``steering`` (pauses), ``graph``, ``audit``, ``items`` (backlog items), ``error_pages``;
+``figures`` names the throughput chart's ranges.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from coherence_network.console import audit, bulk, graph, overview, signin, steering, tasks
+from coherence_network.console import audit, bulk, graph, items, overview, signin, steering, tasks
 from coherence_network.console.error_pages import html_errors_for_browsers
 from coherence_network.console.forms import FormRefused
 from coherence_network.console.pages import SignInNeeded
@@ -29,7 +29,7 @@ from coherence_network.settings import Settings
 # One router holding every page's route itself (include_router would nest the parts, and the runbook's test reads
 # the console's routes from this router).
 router = APIRouter(include_in_schema=False)
-for part in (overview, signin, tasks, bulk, graph, steering, audit):
+for part in (overview, signin, tasks, bulk, graph, steering, audit, items):
     router.routes.extend(part.router.routes)
 
 

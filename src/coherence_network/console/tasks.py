@@ -123,9 +123,12 @@ def task_page(request: Request, task_id: TaskId) -> HTMLResponse:
         return error_page(request, 404, "Task not found", str(exc), visit)
     text, source = _task_log(settings_of(request), task)
     trail, more = store_of(request).audit_page(task_id=task_id, limit=AUDIT_SHOWN)
+    printed = task["last_output_at"] if task["status"] == TaskStatus.RUNNING else None
+    silent = None if printed is None else max((utcnow() - printed).total_seconds(), 0.0)
     return render(request, "task.html", visit, task=task, log_text=text, log_source=source,
                   live=task["status"] in (TaskStatus.PENDING, TaskStatus.RUNNING), log_lines=LOG_LINES_SHOWN,
-                  trail=trail, more_trail=more is not None)
+                  trail=trail, more_trail=more is not None, silent=silent,
+                  stalled=silent is not None and silent > settings_of(request).coherence_stall_warn_seconds)
 
 
 @router.post("/tasks/{task_id}/decide")

@@ -155,6 +155,7 @@ def claim_statement(typed: bool, postgres: bool, several: bool, replayable: bool
             exit_code=None,
             progress_pct=None,
             current_step=None,
+            last_output_at=None,  # a previous run's: the new run's first renewal says when it last printed
             run_seconds=None,
             queue_seconds=None,
             updated_at=sa.bindparam("b_now", type_=UTCDateTime),

@@ -196,11 +196,12 @@ def _age(now: datetime, then: datetime | None) -> float | None:
 
 
 def pipeline_snapshot(conn: Connection, now: datetime, limits: Limits, recent_at_least: int) -> dict[str, Any]:
-    """Running, pending-by-type, needs_decision and recently finished tasks, each list bounded by an index."""
+    """Running (with how long each has printed nothing: ``silent_seconds``), pending-by-type, needs_decision and
+    recently finished tasks, each list bounded by an index."""
     running = [
         dict(r._mapping)
         for r in conn.execute(
-            sa.select(*_SUMMARY_COLUMNS)
+            sa.select(*_SUMMARY_COLUMNS, tasks.c.last_output_at)
             .where(tasks.c.status == TaskStatus.RUNNING)
             .order_by(tasks.c.started_at.asc())
             .limit(limits.running)
@@ -237,6 +238,7 @@ def pipeline_snapshot(conn: Connection, now: datetime, limits: Limits, recent_at
     success_24h = success_counts(conn, now - WINDOWS["24h"], now)[ALL_TYPES]
     for task in running:
         task["elapsed_seconds"] = _age(now, task["started_at"])
+        task["silent_seconds"] = _age(now, task["last_output_at"])  # None: its runner has not said yet
     for task in waiting:
         task["waiting_seconds"] = _age(now, task["updated_at"])
     for task in recent:
