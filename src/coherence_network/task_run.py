@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from coherence_network.agents import messages
 from coherence_network.clock import utcnow
 from coherence_network.contract import Task, TaskStatus
 from coherence_network.errors import CoherenceError
@@ -37,6 +38,17 @@ COMMAND_CHARS = 500
 WATCH_SECONDS = 0.2
 RETRY_SECONDS = 1.0  # pace of heartbeats and deliveries while the API does not answer
 CLAIM_MARGIN = 0.25  # a claim starts only within the first 3/4 of its lease, counted from no later than its grant
+
+
+def asked(line: str) -> str | None:
+    """The question a line of output asks (``NEEDS_DECISION: <question>``), also where a CLI that reports in JSON
+    carries it inside what the agent said (behind an escaped newline, never at the start of an output line)."""
+    texts = [line, *messages(line)] if line.lstrip().startswith("{") else [line]
+    for text in texts:
+        for part in text.splitlines():
+            if part.lstrip().startswith(DECISION_MARKER):
+                return part.lstrip()[len(DECISION_MARKER):].strip() or "(no question given)"
+    return None
 
 
 @dataclass
@@ -173,8 +185,9 @@ class TaskRun:
             self.last_line = line.strip()[:STEP_CHARS]
             if own:
                 self.task_line = self.last_line
-        if line.lstrip().startswith(DECISION_MARKER):
-            self.question = line.lstrip()[len(DECISION_MARKER):].strip() or "(no question given)"
+        question = asked(line)
+        if question is not None:
+            self.question = question
 
     def _output(self, line: str, *, own: bool = False) -> None:
         """One line of the task's output (``own``) or the runner's note about it, masked: to the log file and the

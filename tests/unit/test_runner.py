@@ -77,6 +77,18 @@ def test_the_output_tail_is_bounded_and_the_question_found(tmp_path: Path) -> No
     assert run.question == "Which database?" and run.last_line == "NEEDS_DECISION: Which database?"
 
 
+def test_a_question_inside_an_agents_json_report_is_found(tmp_path: Path) -> None:
+    """Claude Code's --output-format json carries the agent's last message as one JSON string: the protocol's line
+    sits behind an escaped newline there, never at the start of an output line."""
+    run = TaskRun(Claim(task(), 0.0), settings(tmp_path), "runner")
+    run._keep('{"type": "result", "result": "I looked.\\nNEEDS_DECISION: Which database?", "usage": {}}\n')
+    assert run.question == "Which database?"
+    plain = TaskRun(Claim(task(), 0.0), settings(tmp_path), "runner")
+    plain._keep('{"note": "a JSON line that says NEEDS_DECISION: only inside a field it does not speak in"}\n')
+    plain._keep("not a question: NEEDS_DECISION: mid-line\n")
+    assert plain.question is None
+
+
 @pytest.mark.parametrize(("end", "expected"), [
     (RunEnd(2, "error: no such file"), ("nonzero_exit", "exit 2: error: no such file")),
     (RunEnd(1, ""), ("nonzero_exit", "exit 1")),
