@@ -382,7 +382,8 @@ RULES: tuple[HealthRule, ...] = (
                _low_success_rate, "coherence tasks --status failed", "/tasks?status=failed"),
     HealthRule("empty_output", Severity.MEDIUM, "a recently completed agent task (not a `run:` command) produced no "
                "output",
-               "check COHERENCE_AGENT_COMMAND and the task's log", "#pipeline-recovery", _empty_output,
+               "check the agent (`coherence doctor`: COHERENCE_AGENT and its install) and the task's log",
+               "#pipeline-recovery", _empty_output,
                "coherence logs {id}", "/tasks/{id}"),
 )
 BY_NAME = {rule.name: rule for rule in RULES}
