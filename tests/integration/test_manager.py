@@ -3,7 +3,8 @@
 The agent is a small script of the tests' own (COHERENCE_AGENT_COMMAND): it reads its prompt file, prints a result
 per phase, fails the first review of any item whose text says "flaky", fails the impl phase of items that say
 "fragile" until a file `fixed.flag` is in the workspace, and asks for a decision on items that say "ask" until one
-arrives.
+arrives. The workspace is a git repository: each item's phases run in its own worktree, where spec, test and impl
+write a file of their own (the evidence they must leave).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from coherence_network.backlog import PHASES
+from coherence_network.backlog import PHASES, normalise
 from coherence_network.client import ApiClient
 from coherence_network.contract import Task, TaskStatus, TaskType
 from tests.support.api import ServedApi
@@ -34,13 +35,21 @@ item = re.search(r"^Backlog item \d+: (.*)$", prompt, re.M).group(1)
 if "ask" in item and phase == "spec" and not os.environ.get("COHERENCE_DECISION"):
     print("NEEDS_DECISION: which colour should it be?")
     sys.exit(0)
-if "fragile" in item and phase == "impl" and not os.path.exists("fixed.flag"):
+if "fragile" in item and phase == "impl" and not os.path.exists(os.path.join(os.environ["COHERENCE_WORKSPACE"],
+                                                                            "fixed.flag")):
     print("impl broke: fixed.flag is missing")
     sys.exit(1)
 print(f"{phase} done for {item} (round {round_})")
+if phase != "review":
+    open(f"{phase}-{re.sub('[^a-z0-9]+', '-', item.lower())}-{round_}.txt", "w").write(item + "\n")
 if phase == "review":
     print("VERDICT: " + ("fail" if "flaky" in item and round_ == "1" else "pass"))
 '''
+
+
+def key_of(task: Task) -> str:
+    """The backlog item a task belongs to, by its key (the normalised text; its context names it by slug)."""
+    return normalise(task.context["title"])
 
 
 class Pipeline:
@@ -49,6 +58,10 @@ class Pipeline:
     def __init__(self, api: ServedApi, tmp_path: Path, settings_env: dict[str, str] | None = None) -> None:
         self.api = api
         self.workspace = tmp_path
+        if not (tmp_path / ".git").exists():
+            for args in (["init", "-q", "-b", "main"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                                                        "--allow-empty", "-m", "initial"]):
+                subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
         agent = tmp_path / "agent.py"
         agent.write_text(AGENT)
         self.env = {
@@ -123,13 +136,13 @@ def test_three_items_to_done_with_a_failed_review_and_a_restart(pipeline: Any) -
     first.send_signal(signal.SIGTERM)
     code, out = _finish(first)
     assert code == 0, out
-    before = Counter((t.context["item"], t.context["phase"]) for t in p.tasks())
+    before = Counter((key_of(t), t.context["phase"]) for t in p.tasks())
 
     code, out = _finish(p.pm("--parallel", "--until-done"))
     assert code == 0, out
 
     tasks = p.tasks()
-    by_phase = Counter((t.context["item"], t.context["phase"]) for t in tasks)
+    by_phase = Counter((key_of(t), t.context["phase"]) for t in tasks)
     assert by_phase == {
         ("add a greeting endpoint", "spec"): 1, ("add a greeting endpoint", "test"): 1,
         ("add a greeting endpoint", "impl"): 1, ("add a greeting endpoint", "review"): 1,
@@ -142,7 +155,7 @@ def test_three_items_to_done_with_a_failed_review_and_a_restart(pipeline: Any) -
     run_task = next(t for t in tasks if t.task_type == "run")
     assert run_task.command == "echo ran the build" and "ran the build" in run_task.output
 
-    flaky = [t for t in tasks if t.context["item"] == "make the flaky parser robust"]
+    flaky = [t for t in tasks if key_of(t) == "make the flaky parser robust"]
     second_impl = [t for t in flaky if t.task_type == "impl"][1]
     assert second_impl.context["iteration"] == 2
     assert "VERDICT: fail" in second_impl.direction  # the failed review's result reaches the next impl
@@ -211,7 +224,7 @@ def test_an_unanswered_decision_times_out_skips_its_item_and_a_late_answer_resum
     assert code == 0, out
     item = p.item("ask before starting")
     assert item["status"] == "done" and item["reason"] is None
-    assert [t.task_type for t in p.tasks() if t.context["item"] == "ask before starting"] == list(PHASES)
+    assert [t.task_type for t in p.tasks() if key_of(t) == "ask before starting"] == list(PHASES)
 
 
 def test_a_decision_timeout_records_the_default_answer_and_the_item_continues_from_it(pipeline: Any) -> None:
@@ -267,7 +280,7 @@ def test_a_retried_run_task_unblocks_its_item_after_a_restart(api_on_store: Serv
         assert code == 0, out
         state = p.state()
         assert state["items"][key]["status"] == "done" and state["blocked"] == [] and "version" not in state
-        [task] = [t for t in p.tasks() if t.context["item"] == key]  # the same task ran again, none was added
+        [task] = [t for t in p.tasks() if key_of(t) == key]  # the same task ran again, none was added
         assert task.id == blocked["task_id"] and task.status == TaskStatus.COMPLETED
     finally:
         p.close()
@@ -293,7 +306,7 @@ def test_a_retried_phase_resumes_its_item_under_a_running_manager(pipeline: Any)
     assert code == 0, out
     assert f"item 1 resumed: impl task {blocked['task_id']}" in out
 
-    by_phase = Counter(t.task_type for t in p.tasks() if t.context["item"] == key)
+    by_phase = Counter(t.task_type for t in p.tasks() if key_of(t) == key)
     assert by_phase == dict.fromkeys(PHASES, 1)  # the later phase followed; nothing finished was repeated
     code, out = _finish(p.pm("--until-done"))
     assert code == 0, out

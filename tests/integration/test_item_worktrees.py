@@ -1,0 +1,220 @@
+"""Each backlog item in its own git worktree, its phases judged by their evidence, its branch merged when the review
+passes: real runner processes against a served API, real git in temporary repositories, a small agent program."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coherence_network.client import ApiClient
+from coherence_network.contract import Task
+from tests.support.api import ServedApi
+from tests.support.runner import RunnerProcess
+
+PY = sys.executable
+# The agent: each prompt line is an instruction. WRITE <path> <text> (relative: in its cwd), SAY <text> (a line of
+# output), MEET <mine> <other> (create mine, wait for the other: both items run at once).
+AGENT = """
+import os, pathlib, sys, time
+for line in open(sys.argv[1]).read().splitlines():
+    op, _, rest = line.partition(" ")
+    if op == "WRITE":
+        path, _, text = rest.partition(" ")
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(path).write_text(text + "\\n")
+    elif op == "SAY":
+        print(rest, flush=True)
+    elif op == "MEET":
+        mine, other = rest.split()
+        pathlib.Path(mine).touch()
+        deadline = time.monotonic() + 20
+        while not os.path.exists(other) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        print("met" if os.path.exists(other) else "alone", flush=True)
+"""
+ALPHA, BETA = "add-alpha-0000000a", "add-beta-0000000b"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    work = tmp_path / "work"
+    work.mkdir()
+    git(work, "init", "-q", "-b", "main")
+    git(work, "config", "user.name", "Tester")
+    git(work, "config", "user.email", "tester@example.invalid")
+    (work / "README.md").write_text("start\n")
+    git(work, "add", "README.md")
+    git(work, "commit", "-q", "-m", "initial")
+    return work
+
+
+@pytest.fixture
+def client(served_api: ServedApi) -> Iterator[ApiClient]:
+    with ApiClient(served_api.url, token="", retries=0) as c:
+        yield c
+
+
+def run_runner(api: ServedApi, repo: Path, tmp_path: Path, *args: str, **env: str) -> None:
+    agent = tmp_path / "agent.py"
+    agent.write_text(AGENT)
+    RunnerProcess(api.home, api.url, "--once", *args, env={
+        "COHERENCE_WORKSPACE": str(repo), "COHERENCE_AGENT": "custom",
+        "COHERENCE_AGENT_COMMAND": f"{PY} {agent} {{prompt_file}}", **env}).run()
+
+
+def phase(client: ApiClient, item: str, task_type: str, *lines: str) -> Task:
+    return client.create_task("\n".join(lines), task_type, max_attempts=1,
+                              context={"item": item, "title": item, "phase": task_type, "iteration": 1})
+
+
+def diverge(repo: Path) -> None:
+    """The item's branch (made earlier, as by its impl) and main both change README.md."""
+    git(repo, "switch", "-q", "-c", f"coherence/{ALPHA}")
+    (repo / "README.md").write_text("from the item\n")
+    git(repo, "commit", "-q", "-am", "the item's change")
+    git(repo, "switch", "-q", "main")
+    (repo / "README.md").write_text("from main\n")
+    git(repo, "commit", "-q", "-am", "main moves on")
+
+
+def files_of(repo: Path, commit: str) -> list[str]:
+    return sorted(git(repo, "show", "--name-only", "--format=", commit).splitlines())
+
+
+def test_two_items_at_once_work_in_their_own_worktrees(served_api: ServedApi, client: ApiClient, repo: Path,
+                                                       tmp_path: Path) -> None:
+    meet = tmp_path / "meet"
+    meet.mkdir()
+    alpha = phase(client, ALPHA, "impl", "WRITE src/alpha.py A = 1", f"MEET {meet}/a {meet}/b")
+    beta = phase(client, BETA, "impl", "WRITE src/beta.py B = 2", f"MEET {meet}/b {meet}/a")
+    run = client.create_task("in the workspace", "run", command=f"{PY} -c \"open('plain.txt', 'w').write('x')\"")
+    run_runner(served_api, repo, tmp_path, "--workers", "2")
+    alpha, beta = client.get_task(alpha.id), client.get_task(beta.id)
+    assert (alpha.status, beta.status) == ("completed", "completed"), (alpha.output, beta.output)
+    assert "met" in alpha.output.split() and "met" in beta.output.split()  # they ran at the same time
+    home = served_api.home
+    for task, slug, name in ((alpha, ALPHA, "src/alpha.py"), (beta, BETA, "src/beta.py")):
+        evidence = task.evidence
+        assert evidence["branch"] == f"coherence/{slug}" and evidence["base"] == "main"
+        assert evidence["worktree"] == str(home / "worktrees" / slug)
+        assert evidence["files"] == [name] and evidence["diffstat"] == "1 file changed, 1 insertion(+)"
+        assert git(repo, "rev-parse", f"coherence/{slug}") == evidence["commit"]
+        assert files_of(repo, evidence["commit"]) == [name]  # its commit holds its own file only
+        assert f"[pipeline] impl {task.id}:" in git(repo, "log", "-1", "--format=%s", evidence["commit"])
+        assert git(repo, "log", "-1", "--format=%ae", evidence["commit"]) == "tester@example.invalid"
+    assert (repo / "plain.txt").exists() and not (repo / "src").exists()  # a run task keeps to the workspace
+    assert client.get_task(run.id).evidence is None
+    assert git(repo, "rev-parse", "main") == git(repo, "rev-parse", "HEAD~0")  # main untouched
+    assert git(repo, "log", "--format=%s", "main") == "initial"
+
+
+def test_a_phase_that_changes_nothing_fails_with_no_change(served_api: ServedApi, client: ApiClient, repo: Path,
+                                                           tmp_path: Path) -> None:
+    idle = phase(client, ALPHA, "impl", "SAY I looked and all is fine")
+    elsewhere = phase(client, BETA, "test", "WRITE src/beta.py B = 2")
+    run_runner(served_api, repo, tmp_path, COHERENCE_PHASE_PATHS_TEST="tests/*,*_test.py")
+    idle, elsewhere = client.get_task(idle.id), client.get_task(elsewhere.id)
+    assert (idle.status, idle.error_category) == ("failed", "no_change")
+    assert idle.error_summary == "the impl phase made no commit with a diff (nothing changed in the item's worktree)"
+    assert "no commit" in idle.output and "made no commit with a diff" in idle.output
+    assert "commit" not in idle.evidence and idle.evidence["branch"] == f"coherence/{ALPHA}"
+    assert (elsewhere.status, elsewhere.error_category) == ("failed", "no_change")
+    assert elsewhere.evidence["required"] == ["tests/*", "*_test.py"]
+    assert elsewhere.evidence["missing"] == ["tests/*", "*_test.py"] and elsewhere.evidence["files"] == ["src/beta.py"]
+    assert "touched no file matching tests/*, *_test.py" in elsewhere.error_summary
+
+
+def test_a_review_without_a_verdict_fails_and_one_that_passes_is_merged(served_api: ServedApi, client: ApiClient,
+                                                                         repo: Path, tmp_path: Path) -> None:
+    phase(client, ALPHA, "impl", "WRITE src/alpha.py A = 1")
+    mute = phase(client, ALPHA, "review", "SAY looks fine to me")
+    passing = phase(client, ALPHA, "review", "WRITE REVIEW.md ok", "SAY VERDICT: pass")
+    run_runner(served_api, repo, tmp_path)  # one after another, oldest first
+    mute = client.get_task(mute.id)
+    assert (mute.status, mute.error_category) == ("failed", "no_verdict")
+    assert "VERDICT" in mute.error_summary and "verdict" not in mute.evidence and "merge" not in mute.evidence
+    passing = client.get_task(passing.id)
+    assert passing.status == "completed", passing.output
+    assert passing.evidence["verdict"] == "pass" and passing.evidence["push"] == "off"
+    assert passing.evidence["merge"] == {"into": "main", "commit": git(repo, "rev-parse", "main")}
+    assert git(repo, "log", "-1", "--format=%s", "main") == (
+        f"[pipeline] merge coherence/{ALPHA} into main (review {passing.id} passed)")
+    assert (repo / "src" / "alpha.py").read_text() == "A = 1\n" and (repo / "REVIEW.md").exists()
+    assert git(repo, "status", "--porcelain") == ""
+
+
+def test_a_conflicting_merge_asks_and_leaves_the_target_clean(served_api: ServedApi, client: ApiClient, repo: Path,
+                                                              tmp_path: Path) -> None:
+    diverge(repo)
+    before = git(repo, "rev-parse", "main")
+    review = phase(client, ALPHA, "review", "SAY VERDICT: pass")
+    run_runner(served_api, repo, tmp_path)
+    review = client.get_task(review.id)
+    assert review.status == "needs_decision", review.output
+    prompt = review.decision_prompt
+    assert ALPHA in prompt and f"coherence/{ALPHA}" in prompt and "README.md" in prompt
+    assert "`retry`" in prompt and "`abandon`" in prompt
+    assert review.evidence["merge"] == {"into": "main", "conflict": ["README.md"]}
+    assert git(repo, "rev-parse", "main") == before and git(repo, "status", "--porcelain") == ""
+    assert (repo / "README.md").read_text() == "from main\n"
+
+    client.decide(review.id, "retry", "cli:tester")  # nothing resolved yet: it asks again, the agent not run
+    run_runner(served_api, repo, tmp_path)
+    again = client.get_task(review.id)
+    assert again.status == "needs_decision" and "README.md" in again.decision_prompt
+    assert "the agent is not run again" in again.output
+
+    git(repo, "merge", "-q", "--no-ff", "-X", "theirs", "-m", "merged by hand", f"coherence/{ALPHA}")
+    client.decide(review.id, "retry", "cli:tester")
+    run_runner(served_api, repo, tmp_path)
+    done = client.get_task(review.id)
+    assert done.status == "completed", done.output
+    assert done.evidence["merge"] == {"into": "main", "commit": git(repo, "rev-parse", "main")}
+    assert git(repo, "log", "-1", "--format=%s", "main") == "merged by hand"
+
+
+def test_a_failed_push_asks_and_retry_pushes(served_api: ServedApi, client: ApiClient, repo: Path,
+                                            tmp_path: Path) -> None:
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    git(repo, "remote", "add", "origin", str(remote))
+    git(repo, "push", "-q", "origin", "main")
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'refused by policy' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    phase(client, ALPHA, "impl", "WRITE src/alpha.py A = 1")
+    review = phase(client, ALPHA, "review", "SAY VERDICT: pass")
+    run_runner(served_api, repo, tmp_path, PIPELINE_AUTO_PUSH="1")
+    review = client.get_task(review.id)
+    assert review.status == "needs_decision", review.output
+    assert review.evidence["push"] == "failed" and "commit" in review.evidence["merge"]
+    assert "refused by policy" in review.decision_prompt and ALPHA in review.decision_prompt
+    assert git(remote, "log", "--format=%s", "main") == "initial"  # the merge stays local
+
+    hook.unlink()
+    client.decide(review.id, "retry", "cli:tester")
+    run_runner(served_api, repo, tmp_path, PIPELINE_AUTO_PUSH="1")
+    done = client.get_task(review.id)
+    assert done.status == "completed" and done.evidence["push"] == "pushed", done.output
+    assert git(remote, "rev-parse", "main") == git(repo, "rev-parse", "main") == done.evidence["merge"]["commit"]
+
+
+def test_abandon_fails_the_review_and_keeps_the_branch(served_api: ServedApi, client: ApiClient, repo: Path,
+                                                       tmp_path: Path) -> None:
+    diverge(repo)
+    review = phase(client, ALPHA, "review", "SAY VERDICT: pass")
+    run_runner(served_api, repo, tmp_path)
+    client.decide(client.get_task(review.id).id, "abandon", "cli:tester")
+    run_runner(served_api, repo, tmp_path)
+    done = client.get_task(review.id)
+    assert (done.status, done.error_category) == ("failed", "cancelled")
+    assert "abandoned by cli:tester" in done.error_summary
+    assert git(repo, "rev-parse", "--verify", f"coherence/{ALPHA}")  # the branch is kept
