@@ -16,7 +16,7 @@ from typing import Any
 from coherence_network.contract import ErrorCategory, Task, TaskStatus
 from coherence_network.gitops import GitError, commit_message, git, identity
 from coherence_network.item_merge import land, worktrees_lock
-from coherence_network.logfiles import RUN_FILES
+from coherence_network.logfiles import RUN_FILES, write_text_atomic
 from coherence_network.phase_evidence import (
     CHANGE_PHASES,
     FILES_KEPT,
@@ -122,7 +122,7 @@ class ItemWork:
         lines = exclude.read_text(encoding="utf-8").splitlines() if exclude.exists() else []
         if line not in lines:
             exclude.parent.mkdir(parents=True, exist_ok=True)
-            exclude.write_text("\n".join([*lines, line]) + "\n", encoding="utf-8")
+            write_text_atomic(exclude, "\n".join([*lines, line]) + "\n")
 
     def conclude(self, output: str) -> Ending:
         """After the agent exited 0: commit every change, then judge the phase by its evidence."""

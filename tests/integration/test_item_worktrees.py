@@ -3,6 +3,7 @@ passes: real runner processes against a served API, real git in temporary reposi
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -132,9 +133,10 @@ def test_a_phase_that_changes_nothing_fails_with_no_change(served_api: ServedApi
     assert "touched no file matching tests/*, *_test.py" in elsewhere.error_summary
 
 
-def test_a_review_without_a_verdict_fails_and_one_that_passes_is_merged(served_api: ServedApi, client: ApiClient,
-                                                                         repo: Path, tmp_path: Path) -> None:
+def test_a_review_without_a_verdict_fails_one_that_passes_is_merged_and_cleanup_keeps_unmerged_work(
+        served_api: ServedApi, client: ApiClient, repo: Path, tmp_path: Path) -> None:
     phase(client, ALPHA, "impl", "WRITE src/alpha.py A = 1")
+    phase(client, BETA, "impl", "WRITE src/beta.py B = 2")  # never reviewed: its branch is not merged
     mute = phase(client, ALPHA, "review", "SAY looks fine to me")
     passing = phase(client, ALPHA, "review", "WRITE REVIEW.md ok", "SAY VERDICT: pass")
     run_runner(served_api, repo, tmp_path)  # one after another, oldest first
@@ -149,6 +151,18 @@ def test_a_review_without_a_verdict_fails_and_one_that_passes_is_merged(served_a
         f"[pipeline] merge coherence/{ALPHA} into main (review {passing.id} passed)")
     assert (repo / "src" / "alpha.py").read_text() == "A = 1\n" and (repo / "REVIEW.md").exists()
     assert git(repo, "status", "--porcelain") == ""
+
+    cleanup = subprocess.run([PY, "-m", "coherence_network.cli", "cleanup", "--days", "0"], capture_output=True,
+                             text=True, timeout=60, env={**os.environ, "COHERENCE_HOME": str(served_api.home),
+                                                         "AGENT_API_BASE": served_api.url,
+                                                         "COHERENCE_WORKSPACE": str(repo)})
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert f"removed worktree var/worktrees/{ALPHA} and its merged branch" in cleanup.stdout
+    assert f"kept worktree var/worktrees/{BETA}: coherence/{BETA} is not merged into main" in cleanup.stdout
+    worktrees = served_api.home / "worktrees"
+    assert not (worktrees / ALPHA).exists() and (worktrees / BETA / "src" / "beta.py").exists()
+    branches = git(repo, "branch", "--format=%(refname:short)").splitlines()
+    assert f"coherence/{ALPHA}" not in branches and f"coherence/{BETA}" in branches
 
 
 def test_a_conflicting_merge_asks_and_leaves_the_target_clean(served_api: ServedApi, client: ApiClient, repo: Path,
