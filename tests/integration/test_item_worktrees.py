@@ -5,85 +5,25 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from coherence_network.client import ApiClient
-from coherence_network.contract import Task
 from tests.support.api import ServedApi
-from tests.support.runner import RunnerProcess
-
-PY = sys.executable
-# The agent: each prompt line is an instruction. WRITE <path> <text> (relative: in its cwd), SAY <text> (a line of
-# output), MEET <mine> <other> (create mine, wait for the other: both items run at once).
-AGENT = """
-import os, pathlib, sys, time
-for line in open(sys.argv[1]).read().splitlines():
-    op, _, rest = line.partition(" ")
-    if op == "WRITE":
-        path, _, text = rest.partition(" ")
-        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(path).write_text(text + "\\n")
-    elif op == "SAY":
-        print(rest, flush=True)
-    elif op == "MEET":
-        mine, other = rest.split()
-        pathlib.Path(mine).touch()
-        deadline = time.monotonic() + 20
-        while not os.path.exists(other) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        print("met" if os.path.exists(other) else "alone", flush=True)
-"""
-ALPHA, BETA = "add-alpha-0000000a", "add-beta-0000000b"
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+from tests.support.worktrees import ALPHA, BETA, PY, diverge, git, make_repo, phase, refusing_remote, run_runner
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    work = tmp_path / "work"
-    work.mkdir()
-    git(work, "init", "-q", "-b", "main")
-    git(work, "config", "user.name", "Tester")
-    git(work, "config", "user.email", "tester@example.invalid")
-    (work / "README.md").write_text("start\n")
-    git(work, "add", "README.md")
-    git(work, "commit", "-q", "-m", "initial")
-    return work
+    return make_repo(tmp_path)
 
 
 @pytest.fixture
 def client(served_api: ServedApi) -> Iterator[ApiClient]:
     with ApiClient(served_api.url, token="", retries=0) as c:
         yield c
-
-
-def run_runner(api: ServedApi, repo: Path, tmp_path: Path, *args: str, **env: str) -> None:
-    agent = tmp_path / "agent.py"
-    agent.write_text(AGENT)
-    RunnerProcess(api.home, api.url, "--once", *args, env={
-        "COHERENCE_WORKSPACE": str(repo), "COHERENCE_AGENT": "custom",
-        "COHERENCE_AGENT_COMMAND": f"{PY} {agent} {{prompt_file}}", **env}).run()
-
-
-def phase(client: ApiClient, item: str, task_type: str, *lines: str) -> Task:
-    return client.create_task("\n".join(lines), task_type, max_attempts=1,
-                              context={"item": item, "title": item, "phase": task_type, "iteration": 1})
-
-
-def diverge(repo: Path) -> None:
-    """The item's branch (made earlier, as by its impl) and main both change README.md."""
-    git(repo, "switch", "-q", "-c", f"coherence/{ALPHA}")
-    (repo / "README.md").write_text("from the item\n")
-    git(repo, "commit", "-q", "-am", "the item's change")
-    git(repo, "switch", "-q", "main")
-    (repo / "README.md").write_text("from main\n")
-    git(repo, "commit", "-q", "-am", "main moves on")
 
 
 def files_of(repo: Path, commit: str) -> list[str]:
@@ -197,13 +137,8 @@ def test_a_conflicting_merge_asks_and_leaves_the_target_clean(served_api: Served
 
 def test_a_failed_push_asks_and_retry_pushes(served_api: ServedApi, client: ApiClient, repo: Path,
                                             tmp_path: Path) -> None:
-    remote = tmp_path / "remote.git"
-    git(tmp_path, "init", "-q", "--bare", str(remote))
-    git(repo, "remote", "add", "origin", str(remote))
-    git(repo, "push", "-q", "origin", "main")
-    hook = remote / "hooks" / "pre-receive"
-    hook.write_text("#!/bin/sh\necho 'refused by policy' >&2\nexit 1\n")
-    hook.chmod(0o755)
+    hook = refusing_remote(tmp_path, repo)
+    remote = hook.parent.parent
     phase(client, ALPHA, "impl", "WRITE src/alpha.py A = 1")
     review = phase(client, ALPHA, "review", "SAY VERDICT: pass")
     run_runner(served_api, repo, tmp_path, PIPELINE_AUTO_PUSH="1")
