@@ -71,22 +71,22 @@ def merged(work: ItemWork) -> bool:
 def land(work: ItemWork, evidence: dict[str, Any]) -> Ending:
     """Merge the item's branch into the target and push it (when asked); a conflict or a failed push asks."""
     with worktrees_lock(work.settings):
-        return _land(work, evidence)
+        try:
+            return _land(work, evidence)
+        except GitError as exc:  # git could not run or answer (a timeout, a broken repository): nothing is lost
+            evidence["merge"] = {"into": work.base, "error": str(exc)[:500]}
+            return _ask(work, evidence, f"merging {work.branch} into {work.base} failed: {exc}", "merges again")
 
 
 def _land(work: ItemWork, evidence: dict[str, Any]) -> Ending:
     into = work.base
-    try:
-        checkout = target_checkout(work)
-        if not merged(work):
-            message = f"[pipeline] merge {work.branch} into {into} (review {work.task.id} passed)"
-            done = git(checkout, *identity(work.workspace), "merge", "--no-ff", "--no-edit", "-m", message,
-                       work.branch, check=False)
-            if done.returncode != 0:
-                return _refused(work, evidence, checkout, (done.stderr or done.stdout).strip())
-    except GitError as exc:
-        evidence["merge"] = {"into": into, "error": str(exc)[:500]}
-        return _ask(work, evidence, f"merging {work.branch} into {into} failed: {exc}", "merges again")
+    checkout = target_checkout(work)
+    if not merged(work):
+        message = f"[pipeline] merge {work.branch} into {into} (review {work.task.id} passed)"
+        done = git(checkout, *identity(work.workspace), "merge", "--no-ff", "--no-edit", "-m", message, work.branch,
+                   check=False)
+        if done.returncode != 0:
+            return _refused(work, evidence, checkout, (done.stderr or done.stdout).strip())
     evidence["merge"] = {"into": into, "commit": git(work.workspace, "rev-parse", f"refs/heads/{into}").stdout.strip()}
     notes = [f"=== merged {work.branch} into {into}: {evidence['merge']['commit'][:12]}"]
     if not work.settings.pipeline_auto_push:
@@ -143,8 +143,10 @@ def answer(work: ItemWork) -> Ending | None:
         return None
     evidence = {**(task.evidence or {}), **work.evidence}
     said = task.decision.strip().lower()
-    if said == ABANDON:
+    if said == ABANDON:  # the question's marks go: an operator's retry of the failed review runs it afresh
         why = f"abandoned by {task.decided_by or 'the operator'}: {work.branch} is kept, not merged into {work.base}"
+        for key in ("merge", "push"):
+            evidence.pop(key, None)
         return Ending(TaskStatus.FAILED, evidence, [f"=== {why}"], ErrorCategory.CANCELLED, why[:300])
     if said != RETRY:
         return _ask(work, evidence, f"the answer {task.decision.strip()[:100]!r} is neither `{RETRY}` nor "

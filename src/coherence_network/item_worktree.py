@@ -38,7 +38,7 @@ def worktree_path(settings: Settings, slug: str) -> Path:
 
 
 def worktrees_root(settings: Settings) -> Path:
-    return worktree_path(settings, "x").parent
+    return settings.home / RUN_FILES["{slug}/"].folder
 
 
 def branch_of(slug: str) -> str:

@@ -165,5 +165,5 @@ def test_abandon_fails_the_review_and_keeps_the_branch(served_api: ServedApi, cl
     run_runner(served_api, repo, tmp_path)
     done = client.get_task(review.id)
     assert (done.status, done.error_category) == ("failed", "cancelled")
-    assert "abandoned by cli:tester" in done.error_summary
+    assert "abandoned by cli:tester" in done.error_summary and "merge" not in done.evidence
     assert git(repo, "rev-parse", "--verify", f"coherence/{ALPHA}")  # the branch is kept
