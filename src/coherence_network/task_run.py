@@ -314,6 +314,9 @@ class TaskRun:
             proc.wait()
             group.close()  # whatever the task left running in its group goes with it
             pump.join(10)
+        if self.work is not None and proc.returncode == 0 and not (self.timed_out or self.stopped or self.cancelled):
+            with contextlib.suppress(CancelRequested):  # too late to cancel: the agent's work is done
+                beat(self.last_line)  # a fresh lease for the commit, merge and push its evidence takes
         return self._finish(started, proc.returncode)
 
     def _not_started(self, exc: Exception, started: float) -> TaskResult:
