@@ -167,3 +167,21 @@ def test_abandon_fails_the_review_and_keeps_the_branch(served_api: ServedApi, cl
     assert (done.status, done.error_category) == ("failed", "cancelled")
     assert "abandoned by cli:tester" in done.error_summary and "merge" not in done.evidence
     assert git(repo, "rev-parse", "--verify", f"coherence/{ALPHA}")  # the branch is kept
+
+
+def test_a_target_branch_checked_out_nowhere_is_merged_in_its_own_worktree(served_api: ServedApi, client: ApiClient,
+                                                                           repo: Path, tmp_path: Path) -> None:
+    git(repo, "branch", "release")
+    (repo / "README.md").write_text("main only\n")
+    git(repo, "commit", "-q", "-am", "main moves on")  # the item starts from release, without this
+    phase(client, ALPHA, "impl", "WRITE src/alpha.py A = 1")
+    review = phase(client, ALPHA, "review", "SAY VERDICT: pass")
+    run_runner(served_api, repo, tmp_path, PIPELINE_TARGET_BRANCH="release")
+    review = client.get_task(review.id)
+    assert review.status == "completed", review.output
+    assert review.evidence["base"] == "release" and review.evidence["merge"]["into"] == "release"
+    assert git(repo, "rev-parse", "release") == review.evidence["merge"]["commit"]
+    assert git(repo, "show", "release:README.md") == "start"  # made off release, not off the checked-out main
+    assert git(repo, "show", "release:src/alpha.py") == "A = 1"
+    assert git(repo, "log", "-1", "--format=%s", "main") == "main moves on"  # the workspace's branch untouched
+    assert (served_api.home / "worktrees" / "_target" / "src" / "alpha.py").exists()
