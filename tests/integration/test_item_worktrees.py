@@ -30,13 +30,15 @@ def files_of(repo: Path, commit: str) -> list[str]:
     return sorted(git(repo, "show", "--name-only", "--format=", commit).splitlines())
 
 
-def test_two_items_at_once_work_in_their_own_worktrees(served_api: ServedApi, client: ApiClient, repo: Path,
-                                                       tmp_path: Path) -> None:
+def test_two_items_at_once_work_in_their_own_worktrees_and_both_merge(served_api: ServedApi, client: ApiClient,
+                                                                       repo: Path, tmp_path: Path) -> None:
     meet = tmp_path / "meet"
     meet.mkdir()
     alpha = phase(client, ALPHA, "impl", "WRITE src/alpha.py A = 1", f"MEET {meet}/a {meet}/b")
     beta = phase(client, BETA, "impl", "WRITE src/beta.py B = 2", f"MEET {meet}/b {meet}/a")
     run = client.create_task("in the workspace", "run", command=f"{PY} -c \"open('plain.txt', 'w').write('x')\"")
+    reviews = [phase(client, slug, "review", f"MEET {meet}/{mine} {meet}/{other}", "SAY VERDICT: pass")
+               for slug, mine, other in ((ALPHA, "ra", "rb"), (BETA, "rb", "ra"))]
     run_runner(served_api, repo, tmp_path, "--workers", "2")
     alpha, beta = client.get_task(alpha.id), client.get_task(beta.id)
     assert (alpha.status, beta.status) == ("completed", "completed"), (alpha.output, beta.output)
@@ -47,14 +49,21 @@ def test_two_items_at_once_work_in_their_own_worktrees(served_api: ServedApi, cl
         assert evidence["branch"] == f"coherence/{slug}" and evidence["base"] == "main"
         assert evidence["worktree"] == str(home / "worktrees" / slug)
         assert evidence["files"] == [name] and evidence["diffstat"] == "1 file changed, 1 insertion(+)"
-        assert git(repo, "rev-parse", f"coherence/{slug}") == evidence["commit"]
         assert files_of(repo, evidence["commit"]) == [name]  # its commit holds its own file only
         assert f"[pipeline] impl {task.id}:" in git(repo, "log", "-1", "--format=%s", evidence["commit"])
         assert git(repo, "log", "-1", "--format=%ae", evidence["commit"]) == "tester@example.invalid"
-    assert (repo / "plain.txt").exists() and not (repo / "src").exists()  # a run task keeps to the workspace
+        assert not (home / "worktrees" / slug / "plain.txt").exists()
+    assert (repo / "plain.txt").exists()  # a run task keeps to the workspace
     assert client.get_task(run.id).evidence is None
-    assert git(repo, "rev-parse", "main") == git(repo, "rev-parse", "HEAD~0")  # main untouched
-    assert git(repo, "log", "--format=%s", "main") == "initial"
+    # both reviews passed at once; their merges took turns (var/run/worktrees.lock), neither was lost
+    done = [client.get_task(r.id) for r in reviews]
+    assert [r.status for r in done] == ["completed", "completed"], [r.output for r in done]
+    assert all("met" in r.output.split() for r in done)
+    merges = git(repo, "log", "--merges", "--format=%s", "main").splitlines()
+    assert sorted(merges) == sorted(f"[pipeline] merge coherence/{slug} into main (review {r.id} passed)"
+                                    for slug, r in ((ALPHA, done[0]), (BETA, done[1])))
+    assert sorted(git(repo, "ls-files", "src").splitlines()) == ["src/alpha.py", "src/beta.py"]
+    assert git(repo, "status", "--porcelain") == "?? plain.txt"
 
 
 def test_a_phase_that_changes_nothing_fails_with_no_change(served_api: ServedApi, client: ApiClient, repo: Path,
