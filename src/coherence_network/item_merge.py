@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 TARGET_FOLDER = "_target"  # no slug starts with an underscore
 RETRY, ABANDON = "retry", "abandon"
 CONFLICTS_NAMED = 20  # in a question; the evidence keeps up to 100
+_UNKNOWN_ANSWER = re.compile(r"^The answer .* is neither `retry` nor `abandon`\. ", re.DOTALL)
 
 
 @contextmanager
@@ -148,9 +150,10 @@ def answer(work: ItemWork) -> Ending | None:
         for key in ("merge", "push"):
             evidence.pop(key, None)
         return Ending(TaskStatus.FAILED, evidence, [f"=== {why}"], ErrorCategory.CANCELLED, why[:300])
-    if said != RETRY:
-        return _ask(work, evidence, f"the answer {task.decision.strip()[:100]!r} is neither `{RETRY}` nor "
-                    f"`{ABANDON}`; the question was: {task.decision_prompt or '-'}"[:4000], "merges or pushes again")
+    if said != RETRY:  # the same question again, with what was wrong with the answer
+        asked = _UNKNOWN_ANSWER.sub("", task.decision_prompt or "")
+        why = f"The answer {task.decision.strip()[:100]!r} is neither `{RETRY}` nor `{ABANDON}`. "
+        return Ending(TaskStatus.NEEDS_DECISION, evidence, [f"=== {why}"], question=(why + asked)[:5000])
     for key in ("merge", "push"):
         evidence.pop(key, None)
     ending = land(work, evidence)

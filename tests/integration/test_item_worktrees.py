@@ -129,10 +129,17 @@ def test_a_conflicting_merge_asks_and_leaves_the_target_clean(served_api: Served
     assert git(repo, "rev-parse", "main") == before and git(repo, "status", "--porcelain") == ""
     assert (repo / "README.md").read_text() == "from main\n"
 
+    client.decide(review.id, "maybe later", "cli:tester")  # no answer it knows: the same question again
+    run_runner(served_api, repo, tmp_path)
+    again = client.get_task(review.id)
+    assert again.status == "needs_decision"
+    assert again.decision_prompt == "The answer 'maybe later' is neither `retry` nor `abandon`. " + prompt
+    assert "VERDICT" not in again.output  # the agent did not run again
+
     client.decide(review.id, "retry", "cli:tester")  # nothing resolved yet: it asks again, the agent not run
     run_runner(served_api, repo, tmp_path)
     again = client.get_task(review.id)
-    assert again.status == "needs_decision" and "README.md" in again.decision_prompt
+    assert again.status == "needs_decision" and again.decision_prompt == prompt
     assert "the agent is not run again" in again.output
 
     git(repo, "merge", "-q", "--no-ff", "-X", "theirs", "-m", "merged by hand", f"coherence/{ALPHA}")
