@@ -88,7 +88,8 @@ class ItemWork:
 
     @property
     def evidence(self) -> dict[str, Any]:
-        return {"branch": self.branch, "worktree": str(self.path), "base": self.base}
+        """Where the phase worked (``base`` once known: a worktree that could not be made has none)."""
+        return {"branch": self.branch, "worktree": str(self.path), **({"base": self.base} if self.base else {})}
 
     def prepare(self) -> Path:
         """The item's worktree, made on its first phase (the branch off the target, or the branch as it is when it

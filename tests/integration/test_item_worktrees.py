@@ -201,3 +201,16 @@ def test_a_target_branch_checked_out_nowhere_is_merged_in_its_own_worktree(serve
     assert git(repo, "show", "release:src/alpha.py") == "A = 1"
     assert git(repo, "log", "-1", "--format=%s", "main") == "main moves on"  # the workspace's branch untouched
     assert (served_api.home / "worktrees" / "_target" / "src" / "alpha.py").exists()
+
+
+def test_a_workspace_that_is_no_repository_fails_phases_at_their_start(served_api: ServedApi, client: ApiClient,
+                                                                       tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    spec = phase(client, ALPHA, "spec", "WRITE spec.md s")
+    run_runner(served_api, plain, tmp_path)
+    spec = client.get_task(spec.id)
+    assert (spec.status, spec.error_category) == ("failed", "config_error")
+    assert spec.error_summary.startswith(f"not started: {plain} has no branch checked out")
+    assert "PIPELINE_TARGET_BRANCH" in spec.error_summary and not (plain / "spec.md").exists()
+    assert spec.evidence == {"branch": f"coherence/{ALPHA}", "worktree": str(served_api.home / "worktrees" / ALPHA)}
