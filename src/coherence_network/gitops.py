@@ -54,7 +54,7 @@ def _git_env() -> dict[str, str]:
     return env
 
 
-def _git(workspace: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def git(workspace: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run git unattended (see the module docstring); raises GitError when it cannot run, times out, or (with
     ``check``) exits non-zero."""
     try:
@@ -72,6 +72,11 @@ def _git(workspace: Path, *args: str, check: bool = True) -> subprocess.Complete
     if check and proc.returncode != 0:
         raise GitError(f"git {args[0]} failed (exit {proc.returncode}): {(err or out).strip()[-500:]}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def identity(repo: Path) -> tuple[str, ...]:
+    """git options for a commit in ``repo``: none when the repository has an identity, else the pipeline's own."""
+    return () if git(repo, "config", "user.email", check=False).stdout.strip() else _FALLBACK_IDENTITY
 
 
 def commit_message(tasks: Sequence[Task]) -> str:
@@ -123,16 +128,15 @@ def commit_workspace(settings: Settings, tasks: Sequence[Task]) -> str:
 def _commit(settings: Settings, tasks: Sequence[Task], ids: str) -> str:
     out = progress_log(settings)
     workspace = settings.coherence_workspace.resolve()
-    if _git(workspace, "rev-parse", "--is-inside-work-tree", check=False).returncode != 0:
+    if git(workspace, "rev-parse", "--is-inside-work-tree", check=False).returncode != 0:
         out.warning("task %s: %s is not a git repository; auto-commit skipped", ids, workspace)
         return "not-a-repo"
-    _git(workspace, "add", "-A")
-    if _git(workspace, "diff", "--cached", "--quiet", check=False).returncode == 0:
+    git(workspace, "add", "-A")
+    if git(workspace, "diff", "--cached", "--quiet", check=False).returncode == 0:
         out.info("task %s: no changes to commit", ids)
         return "nothing"
-    identity = () if _git(workspace, "config", "user.email", check=False).stdout.strip() else _FALLBACK_IDENTITY
-    _git(workspace, *identity, "commit", "--quiet", "-m", commit_message(tasks))
-    out.info("task %s: committed %s", ids, _git(workspace, "rev-parse", "--short", "HEAD").stdout.strip())
+    git(workspace, *identity(workspace), "commit", "--quiet", "-m", commit_message(tasks))
+    out.info("task %s: committed %s", ids, git(workspace, "rev-parse", "--short", "HEAD").stdout.strip())
     return "committed"
 
 
@@ -141,7 +145,7 @@ def push(settings: Settings) -> bool:
     out = progress_log(settings)
     remote = settings.pipeline_git_remote
     try:
-        _git(settings.coherence_workspace.resolve(), "push", "--porcelain", remote, "HEAD")
+        git(settings.coherence_workspace.resolve(), "push", "--porcelain", remote, "HEAD")
     except GitError as exc:
         out.error("push to %s failed (commits stay local and go with the next push): %s", remote, exc)
         record_outcome(settings, "push-failed", str(exc))
@@ -213,7 +217,8 @@ class CompletedTaskWatcher:
             progress_log(self.settings).info("auto-commit on: watching %s for completed tasks (%d completed before "
                                              "are not committed)", self.settings.coherence_workspace, newest.total)
             return None
-        fresh = [t for t in fresh if t.task_type in COMMIT_TYPES]
+        # A phase that ran in its item's worktree committed there (item_worktree): nothing of it is in the workspace.
+        fresh = [t for t in fresh if t.task_type in COMMIT_TYPES and not (t.evidence or {}).get("worktree")]
         self.waiting += fresh
         if not self.waiting:
             return None

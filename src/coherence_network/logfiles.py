@@ -130,6 +130,11 @@ RUN_FILES: dict[str, LogFile] = {
                 "none; removed when the group ends", "run"),
         LogFile("prompts/", "run", "Prompt files the runner hands to the agent command ({prompt_file})",
                 "none; removed with their task (COHERENCE_RETAIN_TASKS_DAYS)", "run"),
+        LogFile("worktrees.lock", "run", "Lock (flock) a runner holds while it adds an item's worktree, or merges a "
+                "branch into the target branch and pushes it, so two reviews never merge at once", "none; kept", "run"),
+        LogFile("{slug}/", "run", "One git worktree per backlog item (branch coherence/{slug}), where its phase "
+                "tasks run; `_target/` holds the target branch when no other checkout does",
+                "none; `coherence cleanup` removes those of settled items whose branch is merged", "worktrees"),
         LogFile("telegram_state.json", "run", "Telegram bot: update offset, alerts already sent, outgoing queue",
                 "none", "run"),
         LogFile("console_session_key", "run", "Generated key (mode 0600) that signs console sessions, CSRF tokens and "

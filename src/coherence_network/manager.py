@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -23,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from coherence_network import __version__
-from coherence_network.agents import messages, said
+from coherence_network.agents import messages
 from coherence_network.backlog import PHASES, RUN_PHASE, BacklogItem, parse_backlog
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound
 from coherence_network.clock import utcnow
 from coherence_network.contract import ACTIVE_STATUSES, Component, ItemStatus, Task, TaskStatus
 from coherence_network.logfiles import write_json_atomic
 from coherence_network.manager_state import ACTIVE, SETTLED, ItemState, ManagerState
+from coherence_network.phase_evidence import verdict
 from coherence_network.settings import Settings
 
 log = logging.getLogger("coherence.manager")
@@ -55,15 +55,6 @@ PHASE_GOALS = {
     "review": "Review the implementation against the specification and the tests. Say what is wrong, if anything, "
     "and end with one line `VERDICT: pass` or `VERDICT: fail`.",
 }
-_VERDICT = re.compile(r"^\s*VERDICT:\s*(pass|fail)\b", re.IGNORECASE | re.MULTILINE)
-
-
-def verdict(output: str | None) -> str | None:
-    """``pass`` or ``fail`` from the last VERDICT line of a review's output, or of the agent's words its CLI put in
-    JSON (agents.said); None when there is none."""
-    found = _VERDICT.findall(said(output or ""))
-    return found[-1].lower() if found else None
-
 
 def shorten(text: str | None, limit: int = RESULT_CHARS) -> str:
     """The end of an output (where results and verdicts are), at most ``limit`` characters."""
@@ -240,7 +231,7 @@ class ProjectManager:
     def _next_phase(self, item: BacklogItem, state: ItemState, task: Task) -> None:
         phase = state.phase
         if phase == "review":
-            said = verdict(task.output)
+            said = (task.evidence or {}).get("verdict") or verdict(task.output)  # the runner's reading first
             if said == "pass":
                 self._settle(state, ItemStatus.DONE, None)
                 return

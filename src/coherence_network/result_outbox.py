@@ -77,7 +77,8 @@ class ResultOutbox:
         following = None
         fields: dict[str, Any] = {"output": result.output, "exit_code": result.exit_code,
                                   "decision_prompt": result.decision_prompt,
-                                  "error_category": result.error_category, "error_summary": result.error_summary}
+                                  "error_category": result.error_category, "error_summary": result.error_summary,
+                                  "evidence": result.evidence}
         try:
             if claim_next:  # it claims at once (no wait): its lease counts from when it was sent
                 sent = time.monotonic()

@@ -25,6 +25,9 @@ _PHASE_AGENT = "Agent for {} tasks; empty = COHERENCE_AGENT"
 _PHASE_MODEL = ("Model for {} tasks; empty = COHERENCE_AGENT_MODEL when the phase runs COHERENCE_AGENT, else the "
                 "agent's own default")
 
+_PHASE_PATHS = ("Comma-separated globs a {} task's commit must touch, each at least once (* crosses folders); "
+                "empty = any file")
+
 
 class AgentSettings(BaseSettings):
     """Which coding-agent CLI runs the agent tasks (agents.PRESETS), with which model, per phase."""
@@ -46,6 +49,14 @@ class AgentSettings(BaseSettings):
     coherence_agent_model_test: str = Field("", description=_PHASE_MODEL.format("test"))
     coherence_agent_model_impl: str = Field("", description=_PHASE_MODEL.format("impl"))
     coherence_agent_model_review: str = Field("", description=_PHASE_MODEL.format("review"))
+
+    pipeline_target_branch: str = Field(
+        "", description="Branch each backlog item's branch (coherence/<item>) is made from and merged into when its "
+        "review passes; empty = the branch checked out in COHERENCE_WORKSPACE"
+    )
+    coherence_phase_paths_spec: str = Field("", description=_PHASE_PATHS.format("spec"))
+    coherence_phase_paths_test: str = Field("", description=_PHASE_PATHS.format("test"))
+    coherence_phase_paths_impl: str = Field("", description=_PHASE_PATHS.format("impl"))
 
     def agent_for(self, task_type: str) -> tuple[str, str]:
         """(agent, model) a task of this type runs: the phase's own when set, else COHERENCE_AGENT's. The default

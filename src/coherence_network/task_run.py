@@ -18,13 +18,17 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from coherence_network.agents import messages
 from coherence_network.clock import utcnow
 from coherence_network.contract import Task, TaskStatus
 from coherence_network.errors import CoherenceError
+from coherence_network.gitops import GitError
+from coherence_network.item_merge import answer
+from coherence_network.item_worktree import ItemWork
 from coherence_network.logfiles import RUN_FILES, task_log_path
+from coherence_network.phase_evidence import Ending
 from coherence_network.run_outcome import RunEnd, failure_of
 from coherence_network.settings import Settings
 from coherence_network.task_env import build_argv, task_environment
@@ -63,6 +67,7 @@ class TaskResult:
     decision_prompt: str | None = None
     error_category: str | None = None  # why a failed or cancelled run ended so (run_outcome)
     error_summary: str | None = None
+    evidence: dict[str, Any] | None = None  # what an item's phase left (item_worktree)
 
     def __post_init__(self) -> None:
         self.status = TaskStatus(self.status)  # read back from an outbox file as a string; a bad one is refused
@@ -167,6 +172,7 @@ class TaskRun:
         self.stalled: float | None = None  # stopped after this many silent seconds (COHERENCE_STALL_STOP_SECONDS)
         self.output_lock = threading.Lock()  # the pump thread and the watching thread both write the log
         self.environment = task_environment(settings, os.environ)
+        self.work: ItemWork | None = None  # the item's worktree a phase task runs in (None: the workspace)
 
     @property
     def timeout(self) -> float:
@@ -246,6 +252,14 @@ class TaskRun:
         for line in previous:
             log.warning("task %s: stopped the previous run first: %s", task.id, line)
             logfile.write(f"=== stopped the previous run first: {line}\n")
+        try:  # a backlog item's phase runs in its item's worktree; an answer about its merge needs no agent
+            self.work = ItemWork.of(task, self.settings)
+            cwd = self.work.prepare() if self.work else self.settings.coherence_workspace
+            answered = answer(self.work) if self.work else None
+        except (ValueError, GitError) as exc:
+            return self._not_started(exc, started)
+        if answered is not None:
+            return self._finish(started, None, answered)
         try:
             argv = build_argv(task, self.settings, RUN_FILES["prompts/"].path(self.settings))
         except ValueError as exc:  # the task's own fault: it fails
@@ -278,7 +292,7 @@ class TaskRun:
 
         try:
             self.group = TaskGroup(argv, self.settings, task, self.runner_id,
-                                   cwd=self.settings.coherence_workspace, env=env, before_start=lease_fresh)
+                                   cwd=cwd, env=env, before_start=lease_fresh)
         except TaskStartError as exc:  # the guard ran but the task's program could not start: the task's fault
             return self._not_started(exc, started)
         except CancelRequested as exc:  # the lease renewal before the start said so: nothing was started
@@ -332,6 +346,9 @@ class TaskRun:
             proc.wait()
             group.close()  # whatever the task left running in its group goes with it
             pump.join(10)
+        if self.work is not None and proc.returncode == 0 and not (self.timed_out or self.stopped or self.cancelled):
+            with contextlib.suppress(CancelRequested):  # too late to cancel: the agent's work is done
+                beat(self.last_line)  # a fresh lease for the commit, merge and push its evidence takes
         return self._finish(started, proc.returncode)
 
     def _not_started(self, exc: Exception, started: float) -> TaskResult:
@@ -339,7 +356,7 @@ class TaskRun:
         self._output(f"cannot start the task: {exc}\n")
         return self._finish(started, None)
 
-    def _finish(self, started: float, returncode: int | None) -> TaskResult:
+    def _finish(self, started: float, returncode: int | None, ending: Ending | None = None) -> TaskResult:
         if self.stopped:
             status = TaskStatus.PENDING
         elif self.cancelled is not None:
@@ -350,12 +367,19 @@ class TaskRun:
             status = TaskStatus.NEEDS_DECISION
         else:
             status = TaskStatus.COMPLETED if returncode == 0 else TaskStatus.FAILED
+        if ending is None and status is TaskStatus.COMPLETED and self.work is not None:
+            ending = self.work.conclude("".join(self.tail))  # the phase's evidence decides, not its exit code
+        for note in ending.notes if ending else ():
+            self._output(note + "\n")
+        status = ending.status if ending else status
         duration = time.monotonic() - started
         if self.logfile is not None:
             self.logfile.write(f"=== end: {utc_stamp()} exit_code={returncode} duration={duration:.3f}s "
                                f"status={status}\n")
         why = None
-        if status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        if ending is not None and ending.category is not None:
+            why = ending.category, ending.summary or ""
+        elif status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
             why = failure_of(RunEnd(returncode, self.task_line, self.timed_out, self.timeout, self.cancelled,
                                     self.not_started, agent=not self.task.command, stalled=self.stalled))
         return TaskResult(
@@ -364,8 +388,10 @@ class TaskRun:
             status=status,
             exit_code=returncode,
             output="".join(self.tail),
-            decision_prompt=self.question if status is TaskStatus.NEEDS_DECISION else None,
+            decision_prompt=(ending.question if ending and ending.question else self.question)
+            if status is TaskStatus.NEEDS_DECISION else None,
             error_category=why[0].value if why else None,
             error_summary=why[1] if why else None,
+            evidence=(ending.evidence if ending else self.work.evidence if self.work else None),
         )
 

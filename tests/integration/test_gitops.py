@@ -104,6 +104,12 @@ def test_watcher_commits_tasks_completed_through_the_api(tmp_path: Path, repo: P
         (repo / "healed.txt").write_text("heal\n")
         client.finish(heal.id, healing.claim_token, "completed", output="ok")
         assert watcher.poll() is None
+        phase = client.create_task("Impl in its worktree", "impl")  # its commit is on its item's branch
+        running = client.claim("t:1")
+        assert running is not None and running.id == phase.id
+        client.finish(phase.id, running.claim_token, "completed", output="ok",
+                      evidence={"worktree": str(tmp_path / "wt"), "branch": "coherence/x-00000000"})
+        assert watcher.poll() is None
     assert git(repo, "rev-parse", "HEAD") == head
 
 

@@ -3,7 +3,8 @@
 The agent is a small script of the tests' own (COHERENCE_AGENT_COMMAND): it reads its prompt file, prints a result
 per phase, fails the first review of any item whose text says "flaky", fails the impl phase of items that say
 "fragile" until a file `fixed.flag` is in the workspace, and asks for a decision on items that say "ask" until one
-arrives.
+arrives. The workspace is a git repository: each item's phases run in its own worktree, where spec, test and impl
+write a file of their own (the evidence they must leave).
 """
 
 from __future__ import annotations
@@ -34,13 +35,21 @@ item = re.search(r"^Backlog item \d+: (.*)$", prompt, re.M).group(1)
 if "ask" in item and phase == "spec" and not os.environ.get("COHERENCE_DECISION"):
     print("NEEDS_DECISION: which colour should it be?")
     sys.exit(0)
-if "fragile" in item and phase == "impl" and not os.path.exists("fixed.flag"):
+if "fragile" in item and phase == "impl" and not os.path.exists(os.path.join(os.environ["COHERENCE_WORKSPACE"],
+                                                                            "fixed.flag")):
     print("impl broke: fixed.flag is missing")
     sys.exit(1)
 print(f"{phase} done for {item} (round {round_})")
+if phase != "review":
+    open(f"{phase}-{re.sub('[^a-z0-9]+', '-', item.lower())}-{round_}.txt", "w").write(item + "\n")
 if phase == "review":
     print("VERDICT: " + ("fail" if "flaky" in item and round_ == "1" else "pass"))
 '''
+
+
+def key_of(task: Task) -> str:
+    """The backlog item a task belongs to, by its key (the normalised text; its context names it by slug)."""
+    return normalise(task.context["title"])
 
 
 class Pipeline:
@@ -49,6 +58,10 @@ class Pipeline:
     def __init__(self, api: ServedApi, tmp_path: Path, settings_env: dict[str, str] | None = None) -> None:
         self.api = api
         self.workspace = tmp_path
+        if not (tmp_path / ".git").exists():
+            for args in (["init", "-q", "-b", "main"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                                                        "--allow-empty", "-m", "initial"]):
+                subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
         agent = tmp_path / "agent.py"
         agent.write_text(AGENT)
         self.env = {
@@ -104,11 +117,6 @@ def pipeline(served_api: ServedApi, tmp_path: Path) -> Any:
     yield make
     for one in made:
         one.close()
-
-
-def key_of(task: Task) -> str:
-    """The backlog item a phase task belongs to, by its key (the context names it by slug and title)."""
-    return normalise((task.context or {})["title"])
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str]:

@@ -22,23 +22,31 @@ def cleanup(
 ) -> None:
     """Free disk now, by age alone: remove this host's task logs (var/logs/task_{id}.log) and prompt files
     (var/run/prompts/prompt_{id}.md) not written for --days days whose task is finished; never those of a running
-    task, and nothing in the store (the tasks stay, with their output tail). `coherence prune` is the other one: it
-    applies the retention settings (COHERENCE_RETAIN_*) to everything, the store's finished tasks included."""
+    task, and nothing in the store (the tasks stay, with their output tail). Item worktrees (var/worktrees/) of
+    settled items whose branch is merged and last commit older go too, with the branch; unmerged ones are kept.
+    `coherence prune` is the other one: it applies the retention settings (COHERENCE_RETAIN_*) to everything, the
+    store's finished tasks included."""
     from dataclasses import asdict
 
     from coherence_network.client import ApiClient, ApiError
     from coherence_network.file_retention import clean_task_files, task_file_folders
+    from coherence_network.gitops import GitError
+    from coherence_network.worktree_retention import clean_worktrees
 
     settings = get_settings()
     try:
         with ApiClient(settings=settings, retries=1, actor=f"cli:{os_user()}") as client:
             report = clean_task_files(task_file_folders(settings), days, client, dry_run=dry_run)
+            worktrees = clean_worktrees(settings, client, days, dry_run=dry_run)
     except ApiError as exc:
         typer.echo(f"cannot ask the API which tasks are finished, nothing removed: {exc}; start the API first "
                    "(docs/RUNBOOK.md#api-restart)", err=True)
         raise typer.Exit(1) from exc
+    except GitError as exc:
+        typer.echo(f"item worktrees: git failed, none removed: {exc}", err=True)
+        raise typer.Exit(1) from exc
     if as_json:
-        typer.echo(json.dumps({**asdict(report), "dry_run": dry_run}))
+        typer.echo(json.dumps({**asdict(report), "dry_run": dry_run, "worktrees": asdict(worktrees)}))
         return
     verb = "would remove" if dry_run else "removed"
     for name in report.removed:
@@ -46,6 +54,10 @@ def cleanup(
     for name in report.kept_unfinished:
         typer.echo(f"kept {name} (task not finished)")
     typer.echo(f"{verb} {len(report.removed)} task logs and prompt files, {report.bytes_freed} bytes")
+    for name in worktrees.removed:
+        typer.echo(f"{verb} worktree var/worktrees/{name} and its merged branch")
+    for name, why in worktrees.kept.items():
+        typer.echo(f"kept worktree var/worktrees/{name}: {why}")
 
 
 @app.command()
