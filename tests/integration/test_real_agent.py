@@ -23,31 +23,16 @@ from coherence_network.agents import Usage, read_usage
 from coherence_network.backlog import PHASES, parse_backlog
 from coherence_network.client import ApiClient
 from coherence_network.contract import Task
-from coherence_network.manager import verdict
+from coherence_network.phase_evidence import verdict
 from tests.support.api import ServedApi
 from tests.support.claude_code import claude_env, claude_or_missing
 from tests.support.runner import RunnerProcess
 from tests.support.scripted_model import CHECK_ID, ScriptedModel, prompt_of
 from tests.support.stub_agent import module_name, plan
+from tests.support.worktrees import git, make_repo
 
 STUB_AGENT = Path(__file__).parents[1] / "support" / "stub_agent.py"
 BACKLOG = "# Backlog\n\n1. Greet the operator by name\n2. Count the words of a title\n"
-
-
-def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-C", str(repo), "-c", "user.name=test", "-c", "user.email=test@example.invalid",
-                           *args], capture_output=True, text=True, timeout=30, check=True)
-    return done.stdout
-
-
-def project_repo(path: Path) -> Path:
-    """A project's git repository on branch main with one commit: the workspace the agents work in."""
-    path.mkdir()
-    git(path, "init", "-q", "-b", "main")
-    (path / "README.md").write_text("A project the pipeline works on.\n")
-    git(path, "add", "README.md")
-    git(path, "commit", "-q", "-m", "start")
-    return path
 
 
 @pytest.fixture
@@ -68,7 +53,7 @@ def agent_env(agent: str, tmp_path: Path, model: ScriptedModel) -> dict[str, str
 @pytest.mark.long
 def test_claude_code_does_an_impl_task_for_a_real_runner(served_api: ServedApi, scripted_model: ScriptedModel,
                                                          tmp_path: Path) -> None:
-    repo = project_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path)
     direction = "Backlog item 1: Greet the operator by name\n\nPhase: impl (round 1 of 3)\nImplement it; 'quotes' stay."
     env = agent_env("claude", tmp_path, scripted_model)
     with ApiClient(served_api.url, token="", retries=0) as client:
@@ -104,7 +89,7 @@ def test_claude_code_does_an_impl_task_for_a_real_runner(served_api: ServedApi, 
 def test_the_pipeline_takes_two_items_through_every_phase_to_done(agent: str, served_api: ServedApi,
                                                                   scripted_model: ScriptedModel,
                                                                   tmp_path: Path) -> None:
-    repo = project_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path)
     backlog = tmp_path / "backlog.md"
     backlog.write_text(BACKLOG)
     env = {**agent_env(agent, tmp_path, scripted_model), "COHERENCE_HOME": str(served_api.home),
@@ -144,24 +129,34 @@ def test_the_pipeline_takes_two_items_through_every_phase_to_done(agent: str, se
 
 
 def assert_work_on_target(repo: Path, items: list[str], tasks: list[Task]) -> None:
-    """Where the items' work ends up, and that it works: every phase's files, then the project's own tests passing.
-
-    Today every phase writes into the workspace's checkout of main directly (uncommitted). When each item works in
-    its own worktree and branch (docs: /work/notes/evidence.md), extend this one helper: each phase task's evidence
-    names branch ``coherence/<slug>``, a commit touching its files, the review's verdict ``pass`` and its merge
-    ``{"into": "main", "commit": ...}``; read the files from ``git show main:<path>`` and run the tests in a fresh
-    checkout of main."""
+    """Where the items' work ends up, and that it works: each item's phases committed on its own branch, each commit
+    holding only its own phase's files, both branches merged into main by their passing reviews, the checkout clean,
+    and the project's own tests passing in a fresh clone of main."""
+    slugs = {task.item for task in tasks}
+    assert len(slugs) == len(items)
     written = set()
     for task in tasks:
-        work = plan(task.direction)
+        work, evidence = plan(task.direction), task.evidence or {}
         assert work is not None, task.direction
-        for relative, content in work.files.items():
-            assert (repo / relative).read_text() == content, f"{task.task_type} task {task.id}: {relative}"
+        assert evidence.get("branch") == f"coherence/{task.item}", (task.id, evidence)
+        if work.files:  # its commit on the item's branch holds its own files and nothing else
+            assert sorted(evidence.get("files", [])) == sorted(work.files), (task.task_type, evidence)
+            commit = evidence["commit"]
+            assert set(git(repo, "show", "--name-only", "--format=", commit).split()) == set(work.files)
+            for relative, content in work.files.items():
+                assert git(repo, "show", f"main:{relative}") == content.strip(), (task.task_type, relative)
         written |= set(work.files)
-    changed = {line[3:] for line in git(repo, "status", "--porcelain", "--untracked-files=all").splitlines()}
-    assert {path for path in changed if "__pycache__" not in path} == written  # and nothing else (no agent's state)
-    assert {p.name for p in repo.glob("*.py")} == {f"{module_name(item)}.py" for item in items}
-    tests = subprocess.run([sys.executable, "-m", "unittest", "discover", "-s", "tests", "-v"], cwd=repo,
+        if task.task_type == "review":
+            assert evidence.get("verdict") == "pass" and evidence["merge"]["into"] == "main", evidence
+            merged = evidence["merge"]["commit"]
+            assert git(repo, "merge-base", "--is-ancestor", merged, "main") == ""
+    assert git(repo, "status", "--porcelain", "--untracked-files=no") == ""  # the merges left main clean
+    on_main = set(git(repo, "ls-tree", "-r", "--name-only", "main").split())
+    assert on_main == written | {"README.md"}  # and nothing else: no agent's state
+    assert len(git(repo, "log", "--merges", "--format=%H", "main").split()) == len(items)
+    clone = repo.parent / "fresh-clone"
+    subprocess.run(["git", "clone", "-q", "--branch", "main", str(repo), str(clone)], check=True, timeout=60)
+    tests = subprocess.run([sys.executable, "-m", "unittest", "discover", "-s", "tests", "-v"], cwd=clone,
                            capture_output=True, text=True, timeout=60)
     assert tests.returncode == 0 and f"Ran {len(items)} tests" in tests.stderr, tests.stderr
 
