@@ -14,6 +14,7 @@ from coherence_network.request_bodies import (
     CancelRequest,
     ClaimRequest,
     ComponentHeartbeat,
+    CostCapsRequest,
     FatalIssueReport,
     MonitorIssues,
     PauseRequest,
@@ -89,6 +90,9 @@ NOTE_RESTART = Endpoint("POST", "/api/audit/restarts", RestartNote)
 CANCEL = Endpoint("POST", "/api/agent/tasks/{task_id}/cancel", CancelRequest)
 POLICIES = Endpoint("GET", "/api/agent/policies")
 SET_POLICY = Endpoint("PUT", "/api/agent/policies/{task_type}", TypePolicyRequest)
+CAPS = Endpoint("GET", "/api/agent/caps")
+SET_CAPS = Endpoint("PUT", "/api/agent/caps", CostCapsRequest)
+SPEND = Endpoint("GET", "/api/agent/spend")
 ENDPOINTS = tuple(value for value in tuple(globals().values()) if isinstance(value, Endpoint))  # every one above
 
 

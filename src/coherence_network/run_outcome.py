@@ -22,6 +22,7 @@ class RunEnd:
     cancelled: str | None = None  # the cancel request's words, when an operator cancelled it
     not_started: str | None = None  # why it could not start (a missing or refused command)
     agent: bool = False  # run by the agent template (no command of its own)
+    over_budget: str | None = None  # why its reported cost stopped it (usage_meter)
 
 
 def _line(text: str) -> str:
@@ -44,6 +45,8 @@ def failure_of(end: RunEnd) -> tuple[ErrorCategory, str]:
         return ErrorCategory.CANCELLED, _line(end.cancelled)
     if end.not_started is not None:
         return ErrorCategory.CONFIG_ERROR, _line(f"not started: {end.not_started}")
+    if end.over_budget is not None:
+        return ErrorCategory.OVER_BUDGET, _line(end.over_budget)
     if end.timed_out:
         return ErrorCategory.TIMEOUT, _line(f"timed out after {end.timeout:g}s{said}")
     if end.returncode is not None and end.returncode < 0:

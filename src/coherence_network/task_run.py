@@ -28,6 +28,7 @@ from coherence_network.run_outcome import RunEnd, failure_of
 from coherence_network.settings import Settings
 from coherence_network.task_env import build_argv, task_environment
 from coherence_network.taskgroups import NewerRunRecorded, TaskGroup, TaskStartError, stop_previous_runs
+from coherence_network.usage_meter import UsageMeter
 
 log = logging.getLogger("coherence.runner")
 
@@ -51,6 +52,11 @@ class TaskResult:
     decision_prompt: str | None = None
     error_category: str | None = None  # why a failed or cancelled run ended so (run_outcome)
     error_summary: str | None = None
+    agent: str | None = None  # the agent preset that ran it, and what it reported using (usage_meter)
+    model: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost_usd: float | None = None
 
     def __post_init__(self) -> None:
         self.status = TaskStatus(self.status)  # read back from an outbox file as a string; a bad one is refused
@@ -153,6 +159,12 @@ class TaskRun:
         self.task_line = ""  # the task's own last non-empty line (the runner's notes are not the task's)
         self.output_lock = threading.Lock()  # the pump thread and the watching thread both write the log
         self.environment = task_environment(settings, os.environ)
+        self.agent: str | None = None  # the preset of an agent task (one with no command); None for a command
+        self.model: str | None = None
+        if not self.task.command:
+            self.agent, self.model = settings.agent_for(self.task.task_type)
+        self.meter = UsageMeter(self.agent, settings.coherence_cost_cap_task_usd)
+        self.over_budget: str | None = None  # its reported cost passed the task cap: stopped
 
     @property
     def timeout(self) -> float:
@@ -185,7 +197,9 @@ class TaskRun:
 
     def _pump(self, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
-            self._output(raw.decode("utf-8", errors="replace"), own=True)
+            line = raw.decode("utf-8", errors="replace")
+            self.meter.feed(line)
+            self._output(line, own=True)
 
     def execute(self, beat: Callable[[str], Task | None], stop_now: threading.Event,
                 logged: Callable[[], None] = lambda: None) -> TaskResult:
@@ -277,6 +291,11 @@ class TaskRun:
                     self._output(f"timed out after {self.timeout:g}s; stopping the process group\n")
                     group.stop(self.settings.agent_kill_grace_seconds)
                     break
+                self.over_budget = self.meter.over_cap()
+                if self.over_budget is not None:
+                    self._output(f"{self.over_budget}; stopping the process group\n")
+                    group.stop(self.settings.agent_kill_grace_seconds)
+                    break
                 if stop_now.is_set():
                     self.stopped = True
                     self._output("runner is stopping: process group stopped, task back to pending\n")
@@ -312,7 +331,7 @@ class TaskRun:
             status = TaskStatus.PENDING
         elif self.cancelled is not None:
             status = TaskStatus.CANCELLED
-        elif self.timed_out:
+        elif self.timed_out or self.over_budget is not None:
             status = TaskStatus.FAILED
         elif self.question is not None:  # the agent asked: its exit code only says it stopped to wait
             status = TaskStatus.NEEDS_DECISION
@@ -325,7 +344,8 @@ class TaskRun:
         why = None
         if status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
             why = failure_of(RunEnd(returncode, self.task_line, self.timed_out, self.timeout, self.cancelled,
-                                    self.not_started, agent=not self.task.command))
+                                    self.not_started, agent=not self.task.command, over_budget=self.over_budget))
+        used = self.meter.usage
         return TaskResult(
             task_id=self.task.id,
             claim_token=self.task.claim_token,
@@ -335,5 +355,7 @@ class TaskRun:
             decision_prompt=self.question if status is TaskStatus.NEEDS_DECISION else None,
             error_category=why[0].value if why else None,
             error_summary=why[1] if why else None,
+            agent=self.agent, model=self.model or None, tokens_in=used.input_tokens if used else None,
+            tokens_out=used.output_tokens if used else None, cost_usd=used.cost_usd if used else None,
         )
 

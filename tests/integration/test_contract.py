@@ -186,6 +186,9 @@ def _drive(client: ApiClient) -> dict[str, Callable[[], Any]]:
         "cancel": lambda: client.cancel(seen["one"].id, "not needed", by="test:contract"),
         "set_policy": lambda: client.set_policy(TaskType.SPEC, by="test:contract", max_running=2),
         "policies": client.policies,
+        "caps": client.caps,
+        "set_caps": lambda: client.set_caps(by="test:contract", day=5.0, task=0.5),
+        "spend": lambda: client.spend(item="an-item", days=3),
     }
 
 

@@ -86,10 +86,13 @@ def limits_statement(typed: bool, lock: bool) -> sa.Select[tuple[str]]:
     return _limits(typed).with_for_update() if lock else _limits(typed).limit(1)
 
 
-def _pending(typed: bool, limited: bool = True) -> sa.Select[tuple[int]]:
-    """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``): pending, due, not paused and,
-    when ``limited``, of a type below its limit."""
+def _pending(typed: bool, limited: bool = True, agents_held: bool = False) -> sa.Select[tuple[int]]:
+    """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``): pending, due, not paused,
+    when ``limited`` of a type below its limit, and with ``agents_held`` (the day's cost cap is reached:
+    store/costs.py) only tasks with a command of their own (no agent runs them)."""
     pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING, _DUE, _NOT_PAUSED)
+    if agents_held:
+        pick = pick.where(tasks.c.command.is_not(None))
     if limited:
         pick = pick.where(_UNDER_LIMIT)
     if typed:
@@ -98,10 +101,10 @@ def _pending(typed: bool, limited: bool = True) -> sa.Select[tuple[int]]:
 
 
 @cache
-def claimable_statement(typed: bool) -> sa.Select[tuple[int]]:
+def claimable_statement(typed: bool, agents_held: bool = False) -> sa.Select[tuple[int]]:
     """Is any task claimable? A read, so a claim that would find nothing opens no write transaction (tasks of a type
     at its limit are not claimable: a runner that can take nothing else waits for a slot without writing)."""
-    return _pending(typed).limit(1)
+    return _pending(typed, agents_held=agents_held).limit(1)
 
 
 # How a claim statement treats limits (store/limited_claims.py): FILTERED leaves out the types at their limit (the
@@ -112,14 +115,15 @@ _UNLIMITED = ~_HAS_LIMIT
 
 
 @cache
-def claim_statement(typed: bool, postgres: bool, several: bool, replayable: bool, limits: str) -> sa.Update:
+def claim_statement(typed: bool, postgres: bool, several: bool, replayable: bool, limits: str,
+                    agents_held: bool = False) -> sa.Update:
     """Built once: statement construction costs more than SQLite's execution of it.
 
     ``several`` picks up to ``b_limit`` tasks (``id IN``); one task keeps ``id =``, which both planners like best.
     ``replayable`` claims only if this request id got nothing yet, in the same statement (a retried claim then
     updates nothing and reads what it got), so a first claim costs no separate look-up. ``limits``: FILTERED or
-    UNLIMITED_ONLY (above)."""
-    pick = _pending(typed, limits == FILTERED).order_by(tasks.c.priority.desc(), tasks.c.id.asc())
+    UNLIMITED_ONLY (above). ``agents_held``: only tasks with a command (the day cap, store/costs.py)."""
+    pick = _pending(typed, limits == FILTERED, agents_held).order_by(tasks.c.priority.desc(), tasks.c.id.asc())
     pick = pick.limit(sa.bindparam("b_limit", type_=sa.Integer)) if several else pick.limit(1)
     if postgres:
         pick = pick.with_for_update(skip_locked=True)

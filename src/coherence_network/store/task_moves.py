@@ -26,6 +26,7 @@ from coherence_network.contract import (
     ErrorCategory,
     TaskStatus,
 )
+from coherence_network.store.costs import CostBook, record_spend_in
 from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.failures import FailureBook
 from coherence_network.store.limited_claims import claim_rows
@@ -74,7 +75,7 @@ class AgentRun:
                 "tokens_out": used.output_tokens, "cost_usd": used.cost_usd}
 
 
-class TaskMoves(TaskCreates, FailureBook):
+class TaskMoves(TaskCreates, FailureBook, CostBook):
     """Writes to the tasks table, each a legal move (contract.LEGAL_MOVES)."""
 
     # --- writes ---------------------------------------------------------------------------------------------
@@ -120,7 +121,8 @@ class TaskMoves(TaskCreates, FailureBook):
             if type_list:
                 params["b_types"] = type_list
             with self.connection() as conn:
-                if conn.execute(claimable_statement(bool(type_list)), params).first() is None:
+                held = self.day_cap_reached_in(conn, params["b_now"])
+                if conn.execute(claimable_statement(bool(type_list), held), params).first() is None:
                     if request_id is None or not replay:
                         return []
                     return [dict(r._mapping) for r in conn.execute(CLAIMED_BY_REQUEST, params)]
@@ -153,7 +155,8 @@ class TaskMoves(TaskCreates, FailureBook):
             params["b_types"] = type_list
         if max_tasks > 1:
             params["b_limit"] = max_tasks
-        claimed = claim_rows(conn, self._pg, max_tasks, bool(type_list), replayable, params)
+        held = self.day_cap_reached_in(conn, now)  # the day's cost cap holds agent tasks (store/costs.py)
+        claimed = claim_rows(conn, self._pg, max_tasks, bool(type_list), replayable, params, held)
         if claimed:
             self.tasks_changed(conn)
         elif replayable:
@@ -288,6 +291,8 @@ class TaskMoves(TaskCreates, FailureBook):
                 return stored  # this very finish was already recorded
             raise
         self._count_run_in(conn, now, task, status)  # the circuit breaker
+        if ending.usage is not None:
+            record_spend_in(conn, now, task, ending.usage.agent, ending.usage.usage)
         return task
 
     def decide(self, task_id: int, decision: str, decided_by: str) -> dict[str, Any]:
