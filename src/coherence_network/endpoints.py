@@ -101,10 +101,10 @@ def json_of(body: BaseModel | None) -> Any:
     return None if body is None else body.model_dump(mode="json", exclude_none=True, warnings=False)
 
 
-def body_of(model: type[_Body], **values: Any) -> _Body:
+def body_of(model: type[_Body], /, **values: Any) -> _Body:
     """A request body built from its contract model, not validated here: the API is the one judge of what it
     accepts and answers 422 (ApiValidationError) for what it refuses. A field the model lacks is a programming
-    error, refused at once."""
+    error, refused at once. ``model`` is positional only: a body may have a field of that name (a finish's)."""
     unknown = values.keys() - model.model_fields.keys()
     if unknown:
         raise TypeError(f"{model.__name__} has no field {', '.join(sorted(unknown))}")
