@@ -72,6 +72,8 @@ def test_the_day_cap_stops_agent_claims_says_why_everywhere_and_a_raise_wakes_a_
                      'coherence_health_issues{rule="day_cap_reached"} 1.0'):
             assert line in metrics, line
         assert "coherence_cost_today_usd 1.2" in metrics
+        overview = httpx.get(f"{api.url}/").text  # the console's overview
+        assert "$1.20 of the $1.00 day cap" in overview and "Day cap reached" in overview
 
         got: list[Task | None] = []
         waiting = threading.Thread(target=lambda: got.append(client.claim("r2", types=[TaskType.IMPL],

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from coherence_network.client import ApiClient
@@ -68,6 +69,9 @@ def test_usage_reported_early_in_a_long_run_lands_in_the_task_and_the_sums(
                            env={**os.environ, "COHERENCE_HOME": str(served_api.home), "AGENT_API_BASE": served_api.url},
                            timeout=60)
     assert "usage: custom, tokens 1500 in, 400 out, $0.1250" in shown.stdout, shown.stdout + shown.stderr
+    page = httpx.get(f"{served_api.url}/tasks/{task.id}").text  # the console's task page
+    assert '<th scope="row">tokens in</th><td class="text">1500</td>' in page
+    assert '<th scope="row">cost</th><td class="text">$0.1250</td>' in page
 
 
 def test_a_run_past_the_task_cap_is_stopped_and_fails_over_budget(
