@@ -48,8 +48,11 @@ class DaySpend(SpendSums):
 
 
 class Today(DaySpend):
-    """Today's spend against the day cap (0: none); ``reached``: claims hand out no agent task."""
+    """Today's spend against the day cap (0: none): the finished runs' (``cost_usd``) and what the runs going on
+    reported so far (``running_usd``); ``reached``: together they reached the cap, and claims hand out no agent
+    task."""
 
+    running_usd: float = 0.0
     cap_usd: float
     reached: bool
 

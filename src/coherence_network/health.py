@@ -317,7 +317,10 @@ def _day_cap_reached(s: HealthSnapshot, _: Settings) -> Finding:
     today = s.spend_today
     if not today or not today["reached"]:
         return None
-    return Found(f"today's agent spend ${today['cost_usd']:.2f} reached the day cap ${today['cap_usd']:.2f} "
+    running = today.get("running_usd") or 0.0
+    going = f" (${running:.2f} of it by runs going on)" if running else ""
+    return Found(f"today's agent spend ${today['cost_usd'] + running:.2f}{going} reached the day cap "
+                 f"${today['cap_usd']:.2f} "
                  f"(UTC day {today['day']}): claims hand out no agent task until 00:00 UTC or a raised cap; run "
                  "tasks go on", values={"raised": f"{today['cap_usd'] * 2:g}"})
 

@@ -177,7 +177,9 @@ class Runner:
             """Renew the lease: the task as the API has it (a cancel request shows on it); None when the API did not
             answer (the run goes on, the beat is retried soon)."""
             try:
-                renewed = self.client.heartbeat(task.id, task.claim_token, current_step=step or None)
+                cost = run.meter.cost_usd  # what the run reported so far: the day cap counts it (store/costs.py)
+                renewed = self.client.heartbeat(task.id, task.claim_token, current_step=step or None,
+                                                **({"cost_usd": cost} if cost is not None else {}))
             except (ApiConflict, ApiNotFound) as exc:
                 raise ClaimLost(str(exc.detail)) from exc
             except ApiError as exc:

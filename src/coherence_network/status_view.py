@@ -98,7 +98,8 @@ def _tasks(status: dict[str, Any]) -> list[str]:
     if spend := status.get("spend_today"):
         cap = f"${spend['cap_usd']:.2f} day cap" if spend["cap_usd"] > 0 else "no day cap"
         held = " REACHED: no agent task is handed out (coherence caps set --day N)" if spend["reached"] else ""
-        lines.append(f"  spend today (UTC): ${spend['cost_usd']:.2f} of {cap}, {spend['runs']} runs{held}")
+        total = spend["cost_usd"] + (spend.get("running_usd") or 0.0)
+        lines.append(f"  spend today (UTC): ${total:.2f} of {cap}, {spend['runs']} runs{held}")
     for task in status["needs_decision"]:
         lines.append(f"  decision wanted #{task['id']}{_item(task)} ({_secs(task['waiting_seconds'])}): "
                      f"{task['decision_prompt']}")

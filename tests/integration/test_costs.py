@@ -5,6 +5,7 @@ wakes waiting claims and is recorded in the audit trail."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy.engine import Engine
 
 from coherence_network.agents import Usage
 from coherence_network.store import TaskStore
@@ -73,6 +74,31 @@ def test_the_day_cap_holds_agent_tasks_while_run_tasks_go_on(store: TaskStore) -
     assert [(r["actor"], r["target"], r["status_before"], r["status_after"]) for r in records] == [
         ("cli:alice", "day", "0.5", "2")]
     assert records[0]["detail"] == {"before_usd": 0.5, "after_usd": 2.0}
+
+
+def test_what_a_running_run_reported_counts_toward_the_day_cap_until_its_finish_records_it(store: TaskStore) -> None:
+    store.set_caps("cli:ops", {"day": 1.0})
+    running = store.create(direction="long agent run", task_type="impl")
+    claimed = store.claim("r1")
+    waiting = store.create(direction="next agent run", task_type="impl")
+    store.heartbeat(running["id"], claimed["claim_token"], cost_usd=1.25)
+    today = store.spend_today()
+    assert (today["cost_usd"], today["running_usd"], today["reached"]) == (0.0, 1.25, True)
+    assert store.claim("r2") is None
+    store.finish(running["id"], claimed["claim_token"], status="completed", usage=_agent_run(1.5))
+    today = store.spend_today()
+    assert (today["cost_usd"], today["running_usd"], today["runs"]) == (1.5, 0.0, 1)  # counted once
+    store.set_caps("cli:ops", {"day": 2.0})
+    assert store.claim("r2")["id"] == waiting["id"]
+
+
+def test_a_cap_set_through_one_replica_holds_the_claims_of_another(store: TaskStore, store_engine: Engine) -> None:
+    other = TaskStore(store_engine)  # another API replica on the same database, with no default cap of its own
+    _run_one(store, 0.75)
+    store.create(direction="agent work", task_type="spec")
+    store.set_caps("cli:ops", {"day": 0.5})
+    assert other.claim("r1") is None and other.spend_today()["reached"]
+    assert other.caps()["day"]["usd"] == 0.5
 
 
 def test_bad_caps_are_refused(store: TaskStore) -> None:

@@ -1,5 +1,6 @@
 """Costs and caps: the spend ledger each finish appends to, the sums read from it (today, per agent, per item, per
-day), and the operator's caps (task, item, day) with their settings' defaults.
+day), and the operator's caps (task, item, day) with their settings' defaults. Today's spend is the runs finished
+since 00:00 UTC plus what the runs going on have reported so far (their heartbeats: ``running_cost_usd``).
 
 The day cap is enforced inside the claim's own transaction (``day_cap_reached_in``): once today's spend (runs
 finished since 00:00 UTC) reaches it, the claim hands out no agent task (``command IS NULL``); ``run`` tasks go on.
@@ -17,8 +18,9 @@ import sqlalchemy as sa
 
 from coherence_network.agents import Usage
 from coherence_network.clock import utcnow
+from coherence_network.contract import TaskStatus
 from coherence_network.store.audit import AuditBook
-from coherence_network.store.schema import UTCDateTime, cost_caps, spend
+from coherence_network.store.schema import UTCDateTime, cost_caps, spend, tasks
 
 COST_CAPS = ("task", "item", "day")
 MAX_DAYS = 90
@@ -32,6 +34,8 @@ _SUMS = (sa.func.coalesce(sa.func.sum(spend.c.cost_usd), 0.0).label("cost_usd"),
          sa.func.count().label("runs"))
 _BETWEEN = sa.select(*_SUMS).where(spend.c.at >= _SINCE, spend.c.at < _UNTIL)
 _SPENT_SINCE = sa.select(sa.func.coalesce(sa.func.sum(spend.c.cost_usd), 0.0)).where(spend.c.at >= _SINCE)
+_RUNNING_COST = sa.select(sa.func.coalesce(sa.func.sum(tasks.c.running_cost_usd), 0.0)).where(
+    tasks.c.status == TaskStatus.RUNNING.value, tasks.c.running_cost_usd.is_not(None))
 _PER_AGENT = (sa.select(spend.c.agent, *_SUMS).where(spend.c.at >= _SINCE)
               .group_by(spend.c.agent).order_by(spend.c.agent))
 _ITEM = sa.select(*_SUMS).where(spend.c.item == sa.bindparam("b_item"))
@@ -77,7 +81,8 @@ class CostBook(AuditBook):
         cap = self._cap_in(conn, "day")
         if cap <= 0:
             return False
-        return float(conn.execute(_SPENT_SINCE, {"b_since": day_start(now)}).scalar() or 0.0) >= cap
+        spent = conn.execute(_SPENT_SINCE, {"b_since": day_start(now)}).scalar() or 0.0
+        return float(spent) + float(conn.execute(_RUNNING_COST).scalar() or 0.0) >= cap
 
     def caps(self) -> dict[str, dict[str, Any]]:
         """Each cap: usd (in force: the operator's, else the default; 0 = none), default_usd, set_by, set_at."""
@@ -117,7 +122,8 @@ class CostBook(AuditBook):
         return self.caps(), changed
 
     def spend_today(self, now: datetime | None = None) -> dict[str, Any]:
-        """Today's spend (UTC day) against the day cap: cost_usd, tokens_in, tokens_out, runs, cap_usd, reached."""
+        """Today's spend (UTC day) against the day cap: cost_usd, tokens_in, tokens_out, runs (finished runs),
+        running_usd (what runs going on reported so far), cap_usd, reached (finished and running together)."""
         now = now or utcnow()
         start = day_start(now)
 
@@ -125,8 +131,9 @@ class CostBook(AuditBook):
             sums = dict(conn.execute(_BETWEEN, {"b_since": start, "b_until": start + timedelta(days=1)}).one()
                         ._mapping)
             cap = self._cap_in(conn, "day")
-            return {"day": start.date().isoformat(), **sums, "cap_usd": cap,
-                    "reached": cap > 0 and sums["cost_usd"] >= cap}
+            running = float(conn.execute(_RUNNING_COST).scalar() or 0.0)
+            return {"day": start.date().isoformat(), **sums, "running_usd": running, "cap_usd": cap,
+                    "reached": cap > 0 and sums["cost_usd"] + running >= cap}
 
         return self._read(read)
 

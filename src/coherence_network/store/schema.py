@@ -92,6 +92,7 @@ tasks = sa.Table(
     sa.Column("cost_usd", sa.Float, nullable=True),
     sa.Column("last_output_at", UTCDateTime, nullable=True),
     sa.Column("evidence", sa.JSON, nullable=True),
+    sa.Column("running_cost_usd", sa.Float, nullable=True),  # revision 0015: its run's cost so far (heartbeats)
     sa.CheckConstraint(_one_of("status", TaskStatus), name="ck_tasks_status"),
     sa.CheckConstraint(_one_of("task_type", TaskType), name="ck_tasks_task_type"),
     sa.Index("ix_tasks_claim_order", "status", sa.desc("priority"), "id"),  # the claim's ORDER BY, no sort

@@ -172,9 +172,10 @@ class TaskMoves(TaskCreates, FailureBook, CostBook):
         current_step: str | None = None,
         lease_seconds: float | None = None,
         silent_seconds: float | None = None,
+        cost_usd: float | None = None,
     ) -> dict[str, Any]:
-        """Extend the lease of a running task (and record progress, and when it last printed: ``silent_seconds``
-        ago); only the current claim may do so."""
+        """Extend the lease of a running task (and record progress, when it last printed: ``silent_seconds`` ago,
+        and what its run reported costing so far, which the day cap counts); only the current claim may do so."""
         with self.transaction() as conn:
             now = self._lease_clock(conn)
             values: dict[str, Any] = {
@@ -187,6 +188,8 @@ class TaskMoves(TaskCreates, FailureBook, CostBook):
                 values["current_step"] = current_step
             if silent_seconds is not None:
                 values["last_output_at"] = now - timedelta(seconds=silent_seconds)
+            if cost_usd is not None:
+                values["running_cost_usd"] = cost_usd
             return self._update_in(conn, task_id, TaskStatus.RUNNING, values, "heartbeat", claim_token)
 
     def finish(
@@ -261,7 +264,8 @@ class TaskMoves(TaskCreates, FailureBook, CostBook):
         ending: Ending,
     ) -> dict[str, Any]:
         status = ending.status
-        values: dict[str, Any] = {"status": status.value, "lease_expires_at": None, "updated_at": now}
+        values: dict[str, Any] = {"status": status.value, "lease_expires_at": None, "updated_at": now,
+                                  "running_cost_usd": None}  # the run's cost is in the ledger now (store/costs.py)
         if ending.output is not None:
             values["output"] = self._tail(ending.output)
         if ending.exit_code is not None:

@@ -1,7 +1,8 @@
 """Costs and caps: the operator's cost caps (one row per cap an operator set: task, item or day, in US dollars; 0 is
 no cap; a cap nobody set takes its setting's default), and the spend ledger (one row per finished run that reported
 a cost or tokens, appended by its finish, so a retried task's earlier runs still count and today's spend is a sum
-over an index on the time).
+over an index on the time), and on each task the cost its running run has reported so far (running_cost_usd: set
+by heartbeats, cleared by the finish), so the day cap counts the work going on too.
 
 Revision ID: 0015
 Revises: 0014
@@ -17,6 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column("tasks", sa.Column("running_cost_usd", sa.Float, nullable=True))
     op.create_table(
         "cost_caps",
         sa.Column("cap", sa.String(8), primary_key=True),
@@ -45,3 +47,5 @@ def downgrade() -> None:
     op.drop_index("ix_spend_at", table_name="spend")
     op.drop_table("spend")
     op.drop_table("cost_caps")
+    with op.batch_alter_table("tasks") as batch:
+        batch.drop_column("running_cost_usd")
