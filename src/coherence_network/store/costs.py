@@ -2,10 +2,10 @@
 day), and the operator's caps (task, item, day) with their settings' defaults. Today's spend is the runs finished
 since 00:00 UTC plus what the runs going on have reported so far (their heartbeats: ``running_cost_usd``).
 
-The day cap is enforced inside the claim's own transaction (``day_cap_reached_in``): once today's spend (runs
-finished since 00:00 UTC) reaches it, the claim hands out no agent task (``command IS NULL``); ``run`` tasks go on.
-Spend grows only by finishes, never by claims, so no claim can pass the cap by itself: past it by at most what the
-runs already going when it was reached report. A raised cap wakes the waiting claims on every replica.
+The day cap is enforced by the claim's own statement (store/statements.py, ``_WITHIN_DAY_CAP``), so on every
+replica it is read in the claim's transaction: once today's spend reaches it, the claim hands out no agent task
+(``command IS NULL``); ``run`` tasks go on. A claim adds no spend, so the day ends past its cap by at most what the
+runs already going when it was reached still spend. A raised cap wakes the waiting claims on every replica.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ _SUMS = (sa.func.coalesce(sa.func.sum(spend.c.cost_usd), 0.0).label("cost_usd"),
          sa.func.coalesce(sa.func.sum(spend.c.tokens_out), 0).label("tokens_out"),
          sa.func.count().label("runs"))
 _BETWEEN = sa.select(*_SUMS).where(spend.c.at >= _SINCE, spend.c.at < _UNTIL)
-_SPENT_SINCE = sa.select(sa.func.coalesce(sa.func.sum(spend.c.cost_usd), 0.0)).where(spend.c.at >= _SINCE)
 _RUNNING_COST = sa.select(sa.func.coalesce(sa.func.sum(tasks.c.running_cost_usd), 0.0)).where(
     tasks.c.status == TaskStatus.RUNNING.value, tasks.c.running_cost_usd.is_not(None))
 _PER_AGENT = (sa.select(spend.c.agent, *_SUMS).where(spend.c.at >= _SINCE)
@@ -75,14 +74,10 @@ class CostBook(AuditBook):
         stored = conn.execute(_ONE_CAP, {"b_cap": cap}).scalar()
         return float(getattr(self.cap_defaults, cap) if stored is None else stored)
 
-    def day_cap_reached_in(self, conn: sa.Connection, now: datetime) -> bool:
-        """Has today's spend reached the day cap? Read in the caller's transaction (the claim's), so a cap raised
-        or a finish committed before it began is seen. One primary-key read when no day cap is set."""
-        cap = self._cap_in(conn, "day")
-        if cap <= 0:
-            return False
-        spent = conn.execute(_SPENT_SINCE, {"b_since": day_start(now)}).scalar() or 0.0
-        return float(spent) + float(conn.execute(_RUNNING_COST).scalar() or 0.0) >= cap
+    def day_cap_params(self, now: datetime) -> dict[str, Any]:
+        """What a claim's statement binds for the day cap it checks itself (store/statements.py): the setting's
+        cap, for when no operator set one, and the start of today."""
+        return {"b_day_cap": self.cap_defaults.day, "b_day_start": day_start(now)}
 
     def caps(self) -> dict[str, dict[str, Any]]:
         """Each cap: usd (in force: the operator's, else the default; 0 = none), default_usd, set_by, set_at."""

@@ -22,21 +22,20 @@ from coherence_network.store.statements import FILTERED, UNLIMITED_ONLY, claim_s
 
 
 def claim_rows(
-    conn: sa.Connection, postgres: bool, max_tasks: int, typed: bool, replayable: bool, params: dict[str, Any],
-    agents_held: bool = False,
+    conn: sa.Connection, postgres: bool, max_tasks: int, typed: bool, replayable: bool, params: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """Claim up to ``max_tasks`` tasks inside the caller's transaction (``params`` bound as the claim statement
-    wants them); the rows claimed, in no promised order. ``agents_held``: the day cap holds agent tasks."""
+    wants them); the rows claimed, in no promised order."""
     if not postgres and max_tasks == 1:
-        statement = claim_statement(typed, False, False, replayable, FILTERED, agents_held)
+        statement = claim_statement(typed, False, False, replayable, FILTERED)
         return [dict(r._mapping) for r in conn.execute(statement, params)]
-    statement = claim_statement(typed, postgres, max_tasks > 1, replayable, UNLIMITED_ONLY, agents_held)
+    statement = claim_statement(typed, postgres, max_tasks > 1, replayable, UNLIMITED_ONLY)
     claimed = [dict(r._mapping) for r in conn.execute(statement, params)]
     if len(claimed) == max_tasks or not conn.execute(limits_statement(typed, postgres), params).all():
         return claimed
     while len(claimed) < max_tasks:
         # only a claim that took nothing yet can be a replay: the next statements see this request's own claims
-        statement = claim_statement(typed, postgres, False, replayable and not claimed, FILTERED, agents_held)
+        statement = claim_statement(typed, postgres, False, replayable and not claimed, FILTERED)
         row = conn.execute(statement, params).first()
         if row is None:
             break

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from coherence_network.contract import PAUSE_ALL, TaskStatus
 from coherence_network.store.errors import Conflict
-from coherence_network.store.schema import UTCDateTime, pauses, tasks, type_policies
+from coherence_network.store.schema import UTCDateTime, cost_caps, pauses, spend, tasks, type_policies
 from coherence_network.store.search import COUNT_CAP
 
 PENDING, RUNNING, FAILED = TaskStatus.PENDING.value, TaskStatus.RUNNING.value, TaskStatus.FAILED.value
@@ -53,6 +53,23 @@ _NOT_PAUSED = ~sa.exists().where(pauses.c.scope.in_([sa.literal(PAUSE_ALL), task
 _DUE = sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= sa.bindparam("b_now", type_=UTCDateTime))
 
 
+# The day's cost cap (store/costs.py), in every claim's own statement so it is read in the claim's transaction on
+# every replica: an agent task (no command) is claimable only while the cap in force (the operator's, else
+# ``b_day_cap``, COHERENCE_COST_CAP_DAY_USD; 0 = none) is above today's spend (runs finished since ``b_day_start``,
+# plus what runs going on reported). Uncorrelated subqueries: evaluated once per statement, and the spend only when a
+# cap is set; a task with a command never looks at them. No round trip is added to a claim.
+_spending = tasks.alias("spending")
+_DAY_CAP = sa.func.coalesce(sa.select(cost_caps.c.usd).where(cost_caps.c.cap == "day").scalar_subquery(),
+                            sa.bindparam("b_day_cap", type_=sa.Float))
+_SPENT_TODAY = (
+    sa.select(sa.func.coalesce(sa.func.sum(spend.c.cost_usd), 0.0))
+    .where(spend.c.at >= sa.bindparam("b_day_start", type_=UTCDateTime)).scalar_subquery()
+    + sa.select(sa.func.coalesce(sa.func.sum(_spending.c.running_cost_usd), 0.0))
+    .where(_spending.c.status == RUNNING, _spending.c.running_cost_usd.is_not(None)).scalar_subquery()
+)
+_WITHIN_DAY_CAP = sa.or_(tasks.c.command.is_not(None), _DAY_CAP <= 0, _SPENT_TODAY < _DAY_CAP)
+
+
 # Limits (type_policies.max_running): the types whose running tasks have reached their limit. Uncorrelated with the
 # claimed row, so it runs once per statement (one count per limited type, from ix_tasks_type_status), and on an
 # empty policy table it costs one look at nothing. Inside the claim's own statement it counts what that statement's
@@ -86,13 +103,10 @@ def limits_statement(typed: bool, lock: bool) -> sa.Select[tuple[str]]:
     return _limits(typed).with_for_update() if lock else _limits(typed).limit(1)
 
 
-def _pending(typed: bool, limited: bool = True, agents_held: bool = False) -> sa.Select[tuple[int]]:
-    """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``): pending, due, not paused,
-    when ``limited`` of a type below its limit, and with ``agents_held`` (the day's cost cap is reached:
-    store/costs.py) only tasks with a command of their own (no agent runs them)."""
-    pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING, _DUE, _NOT_PAUSED)
-    if agents_held:
-        pick = pick.where(tasks.c.command.is_not(None))
+def _pending(typed: bool, limited: bool = True) -> sa.Select[tuple[int]]:
+    """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``): pending, due, not paused, within
+    the day's cost cap (an agent task) and, when ``limited``, of a type below its limit."""
+    pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING, _DUE, _NOT_PAUSED, _WITHIN_DAY_CAP)
     if limited:
         pick = pick.where(_UNDER_LIMIT)
     if typed:
@@ -101,10 +115,10 @@ def _pending(typed: bool, limited: bool = True, agents_held: bool = False) -> sa
 
 
 @cache
-def claimable_statement(typed: bool, agents_held: bool = False) -> sa.Select[tuple[int]]:
+def claimable_statement(typed: bool) -> sa.Select[tuple[int]]:
     """Is any task claimable? A read, so a claim that would find nothing opens no write transaction (tasks of a type
     at its limit are not claimable: a runner that can take nothing else waits for a slot without writing)."""
-    return _pending(typed, agents_held=agents_held).limit(1)
+    return _pending(typed).limit(1)
 
 
 # How a claim statement treats limits (store/limited_claims.py): FILTERED leaves out the types at their limit (the
@@ -115,15 +129,14 @@ _UNLIMITED = ~_HAS_LIMIT
 
 
 @cache
-def claim_statement(typed: bool, postgres: bool, several: bool, replayable: bool, limits: str,
-                    agents_held: bool = False) -> sa.Update:
+def claim_statement(typed: bool, postgres: bool, several: bool, replayable: bool, limits: str) -> sa.Update:
     """Built once: statement construction costs more than SQLite's execution of it.
 
     ``several`` picks up to ``b_limit`` tasks (``id IN``); one task keeps ``id =``, which both planners like best.
     ``replayable`` claims only if this request id got nothing yet, in the same statement (a retried claim then
     updates nothing and reads what it got), so a first claim costs no separate look-up. ``limits``: FILTERED or
-    UNLIMITED_ONLY (above). ``agents_held``: only tasks with a command (the day cap, store/costs.py)."""
-    pick = _pending(typed, limits == FILTERED, agents_held).order_by(tasks.c.priority.desc(), tasks.c.id.asc())
+    UNLIMITED_ONLY (above)."""
+    pick = _pending(typed, limits == FILTERED).order_by(tasks.c.priority.desc(), tasks.c.id.asc())
     pick = pick.limit(sa.bindparam("b_limit", type_=sa.Integer)) if several else pick.limit(1)
     if postgres:
         pick = pick.with_for_update(skip_locked=True)

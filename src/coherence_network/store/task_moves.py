@@ -120,9 +120,9 @@ class TaskMoves(TaskCreates, FailureBook, CostBook):
             params: dict[str, Any] = {"b_request": request_id, "b_runner": runner_id, "b_now": utcnow()}
             if type_list:
                 params["b_types"] = type_list
+            params.update(self.day_cap_params(params["b_now"]))
             with self.connection() as conn:
-                held = self.day_cap_reached_in(conn, params["b_now"])
-                if conn.execute(claimable_statement(bool(type_list), held), params).first() is None:
+                if conn.execute(claimable_statement(bool(type_list)), params).first() is None:
                     if request_id is None or not replay:
                         return []
                     return [dict(r._mapping) for r in conn.execute(CLAIMED_BY_REQUEST, params)]
@@ -155,8 +155,8 @@ class TaskMoves(TaskCreates, FailureBook, CostBook):
             params["b_types"] = type_list
         if max_tasks > 1:
             params["b_limit"] = max_tasks
-        held = self.day_cap_reached_in(conn, now)  # the day's cost cap holds agent tasks (store/costs.py)
-        claimed = claim_rows(conn, self._pg, max_tasks, bool(type_list), replayable, params, held)
+        params.update(self.day_cap_params(now))  # the day's cost cap holds agent tasks (store/statements.py)
+        claimed = claim_rows(conn, self._pg, max_tasks, bool(type_list), replayable, params)
         if claimed:
             self.tasks_changed(conn)
         elif replayable:
