@@ -16,6 +16,7 @@ import pytest
 from coherence_network.client import ApiClient
 from coherence_network.contract import ErrorCategory, TaskStatus
 from tests.support.api import ServedApi
+from tests.support.net import wait_until
 from tests.support.runner import RunnerProcess
 
 PY = sys.executable
@@ -32,6 +33,14 @@ print('COHERENCE_USAGE {"input_tokens": 100, "output_tokens": 10, "cost_usd": 0.
 time.sleep(0.3)
 print('COHERENCE_USAGE {"input_tokens": 900, "output_tokens": 90, "cost_usd": 0.75}', flush=True)
 time.sleep(300)
+"""
+
+# Reports its cost so far, then runs on until the test lets it finish (a file appears).
+REPORTS_THEN_WAITS = """
+import os, sys, time
+print('COHERENCE_USAGE {"cost_usd": 0.25}', flush=True)
+while not os.path.exists(os.environ["FINISH_FLAG"]):
+    time.sleep(0.05)
 """
 
 
@@ -87,3 +96,24 @@ def test_a_run_past_the_task_cap_is_stopped_and_fails_over_budget(
     assert "past the task cap $0.5" in (failed.error_summary or "")
     assert failed.cost_usd == 0.75 and failed.attempts == 1 and failed.not_before is None  # not retried
     assert client.spend().today.cost_usd == 0.75
+
+
+def test_a_running_runs_reported_cost_reaches_the_day_spend_with_its_lease_renewals(tmp_path: Path) -> None:
+    api = ServedApi(tmp_path / "home", env={"COHERENCE_LEASE_SECONDS": "1.5"}).start()  # a renewal every 0.5 s
+    agent, flag = tmp_path / "agent.py", tmp_path / "finish.flag"
+    agent.write_text(REPORTS_THEN_WAITS)
+    runner = _runner(api, agent)
+    runner.env["FINISH_FLAG"] = str(flag)
+    try:
+        with ApiClient(api.url, token="", retries=0) as client:
+            client.create_task("report as you go", "impl")
+            runner.start()
+            wait_until(lambda: client.spend().today.running_usd == 0.25, 20, "the heartbeat carries the cost")
+            assert client.spend().today.cost_usd == 0.0
+            flag.touch()
+            assert runner.wait(30) == 0
+            today = client.spend().today
+            assert (today.cost_usd, today.running_usd, today.runs) == (0.25, 0.0, 1)
+    finally:
+        runner.stop()
+        api.stop()
