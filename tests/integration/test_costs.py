@@ -37,7 +37,7 @@ def test_a_finish_records_usage_on_the_task_and_in_the_sums(store: TaskStore) ->
     assert [(a["agent"], a["runs"]) for a in read["agents"]] == [("custom", 3)]
     assert read["item"]["cost_usd"] == 0.75 and read["item"]["runs"] == 2
     assert [d["cost_usd"] for d in read["days"]] == [0.875, 0.0, 0.0]
-    assert store.item_spend("another")["runs"] == 0
+    assert store.spend(item="another", days=1)["item"]["runs"] == 0
 
 
 def test_a_retried_tasks_earlier_runs_still_count(store: TaskStore) -> None:

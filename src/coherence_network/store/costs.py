@@ -159,10 +159,6 @@ class CostBook(AuditBook):
         cap = self._cap_in(conn, "item")
         return {"item": item, **sums, "cap_usd": cap, "reached": cap > 0 and sums["cost_usd"] >= cap}
 
-    def item_spend(self, item: str) -> dict[str, Any]:
-        """One backlog item's spend over all its tasks' runs, against the item cap (the project manager's check)."""
-        return self._read(lambda conn: self._item_spend_in(conn, item))
-
     def spend_per_agent(self) -> list[dict[str, Any]]:
         """Every run's usage ever recorded, per agent (the /metrics counters)."""
         return self._read(lambda conn: [dict(r._mapping) for r in conn.execute(_ALL_TIME_PER_AGENT)])
