@@ -63,6 +63,8 @@ def test_the_day_cap_stops_agent_claims_says_why_everywhere_and_a_raise_wakes_a_
         assert "$1.20 reached the day cap $1.00" in flag.message and "run tasks go on" in flag.message
         shown = _coherence(api, "status")
         assert shown.returncode == 1 and "spend today (UTC): $1.20 of $1.00 day cap, 3 runs REACHED" in shown.stdout
+        doctor = _coherence(api, "doctor")
+        assert doctor.returncode == 1 and "day_cap_reached: today's agent spend $1.20" in doctor.stdout, doctor.stdout
         spent = _coherence(api, "spend")
         assert spent.returncode == 1 and "DAY CAP REACHED" in spent.stdout and "custom" in spent.stdout
         metrics = httpx.get(f"{api.url}/metrics").text
