@@ -15,7 +15,7 @@ from coherence_network.settings import get_settings
 caps_app = typer.Typer(help="Show the cost caps, or change them (caps set --day N --item N --task N).",
                        no_args_is_help=False, invoke_without_command=True)
 app.add_typer(caps_app, name="caps")
-_NAMES = {"task": "--task", "item": "--item", "day": "--day", "by": "--by"}
+_NAMES = {"task": "--task", "item": "--item", "day": "--day"}
 
 
 def usd(value: float) -> str:
@@ -86,8 +86,9 @@ def spend(
         typer.echo(answer.model_dump_json(indent=2))
     else:
         today = answer.today
-        typer.echo(f"today {today.day} (UTC): {usd(today.cost_usd)} of {cap_text(today.cap_usd)}, {today.runs} runs, "
-                   f"{today.tokens_in} tokens in, {today.tokens_out} out"
+        going = f" (+{usd(today.running_usd)} reported by runs going on)" if today.running_usd else ""
+        typer.echo(f"today {today.day} (UTC): {usd(today.cost_usd)}{going} of {cap_text(today.cap_usd)}, "
+                   f"{today.runs} runs, {today.tokens_in} tokens in, {today.tokens_out} out"
                    + ("  DAY CAP REACHED: agent tasks wait (coherence caps set --day N)" if today.reached else ""))
         for agent in answer.agents:
             typer.echo(f"  {agent.agent or '(command)':10} {usd(agent.cost_usd):>10}  {agent.runs} runs, "
