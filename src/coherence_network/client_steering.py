@@ -9,19 +9,23 @@ import httpx
 from pydantic import BaseModel
 
 from coherence_network.contract import PauseChange, PauseList, Task
+from coherence_network.contract_costs import CostCaps, CostCapsChange, Spend
 from coherence_network.contract_steering import AuditPage, BulkPreview, BulkResult, TypePolicyChange, TypePolicyList
 from coherence_network.endpoints import (
     AUDIT,
     BULK_ACT,
     BULK_PREVIEW,
     CANCEL,
+    CAPS,
     NOTE_RESTART,
     PAUSE,
     PAUSES,
     POLICIES,
     PRUNE,
     RESUME,
+    SET_CAPS,
     SET_POLICY,
+    SPEND,
     Endpoint,
     body_of,
     present,
@@ -31,6 +35,7 @@ from coherence_network.request_bodies import (
     BulkFilter,
     BulkPreviewRequest,
     CancelRequest,
+    CostCapsRequest,
     PauseRequest,
     PruneRequest,
     RestartNote,
@@ -116,3 +121,17 @@ class SteeringCalls:
         Setting what is so changes nothing, so it is retried."""
         body = body_of(TypePolicyRequest, by=by, clear=clear or [], **fields)
         return TypePolicyChange.model_validate(self.call(SET_POLICY, body, keyed=True, task_type=task_type).json())
+
+    def caps(self, *, retries: int | None = None) -> CostCaps:
+        """The cost caps in force (US dollars; 0 = none), with their defaults and who set them."""
+        return CostCaps.model_validate(self.call(CAPS, retries=retries).json())
+
+    def set_caps(self, *, by: str | None = None, **caps: float) -> CostCapsChange:
+        """Set cost caps (task, item, day: US dollars, 0 = none); the same value again changes nothing, so it is
+        retried."""
+        return CostCapsChange.model_validate(self.call(SET_CAPS, body_of(CostCapsRequest, by=by, **caps),
+                                                       keyed=True).json())
+
+    def spend(self, *, item: str | None = None, days: int = 7) -> Spend:
+        """What agents reported using: today against the day cap, per agent, per day, and per ``item``."""
+        return Spend.model_validate(self.call(SPEND, params=present({"item": item, "days": days})).json())

@@ -331,6 +331,7 @@ class PipelineStatus(Returned):
     attention: list[AttentionFlag]
     pauses: list[Pause] = []
     oldest_decision_seconds: float | None = None  # how long the longest-waiting decision has waited; None: none
+    spend_today: dict[str, Any] | None = None  # today's spend against the day cap (contract_costs.Today's fields)
 
 
 class MonitorIssue(Returned):

@@ -14,6 +14,7 @@ from coherence_network.request_bodies import (
     CancelRequest,
     ClaimRequest,
     ComponentHeartbeat,
+    CostCapsRequest,
     FatalIssueReport,
     MonitorIssues,
     PauseRequest,
@@ -91,6 +92,9 @@ POLICIES = Endpoint("GET", "/api/agent/policies")
 SET_POLICY = Endpoint("PUT", "/api/agent/policies/{task_type}", TypePolicyRequest)
 ITEMS = Endpoint("GET", "/api/agent/items")
 ITEM = Endpoint("GET", "/api/agent/items/{item}")
+CAPS = Endpoint("GET", "/api/agent/caps")
+SET_CAPS = Endpoint("PUT", "/api/agent/caps", CostCapsRequest)
+SPEND = Endpoint("GET", "/api/agent/spend")
 ENDPOINTS = tuple(value for value in tuple(globals().values()) if isinstance(value, Endpoint))  # every one above
 
 
@@ -99,10 +103,10 @@ def json_of(body: BaseModel | None) -> Any:
     return None if body is None else body.model_dump(mode="json", exclude_none=True, warnings=False)
 
 
-def body_of(model: type[_Body], **values: Any) -> _Body:
+def body_of(model: type[_Body], /, **values: Any) -> _Body:
     """A request body built from its contract model, not validated here: the API is the one judge of what it
     accepts and answers 422 (ApiValidationError) for what it refuses. A field the model lacks is a programming
-    error, refused at once."""
+    error, refused at once. ``model`` is positional only: a body may have a field of that name (a finish's)."""
     unknown = values.keys() - model.model_fields.keys()
     if unknown:
         raise TypeError(f"{model.__name__} has no field {', '.join(sorted(unknown))}")

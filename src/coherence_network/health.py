@@ -62,6 +62,7 @@ class HealthSnapshot:
     host_issues: list[dict[str, Any]] = field(default_factory=list)  # the monitors' open facts of their hosts
     pauses: list[dict[str, Any]] = field(default_factory=list)  # paused scopes ("all" or a type), oldest first
     oldest_decision_seconds: float | None = None  # how long the longest-waiting decision has waited (None: none)
+    spend_today: dict[str, Any] | None = None  # today's spend against the day cap (store/costs.py spend_today)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ def gather(store: TaskStore, settings: Settings, now: datetime, limits: Limits |
         host_issues=host_issues(store.list_monitor_issues(resolved_limit=0)["issues"]),
         pauses=store.pauses(),
         oldest_decision_seconds=found["oldest_decision_seconds"],
+        spend_today=store.spend_today(now),
     )
 
 
@@ -225,8 +227,8 @@ def _held_types(s: HealthSnapshot) -> set[str] | None:
 
 def _no_task_running(s: HealthSnapshot, cfg: Settings) -> Finding:
     held = _held_types(s)
-    if held is None:
-        return None  # a paused pipeline runs nothing on purpose: the rule paused says so
+    if held is None or (s.spend_today or {}).get("reached"):
+        return None  # a paused pipeline, or the day cap, holds work on purpose: the rules paused and day_cap_reached
     waits = [p["oldest_wait_seconds"] or 0.0 for kind, p in s.pending.items() if kind not in held]
     if s.running or not waits or max(waits) < cfg.monitor_idle_minutes * 60:
         return None
@@ -322,6 +324,20 @@ def _low_success_rate(s: HealthSnapshot, cfg: Settings) -> Finding:
                  f"(threshold {cfg.pipeline_min_success_rate:.0%})")
 
 
+def _day_cap_reached(s: HealthSnapshot, _: Settings) -> Finding:
+    """Today's spend reached the day cap (store/costs.py): claims hand out no agent task until 00:00 UTC or until
+    the cap is raised, so agent work stops on purpose but needs a person's decision."""
+    today = s.spend_today
+    if not today or not today["reached"]:
+        return None
+    running = today.get("running_usd") or 0.0
+    going = f" (${running:.2f} of it by runs going on)" if running else ""
+    return Found(f"today's agent spend ${today['cost_usd'] + running:.2f}{going} reached the day cap "
+                 f"${today['cap_usd']:.2f} "
+                 f"(UTC day {today['day']}): claims hand out no agent task until 00:00 UTC or a raised cap; run "
+                 "tasks go on", values={"raised": f"{today['cap_usd'] * 2:g}"})
+
+
 def _empty_output(s: HealthSnapshot, _: Settings) -> Finding:
     # a `run:` command may be silent by design; an agent that says nothing is broken
     empty = [t["id"] for t in s.recent if t["status"] == TaskStatus.COMPLETED and t["task_type"] != TaskType.RUN
@@ -364,6 +380,10 @@ RULES: tuple[HealthRule, ...] = (
     HealthRule("paused", Severity.MEDIUM, "an operator paused the whole pipeline or a task type (coherence pause): "
                "claims hand out nothing of it while running tasks finish", "resume it once the cause is gone",
                "#pause-and-resume", _paused, "coherence resume{type}", "/pauses"),
+    HealthRule("day_cap_reached", Severity.HIGH, "today's spend (runs finished since 00:00 UTC) reached the day cap "
+               "(COHERENCE_COST_CAP_DAY_USD or coherence caps set --day): no agent task is handed out",
+               "raise the cap (the command doubles it; takes effect at once) or wait for the UTC day to turn",
+               "#costs-and-caps", _day_cap_reached, "coherence caps set --day {raised}"),
     HealthRule("stuck", Severity.MEDIUM, "a task has run longer than PIPELINE_STUCK_MINUTES", "read its log",
                "#orphaned-or-stuck-tasks", _stuck, "coherence logs {id}", "/tasks/{id}"),
     HealthRule("breaker_open", Severity.HIGH, "a task type's runs failed COHERENCE_BREAKER_FAILURES (or its "

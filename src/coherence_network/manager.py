@@ -47,6 +47,7 @@ COMPONENT = Component.MANAGER
 RESULT_CHARS = 800  # output tail kept per phase and handed to the next phases' prompts
 DIRECTION_LIMIT = 5000  # the API's limit on a task's direction
 TITLE_CHARS = 200  # of the item's text, in each phase task's context (what views show for the item)
+ITEM_CAP = "item cost cap reached"  # the reason an item blocked by COHERENCE_COST_CAP_ITEM_USD starts with
 
 PHASE_GOALS = {
     "spec": "Write a short specification of this item: behaviour, interface and acceptance criteria.",
@@ -158,7 +159,10 @@ class ProjectManager:
             state.task_id = None  # ids are never reused: there is nothing left to follow
             return
         if state.status in REOPENABLE:
-            if not self._moved(state, task):
+            if (state.reason or "").startswith(ITEM_CAP):  # raised or cleared cap: on from where it stopped
+                if self._item_cap_reached(item) is not None:
+                    return
+            elif not self._moved(state, task):
                 return
             log.info("item %d resumed: %s task %d is now %s (the item was %s: %s)", item.number, state.phase,
                      task.id, task.status, state.status, state.reason)
@@ -228,6 +232,14 @@ class ProjectManager:
         log.warning("item %d: %s; recorded the default answer %r as %s", item.number, why, default, TIMEOUT_DECIDER)
         state.status, state.decision_since = ItemStatus.IN_PROGRESS, None
 
+    def _item_cap_reached(self, item: BacklogItem) -> str | None:
+        """Why the item may start no next phase (its tasks' summed cost reached the item cap), or None."""
+        spent = self.client.spend(item=item.slug, days=1).item
+        if spent is None or not spent.reached:
+            return None
+        return (f"{ITEM_CAP}: its tasks cost ${spent.cost_usd:.2f} of the ${spent.cap_usd:.2f} cap (raise it: "
+                "coherence caps set --item N; the item goes on at the next pass)")
+
     def _next_phase(self, item: BacklogItem, state: ItemState, task: Task) -> None:
         phase = state.phase
         if phase == "review":
@@ -240,6 +252,8 @@ class ProjectManager:
                 self._settle(state, ItemStatus.BLOCKED,
                              f"{why} in round {state.iteration} of {self.options.max_iterations}", task)
                 return
+            if self._capped(item, state, task):
+                return
             log.info("item %d: %s (task %d); back to impl", item.number, why, task.id)
             state.iteration += 1
             self._start(item, state, "impl")
@@ -247,8 +261,15 @@ class ProjectManager:
         following = item.phases.index(phase) + 1
         if following >= len(item.phases):
             self._settle(state, ItemStatus.DONE, None)
-        else:
+        elif not self._capped(item, state, task):
             self._start(item, state, item.phases[following])
+
+    def _capped(self, item: BacklogItem, state: ItemState, task: Task) -> bool:
+        """The item's next phase may not start (the item cap): it settles blocked, saying why."""
+        capped = self._item_cap_reached(item)
+        if capped is not None:
+            self._settle(state, ItemStatus.BLOCKED, capped, task)
+        return capped is not None
 
     def _settle(self, state: ItemState, status: str, reason: str | None, task: Task | None = None) -> None:
         """``task``: the one a blocked or skipped item settles on; it is looked at again only if that task changes."""

@@ -221,6 +221,7 @@ class TaskHeartbeat(AgentReport):
     current_step: str | None = Field(None, max_length=500, description="Agent output: NUL etc. become U+FFFD")
     lease_seconds: Float | None = Field(None, gt=0, le=86400)
     silent_seconds: Float | None = Field(None, ge=0, le=10**7, description="Seconds since the task last printed")
+    cost_usd: Float | None = Field(None, ge=0, le=1e9, description="The run's cost so far, as its agent reported it")
 
 
 class TaskFinish(AgentReport):
@@ -429,3 +430,20 @@ class TypePolicyRequest(Strict):
         """The fields to change: the values given, and None for each cleared."""
         given = {name: getattr(self, name) for name in POLICY_FIELDS if getattr(self, name) is not None}
         return {**given, **dict.fromkeys(self.clear)}
+
+
+class CostCapsRequest(Strict):
+    """``PUT /api/agent/caps``: the cost caps given take their new values (US dollars; 0 = no cap); the rest stay."""
+    by: Text | None = Field(None, min_length=1, max_length=200, description="Who changes it; none: the actor header")
+    task: float | None = Field(None, ge=0, le=1e9, allow_inf_nan=False, description="Per task run")
+    item: float | None = Field(None, ge=0, le=1e9, allow_inf_nan=False, description="Per backlog item")
+    day: float | None = Field(None, ge=0, le=1e9, allow_inf_nan=False, description="Per UTC day")
+
+    @model_validator(mode="after")
+    def _something(self) -> CostCapsRequest:
+        if not self.changes():
+            raise ValueError("nothing to change: give task, item or day (US dollars, 0 = no cap)")
+        return self
+
+    def changes(self) -> dict[str, float]:
+        return {name: value for name in ("task", "item", "day") if (value := getattr(self, name)) is not None}

@@ -79,6 +79,9 @@ class ResultOutbox:
                                   "decision_prompt": result.decision_prompt,
                                   "error_category": result.error_category, "error_summary": result.error_summary,
                                   "evidence": result.evidence}
+        fields.update({k: v for k, v in (("agent", result.agent), ("model", result.model), ("tokens_in",
+                      result.tokens_in), ("tokens_out", result.tokens_out), ("cost_usd", result.cost_usd))
+                       if v is not None})  # the run's usage (usage_meter); an older API is sent no new field
         try:
             if claim_next:  # it claims at once (no wait): its lease counts from when it was sent
                 sent = time.monotonic()

@@ -23,6 +23,7 @@ class RunEnd:
     not_started: str | None = None  # why it could not start (a missing or refused command)
     agent: bool = False  # run by the agent template (no command of its own)
     stalled: float | None = None  # stopped after printing nothing for this many seconds (COHERENCE_STALL_STOP_SECONDS)
+    over_budget: str | None = None  # why its reported cost stopped it (usage_meter)
 
 
 def _line(text: str) -> str:
@@ -38,9 +39,9 @@ def _signal_name(number: int) -> str:
 
 def failure_of(end: RunEnd) -> tuple[ErrorCategory, str]:
     """The category and summary of a run that did not complete: cancelled by an operator, could not start (a
-    configuration error: no retry helps), went silent
-    (stalled), ran out of time, was killed by a signal, or exited non-zero (an agent run
-    that exits non-zero without a word is the agent failing before the work, e.g. bad flags or no credentials)."""
+    configuration error: no retry helps), went silent (stalled), passed its cost cap (over budget), ran out of
+    time, was killed by a signal, or exited non-zero (an agent run that exits non-zero without a word is the agent
+    failing before the work, e.g. bad flags or no credentials)."""
     said = f": {end.last_line}" if end.last_line else ""
     if end.cancelled is not None:
         return ErrorCategory.CANCELLED, _line(end.cancelled)
@@ -48,6 +49,8 @@ def failure_of(end: RunEnd) -> tuple[ErrorCategory, str]:
         return ErrorCategory.CONFIG_ERROR, _line(f"not started: {end.not_started}")
     if end.stalled is not None:
         return ErrorCategory.STALLED, _line(f"stalled: no output for {end.stalled:.0f}s, stopped{said}")
+    if end.over_budget is not None:
+        return ErrorCategory.OVER_BUDGET, _line(end.over_budget)
     if end.timed_out:
         return ErrorCategory.TIMEOUT, _line(f"timed out after {end.timeout:g}s{said}")
     if end.returncode is not None and end.returncode < 0:

@@ -32,6 +32,7 @@ from coherence_network.result_outbox import ResultOutbox
 from coherence_network.settings import Settings
 from coherence_network.task_run import RETRY_SECONDS, Claim, ClaimLost, RunnerFault, TaskResult, TaskRun, utc_stamp
 from coherence_network.taskgroups import kill_orphaned_task_groups
+from coherence_network.usage_meter import task_cap
 
 log = logging.getLogger("coherence.runner")
 
@@ -166,6 +167,7 @@ class Runner:
         this host cannot start it."""
         task = claim.task
         run = TaskRun(claim, self.settings, self.runner_id)
+        run.meter.cap_usd = task_cap(self.client, run.agent, run.meter.cap_usd)
         with self.lock:
             self.runs[task.id] = run
         log.info("task %s: claimed (%s, run %s)", task.id, task.task_type, task.claim_token)
@@ -175,8 +177,10 @@ class Runner:
             """Renew the lease: the task as the API has it (a cancel request shows on it); None when the API did not
             answer (the run goes on, the beat is retried soon)."""
             try:
+                cost = run.meter.cost_usd  # what the run reported so far: the day cap counts it (store/costs.py)
                 renewed = self.client.heartbeat(task.id, task.claim_token, current_step=step or None,
-                                                 silent_seconds=run.silent_seconds())
+                                                silent_seconds=run.silent_seconds(),
+                                                **({"cost_usd": cost} if cost is not None else {}))
             except (ApiConflict, ApiNotFound) as exc:
                 raise ClaimLost(str(exc.detail)) from exc
             except ApiError as exc:

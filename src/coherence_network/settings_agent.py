@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_settings import BaseSettings
 
 from coherence_network.agents import AGENT_NAMES, CUSTOM
@@ -21,6 +21,14 @@ def _known_agent(value: str) -> str:
 
 
 AgentName = Annotated[str, AfterValidator(_known_agent)]
+
+
+def _cap(value: object) -> object:
+    """A cap as an operator writes it: empty means none (0)."""
+    return 0.0 if value is None or (isinstance(value, str) and not value.strip()) else value
+
+
+CapUsd = Annotated[float, BeforeValidator(_cap), Field(ge=0, le=1e9, allow_inf_nan=False)]
 _PHASE_AGENT = "Agent for {} tasks; empty = COHERENCE_AGENT"
 _PHASE_MODEL = ("Model for {} tasks; empty = COHERENCE_AGENT_MODEL when the phase runs COHERENCE_AGENT, else the "
                 "agent's own default")
@@ -49,6 +57,16 @@ class AgentSettings(BaseSettings):
     coherence_agent_model_test: str = Field("", description=_PHASE_MODEL.format("test"))
     coherence_agent_model_impl: str = Field("", description=_PHASE_MODEL.format("impl"))
     coherence_agent_model_review: str = Field("", description=_PHASE_MODEL.format("review"))
+    coherence_cost_cap_task_usd: CapUsd = Field(
+        0.0, description="Cost cap per task run in US dollars, as its agent reports it while it runs; past it the "
+        "runner stops the task (failed: over_budget, not retried). 0 or empty = no cap")
+    coherence_cost_cap_item_usd: CapUsd = Field(
+        0.0, description="Cost cap per backlog item in US dollars (its tasks' costs summed); at it the project "
+        "manager starts none of the item's phases and the item is blocked. 0 or empty = no cap")
+    coherence_cost_cap_day_usd: CapUsd = Field(
+        0.0, description="Cost cap per UTC day in US dollars (runs finished since 00:00 UTC); at it claims hand out "
+        "no agent task (run tasks go on) until the day turns or the cap is raised (coherence caps set --day N). "
+        "0 or empty = no cap")
 
     pipeline_target_branch: str = Field(
         "", description="Branch each backlog item's branch (coherence/<item>) is made from and merged into when its "

@@ -110,6 +110,11 @@ def _tasks(status: dict[str, Any]) -> list[str]:
     if status.get("oldest_decision_seconds") is not None:
         lines.append(f"  decisions waiting: {by_status.get(TaskStatus.NEEDS_DECISION, 0)}, the oldest for "
                      f"{_secs(status['oldest_decision_seconds'])} (answer: coherence decide ID ANSWER)")
+    if spend := status.get("spend_today"):
+        cap = f"${spend['cap_usd']:.2f} day cap" if spend["cap_usd"] > 0 else "no day cap"
+        held = " REACHED: no agent task is handed out (coherence caps set --day N)" if spend["reached"] else ""
+        total = spend["cost_usd"] + (spend.get("running_usd") or 0.0)
+        lines.append(f"  spend today (UTC): ${total:.2f} of {cap}, {spend['runs']} runs{held}")
     for task in status["needs_decision"]:
         lines.append(f"  decision wanted #{task['id']}{_item(task)} ({_secs(task['waiting_seconds'])}): "
                      f"{task['decision_prompt']}")
@@ -209,6 +214,8 @@ def render_task(task: Task | dict[str, Any], *, colour: bool = False, stall_warn
     if task.status == TaskStatus.RUNNING and task.last_output_at is not None:
         quiet = (datetime.now(UTC) - task.last_output_at).total_seconds()
         lines.append(f"output: {silence(quiet, stall_warn is not None and quiet > stall_warn)}")
+    if usage := usage_text(task):
+        lines.append(f"usage: {usage}")
     cancel = (("cancel_requested_at", task.cancel_requested_at), ("cancelled_by", task.cancelled_by),
               ("cancel_reason", task.cancel_reason))
     lines += [f"{name}: {_plain(value)}" for name, value in cancel if value is not None]
@@ -227,6 +234,16 @@ def render_task(task: Task | dict[str, Any], *, colour: bool = False, stall_warn
     if task.output:
         lines += [paint("output (tail):", "bold", colour), task.output.rstrip()[-2000:]]
     return "\n".join(lines)
+
+
+def usage_text(task: Task) -> str:
+    """What its last run's agent reported using: agent (model), tokens in/out, cost; empty when nothing."""
+    parts = [f"{task.agent}" + (f" ({task.model})" if task.model else "")] if task.agent else []
+    if task.tokens_in is not None or task.tokens_out is not None:
+        parts.append(f"tokens {_plain(task.tokens_in)} in, {_plain(task.tokens_out)} out")
+    if task.cost_usd is not None:
+        parts.append(f"${task.cost_usd:.4f}")
+    return ", ".join(parts)
 
 
 def _plain(value: object) -> str:

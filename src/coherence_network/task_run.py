@@ -33,6 +33,7 @@ from coherence_network.run_outcome import RunEnd, failure_of
 from coherence_network.settings import Settings
 from coherence_network.task_env import build_argv, task_environment
 from coherence_network.taskgroups import NewerRunRecorded, TaskGroup, TaskStartError, stop_previous_runs
+from coherence_network.usage_meter import UsageMeter
 
 log = logging.getLogger("coherence.runner")
 
@@ -68,6 +69,11 @@ class TaskResult:
     error_category: str | None = None  # why a failed or cancelled run ended so (run_outcome)
     error_summary: str | None = None
     evidence: dict[str, Any] | None = None  # what an item's phase left (item_worktree)
+    agent: str | None = None  # the agent preset that ran it, and what it reported using (usage_meter)
+    model: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost_usd: float | None = None
 
     def __post_init__(self) -> None:
         self.status = TaskStatus(self.status)  # read back from an outbox file as a string; a bad one is refused
@@ -173,6 +179,12 @@ class TaskRun:
         self.output_lock = threading.Lock()  # the pump thread and the watching thread both write the log
         self.environment = task_environment(settings, os.environ)
         self.work: ItemWork | None = None  # the item's worktree a phase task runs in (None: the workspace)
+        self.agent: str | None = None  # the preset of an agent task (one with no command); None for a command
+        self.model: str | None = None
+        if not self.task.command:
+            self.agent, self.model = settings.agent_for(self.task.task_type)
+        self.meter = UsageMeter(self.agent, settings.coherence_cost_cap_task_usd)
+        self.over_budget: str | None = None  # its reported cost passed the task cap: stopped
 
     @property
     def timeout(self) -> float:
@@ -207,7 +219,9 @@ class TaskRun:
     def _pump(self, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
             self.printed_at = time.monotonic()
-            self._output(raw.decode("utf-8", errors="replace"), own=True)
+            line = raw.decode("utf-8", errors="replace")
+            self.meter.feed(line)
+            self._output(line, own=True)
 
     def silent_seconds(self) -> float | None:
         """How long the task has printed nothing (counted from its start until its first line); None before it
@@ -323,6 +337,11 @@ class TaskRun:
                                  "stopping the process group\n")
                     group.stop(self.settings.agent_kill_grace_seconds)
                     break
+                self.over_budget = self.meter.over_cap()
+                if self.over_budget is not None:
+                    self._output(f"{self.over_budget}; stopping the process group\n")
+                    group.stop(self.settings.agent_kill_grace_seconds)
+                    break
                 if stop_now.is_set():
                     self.stopped = True
                     self._output("runner is stopping: process group stopped, task back to pending\n")
@@ -361,7 +380,7 @@ class TaskRun:
             status = TaskStatus.PENDING
         elif self.cancelled is not None:
             status = TaskStatus.CANCELLED
-        elif self.timed_out or self.stalled is not None:
+        elif self.timed_out or self.stalled is not None or self.over_budget is not None:
             status = TaskStatus.FAILED
         elif self.question is not None:  # the agent asked: its exit code only says it stopped to wait
             status = TaskStatus.NEEDS_DECISION
@@ -381,7 +400,9 @@ class TaskRun:
             why = ending.category, ending.summary or ""
         elif status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
             why = failure_of(RunEnd(returncode, self.task_line, self.timed_out, self.timeout, self.cancelled,
-                                    self.not_started, agent=not self.task.command, stalled=self.stalled))
+                                    self.not_started, agent=not self.task.command, stalled=self.stalled,
+                                    over_budget=self.over_budget))
+        used = self.meter.usage
         return TaskResult(
             task_id=self.task.id,
             claim_token=self.task.claim_token,
@@ -393,5 +414,7 @@ class TaskRun:
             error_category=why[0].value if why else None,
             error_summary=why[1] if why else None,
             evidence=(ending.evidence if ending else self.work.evidence if self.work else None),
+            agent=self.agent, model=self.model or None, tokens_in=used.input_tokens if used else None,
+            tokens_out=used.output_tokens if used else None, cost_usd=used.cost_usd if used else None,
         )
 

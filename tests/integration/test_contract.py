@@ -189,6 +189,9 @@ def _drive(client: ApiClient) -> dict[str, Callable[[], Any]]:
         "policies": client.policies,
         "get_item": lambda: client.get_item("contract-item-1a2b3c4d"),
         "list_items": lambda: client.list_items(limit=5, offset=0),
+        "caps": client.caps,
+        "set_caps": lambda: client.set_caps(by="test:contract", day=5.0, task=0.5),
+        "spend": lambda: client.spend(item="an-item", days=3),
     }
 
 

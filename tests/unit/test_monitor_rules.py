@@ -76,7 +76,7 @@ def test_every_rule_names_severity_action_and_runbook() -> None:
     assert {r.name for r in health.RULES} == {
         "store_not_ready", "no_runner", "runner_blocked", "component_held_back", "manager_stale", "no_task_running",
         "orphan_running", "paused", "breaker_open", "stuck", "needs_decision", "repeated_failures", "low_success_rate",
-        "empty_output", "stalled_task"}
+        "empty_output", "stalled_task", "day_cap_reached"}
     for rule in (*RULES, *health.RULES):
         assert rule.severity in grading.SEVERITIES and rule.action and rule.runbook.startswith("#")
 

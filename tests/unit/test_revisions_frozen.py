@@ -27,6 +27,7 @@ FROZEN = {
     "0012_steering.py": "a3cd7d77d3cdfc72fc830d42b032d152dcf1ce1135dbe74ed4b78408d8e8d192",
     "0013_retries.py": "4acd945fe35c4dd59576a79e5ed5856f93e6c40d699bbc9aafa46e6e74996276",
     "0014_agents.py": "3d5a7c9a0bddeb54478b39080601987c4a7c786576e37a23ac69442b24bc8d5f",
+    "0015_costs.py": "e3396280a2ed07ca4a404bc4ec10c50ddd9409fcc6e0cb68cf1d5cad73cc0156",
 }
 
 

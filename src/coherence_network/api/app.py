@@ -19,6 +19,7 @@ from coherence_network.api import (
     routes_audit,
     routes_bulk,
     routes_claims,
+    routes_costs,
     routes_items,
     routes_ops,
     routes_ops_issues,
@@ -176,6 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_audit.router)
     app.include_router(routes_policies.router)
     app.include_router(routes_items.router)
+    app.include_router(routes_costs.router)
     install_docs(app)  # the reference at /docs, with no file from elsewhere
     install_console(app, settings)  # the ops console's pages at "/"
     return app

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from coherence_network import grading, health
+from coherence_network.api.cost_metrics import cost_families
 from coherence_network.api.readiness import readiness_checks
 from coherence_network.clock import utcnow
 from coherence_network.contract import PAUSE_SCOPES, TaskType
@@ -33,7 +34,7 @@ class QueueCollector(Collector):
     def __init__(self, owner: ApiMetrics) -> None:
         self.owner = owner
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         settings = self.owner.settings
         snapshot = self.owner.health_snapshot()
         by_status = GaugeMetricFamily("coherence_tasks", "Tasks in the store by status", labels=["status"])
@@ -94,6 +95,7 @@ class QueueCollector(Collector):
         for kind in TaskType:
             breaker.add_metric([kind.value], 1 if kind.value in tripped else 0)
         yield breaker
+        yield from cost_families(self.owner.store, snapshot.spend_today)
 
 
 def silence_gauge(snapshot: health.HealthSnapshot) -> GaugeMetricFamily:

@@ -151,6 +151,7 @@ async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request)
             current_step=body.current_step,
             lease_seconds=body.lease_seconds,
             silent_seconds=body.silent_seconds,
+            cost_usd=body.cost_usd,
         )
     )
 

@@ -67,6 +67,7 @@ def pipeline_status(request: Request) -> dict[str, Any]:
         "attention": health.evaluate(snapshot, settings),
         "pauses": snapshot.pauses,
         "oldest_decision_seconds": snapshot.oldest_decision_seconds,
+        "spend_today": snapshot.spend_today,
     }
 
 

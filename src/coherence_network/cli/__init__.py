@@ -10,6 +10,7 @@ imported; ``coherence --help`` lists them in this order:
 - ``steering``: pause, resume (holding the pipeline or a task type, through the API);
 - ``bulk``: bulk cancel|retry (many tasks by a filter, previewed first, through the API);
 - ``policies``: policy, policy set (each task type's limit, retry delays and breaker, through the API);
+- ``costs``: caps, caps set, spend (cost caps and what agents reported using, through the API);
 - ``retention``: cleanup, prune (removing what is old);
 - ``audit``: audit (the audit trail of operators' actions, through the API);
 - ``items``: item, items (backlog items with their phase tasks, commits and decisions, through the API);
@@ -29,6 +30,7 @@ from coherence_network.cli import tasks
 from coherence_network.cli import steering
 from coherence_network.cli import bulk
 from coherence_network.cli import policies
+from coherence_network.cli import costs
 from coherence_network.cli import retention
 from coherence_network.cli import audit
 from coherence_network.cli import items
@@ -38,5 +40,5 @@ from coherence_network.indexer.cli import index_app
 
 app.add_typer(index_app, name="index", help="Index npm or PyPI packages into the dependency graph (--target, --limit).")
 
-__all__ = ["app", "audit", "bulk", "components", "items", "main", "ops", "policies", "retention", "server", "steering",
-           "tasks"]
+__all__ = ["app", "audit", "bulk", "components", "costs", "items", "main", "ops", "policies", "retention", "server",
+           "steering", "tasks"]

@@ -1,6 +1,7 @@
 """The store: tables, migrations and the one gateway to them (TaskStore) on SQLite or PostgreSQL."""
 
 from coherence_network.settings import Settings
+from coherence_network.store.costs import CapDefaults
 from coherence_network.store.db import create_store_engine
 from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.failures import TypeDefaults
@@ -22,6 +23,9 @@ def open_task_store(settings: Settings) -> TaskStore:
         retry_max_delay_seconds=settings.coherence_retry_max_delay_seconds,
         breaker_failures=settings.coherence_breaker_failures,
     )
+    store.cap_defaults = CapDefaults(task=settings.coherence_cost_cap_task_usd,
+                                     item=settings.coherence_cost_cap_item_usd,
+                                     day=settings.coherence_cost_cap_day_usd)
     return store
 
 

@@ -92,6 +92,7 @@ tasks = sa.Table(
     sa.Column("cost_usd", sa.Float, nullable=True),
     sa.Column("last_output_at", UTCDateTime, nullable=True),
     sa.Column("evidence", sa.JSON, nullable=True),
+    sa.Column("running_cost_usd", sa.Float, nullable=True),  # revision 0015: its run's cost so far (heartbeats)
     sa.CheckConstraint(_one_of("status", TaskStatus), name="ck_tasks_status"),
     sa.CheckConstraint(_one_of("task_type", TaskType), name="ck_tasks_task_type"),
     sa.Index("ix_tasks_claim_order", "status", sa.desc("priority"), "id"),  # the claim's ORDER BY, no sort
@@ -235,6 +236,33 @@ audit = sa.Table(
     sa.Index("ix_audit_at", "at"),
     sa.Index("ix_audit_task", "task_id", "id"),
     sa.Index("ix_audit_action", "action", "id"),
+)
+
+# Costs and caps (revision 0015). cost_caps: the operator's caps (task, item, day; US dollars, 0 = none), each
+# overriding its setting's default (COHERENCE_COST_CAP_<CAP>_USD). spend: one row per finished run that reported
+# usage, appended by its finish (the day cap's sum reads ix_spend_at; an item's, ix_spend_item).
+cost_caps = sa.Table(
+    "cost_caps",
+    metadata,
+    sa.Column("cap", sa.String(8), primary_key=True),
+    sa.Column("usd", sa.Float, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("updated_by", sa.String(200), nullable=False),
+)
+spend = sa.Table(
+    "spend",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("task_id", sa.Integer, nullable=False),
+    sa.Column("item", sa.String(200), nullable=True),
+    sa.Column("agent", sa.String(32), nullable=True),
+    sa.Column("tokens_in", sa.BigInteger, nullable=True),
+    sa.Column("tokens_out", sa.BigInteger, nullable=True),
+    sa.Column("cost_usd", sa.Float, nullable=True),
+    sa.Index("ix_spend_at", "at"),
+    sa.Index("ix_spend_item", "item", sqlite_where=sa.text("item IS NOT NULL"),
+             postgresql_where=sa.text("item IS NOT NULL")),
 )
 
 # --- dependency graph (indexers) -----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from coherence_network.contract import PAUSE_ALL, TaskStatus
 from coherence_network.store.errors import Conflict
-from coherence_network.store.schema import UTCDateTime, pauses, tasks, type_policies
+from coherence_network.store.schema import UTCDateTime, cost_caps, pauses, spend, tasks, type_policies
 from coherence_network.store.search import COUNT_CAP
 
 PENDING, RUNNING, FAILED = TaskStatus.PENDING.value, TaskStatus.RUNNING.value, TaskStatus.FAILED.value
@@ -53,6 +53,23 @@ _NOT_PAUSED = ~sa.exists().where(pauses.c.scope.in_([sa.literal(PAUSE_ALL), task
 _DUE = sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= sa.bindparam("b_now", type_=UTCDateTime))
 
 
+# The day's cost cap (store/costs.py), in every claim's own statement so it is read in the claim's transaction on
+# every replica: an agent task (no command) is claimable only while the cap in force (the operator's, else
+# ``b_day_cap``, COHERENCE_COST_CAP_DAY_USD; 0 = none) is above today's spend (runs finished since ``b_day_start``,
+# plus what runs going on reported). Uncorrelated subqueries: evaluated once per statement, and the spend only when a
+# cap is set; a task with a command never looks at them. No round trip is added to a claim.
+_spending = tasks.alias("spending")
+_DAY_CAP = sa.func.coalesce(sa.select(cost_caps.c.usd).where(cost_caps.c.cap == "day").scalar_subquery(),
+                            sa.bindparam("b_day_cap", type_=sa.Float))
+_SPENT_TODAY = (
+    sa.select(sa.func.coalesce(sa.func.sum(spend.c.cost_usd), 0.0))
+    .where(spend.c.at >= sa.bindparam("b_day_start", type_=UTCDateTime)).scalar_subquery()
+    + sa.select(sa.func.coalesce(sa.func.sum(_spending.c.running_cost_usd), 0.0))
+    .where(_spending.c.status == RUNNING, _spending.c.running_cost_usd.is_not(None)).scalar_subquery()
+)
+_WITHIN_DAY_CAP = sa.or_(tasks.c.command.is_not(None), _DAY_CAP <= 0, _SPENT_TODAY < _DAY_CAP)
+
+
 # Limits (type_policies.max_running): the types whose running tasks have reached their limit. Uncorrelated with the
 # claimed row, so it runs once per statement (one count per limited type, from ix_tasks_type_status), and on an
 # empty policy table it costs one look at nothing. Inside the claim's own statement it counts what that statement's
@@ -87,9 +104,9 @@ def limits_statement(typed: bool, lock: bool) -> sa.Select[tuple[str]]:
 
 
 def _pending(typed: bool, limited: bool = True) -> sa.Select[tuple[int]]:
-    """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``): pending, due, not paused and,
-    when ``limited``, of a type below its limit."""
-    pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING, _DUE, _NOT_PAUSED)
+    """Ids of claimable tasks (of the types bound as ``b_types`` when ``typed``): pending, due, not paused, within
+    the day's cost cap (an agent task) and, when ``limited``, of a type below its limit."""
+    pick = sa.select(tasks.c.id).where(tasks.c.status == PENDING, _DUE, _NOT_PAUSED, _WITHIN_DAY_CAP)
     if limited:
         pick = pick.where(_UNDER_LIMIT)
     if typed:

@@ -26,6 +26,7 @@ from coherence_network.contract import (
     ErrorCategory,
     TaskStatus,
 )
+from coherence_network.store.costs import CostBook, record_spend_in
 from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.failures import FailureBook
 from coherence_network.store.limited_claims import claim_rows
@@ -74,7 +75,7 @@ class AgentRun:
                 "tokens_out": used.output_tokens, "cost_usd": used.cost_usd}
 
 
-class TaskMoves(TaskCreates, FailureBook):
+class TaskMoves(TaskCreates, FailureBook, CostBook):
     """Writes to the tasks table, each a legal move (contract.LEGAL_MOVES)."""
 
     # --- writes ---------------------------------------------------------------------------------------------
@@ -119,6 +120,7 @@ class TaskMoves(TaskCreates, FailureBook):
             params: dict[str, Any] = {"b_request": request_id, "b_runner": runner_id, "b_now": utcnow()}
             if type_list:
                 params["b_types"] = type_list
+            params.update(self.day_cap_params(params["b_now"]))
             with self.connection() as conn:
                 if conn.execute(claimable_statement(bool(type_list)), params).first() is None:
                     if request_id is None or not replay:
@@ -153,6 +155,7 @@ class TaskMoves(TaskCreates, FailureBook):
             params["b_types"] = type_list
         if max_tasks > 1:
             params["b_limit"] = max_tasks
+        params.update(self.day_cap_params(now))  # the day's cost cap holds agent tasks (store/statements.py)
         claimed = claim_rows(conn, self._pg, max_tasks, bool(type_list), replayable, params)
         if claimed:
             self.tasks_changed(conn)
@@ -169,9 +172,10 @@ class TaskMoves(TaskCreates, FailureBook):
         current_step: str | None = None,
         lease_seconds: float | None = None,
         silent_seconds: float | None = None,
+        cost_usd: float | None = None,
     ) -> dict[str, Any]:
-        """Extend the lease of a running task (and record progress, and when it last printed: ``silent_seconds``
-        ago); only the current claim may do so."""
+        """Extend the lease of a running task (and record progress, when it last printed: ``silent_seconds`` ago,
+        and what its run reported costing so far, which the day cap counts); only the current claim may do so."""
         with self.transaction() as conn:
             now = self._lease_clock(conn)
             values: dict[str, Any] = {
@@ -184,6 +188,8 @@ class TaskMoves(TaskCreates, FailureBook):
                 values["current_step"] = current_step
             if silent_seconds is not None:
                 values["last_output_at"] = now - timedelta(seconds=silent_seconds)
+            if cost_usd is not None:
+                values["running_cost_usd"] = cost_usd
             return self._update_in(conn, task_id, TaskStatus.RUNNING, values, "heartbeat", claim_token)
 
     def finish(
@@ -258,7 +264,8 @@ class TaskMoves(TaskCreates, FailureBook):
         ending: Ending,
     ) -> dict[str, Any]:
         status = ending.status
-        values: dict[str, Any] = {"status": status.value, "lease_expires_at": None, "updated_at": now}
+        values: dict[str, Any] = {"status": status.value, "lease_expires_at": None, "updated_at": now,
+                                  "running_cost_usd": None}  # the run's cost is in the ledger now (store/costs.py)
         if ending.output is not None:
             values["output"] = self._tail(ending.output)
         if ending.exit_code is not None:
@@ -288,6 +295,8 @@ class TaskMoves(TaskCreates, FailureBook):
                 return stored  # this very finish was already recorded
             raise
         self._count_run_in(conn, now, task, status)  # the circuit breaker
+        if ending.usage is not None:
+            record_spend_in(conn, now, task, ending.usage.agent, ending.usage.usage)
         return task
 
     def decide(self, task_id: int, decision: str, decided_by: str) -> dict[str, Any]:
