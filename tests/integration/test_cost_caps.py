@@ -9,8 +9,6 @@ import os
 import pwd
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -20,7 +18,7 @@ from coherence_network.contract import Task, TaskStatus, TaskType
 from coherence_network.manager import ManagerOptions, ProjectManager
 from coherence_network.settings import Settings
 from tests.support.api import ServedApi
-from tests.support.net import wait_until
+from tests.support.waiting_claim import WaitingClaim
 
 CLI = [sys.executable, "-m", "coherence_network.cli"]
 PER_TASK = 0.4
@@ -77,18 +75,12 @@ def test_the_day_cap_stops_agent_claims_says_why_everywhere_and_a_raise_wakes_a_
         overview = httpx.get(f"{api.url}/").text  # the console's overview
         assert "$1.20 of the $1.00 day cap" in overview and "Day cap reached" in overview
 
-        got: list[Task | None] = []
-        waiting = threading.Thread(target=lambda: got.append(client.claim("r2", types=[TaskType.IMPL],
-                                                                           wait_seconds=30)))
-        asked = time.monotonic()
-        waiting.start()
-        assert api.app is not None
-        wait_until(lambda: len(api.app.state.work._waiters) == 1, 10, "the claim waits")
+        waiting = WaitingClaim(client, api, "r2", [TaskType.IMPL]).start()
         raised = _coherence(api, "caps", "set", "--day", "5")
         assert raised.returncode == 0 and "caps changed" in raised.stdout and "$5.00" in raised.stdout, raised.stderr
-        waiting.join(30)
-        assert got and got[0] is not None and got[0].id == backlog[3].id
-        assert time.monotonic() - asked < 10  # woken by the raise, not by the minute's recheck
+        got = waiting.result()
+        assert got is not None and got.id == backlog[3].id
+        assert waiting.waited < 10  # woken by the raise, not by the minute's recheck
         assert client.pipeline_status().spend_today["reached"] is False
 
         user = pwd.getpwuid(os.getuid()).pw_name

@@ -11,7 +11,6 @@ import shlex
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import sqlalchemy as sa
 
 from coherence_network.client import ApiClient
 from coherence_network.contract import SETTLED_STATUSES as SETTLED
-from coherence_network.contract import Task, TaskStatus, TaskType
+from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.endpoints import ACTOR_HEADER
 from coherence_network.store import TaskStore
 from coherence_network.store.schema import audit
@@ -30,6 +29,7 @@ from tests.support.api import ApiProcess, ServedApi
 from tests.support.net import wait_until
 from tests.support.postgres import PostgresServer
 from tests.support.runner import RunnerProcess
+from tests.support.waiting_claim import WaitingClaim
 
 LIMIT = 2
 CLI = [sys.executable, "-m", "coherence_network.cli"]
@@ -198,17 +198,11 @@ def test_a_claim_waiting_on_a_full_type_gets_the_slot_when_it_frees(tmp_path: Pa
         assert running is not None and running.id == first.id
         other = client.claim("r2", types=[TaskType.IMPL, TaskType.SPEC], wait_seconds=30)
         assert other is not None and other.id == spec.id  # at once, though impl leads and waits
-        got: list[Task | None] = []
-        waiting = threading.Thread(target=lambda: got.append(client.claim("r2", types=[TaskType.IMPL],
-                                                                           wait_seconds=30)))
-        asked = time.monotonic()
-        waiting.start()
-        assert api.app is not None
-        wait_until(lambda: len(api.app.state.work._waiters) == 1, 10, "the claim waits")
+        waiting = WaitingClaim(client, api, "r2", [TaskType.IMPL]).start()
         client.finish(running.id, running.claim_token, TaskStatus.COMPLETED)
-        waiting.join(30)
-        assert got and got[0] is not None and got[0].id == second.id
-        assert time.monotonic() - asked < 10  # woken by the finish, not by the minute's recheck
+        got = waiting.result()
+        assert got is not None and got.id == second.id
+        assert waiting.waited < 10  # woken by the finish, not by the minute's recheck
         client.close()
     finally:
         api.stop()

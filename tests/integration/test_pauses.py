@@ -7,8 +7,6 @@ import os
 import pwd
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +15,11 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from coherence_network.client import ApiClient
-from coherence_network.contract import Task, TaskStatus, TaskType
+from coherence_network.contract import TaskStatus, TaskType
 from coherence_network.store import TaskStore
 from tests.support.api import ServedApi
-from tests.support.net import free_port, wait_until
+from tests.support.net import free_port
+from tests.support.waiting_claim import WaitingClaim
 
 CLI = [sys.executable, "-m", "coherence_network.cli"]
 
@@ -131,17 +130,11 @@ def test_pause_drain_resume_over_http_and_a_restart_keeps_it(migrated_store_url:
         spec = client.claim("r1")  # the pipeline runs again; impl stays held by its own pause
         assert spec is not None and spec.direction == "spec 2" and client.claim("r1") is None
 
-        got: list[Task | None] = []
-        waiting = threading.Thread(target=lambda: got.append(client.claim("r2", types=[TaskType.IMPL],
-                                                                           wait_seconds=30)))
-        asked = time.monotonic()
-        waiting.start()
-        assert api.app is not None
-        wait_until(lambda: len(api.app.state.work._waiters) == 1, 10, "the claim waits")
+        waiting = WaitingClaim(client, api, "r2", [TaskType.IMPL]).start()
         assert client.resume("cli:alice", task_type=TaskType.IMPL).changed
-        waiting.join(30)
-        assert got and got[0] is not None and got[0].id == impl.id
-        assert time.monotonic() - asked < 10  # woken by the resume, not by the minute's recheck
+        got = waiting.result()
+        assert got is not None and got.id == impl.id
+        assert waiting.waited < 10  # woken by the resume, not by the minute's recheck
         assert not client.resume("cli:alice", task_type=TaskType.IMPL).changed and client.pauses().pauses == []
         client.close()
     finally:

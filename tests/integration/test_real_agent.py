@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coherence_network.agents import Usage, read_usage
+from coherence_network.agents import read_usage
 from coherence_network.backlog import PHASES, parse_backlog
 from coherence_network.client import ApiClient
 from coherence_network.contract import Task
@@ -77,12 +77,12 @@ def test_claude_code_does_an_impl_task_for_a_real_runner(served_api: ServedApi, 
     assert all(t.headers.get("x-api-key") == "sk-test-scripted-model" for t in turns)  # passed on to the agent
     [result] = turns[1].tool_results
     assert "is_error" not in result or not result["is_error"], result
-    # Claude Code reported what the model server said it used: the runner kept enough of its output to read it.
-    # (When the runner sends usage with the finish, assert task.tokens_in/tokens_out/cost_usd here too.)
+    # Claude Code reported what the model server said it used, and the runner sent it with the finish
+    used = tuple(sum(t.answer["usage"][kind] for t in turns) for kind in ("input_tokens", "output_tokens"))
+    assert (task.agent, task.tokens_in, task.tokens_out) == ("claude", *used)
+    assert task.cost_usd is not None and task.cost_usd > 0
     usage = read_usage("claude", task.output or "")
-    assert usage is not None and usage.cost_usd is not None and usage.cost_usd > 0
-    assert (usage.input_tokens, usage.output_tokens) == (sum(t.answer["usage"]["input_tokens"] for t in turns),
-                                                         sum(t.answer["usage"]["output_tokens"] for t in turns))
+    assert usage is not None and (usage.input_tokens, usage.output_tokens, usage.cost_usd) == (*used, task.cost_usd)
 
 
 @pytest.mark.parametrize("agent", ["stub", pytest.param("claude", marks=pytest.mark.long)])
@@ -116,8 +116,15 @@ def test_the_pipeline_takes_two_items_through_every_phase_to_done(agent: str, se
     for item in items:  # what each phase said reaches the later phases' prompts
         review = next(t for t in reviews if t.context["item"] == item.slug)
         assert f"impl: wrote {module_name(item.text)}.py" in review.direction
-    assert all(read_usage("claude" if agent == "claude" else "custom", t.output or "") not in (None, Usage())
-               for t in tasks)
+    expected = "claude" if agent == "claude" else "custom"
+    assert all(t.agent == expected and t.tokens_in and t.tokens_out and t.cost_usd is not None for t in tasks)
+    with ApiClient(served_api.url, token="", retries=0) as client:  # the item page sums and shows the same
+        for item in items:
+            view = client.get_item(item.slug)
+            own = by_item[item.slug]
+            assert (view.branch, view.tokens_in) == (f"coherence/{item.slug}", sum(t.tokens_in or 0 for t in own))
+            assert view.merge is not None and view.merge["into"] == "main"
+            assert [c.task_id for c in view.commits] == [t.id for t in own if t.evidence and "commit" in t.evidence]
     if agent == "claude":
         turns = scripted_model.of_kind("turn")
         assert scripted_model.refused == [] and len(turns) == 2 * len(tasks)
