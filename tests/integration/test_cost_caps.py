@@ -88,7 +88,7 @@ def test_the_day_cap_stops_agent_claims_says_why_everywhere_and_a_raise_wakes_a_
         assert (record.actor, record.channel, record.target, record.status_before, record.status_after) == (
             f"cli:{user}", "cli", "day", "1", "5")
         caps = _coherence(api, "caps")
-        assert caps.returncode == 0 and f"by cli:{user}" in caps.stdout and "default $1.00" in caps.stdout
+        assert caps.returncode == 0 and f"by cli:{user}" in caps.stdout and "the default is $1.00" in caps.stdout
         assert _coherence(api, "caps", "set").returncode == 2  # nothing to change
         assert _coherence(api, "caps", "set", "--day", "-1").returncode == 2
         assert httpx.put(f"{api.url}/api/agent/caps", json={"day": "lots"}).status_code == 422

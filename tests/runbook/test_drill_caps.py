@@ -31,7 +31,7 @@ def test_drill_the_day_cap_stopped_agent_work_and_is_raised(tmp_path: Path) -> N
             assert seen.returncode == 1 and "$1.50 of $1.00" in seen.stdout and "DAY CAP REACHED" in seen.stdout
             assert "claude" in seen.stdout
             caps = drill.run(show).stdout
-            assert "day        $1.00  (the default; default $1.00)" in caps, caps
+            assert "day        $1.00  (the setting's default)" in caps, caps
             raised = drill.run(raise_cap).stdout
             assert raised.startswith("caps changed:") and "day       $20.00" in raised and "task       $1.00" in raised
             following = client.claim("drill")

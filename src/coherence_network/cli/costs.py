@@ -28,8 +28,10 @@ def cap_text(value: float) -> str:
 
 
 def _cap_line(name: str, cap: CostCap) -> str:
-    who = f"set {cap.set_at:%Y-%m-%d %H:%M} UTC by {cap.set_by}" if cap.set_at else "the default"
-    return f"{name:5} {cap_text(cap.usd):>10}  ({who}; default {cap_text(cap.default_usd)})"
+    if cap.set_at is None:
+        return f"{name:5} {cap_text(cap.usd):>10}  (the setting's default)"
+    return (f"{name:5} {cap_text(cap.usd):>10}  (set {cap.set_at:%Y-%m-%d %H:%M} UTC by {cap.set_by}; the default "
+            f"is {cap_text(cap.default_usd)})")
 
 
 def _show(caps: CostCaps) -> None:
