@@ -18,9 +18,9 @@ import sqlalchemy as sa
 
 from coherence_network.agents import Usage
 from coherence_network.clock import utcnow
-from coherence_network.contract import TaskStatus
 from coherence_network.store.audit import AuditBook
-from coherence_network.store.schema import UTCDateTime, cost_caps, spend, tasks
+from coherence_network.store.schema import UTCDateTime, cost_caps, spend
+from coherence_network.store.statements import RUNNING_COST
 
 COST_CAPS = ("task", "item", "day")
 MAX_DAYS = 90
@@ -33,8 +33,6 @@ _SUMS = (sa.func.coalesce(sa.func.sum(spend.c.cost_usd), 0.0).label("cost_usd"),
          sa.func.coalesce(sa.func.sum(spend.c.tokens_out), 0).label("tokens_out"),
          sa.func.count().label("runs"))
 _BETWEEN = sa.select(*_SUMS).where(spend.c.at >= _SINCE, spend.c.at < _UNTIL)
-_RUNNING_COST = sa.select(sa.func.coalesce(sa.func.sum(tasks.c.running_cost_usd), 0.0)).where(
-    tasks.c.status == TaskStatus.RUNNING.value, tasks.c.running_cost_usd.is_not(None))
 _PER_AGENT = (sa.select(spend.c.agent, *_SUMS).where(spend.c.at >= _SINCE)
               .group_by(spend.c.agent).order_by(spend.c.agent))
 _ITEM = sa.select(*_SUMS).where(spend.c.item == sa.bindparam("b_item"))
@@ -126,7 +124,7 @@ class CostBook(AuditBook):
             sums = dict(conn.execute(_BETWEEN, {"b_since": start, "b_until": start + timedelta(days=1)}).one()
                         ._mapping)
             cap = self._cap_in(conn, "day")
-            running = float(conn.execute(_RUNNING_COST).scalar() or 0.0)
+            running = float(conn.execute(RUNNING_COST).scalar() or 0.0)
             return {"day": start.date().isoformat(), **sums, "running_usd": running, "cap_usd": cap,
                     "reached": cap > 0 and sums["cost_usd"] + running >= cap}
 

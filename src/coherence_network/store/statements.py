@@ -58,14 +58,16 @@ _DUE = sa.or_(tasks.c.not_before.is_(None), tasks.c.not_before <= sa.bindparam("
 # ``b_day_cap``, COHERENCE_COST_CAP_DAY_USD; 0 = none) is above today's spend (runs finished since ``b_day_start``,
 # plus what runs going on reported). Uncorrelated subqueries: evaluated once per statement, and the spend only when a
 # cap is set; a task with a command never looks at them. No round trip is added to a claim.
-_spending = tasks.alias("spending")
+_spending = tasks.alias("spending")  # its own name: inside a claim, ``tasks`` is the row being claimed
+# What the runs going on have reported costing so far (their heartbeats); the spend read (store/costs.py) shows it too.
+RUNNING_COST = sa.select(sa.func.coalesce(sa.func.sum(_spending.c.running_cost_usd), 0.0)).where(
+    _spending.c.status == RUNNING, _spending.c.running_cost_usd.is_not(None))
 _DAY_CAP = sa.func.coalesce(sa.select(cost_caps.c.usd).where(cost_caps.c.cap == "day").scalar_subquery(),
                             sa.bindparam("b_day_cap", type_=sa.Float))
 _SPENT_TODAY = (
     sa.select(sa.func.coalesce(sa.func.sum(spend.c.cost_usd), 0.0))
     .where(spend.c.at >= sa.bindparam("b_day_start", type_=UTCDateTime)).scalar_subquery()
-    + sa.select(sa.func.coalesce(sa.func.sum(_spending.c.running_cost_usd), 0.0))
-    .where(_spending.c.status == RUNNING, _spending.c.running_cost_usd.is_not(None)).scalar_subquery()
+    + RUNNING_COST.scalar_subquery()
 )
 _WITHIN_DAY_CAP = sa.or_(tasks.c.command.is_not(None), _DAY_CAP <= 0, _SPENT_TODAY < _DAY_CAP)
 
