@@ -79,6 +79,16 @@ def identity(repo: Path) -> tuple[str, ...]:
     return () if git(repo, "config", "user.email", check=False).stdout.strip() else _FALLBACK_IDENTITY
 
 
+def commit_all(repo: Path, tasks: Sequence[Task]) -> bool:
+    """Stage every change in ``repo`` (a checkout or a worktree of it) and commit it for ``tasks``; False when there
+    was nothing to commit."""
+    git(repo, "add", "-A")
+    if git(repo, "diff", "--cached", "--quiet", check=False).returncode == 0:
+        return False
+    git(repo, *identity(repo), "commit", "--quiet", "-m", commit_message(tasks))
+    return True
+
+
 def commit_message(tasks: Sequence[Task]) -> str:
     """``[pipeline] {type} {id}: {direction, shortened}`` for the newest task; earlier ones listed in the body."""
     newest = tasks[-1]
@@ -131,11 +141,9 @@ def _commit(settings: Settings, tasks: Sequence[Task], ids: str) -> str:
     if git(workspace, "rev-parse", "--is-inside-work-tree", check=False).returncode != 0:
         out.warning("task %s: %s is not a git repository; auto-commit skipped", ids, workspace)
         return "not-a-repo"
-    git(workspace, "add", "-A")
-    if git(workspace, "diff", "--cached", "--quiet", check=False).returncode == 0:
+    if not commit_all(workspace, tasks):
         out.info("task %s: no changes to commit", ids)
         return "nothing"
-    git(workspace, *identity(workspace), "commit", "--quiet", "-m", commit_message(tasks))
     out.info("task %s: committed %s", ids, git(workspace, "rev-parse", "--short", "HEAD").stdout.strip())
     return "committed"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from coherence_network.contract import ErrorCategory, Task, TaskStatus
-from coherence_network.gitops import GitError, commit_message, git, identity
+from coherence_network.gitops import GitError, commit_all, git
 from coherence_network.item_merge import land, worktrees_lock
 from coherence_network.logfiles import RUN_FILES, write_text_atomic
 from coherence_network.phase_evidence import (
@@ -161,9 +161,7 @@ class ItemWork:
     def _commit(self) -> dict[str, Any]:
         """Commit what the phase left uncommitted; the evidence of everything it committed (the agent's own
         commits too): the last commit, the diffstat and the files since the phase started."""
-        git(self.path, "add", "-A")
-        if git(self.path, "diff", "--cached", "--quiet", check=False).returncode != 0:
-            git(self.path, *identity(self.workspace), "commit", "--quiet", "-m", commit_message([self.task]))
+        commit_all(self.path, [self.task])
         head = git(self.path, "rev-parse", "HEAD").stdout.strip()
         if head == self.start:
             return {}
