@@ -89,6 +89,11 @@ def measure(url: str, tasks: int) -> dict[str, float]:
             held.append(following)
 
         result["finish with claim_next (one call)"] = per_cycle(store, trips, tasks, one_call)
+    for name, key in (("create", None), ("create with a key", "k"), ("create replayed by its key", "k")):
+        before = trips.count
+        for i in range(tasks):
+            store.create(direction="made", task_type="run", idempotency_key=key and f"{key}{i}")
+        result[name] = (trips.count - before) / tasks
     engine.dispose()
     return result
 

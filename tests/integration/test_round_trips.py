@@ -36,6 +36,14 @@ def test_a_cycle_costs_few_round_trips_and_one_call_fewer(store_url: str) -> Non
     assert (two, one) <= limits and one < two
 
 
+def test_a_keyed_create_costs_what_an_unkeyed_one_does(store_url: str) -> None:
+    """The client always sends a key: its create is one INSERT that skips a stored key (issue 23), and only a
+    replay reads the task the key made."""
+    counts = _bench().measure(store_url, 20)
+    assert counts["create with a key"] == counts["create"]
+    assert counts["create replayed by its key"] <= counts["create"] + 1  # PostgreSQL: no NOTIFY for it
+
+
 def test_a_connection_the_server_dropped_costs_a_read_nothing(tmp_path: Path) -> None:
     root = Path(tempfile.mkdtemp(prefix="coherence-pg-drop-"))
     server = PostgresServer(root).start()

@@ -8,6 +8,7 @@ from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from coherence_network.contract import PAUSE_ALL, TaskStatus
 from coherence_network.store.errors import Conflict
@@ -24,6 +25,12 @@ def row_dict(row: sa.Row[Any] | None) -> dict[str, Any] | None:
 
 
 INSERT_TASKS = tasks.insert().returning(*tasks.c, sort_by_parameter_order=True)
+# One keyed create in one statement: a key already stored makes no row (and no error), and only then is it read.
+INSERT_KEYED_TASK = {
+    name: dialect.insert(tasks).on_conflict_do_nothing(index_elements=[tasks.c.idempotency_key]).returning(*tasks.c)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+TASK_BY_KEY = sa.select(tasks).where(tasks.c.idempotency_key == sa.bindparam("key"))
 
 
 def seconds_between(
