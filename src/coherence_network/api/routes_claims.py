@@ -11,10 +11,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 from coherence_network.agents import Usage
+from coherence_network.api.answers import answer
 from coherence_network.api.deps import store_of
 from coherence_network.api.models import COMMON_ERRORS, TaskId, responses
 from coherence_network.clock import utcnow
@@ -39,14 +38,8 @@ async def claim_task(body: ClaimRequest, request: Request) -> Response:
     claimed, held = await _claim_waiting(body, request)
     headers = {**_closing(request), CLAIM_HELD_HEADER: held}
     if body.max_tasks > 1:
-        return _answer(TaskList, {"tasks": claimed}, headers)
-    return _answer(Task, claimed[0], headers) if claimed else Response(status_code=204, headers=headers)
-
-
-def _answer(model: type[BaseModel], value: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
-    """An answer whose shape depends on the request, serialized by its contract model as routes with a
-    ``response_model`` are (times end in Z, as everywhere else; jsonable_encoder would write +00:00)."""
-    return JSONResponse(model.model_validate(value).model_dump(mode="json"), headers=headers)
+        return answer(TaskList, {"tasks": claimed}, headers=headers)
+    return answer(Task, claimed[0], headers=headers) if claimed else Response(status_code=204, headers=headers)
 
 
 @router.post("/tasks/claims", response_model=TaskList)
@@ -140,10 +133,10 @@ def _count_claims(state: Any, claimed: list[dict[str, Any]]) -> None:
 
 
 @router.post("/tasks/{task_id:id}/heartbeat", response_model=Task, responses=responses(404, 409))
-async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request) -> dict[str, Any]:
+async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request) -> Response:
     """Extend the lease (and report progress); 409 when the claim token is no longer the current claim."""
     _log_replaced(task_id, body)
-    return await run_in_threadpool(
+    return answer(Task, await run_in_threadpool(
         lambda: store_of(request).heartbeat(
             task_id,
             body.claim_token,
@@ -153,13 +146,13 @@ async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request)
             silent_seconds=body.silent_seconds,
             cost_usd=body.cost_usd,
         )
-    )
+    ))
 
 
 @router.post("/tasks/{task_id:id}/finish", response_model=None, responses={
     200: {"model": Task | FinishAndClaim, "description": "The finished task; {finished, next} with claim_next"},
     **responses(404, 409)})
-async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> Any:
+async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> Response:
     """End a claim: completed, failed, needs_decision (with its question) or pending (release).
 
     With ``claim_next`` the runner's next task is claimed in the same transaction (a refused finish claims
@@ -175,7 +168,7 @@ async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> An
     if following is None:
         task = await run_in_threadpool(lambda: store.finish(task_id, body.claim_token, **ending))
         _count_finish(request, task, body.status)
-        return task
+        return answer(Task, task)
     task, following_task = await run_in_threadpool(
         lambda: store.finish_and_claim(
             task_id, body.claim_token, **ending, runner_id=following.runner_id, types=following.types,
@@ -187,9 +180,9 @@ async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> An
         _count_claims(request.app.state, [following_task])
     elif following.wait_seconds > 0:
         claimed, held = await _claim_waiting(following, request, looked=True)
-        return _answer(FinishAndClaim, {"finished": task, "next": next(iter(claimed), None)},
-                       {CLAIM_HELD_HEADER: held})
-    return _answer(FinishAndClaim, {"finished": task, "next": following_task})
+        return answer(FinishAndClaim, {"finished": task, "next": next(iter(claimed), None)},
+                      headers={CLAIM_HELD_HEADER: held})
+    return answer(FinishAndClaim, {"finished": task, "next": following_task})
 
 
 def _count_finish(request: Request, task: dict[str, Any], ended: TaskStatus) -> None:

@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 
+from coherence_network.api.answers import answer
 from coherence_network.api.deps import acting_as, actor_of, store_of
 from coherence_network.api.models import (
     COMMON_ERRORS,
@@ -68,23 +69,20 @@ def list_tasks(
 async def create_task(
     body: TaskCreate,
     request: Request,
-    response: Response,
     idempotency_key: Annotated[Text | None, Header(
         min_length=1, max_length=200,
         description="Makes the create safe to retry: the same key returns the task the first create made (200)",
     )] = None,
-) -> dict[str, Any]:
+) -> Response:
     refuse_disallowed_commands([body], request.app.state.settings)
     task, created = await run_in_threadpool(
         lambda: store_of(request).create_or_replay(**body.model_dump(), idempotency_key=idempotency_key,
                                                    actor=actor_of(request))
     )
     if not created:
-        response.status_code = 200
-        response.headers[REPLAYED_HEADER] = "true"
-        return task
+        return answer(Task, task, 200, {REPLAYED_HEADER: "true"})
     request.app.state.metrics.tasks_created.labels(task["task_type"]).inc()
-    return task
+    return answer(Task, task, 201)
 
 
 @router.post("/tasks/batch", status_code=201, response_model=TaskList,
