@@ -126,6 +126,11 @@ def test_a_foreign_host_cannot_create_a_task(tmp_path: Path, migrated_store_url:
             assert http.get("/api/agent/tasks/count").json()["total"] == 0
             for host in ("localhost", f"localhost:{api.port}", "LOCALHOST", "127.0.0.1", f"[::1]:{api.port}", "[::1]"):
                 assert http.get("/api/agent/tasks/count", headers={"Host": host}).status_code == 200, host
+            # the guard remembers accepted Host values (issue 23): more of them than it keeps, then foreign ones
+            for port in range(1, 150):
+                assert http.get("/api/agent/tasks/count", headers={"Host": f"localhost:{port}"}).status_code == 200
+            for host in ("rebind.attacker.example", "localhost.evil", f"rebind.attacker.example:{api.port}"):
+                assert http.get("/api/agent/tasks/count", headers={"Host": host}).status_code == 421, host
     finally:
         api.stop()
 

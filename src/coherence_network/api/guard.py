@@ -30,6 +30,7 @@ from coherence_network.settings import Settings
 OPEN_PATHS = frozenset({"/api/health", "/api/ready"})  # probes: a load balancer or watchdog carries no token
 WEBHOOK_PATH = "/api/agent/telegram/webhook"  # Telegram cannot send our token; the route checks its own secret
 log = logging.getLogger("coherence.api")
+_ACCEPTED_HOSTS = 64  # Host values remembered as accepted (a handful in practice: the API's names and addresses)
 _HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9_.\-]+))(?::[0-9]{0,5})?")
 
 
@@ -43,6 +44,10 @@ class RequestGuard:
         # The token's check, and the verifier of what the console signed with the key derived from it.
         self.sessions = Sessions(key_from_token(token), 0, token) if token else None
         self.max_body = settings.coherence_max_body_bytes
+        # Host headers already accepted, with the address they arrived at: the next request with the same pair skips
+        # the parse (an ipaddress parse per request cost more than the rest of the guard). Bounded: a client
+        # choosing Host values only ever empties it.
+        self.accepted: set[tuple[str, str]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -66,16 +71,24 @@ class RequestGuard:
         given = headers.getlist("host")
         if len(given) != 1:
             return _refuse(400, "exactly one Host header is required")
+        server = scope.get("server")
+        seen = (given[0], str(server[0]) if server else "")
+        if seen in self.accepted:
+            return None
         match = _HOST.fullmatch(given[0])
         if match is None:
             return _refuse(400, "malformed Host header")
-        if self.hosts is None:
-            return None
-        name = host_name(match["v6"] or match["name"])
-        server = scope.get("server")
-        # The address the connection arrived at is never a rebound name (a wildcard bind reached by its address).
-        if name in self.hosts or (server and name == host_name(str(server[0]))):
-            return None
+        if self.hosts is not None:
+            name = host_name(match["v6"] or match["name"])
+            # The address the connection arrived at is never a rebound name (a wildcard bind reached by its address).
+            if name not in self.hosts and not (server and name == host_name(str(server[0]))):
+                return self._refuse_host(scope, name)
+        if len(self.accepted) >= _ACCEPTED_HOSTS:
+            self.accepted.clear()
+        self.accepted.add(seen)
+        return None
+
+    def _refuse_host(self, scope: Scope, name: str) -> JSONResponse:
         shown = name[:100]  # the client chose it: a bounded excerpt in the answer and the log
         client = scope.get("client")
         log.warning("refused Host %r from %s (not in the allow-list; see COHERENCE_ALLOWED_HOSTS)", shown,
