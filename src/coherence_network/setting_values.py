@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import ipaddress
 import re
+from functools import lru_cache
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -64,8 +65,10 @@ def parse_ids(value: str) -> frozenset[int]:
         raise ValueError(f"expected comma-separated integer ids, got {value!r}") from None
 
 
+@lru_cache(maxsize=16)
 def parse_command_types(value: str) -> frozenset[TaskType]:
-    """COHERENCE_COMMAND_TASK_TYPES: task types by name, comma-separated; empty or ``none`` is no type at all."""
+    """COHERENCE_COMMAND_TASK_TYPES: task types by name, comma-separated; empty or ``none`` is no type at all.
+    Remembered: every create with a command asks (issue 23)."""
     names = {part.strip().lower() for part in value.split(",") if part.strip()} - {"none"}
     unknown = names - set(TaskType)
     if unknown:

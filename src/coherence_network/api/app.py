@@ -164,10 +164,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestGuard, settings=settings)
 
     install_error_handlers(app)
-    app.include_router(routes_ops.router)
-    app.include_router(routes_tasks.router)
+    # Routes are matched in order: the runners' calls (claim, finish, heartbeat, create) first (issue 23).
     app.include_router(routes_claims.router)
+    app.include_router(routes_tasks.router)
     app.include_router(routes_runners.router)
+    app.include_router(routes_ops.router)
     app.include_router(routes_pipeline.router)
     app.include_router(routes_telegram.router)
     app.include_router(routes_ops_issues.router)

@@ -45,7 +45,8 @@ class AuditBook(StoreCore):
         in one statement: a batch create of a thousand tasks is one INSERT, not a thousand."""
         if records:
             common = {"at": utcnow(), "actor": actor, "channel": channel_of(actor), "action": action}
-            conn.execute(_APPEND, [{**common, **record} for record in records])
+            rows = [{**common, **record} for record in records]
+            conn.execute(_APPEND, rows[0] if len(rows) == 1 else rows)  # one row: no executemany machinery
 
     def audit_note(self, actor: str, action: str, *, target: str | None = None, reason: str | None = None,
                    detail: dict[str, Any] | None = None) -> None:
