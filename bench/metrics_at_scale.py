@@ -50,14 +50,15 @@ def store_durations(url: str) -> None:
     engine.dispose()
 
 
-def measure(url: str, home: Path, tasks_n: int, spacing: float, repeat: int) -> list[dict[str, object]]:
-    fill(url, tasks_n, spacing)
+def measure(url: str, home: Path, tasks_n: int, spacing: float, repeat: int,
+            pending: int) -> list[dict[str, object]]:
+    fill(url, tasks_n, spacing, pending=pending)
     store_durations(url)
     api = ApiProcess(home, env={**HISTORY_API_ENV, "DATABASE_URL": url}).start()
     try:
         with httpx.Client(base_url=api.url, timeout=60) as http:
             return [{"store": url.split(":")[0].split("+")[0], "tasks": tasks_n, "spacing_s": spacing,
-                     "endpoint": path, **latency(http, path, repeat)} for path in ENDPOINTS]
+                     "pending": pending, "endpoint": path, **latency(http, path, repeat)} for path in ENDPOINTS]
     finally:
         api.stop()
 
@@ -67,6 +68,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--spacing", type=float, default=300.0, help="Seconds between finished tasks (0: all recent)")
     parser.add_argument("--repeat", type=int, default=200, help="Requests per endpoint")
+    parser.add_argument("--pending", type=int, default=20, help="Tasks left pending (the rest finished)")
     parser.add_argument("--postgres", action="store_true", help="also on a throwaway PostgreSQL server")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
@@ -76,7 +78,8 @@ def main() -> int:
         if server is not None:
             stores["postgresql"] = server.new_database()
         for name, url in stores.items():
-            for line in measure(url, folder / name / "home", args.tasks, args.spacing, args.repeat):
+            for line in measure(url, folder / name / "home", args.tasks, args.spacing, args.repeat,
+                                args.pending):
                 print(json.dumps(line), flush=True)
     finally:
         if server is not None:

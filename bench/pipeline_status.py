@@ -38,8 +38,9 @@ HISTORY_API_ENV = {"COHERENCE_LOG_LEVEL": "WARNING", "COHERENCE_RETAIN_TASKS_DAY
 
 
 def fill(url: str, n: int, spacing: float,
-         describe: Callable[[int, str], tuple[str, str | None]] | None = None) -> None:
-    """``n`` tasks: all but 30 finished (90 % completed), one every ``spacing`` s; 20 pending, 5 running, 5 waiting.
+         describe: Callable[[int, str], tuple[str, str | None]] | None = None, pending: int = 20) -> None:
+    """``n`` tasks: all but ``pending`` + 10 finished (90 % completed), one every ``spacing`` s; ``pending`` pending
+    (created one every ``spacing`` s), 5 running, 5 waiting.
 
     ``describe(i, status)`` gives task i's direction and output (default: a short direction, 200 bytes of output)."""
     engine = create_store_engine(url)
@@ -48,7 +49,7 @@ def fill(url: str, n: int, spacing: float,
     rng = random.Random(7)
     rows: list[dict[str, Any]] = []
     for i in range(n):
-        unfinished = i >= n - 30
+        unfinished = i >= n - pending - 10
         finished = now - timedelta(seconds=(n - i) * spacing if spacing else rng.uniform(0, 3600))
         run = rng.uniform(5, 900)
         started = finished - timedelta(seconds=run)
