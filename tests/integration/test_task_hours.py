@@ -130,13 +130,19 @@ def test_an_upgrade_from_0015_counts_the_settled_tasks_already_stored(store_url:
     with engine.connect() as conn:
         backfilled = _rollup(conn)
     assert backfilled == _recounted(engine)  # the revision's SQL and the moves' upsert count alike
-    week = TaskStore(engine).task_metrics()["windows"]["7d"]["by_type"]["all"]
+    now = utcnow()
+    week = TaskStore(engine).task_metrics(now)["windows"]["7d"]
+    since = week["since"]  # the first whole hour of the window
+    assert timedelta(days=7) - timedelta(hours=1) < now - since <= timedelta(days=7)
+    in_window = sa.and_(tasks.c.finished_at >= since, tasks.c.finished_at <= now)
     with engine.connect() as conn:
-        since = utcnow() - timedelta(days=7)
-        settled = conn.execute(sa.select(tasks.c.status, sa.func.count()).where(
-            tasks.c.finished_at >= since + timedelta(hours=1)).group_by(tasks.c.status)).all()
-    for status, n in settled:  # the window is whole hours: at most the first hour's tasks more
-        assert n <= week[status] <= n + 10
+        settled = dict(conn.execute(sa.select(tasks.c.status, sa.func.count()).where(in_window)
+                                    .group_by(tasks.c.status)).all())
+        timed = conn.execute(sa.select(sa.func.count(tasks.c.run_seconds)).where(in_window)).scalar_one()
+    found = week["by_type"]["all"]
+    assert {s: found[s] for s in ("completed", "failed", "cancelled")} == {
+        s: settled.get(s, 0) for s in ("completed", "failed", "cancelled")}
+    assert found["run_seconds"]["n"] == timed
     engine.dispose()
 
 

@@ -93,37 +93,52 @@ def prune_in(conn: sa.Connection, before: datetime) -> int:
     return conn.execute(task_hours.delete().where(task_hours.c.hour < hour_of(before))).rowcount
 
 
-def _window(first: int, last: int) -> sa.ColumnElement[bool]:
-    return task_hours.c.hour.between(first, last)
+# The reads, built once (building a statement costs more than SQLite runs these): a window is hours b_first..b_last.
+_IN_WINDOW = task_hours.c.hour.between(sa.bindparam("b_first", type_=sa.Integer),
+                                       sa.bindparam("b_last", type_=sa.Integer))
+_OUTCOME_SUMS = [sa.func.sum(task_hours.c[name]) for name in HOUR_OUTCOMES]
+_OUTCOMES_BY_HOUR = sa.select(task_hours.c.hour, *_OUTCOME_SUMS).where(_IN_WINDOW).group_by(task_hours.c.hour)
+_OUTCOMES_BY_TYPE = (sa.select(task_hours.c.task_type, *_OUTCOME_SUMS).where(_IN_WINDOW)
+                     .group_by(task_hours.c.task_type))
+_RECENT = (task_hours.c.hour >= sa.bindparam("b_split", type_=sa.Integer)).label("recent")
+_SUMS_BY_TYPE = (sa.select(task_hours.c.task_type, _RECENT, *(sa.func.sum(task_hours.c[name]) for name in _COUNTED))
+                 .where(_IN_WINDOW).group_by(task_hours.c.task_type, _RECENT))
+NOTHING = (0,) * len(_COUNTED)  # a row of sums with nothing counted
 
 
 def outcomes_by_hour(conn: sa.Connection, first: int, last: int) -> dict[int, dict[str, int]]:
     """{hour: {outcome: n}} over the hours first..last (only hours with a row)."""
-    query = (sa.select(task_hours.c.hour, *(sa.func.sum(task_hours.c[name]) for name in HOUR_OUTCOMES))
-             .where(_window(first, last)).group_by(task_hours.c.hour))
-    return {hour: dict(zip(HOUR_OUTCOMES, map(int, counts))) for hour, *counts in conn.execute(query)}
+    found = conn.execute(_OUTCOMES_BY_HOUR, {"b_first": first, "b_last": last})
+    return {hour: dict(zip(HOUR_OUTCOMES, map(int, counts))) for hour, *counts in found}
 
 
 def outcomes_by_type(conn: sa.Connection, first: int, last: int) -> dict[str, dict[str, int]]:
     """{task_type: {outcome: n}} over the hours first..last."""
-    query = (sa.select(task_hours.c.task_type, *(sa.func.sum(task_hours.c[name]) for name in HOUR_OUTCOMES))
-             .where(_window(first, last)).group_by(task_hours.c.task_type))
-    return {task_type: dict(zip(HOUR_OUTCOMES, map(int, counts))) for task_type, *counts in conn.execute(query)}
+    found = conn.execute(_OUTCOMES_BY_TYPE, {"b_first": first, "b_last": last})
+    return {task_type: dict(zip(HOUR_OUTCOMES, map(int, counts))) for task_type, *counts in found}
 
 
-def sums_by_type(conn: sa.Connection, first: int, last: int, split: int) -> dict[tuple[str, bool], dict[str, int]]:
-    """{(task_type, hour >= split): {column: sum}} of every counted column over the hours first..last: two windows
-    (first..last and split..last) from one read."""
-    recent = (task_hours.c.hour >= split).label("recent")
-    query = (sa.select(task_hours.c.task_type, recent, *(sa.func.sum(task_hours.c[name]) for name in _COUNTED))
-             .where(_window(first, last)).group_by(task_hours.c.task_type, recent))
-    return {(task_type, bool(is_recent)): dict(zip(_COUNTED, map(int, sums)))
-            for task_type, is_recent, *sums in conn.execute(query)}
+def sums_by_type(conn: sa.Connection, first: int, last: int, split: int) -> dict[tuple[str, bool], tuple[int, ...]]:
+    """{(task_type, hour >= split): the sums of every counted column} over the hours first..last, so two windows
+    (first..last and split..last) come from one read. Read a row with ``outcomes`` and ``buckets``."""
+    found = conn.execute(_SUMS_BY_TYPE, {"b_first": first, "b_last": last, "b_split": split})
+    return {(task_type, bool(recent)): tuple(map(int, sums)) for task_type, recent, *sums in found}
 
 
-def buckets(sums: dict[str, int], duration: str) -> list[int]:
-    """The bucket counts of ``duration`` (run or queue) out of a row of sums (none: zeros)."""
-    return [sums.get(bucket_column(duration, k), 0) for k in range(DURATION_BUCKETS)]
+def add_rows(one: Sequence[int], other: Sequence[int]) -> tuple[int, ...]:
+    """Two rows of sums added column by column."""
+    return tuple(a + b for a, b in zip(one, other))
+
+
+def outcomes(row: Sequence[int]) -> dict[str, int]:
+    """{outcome: n} out of a row of sums."""
+    return dict(zip(HOUR_OUTCOMES, row))
+
+
+def buckets(row: Sequence[int], duration: str) -> Sequence[int]:
+    """The bucket counts of ``duration`` (run or queue) out of a row of sums."""
+    start = len(HOUR_OUTCOMES) + DURATIONS.index(duration) * DURATION_BUCKETS
+    return row[start:start + DURATION_BUCKETS]
 
 
 def _at_rank(counts: Sequence[int], rank: int) -> float:

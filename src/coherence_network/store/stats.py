@@ -9,7 +9,7 @@ hours (the current one and those before it), and percentiles are estimates from 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -60,7 +60,7 @@ def _label(p: float) -> str:
     return f"p{round(p * 100)}"
 
 
-def _percentiles(counts: list[int]) -> dict[str, float | int] | None:
+def _percentiles(counts: Sequence[int]) -> dict[str, float | int] | None:
     """{"n", "p50", "p95"} of the durations counted per bucket (None: none)."""
     n = sum(counts)
     return {"n": n, **{_label(p): round(rollup.estimate(counts, p), 3) for p in PERCENTILES}} if n else None
@@ -85,6 +85,13 @@ def hourly_throughput(conn: Connection, now: datetime) -> list[dict[str, Any]]:
     return [{"hour": row.pop("start"), **row} for row in throughput(conn, now, timedelta(hours=1), 24)]
 
 
+def _figures(row: tuple[int, ...]) -> dict[str, Any]:
+    """Outcome counts, success rate and duration percentiles out of a row of the rollup's sums."""
+    return {**with_rate({**_no_outcomes(), **rollup.outcomes(row)}),
+            "run_seconds": _percentiles(rollup.buckets(row, "run")),
+            "queue_wait_seconds": _percentiles(rollup.buckets(row, "queue"))}
+
+
 def task_metrics(conn: Connection, now: datetime) -> dict[str, Any]:
     """Success rates, run time and queue wait percentiles (estimates) by task type over 24 h and 7 d, and
     throughput: both windows from one read of the rollup's week."""
@@ -92,18 +99,13 @@ def task_metrics(conn: Connection, now: datetime) -> dict[str, Any]:
     sums = rollup.sums_by_type(conn, firsts[WEEK], rollup.hour_of(now), firsts[DAY])
     windows: dict[str, Any] = {}
     for name in WINDOWS:
-        totals: dict[str, dict[str, int]] = {ALL_TYPES: {}}
+        totals = {ALL_TYPES: rollup.NOTHING}
         for (task_type, recent), row in sums.items():
             if recent or name == WEEK:
                 for key in (task_type, ALL_TYPES):
-                    rollup.add_into(totals.setdefault(key, {}), row.items())
-        by_type = {
-            key: {**with_rate({**_no_outcomes(), **{o: row.get(o, 0) for o in HOUR_OUTCOMES}}),
-                  "run_seconds": _percentiles(rollup.buckets(row, "run")),
-                  "queue_wait_seconds": _percentiles(rollup.buckets(row, "queue"))}
-            for key, row in sorted(totals.items())
-            if key == ALL_TYPES or any(row[o] for o in HOUR_OUTCOMES)
-        }
+                    totals[key] = rollup.add_rows(totals[key], row) if key in totals else row
+        by_type = {key: _figures(row) for key, row in sorted(totals.items())
+                   if key == ALL_TYPES or any(rollup.outcomes(row).values())}
         windows[name] = {"since": rollup.hour_start(firsts[name]), "by_type": by_type}
     hourly = hourly_throughput(conn, now)
     completed_24h = sum(h[TaskStatus.COMPLETED] for h in hourly)
