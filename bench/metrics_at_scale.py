@@ -2,9 +2,10 @@
 """/api/agent/metrics and /api/agent/pipeline-status at 100,000 stored tasks, over HTTP, on SQLite and PostgreSQL.
 
 The store is filled straight through SQL with bench/pipeline_status.py's history (one task finished every
-``--spacing`` seconds ending now, 90 % completed, a few pending, running and waiting on top), and the durations a
-finish stores (run_seconds, queue_seconds) are set as revision 0007 backfills them. One `coherence api` process
-then answers each endpoint ``--repeat`` times; p50 and p95 in milliseconds, one JSON line per store and endpoint.
+``--spacing`` seconds ending now, 90 % completed, ``--pending`` pending, a few running and waiting on top), with the
+durations and the hourly rollup a finish keeps; the rollup is then dropped and built again by its revision (0016),
+to time that upgrade at this size. One `coherence api` process then answers each endpoint ``--repeat`` times; p50
+and p95 in milliseconds, one JSON line per store and endpoint.
 Run by hand: `.venv/bin/python bench/metrics_at_scale.py [--postgres]` (see bench/README.md). Goal: p50 under 20 ms.
 """
 
@@ -15,6 +16,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,42 +24,41 @@ if __name__ == "__main__":  # bench/ first on sys.path would let its queue.py sh
     sys.path[0] = str(ROOT)
 
 import httpx
+from alembic import command
 
 from bench.pipeline_status import HISTORY_API_ENV, fill, latency
-from coherence_network.store.db import create_store_engine
-from coherence_network.store.schema import tasks
-from coherence_network.store.statements import seconds_between
+from coherence_network.store.db import alembic_config, create_store_engine, migrate
 from tests.support.api import ApiProcess
 from tests.support.postgres import PostgresServer
 
 ENDPOINTS = ("/api/agent/metrics", "/api/agent/pipeline-status")
 
 
-def store_durations(url: str) -> None:
-    """Set run_seconds and queue_seconds on every finished row, as the finish that ended it would have."""
+def rebuild_rollup(url: str) -> float:
+    """Seconds revision 0016 takes to build the hourly rollup from the stored tasks (dropped first), as an upgraded
+    store does; on PostgreSQL then what autovacuum would do soon after a bulk load."""
     engine = create_store_engine(url)
-    postgres = engine.dialect.name == "postgresql"
-    with engine.begin() as conn:
-        conn.execute(
-            tasks.update()
-            .where(tasks.c.finished_at.is_not(None), tasks.c.started_at.is_not(None))
-            .values(run_seconds=seconds_between(postgres, tasks.c.started_at, tasks.c.finished_at),
-                    queue_seconds=seconds_between(postgres, tasks.c.created_at, tasks.c.started_at))
-        )
-    if postgres:  # what autovacuum would do soon after a bulk load
+    command.downgrade(alembic_config(engine), "0015")
+    started = time.perf_counter()
+    migrate(engine)
+    elapsed = time.perf_counter() - started
+    if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("VACUUM ANALYZE tasks")
+            conn.exec_driver_sql("VACUUM ANALYZE")
     engine.dispose()
+    return elapsed
 
 
-def measure(url: str, home: Path, tasks_n: int, spacing: float, repeat: int) -> list[dict[str, object]]:
-    fill(url, tasks_n, spacing)
-    store_durations(url)
+def measure(url: str, home: Path, tasks_n: int, spacing: float, repeat: int,
+            pending: int) -> list[dict[str, object]]:
+    fill(url, tasks_n, spacing, pending=pending)
+    upgrade_s = round(rebuild_rollup(url), 2)
     api = ApiProcess(home, env={**HISTORY_API_ENV, "DATABASE_URL": url}).start()
     try:
         with httpx.Client(base_url=api.url, timeout=60) as http:
             return [{"store": url.split(":")[0].split("+")[0], "tasks": tasks_n, "spacing_s": spacing,
-                     "endpoint": path, **latency(http, path, repeat)} for path in ENDPOINTS]
+                     "pending": pending, "rollup_upgrade_s": upgrade_s, "endpoint": path,
+                     **latency(http, path, repeat)} for path in ENDPOINTS]
     finally:
         api.stop()
 
@@ -67,6 +68,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--spacing", type=float, default=300.0, help="Seconds between finished tasks (0: all recent)")
     parser.add_argument("--repeat", type=int, default=200, help="Requests per endpoint")
+    parser.add_argument("--pending", type=int, default=20, help="Tasks left pending (the rest finished)")
     parser.add_argument("--postgres", action="store_true", help="also on a throwaway PostgreSQL server")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
@@ -76,7 +78,8 @@ def main() -> int:
         if server is not None:
             stores["postgresql"] = server.new_database()
         for name, url in stores.items():
-            for line in measure(url, folder / name / "home", args.tasks, args.spacing, args.repeat):
+            for line in measure(url, folder / name / "home", args.tasks, args.spacing, args.repeat,
+                                args.pending):
                 print(json.dumps(line), flush=True)
     finally:
         if server is not None:

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from coherence_network.clock import utcnow  # noqa: E402
 from coherence_network.store.db import create_store_engine, migrate  # noqa: E402
-from coherence_network.store.schema import tasks  # noqa: E402
 from tests.support.api import ApiProcess  # noqa: E402
+from tests.support.history import insert_history  # noqa: E402
 
 TYPES = ("spec", "test", "impl", "review", "run")
 # The API of a bench over filled history: quiet, and retention off, so the history is measured as filled.
@@ -38,8 +38,10 @@ HISTORY_API_ENV = {"COHERENCE_LOG_LEVEL": "WARNING", "COHERENCE_RETAIN_TASKS_DAY
 
 
 def fill(url: str, n: int, spacing: float,
-         describe: Callable[[int, str], tuple[str, str | None]] | None = None) -> None:
-    """``n`` tasks: all but 30 finished (90 % completed), one every ``spacing`` s; 20 pending, 5 running, 5 waiting.
+         describe: Callable[[int, str], tuple[str, str | None]] | None = None, pending: int = 20) -> None:
+    """``n`` tasks: all but ``pending`` + 10 finished (90 % completed, with the durations and the hourly rollup the
+    finish keeps), one every ``spacing`` s; ``pending`` pending (created one every ``spacing`` s), 5 running, 5
+    waiting.
 
     ``describe(i, status)`` gives task i's direction and output (default: a short direction, 200 bytes of output)."""
     engine = create_store_engine(url)
@@ -48,7 +50,7 @@ def fill(url: str, n: int, spacing: float,
     rng = random.Random(7)
     rows: list[dict[str, Any]] = []
     for i in range(n):
-        unfinished = i >= n - 30
+        unfinished = i >= n - pending - 10
         finished = now - timedelta(seconds=(n - i) * spacing if spacing else rng.uniform(0, 3600))
         run = rng.uniform(5, 900)
         started = finished - timedelta(seconds=run)
@@ -62,17 +64,19 @@ def fill(url: str, n: int, spacing: float,
             "created_at": created, "updated_at": now,
             "started_at": None if status == "pending" else started,
             "finished_at": finished if status in ("completed", "failed") else None,
+            "run_seconds": run if status in ("completed", "failed") else None,  # as the finish stores them
+            "queue_seconds": (started - created).total_seconds() if status in ("completed", "failed") else None,
             "output": output if status != "pending" else None, "exit_code": 0 if status == "completed" else None,
             "claimed_by": "bench-runner" if status == "running" else None,
             "decision_prompt": "go on?" if status == "needs_decision" else None,
         })
         if len(rows) == 5000:
             with engine.begin() as conn:
-                conn.execute(tasks.insert(), rows)
+                insert_history(conn, rows)
             rows = []
     if rows:
         with engine.begin() as conn:
-            conn.execute(tasks.insert(), rows)
+            insert_history(conn, rows)
     engine.dispose()
 
 

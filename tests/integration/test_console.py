@@ -29,10 +29,10 @@ from coherence_network.logfiles import REGISTRY
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
 from coherence_network.store.db import create_store_engine, migrate
-from coherence_network.store.schema import tasks
 from coherence_network.store.stats import throughput
 from coherence_network.supervisor import SELF as SUPERVISOR
 from tests.support.api import ServedApi
+from tests.support.history import insert_history
 
 TOKEN = secrets.token_urlsafe(24)
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
@@ -418,15 +418,14 @@ def test_throughput_buckets_follow_the_range(migrated_store_url: str) -> None:
     finished = [(now - timedelta(hours=1), "completed"), (now - timedelta(days=2), "failed"),
                 (now - timedelta(days=20), "completed"), (now - timedelta(days=40), "completed")]
     with engine.begin() as conn:
-        conn.execute(tasks.insert(), [{"direction": "d", "task_type": "run", "status": status, "created_at": at,
-                                       "updated_at": at, "started_at": at, "finished_at": at}
-                                      for at, status in finished])
+        insert_history(conn, [{"direction": "d", "task_type": "run", "status": status, "created_at": at,
+                               "updated_at": at, "started_at": at, "finished_at": at} for at, status in finished])
     try:
         with engine.connect() as conn:
             day = throughput(conn, now, timedelta(hours=1), 24)
             week = throughput(conn, now, timedelta(hours=6), 28)
             month = throughput(conn, now, timedelta(days=1), 30)
-        store = TaskStore(engine)  # the overview's: days before today reused, today counted each time
+        store = TaskStore(engine)  # the overview's
         charted = [store.throughput(now, CHART_RANGES[name].bucket, CHART_RANGES[name].count)
                    for name in ("24h", "7d", "30d")]
         assert charted == [day, week, month]

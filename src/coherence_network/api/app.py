@@ -38,6 +38,7 @@ from coherence_network.api.guard import RequestGuard
 from coherence_network.api.metrics import ApiMetrics, forget_runners_loop
 from coherence_network.api.reaper import reaper_loop
 from coherence_network.api.signals import WorkSignal
+from coherence_network.console.pages import compile_templates
 from coherence_network.console.routes import install as install_console
 from coherence_network.settings import Settings, get_settings
 from coherence_network.store import TaskStore, open_task_store
@@ -114,6 +115,13 @@ def _close_on_shutdown_signal(work: WorkSignal) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def _warm_up(store: TaskStore) -> None:
+    """The one-time work of the first page and the first readiness check (the console's templates compiled, the
+    migration scripts' head read), done in a thread as the API starts instead of in someone's first request."""
+    compile_templates()
+    store.scripts_head()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.ensure_dirs()
@@ -129,6 +137,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     log.info("store migrated from %s to %s", before, after)
             except Exception:  # keep serving /api/health; /api/ready explains the problem
                 log.exception("store migration failed")
+        # beside the start, not before it: what the first console page and readiness check would do once
+        warm = asyncio.create_task(asyncio.to_thread(_warm_up, store))
         app.state.work = work = WorkSignal()
         listener = _wake_waiters(store, work)
         reaper = asyncio.create_task(
@@ -141,6 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with _close_on_shutdown_signal(work):
                 yield
         finally:
+            warm.cancel()
             reaper.cancel()
             pruner.cancel()
             forgetter.cancel()

@@ -39,7 +39,9 @@ async def component_heartbeat(body: ComponentHeartbeat, request: Request) -> dic
 
 @router.get("/metrics")
 def metrics(request: Request) -> dict[str, Any]:
-    """Success rate (24 h, 7 d), run time and queue wait p50/p95 by task type, throughput per hour."""
+    """Success rate (24 h, 7 d), run time and queue wait p50/p95 by task type, throughput per hour: from the hourly
+    rollup, so windows are whole UTC hours (the current one and those before it) and p50/p95 are estimates from
+    duration buckets a factor sqrt(2) apart (within that factor of the exact figure, usually a few percent)."""
     return store_of(request).task_metrics()
 
 

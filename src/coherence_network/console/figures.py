@@ -1,5 +1,5 @@
 """The throughput chart's ranges: how many buckets of what size each span shows and how its bars are labelled (the
-counts themselves come from the store's ``throughput``, which reuses the days already past)."""
+counts themselves come from the store's ``throughput``, read from the hourly rollup)."""
 
 from __future__ import annotations
 

@@ -139,6 +139,10 @@ class StoreCore:
         """Whether the store's schema is at this code's newest revision."""
         return self.revision() == db.head_revision(self._engine)
 
+    def scripts_head(self) -> str | None:
+        """The newest revision of this code's migration scripts (read once per process: db.head_revision)."""
+        return db.head_revision(self._engine)
+
     def readiness(self) -> list[dict[str, object]]:
         """The store's checks behind /api/ready: reachable, migrations current (db.readiness)."""
         return db.readiness(self._engine)

@@ -1,5 +1,5 @@
 """Retention in the store: finished tasks, resolved monitor issues, forgotten runners and old audit records, deleted in
-short batches.
+short batches, and the rollup's hours older than any window reads (rollup.ROLLUP_KEEP).
 
 Every delete is conditional on the row still qualifying (a failed task retried meanwhile is pending again and
 stays), so two API replicas running a pass at once only share the work. The newest row of ``tasks``,
@@ -21,6 +21,7 @@ from coherence_network.clock import utcnow
 from coherence_network.contract import SETTLED_STATUSES
 from coherence_network.settings import Settings
 from coherence_network.store.gateway import TaskStore
+from coherence_network.store.rollup import ROLLUP_KEEP, prune_in
 from coherence_network.store.schema import audit, monitor_issues, tasks
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,9 @@ def prune_store(store: TaskStore, settings: Settings, *, now: datetime | None = 
         report.monitor_issues = _delete_in_batches(store, monitor_issues, resolved, batch, dry_run)
     forget_before = now - timedelta(seconds=settings.coherence_runner_forget_seconds)
     report.runners = store.prune_runners(forget_before, dry_run=dry_run)
+    if not dry_run:  # derived figures, not records: pruned by what the longest window reads, not reported
+        with store.transaction() as conn:
+            prune_in(conn, now - ROLLUP_KEEP)
     audit_days = settings.coherence_retain_audit_days
     assert audit_days is not None  # Settings._derive
     audit_cutoff = _cutoff(now, audit_days)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-from coherence_network.contract import Ecosystem, TaskStatus, TaskType
+from coherence_network.contract import SETTLED_STATUSES, Ecosystem, TaskStatus, TaskType
 
 metadata = sa.MetaData()
 
@@ -113,6 +113,8 @@ tasks = sa.Table(
              postgresql_where=sa.text("item IS NOT NULL")),
     # When the next automatic retry is due (revision 0013): a waiting claim reads the earliest in one index seek.
     sa.Index("ix_tasks_status_not_before", "status", "not_before"),
+    # pipeline-status's pending-by-type (count and oldest) from the index alone (revision 0016).
+    sa.Index("ix_tasks_status_type_created", "status", "task_type", "created_at"),
 )
 # Free-text search of tasks (store/search.py), made by revision 0009 in the backend's own SQL and so outside this
 # metadata: on SQLite the FTS5 table, its shadow tables and triggers; on PostgreSQL task_search (a tsvector per
@@ -143,6 +145,34 @@ components = _registry_table("components", sa.Column("name", sa.String(100), pri
 FINISHED_WINDOW_INDEX = sa.Index(
     "ix_tasks_finished_durations",
     tasks.c.finished_at, tasks.c.task_type, tasks.c.status, tasks.c.run_seconds, tasks.c.queue_seconds,
+)
+
+# The hourly rollup of settled tasks (revision 0016; store/rollup.py): one row per (UTC hour, task type), the hour
+# counted in whole hours since 1970-01-01 UTC, so metrics and charts read a few hundred rows, never the tasks. Kept
+# by the move that settles a task (and taken back by a retry), in its transaction. ``completed``, ``failed`` and
+# ``cancelled`` count the tasks that settled so in the hour; ``run_NN`` and ``queue_NN`` count their run times and
+# queue waits per log-spaced bucket (DURATION_BOUNDS: bucket 0 holds durations under 0.1 s, bucket k those in
+# [bound k-1, bound k), the last one everything from the last bound up), so percentiles are estimated from
+# buckets that merge by adding.
+DURATION_BOUNDS = tuple(0.1 * 2 ** (k / 2) for k in range(45))  # seconds: 0.1 s to 4.9 days, a factor sqrt(2) apart
+DURATION_BUCKETS = len(DURATION_BOUNDS) + 1
+HOUR_OUTCOMES = tuple(sorted(status.value for status in SETTLED_STATUSES))  # one column each
+DURATIONS = ("run", "queue")  # tasks.run_seconds and tasks.queue_seconds
+
+
+def bucket_column(duration: str, k: int) -> str:
+    """The column of bucket ``k`` of ``duration`` (run or queue)."""
+    return f"{duration}_{k:02d}"
+
+
+task_hours = sa.Table(
+    "task_hours",
+    metadata,
+    sa.Column("hour", sa.Integer, primary_key=True),
+    sa.Column("task_type", sa.String(16), primary_key=True),
+    *(sa.Column(name, sa.Integer, nullable=False, server_default="0") for name in HOUR_OUTCOMES),
+    *(sa.Column(bucket_column(d, k), sa.Integer, nullable=False, server_default="0")
+      for d in DURATIONS for k in range(DURATION_BUCKETS)),
 )
 
 # Issues the monitor has open (one row per rule while open; resolved_at set when it clears) and fatal issues the

@@ -1,17 +1,15 @@
 """Read-only queries behind /api/agent/metrics and /api/agent/pipeline-status, on SQLite and PostgreSQL.
 
-Every query is bounded by an index: a time window on ``finished_at``, a status, or a LIMIT. Old history is never
-read, so the cost of a status page stays flat while the store grows. Percentiles interpolate between the two
-nearest ranks like PostgreSQL's ``percentile_cont``. Durations are stored by the finish (``run_seconds``,
-``queue_seconds``) and covered by the window index, so no row is read for them: PostgreSQL aggregates them in one
-query per window; SQLite has no percentile aggregate, so there one read of the window's index entries returns
-both durations and they are ranked here (ranking them in SQL with ROW_NUMBER() took three times as long).
+Every query is bounded by an index: a status, a LIMIT, or a window of the hourly rollup (store/rollup.py), so the
+cost of a status page stays flat however many tasks the store holds or a window covers. Counts, success rates,
+throughput and the run time and queue wait percentiles of a window are read from the rollup: windows are whole UTC
+hours (the current one and those before it), and percentiles are estimates from the rollup's duration buckets
+(within a factor sqrt(2), usually a few percent).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,151 +18,95 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from coherence_network.contract import SETTLED_STATUSES, TaskStatus
-from coherence_network.store.schema import UTCDateTime, tasks
+from coherence_network.store import rollup
+from coherence_network.store.schema import HOUR_OUTCOMES, UTCDateTime, tasks
 from coherence_network.store.statements import OUT_OF_ATTEMPTS
 
 
 def _no_outcomes() -> dict[str, Any]:
-    """Zero of each outcome that success rates and throughput count (completed, failed)."""
+    """Zero of each settled outcome (completed, failed, cancelled)."""
     return {str(status): 0 for status in sorted(SETTLED_STATUSES)}
 
 
-WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
+DAY, WEEK = "24h", "7d"
+WINDOWS = {DAY: timedelta(hours=24), WEEK: timedelta(days=7)}
 PERCENTILES = (0.5, 0.95)
 ALL_TYPES = "all"
 
+def with_rate(entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` (outcome counts) with its success_rate: completed over completed + failed (None: neither)."""
+    done = entry[TaskStatus.COMPLETED] + entry[TaskStatus.FAILED]
+    entry["success_rate"] = round(entry[TaskStatus.COMPLETED] / done, 4) if done else None
+    return entry
 
-def _finished_between(since: datetime, until: datetime) -> sa.ColumnElement[bool]:
-    """A closed window on ``finished_at``. Both bounds matter: with a one-sided range SQLite's planner expects a
-    quarter of the table and prefers scanning a whole index that already has the GROUP BY order."""
-    return tasks.c.finished_at.between(since, until)
+
+def _by_type(counts: Iterable[tuple[str, dict[str, int]]]) -> dict[str, dict[str, Any]]:
+    """{task_type | "all": outcome counts} of the types that settled anything."""
+    result: dict[str, dict[str, Any]] = {ALL_TYPES: _no_outcomes()}
+    for task_type, found in counts:
+        if any(found.get(name) for name in HOUR_OUTCOMES):
+            for key in (task_type, ALL_TYPES):
+                rollup.add_into(result.setdefault(key, _no_outcomes()), found.items())
+    return result
 
 
 def success_counts(conn: Connection, since: datetime, until: datetime) -> dict[str, dict[str, Any]]:
-    """{task_type | "all": {completed, failed, success_rate}} for tasks finished in [since, until]."""
-    query = (
-        sa.select(tasks.c.task_type, tasks.c.status, sa.func.count())
-        .where(_finished_between(since, until))
-        .group_by(tasks.c.task_type, tasks.c.status)
-    )
-    result: dict[str, dict[str, Any]] = {}
-    for task_type, status, n in conn.execute(query):
-        for key in (task_type, ALL_TYPES):
-            entry = result.setdefault(key, _no_outcomes())
-            if status in entry:
-                entry[status] += int(n)
-    result.setdefault(ALL_TYPES, _no_outcomes())
-    for entry in result.values():
-        done = entry[TaskStatus.COMPLETED] + entry[TaskStatus.FAILED]
-        entry["success_rate"] = round(entry[TaskStatus.COMPLETED] / done, 4) if done else None
-    return result
-
-
-def _interpolate(ranked: Sequence[float], n: int, p: float) -> float:
-    position = p * (n - 1)
-    low = math.floor(position)
-    high = min(low + 1, n - 1)
-    return ranked[low] + (ranked[high] - ranked[low]) * (position - low)
-
-
-Percentiles = dict[str, dict[str, float | int]]  # {task_type | "all": {"n", "p50", "p95"}}
-
-
-def duration_percentiles(
-    conn: Connection, since: datetime, until: datetime, durations: dict[str, sa.Column[Any]]
-) -> dict[str, Percentiles]:
-    """Percentiles of each stored duration (by name) for tasks finished in [since, until], by task type and
-    over all types, from one read of the window."""
-    window = _finished_between(since, until)
-    result: dict[str, Percentiles] = {name: {} for name in durations}
-    if conn.dialect.name == "postgresql":
-        aggregates = [
-            aggregate
-            for column in durations.values()
-            for aggregate in (sa.func.count(column), *(sa.func.percentile_cont(p).within_group(column)
-                                                      for p in PERCENTILES))
-        ]
-        query = sa.select(tasks.c.task_type, *aggregates).where(window).group_by(sa.func.rollup(tasks.c.task_type))
-        width = 1 + len(PERCENTILES)
-        for task_type, *values in conn.execute(query):
-            for k, name in enumerate(durations):
-                n, *found = values[k * width:(k + 1) * width]
-                if n:  # no percentile (NULL) of an empty window
-                    result[name][task_type or ALL_TYPES] = {
-                        "n": int(n), **{_label(p): round(float(v), 3) for p, v in zip(PERCENTILES, found)}
-                    }
-        return result
-    collected: dict[str, dict[str, list[float]]] = {name: {} for name in durations}
-    for task_type, *found in conn.execute(sa.select(tasks.c.task_type, *durations.values()).where(window)):
-        for name, duration in zip(durations, found):
-            if duration is not None:
-                for group in (task_type, ALL_TYPES):
-                    collected[name].setdefault(group, []).append(duration)
-    for name, groups in collected.items():
-        for group, ranked in groups.items():
-            ranked.sort()
-            n = len(ranked)
-            result[name][group] = {"n": n, **{_label(p): round(_interpolate(ranked, n, p), 3) for p in PERCENTILES}}
-    return result
+    """{task_type | "all": {completed, failed, cancelled, success_rate}} of the hours starting in [since, until)."""
+    found = _by_type(rollup.outcomes_by_type(conn, *rollup.hours_in(since, until)).items())
+    return {key: with_rate(entry) for key, entry in found.items()}
 
 
 def _label(p: float) -> str:
     return f"p{round(p * 100)}"
 
 
+def _percentiles(counts: Sequence[int]) -> dict[str, float | int] | None:
+    """{"n", "p50", "p95"} of the durations counted per bucket (None: none)."""
+    n = sum(counts)
+    return {"n": n, **{_label(p): round(rollup.estimate(counts, p), 3) for p in PERCENTILES}} if n else None
+
+
 def throughput(conn: Connection, now: datetime, bucket: timedelta, count: int) -> list[dict[str, Any]]:
-    """Completed and failed tasks per bucket over the last ``count`` buckets up to ``now``, oldest first, empty
-    buckets included. A bucket is one or more whole hours dividing a UTC day, or one UTC day; each is keyed by its
-    start ("start": "YYYY-MM-DDTHH:00:00Z"). The store counts by hour (by day for day buckets) over the
-    finished-window index, so no row is read, and the hours are folded into buckets here."""
-    daily = bucket >= timedelta(days=1)
+    """Settled tasks per bucket over the last ``count`` buckets up to ``now``, oldest first, empty buckets
+    included. A bucket is one or more whole hours dividing a UTC day, or whole UTC days; each is keyed by its start
+    ("start": "YYYY-MM-DDTHH:00:00Z"). The rollup's hours are folded into buckets here."""
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     first = midnight + bucket * ((now - midnight) // bucket) - bucket * (count - 1)
-    if conn.dialect.name == "sqlite":
-        grain = sa.func.strftime("%Y-%m-%d" if daily else "%Y-%m-%dT%H", tasks.c.finished_at)
-    else:
-        grain = sa.func.to_char(sa.func.timezone("UTC", tasks.c.finished_at),
-                                "YYYY-MM-DD" if daily else 'YYYY-MM-DD"T"HH24')
-    query = (
-        sa.select(grain, tasks.c.status, sa.func.count())
-        .where(_finished_between(first, now))
-        .group_by(grain, tasks.c.status)
-    )
     starts = [first + bucket * i for i in range(count)]
     buckets = {start: _no_outcomes() for start in starts}
-    step, pattern = (timedelta(days=1), "%Y-%m-%d") if daily else (timedelta(hours=1), "%Y-%m-%dT%H")
-    slot = {(first + step * i).strftime(pattern): first + bucket * (step * i // bucket)
-            for i in range(count * (bucket // step))}
-    for key, status, n in conn.execute(query):
-        start = slot.get(key)
-        if start is not None and status in buckets[start]:
-            buckets[start][status] += int(n)
+    first_hour, hours_each = rollup.hour_of(first), bucket // timedelta(hours=1)
+    for hour, counts in rollup.outcomes_by_hour(conn, first_hour, rollup.hour_of(now)).items():
+        rollup.add_into(buckets[starts[(hour - first_hour) // hours_each]], counts.items())
     return [{"start": start.strftime("%Y-%m-%dT%H:00:00Z"), **counts} for start, counts in buckets.items()]
 
 
 def hourly_throughput(conn: Connection, now: datetime) -> list[dict[str, Any]]:
-    """Completed and failed tasks per UTC hour over the last 24 hours, oldest hour first, empty hours included."""
+    """Settled tasks per UTC hour over the last 24 hours, oldest hour first, empty hours included."""
     return [{"hour": row.pop("start"), **row} for row in throughput(conn, now, timedelta(hours=1), 24)]
 
 
+def _figures(row: tuple[int, ...]) -> dict[str, Any]:
+    """Outcome counts, success rate and duration percentiles out of a row of the rollup's sums."""
+    return {**with_rate({**_no_outcomes(), **rollup.outcomes(row)}),
+            "run_seconds": _percentiles(rollup.buckets(row, "run")),
+            "queue_wait_seconds": _percentiles(rollup.buckets(row, "queue"))}
+
+
 def task_metrics(conn: Connection, now: datetime) -> dict[str, Any]:
-    """Success rates, run time and queue wait percentiles by task type over 24 h and 7 d, and throughput."""
+    """Success rates, run time and queue wait percentiles (estimates) by task type over 24 h and 7 d, and
+    throughput: both windows from one read of the rollup's week."""
+    firsts = {name: rollup.hours_in(now - span, now)[0] for name, span in WINDOWS.items()}
+    sums = rollup.sums_by_type(conn, firsts[WEEK], rollup.hour_of(now), firsts[DAY])
     windows: dict[str, Any] = {}
-    for name, span in WINDOWS.items():
-        since = now - span
-        counts = success_counts(conn, since, now)
-        durations = duration_percentiles(conn, since, now,
-                                         {"run": tasks.c.run_seconds, "wait": tasks.c.queue_seconds})
-        run, wait = durations["run"], durations["wait"]
-        by_type = {
-            key: {
-                **counts.get(key, {**_no_outcomes(), "success_rate": None}),
-                "run_seconds": run.get(key),
-                "queue_wait_seconds": wait.get(key),
-            }
-            for key in sorted(set(counts) | set(run) | set(wait))
-        }
-        windows[name] = {"since": since, "by_type": by_type}
+    for name in WINDOWS:
+        totals = {ALL_TYPES: rollup.NOTHING}
+        for (task_type, recent), row in sums.items():
+            if recent or name == WEEK:
+                for key in (task_type, ALL_TYPES):
+                    totals[key] = rollup.add_rows(totals[key], row) if key in totals else row
+        by_type = {key: _figures(row) for key, row in sorted(totals.items())
+                   if key == ALL_TYPES or any(rollup.outcomes(row).values())}
+        windows[name] = {"since": rollup.hour_start(firsts[name]), "by_type": by_type}
     hourly = hourly_throughput(conn, now)
     completed_24h = sum(h[TaskStatus.COMPLETED] for h in hourly)
     return {
@@ -191,6 +133,15 @@ class Limits:
     recent: int = 10
 
 
+# Pending tasks by type, with the oldest one's creation: read from ix_tasks_status_type_created alone (revision 0016),
+# the groups in the index's order, so no row and no sort however many tasks wait.
+PENDING_BY_TYPE = (
+    sa.select(tasks.c.task_type, sa.func.count(), sa.func.min(tasks.c.created_at, type_=UTCDateTime))
+    .where(tasks.c.status == TaskStatus.PENDING.value)
+    .group_by(tasks.c.task_type)
+)
+
+
 def _age(now: datetime, then: datetime | None) -> float | None:
     return None if then is None else round(max((now - then).total_seconds(), 0.0), 3)
 
@@ -207,14 +158,9 @@ def pipeline_snapshot(conn: Connection, now: datetime, limits: Limits, recent_at
             .limit(limits.running)
         )
     ]
-    oldest_created = sa.func.min(tasks.c.created_at, type_=UTCDateTime)
     pending = {
         task_type: {"count": int(n), "oldest_wait_seconds": _age(now, oldest)}
-        for task_type, n, oldest in conn.execute(
-            sa.select(tasks.c.task_type, sa.func.count(), oldest_created)
-            .where(tasks.c.status == TaskStatus.PENDING)
-            .group_by(tasks.c.task_type)
-        )
+        for task_type, n, oldest in conn.execute(PENDING_BY_TYPE)
     }
     waiting = [
         dict(r._mapping)
@@ -265,16 +211,6 @@ def out_of_attempts(conn: Connection) -> dict[str, int]:
 
 
 def completed_per_day(conn: Connection, now: datetime, days: int = 7) -> list[dict[str, Any]]:
-    """Tasks completed on each of the last ``days`` UTC days (oldest first), read through the finished_at index."""
-    start = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    counts = {(start + timedelta(days=n)).date().isoformat(): 0 for n in range(days)}
-    rows = conn.execute(
-        sa.select(tasks.c.finished_at).where(
-            tasks.c.finished_at.between(start, now), tasks.c.status == TaskStatus.COMPLETED
-        )
-    )
-    for (finished,) in rows:
-        day = finished.date().isoformat()
-        if day in counts:
-            counts[day] += 1
-    return [{"day": day, "completed": n} for day, n in counts.items()]
+    """Tasks completed on each of the last ``days`` UTC days (oldest first), from the rollup."""
+    return [{"day": row["start"][:10], "completed": row[TaskStatus.COMPLETED]}
+            for row in throughput(conn, now, timedelta(days=1), days)]

@@ -1,0 +1,19 @@
+"""Stored history for tests of figures: task rows inserted as they are stored, and the settled ones counted in the
+hourly rollup by the store's own helper, as the moves that settled them would have."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from coherence_network.store.rollup import record_settled_in
+from coherence_network.store.schema import tasks
+
+
+def insert_history(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert ``rows`` into tasks and add the settled ones to the rollup; their ids."""
+    ids = list(conn.execute(tasks.insert().returning(tasks.c.id, sort_by_parameter_order=True), rows).scalars())
+    record_settled_in(conn, conn.dialect.name == "postgresql", ids)
+    return ids
