@@ -30,7 +30,7 @@ from coherence_network.store.costs import CostBook, record_spend_in
 from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.failures import FailureBook
 from coherence_network.store.limited_claims import claim_rows
-from coherence_network.store.rollup import record_settled_in
+from coherence_network.store.rollup import record_settled_in, record_settled_task_in
 from coherence_network.store.schema import UTCDateTime, tasks
 from coherence_network.store.statements import (
     CLAIMED_BY_REQUEST,
@@ -435,7 +435,7 @@ class TaskMoves(TaskCreates, FailureBook, CostBook):
         if row is not None:
             task = dict(row._mapping)
             if values.get("finished_at") is not None:  # it settled: its hour in the rollup counts it
-                record_settled_in(conn, self._pg, [task_id])
+                record_settled_task_in(conn, self._pg, task)
             if task.pop(FREES_SLOT, False) or new == PENDING:  # a freed slot of a limited type: its waiters look
                 self._wake(conn)
             elif new is not None:
