@@ -144,6 +144,11 @@ class ApiMetrics:
             "coherence_runners_pruned_total", "Runner registry rows forgotten after COHERENCE_RUNNER_FORGET_SECONDS "
             "unseen", registry=self.registry,
         )
+        self.store_calls = Counter(
+            "coherence_store_calls_total", "The runners' calls to a SQLite store (create, claim, heartbeat, finish), "
+            "by where they ran: event_loop (no wait), thread (another writer held the write lock)", ["ran_on"],
+            registry=self.registry,
+        )
         self.registry.register(QueueCollector(self))
 
     def health_snapshot(self) -> health.HealthSnapshot:

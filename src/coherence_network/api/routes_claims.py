@@ -7,6 +7,7 @@ import asyncio
 import logging
 import math
 import time
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -14,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from coherence_network.agents import Usage
 from coherence_network.api.answers import answer
-from coherence_network.api.deps import store_of
+from coherence_network.api.deps import in_store, store_of
 from coherence_network.api.models import COMMON_ERRORS, TaskId, responses
 from coherence_network.clock import utcnow
 from coherence_network.contract import FinishAndClaim, Task, TaskList, TaskStatus, TaskType
@@ -83,10 +84,10 @@ async def _claim_waiting(
                 return [], "0"
             if not looked:
                 held = f"{time.monotonic() - received:.3f}" if waited else "0"
-                claimed = await run_in_threadpool(
+                claimed = await in_store(request, partial(
                     state.store.claim_many, body.runner_id, body.max_tasks, types=body.types,
                     lease_seconds=body.lease_seconds, request_id=body.request_id, replay=replay,
-                )
+                ))
                 replay = False
                 if claimed:
                     if hops is not None:
@@ -136,17 +137,15 @@ def _count_claims(state: Any, claimed: list[dict[str, Any]]) -> None:
 async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request) -> Response:
     """Extend the lease (and report progress); 409 when the claim token is no longer the current claim."""
     _log_replaced(task_id, body)
-    return answer(Task, await run_in_threadpool(
-        lambda: store_of(request).heartbeat(
-            task_id,
-            body.claim_token,
-            progress_pct=body.progress_pct,
-            current_step=body.current_step,
-            lease_seconds=body.lease_seconds,
-            silent_seconds=body.silent_seconds,
-            cost_usd=body.cost_usd,
-        )
-    ))
+    return answer(Task, await in_store(request, lambda: store_of(request).heartbeat(
+        task_id,
+        body.claim_token,
+        progress_pct=body.progress_pct,
+        current_step=body.current_step,
+        lease_seconds=body.lease_seconds,
+        silent_seconds=body.silent_seconds,
+        cost_usd=body.cost_usd,
+    )))
 
 
 @router.post("/tasks/{task_id:id}/finish", response_model=None, responses={
@@ -166,15 +165,13 @@ async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> Re
                                                 Usage(body.tokens_in, body.tokens_out, body.cost_usd))}
     following = body.claim_next
     if following is None:
-        task = await run_in_threadpool(lambda: store.finish(task_id, body.claim_token, **ending))
+        task = await in_store(request, lambda: store.finish(task_id, body.claim_token, **ending))
         _count_finish(request, task, body.status)
         return answer(Task, task)
-    task, following_task = await run_in_threadpool(
-        lambda: store.finish_and_claim(
-            task_id, body.claim_token, **ending, runner_id=following.runner_id, types=following.types,
-            lease_seconds=following.lease_seconds, request_id=following.request_id,
-        )
-    )
+    task, following_task = await in_store(request, lambda: store.finish_and_claim(
+        task_id, body.claim_token, **ending, runner_id=following.runner_id, types=following.types,
+        lease_seconds=following.lease_seconds, request_id=following.request_id,
+    ))
     _count_finish(request, task, body.status)
     if following_task is not None:
         _count_claims(request.app.state, [following_task])

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 
 from coherence_network.api.answers import answer
-from coherence_network.api.deps import acting_as, actor_of, store_of
+from coherence_network.api.deps import acting_as, actor_of, in_store, store_of
 from coherence_network.api.models import (
     COMMON_ERRORS,
     SEARCH_QUERY,
@@ -75,7 +75,7 @@ async def create_task(
     )] = None,
 ) -> Response:
     refuse_disallowed_commands([body], request.app.state.settings)
-    task, created = await run_in_threadpool(
+    task, created = await in_store(request,
         lambda: store_of(request).create_or_replay(**body.model_dump(), idempotency_key=idempotency_key,
                                                    actor=actor_of(request))
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -28,6 +29,13 @@ _TAKE_WRITE_LOCK = sa.text("UPDATE tasks SET id = id WHERE 0")  # SQLite: the wr
 _READ_ONLY = sa.text("SHOW transaction_read_only")
 # Marks on the connection of the transaction in progress (``Connection.info``), read and cleared by ``transaction``.
 _CHANGED, _WOKE = "coherence_tasks_changed", "coherence_work_available"
+# Set while ``without_waiting`` runs a call: its transactions and reads use the engine that never waits for a lock.
+_WITHOUT_WAITING: ContextVar[bool] = ContextVar("coherence_without_waiting", default=False)
+
+
+class WouldWait(Exception):
+    """Another connection holds SQLite's write lock: the call did nothing, and may be run again where waiting is
+    fine (a thread)."""
 
 
 class StoreCore:
@@ -43,6 +51,7 @@ class StoreCore:
         count_cache_seconds: float = 0.0,
     ):
         self._engine = engine
+        self._nowait = db.nowait_engine(engine)  # SQLite file: the event loop's writes (without_waiting)
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.tail_bytes = tail_bytes
@@ -55,11 +64,34 @@ class StoreCore:
         self.instance = uuid.uuid4().hex
 
     # --- transactions ---------------------------------------------------------------------------------------
+    @property
+    def answers_without_waiting(self) -> bool:
+        """SQLite on a file: a call can be tried with ``without_waiting`` (on the event loop, no thread hop)."""
+        return self._nowait is not None
+
+    def without_waiting(self, call: Callable[[], T]) -> T:
+        """Run ``call`` (a store method) with connections that never wait for SQLite's write lock; WouldWait when
+        another writer holds it. Nothing of a refused call was written: the BUSY comes at the first write, which
+        takes the lock or nothing, and a transaction that holds the lock commits without needing another (WAL)."""
+        token = _WITHOUT_WAITING.set(True)
+        try:
+            return call()
+        except sa.exc.OperationalError as exc:
+            if db.is_busy(exc):
+                raise WouldWait(str(exc.orig)) from exc
+            raise
+        finally:
+            _WITHOUT_WAITING.reset(token)
+
+    def _engine_now(self) -> Engine:
+        """The engine this call uses: the one that never waits inside ``without_waiting``, else the pool's."""
+        return self._nowait if self._nowait is not None and _WITHOUT_WAITING.get() else self._engine
+
     @contextmanager
     def transaction(self) -> Iterator[sa.Connection]:
         """A write transaction. Statements in it mark what they did (``tasks_changed``, ``_wake``); after the
         commit a change invalidates the count cache and a wake calls ``on_work``. A rollback does neither."""
-        with self._engine.connect() as conn:
+        with self._engine_now().connect() as conn:
             try:
                 with conn.begin():
                     yield conn
@@ -75,12 +107,12 @@ class StoreCore:
     @contextmanager
     def connection(self) -> Iterator[sa.Connection]:
         """A connection for reads (several statements that belong together)."""
-        with self._engine.connect() as conn:
+        with self._engine_now().connect() as conn:
             yield conn
 
     def _read(self, read: Callable[[sa.Connection], T]) -> T:
         """A read, once more on a fresh connection if the server had dropped the pooled one (db.read_retrying)."""
-        return db.read_retrying(self._engine, read)
+        return db.read_retrying(self._engine_now(), read)
 
     def _lease_clock(self, conn: sa.Connection) -> datetime:
         """The moment a lease granted in this transaction starts: once the transaction holds the store's write lock.
@@ -183,3 +215,5 @@ class StoreCore:
     def dispose(self) -> None:
         """Close the pool's connections (a process that is done with the store, or about to fork)."""
         self._engine.dispose()
+        if self._nowait is not None:
+            self._nowait.dispose()

@@ -6,6 +6,7 @@ import fcntl
 import functools
 import logging
 import os
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -75,6 +76,33 @@ def create_store_engine(url: str) -> Engine:
     # command says "cannot be used" within this, unless the URL sets its own ?connect_timeout=.
     connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS}
     return sa.create_engine(url, pool_size=20, max_overflow=20, connect_args=connect_args)
+
+
+def nowait_engine(engine: Engine) -> Engine | None:
+    """For a SQLite file, an engine on the same file whose connections never wait for the write lock (busy timeout
+    0): the API runs its hot writes with it on the event loop, with no hop to a thread, and gives a write that would
+    have waited to a thread instead (``StoreCore.without_waiting``). None for PostgreSQL and an in-memory store.
+    A few connections: the event loop uses one at a time."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        return None
+    nowait = sa.create_engine(engine.url, connect_args={"timeout": 0}, pool_size=1, max_overflow=2)
+
+    @sa.event.listens_for(nowait, "connect")
+    def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA synchronous=NORMAL")  # the file is in WAL mode already (the main engine set it)
+        cursor.execute("PRAGMA busy_timeout=0")
+        cursor.close()
+
+    return nowait
+
+
+def is_busy(exc: sa.exc.DBAPIError) -> bool:
+    """SQLite refused because another connection holds a lock it needs (SQLITE_BUSY or SQLITE_LOCKED, any
+    extended code): nothing of the statement was done."""
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def read_retrying(engine: Engine, read: Callable[[sa.Connection], T]) -> T:
