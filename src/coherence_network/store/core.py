@@ -121,8 +121,9 @@ class StoreCore:
         wait could be spent, or nearly, when the claim is answered, and the runner, which counts the lease it was
         granted from the answer's arrival, would start a claim the reaper may already have handed to someone else.
         A statement that writes nothing takes SQLite's lock here; PostgreSQL's claim skips locked rows instead of
-        waiting for them."""
-        if not self._pg:
+        waiting for them. On the event loop's connection (``without_waiting``) no write waits: the clock is right as
+        it is, and the statement is spared."""
+        if not self._pg and not (_WITHOUT_WAITING.get() and self._nowait is not None):
             conn.execute(_TAKE_WRITE_LOCK)
         return utcnow()
 
