@@ -136,8 +136,16 @@ class StoreCore:
 
         On PostgreSQL a NOTIFY in the same transaction tells every replica's listener; PostgreSQL delivers it only
         at commit (never on rollback), so no listener wakes before the row is visible."""
+        self._woken(conn, sent=False)
+
+    def _wake_params(self) -> dict[str, str]:
+        """The parameters of a statement that sends the wake-up itself (statements.INSERT_ONE_TASK)."""
+        return {"b_channel": CHANNEL, "b_payload": self.instance}
+
+    def _woken(self, conn: sa.Connection, *, sent: bool) -> None:
+        """``_wake``, where the transaction's own statement may have ``sent`` the PostgreSQL notification."""
         conn.info[_WOKE] = True
-        if self._pg:
+        if self._pg and not sent:
             conn.execute(_NOTIFY, {"channel": CHANNEL, "payload": self.instance})
 
     def invalidate_counts(self) -> None:

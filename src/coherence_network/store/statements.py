@@ -25,10 +25,16 @@ def row_dict(row: sa.Row[Any] | None) -> dict[str, Any] | None:
 
 
 INSERT_TASKS = tasks.insert().returning(*tasks.c, sort_by_parameter_order=True)
-# One keyed create in one statement: a key already stored makes no row (and no error), and only then is it read.
-INSERT_KEYED_TASK = {
-    name: dialect.insert(tasks).on_conflict_do_nothing(index_elements=[tasks.c.idempotency_key]).returning(*tasks.c)
-    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+# One create in one statement (the client's usual call). With a key: a key already stored makes no row (and no
+# error), and only then is it read. On PostgreSQL the row made also sends the wake-up (pg_notify in RETURNING, for
+# a row inserted only): one round trip fewer than a NOTIFY of its own. Keyed by (dialect, keyed).
+NOTIFIED = "notified"
+_NOTIFY_MADE = sa.func.pg_notify(sa.bindparam("b_channel"), sa.bindparam("b_payload")).label(NOTIFIED)
+INSERT_ONE_TASK = {
+    (name, keyed): (dialect.insert(tasks).on_conflict_do_nothing(index_elements=[tasks.c.idempotency_key])
+                    if keyed else dialect.insert(tasks)).returning(*tasks.c, *([_NOTIFY_MADE] if name == "postgresql"
+                                                                             else []))
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite)) for keyed in (False, True)
 }
 TASK_BY_KEY = sa.select(tasks).where(tasks.c.idempotency_key == sa.bindparam("key"))
 

@@ -14,8 +14,9 @@ from coherence_network.contract import MAX_BATCH
 from coherence_network.store.audit import AuditBook
 from coherence_network.store.schema import tasks
 from coherence_network.store.statements import (
-    INSERT_KEYED_TASK,
+    INSERT_ONE_TASK,
     INSERT_TASKS,
+    NOTIFIED,
     PENDING,
     TASK_BY_KEY,
     Outcomes,
@@ -104,8 +105,8 @@ class TaskCreates(TaskReads, AuditBook):
     def _create_in(self, conn: sa.Connection, rows: Rows) -> Outcomes:
         """Replays from the keys already stored (one look-up for the batch), then one multi-row INSERT; a single
         keyed create is one INSERT that skips a stored key, with the look-up only then (the client's usual call)."""
-        if len(rows) == 1 and rows[0]["idempotency_key"] is not None:
-            return [self._create_keyed_in(conn, rows[0])]
+        if len(rows) == 1:
+            return [self._create_one_in(conn, rows[0])]
         keys = {row["idempotency_key"] for row in rows} - {None}
         stored: dict[str, dict[str, Any]] = {}
         if keys:
@@ -135,13 +136,17 @@ class TaskCreates(TaskReads, AuditBook):
             for how, what in plan
         ]
 
-    def _create_keyed_in(self, conn: sa.Connection, row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """One keyed create: the INSERT skips a key already stored (a concurrent create's too, once it commits),
-        and then the task that key made is the answer."""
-        made = conn.execute(INSERT_KEYED_TASK[conn.dialect.name], row).first()
+    def _create_one_in(self, conn: sa.Connection, row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """One create: with a key the INSERT skips a key already stored (a concurrent create's too, once it
+        commits), and then the task that key made is the answer. The row made sends its own wake-up on
+        PostgreSQL."""
+        made = conn.execute(INSERT_ONE_TASK[conn.dialect.name, row["idempotency_key"] is not None],
+                            {**row, **self._wake_params()} if self._pg else row).first()
         if made is not None:
-            self._wake(conn)
-            return dict(made._mapping), True
+            task = dict(made._mapping)
+            task.pop(NOTIFIED, None)
+            self._woken(conn, sent=self._pg)
+            return task, True
         stored = dict(conn.execute(TASK_BY_KEY, {"key": row["idempotency_key"]}).one()._mapping)
         same_create(row["idempotency_key"], stored, row, f"task {stored['id']}")
         return stored, False
