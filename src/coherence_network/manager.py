@@ -26,7 +26,7 @@ from coherence_network.agents import messages
 from coherence_network.backlog import PHASES, RUN_PHASE, BacklogItem, parse_backlog
 from coherence_network.client import ApiClient, ApiConflict, ApiError, ApiNotFound
 from coherence_network.clock import utcnow
-from coherence_network.contract import ACTIVE_STATUSES, Component, ItemStatus, Task, TaskStatus
+from coherence_network.contract import ACTIVE_STATUSES, MAX_BATCH, Component, ItemStatus, Task, TaskStatus
 from coherence_network.logfiles import write_json_atomic
 from coherence_network.manager_state import ACTIVE, SETTLED, ItemState, ManagerState
 from coherence_network.phase_evidence import verdict
@@ -123,13 +123,14 @@ class ProjectManager:
         for item in items:
             self._follow(item, self.state.items[item.key])
         active = sum(1 for i in items if self._holds_slot(self.state.items[i.key]))
+        starts: list[tuple[BacklogItem, ItemState, str]] = []
         for item in items:
-            if active >= self.capacity:
+            if active + len(starts) >= self.capacity:
                 break
             state = self.state.items[item.key]
             if state.status == ItemStatus.WAITING:
-                self._start(item, state, item.phases[0])
-                active += 1
+                starts.append((item, state, item.phases[0]))
+        self._start_many(starts)
         self.state.position = next(
             (n for n, i in enumerate(items) if self.state.items[i.key].status not in SETTLED), len(items)
         )
@@ -280,18 +281,36 @@ class ProjectManager:
         logger("item %d %s%s", state.number, status, f": {reason}" if reason else "")
 
     def _start(self, item: BacklogItem, state: ItemState, phase: str) -> None:
-        """Create the phase's task and record it at once, so a crash right after cannot create it twice."""
+        self._start_many([(item, state, phase)])
+
+    def _start_many(self, starts: list[tuple[BacklogItem, ItemState, str]]) -> None:
+        """Create the phases' tasks, several in one call and one transaction (the first pass over a backlog starts
+        up to --max-in-flight items), and record them at once, so a crash right after cannot create them twice."""
+        if not starts:
+            return
+        fields = [self._task_fields(item, state, phase) for item, state, phase in starts]
+        if len(fields) == 1:
+            made = [self.client.create_task(**fields[0])]
+        else:  # a batch holds at most MAX_BATCH
+            made = [task for first in range(0, len(fields), MAX_BATCH)
+                    for task in self.client.create_tasks(fields[first:first + MAX_BATCH])]
+        now = utcnow().isoformat()
+        for (_, state, phase), task in zip(starts, made, strict=True):
+            state.status, state.phase, state.task_id = ItemStatus.IN_PROGRESS, phase, task.id
+            state.tasks.setdefault(phase, []).append(task.id)
+            state.updated_at = now
+        self.save()
+        for (item, state, phase), task in zip(starts, made, strict=True):
+            log.info("item %d: created %s task %d (round %d): %s", item.number, phase, task.id, state.iteration,
+                     item.text[:80])
+
+    def _task_fields(self, item: BacklogItem, state: ItemState, phase: str) -> dict[str, Any]:
+        """What the phase's task is created with."""
         context = {"item": item.slug, "title": item.text[:TITLE_CHARS], "phase": phase, "iteration": state.iteration}
         if item.command is not None:
-            task = self.client.create_task(item.text, RUN_PHASE, command=item.command, context=context)
-        else:  # no command: the runner fills the agent template with this prompt (as a file or one argument)
-            task = self.client.create_task(self.prompt(item, state, phase), phase, context=context)
-        state.status, state.phase, state.task_id = ItemStatus.IN_PROGRESS, phase, task.id
-        state.tasks.setdefault(phase, []).append(task.id)
-        state.updated_at = utcnow().isoformat()
-        self.save()
-        log.info("item %d: created %s task %d (round %d): %s", item.number, phase, task.id, state.iteration,
-                 item.text[:80])
+            return {"direction": item.text, "task_type": RUN_PHASE, "command": item.command, "context": context}
+        # no command: the runner fills the agent template with this prompt (as a file or one argument)
+        return {"direction": self.prompt(item, state, phase), "task_type": phase, "context": context}
 
     def prompt(self, item: BacklogItem, state: ItemState, phase: str) -> str:
         """What the agent is asked: the item, the phase and the earlier phases' results, within the API's limit."""

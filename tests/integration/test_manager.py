@@ -25,6 +25,7 @@ from coherence_network.client import ApiClient
 from coherence_network.contract import Task, TaskStatus, TaskType
 from tests.support.api import ServedApi
 from tests.support.net import wait_until
+from tests.support.proxy import HoldingProxy
 from tests.support.runner import RunnerProcess
 
 AGENT = r'''
@@ -395,3 +396,22 @@ def test_script_help() -> None:
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--max-in-flight" in done.stdout
     assert "Usage: project_manager.py [OPTIONS]" in done.stdout  # the script's own name, not "script pm"
+
+
+def test_the_first_pass_starts_its_items_in_one_batch_create(pipeline: Any) -> None:
+    """Up to --max-in-flight waiting items start together: one call and one transaction (issue 23)."""
+    p: Pipeline = pipeline()
+    p.backlog.write_text("1. run: echo one\n2. run: echo two\n3. run: echo three\n4. run: echo four\n")
+    proxy = HoldingProxy(p.env["AGENT_API_BASE"]).start()
+    try:
+        code, out = _finish(subprocess.Popen(
+            [sys.executable, "-m", "coherence_network.cli", "pm", "--backlog", str(p.backlog), "--once",
+             "--parallel", "--max-in-flight", "3"],
+            env={**p.env, "AGENT_API_BASE": proxy.url}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        assert code == 0, out
+        assert (proxy.count("batch"), proxy.count("tasks")) == (1, 0)  # one batch, no single create
+    finally:
+        proxy.stop()
+    assert sorted(t.command or "" for t in p.tasks()) == ["echo one", "echo three", "echo two"]
+    assert {p.item(f"run: echo {n}")["task_id"] for n in ("one", "two", "three")} == {t.id for t in p.tasks()}
+    assert p.item("run: echo four")["status"] == "waiting"
