@@ -146,9 +146,18 @@ def _age(now: datetime, then: datetime | None) -> float | None:
     return None if then is None else round(max((now - then).total_seconds(), 0.0), 3)
 
 
-def pipeline_snapshot(conn: Connection, now: datetime, limits: Limits, recent_at_least: int) -> dict[str, Any]:
-    """Running (with how long each has printed nothing: ``silent_seconds``), pending-by-type, needs_decision and
-    recently finished tasks, each list bounded by an index."""
+PendingRows = list[tuple[str, int, datetime | None]]  # PENDING_BY_TYPE's rows: (type, count, oldest creation)
+
+
+def pending_by_type(conn: Connection) -> PendingRows:
+    """How many tasks of each type are pending, and the oldest one's creation (PENDING_BY_TYPE)."""
+    return [(task_type, int(n), oldest) for task_type, n, oldest in conn.execute(PENDING_BY_TYPE)]
+
+
+def pipeline_snapshot(conn: Connection, now: datetime, limits: Limits, recent_at_least: int,
+                      pending_rows: PendingRows) -> dict[str, Any]:
+    """Running (with how long each has printed nothing: ``silent_seconds``), pending-by-type (from
+    ``pending_rows``), needs_decision and recently finished tasks, each list bounded by an index."""
     running = [
         dict(r._mapping)
         for r in conn.execute(
@@ -158,10 +167,8 @@ def pipeline_snapshot(conn: Connection, now: datetime, limits: Limits, recent_at
             .limit(limits.running)
         )
     ]
-    pending = {
-        task_type: {"count": int(n), "oldest_wait_seconds": _age(now, oldest)}
-        for task_type, n, oldest in conn.execute(PENDING_BY_TYPE)
-    }
+    pending = {task_type: {"count": n, "oldest_wait_seconds": _age(now, oldest)}
+               for task_type, n, oldest in pending_rows}
     waiting = [
         dict(r._mapping)
         for r in conn.execute(
@@ -190,8 +197,11 @@ def pipeline_snapshot(conn: Connection, now: datetime, limits: Limits, recent_at
     for task in recent:
         if task["run_seconds"] is not None:
             task["run_seconds"] = round(max(task["run_seconds"], 0.0), 3)
+    # every waiting task is listed when fewer than the limit wait: the earliest asked is among them
+    asked = (min((t["updated_at"] for t in waiting), default=None) if len(waiting) < limits.needs_decision
+             else first_asked(conn))
     return {"running": running, "pending": pending, "needs_decision": waiting, "recent": recent,
-            "success_24h": success_24h, "oldest_decision_seconds": _age(now, first_asked(conn))}
+            "success_24h": success_24h, "oldest_decision_seconds": _age(now, asked)}
 
 
 def first_asked(conn: Connection) -> datetime | None:
