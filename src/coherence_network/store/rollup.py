@@ -100,7 +100,9 @@ def prune_in(conn: sa.Connection, before: datetime) -> int:
 _IN_WINDOW = task_hours.c.hour.between(sa.bindparam("b_first", type_=sa.Integer),
                                        sa.bindparam("b_last", type_=sa.Integer))
 _OUTCOME_SUMS = [sa.func.sum(task_hours.c[name]) for name in HOUR_OUTCOMES]
-_OUTCOMES_BY_HOUR = sa.select(task_hours.c.hour, *_OUTCOME_SUMS).where(_IN_WINDOW).group_by(task_hours.c.hour)
+_SLOT = ((task_hours.c.hour - sa.bindparam("b_first", type_=sa.Integer))
+         // sa.bindparam("b_each", type_=sa.Integer)).label("slot")
+_OUTCOMES_BY_SLOT = sa.select(_SLOT, *_OUTCOME_SUMS).where(_IN_WINDOW).group_by(_SLOT)
 _OUTCOMES_BY_TYPE = (sa.select(task_hours.c.task_type, *_OUTCOME_SUMS).where(_IN_WINDOW)
                      .group_by(task_hours.c.task_type))
 _RECENT = (task_hours.c.hour >= sa.bindparam("b_split", type_=sa.Integer)).label("recent")
@@ -109,10 +111,11 @@ _SUMS_BY_TYPE = (sa.select(task_hours.c.task_type, _RECENT, *(sa.func.sum(task_h
 NOTHING = (0,) * len(_COUNTED)  # a row of sums with nothing counted
 
 
-def outcomes_by_hour(conn: sa.Connection, first: int, last: int) -> dict[int, dict[str, int]]:
-    """{hour: {outcome: n}} over the hours first..last (only hours with a row)."""
-    found = conn.execute(_OUTCOMES_BY_HOUR, {"b_first": first, "b_last": last})
-    return {hour: dict(zip(HOUR_OUTCOMES, map(int, counts))) for hour, *counts in found}
+def outcomes_by_slot(conn: sa.Connection, first: int, last: int, hours_each: int) -> dict[int, dict[str, int]]:
+    """{slot: {outcome: n}} over the hours first..last, slot k holding hours first + k * hours_each onwards (only
+    slots with a row): folded in SQL, so a month by day returns 30 rows, not 720."""
+    found = conn.execute(_OUTCOMES_BY_SLOT, {"b_first": first, "b_last": last, "b_each": hours_each})
+    return {int(slot): dict(zip(HOUR_OUTCOMES, map(int, counts))) for slot, *counts in found}
 
 
 def outcomes_by_type(conn: sa.Connection, first: int, last: int) -> dict[str, dict[str, int]]:

@@ -69,14 +69,14 @@ def _percentiles(counts: Sequence[int]) -> dict[str, float | int] | None:
 def throughput(conn: Connection, now: datetime, bucket: timedelta, count: int) -> list[dict[str, Any]]:
     """Settled tasks per bucket over the last ``count`` buckets up to ``now``, oldest first, empty buckets
     included. A bucket is one or more whole hours dividing a UTC day, or whole UTC days; each is keyed by its start
-    ("start": "YYYY-MM-DDTHH:00:00Z"). The rollup's hours are folded into buckets here."""
+    ("start": "YYYY-MM-DDTHH:00:00Z"), from the rollup's hours folded into buckets by the store."""
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     first = midnight + bucket * ((now - midnight) // bucket) - bucket * (count - 1)
     starts = [first + bucket * i for i in range(count)]
     buckets = {start: _no_outcomes() for start in starts}
-    first_hour, hours_each = rollup.hour_of(first), bucket // timedelta(hours=1)
-    for hour, counts in rollup.outcomes_by_hour(conn, first_hour, rollup.hour_of(now)).items():
-        rollup.add_into(buckets[starts[(hour - first_hour) // hours_each]], counts.items())
+    found = rollup.outcomes_by_slot(conn, rollup.hour_of(first), rollup.hour_of(now), bucket // timedelta(hours=1))
+    for slot, counts in found.items():
+        rollup.add_into(buckets[starts[slot]], counts.items())
     return [{"start": start.strftime("%Y-%m-%dT%H:00:00Z"), **counts} for start, counts in buckets.items()]
 
 
