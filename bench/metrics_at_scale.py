@@ -3,8 +3,8 @@
 
 The store is filled straight through SQL with bench/pipeline_status.py's history (one task finished every
 ``--spacing`` seconds ending now, 90 % completed, ``--pending`` pending, a few running and waiting on top), with the
-durations and the hourly rollup a finish keeps; the rollup is then dropped and built again by its revision (0016),
-to time that upgrade at this size. One `coherence api` process then answers each endpoint ``--repeat`` times; p50
+durations a finish stores, and the hourly rollup built by its revision (0016) as an upgrade builds it, timed at
+this size. One `coherence api` process then answers each endpoint ``--repeat`` times; p50
 and p95 in milliseconds, one JSON line per store and endpoint.
 Run by hand: `.venv/bin/python bench/metrics_at_scale.py [--postgres]` (see bench/README.md). Goal: p50 under 20 ms.
 """
@@ -16,7 +16,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,35 +23,17 @@ if __name__ == "__main__":  # bench/ first on sys.path would let its queue.py sh
     sys.path[0] = str(ROOT)
 
 import httpx
-from alembic import command
 
 from bench.pipeline_status import HISTORY_API_ENV, fill, latency
-from coherence_network.store.db import alembic_config, create_store_engine, migrate
 from tests.support.api import ApiProcess
 from tests.support.postgres import PostgresServer
 
 ENDPOINTS = ("/api/agent/metrics", "/api/agent/pipeline-status")
 
 
-def rebuild_rollup(url: str) -> float:
-    """Seconds revision 0016 takes to build the hourly rollup from the stored tasks (dropped first), as an upgraded
-    store does; on PostgreSQL then what autovacuum would do soon after a bulk load."""
-    engine = create_store_engine(url)
-    command.downgrade(alembic_config(engine), "0015")
-    started = time.perf_counter()
-    migrate(engine)
-    elapsed = time.perf_counter() - started
-    if engine.dialect.name == "postgresql":
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("VACUUM ANALYZE")
-    engine.dispose()
-    return elapsed
-
-
 def measure(url: str, home: Path, tasks_n: int, spacing: float, repeat: int,
             pending: int) -> list[dict[str, object]]:
-    fill(url, tasks_n, spacing, pending=pending)
-    upgrade_s = round(rebuild_rollup(url), 2)
+    upgrade_s = round(fill(url, tasks_n, spacing, pending=pending), 2)
     api = ApiProcess(home, env={**HISTORY_API_ENV, "DATABASE_URL": url}).start()
     try:
         with httpx.Client(base_url=api.url, timeout=60) as http:

@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from alembic import command
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from coherence_network.clock import utcnow  # noqa: E402
-from coherence_network.store.db import create_store_engine, migrate  # noqa: E402
+from coherence_network.store.db import alembic_config, create_store_engine, migrate  # noqa: E402
+from coherence_network.store.schema import tasks  # noqa: E402
 from tests.support.api import ApiProcess  # noqa: E402
-from tests.support.history import insert_history  # noqa: E402
 
 TYPES = ("spec", "test", "impl", "review", "run")
 # The API of a bench over filled history: quiet, and retention off, so the history is measured as filled.
@@ -38,10 +39,10 @@ HISTORY_API_ENV = {"COHERENCE_LOG_LEVEL": "WARNING", "COHERENCE_RETAIN_TASKS_DAY
 
 
 def fill(url: str, n: int, spacing: float,
-         describe: Callable[[int, str], tuple[str, str | None]] | None = None, pending: int = 20) -> None:
-    """``n`` tasks: all but ``pending`` + 10 finished (90 % completed, with the durations and the hourly rollup the
-    finish keeps), one every ``spacing`` s; ``pending`` pending (created one every ``spacing`` s), 5 running, 5
-    waiting.
+         describe: Callable[[int, str], tuple[str, str | None]] | None = None, pending: int = 20) -> float:
+    """``n`` tasks: all but ``pending`` + 10 finished (90 % completed, with the durations the finish stores), one
+    every ``spacing`` s; ``pending`` pending (created one every ``spacing`` s), 5 running, 5 waiting. The hourly
+    rollup is then built by its revision, as an upgrade builds it: the seconds that took are returned.
 
     ``describe(i, status)`` gives task i's direction and output (default: a short direction, 200 bytes of output)."""
     engine = create_store_engine(url)
@@ -72,12 +73,28 @@ def fill(url: str, n: int, spacing: float,
         })
         if len(rows) == 5000:
             with engine.begin() as conn:
-                insert_history(conn, rows)
+                conn.execute(tasks.insert(), rows)
             rows = []
     if rows:
         with engine.begin() as conn:
-            insert_history(conn, rows)
+            conn.execute(tasks.insert(), rows)
     engine.dispose()
+    return rebuild_rollup(url)
+
+
+def rebuild_rollup(url: str) -> float:
+    """Seconds revision 0016 takes to build the hourly rollup from the stored tasks (dropped first), as an upgraded
+    store does; on PostgreSQL then what autovacuum would do soon after a bulk load."""
+    engine = create_store_engine(url)
+    command.downgrade(alembic_config(engine), "0015")
+    started = time.perf_counter()
+    migrate(engine)
+    elapsed = time.perf_counter() - started
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE")
+    engine.dispose()
+    return elapsed
 
 
 def latency(http: httpx.Client, path: str, repeat: int) -> dict[str, float]:

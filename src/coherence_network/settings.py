@@ -129,7 +129,8 @@ class Settings(AgentSettings, StallSettings, TelegramSettings):
     coherence_breaker_failures: int = Field(5, ge=0, description="Failures in a row that pause a task type (the "
                                             "circuit breaker); 0 turns it off")
     coherence_count_cache_seconds: float = Field(
-        1.0, ge=0, description="How stale /api/agent/tasks/count may be for writes made through other API replicas"
+        1.0, ge=0, description="How stale the task counts (/api/agent/tasks/count, pipeline-status's counts and "
+        "pending by type) may be for writes made through other API replicas"
     )
     coherence_claim_recheck_seconds: float = Field(
         10.0, gt=0, description="Seconds a waiting claim goes without looking at the store when nothing woke it (the "

@@ -19,7 +19,14 @@ from coherence_network.store import TaskStore
 from coherence_network.store.db import alembic_config, create_store_engine, migrate
 from coherence_network.store.errors import Conflict
 from coherence_network.store.retention import prune_store
-from coherence_network.store.rollup import DURATION_BOUNDS, ROLLUP_KEEP, estimate, hour_of, record_settled_in
+from coherence_network.store.rollup import (
+    DURATION_BOUNDS,
+    ROLLUP_KEEP,
+    SETTLED_FIELDS,
+    estimate,
+    hour_of,
+    record_settled_in,
+)
 from coherence_network.store.schema import task_hours, tasks
 from coherence_network.store.stats import PENDING_BY_TYPE
 
@@ -40,7 +47,7 @@ def _recounted(engine: sa.Engine) -> Rollup:
     """The rollup counted afresh from the tasks as they are now (in a transaction rolled back)."""
     with engine.connect() as conn, conn.begin() as transaction:
         conn.execute(task_hours.delete())
-        every = list(conn.execute(sa.select(tasks.c.id)).scalars())
+        every = conn.execute(sa.select(*SETTLED_FIELDS.selected_columns)).mappings()
         record_settled_in(conn, engine.dialect.name == "postgresql", every)
         recounted = _rollup(conn)
         transaction.rollback()

@@ -7,13 +7,14 @@ store/ sees the engine, a connection it did not get from ``transaction()`` or ``
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -57,7 +58,8 @@ class StoreCore:
         self.tail_bytes = tail_bytes
         self.count_cache_seconds = count_cache_seconds
         self._pg = engine.dialect.name == "postgresql"
-        self._writes = 0  # bumped after each committed write that changed a task; invalidates the count cache
+        self._writes = 0  # bumped after each committed write that changed a task; invalidates what ``reused`` kept
+        self._kept: dict[str, tuple[int, float, Any]] = {}  # ``reused``: key -> (writes then, when, answer)
         # Called (in the writing thread) after a commit that made a task claimable; the API wakes its waiters.
         self.on_work: Callable[[], None] | None = None
         # Names this store in its notifications, so a listener can tell another process's writes from its own.
@@ -148,6 +150,19 @@ class StoreCore:
         if self._pg and not sent:
             conn.execute(_NOTIFY, {"channel": CHANNEL, "payload": self.instance})
 
+    def reused(self, key: str, read: Callable[[], T]) -> T:
+        """``read()``'s answer under ``key``, reused until this store changes a task's status, another replica's
+        notification says it made work, or ``count_cache_seconds`` pass (the bound on staleness for other writes
+        made through other processes): for the reads that walk every task of a status, which dashboards poll."""
+        writes, clock = self._writes, time.monotonic()
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] == writes and clock - kept[1] < self.count_cache_seconds:
+            answer: T = kept[2]
+            return answer
+        answer = read()
+        self._kept[key] = (writes, clock, answer)
+        return answer
+
     def invalidate_counts(self) -> None:
         """Another process changed tasks (a replica's notification): the next count reads the store."""
         self._writes += 1
@@ -179,10 +194,6 @@ class StoreCore:
     def at_head(self) -> bool:
         """Whether the store's schema is at this code's newest revision."""
         return self.revision() == db.head_revision(self._engine)
-
-    def scripts_head(self) -> str | None:
-        """The newest revision of this code's migration scripts (read once per process: db.head_revision)."""
-        return db.head_revision(self._engine)
 
     def readiness(self) -> list[dict[str, object]]:
         """The store's checks behind /api/ready: reachable, migrations current (db.readiness)."""

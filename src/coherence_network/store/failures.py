@@ -158,7 +158,7 @@ class FailureBook(PauseBook):
                 continue
             if values["status"] == FAILED:
                 failed += 1
-                record_settled_in(conn, self._pg, [run.id])
+                record_settled_in(conn, self._pg, [row._mapping])
                 self.tasks_changed(conn)
             else:
                 reclaimed += 1

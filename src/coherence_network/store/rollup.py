@@ -1,9 +1,10 @@
 """The hourly rollup of settled tasks (schema.task_hours): kept by the moves, read by metrics and charts.
 
 A move that settles a task (completed, failed, cancelled: a finish, a cancel, the reaper) adds the task to its
-hour's row, and a retry takes it back, with ``record_settled_in`` in the move's own transaction: one upsert built
-once here. Reads then sum a few hundred rows (hours x task types) for any window up to ROLLUP_KEEP, however many
-tasks settled in it. Windows are whole UTC hours: an hour counts in [since, until) when it starts inside it, so "the
+hour's row, and a retry takes it back, with ``record_settled_in`` in the move's own transaction: one small upsert,
+its buckets chosen here from the row the move returned (revision 0016 filled the rollup with the same buckets in
+SQL). Reads then sum a few hundred rows (hours x task types) for any window up to ROLLUP_KEEP, however many tasks
+settled in it. Windows are whole UTC hours: an hour counts in [since, until) when it starts inside it, so "the
 last 24 h" is the current hour and the 23 before it. Percentiles come from the buckets (``estimate``): within a
 factor sqrt(2) of the exact figure, usually much closer.
 """
@@ -11,10 +12,10 @@ factor sqrt(2) of the exact figure, usually much closer.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,7 +33,6 @@ from coherence_network.store.schema import (
 
 HOUR = 3600
 ROLLUP_KEEP = timedelta(days=31)  # the longest window read (the console's 30-day chart from a day's start) and a day
-_DURATION_COLUMNS = {"run": tasks.c.run_seconds, "queue": tasks.c.queue_seconds}
 _COUNTED = [*HOUR_OUTCOMES, *(bucket_column(d, k) for d in DURATIONS for k in range(DURATION_BUCKETS))]
 
 
@@ -50,68 +50,45 @@ def hours_in(since: datetime, until: datetime) -> tuple[int, int]:
     return math.ceil(since.timestamp() / HOUR), math.ceil(until.timestamp() / HOUR) - 1
 
 
-def _bucket_conditions(column: sa.ColumnElement[float]) -> list[sa.ColumnElement[bool]]:
-    """Each bucket's condition on a duration, in bucket order (NULL is in none; a negative one in bucket 0)."""
-    edges: list[sa.ColumnElement[float]] = [sa.literal_column(repr(bound)) for bound in DURATION_BOUNDS]
-    return [column < edges[0], *(sa.and_(column >= low, column < high) for low, high in zip(edges, edges[1:])),
-            column >= edges[-1]]
+def bucket_of(seconds: float) -> int:
+    """The bucket of a duration (revision 0016's conditions: bucket 0 below the first bound, bucket k from bound
+    k-1 up to bound k, the last from the last bound up)."""
+    return bisect.bisect_right(DURATION_BOUNDS, seconds)
 
 
-def _upsert(postgres: bool) -> sa.Insert:
-    """INSERT INTO task_hours SELECT (the tasks ``b_ids`` that are settled, by hour and type, each count times
-    ``b_sign``) ON CONFLICT add to the row: one statement for a move of one task or of many."""
-    finished = tasks.c.finished_at
-    hour = (sa.cast(sa.func.floor(sa.extract("epoch", finished) / HOUR), sa.Integer) if postgres
-            else sa.cast(sa.func.strftime("%s", finished), sa.Integer) // HOUR).label("hour")
+@functools.cache
+def _upsert(postgres: bool, counted: tuple[str, ...]) -> sa.Insert:
+    """INSERT a row of ``b_sign`` in the ``counted`` columns for (b_hour, b_type), ON CONFLICT add them to the row:
+    built once per shape (an outcome and at most a bucket of each duration: a few dozen shapes in practice)."""
     sign = sa.bindparam("b_sign", type_=sa.Integer)
-    counted = [sign * sa.func.count().filter(tasks.c.status == name) for name in HOUR_OUTCOMES]
-    counted += [sign * sa.func.count().filter(bucket) for d in DURATIONS
-                for bucket in _bucket_conditions(_DURATION_COLUMNS[d])]
-    settled = (
-        sa.select(hour, tasks.c.task_type, *counted)
-        .where(tasks.c.id.in_(sa.bindparam("b_ids", expanding=True)), tasks.c.status.in_(HOUR_OUTCOMES),
-               finished.is_not(None))
-        .group_by(hour, tasks.c.task_type)
-    )
     insert = (postgresql.insert if postgres else sqlite.insert)(task_hours)
-    statement = insert.from_select(["hour", "task_type", *_COUNTED], settled)
+    statement = insert.values({"hour": sa.bindparam("b_hour", type_=sa.Integer),
+                               "task_type": sa.bindparam("b_type", type_=sa.String), **dict.fromkeys(counted, sign)})
     return statement.on_conflict_do_update(
         index_elements=[task_hours.c.hour, task_hours.c.task_type],
-        set_={name: task_hours.c[name] + statement.excluded[name] for name in _COUNTED},
+        set_={name: task_hours.c[name] + statement.excluded[name] for name in counted},
     )
 
 
-_UPSERTS = {False: _upsert(False), True: _upsert(True)}
+# A task's fields the rollup counts, read before a retry clears them.
+SETTLED_FIELDS = sa.select(tasks.c.task_type, tasks.c.status, tasks.c.finished_at, tasks.c.run_seconds,
+                           tasks.c.queue_seconds).where(tasks.c.id == sa.bindparam("b_id"))
 
 
-@cache
-def _add_one(postgres: bool, counted: tuple[str, ...]) -> sa.Insert:
-    """INSERT one (hour, type) row counting 1 in each of ``counted`` ON CONFLICT add 1 to each: the upsert of a
-    single settled task whose columns are known (built once per set of columns; a few dozen in practice)."""
-    insert = (postgresql.insert if postgres else sqlite.insert)(task_hours).values(
-        hour=sa.bindparam("b_hour", type_=sa.Integer), task_type=sa.bindparam("b_type"),
-        **{name: sa.literal(1, sa.Integer) for name in counted})
-    return insert.on_conflict_do_update(index_elements=[task_hours.c.hour, task_hours.c.task_type],
-                                        set_={name: task_hours.c[name] + 1 for name in counted})
-
-
-def record_settled_task_in(conn: sa.Connection, postgres: bool, task: Mapping[str, Any]) -> None:
-    """Add one task, as the move that settled it returned it, to its hour's row: the finish's path. It touches
-    only the three columns that count it (the three-column upsert costs a fraction of the by-ids one, which
-    aggregates every column of the row in SQL); the buckets are those the by-ids upsert computes."""
-    if task["status"] not in HOUR_OUTCOMES or task["finished_at"] is None:
-        return
-    counted = [task["status"], *(bucket_column(d, bisect.bisect_right(DURATION_BOUNDS, task[f"{d}_seconds"]))
-                                 for d in DURATIONS if task[f"{d}_seconds"] is not None)]
-    conn.execute(_add_one(postgres, tuple(counted)), {"b_hour": hour_of(task["finished_at"]),
-                                                      "b_type": task["task_type"]})
-
-
-def record_settled_in(conn: sa.Connection, postgres: bool, ids: Sequence[int], sign: int = 1) -> None:
-    """Add the tasks ``ids`` that are settled to their hours' rows (``sign`` -1: take them back, before a retry
-    moves them out), inside the caller's transaction; tasks not settled are skipped."""
-    if ids:
-        conn.execute(_UPSERTS[postgres], {"b_ids": list(ids), "b_sign": sign})
+def record_settled_in(conn: sa.Connection, postgres: bool, settled: Iterable[Mapping[Any, Any]],
+                      sign: int = 1) -> None:
+    """Add each settled task (its ``task_type``, ``status``, ``finished_at``, ``run_seconds``, ``queue_seconds``,
+    as the move that settled it returned them) to its hour's row, inside the caller's transaction: one small upsert
+    a task (``sign`` -1 takes it back, before a retry clears those fields). A task not settled is skipped."""
+    for task in settled:
+        if task["status"] not in HOUR_OUTCOMES or task["finished_at"] is None:
+            continue
+        counted = [task["status"]]
+        for duration, field in (("run", "run_seconds"), ("queue", "queue_seconds")):
+            if task[field] is not None:
+                counted.append(bucket_column(duration, bucket_of(task[field])))
+        conn.execute(_upsert(postgres, tuple(counted)),
+                     {"b_hour": hour_of(task["finished_at"]), "b_type": task["task_type"], "b_sign": sign})
 
 
 def prune_in(conn: sa.Connection, before: datetime) -> int:
@@ -123,7 +100,9 @@ def prune_in(conn: sa.Connection, before: datetime) -> int:
 _IN_WINDOW = task_hours.c.hour.between(sa.bindparam("b_first", type_=sa.Integer),
                                        sa.bindparam("b_last", type_=sa.Integer))
 _OUTCOME_SUMS = [sa.func.sum(task_hours.c[name]) for name in HOUR_OUTCOMES]
-_OUTCOMES_BY_HOUR = sa.select(task_hours.c.hour, *_OUTCOME_SUMS).where(_IN_WINDOW).group_by(task_hours.c.hour)
+_SLOT = ((task_hours.c.hour - sa.bindparam("b_first", type_=sa.Integer))
+         // sa.bindparam("b_each", type_=sa.Integer)).label("slot")
+_OUTCOMES_BY_SLOT = sa.select(_SLOT, *_OUTCOME_SUMS).where(_IN_WINDOW).group_by(_SLOT)
 _OUTCOMES_BY_TYPE = (sa.select(task_hours.c.task_type, *_OUTCOME_SUMS).where(_IN_WINDOW)
                      .group_by(task_hours.c.task_type))
 _RECENT = (task_hours.c.hour >= sa.bindparam("b_split", type_=sa.Integer)).label("recent")
@@ -132,10 +111,11 @@ _SUMS_BY_TYPE = (sa.select(task_hours.c.task_type, _RECENT, *(sa.func.sum(task_h
 NOTHING = (0,) * len(_COUNTED)  # a row of sums with nothing counted
 
 
-def outcomes_by_hour(conn: sa.Connection, first: int, last: int) -> dict[int, dict[str, int]]:
-    """{hour: {outcome: n}} over the hours first..last (only hours with a row)."""
-    found = conn.execute(_OUTCOMES_BY_HOUR, {"b_first": first, "b_last": last})
-    return {hour: dict(zip(HOUR_OUTCOMES, map(int, counts))) for hour, *counts in found}
+def outcomes_by_slot(conn: sa.Connection, first: int, last: int, hours_each: int) -> dict[int, dict[str, int]]:
+    """{slot: {outcome: n}} over the hours first..last, slot k holding hours first + k * hours_each onwards (only
+    slots with a row): folded in SQL, so a month by day returns 30 rows, not 720."""
+    found = conn.execute(_OUTCOMES_BY_SLOT, {"b_first": first, "b_last": last, "b_each": hours_each})
+    return {int(slot): dict(zip(HOUR_OUTCOMES, map(int, counts))) for slot, *counts in found}
 
 
 def outcomes_by_type(conn: sa.Connection, first: int, last: int) -> dict[str, dict[str, int]]:

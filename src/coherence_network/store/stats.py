@@ -69,14 +69,14 @@ def _percentiles(counts: Sequence[int]) -> dict[str, float | int] | None:
 def throughput(conn: Connection, now: datetime, bucket: timedelta, count: int) -> list[dict[str, Any]]:
     """Settled tasks per bucket over the last ``count`` buckets up to ``now``, oldest first, empty buckets
     included. A bucket is one or more whole hours dividing a UTC day, or whole UTC days; each is keyed by its start
-    ("start": "YYYY-MM-DDTHH:00:00Z"). The rollup's hours are folded into buckets here."""
+    ("start": "YYYY-MM-DDTHH:00:00Z"), from the rollup's hours folded into buckets by the store."""
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     first = midnight + bucket * ((now - midnight) // bucket) - bucket * (count - 1)
     starts = [first + bucket * i for i in range(count)]
     buckets = {start: _no_outcomes() for start in starts}
-    first_hour, hours_each = rollup.hour_of(first), bucket // timedelta(hours=1)
-    for hour, counts in rollup.outcomes_by_hour(conn, first_hour, rollup.hour_of(now)).items():
-        rollup.add_into(buckets[starts[(hour - first_hour) // hours_each]], counts.items())
+    found = rollup.outcomes_by_slot(conn, rollup.hour_of(first), rollup.hour_of(now), bucket // timedelta(hours=1))
+    for slot, counts in found.items():
+        rollup.add_into(buckets[starts[slot]], counts.items())
     return [{"start": start.strftime("%Y-%m-%dT%H:00:00Z"), **counts} for start, counts in buckets.items()]
 
 
@@ -146,9 +146,18 @@ def _age(now: datetime, then: datetime | None) -> float | None:
     return None if then is None else round(max((now - then).total_seconds(), 0.0), 3)
 
 
-def pipeline_snapshot(conn: Connection, now: datetime, limits: Limits, recent_at_least: int) -> dict[str, Any]:
-    """Running (with how long each has printed nothing: ``silent_seconds``), pending-by-type, needs_decision and
-    recently finished tasks, each list bounded by an index."""
+PendingRows = list[tuple[str, int, datetime | None]]  # PENDING_BY_TYPE's rows: (type, count, oldest creation)
+
+
+def pending_by_type(conn: Connection) -> PendingRows:
+    """How many tasks of each type are pending, and the oldest one's creation (PENDING_BY_TYPE)."""
+    return [(task_type, int(n), oldest) for task_type, n, oldest in conn.execute(PENDING_BY_TYPE)]
+
+
+def pipeline_snapshot(conn: Connection, now: datetime, limits: Limits, recent_at_least: int,
+                      pending_rows: PendingRows) -> dict[str, Any]:
+    """Running (with how long each has printed nothing: ``silent_seconds``), pending-by-type (from
+    ``pending_rows``), needs_decision and recently finished tasks, each list bounded by an index."""
     running = [
         dict(r._mapping)
         for r in conn.execute(
@@ -158,10 +167,8 @@ def pipeline_snapshot(conn: Connection, now: datetime, limits: Limits, recent_at
             .limit(limits.running)
         )
     ]
-    pending = {
-        task_type: {"count": int(n), "oldest_wait_seconds": _age(now, oldest)}
-        for task_type, n, oldest in conn.execute(PENDING_BY_TYPE)
-    }
+    pending = {task_type: {"count": n, "oldest_wait_seconds": _age(now, oldest)}
+               for task_type, n, oldest in pending_rows}
     waiting = [
         dict(r._mapping)
         for r in conn.execute(
@@ -190,8 +197,11 @@ def pipeline_snapshot(conn: Connection, now: datetime, limits: Limits, recent_at
     for task in recent:
         if task["run_seconds"] is not None:
             task["run_seconds"] = round(max(task["run_seconds"], 0.0), 3)
+    # every waiting task is listed when fewer than the limit wait: the earliest asked is among them
+    asked = (min((t["updated_at"] for t in waiting), default=None) if len(waiting) < limits.needs_decision
+             else first_asked(conn))
     return {"running": running, "pending": pending, "needs_decision": waiting, "recent": recent,
-            "success_24h": success_24h, "oldest_decision_seconds": _age(now, first_asked(conn))}
+            "success_24h": success_24h, "oldest_decision_seconds": _age(now, asked)}
 
 
 def first_asked(conn: Connection) -> datetime | None:

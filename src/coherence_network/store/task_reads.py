@@ -3,7 +3,6 @@ PostgreSQL. Every read is safe to repeat, so each runs once more on a fresh conn
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Any, Literal
 
@@ -24,11 +23,12 @@ from coherence_network.store.statements import (
     sort_order,
 )
 
+_BY_STATUS = sa.select(tasks.c.status, sa.func.count()).group_by(tasks.c.status)
+
 
 class TaskReads(StoreCore):
     """Reads of the tasks table."""
 
-    _count_cache: tuple[int, float, dict[str, Any]] | None = None
 
     def get(self, task_id: int) -> dict[str, Any]:
         row = self._read(lambda conn: row_dict(
@@ -138,19 +138,16 @@ class TaskReads(StoreCore):
         """{"total": n, "by_status": {status: n}} with every status present.
 
         Counting scans the status index, which grows with the store; dashboards poll it, so the answer is reused
-        until this store changes a task's status, another replica's notification says it made work, or
-        ``count_cache_seconds`` pass (the bound on staleness for other writes made through other processes)."""
-        generation, now = self._writes, time.monotonic()
-        cached = self._count_cache
-        if cached and cached[0] == generation and now - cached[1] < self.count_cache_seconds:
-            return {"total": cached[2]["total"], "by_status": dict(cached[2]["by_status"])}
-        query = sa.select(tasks.c.status, sa.func.count()).group_by(tasks.c.status)
-        with self.connection() as conn:
-            found = {status: int(n) for status, n in conn.execute(query)}
-        by_status = {status.value: found.get(status.value, 0) for status in TaskStatus}
-        result = {"total": sum(found.values()), "by_status": by_status}
-        self._count_cache = (generation, now, result)
-        return {"total": result["total"], "by_status": dict(by_status)}
+        (``reused``: until this store changes a task's status, another replica's notification, or
+        ``count_cache_seconds``)."""
+
+        def read() -> dict[str, int]:
+            with self.connection() as conn:
+                found = {status: int(n) for status, n in conn.execute(_BY_STATUS)}
+            return {status.value: found.get(status.value, 0) for status in TaskStatus}
+
+        by_status = self.reused("count", read)
+        return {"total": sum(by_status.values()), "by_status": dict(by_status)}
 
     def running_leases(self) -> dict[int, dict[str, Any]]:
         """{id: {lease_expires_at, timeout_seconds}} of the running tasks (what the orphan rule needs beyond the
