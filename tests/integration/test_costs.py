@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from coherence_network.agents import Usage
 from coherence_network.store import TaskStore
 from coherence_network.store.costs import CapDefaults
-from coherence_network.store.task_moves import AgentRun
+from coherence_network.store.run_endings import AgentRun
 
 
 def _agent_run(cost: float, tokens: int = 100) -> AgentRun:

@@ -17,7 +17,7 @@ from coherence_network.client import ApiClient, ApiNotFound
 from coherence_network.contract import TaskStatus
 from coherence_network.item_view import item_page, item_view
 from coherence_network.store import TaskStore
-from coherence_network.store.task_moves import AgentRun
+from coherence_network.store.run_endings import AgentRun
 from tests.runbook.drill import Drill
 from tests.runbook.runbook_doc import Runbook
 from tests.support.api import ServedApi

@@ -22,7 +22,7 @@ from coherence_network.contract import FinishAndClaim, Task, TaskList, TaskStatu
 from coherence_network.endpoints import CLAIM_HELD_HEADER
 from coherence_network.request_bodies import AgentReport, ClaimRequest, TaskFinish, TaskHeartbeat
 from coherence_network.store import TaskStore
-from coherence_network.store.task_moves import AgentRun
+from coherence_network.store.run_endings import AgentRun
 
 router = APIRouter(prefix="/api/agent", tags=["agent"], responses=COMMON_ERRORS)
 log = logging.getLogger("coherence.api")

@@ -13,8 +13,9 @@ import sqlalchemy as sa
 from coherence_network.clock import utcnow
 from coherence_network.contract import ErrorCategory, TaskStatus
 from coherence_network.store.errors import Conflict, NotFound
+from coherence_network.store.run_endings import Ending
 from coherence_network.store.schema import tasks
-from coherence_network.store.task_moves import Ending, TaskMoves
+from coherence_network.store.task_moves import TaskMoves
 
 CANCELLABLE = (TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.NEEDS_DECISION)
 SUMMARY_CHARS = 300

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from coherence_network.agents import Usage
 from coherence_network.clock import utcnow
 from coherence_network.contract import (
     ENDED_BADLY,
@@ -31,6 +29,7 @@ from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.failures import FailureBook
 from coherence_network.store.limited_claims import claim_rows
 from coherence_network.store.rollup import SETTLED_FIELDS, record_settled_in
+from coherence_network.store.run_endings import AgentRun, Ending
 from coherence_network.store.schema import UTCDateTime, tasks
 from coherence_network.store.statements import (
     CLAIMED_BY_REQUEST,
@@ -46,34 +45,6 @@ from coherence_network.store.statements import (
     update_statement,
 )
 from coherence_network.store.task_creates import TaskCreates
-
-
-@dataclass(frozen=True)
-class Ending:
-    """How a runner ends its claim (a finish's fields)."""
-
-    status: TaskStatus
-    output: str | None
-    exit_code: int | None
-    decision_prompt: str | None
-    error_category: str | None
-    error_summary: str | None
-    usage: AgentRun | None = None
-    evidence: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class AgentRun:
-    """Which agent ran it and what it reported using (any part may be unknown)."""
-
-    agent: str | None = None
-    model: str | None = None
-    usage: Usage | None = None
-
-    def values(self) -> dict[str, Any]:
-        used = self.usage or Usage()
-        return {"agent": self.agent, "model": self.model, "tokens_in": used.input_tokens,
-                "tokens_out": used.output_tokens, "cost_usd": used.cost_usd}
 
 
 class TaskMoves(TaskCreates, FailureBook, CostBook):
