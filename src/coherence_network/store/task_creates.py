@@ -104,7 +104,7 @@ class TaskCreates(TaskReads, AuditBook):
 
     def _create_in(self, conn: sa.Connection, rows: Rows) -> Outcomes:
         """Replays from the keys already stored (one look-up for the batch), then one multi-row INSERT; a single
-        keyed create is one INSERT that skips a stored key, with the look-up only then (the client's usual call)."""
+        create (the client's usual call) is one INSERT, which skips a stored key, with the look-up only then."""
         if len(rows) == 1:
             return [self._create_one_in(conn, rows[0])]
         keys = {row["idempotency_key"] for row in rows} - {None}
