@@ -50,8 +50,10 @@ def test_a_slot_delivering_its_result_is_not_claimed_for(tmp_path: Path) -> None
     """The issue's stale claim, made deterministic: slot A's finish is held (a slow API) while slot B claims. Before
     the fix B claimed for A too; that task sat in the runner's handoff past its lease (A went on with the task its
     finish claimed), ran again elsewhere, and the stale claim, started when A was free, killed the current run:
-    the task failed with attempts left. Now B claims for itself only and every task runs once, no attempt used."""
-    home, lease = tmp_path / "home", 3.0
+    the task failed with attempts left. Now B claims for itself only and every task runs once, no attempt used.
+    The lease (4 s) stays under t1's 5 s run, so a task left in the handoff would outlive it; at 3 s a claim answered
+    late on a loaded machine (the proxy and the API on 2 busy cores) was once released unstarted (CI of stop 29)."""
+    home, lease = tmp_path / "home", 4.0
     api = ServedApi(home, env={"COHERENCE_LEASE_SECONDS": str(lease)}).start()
     proxy = HoldingProxy(api.url).start()
     proc = RunnerProcess(home, proxy.url, "--workers", "2", "--interval", "1",
