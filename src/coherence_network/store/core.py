@@ -125,7 +125,7 @@ class StoreCore:
         A statement that writes nothing takes SQLite's lock here; PostgreSQL's claim skips locked rows instead of
         waiting for them. On the event loop's connection (``without_waiting``) no write waits: the clock is right as
         it is, and the statement is spared."""
-        if not self._pg and not (_WITHOUT_WAITING.get() and self._nowait is not None):
+        if not self._pg and self._engine_now() is self._engine:  # not the connection that never waits
             conn.execute(_TAKE_WRITE_LOCK)
         return utcnow()
 

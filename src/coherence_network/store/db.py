@@ -58,17 +58,7 @@ def create_store_engine(url: str) -> Engine:
             # database file's mode.
             with suppress(FileExistsError):
                 os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        engine = sa.create_engine(url, connect_args={"timeout": 30}, pool_size=20, max_overflow=20)
-
-        @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, fsync at checkpoints
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        return engine
+        return _sqlite_engine(url, busy_seconds=30, pool_size=20, max_overflow=20)
     # No pre-ping: it costs a round trip on every checkout. A connection the server dropped (a restart) is found out
     # by its first statement instead: SQLAlchemy then discards every pooled connection made before, busy reads run
     # once more (``read_retrying``), and anything else answers 503, which clients retry when it is safe.
@@ -76,6 +66,23 @@ def create_store_engine(url: str) -> Engine:
     # command says "cannot be used" within this, unless the URL sets its own ?connect_timeout=.
     connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_SECONDS}
     return sa.create_engine(url, pool_size=20, max_overflow=20, connect_args=connect_args)
+
+
+def _sqlite_engine(url: str | sa.URL, *, busy_seconds: int, pool_size: int, max_overflow: int) -> Engine:
+    """An engine on a SQLite file in WAL mode, durable across process crashes (fsync at checkpoints), whose
+    connections wait up to ``busy_seconds`` for another writer's lock."""
+    engine = sa.create_engine(url, connect_args={"timeout": busy_seconds}, pool_size=pool_size,
+                              max_overflow=max_overflow)
+
+    @sa.event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_seconds * 1000}")
+        cursor.close()
+
+    return engine
 
 
 def nowait_engine(engine: Engine) -> Engine | None:
@@ -86,16 +93,7 @@ def nowait_engine(engine: Engine) -> Engine | None:
     database = engine.url.database
     if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
         return None
-    nowait = sa.create_engine(engine.url, connect_args={"timeout": 0}, pool_size=1, max_overflow=2)
-
-    @sa.event.listens_for(nowait, "connect")
-    def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA synchronous=NORMAL")  # the file is in WAL mode already (the main engine set it)
-        cursor.execute("PRAGMA busy_timeout=0")
-        cursor.close()
-
-    return nowait
+    return _sqlite_engine(engine.url, busy_seconds=0, pool_size=1, max_overflow=2)
 
 
 def is_busy(exc: sa.exc.DBAPIError) -> bool:

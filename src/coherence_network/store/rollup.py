@@ -84,9 +84,9 @@ def record_settled_in(conn: sa.Connection, postgres: bool, settled: Iterable[Map
         if task["status"] not in HOUR_OUTCOMES or task["finished_at"] is None:
             continue
         counted = [task["status"]]
-        for duration, field in (("run", "run_seconds"), ("queue", "queue_seconds")):
-            if task[field] is not None:
-                counted.append(bucket_column(duration, bucket_of(task[field])))
+        for duration in DURATIONS:  # tasks.run_seconds and tasks.queue_seconds
+            if task[f"{duration}_seconds"] is not None:
+                counted.append(bucket_column(duration, bucket_of(task[f"{duration}_seconds"])))
         conn.execute(_upsert(postgres, tuple(counted)),
                      {"b_hour": hour_of(task["finished_at"]), "b_type": task["task_type"], "b_sign": sign})
 

@@ -30,12 +30,17 @@ INSERT_TASKS = tasks.insert().returning(*tasks.c, sort_by_parameter_order=True)
 # a row inserted only): one round trip fewer than a NOTIFY of its own. Keyed by (dialect, keyed).
 NOTIFIED = "notified"
 _NOTIFY_MADE = sa.func.pg_notify(sa.bindparam("b_channel"), sa.bindparam("b_payload")).label(NOTIFIED)
-INSERT_ONE_TASK = {
-    (name, keyed): (dialect.insert(tasks).on_conflict_do_nothing(index_elements=[tasks.c.idempotency_key])
-                    if keyed else dialect.insert(tasks)).returning(*tasks.c, *([_NOTIFY_MADE] if name == "postgresql"
-                                                                             else []))
-    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite)) for keyed in (False, True)
-}
+
+
+def _insert_one(postgres: bool, keyed: bool) -> sa.Insert:
+    insert = (postgresql if postgres else sqlite).insert(tasks)
+    if keyed:
+        insert = insert.on_conflict_do_nothing(index_elements=[tasks.c.idempotency_key])
+    return insert.returning(*tasks.c, *([_NOTIFY_MADE] if postgres else []))
+
+
+INSERT_ONE_TASK = {(name, keyed): _insert_one(name == "postgresql", keyed)
+                   for name in ("postgresql", "sqlite") for keyed in (False, True)}
 TASK_BY_KEY = sa.select(tasks).where(tasks.c.idempotency_key == sa.bindparam("key"))
 
 

@@ -33,6 +33,7 @@ WINDOWS = {DAY: timedelta(hours=24), WEEK: timedelta(days=7)}
 PERCENTILES = (0.5, 0.95)
 ALL_TYPES = "all"
 
+
 def with_rate(entry: dict[str, Any]) -> dict[str, Any]:
     """``entry`` (outcome counts) with its success_rate: completed over completed + failed (None: neither)."""
     done = entry[TaskStatus.COMPLETED] + entry[TaskStatus.FAILED]

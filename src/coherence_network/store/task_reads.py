@@ -29,7 +29,6 @@ _BY_STATUS = sa.select(tasks.c.status, sa.func.count()).group_by(tasks.c.status)
 class TaskReads(StoreCore):
     """Reads of the tasks table."""
 
-
     def get(self, task_id: int) -> dict[str, Any]:
         row = self._read(lambda conn: row_dict(
             conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()))
