@@ -29,6 +29,7 @@ FROZEN = {
     "0014_agents.py": "3d5a7c9a0bddeb54478b39080601987c4a7c786576e37a23ac69442b24bc8d5f",
     "0015_costs.py": "e3396280a2ed07ca4a404bc4ec10c50ddd9409fcc6e0cb68cf1d5cad73cc0156",
     "0016_task_hours.py": "a5ae7ed0207c07210c39c12fc9eba0a588ba7a5c9b306d90bbe6492a87927336",
+    "0017_fewer_task_indexes.py": "a2123b410af15216f7afbb23a82fc1ec389427a0f6e44c53eaeadedf89b3629d",
 }
 
 

@@ -97,9 +97,7 @@ tasks = sa.Table(
     sa.CheckConstraint(_one_of("task_type", TaskType), name="ck_tasks_task_type"),
     sa.Index("ix_tasks_claim_order", "status", sa.desc("priority"), "id"),  # the claim's ORDER BY, no sort
     sa.Index("ix_tasks_status_id", "status", "id"),  # a page of one status, newest first, no sort
-    sa.Index("ix_tasks_status_lease", "status", "lease_expires_at"),
     sa.Index("ix_tasks_type_status", "task_type", "status"),
-    sa.Index("ix_tasks_finished_at", "finished_at"),
     sa.Index("ix_tasks_idempotency_key", "idempotency_key", unique=True),
     sa.Index("ix_tasks_claim_request_id", "claim_request_id"),
     # Sorted pages (contract.SORT_COLUMNS): the first page of a sort walks one of these, id breaking ties.
