@@ -83,8 +83,8 @@ def fill(url: str, n: int, spacing: float,
 
 
 def rebuild_rollup(url: str) -> float:
-    """Seconds revision 0016 takes to build the hourly rollup from the stored tasks (dropped first), as an upgraded
-    store does; on PostgreSQL then what autovacuum would do soon after a bulk load."""
+    """Seconds the upgrade from revision 0015 takes, most of it 0016 building the hourly rollup from the stored tasks
+    (dropped first), as an upgraded store does; on PostgreSQL then what autovacuum would do soon after a bulk load."""
     engine = create_store_engine(url)
     command.downgrade(alembic_config(engine), "0015")
     started = time.perf_counter()

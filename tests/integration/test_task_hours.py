@@ -4,6 +4,7 @@ after retention; percentile estimates stay within their bucket; pipeline-status'
 
 from __future__ import annotations
 
+import bisect
 import random
 from datetime import timedelta
 from typing import Any
@@ -19,15 +20,8 @@ from coherence_network.store import TaskStore
 from coherence_network.store.db import alembic_config, create_store_engine, migrate
 from coherence_network.store.errors import Conflict
 from coherence_network.store.retention import prune_store
-from coherence_network.store.rollup import (
-    DURATION_BOUNDS,
-    ROLLUP_KEEP,
-    SETTLED_FIELDS,
-    estimate,
-    hour_of,
-    record_settled_in,
-)
-from coherence_network.store.schema import task_hours, tasks
+from coherence_network.store.rollup import DURATION_BOUNDS, ROLLUP_KEEP, estimate, hour_of
+from coherence_network.store.schema import HOUR_OUTCOMES, task_hours, tasks
 from coherence_network.store.stats import PENDING_BY_TYPE
 
 Rollup = dict[tuple[int, str], dict[str, int]]
@@ -44,13 +38,19 @@ def _rollup(conn: sa.Connection) -> Rollup:
 
 
 def _recounted(engine: sa.Engine) -> Rollup:
-    """The rollup counted afresh from the tasks as they are now (in a transaction rolled back)."""
-    with engine.connect() as conn, conn.begin() as transaction:
-        conn.execute(task_hours.delete())
-        every = conn.execute(sa.select(*SETTLED_FIELDS.selected_columns)).mappings()
-        record_settled_in(conn, engine.dialect.name == "postgresql", every)
-        recounted = _rollup(conn)
-        transaction.rollback()
+    """The rollup counted afresh from the tasks as they are now, in Python: the oracle for the triggers' SQL."""
+    recounted: Rollup = {}
+    with engine.connect() as conn:
+        settled = conn.execute(sa.select(tasks.c.task_type, tasks.c.status, tasks.c.finished_at, tasks.c.run_seconds,
+                                         tasks.c.queue_seconds).where(tasks.c.status.in_(HOUR_OUTCOMES),
+                                                                      tasks.c.finished_at.is_not(None)))
+        for task in settled:
+            counts = recounted.setdefault((hour_of(task.finished_at), task.task_type), {})
+            counted = [task.status] + [f"{name}_{bisect.bisect_right(DURATION_BOUNDS, seconds):02d}"
+                                       for name, seconds in (("run", task.run_seconds), ("queue", task.queue_seconds))
+                                       if seconds is not None]
+            for column in counted:
+                counts[column] = counts.get(column, 0) + 1
     return recounted
 
 

@@ -21,7 +21,6 @@ import sqlalchemy as sa
 from coherence_network.contract import RETRIABLE_CATEGORIES, ErrorCategory, TaskStatus
 from coherence_network.contract_steering import POLICY_FIELDS
 from coherence_network.store.pauses import PauseBook
-from coherence_network.store.rollup import record_settled_in
 from coherence_network.store.schema import UTCDateTime, tasks, type_policies
 from coherence_network.store.statements import FAILED, PENDING, RUNNING, update_statement
 from coherence_network.store.streaks import failed_again
@@ -158,7 +157,6 @@ class FailureBook(PauseBook):
                 continue
             if values["status"] == FAILED:
                 failed += 1
-                record_settled_in(conn, self._pg, [row._mapping])
                 self.tasks_changed(conn)
             else:
                 reclaimed += 1

@@ -1,25 +1,21 @@
-"""The hourly rollup of settled tasks (schema.task_hours): kept by the moves, read by metrics and charts.
+"""The hourly rollup of settled tasks (schema.task_hours): kept by the database, read by metrics and charts.
 
-A move that settles a task (completed, failed, cancelled: a finish, a cancel, the reaper) adds the task to its
-hour's row, and a retry takes it back, with ``record_settled_in`` in the move's own transaction: one small upsert,
-its buckets chosen here from the row the move returned (revision 0016 filled the rollup with the same buckets in
-SQL). Reads then sum a few hundred rows (hours x task types) for any window up to ROLLUP_KEEP, however many tasks
-settled in it. Windows are whole UTC hours: an hour counts in [since, until) when it starts inside it, so "the
-last 24 h" is the current hour and the 23 before it. Percentiles come from the buckets (``estimate``): within a
-factor sqrt(2) of the exact figure, usually much closer.
+Triggers on tasks (revision 0018) add a task to its hour's row when it is stored or updated settled (completed,
+failed, cancelled: a finish, a cancel, the reaper) and take it back when an update moves it out (a retry), in the
+statement's own transaction: no move sends a statement for it (revision 0016 filled the rollup with the same
+buckets from the tasks then stored). Reads then sum a few hundred rows (hours x task types) for any window up to
+ROLLUP_KEEP, however many tasks settled in it. Windows are whole UTC hours: an hour counts in [since, until) when it
+starts inside it, so "the last 24 h" is the current hour and the 23 before it. Percentiles come from the buckets
+(``estimate``): within a factor sqrt(2) of the exact figure, usually much closer.
 """
 
 from __future__ import annotations
 
-import bisect
-import functools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from coherence_network.store.schema import (
     DURATION_BOUNDS,
@@ -28,7 +24,6 @@ from coherence_network.store.schema import (
     HOUR_OUTCOMES,
     bucket_column,
     task_hours,
-    tasks,
 )
 
 HOUR = 3600
@@ -48,47 +43,6 @@ def hour_start(hour: int) -> datetime:
 def hours_in(since: datetime, until: datetime) -> tuple[int, int]:
     """The first and last hour starting in [since, until): the hours a window counts."""
     return math.ceil(since.timestamp() / HOUR), math.ceil(until.timestamp() / HOUR) - 1
-
-
-def bucket_of(seconds: float) -> int:
-    """The bucket of a duration (revision 0016's conditions: bucket 0 below the first bound, bucket k from bound
-    k-1 up to bound k, the last from the last bound up)."""
-    return bisect.bisect_right(DURATION_BOUNDS, seconds)
-
-
-@functools.cache
-def _upsert(postgres: bool, counted: tuple[str, ...]) -> sa.Insert:
-    """INSERT a row of ``b_sign`` in the ``counted`` columns for (b_hour, b_type), ON CONFLICT add them to the row:
-    built once per shape (an outcome and at most a bucket of each duration: a few dozen shapes in practice)."""
-    sign = sa.bindparam("b_sign", type_=sa.Integer)
-    insert = (postgresql.insert if postgres else sqlite.insert)(task_hours)
-    statement = insert.values({"hour": sa.bindparam("b_hour", type_=sa.Integer),
-                               "task_type": sa.bindparam("b_type", type_=sa.String), **dict.fromkeys(counted, sign)})
-    return statement.on_conflict_do_update(
-        index_elements=[task_hours.c.hour, task_hours.c.task_type],
-        set_={name: task_hours.c[name] + statement.excluded[name] for name in counted},
-    )
-
-
-# A task's fields the rollup counts, read before a retry clears them.
-SETTLED_FIELDS = sa.select(tasks.c.task_type, tasks.c.status, tasks.c.finished_at, tasks.c.run_seconds,
-                           tasks.c.queue_seconds).where(tasks.c.id == sa.bindparam("b_id"))
-
-
-def record_settled_in(conn: sa.Connection, postgres: bool, settled: Iterable[Mapping[Any, Any]],
-                      sign: int = 1) -> None:
-    """Add each settled task (its ``task_type``, ``status``, ``finished_at``, ``run_seconds``, ``queue_seconds``,
-    as the move that settled it returned them) to its hour's row, inside the caller's transaction: one small upsert
-    a task (``sign`` -1 takes it back, before a retry clears those fields). A task not settled is skipped."""
-    for task in settled:
-        if task["status"] not in HOUR_OUTCOMES or task["finished_at"] is None:
-            continue
-        counted = [task["status"]]
-        for duration in DURATIONS:  # tasks.run_seconds and tasks.queue_seconds
-            if task[f"{duration}_seconds"] is not None:
-                counted.append(bucket_column(duration, bucket_of(task[f"{duration}_seconds"])))
-        conn.execute(_upsert(postgres, tuple(counted)),
-                     {"b_hour": hour_of(task["finished_at"]), "b_type": task["task_type"], "b_sign": sign})
 
 
 def prune_in(conn: sa.Connection, before: datetime) -> int:

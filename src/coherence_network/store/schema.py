@@ -146,12 +146,12 @@ FINISHED_WINDOW_INDEX = sa.Index(
 )
 
 # The hourly rollup of settled tasks (revision 0016; store/rollup.py): one row per (UTC hour, task type), the hour
-# counted in whole hours since 1970-01-01 UTC, so metrics and charts read a few hundred rows, never the tasks. Kept
-# by the move that settles a task (and taken back by a retry), in its transaction. ``completed``, ``failed`` and
-# ``cancelled`` count the tasks that settled so in the hour; ``run_NN`` and ``queue_NN`` count their run times and
-# queue waits per log-spaced bucket (DURATION_BOUNDS: bucket 0 holds durations under 0.1 s, bucket k those in
-# [bound k-1, bound k), the last one everything from the last bound up), so percentiles are estimated from
-# buckets that merge by adding.
+# counted in whole hours since 1970-01-01 UTC, so metrics and charts read a few hundred rows, never the tasks. Kept by
+# triggers on tasks (revision 0018) as a task settles (and taken back by a retry), in the move's transaction.
+# ``completed``, ``failed`` and ``cancelled`` count the tasks that settled so in the hour; ``run_NN`` and ``queue_NN``
+# count their run times and queue waits per log-spaced bucket (DURATION_BOUNDS: bucket 0 holds durations under 0.1 s,
+# bucket k those in [bound k-1, bound k), the last one everything from the last bound up), so percentiles are estimated
+# from buckets that merge by adding.
 DURATION_BOUNDS = tuple(0.1 * 2 ** (k / 2) for k in range(45))  # seconds: 0.1 s to 4.9 days, a factor sqrt(2) apart
 DURATION_BUCKETS = len(DURATION_BOUNDS) + 1
 HOUR_OUTCOMES = tuple(sorted(status.value for status in SETTLED_STATUSES))  # one column each

@@ -28,7 +28,6 @@ from coherence_network.store.costs import CostBook, record_spend_in
 from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.failures import FailureBook
 from coherence_network.store.limited_claims import claim_rows
-from coherence_network.store.rollup import SETTLED_FIELDS, record_settled_in
 from coherence_network.store.run_endings import AgentRun, Ending
 from coherence_network.store.schema import UTCDateTime, tasks
 from coherence_network.store.statements import (
@@ -348,7 +347,7 @@ class TaskMoves(TaskCreates, FailureBook, CostBook):
     def _reap_cancelled_in(self, conn: sa.Connection, now: datetime, expired: sa.ColumnElement[bool]) -> int:
         """Settle as cancelled the expired runs whose cancel was requested (store/cancels.py): never back to
         pending, and no attempt counted."""
-        settled = list(conn.execute(
+        return int(conn.execute(
             tasks.update()
             .where(expired, tasks.c.cancel_requested_at.is_not(None))
             .values(status=TaskStatus.CANCELLED.value, finished_at=now, lease_expires_at=None, claimed_by=None,
@@ -356,10 +355,7 @@ class TaskMoves(TaskCreates, FailureBook, CostBook):
                     error_summary="cancel requested; the runner went silent before it stopped the task",
                     current_step="lease expired after a cancel request",
                     **durations(self._pg, sa.literal(now, UTCDateTime)))
-            .returning(*SETTLED_FIELDS.selected_columns)
-        ).mappings())
-        record_settled_in(conn, self._pg, settled)
-        return len(settled)
+        ).rowcount)
 
     # --- helpers --------------------------------------------------------------------------------------------
     def _tail(self, output: str) -> str:
@@ -399,22 +395,14 @@ class TaskMoves(TaskCreates, FailureBook, CostBook):
         keys = tuple(sorted(values))
         statement = update_statement(needed.value, claim_token is not None, keys, count_attempt, self._pg)
         params = {"b_id": task_id, "b_token": claim_token, **{f"v_{k}": values[k] for k in keys}}
-        left = None  # a retry: its run leaves the rollup, read before the UPDATE clears it
-        if needed in SETTLED_STATUSES:
-            left = conn.execute(SETTLED_FIELDS, {"b_id": task_id}).mappings().first()
-            record_settled_in(conn, self._pg, [left] if left else [], -1)
         row = conn.execute(statement, params).first()
         if row is not None:
             task = dict(row._mapping)
-            if values.get("finished_at") is not None:  # it settled: its hour in the rollup counts it
-                record_settled_in(conn, self._pg, [task])
             if task.pop(FREES_SLOT, False) or new == PENDING:  # a freed slot of a limited type: its waiters look
                 self._wake(conn)
             elif new is not None:
                 self.tasks_changed(conn)
             return task
-        if left:  # it did not move: counted again
-            record_settled_in(conn, self._pg, [left])
         current = conn.execute(sa.select(tasks.c.status, tasks.c.claim_token).where(tasks.c.id == task_id)).first()
         if current is None:
             raise NotFound(f"task {task_id} not found")
