@@ -28,13 +28,14 @@ Rollup = dict[tuple[int, str], dict[str, int]]
 
 
 def _rollup(conn: sa.Connection) -> Rollup:
-    """task_hours as {(hour, type): non-zero counts}, rows of nothing left out."""
+    """task_hours as {(hour, type): non-zero counts}, its shards summed, rows of nothing left out."""
     found: Rollup = {}
     for row in conn.execute(sa.select(task_hours)):
-        counts = {k: v for k, v in row._mapping.items() if k not in ("hour", "task_type") and v}
-        if counts:
-            found[(row.hour, row.task_type)] = counts
-    return found
+        counts = found.setdefault((row.hour, row.task_type), {})
+        for name, n in row._mapping.items():
+            if name not in ("hour", "task_type", "shard"):
+                counts[name] = counts.get(name, 0) + n
+    return {key: nonzero for key, counts in found.items() if (nonzero := {k: n for k, n in counts.items() if n})}
 
 
 def _recounted(engine: sa.Engine) -> Rollup:
@@ -150,6 +151,55 @@ def test_an_upgrade_from_0015_counts_the_settled_tasks_already_stored(store_url:
     assert {s: found[s] for s in ("completed", "failed", "cancelled")} == {
         s: settled.get(s, 0) for s in ("completed", "failed", "cancelled")}
     assert found["run_seconds"]["n"] == timed
+    engine.dispose()
+
+
+def test_a_downgrade_from_0018_merges_the_shards_and_an_upgrade_keeps_them(store_url: str) -> None:
+    """Concurrent finishes on PostgreSQL count one hour in several shards: 0017's one row per hour holds their sum,
+    and upgrading again carries it over (the triggers count on from there)."""
+    engine = create_store_engine(store_url)
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.execute(tasks.insert(), _history(300))
+        conn.execute(task_hours.insert(), [{"hour": 7, "task_type": "impl", "shard": shard, "completed": shard,
+                                            "run_03": 1} for shard in (1, 2, 5)])
+    with engine.connect() as conn:
+        before = _rollup(conn)
+    assert before[(7, "impl")] == {"completed": 8, "run_03": 3}
+    command.downgrade(alembic_config(engine), "0017")
+    with engine.connect() as conn:
+        merged = conn.execute(sa.text("SELECT hour, task_type, completed, run_03 FROM task_hours WHERE hour = 7")).all()
+    assert [tuple(row) for row in merged] == [(7, "impl", 8, 3)]
+    migrate(engine)
+    with engine.connect() as conn:
+        assert _rollup(conn) == before
+    engine.dispose()
+
+
+def test_postgresql_finishes_of_one_type_at_once_do_not_queue_for_one_rollup_row(postgres_server: Any) -> None:
+    """Two transactions settling tasks of one type in one hour, on connections in different shards: the second
+    settles while the first is still open (one row per hour and type would hold it until the first commits)."""
+    engine = create_store_engine(postgres_server.new_database(migrated=True))
+    store = TaskStore(engine)
+    made = [store.create(task_type="impl", direction=f"d{i}") for i in range(2)]
+    claimed = [store.claim("r1") for _ in made]
+    settle = sa.text("UPDATE tasks SET status = 'completed', finished_at = now(), run_seconds = 1 WHERE id = :id")
+    with engine.connect() as first:
+        first.begin()
+        shard_of = sa.text("SELECT mod(pg_backend_pid(), 8)")
+        shard = first.execute(shard_of).scalar()
+        first.execute(settle, {"id": claimed[0]["id"]})
+        others = [engine.connect() for _ in range(9)]  # pids in a row: one of them is in another shard
+        second = next(conn for conn in others if conn.execute(shard_of).scalar() != shard)
+        second.exec_driver_sql("SET lock_timeout = '2s'")
+        second.execute(settle, {"id": claimed[1]["id"]})  # would raise LockNotAvailable after 2 s if it queued
+        second.commit()
+        first.commit()
+        for conn in others:
+            conn.close()
+    with engine.connect() as conn:
+        assert _rollup(conn) == _recounted(engine)
+        assert conn.execute(sa.select(sa.func.count()).select_from(task_hours)).scalar_one() == 2
     engine.dispose()
 
 

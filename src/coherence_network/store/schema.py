@@ -168,6 +168,9 @@ task_hours = sa.Table(
     metadata,
     sa.Column("hour", sa.Integer, primary_key=True),
     sa.Column("task_type", sa.String(16), primary_key=True),
+    # Revision 0018: an hour and type in up to 8 rows that reads sum, so that concurrent finishes on PostgreSQL do not
+    # queue for one row's lock (each connection writes its own: its server process's pid modulo 8; SQLite: 0).
+    sa.Column("shard", sa.SmallInteger, primary_key=True, server_default="0"),
     *(sa.Column(name, sa.Integer, nullable=False, server_default="0") for name in HOUR_OUTCOMES),
     *(sa.Column(bucket_column(d, k), sa.Integer, nullable=False, server_default="0")
       for d in DURATIONS for k in range(DURATION_BUCKETS)),

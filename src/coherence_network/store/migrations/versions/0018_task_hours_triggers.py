@@ -1,8 +1,14 @@
-"""The hourly rollup kept by the database itself (issue 23): triggers on tasks count a task in ``task_hours`` when it
-is stored or updated settled (completed, failed or cancelled, with a finish time) and take it back when an update
-moves it out of that (a retry) or changes what was counted. Until now each move that settled a task sent the
-rollup's upsert as a statement of its own: a round trip and a statement's client-side cost per finish. Deleting a
-task (retention) leaves its hour counted, as before.
+"""The hourly rollup kept by the database itself, in shards (issue 23).
+
+Triggers on tasks count a task in ``task_hours`` when it is stored or updated settled (completed, failed or
+cancelled, with a finish time) and take it back when an update moves it out of that (a retry) or changes what was
+counted. Until now each move that settled a task sent the rollup's upsert as a statement of its own: a round trip
+and a statement's client-side cost per finish. Deleting a task (retention) leaves its hour counted, as before.
+
+An hour and type are counted in up to SHARDS rows (the new key column ``shard``; reads sum them): on PostgreSQL each
+connection writes the shard its server process picks (pid modulo SHARDS), so runners finishing tasks of one type at
+once no longer queue for one row's lock until their transactions commit (with four runners that lock cost a third of
+the throughput). SQLite has one writer at a time: it writes shard 0.
 
 The buckets and the hour are revision 0016's, which filled the rollup from the tasks then stored: a bucket k of a
 duration counts values in [bound k-1, bound k) (bucket 0 below the first bound, the last from the last bound up).
@@ -11,6 +17,7 @@ Revision ID: 0018
 Revises: 0017
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0018"
@@ -24,6 +31,7 @@ DURATIONS = {"run": "run_seconds", "queue": "queue_seconds"}
 COLUMNS = [*OUTCOMES, *(f"{name}_{k:02d}" for name in DURATIONS for k in range(len(BOUNDS) + 1))]
 WATCHED = ("task_type", "status", "finished_at", "run_seconds", "queue_seconds")  # what the rollup counts
 SQLITE_TRIGGERS = ("task_hours_on_insert", "task_hours_on_update")
+SHARDS = 8
 
 
 def _counts(row: str, sign: str) -> list[str]:
@@ -42,12 +50,12 @@ def _counted(row: str) -> str:
     return f"{row}.status IN ({', '.join(repr(name) for name in OUTCOMES)}) AND {row}.finished_at IS NOT NULL"
 
 
-def _upsert(row: str, sign: str, hour: str) -> str:
+def _upsert(row: str, sign: str, hour: str, shard: str) -> str:
     """Add the task ``row`` to its hour's row when it counts (a SELECT with a WHERE: SQLite's upsert needs one)."""
     added = ", ".join(f"{name} = task_hours.{name} + excluded.{name}" for name in COLUMNS)
-    return (f"INSERT INTO task_hours (hour, task_type, {', '.join(COLUMNS)}) "
-            f"SELECT {hour}, {row}.task_type, {', '.join(_counts(row, sign))} WHERE {_counted(row)} "
-            f"ON CONFLICT (hour, task_type) DO UPDATE SET {added}")
+    return (f"INSERT INTO task_hours (hour, task_type, shard, {', '.join(COLUMNS)}) "
+            f"SELECT {hour}, {row}.task_type, {shard}, {', '.join(_counts(row, sign))} WHERE {_counted(row)} "
+            f"ON CONFLICT (hour, task_type, shard) DO UPDATE SET {added}")
 
 
 def _changed() -> str:
@@ -60,19 +68,20 @@ def _sqlite() -> list[str]:
     changed = _changed().replace("IS DISTINCT FROM", "IS NOT")
     return [
         f"CREATE TRIGGER task_hours_on_insert AFTER INSERT ON tasks WHEN {_counted('NEW')} "
-        f"BEGIN {_upsert('NEW', '1', hour('NEW'))}; END",
+        f"BEGIN {_upsert('NEW', '1', hour('NEW'), '0')}; END",
         f"CREATE TRIGGER task_hours_on_update AFTER UPDATE OF {', '.join(WATCHED)} ON tasks WHEN {changed} "
-        f"BEGIN {_upsert('OLD', '-1', hour('OLD'))}; {_upsert('NEW', '1', hour('NEW'))}; END",
+        f"BEGIN {_upsert('OLD', '-1', hour('OLD'), '0')}; {_upsert('NEW', '1', hour('NEW'), '0')}; END",
     ]
 
 
 def _postgresql() -> list[str]:
     def hour(row: str) -> str:
         return f"CAST(floor(extract(epoch FROM {row}.finished_at) / 3600) AS INTEGER)"
+    shard = f"pg_backend_pid() % {SHARDS}"
     return [
         "CREATE FUNCTION task_hours_count() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        f"IF TG_OP = 'UPDATE' THEN {_upsert('OLD', '-1', hour('OLD'))}; END IF; "
-        f"{_upsert('NEW', '1', hour('NEW'))}; RETURN NULL; END $$",
+        f"IF TG_OP = 'UPDATE' THEN {_upsert('OLD', '-1', hour('OLD'), shard)}; END IF; "
+        f"{_upsert('NEW', '1', hour('NEW'), shard)}; RETURN NULL; END $$",
         f"CREATE TRIGGER task_hours_on_insert AFTER INSERT ON tasks FOR EACH ROW WHEN ({_counted('NEW')}) "
         "EXECUTE FUNCTION task_hours_count()",
         f"CREATE TRIGGER task_hours_on_update AFTER UPDATE OF {', '.join(WATCHED)} ON tasks FOR EACH ROW "
@@ -80,15 +89,46 @@ def _postgresql() -> list[str]:
     ]
 
 
+def _rollup(name: str, sharded: bool) -> sa.Table:
+    """task_hours as revision 0016 made it, or keyed by shard too (made under ``name``, renamed once filled)."""
+    key = [sa.Column("hour", sa.Integer, primary_key=True), sa.Column("task_type", sa.String(16), primary_key=True)]
+    if sharded:
+        key.append(sa.Column("shard", sa.SmallInteger, primary_key=True, server_default="0"))
+    return op.create_table(name, *key, *(sa.Column(column, sa.Integer, nullable=False, server_default="0")
+                                         for column in COLUMNS))
+
+
+def _refill(sharded: bool) -> None:
+    """Copy task_hours into its new shape (a small table: hours of the last month x task types); shards merge into
+    one row on the way back."""
+    new = _rollup("task_hours_new", sharded)
+    old = sa.table("task_hours", *(sa.column(name) for name in ("hour", "task_type", *COLUMNS)))
+    if sharded:
+        rows = sa.select(old.c.hour, old.c.task_type, *(old.c[name] for name in COLUMNS))
+    else:
+        rows = sa.select(old.c.hour, old.c.task_type, *(sa.func.sum(old.c[name]) for name in COLUMNS)).group_by(
+            old.c.hour, old.c.task_type)
+    op.execute(new.insert().from_select(["hour", "task_type", *COLUMNS], rows))
+    op.drop_table("task_hours")
+    op.rename_table("task_hours_new", "task_hours")
+
+
 def upgrade() -> None:
+    _refill(sharded=True)
     postgres = op.get_bind().dialect.name == "postgresql"
+    if postgres:  # its primary key's name follows the table's
+        op.execute("ALTER TABLE task_hours RENAME CONSTRAINT task_hours_new_pkey TO task_hours_pkey")
     for statement in _postgresql() if postgres else _sqlite():
         op.execute(statement)
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
+    postgres = op.get_bind().dialect.name == "postgresql"
+    if postgres:
         op.execute("DROP FUNCTION task_hours_count() CASCADE")  # and the triggers that call it
     else:
         for trigger in SQLITE_TRIGGERS:
             op.execute(f"DROP TRIGGER {trigger}")
+    _refill(sharded=False)
+    if postgres:
+        op.execute("ALTER TABLE task_hours RENAME CONSTRAINT task_hours_new_pkey TO task_hours_pkey")
