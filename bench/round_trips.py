@@ -5,7 +5,8 @@ What the API's store does for each task a runner handles, straight through TaskS
 runner used before issue 14 (a claim with a request id, then a finish: two calls) and, where the tree has it, the
 one call that finishes a task and claims the next. A round trip is one exchange with the database as the driver
 makes it: each statement, each COMMIT and ROLLBACK, on PostgreSQL each BEGIN (psycopg sends it as a command of its
-own), and a ping per pool checkout when pre-ping is on. Counted with SQLAlchemy events.
+own; none of these on a connection in autocommit), and a ping per pool checkout when pre-ping is on. Counted with
+SQLAlchemy events.
 
 It imports whatever tree is on PYTHONPATH, so the same script counts an older commit:
   `PYTHONPATH=src .venv/bin/python bench/round_trips.py [--postgres]` (see bench/README.md).
@@ -45,16 +46,21 @@ class RoundTrips:
 
     def __init__(self, engine: Engine) -> None:
         self.count = 0
-        events = ["before_cursor_execute", "commit", "rollback"]
-        if engine.dialect.name == "postgresql":
-            events.append("begin")
-        for name in events:
-            sa.event.listen(engine, name, self._one)
+        sa.event.listen(engine, "before_cursor_execute", self._one)
+        ends = ["commit", "rollback"] + (["begin"] if engine.dialect.name == "postgresql" else [])
+        for name in ends:
+            sa.event.listen(engine, name, self._unless_autocommit)
         if engine.pool._pre_ping:
             sa.event.listen(engine.pool, "checkout", self._one)
 
     def _one(self, *_: Any, **__: Any) -> None:
         self.count += 1
+
+    def _unless_autocommit(self, conn: sa.Connection) -> None:
+        """A BEGIN, COMMIT or ROLLBACK the driver sends: none on a connection in autocommit (each statement commits
+        by itself; SQLAlchemy still marks where its transaction would be)."""
+        if getattr(conn.connection.dbapi_connection, "autocommit", False) is not True:
+            self.count += 1
 
 
 def per_cycle(store: TaskStore, trips: RoundTrips, tasks: int, cycle: Callable[[int], None]) -> float:

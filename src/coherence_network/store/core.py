@@ -97,10 +97,35 @@ class StoreCore:
             try:
                 with conn.begin():
                     yield conn
-                changed, woke = conn.info.get(_CHANGED, False), conn.info.get(_WOKE, False)
             finally:
-                conn.info.pop(_CHANGED, None)
-                conn.info.pop(_WOKE, None)
+                marks = self._marks_of(conn)
+        self._act_on(marks)
+
+    @contextmanager
+    def single_statement(self) -> Iterator[sa.Connection]:
+        """``transaction`` for a move whose one write is one statement (a create, a heartbeat). On PostgreSQL the
+        statement commits by itself (autocommit): no BEGIN and no COMMIT, a round trip each (issue 23). A statement
+        that ran is committed, so what it marked is acted on even if a later read fails. SQLite: ``transaction``."""
+        if not self._pg:
+            with self.transaction() as conn:
+                yield conn
+            return
+        with self._engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                yield conn
+            finally:
+                marks = self._marks_of(conn)
+                self._act_on(marks)
+
+    @staticmethod
+    def _marks_of(conn: sa.Connection) -> tuple[bool, bool]:
+        """What the statements on ``conn`` marked (changed tasks, made work), cleared for its next user."""
+        return bool(conn.info.pop(_CHANGED, False)), bool(conn.info.pop(_WOKE, False))
+
+    def _act_on(self, marks: tuple[bool, bool]) -> None:
+        """After a commit: a change invalidates the count cache, a wake calls ``on_work``."""
+        changed, woke = marks
         if changed or woke:
             self._writes += 1
         if woke and self.on_work is not None:

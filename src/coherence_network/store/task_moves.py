@@ -147,7 +147,7 @@ class TaskMoves(TaskCreates, FailureBook, CostBook):
     ) -> dict[str, Any]:
         """Extend the lease of a running task (and record progress, when it last printed: ``silent_seconds`` ago,
         and what its run reported costing so far, which the day cap counts); only the current claim may do so."""
-        with self.transaction() as conn:
+        with self.single_statement() as conn:  # one UPDATE (a refused one reads why)
             now = self._lease_clock(conn)
             values: dict[str, Any] = {
                 "lease_expires_at": now + timedelta(seconds=lease_seconds or self.lease_seconds),
