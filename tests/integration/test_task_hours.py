@@ -236,6 +236,29 @@ def test_retention_prunes_the_hours_no_window_reads(store: TaskStore, store_engi
         assert list(_rollup(conn)) == [(edge + 1, "impl")]
 
 
+def test_retention_folds_the_shards_of_past_hours(postgres_server: Any, tmp_path: Any) -> None:
+    """PostgreSQL (SQLite writes one shard): an hour written in several shards by concurrent finishes is one row again
+    once a retention pass comes after the hour following it, with the same sums; the current and the last hour keep
+    their shards (a finish begun then may still count in them)."""
+    engine = create_store_engine(postgres_server.new_database(migrated=True))
+    now = utcnow()
+    current = hour_of(now)
+    with engine.begin() as conn:
+        conn.execute(task_hours.insert(), [{"hour": hour, "task_type": "impl", "shard": shard, "completed": shard,
+                                            "run_05": 1}
+                                           for hour in (current - 5, current - 1, current) for shard in (0, 2, 6)])
+        conn.execute(task_hours.insert(), {"hour": current - 5, "task_type": "test", "shard": 3, "failed": 2})
+        before = _rollup(conn)
+    prune_store(TaskStore(engine), Settings(coherence_home=tmp_path), now=now)
+    with engine.connect() as conn:
+        assert _rollup(conn) == before
+        rows = conn.execute(sa.select(task_hours.c.hour, task_hours.c.task_type, task_hours.c.shard)).all()
+    assert sorted(rows) == sorted([(current - 5, "impl", 0), (current - 5, "test", 0),
+                                   *((hour, "impl", shard) for hour in (current - 1, current) for shard in (0, 2, 6))])
+    assert before[(current - 5, "impl")] == {"completed": 8, "run_05": 3}
+    engine.dispose()
+
+
 def test_pending_by_type_reads_its_index_alone(store_engine: sa.Engine) -> None:
     postgres = store_engine.dialect.name == "postgresql"
     with store_engine.connect() as conn:

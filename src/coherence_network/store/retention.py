@@ -21,7 +21,7 @@ from coherence_network.clock import utcnow
 from coherence_network.contract import SETTLED_STATUSES
 from coherence_network.settings import Settings
 from coherence_network.store.gateway import TaskStore
-from coherence_network.store.rollup import ROLLUP_KEEP, prune_in
+from coherence_network.store.rollup import ROLLUP_KEEP, fold_shards_in, prune_in
 from coherence_network.store.schema import audit, monitor_issues, tasks
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,8 @@ def prune_store(store: TaskStore, settings: Settings, *, now: datetime | None = 
     if not dry_run:  # derived figures, not records: pruned by what the longest window reads, not reported
         with store.transaction() as conn:
             prune_in(conn, now - ROLLUP_KEEP)
+            # the hours before the last: a finish that began in the last hour may still count in it
+            fold_shards_in(conn, store.dialect == "postgresql", now - timedelta(hours=1))
     audit_days = settings.coherence_retain_audit_days
     assert audit_days is not None  # Settings._derive
     audit_cutoff = _cutoff(now, audit_days)

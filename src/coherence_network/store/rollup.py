@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from coherence_network.store.schema import (
     DURATION_BOUNDS,
@@ -48,6 +49,31 @@ def hours_in(since: datetime, until: datetime) -> tuple[int, int]:
 def prune_in(conn: sa.Connection, before: datetime) -> int:
     """Delete the hours before ``before`` (retention: older than any window reads)."""
     return conn.execute(task_hours.delete().where(task_hours.c.hour < hour_of(before))).rowcount
+
+
+def _fold_shards() -> sa.Insert:
+    """PostgreSQL: the shards (1 and up) of the hours before b_hour deleted and added into their hour's shard 0, in
+    one statement (a data-modifying CTE)."""
+    folded = (task_hours.delete()
+              .where(task_hours.c.hour < sa.bindparam("b_hour", type_=sa.Integer), task_hours.c.shard != 0)
+              .returning(*task_hours.c).cte("folded"))
+    sums = (sa.select(folded.c.hour, folded.c.task_type, sa.literal(0, sa.SmallInteger),
+                      *(sa.func.sum(folded.c[name]) for name in _COUNTED))
+            .group_by(folded.c.hour, folded.c.task_type))
+    insert = postgresql.insert(task_hours).from_select(["hour", "task_type", "shard", *_COUNTED], sums)
+    return insert.on_conflict_do_update(index_elements=[task_hours.c.hour, task_hours.c.task_type, task_hours.c.shard],
+                                        set_={name: task_hours.c[name] + insert.excluded[name] for name in _COUNTED})
+
+
+_FOLD_SHARDS = _fold_shards()
+
+
+def fold_shards_in(conn: sa.Connection, postgres: bool, before: datetime) -> None:
+    """Fold the shards of the hours that ended before ``before``'s hour into one row each: concurrent finishes write
+    an hour and type in up to 8 rows on PostgreSQL (revision 0018), and once the hour is over the rows are only read.
+    SQLite writes one shard: nothing to fold."""
+    if postgres:
+        conn.execute(_FOLD_SHARDS, {"b_hour": hour_of(before)})
 
 
 # The reads, built once (building a statement costs more than SQLite runs these): a window is hours b_first..b_last.
