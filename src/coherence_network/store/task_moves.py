@@ -184,7 +184,9 @@ class TaskMoves(TaskCreates, FailureBook, CostBook):
         token and status (a retry after a lost response) returns the stored result."""
         status = self._finish_status(status, decision_prompt)
         ending = Ending(status, output, exit_code, decision_prompt, error_category, error_summary, usage, evidence)
-        with self.transaction() as conn:
+        # one UPDATE (a refused one reads why) unless a failure settles by its policy or a run's spend is booked
+        alone = status is not TaskStatus.FAILED and usage is None
+        with self.single_statement() if alone else self.transaction() as conn:
             return self._finish_in(conn, utcnow(), task_id, claim_token, ending)
 
     def finish_and_claim(
