@@ -64,6 +64,7 @@ class BulkResult(Returned):
 # The fields of a type policy (table type_policies); a field not set (None) takes the setting's default.
 PolicyField = Literal["max_running", "retry_delay_seconds", "retry_max_delay_seconds", "breaker_failures"]
 POLICY_FIELDS: tuple[str, ...] = get_args(PolicyField)
+BREAKER = "breaker"  # the actor of a pause the circuit breaker made (its `by`)
 
 
 class TypePolicy(Returned):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from coherence_network.contract import Severity
@@ -57,3 +58,10 @@ def count_states(rows: Iterable[dict[str, Any]]) -> str:
     """"1 alive, 1 stopped, 1 dead": how status, doctor and Telegram sum up the runners."""
     states = [state_of(r) for r in rows]
     return ", ".join(f"{states.count(state)} {state}" for state in (ALIVE, STOPPED, DEAD))
+
+
+def forgotten_runner(last_seen: datetime, info: dict[str, Any] | None, seen_before: datetime,
+                     stopped_before: datetime) -> bool:
+    """A runner row past its time: unseen since ``seen_before``, or stopped (info.stopped) and unseen since
+    ``stopped_before``. The one rule: the registry pass deletes such rows, and the views hide them until it does."""
+    return last_seen < seen_before or (last_seen < stopped_before and bool((info or {}).get("stopped")))

@@ -18,16 +18,17 @@ import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coherence_network.contract import PAUSE_ALL, Component, Severity, TaskStatus, TaskType
-from coherence_network.grading import ALIVE, DEAD, SEVERITIES, STOPPED, count_states, state_of
+from coherence_network.contract_steering import BREAKER
+from coherence_network.grading import ALIVE, DEAD, SEVERITIES, STOPPED, count_states, forgotten_runner, state_of
 from coherence_network.setting_values import seen_limit
 from coherence_network.settings import Settings
-from coherence_network.store import TaskStore
-from coherence_network.store.failures import BREAKER
-from coherence_network.store.registry import forgotten_runner
-from coherence_network.store.stats import Limits
+
+if TYPE_CHECKING:  # the monitor and the CLI read health over HTTP: they need not load the store to grade it
+    from coherence_network.store import TaskStore
+    from coherence_network.store.stats import Limits
 
 MANAGER = Component.MANAGER
 MONITOR = Component.MONITOR
@@ -136,7 +137,7 @@ def gather(store: TaskStore, settings: Settings, now: datetime, limits: Limits |
            ready: list[dict[str, Any]] | None = None) -> HealthSnapshot:
     """One snapshot from the store (and this replica's readiness checks, when given); a read, it writes nothing
     (runners past COHERENCE_RUNNER_FORGET_SECONDS are forgotten by the API's registry pass, api/metrics.py)."""
-    found = store.pipeline_snapshot(now, limits or Limits(), settings.pipeline_failure_streak)
+    found = store.pipeline_snapshot(now, settings.pipeline_failure_streak, limits)
     leases = store.running_leases()  # what orphan_running needs beyond the summary columns
     for task in found["running"]:
         lease = leases.get(task["id"], {})

@@ -12,8 +12,9 @@ from sqlalchemy.engine import Engine
 
 from coherence_network.clock import utcnow
 from coherence_network.contract import TaskStatus, TaskType
+from coherence_network.contract_steering import BREAKER
 from coherence_network.store import Conflict, TaskStore
-from coherence_network.store.failures import BREAKER, TypeDefaults
+from coherence_network.store.failures import TypeDefaults
 from coherence_network.store.schema import type_policies
 from tests.support.net import wait_until
 

@@ -16,9 +16,9 @@ from coherence_network.api.cost_metrics import cost_families
 from coherence_network.api.readiness import readiness_checks
 from coherence_network.clock import utcnow
 from coherence_network.contract import PAUSE_SCOPES, TaskType
+from coherence_network.contract_steering import BREAKER
 from coherence_network.settings import Settings
 from coherence_network.store import TaskStore
-from coherence_network.store.failures import BREAKER
 
 log = logging.getLogger("coherence.api")
 

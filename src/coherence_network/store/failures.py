@@ -19,13 +19,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from coherence_network.contract import RETRIABLE_CATEGORIES, ErrorCategory, TaskStatus
-from coherence_network.contract_steering import POLICY_FIELDS
+from coherence_network.contract_steering import BREAKER, POLICY_FIELDS
 from coherence_network.store.pauses import PauseBook
 from coherence_network.store.schema import UTCDateTime, tasks, type_policies
 from coherence_network.store.statements import FAILED, PENDING, RUNNING, update_statement
 from coherence_network.store.streaks import failed_again
 
-BREAKER = "breaker"  # the actor of a pause the circuit breaker made
 SUMMARY_CHARS = 300
 _POLICY = sa.select(type_policies).where(type_policies.c.task_type == sa.bindparam("b_type"))
 _RUN = sa.select(tasks.c.task_type, tasks.c.attempts, tasks.c.max_attempts).where(

@@ -22,12 +22,13 @@ class StoreFigures(StoreCore):
         with self.connection() as conn:
             return stats.task_metrics(conn, now or utcnow())
 
-    def pipeline_snapshot(self, now: datetime, limits: stats.Limits, recent_at_least: int) -> dict[str, Any]:
+    def pipeline_snapshot(self, now: datetime, recent_at_least: int,
+                          limits: stats.Limits | None = None) -> dict[str, Any]:
         """Running, pending-by-type, needs_decision and recently finished tasks (stats.pipeline_snapshot); the
         pending counts walk every pending task's index entry, so they are reused as the task counts are."""
         with self.connection() as conn:
             pending = self.reused("pending", lambda: stats.pending_by_type(conn))
-            return stats.pipeline_snapshot(conn, now, limits, recent_at_least, pending)
+            return stats.pipeline_snapshot(conn, now, limits or stats.Limits(), recent_at_least, pending)
 
     def oldest_decision_seconds(self, now: datetime) -> float | None:
         """How long the longest-waiting decision has waited at ``now`` (None: none waits)."""

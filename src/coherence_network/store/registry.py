@@ -9,16 +9,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from coherence_network.clock import utcnow
+from coherence_network.grading import forgotten_runner
 from coherence_network.store.core import StoreCore
 from coherence_network.store.schema import components, runners
 from coherence_network.store.statements import Rows
-
-
-def forgotten_runner(last_seen: datetime, info: dict[str, Any] | None, seen_before: datetime,
-                     stopped_before: datetime) -> bool:
-    """A runner row past its time: unseen since ``seen_before``, or stopped (info.stopped) and unseen since
-    ``stopped_before``. The one rule: the registry pass deletes such rows, and the views hide them until it does."""
-    return last_seen < seen_before or (last_seen < stopped_before and bool((info or {}).get("stopped")))
 
 
 class Registry(StoreCore):
