@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from alembic.operations import Operations
 
 from coherence_network.clock import utcnow
 from coherence_network.contract import TaskStatus
@@ -28,9 +29,10 @@ Rollup = dict[tuple[int, str], dict[str, int]]
 
 
 def _rollup(conn: sa.Connection) -> Rollup:
-    """task_hours as {(hour, type): non-zero counts}, its shards summed, rows of nothing left out."""
+    """task_hours as {(hour, type): non-zero counts}, its shards summed, rows of nothing left out (read as the table
+    stands: with or without revision 0018's shard column)."""
     found: Rollup = {}
-    for row in conn.execute(sa.select(task_hours)):
+    for row in conn.execute(sa.text("SELECT * FROM task_hours")):
         counts = found.setdefault((row.hour, row.task_type), {})
         for name, n in row._mapping.items():
             if name not in ("hour", "task_type", "shard"):
@@ -173,6 +175,32 @@ def test_a_downgrade_from_0018_merges_the_shards_and_an_upgrade_keeps_them(store
     migrate(engine)
     with engine.connect() as conn:
         assert _rollup(conn) == before
+    engine.dispose()
+
+
+def test_an_upgrade_to_0018_stopped_partway_goes_through_the_next_time(store_url: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process stops after 0018 copied the rollup and before it renamed the copy (SQLite keeps the copy: its DDL
+    runs outside a transaction): the next migrate upgrades, with the counts the rollup held."""
+    engine = create_store_engine(store_url)
+    command.upgrade(alembic_config(engine), "0015")
+    with engine.begin() as conn:
+        conn.execute(tasks.insert(), _history(200))
+    command.upgrade(alembic_config(engine), "0017")  # 0016 fills the rollup from the stored tasks
+    with engine.connect() as conn:
+        counted = _rollup(conn)
+    assert counted
+
+    def stopped(*_: Any, **__: Any) -> None:
+        raise KeyboardInterrupt("stopped between the copy and the rename")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Operations, "rename_table", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            migrate(engine)
+    assert migrate(engine) == ("0017", "0018")
+    with engine.connect() as conn:
+        assert _rollup(conn) == counted
     engine.dispose()
 
 

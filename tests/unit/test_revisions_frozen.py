@@ -30,7 +30,7 @@ FROZEN = {
     "0015_costs.py": "e3396280a2ed07ca4a404bc4ec10c50ddd9409fcc6e0cb68cf1d5cad73cc0156",
     "0016_task_hours.py": "a5ae7ed0207c07210c39c12fc9eba0a588ba7a5c9b306d90bbe6492a87927336",
     "0017_fewer_task_indexes.py": "a2123b410af15216f7afbb23a82fc1ec389427a0f6e44c53eaeadedf89b3629d",
-    "0018_task_hours_triggers.py": "581528484da149136d8c881444ea6fb86f1d60f036d9690ae1c29b2dfcffa8c7",
+    "0018_task_hours_triggers.py": "feb56688a239361b14218e7e6c318dcc533e3cb69a33e089c322f82b315ae0f1",
 }
 
 

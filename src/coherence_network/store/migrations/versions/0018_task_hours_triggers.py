@@ -67,9 +67,10 @@ def _sqlite() -> list[str]:
         return f"CAST(strftime('%s', {row}.finished_at) AS INTEGER) / 3600"
     changed = _changed().replace("IS DISTINCT FROM", "IS NOT")
     return [
-        f"CREATE TRIGGER task_hours_on_insert AFTER INSERT ON tasks WHEN {_counted('NEW')} "
+        f"CREATE TRIGGER IF NOT EXISTS task_hours_on_insert AFTER INSERT ON tasks WHEN {_counted('NEW')} "
         f"BEGIN {_upsert('NEW', '1', hour('NEW'), '0')}; END",
-        f"CREATE TRIGGER task_hours_on_update AFTER UPDATE OF {', '.join(WATCHED)} ON tasks WHEN {changed} "
+        f"CREATE TRIGGER IF NOT EXISTS task_hours_on_update AFTER UPDATE OF {', '.join(WATCHED)} ON tasks "
+        f"WHEN {changed} "
         f"BEGIN {_upsert('OLD', '-1', hour('OLD'), '0')}; {_upsert('NEW', '1', hour('NEW'), '0')}; END",
     ]
 
@@ -100,7 +101,9 @@ def _rollup(name: str, sharded: bool) -> sa.Table:
 
 def _refill(sharded: bool) -> None:
     """Copy task_hours into its new shape (a small table: hours of the last month x task types); shards merge into
-    one row on the way back."""
+    one row on the way back. SQLite runs the table's DDL outside a transaction: a copy that an upgrade stopped
+    partway left behind is dropped first, so the next upgrade goes through."""
+    op.execute("DROP TABLE IF EXISTS task_hours_new")
     new = _rollup("task_hours_new", sharded)
     old = sa.table("task_hours", *(sa.column(name) for name in ("hour", "task_type", *COLUMNS)))
     if sharded:
@@ -128,7 +131,7 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION task_hours_count() CASCADE")  # and the triggers that call it
     else:
         for trigger in SQLITE_TRIGGERS:
-            op.execute(f"DROP TRIGGER {trigger}")
+            op.execute(f"DROP TRIGGER IF EXISTS {trigger}")
     _refill(sharded=False)
     if postgres:
         op.execute("ALTER TABLE task_hours RENAME CONSTRAINT task_hours_new_pkey TO task_hours_pkey")
