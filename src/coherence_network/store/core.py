@@ -103,7 +103,8 @@ class StoreCore:
 
     @contextmanager
     def single_statement(self) -> Iterator[sa.Connection]:
-        """``transaction`` for a move whose one write is one statement (a create, a heartbeat). On PostgreSQL the
+        """``transaction`` for a move whose one write is one statement (a create, a heartbeat, a plain finish). On
+        PostgreSQL the
         statement commits by itself (autocommit): no BEGIN and no COMMIT, a round trip each (issue 23). A statement
         that ran is committed, so what it marked is acted on even if a later read fails. SQLite: ``transaction``."""
         if not self._pg:
@@ -115,8 +116,7 @@ class StoreCore:
             try:
                 yield conn
             finally:
-                marks = self._marks_of(conn)
-                self._act_on(marks)
+                self._act_on(self._marks_of(conn))
 
     @staticmethod
     def _marks_of(conn: sa.Connection) -> tuple[bool, bool]:
