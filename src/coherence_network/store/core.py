@@ -104,9 +104,9 @@ class StoreCore:
     @contextmanager
     def single_statement(self) -> Iterator[sa.Connection]:
         """``transaction`` for a move whose one write is one statement (a create, a heartbeat, a plain finish). On
-        PostgreSQL the
-        statement commits by itself (autocommit): no BEGIN and no COMMIT, a round trip each (issue 23). A statement
-        that ran is committed, so what it marked is acted on even if a later read fails. SQLite: ``transaction``."""
+        PostgreSQL the statement commits by itself (autocommit): no BEGIN and no COMMIT, a round trip each (issue
+        23). A statement that ran is committed, so what it marked is acted on even if a later read fails. SQLite:
+        ``transaction``."""
         if not self._pg:
             with self.transaction() as conn:
                 yield conn
