@@ -27,3 +27,40 @@ def test_a_single_statement_acts_on_what_it_marked(store_engine: sa.Engine) -> N
     store.on_work = lambda: woken.append(len(store.list(status="pending")[0]))
     store.create(task_type="impl", direction="wakes")
     assert woken == [1]  # called after the commit: the task is visible to the waiter it wakes
+
+
+def _statements(engine: sa.Engine) -> list[str]:
+    """The SQL statements sent on ``engine`` from now on (BEGIN and COMMIT are not statements to the cursor)."""
+    sent: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda _c, _cur, statement, *_: sent.append(statement))
+    return sent
+
+
+def test_a_claim_of_one_task_replays_its_request_and_keeps_to_the_limits(store_engine: sa.Engine) -> None:
+    """On PostgreSQL a claim of one task is one statement that commits by itself: it claims a type without a limit,
+    hands a retried request what it got, and says when a limited type could be among its own; only then does a
+    transaction take the limits' lock, without repeating that statement. SQLite claims as it did."""
+    store = TaskStore(store_engine)
+    store.set_type_policy("impl", "test", max_running=1)
+    run = store.create(task_type="run", direction="free")
+    impls = [store.create(task_type="impl", direction=f"limited {i}") for i in range(2)]
+    sent = _statements(store_engine)
+
+    got = store.claim("r1", types=["run", "impl"], request_id="a")  # both types: the free one is picked alone
+    assert got is not None and got["id"] == run["id"]
+    again = store.claim("r1", types=["run", "impl"], request_id="a")  # a retry after a lost answer
+    assert again is not None and (again["id"], again["claim_token"]) == (run["id"], got["claim_token"])
+    limited = store.claim("r2", types=["impl"], request_id="b")
+    assert limited is not None and limited["id"] == impls[0]["id"]
+    assert store.claim("r3", types=["impl"], request_id="c") is None  # its limit is reached
+    assert store.claim("r1", types=["run"], request_id="d") is None  # nothing left of a type without a limit
+    assert store.get(impls[1]["id"])["status"] == "pending"
+
+    if store_engine.dialect.name == "postgresql":
+        assert [statement.split()[0] for statement in sent] == [
+            "WITH", "WITH",  # a claim and its replay: one statement each
+            "WITH", "SELECT", "UPDATE",  # nothing free, then the limits' lock and the claim under the limit
+            "WITH", "SELECT", "UPDATE", "SELECT",  # the same at the limit, and the look-up for a retried request
+            "WITH",  # nothing free and nothing limited among its types: no transaction at all
+            "SELECT",  # the get
+        ], sent

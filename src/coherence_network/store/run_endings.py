@@ -23,6 +23,11 @@ class Ending:
     usage: AgentRun | None = None
     evidence: dict[str, Any] | None = None
 
+    def alone(self) -> bool:
+        """Is the finish one UPDATE (a refused one reads why), which may commit by itself? Not when a failure settles
+        by its policy (store/failures.py) or a run's spend is booked (store/costs.py)."""
+        return self.status is not TaskStatus.FAILED and self.usage is None
+
 
 @dataclass(frozen=True)
 class AgentRun:

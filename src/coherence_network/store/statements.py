@@ -212,6 +212,24 @@ CLAIMED_BY_REQUEST = (
 )
 
 
+LIMITED = "limited"
+
+
+@cache
+def claim_one_statement(typed: bool, replayable: bool) -> sa.Select[Any]:
+    """PostgreSQL, one task, in one statement that commits by itself (issue 23: no BEGIN, no COMMIT): the claim of a
+    type without a limit (UNLIMITED_ONLY), with ``replayable`` what this request id claimed before (a retry), and in
+    the column ``limited`` whether a type the claim could take has a limit. One row at least: its task columns are
+    NULL when nothing was claimed; then, if ``limited``, the claim is made again in a transaction that takes the
+    limits' lock (store/limited_claims.py)."""
+    claimed = claim_statement(typed, True, False, replayable, UNLIMITED_ONLY).cte("claimed")
+    got: sa.FromClause = claimed
+    if replayable:  # the statement sees the store as before its UPDATE: an earlier claim's task, never this one's
+        got = sa.union_all(sa.select(claimed), CLAIMED_BY_REQUEST.order_by(None)).subquery("got")
+    flag = sa.select(sa.exists(_limits(typed).order_by(None)).label(LIMITED)).subquery("flag")
+    return sa.select(flag.c[LIMITED], *got.c).select_from(flag.outerjoin(got, sa.true()))
+
+
 def claim_order(task: dict[str, Any]) -> tuple[int, int]:
     """The claim's own order (most urgent first): RETURNING gives rows in no promised order."""
     return -task["priority"], task["id"]

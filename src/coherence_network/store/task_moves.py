@@ -33,10 +33,12 @@ from coherence_network.store.schema import UTCDateTime, tasks
 from coherence_network.store.statements import (
     CLAIMED_BY_REQUEST,
     FREES_SLOT,
+    LIMITED,
     PENDING,
     RUNNING,
     ReapResult,
     Rows,
+    claim_one_statement,
     claim_order,
     claimable_statement,
     durations,
@@ -83,7 +85,8 @@ class TaskMoves(TaskCreates, FailureBook, CostBook):
         retried ``request_id`` returns what that claim got.
 
         On SQLite a read first: finding nothing costs no write transaction (the file stays untouched). On PostgreSQL
-        the UPDATE ... SKIP LOCKED is itself one transaction, as cheap as the read would be."""
+        the UPDATE ... SKIP LOCKED is as cheap as the read would be, and a claim of one task is one statement that
+        commits by itself unless a limited type could be among it (``_claim_one_alone``)."""
         if not 1 <= max_tasks <= MAX_CLAIM:
             raise ValueError(f"max_tasks must be 1..{MAX_CLAIM}")
         if not self._pg:
@@ -97,9 +100,37 @@ class TaskMoves(TaskCreates, FailureBook, CostBook):
                     if request_id is None or not replay:
                         return []
                     return [dict(r._mapping) for r in conn.execute(CLAIMED_BY_REQUEST, params)]
+        unlimited_first = True
+        if self._pg and max_tasks == 1:
+            alone = self._claim_one_alone(runner_id, types, lease_seconds, request_id, replay)
+            if alone is not None:
+                return alone
+            unlimited_first = False  # it just found none: straight to the limits' lock
         with self.transaction() as conn:
             now = self._lease_clock(conn)
-            return self._claim_in(conn, now, runner_id, max_tasks, types, lease_seconds, request_id, replay)
+            return self._claim_in(conn, now, runner_id, max_tasks, types, lease_seconds, request_id, replay,
+                                  unlimited_first=unlimited_first)
+
+    def _claim_one_alone(
+        self,
+        runner_id: str,
+        types: Iterable[str] | None,
+        lease_seconds: float | None,
+        request_id: str | None,
+        replay: bool,
+    ) -> Rows | None:
+        """PostgreSQL, one task, in one statement without a transaction (statements.claim_one_statement): what it
+        claimed (or replayed), or None when it found nothing of a type without a limit and a limited type could be
+        among the claim's, which only a claim holding the limits' lock may take."""
+        params = self._claim_params(utcnow(), runner_id, 1, types, lease_seconds, request_id)
+        with self.single_statement() as conn:
+            rows = conn.execute(claim_one_statement("b_types" in params, request_id is not None and replay), params)
+            found = [row._asdict() for row in rows]
+            claimed = [{k: v for k, v in row.items() if k != LIMITED} for row in found if row["id"] is not None]
+            if claimed:
+                self.tasks_changed(conn)
+                return sorted(claimed, key=claim_order)
+        return None if found[0][LIMITED] else []
 
     def _claim_in(
         self,
@@ -111,28 +142,44 @@ class TaskMoves(TaskCreates, FailureBook, CostBook):
         lease_seconds: float | None,
         request_id: str | None,
         replay: bool,
+        *,
+        unlimited_first: bool = True,
     ) -> Rows:
         """The claim inside the caller's transaction. Only a claim that took nothing looks for what its request id
-        got before (a retry after a lost response): the UPDATE itself refuses to claim for a request that has."""
+        got before (a retry after a lost response): the UPDATE itself refuses to claim for a request that has.
+        ``unlimited_first``: as store/limited_claims.py says."""
         replayable = request_id is not None and replay
-        type_list = [str(t) for t in types or []]
+        params = self._claim_params(now, runner_id, max_tasks, types, lease_seconds, request_id)
+        claimed = claim_rows(conn, self._pg, max_tasks, "b_types" in params, replayable, params, unlimited_first)
+        if claimed:
+            self.tasks_changed(conn)
+        elif replayable:
+            claimed = [dict(r._mapping) for r in conn.execute(CLAIMED_BY_REQUEST, params)]
+        return sorted(claimed, key=claim_order)
+
+    def _claim_params(
+        self,
+        now: datetime,
+        runner_id: str,
+        max_tasks: int,
+        types: Iterable[str] | None,
+        lease_seconds: float | None,
+        request_id: str | None,
+    ) -> dict[str, Any]:
+        """What a claim's statements bind (``b_types`` only for a claim of some types)."""
         params: dict[str, Any] = {
             "b_runner": runner_id,
             "b_request": request_id,
             "b_now": now,
             "b_lease": now + timedelta(seconds=lease_seconds or self.lease_seconds),
         }
+        type_list = [str(t) for t in types or []]
         if type_list:
             params["b_types"] = type_list
         if max_tasks > 1:
             params["b_limit"] = max_tasks
         params.update(self.day_cap_params(now))  # the day's cost cap holds agent tasks (store/statements.py)
-        claimed = claim_rows(conn, self._pg, max_tasks, bool(type_list), replayable, params)
-        if claimed:
-            self.tasks_changed(conn)
-        elif replayable:
-            claimed = [dict(r._mapping) for r in conn.execute(CLAIMED_BY_REQUEST, params)]
-        return sorted(claimed, key=claim_order)
+        return params
 
     def heartbeat(
         self,
@@ -184,9 +231,7 @@ class TaskMoves(TaskCreates, FailureBook, CostBook):
         token and status (a retry after a lost response) returns the stored result."""
         status = self._finish_status(status, decision_prompt)
         ending = Ending(status, output, exit_code, decision_prompt, error_category, error_summary, usage, evidence)
-        # one UPDATE (a refused one reads why) unless a failure settles by its policy or a run's spend is booked
-        alone = status is not TaskStatus.FAILED and usage is None
-        with self.single_statement() if alone else self.transaction() as conn:
+        with self.single_statement() if ending.alone() else self.transaction() as conn:
             return self._finish_in(conn, utcnow(), task_id, claim_token, ending)
 
     def finish_and_claim(
@@ -210,9 +255,16 @@ class TaskMoves(TaskCreates, FailureBook, CostBook):
         """``finish`` and then ``claim`` for the runner in one transaction: (finished task, next task or None).
 
         A finish that is refused (stale claim token, wrong status) claims nothing. Both halves are safe to retry:
-        the finish by its claim token, the claim by its request id."""
+        the finish by its claim token, the claim by its request id. So on PostgreSQL a finish that is one statement
+        and the claim of the next task each commit by themselves (two round trips instead of BEGIN, two UPDATEs and
+        COMMIT): a failure between them leaves the task finished, and the runner's retry finishes nothing twice."""
         status = self._finish_status(status, decision_prompt)
         ending = Ending(status, output, exit_code, decision_prompt, error_category, error_summary, usage, evidence)
+        if self._pg and ending.alone():
+            with self.single_statement() as conn:
+                finished = self._finish_in(conn, utcnow(), task_id, claim_token, ending)
+            claimed = self.claim_many(runner_id, 1, types=types, lease_seconds=lease_seconds, request_id=request_id)
+            return finished, (claimed[0] if claimed else None)
         with self.transaction() as conn:
             now = self._lease_clock(conn)  # one moment: the next run starts when this one finished
             finished = self._finish_in(conn, now, task_id, claim_token, ending)
