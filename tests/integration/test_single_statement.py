@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from coherence_network.agents import Usage
 from coherence_network.store import TaskStore
+from coherence_network.store.run_endings import AgentRun
 from coherence_network.store.schema import tasks
 
 
@@ -30,9 +32,16 @@ def test_a_single_statement_acts_on_what_it_marked(store_engine: sa.Engine) -> N
 
 
 def _statements(engine: sa.Engine) -> list[str]:
-    """The SQL statements sent on ``engine`` from now on (BEGIN and COMMIT are not statements to the cursor)."""
+    """The SQL statements sent on ``engine`` from now on, and "COMMIT" for each commit the driver sends (none on a
+    connection in autocommit, where SQLAlchemy still marks where its transaction would end)."""
     sent: list[str] = []
+
+    def committed(conn: sa.Connection) -> None:
+        if getattr(conn.connection.dbapi_connection, "autocommit", False) is not True:
+            sent.append("COMMIT")
+
     sa.event.listen(engine, "before_cursor_execute", lambda _c, _cur, statement, *_: sent.append(statement))
+    sa.event.listen(engine, "commit", committed)
     return sent
 
 
@@ -58,9 +67,29 @@ def test_a_claim_of_one_task_replays_its_request_and_keeps_to_the_limits(store_e
 
     if store_engine.dialect.name == "postgresql":
         assert [statement.split()[0] for statement in sent] == [
-            "WITH", "WITH",  # a claim and its replay: one statement each
-            "WITH", "SELECT", "UPDATE",  # nothing free, then the limits' lock and the claim under the limit
-            "WITH", "SELECT", "UPDATE", "SELECT",  # the same at the limit, and the look-up for a retried request
-            "WITH",  # nothing free and nothing limited among its types: no transaction at all
+            "WITH", "WITH",  # a claim and its replay: one statement each, no transaction
+            "WITH", "SELECT", "UPDATE", "COMMIT",  # nothing free, then the limits' lock and the claim under the limit
+            "WITH", "SELECT", "UPDATE", "SELECT", "COMMIT",  # the same at the limit, and a retried request's look-up
+            "WITH",  # nothing free and nothing limited among its types
             "SELECT",  # the get
         ], sent
+
+
+def test_a_finish_with_nothing_to_book_is_one_statement_and_one_with_spend_books_it(store_engine: sa.Engine) -> None:
+    """The API hands every finish an AgentRun, empty for a run that reported no usage (a command's): that finish is
+    its one UPDATE on PostgreSQL; a run that reported spend books it in the finish's transaction."""
+    store = TaskStore(store_engine)
+    for i in range(2):
+        store.create(task_type="run", direction=f"run {i}")
+    first, second = store.claim("r1"), store.claim("r1")
+    assert first is not None and second is not None
+    sent = _statements(store_engine)
+    store.finish(first["id"], first["claim_token"], status="completed", usage=AgentRun(None, None, Usage()))
+    plain = len(sent)
+    store.finish(second["id"], second["claim_token"], status="completed",
+                 usage=AgentRun("claude", "a-model", Usage(10, 20, 0.5)))
+    assert [(a["agent"], a["cost_usd"]) for a in store.spend_per_agent()] == [("claude", 0.5)]
+    assert store.get(second["id"])["cost_usd"] == 0.5
+    if store_engine.dialect.name == "postgresql":
+        assert sent[:plain] == [sent[0]] and sent[0].startswith("UPDATE")  # no COMMIT: it committed by itself
+        assert sent[plain:].count("COMMIT") == 1 and len(sent) - plain >= 3  # UPDATE, the ledger's row, COMMIT

@@ -25,8 +25,10 @@ class Ending:
 
     def alone(self) -> bool:
         """Is the finish one UPDATE (a refused one reads why), which may commit by itself? Not when a failure settles
-        by its policy (store/failures.py) or a run's spend is booked (store/costs.py)."""
-        return self.status is not TaskStatus.FAILED and self.usage is None
+        by its policy (store/failures.py) or a run reported usage to book (store/costs.py). The API hands every
+        finish an AgentRun, empty when the runner reported nothing (a command's run)."""
+        books = self.usage is not None and self.usage.usage not in (None, Usage())
+        return self.status is not TaskStatus.FAILED and not books
 
 
 @dataclass(frozen=True)
