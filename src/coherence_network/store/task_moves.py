@@ -1,4 +1,5 @@
-"""Task moves: create, claim, heartbeat, finish, decide, retry and the lease reaper, each one short transaction.
+"""Task moves: heartbeat, finish (and with the next claim), decide, retry and the lease reaper, each one short
+transaction (a create is in store/task_creates.py, a claim in store/task_claims.py).
 
 State changes are single conditional UPDATEs (``WHERE status = ...``), so two writers can never both win; when the
 UPDATE matches nothing the row is read to say why (404 or a conflict naming the current status). Only the moves in
@@ -19,168 +20,32 @@ from coherence_network.contract import (
     ENDED_BADLY,
     FINISH_STATUSES,
     LEGAL_MOVES,
-    MAX_CLAIM,
     SETTLED_STATUSES,
     ErrorCategory,
     TaskStatus,
 )
-from coherence_network.store.costs import CostBook, record_spend_in
+from coherence_network.store.costs import record_spend_in
 from coherence_network.store.errors import Conflict, NotFound
 from coherence_network.store.failures import FailureBook
-from coherence_network.store.limited_claims import claim_rows
 from coherence_network.store.run_endings import AgentRun, Ending
 from coherence_network.store.schema import UTCDateTime, tasks
 from coherence_network.store.statements import (
-    CLAIMED_BY_REQUEST,
     FREES_SLOT,
-    LIMITED,
     PENDING,
     RUNNING,
     ReapResult,
-    Rows,
-    claim_one_statement,
-    claim_order,
-    claimable_statement,
     durations,
     row_dict,
     update_statement,
 )
+from coherence_network.store.task_claims import TaskClaims
 from coherence_network.store.task_creates import TaskCreates
 
 
-class TaskMoves(TaskCreates, FailureBook, CostBook):
+class TaskMoves(TaskCreates, FailureBook, TaskClaims):
     """Writes to the tasks table, each a legal move (contract.LEGAL_MOVES)."""
 
     # --- writes ---------------------------------------------------------------------------------------------
-    def claim(
-        self,
-        runner_id: str,
-        *,
-        types: Iterable[str] | None = None,
-        lease_seconds: float | None = None,
-        request_id: str | None = None,
-        replay: bool = True,
-    ) -> dict[str, Any] | None:
-        """Atomically move the most urgent pending task to running for ``runner_id``; None when there is none.
-
-        ``request_id`` names one logical claim: if that claim already got a task (its response was lost and the
-        client retried), the same task and claim token are returned instead of a second task. ``replay=False``
-        skips that look-up (a long poll's rechecks within one request cannot have been answered yet)."""
-        claimed = self.claim_many(runner_id, 1, types=types, lease_seconds=lease_seconds, request_id=request_id,
-                                  replay=replay)
-        return claimed[0] if claimed else None
-
-    def claim_many(
-        self,
-        runner_id: str,
-        max_tasks: int,
-        *,
-        types: Iterable[str] | None = None,
-        lease_seconds: float | None = None,
-        request_id: str | None = None,
-        replay: bool = True,
-    ) -> Rows:
-        """Claim up to ``max_tasks`` of the most urgent pending tasks for ``runner_id``, most urgent first; each gets
-        its own claim token (one statement unless a limited type is among them: store/limited_claims.py). A
-        retried ``request_id`` returns what that claim got.
-
-        On SQLite a read first: finding nothing costs no write transaction (the file stays untouched). On PostgreSQL
-        the UPDATE ... SKIP LOCKED is as cheap as the read would be, and a claim of one task is one statement that
-        commits by itself unless a limited type could be among it (``_claim_one_alone``)."""
-        if not 1 <= max_tasks <= MAX_CLAIM:
-            raise ValueError(f"max_tasks must be 1..{MAX_CLAIM}")
-        if not self._pg:
-            type_list = [str(t) for t in types or []]
-            params: dict[str, Any] = {"b_request": request_id, "b_runner": runner_id, "b_now": utcnow()}
-            if type_list:
-                params["b_types"] = type_list
-            params.update(self.day_cap_params(params["b_now"]))
-            with self.connection() as conn:
-                if conn.execute(claimable_statement(bool(type_list)), params).first() is None:
-                    if request_id is None or not replay:
-                        return []
-                    return [dict(r._mapping) for r in conn.execute(CLAIMED_BY_REQUEST, params)]
-        unlimited_first = True
-        if self._pg and max_tasks == 1:
-            alone = self._claim_one_alone(runner_id, types, lease_seconds, request_id, replay)
-            if alone is not None:
-                return alone
-            unlimited_first = False  # it just found none: straight to the limits' lock
-        with self.transaction() as conn:
-            now = self._lease_clock(conn)
-            return self._claim_in(conn, now, runner_id, max_tasks, types, lease_seconds, request_id, replay,
-                                  unlimited_first=unlimited_first)
-
-    def _claim_one_alone(
-        self,
-        runner_id: str,
-        types: Iterable[str] | None,
-        lease_seconds: float | None,
-        request_id: str | None,
-        replay: bool,
-    ) -> Rows | None:
-        """PostgreSQL, one task, in one statement without a transaction (statements.claim_one_statement): what it
-        claimed (or replayed), or None when it found nothing of a type without a limit and a limited type could be
-        among the claim's, which only a claim holding the limits' lock may take."""
-        params = self._claim_params(utcnow(), runner_id, 1, types, lease_seconds, request_id)
-        with self.single_statement() as conn:
-            rows = conn.execute(claim_one_statement("b_types" in params, request_id is not None and replay), params)
-            found = [row._asdict() for row in rows]
-            claimed = [{k: v for k, v in row.items() if k != LIMITED} for row in found if row["id"] is not None]
-            if claimed:
-                self.tasks_changed(conn)
-                return sorted(claimed, key=claim_order)
-        return None if found[0][LIMITED] else []
-
-    def _claim_in(
-        self,
-        conn: sa.Connection,
-        now: datetime,
-        runner_id: str,
-        max_tasks: int,
-        types: Iterable[str] | None,
-        lease_seconds: float | None,
-        request_id: str | None,
-        replay: bool,
-        *,
-        unlimited_first: bool = True,
-    ) -> Rows:
-        """The claim inside the caller's transaction. Only a claim that took nothing looks for what its request id
-        got before (a retry after a lost response): the UPDATE itself refuses to claim for a request that has.
-        ``unlimited_first``: as store/limited_claims.py says."""
-        replayable = request_id is not None and replay
-        params = self._claim_params(now, runner_id, max_tasks, types, lease_seconds, request_id)
-        claimed = claim_rows(conn, self._pg, max_tasks, "b_types" in params, replayable, params, unlimited_first)
-        if claimed:
-            self.tasks_changed(conn)
-        elif replayable:
-            claimed = [dict(r._mapping) for r in conn.execute(CLAIMED_BY_REQUEST, params)]
-        return sorted(claimed, key=claim_order)
-
-    def _claim_params(
-        self,
-        now: datetime,
-        runner_id: str,
-        max_tasks: int,
-        types: Iterable[str] | None,
-        lease_seconds: float | None,
-        request_id: str | None,
-    ) -> dict[str, Any]:
-        """What a claim's statements bind (``b_types`` only for a claim of some types)."""
-        params: dict[str, Any] = {
-            "b_runner": runner_id,
-            "b_request": request_id,
-            "b_now": now,
-            "b_lease": now + timedelta(seconds=lease_seconds or self.lease_seconds),
-        }
-        type_list = [str(t) for t in types or []]
-        if type_list:
-            params["b_types"] = type_list
-        if max_tasks > 1:
-            params["b_limit"] = max_tasks
-        params.update(self.day_cap_params(now))  # the day's cost cap holds agent tasks (store/statements.py)
-        return params
-
     def heartbeat(
         self,
         task_id: int,
