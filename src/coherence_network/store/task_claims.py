@@ -5,6 +5,7 @@ store/limited_claims.py)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,29 @@ from coherence_network.store.statements import (
     claim_order,
     claimable_statement,
 )
+
+
+@dataclass(frozen=True)
+class ClaimAsk:
+    """One claim as a runner asks it (``types`` empty: any type)."""
+
+    runner_id: str
+    max_tasks: int = 1
+    types: tuple[str, ...] = ()
+    lease_seconds: float | None = None
+    request_id: str | None = None
+    replay: bool = True
+
+    @classmethod
+    def of(cls, runner_id: str, max_tasks: int, types: Iterable[str] | None, lease_seconds: float | None,
+           request_id: str | None, replay: bool = True) -> ClaimAsk:
+        """From a request's fields (types as the API hands them: an enum's values, or None)."""
+        return cls(runner_id, max_tasks, tuple(str(t) for t in types or []), lease_seconds, request_id, replay)
+
+    @property
+    def replayable(self) -> bool:
+        """Could it be a retry of a claim that was answered? ``replay=False``: a long poll's recheck, which cannot."""
+        return self.request_id is not None and self.replay
 
 
 class TaskClaims(CostBook):
@@ -64,94 +88,60 @@ class TaskClaims(CostBook):
         commits by itself unless a limited type could be among it (``_claim_one_alone``)."""
         if not 1 <= max_tasks <= MAX_CLAIM:
             raise ValueError(f"max_tasks must be 1..{MAX_CLAIM}")
+        ask = ClaimAsk.of(runner_id, max_tasks, types, lease_seconds, request_id, replay)
         if not self._pg:
-            type_list = [str(t) for t in types or []]
-            params: dict[str, Any] = {"b_request": request_id, "b_runner": runner_id, "b_now": utcnow()}
-            if type_list:
-                params["b_types"] = type_list
-            params.update(self.day_cap_params(params["b_now"]))
+            params = self._claim_params(utcnow(), ask)
             with self.connection() as conn:
-                if conn.execute(claimable_statement(bool(type_list)), params).first() is None:
-                    if request_id is None or not replay:
+                if conn.execute(claimable_statement(bool(ask.types)), params).first() is None:
+                    if not ask.replayable:
                         return []
                     return [dict(r._mapping) for r in conn.execute(CLAIMED_BY_REQUEST, params)]
         unlimited_first = True
         if self._pg and max_tasks == 1:
-            alone = self._claim_one_alone(runner_id, types, lease_seconds, request_id, replay)
+            alone = self._claim_one_alone(ask)
             if alone is not None:
                 return alone
             unlimited_first = False  # it just found none: straight to the limits' lock
         with self.transaction() as conn:
-            now = self._lease_clock(conn)
-            return self._claim_in(conn, now, runner_id, max_tasks, types, lease_seconds, request_id, replay,
-                                  unlimited_first=unlimited_first)
+            return self._claim_in(conn, self._lease_clock(conn), ask, unlimited_first=unlimited_first)
 
-    def _claim_one_alone(
-        self,
-        runner_id: str,
-        types: Iterable[str] | None,
-        lease_seconds: float | None,
-        request_id: str | None,
-        replay: bool,
-    ) -> Rows | None:
+    def _claim_one_alone(self, ask: ClaimAsk) -> Rows | None:
         """PostgreSQL, one task, in one statement without a transaction (statements.claim_one_statement): what it
         claimed (or replayed), or None when it found nothing of a type without a limit and a limited type could be
         among the claim's, which only a claim holding the limits' lock may take."""
-        params = self._claim_params(utcnow(), runner_id, 1, types, lease_seconds, request_id)
+        params = self._claim_params(utcnow(), ask)
         with self.single_statement() as conn:
-            rows = conn.execute(claim_one_statement("b_types" in params, request_id is not None and replay), params)
-            found = [row._asdict() for row in rows]
+            statement = claim_one_statement(bool(ask.types), ask.replayable)
+            found = [row._asdict() for row in conn.execute(statement, params)]
             claimed = [{k: v for k, v in row.items() if k != LIMITED} for row in found if row["id"] is not None]
             if claimed:
                 self.tasks_changed(conn)
                 return sorted(claimed, key=claim_order)
         return None if found[0][LIMITED] else []
 
-    def _claim_in(
-        self,
-        conn: sa.Connection,
-        now: datetime,
-        runner_id: str,
-        max_tasks: int,
-        types: Iterable[str] | None,
-        lease_seconds: float | None,
-        request_id: str | None,
-        replay: bool,
-        *,
-        unlimited_first: bool = True,
-    ) -> Rows:
-        """The claim inside the caller's transaction. Only a claim that took nothing looks for what its request id
-        got before (a retry after a lost response): the UPDATE itself refuses to claim for a request that has.
-        ``unlimited_first``: as store/limited_claims.py says."""
-        replayable = request_id is not None and replay
-        params = self._claim_params(now, runner_id, max_tasks, types, lease_seconds, request_id)
-        claimed = claim_rows(conn, self._pg, max_tasks, "b_types" in params, replayable, params, unlimited_first)
+    def _claim_in(self, conn: sa.Connection, now: datetime, ask: ClaimAsk, *, unlimited_first: bool = True) -> Rows:
+        """The claim inside the caller's transaction, its leases from ``now``. Only a claim that took nothing looks
+        for what its request id got before (a retry after a lost response): the UPDATE itself refuses to claim for a
+        request that has. ``unlimited_first``: as store/limited_claims.py says."""
+        params = self._claim_params(now, ask)
+        claimed = claim_rows(conn, self._pg, ask.max_tasks, bool(ask.types), ask.replayable, params, unlimited_first)
         if claimed:
             self.tasks_changed(conn)
-        elif replayable:
+        elif ask.replayable:
             claimed = [dict(r._mapping) for r in conn.execute(CLAIMED_BY_REQUEST, params)]
         return sorted(claimed, key=claim_order)
 
-    def _claim_params(
-        self,
-        now: datetime,
-        runner_id: str,
-        max_tasks: int,
-        types: Iterable[str] | None,
-        lease_seconds: float | None,
-        request_id: str | None,
-    ) -> dict[str, Any]:
-        """What a claim's statements bind (``b_types`` only for a claim of some types)."""
+    def _claim_params(self, now: datetime, ask: ClaimAsk) -> dict[str, Any]:
+        """What a claim's statements bind (``b_types`` only for a claim of some types, ``b_limit`` of several)."""
         params: dict[str, Any] = {
-            "b_runner": runner_id,
-            "b_request": request_id,
+            "b_runner": ask.runner_id,
+            "b_request": ask.request_id,
             "b_now": now,
-            "b_lease": now + timedelta(seconds=lease_seconds or self.lease_seconds),
+            "b_lease": now + timedelta(seconds=ask.lease_seconds or self.lease_seconds),
         }
-        type_list = [str(t) for t in types or []]
-        if type_list:
-            params["b_types"] = type_list
-        if max_tasks > 1:
-            params["b_limit"] = max_tasks
+        if ask.types:
+            params["b_types"] = list(ask.types)
+        if ask.max_tasks > 1:
+            params["b_limit"] = ask.max_tasks
         params.update(self.day_cap_params(now))  # the day's cost cap holds agent tasks (store/statements.py)
         return params

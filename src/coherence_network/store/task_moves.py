@@ -38,7 +38,7 @@ from coherence_network.store.statements import (
     row_dict,
     update_statement,
 )
-from coherence_network.store.task_claims import TaskClaims
+from coherence_network.store.task_claims import ClaimAsk, TaskClaims
 from coherence_network.store.task_creates import TaskCreates
 
 
@@ -133,7 +133,7 @@ class TaskMoves(TaskCreates, FailureBook, TaskClaims):
         with self.transaction() as conn:
             now = self._lease_clock(conn)  # one moment: the next run starts when this one finished
             finished = self._finish_in(conn, now, task_id, claim_token, ending)
-            claimed = self._claim_in(conn, now, runner_id, 1, types, lease_seconds, request_id, True)
+            claimed = self._claim_in(conn, now, ClaimAsk.of(runner_id, 1, types, lease_seconds, request_id))
         return finished, (claimed[0] if claimed else None)
 
     @staticmethod
