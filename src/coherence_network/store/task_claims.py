@@ -4,6 +4,7 @@ store/limited_claims.py)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -48,8 +49,18 @@ class ClaimAsk:
         return self.request_id is not None and self.replay
 
 
+# How long a claim of some types that found a limited type among them goes straight to the transaction (PostgreSQL,
+# one task): a hint only, never a rule (a claim without it looks at the limits itself), so replicas need not agree.
+LIMITED_HINT_SECONDS = 10.0
+_HINTS_KEPT = 64  # distinct type lists remembered; runners ask for a few
+
+
 class TaskClaims(CostBook):
     """The claim of one task or several, on both stores."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limited_until: dict[tuple[str, ...], float] = {}  # type list -> monotonic time the hint ends
 
     def claim(
         self,
@@ -85,7 +96,8 @@ class TaskClaims(CostBook):
 
         On SQLite a read first: finding nothing costs no write transaction (the file stays untouched). On PostgreSQL
         the UPDATE ... SKIP LOCKED is as cheap as the read would be, and a claim of one task is one statement that
-        commits by itself unless a limited type could be among it (``_claim_one_alone``)."""
+        commits by itself unless a limited type could be among it (``_claim_one_alone``; a claim of types that just
+        found one goes straight to the transaction for a while: LIMITED_HINT_SECONDS)."""
         if not 1 <= max_tasks <= MAX_CLAIM:
             raise ValueError(f"max_tasks must be 1..{MAX_CLAIM}")
         ask = ClaimAsk.of(runner_id, max_tasks, types, lease_seconds, request_id, replay)
@@ -97,11 +109,15 @@ class TaskClaims(CostBook):
                         return []
                     return [dict(r._mapping) for r in conn.execute(CLAIMED_BY_REQUEST, params)]
         unlimited_first = True
-        if self._pg and max_tasks == 1:
+        if self._pg and max_tasks == 1 and self._limited_until.get(ask.types, 0.0) <= time.monotonic():
             alone = self._claim_one_alone(ask)
             if alone is not None:
                 return alone
             unlimited_first = False  # it just found none: straight to the limits' lock
+            if len(self._limited_until) >= _HINTS_KEPT:
+                self._limited_until.clear()
+            # the next claims of these types skip the statement alone, which would find the same (LIMITED_HINT_SECONDS)
+            self._limited_until[ask.types] = time.monotonic() + LIMITED_HINT_SECONDS
         with self.transaction() as conn:
             return self._claim_in(conn, self._lease_clock(conn), ask, unlimited_first=unlimited_first)
 
