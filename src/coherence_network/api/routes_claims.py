@@ -154,7 +154,7 @@ async def heartbeat_task(task_id: TaskId, body: TaskHeartbeat, request: Request)
 async def finish_task(task_id: TaskId, body: TaskFinish, request: Request) -> Response:
     """End a claim: completed, failed, needs_decision (with its question) or pending (release).
 
-    With ``claim_next`` the runner's next task is claimed in the same transaction (a refused finish claims
+    With ``claim_next`` the runner's next task is claimed in the same call (a refused finish claims
     nothing), waiting up to its ``wait_seconds`` for one; the answer is then ``{"finished": ..., "next": ...}``."""
     _log_replaced(task_id, body)
     store = store_of(request)
