@@ -24,7 +24,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from tests.support.net import free_port, wait_until
+from tests.support.net import free_port, listens_on, wait_until
 
 QUIET_LOGGERS = ("alembic", "httpx", "httpcore")  # at WARNING in the API's log, as logfiles.setup_logging sets them
 # What `coherence api` gets from tests, unless a test says otherwise: the reaper looks often, so leases expire on time,
@@ -32,9 +32,20 @@ QUIET_LOGGERS = ("alembic", "httpx", "httpcore")  # at WARNING in the API's log,
 TEST_ENV = {"COHERENCE_REAP_INTERVAL": "0.2", "COHERENCE_RETRY_DELAY_SECONDS": "0.2"}
 
 
+class ApiExited(RuntimeError):
+    """The API process ended before it answered."""
+
+
+def _taken(port: int) -> bool:
+    """Is something else listening on loopback ``port``?"""
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 class ApiProcess:
     def __init__(self, home: Path, *, env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.home = home
+        self._port_given = port is not None
         self.port = port or free_port()
         self.env = {**os.environ, "COHERENCE_HOME": str(home), **TEST_ENV, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -44,20 +55,34 @@ class ApiProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def _healthy(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"API exited with {self.proc.returncode}; see {self.home / 'logs' / 'api.log'}")
+        """This process answers on its port (not another test's API that took the port first)."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise ApiExited(f"API exited with {self.proc.returncode}; see {self.home / 'logs' / 'api.log'}")
+        if not listens_on(self.proc.pid, self.port):
+            return False
         try:
             return httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200
         except httpx.TransportError:
             return False
 
     def start(self) -> ApiProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "coherence_network.cli", "api", "--port", str(self.port)],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        wait_until(self._healthy, 30, "API health")
-        return self
+        """Start and wait until it answers. A port another test's server took between ``free_port`` and this bind
+        makes the API exit: it starts again on another port (a port the test gave is kept, and the exit raised)."""
+        tries = 3
+        while True:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "coherence_network.cli", "api", "--port", str(self.port)],
+                env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )
+            try:
+                wait_until(self._healthy, 30, "API health")
+                return self
+            except ApiExited:
+                tries -= 1
+                if self._port_given or not tries or not _taken(self.port):
+                    raise
+                self.port = free_port()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None or self.proc.poll() is not None:
