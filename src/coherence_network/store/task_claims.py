@@ -96,7 +96,7 @@ class TaskClaims(CostBook):
 
         On SQLite a read first: finding nothing costs no write transaction (the file stays untouched). On PostgreSQL
         the UPDATE ... SKIP LOCKED is as cheap as the read would be, and a claim of one task is one statement that
-        commits by itself unless a limited type could be among it (``_claim_one_alone``; a claim of types that just
+        commits by itself unless a limited type could be among it (``_claim_one_alone_in``; a claim of types that just
         found one goes straight to the transaction for a while: LIMITED_HINT_SECONDS)."""
         if not 1 <= max_tasks <= MAX_CLAIM:
             raise ValueError(f"max_tasks must be 1..{MAX_CLAIM}")
@@ -109,31 +109,36 @@ class TaskClaims(CostBook):
                         return []
                     return [dict(r._mapping) for r in conn.execute(CLAIMED_BY_REQUEST, params)]
         unlimited_first = True
-        if self._pg and max_tasks == 1 and self._limited_until.get(ask.types, 0.0) <= time.monotonic():
-            alone = self._claim_one_alone(ask)
+        if self._pg and max_tasks == 1 and self._may_claim_alone(ask):
+            with self.single_statement() as conn:
+                alone = self._claim_one_alone_in(conn, ask)
             if alone is not None:
                 return alone
             unlimited_first = False  # it just found none: straight to the limits' lock
-            if len(self._limited_until) >= _HINTS_KEPT:
-                self._limited_until.clear()
-            # the next claims of these types skip the statement alone, which would find the same (LIMITED_HINT_SECONDS)
-            self._limited_until[ask.types] = time.monotonic() + LIMITED_HINT_SECONDS
         with self.transaction() as conn:
             return self._claim_in(conn, self._lease_clock(conn), ask, unlimited_first=unlimited_first)
 
-    def _claim_one_alone(self, ask: ClaimAsk) -> Rows | None:
-        """PostgreSQL, one task, in one statement without a transaction (statements.claim_one_statement): what it
+    def _may_claim_alone(self, ask: ClaimAsk) -> bool:
+        """Not for a while after a claim of these types found a limited type among them (LIMITED_HINT_SECONDS)."""
+        return self._limited_until.get(ask.types, 0.0) <= time.monotonic()
+
+    def _claim_one_alone_in(self, conn: sa.Connection, ask: ClaimAsk) -> Rows | None:
+        """PostgreSQL, one task, in one statement on ``conn`` in autocommit (statements.claim_one_statement): what it
         claimed (or replayed), or None when it found nothing of a type without a limit and a limited type could be
-        among the claim's, which only a claim holding the limits' lock may take."""
-        params = self._claim_params(utcnow(), ask)
-        with self.single_statement() as conn:
-            statement = claim_one_statement(bool(ask.types), ask.replayable)
-            found = [row._asdict() for row in conn.execute(statement, params)]
-            claimed = [{k: v for k, v in row.items() if k != LIMITED} for row in found if row["id"] is not None]
-            if claimed:
-                self.tasks_changed(conn)
-                return sorted(claimed, key=claim_order)
-        return None if found[0][LIMITED] else []
+        among the claim's, which only a claim holding the limits' lock may take (and for a while the claims of these
+        types go straight to that transaction: the statement would find the same)."""
+        statement = claim_one_statement(bool(ask.types), ask.replayable)
+        found = [row._asdict() for row in conn.execute(statement, self._claim_params(utcnow(), ask))]
+        claimed = [{k: v for k, v in row.items() if k != LIMITED} for row in found if row["id"] is not None]
+        if claimed:
+            self.tasks_changed(conn)
+            return sorted(claimed, key=claim_order)
+        if not found[0][LIMITED]:
+            return []
+        if len(self._limited_until) >= _HINTS_KEPT:
+            self._limited_until.clear()
+        self._limited_until[ask.types] = time.monotonic() + LIMITED_HINT_SECONDS
+        return None
 
     def _claim_in(self, conn: sa.Connection, now: datetime, ask: ClaimAsk, *, unlimited_first: bool = True) -> Rows:
         """The claim inside the caller's transaction, its leases from ``now``. Only a claim that took nothing looks

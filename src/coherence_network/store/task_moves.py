@@ -126,9 +126,12 @@ class TaskMoves(TaskCreates, FailureBook, TaskClaims):
         status = self._finish_status(status, decision_prompt)
         ending = Ending(status, output, exit_code, decision_prompt, error_category, error_summary, usage, evidence)
         if self._pg and ending.alone():
-            with self.single_statement() as conn:
+            ask = ClaimAsk.of(runner_id, 1, types, lease_seconds, request_id)
+            with self.single_statement() as conn:  # one pooled connection, each statement committing by itself
                 finished = self._finish_in(conn, utcnow(), task_id, claim_token, ending)
-            claimed = self.claim_many(runner_id, 1, types=types, lease_seconds=lease_seconds, request_id=request_id)
+                alone = self._claim_one_alone_in(conn, ask) if self._may_claim_alone(ask) else None
+            claimed = alone if alone is not None else self.claim_many(
+                runner_id, 1, types=types, lease_seconds=lease_seconds, request_id=request_id)
             return finished, (claimed[0] if claimed else None)
         with self.transaction() as conn:
             now = self._lease_clock(conn)  # one moment: the next run starts when this one finished
