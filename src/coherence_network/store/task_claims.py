@@ -108,15 +108,17 @@ class TaskClaims(CostBook):
                     if not ask.replayable:
                         return []
                     return [dict(r._mapping) for r in conn.execute(CLAIMED_BY_REQUEST, params)]
-        unlimited_first = True
         if self._pg and max_tasks == 1 and self._may_claim_alone(ask):
             with self.single_statement() as conn:
                 alone = self._claim_one_alone_in(conn, ask)
-            if alone is not None:
-                return alone
-            unlimited_first = False  # it just found none: straight to the limits' lock
+            return alone if alone is not None else self._claim_locked(ask, tried_alone=True)
+        return self._claim_locked(ask, tried_alone=False)
+
+    def _claim_locked(self, ask: ClaimAsk, *, tried_alone: bool) -> Rows:
+        """The claim in a transaction (the limits' lock when it needs it); after the statement alone found nothing
+        free (``tried_alone``) it goes straight to that lock."""
         with self.transaction() as conn:
-            return self._claim_in(conn, self._lease_clock(conn), ask, unlimited_first=unlimited_first)
+            return self._claim_in(conn, self._lease_clock(conn), ask, unlimited_first=not tried_alone)
 
     def _may_claim_alone(self, ask: ClaimAsk) -> bool:
         """Not for a while after a claim of these types found a limited type among them (LIMITED_HINT_SECONDS)."""

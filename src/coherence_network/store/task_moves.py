@@ -117,7 +117,7 @@ class TaskMoves(TaskCreates, FailureBook, TaskClaims):
         lease_seconds: float | None = None,
         request_id: str | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """``finish`` and then ``claim`` for the runner in one transaction: (finished task, next task or None).
+        """``finish`` and then ``claim`` for the runner in one call: (finished task, next task or None).
 
         A finish that is refused (stale claim token, wrong status) claims nothing. Both halves are safe to retry:
         the finish by its claim token, the claim by its request id. So on PostgreSQL a finish that is one statement
@@ -125,18 +125,18 @@ class TaskMoves(TaskCreates, FailureBook, TaskClaims):
         COMMIT): a failure between them leaves the task finished, and the runner's retry finishes nothing twice."""
         status = self._finish_status(status, decision_prompt)
         ending = Ending(status, output, exit_code, decision_prompt, error_category, error_summary, usage, evidence)
+        ask = ClaimAsk.of(runner_id, 1, types, lease_seconds, request_id)
         if self._pg and ending.alone():
-            ask = ClaimAsk.of(runner_id, 1, types, lease_seconds, request_id)
+            tried = self._may_claim_alone(ask)
             with self.single_statement() as conn:  # one pooled connection, each statement committing by itself
                 finished = self._finish_in(conn, utcnow(), task_id, claim_token, ending)
-                alone = self._claim_one_alone_in(conn, ask) if self._may_claim_alone(ask) else None
-            claimed = alone if alone is not None else self.claim_many(
-                runner_id, 1, types=types, lease_seconds=lease_seconds, request_id=request_id)
+                alone = self._claim_one_alone_in(conn, ask) if tried else None
+            claimed = alone if alone is not None else self._claim_locked(ask, tried_alone=tried)
             return finished, (claimed[0] if claimed else None)
         with self.transaction() as conn:
             now = self._lease_clock(conn)  # one moment: the next run starts when this one finished
             finished = self._finish_in(conn, now, task_id, claim_token, ending)
-            claimed = self._claim_in(conn, now, ClaimAsk.of(runner_id, 1, types, lease_seconds, request_id))
+            claimed = self._claim_in(conn, now, ask)
         return finished, (claimed[0] if claimed else None)
 
     @staticmethod
