@@ -24,7 +24,8 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from tests.support.net import free_port, listens_on, wait_until
+from coherence_network.ports import listener
+from tests.support.net import free_port, wait_until
 
 QUIET_LOGGERS = ("alembic", "httpx", "httpcore")  # at WARNING in the API's log, as logfiles.setup_logging sets them
 # What `coherence api` gets from tests, unless a test says otherwise: the reaper looks often, so leases expire on time,
@@ -34,12 +35,6 @@ TEST_ENV = {"COHERENCE_REAP_INTERVAL": "0.2", "COHERENCE_RETRY_DELAY_SECONDS": "
 
 class ApiExited(RuntimeError):
     """The API process ended before it answered."""
-
-
-def _taken(port: int) -> bool:
-    """Is something else listening on loopback ``port``?"""
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 class ApiProcess:
@@ -59,12 +54,13 @@ class ApiProcess:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise ApiExited(f"API exited with {self.proc.returncode}; see {self.home / 'logs' / 'api.log'}")
-        if not listens_on(self.proc.pid, self.port):
-            return False
         try:
-            return httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200
+            if httpx.get(f"{self.url}/api/health", timeout=1).status_code != 200:
+                return False
         except httpx.TransportError:
             return False
+        found = listener(self.port)
+        return found is not None and found.pid == self.proc.pid
 
     def start(self) -> ApiProcess:
         """Start and wait until it answers. A port another test's server took between ``free_port`` and this bind
@@ -80,7 +76,7 @@ class ApiProcess:
                 return self
             except ApiExited:
                 tries -= 1
-                if self._port_given or not tries or not _taken(self.port):
+                if self._port_given or not tries or listener(self.port) is None:
                     raise
                 self.port = free_port()
 

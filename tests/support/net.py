@@ -6,25 +6,11 @@ import socket
 import time
 from collections.abc import Callable
 
-import psutil
-
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def listens_on(pid: int, port: int) -> bool:
-    """Does process ``pid`` (or a child of it) listen on loopback ``port``? A port from ``free_port`` is free only
-    until someone binds it: another test's server may take it first and answer in its place."""
-    try:
-        parent = psutil.Process(pid)
-        tree = [parent, *parent.children(recursive=True)]
-        return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
-                   for process in tree for c in process.net_connections("tcp"))
-    except psutil.NoSuchProcess:
-        return False
 
 
 POLL_FIRST = 0.02
