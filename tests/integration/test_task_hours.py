@@ -198,7 +198,7 @@ def test_an_upgrade_to_0018_stopped_partway_goes_through_the_next_time(store_url
         patched.setattr(Operations, "rename_table", stopped)
         with pytest.raises(KeyboardInterrupt):
             migrate(engine)
-    assert migrate(engine) == ("0017", "0018")
+    assert migrate(engine) == ("0017", "0019")
     with engine.connect() as conn:
         assert _rollup(conn) == counted
     engine.dispose()

@@ -31,6 +31,7 @@ FROZEN = {
     "0016_task_hours.py": "a5ae7ed0207c07210c39c12fc9eba0a588ba7a5c9b306d90bbe6492a87927336",
     "0017_fewer_task_indexes.py": "a2123b410af15216f7afbb23a82fc1ec389427a0f6e44c53eaeadedf89b3629d",
     "0018_task_hours_triggers.py": "feb56688a239361b14218e7e6c318dcc533e3cb69a33e089c322f82b315ae0f1",
+    "0019_partial_task_indexes.py": "27b0d7bdd82f844f5e405e4edb83ea57c79e8d25dae89eebc1b37717b032edc4",
 }
 
 

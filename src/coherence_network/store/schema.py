@@ -97,9 +97,10 @@ tasks = sa.Table(
     sa.CheckConstraint(_one_of("task_type", TaskType), name="ck_tasks_task_type"),
     sa.Index("ix_tasks_claim_order", "status", sa.desc("priority"), "id"),  # the claim's ORDER BY, no sort
     sa.Index("ix_tasks_status_id", "status", "id"),  # a page of one status, newest first, no sort
-    sa.Index("ix_tasks_type_status", "task_type", "status"),
     sa.Index("ix_tasks_idempotency_key", "idempotency_key", unique=True),
-    sa.Index("ix_tasks_claim_request_id", "claim_request_id"),
+    # Partial (revision 0019): only the rows a read of the index can ask for, so other writes skip it.
+    sa.Index("ix_tasks_claim_request_id", "claim_request_id", sqlite_where=sa.text("claim_request_id IS NOT NULL"),
+             postgresql_where=sa.text("claim_request_id IS NOT NULL")),
     # Sorted pages (contract.SORT_COLUMNS): the first page of a sort walks one of these, id breaking ties.
     sa.Index("ix_tasks_priority_id", sa.desc("priority"), "id"),
     sa.Index("ix_tasks_type_id", "task_type", "id"),
@@ -109,8 +110,10 @@ tasks = sa.Table(
     # An item's tasks in order (revision 0014); only tasks of a backlog item are in it.
     sa.Index("ix_tasks_item_id", "item", "id", sqlite_where=sa.text("item IS NOT NULL"),
              postgresql_where=sa.text("item IS NOT NULL")),
-    # When the next automatic retry is due (revision 0013): a waiting claim reads the earliest in one index seek.
-    sa.Index("ix_tasks_status_not_before", "status", "not_before"),
+    # When the next automatic retry is due (revision 0013): a waiting claim reads the earliest in one index seek (only
+    # tasks waiting out a backoff are in it, revision 0019).
+    sa.Index("ix_tasks_status_not_before", "status", "not_before", sqlite_where=sa.text("not_before IS NOT NULL"),
+             postgresql_where=sa.text("not_before IS NOT NULL")),
     # pipeline-status's pending-by-type (count and oldest) from the index alone (revision 0016).
     sa.Index("ix_tasks_status_type_created", "status", "task_type", "created_at"),
 )
@@ -139,10 +142,12 @@ runners = _registry_table("runners", sa.Column("id", sa.String(200), primary_key
 # One row per component, e.g. "project_manager".
 components = _registry_table("components", sa.Column("name", sa.String(100), primary_key=True))
 
-# Covers the time-window statistics (store/stats.py): a window of finished tasks is read from the index alone.
+# Covers the time-window statistics (store/stats.py): a window of finished tasks is read from the index alone (only
+# finished tasks are in it, revision 0019).
 FINISHED_WINDOW_INDEX = sa.Index(
     "ix_tasks_finished_durations",
     tasks.c.finished_at, tasks.c.task_type, tasks.c.status, tasks.c.run_seconds, tasks.c.queue_seconds,
+    sqlite_where=sa.text("finished_at IS NOT NULL"), postgresql_where=sa.text("finished_at IS NOT NULL"),
 )
 
 # The hourly rollup of settled tasks (revision 0016; store/rollup.py): one row per (UTC hour, task type), the hour
