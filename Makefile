@@ -33,7 +33,7 @@ screenshots: $(STAMP)  ## the console's browser tests, keeping their screenshots
 	SCREENSHOTS_DIR=docs/console $(BIN)/python -m pytest -q tests/browser
 
 bench: $(STAMP)
-	$(BIN)/python bench/queue.py
+	$(BIN)/python bench/queue_throughput.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[0] = str(ROOT)  # instead of bench/, whose queue.py would shadow the standard library's queue
+sys.path.insert(0, str(ROOT))  # for tests.support
 
 from tests.support.net import wait_until
 from tests.support.pipeline import PipelineProcess, alive

@@ -63,8 +63,6 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-# bench/ holds a queue.py that would shadow the standard library's `queue` (psycopg imports it): keep it off the path
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 from coherence_network.contract import SETTLED_STATUSES, TaskStatus, TaskType  # noqa: E402

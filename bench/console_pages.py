@@ -24,8 +24,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-if __name__ == "__main__":  # bench/ first on sys.path would let its queue.py shadow the standard library's
-    sys.path[0] = str(ROOT)
+sys.path.insert(0, str(ROOT))  # for tests.support
 
 import sqlalchemy as sa  # noqa: E402
 from alembic import command  # noqa: E402

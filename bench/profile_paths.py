@@ -15,22 +15,18 @@ package's share of the API's Python CPU is printed: where the API's time goes. R
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# bench/queue.py is named like the standard library's `queue`: keep bench/ off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
+import argparse
 import json
 import os
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 

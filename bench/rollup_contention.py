@@ -22,8 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if __name__ == "__main__":  # for tests.support; and not bench/, whose queue.py would shadow the standard library's
-    sys.path[0] = str(ROOT)
+sys.path.insert(0, str(ROOT))  # for tests.support
 
 from coherence_network.contract import MAX_BATCH
 from coherence_network.store import TaskStore

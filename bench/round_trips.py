@@ -34,8 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
-if __name__ == "__main__":  # for tests.support; and not bench/, whose queue.py would shadow the standard library's
-    sys.path[0] = str(ROOT)
+sys.path.insert(0, str(ROOT))  # for tests.support
 
 from coherence_network.store import TaskStore
 from coherence_network.store.db import create_store_engine, migrate

@@ -26,8 +26,7 @@ import httpx
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
-# bench/queue.py is named like the standard library's `queue` (psycopg imports it): keep bench/ off the path.
-sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent)]
+sys.path.insert(0, str(ROOT))  # for tests.support
 
 from coherence_network.file_retention import TASK_FILE  # noqa: E402
 from coherence_network.store.db import create_store_engine  # noqa: E402

@@ -12,14 +12,7 @@ needs the bench extra (`pip install -e '.[bench]'`).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# bench/queue.py is named like the standard library's `queue` (which asyncio's helpers import): keep bench/ off the
-# import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
+import argparse
 import asyncio
 import json
 import logging
@@ -29,10 +22,12 @@ import platform
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from multiprocessing.synchronize import Event
+from pathlib import Path
 
 import httpx
 

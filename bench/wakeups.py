@@ -29,7 +29,7 @@ import httpx
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[0] = str(ROOT)  # instead of bench/, whose queue.py would shadow the standard library's queue
+sys.path.insert(0, str(ROOT))  # for tests.support
 
 from tests.support.api import ApiProcess
 from tests.support.postgres import PostgresServer

@@ -3,17 +3,22 @@
 - One way into the store: only ``store/`` imports SQLAlchemy, holds an engine or writes SQL; everything else calls
   the store's methods (``TaskStore``), so a query is found, tested and migrated in one place.
 - Rooms small enough to read: no module of ``src/`` over ``MAX_MODULE_LINES`` lines.
+- Scripts that run as they are named: Python puts a script's own folder first on the import path, so a file in
+  ``bench/`` or ``scripts/`` named like a standard-library module replaces that module for every script beside it
+  (``bench/queue.py`` once broke the benches whose imports reach ``queue``).
 """
 
 from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import coherence_network
 
 ROOT = Path(coherence_network.__file__).parent
+SCRIPT_FOLDERS = [ROOT.parents[1] / name for name in ("bench", "scripts")]
 STORE = ROOT / "store"
 MAX_MODULE_LINES = 450
 # SQL as text: a statement keyword followed by what only SQL puts after it.
@@ -71,3 +76,10 @@ def test_no_module_is_over_the_line_limit() -> None:
     long = {str(p.relative_to(ROOT)): n for p in _sources()
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
     assert not long, f"over {MAX_MODULE_LINES} lines: {long}"
+
+
+def test_no_script_is_named_like_a_standard_library_module() -> None:
+    shadowing = sorted(str(path.relative_to(ROOT.parents[1])) for folder in SCRIPT_FOLDERS
+                       for path in folder.glob("*.py") if path.stem in sys.stdlib_module_names)
+    assert all(folder.is_dir() for folder in SCRIPT_FOLDERS)
+    assert not shadowing, f"{shadowing}: each would replace the standard library's module for the scripts beside it"

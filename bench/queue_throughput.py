@@ -2,7 +2,8 @@
 """Queue benchmark: N tasks created over HTTP, then K runner processes claim and finish them over HTTP.
 
 Reports tasks/s, claim latency p50/p95 and the API's peak RSS for SQLite and PostgreSQL, and the latency of
-GET /api/agent/tasks/count with a large store. Run by hand: `.venv/bin/python bench/queue.py` (see bench/README.md).
+GET /api/agent/tasks/count with a large store. Run by hand: `.venv/bin/python bench/queue_throughput.py` (see
+bench/README.md).
 """
 
 from __future__ import annotations
