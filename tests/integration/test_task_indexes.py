@@ -35,7 +35,6 @@ def test_the_reaper_reads_running_tasks_through_an_index(store_engine: sa.Engine
         assert "SEARCH tasks USING" in plan and "(status=?" in plan, plan
 
 
-
 # Revision 0019: indexes that hold only the rows their reads ask for, and the (task_type, status) index gone. Each
 # read must still go through the index named (a partial index serves a read only when its WHERE is implied). A read by
 # claim request id also names a status, running, whose few rows both planners prefer: it must use some index.

@@ -114,7 +114,8 @@ tasks = sa.Table(
     # tasks waiting out a backoff are in it, revision 0019).
     sa.Index("ix_tasks_status_not_before", "status", "not_before", sqlite_where=sa.text("not_before IS NOT NULL"),
              postgresql_where=sa.text("not_before IS NOT NULL")),
-    # pipeline-status's pending-by-type (count and oldest) from the index alone (revision 0016).
+    # pipeline-status's pending-by-type (count and oldest) from the index alone (revision 0016), and every count of
+    # one status by type (running tasks against their limits, failed ones out of attempts).
     sa.Index("ix_tasks_status_type_created", "status", "task_type", "created_at"),
 )
 # Free-text search of tasks (store/search.py), made by revision 0009 in the backend's own SQL and so outside this
