@@ -106,8 +106,7 @@ async def measure(n: int, rounds: int, actor: str | None) -> dict[str, float]:
     return {path: round(micros) for path, micros in best.items()}
 
 
-def run(store: str, url: str, args: argparse.Namespace) -> None:
-    home = Path(tempfile.mkdtemp(prefix="api-cpu-"))
+def run(store: str, url: str, home: Path, args: argparse.Namespace) -> None:
     os.environ.update(COHERENCE_HOME=str(home), DATABASE_URL=url or f"sqlite:///{home / 'coherence.db'}")
     figures = uvloop.run(measure(args.n, args.rounds, args.actor))
     print(json.dumps({"store": store, "n": args.n, "rounds": args.rounds, "actor": args.actor,
@@ -126,14 +125,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.n < 1 or args.rounds < 1:
         parser.error("--n and --rounds must be at least 1")
-    if args.store == "sqlite":
-        run("sqlite", "", args)
-        return
-    server = PostgresServer(Path(tempfile.mkdtemp(prefix="api-cpu-pg-"))).start()
-    try:
-        run("postgresql", server.new_database(), args)
-    finally:
-        server.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-api-cpu-") as tmp:
+        home = Path(tmp) / "home"
+        if args.store == "sqlite":
+            run("sqlite", "", home, args)
+            return
+        server = PostgresServer(Path(tmp) / "postgres").start()
+        try:
+            run("postgresql", server.new_database(), home, args)
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":
