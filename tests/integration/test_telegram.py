@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -309,6 +310,27 @@ def test_bot_api_outage_delays_messages_but_keeps_them_in_order_once(served_api:
     assert len(texts) == 4 and "Question 4?" in texts[3]
     log = bot.log.read_text()
     assert "429" in log and "retry" in log and TOKEN not in log
+    client.close()
+
+
+def test_a_stop_while_telegram_answers_late_still_sends_that_message_once(served_api: ServedApi, fake: FakeTelegram,
+                                                                          bots: list[BotProcess]) -> None:
+    """SIGTERM lands after Telegram took a message and before its answer came: the bot waits for the answer and
+    takes the message out of its outbox before it exits, so the next start does not send it again."""
+    client = ApiClient(served_api.url, token="", retries=0)
+    first = ask_as_runner(client, "Late answer?")
+    fake.answer_late("sendMessage", 1, 2.0)
+    bot = start_bot(bots, served_api, fake)
+    wait_until(lambda: has_text(fake, GROUP, "Late answer?"), 30, "the alert taken by Telegram")
+    bot.stop()  # its answer is still on the way: the notifier's loop alone would end within 0.2 s
+    state = json.loads((served_api.home / "run" / "telegram_state.json").read_text())
+    assert state["outbox"] == [] and any(f"decision:{first}:" in key for key in state["notified"])
+
+    start_bot(bots, served_api, fake)
+    second = ask_as_runner(client, "Next question?")
+    wait_until(lambda: has_text(fake, GROUP, f"/reply {second} <decision>"), 30, "the next alert")
+    texts = fake.texts(GROUP)
+    assert len(texts) == 2 and "Late answer?" in texts[0] and "Next question?" in texts[1], texts
     client.close()
 
 

@@ -2,7 +2,7 @@
 
 It serves ``/bot<token>/<method>`` for getUpdates (long-poll over a queue the test fills), sendMessage, setWebhook
 and deleteWebhook, records every call, and can answer the next N calls of a method with 429 (with
-``parameters.retry_after``) or 500, the way the real one does under load.
+``parameters.retry_after``) or 500, the way the real one does under load, or late (the call done, its answer slow).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class FakeTelegram:
         self._updates: list[dict[str, Any]] = []
         self._next_update_id = 1000
         self._failures: dict[str, list[tuple[int, float | None]]] = {}
+        self._delays: dict[str, list[float]] = {}
         self._cond = threading.Condition()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -75,6 +76,16 @@ class FakeTelegram:
         """Answer the next ``count`` calls of ``method`` with ``status`` (after failures already planned)."""
         with self._cond:
             self._failures.setdefault(method, []).extend([(status, retry_after)] * count)
+
+    def answer_late(self, method: str, count: int, seconds: float) -> None:
+        """Do the next ``count`` calls of ``method`` at once but answer each ``seconds`` later (a slow network)."""
+        with self._cond:
+            self._delays.setdefault(method, []).extend([seconds] * count)
+
+    def _delay(self, method: str) -> float:
+        with self._cond:
+            planned = self._delays.get(method)
+            return planned.pop(0) if planned else 0.0
 
     def texts(self, chat_id: int) -> list[str]:
         with self._cond:
@@ -130,7 +141,9 @@ class FakeTelegram:
                 if not self.path.startswith(prefix):
                     status, body = 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}
                 else:
-                    status, body = fake._answer(self.path[len(prefix):], json.loads(raw or b"{}"))
+                    method = self.path[len(prefix):]
+                    status, body = fake._answer(method, json.loads(raw or b"{}"))
+                    time.sleep(fake._delay(method))  # what is modelled here is the time itself: an answer late
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

@@ -91,14 +91,18 @@ class Bot:
         if not settings.telegram_chats:
             log.warning("TELEGRAM_CHAT_IDS is empty: no alerts are sent")
         inbound = self._register_webhook if webhook else self._poll_updates
-        for target, name in ((self.sender.run, "telegram-sender"), (inbound, "telegram-inbound")):
-            threading.Thread(target=target, name=name, daemon=True).start()
+        sender = threading.Thread(target=self.sender.run, name="telegram-sender", daemon=True)
+        sender.start()
+        threading.Thread(target=inbound, name="telegram-inbound", daemon=True).start()
         while not self.stop.is_set():
             try:
                 self.notifier.run_once()
             except Exception:  # a surprise in one pass must not end the bot; the next pass tries again
                 log.exception("notification pass failed")
             self.stop.wait(settings.telegram_notify_interval)
+        # a message Telegram already took must leave the outbox before the process ends, or the next start sends it
+        # again: the send in flight finishes (within the HTTP timeout) and is recorded first
+        sender.join(settings.coherence_http_timeout + 1)
         self.state.save()
         log.info("telegram bot stopped (%d message(s) still queued)", len(self.state.outbox))
         return 0
