@@ -3,14 +3,16 @@ the persisted state and token redaction."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from coherence_network.cli.components import telegram
 from coherence_network.settings import Settings
 from coherence_network.telegram.botapi import BotApi, TelegramError, webhook_secret
-from coherence_network.telegram.commands import Command, Commands, Incoming, parse_command, read_update
+from coherence_network.telegram.commands import HELP, Command, Commands, Incoming, parse_command, read_update
 from coherence_network.telegram.outbox import BotState
 from coherence_network.telegram.ratelimit import TokenBucket
 
@@ -157,3 +159,11 @@ def test_retryable_errors() -> None:
     assert TelegramError("m", 502, "bad gateway").retryable
     assert not TelegramError("m", 400, "chat not found").retryable
     assert not TelegramError("m", 403, "bot was blocked").retryable
+
+
+def test_every_command_the_bot_answers_is_in_its_help_and_the_cli_help(tmp_path: Path) -> None:
+    """/help in the chat and ``coherence telegram --help`` name every command, so none is there only to be found."""
+    commands = Commands(Settings(coherence_home=tmp_path), pipeline=None)  # type: ignore[arg-type]
+    answered = set(commands._handlers) - {"start"}  # /start: what Telegram sends as a chat opens; answered as /help
+    assert answered - set(re.findall(r"^/([a-z]+) ", HELP, re.MULTILINE)) == set()
+    assert answered - set(re.findall(r"/([a-z]+)\b", telegram.__doc__ or "")) == set()

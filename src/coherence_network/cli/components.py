@@ -113,8 +113,8 @@ def telegram(
                                       "(TELEGRAM_BOT_TOKEN set: exit 0; else exit 2), then exit"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Debug logging"),
 ) -> None:
-    """Telegram bot: commands (/status, /tasks, /task, /reply, /attention) and alerts; long polling, or the API's
-    webhook when TELEGRAM_WEBHOOK_URL is set; logs to var/logs/telegram.log."""
+    """Telegram bot: commands (/reply, /cancel, /pause, /resume, /status, /tasks, /task, /attention, /help) and
+    alerts; long polling, or the API's webhook when TELEGRAM_WEBHOOK_URL is set; logs to var/logs/telegram.log."""
     protect()  # no secret in /proc/<pid>/environ, memory not dumpable (process_hygiene)
     from coherence_network.client import ApiClient, ApiError
     from coherence_network.telegram.bot import Bot
